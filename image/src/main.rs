@@ -1,0 +1,166 @@
+//! `ember-image`: the host tool that builds, inspects and flashes Ember boot media.
+//!
+//! It shares every on-disk format with the appliance through the `ember-storage` crate (GPT, the
+//! media layout, boot.cfg, the FAT32 writer); reading FAT volumes uses the `fatfs` crate.
+
+mod disk;
+mod flash;
+mod media;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ember-image", version, about = "Build, inspect and flash Ember boot media")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a bootable image (GPT: ESP, boot banks A/B, config store).
+    Build {
+        /// Output image file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Image size, for example 80M or 1G (at least the layout's minimum).
+        #[arg(long, default_value = "80M")]
+        size: String,
+        /// The appliance binary (BOOTX64.EFI). Default: build it from this repository.
+        #[arg(long)]
+        efi: Option<PathBuf>,
+        /// A boot option for boot.cfg's kernelopt line (repeatable), e.g. --boot-option console=com2.
+        #[arg(long = "boot-option", value_name = "OPTION")]
+        boot_options: Vec<String>,
+    },
+    /// Print the layout of an image or device and check it.
+    Inspect {
+        /// Image file or block device.
+        file: PathBuf,
+    },
+    /// Write an image to a USB stick or SD card, then verify it.
+    Flash {
+        /// Image file.
+        file: PathBuf,
+        /// Target block device, e.g. /dev/sdX.
+        device: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Allow a non-removable device.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { out, size, efi, boot_options } => build(&out, &size, efi.as_deref(), &boot_options),
+        Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
+        Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ember-image: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace this tool was built from, if it is still there.
+fn workspace_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    root.join("kernel/Cargo.toml").exists().then_some(root)
+}
+
+/// Builds the appliance with cargo (cargo itself decides whether anything needs rebuilding).
+fn build_appliance() -> Result<PathBuf, String> {
+    let root =
+        workspace_root().ok_or("no --efi given and the Ember source tree is not available to build it")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("ember-image: building the appliance (cargo build -p ember-kernel --target x86_64-unknown-uefi --release)");
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", "ember-kernel", "--target", "x86_64-unknown-uefi", "--release"])
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the appliance failed".into());
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(target.join("x86_64-unknown-uefi/release/ember.efi"))
+}
+
+fn build(out: &Path, size: &str, efi: Option<&Path>, options: &[String]) -> Result<(), String> {
+    let size = disk::parse_size(size)?;
+    let efi_path = match efi {
+        Some(p) => p.to_path_buf(),
+        None => build_appliance()?,
+    };
+    let efi = std::fs::read(&efi_path).map_err(|e| format!("{}: {e}", efi_path.display()))?;
+    for o in options {
+        if o.is_empty() || o.chars().any(char::is_whitespace) {
+            return Err(format!("boot option {o:?} must be one word without spaces"));
+        }
+    }
+    let kernelopt = options.join(" ");
+    let cfg = ember_storage::bootcfg::render_boot_cfg("Ember", &kernelopt);
+    let layout = media::build_image(out, &media::BuildSpec { size, efi: &efi, boot_cfg: &cfg })?;
+    println!(
+        "{}: {} bytes; ESP {} MiB with BOOTX64.EFI ({} bytes), boot banks A/B, config store",
+        out.display(),
+        size - size % disk::BLOCK as u64,
+        layout.esp.byte_len(disk::BLOCK) >> 20,
+        efi.len()
+    );
+    Ok(())
+}
+
+fn flash_cmd(image_path: &Path, device: &Path, yes: bool, force: bool) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let inspection = media::inspect(image_path).map_err(|e| format!("not flashing: {e}"))?;
+    let image_len = inspection.bytes;
+    let meta = std::fs::metadata(device).map_err(|e| format!("{}: {e}", device.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Err(format!("{} is not a block device", device.display()));
+    }
+    let rdev = meta.rdev();
+    let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let facts = flash::probe(&dev, Path::new("/sys"), Path::new("/proc"))?;
+    flash::check(&facts, image_len, force)?;
+    let what = format!(
+        "/dev/{} ({}, {} MiB{})",
+        facts.name,
+        facts.model.as_deref().unwrap_or("unknown model"),
+        facts.size >> 20,
+        if facts.removable { ", removable" } else { "" }
+    );
+    if !yes && !flash::confirm(&format!("All data on {what} will be lost."))? {
+        return Err("cancelled".into());
+    }
+    let image = std::fs::File::open(image_path).map_err(|e| format!("{}: {e}", image_path.display()))?;
+    let target = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|e| format!("{}: {e}", device.display()))?;
+    let mut last = (String::new(), u64::MAX);
+    flash::write_and_verify(&image, image_len, &target, |phase, done, total| {
+        let pct = done * 100 / total.max(1);
+        if last.0 != phase || last.1 != pct {
+            eprint!("\r{phase}: {pct:3}% ({} of {} MiB)", done >> 20, total >> 20);
+            last = (phase.to_string(), pct);
+        }
+    })?;
+    eprintln!();
+    if facts.size > image_len {
+        flash::relocate_backup_gpt(&target, facts.size)?;
+    }
+    println!("{} written to {what} and verified", image_path.display());
+    Ok(())
+}

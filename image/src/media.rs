@@ -1,0 +1,347 @@
+//! Building and inspecting Ember boot media images, on top of the formats in `ember-storage`.
+
+use crate::disk::{FileDisk, PartitionIo, BLOCK};
+use ember_storage::block::BlockDevice;
+use ember_storage::bootcfg::{self, BootCfg};
+use ember_storage::fat32::{self, FatFile};
+use ember_storage::gpt::{self, Gpt};
+use ember_storage::layout::{self, EmberLayout, Placed, Role};
+use gpt_disk_types::Guid;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// ESP paths, with forward slashes.
+pub const EFI_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
+pub const BOOT_CFG: &str = "EFI/ember/boot.cfg";
+/// ESP volume label.
+pub const ESP_LABEL: [u8; 11] = *b"EMBER BOOT ";
+
+/// What to put into a new image.
+pub struct BuildSpec<'a> {
+    pub size: u64,
+    pub efi: &'a [u8],
+    pub boot_cfg: &'a str,
+}
+
+fn random_guid() -> Result<Guid, String> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("cannot read /dev/urandom for partition GUIDs: {e}"))?;
+    Ok(Guid::from_random_bytes(b))
+}
+
+/// Checks that `bytes` is a PE32+ x86_64 EFI application (PE/COFF spec: DOS stub "MZ", "PE\0\0",
+/// machine 0x8664, optional header magic 0x20b, subsystem 10).
+pub fn check_efi_application(bytes: &[u8]) -> Result<(), String> {
+    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if !bytes.starts_with(b"MZ") {
+        return Err("not a PE file (no MZ header)".into());
+    }
+    let pe = u32_at(0x3c).ok_or("truncated DOS header")? as usize;
+    if bytes.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return Err("not a PE file (no PE signature)".into());
+    }
+    match u16_at(pe + 4) {
+        Some(0x8664) => {}
+        Some(m) => return Err(format!("PE machine is {m:#06x}, not x86_64 (0x8664)")),
+        None => return Err("truncated COFF header".into()),
+    }
+    let opt = pe + 24;
+    if u16_at(opt) != Some(0x20b) {
+        return Err("not a PE32+ image".into());
+    }
+    match u16_at(opt + 68) {
+        Some(10) => Ok(()),
+        Some(s) => Err(format!("PE subsystem is {s}, not an EFI application (10)")),
+        None => Err("truncated optional header".into()),
+    }
+}
+
+/// Writes a new image to `out` (through a temporary file renamed into place, so a failed build never
+/// leaves a half-written image under the requested name).
+pub fn build_image(out: &Path, spec: &BuildSpec<'_>) -> Result<EmberLayout, String> {
+    check_efi_application(spec.efi).map_err(|e| format!("appliance binary: {e}"))?;
+    bootcfg::parse_boot_cfg(spec.boot_cfg.as_bytes()).map_err(|e| format!("boot.cfg: {e}"))?;
+    let blocks = spec.size / BLOCK as u64;
+    let plan = layout::plan(BLOCK, blocks).map_err(|e| e.to_string())?;
+
+    let tmp = out.with_extension("img.partial");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let result = (|| -> Result<(), String> {
+        file.set_len(blocks * BLOCK as u64).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut disk = FileDisk::new(file.try_clone().map_err(|e| e.to_string())?, blocks * BLOCK as u64);
+        let guids: Vec<Guid> = (0..4).map(|_| random_guid()).collect::<Result<_, _>>()?;
+        let entries = layout::gpt_entries(&plan, |i| guids[i]);
+        let disk_guid = random_guid()?;
+        gpt::write_gpt(&mut disk, disk_guid, &entries).map_err(|e| e.to_string())?;
+        let b = disk_guid.to_bytes();
+        write_esp(&mut disk, &plan.esp, u32::from_le_bytes([b[0], b[1], b[2], b[3]]), spec)?;
+        disk.flush().map_err(|e| e.to_string())
+    })();
+    match result {
+        Ok(()) => {
+            fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+            Ok(plan)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_esp(disk: &mut FileDisk, esp: &Placed, volume_id: u32, spec: &BuildSpec<'_>) -> Result<(), String> {
+    let files = [
+        FatFile { path: EFI_LOADER, data: spec.efi },
+        FatFile { path: BOOT_CFG, data: spec.boot_cfg.as_bytes() },
+    ];
+    let sectors = esp.last_lba - esp.first_lba + 1;
+    fat32::write_volume(disk, esp.first_lba, sectors, &ESP_LABEL, volume_id, &files)
+        .map_err(|e| format!("writing the ESP: {e}"))
+}
+
+/// The result of inspecting an image.
+pub struct Inspection {
+    pub bytes: u64,
+    pub gpt: Gpt,
+    pub loader_size: u64,
+    pub boot_cfg: BootCfg,
+    pub esp_fat: String,
+    pub notes: Vec<String>,
+}
+
+fn read_esp_file(fs: &fatfs::FileSystem<PartitionIo<'_>>, path: &str) -> Result<Vec<u8>, String> {
+    let mut f =
+        fs.root_dir().open_file(path).map_err(|_| format!("ESP has no \\{}", path.replace('/', "\\")))?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(|e| format!("ESP: reading {path}: {e}"))?;
+    Ok(v)
+}
+
+fn partition_is_zero(file: &File, p: &Placed) -> Result<bool, String> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = p.byte_offset(BLOCK);
+    let end = off + p.byte_len(BLOCK);
+    while off < end {
+        let n = ((end - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off).map_err(|e| e.to_string())?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+/// Reads an image (or device) and checks everything Ember relies on.
+pub fn inspect(path: &Path) -> Result<Inspection, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = device_or_file_len(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes < 3 * BLOCK as u64 {
+        return Err(format!("{}: {bytes} bytes is too small to be a disk image", path.display()));
+    }
+    let mut disk = FileDisk::new(file.try_clone().map_err(|e| e.to_string())?, bytes);
+    let gpt = gpt::read_gpt(&mut disk).map_err(|e| format!("{}: {e}", path.display()))?;
+    let layout = layout::identify(&gpt, BLOCK).map_err(|e| format!("{}: {e}", path.display()))?;
+
+    let esp = layout.esp;
+    let io = PartitionIo::new(&file, esp.byte_offset(BLOCK), esp.byte_len(BLOCK));
+    let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new())
+        .map_err(|e| format!("{}: the ESP is not a FAT file system: {e}", path.display()))?;
+    let esp_fat = format!("{:?} \"{}\"", fs.fat_type(), fs.volume_label().trim_end());
+    let loader = read_esp_file(&fs, EFI_LOADER)?;
+    check_efi_application(&loader).map_err(|e| format!("\\EFI\\BOOT\\BOOTX64.EFI: {e}"))?;
+    let cfg_bytes = read_esp_file(&fs, BOOT_CFG)?;
+    let boot_cfg = bootcfg::parse_boot_cfg(&cfg_bytes).map_err(|e| e.to_string())?;
+
+    let mut notes = Vec::new();
+    for (p, what) in
+        [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B"), (layout.config, "config store")]
+    {
+        let zero = partition_is_zero(&file, &p)?;
+        notes.push(format!(
+            "{what}: {}",
+            match (zero, p.role) {
+                (true, Role::ConfigStore) => "empty (no configuration saved yet)",
+                (true, _) => "empty (A/B system updates are not implemented yet)",
+                (false, _) => "contains data this version of ember-image does not interpret",
+            }
+        ));
+    }
+    Ok(Inspection { bytes, gpt, loader_size: loader.len() as u64, boot_cfg, esp_fat, notes })
+}
+
+/// Length of a regular file, or size of a block device.
+pub fn device_or_file_len(file: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = file;
+    let end = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+/// The `inspect` report as text.
+pub fn render(path: &Path, i: &Inspection) -> String {
+    let mut s = format!(
+        "{}: Ember boot media, {} bytes ({} MiB), {}-byte blocks, disk GUID {}\n",
+        path.display(),
+        i.bytes,
+        i.bytes >> 20,
+        BLOCK,
+        i.gpt.disk_guid
+    );
+    s.push_str(&format!(
+        "  {:<3}{:<22}{:>12}{:>12}{:>10}\n",
+        "#", "partition", "first LBA", "last LBA", "size"
+    ));
+    for p in &i.gpt.partitions {
+        s.push_str(&format!(
+            "  {:<3}{:<22}{:>12}{:>12}{:>7} MiB\n",
+            p.index + 1,
+            p.name,
+            p.first_lba,
+            p.last_lba,
+            (p.blocks() * BLOCK as u64) >> 20
+        ));
+    }
+    s.push_str(&format!(
+        "ESP: {}, \\EFI\\BOOT\\BOOTX64.EFI {} bytes (x86_64 EFI application)\n",
+        i.esp_fat, i.loader_size
+    ));
+    s.push_str(&format!(
+        "boot.cfg: title {:?}, boot options {:?}\n",
+        i.boot_cfg.title.as_deref().unwrap_or(""),
+        i.boot_cfg.kernelopt
+    ));
+    for u in &i.boot_cfg.options.unknown {
+        s.push_str(&format!("warning: boot option {u:?} is not known to this version\n"));
+    }
+    for n in &i.notes {
+        s.push_str(n);
+        s.push('\n');
+    }
+    for w in &i.gpt.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s.push_str("OK\n");
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// The smallest byte string that passes [`check_efi_application`].
+    pub fn fake_efi() -> Vec<u8> {
+        let mut v = vec![0u8; 512];
+        v[..2].copy_from_slice(b"MZ");
+        v[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        v[0x80..0x84].copy_from_slice(b"PE\0\0");
+        v[0x84..0x86].copy_from_slice(&0x8664u16.to_le_bytes());
+        v[0x98..0x9a].copy_from_slice(&0x20bu16.to_le_bytes());
+        v[0x98 + 68..0x98 + 70].copy_from_slice(&10u16.to_le_bytes());
+        v
+    }
+
+    fn build(dir: &Path, size: u64) -> PathBuf {
+        let out = dir.join("ember.img");
+        let efi = fake_efi();
+        build_image(&out, &BuildSpec { size, efi: &efi, boot_cfg: "title=Ember\nkernelopt=console=com1\n" })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn build_then_inspect() {
+        let d = tempfile::tempdir().unwrap();
+        let img = build(d.path(), 80 << 20);
+        let i = inspect(&img).unwrap();
+        assert_eq!(i.bytes, 80 << 20);
+        assert_eq!(i.loader_size, 512);
+        assert!(i.esp_fat.starts_with("Fat32"), "{}", i.esp_fat);
+        assert_eq!(i.boot_cfg.kernelopt, "console=com1");
+        assert!(i.gpt.warnings.is_empty());
+        assert_eq!(i.gpt.partitions[0].first_lba, 2048);
+        let text = render(&img, &i);
+        assert!(text.contains("Ember boot bank A") && text.contains("config store: empty"));
+        assert!(text.ends_with("OK\n"));
+        assert!(!d.path().join("ember.img.partial").exists());
+    }
+
+    #[test]
+    fn truncated_image_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let img = build(d.path(), 80 << 20);
+        std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(40 << 20).unwrap();
+        let e = inspect(&img).err().unwrap();
+        assert!(e.contains("image is truncated"), "{e}");
+    }
+
+    #[test]
+    fn foreign_images_are_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let junk = d.path().join("junk.img");
+        std::fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
+        assert!(inspect(&junk).err().unwrap().contains("0x55AA"));
+        // A valid GPT disk that is not Ember's: only an ESP.
+        let other = d.path().join("other.img");
+        let f = File::create(&other).unwrap();
+        f.set_len(80 << 20).unwrap();
+        let mut disk = FileDisk::new(f, 80 << 20);
+        let plan = layout::plan(BLOCK, (80 << 20) / 512).unwrap();
+        let entries = layout::gpt_entries(&plan, |i| Guid::from_bytes([i as u8 + 1; 16]));
+        gpt::write_gpt(&mut disk, Guid::from_bytes([9; 16]), &entries[..1]).unwrap();
+        let e = inspect(&other).err().unwrap();
+        assert!(e.contains("not an Ember medium"), "{e}");
+        assert!(inspect(&d.path().join("missing.img")).err().unwrap().contains("No such file"));
+    }
+
+    #[test]
+    fn corrupt_esp_and_bad_loader_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let img = build(d.path(), 80 << 20);
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0u8; 512], 2048 * 512).unwrap(); // wipe the FAT boot sector
+        assert!(inspect(&img).err().unwrap().contains("not a FAT file system"));
+
+        let mut bad = fake_efi();
+        bad[0x84] = 0x4c; // i386
+        let e = build_image(&d.path().join("x.img"), &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "" })
+            .err()
+            .unwrap();
+        assert!(e.contains("not x86_64"), "{e}");
+    }
+
+    #[test]
+    fn bad_sizes_and_boot_cfg_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let efi = fake_efi();
+        let e = build_image(&d.path().join("s.img"), &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "" })
+            .err()
+            .unwrap();
+        assert!(e.contains("too small"), "{e}");
+        let e = build_image(
+            &d.path().join("s.img"),
+            &BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=console=com9" },
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("boot option `console`"), "{e}");
+        assert!(!d.path().join("s.img").exists());
+    }
+}

@@ -1,0 +1,122 @@
+//! CPU identification, model-specific registers, control registers, and deliberate faults for the
+//! test-only `ember.selftest` boot option.
+
+use alloc::string::String;
+use core::arch::x86_64::{__cpuid_count, _rdtsc, CpuidResult};
+
+/// CPUID leaf `leaf`, subleaf `sub`.
+pub fn cpuid(leaf: u32, sub: u32) -> CpuidResult {
+    // CPUID exists on every x86_64 CPU and has no side effects.
+    __cpuid_count(leaf, sub)
+}
+
+/// Highest extended CPUID leaf.
+fn max_extended_leaf() -> u32 {
+    cpuid(0x8000_0000, 0).eax
+}
+
+/// The processor brand string (CPUID 0x80000002..4).
+pub fn brand_string() -> Option<String> {
+    if max_extended_leaf() < 0x8000_0004 {
+        return None;
+    }
+    let mut regs = [0u32; 12];
+    for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        let r = cpuid(leaf, 0);
+        regs[i * 4..i * 4 + 4].copy_from_slice(&[r.eax, r.ebx, r.ecx, r.edx]);
+    }
+    ember_kernel::hw::cpu::brand_string(&regs)
+}
+
+/// True if the CPU supports x2APIC mode (CPUID.1:ECX bit 21).
+pub fn has_x2apic() -> bool {
+    cpuid(1, 0).ecx & (1 << 21) != 0
+}
+
+/// Initial APIC ID from CPUID (leaf 1 EBX 31:24; leaf 0xB for x2APIC IDs).
+pub fn initial_apic_id() -> u32 {
+    if cpuid(0, 0).eax >= 0xb {
+        let r = cpuid(0xb, 0);
+        if r.ebx != 0 {
+            return r.edx;
+        }
+    }
+    cpuid(1, 0).ebx >> 24
+}
+
+/// Time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in ring 0 anyway.
+    unsafe { _rdtsc() }
+}
+
+/// Reads an MSR.
+///
+/// # Safety
+/// The MSR must exist on this CPU (a missing MSR raises #GP).
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: the caller guarantees the MSR exists.
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
+}
+
+/// Writes an MSR.
+///
+/// # Safety
+/// The MSR must exist and the value must not break memory safety (for example by moving the APIC
+/// base over RAM in use).
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: the caller guarantees the MSR exists and the value is sound.
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).write(value) }
+}
+
+/// CR2: the faulting linear address of the last page fault.
+pub fn cr2() -> u64 {
+    x86_64::registers::control::Cr2::read_raw()
+}
+
+/// CR3: the current page-table root.
+pub fn cr3() -> u64 {
+    x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
+}
+
+/// Enables interrupts and halts until the next one (atomically, so no wake-up is lost).
+pub fn wait_for_interrupt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Reads an address that is never mapped: above the identity map (#PF).
+pub fn provoke_page_fault() {
+    const UNMAPPED: u64 = 0x0000_7fde_ad00_0000;
+    // SAFETY: deliberately faults; the page-fault handler reports and stops the machine, so the read
+    // never completes.
+    let v = unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+    core::hint::black_box(v);
+}
+
+/// Divides by zero (#DE).
+pub fn provoke_divide_error() {
+    // SAFETY: deliberately raises #DE, which stops the machine with a report.
+    unsafe {
+        core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("ecx") _, out("edx") _)
+    }
+}
+
+/// Executes UD2 (#UD).
+pub fn provoke_invalid_opcode() {
+    // SAFETY: deliberately raises #UD, which stops the machine with a report.
+    unsafe { core::arch::asm!("ud2") }
+}
+
+/// Loads a selector beyond the GDT limit into DS (#GP with the selector as error code).
+pub fn provoke_general_protection() {
+    // SAFETY: deliberately raises #GP, which stops the machine with a report.
+    unsafe { core::arch::asm!("mov ax, 0xfff8", "mov ds, ax", out("ax") _) }
+}

@@ -1,0 +1,208 @@
+//! The UEFI phase: gather what the kernel needs from firmware, then ExitBootServices.
+//!
+//! Everything allocated here uses `LOADER_DATA`, which the kernel phase treats as in use (never handed
+//! out by the frame allocator): the heap, the kernel stack, the AP start-up page and the memory map.
+
+use crate::arch::x86_64::{heap, serial, stack};
+use crate::console;
+use crate::firmware::smbios;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ember_kernel::hw::smbios::SystemInfo;
+use ember_kernel::mm::{Region, RegionKind};
+use ember_storage::bootcfg::{self, BootOptions, MAX_BOOT_CFG_LEN};
+use uefi::boot::{self, AllocateType, MemoryType};
+use uefi::mem::memory_map::MemoryMap;
+use uefi::proto::console::gop::{GraphicsOutput, PixelFormat};
+use uefi::proto::media::file::{File, FileAttribute, FileMode};
+use uefi::table::cfg;
+use uefi::{cstr16, Status};
+
+/// Kernel heap size.
+const HEAP_BYTES: usize = 16 << 20;
+/// Kernel (bootstrap CPU) stack size.
+const STACK_BYTES: usize = 256 << 10;
+
+/// The framebuffer the firmware left us.
+#[derive(Debug, Clone, Copy)]
+pub struct FramebufferInfo {
+    pub base: u64,
+    pub size: u64,
+    pub width: usize,
+    pub height: usize,
+    /// Pixels per scan line.
+    pub stride: usize,
+    /// True for BGR (blue in the low byte), false for RGB.
+    pub bgr: bool,
+}
+
+/// Everything the kernel phase receives.
+pub struct BootInfo {
+    pub memory_map: Vec<Region>,
+    pub rsdp: Option<u64>,
+    pub system: SystemInfo,
+    pub framebuffer: Option<FramebufferInfo>,
+    pub options: BootOptions,
+    /// A 4 KiB page below 1 MiB for the AP start-up code.
+    pub trampoline_page: u64,
+}
+
+#[uefi::entry]
+fn efi_main() -> Status {
+    // The heap first: everything after this may allocate.
+    let heap_pages = HEAP_BYTES / 4096;
+    let Ok(heap_mem) = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, heap_pages)
+    else {
+        return Status::OUT_OF_RESOURCES;
+    };
+    heap::init(heap_mem.as_ptr() as u64, HEAP_BYTES);
+
+    // boot.cfg decides the console port, so read it before saying anything.
+    let (options, cfg_messages) = read_boot_options();
+    console::init_serial(serial::SerialPort::new(options.console.io_base()));
+    kprintln!();
+    kprintln!("Ember {} (build {}) starting", ember_kernel::VERSION, ember_kernel::BUILD_ID);
+    for m in &cfg_messages {
+        kprintln!("ember: {m}");
+    }
+
+    let (rsdp, smbios_ep) = uefi::system::with_config_table(|entries| {
+        let find = |guid| entries.iter().find(|e| e.guid == guid).map(|e| e.address as u64);
+        (
+            find(cfg::ConfigTableEntry::ACPI2_GUID).or_else(|| find(cfg::ConfigTableEntry::ACPI_GUID)),
+            find(cfg::ConfigTableEntry::SMBIOS3_GUID).or_else(|| find(cfg::ConfigTableEntry::SMBIOS_GUID)),
+        )
+    });
+    let system = smbios_ep.map(smbios::read_system_info).unwrap_or_default();
+    kprintln!(
+        "ember: firmware: {} {} (BIOS {} {})",
+        system.vendor.as_deref().unwrap_or("?"),
+        system.product.as_deref().unwrap_or("?"),
+        system.bios_vendor.as_deref().unwrap_or("?"),
+        system.bios_version.as_deref().unwrap_or("?")
+    );
+
+    let framebuffer = find_framebuffer();
+    match &framebuffer {
+        Some(fb) => kprintln!("ember: framebuffer {}x{} at {:#x}", fb.width, fb.height, fb.base),
+        None => kprintln!("ember: no graphics output; serial console only"),
+    }
+
+    let Ok(trampoline) = boot::allocate_pages(AllocateType::MaxAddress(0x9_f000), MemoryType::LOADER_DATA, 1)
+    else {
+        kprintln!("ember: FATAL: no free page below 1 MiB for CPU start-up");
+        return Status::OUT_OF_RESOURCES;
+    };
+    let Ok(stack_mem) =
+        boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, STACK_BYTES / 4096)
+    else {
+        return Status::OUT_OF_RESOURCES;
+    };
+
+    kprintln!("ember: leaving UEFI boot services");
+    // SAFETY: no boot-services objects (protocols, pool memory) are used after this point: the
+    // framebuffer and tables are plain physical memory that stays valid, and all our allocations are
+    // LOADER_DATA pages.
+    let map = unsafe { boot::exit_boot_services(None) };
+    let memory_map: Vec<Region> = map
+        .entries()
+        .map(|d| Region { start: d.phys_start, pages: d.page_count, kind: region_kind(d.ty) })
+        .collect();
+
+    let info = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootInfo {
+        memory_map,
+        rsdp,
+        system,
+        framebuffer,
+        options,
+        trampoline_page: trampoline.as_ptr() as u64,
+    }));
+    if let Some(fb) = info.framebuffer {
+        console::init_framebuffer(fb);
+    }
+    console::set_debug_exit(info.options.debug_exit);
+    stack::switch_to(stack_mem.as_ptr() as u64 + STACK_BYTES as u64, crate::kmain::kernel_main, info)
+}
+
+fn region_kind(ty: MemoryType) -> RegionKind {
+    match ty {
+        MemoryType::CONVENTIONAL | MemoryType::BOOT_SERVICES_CODE | MemoryType::BOOT_SERVICES_DATA => {
+            RegionKind::Free
+        }
+        MemoryType::LOADER_CODE | MemoryType::LOADER_DATA => RegionKind::Loader,
+        MemoryType::ACPI_RECLAIM => RegionKind::AcpiReclaim,
+        MemoryType::ACPI_NON_VOLATILE => RegionKind::AcpiNvs,
+        MemoryType::RUNTIME_SERVICES_CODE | MemoryType::RUNTIME_SERVICES_DATA => RegionKind::FirmwareRuntime,
+        MemoryType::MMIO | MemoryType::MMIO_PORT_SPACE => RegionKind::Mmio,
+        _ => RegionKind::Reserved,
+    }
+}
+
+/// Reads and validates `\EFI\ember\boot.cfg` from the volume Ember was loaded from. Problems are
+/// returned as messages to print once the console is up; the options fall back to defaults.
+fn read_boot_options() -> (BootOptions, Vec<String>) {
+    let mut messages = Vec::new();
+    let bytes = match read_boot_cfg_file() {
+        Ok(b) => b,
+        Err(why) => {
+            messages.push(alloc::format!(
+                "no usable {}: {why}; using default boot options",
+                bootcfg::BOOT_CFG_PATH
+            ));
+            return (BootOptions::default(), messages);
+        }
+    };
+    match bootcfg::parse_boot_cfg(&bytes) {
+        Ok(cfg) => {
+            messages.push(alloc::format!(
+                "boot options: {}",
+                if cfg.kernelopt.is_empty() { "(none)" } else { &cfg.kernelopt }
+            ));
+            for u in &cfg.options.unknown {
+                messages.push(alloc::format!("WARNING: unknown boot option `{u}` ignored"));
+            }
+            (cfg.options, messages)
+        }
+        Err(e) => {
+            messages.push(alloc::format!("ERROR: {e}; using default boot options"));
+            (BootOptions::default(), messages)
+        }
+    }
+}
+
+fn read_boot_cfg_file() -> Result<Vec<u8>, &'static str> {
+    let mut fs =
+        boot::get_image_file_system(boot::image_handle()).map_err(|_| "boot volume has no file system")?;
+    let mut root = fs.open_volume().map_err(|_| "cannot open the boot volume")?;
+    let handle = root
+        .open(cstr16!("\\EFI\\ember\\boot.cfg"), FileMode::Read, FileAttribute::empty())
+        .map_err(|_| "file not found")?;
+    let mut file = handle.into_regular_file().ok_or("it is a directory")?;
+    let mut buf = alloc::vec![0u8; MAX_BOOT_CFG_LEN + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        let n = file.read(&mut buf[len..]).map_err(|_| "read error")?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+fn find_framebuffer() -> Option<FramebufferInfo> {
+    let handle = boot::get_handle_for_protocol::<GraphicsOutput>().ok()?;
+    let mut gop = boot::open_protocol_exclusive::<GraphicsOutput>(handle).ok()?;
+    let mode = gop.current_mode_info();
+    let bgr = match mode.pixel_format() {
+        PixelFormat::Bgr => true,
+        PixelFormat::Rgb => false,
+        // Bit-mask and blt-only modes are not drawn on; the serial console still works.
+        _ => return None,
+    };
+    let (width, height) = mode.resolution();
+    let stride = mode.stride();
+    let mut fb = gop.frame_buffer();
+    Some(FramebufferInfo { base: fb.as_mut_ptr() as u64, size: fb.size() as u64, width, height, stride, bgr })
+}

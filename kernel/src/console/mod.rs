@@ -1,0 +1,219 @@
+//! The consoles: the serial port and the framebuffer both show the log, the idle screen and any fatal
+//! report. Output goes through one lock; the fatal paths take the consoles over without it.
+
+pub mod fb;
+
+use crate::arch::x86_64::{cpu, power, serial::SerialPort};
+use crate::boot::FramebufferInfo;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
+use ember_kernel::dcui::idle::{idle_screen, Band, HostIdentity};
+use fb::{Framebuffer, TextConsole};
+use spin::Mutex;
+
+/// Log colours on the framebuffer.
+const LOG_FG: u32 = 0xc0c0c0;
+const LOG_BG: u32 = 0x000000;
+/// DCUI colours: the classic grey and yellow bands.
+const TOP_BG: u32 = 0xb0b0b0;
+const TOP_FG: u32 = 0x000000;
+const BOTTOM_BG: u32 = 0xf0c800;
+const BOTTOM_FG: u32 = 0x000000;
+/// Fatal report colours (a purple screen, as ESXi administrators know it).
+const FATAL_BG: u32 = 0x5a1e78;
+const FATAL_FG: u32 = 0xffffff;
+
+/// Serial screen size assumed for the idle screen (the VT100 minimum).
+const SERIAL_COLS: usize = 80;
+const SERIAL_ROWS: usize = 24;
+
+struct Consoles {
+    serial: Option<SerialPort>,
+    screen: Option<TextConsole>,
+}
+
+static CONSOLES: Mutex<Consoles> = Mutex::new(Consoles { serial: None, screen: None });
+static DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
+
+/// Installs the serial console.
+pub fn init_serial(port: SerialPort) {
+    CONSOLES.lock().serial = Some(port);
+}
+
+/// Installs the framebuffer console (after ExitBootServices: the firmware no longer draws).
+pub fn init_framebuffer(info: FramebufferInfo) {
+    CONSOLES.lock().screen = Some(TextConsole::new(Framebuffer::new(info), LOG_FG, LOG_BG));
+}
+
+/// Whether fatal stops also end QEMU through isa-debug-exit (`ember.debugexit`).
+pub fn set_debug_exit(on: bool) {
+    DEBUG_EXIT.store(on, Ordering::Relaxed);
+}
+
+struct Both<'a>(&'a mut Consoles);
+
+impl Write for Both<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        if let Some(p) = self.0.serial.as_mut() {
+            let _ = p.write_str(s);
+        }
+        if let Some(c) = self.0.screen.as_mut() {
+            c.write(s);
+        }
+        Ok(())
+    }
+}
+
+/// Prints to every console (used by `kprint!`/`kprintln!`).
+pub fn print(args: core::fmt::Arguments<'_>) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLES.lock();
+        let _ = Both(&mut c).write_fmt(args);
+    });
+}
+
+/// A byte typed on the serial console, if any.
+pub fn read_serial_byte() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| CONSOLES.lock().serial.as_mut()?.read_byte())
+}
+
+/// Draws the DCUI idle screen on both consoles.
+pub fn show_idle_screen(id: &HostIdentity) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLES.lock();
+        if let Some(p) = c.serial.as_mut() {
+            draw_serial_idle(p, id);
+        }
+        if let Some(s) = c.screen.as_mut() {
+            draw_fb_idle(s, id);
+        }
+    });
+}
+
+fn draw_serial_idle(p: &mut SerialPort, id: &HostIdentity) {
+    let lines = idle_screen(id, SERIAL_COLS);
+    let split = SERIAL_ROWS / 2;
+    let _ = write!(p, "\x1b[0m\x1b[2J");
+    for row in 0..SERIAL_ROWS {
+        let colour = if row < split { "\x1b[0;30;47m" } else { "\x1b[0;30;43m" };
+        let _ = write!(p, "\x1b[{};1H{colour}{:width$}", row + 1, "", width = SERIAL_COLS);
+    }
+    let (mut top_row, mut bottom_row) = (0, split);
+    for l in &lines {
+        let (row, colour) = match l.band {
+            Band::Top => {
+                top_row += 1;
+                (top_row, "\x1b[0;30;47m")
+            }
+            Band::Bottom => {
+                bottom_row += 1;
+                (bottom_row, "\x1b[0;30;43m")
+            }
+            Band::KeyBar => (SERIAL_ROWS, "\x1b[0;30;43m"),
+        };
+        let indent = if l.band == Band::KeyBar { 0 } else { 2 };
+        let _ = write!(p, "\x1b[{row};{}H{colour}{}", indent + 1, l.text);
+    }
+    let _ = write!(p, "\x1b[0m\x1b[{SERIAL_ROWS};1H");
+}
+
+fn draw_fb_idle(s: &mut TextConsole, id: &HostIdentity) {
+    let (cols, rows) = s.fb.text_size();
+    let (w, h) = (cols * fb::CELL_W, rows * fb::CELL_H);
+    let split = rows / 2;
+    s.fb.fill(0, 0, w, split * fb::CELL_H, TOP_BG);
+    s.fb.fill(0, split * fb::CELL_H, w, h - split * fb::CELL_H, BOTTOM_BG);
+    let (mut top_row, mut bottom_row) = (1, split + 1);
+    for l in idle_screen(id, cols) {
+        let (row, fg, bg) = match l.band {
+            Band::Top => {
+                top_row += 1;
+                (top_row, TOP_FG, TOP_BG)
+            }
+            Band::Bottom => {
+                bottom_row += 1;
+                (bottom_row, BOTTOM_FG, BOTTOM_BG)
+            }
+            Band::KeyBar => (rows - 1, BOTTOM_FG, BOTTOM_BG),
+        };
+        let indent = if l.band == Band::KeyBar { 0 } else { 2 };
+        for (i, ch) in l.text.chars().enumerate() {
+            s.fb.glyph(indent + i, row, ch, fg, bg);
+        }
+    }
+}
+
+/// A fixed-size text buffer, so fatal reports need no heap (the heap may be what failed).
+pub struct FixedText {
+    buf: [u8; 4096],
+    len: usize,
+}
+
+impl FixedText {
+    pub const fn new() -> Self {
+        FixedText { buf: [0; 4096], len: 0 }
+    }
+    pub fn as_str(&self) -> &str {
+        // Truncation may split a UTF-8 sequence; keep the valid prefix.
+        match core::str::from_utf8(&self.buf[..self.len]) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&self.buf[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
+
+impl Write for FixedText {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Shows a fatal report on every console, taking them over even if another CPU (or the interrupted
+/// code) holds the console lock.
+pub fn emergency_report(text: &str, footer: &str) {
+    x86_64::instructions::interrupts::disable();
+    if CONSOLES.is_locked() {
+        // SAFETY: the machine is stopping; this CPU runs with interrupts off and is the only one that
+        // will ever print again. A writer interrupted mid-line at worst leaves a torn line.
+        unsafe { CONSOLES.force_unlock() };
+    }
+    let mut c = CONSOLES.lock();
+    if let Some(p) = c.serial.as_mut() {
+        let _ = write!(p, "\x1b[0m\n{text}{footer}\n");
+    }
+    if let Some(s) = c.screen.as_mut() {
+        s.fg = FATAL_FG;
+        s.bg = FATAL_BG;
+        s.clear();
+        s.write(text);
+        s.write(footer);
+    }
+}
+
+/// Why the appliance stopped (the isa-debug-exit code; QEMU exits with `code * 2 + 1`).
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum ExitStatus {
+    Exception = 0x10,
+    Panic = 0x11,
+}
+
+/// Stops this CPU for good, ending QEMU first when `ember.debugexit` is set.
+pub fn stop(status: ExitStatus) -> ! {
+    if DEBUG_EXIT.load(Ordering::Relaxed) {
+        power::debug_exit(status as u32);
+    }
+    cpu::halt_forever()
+}
+
+#[cfg(target_os = "uefi")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut t = FixedText::new();
+    let _ = writeln!(t, "*** PANIC on CPU {}: {}", crate::arch::x86_64::apic::current_id(), info);
+    emergency_report(t.as_str(), "System halted.");
+    stop(ExitStatus::Panic)
+}

@@ -1,0 +1,139 @@
+//! The DCUI idle screen: what a person sees on the monitor and serial console of an idle host.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// How the management network is reachable, as the idle screen shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagementAddress {
+    /// No management network exists (this build has no network stack yet).
+    None,
+    /// Reachable at `hostname` / `ipv4`, configured by DHCP or statically.
+    Ipv4 { hostname: String, ipv4: String, dhcp: bool },
+}
+
+/// Facts about the host shown on the idle screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIdentity {
+    pub version: String,
+    pub build: String,
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+    pub management: ManagementAddress,
+}
+
+/// Which band of the screen a line belongs to (the framebuffer draws them in two colours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Band {
+    Top,
+    Bottom,
+    KeyBar,
+}
+
+/// One line of the idle screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub band: Band,
+    pub text: String,
+}
+
+/// Formats a memory size the way the idle screen shows it ("32 GiB", "0.5 GiB").
+pub fn memory_gib(bytes: u64) -> String {
+    let tenths = (bytes * 10 + (1 << 29)) >> 30; // rounded to 0.1 GiB
+    if tenths.is_multiple_of(10) {
+        format!("{} GiB", tenths / 10)
+    } else {
+        format!("{}.{} GiB", tenths / 10, tenths % 10)
+    }
+}
+
+/// The idle screen for a `width`-column console, top to bottom.
+pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
+    let top = |t: String| Line { band: Band::Top, text: t };
+    let bottom = |t: String| Line { band: Band::Bottom, text: t };
+    let mut lines = Vec::new();
+    lines.push(top(String::new()));
+    lines.push(top(format!("Ember {} (build {})", id.version, id.build)));
+    lines.push(top(String::new()));
+    let machine = match (&id.vendor, &id.product) {
+        (Some(v), Some(p)) => format!("{v} {p}"),
+        (Some(v), None) => v.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => String::from("Unknown system"),
+    };
+    lines.push(top(machine));
+    lines.push(top(String::new()));
+    lines.push(top(format!("{} x {}", id.cpus, id.cpu_model)));
+    lines.push(top(format!("{} Memory", memory_gib(id.memory_bytes))));
+    lines.push(top(String::new()));
+    lines.push(bottom(String::new()));
+    lines.push(bottom(String::from("To manage this host, go to:")));
+    match &id.management {
+        ManagementAddress::None => lines.push(bottom(String::from("no management network"))),
+        ManagementAddress::Ipv4 { hostname, ipv4, dhcp } => lines.push(bottom(format!(
+            "http://{hostname}/  http://{ipv4}/ ({})",
+            if *dhcp { "DHCP" } else { "STATIC" }
+        ))),
+    }
+    lines.push(bottom(String::new()));
+    let left = "<F2> Customize System/View Logs";
+    let right = "<F12> Shut Down/Restart";
+    let gap = width.saturating_sub(left.len() + right.len()).max(2);
+    lines.push(Line { band: Band::KeyBar, text: format!("{left}{}{right}", " ".repeat(gap)) });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> HostIdentity {
+        HostIdentity {
+            version: "0.1.0".into(),
+            build: "abc".into(),
+            vendor: Some("QEMU".into()),
+            product: Some("Standard PC (Q35 + ICH9, 2009)".into()),
+            cpus: 2,
+            cpu_model: "AMD EPYC Processor".into(),
+            memory_bytes: 512 << 20,
+            management: ManagementAddress::None,
+        }
+    }
+
+    #[test]
+    fn shows_what_reference_md_lists() {
+        let text: Vec<String> = idle_screen(&id(), 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"Ember 0.1.0 (build abc)".to_string()));
+        assert!(text.contains(&"QEMU Standard PC (Q35 + ICH9, 2009)".to_string()));
+        assert!(text.contains(&"2 x AMD EPYC Processor".to_string()));
+        assert!(text.contains(&"0.5 GiB Memory".to_string()));
+        assert!(text.contains(&"To manage this host, go to:".to_string()));
+        assert!(text.contains(&"no management network".to_string()));
+        let keys = text.last().unwrap();
+        assert_eq!(keys.len(), 80);
+        assert!(
+            keys.starts_with("<F2> Customize System/View Logs") && keys.ends_with("<F12> Shut Down/Restart")
+        );
+    }
+
+    #[test]
+    fn management_url() {
+        let mut i = id();
+        i.management =
+            ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: true };
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (DHCP)".to_string()));
+    }
+
+    #[test]
+    fn memory_formatting() {
+        assert_eq!(memory_gib(32 << 30), "32 GiB");
+        assert_eq!(memory_gib(512 << 20), "0.5 GiB");
+        assert_eq!(memory_gib((4 << 30) - (100 << 20)), "3.9 GiB");
+        assert_eq!(memory_gib(0), "0 GiB");
+    }
+}

@@ -1,0 +1,6 @@
+//! Decoders for what firmware and hardware report: SMBIOS, PCI configuration headers, CPUID strings,
+//! ACPI table checksums.
+pub mod acpi;
+pub mod cpu;
+pub mod pci;
+pub mod smbios;

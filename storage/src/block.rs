@@ -1,0 +1,146 @@
+//! The block device interface (layer 2) shared by host tools, drivers and the storage services.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// An error from a block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoError {
+    /// The request reaches past the end of the device.
+    OutOfRange { lba: u64, blocks: u64, device_blocks: u64 },
+    /// The buffer is not a whole number of blocks.
+    UnalignedBuffer { len: usize, block_size: u32 },
+    /// The device itself failed; the message comes from the driver or the host OS.
+    Device(String),
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoError::OutOfRange { lba, blocks, device_blocks } => write!(
+                f,
+                "access to blocks {lba}..{} is past the end of the device ({device_blocks} blocks)",
+                lba.saturating_add(*blocks)
+            ),
+            IoError::UnalignedBuffer { len, block_size } => {
+                write!(f, "buffer of {len} bytes is not a multiple of the {block_size}-byte block size")
+            }
+            IoError::Device(msg) => write!(f, "device error: {msg}"),
+        }
+    }
+}
+
+/// A device addressed in fixed-size logical blocks.
+pub trait BlockDevice {
+    /// Bytes per logical block (512 or 4096 in practice).
+    fn block_size(&self) -> u32;
+    /// Number of logical blocks.
+    fn num_blocks(&self) -> u64;
+    /// Reads `buf.len() / block_size` blocks starting at `lba`.
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError>;
+    /// Writes `buf.len() / block_size` blocks starting at `lba`.
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError>;
+    /// Makes every completed write durable.
+    fn flush(&mut self) -> Result<(), IoError>;
+
+    /// Checks that a request of `len` bytes at `lba` fits the device; returns the block count.
+    fn check_request(&self, lba: u64, len: usize) -> Result<u64, IoError> {
+        let bs = self.block_size();
+        if bs == 0 || !len.is_multiple_of(bs as usize) {
+            return Err(IoError::UnalignedBuffer { len, block_size: bs });
+        }
+        let blocks = (len / bs as usize) as u64;
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.num_blocks() => Ok(blocks),
+            _ => Err(IoError::OutOfRange { lba, blocks, device_blocks: self.num_blocks() }),
+        }
+    }
+}
+
+/// An in-memory block device: the fake used by tests, and a staging buffer for tools.
+#[derive(Debug, Clone)]
+pub struct MemDisk {
+    block_size: u32,
+    data: Vec<u8>,
+    /// Number of `flush` calls, so tests can check durability points.
+    pub flushes: u64,
+}
+
+impl MemDisk {
+    /// A zero-filled disk of `blocks` blocks of `block_size` bytes.
+    pub fn new(block_size: u32, blocks: u64) -> Self {
+        MemDisk { block_size, data: vec![0; block_size as usize * blocks as usize], flushes: 0 }
+    }
+    /// A disk holding `data` (its length is cut down to whole blocks).
+    pub fn from_bytes(block_size: u32, mut data: Vec<u8>) -> Self {
+        let whole = data.len() - data.len() % block_size as usize;
+        data.truncate(whole);
+        MemDisk { block_size, data, flushes: 0 }
+    }
+    /// The disk contents.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+    /// Mutable disk contents (tests corrupt fields through this).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+impl BlockDevice for MemDisk {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        (self.data.len() / self.block_size as usize) as u64
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        let start = lba as usize * self.block_size as usize;
+        buf.copy_from_slice(&self.data[start..start + buf.len()]);
+        Ok(())
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        let start = lba as usize * self.block_size as usize;
+        self.data[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.flushes += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memdisk_bounds_are_checked() {
+        let mut d = MemDisk::new(512, 4);
+        let mut buf = [0u8; 1024];
+        assert!(d.read_blocks(2, &mut buf).is_ok());
+        assert_eq!(
+            d.read_blocks(3, &mut buf),
+            Err(IoError::OutOfRange { lba: 3, blocks: 2, device_blocks: 4 })
+        );
+        assert_eq!(
+            d.write_blocks(0, &buf[..100]),
+            Err(IoError::UnalignedBuffer { len: 100, block_size: 512 })
+        );
+        assert!(d.read_blocks(u64::MAX, &mut buf).is_err());
+    }
+
+    #[test]
+    fn memdisk_round_trip() {
+        let mut d = MemDisk::new(512, 8);
+        let data: Vec<u8> = (0..1024).map(|i| i as u8).collect();
+        d.write_blocks(5, &data).unwrap();
+        let mut back = vec![0u8; 1024];
+        d.read_blocks(5, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}

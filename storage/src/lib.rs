@@ -1,0 +1,21 @@
+//! Ember storage formats (layer 1: formats and state machines).
+//!
+//! Owns every on-disk format that both the appliance and the host tool `ember-image` must agree on:
+//! - [`block`]: the [`block::BlockDevice`] interface (layer 2) and an in-memory fake for tests;
+//! - [`gpt`]: reading and writing GUID partition tables (UEFI 2.10 section 5.3), with full validation;
+//! - [`layout`]: the Ember boot media layout (ESP, boot banks A/B, config store) on top of GPT;
+//! - [`fat32`]: writing the FAT32 ESP (8.3 names, no long-name entries);
+//! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries.
+//!
+//! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
+//! validated and turned into an error value naming what is wrong and where; nothing here panics on input.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod block;
+pub mod bootcfg;
+pub mod fat32;
+pub mod gpt;
+pub mod layout;

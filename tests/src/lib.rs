@@ -1,0 +1,316 @@
+//! The whole-system test harness: builds images with `ember-image`, boots them in QEMU (q35, TCG,
+//! `-cpu EPYC`, OVMF pflash) from a USB stick on xHCI, NVMe or virtio, reads the serial console with
+//! time-outs, sends keys, and collects the exit status (`isa-debug-exit`).
+//!
+//! Inputs come from the environment that `scripts/test` sets: `EMBER_EFI` (the appliance binary) and
+//! `EMBER_IMAGE_TOOL` (the `ember-image` binary). Serial logs are kept under
+//! `target/systest-logs/` for people to read after a run.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous time-out for anything that waits on the emulator (TCG is slow; CI has 2 cores).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    // Relative paths are relative to the workspace root (tests run in their crate's directory).
+    workspace().join(std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default)))
+}
+
+/// The appliance binary under test.
+pub fn efi_path() -> PathBuf {
+    let p = env_path("EMBER_EFI", "target/x86_64-unknown-uefi/release/ember.efi");
+    assert!(p.exists(), "{} is missing: run scripts/test (it builds the appliance first)", p.display());
+    p
+}
+
+/// The `ember-image` binary under test.
+pub fn image_tool() -> PathBuf {
+    let p = env_path("EMBER_IMAGE_TOOL", "target/release/ember-image");
+    assert!(p.exists(), "{} is missing: run scripts/test (it builds ember-image first)", p.display());
+    p
+}
+
+/// Runs `ember-image` with `args`; returns (success, stdout, stderr).
+pub fn run_tool(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(image_tool()).args(args).stdin(Stdio::null()).output().expect("run ember-image");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Builds an image in `dir` with the given boot options.
+pub fn build_image(dir: &Path, boot_options: &[&str]) -> PathBuf {
+    let out = dir.join("ember.img");
+    let efi = efi_path();
+    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
+    for o in boot_options {
+        args.push("--boot-option");
+        args.push(o);
+    }
+    let (ok, stdout, stderr) = run_tool(&args);
+    assert!(ok, "ember-image build failed:\n{stdout}\n{stderr}");
+    out
+}
+
+/// How the image is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// A USB stick on an xHCI controller (how users boot Ember).
+    Usb,
+    /// An NVMe namespace.
+    Nvme,
+    /// A virtio-blk disk.
+    Virtio,
+}
+
+/// One QEMU run.
+pub struct QemuConfig {
+    pub name: String,
+    pub image: PathBuf,
+    pub disk: Disk,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Extra arguments (for example `-no-reboot`).
+    pub extra: Vec<String>,
+    /// Which serial port the test reads: 1 = COM1, 2 = COM2.
+    pub console_port: u8,
+}
+
+impl QemuConfig {
+    pub fn new(name: &str, image: &Path) -> Self {
+        QemuConfig {
+            name: name.to_string(),
+            image: image.to_path_buf(),
+            disk: Disk::Usb,
+            cpus: 2,
+            memory_mib: 512,
+            extra: Vec::new(),
+            console_port: 1,
+        }
+    }
+}
+
+/// A running QEMU with its serial console captured.
+pub struct Qemu {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: Arc<Mutex<Vec<u8>>>,
+    /// Offset in `output` where the next `wait_for` starts searching.
+    mark: usize,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    exit: Option<std::process::ExitStatus>,
+}
+
+fn ovmf(file: &str) -> PathBuf {
+    for dir in ["/usr/share/OVMF", "/usr/share/ovmf"] {
+        let p = Path::new(dir).join(file);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("OVMF firmware {file} not found: run scripts/setup");
+}
+
+impl Qemu {
+    /// Starts QEMU.
+    pub fn start(cfg: &QemuConfig) -> Qemu {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = dir.path().join("OVMF_VARS.fd");
+        std::fs::copy(ovmf("OVMF_VARS_4M.fd"), &vars).unwrap();
+        let img = cfg.image.to_str().unwrap();
+        let mut args: Vec<String> = vec![
+            "-machine".into(),
+            "q35".into(),
+            "-accel".into(),
+            "tcg".into(),
+            "-cpu".into(),
+            "EPYC".into(),
+            "-smp".into(),
+            cfg.cpus.to_string(),
+            "-m".into(),
+            format!("{}M", cfg.memory_mib),
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={}", ovmf("OVMF_CODE_4M.fd").display()),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-nic".into(),
+            "none".into(),
+            "-device".into(),
+            "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
+        ];
+        if cfg.console_port == 2 {
+            args.extend(["-serial".into(), "null".into(), "-serial".into(), "stdio".into()]);
+        } else {
+            args.extend(["-serial".into(), "stdio".into()]);
+        }
+        match cfg.disk {
+            Disk::Usb => args.extend([
+                "-device".into(),
+                "qemu-xhci,id=xhci".into(),
+                "-drive".into(),
+                format!("if=none,id=stick,format=raw,file={img}"),
+                "-device".into(),
+                "usb-storage,bus=xhci.0,drive=stick".into(),
+            ]),
+            Disk::Nvme => args.extend([
+                "-drive".into(),
+                format!("if=none,id=nvm,format=raw,file={img}"),
+                "-device".into(),
+                "nvme,serial=ember0,drive=nvm".into(),
+            ]),
+            Disk::Virtio => args.extend(["-drive".into(), format!("if=virtio,format=raw,file={img}")]),
+        }
+        args.extend(cfg.extra.iter().cloned());
+
+        let logs = workspace().join("target/systest-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{}.log", cfg.name));
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64 (run scripts/setup)");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let stdin = child.stdin.take();
+        Qemu { child, stdin, output, mark: 0, log, _dir: dir, exit: None }
+    }
+
+    /// Everything the serial console printed so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn save_log(&self) {
+        let _ = std::fs::write(&self.log, &*self.output.lock().unwrap());
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        self.save_log();
+        let text = self.text();
+        let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+        panic!("{why}\n--- serial console (last 3000 chars; full log {}) ---\n{tail}", self.log.display());
+    }
+
+    /// Waits until `needle` appears after the previous match; returns the line containing it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                let hay = String::from_utf8_lossy(&out[self.mark.min(out.len())..]).into_owned();
+                if let Some(pos) = hay.find(needle) {
+                    let line_start = hay[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
+                    let line_end = hay[pos..].find(['\r', '\n']).map(|i| pos + i).unwrap_or(hay.len());
+                    let line = hay[line_start..line_end].to_string();
+                    self.mark += hay[..line_end].len();
+                    drop(out);
+                    self.save_log();
+                    return line;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status);
+                std::thread::sleep(Duration::from_millis(200)); // let the reader drain
+                let out = self.output.lock().unwrap();
+                if String::from_utf8_lossy(&out[self.mark.min(out.len())..]).contains(needle) {
+                    continue;
+                }
+                drop(out);
+                self.fail(&format!("QEMU exited ({status}) before {needle:?} appeared"));
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!("timed out after {timeout:?} waiting for {needle:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types bytes on the serial console.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for QEMU to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.exit.or_else(|| self.child.try_wait().ok().flatten()) {
+                self.exit = Some(s);
+                std::thread::sleep(Duration::from_millis(200));
+                self.save_log();
+                return s.code().unwrap_or(-1);
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!("QEMU did not exit within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The serial console as a terminal of `rows` x `cols` would show it now.
+    pub fn screen(&self, rows: u16, cols: u16) -> String {
+        let mut p = vt100::Parser::new(rows, cols, 0);
+        p.process(&self.output.lock().unwrap());
+        p.screen().contents()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.save_log();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses "Ember <v> booted: <N> CPUs, <M> MiB memory" into (N, M).
+pub fn parse_boot_line(line: &str) -> Option<(u32, u64)> {
+    let rest = &line[line.find("booted: ")? + 8..];
+    let (cpus, rest) = rest.split_once(" CPUs, ")?;
+    let (mib, tail) = rest.split_once(" MiB memory")?;
+    if !tail.trim().is_empty() {
+        return None;
+    }
+    Some((cpus.trim().parse().ok()?, mib.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn boot_line_parser() {
+        assert_eq!(super::parse_boot_line("Ember 0.1.0 booted: 4 CPUs, 1017 MiB memory"), Some((4, 1017)));
+        assert_eq!(super::parse_boot_line("Ember 0.1.0 booted: 4 CPUs, 1017 MiB memory!"), None);
+        assert_eq!(super::parse_boot_line("booted: x CPUs, 1 MiB memory"), None);
+    }
+}

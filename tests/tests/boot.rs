@@ -1,0 +1,221 @@
+//! Boot the real image the way a user does and check what the consoles show.
+
+use ember_systests::*;
+use std::time::Duration;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Boots from `disk` with `cpus` CPUs and checks the one boot line: CPU count and usable memory.
+fn boot_line_case(name: &str, disk: Disk, cpus: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let memory_mib = 256 * cpus.max(2);
+    let mut cfg = QemuConfig::new(name, &img);
+    cfg.disk = disk;
+    cfg.cpus = cpus;
+    cfg.memory_mib = memory_mib;
+    let mut q = Qemu::start(&cfg);
+    let line = q.wait_for(" booted: ", BOOT_TIMEOUT);
+    let (n, mib) = parse_boot_line(&line).unwrap_or_else(|| panic!("malformed boot line {line:?}"));
+    assert!(line.starts_with(&format!("Ember {VERSION} booted: ")), "{line:?}");
+    assert_eq!(n, cpus, "CPU count in {line:?}");
+    // Firmware keeps a little RAM for itself: usable memory is below, and close to, what QEMU gives.
+    assert!(
+        mib <= memory_mib as u64 && mib >= memory_mib as u64 * 9 / 10,
+        "{mib} MiB of {memory_mib} in {line:?}"
+    );
+    // The idle screen follows; by then the boot line must have been printed exactly once.
+    q.wait_for("<F12> Shut Down/Restart", BOOT_TIMEOUT);
+    assert_eq!(q.text().matches(" booted: ").count(), 1, "exactly one boot line");
+}
+
+macro_rules! boot_matrix {
+    ($($name:ident: $disk:expr, $cpus:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            boot_line_case(stringify!($name), $disk, $cpus);
+        }
+    )*};
+}
+
+boot_matrix! {
+    usb_stick_1_cpu: Disk::Usb, 1;
+    usb_stick_2_cpus: Disk::Usb, 2;
+    usb_stick_4_cpus: Disk::Usb, 4;
+    nvme_1_cpu: Disk::Nvme, 1;
+    nvme_2_cpus: Disk::Nvme, 2;
+    nvme_4_cpus: Disk::Nvme, 4;
+    virtio_1_cpu: Disk::Virtio, 1;
+    virtio_2_cpus: Disk::Virtio, 2;
+    virtio_4_cpus: Disk::Virtio, 4;
+}
+
+/// The idle screen as a person sees it on an 80x24 serial terminal, and a redraw on request.
+#[test]
+fn idle_screen_on_serial_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let mut q = Qemu::start(&QemuConfig::new("idle_screen", &img));
+    q.wait_for("<F12> Shut Down/Restart", BOOT_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    let screen = q.screen(24, 80);
+    for want in [
+        &format!("Ember {VERSION} (build "),
+        "QEMU Standard PC (Q35 + ICH9, 2009)",
+        "2 x AMD EPYC Processor",
+        "0.5 GiB Memory",
+        "To manage this host, go to:",
+        "no management network",
+        "<F2> Customize System/View Logs",
+        "<F12> Shut Down/Restart",
+    ] {
+        assert!(screen.contains(want), "idle screen lacks {want:?}:\n{screen}");
+    }
+    // The key bar is the last line of the screen.
+    assert!(
+        screen.trim_end().lines().last().unwrap().starts_with("<F2> Customize System/View Logs"),
+        "{screen}"
+    );
+
+    // Ctrl-L redraws the screen (keys reach the appliance).
+    q.send(b"\x0c");
+    q.wait_for("To manage this host, go to:", BOOT_TIMEOUT);
+    // Garbage on the serial line does not break anything; Enter still redraws.
+    q.send(b"\x1b[\x1bO\xff\x00zz\x1b[99~");
+    q.send(b"\r");
+    q.wait_for("To manage this host, go to:", BOOT_TIMEOUT);
+}
+
+/// The boot log on the serial console shows the bring-up steps with real values.
+#[test]
+fn boot_log_reports_hardware() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let mut cfg = QemuConfig::new("boot_log", &img);
+    cfg.cpus = 2;
+    let mut q = Qemu::start(&cfg);
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+    let log = q.text();
+    for want in [
+        "ember: ACPI tables: FACP APIC HPET MCFG",
+        "ember: MADT: 2 CPUs (2 enabled), local APIC at 0xfee00000",
+        "ember: HPET at 0xfed00000",
+        "ember: MCFG: segment 0 buses 0-255 at 0xb0000000",
+        "ember: 2 of 2 CPUs listed in the MADT are running",
+        "ember: pci 0000:00:00.0 8086:29c0 host bridge",
+        "ember: pci 0000:00:02.0 1b36:000d USB controller",
+        "ember: own page tables active",
+        "ember: FADT reset register: Io { port: 3321, value: 15 }",
+    ] {
+        assert!(log.contains(want), "boot log lacks {want:?}");
+    }
+    assert!(
+        log.contains("ember: TSC ") && log.contains("calibrated against the PIT"),
+        "timer calibration missing"
+    );
+}
+
+/// Each provoked CPU exception produces the report and stops the machine cleanly.
+fn exception_case(name: &str, selftest: &str, first_line: &str, more: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[&format!("ember.selftest={selftest}"), "ember.debugexit"]);
+    let mut q = Qemu::start(&QemuConfig::new(name, &img));
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+    let line = q.wait_for("*** CPU EXCEPTION", BOOT_TIMEOUT);
+    assert_eq!(line.trim(), first_line);
+    q.wait_for("System halted.", BOOT_TIMEOUT);
+    let text = q.text();
+    for want in ["RIP 0x", "RSP 0x", "CR2 0x", "RAX 0x", "stack:\r\n  [rsp+0x000] 0x"].iter().chain(more) {
+        assert!(text.contains(want), "report lacks {want:?}");
+    }
+    // isa-debug-exit: status 0x10 becomes QEMU exit code 0x21.
+    assert_eq!(q.wait_exit(BOOT_TIMEOUT), 33);
+}
+
+#[test]
+fn page_fault_report() {
+    exception_case(
+        "exception_pf",
+        "pagefault",
+        "*** CPU EXCEPTION on CPU 0: #PF Page Fault (vector 14)",
+        &["error code 0x0 (page not present on read in kernel mode)", "CR2 0x00007fdead000000"],
+    );
+}
+
+#[test]
+fn divide_error_report() {
+    exception_case("exception_de", "divide", "*** CPU EXCEPTION on CPU 0: #DE Divide Error (vector 0)", &[]);
+}
+
+#[test]
+fn invalid_opcode_report() {
+    exception_case(
+        "exception_ud",
+        "invalid-opcode",
+        "*** CPU EXCEPTION on CPU 0: #UD Invalid Opcode (vector 6)",
+        &[],
+    );
+}
+
+#[test]
+fn general_protection_report() {
+    exception_case(
+        "exception_gp",
+        "gpfault",
+        "*** CPU EXCEPTION on CPU 0: #GP General Protection (vector 13)",
+        &["error code 0xfff8"],
+    );
+}
+
+/// Reboot through the FADT reset register: with -no-reboot QEMU exits instead of resetting.
+#[test]
+fn reboot_resets_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &["ember.selftest=reboot"]);
+    let mut cfg = QemuConfig::new("reboot", &img);
+    cfg.extra = vec!["-no-reboot".into()];
+    let mut q = Qemu::start(&cfg);
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+    q.wait_for("ember: restarting the system", BOOT_TIMEOUT);
+    assert_eq!(q.wait_exit(BOOT_TIMEOUT), 0, "QEMU should exit on the guest reset");
+}
+
+/// `console=com2` moves the console; unknown boot options are reported, not fatal.
+#[test]
+fn console_on_com2_and_unknown_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &["console=com2", "frobnicate=1"]);
+    let mut cfg = QemuConfig::new("com2", &img);
+    cfg.console_port = 2;
+    let mut q = Qemu::start(&cfg);
+    q.wait_for("ember: boot options: console=com2 frobnicate=1", BOOT_TIMEOUT);
+    q.wait_for("ember: WARNING: unknown boot option `frobnicate=1` ignored", BOOT_TIMEOUT);
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+}
+
+/// A boot.cfg edited by hand into an invalid state: the error names the file, line and option, and
+/// the appliance still boots on default options.
+#[test]
+fn invalid_boot_cfg_is_reported_and_defaults_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let cfg_file = dir.path().join("boot.cfg");
+    std::fs::write(&cfg_file, "title=Ember\n\nkernelopt=console=com9\n").unwrap();
+    let status = std::process::Command::new("mcopy")
+        .args([
+            "-o",
+            "-i",
+            &format!("{}@@1M", img.display()),
+            cfg_file.to_str().unwrap(),
+            "::/EFI/ember/boot.cfg",
+        ])
+        .status()
+        .expect("mcopy (mtools; run scripts/setup)");
+    assert!(status.success());
+    let mut q = Qemu::start(&QemuConfig::new("bad_boot_cfg", &img));
+    q.wait_for(
+        "ember: ERROR: \\EFI\\ember\\boot.cfg:line 3: boot option `console`: expected com1 or com2; using default boot options",
+        BOOT_TIMEOUT,
+    );
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+}
