@@ -109,6 +109,8 @@ pub struct Qemu {
     /// Offset in `output` where the next `wait_for` starts searching.
     mark: usize,
     log: PathBuf,
+    monitor: PathBuf,
+    name: String,
     _dir: tempfile::TempDir,
     exit: Option<std::process::ExitStatus>,
 }
@@ -148,7 +150,7 @@ impl Qemu {
             "-display".into(),
             "none".into(),
             "-monitor".into(),
-            "none".into(),
+            format!("unix:{},server=on,wait=off", dir.path().join("monitor.sock").display()),
             "-nic".into(),
             "none".into(),
             "-device".into(),
@@ -201,7 +203,8 @@ impl Qemu {
             }
         });
         let stdin = child.stdin.take();
-        Qemu { child, stdin, output, mark: 0, log, _dir: dir, exit: None }
+        let monitor = dir.path().join("monitor.sock");
+        Qemu { child, stdin, output, mark: 0, log, monitor, name: cfg.name.clone(), _dir: dir, exit: None }
     }
 
     /// Everything the serial console printed so far, as text.
@@ -278,6 +281,47 @@ impl Qemu {
         }
     }
 
+    /// Sends one command to the QEMU human monitor and returns what it printed.
+    pub fn monitor(&mut self, command: &str) -> String {
+        use std::os::unix::net::UnixStream;
+        let mut s = UnixStream::connect(&self.monitor).expect("connect to the QEMU monitor");
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let start = Instant::now();
+        // The monitor echoes the command, runs it and prints a new prompt.
+        while start.elapsed() < Duration::from_secs(30) {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) if String::from_utf8_lossy(&out).matches("(qemu)").count() >= 2 => break,
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Takes a screendump of the framebuffer (kept as `target/systest-logs/<name>-<tag>.ppm`) and reads
+    /// it back as text, cell by cell, with the appliance's 8x16 font.
+    pub fn framebuffer_text(&mut self, tag: &str) -> String {
+        let path = self.log.with_file_name(format!("{}-{tag}.ppm", self.name));
+        let _ = std::fs::remove_file(&path);
+        self.monitor(&format!("screendump {}", path.display()));
+        let start = Instant::now();
+        while !path.exists() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ppm = std::fs::read(&path).expect("screendump file");
+        let img = Ppm::parse(&ppm).expect("screendump is a binary PPM");
+        // The console scales its 8x16 font by a whole factor; read with the factor that recognises the
+        // most characters.
+        (1..=4)
+            .map(|s| img.text(s))
+            .max_by_key(|t| t.chars().filter(|c| c.is_ascii_graphic() && *c != '?').count())
+            .unwrap()
+    }
+
     /// The serial console as a terminal of `rows` x `cols` would show it now.
     pub fn screen(&self, rows: u16, cols: u16) -> String {
         let mut p = vt100::Parser::new(rows, cols, 0);
@@ -303,6 +347,90 @@ pub fn parse_boot_line(line: &str) -> Option<(u32, u64)> {
         return None;
     }
     Some((cpus.trim().parse().ok()?, mib.trim().parse().ok()?))
+}
+
+/// A binary (P6) PPM image, as QEMU's `screendump` writes it.
+pub struct Ppm {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Ppm {
+    /// Parses "P6 <w> <h> 255\n" followed by RGB bytes.
+    pub fn parse(b: &[u8]) -> Option<Ppm> {
+        let mut fields = Vec::new();
+        let mut pos = 0;
+        while fields.len() < 4 {
+            while b.get(pos)?.is_ascii_whitespace() {
+                pos += 1;
+            }
+            let start = pos;
+            while !b.get(pos)?.is_ascii_whitespace() {
+                pos += 1;
+            }
+            fields.push(std::str::from_utf8(&b[start..pos]).ok()?.to_string());
+        }
+        pos += 1;
+        if fields[0] != "P6" || fields[3] != "255" {
+            return None;
+        }
+        let (width, height) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+        let rgb = b.get(pos..pos + width * height * 3)?.to_vec();
+        Some(Ppm { width, height, rgb })
+    }
+
+    fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+
+    /// Reads the text cells (8x16 pixels times `scale`): in each cell the two main colours are the
+    /// background and the glyph, matched against the font (each font row drawn twice). Unmatched cells
+    /// read as '?'.
+    pub fn text(&self, scale: usize) -> String {
+        let font = &font8x8::legacy::BASIC_LEGACY;
+        let (cw, ch) = (8 * scale, 16 * scale);
+        let mut out = String::new();
+        for row in 0..self.height / ch {
+            let mut line = String::new();
+            for col in 0..self.width / cw {
+                let mut counts: Vec<([u8; 3], usize)> = Vec::new();
+                for y in 0..ch {
+                    for x in 0..cw {
+                        let p = self.pixel(col * cw + x, row * ch + y);
+                        match counts.iter_mut().find(|(c, _)| *c == p) {
+                            Some((_, n)) => *n += 1,
+                            None => counts.push((p, 1)),
+                        }
+                    }
+                }
+                counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+                // Either of the two main colours may be the background (some glyphs, such as 'M', cover
+                // more than half of their cell), so try both.
+                let ch = counts
+                    .iter()
+                    .take(2)
+                    .find_map(|(bg, _)| {
+                        let bits: Vec<u8> = (0..8)
+                            .map(|gy| {
+                                (0..8).fold(0u8, |acc, gx| {
+                                    let p = self.pixel(col * cw + gx * scale, row * ch + gy * 2 * scale);
+                                    acc | (((p != *bg) as u8) << gx)
+                                })
+                            })
+                            .collect();
+                        (0x20u8..0x7f).find(|c| font[*c as usize].iter().zip(&bits).all(|(a, b)| a == b))
+                    })
+                    .map(|c| c as char)
+                    .unwrap_or('?');
+                line.push(ch);
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Boots from `disk` with `cpus` CPUs and checks the one boot line: CPU count and usable memory.
 fn boot_line_case(name: &str, disk: Disk, cpus: u32) {
+    boot_line_with_memory(name, disk, cpus, 256 * cpus.max(2));
+}
+
+fn boot_line_with_memory(name: &str, disk: Disk, cpus: u32, memory_mib: u32) {
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), &[]);
-    let memory_mib = 256 * cpus.max(2);
     let mut cfg = QemuConfig::new(name, &img);
     cfg.disk = disk;
     cfg.cpus = cpus;
@@ -50,6 +53,13 @@ boot_matrix! {
     virtio_4_cpus: Disk::Virtio, 4;
 }
 
+/// RAM above 4 GiB (the identity map and the memory count must reach it) and more CPUs than the
+/// emulator host has cores.
+#[test]
+fn usb_stick_8_cpus_6_gib() {
+    boot_line_with_memory("usb_stick_8_cpus_6_gib", Disk::Usb, 8, 6144);
+}
+
 /// The idle screen as a person sees it on an 80x24 serial terminal, and a redraw on request.
 #[test]
 fn idle_screen_on_serial_console() {
@@ -75,6 +85,24 @@ fn idle_screen_on_serial_console() {
     assert!(
         screen.trim_end().lines().last().unwrap().starts_with("<F2> Customize System/View Logs"),
         "{screen}"
+    );
+
+    // The monitor shows the same screen: read the framebuffer back into text.
+    let fb = q.framebuffer_text("idle");
+    for want in [
+        &format!("Ember {VERSION} (build "),
+        "QEMU Standard PC (Q35 + ICH9, 2009)",
+        "2 x AMD EPYC Processor",
+        "0.5 GiB Memory",
+        "To manage this host, go to:",
+        "no management network",
+    ] {
+        assert!(fb.contains(want), "framebuffer lacks {want:?}:\n{fb}");
+    }
+    let last = fb.trim_end().lines().last().unwrap();
+    assert!(
+        last.starts_with("<F2> Customize System/View Logs") && last.ends_with("<F12> Shut Down/Restart"),
+        "{fb}"
     );
 
     // Ctrl-L redraws the screen (keys reach the appliance).
@@ -165,6 +193,22 @@ fn general_protection_report() {
         "*** CPU EXCEPTION on CPU 0: #GP General Protection (vector 13)",
         &["error code 0xfff8"],
     );
+}
+
+/// Without `ember.debugexit` the machine stays halted and the monitor shows the same report.
+#[test]
+fn exception_report_on_framebuffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &["ember.selftest=pagefault"]);
+    let mut q = Qemu::start(&QemuConfig::new("exception_fb", &img));
+    q.wait_for("System halted.", BOOT_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    let fb = q.framebuffer_text("report");
+    for want in
+        ["*** CPU EXCEPTION on CPU 0: #PF Page Fault (vector 14)", "CR2 0x00007fdead000000", "System halted."]
+    {
+        assert!(fb.contains(want), "framebuffer lacks {want:?}:\n{fb}");
+    }
 }
 
 /// Reboot through the FADT reset register: with -no-reboot QEMU exits instead of resetting.

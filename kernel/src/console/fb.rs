@@ -1,25 +1,35 @@
-//! Drawing text on the GOP framebuffer with an 8x8 bitmap font doubled vertically (8x16 cells).
+//! Drawing text on the GOP framebuffer with an 8x8 bitmap font doubled vertically (8x16 cells), scaled
+//! by a whole factor on large screens so the console stays about 80 columns wide, like a VGA text
+//! console (1280x800 gives 80x25 cells of 16x32 pixels).
 
 use crate::boot::FramebufferInfo;
 
-/// Cell size in pixels.
-pub const CELL_W: usize = 8;
-pub const CELL_H: usize = 16;
+/// Cell size in pixels at scale 1.
+const CELL_W: usize = 8;
+const CELL_H: usize = 16;
 
 /// The framebuffer, owned by the console.
 pub struct Framebuffer {
     info: FramebufferInfo,
+    scale: usize,
 }
 
 impl Framebuffer {
     /// Takes ownership of the firmware's framebuffer.
     pub fn new(info: FramebufferInfo) -> Self {
-        Framebuffer { info }
+        let scale = (info.width / 640).min(info.height / 400).clamp(1, 4);
+        Framebuffer { info, scale }
+    }
+
+    /// Cell width and height in pixels.
+    pub fn cell_size(&self) -> (usize, usize) {
+        (CELL_W * self.scale, CELL_H * self.scale)
     }
 
     /// Text columns and rows.
     pub fn text_size(&self) -> (usize, usize) {
-        (self.info.width / CELL_W, self.info.height / CELL_H)
+        let (w, h) = self.cell_size();
+        (self.info.width / w, self.info.height / h)
     }
 
     fn pixel(&self, rgb: u32) -> u32 {
@@ -62,16 +72,16 @@ impl Framebuffer {
             font8x8::legacy::BASIC_LEGACY[b'?' as usize]
         };
         let (fg, bg) = (self.pixel(fg), self.pixel(bg));
-        for (gy, bits) in bitmap.iter().enumerate() {
-            for half in 0..2 {
-                let y = row * CELL_H + gy * 2 + half;
-                let line = self.row_ptr(y);
-                for gx in 0..CELL_W {
-                    let on = bits & (1 << gx) != 0;
-                    // SAFETY: the cell is inside the visible area (checked above), hence inside the
-                    // framebuffer.
-                    unsafe { line.add(col * CELL_W + gx).write_volatile(if on { fg } else { bg }) }
-                }
+        let (cw, ch) = self.cell_size();
+        let s = self.scale;
+        for y in 0..ch {
+            let bits = bitmap[y / (2 * s)];
+            let line = self.row_ptr(row * ch + y);
+            for x in 0..cw {
+                let on = bits & (1 << (x / s)) != 0;
+                // SAFETY: the cell is inside the visible area (checked above), hence inside the
+                // framebuffer.
+                unsafe { line.add(col * cw + x).write_volatile(if on { fg } else { bg }) }
             }
         }
     }
@@ -79,13 +89,14 @@ impl Framebuffer {
     /// Moves the text area up by one cell row and clears the last row.
     pub fn scroll_up(&mut self, bg: u32) {
         let (_, rows) = self.text_size();
-        let used = rows * CELL_H;
-        for y in 0..used - CELL_H {
+        let (_, ch) = self.cell_size();
+        let used = rows * ch;
+        for y in 0..used - ch {
             // SAFETY: both rows are inside the visible area; `copy` handles the (impossible here) overlap
             // of one row with itself.
-            unsafe { core::ptr::copy(self.row_ptr(y + CELL_H), self.row_ptr(y), self.info.width) }
+            unsafe { core::ptr::copy(self.row_ptr(y + ch), self.row_ptr(y), self.info.width) }
         }
-        self.fill(0, used - CELL_H, self.info.width, CELL_H, bg);
+        self.fill(0, used - ch, self.info.width, ch, bg);
     }
 }
 

@@ -119,10 +119,11 @@ fn draw_serial_idle(p: &mut SerialPort, id: &HostIdentity) {
 
 fn draw_fb_idle(s: &mut TextConsole, id: &HostIdentity) {
     let (cols, rows) = s.fb.text_size();
-    let (w, h) = (cols * fb::CELL_W, rows * fb::CELL_H);
+    let (cw, ch) = s.fb.cell_size();
+    let (w, h) = (cols * cw, rows * ch);
     let split = rows / 2;
-    s.fb.fill(0, 0, w, split * fb::CELL_H, TOP_BG);
-    s.fb.fill(0, split * fb::CELL_H, w, h - split * fb::CELL_H, BOTTOM_BG);
+    s.fb.fill(0, 0, w, split * ch, TOP_BG);
+    s.fb.fill(0, split * ch, w, h - split * ch, BOTTOM_BG);
     let (mut top_row, mut bottom_row) = (1, split + 1);
     for l in idle_screen(id, cols) {
         let (row, fg, bg) = match l.band {

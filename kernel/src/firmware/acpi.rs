@@ -1,18 +1,17 @@
-//! ACPI tables: MADT (CPUs, local APIC address), FADT (reset register), HPET and MCFG through the
-//! `acpi` crate, plus a lookup of any table by signature (for tables the crate does not know, such as
-//! the iBFT).
+//! ACPI tables: FADT (reset register), HPET and MCFG through the `acpi` crate; the MADT (CPUs, local
+//! APIC address) through Ember's own bounded decoder; and a checksum-validated lookup of any table by
+//! signature (for tables the crate does not know, such as the iBFT).
 
 use super::phys_bytes;
 use crate::arch::x86_64::paging;
 use acpi::fadt::Fadt;
-use acpi::madt::{Madt, MadtEntry};
 use acpi::mcfg::Mcfg;
 use acpi::{AcpiHandler, AcpiTables, HpetInfo, PhysicalMapping};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
-use ember_kernel::hw::acpi::{sdt_length, validate_sdt};
+use ember_kernel::hw::acpi::{parse_madt, sdt_length, validate_sdt};
 
 /// Physical memory is identity mapped, so "mapping" a region is taking its address.
 #[derive(Clone, Copy, Debug)]
@@ -88,39 +87,24 @@ pub fn read_tables(rsdp: u64) -> AcpiInfo {
         }
     };
 
-    match tables.find_table::<Madt>() {
-        Ok(madt) => {
-            info.lapic_address = Some(madt.get().local_apic_address as u64);
-            for entry in madt.get().entries() {
-                match entry {
-                    MadtEntry::LocalApic(e) => {
-                        let flags = e.flags;
-                        info.cpus.push(CpuEntry { apic_id: e.apic_id as u32, enabled: flags & 1 != 0 })
-                    }
-                    MadtEntry::LocalX2Apic(e) => {
-                        let flags = e.flags;
-                        let id = e.x2apic_id;
-                        info.cpus.push(CpuEntry { apic_id: id, enabled: flags & 1 != 0 })
-                    }
-                    MadtEntry::LocalApicAddressOverride(e) => {
-                        info.lapic_address = Some(e.local_apic_address);
-                    }
-                    MadtEntry::IoApic(e) => {
-                        let (id, addr, gsi) =
-                            (e.io_apic_id, e.io_apic_address, e.global_system_interrupt_base);
-                        kprintln!("ember: I/O APIC {id} at {addr:#x}, GSI base {gsi}");
-                    }
-                    _ => {}
-                }
+    // The MADT is decoded by ember_kernel's bounded parser: the acpi crate's entry iterator trusts
+    // entry lengths (a zero length loops, an oversized one reads past the table).
+    match find_table(b"APIC").map(parse_madt) {
+        Some(Ok(madt)) => {
+            info.lapic_address = Some(madt.local_apic_address);
+            info.cpus = madt.cpus.iter().map(|&(apic_id, enabled)| CpuEntry { apic_id, enabled }).collect();
+            for (id, addr, gsi) in &madt.io_apics {
+                kprintln!("ember: I/O APIC {id} at {addr:#x}, GSI base {gsi}");
             }
             kprintln!(
                 "ember: MADT: {} CPUs ({} enabled), local APIC at {:#x}",
                 info.cpus.len(),
                 info.cpus.iter().filter(|c| c.enabled).count(),
-                info.lapic_address.unwrap_or(0)
+                madt.local_apic_address
             );
         }
-        Err(e) => kprintln!("ember: WARNING: no usable MADT ({e:?}); running on one CPU"),
+        Some(Err(e)) => kprintln!("ember: WARNING: the MADT is invalid ({e:?}); running on one CPU"),
+        None => kprintln!("ember: WARNING: no MADT; running on one CPU"),
     }
 
     match tables.find_table::<Fadt>() {
@@ -197,8 +181,7 @@ pub fn all_tables() -> Vec<([u8; 4], u64)> {
     out
 }
 
-/// The bytes of the first valid table with `signature` (for tables such as "iBFT").
-#[allow(dead_code)] // used by the iSCSI boot work; kept tested through `all_tables` at every boot
+/// The bytes of the first valid table with `signature` (the MADT now; the iBFT for iSCSI boot later).
 pub fn find_table(signature: &[u8; 4]) -> Option<&'static [u8]> {
     all_tables().into_iter().find(|(s, _)| s == signature).and_then(|(_, a)| read_table(a))
 }

@@ -33,6 +33,69 @@ pub fn validate_sdt(bytes: &[u8]) -> Result<SdtInfo, SdtError> {
     Ok(SdtInfo { signature: [bytes[0], bytes[1], bytes[2], bytes[3]], length })
 }
 
+/// What the MADT (ACPI 6.5 5.2.12) says about processors and interrupt controllers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MadtSummary {
+    /// Local APIC physical address (the override entry wins over the header field).
+    pub local_apic_address: u64,
+    /// Processors as (APIC ID, enabled at boot). Entries that are only "online capable" are hot-plug
+    /// slots and are listed as not enabled.
+    pub cpus: alloc::vec::Vec<(u32, bool)>,
+    /// I/O APICs as (id, address, GSI base).
+    pub io_apics: alloc::vec::Vec<(u8, u32, u32)>,
+}
+
+/// What is wrong with a MADT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MadtError {
+    /// The table is not a valid SDT.
+    Table(SdtError),
+    /// The signature is not "APIC".
+    NotMadt,
+    /// An entry at `offset` has a length below 2, past the table end, or below its type's size.
+    BadEntry { offset: usize, kind: u8, length: u8 },
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Decodes a whole MADT, checking every entry length, so a corrupt table gives an error instead of a
+/// loop or a read past its end.
+pub fn parse_madt(table: &[u8]) -> Result<MadtSummary, MadtError> {
+    let info = validate_sdt(table).map_err(MadtError::Table)?;
+    if &info.signature != b"APIC" || table.len() < 44 {
+        return Err(MadtError::NotMadt);
+    }
+    let mut out = MadtSummary { local_apic_address: le32(table, 36) as u64, ..Default::default() };
+    let mut off = 44;
+    while off < table.len() {
+        let kind = table[off];
+        let length = *table.get(off + 1).ok_or(MadtError::BadEntry { offset: off, kind, length: 0 })?;
+        let bad = MadtError::BadEntry { offset: off, kind, length };
+        let min = match kind {
+            0 => 8,  // processor local APIC
+            1 => 12, // I/O APIC
+            5 => 12, // local APIC address override
+            9 => 16, // processor local x2APIC
+            _ => 2,
+        };
+        if (length as usize) < min || off + length as usize > table.len() {
+            return Err(bad);
+        }
+        let e = &table[off..off + length as usize];
+        match kind {
+            0 => out.cpus.push((e[3] as u32, le32(e, 4) & 1 != 0)),
+            1 => out.io_apics.push((e[2], le32(e, 4), le32(e, 8))),
+            5 => out.local_apic_address = u64::from_le_bytes(e[4..12].try_into().unwrap_or([0; 8])),
+            9 => out.cpus.push((le32(e, 4), le32(e, 8) & 1 != 0)),
+            _ => {}
+        }
+        off += length as usize;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +109,71 @@ mod tests {
         let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
         t[9] = 0u8.wrapping_sub(sum);
         t
+    }
+
+    fn madt(entries: &[&[u8]]) -> alloc::vec::Vec<u8> {
+        let mut body = alloc::vec::Vec::new();
+        body.extend_from_slice(&0xfee0_0000u32.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT
+        for e in entries {
+            body.extend_from_slice(e);
+        }
+        table(b"APIC", &body)
+    }
+
+    /// The shape of QEMU q35's MADT with two CPUs, an I/O APIC and an override.
+    #[test]
+    fn madt_cpus_and_ioapic() {
+        let t = madt(&[
+            &[0, 8, 0, 0, 1, 0, 0, 0],
+            &[0, 8, 1, 1, 1, 0, 0, 0],
+            &[0, 8, 2, 2, 2, 0, 0, 0], // online capable only: a hot-plug slot
+            &[1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0],
+            &[2, 10, 0, 0, 2, 0, 0, 0, 0, 0], // interrupt source override: skipped
+            &[9, 16, 0, 0, 0x00, 0x01, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0],
+        ]);
+        let m = parse_madt(&t).unwrap();
+        assert_eq!(m.local_apic_address, 0xfee0_0000);
+        assert_eq!(m.cpus, alloc::vec![(0, true), (1, true), (2, false), (256, true)]);
+        assert_eq!(m.io_apics, alloc::vec![(0, 0xfec0_0000, 0)]);
+        let t = madt(&[&[5, 12, 0, 0, 0, 0, 0xe0, 0xfe, 0, 0, 0, 0]]);
+        assert_eq!(parse_madt(&t).unwrap().local_apic_address, 0xfee0_0000);
+    }
+
+    #[test]
+    fn madt_bad_entries() {
+        assert_eq!(
+            parse_madt(&madt(&[&[0, 8, 0, 0, 1, 0, 0, 0], &[0, 0]])),
+            Err(MadtError::BadEntry { offset: 52, kind: 0, length: 0 }),
+            "a zero-length entry would loop forever"
+        );
+        assert_eq!(
+            parse_madt(&madt(&[&[0, 200, 0, 0]])),
+            Err(MadtError::BadEntry { offset: 44, kind: 0, length: 200 })
+        );
+        assert_eq!(
+            parse_madt(&madt(&[&[9, 8, 0, 0, 0, 0, 0, 0]])),
+            Err(MadtError::BadEntry { offset: 44, kind: 9, length: 8 }),
+            "an x2APIC entry must be 16 bytes"
+        );
+        assert_eq!(parse_madt(&table(b"FACP", &[0; 8])), Err(MadtError::NotMadt));
+        let mut t = madt(&[]);
+        t[40] ^= 1;
+        assert_eq!(parse_madt(&t), Err(MadtError::Table(SdtError::Checksum)));
+        // Every truncation and every single-byte corruption gives a value, never a panic.
+        let t = madt(&[&[0, 8, 0, 0, 1, 0, 0, 0], &[1, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0]]);
+        for cut in 0..t.len() {
+            let _ = parse_madt(&t[..cut]);
+        }
+        for i in 36..t.len() {
+            for v in [0u8, 1, 2, 0xff] {
+                let mut c = t.clone();
+                c[i] = v;
+                let sum = c.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+                c[9] = c[9].wrapping_sub(sum);
+                let _ = parse_madt(&c);
+            }
+        }
     }
 
     #[test]
