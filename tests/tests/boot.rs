@@ -5,6 +5,34 @@ use std::time::Duration;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Panics naming the first of `wants` that `text` (what a person sees in `place`) lacks.
+fn assert_shows(place: &str, text: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(text.contains(want), "{place} lacks {want:?}:\n{text}");
+    }
+}
+
+/// What the idle screen shows for the default 2-CPU, 512 MiB test VM (key bar excluded).
+fn idle_screen_lines() -> Vec<String> {
+    [
+        format!("Ember {VERSION} (build "),
+        "QEMU Standard PC (Q35 + ICH9, 2009)".into(),
+        "2 x AMD EPYC Processor".into(),
+        "0.5 GiB Memory".into(),
+        "To manage this host, go to:".into(),
+        "no management network".into(),
+    ]
+    .into()
+}
+
+fn assert_key_bar_last(screen: &str) {
+    let last = screen.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("<F2> Customize System/View Logs") && last.ends_with("<F12> Shut Down/Restart"),
+        "the key bar is not the last line:\n{screen}"
+    );
+}
+
 /// Boots from `disk` with `cpus` CPUs and checks the one boot line: CPU count and usable memory.
 fn boot_line_case(name: &str, disk: Disk, cpus: u32) {
     boot_line_with_memory(name, disk, cpus, 256 * cpus.max(2));
@@ -69,41 +97,15 @@ fn idle_screen_on_serial_console() {
     q.wait_for("<F12> Shut Down/Restart", BOOT_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     let screen = q.screen(24, 80);
-    for want in [
-        &format!("Ember {VERSION} (build "),
-        "QEMU Standard PC (Q35 + ICH9, 2009)",
-        "2 x AMD EPYC Processor",
-        "0.5 GiB Memory",
-        "To manage this host, go to:",
-        "no management network",
-        "<F2> Customize System/View Logs",
-        "<F12> Shut Down/Restart",
-    ] {
-        assert!(screen.contains(want), "idle screen lacks {want:?}:\n{screen}");
-    }
-    // The key bar is the last line of the screen.
-    assert!(
-        screen.trim_end().lines().last().unwrap().starts_with("<F2> Customize System/View Logs"),
-        "{screen}"
-    );
+    let lines = idle_screen_lines();
+    let wants: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_shows("serial idle screen", &screen, &wants);
+    assert_key_bar_last(&screen);
 
     // The monitor shows the same screen: read the framebuffer back into text.
     let fb = q.framebuffer_text("idle");
-    for want in [
-        &format!("Ember {VERSION} (build "),
-        "QEMU Standard PC (Q35 + ICH9, 2009)",
-        "2 x AMD EPYC Processor",
-        "0.5 GiB Memory",
-        "To manage this host, go to:",
-        "no management network",
-    ] {
-        assert!(fb.contains(want), "framebuffer lacks {want:?}:\n{fb}");
-    }
-    let last = fb.trim_end().lines().last().unwrap();
-    assert!(
-        last.starts_with("<F2> Customize System/View Logs") && last.ends_with("<F12> Shut Down/Restart"),
-        "{fb}"
-    );
+    assert_shows("framebuffer idle screen", &fb, &wants);
+    assert_key_bar_last(&fb);
 
     // Ctrl-L redraws the screen (keys reach the appliance).
     q.send(b"\x0c");
@@ -124,19 +126,21 @@ fn boot_log_reports_hardware() {
     let mut q = Qemu::start(&cfg);
     q.wait_for(" booted: ", BOOT_TIMEOUT);
     let log = q.text();
-    for want in [
-        "ember: ACPI tables: FACP APIC HPET MCFG",
-        "ember: MADT: 2 CPUs (2 enabled), local APIC at 0xfee00000",
-        "ember: HPET at 0xfed00000",
-        "ember: MCFG: segment 0 buses 0-255 at 0xb0000000",
-        "ember: 2 of 2 CPUs listed in the MADT are running",
-        "ember: pci 0000:00:00.0 8086:29c0 host bridge",
-        "ember: pci 0000:00:02.0 1b36:000d USB controller",
-        "ember: own page tables active",
-        "ember: FADT reset register: Io { port: 3321, value: 15 }",
-    ] {
-        assert!(log.contains(want), "boot log lacks {want:?}");
-    }
+    assert_shows(
+        "boot log",
+        &log,
+        &[
+            "ember: ACPI tables: FACP APIC HPET MCFG",
+            "ember: MADT: 2 CPUs (2 enabled), local APIC at 0xfee00000",
+            "ember: HPET at 0xfed00000",
+            "ember: MCFG: segment 0 buses 0-255 at 0xb0000000",
+            "ember: 2 of 2 CPUs listed in the MADT are running",
+            "ember: pci 0000:00:00.0 8086:29c0 host bridge",
+            "ember: pci 0000:00:02.0 1b36:000d USB controller",
+            "ember: own page tables active",
+            "ember: FADT reset register: Io { port: 3321, value: 15 }",
+        ],
+    );
     assert!(
         log.contains("ember: TSC ") && log.contains("calibrated against the PIT"),
         "timer calibration missing"
@@ -153,9 +157,12 @@ fn exception_case(name: &str, selftest: &str, first_line: &str, more: &[&str]) {
     assert_eq!(line.trim(), first_line);
     q.wait_for("System halted.", BOOT_TIMEOUT);
     let text = q.text();
-    for want in ["RIP 0x", "RSP 0x", "CR2 0x", "RAX 0x", "stack:\r\n  [rsp+0x000] 0x"].iter().chain(more) {
-        assert!(text.contains(want), "report lacks {want:?}");
-    }
+    assert_shows(
+        "exception report",
+        &text,
+        &["RIP 0x", "RSP 0x", "CR2 0x", "RAX 0x", "stack:\r\n  [rsp+0x000] 0x"],
+    );
+    assert_shows("exception report", &text, more);
     // isa-debug-exit: status 0x10 becomes QEMU exit code 0x21.
     assert_eq!(q.wait_exit(BOOT_TIMEOUT), 33);
 }
@@ -204,11 +211,15 @@ fn exception_report_on_framebuffer() {
     q.wait_for("System halted.", BOOT_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     let fb = q.framebuffer_text("report");
-    for want in
-        ["*** CPU EXCEPTION on CPU 0: #PF Page Fault (vector 14)", "CR2 0x00007fdead000000", "System halted."]
-    {
-        assert!(fb.contains(want), "framebuffer lacks {want:?}:\n{fb}");
-    }
+    assert_shows(
+        "framebuffer report",
+        &fb,
+        &[
+            "*** CPU EXCEPTION on CPU 0: #PF Page Fault (vector 14)",
+            "CR2 0x00007fdead000000",
+            "System halted.",
+        ],
+    );
 }
 
 /// Reboot through the FADT reset register: with -no-reboot QEMU exits instead of resetting.

@@ -7,7 +7,7 @@ use crate::arch::x86_64::{cpu, power, serial::SerialPort};
 use crate::boot::FramebufferInfo;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
-use ember_kernel::dcui::idle::{idle_screen, Band, HostIdentity};
+use ember_kernel::dcui::idle::{layout, Band, HostIdentity};
 use fb::{Framebuffer, TextConsole};
 use spin::Mutex;
 
@@ -91,28 +91,17 @@ pub fn show_idle_screen(id: &HostIdentity) {
 }
 
 fn draw_serial_idle(p: &mut SerialPort, id: &HostIdentity) {
-    let lines = idle_screen(id, SERIAL_COLS);
-    let split = SERIAL_ROWS / 2;
+    const TOP: &str = "\x1b[0;30;47m";
+    const BOTTOM: &str = "\x1b[0;30;43m";
+    let (split, lines) = layout(id, SERIAL_COLS, SERIAL_ROWS);
     let _ = write!(p, "\x1b[0m\x1b[2J");
     for row in 0..SERIAL_ROWS {
-        let colour = if row < split { "\x1b[0;30;47m" } else { "\x1b[0;30;43m" };
+        let colour = if row < split { TOP } else { BOTTOM };
         let _ = write!(p, "\x1b[{};1H{colour}{:width$}", row + 1, "", width = SERIAL_COLS);
     }
-    let (mut top_row, mut bottom_row) = (0, split);
     for l in &lines {
-        let (row, colour) = match l.band {
-            Band::Top => {
-                top_row += 1;
-                (top_row, "\x1b[0;30;47m")
-            }
-            Band::Bottom => {
-                bottom_row += 1;
-                (bottom_row, "\x1b[0;30;43m")
-            }
-            Band::KeyBar => (SERIAL_ROWS, "\x1b[0;30;43m"),
-        };
-        let indent = if l.band == Band::KeyBar { 0 } else { 2 };
-        let _ = write!(p, "\x1b[{row};{}H{colour}{}", indent + 1, l.text);
+        let colour = if l.band == Band::Top { TOP } else { BOTTOM };
+        let _ = write!(p, "\x1b[{};{}H{colour}{}", l.row + 1, l.col + 1, l.text);
     }
     let _ = write!(p, "\x1b[0m\x1b[{SERIAL_ROWS};1H");
 }
@@ -120,26 +109,13 @@ fn draw_serial_idle(p: &mut SerialPort, id: &HostIdentity) {
 fn draw_fb_idle(s: &mut TextConsole, id: &HostIdentity) {
     let (cols, rows) = s.fb.text_size();
     let (cw, ch) = s.fb.cell_size();
-    let (w, h) = (cols * cw, rows * ch);
-    let split = rows / 2;
-    s.fb.fill(0, 0, w, split * ch, TOP_BG);
-    s.fb.fill(0, split * ch, w, h - split * ch, BOTTOM_BG);
-    let (mut top_row, mut bottom_row) = (1, split + 1);
-    for l in idle_screen(id, cols) {
-        let (row, fg, bg) = match l.band {
-            Band::Top => {
-                top_row += 1;
-                (top_row, TOP_FG, TOP_BG)
-            }
-            Band::Bottom => {
-                bottom_row += 1;
-                (bottom_row, BOTTOM_FG, BOTTOM_BG)
-            }
-            Band::KeyBar => (rows - 1, BOTTOM_FG, BOTTOM_BG),
-        };
-        let indent = if l.band == Band::KeyBar { 0 } else { 2 };
-        for (i, ch) in l.text.chars().enumerate() {
-            s.fb.glyph(indent + i, row, ch, fg, bg);
+    let (split, lines) = layout(id, cols, rows);
+    s.fb.fill(0, 0, cols * cw, split * ch, TOP_BG);
+    s.fb.fill(0, split * ch, cols * cw, (rows - split) * ch, BOTTOM_BG);
+    for l in &lines {
+        let (fg, bg) = if l.band == Band::Top { (TOP_FG, TOP_BG) } else { (BOTTOM_FG, BOTTOM_BG) };
+        for (i, c) in l.text.chars().enumerate() {
+            s.fb.glyph(l.col + i, l.row, c, fg, bg);
         }
     }
 }

@@ -87,6 +87,47 @@ pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
     lines
 }
 
+/// A line placed on a `cols` x `rows` screen (0-based row and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positioned {
+    pub row: usize,
+    pub col: usize,
+    pub band: Band,
+    pub text: String,
+}
+
+/// Lays the idle screen out on a `cols` x `rows` screen: the top band is rows `0..split`, the bottom
+/// band `split..rows`, the key bar is the last row. Lines that do not fit are dropped, never drawn
+/// outside the screen. Returns `split` and the lines.
+pub fn layout(id: &HostIdentity, cols: usize, rows: usize) -> (usize, Vec<Positioned>) {
+    let split = rows / 2;
+    let (mut top, mut bottom) = (1, split + 1);
+    let mut out = Vec::new();
+    for l in idle_screen(id, cols) {
+        let (row, col) = match l.band {
+            Band::Top => {
+                top += 1;
+                (top - 1, 2)
+            }
+            Band::Bottom => {
+                bottom += 1;
+                (bottom - 1, 2)
+            }
+            Band::KeyBar => (rows.saturating_sub(1), 0),
+        };
+        let fits = match l.band {
+            Band::Top => row < split,
+            Band::Bottom => row < rows.saturating_sub(1),
+            Band::KeyBar => rows > 0,
+        };
+        if fits {
+            let text: String = l.text.chars().take(cols.saturating_sub(col)).collect();
+            out.push(Positioned { row, col, band: l.band, text });
+        }
+    }
+    (split, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +168,29 @@ mod tests {
             ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: true };
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
         assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (DHCP)".to_string()));
+    }
+
+    #[test]
+    fn layout_on_80x24_and_tiny_screens() {
+        let (split, lines) = layout(&id(), 80, 24);
+        assert_eq!(split, 12);
+        let at = |t: &str| lines.iter().find(|l| l.text.starts_with(t)).map(|l| (l.row, l.col));
+        assert_eq!(at("Ember 0.1.0"), Some((2, 2)));
+        assert_eq!(at("To manage"), Some((14, 2)));
+        assert_eq!(at("<F2>"), Some((23, 0)));
+        for l in &lines {
+            assert!(l.row < 24 && l.col + l.text.len() <= 80, "{l:?}");
+            match l.band {
+                Band::Top => assert!(l.row < split),
+                _ => assert!(l.row >= split),
+            }
+        }
+        // A 20x6 screen: nothing is placed outside it.
+        let (split, lines) = layout(&id(), 20, 6);
+        assert!(lines
+            .iter()
+            .all(|l| l.row < 6 && l.col + l.text.len() <= 20 && (l.band != Band::Top || l.row < split)));
+        assert!(layout(&id(), 0, 0).1.is_empty());
     }
 
     #[test]
