@@ -180,13 +180,10 @@ pub fn write_and_verify(
     Ok(())
 }
 
+/// Asks the kernel to drop cached pages of `f`, so the verification reads the medium. A failure only
+/// means the read-back may come from the page cache.
 fn drop_cache(f: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: posix_fadvise only takes a valid open descriptor and plain integers; it touches no Rust
-    // memory. A failure only means the read-back may come from the page cache.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
+    let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// Rewrites the partition table of a device that is larger than the image so the backup GPT sits at

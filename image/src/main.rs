@@ -3,6 +3,8 @@
 //! It shares every on-disk format with the appliance through the `ember-storage` crate (GPT, the
 //! media layout, boot.cfg, the FAT32 writer); reading FAT volumes uses the `fatfs` crate.
 
+#![forbid(unsafe_code)]
+
 mod disk;
 mod flash;
 mod media;
@@ -130,7 +132,7 @@ fn flash_cmd(image_path: &Path, device: &Path, yes: bool, force: bool) -> Result
         return Err(format!("{} is not a block device", device.display()));
     }
     let rdev = meta.rdev();
-    let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let dev = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
     let facts = flash::probe(&dev, Path::new("/sys"), Path::new("/proc"))?;
     flash::check(&facts, image_len, force)?;
     let what = format!(

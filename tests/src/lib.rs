@@ -6,6 +6,8 @@
 //! `EMBER_IMAGE_TOOL` (the `ember-image` binary). Serial logs are kept under
 //! `target/systest-logs/` for people to read after a run.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
