@@ -37,10 +37,7 @@ impl ConfigSpace {
 }
 
 /// Enumerates all functions and logs them.
-pub fn scan(
-    regions: &[EcamRegion],
-    _frames: &mut ember_kernel::mm::frames::FrameAllocator,
-) -> Vec<PciFunction> {
+pub fn scan(regions: &[EcamRegion]) -> Vec<PciFunction> {
     let mut found = Vec::new();
     for r in regions {
         let buses = (r.bus_end as u64).saturating_sub(r.bus_start as u64) + 1;

@@ -156,8 +156,8 @@ pub fn start_aps(cpus: &[CpuEntry], page: u64, pml4: u64, frames: &mut FrameAllo
     put32(0x30, (page + symbol_offset(pm32, start)) as u32);
     put32(0x38, (page + symbol_offset(lm64, start)) as u32);
 
+    let listed = cpus.iter().filter(|c| c.enabled).count().max(1);
     let mut index = 0u64;
-    let mut failed = 0;
     for c in cpus.iter().filter(|c| c.enabled && c.apic_id != bsp) {
         index += 1;
         let Some(stack) = frames.alloc_contiguous(AP_STACK_PAGES, 4096, u64::MAX) else {
@@ -167,18 +167,17 @@ pub fn start_aps(cpus: &[CpuEntry], page: u64, pml4: u64, frames: &mut FrameAllo
         put64(0x10, stack + AP_STACK_PAGES * 4096);
         put64(0x20, index);
         core::sync::atomic::fence(Ordering::SeqCst);
-        if start_one(c.apic_id, page, index) {
-            continue;
+        if !start_one(c.apic_id, page, index) {
+            // A CPU that wakes up late would read the trampoline; patching it for the next CPU could
+            // then give two CPUs one stack. Stop here instead.
+            kprintln!(
+                "ember: WARNING: CPU with APIC ID {} did not start; not starting the remaining CPUs",
+                c.apic_id
+            );
+            break;
         }
-        failed += 1;
-        kprintln!("ember: WARNING: CPU with APIC ID {} did not start", c.apic_id);
     }
-    kprintln!(
-        "ember: {} of {} CPUs listed in the MADT are running{}",
-        online_cpus(),
-        cpus.iter().filter(|c| c.enabled).count().max(1),
-        if failed > 0 { " (some failed to start)" } else { "" }
-    );
+    kprintln!("ember: {} of {listed} CPUs listed in the MADT are running", online_cpus());
 }
 
 /// INIT-SIPI-SIPI for one CPU; waits (generously: emulators are slow) for it to check in.
