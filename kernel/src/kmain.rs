@@ -43,7 +43,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     };
 
     apic::init_bsp(acpi_info.lapic_address);
-    timer::calibrate_and_start();
+    timer::calibrate_and_start(acpi_info.hpet);
     smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);
     pcie::scan(&acpi_info.ecam);
 

@@ -87,6 +87,8 @@ pub struct QemuConfig {
     pub extra: Vec<String>,
     /// Which serial port the test reads: 1 = COM1, 2 = COM2.
     pub console_port: u8,
+    /// The `-machine` value.
+    pub machine: String,
 }
 
 impl QemuConfig {
@@ -99,6 +101,7 @@ impl QemuConfig {
             memory_mib: 512,
             extra: Vec::new(),
             console_port: 1,
+            machine: "q35".into(),
         }
     }
 }
@@ -136,7 +139,7 @@ impl Qemu {
         let img = cfg.image.to_str().unwrap();
         let mut args: Vec<String> = vec![
             "-machine".into(),
-            "q35".into(),
+            cfg.machine.clone(),
             "-accel".into(),
             "tcg".into(),
             "-cpu".into(),

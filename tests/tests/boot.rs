@@ -142,7 +142,7 @@ fn boot_log_reports_hardware() {
         ],
     );
     assert!(
-        log.contains("ember: TSC ") && log.contains("calibrated against the PIT"),
+        log.contains("ember: TSC ") && log.contains("(calibrated against the HPET); tick 100 Hz"),
         "timer calibration missing"
     );
 }
@@ -233,6 +233,42 @@ fn reboot_resets_the_machine() {
     q.wait_for(" booted: ", BOOT_TIMEOUT);
     q.wait_for("ember: restarting the system", BOOT_TIMEOUT);
     assert_eq!(q.wait_exit(BOOT_TIMEOUT), 0, "QEMU should exit on the guest reset");
+}
+
+/// Timer calibration uses the HPET, the 8254 PIT on machines without one, and the appliance still boots
+/// (without a tick, polling its console) when neither exists.
+fn timer_reference_case(name: &str, machine: &str, want: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let mut cfg = QemuConfig::new(name, &img);
+    cfg.machine = machine.into();
+    let mut q = Qemu::start(&cfg);
+    q.wait_for(want, BOOT_TIMEOUT);
+    let line = q.wait_for(" booted: ", BOOT_TIMEOUT);
+    assert_eq!(parse_boot_line(&line).map(|(n, _)| n), Some(2), "{line}");
+    // The console answers keys with or without a tick.
+    q.wait_for("<F12> Shut Down/Restart", BOOT_TIMEOUT);
+    q.send(b"\x0c");
+    q.wait_for("To manage this host, go to:", BOOT_TIMEOUT);
+}
+
+#[test]
+fn boots_without_pit() {
+    timer_reference_case("no_pit", "q35,pit=off", "(calibrated against the HPET); tick 100 Hz");
+}
+
+#[test]
+fn boots_without_hpet() {
+    timer_reference_case("no_hpet", "q35,hpet=off", "(calibrated against the PIT); tick 100 Hz");
+}
+
+#[test]
+fn boots_without_pit_or_hpet() {
+    timer_reference_case(
+        "no_pit_no_hpet",
+        "q35,pit=off,hpet=off",
+        "ember: WARNING: no usable timer reference (PIT, HPET); timer calibration skipped, no tick",
+    );
 }
 
 /// `console=com2` moves the console; unknown boot options are reported, not fatal.

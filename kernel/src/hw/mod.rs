@@ -4,3 +4,4 @@ pub mod acpi;
 pub mod cpu;
 pub mod pci;
 pub mod smbios;
+pub mod time;

@@ -79,9 +79,17 @@ pub fn cr3() -> u64 {
     x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
 }
 
-/// Enables interrupts and halts until the next one (atomically, so no wake-up is lost).
+/// Waits a little for something to happen: halts until the next interrupt (enabling interrupts
+/// atomically, so no wake-up is lost) when the periodic tick runs; without a tick nothing would wake
+/// the CPU, so it only pauses briefly and the caller polls again.
 pub fn wait_for_interrupt() {
-    x86_64::instructions::interrupts::enable_and_hlt();
+    if super::timer::ticking() {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    } else {
+        for _ in 0..1000 {
+            core::hint::spin_loop();
+        }
+    }
 }
 
 /// Stops this CPU for good.

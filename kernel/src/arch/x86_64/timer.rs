@@ -1,5 +1,7 @@
-//! Time: the TSC frequency and the LAPIC timer rate, both calibrated against the 8254 PIT (channel 2,
-//! whose output is readable through port 0x61 without interrupts), then a periodic LAPIC tick.
+//! Time: the TSC frequency and the LAPIC timer rate, calibrated against the HPET main counter or, where
+//! there is no HPET, the 8254 PIT (channel 2, whose output is readable through port 0x61 without
+//! interrupts); then a periodic LAPIC tick. Results are used only if the samples agree
+//! and are plausible (`ember_kernel::hw::time::pick`); otherwise no tick is started.
 
 use super::{apic, cpu, idt, port};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,11 @@ pub const TICK_HZ: u64 = 100;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static LAPIC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// True once the periodic tick runs (interrupts will wake a halted CPU).
+pub fn ticking() -> bool {
+    LAPIC_HZ.load(Ordering::Relaxed) != 0
+}
 
 /// Calibrated TSC frequency (0 before calibration).
 pub fn tsc_hz() -> u64 {
@@ -32,8 +39,8 @@ pub fn delay_us(us: u64) {
     }
 }
 
-/// Runs PIT channel 2 for `ms` milliseconds in one-shot mode; returns the (TSC, LAPIC count) deltas.
-/// Returns `None` if the PIT never signals (no PIT on this machine).
+/// Runs PIT channel 2 for `ms` milliseconds in one-shot mode; returns (TSC Hz, LAPIC Hz) assuming the
+/// window lasted exactly `ms`. Returns `None` if the PIT never signals (no PIT on this machine).
 fn pit_window(ms: u64) -> Option<(u64, u64)> {
     let count = PIT_HZ * ms / 1000;
     let gate = port::inb(0x61);
@@ -48,44 +55,97 @@ fn pit_window(ms: u64) -> Option<(u64, u64)> {
     apic::set_timer(0x3, 1 << 16, u32::MAX); // divide by 16, masked, one-shot
     let tsc0 = cpu::rdtsc();
     let lapic0 = apic::timer_current();
-    let mut spins = 0u64;
     while port::inb(0x61) & 0x20 == 0 {
-        spins += 1;
-        if spins > 200_000_000 {
+        if window_overrun(tsc0, ms) {
             return None;
         }
     }
     let tsc1 = cpu::rdtsc();
     let lapic1 = apic::timer_current();
-    Some((tsc1.wrapping_sub(tsc0), lapic0.wrapping_sub(lapic1) as u64 * 16))
+    let per_second = |delta: u64| delta * 1000 / ms;
+    Some((per_second(tsc1.wrapping_sub(tsc0)), per_second(lapic0.wrapping_sub(lapic1) as u64 * 16)))
 }
 
-/// Calibrates the TSC and LAPIC timer (median of three windows) and starts the periodic tick.
-pub fn calibrate_and_start() {
-    let mut tsc = [0u64; 3];
-    let mut lapic = [0u64; 3];
-    for i in 0..3 {
-        match pit_window(CALIBRATION_MS) {
-            Some((t, l)) => {
-                tsc[i] = t * 1000 / CALIBRATION_MS;
-                lapic[i] = l * 1000 / CALIBRATION_MS;
-            }
-            None => {
-                kprintln!("ember: WARNING: the 8254 PIT does not count; timer calibration skipped");
-                return;
-            }
+/// True once a window of `ms` milliseconds has certainly overrun: more TSC cycles have passed than even
+/// the fastest plausible TSC counts in twice that time (so a dead reference cannot hang the boot).
+fn window_overrun(tsc0: u64, ms: u64) -> bool {
+    let max_cycles = ember_kernel::hw::time::TSC_RANGE.end() / 1000 * ms * 2;
+    cpu::rdtsc().wrapping_sub(tsc0) > max_cycles
+}
+
+/// Runs a window of at least `ms` milliseconds on the HPET main counter at `base`; returns
+/// (TSC Hz, LAPIC Hz) from the counter's actual elapsed ticks, so a window stretched by a late poll is
+/// still measured right. `None` if the HPET is unusable.
+fn hpet_window(base: u64, ms: u64) -> Option<(u64, u64)> {
+    if base == 0 || base + 0x100 > super::paging::mapped_limit() {
+        return None;
+    }
+    let reg = |off: u64| base + off;
+    // SAFETY: the HPET register block (1 KiB at `base`, from the ACPI HPET table) is identity mapped
+    // (checked above); these are 64-bit reads of its capability and counter registers and a write of
+    // the enable bit in its configuration register, which only starts the main counter.
+    let read = |off: u64| unsafe { core::ptr::read_volatile(reg(off) as *const u64) };
+    let period_fs = read(0x00) >> 32;
+    let ticks = ember_kernel::hw::time::hpet_ticks(period_fs, ms)?;
+    let conf = read(0x10);
+    if conf & 1 == 0 {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(reg(0x10) as *mut u64, conf | 1) };
+    }
+    apic::set_timer(0x3, 1 << 16, u32::MAX); // divide by 16, masked, one-shot
+    let h0 = read(0xf0);
+    let tsc0 = cpu::rdtsc();
+    let lapic0 = apic::timer_current();
+    while read(0xf0).wrapping_sub(h0) < ticks {
+        if window_overrun(tsc0, ms) {
+            return None;
         }
     }
-    tsc.sort_unstable();
-    lapic.sort_unstable();
-    TSC_HZ.store(tsc[1], Ordering::Relaxed);
-    LAPIC_HZ.store(lapic[1], Ordering::Relaxed);
-    let initial = (lapic[1] / 16 / TICK_HZ).clamp(1, u32::MAX as u64) as u32;
+    let tsc1 = cpu::rdtsc();
+    let lapic1 = apic::timer_current();
+    let elapsed_fs = (read(0xf0).wrapping_sub(h0) as u128) * period_fs as u128;
+    let per_second = |delta: u64| (delta as u128 * 1_000_000_000_000_000 / elapsed_fs.max(1)) as u64;
+    Some((per_second(tsc1.wrapping_sub(tsc0)), per_second(lapic0.wrapping_sub(lapic1) as u64 * 16)))
+}
+
+/// Five windows against one reference, as (TSC Hz, LAPIC Hz) samples.
+fn samples(window: impl Fn() -> Option<(u64, u64)>) -> Option<[(u64, u64); 5]> {
+    let mut out = [(0, 0); 5];
+    for s in out.iter_mut() {
+        *s = window()?;
+    }
+    Some(out)
+}
+
+/// Calibrates the TSC and LAPIC timer (against the HPET at `hpet` when there is one: its counter can be
+/// read, so late polls do not matter; else against the PIT) and starts the periodic tick. With no usable
+/// reference, logs a warning and leaves the tick off.
+pub fn calibrate_and_start(hpet: Option<u64>) {
+    let pick = |s: [(u64, u64); 5]| ember_kernel::hw::time::pick(&s);
+    let from_hpet = hpet.and_then(|base| samples(|| hpet_window(base, CALIBRATION_MS))).and_then(pick);
+    let (source, result) = match from_hpet {
+        Some(r) => ("HPET", Some(r)),
+        None => {
+            if hpet.is_some() {
+                kprintln!("ember: the HPET gives no usable calibration; trying the 8254 PIT");
+            }
+            ("PIT", samples(|| pit_window(CALIBRATION_MS)).and_then(pick))
+        }
+    };
+    let Some((tsc, lapic)) = result else {
+        kprintln!(
+            "ember: WARNING: no usable timer reference (PIT, HPET); timer calibration skipped, no tick"
+        );
+        return;
+    };
+    TSC_HZ.store(tsc, Ordering::Relaxed);
+    LAPIC_HZ.store(lapic, Ordering::Relaxed);
+    let initial = (lapic / 16 / TICK_HZ).clamp(1, u32::MAX as u64) as u32;
     apic::set_timer(0x3, (1 << 17) | idt::TIMER_VECTOR as u32, initial); // periodic
     kprintln!(
-        "ember: TSC {} MHz, LAPIC timer {} MHz (calibrated against the PIT); tick {} Hz",
-        tsc[1] / 1_000_000,
-        lapic[1] / 1_000_000,
+        "ember: TSC {} MHz, LAPIC timer {} MHz (calibrated against the {source}); tick {} Hz",
+        tsc / 1_000_000,
+        lapic / 1_000_000,
         TICK_HZ
     );
 }
