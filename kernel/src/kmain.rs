@@ -42,6 +42,12 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         }
     };
 
+    // iSCSI boot (a later piece of work) starts from the firmware's iBFT; report whether there is one.
+    match acpi::find_table(b"iBFT") {
+        Some(t) => kprintln!("ember: iBFT present ({} bytes): firmware booted from iSCSI", t.len()),
+        None => kprintln!("ember: no iBFT (not booted from iSCSI)"),
+    }
+
     apic::init_bsp(acpi_info.lapic_address);
     timer::calibrate_and_start(acpi_info.hpet);
     smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);

@@ -139,6 +139,8 @@ fn boot_log_reports_hardware() {
             "ember: pci 0000:00:02.0 1b36:000d USB controller",
             "ember: own page tables active",
             "ember: FADT reset register: Io { port: 3321, value: 15 }",
+            "ember: timer tick verified: ",
+            "ember: no iBFT (not booted from iSCSI)",
         ],
     );
     assert!(
@@ -269,6 +271,30 @@ fn boots_without_pit_or_hpet() {
         "q35,pit=off,hpet=off",
         "ember: WARNING: no usable timer reference (PIT, HPET); timer calibration skipped, no tick",
     );
+}
+
+/// The by-signature ACPI lookup finds a table the acpi crate does not know: an iBFT injected by QEMU.
+#[test]
+fn ibft_is_found_by_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    // A minimal iBFT: the 48-byte ACPI header (REFERENCE.md 4) and an empty control structure area.
+    let mut t = Vec::new();
+    t.extend_from_slice(b"iBFT");
+    t.extend_from_slice(&64u32.to_le_bytes());
+    t.extend_from_slice(&[1, 0]);
+    t.extend_from_slice(b"EMBERTTESTIBFT");
+    t.resize(64, 0);
+    t[9] = 0u8.wrapping_sub(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)));
+    let table = dir.path().join("ibft.bin");
+    std::fs::write(&table, &t).unwrap();
+    let mut cfg = QemuConfig::new("ibft", &img);
+    cfg.extra = vec!["-acpitable".into(), format!("file={}", table.display())];
+    let mut q = Qemu::start(&cfg);
+    let tables = q.wait_for("ember: ACPI tables: ", BOOT_TIMEOUT);
+    assert!(tables.contains(" iBFT"), "{tables}");
+    q.wait_for("ember: iBFT present (64 bytes): firmware booted from iSCSI", BOOT_TIMEOUT);
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
 }
 
 /// `console=com2` moves the console; unknown boot options are reported, not fatal.

@@ -72,8 +72,9 @@ pub fn read_tables(rsdp: u64) -> AcpiInfo {
     RSDP.store(rsdp, Ordering::Relaxed);
     let mut info = AcpiInfo::default();
     let mut names = String::new();
-    for (sig, _) in all_tables() {
-        names.push_str(core::str::from_utf8(&sig).unwrap_or("????"));
+    let listed = all_tables();
+    for (sig, _) in &listed {
+        names.push_str(core::str::from_utf8(sig).unwrap_or("????"));
         names.push(' ');
     }
     kprintln!("ember: ACPI tables: {}", names.trim_end());
@@ -89,7 +90,7 @@ pub fn read_tables(rsdp: u64) -> AcpiInfo {
 
     // The MADT is decoded by ember_kernel's bounded parser: the acpi crate's entry iterator trusts
     // entry lengths (a zero length loops, an oversized one reads past the table).
-    match find_table(b"APIC").map(parse_madt) {
+    match table_in(&listed, b"APIC").map(parse_madt) {
         Some(Ok(madt)) => {
             info.lapic_address = Some(madt.local_apic_address);
             info.cpus = madt.cpus.iter().map(|&(apic_id, enabled)| CpuEntry { apic_id, enabled }).collect();
@@ -183,7 +184,12 @@ pub fn all_tables() -> Vec<([u8; 4], u64)> {
 
 /// The bytes of the first valid table with `signature` (the MADT now; the iBFT for iSCSI boot later).
 pub fn find_table(signature: &[u8; 4]) -> Option<&'static [u8]> {
-    all_tables().into_iter().find(|(s, _)| s == signature).and_then(|(_, a)| read_table(a))
+    table_in(&all_tables(), signature)
+}
+
+/// The bytes of the first valid table with `signature` in a list made by [`all_tables`].
+fn table_in(list: &[([u8; 4], u64)], signature: &[u8; 4]) -> Option<&'static [u8]> {
+    list.iter().find(|(s, _)| s == signature).and_then(|&(_, a)| read_table(a))
 }
 
 /// A whole table at `addr` if it is inside the identity map, at most 1 MiB and its checksum holds.
