@@ -3,10 +3,17 @@
 use crate::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, timer};
 use crate::boot::BootInfo;
 use crate::console;
+use crate::drivers;
 use crate::firmware::{acpi, pcie};
 use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
 use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
 use ember_kernel::mm::{self, frames::FrameAllocator};
+use ember_net::api::{ApiState, HostFacts, InterfaceStatus};
+use ember_net::auth::{self, PasswordHash, RootAccount};
+use ember_net::config::ManagementConfig;
+use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
 
 /// Entry of the kernel phase, on the kernel stack, boot services gone.
@@ -51,7 +58,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     apic::init_bsp(acpi_info.lapic_address);
     timer::calibrate_and_start(acpi_info.hpet);
     smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);
-    pcie::scan(&acpi_info.ecam);
+    let functions = pcie::scan(&acpi_info.ecam);
+    let nics = drivers::probe_nics(&functions, &mut frames);
 
     let cpus = smp::online_cpus();
     let cpu_model = cpu::brand_string()
@@ -74,8 +82,78 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         run_selftest(test, &acpi_info);
     }
 
+    let mut network = start_management_network(nics, &identity, info);
+    let mut identity = identity;
+    if let Some(net) = network.as_mut() {
+        print_network_log(net);
+        identity.management = console_address(net);
+    }
     console::show_idle_screen(&identity);
-    idle_loop(&identity)
+    management_loop(identity, network)
+}
+
+/// Builds the management network from the boot options (or the built-in default: DHCP on vmnic0).
+fn start_management_network(
+    nics: Vec<ManagedNic>,
+    identity: &HostIdentity,
+    info: &BootInfo,
+) -> Option<ManagementNetwork> {
+    if nics.is_empty() {
+        return None;
+    }
+    let config = match ManagementConfig::from_boot_options(&info.options.network) {
+        Ok(c) => c,
+        Err(e) => {
+            kprintln!("ember: ERROR: boot option {e}; using the default management network (DHCP on vmnic0)");
+            ManagementConfig::default()
+        }
+    };
+    let now = timer::now_ms();
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(8) {
+        chunk.copy_from_slice(&cpu::random_u64().to_le_bytes());
+    }
+    // The configuration store (a later piece of work) will hold the changed password; until then every
+    // boot starts from the documented initial password, hashed here with a fresh salt.
+    let mut salt = [0u8; 16];
+    salt[..8].copy_from_slice(&cpu::random_u64().to_le_bytes());
+    salt[8..].copy_from_slice(&cpu::random_u64().to_le_bytes());
+    let root =
+        RootAccount::new(PasswordHash::new(auth::INITIAL_PASSWORD, salt, auth::DEFAULT_ITERATIONS), key);
+    let api = ApiState {
+        facts: HostFacts {
+            version: identity.version.clone(),
+            build: identity.build.clone(),
+            cpus: identity.cpus,
+            cpu_model: identity.cpu_model.clone(),
+            memory_bytes: identity.memory_bytes,
+            vendor: info.system.vendor.clone().unwrap_or_default(),
+            product: info.system.product.clone().unwrap_or_default(),
+            serial: info.system.serial.clone().unwrap_or_default(),
+        },
+        nics: Vec::new(),
+        config,
+        status: InterfaceStatus::default(),
+        root,
+        pending: None,
+        boot_ms: 0,
+        salt_state: cpu::random_u64(),
+    };
+    kprintln!("ember: password hash ready in {} ms", timer::now_ms() - now);
+    Some(ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms()))
+}
+
+fn console_address(net: &ManagementNetwork) -> ManagementAddress {
+    match net.console_address() {
+        (hostname, Some(ip), dhcp) => ManagementAddress::Ipv4 { hostname, ipv4: ip.to_string(), dhcp },
+        (_, None, _) => ManagementAddress::None,
+    }
+}
+
+fn print_network_log(net: &mut ManagementNetwork) {
+    for line in net.take_log() {
+        kprintln!("ember: {line}");
+    }
 }
 
 /// Test-only actions requested with `ember.selftest=` (documented in storage::bootcfg).
@@ -90,15 +168,37 @@ fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
     }
 }
 
-/// The management plane's loop: for now it only redraws the idle screen on request.
-fn idle_loop(identity: &HostIdentity) -> ! {
+/// Polls without sleeping for this long after the last network activity (a request in progress gets
+/// its next segment without waiting for the next timer tick).
+const BUSY_POLL_MS: u64 = 20;
+
+/// The management plane's loop on the bootstrap CPU: console input, the management network, and the
+/// idle screen kept current with the management address.
+fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNetwork>) -> ! {
+    let mut last_activity = 0u64;
     loop {
         while let Some(b) = console::read_serial_byte() {
             // Ctrl-L or Enter redraws, as terminals expect.
             if b == 0x0c || b == b'\r' {
-                console::show_idle_screen(identity);
+                console::show_idle_screen(&identity);
             }
         }
-        cpu::wait_for_interrupt();
+        let now = timer::now_ms();
+        if let Some(net) = network.as_mut() {
+            if net.poll(now) {
+                last_activity = now;
+            }
+            print_network_log(net);
+            let address = console_address(net);
+            if address != identity.management {
+                identity.management = address;
+                console::show_idle_screen(&identity);
+            }
+        }
+        if now.saturating_sub(last_activity) > BUSY_POLL_MS {
+            cpu::wait_for_interrupt();
+        } else {
+            core::hint::spin_loop();
+        }
     }
 }

@@ -33,6 +33,8 @@ mod boot;
 #[cfg(target_os = "uefi")]
 mod console;
 #[cfg(target_os = "uefi")]
+mod drivers;
+#[cfg(target_os = "uefi")]
 mod firmware;
 #[cfg(target_os = "uefi")]
 mod kmain;

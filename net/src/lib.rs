@@ -1,7 +1,27 @@
-//! Ember networking (layer 1 and 3): the smoltcp-based management interface, DHCP/static/VLAN, the
-//! HTTP management API, the virtual switch and the iSCSI initiator will live here.
+//! Ember's management network (layers 1-3, no `unsafe`, host-tested).
 //!
-//! Status: **empty**. Nothing in this crate is implemented yet; the management network is its own
-//! issue. The crate exists so the workspace has the layout ARCHITECTURE.md describes.
+//! - [`nic`]: the `Nic` trait drivers implement, the smoltcp device adapter with 802.1Q tagging, and
+//!   an in-memory fake NIC.
+//! - [`config`]: the management network settings, their validation, and the boot-option syntax.
+//! - [`auth`]: the root password as a salted slow hash, HTTP Basic checking.
+//! - [`http`]: HTTP/1.1 request framing with limits, response writing.
+//! - [`api`]: the JSON management API over an [`api::ApiState`].
+//! - [`mgmt`]: the management interface service - smoltcp interface, DHCP/static, DNS, the HTTP
+//!   server's connection pool - driven by `poll(now)` from the kernel's management loop.
+//!
+//! Invariants: nothing here panics on input from the network; every input from outside is bounded
+//! (frame size, request head and body size, connection count, time in each connection state).
+//!
+//! Dependencies: `smoltcp` (TCP/IP, DHCP, DNS), `httparse` (request heads), `serde_json` (JSON in
+//! no_std + alloc), `base64` (HTTP Basic), `pbkdf2`/`hmac`/`sha2` (RustCrypto password hashing).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod mgmt;
+pub mod nic;

@@ -89,6 +89,9 @@ pub struct BootOptions {
     pub debug_exit: bool,
     /// Test-only action after boot.
     pub selftest: Option<SelfTest>,
+    /// Management network settings (`netdevice`, `bootproto`, `ip`, `netmask`, `gateway`,
+    /// `nameserver`, `vlanid`, `hostname`) in the order given; validated by the network configuration.
+    pub network: Vec<(String, String)>,
     /// Options this build does not know, kept to be logged.
     pub unknown: Vec<String>,
 }
@@ -227,6 +230,11 @@ pub fn parse_boot_options(s: &str) -> Result<BootOptions, BootCfgErrorKind> {
                         .ok_or(bad("one of pagefault, divide, invalid-opcode, gpfault, reboot"))?,
                 )
             }
+            "netdevice" | "bootproto" | "ip" | "netmask" | "gateway" | "nameserver" | "vlanid"
+            | "hostname" => match value {
+                Some(v) if !v.is_empty() => opts.network.push((name.to_string(), v.to_string())),
+                _ => return Err(bad("a value, as in name=value")),
+            },
             _ => opts.unknown.push(word.to_string()),
         }
     }
@@ -260,6 +268,22 @@ mod tests {
         assert!(cfg.options.debug_exit);
         assert_eq!(cfg.options.selftest, None);
         assert!(cfg.options.unknown.is_empty());
+    }
+
+    #[test]
+    fn network_options_are_collected_in_order() {
+        let o = parse_boot_options("ip=10.0.0.5/24 vlanid=7 console=com1 hostname=h1").unwrap();
+        assert_eq!(
+            o.network,
+            alloc::vec![
+                ("ip".to_string(), "10.0.0.5/24".to_string()),
+                ("vlanid".to_string(), "7".to_string()),
+                ("hostname".to_string(), "h1".to_string())
+            ]
+        );
+        assert!(o.unknown.is_empty());
+        assert!(matches!(parse_boot_options("gateway="), Err(BootCfgErrorKind::BadOption { .. })));
+        assert!(matches!(parse_boot_options("vlanid"), Err(BootCfgErrorKind::BadOption { .. })));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! with vendor, device, class and sized BARs logged. Drivers bind to this list in later work.
 
 use super::acpi::EcamRegion;
+use crate::arch::x86_64::mmio::MmioRegion;
 use crate::arch::x86_64::paging;
 use alloc::vec::Vec;
 use ember_kernel::hw::pci::{class_name, decode_bar, Bar, Bdf};
+use ember_kernel::mm::frames::FrameAllocator;
 
 /// A function found on the bus.
 #[derive(Debug, Clone)]
@@ -16,6 +18,45 @@ pub struct PciFunction {
     pub subclass: u8,
     pub prog_if: u8,
     pub bars: Vec<(usize, Bar)>,
+    /// Address of this function's 4 KiB configuration space.
+    config_base: u64,
+    /// Address of bus 0 of the ECAM window this function sits in (for `virtio-drivers`' `PciRoot`).
+    pub ecam_bus0: u64,
+}
+
+impl PciFunction {
+    /// Turns on memory decoding and bus mastering (DMA) for a function a driver takes over.
+    pub fn enable_memory_and_dma(&self) {
+        let cs = ConfigSpace { base: self.config_base };
+        let command = cs.read32(0x04);
+        // Memory space (bit 1) and bus master (bit 2); keep INTx disabled (bit 10): drivers poll.
+        cs.write32(0x04, (command & 0xffff) | 0x2 | 0x4 | 0x400);
+    }
+
+    /// Maps memory BAR `index` uncached and hands it out as a register window.
+    pub fn map_memory_bar(&self, index: usize, frames: &mut FrameAllocator) -> Option<MmioRegion> {
+        let (address, size) = self.bars.iter().find_map(|(i, b)| match b {
+            Bar::Memory { address, size, .. } if *i == index && *address != 0 && *size != 0 => {
+                Some((*address, *size))
+            }
+            _ => None,
+        })?;
+        paging::map_mmio(frames, address, size);
+        // SAFETY: the range is a memory BAR sized by `probe`, assigned by firmware (non-zero), now mapped
+        // uncached; each driver maps each BAR of its own function once.
+        Some(unsafe { MmioRegion::new(address, size) })
+    }
+
+    /// Maps every memory BAR (for drivers that reach their registers through capabilities).
+    pub fn map_all_memory_bars(&self, frames: &mut FrameAllocator) {
+        for (_, b) in &self.bars {
+            if let Bar::Memory { address, size, .. } = b {
+                if *address != 0 && *size != 0 {
+                    paging::map_mmio(frames, *address, *size);
+                }
+            }
+        }
+    }
 }
 
 /// Configuration space of one function (4 KiB of ECAM, identity mapped).
@@ -60,7 +101,9 @@ pub fn scan(regions: &[EcamRegion]) -> Vec<PciFunction> {
                         continue;
                     }
                     let header_type = (cs.read32(0x0c) >> 16) as u8;
-                    found.push(probe(&cs, bdf, id, header_type));
+                    let mut f = probe(&cs, bdf, id, header_type);
+                    f.ecam_bus0 = r.base.wrapping_sub((r.bus_start as u64) << 20);
+                    found.push(f);
                     if function == 0 && header_type & 0x80 == 0 {
                         break; // single-function device
                     }
@@ -129,5 +172,7 @@ fn probe(cs: &ConfigSpace, bdf: Bdf, id: u32, header_type: u8) -> PciFunction {
         subclass: (class_reg >> 16) as u8,
         prog_if: (class_reg >> 8) as u8,
         bars,
+        config_base: cs.base,
+        ecam_bus0: 0,
     }
 }

@@ -44,6 +44,31 @@ pub fn initial_apic_id() -> u32 {
     cpuid(1, 0).ebx >> 24
 }
 
+/// 64 random bits: RDRAND when the CPU has it (retried as Intel's DRNG guide advises), mixed with
+/// the TSC; without RDRAND only TSC jitter, which is weak - callers use it for salts and TCP/DHCP ids,
+/// not for long-term keys.
+pub fn random_u64() -> u64 {
+    let mut v = rdtsc().rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    if cpuid(1, 0).ecx & (1 << 30) != 0 {
+        for _ in 0..10 {
+            let mut r: u64;
+            let ok: u8;
+            // SAFETY: RDRAND exists (CPUID.1:ECX.30) and only writes the output register and CF.
+            unsafe {
+                core::arch::asm!("rdrand {r}", "setc {ok}", r = out(reg) r, ok = out(reg_byte) ok, options(nomem, nostack));
+            }
+            if ok == 1 {
+                v ^= r;
+                break;
+            }
+        }
+    }
+    // splitmix64 finaliser so TSC-only values are spread over all bits.
+    v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    v ^ (v >> 31) ^ rdtsc()
+}
+
 /// Time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects; CR4.TSD is clear in ring 0 anyway.

@@ -2,9 +2,11 @@
 //! every block carries a `SAFETY:` comment.
 pub mod apic;
 pub mod cpu;
+pub mod dma;
 pub mod gdt;
 pub mod heap;
 pub mod idt;
+pub mod mmio;
 pub mod paging;
 pub mod port;
 pub mod power;

@@ -9,6 +9,8 @@ use ember_kernel::mm::frames::FrameAllocator;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
 const HUGE: u64 = 1 << 7;
 const TWO_MIB: u64 = 2 << 20;
 const ONE_GIB: u64 = 1 << 30;
@@ -63,4 +65,30 @@ pub fn install_identity_map(frames: &mut FrameAllocator, limit: u64) -> u64 {
     }
     MAPPED_LIMIT.store(limit, Ordering::Relaxed);
     pml4
+}
+
+/// Identity maps the device window `[phys, phys + len)` uncached (PCD|PWT, 2 MiB granularity), adding
+/// tables where the range lies above the boot-time identity map. Entries already present are switched
+/// to uncached and flushed from the TLB.
+pub fn map_mmio(frames: &mut FrameAllocator, phys: u64, len: u64) {
+    let pml4 = super::cpu::cr3();
+    let start = phys & !(TWO_MIB - 1);
+    let end = phys.saturating_add(len).next_multiple_of(TWO_MIB);
+    let mut addr = start;
+    while addr < end {
+        let l4 = ((addr >> 39) & 511) as usize;
+        let l3 = ((addr >> 30) & 511) as usize;
+        let l2 = ((addr >> 21) & 511) as usize;
+        if table(pml4)[l4] == 0 {
+            table(pml4)[l4] = zeroed_table(frames) | PRESENT | WRITABLE;
+        }
+        let pdpt = table(pml4)[l4] & !0xfff;
+        if table(pdpt)[l3] == 0 {
+            table(pdpt)[l3] = zeroed_table(frames) | PRESENT | WRITABLE;
+        }
+        let pd = table(pdpt)[l3] & 0x000f_ffff_ffff_f000;
+        table(pd)[l2] = addr | PRESENT | WRITABLE | HUGE | CACHE_DISABLE | WRITE_THROUGH;
+        x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(addr));
+        addr += TWO_MIB;
+    }
 }

@@ -24,6 +24,19 @@ pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
 }
 
+/// TSC rate assumed when calibration found no reference clock (the clock then runs approximately).
+const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
+
+/// Milliseconds since the TSC started counting (monotonic on one CPU; used by the management plane,
+/// which runs on the bootstrap CPU only).
+pub fn now_ms() -> u64 {
+    let hz = match tsc_hz() {
+        0 => FALLBACK_TSC_HZ,
+        hz => hz,
+    };
+    (cpu::rdtsc() as u128 * 1000 / hz as u128) as u64
+}
+
 /// Busy-waits `us` microseconds (needs the calibrated TSC; before that, a rough fixed spin).
 pub fn delay_us(us: u64) {
     let hz = tsc_hz();

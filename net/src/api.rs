@@ -1,0 +1,616 @@
+//! The management API (JSON over HTTP/1.1): routing, authentication and the resource handlers.
+//!
+//! Everything here works on [`ApiState`], a plain value the management service keeps current, so the
+//! whole API is tested on the host without a network. Resources:
+//! - `GET /` - a small landing page naming the host (no authentication, no details).
+//! - `GET /api/v1/host` - identity, hardware, uptime, NICs and the management interface.
+//! - `GET|PUT /api/v1/network/management` - the management network settings and state; a PUT changes
+//!   the given fields and restarts the management interface after the response is sent.
+//! - `GET /api/v1/network/resolve?name=<host>` - resolves a name with the configured DNS servers.
+//! - `PUT /api/v1/account/root/password` - `{"password": "..."}`.
+//!
+//! Every `/api/` resource needs HTTP Basic authentication as `root`.
+
+use crate::auth::{AuthResult, RootAccount};
+use crate::config::{self, Ipv4Mode, ManagementConfig};
+use crate::http::{Request, Response};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use serde_json::{json, Map, Value};
+
+/// Facts about the host that do not change while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub version: String,
+    pub build: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_bytes: u64,
+    pub vendor: String,
+    pub product: String,
+    pub serial: String,
+}
+
+/// One NIC as reported by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicInfo {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub link: bool,
+    pub driver: &'static str,
+}
+
+/// Formats a MAC address as `52:54:00:12:34:56`.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
+}
+
+/// Where the management interface stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceState {
+    /// The uplink NIC named in the configuration does not exist.
+    NoUplink,
+    /// DHCP: no lease yet.
+    WaitingForLease,
+    /// An address is configured (lease or static).
+    Configured,
+    /// DHCP: the lease expired without renewal; the address was removed.
+    LeaseLost,
+}
+
+impl InterfaceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterfaceState::NoUplink => "no uplink",
+            InterfaceState::WaitingForLease => "waiting for DHCP lease",
+            InterfaceState::Configured => "configured",
+            InterfaceState::LeaseLost => "DHCP lease lost",
+        }
+    }
+}
+
+/// The live state of the management interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceStatus {
+    pub state: InterfaceState,
+    pub address: Option<(Ipv4Addr, u8)>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl Default for InterfaceStatus {
+    fn default() -> Self {
+        InterfaceStatus {
+            state: InterfaceState::WaitingForLease,
+            address: None,
+            gateway: None,
+            dns: Vec::new(),
+        }
+    }
+}
+
+/// What the handler wants done.
+#[derive(Debug)]
+pub enum Reply {
+    Now(Response),
+    /// Resolve this name, then answer (the service owns the DNS socket).
+    Resolve(String),
+}
+
+/// Everything the API reads and changes.
+pub struct ApiState {
+    pub facts: HostFacts,
+    pub nics: Vec<NicInfo>,
+    pub config: ManagementConfig,
+    pub status: InterfaceStatus,
+    pub root: RootAccount,
+    /// A validated configuration waiting to be applied once the response is out.
+    pub pending: Option<ManagementConfig>,
+    /// Start of uptime.
+    pub boot_ms: u64,
+    /// Salt source for password changes (random per boot, advanced per use).
+    pub salt_state: u64,
+}
+
+fn ip_json(a: Option<Ipv4Addr>) -> Value {
+    a.map_or(Value::Null, |a| Value::String(a.to_string()))
+}
+
+impl ApiState {
+    /// The `management` object: configuration and live state.
+    pub fn management_json(&self) -> Value {
+        let (mode, cfg_address, cfg_prefix, cfg_gateway) = match self.config.ipv4 {
+            Ipv4Mode::Dhcp => ("dhcp", None, None, None),
+            Ipv4Mode::Static { address, prefix, gateway } => ("static", Some(address), Some(prefix), gateway),
+        };
+        let _ = (cfg_address, cfg_prefix, cfg_gateway);
+        json!({
+            "uplink": self.config.uplink,
+            "mode": mode,
+            "state": self.status.state.as_str(),
+            "address": ip_json(self.status.address.map(|a| a.0)),
+            "prefix": self.status.address.map(|a| a.1),
+            "gateway": ip_json(self.status.gateway),
+            "dns": self.status.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "vlan": self.config.vlan,
+            "hostname": self.config.hostname,
+        })
+    }
+
+    /// The `GET /api/v1/host` document.
+    pub fn host_json(&self, now_ms: u64) -> Value {
+        let f = &self.facts;
+        json!({
+            "hostname": self.config.hostname,
+            "version": f.version,
+            "build": f.build,
+            "uptime_s": now_ms.saturating_sub(self.boot_ms) / 1000,
+            "cpus": f.cpus,
+            "cpu_model": f.cpu_model,
+            "memory_bytes": f.memory_bytes,
+            "vendor": f.vendor,
+            "product": f.product,
+            "serial": f.serial,
+            "nics": self.nics.iter().map(|n| json!({
+                "name": n.name,
+                "mac": mac_string(&n.mac),
+                "link": if n.link { "up" } else { "down" },
+                "driver": n.driver,
+            })).collect::<Vec<_>>(),
+            "management": self.management_json(),
+        })
+    }
+
+    fn next_salt(&mut self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(8) {
+            // splitmix64
+            self.salt_state = self.salt_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.salt_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        out
+    }
+}
+
+fn ok_json(v: Value) -> Reply {
+    Reply::Now(Response::json(200, v.to_string()))
+}
+
+fn method_not_allowed(allow: &str) -> Reply {
+    let mut r = Response::error(405, "method not allowed on this resource");
+    r.headers.push(format!("Allow: {allow}"));
+    Reply::Now(r)
+}
+
+/// Handles one request.
+pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
+    if req.path == "/" {
+        return match req.method.as_str() {
+            "GET" | "HEAD" => Reply::Now(Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: landing_page(&state.config.hostname).into_bytes(),
+                headers: Vec::new(),
+            }),
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
+    if !req.path.starts_with("/api/") {
+        return Reply::Now(Response::error(404, &format!("no such resource: {}", printable(&req.path))));
+    }
+    match state.root.check(req.authorization.as_deref(), now_ms) {
+        AuthResult::Allowed => {}
+        AuthResult::Denied => {
+            let mut r = Response::error(401, "authentication required: HTTP Basic as root");
+            r.headers.push(String::from("WWW-Authenticate: Basic realm=\"Ember\", charset=\"UTF-8\""));
+            return Reply::Now(r);
+        }
+        AuthResult::Busy => {
+            let mut r = Response::error(429, "too many password checks; try again in a second");
+            r.headers.push(String::from("Retry-After: 1"));
+            return Reply::Now(r);
+        }
+    }
+    match (req.path.as_str(), req.method.as_str()) {
+        ("/api/v1/host", "GET") => ok_json(state.host_json(now_ms)),
+        ("/api/v1/host", _) => method_not_allowed("GET"),
+        ("/api/v1/network/management", "GET") => ok_json(state.management_json()),
+        ("/api/v1/network/management", "PUT") => put_management(state, req),
+        ("/api/v1/network/management", _) => method_not_allowed("GET, PUT"),
+        ("/api/v1/network/resolve", "GET") => resolve(req),
+        ("/api/v1/network/resolve", _) => method_not_allowed("GET"),
+        ("/api/v1/account/root/password", "PUT") => put_password(state, req),
+        ("/api/v1/account/root/password", _) => method_not_allowed("PUT"),
+        (p, _) => Reply::Now(Response::error(404, &format!("no such resource: {}", printable(p)))),
+    }
+}
+
+/// Paths are echoed in error messages; keep them short and printable.
+fn printable(s: &str) -> String {
+    s.chars().take(100).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
+}
+
+fn landing_page(hostname: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><title>Ember {hostname}</title></head><body><h1>Ember host {hostname}</h1>\
+         <p>Management API: <a href=\"/api/v1/host\">/api/v1/host</a> (HTTP Basic, user root).</p></body></html>\n"
+    )
+}
+
+fn bad_request(field: &str, problem: &str) -> Reply {
+    Reply::Now(Response::error(400, &format!("{field}: {problem}")))
+}
+
+fn json_body(req: &Request) -> Result<Map<String, Value>, Reply> {
+    if let Some(ct) = &req.content_type {
+        if !ct.to_ascii_lowercase().starts_with("application/json") {
+            return Err(Reply::Now(Response::error(415, "expected Content-Type: application/json")));
+        }
+    }
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad_request("body", "expected a JSON object")),
+        Err(e) => Err(bad_request("body", &format!("not valid JSON: {e}"))),
+    }
+}
+
+fn field_ip(field: &str, v: &Value) -> Result<Option<Ipv4Addr>, Reply> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            config::parse_ipv4(field, s).map(Some).map_err(|e| bad_request(&e.field, &e.problem))
+        }
+        _ => Err(bad_request(field, "expected an IPv4 address string or null")),
+    }
+}
+
+fn put_management(state: &mut ApiState, req: &Request) -> Reply {
+    let body = match json_body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut cfg = state.config.clone();
+    // Start from the configured static values, if any.
+    let (mut mode_static, mut address, mut prefix, mut gateway) = match cfg.ipv4 {
+        Ipv4Mode::Dhcp => (false, None, None, None),
+        Ipv4Mode::Static { address, prefix, gateway } => (true, Some(address), Some(prefix), gateway),
+    };
+    for (key, v) in &body {
+        match key.as_str() {
+            "uplink" => match v.as_str() {
+                Some(s) => {
+                    if let Err(e) = config::validate_nic_name("uplink", s) {
+                        return bad_request(&e.field, &e.problem);
+                    }
+                    if !state.nics.iter().any(|n| n.name == s) {
+                        let present: Vec<&str> = state.nics.iter().map(|n| n.name.as_str()).collect();
+                        return bad_request("uplink", &format!("no NIC named {s} (present: {})", present.join(", ")));
+                    }
+                    cfg.uplink = s.to_string();
+                }
+                None => return bad_request("uplink", "expected a NIC name such as \"vmnic0\""),
+            },
+            "mode" => match v.as_str() {
+                Some("dhcp") => mode_static = false,
+                Some("static") => mode_static = true,
+                _ => return bad_request("mode", "expected \"dhcp\" or \"static\""),
+            },
+            "address" => match field_ip("address", v) {
+                Ok(a) => address = a,
+                Err(r) => return r,
+            },
+            "prefix" => match v.as_u64() {
+                Some(p) if (1..=32).contains(&p) => prefix = Some(p as u8),
+                _ => return bad_request("prefix", "expected a prefix length from 1 to 32"),
+            },
+            "netmask" => match v.as_str().map(|s| config::parse_ipv4("netmask", s)) {
+                Some(Ok(m)) => match config::netmask_to_prefix("netmask", m) {
+                    Ok(p) => prefix = Some(p),
+                    Err(e) => return bad_request(&e.field, &e.problem),
+                },
+                Some(Err(e)) => return bad_request(&e.field, &e.problem),
+                None => return bad_request("netmask", "expected a netmask string such as \"255.255.255.0\""),
+            },
+            "gateway" => match field_ip("gateway", v) {
+                Ok(g) => gateway = g,
+                Err(r) => return r,
+            },
+            "dns" => {
+                let Some(list) = v.as_array() else {
+                    return bad_request("dns", "expected a list of IPv4 address strings");
+                };
+                let mut dns = Vec::new();
+                for d in list {
+                    match field_ip("dns", d) {
+                        Ok(Some(a)) => dns.push(a),
+                        Ok(None) => return bad_request("dns", "null is not an address"),
+                        Err(r) => return r,
+                    }
+                }
+                cfg.dns = dns;
+            }
+            "vlan" => match v {
+                Value::Null => cfg.vlan = None,
+                Value::Number(n) => match n.as_u64().map(|id| config::validate_vlan("vlan", id.min(u32::MAX as u64) as u32)) {
+                    Some(Ok(id)) => cfg.vlan = Some(id),
+                    Some(Err(e)) => return bad_request(&e.field, &e.problem),
+                    None => return bad_request("vlan", "expected a VLAN id from 1 to 4094, or null"),
+                },
+                _ => return bad_request("vlan", "expected a VLAN id from 1 to 4094, or null"),
+            },
+            "hostname" => match v.as_str() {
+                Some(s) => cfg.hostname = s.to_string(),
+                None => return bad_request("hostname", "expected a string"),
+            },
+            other => return bad_request(&printable(other), "unknown field (expected uplink, mode, address, prefix, netmask, gateway, dns, vlan, hostname)"),
+        }
+    }
+    cfg.ipv4 = if mode_static {
+        let Some(address) = address else { return bad_request("address", "static mode needs an address") };
+        let Some(prefix) = prefix else {
+            return bad_request("prefix", "static mode needs a prefix or netmask");
+        };
+        Ipv4Mode::Static { address, prefix, gateway }
+    } else {
+        Ipv4Mode::Dhcp
+    };
+    if let Err(e) = cfg.validate() {
+        return bad_request(&e.field, &e.problem);
+    }
+    let mut out = state.management_json();
+    let (mode, address, prefix, gateway) = match cfg.ipv4 {
+        Ipv4Mode::Dhcp => ("dhcp", None, None, None),
+        Ipv4Mode::Static { address, prefix, gateway } => ("static", Some(address), Some(prefix), gateway),
+    };
+    out["pending"] = json!({
+        "uplink": cfg.uplink,
+        "mode": mode,
+        "address": ip_json(address),
+        "prefix": prefix,
+        "gateway": ip_json(gateway),
+        "dns": cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "vlan": cfg.vlan,
+        "hostname": cfg.hostname,
+    });
+    state.pending = Some(cfg);
+    Reply::Now(Response::json(202, out.to_string()))
+}
+
+fn resolve(req: &Request) -> Reply {
+    let name = req.query.as_deref().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("name="));
+    let Some(name) = name else { return bad_request("name", "give the name to resolve as ?name=<host>") };
+    if let Err(e) = config::validate_hostname("name", name) {
+        return bad_request(&e.field, &e.problem);
+    }
+    Reply::Resolve(name.to_string())
+}
+
+fn put_password(state: &mut ApiState, req: &Request) -> Reply {
+    let body = match json_body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(k) = body.keys().find(|k| k.as_str() != "password") {
+        return bad_request(&printable(k), "unknown field (expected password)");
+    }
+    let Some(pw) = body.get("password").and_then(|v| v.as_str()) else {
+        return bad_request("password", "expected a string");
+    };
+    let salt = state.next_salt();
+    match state.root.set_password(pw, salt) {
+        Ok(()) => ok_json(json!({ "status": "password changed" })),
+        Err(e) => bad_request("password", &e.to_string().replace("password: ", "")),
+    }
+}
+
+/// The answer to a finished name resolution.
+pub fn resolved(name: &str, result: Result<Vec<Ipv4Addr>, &str>) -> Response {
+    match result {
+        Ok(addrs) => Response::json(
+            200,
+            json!({ "name": name, "addresses": addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>() })
+                .to_string(),
+        ),
+        Err(why) => Response::error(502, &format!("could not resolve {name}: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{PasswordHash, MIN_ITERATIONS};
+    use crate::http::{parse_request, Parsed};
+    use base64::Engine;
+
+    fn state() -> ApiState {
+        ApiState {
+            facts: HostFacts {
+                version: "0.1.0".into(),
+                build: "abc".into(),
+                cpus: 2,
+                cpu_model: "Test CPU".into(),
+                memory_bytes: 1 << 30,
+                vendor: "QEMU".into(),
+                product: "Standard PC".into(),
+                serial: "S1".into(),
+            },
+            nics: alloc::vec![NicInfo {
+                name: "vmnic0".into(),
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                link: true,
+                driver: "virtio-net"
+            }],
+            config: ManagementConfig::default(),
+            status: InterfaceStatus {
+                state: InterfaceState::Configured,
+                address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+                dns: alloc::vec![Ipv4Addr::new(10, 0, 2, 3)],
+            },
+            root: RootAccount::new(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS), [4; 32]),
+            pending: None,
+            boot_ms: 1000,
+            salt_state: 1,
+        }
+    }
+
+    fn auth() -> String {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode("root:rootpass")
+        )
+    }
+
+    fn call(st: &mut ApiState, raw: &str) -> (u16, Value) {
+        let Parsed::Complete(req, _) = parse_request(raw.as_bytes()) else {
+            panic!("unparsable test request")
+        };
+        match handle(st, &req, 61_000) {
+            Reply::Now(r) => {
+                let v = if r.content_type == "application/json" {
+                    serde_json::from_slice(&r.body).unwrap()
+                } else {
+                    Value::Null
+                };
+                (r.status, v)
+            }
+            Reply::Resolve(name) => (0, Value::String(name)),
+        }
+    }
+
+    fn put(path: &str, body: &str) -> String {
+        format!(
+            "PUT {path} HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            auth(),
+            body.len()
+        )
+    }
+
+    #[test]
+    fn host_needs_auth_and_has_the_fields() {
+        let mut st = state();
+        let (s, v) = call(&mut st, "GET /api/v1/host HTTP/1.1\r\n\r\n");
+        assert_eq!(s, 401);
+        assert_eq!(v["error"]["code"], 401);
+        let (s, v) = call(&mut st, &format!("GET /api/v1/host HTTP/1.1\r\n{}\r\n", auth()));
+        assert_eq!(s, 200);
+        for k in [
+            "hostname",
+            "version",
+            "uptime_s",
+            "cpus",
+            "cpu_model",
+            "memory_bytes",
+            "vendor",
+            "product",
+            "nics",
+            "management",
+        ] {
+            assert!(!v[k].is_null(), "missing {k}");
+        }
+        assert_eq!(v["uptime_s"], 60);
+        assert_eq!(v["nics"][0]["mac"], "52:54:00:12:34:56");
+        assert_eq!(v["nics"][0]["link"], "up");
+        assert_eq!(v["management"]["mode"], "dhcp");
+        assert_eq!(v["management"]["address"], "10.0.2.15");
+        assert_eq!(v["management"]["prefix"], 24);
+        assert_eq!(v["management"]["vlan"], Value::Null);
+    }
+
+    #[test]
+    fn not_found_and_methods() {
+        let mut st = state();
+        assert_eq!(call(&mut st, &format!("GET /api/v1/nope HTTP/1.1\r\n{}\r\n", auth())).0, 404);
+        assert_eq!(call(&mut st, "GET /favicon.ico HTTP/1.1\r\n\r\n").0, 404);
+        assert_eq!(call(&mut st, &format!("DELETE /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).0, 405);
+        assert_eq!(call(&mut st, "GET / HTTP/1.1\r\n\r\n").0, 200);
+    }
+
+    #[test]
+    fn put_management_validates_and_queues() {
+        let mut st = state();
+        let cases = [
+            ("{", "body"),
+            ("[1]", "body"),
+            (r#"{"mode":"bootp"}"#, "mode"),
+            (r#"{"mode":"static"}"#, "address"),
+            (r#"{"mode":"static","address":"10.0.2.20"}"#, "prefix"),
+            (r#"{"mode":"static","address":"10.0.2.20","prefix":24,"gateway":"10.9.9.9"}"#, "gateway"),
+            (r#"{"vlan":4095}"#, "vlan"),
+            (r#"{"vlan":"7"}"#, "vlan"),
+            (r#"{"uplink":"vmnic7"}"#, "uplink"),
+            (r#"{"dns":["1.1.1.1","x"]}"#, "dns"),
+            (r#"{"hostname":"bad_name"}"#, "hostname"),
+            (r#"{"colour":"red"}"#, "colour"),
+        ];
+        for (body, field) in cases {
+            let (s, v) = call(&mut st, &put("/api/v1/network/management", body));
+            assert_eq!(s, 400, "{body}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.starts_with(field), "{body}: {msg}");
+            assert!(st.pending.is_none(), "{body} changed something");
+        }
+        let (s, v) = call(
+            &mut st,
+            &put(
+                "/api/v1/network/management",
+                r#"{"mode":"static","address":"10.0.2.20","netmask":"255.255.255.0","gateway":"10.0.2.2","vlan":12,"hostname":"esx1"}"#,
+            ),
+        );
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(v["pending"]["address"], "10.0.2.20");
+        let p = st.pending.clone().unwrap();
+        assert_eq!(p.vlan, Some(12));
+        assert_eq!(
+            p.ipv4,
+            Ipv4Mode::Static {
+                address: Ipv4Addr::new(10, 0, 2, 20),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2))
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_content_type_is_415() {
+        let mut st = state();
+        let raw = format!("PUT /api/v1/network/management HTTP/1.1\r\n{}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}", auth());
+        assert_eq!(call(&mut st, &raw).0, 415);
+    }
+
+    #[test]
+    fn password_change() {
+        let mut st = state();
+        assert_eq!(call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"short"}"#)).0, 400);
+        assert_eq!(
+            call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"long enough","x":1}"#)).0,
+            400
+        );
+        assert_eq!(
+            call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#)).0,
+            200
+        );
+        // The old credentials no longer work.
+        assert_eq!(call(&mut st, &format!("GET /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).0, 401);
+    }
+
+    #[test]
+    fn resolve_takes_a_valid_name() {
+        let mut st = state();
+        let (s, v) =
+            call(&mut st, &format!("GET /api/v1/network/resolve?name=gw.lab HTTP/1.1\r\n{}\r\n", auth()));
+        assert_eq!((s, v), (0, Value::String("gw.lab".into())));
+        assert_eq!(
+            call(&mut st, &format!("GET /api/v1/network/resolve?name=a..b HTTP/1.1\r\n{}\r\n", auth())).0,
+            400
+        );
+        assert_eq!(call(&mut st, &format!("GET /api/v1/network/resolve HTTP/1.1\r\n{}\r\n", auth())).0, 400);
+        assert_eq!(resolved("x", Err("timed out")).status, 502);
+    }
+}

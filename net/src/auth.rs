@@ -1,0 +1,301 @@
+//! Root password storage and HTTP Basic authentication (RFC 7617).
+//!
+//! The password is kept only as a salted slow hash: PBKDF2-HMAC-SHA256 (RFC 8018 5.2) with a per-hash
+//! random salt and a stored iteration count, written as `$pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`.
+//! Because the slow hash is deliberately expensive, a successful `Authorization` header is remembered as
+//! an HMAC under a per-boot key (never the password itself), so a client that keeps sending the same
+//! credentials pays the slow hash once. Slow verifications are rationed per second so a flood of wrong
+//! passwords cannot monopolise the management CPU.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use core::fmt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Iterations for new hashes. Chosen so one verification costs a fraction of a second even under
+/// emulation (TCG), where the management API is tested.
+pub const DEFAULT_ITERATIONS: u32 = 100_000;
+/// Hashes with fewer iterations than this are refused when loaded.
+pub const MIN_ITERATIONS: u32 = 1_000;
+const SALT_LEN: usize = 16;
+const HASH_LEN: usize = 32;
+/// The built-in initial root password (documented in the README; to be changed).
+pub const INITIAL_PASSWORD: &str = "ember-initial";
+/// Longest password accepted.
+pub const MAX_PASSWORD_LEN: usize = 128;
+/// Slow verifications allowed per second; more get "too many requests".
+pub const SLOW_CHECKS_PER_SECOND: u32 = 2;
+
+/// A stored password hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash {
+    iterations: u32,
+    salt: [u8; SALT_LEN],
+    hash: [u8; HASH_LEN],
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PasswordHash(pbkdf2-sha256, {} iterations)", self.iterations)
+    }
+}
+
+/// Why a stored hash or a new password was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// The stored string is not `$pbkdf2-sha256$iterations$salt$hash`.
+    BadFormat(&'static str),
+    /// The new password breaks a rule.
+    WeakPassword(&'static str),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::BadFormat(w) => write!(f, "password hash: {w}"),
+            AuthError::WeakPassword(w) => write!(f, "password: {w}"),
+        }
+    }
+}
+
+fn derive(password: &[u8], salt: &[u8], iterations: u32) -> [u8; HASH_LEN] {
+    let mut out = [0u8; HASH_LEN];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out);
+    out
+}
+
+/// Constant-time equality for equal-length secrets.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the rules for a new root password: 7 to 128 printable ASCII characters (ESXi's minimum is 7).
+pub fn check_password_rules(password: &str) -> Result<(), AuthError> {
+    if password.len() < 7 {
+        return Err(AuthError::WeakPassword("must be at least 7 characters"));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(AuthError::WeakPassword("must be at most 128 characters"));
+    }
+    if !password.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(AuthError::WeakPassword("must be printable ASCII"));
+    }
+    Ok(())
+}
+
+impl PasswordHash {
+    /// Hashes `password` with `salt` (16 random bytes from the caller) and `iterations`.
+    pub fn new(password: &str, salt: [u8; SALT_LEN], iterations: u32) -> Self {
+        PasswordHash { iterations, salt, hash: derive(password.as_bytes(), &salt, iterations) }
+    }
+
+    /// The slow check.
+    pub fn verify(&self, password: &str) -> bool {
+        ct_eq(&derive(password.as_bytes(), &self.salt, self.iterations), &self.hash)
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> String {
+        format!("$pbkdf2-sha256${}${}${}", self.iterations, B64.encode(self.salt), B64.encode(self.hash))
+    }
+
+    /// Parses the stored form.
+    pub fn decode(s: &str) -> Result<Self, AuthError> {
+        let mut parts = s.split('$');
+        if parts.next() != Some("") || parts.next() != Some("pbkdf2-sha256") {
+            return Err(AuthError::BadFormat("expected the $pbkdf2-sha256$ scheme"));
+        }
+        let iterations: u32 = parts
+            .next()
+            .and_then(|i| i.parse().ok())
+            .ok_or(AuthError::BadFormat("iteration count is not a number"))?;
+        if iterations < MIN_ITERATIONS {
+            return Err(AuthError::BadFormat("iteration count below 1000"));
+        }
+        let salt: [u8; SALT_LEN] = parts
+            .next()
+            .and_then(|p| B64.decode(p).ok())
+            .and_then(|v| v.try_into().ok())
+            .ok_or(AuthError::BadFormat("salt is not 16 bytes of base64"))?;
+        let hash: [u8; HASH_LEN] = parts
+            .next()
+            .and_then(|p| B64.decode(p).ok())
+            .and_then(|v| v.try_into().ok())
+            .ok_or(AuthError::BadFormat("hash is not 32 bytes of base64"))?;
+        if parts.next().is_some() {
+            return Err(AuthError::BadFormat("trailing fields"));
+        }
+        Ok(PasswordHash { iterations, salt, hash })
+    }
+}
+
+/// Splits an `Authorization: Basic <base64(user:password)>` value. `None` when it is not Basic or
+/// not decodable.
+pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+    let value = core::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = B64.decode(rest.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.into(), pass.into()))
+}
+
+/// The outcome of checking a request's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Allowed,
+    /// Missing or wrong credentials (401).
+    Denied,
+    /// The slow-check budget for this second is spent (429).
+    Busy,
+}
+
+/// The root account: its hash, the remembered good header, and the slow-check budget.
+pub struct RootAccount {
+    hash: PasswordHash,
+    /// Per-boot key for remembering verified headers.
+    cache_key: [u8; 32],
+    remembered: Vec<[u8; 32]>,
+    budget_second: u64,
+    budget_used: u32,
+}
+
+const REMEMBERED_MAX: usize = 8;
+
+impl RootAccount {
+    /// `cache_key` must be random per boot.
+    pub fn new(hash: PasswordHash, cache_key: [u8; 32]) -> Self {
+        RootAccount { hash, cache_key, remembered: Vec::new(), budget_second: 0, budget_used: 0 }
+    }
+
+    fn tag(&self, header: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache_key).expect("any key length");
+        mac.update(header);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Checks an `Authorization` header value at time `now_ms`.
+    pub fn check(&mut self, header: Option<&[u8]>, now_ms: u64) -> AuthResult {
+        let Some(header) = header else { return AuthResult::Denied };
+        let tag = self.tag(header);
+        if self.remembered.iter().any(|t| ct_eq(t, &tag)) {
+            return AuthResult::Allowed;
+        }
+        let Some((user, pass)) = parse_basic(header) else { return AuthResult::Denied };
+        if user != "root" || pass.len() > MAX_PASSWORD_LEN {
+            return AuthResult::Denied;
+        }
+        let second = now_ms / 1000;
+        if second != self.budget_second {
+            self.budget_second = second;
+            self.budget_used = 0;
+        }
+        if self.budget_used >= SLOW_CHECKS_PER_SECOND {
+            return AuthResult::Busy;
+        }
+        self.budget_used += 1;
+        if self.hash.verify(&pass) {
+            if self.remembered.len() >= REMEMBERED_MAX {
+                self.remembered.remove(0);
+            }
+            self.remembered.push(tag);
+            AuthResult::Allowed
+        } else {
+            AuthResult::Denied
+        }
+    }
+
+    /// Replaces the password (rules checked); forgets every remembered header.
+    pub fn set_password(&mut self, password: &str, salt: [u8; SALT_LEN]) -> Result<(), AuthError> {
+        check_password_rules(password)?;
+        self.hash = PasswordHash::new(password, salt, DEFAULT_ITERATIONS);
+        self.remembered.clear();
+        Ok(())
+    }
+
+    /// The stored hash (for the configuration store).
+    pub fn hash(&self) -> &PasswordHash {
+        &self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(user: &str, pass: &str) -> Vec<u8> {
+        format!("Basic {}", B64.encode(format!("{user}:{pass}"))).into_bytes()
+    }
+
+    #[test]
+    fn hash_round_trip_and_verify() {
+        let h = PasswordHash::new("correct horse", [7; 16], MIN_ITERATIONS);
+        assert!(h.verify("correct horse"));
+        assert!(!h.verify("correct horsE"));
+        let s = h.encode();
+        assert!(s.starts_with("$pbkdf2-sha256$1000$"));
+        assert!(!s.contains("correct"));
+        assert_eq!(PasswordHash::decode(&s).unwrap(), h);
+        // A different salt gives a different hash for the same password.
+        assert_ne!(PasswordHash::new("correct horse", [8; 16], MIN_ITERATIONS).encode(), s);
+    }
+
+    #[test]
+    fn rfc_6070_style_vector() {
+        // PBKDF2-HMAC-SHA256("password", "salt", 1) first bytes, from RFC 7914 11 / common test vectors.
+        let out = derive(b"password", b"salt", 1);
+        assert_eq!(&out[..4], &[0x12, 0x0f, 0xb6, 0xcf]);
+    }
+
+    #[test]
+    fn bad_stored_hashes_are_named() {
+        for (s, what) in [
+            ("", "scheme"),
+            ("$md5$1000$a$b", "scheme"),
+            ("$pbkdf2-sha256$x$a$b", "number"),
+            ("$pbkdf2-sha256$10$AAAAAAAAAAAAAAAAAAAAAA==$AAAA", "below"),
+            ("$pbkdf2-sha256$1000$AAAA$AAAA", "salt"),
+            ("$pbkdf2-sha256$1000$AAAAAAAAAAAAAAAAAAAAAA==$AAAA", "hash"),
+        ] {
+            let e = PasswordHash::decode(s).unwrap_err();
+            assert!(format!("{e}").contains(what), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        assert_eq!(parse_basic(&header("root", "a:b")), Some(("root".into(), "a:b".into())));
+        assert_eq!(parse_basic(b"bearer abc"), None);
+        assert_eq!(parse_basic(b"Basic !!!"), None);
+        assert_eq!(parse_basic(b"Basic"), None);
+        assert_eq!(parse_basic(b"basic cm9vdA=="), None); // "root" without a colon
+    }
+
+    #[test]
+    fn account_checks_remembers_and_rations() {
+        let mut acct = RootAccount::new(PasswordHash::new("secret-1", [1; 16], MIN_ITERATIONS), [9; 32]);
+        assert_eq!(acct.check(None, 0), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("admin", "secret-1")), 0), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), 0), AuthResult::Allowed);
+        // Wrong passwords use up the slow-check budget for this second...
+        for _ in 0..SLOW_CHECKS_PER_SECOND - 1 {
+            assert_eq!(acct.check(Some(&header("root", "wrong")), 10), AuthResult::Denied);
+        }
+        assert_eq!(acct.check(Some(&header("root", "wrong")), 20), AuthResult::Busy);
+        // ...but a remembered good header still passes, and the budget refills next second.
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), 30), AuthResult::Allowed);
+        assert_eq!(acct.check(Some(&header("root", "wrong")), 1000), AuthResult::Denied);
+        // Changing the password forgets the remembered header.
+        assert!(acct.set_password("short", [2; 16]).is_err());
+        acct.set_password("new-password", [2; 16]).unwrap();
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), 2000), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("root", "new-password")), 2000), AuthResult::Allowed);
+    }
+}

@@ -1,0 +1,845 @@
+//! The management interface service: one uplink NIC, a smoltcp interface with DHCPv4 or a static
+//! address (optionally on an 802.1Q VLAN), a DNS resolver, and the HTTP server for the management API.
+//!
+//! The kernel's management loop calls [`ManagementNetwork::poll`] with the current time; all work is
+//! bounded per call. Changing the configuration (API `PUT`) takes effect after the response has been
+//! sent: the interface, its sockets and connections are torn down and rebuilt from the new settings.
+//!
+//! HTTP connections come from a fixed pool of listening TCP sockets ([`HTTP_CONNECTIONS`]); each
+//! connection is a small state machine with a deadline in every state, so a silent, slow or
+//! half-open client only ever holds its own slot, and only for a bounded time.
+
+use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
+use crate::config::{Ipv4Mode, ManagementConfig};
+use crate::http::{parse_request, Parsed, Response, MAX_BODY, MAX_HEAD};
+use crate::nic::{Nic, Port, PortStats};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
+
+/// Simultaneous HTTP connections (further SYNs are refused with RST until a slot frees up).
+pub const HTTP_CONNECTIONS: usize = 24;
+/// The API's TCP port.
+pub const HTTP_PORT: u16 = 80;
+const TCP_RX_BUFFER: usize = 4096;
+const TCP_TX_BUFFER: usize = 16384;
+/// A half-open connection (SYN received, no ACK) is dropped after this long.
+pub const SYN_TIMEOUT_MS: u64 = 3_000;
+/// A request must be complete this long after its first byte (slow-header defence), else 408.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// An idle keep-alive connection is closed after this long.
+pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A response the client does not read is abandoned after this long without progress.
+pub const WRITE_TIMEOUT_MS: u64 = 20_000;
+/// A connection stuck in a closing state is aborted after this long.
+pub const CLOSING_TIMEOUT_MS: u64 = 10_000;
+/// Name resolution gives up after this long.
+pub const RESOLVE_TIMEOUT_MS: u64 = 10_000;
+/// Delay between accepting a configuration change and applying it (lets the response go out).
+pub const APPLY_DELAY_MS: u64 = 500;
+/// Listening sockets kept free by recycling TIME-WAIT ones.
+const SPARE_LISTENERS: usize = 2;
+const MAX_INBUF: usize = MAX_HEAD + MAX_BODY + 1024;
+
+/// A NIC handed to the management plane.
+pub struct ManagedNic {
+    /// `vmnicN`.
+    pub name: String,
+    /// Driver name for reports.
+    pub driver: &'static str,
+    pub nic: Box<dyn Nic>,
+}
+
+struct Resolving {
+    query: QueryHandle,
+    name: String,
+    deadline: u64,
+}
+
+struct Conn {
+    handle: SocketHandle,
+    last_state: tcp::State,
+    state_since: u64,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    close_after: bool,
+    request_started: Option<u64>,
+    last_progress: u64,
+    resolving: Option<Resolving>,
+}
+
+impl Conn {
+    fn reset(&mut self, now: u64) {
+        self.inbuf.clear();
+        self.out.clear();
+        self.out_pos = 0;
+        self.close_after = false;
+        self.request_started = None;
+        self.last_progress = now;
+        self.resolving = None;
+    }
+}
+
+struct Stack {
+    uplink: usize,
+    vlan: Option<u16>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dhcp: Option<SocketHandle>,
+    dns: SocketHandle,
+    conns: Vec<Conn>,
+    stats: PortStats,
+}
+
+/// The management network service.
+pub struct ManagementNetwork {
+    nics: Vec<ManagedNic>,
+    stack: Option<Stack>,
+    /// The API's view (configuration, live status, accounts, host facts).
+    pub api: ApiState,
+    log: Vec<String>,
+    seed: u64,
+    restarts: u64,
+    apply_at: Option<u64>,
+    had_lease: bool,
+    last_link_check: u64,
+}
+
+fn instant(ms: u64) -> Instant {
+    Instant::from_millis(ms as i64)
+}
+
+impl ManagementNetwork {
+    /// Builds the service and starts the interface with `api.config`. `seed` must be random per boot.
+    pub fn new(nics: Vec<ManagedNic>, mut api: ApiState, seed: u64, now_ms: u64) -> Self {
+        api.nics = nics
+            .iter()
+            .map(|n| NicInfo { name: n.name.clone(), mac: n.nic.mac(), link: false, driver: n.driver })
+            .collect();
+        let mut m = ManagementNetwork {
+            nics,
+            stack: None,
+            api,
+            log: Vec::new(),
+            seed,
+            restarts: 0,
+            apply_at: None,
+            had_lease: false,
+            last_link_check: 0,
+        };
+        m.refresh_links();
+        m.start(now_ms);
+        m
+    }
+
+    /// Takes the log lines produced since the last call.
+    pub fn take_log(&mut self) -> Vec<String> {
+        core::mem::take(&mut self.log)
+    }
+
+    /// Frame counters of the current uplink.
+    pub fn stats(&self) -> PortStats {
+        self.stack.as_ref().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// The address shown on the console: (host name, IPv4 address, whether by DHCP).
+    pub fn console_address(&self) -> (String, Option<Ipv4Addr>, bool) {
+        (
+            self.api.config.hostname.clone(),
+            self.api.status.address.map(|a| a.0),
+            matches!(self.api.config.ipv4, Ipv4Mode::Dhcp),
+        )
+    }
+
+    fn refresh_links(&mut self) {
+        for (info, n) in self.api.nics.iter_mut().zip(self.nics.iter_mut()) {
+            let up = n.nic.link_up();
+            if up != info.link && self.last_link_check != 0 {
+                self.log.push(format!("{}: link {}", info.name, if up { "up" } else { "down" }));
+            }
+            info.link = up;
+        }
+    }
+
+    fn start(&mut self, now: u64) {
+        let cfg = self.api.config.clone();
+        self.had_lease = false;
+        let Some(uplink) = self.nics.iter().position(|n| n.name == cfg.uplink) else {
+            self.log.push(format!(
+                "management network: no NIC named {} ({} NICs present); management interface down",
+                cfg.uplink,
+                self.nics.len()
+            ));
+            self.api.status =
+                InterfaceStatus { state: InterfaceState::NoUplink, ..InterfaceStatus::default() };
+            self.stack = None;
+            return;
+        };
+        let mut stats = PortStats::default();
+        let mac = self.nics[uplink].nic.mac();
+        let mut iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        self.restarts += 1;
+        iface_cfg.random_seed = self.seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut iface = {
+            let mut port = Port { nic: &mut *self.nics[uplink].nic, vlan: cfg.vlan, stats: &mut stats };
+            Interface::new(iface_cfg, &mut port, instant(now))
+        };
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut status = InterfaceStatus::default();
+        let dhcp = match cfg.ipv4 {
+            Ipv4Mode::Dhcp => {
+                let mut s = dhcpv4::Socket::new();
+                let mut retry = dhcpv4::RetryConfig::default();
+                // Retry renewals every 10 s at least, not only every 60 s, so a returning server is
+                // found quickly; the lease timers themselves follow RFC 2131 (T1, T2, expiry).
+                retry.min_renew_timeout = Duration::from_secs(10);
+                s.set_retry_config(retry);
+                Some(sockets.add(s))
+            }
+            Ipv4Mode::Static { address, prefix, gateway } => {
+                iface.update_ip_addrs(|a| {
+                    let _ = a.push(IpCidr::Ipv4(Ipv4Cidr::new(address, prefix)));
+                });
+                if let Some(gw) = gateway {
+                    let _ = iface.routes_mut().add_default_ipv4_route(gw);
+                }
+                status = InterfaceStatus {
+                    state: InterfaceState::Configured,
+                    address: Some((address, prefix)),
+                    gateway,
+                    dns: cfg.dns.clone(),
+                };
+                None
+            }
+        };
+        let servers: Vec<IpAddress> = status.dns.iter().map(|d| IpAddress::Ipv4(*d)).collect();
+        let dns = sockets.add(dns::Socket::new(&servers, vec![None, None, None, None]));
+        let mut conns = Vec::with_capacity(HTTP_CONNECTIONS);
+        for _ in 0..HTTP_CONNECTIONS {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; TCP_RX_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; TCP_TX_BUFFER]),
+            );
+            s.set_nagle_enabled(false);
+            s.set_timeout(Some(Duration::from_secs(60)));
+            let _ = s.listen(HTTP_PORT);
+            conns.push(Conn {
+                handle: sockets.add(s),
+                last_state: tcp::State::Listen,
+                state_since: now,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                close_after: false,
+                request_started: None,
+                last_progress: now,
+                resolving: None,
+            });
+        }
+        let n = &self.nics[uplink];
+        let mode = match cfg.ipv4 {
+            Ipv4Mode::Dhcp => String::from("DHCP"),
+            Ipv4Mode::Static { address, prefix, gateway } => format!(
+                "static {address}/{prefix}{}",
+                gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()
+            ),
+        };
+        self.log.push(format!(
+            "management network: {} ({}, MAC {}), {}{}, host name {}",
+            n.name,
+            n.driver,
+            api::mac_string(&mac),
+            mode,
+            cfg.vlan.map(|v| format!(", VLAN {v}")).unwrap_or_default(),
+            cfg.hostname
+        ));
+        self.api.status = status;
+        self.stack = Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, conns, stats });
+    }
+
+    /// Stops the interface and starts it again with the current configuration.
+    pub fn restart(&mut self, now: u64) {
+        self.log.push(String::from("management network: restarting"));
+        self.stack = None;
+        self.start(now);
+    }
+
+    /// Replaces the configuration (already validated) and restarts the interface.
+    pub fn reconfigure(&mut self, cfg: ManagementConfig, now: u64) {
+        self.api.config = cfg;
+        self.api.pending = None;
+        self.apply_at = None;
+        self.restart(now);
+    }
+
+    /// Does all pending network work. Returns true if anything happened (frames moved, requests
+    /// served), so the caller can keep polling instead of sleeping.
+    pub fn poll(&mut self, now: u64) -> bool {
+        if now.saturating_sub(self.last_link_check) >= 1000 {
+            self.refresh_links();
+            self.last_link_check = now.max(1);
+        }
+        if self.api.pending.is_some() && self.apply_at.is_none() {
+            self.apply_at = Some(now + APPLY_DELAY_MS);
+        }
+        if let Some(at) = self.apply_at {
+            if now >= at {
+                if let Some(cfg) = self.api.pending.take() {
+                    self.log.push(String::from("management network: applying new settings from the API"));
+                    self.reconfigure(cfg, now);
+                }
+                self.apply_at = None;
+            }
+        }
+        let configured_dns = self.api.config.dns.clone();
+        let Some(stack) = self.stack.as_mut() else { return false };
+        let nic = &mut *self.nics[stack.uplink].nic;
+        let mut port = Port { nic, vlan: stack.vlan, stats: &mut stack.stats };
+        let before = port.stats.rx_frames + port.stats.tx_frames;
+        let mut busy = stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
+        if let Some(h) = stack.dhcp {
+            handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
+        }
+        busy |= serve_http(stack, &mut self.api, now);
+        let mut port =
+            Port { nic: &mut *self.nics[stack.uplink].nic, vlan: stack.vlan, stats: &mut stack.stats };
+        busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
+        busy || stack.stats.rx_frames + stack.stats.tx_frames != before
+    }
+}
+
+fn handle_dhcp(
+    stack: &mut Stack,
+    h: SocketHandle,
+    api: &mut ApiState,
+    configured_dns: &[Ipv4Addr],
+    had_lease: &mut bool,
+    log: &mut Vec<String>,
+) {
+    // Copy the event out: it borrows the socket set.
+    let event = match stack.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+        None => None,
+        Some(dhcpv4::Event::Configured(c)) => Some(Some((
+            c.address,
+            c.router,
+            c.server.address,
+            c.dns_servers.iter().copied().collect::<Vec<_>>(),
+        ))),
+        Some(dhcpv4::Event::Deconfigured) => Some(None),
+    };
+    match event {
+        None => {}
+        Some(Some((address, router, server, lease_dns))) => {
+            stack.iface.update_ip_addrs(|a| {
+                a.clear();
+                let _ = a.push(IpCidr::Ipv4(address));
+            });
+            stack.iface.routes_mut().remove_default_ipv4_route();
+            if let Some(r) = router {
+                let _ = stack.iface.routes_mut().add_default_ipv4_route(r);
+            }
+            let dns = if configured_dns.is_empty() { lease_dns } else { configured_dns.to_vec() };
+            let servers: Vec<IpAddress> = dns.iter().map(|d| IpAddress::Ipv4(*d)).collect();
+            stack.sockets.get_mut::<dns::Socket>(stack.dns).update_servers(&servers);
+            log.push(format!(
+                "DHCP lease {}/{} from {}, gateway {}, DNS {}",
+                address.address(),
+                address.prefix_len(),
+                server,
+                router.map(|r| format!("{r}")).unwrap_or_else(|| String::from("none")),
+                if dns.is_empty() {
+                    String::from("none")
+                } else {
+                    dns.iter().map(|d| format!("{d}")).collect::<Vec<_>>().join(", ")
+                }
+            ));
+            api.status = InterfaceStatus {
+                state: InterfaceState::Configured,
+                address: Some((address.address(), address.prefix_len())),
+                gateway: router,
+                dns,
+            };
+            *had_lease = true;
+        }
+        Some(None) => {
+            stack.iface.update_ip_addrs(|a| a.clear());
+            stack.iface.routes_mut().remove_default_ipv4_route();
+            if *had_lease {
+                log.push(String::from(
+                    "DHCP lease lost: it expired without renewal; management interface has no address, asking again",
+                ));
+                api.status =
+                    InterfaceStatus { state: InterfaceState::LeaseLost, ..InterfaceStatus::default() };
+            } else {
+                api.status = InterfaceStatus::default();
+            }
+        }
+    }
+}
+
+/// Runs every HTTP connection's state machine once. Returns true if any made progress.
+fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
+    let mut busy = false;
+    let mut listening = 0;
+    // Connections that have finished their work, by preference for recycling: TIME-WAIT first, then
+    // those waiting for a peer that never acknowledges the close.
+    let mut oldest_time_wait: Option<(u64, SocketHandle)> = None;
+    let mut oldest_closing: Option<(u64, SocketHandle)> = None;
+    let restart_pending = api.pending.is_some();
+    let mut conns = core::mem::take(&mut stack.conns);
+    for c in conns.iter_mut() {
+        let state = stack.sockets.get::<tcp::Socket>(c.handle).state();
+        if state != c.last_state {
+            c.last_state = state;
+            c.state_since = now;
+            if matches!(state, tcp::State::Established) {
+                c.reset(now);
+            }
+        }
+        let age = now.saturating_sub(c.state_since);
+        match state {
+            tcp::State::Closed => {
+                c.reset(now);
+                let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+                let _ = s.listen(HTTP_PORT);
+                listening += 1;
+            }
+            tcp::State::Listen => listening += 1,
+            tcp::State::SynReceived | tcp::State::SynSent => {
+                if age > SYN_TIMEOUT_MS {
+                    stack.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                }
+            }
+            tcp::State::TimeWait => {
+                if oldest_time_wait.is_none_or(|(t, _)| c.state_since < t) {
+                    oldest_time_wait = Some((c.state_since, c.handle));
+                }
+            }
+            tcp::State::FinWait1 | tcp::State::FinWait2 | tcp::State::Closing | tcp::State::LastAck => {
+                if age > CLOSING_TIMEOUT_MS {
+                    stack.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+                } else if oldest_closing.is_none_or(|(t, _)| c.state_since < t) {
+                    oldest_closing = Some((c.state_since, c.handle));
+                }
+            }
+            tcp::State::Established | tcp::State::CloseWait => {
+                busy |= serve_connection(stack, c, api, now, state, restart_pending);
+            }
+        }
+    }
+    stack.conns = conns;
+    if listening < SPARE_LISTENERS {
+        if let Some((_, h)) = oldest_time_wait.or(oldest_closing) {
+            stack.sockets.get_mut::<tcp::Socket>(h).abort();
+        }
+    }
+    busy
+}
+
+fn serve_connection(
+    stack: &mut Stack,
+    c: &mut Conn,
+    api: &mut ApiState,
+    now: u64,
+    state: tcp::State,
+    restart_pending: bool,
+) -> bool {
+    let mut busy = false;
+    // A name resolution in flight.
+    if let Some(r) = &c.resolving {
+        let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+        let answer = match dns_socket.get_query_result(r.query) {
+            Err(GetQueryResultError::Pending) if now < r.deadline => None,
+            Err(GetQueryResultError::Pending) => {
+                dns_socket.cancel_query(r.query);
+                Some(api::resolved(&r.name, Err("no answer within 10 s")))
+            }
+            Err(GetQueryResultError::Failed) => {
+                Some(api::resolved(&r.name, Err("the DNS servers gave no address")))
+            }
+            Ok(addrs) => Some(api::resolved(
+                &r.name,
+                Ok(addrs
+                    .iter()
+                    .filter_map(|a| match a {
+                        IpAddress::Ipv4(v4) => Some(*v4),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    })
+                    .collect()),
+            )),
+        };
+        if let Some(resp) = answer {
+            c.resolving = None;
+            let keep = !c.close_after;
+            c.out = resp.to_bytes(keep);
+            c.out_pos = 0;
+        }
+    }
+    let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+    // Take what the client sent (bounded).
+    while s.can_recv() && c.inbuf.len() < MAX_INBUF {
+        let mut tmp = [0u8; 1024];
+        let room = (MAX_INBUF - c.inbuf.len()).min(tmp.len());
+        match s.recv_slice(&mut tmp[..room]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                c.inbuf.extend_from_slice(&tmp[..n]);
+                c.last_progress = now;
+                busy = true;
+            }
+        }
+    }
+    // Answer the next request once the previous answer is out.
+    if c.out.is_empty() && c.resolving.is_none() && !c.close_after && !c.inbuf.is_empty() {
+        match parse_request(&c.inbuf) {
+            Parsed::Complete(req, used) => {
+                c.inbuf.drain(..used);
+                c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
+                let reply = api::handle(api, &req, now);
+                // After a configuration change the interface restarts: do not keep the connection.
+                let keep = req.keep_alive && !restart_pending && api.pending.is_none();
+                c.close_after = !keep;
+                match reply {
+                    Reply::Now(resp) => c.out = resp.to_bytes(keep),
+                    Reply::Resolve(name) => {
+                        let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+                        match dns_socket.start_query(stack.iface.context(), &name, DnsQueryType::A) {
+                            Ok(query) => {
+                                c.resolving =
+                                    Some(Resolving { query, name, deadline: now + RESOLVE_TIMEOUT_MS })
+                            }
+                            Err(e) => {
+                                c.out =
+                                    Response::error(503, &format!("cannot resolve now: {e}")).to_bytes(keep)
+                            }
+                        }
+                    }
+                }
+                c.out_pos = 0;
+                busy = true;
+            }
+            Parsed::Error(e) => {
+                c.out = Response::error(e.status, &e.message).to_bytes(false);
+                c.out_pos = 0;
+                c.close_after = true;
+                c.inbuf.clear();
+                busy = true;
+            }
+            Parsed::Incomplete => {
+                let started = *c.request_started.get_or_insert(now);
+                if now.saturating_sub(started) > REQUEST_TIMEOUT_MS {
+                    c.out = Response::error(408, "request not completed within 10 s").to_bytes(false);
+                    c.out_pos = 0;
+                    c.close_after = true;
+                    c.inbuf.clear();
+                }
+            }
+        }
+    }
+    let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+    // Send what is pending.
+    if c.out_pos < c.out.len() {
+        if s.can_send() {
+            if let Ok(n) = s.send_slice(&c.out[c.out_pos..]) {
+                if n > 0 {
+                    c.out_pos += n;
+                    c.last_progress = now;
+                    busy = true;
+                }
+            }
+        }
+        if c.out_pos < c.out.len() && now.saturating_sub(c.last_progress) > WRITE_TIMEOUT_MS {
+            s.abort();
+            return busy;
+        }
+    }
+    if c.out_pos >= c.out.len() && !c.out.is_empty() {
+        c.out.clear();
+        c.out_pos = 0;
+        if c.close_after {
+            s.close();
+            return busy;
+        }
+    }
+    // Close when the client has finished sending and has every answer, when the last answer said
+    // `Connection: close`, or when a keep-alive connection has been idle too long.
+    let idle = now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS;
+    if c.out.is_empty()
+        && c.resolving.is_none()
+        && c.inbuf.is_empty()
+        && (state == tcp::State::CloseWait || c.close_after || idle)
+    {
+        s.close();
+    }
+    busy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HostFacts;
+    use crate::auth::{PasswordHash, RootAccount, MIN_ITERATIONS};
+    use crate::nic::FakeNic;
+    use base64::Engine;
+
+    const SERVER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+
+    fn api_state(cfg: ManagementConfig) -> ApiState {
+        ApiState {
+            facts: HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() },
+            nics: Vec::new(),
+            config: cfg,
+            status: InterfaceStatus::default(),
+            root: RootAccount::new(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS), [4; 32]),
+            pending: None,
+            boot_ms: 0,
+            salt_state: 7,
+        }
+    }
+
+    fn static_cfg(vlan: Option<u16>) -> ManagementConfig {
+        ManagementConfig {
+            ipv4: Ipv4Mode::Static { address: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None },
+            vlan,
+            ..ManagementConfig::default()
+        }
+    }
+
+    /// A client host: its own smoltcp stack on the other end of the fake wire.
+    struct Client {
+        nic: FakeNic,
+        vlan: Option<u16>,
+        iface: Interface,
+        sockets: SocketSet<'static>,
+        stats: PortStats,
+    }
+
+    impl Client {
+        fn new(mut nic: FakeNic, vlan: Option<u16>) -> Self {
+            let mut stats = PortStats::default();
+            let mut port = Port { nic: &mut nic, vlan, stats: &mut stats };
+            let mut iface = Interface::new(
+                Config::new(HardwareAddress::Ethernet(EthernetAddress(CLIENT_MAC))),
+                &mut port,
+                Instant::ZERO,
+            );
+            iface.update_ip_addrs(|a| {
+                let _ = a.push(IpCidr::Ipv4(Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 2), 24)));
+            });
+            Client { nic, vlan, iface, sockets: SocketSet::new(Vec::new()), stats }
+        }
+
+        fn connect(&mut self, local_port: u16) -> SocketHandle {
+            let s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 65536]),
+                tcp::SocketBuffer::new(vec![0; 65536]),
+            );
+            let h = self.sockets.add(s);
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            s.connect(self.iface.context(), (Ipv4Addr::new(10, 0, 0, 1), HTTP_PORT), local_port).unwrap();
+            h
+        }
+
+        fn poll(&mut self, now: u64) {
+            let mut port = Port { nic: &mut self.nic, vlan: self.vlan, stats: &mut self.stats };
+            self.iface.poll(instant(now), &mut port, &mut self.sockets);
+        }
+    }
+
+    struct World {
+        server: ManagementNetwork,
+        client: Client,
+        now: u64,
+    }
+
+    impl World {
+        fn new(cfg: ManagementConfig, client_vlan: Option<u16>) -> Self {
+            let (a, b) = FakeNic::pair(SERVER_MAC, CLIENT_MAC);
+            let nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(a) }];
+            let server = ManagementNetwork::new(nics, api_state(cfg), 42, 0);
+            World { server, client: Client::new(b, client_vlan), now: 0 }
+        }
+
+        fn step(&mut self) {
+            self.now += 5;
+            self.client.poll(self.now);
+            self.server.poll(self.now);
+        }
+
+        fn run_until(&mut self, ms: u64, mut done: impl FnMut(&mut Client) -> bool) -> bool {
+            let end = self.now + ms;
+            while self.now < end {
+                self.step();
+                if done(&mut self.client) {
+                    return true;
+                }
+            }
+            false
+        }
+
+        fn send(&mut self, h: SocketHandle, data: &[u8]) {
+            assert!(self.run_until(5_000, |c| c.sockets.get::<tcp::Socket>(h).may_send()), "not connected");
+            let mut sent = 0;
+            while sent < data.len() {
+                sent += self.client.sockets.get_mut::<tcp::Socket>(h).send_slice(&data[sent..]).unwrap();
+                self.step();
+            }
+        }
+
+        /// Reads until the peer closes or a full response (by Content-Length) arrived.
+        fn response(&mut self, h: SocketHandle, ms: u64) -> String {
+            let mut got = Vec::new();
+            let end = self.now + ms;
+            while self.now < end {
+                self.step();
+                let s = self.client.sockets.get_mut::<tcp::Socket>(h);
+                while s.can_recv() {
+                    let mut buf = [0u8; 4096];
+                    let n = s.recv_slice(&mut buf).unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if let Some(text) = complete_response(&got) {
+                    return text;
+                }
+                if !s.may_recv() && !got.is_empty() {
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        }
+    }
+
+    fn complete_response(got: &[u8]) -> Option<String> {
+        let text = core::str::from_utf8(got).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: "))?.parse().ok()?;
+        (body.len() >= len).then(|| text.into())
+    }
+
+    fn auth_header() -> String {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode("root:rootpass")
+        )
+    }
+
+    #[test]
+    fn serves_the_api_over_tcp_with_keep_alive() {
+        let mut w = World::new(static_cfg(None), None);
+        let h = w.client.connect(40000);
+        w.send(h, b"GET /api/v1/host HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = w.response(h, 5_000);
+        assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+        // Same connection, now with credentials.
+        w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
+        let r = w.response(h, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(r.contains("\"address\":\"10.0.0.1\""), "{r}");
+        assert!(r.contains("\"mac\":\"52:54:00:00:00:01\""), "{r}");
+        assert_eq!(w.server.console_address().1, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn garbage_gets_400_and_the_server_keeps_serving() {
+        let mut w = World::new(static_cfg(None), None);
+        // Raw junk frames on the wire first.
+        for i in 0..50u8 {
+            w.client.nic.transmit(&[i; 60]);
+            w.client.nic.transmit(&[0xff; 3]);
+        }
+        let h = w.client.connect(40001);
+        w.send(h, b"\x16\x03\x01 this is not http\r\n\r\n");
+        let r = w.response(h, 5_000);
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+        let h = w.client.connect(40002);
+        w.send(h, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(w.response(h, 5_000).starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn slow_client_times_out_without_blocking_others() {
+        let mut w = World::new(static_cfg(None), None);
+        let slow = w.client.connect(40010);
+        w.send(slow, b"GET /api/v1/host HTTP/1.1\r\nX-Slow: ");
+        let fast = w.client.connect(40011);
+        w.send(fast, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(w.response(fast, 5_000).starts_with("HTTP/1.1 200 "));
+        let r = w.response(slow, REQUEST_TIMEOUT_MS + 5_000);
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+    }
+
+    #[test]
+    fn connection_pool_is_bounded_and_recovers() {
+        let mut w = World::new(static_cfg(None), None);
+        let idle: Vec<_> = (0..HTTP_CONNECTIONS as u16).map(|i| w.client.connect(41000 + i)).collect();
+        w.run_until(2_000, |_| false);
+        let established = idle
+            .iter()
+            .filter(|h| w.client.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Established)
+            .count();
+        assert_eq!(established, HTTP_CONNECTIONS);
+        // One more is refused while all slots are held...
+        let extra = w.client.connect(42000);
+        w.run_until(1_000, |_| false);
+        assert_ne!(w.client.sockets.get::<tcp::Socket>(extra).state(), tcp::State::Established);
+        // ...and served after the idle ones time out.
+        w.run_until(IDLE_TIMEOUT_MS + 2_000, |_| false);
+        let again = w.client.connect(42001);
+        w.send(again, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(w.response(again, 5_000).starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn vlan_tagged_management() {
+        let mut w = World::new(static_cfg(Some(7)), Some(7));
+        let h = w.client.connect(40020);
+        w.send(h, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(w.response(h, 5_000).starts_with("HTTP/1.1 200 "));
+        // An untagged client cannot reach it.
+        let mut w = World::new(static_cfg(Some(7)), None);
+        let h = w.client.connect(40021);
+        assert!(!w.run_until(3_000, |c| c.sockets.get::<tcp::Socket>(h).may_send()));
+    }
+
+    #[test]
+    fn put_management_restarts_with_new_address() {
+        let mut w = World::new(static_cfg(None), None);
+        let h = w.client.connect(40030);
+        let body = r#"{"mode":"static","address":"10.0.0.9","prefix":24}"#;
+        w.send(
+            h,
+            format!(
+                "PUT /api/v1/network/management HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                auth_header(),
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = w.response(h, 5_000);
+        assert!(r.starts_with("HTTP/1.1 202 "), "{r}");
+        assert!(r.contains("Connection: close"), "{r}");
+        w.run_until(APPLY_DELAY_MS + 500, |_| false);
+        assert_eq!(w.server.console_address().1, Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert!(w.server.take_log().iter().any(|l| l.contains("static 10.0.0.9/24")));
+    }
+
+    #[test]
+    fn missing_uplink_is_reported() {
+        let cfg = ManagementConfig { uplink: "vmnic3".into(), ..ManagementConfig::default() };
+        let mut w = World::new(cfg, None);
+        assert_eq!(w.server.api.status.state, InterfaceState::NoUplink);
+        assert!(w.server.take_log()[0].contains("no NIC named vmnic3"));
+        assert!(!w.server.poll(10));
+    }
+}
