@@ -146,7 +146,11 @@ fn start_management_network(
 fn console_address(net: &ManagementNetwork) -> ManagementAddress {
     match net.console_address() {
         (hostname, Some(ip), dhcp) => ManagementAddress::Ipv4 { hostname, ipv4: ip.to_string(), dhcp },
-        (_, None, _) => ManagementAddress::None,
+        (_, None, _) => ManagementAddress::Unavailable(alloc::format!(
+            "{}: {}",
+            net.api.config.uplink,
+            net.api.status.state.as_str()
+        )),
     }
 }
 

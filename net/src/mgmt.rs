@@ -26,11 +26,11 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
 
 /// Simultaneous HTTP connections (further SYNs are refused with RST until a slot frees up).
-pub const HTTP_CONNECTIONS: usize = 24;
+pub const HTTP_CONNECTIONS: usize = 32;
 /// The API's TCP port.
 pub const HTTP_PORT: u16 = 80;
 const TCP_RX_BUFFER: usize = 4096;
-const TCP_TX_BUFFER: usize = 16384;
+const TCP_TX_BUFFER: usize = 8192;
 /// A half-open connection (SYN received, no ACK) is dropped after this long.
 pub const SYN_TIMEOUT_MS: u64 = 3_000;
 /// A request must be complete this long after its first byte (slow-header defence), else 408.
@@ -46,7 +46,7 @@ pub const RESOLVE_TIMEOUT_MS: u64 = 10_000;
 /// Delay between accepting a configuration change and applying it (lets the response go out).
 pub const APPLY_DELAY_MS: u64 = 500;
 /// Listening sockets kept free by recycling TIME-WAIT ones.
-const SPARE_LISTENERS: usize = 2;
+const SPARE_LISTENERS: usize = 4;
 const MAX_INBUF: usize = MAX_HEAD + MAX_BODY + 1024;
 
 /// A NIC handed to the management plane.
@@ -390,9 +390,8 @@ fn handle_dhcp(
 fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
     let mut busy = false;
     let mut listening = 0;
-    // Connections that have finished their work, by preference for recycling: TIME-WAIT first, then
-    // those waiting for a peer that never acknowledges the close.
-    let mut oldest_time_wait: Option<(u64, SocketHandle)> = None;
+    // Connections waiting for a peer that never acknowledges the close are recycled when free slots
+    // run short.
     let mut oldest_closing: Option<(u64, SocketHandle)> = None;
     let restart_pending = api.pending.is_some();
     let mut conns = core::mem::take(&mut stack.conns);
@@ -420,9 +419,10 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
                 }
             }
             tcp::State::TimeWait => {
-                if oldest_time_wait.is_none_or(|(t, _)| c.state_since < t) {
-                    oldest_time_wait = Some((c.state_since, c.handle));
-                }
+                // The server closed first (it answered `Connection: close`); the exchange is complete.
+                // TIME-WAIT would hold a pool slot for 10 s, refusing new clients, so the slot is
+                // returned at once (RFC 6191 lets a listener reuse such a connection as well).
+                stack.sockets.get_mut::<tcp::Socket>(c.handle).abort();
             }
             tcp::State::FinWait1 | tcp::State::FinWait2 | tcp::State::Closing | tcp::State::LastAck => {
                 if age > CLOSING_TIMEOUT_MS {
@@ -438,7 +438,7 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
     }
     stack.conns = conns;
     if listening < SPARE_LISTENERS {
-        if let Some((_, h)) = oldest_time_wait.or(oldest_closing) {
+        if let Some((_, h)) = oldest_closing {
             stack.sockets.get_mut::<tcp::Socket>(h).abort();
         }
     }

@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod net;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -89,6 +91,25 @@ pub struct QemuConfig {
     pub console_port: u8,
     /// The `-machine` value.
     pub machine: String,
+    /// NICs, in PCI order (they become vmnic0, vmnic1, ...).
+    pub nics: Vec<NicSpec>,
+    /// Run QEMU inside this network namespace (for tap devices created there).
+    pub netns: Option<String>,
+}
+
+/// One emulated NIC: the QEMU device model and its `-netdev` backend (without `id=`).
+#[derive(Debug, Clone)]
+pub struct NicSpec {
+    /// `virtio-net-pci` or `e1000e`.
+    pub model: String,
+    /// For example `user,hostfwd=tcp:127.0.0.1:8080-:80` or `tap,ifname=tap0,script=no,downscript=no`.
+    pub netdev: String,
+}
+
+impl NicSpec {
+    pub fn new(model: &str, netdev: &str) -> Self {
+        NicSpec { model: model.into(), netdev: netdev.into() }
+    }
 }
 
 impl QemuConfig {
@@ -102,6 +123,8 @@ impl QemuConfig {
             extra: Vec::new(),
             console_port: 1,
             machine: "q35".into(),
+            nics: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -166,6 +189,8 @@ impl Qemu {
         } else {
             args.extend(["-serial".into(), "stdio".into()]);
         }
+        // With NICs present the firmware would try network boot first: boot the disk first.
+        let boot = if cfg.nics.is_empty() { "" } else { ",bootindex=0" };
         match cfg.disk {
             Disk::Usb => args.extend([
                 "-device".into(),
@@ -173,22 +198,44 @@ impl Qemu {
                 "-drive".into(),
                 format!("if=none,id=stick,format=raw,file={img}"),
                 "-device".into(),
-                "usb-storage,bus=xhci.0,drive=stick".into(),
+                format!("usb-storage,bus=xhci.0,drive=stick{boot}"),
             ]),
             Disk::Nvme => args.extend([
                 "-drive".into(),
                 format!("if=none,id=nvm,format=raw,file={img}"),
                 "-device".into(),
-                "nvme,serial=ember0,drive=nvm".into(),
+                format!("nvme,serial=ember0,drive=nvm{boot}"),
             ]),
-            Disk::Virtio => args.extend(["-drive".into(), format!("if=virtio,format=raw,file={img}")]),
+            Disk::Virtio => args.extend([
+                "-drive".into(),
+                format!("if=none,id=vd,format=raw,file={img}"),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=vd{boot}"),
+            ]),
+        }
+        for (i, n) in cfg.nics.iter().enumerate() {
+            // Distinct, predictable MACs: 52:54:00:00:00:1N.
+            args.extend([
+                "-netdev".into(),
+                format!("{},id=net{i}", n.netdev),
+                "-device".into(),
+                format!("{},netdev=net{i},mac=52:54:00:00:00:{:02x},romfile=", n.model, 0x10 + i),
+            ]);
         }
         args.extend(cfg.extra.iter().cloned());
 
         let logs = workspace().join("target/systest-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("{}.log", cfg.name));
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut command = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        let mut child = command
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -332,6 +379,23 @@ impl Qemu {
         let mut p = vt100::Parser::new(rows, cols, 0);
         p.process(&self.output.lock().unwrap());
         p.screen().contents()
+    }
+
+    /// Waits until the 80x24 serial screen shows `needle`; returns the screen.
+    pub fn wait_for_screen(&mut self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen(24, 80);
+            if screen.contains(needle) {
+                return screen;
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!(
+                    "the serial screen did not show {needle:?} within {timeout:?}:\n{screen}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -7,8 +7,11 @@ use alloc::vec::Vec;
 /// How the management network is reachable, as the idle screen shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManagementAddress {
-    /// No management network exists (this build has no network stack yet).
+    /// No management network exists (no supported NIC).
     None,
+    /// The management interface exists but has no address; the text says why
+    /// (for example "vmnic0: waiting for DHCP lease").
+    Unavailable(String),
     /// Reachable at `hostname` / `ipv4`, configured by DHCP or statically.
     Ipv4 { hostname: String, ipv4: String, dhcp: bool },
 }
@@ -74,6 +77,7 @@ pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
     lines.push(bottom(String::from("To manage this host, go to:")));
     match &id.management {
         ManagementAddress::None => lines.push(bottom(String::from("no management network"))),
+        ManagementAddress::Unavailable(why) => lines.push(bottom(format!("no address yet: {why}"))),
         ManagementAddress::Ipv4 { hostname, ipv4, dhcp } => lines.push(bottom(format!(
             "http://{hostname}/  http://{ipv4}/ ({})",
             if *dhcp { "DHCP" } else { "STATIC" }
@@ -168,6 +172,13 @@ mod tests {
             ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: true };
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
         assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (DHCP)".to_string()));
+        i.management =
+            ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: false };
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (STATIC)".to_string()));
+        i.management = ManagementAddress::Unavailable("vmnic0: DHCP lease lost".into());
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"no address yet: vmnic0: DHCP lease lost".to_string()));
     }
 
     #[test]

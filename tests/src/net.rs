@@ -1,0 +1,313 @@
+//! Network helpers for whole-system tests: a plain HTTP/1.1 client, free loopback ports, network
+//! namespaces with a tap device for the appliance, a real DHCP/DNS server (dnsmasq) inside them, ping,
+//! and raw frames sent from inside a namespace.
+//!
+//! Namespaces are named after the test and the process id so parallel tests and left-overs of an
+//! earlier crashed run never collide; they are deleted (with everything in them) on drop.
+
+use base64::Engine;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The head (status line and header lines).
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Reads one response from `s` (framed by Content-Length, or by EOF).
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if let Some(len) = len {
+                if got.len() >= end + 4 + len {
+                    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+                    return Ok(HttpResponse { status, head, body });
+                }
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("connection closed after {} bytes: {:?}", got.len(), String::from_utf8_lossy(&got)),
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Builds a request.
+pub fn request_bytes(method: &str, path: &str, auth: Option<(&str, &str)>, body: Option<&str>) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: ember\r\nConnection: close\r\n");
+    if let Some((u, p)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        r.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    if let Some(b) = body {
+        r.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+    } else {
+        r.push_str("\r\n");
+    }
+    r.into_bytes()
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(raw)?;
+    read_response(&mut s)
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+) -> HttpResponse {
+    exchange(addr, &request_bytes(method, path, auth, body), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// Retries `GET path` until the appliance answers (the port forward accepts before the guest listens).
+pub fn wait_for_http(addr: SocketAddr, timeout: Duration) -> HttpResponse {
+    let start = Instant::now();
+    loop {
+        match exchange(addr, &request_bytes("GET", "/", None, None), Duration::from_secs(10)) {
+            Ok(r) => return r,
+            Err(e) if start.elapsed() > timeout => {
+                panic!("no HTTP answer from {addr} within {timeout:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+fn run(cmd: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn must(cmd: &[&str]) -> String {
+    let (ok, text) = run(cmd);
+    assert!(ok, "{cmd:?} failed: {text}");
+    text
+}
+
+/// A network namespace with a tap device `tap0` (the appliance's cable) and loopback up.
+pub struct NetNs {
+    pub name: String,
+    children: Vec<Child>,
+}
+
+impl NetNs {
+    /// Creates `ember-<tag>-<pid>` with `tap0` up.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("ember-{tag}-{}", std::process::id());
+        let _ = run(&["ip", "netns", "del", &name]);
+        must(&["ip", "netns", "add", &name]);
+        let ns = NetNs { name, children: Vec::new() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.ip(&["link", "set", "tap0", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "-n", &self.name];
+        cmd.extend_from_slice(args);
+        must(&cmd)
+    }
+
+    /// Runs a command inside the namespace; panics on failure.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "netns", "exec", &self.name];
+        cmd.extend_from_slice(args);
+        must(&cmd)
+    }
+
+    /// Runs a command inside the namespace; returns success and output.
+    pub fn try_exec(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = vec!["ip", "netns", "exec", &self.name];
+        cmd.extend_from_slice(args);
+        run(&cmd)
+    }
+
+    /// Adds a VLAN sub-interface of `tap0` for VLAN `id`, with address `cidr`, and brings it up.
+    ///
+    /// The test machines' kernels have no 8021q module (`ip link add ... type vlan` fails with
+    /// "Unknown device type"), so the sub-interface is a tap device `vlan<id>` fed by a small relay
+    /// (`tests/tools/vlan_relay.py`) that strips and adds the tag - what the kernel's VLAN device does.
+    pub fn add_vlan(&mut self, id: u16, cidr: &str) -> String {
+        let dev = format!("vlan{id}");
+        let relay = crate::workspace().join("tests/tools/vlan_relay.py");
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "python3",
+                relay.to_str().unwrap(),
+                "tap0",
+                &id.to_string(),
+                &dev,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut ready = [0u8; 6];
+        child.stdout.take().unwrap().read_exact(&mut ready).expect("the VLAN relay did not start");
+        assert_eq!(&ready, b"ready\n");
+        self.children.push(child);
+        self.ip(&["addr", "add", cidr, "dev", &dev]);
+        self.ip(&["link", "set", &dev, "up"]);
+        dev
+    }
+
+    /// Starts dnsmasq on `dev` handing out `range` (`first,last,netmask,lease`) with this host as
+    /// router and DNS server; `names` are extra `name/address` DNS records. Returns its index for
+    /// [`NetNs::stop`].
+    pub fn start_dnsmasq(
+        &mut self,
+        dev: &str,
+        server: &str,
+        range: &str,
+        names: &[&str],
+        dir: &std::path::Path,
+    ) -> usize {
+        let lease = dir.join(format!("{dev}.leases"));
+        let log = std::fs::File::create(dir.join(format!("dnsmasq-{dev}.log"))).unwrap();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+            "dnsmasq".into(),
+            "--keep-in-foreground".into(),
+            "--log-dhcp".into(),
+            "--log-facility=-".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--user=root".into(),
+            "--bind-interfaces".into(),
+            format!("--interface={dev}"),
+            "--except-interface=lo".into(),
+            format!("--dhcp-range={range}"),
+            format!("--dhcp-option=option:router,{server}"),
+            format!("--dhcp-option=option:dns-server,{server}"),
+            format!("--dhcp-leasefile={}", lease.display()),
+            "--pid-file=".into(),
+        ];
+        for n in names {
+            args.push(format!("--address=/{n}"));
+        }
+        let child = Command::new("ip")
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dnsmasq (run scripts/setup)");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Stops a server started in this namespace.
+    pub fn stop(&mut self, index: usize) {
+        let c = &mut self.children[index];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Pings `addr` from inside the namespace: true if any of `count` echo requests was answered.
+    pub fn ping(&self, addr: &str, count: u32) -> bool {
+        self.try_exec(&["ping", "-c", &count.to_string(), "-W", "3", "-i", "0.5", addr]).0
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (for TCP connections from the test).
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Sends raw Ethernet frames out of `dev` (hex strings) from inside the namespace.
+    pub fn send_frames(&self, dev: &str, frames_hex: &[String]) {
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('{dev}',0))\n\
+             for line in sys.stdin:\n    line=line.strip()\n    if line:\n        s.send(bytes.fromhex(line))\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        {
+            let stdin = child.stdin.as_mut().unwrap();
+            for f in frames_hex {
+                writeln!(stdin, "{f}").unwrap();
+            }
+        }
+        assert!(child.wait().unwrap().success(), "sending raw frames failed");
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
