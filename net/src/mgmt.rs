@@ -23,7 +23,12 @@ use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
 use smoltcp::socket::{dhcpv4, tcp};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
+use smoltcp::wire::{
+    DhcpOption, DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr,
+};
+
+/// DHCP option 12, Host Name (RFC 2132 3.14).
+const DHCP_OPTION_HOST_NAME: u8 = 12;
 
 /// Simultaneous HTTP connections (further SYNs are refused with RST until a slot frees up).
 pub const HTTP_CONNECTIONS: usize = 32;
@@ -112,6 +117,10 @@ pub struct ManagementNetwork {
     apply_at: Option<u64>,
     had_lease: bool,
     last_link_check: u64,
+    /// DHCP Host Name options, one per distinct host name used since boot. The DHCP socket lives in a
+    /// `SocketSet<'static>`, so its options must be `'static`: each name is leaked once and reused,
+    /// which bounds the memory by the number of distinct names an administrator sets.
+    host_name_options: Vec<(String, &'static [DhcpOption<'static>])>,
 }
 
 fn instant(ms: u64) -> Instant {
@@ -135,6 +144,7 @@ impl ManagementNetwork {
             apply_at: None,
             had_lease: false,
             last_link_check: 0,
+            host_name_options: Vec::new(),
         };
         m.refresh_links();
         m.start(now_ms);
@@ -203,6 +213,7 @@ impl ManagementNetwork {
                 // found quickly; the lease timers themselves follow RFC 2131 (T1, T2, expiry).
                 retry.min_renew_timeout = Duration::from_secs(10);
                 s.set_retry_config(retry);
+                s.set_outgoing_options(self.host_name_option(&cfg.hostname));
                 Some(sockets.add(s))
             }
             Ipv4Mode::Static { address, prefix, gateway } => {
@@ -264,6 +275,17 @@ impl ManagementNetwork {
         ));
         self.api.status = status;
         self.stack = Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, conns, stats });
+    }
+
+    fn host_name_option(&mut self, name: &str) -> &'static [DhcpOption<'static>] {
+        if let Some((_, o)) = self.host_name_options.iter().find(|(n, _)| n == name) {
+            return o;
+        }
+        let data: &'static [u8] = Box::leak(name.as_bytes().to_vec().into_boxed_slice());
+        let option: &'static [DhcpOption<'static>] =
+            Box::leak(vec![DhcpOption { kind: DHCP_OPTION_HOST_NAME, data }].into_boxed_slice());
+        self.host_name_options.push((String::from(name), option));
+        option
     }
 
     /// Stops the interface and starts it again with the current configuration.
