@@ -33,8 +33,26 @@ fn zeroed_table(frames: &mut FrameAllocator) -> u64 {
 
 fn table(phys: u64) -> &'static mut [u64; 512] {
     // SAFETY: `phys` is a page-table frame owned by this module, identity mapped, 4 KiB aligned; the
-    // returned reference is used only while building tables on the bootstrap CPU.
+    // returned reference is used only briefly by this module on the bootstrap CPU (building the identity
+    // map, then mapping device windows while drivers bind), never by two callers at once.
     unsafe { &mut *(phys as *mut [u64; 512]) }
+}
+
+/// The page-directory entry (2 MiB page) for `addr`, creating the PDPT and PD on the way.
+fn pd_entry(frames: &mut FrameAllocator, pml4: u64, addr: u64) -> &'static mut u64 {
+    const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+    let l4 = ((addr >> 39) & 511) as usize;
+    let l3 = ((addr >> 30) & 511) as usize;
+    let l2 = ((addr >> 21) & 511) as usize;
+    if table(pml4)[l4] == 0 {
+        table(pml4)[l4] = zeroed_table(frames) | PRESENT | WRITABLE;
+    }
+    let pdpt = table(pml4)[l4] & ADDRESS;
+    if table(pdpt)[l3] == 0 {
+        table(pdpt)[l3] = zeroed_table(frames) | PRESENT | WRITABLE;
+    }
+    let pd = table(pdpt)[l3] & ADDRESS;
+    &mut table(pd)[l2]
 }
 
 /// Builds an identity map of `[0, limit)` (rounded up to 1 GiB), loads it and returns the PML4 address.
@@ -43,18 +61,7 @@ pub fn install_identity_map(frames: &mut FrameAllocator, limit: u64) -> u64 {
     let pml4 = zeroed_table(frames);
     let mut addr = 0u64;
     while addr < limit {
-        let l4 = ((addr >> 39) & 511) as usize;
-        let l3 = ((addr >> 30) & 511) as usize;
-        let l2 = ((addr >> 21) & 511) as usize;
-        if table(pml4)[l4] == 0 {
-            table(pml4)[l4] = zeroed_table(frames) | PRESENT | WRITABLE;
-        }
-        let pdpt = table(pml4)[l4] & !0xfff;
-        if table(pdpt)[l3] == 0 {
-            table(pdpt)[l3] = zeroed_table(frames) | PRESENT | WRITABLE;
-        }
-        let pd = table(pdpt)[l3] & !0xfff;
-        table(pd)[l2] = addr | PRESENT | WRITABLE | HUGE;
+        *pd_entry(frames, pml4, addr) = addr | PRESENT | WRITABLE | HUGE;
         addr += TWO_MIB;
     }
     // SAFETY: the new tables identity map all RAM (including this code, the stack, the heap and the
@@ -76,18 +83,7 @@ pub fn map_mmio(frames: &mut FrameAllocator, phys: u64, len: u64) {
     let end = phys.saturating_add(len).next_multiple_of(TWO_MIB);
     let mut addr = start;
     while addr < end {
-        let l4 = ((addr >> 39) & 511) as usize;
-        let l3 = ((addr >> 30) & 511) as usize;
-        let l2 = ((addr >> 21) & 511) as usize;
-        if table(pml4)[l4] == 0 {
-            table(pml4)[l4] = zeroed_table(frames) | PRESENT | WRITABLE;
-        }
-        let pdpt = table(pml4)[l4] & !0xfff;
-        if table(pdpt)[l3] == 0 {
-            table(pdpt)[l3] = zeroed_table(frames) | PRESENT | WRITABLE;
-        }
-        let pd = table(pdpt)[l3] & 0x000f_ffff_ffff_f000;
-        table(pd)[l2] = addr | PRESENT | WRITABLE | HUGE | CACHE_DISABLE | WRITE_THROUGH;
+        *pd_entry(frames, pml4, addr) = addr | PRESENT | WRITABLE | HUGE | CACHE_DISABLE | WRITE_THROUGH;
         x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(addr));
         addr += TWO_MIB;
     }
