@@ -202,6 +202,13 @@ fn api_on_e1000e_next_to_a_virtio_nic() {
     for _ in 0..40 {
         assert_eq!(request(api, "GET", "/api/v1/host", Some(ROOT), None).status, 200);
     }
+    // Pull the cable and plug it back in: the e1000e reports its link state.
+    q.monitor("set_link net0 off");
+    q.wait_for("vmnic0: link down", HTTP_TIMEOUT);
+    q.monitor("set_link net0 on");
+    q.wait_for("vmnic0: link up", HTTP_TIMEOUT);
+    let host = get_host(api);
+    assert_eq!(host["nics"][0]["link"], "up");
 }
 
 fn tap_nic() -> NicSpec {
