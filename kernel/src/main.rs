@@ -3,11 +3,12 @@
 //! Boot flow (ARCHITECTURE.md "Boot flow"): the UEFI phase (`boot`) gathers the memory map, ACPI RSDP,
 //! SMBIOS, the GOP framebuffer and `\EFI\ember\boot.cfg`, then exits boot services and switches to the
 //! kernel stack. The kernel phase (`kernel_main`) installs its own GDT/IDT/page tables, the frame
-//! allocator, reads ACPI, calibrates the timers, starts every CPU in the MADT, enumerates PCIe, prints
-//! the boot line and shows the DCUI idle screen.
+//! allocator, reads ACPI, calibrates the timers, starts every CPU in the MADT, enumerates PCIe, binds
+//! the NIC drivers, prints the boot line, starts the management network (`ember-net`) and runs the
+//! management loop: console input, network polling, the DCUI idle screen.
 //!
 //! `unsafe` lives only in `arch`, `console::fb`, `firmware` and the allocator set-up here; every block
-//! says why it holds.
+//! says why it holds. `drivers` forbids it: drivers use the platform's MMIO windows and DMA buffers.
 #![cfg_attr(target_os = "uefi", no_std)]
 #![cfg_attr(target_os = "uefi", no_main)]
 
@@ -32,7 +33,9 @@ mod arch;
 mod boot;
 #[cfg(target_os = "uefi")]
 mod console;
+// Drivers reach hardware only through the platform's MMIO windows, DMA buffers and PCI accessors.
 #[cfg(target_os = "uefi")]
+#[forbid(unsafe_code)]
 mod drivers;
 #[cfg(target_os = "uefi")]
 mod firmware;

@@ -10,7 +10,7 @@ use crate::firmware::pcie::PciFunction;
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_net::nic::Nic;
 use virtio_drivers::device::net::VirtIONet;
-use virtio_drivers::transport::pci::bus::{Cam, DeviceFunction, MmioCam, PciRoot};
+use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
 
 const QUEUE_SIZE: usize = 64;
@@ -24,11 +24,7 @@ impl VirtioNet {
     pub fn new(f: &PciFunction, frames: &mut FrameAllocator) -> Result<Self, &'static str> {
         f.map_all_memory_bars(frames);
         f.enable_memory_and_dma();
-        // SAFETY: `ecam_bus0` is the base of the MCFG window the scan found this function in; the
-        // window is inside the identity map (the scan skipped windows outside it). The root is used
-        // only here, to read this function's capabilities while the transport is built.
-        let cam = unsafe { MmioCam::new(f.ecam_bus0 as *mut u8, Cam::Ecam) };
-        let mut root = PciRoot::new(cam);
+        let mut root = f.virtio_pci_root();
         let df = DeviceFunction { bus: f.bdf.bus, device: f.bdf.device, function: f.bdf.function };
         let transport = PciTransport::new::<EmberHal, _>(&mut root, df)
             .map_err(|_| "virtio PCI capabilities not usable")?;

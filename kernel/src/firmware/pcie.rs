@@ -7,6 +7,7 @@ use crate::arch::x86_64::paging;
 use alloc::vec::Vec;
 use ember_kernel::hw::pci::{class_name, decode_bar, Bar, Bdf};
 use ember_kernel::mm::frames::FrameAllocator;
+use virtio_drivers::transport::pci::bus::{Cam, MmioCam, PciRoot};
 
 /// A function found on the bus.
 #[derive(Debug, Clone)]
@@ -45,6 +46,15 @@ impl PciFunction {
         // SAFETY: the range is a memory BAR sized by `probe`, assigned by firmware (non-zero), now mapped
         // uncached; each driver maps each BAR of its own function once.
         Some(unsafe { MmioRegion::new(address, size) })
+    }
+
+    /// Configuration access for `virtio-drivers`' PCI transport, which reads the function's virtio
+    /// capabilities itself.
+    pub fn virtio_pci_root(&self) -> PciRoot<MmioCam<'static>> {
+        // SAFETY: `ecam_bus0` is the base of the MCFG window the scan found this function in, inside the
+        // identity map (the scan skips windows outside it), and configuration space is never accessed
+        // through Rust references. The transport only reads this function's configuration space.
+        PciRoot::new(unsafe { MmioCam::new(self.ecam_bus0 as *mut u8, Cam::Ecam) })
     }
 
     /// Maps every memory BAR (for drivers that reach their registers through capabilities).
