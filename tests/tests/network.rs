@@ -60,6 +60,8 @@ fn api_on_virtio_net_with_user_networking() {
         q.wait_for("DHCP lease 10.0.2.15/24 from 10.0.2.2, gateway 10.0.2.2, DNS 10.0.2.3", LEASE_TIMEOUT);
     assert_eq!(leased_address(&lease), "10.0.2.15");
     q.wait_for_screen("http://ember/  http://10.0.2.15/ (DHCP)", LEASE_TIMEOUT);
+    let monitor_screen = q.framebuffer_text("net_virtio_idle");
+    assert!(monitor_screen.contains("http://ember/  http://10.0.2.15/ (DHCP)"), "{monitor_screen}");
     let api = loopback(port);
     let landing = wait_for_http(api, HTTP_TIMEOUT);
     assert_eq!(landing.status, 200);
