@@ -260,124 +260,24 @@ fn json_body(req: &Request) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn field_ip(field: &str, v: &Value) -> Result<Option<Ipv4Addr>, Reply> {
-    match v {
-        Value::Null => Ok(None),
-        Value::String(s) => {
-            config::parse_ipv4(field, s).map(Some).map_err(|e| bad_request(&e.field, &e.problem))
-        }
-        _ => Err(bad_request(field, "expected an IPv4 address string or null")),
-    }
-}
-
 fn put_management(state: &mut ApiState, req: &Request) -> Reply {
     let body = match json_body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
     let mut cfg = state.config.clone();
-    // Start from the configured static values, if any.
-    let (mut mode_static, mut address, mut prefix, mut gateway) = match cfg.ipv4 {
-        Ipv4Mode::Dhcp => (false, None, None, None),
-        Ipv4Mode::Static { address, prefix, gateway } => (true, Some(address), Some(prefix), gateway),
-    };
-    for (key, v) in &body {
-        match key.as_str() {
-            "uplink" => match v.as_str() {
-                Some(s) => {
-                    if let Err(e) = config::validate_nic_name("uplink", s) {
-                        return bad_request(&e.field, &e.problem);
-                    }
-                    if !state.nics.iter().any(|n| n.name == s) {
-                        let present: Vec<&str> = state.nics.iter().map(|n| n.name.as_str()).collect();
-                        return bad_request("uplink", &format!("no NIC named {s} (present: {})", present.join(", ")));
-                    }
-                    cfg.uplink = s.to_string();
-                }
-                None => return bad_request("uplink", "expected a NIC name such as \"vmnic0\""),
-            },
-            "mode" => match v.as_str() {
-                Some("dhcp") => mode_static = false,
-                Some("static") => mode_static = true,
-                _ => return bad_request("mode", "expected \"dhcp\" or \"static\""),
-            },
-            "address" => match field_ip("address", v) {
-                Ok(a) => address = a,
-                Err(r) => return r,
-            },
-            "prefix" => match v.as_u64() {
-                Some(p) if (1..=32).contains(&p) => prefix = Some(p as u8),
-                _ => return bad_request("prefix", "expected a prefix length from 1 to 32"),
-            },
-            "netmask" => match v.as_str().map(|s| config::parse_ipv4("netmask", s)) {
-                Some(Ok(m)) => match config::netmask_to_prefix("netmask", m) {
-                    Ok(p) => prefix = Some(p),
-                    Err(e) => return bad_request(&e.field, &e.problem),
-                },
-                Some(Err(e)) => return bad_request(&e.field, &e.problem),
-                None => return bad_request("netmask", "expected a netmask string such as \"255.255.255.0\""),
-            },
-            "gateway" => match field_ip("gateway", v) {
-                Ok(g) => gateway = g,
-                Err(r) => return r,
-            },
-            "dns" => {
-                let Some(list) = v.as_array() else {
-                    return bad_request("dns", "expected a list of IPv4 address strings");
-                };
-                let mut dns = Vec::new();
-                for d in list {
-                    match field_ip("dns", d) {
-                        Ok(Some(a)) => dns.push(a),
-                        Ok(None) => return bad_request("dns", "null is not an address"),
-                        Err(r) => return r,
-                    }
-                }
-                cfg.dns = dns;
-            }
-            "vlan" => match v {
-                Value::Null => cfg.vlan = None,
-                Value::Number(n) => match n.as_u64().map(|id| config::validate_vlan("vlan", id.min(u32::MAX as u64) as u32)) {
-                    Some(Ok(id)) => cfg.vlan = Some(id),
-                    Some(Err(e)) => return bad_request(&e.field, &e.problem),
-                    None => return bad_request("vlan", "expected a VLAN id from 1 to 4094, or null"),
-                },
-                _ => return bad_request("vlan", "expected a VLAN id from 1 to 4094, or null"),
-            },
-            "hostname" => match v.as_str() {
-                Some(s) => cfg.hostname = s.to_string(),
-                None => return bad_request("hostname", "expected a string"),
-            },
-            other => return bad_request(&printable(other), "unknown field (expected uplink, mode, address, prefix, netmask, gateway, dns, vlan, hostname)"),
-        }
-    }
-    cfg.ipv4 = if mode_static {
-        let Some(address) = address else { return bad_request("address", "static mode needs an address") };
-        let Some(prefix) = prefix else {
-            return bad_request("prefix", "static mode needs a prefix or netmask");
-        };
-        Ipv4Mode::Static { address, prefix, gateway }
-    } else {
-        Ipv4Mode::Dhcp
-    };
-    if let Err(e) = cfg.validate() {
+    if let Err(e) = cfg.merge_json(&body, "") {
         return bad_request(&e.field, &e.problem);
     }
+    if !state.nics.iter().any(|n| n.name == cfg.uplink) {
+        let present: Vec<&str> = state.nics.iter().map(|n| n.name.as_str()).collect();
+        return bad_request(
+            "uplink",
+            &format!("no NIC named {} (present: {})", cfg.uplink, present.join(", ")),
+        );
+    }
     let mut out = state.management_json();
-    let (mode, address, prefix, gateway) = match cfg.ipv4 {
-        Ipv4Mode::Dhcp => ("dhcp", None, None, None),
-        Ipv4Mode::Static { address, prefix, gateway } => ("static", Some(address), Some(prefix), gateway),
-    };
-    out["pending"] = json!({
-        "uplink": cfg.uplink,
-        "mode": mode,
-        "address": ip_json(address),
-        "prefix": prefix,
-        "gateway": ip_json(gateway),
-        "dns": cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        "vlan": cfg.vlan,
-        "hostname": cfg.hostname,
-    });
+    out["pending"] = cfg.to_json();
     state.pending = Some(cfg);
     Reply::Now(Response::json(202, out.to_string()))
 }

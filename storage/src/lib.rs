@@ -5,7 +5,8 @@
 //! - [`gpt`]: reading and writing GUID partition tables (UEFI 2.10 section 5.3), with full validation;
 //! - [`layout`]: the Ember boot media layout (ESP, boot banks A/B, config store) on top of GPT;
 //! - [`fat32`]: writing the FAT32 ESP (8.3 names, no long-name entries);
-//! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries.
+//! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
+//! - [`netconfig`]: management network settings and their validation.
 //!
 //! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
 //! validated and turned into an error value naming what is wrong and where; nothing here panics on input.
@@ -19,3 +20,4 @@ pub mod bootcfg;
 pub mod fat32;
 pub mod gpt;
 pub mod layout;
+pub mod netconfig;
