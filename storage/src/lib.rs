@@ -6,6 +6,7 @@
 //! - [`layout`]: the Ember boot media layout (ESP, boot banks A/B, config store) on top of GPT;
 //! - [`fat32`]: writing the FAT32 ESP (8.3 names, no long-name entries);
 //! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
+//! - [`config_store`]: the two-slot, power-cut-safe configuration store;
 //! - [`netconfig`]: management network settings and their validation.
 //!
 //! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
@@ -17,6 +18,7 @@ extern crate alloc;
 
 pub mod block;
 pub mod bootcfg;
+pub mod config_store;
 pub mod fat32;
 pub mod gpt;
 pub mod layout;
