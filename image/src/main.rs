@@ -7,6 +7,7 @@
 
 mod disk;
 mod flash;
+mod ks;
 mod media;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,20 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Kickstart files.
+    Ks {
+        #[command(subcommand)]
+        action: KsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KsCommand {
+    /// Validate a kickstart file exactly as the appliance does (errors name the file and line).
+    Check {
+        /// The kickstart file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +78,7 @@ fn main() -> ExitCode {
         Command::Build { out, size, efi, boot_options } => build(&out, &size, efi.as_deref(), &boot_options),
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
+        Command::Ks { action: KsCommand::Check { file } } => ks::check(&file).map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,3 +123,40 @@ fn flash_to_a_loop_device() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("134217728 bytes") && !out.contains("warning"), "{out}");
 }
+
+#[test]
+fn ks_check_validates_like_the_appliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("ks.cfg");
+    std::fs::write(
+        dir.path().join("net.cfg"),
+        "network --bootproto=static --ip=10.0.0.5 --netmask=255.255.255.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &good,
+        "vmaccepteula\nrootpw secret-pw\ninstall --firstdisk\n%include net.cfg\n%firstboot\necho hi\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run_tool(&["ks", "check", good.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("valid kickstart"), "{out}");
+    assert!(out.contains("line 2: rootpw: password in clear text"), "{out}");
+    assert!(out.contains("install onto the first disk"), "{out}");
+    assert!(out.contains("network: vmnic0 static 10.0.0.5/24"), "{out}");
+
+    let bad = dir.path().join("bad.cfg");
+    std::fs::write(&bad, "vmaccepteula\nrootpw secret-pw\n\nnetwork --bootproto=static --ip=10.0.0.5\n")
+        .unwrap();
+    let (ok, out, err) = run_tool(&["ks", "check", bad.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!(
+            "error parsing the installation script: {}:line 4: network --netmask: a static ip= needs netmask=",
+            bad.display()
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = run_tool(&["ks", "check", dir.path().join("absent.cfg").to_str().unwrap()]);
+    assert!(!ok && err.contains("absent.cfg"), "{err}");
+}
