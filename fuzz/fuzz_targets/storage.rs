@@ -1,17 +1,18 @@
 //! Fuzz target for what Ember reads from disks and configuration files: the kickstart parser (with
-//! `%include` served from the input itself), the config store's slot decoder, and the JSON form of the
-//! network settings. Any panic, overflow or out-of-bounds access is a finding.
+//! `%include` served from the input itself), the config store's slot decoder, the stored host
+//! configuration, and the JSON form of the network settings. Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
 use ember_storage::block::{BlockDevice, MemDisk};
 use ember_storage::config_store::ConfigStore;
+use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::netconfig::ManagementConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             // Kickstart text; any `%include x` reads the same text again (bounded by the depth limit).
             let Ok(text) = std::str::from_utf8(rest) else { return };
@@ -31,6 +32,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(after.expect("a saved store has a configuration").payload, b"{\"format\":1}");
             }
             let _ = before;
+        }
+        2 => {
+            if let Ok(cfg) = HostConfig::decode(rest) {
+                assert_eq!(HostConfig::decode(&cfg.encode()).expect("own encoding decodes"), cfg);
+            }
         }
         _ => {
             if let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(rest) {

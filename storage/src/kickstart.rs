@@ -11,6 +11,7 @@
 //! place; `paranoid` turns the first warning into an error. This module only parses and validates;
 //! applying the result (configuration, installation) is done elsewhere.
 
+use crate::hostconfig::validate_password_hash;
 use crate::netconfig::{validate_nic_name, ManagementConfig};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -343,33 +344,6 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-fn check_crypt_hash(h: &str) -> Result<(), String> {
-    let fields: Vec<&str> = h.split('$').collect();
-    let ok = match fields.as_slice() {
-        ["", "6", rest @ ..] => {
-            // $6$salt$hash or $6$rounds=N$salt$hash
-            let (salt, hash) = match rest {
-                [r, s, h] if r.starts_with("rounds=") => (*s, *h),
-                [s, h] => (*s, *h),
-                _ => ("", ""),
-            };
-            let b64 = |x: &str| x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
-            !salt.is_empty() && salt.len() <= 16 && hash.len() == 86 && b64(salt) && b64(hash)
-        }
-        ["", "pbkdf2-sha256", iterations, salt, hash] => {
-            iterations.parse::<u32>().is_ok_and(|i| i >= 1000) && !salt.is_empty() && !hash.is_empty()
-        }
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(String::from(
-            "rootpw --iscrypted: expected a SHA-512 crypt hash ($6$salt$hash) or $pbkdf2-sha256$iterations$salt$hash",
-        ))
-    }
-}
-
 struct Parser<'r> {
     reader: &'r mut dyn FnMut(&str) -> Result<String, String>,
     total_bytes: usize,
@@ -533,7 +507,7 @@ impl Parser<'_> {
                     ));
                 };
                 let pw = if o.flag(cmd, "iscrypted")? {
-                    check_crypt_hash(pw)?;
+                    validate_password_hash("rootpw --iscrypted", pw).map_err(|e| e.to_string())?;
                     RootPw::Crypted(pw.clone())
                 } else {
                     if pw.len() < 7 || pw.len() > 128 || !pw.bytes().all(|b| (0x20..0x7f).contains(&b)) {

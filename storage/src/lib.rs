@@ -7,6 +7,7 @@
 //! - [`fat32`]: writing the FAT32 ESP (8.3 names, no long-name entries);
 //! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
 //! - [`config_store`]: the two-slot, power-cut-safe configuration store;
+//! - [`hostconfig`]: the host configuration model and its stored JSON form;
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
 //! - [`netconfig`]: management network settings and their validation.
 //!
@@ -22,6 +23,7 @@ pub mod bootcfg;
 pub mod config_store;
 pub mod fat32;
 pub mod gpt;
+pub mod hostconfig;
 pub mod kickstart;
 pub mod layout;
 pub mod netconfig;

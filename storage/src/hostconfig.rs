@@ -1,0 +1,289 @@
+//! The host configuration: everything an administrator sets, as stored in the config store
+//! ([`crate::config_store`]) and shown by `GET /api/v1/config` (later work).
+//!
+//! Stored as a JSON object with a `format` version. Decoding is strict: unknown fields, wrong types and
+//! invalid values are errors naming the field (`network.vlan: ...`), so an edit is never silently
+//! ignored; a newer format is refused rather than half-understood.
+
+use crate::kickstart::KEYBOARD_LAYOUTS;
+use crate::netconfig::{validate_hostname, ConfigError, ManagementConfig};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::{json, Map, Value};
+
+/// The format version this build writes and reads.
+pub const CONFIG_FORMAT: u64 = 1;
+/// Most DNS search suffixes.
+pub const MAX_SEARCH_SUFFIXES: usize = 6;
+/// Most VMs in the autostart list.
+pub const MAX_AUTOSTART: usize = 256;
+
+/// Everything an administrator configures on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// The root password as a salted slow hash (`$pbkdf2-sha256$...` or `$6$...`), never clear text.
+    pub root_password_hash: String,
+    /// Management network, including the host name.
+    pub network: ManagementConfig,
+    /// DNS search suffixes ("Custom DNS Suffixes").
+    pub dns_search: Vec<String>,
+    pub ssh_enabled: bool,
+    pub shell_enabled: bool,
+    pub keyboard: String,
+    /// VM names started at boot, in order.
+    pub autostart: Vec<String>,
+}
+
+fn error(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.to_string(), problem: problem.into() }
+}
+
+/// Checks that a stored root password hash has a scheme Ember can verify and a well-formed shape:
+/// SHA-512 crypt (`$6$[rounds=N$]salt$hash`) or `$pbkdf2-sha256$iterations$salt$hash`.
+pub fn validate_password_hash(field: &str, h: &str) -> Result<(), ConfigError> {
+    let fields: Vec<&str> = h.split('$').collect();
+    let crypt64 = |x: &str| x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    let b64 = |x: &str| x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    let ok = match fields.as_slice() {
+        ["", "6", rest @ ..] => {
+            let (salt, hash) = match rest {
+                [r, s, h] if r.starts_with("rounds=") => (*s, *h),
+                [s, h] => (*s, *h),
+                _ => ("", ""),
+            };
+            !salt.is_empty() && salt.len() <= 16 && hash.len() == 86 && crypt64(salt) && crypt64(hash)
+        }
+        ["", "pbkdf2-sha256", iterations, salt, hash] => {
+            iterations.parse::<u32>().is_ok_and(|i| i >= 1000)
+                && !salt.is_empty()
+                && !hash.is_empty()
+                && b64(salt)
+                && b64(hash)
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            field,
+            "expected a SHA-512 crypt hash ($6$salt$hash) or $pbkdf2-sha256$iterations$salt$hash",
+        ))
+    }
+}
+
+fn string_list(
+    field: &str,
+    v: &Value,
+    max: usize,
+    check: impl Fn(&str, &str) -> Result<(), ConfigError>,
+) -> Result<Vec<String>, ConfigError> {
+    let list = v.as_array().ok_or_else(|| error(field, "expected a list of strings"))?;
+    if list.len() > max {
+        return Err(error(field, format!("at most {max} entries")));
+    }
+    let mut out = Vec::new();
+    for item in list {
+        let s = item.as_str().ok_or_else(|| error(field, "expected a list of strings"))?;
+        check(field, s)?;
+        if out.iter().any(|o: &String| o == s) {
+            return Err(error(field, format!("`{s}` is listed twice")));
+        }
+        out.push(s.to_string());
+    }
+    Ok(out)
+}
+
+/// Checks a VM name: 1-64 letters, digits, `-`, `_` or `.`.
+pub fn validate_vm_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(error(field, format!("`{name}` is not a VM name (1-64 letters, digits, - _ .)")))
+    }
+}
+
+impl HostConfig {
+    /// The built-in defaults with the given root password hash.
+    pub fn defaults(root_password_hash: String) -> Self {
+        HostConfig {
+            root_password_hash,
+            network: ManagementConfig::default(),
+            dns_search: Vec::new(),
+            ssh_enabled: false,
+            shell_enabled: false,
+            keyboard: String::from("US Default"),
+            autostart: Vec::new(),
+        }
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "format": CONFIG_FORMAT,
+            "root_password_hash": self.root_password_hash,
+            "network": self.network.to_json(),
+            "dns_search": self.dns_search,
+            "ssh": self.ssh_enabled,
+            "shell": self.shell_enabled,
+            "keyboard": self.keyboard,
+            "autostart": self.autostart,
+        })
+    }
+
+    /// Serialized for the config store.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_json().to_string().into_bytes()
+    }
+
+    /// Decodes and validates a stored configuration.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| error("(document)", format!("not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else { return Err(error("(document)", "expected a JSON object")) };
+        match obj.get("format").and_then(Value::as_u64) {
+            Some(CONFIG_FORMAT) => {}
+            Some(n) if n > CONFIG_FORMAT => {
+                return Err(error(
+                    "format",
+                    format!("version {n} is newer than this Ember understands ({CONFIG_FORMAT})"),
+                ))
+            }
+            _ => return Err(error("format", format!("expected the number {CONFIG_FORMAT}"))),
+        }
+        let hash = obj
+            .get("root_password_hash")
+            .and_then(Value::as_str)
+            .ok_or_else(|| error("root_password_hash", "missing (a string)"))?;
+        let mut cfg = HostConfig::defaults(hash.to_string());
+        cfg.merge(&obj)?;
+        Ok(cfg)
+    }
+
+    /// Applies the fields present in `obj` (a whole document or a change), validating everything;
+    /// on error `self` is unchanged.
+    pub fn merge(&mut self, obj: &Map<String, Value>) -> Result<(), ConfigError> {
+        let mut cfg = self.clone();
+        let boolean =
+            |field: &str, v: &Value| v.as_bool().ok_or_else(|| error(field, "expected true or false"));
+        for (key, v) in obj {
+            match key.as_str() {
+                "format" => {}
+                "root_password_hash" => {
+                    let h = v.as_str().ok_or_else(|| error("root_password_hash", "expected a string"))?;
+                    validate_password_hash("root_password_hash", h)?;
+                    cfg.root_password_hash = h.to_string();
+                }
+                "network" => {
+                    let n = v.as_object().ok_or_else(|| error("network", "expected an object"))?;
+                    cfg.network.merge_json(n, "network.")?;
+                }
+                "dns_search" => {
+                    cfg.dns_search = string_list("dns_search", v, MAX_SEARCH_SUFFIXES, validate_hostname)?
+                }
+                "ssh" => cfg.ssh_enabled = boolean("ssh", v)?,
+                "shell" => cfg.shell_enabled = boolean("shell", v)?,
+                "keyboard" => {
+                    let k = v.as_str().ok_or_else(|| error("keyboard", "expected a string"))?;
+                    if !KEYBOARD_LAYOUTS.contains(&k) {
+                        return Err(error(
+                            "keyboard",
+                            format!("unknown layout `{k}` (for example \"US Default\", \"German\")"),
+                        ));
+                    }
+                    cfg.keyboard = k.to_string();
+                }
+                "autostart" => cfg.autostart = string_list("autostart", v, MAX_AUTOSTART, validate_vm_name)?,
+                other => {
+                    let shown: String = other.chars().take(40).collect();
+                    return Err(error(&shown, "unknown field (expected format, root_password_hash, network, dns_search, ssh, shell, keyboard, autostart)"));
+                }
+            }
+        }
+        validate_password_hash("root_password_hash", &cfg.root_password_hash)?;
+        *self = cfg;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netconfig::Ipv4Mode;
+
+    const HASH: &str =
+        "$pbkdf2-sha256$100000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
+
+    fn sample() -> HostConfig {
+        let mut c = HostConfig::defaults(HASH.into());
+        c.network.hostname = "esx01".into();
+        c.network.vlan = Some(10);
+        c.dns_search = alloc::vec!["lab.example".into()];
+        c.ssh_enabled = true;
+        c.autostart = alloc::vec!["web-1".into(), "db_2".into()];
+        c
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(HostConfig::decode(&c.encode()).unwrap(), c);
+        let d = HostConfig::defaults(HASH.into());
+        assert_eq!(HostConfig::decode(&d.encode()).unwrap(), d);
+        assert_eq!(d.network.ipv4, Ipv4Mode::Dhcp);
+    }
+
+    #[test]
+    fn every_bad_field_is_named_and_changes_nothing() {
+        let good = sample();
+        let cases: &[(&str, &str)] = &[
+            (r#"{"ssh":"yes"}"#, "ssh"),
+            (r#"{"shell":1}"#, "shell"),
+            (r#"{"keyboard":"Klingon"}"#, "keyboard"),
+            (r#"{"dns_search":["ok.example","bad_suffix"]}"#, "dns_search"),
+            (r#"{"dns_search":["a","a"]}"#, "dns_search"),
+            (r#"{"autostart":["has space"]}"#, "autostart"),
+            (r#"{"autostart":"vm1"}"#, "autostart"),
+            (r#"{"network":{"vlan":9999}}"#, "network.vlan"),
+            (r#"{"network":{"mode":"static"}}"#, "network.address"),
+            (r#"{"network":[]}"#, "network"),
+            (r#"{"root_password_hash":"plaintext"}"#, "root_password_hash"),
+            (r#"{"root_password_hash":"$pbkdf2-sha256$10$AA==$AA=="}"#, "root_password_hash"),
+            (r#"{"colour":"red"}"#, "colour"),
+        ];
+        for (body, field) in cases {
+            let mut c = good.clone();
+            let v: Value = serde_json::from_str(body).unwrap();
+            let e = c.merge(v.as_object().unwrap()).unwrap_err();
+            assert_eq!(e.field, *field, "{body}: {e}");
+            assert_eq!(c, good, "{body} changed the configuration");
+        }
+    }
+
+    #[test]
+    fn document_level_errors() {
+        let e = |b: &str| HostConfig::decode(b.as_bytes()).unwrap_err().to_string();
+        assert!(e("not json").starts_with("(document): not valid JSON"));
+        assert!(e("[]").contains("expected a JSON object"));
+        assert!(e(r#"{"root_password_hash":"x"}"#).starts_with("format:"));
+        assert!(e(r#"{"format":2}"#).contains("newer than this Ember"));
+        assert!(e(r#"{"format":1}"#).starts_with("root_password_hash: missing"));
+    }
+
+    #[test]
+    fn password_hash_shapes() {
+        let sha512 = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+        assert!(validate_password_hash("h", sha512).is_ok());
+        assert!(validate_password_hash("h", &sha512.replace("$6$", "$6$rounds=5000$")).is_ok());
+        assert!(validate_password_hash("h", HASH).is_ok());
+        for bad in
+            ["", "$1$abc$def", "$6$salt$short", "$6$$x", "$pbkdf2-sha256$x$a$b", "$pbkdf2-sha256$1000$a!$b"]
+        {
+            assert!(validate_password_hash("h", bad).is_err(), "{bad}");
+        }
+    }
+}
