@@ -180,6 +180,8 @@ const BUSY_POLL_MS: u64 = 20;
 /// idle screen kept current with the management address.
 fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNetwork>) -> ! {
     let mut last_activity = 0u64;
+    let mut last_shown = None;
+    let mut last_hostname = String::new();
     loop {
         while let Some(b) = console::read_serial_byte() {
             // Ctrl-L or Enter redraws, as terminals expect.
@@ -193,10 +195,17 @@ fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNet
                 last_activity = now;
             }
             print_network_log(net);
-            let address = console_address(net);
-            if address != identity.management {
-                identity.management = address;
-                console::show_idle_screen(&identity);
+            // Compare without allocating (this runs on every pass of the loop); rebuild the text only
+            // when what the screen shows has changed.
+            let shown = (net.api.status.state, net.api.status.address, net.api.config.ipv4);
+            if Some(shown) != last_shown || net.api.config.hostname != last_hostname {
+                last_shown = Some(shown);
+                last_hostname.clone_from(&net.api.config.hostname);
+                let address = console_address(net);
+                if address != identity.management {
+                    identity.management = address;
+                    console::show_idle_screen(&identity);
+                }
             }
         }
         if now.saturating_sub(last_activity) > BUSY_POLL_MS {
