@@ -342,7 +342,7 @@ mod tests {
         let efi = crate::media::tests::fake_efi();
         crate::media::build_image(
             &img,
-            &crate::media::BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=\n" },
+            &crate::media::BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=\n", kickstart: None },
         )
         .unwrap();
         let image = File::open(&img).unwrap();

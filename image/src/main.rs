@@ -37,6 +37,9 @@ enum Command {
         /// A boot option for boot.cfg's kernelopt line (repeatable), e.g. --boot-option console=com2.
         #[arg(long = "boot-option", value_name = "OPTION")]
         boot_options: Vec<String>,
+        /// A kickstart file to place on the ESP as \ks.cfg (validated first; no %include).
+        #[arg(long, value_name = "FILE")]
+        ks: Option<PathBuf>,
     },
     /// Print the layout of an image or device and check it.
     Inspect {
@@ -75,7 +78,9 @@ enum KsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build { out, size, efi, boot_options } => build(&out, &size, efi.as_deref(), &boot_options),
+        Command::Build { out, size, efi, boot_options, ks } => {
+            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref())
+        }
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
         Command::Ks { action: KsCommand::Check { file } } => ks::check(&file).map(|s| print!("{s}")),
@@ -114,8 +119,22 @@ fn build_appliance() -> Result<PathBuf, String> {
     Ok(target.join("x86_64-unknown-uefi/release/ember.efi"))
 }
 
-fn build(out: &Path, size: &str, efi: Option<&Path>, options: &[String]) -> Result<(), String> {
+fn build(
+    out: &Path,
+    size: &str,
+    efi: Option<&Path>,
+    options: &[String],
+    ks: Option<&Path>,
+) -> Result<(), String> {
     let size = disk::parse_size(size)?;
+    let kickstart = match ks {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            media::check_kickstart_text(&p.display().to_string(), &text)?;
+            Some(text)
+        }
+    };
     let efi_path = match efi {
         Some(p) => p.to_path_buf(),
         None => build_appliance()?,
@@ -128,13 +147,20 @@ fn build(out: &Path, size: &str, efi: Option<&Path>, options: &[String]) -> Resu
     }
     let kernelopt = options.join(" ");
     let cfg = ember_storage::bootcfg::render_boot_cfg("Ember", &kernelopt);
-    let layout = media::build_image(out, &media::BuildSpec { size, efi: &efi, boot_cfg: &cfg })?;
+    let spec = media::BuildSpec {
+        size,
+        efi: &efi,
+        boot_cfg: &cfg,
+        kickstart: kickstart.as_deref().map(str::as_bytes),
+    };
+    let layout = media::build_image(out, &spec)?;
     println!(
-        "{}: {} bytes; ESP {} MiB with BOOTX64.EFI ({} bytes), boot banks A/B, config store",
+        "{}: {} bytes; ESP {} MiB with BOOTX64.EFI ({} bytes){}, boot banks A/B, config store",
         out.display(),
         size - size % disk::BLOCK as u64,
         layout.esp.byte_len(disk::BLOCK) >> 20,
-        efi.len()
+        efi.len(),
+        if kickstart.is_some() { " and ks.cfg" } else { "" }
     );
     Ok(())
 }

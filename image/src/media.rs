@@ -3,9 +3,12 @@
 use crate::disk::{FileDisk, PartitionIo, BLOCK};
 use ember_storage::block::BlockDevice;
 use ember_storage::bootcfg::{self, BootCfg};
+use ember_storage::config_store::ConfigStore;
 use ember_storage::fat32::{self, FatFile};
 use ember_storage::gpt::{self, Gpt};
-use ember_storage::layout::{self, EmberLayout, Placed, Role};
+use ember_storage::hostconfig::HostConfig;
+use ember_storage::kickstart;
+use ember_storage::layout::{self, EmberLayout, Placed};
 use gpt_disk_types::Guid;
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -15,6 +18,8 @@ use std::path::Path;
 /// ESP paths, with forward slashes.
 pub const EFI_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 pub const BOOT_CFG: &str = "EFI/ember/boot.cfg";
+/// A kickstart at the root of the ESP, used at first boot when no `ks=` is given.
+pub const KS_CFG: &str = "ks.cfg";
 /// ESP volume label.
 pub const ESP_LABEL: [u8; 11] = *b"EMBER BOOT ";
 
@@ -23,6 +28,8 @@ pub struct BuildSpec<'a> {
     pub size: u64,
     pub efi: &'a [u8],
     pub boot_cfg: &'a str,
+    /// A kickstart to place at the root of the ESP (already validated).
+    pub kickstart: Option<&'a [u8]>,
 }
 
 fn random_guid() -> Result<Guid, String> {
@@ -101,10 +108,13 @@ pub fn build_image(out: &Path, spec: &BuildSpec<'_>) -> Result<EmberLayout, Stri
 }
 
 fn write_esp(disk: &mut FileDisk, esp: &Placed, volume_id: u32, spec: &BuildSpec<'_>) -> Result<(), String> {
-    let files = [
+    let mut files = vec![
         FatFile { path: EFI_LOADER, data: spec.efi },
         FatFile { path: BOOT_CFG, data: spec.boot_cfg.as_bytes() },
     ];
+    if let Some(ks) = spec.kickstart {
+        files.push(FatFile { path: KS_CFG, data: ks });
+    }
     let sectors = esp.last_lba - esp.first_lba + 1;
     fat32::write_volume(disk, esp.first_lba, sectors, &ESP_LABEL, volume_id, &files)
         .map_err(|e| format!("writing the ESP: {e}"))
@@ -165,20 +175,55 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
     let boot_cfg = bootcfg::parse_boot_cfg(&cfg_bytes).map_err(|e| e.to_string())?;
 
     let mut notes = Vec::new();
-    for (p, what) in
-        [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B"), (layout.config, "config store")]
-    {
+    if let Ok(ks) = read_esp_file(&fs, KS_CFG) {
+        let text =
+            String::from_utf8(ks).map_err(|_| String::from("\\ks.cfg on the ESP is not UTF-8 text"))?;
+        check_kickstart_text("\\ks.cfg", &text)?;
+        notes.push(format!("ks.cfg: valid kickstart ({} bytes), used at first boot", text.len()));
+    }
+    for (p, what) in [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B")] {
         let zero = partition_is_zero(&file, &p)?;
         notes.push(format!(
             "{what}: {}",
-            match (zero, p.role) {
-                (true, Role::ConfigStore) => "empty (no configuration saved yet)",
-                (true, _) => "empty (A/B system updates are not implemented yet)",
-                (false, _) => "contains data this version of ember-image does not interpret",
+            if zero {
+                "empty (A/B system updates are not implemented yet)"
+            } else {
+                "contains data this version of ember-image does not interpret"
             }
         ));
     }
+    notes.push(format!("config store: {}", describe_config_store(&file, bytes, &layout.config)?));
     Ok(Inspection { bytes, gpt, loader_size: loader.len() as u64, boot_cfg, esp_fat, notes })
+}
+
+/// Validates a kickstart meant for the image. `%include` is refused: included files would not be on the
+/// boot media with it.
+pub fn check_kickstart_text(name: &str, text: &str) -> Result<(), String> {
+    let mut no_includes = |f: &str| -> Result<String, String> {
+        Err(format!("{f} would not be on the boot media: put everything in one kickstart file"))
+    };
+    kickstart::parse(name, text, &mut no_includes).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// What the config store partition holds, in words.
+fn describe_config_store(file: &File, bytes: u64, p: &Placed) -> Result<String, String> {
+    if partition_is_zero(file, p)? {
+        return Ok(String::from("empty (no configuration saved yet)"));
+    }
+    let mut disk = FileDisk::new(file.try_clone().map_err(|e| e.to_string())?, bytes);
+    let store = ConfigStore::new(p.first_lba, p.last_lba - p.first_lba + 1).map_err(|e| e.to_string())?;
+    match store.load(&mut disk).map_err(|e| e.to_string())? {
+        None => Ok(String::from("no complete configuration (an interrupted first save)")),
+        Some(stored) => match HostConfig::decode(&stored.payload) {
+            Ok(c) => Ok(format!(
+                "configuration sequence {} in slot {}, host name {}",
+                stored.sequence,
+                if stored.slot == 0 { "A" } else { "B" },
+                c.network.hostname
+            )),
+            Err(e) => Err(format!("config store: the stored configuration is invalid: {e}")),
+        },
+    }
 }
 
 /// Length of a regular file, or size of a block device.
@@ -261,9 +306,59 @@ pub(crate) mod tests {
     fn build(dir: &Path, size: u64) -> PathBuf {
         let out = dir.join("ember.img");
         let efi = fake_efi();
-        build_image(&out, &BuildSpec { size, efi: &efi, boot_cfg: "title=Ember\nkernelopt=console=com1\n" })
-            .unwrap();
+        let spec =
+            BuildSpec { size, efi: &efi, boot_cfg: "title=Ember\nkernelopt=console=com1\n", kickstart: None };
+        build_image(&out, &spec).unwrap();
         out
+    }
+
+    #[test]
+    fn inspect_reports_kickstart_and_stored_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("ks.img");
+        let efi = fake_efi();
+        let ks = b"vmaccepteula\nrootpw secret-pw\nnetwork --bootproto=dhcp --hostname=esx9\n";
+        let spec = BuildSpec {
+            size: 80 << 20,
+            efi: &efi,
+            boot_cfg: "title=Ember\nkernelopt=\n",
+            kickstart: Some(ks),
+        };
+        let layout = build_image(&out, &spec).unwrap();
+        let i = inspect(&out).unwrap();
+        assert!(i.notes.iter().any(|n| n.starts_with("ks.cfg: valid kickstart")), "{:?}", i.notes);
+        assert!(i.notes.contains(&String::from("config store: empty (no configuration saved yet)")));
+
+        // A configuration saved into the store (as the appliance will) is reported.
+        let file = OpenOptions::new().read(true).write(true).open(&out).unwrap();
+        let len = file.metadata().unwrap().len();
+        let mut disk = FileDisk::new(file, len);
+        let c = layout.config;
+        let store = ConfigStore::new(c.first_lba, c.last_lba - c.first_lba + 1).unwrap();
+        let mut cfg = HostConfig::defaults(
+            "$pbkdf2-sha256$100000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs="
+                .into(),
+        );
+        cfg.network.hostname = "esx9".into();
+        store.save(&mut disk, &cfg.encode()).unwrap();
+        let i = inspect(&out).unwrap();
+        assert!(
+            i.notes
+                .contains(&String::from("config store: configuration sequence 1 in slot A, host name esx9")),
+            "{:?}",
+            i.notes
+        );
+        // Garbage in the store is an error naming the store, not a silent "empty".
+        store.save(&mut disk, b"{not json").unwrap();
+        let e = inspect(&out).err().unwrap();
+        assert!(e.starts_with("config store: the stored configuration is invalid"), "{e}");
+        // An invalid kickstart is refused before anything is written.
+        assert!(check_kickstart_text("ks.cfg", "rootpw secret-pw\n")
+            .unwrap_err()
+            .contains("missing vmaccepteula"));
+        assert!(check_kickstart_text("ks.cfg", "%include x.cfg\n")
+            .unwrap_err()
+            .contains("one kickstart file"));
     }
 
     #[test]
@@ -321,9 +416,12 @@ pub(crate) mod tests {
 
         let mut bad = fake_efi();
         bad[0x84] = 0x4c; // i386
-        let e = build_image(&d.path().join("x.img"), &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "" })
-            .err()
-            .unwrap();
+        let e = build_image(
+            &d.path().join("x.img"),
+            &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "", kickstart: None },
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("not x86_64"), "{e}");
     }
 
@@ -331,13 +429,16 @@ pub(crate) mod tests {
     fn bad_sizes_and_boot_cfg_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let efi = fake_efi();
-        let e = build_image(&d.path().join("s.img"), &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "" })
-            .err()
-            .unwrap();
+        let e = build_image(
+            &d.path().join("s.img"),
+            &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "", kickstart: None },
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("too small"), "{e}");
         let e = build_image(
             &d.path().join("s.img"),
-            &BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=console=com9" },
+            &BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=console=com9", kickstart: None },
         )
         .err()
         .unwrap();

@@ -159,4 +159,41 @@ fn ks_check_validates_like_the_appliance() {
     );
     let (ok, _, err) = run_tool(&["ks", "check", dir.path().join("absent.cfg").to_str().unwrap()]);
     assert!(!ok && err.contains("absent.cfg"), "{err}");
+
+    // `build --ks` validates and places the kickstart at the root of the ESP; mtools reads it back.
+    let single = dir.path().join("single.cfg");
+    let text = "vmaccepteula\nrootpw secret-pw\nnetwork --bootproto=dhcp --hostname=esx-ks\n";
+    std::fs::write(&single, text).unwrap();
+    let img = dir.path().join("ks.img");
+    let efi = efi_path();
+    let (ok, out, err) = run_tool(&[
+        "build",
+        "--out",
+        img.to_str().unwrap(),
+        "--efi",
+        efi.to_str().unwrap(),
+        "--ks",
+        single.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("and ks.cfg"), "{out}{err}");
+    let esp = format!("{}@@1M", img.display());
+    let back = tool_ok("mtype", &["-i", &esp, "::/KS.CFG"]);
+    assert_eq!(back, text);
+    let (ok, out, _) = run_tool(&["inspect", img.to_str().unwrap()]);
+    assert!(ok && out.contains("ks.cfg: valid kickstart"), "{out}");
+    // A kickstart with an error, or one that needs %include files, is refused and no image is written.
+    let bad_img = dir.path().join("bad.img");
+    for ks in [&bad, &good] {
+        let (ok, _, err) = run_tool(&[
+            "build",
+            "--out",
+            bad_img.to_str().unwrap(),
+            "--efi",
+            efi.to_str().unwrap(),
+            "--ks",
+            ks.to_str().unwrap(),
+        ]);
+        assert!(!ok && err.contains("error parsing the installation script"), "{err}");
+        assert!(!bad_img.exists());
+    }
 }
