@@ -121,11 +121,10 @@ fn ip_json(a: Option<Ipv4Addr>) -> Value {
 impl ApiState {
     /// The `management` object: configuration and live state.
     pub fn management_json(&self) -> Value {
-        let (mode, cfg_address, cfg_prefix, cfg_gateway) = match self.config.ipv4 {
-            Ipv4Mode::Dhcp => ("dhcp", None, None, None),
-            Ipv4Mode::Static { address, prefix, gateway } => ("static", Some(address), Some(prefix), gateway),
+        let mode = match self.config.ipv4 {
+            Ipv4Mode::Dhcp => "dhcp",
+            Ipv4Mode::Static { .. } => "static",
         };
-        let _ = (cfg_address, cfg_prefix, cfg_gateway);
         json!({
             "uplink": self.config.uplink,
             "mode": mode,

@@ -166,15 +166,18 @@ fn ks_check_validates_like_the_appliance() {
     std::fs::write(&single, text).unwrap();
     let img = dir.path().join("ks.img");
     let efi = efi_path();
-    let (ok, out, err) = run_tool(&[
-        "build",
-        "--out",
-        img.to_str().unwrap(),
-        "--efi",
-        efi.to_str().unwrap(),
-        "--ks",
-        single.to_str().unwrap(),
-    ]);
+    let build_with_ks = |out: &std::path::Path, ks: &std::path::Path| {
+        run_tool(&[
+            "build",
+            "--out",
+            out.to_str().unwrap(),
+            "--efi",
+            efi.to_str().unwrap(),
+            "--ks",
+            ks.to_str().unwrap(),
+        ])
+    };
+    let (ok, out, err) = build_with_ks(&img, &single);
     assert!(ok && out.contains("and ks.cfg"), "{out}{err}");
     let esp = format!("{}@@1M", img.display());
     let back = tool_ok("mtype", &["-i", &esp, "::/KS.CFG"]);
@@ -184,15 +187,7 @@ fn ks_check_validates_like_the_appliance() {
     // A kickstart with an error, or one that needs %include files, is refused and no image is written.
     let bad_img = dir.path().join("bad.img");
     for ks in [&bad, &good] {
-        let (ok, _, err) = run_tool(&[
-            "build",
-            "--out",
-            bad_img.to_str().unwrap(),
-            "--efi",
-            efi.to_str().unwrap(),
-            "--ks",
-            ks.to_str().unwrap(),
-        ]);
+        let (ok, _, err) = build_with_ks(&bad_img, ks);
         assert!(!ok && err.contains("error parsing the installation script"), "{err}");
         assert!(!bad_img.exists());
     }
