@@ -10,30 +10,25 @@
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
-use ember_net::api::{self, ApiState, HostFacts, InterfaceStatus};
-use ember_net::auth::{PasswordHash, RootAccount, MIN_ITERATIONS};
+use ember_net::api::{self, ApiState, HostFacts, Persistence};
+use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::config::{Ipv4Mode, ManagementConfig};
 use ember_net::http::{parse_request, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_net::nic::{FakeNic, Nic};
+use ember_storage::hostconfig::HostConfig;
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
 
 fn state(vlan: Option<u16>) -> ApiState {
-    ApiState {
-        facts: HostFacts::default(),
-        nics: Vec::new(),
-        config: ManagementConfig {
-            ipv4: Ipv4Mode::Static { address: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None },
-            vlan,
-            ..ManagementConfig::default()
-        },
-        status: InterfaceStatus::default(),
-        root: RootAccount::new(PasswordHash::new("fuzz-pass", [1; 16], MIN_ITERATIONS), [2; 32]),
-        pending: None,
-        boot_ms: 0,
-        salt_state: 3,
-    }
+    let mut host = HostConfig::defaults(PasswordHash::new("fuzz-pass", [1; 16], MIN_ITERATIONS).encode());
+    host.network = ManagementConfig {
+        ipv4: Ipv4Mode::Static { address: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None },
+        vlan,
+        ..ManagementConfig::default()
+    };
+    ApiState::new(HostFacts::default(), host, Persistence::None("fuzzing".into()), [2; 32], 3)
+        .expect("valid hash")
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -5,16 +5,19 @@ use crate::boot::BootInfo;
 use crate::console;
 use crate::drivers;
 use crate::firmware::{acpi, pcie};
+use alloc::format;
 use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
 use ember_kernel::mm::{self, frames::FrameAllocator};
-use ember_net::api::{ApiState, HostFacts, InterfaceStatus};
-use ember_net::auth::{self, PasswordHash, RootAccount};
+use ember_net::api::{ApiState, HostFacts, Persistence};
+use ember_net::auth::{self, PasswordHash};
 use ember_net::config::ManagementConfig;
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
+use ember_storage::hostconfig::HostConfig;
+use ember_storage::persist::{self, Disk, HostStore};
 
 /// Entry of the kernel phase, on the kernel stack, boot services gone.
 pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
@@ -60,6 +63,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);
     let functions = pcie::scan(&acpi_info.ecam);
     let nics = drivers::probe_nics(&functions, &mut frames);
+    let disks = drivers::probe_disks(&functions, &mut frames);
 
     let cpus = smp::online_cpus();
     let cpu_model = cpu::brand_string()
@@ -82,7 +86,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         run_selftest(test, &acpi_info);
     }
 
-    let mut network = start_management_network(nics, &identity, info);
+    let (host, store) = host_configuration(disks, info);
+    let mut network = start_management_network(nics, &identity, info, host, store);
     let mut identity = identity;
     if let Some(net) = network.as_mut() {
         print_network_log(net);
@@ -92,54 +97,120 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     management_loop(identity, network)
 }
 
-/// Builds the management network from the boot options (or the built-in default: DHCP on vmnic0).
-fn start_management_network(
-    nics: Vec<ManagedNic>,
-    identity: &HostIdentity,
-    info: &BootInfo,
-) -> Option<ManagementNetwork> {
-    if nics.is_empty() {
-        return None;
+/// Fresh random bytes for salts and keys.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        chunk.copy_from_slice(&cpu::random_u64().to_le_bytes()[..chunk.len()]);
     }
-    let config = match ManagementConfig::from_boot_options(&info.options.network) {
+    out
+}
+
+/// The built-in configuration: the documented initial password (hashed with a fresh salt) and the
+/// management network from the boot options, or DHCP on vmnic0.
+fn default_configuration(info: &BootInfo) -> HostConfig {
+    let started = timer::now_ms();
+    let hash = PasswordHash::new(auth::INITIAL_PASSWORD, random_bytes(), auth::DEFAULT_ITERATIONS);
+    kprintln!("ember: initial password hash ready in {} ms", timer::now_ms() - started);
+    let mut host = HostConfig::defaults(hash.encode());
+    host.network = match ManagementConfig::from_boot_options(&info.options.network) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("ember: ERROR: boot option {e}; using the default management network (DHCP on vmnic0)");
             ManagementConfig::default()
         }
     };
-    let now = timer::now_ms();
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&cpu::random_u64().to_le_bytes());
-    }
-    // The configuration store (a later piece of work) will hold the changed password; until then every
-    // boot starts from the documented initial password, hashed here with a fresh salt.
-    let mut salt = [0u8; 16];
-    salt[..8].copy_from_slice(&cpu::random_u64().to_le_bytes());
-    salt[8..].copy_from_slice(&cpu::random_u64().to_le_bytes());
-    let root =
-        RootAccount::new(PasswordHash::new(auth::INITIAL_PASSWORD, salt, auth::DEFAULT_ITERATIONS), key);
-    let api = ApiState {
-        facts: HostFacts {
-            version: identity.version.clone(),
-            build: identity.build.clone(),
-            cpus: identity.cpus,
-            cpu_model: identity.cpu_model.clone(),
-            memory_bytes: identity.memory_bytes,
-            vendor: info.system.vendor.clone().unwrap_or_default(),
-            product: info.system.product.clone().unwrap_or_default(),
-            serial: info.system.serial.clone().unwrap_or_default(),
-        },
-        nics: Vec::new(),
-        config,
-        status: InterfaceStatus::default(),
-        root,
-        pending: None,
-        boot_ms: 0,
-        salt_state: cpu::random_u64(),
+    host
+}
+
+/// The config store on the boot media (the disk holding the partition Ember was loaded from).
+fn open_store(mut disks: Vec<Disk>, info: &BootInfo) -> Result<HostStore, String> {
+    let (i, layout) = persist::find_boot_media(&mut disks, info.boot_partition).map_err(|e| e.to_string())?;
+    let disk = disks.swap_remove(i);
+    let name = disk.name.clone();
+    let store = HostStore::open(disk, &layout).map_err(|e| format!("boot media {name}: {e}"))?;
+    kprintln!("ember: boot media is {name}: configuration store in its config partition");
+    Ok(store)
+}
+
+/// Finds the boot media's config store and the configuration to run with: the stored one, or - on a
+/// first boot - the built-in configuration, which is then stored so later boots use it.
+fn host_configuration(disks: Vec<Disk>, info: &BootInfo) -> (HostConfig, Persistence) {
+    let mut s = match open_store(disks, info) {
+        Ok(s) => s,
+        Err(why) => {
+            kprintln!("ember: WARNING: no configuration store: {why}");
+            kprintln!("ember: WARNING: configuration changes will not survive a reboot");
+            return (default_configuration(info), Persistence::None(why));
+        }
     };
-    kprintln!("ember: password hash ready in {} ms", timer::now_ms() - now);
+    match s.load() {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                kprintln!("ember: WARNING: {w}");
+            }
+            if let Some(host) = loaded.config {
+                let (slot, seq) = s.in_use().unwrap_or(('?', 0));
+                kprintln!("ember: configuration loaded from {} slot {slot} (sequence {seq})", s.disk.name);
+                if !info.options.network.is_empty() {
+                    kprintln!("ember: network boot options ignored: the stored configuration is used");
+                }
+                return (host, Persistence::Store(s));
+            }
+            kprintln!("ember: first boot: no configuration stored yet");
+            let host = default_configuration(info);
+            match s.save(&host) {
+                Ok(seq) => kprintln!("ember: built-in configuration stored (sequence {seq})"),
+                Err(e) => kprintln!("ember: ERROR: storing the configuration failed: {e}"),
+            }
+            (host, Persistence::Store(s))
+        }
+        Err(e) => {
+            // Damage is reported, not repaired behind the operator's back: the host runs on the
+            // built-in configuration, and the next change made through the API is stored afresh.
+            kprintln!("ember: ERROR: {e}; running on the built-in configuration");
+            (default_configuration(info), Persistence::Store(s))
+        }
+    }
+}
+
+/// Builds the management network and the API for configuration `host`.
+fn start_management_network(
+    nics: Vec<ManagedNic>,
+    identity: &HostIdentity,
+    info: &BootInfo,
+    host: HostConfig,
+    store: Persistence,
+) -> Option<ManagementNetwork> {
+    if nics.is_empty() {
+        return None;
+    }
+    let facts = HostFacts {
+        version: identity.version.clone(),
+        build: identity.build.clone(),
+        cpus: identity.cpus,
+        cpu_model: identity.cpu_model.clone(),
+        memory_bytes: identity.memory_bytes,
+        vendor: info.system.vendor.clone().unwrap_or_default(),
+        product: info.system.product.clone().unwrap_or_default(),
+        serial: info.system.serial.clone().unwrap_or_default(),
+    };
+    let api = match ApiState::new(facts.clone(), host, store, random_bytes(), cpu::random_u64()) {
+        Ok(api) => api,
+        Err(e) => {
+            // Only a stored hash the decoder accepted but the verifier cannot use gets here.
+            kprintln!("ember: ERROR: stored root {e}; the initial password is in force until reboot");
+            let host = default_configuration(info);
+            ApiState::new(
+                facts,
+                host,
+                Persistence::None(String::from("the stored configuration is unusable")),
+                random_bytes(),
+                cpu::random_u64(),
+            )
+            .expect("the built-in hash is valid")
+        }
+    };
     Some(ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms()))
 }
 
@@ -148,7 +219,7 @@ fn console_address(net: &ManagementNetwork) -> ManagementAddress {
         (hostname, Some(ip), dhcp) => ManagementAddress::Ipv4 { hostname, ipv4: ip.to_string(), dhcp },
         (_, None, _) => ManagementAddress::Unavailable(alloc::format!(
             "{}: {}",
-            net.api.config.uplink,
+            net.api.host.network.uplink,
             net.api.status.state.as_str()
         )),
     }
@@ -197,10 +268,10 @@ fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNet
             print_network_log(net);
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
-            let shown = (net.api.status.state, net.api.status.address, net.api.config.ipv4);
-            if Some(shown) != last_shown || net.api.config.hostname != last_hostname {
+            let shown = (net.api.status.state, net.api.status.address, net.api.host.network.ipv4);
+            if Some(shown) != last_shown || net.api.host.network.hostname != last_hostname {
                 last_shown = Some(shown);
-                last_hostname.clone_from(&net.api.config.hostname);
+                last_hostname.clone_from(&net.api.host.network.hostname);
                 let address = console_address(net);
                 if address != identity.management {
                     identity.management = address;

@@ -8,16 +8,23 @@
 //!   the given fields and restarts the management interface after the response is sent.
 //! - `GET /api/v1/network/resolve?name=<host>` - resolves a name with the configured DNS servers.
 //! - `PUT /api/v1/account/root/password` - `{"password": "..."}`.
+//! - `GET|PUT /api/v1/config` - the whole host configuration (the hash scheme, never the hash) and
+//!   where it is stored; a PUT changes the given fields.
 //!
-//! Every `/api/` resource needs HTTP Basic authentication as `root`.
+//! Every `/api/` resource needs HTTP Basic authentication as `root`. Every change is saved to the
+//! configuration store and flushed *before* it is acknowledged; when the write fails the answer is
+//! `503` and nothing changes. Without a store (no supported driver for the boot media) changes apply
+//! until the next reboot, and the answers say `"persistent": false`.
 
-use crate::auth::{AuthResult, RootAccount};
+use crate::auth::{self, AuthError, AuthResult, PasswordHash, RootAccount, StoredHash};
 use crate::config::{self, Ipv4Mode, ManagementConfig};
 use crate::http::{Request, Response};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
+use ember_storage::hostconfig::HostConfig;
+use ember_storage::persist::HostStore;
 use serde_json::{json, Map, Value};
 
 /// Facts about the host that do not change while it runs.
@@ -99,11 +106,22 @@ pub enum Reply {
     Resolve(String),
 }
 
+/// Where configuration changes go.
+pub enum Persistence {
+    /// The config store on the boot media.
+    Store(HostStore),
+    /// Nowhere: changes last until reboot. The text says why.
+    None(String),
+}
+
 /// Everything the API reads and changes.
 pub struct ApiState {
     pub facts: HostFacts,
     pub nics: Vec<NicInfo>,
-    pub config: ManagementConfig,
+    /// The configuration in force (saved, when there is a store). `host.network` is what the
+    /// management interface runs with, except while a change is `pending`.
+    pub host: HostConfig,
+    pub store: Persistence,
     pub status: InterfaceStatus,
     pub root: RootAccount,
     /// A validated configuration waiting to be applied once the response is out.
@@ -114,27 +132,118 @@ pub struct ApiState {
     pub salt_state: u64,
 }
 
+/// Why a change was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// The configuration store could not be written; nothing changed.
+    Store(String),
+    /// The root password hash cannot be used.
+    Hash(AuthError),
+}
+
+impl core::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CommitError::Store(e) => {
+                write!(f, "the configuration could not be saved, nothing was changed: {e}")
+            }
+            CommitError::Hash(e) => write!(f, "root_password_hash: {e}"),
+        }
+    }
+}
+
 fn ip_json(a: Option<Ipv4Addr>) -> Value {
     a.map_or(Value::Null, |a| Value::String(a.to_string()))
 }
 
 impl ApiState {
+    /// The state for configuration `host`: the root account verifies `host`'s password hash.
+    /// `cache_key` and `salt_seed` must be random per boot.
+    pub fn new(
+        facts: HostFacts,
+        host: HostConfig,
+        store: Persistence,
+        cache_key: [u8; 32],
+        salt_seed: u64,
+    ) -> Result<Self, AuthError> {
+        let root = RootAccount::new(StoredHash::decode(&host.root_password_hash)?, cache_key);
+        Ok(ApiState {
+            facts,
+            nics: Vec::new(),
+            host,
+            store,
+            status: InterfaceStatus::default(),
+            root,
+            pending: None,
+            boot_ms: 0,
+            salt_state: salt_seed,
+        })
+    }
+
+    /// Makes `new` the configuration in force: saved and flushed first when there is a store, so on a
+    /// failed write nothing changes. The management network is not restarted here (see `pending`).
+    pub fn commit(&mut self, new: HostConfig) -> Result<(), CommitError> {
+        let hash = if new.root_password_hash == self.host.root_password_hash {
+            None
+        } else {
+            Some(StoredHash::decode(&new.root_password_hash).map_err(CommitError::Hash)?)
+        };
+        if let Persistence::Store(store) = &mut self.store {
+            store.save(&new).map_err(|e| CommitError::Store(e.to_string()))?;
+        }
+        if let Some(h) = hash {
+            self.root.set_hash(h);
+        }
+        self.host = new;
+        Ok(())
+    }
+
+    /// The `store` object: whether changes survive a reboot, and where they go.
+    pub fn store_json(&self) -> Value {
+        match &self.store {
+            Persistence::Store(s) => {
+                let (slot, sequence) = s.in_use().map_or((Value::Null, Value::Null), |(slot, seq)| {
+                    (Value::String(slot.to_string()), Value::from(seq))
+                });
+                json!({
+                    "persistent": true,
+                    "disk": s.disk.name,
+                    "driver": s.disk.driver,
+                    "slot": slot,
+                    "sequence": sequence,
+                })
+            }
+            Persistence::None(why) => json!({ "persistent": false, "reason": why }),
+        }
+    }
+
+    /// The `GET /api/v1/config` document: the stored form, with the password hash's scheme only.
+    pub fn config_json(&self) -> Value {
+        let mut v = self.host.to_json();
+        if let Value::Object(m) = &mut v {
+            m.remove("root_password_hash");
+            m.insert(String::from("root_password"), json!({ "scheme": self.root.hash().scheme() }));
+            m.insert(String::from("store"), self.store_json());
+        }
+        v
+    }
+
     /// The `management` object: configuration and live state.
     pub fn management_json(&self) -> Value {
-        let mode = match self.config.ipv4 {
+        let mode = match self.host.network.ipv4 {
             Ipv4Mode::Dhcp => "dhcp",
             Ipv4Mode::Static { .. } => "static",
         };
         json!({
-            "uplink": self.config.uplink,
+            "uplink": self.host.network.uplink,
             "mode": mode,
             "state": self.status.state.as_str(),
             "address": ip_json(self.status.address.map(|a| a.0)),
             "prefix": self.status.address.map(|a| a.1),
             "gateway": ip_json(self.status.gateway),
             "dns": self.status.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-            "vlan": self.config.vlan,
-            "hostname": self.config.hostname,
+            "vlan": self.host.network.vlan,
+            "hostname": self.host.network.hostname,
         })
     }
 
@@ -142,7 +251,7 @@ impl ApiState {
     pub fn host_json(&self, now_ms: u64) -> Value {
         let f = &self.facts;
         json!({
-            "hostname": self.config.hostname,
+            "hostname": self.host.network.hostname,
             "version": f.version,
             "build": f.build,
             "uptime_s": now_ms.saturating_sub(self.boot_ms) / 1000,
@@ -194,7 +303,7 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
             "GET" | "HEAD" => Reply::Now(Response {
                 status: 200,
                 content_type: "text/html; charset=utf-8",
-                body: landing_page(&state.config.hostname).into_bytes(),
+                body: landing_page(&state.host.network.hostname).into_bytes(),
                 headers: Vec::new(),
             }),
             _ => method_not_allowed("GET, HEAD"),
@@ -226,6 +335,9 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
         ("/api/v1/network/resolve", _) => method_not_allowed("GET"),
         ("/api/v1/account/root/password", "PUT") => put_password(state, req),
         ("/api/v1/account/root/password", _) => method_not_allowed("PUT"),
+        ("/api/v1/config", "GET") => ok_json(state.config_json()),
+        ("/api/v1/config", "PUT") => put_config(state, req),
+        ("/api/v1/config", _) => method_not_allowed("GET, PUT"),
         (p, _) => Reply::Now(Response::error(404, &format!("no such resource: {}", printable(p)))),
     }
 }
@@ -264,21 +376,78 @@ fn put_management(state: &mut ApiState, req: &Request) -> Reply {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut cfg = state.config.clone();
+    let mut cfg = state.host.network.clone();
     if let Err(e) = cfg.merge_json(&body, "") {
         return bad_request(&e.field, &e.problem);
     }
-    if !state.nics.iter().any(|n| n.name == cfg.uplink) {
-        let present: Vec<&str> = state.nics.iter().map(|n| n.name.as_str()).collect();
-        return bad_request(
-            "uplink",
-            &format!("no NIC named {} (present: {})", cfg.uplink, present.join(", ")),
-        );
+    if let Err(r) = check_uplink(state, &cfg, "uplink") {
+        return r;
     }
     let mut out = state.management_json();
+    let mut host = state.host.clone();
+    host.network = cfg.clone();
+    if let Err(e) = state.commit(host) {
+        return failed(&e);
+    }
     out["pending"] = cfg.to_json();
+    out["persistent"] = Value::Bool(matches!(state.store, Persistence::Store(_)));
     state.pending = Some(cfg);
     Reply::Now(Response::json(202, out.to_string()))
+}
+
+/// The management network's uplink must be a NIC this host has.
+fn check_uplink(state: &ApiState, cfg: &ManagementConfig, field: &str) -> Result<(), Reply> {
+    if state.nics.iter().any(|n| n.name == cfg.uplink) {
+        return Ok(());
+    }
+    let present: Vec<&str> = state.nics.iter().map(|n| n.name.as_str()).collect();
+    Err(bad_request(field, &format!("no NIC named {} (present: {})", cfg.uplink, present.join(", "))))
+}
+
+fn failed(e: &CommitError) -> Reply {
+    match e {
+        CommitError::Store(_) => Reply::Now(Response::error(503, &e.to_string())),
+        CommitError::Hash(h) => bad_request("root_password_hash", &h.to_string()),
+    }
+}
+
+fn put_config(state: &mut ApiState, req: &Request) -> Reply {
+    let mut body = match json_body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // What GET shows about the password and the store is not part of the configuration; sending it
+    // back unchanged is allowed, so a GET-modify-PUT round trip works.
+    if let Some(v) = body.remove("root_password") {
+        if v != json!({ "scheme": state.root.hash().scheme() }) {
+            return bad_request(
+                "root_password",
+                "read-only (change the password with PUT /api/v1/account/root/password, or set root_password_hash)",
+            );
+        }
+    }
+    if let Some(v) = body.remove("store") {
+        if v != state.store_json() {
+            return bad_request("store", "read-only");
+        }
+    }
+    let mut host = state.host.clone();
+    if let Err(e) = host.merge(&body) {
+        return bad_request(&e.field, &e.problem);
+    }
+    if let Err(r) = check_uplink(state, &host.network, "network.uplink") {
+        return r;
+    }
+    let network_changed = host.network != state.host.network;
+    if let Err(e) = state.commit(host) {
+        return failed(&e);
+    }
+    let mut out = state.config_json();
+    out["restarting_management_network"] = Value::Bool(network_changed);
+    if network_changed {
+        state.pending = Some(state.host.network.clone());
+    }
+    ok_json(out)
 }
 
 fn resolve(req: &Request) -> Reply {
@@ -301,10 +470,18 @@ fn put_password(state: &mut ApiState, req: &Request) -> Reply {
     let Some(pw) = body.get("password").and_then(|v| v.as_str()) else {
         return bad_request("password", "expected a string");
     };
+    if let Err(e) = auth::check_password_rules(pw) {
+        return bad_request("password", &e.to_string().replace("password: ", ""));
+    }
     let salt = state.next_salt();
-    match state.root.set_password(pw, salt) {
-        Ok(()) => ok_json(json!({ "status": "password changed" })),
-        Err(e) => bad_request("password", &e.to_string().replace("password: ", "")),
+    let mut host = state.host.clone();
+    host.root_password_hash = PasswordHash::new(pw, salt, auth::DEFAULT_ITERATIONS).encode();
+    match state.commit(host) {
+        Ok(()) => ok_json(json!({
+            "status": "password changed",
+            "persistent": matches!(state.store, Persistence::Store(_)),
+        })),
+        Err(e) => failed(&e),
     }
 }
 
@@ -325,38 +502,43 @@ mod tests {
     use super::*;
     use crate::auth::{PasswordHash, MIN_ITERATIONS};
     use crate::http::{parse_request, Parsed};
+    use alloc::boxed::Box;
     use base64::Engine;
 
-    fn state() -> ApiState {
-        ApiState {
-            facts: HostFacts {
-                version: "0.1.0".into(),
-                build: "abc".into(),
-                cpus: 2,
-                cpu_model: "Test CPU".into(),
-                memory_bytes: 1 << 30,
-                vendor: "QEMU".into(),
-                product: "Standard PC".into(),
-                serial: "S1".into(),
-            },
-            nics: alloc::vec![NicInfo {
-                name: "vmnic0".into(),
-                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-                link: true,
-                driver: "virtio-net"
-            }],
-            config: ManagementConfig::default(),
-            status: InterfaceStatus {
-                state: InterfaceState::Configured,
-                address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
-                gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
-                dns: alloc::vec![Ipv4Addr::new(10, 0, 2, 3)],
-            },
-            root: RootAccount::new(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS), [4; 32]),
-            pending: None,
-            boot_ms: 1000,
-            salt_state: 1,
+    fn facts() -> HostFacts {
+        HostFacts {
+            version: "0.1.0".into(),
+            build: "abc".into(),
+            cpus: 2,
+            cpu_model: "Test CPU".into(),
+            memory_bytes: 1 << 30,
+            vendor: "QEMU".into(),
+            product: "Standard PC".into(),
+            serial: "S1".into(),
         }
+    }
+
+    fn state_with(store: Persistence) -> ApiState {
+        let hash = PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode();
+        let mut st = ApiState::new(facts(), HostConfig::defaults(hash), store, [4; 32], 1).unwrap();
+        st.nics = alloc::vec![NicInfo {
+            name: "vmnic0".into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            link: true,
+            driver: "virtio-net"
+        }];
+        st.status = InterfaceStatus {
+            state: InterfaceState::Configured,
+            address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
+            gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            dns: alloc::vec![Ipv4Addr::new(10, 0, 2, 3)],
+        };
+        st.boot_ms = 1000;
+        st
+    }
+
+    fn state() -> ApiState {
+        state_with(Persistence::None("no store in this test".into()))
     }
 
     fn auth() -> String {
@@ -497,6 +679,146 @@ mod tests {
         );
         // The old credentials no longer work.
         assert_eq!(call(&mut st, &format!("GET /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).0, 401);
+    }
+
+    /// A store on an in-memory Ember medium; `fail_writes` makes the medium refuse every write.
+    fn disk_store(fail_writes: bool) -> Persistence {
+        use ember_storage::block::{BlockDevice, IoError, MemDisk};
+        use ember_storage::persist::{find_boot_media, Disk};
+        struct Medium(MemDisk, bool);
+        impl BlockDevice for Medium {
+            fn block_size(&self) -> u32 {
+                512
+            }
+            fn num_blocks(&self) -> u64 {
+                self.0.num_blocks()
+            }
+            fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+                self.0.read_blocks(lba, buf)
+            }
+            fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+                if self.1 {
+                    return Err(IoError::Device("medium is write protected".into()));
+                }
+                self.0.write_blocks(lba, buf)
+            }
+            fn flush(&mut self) -> Result<(), IoError> {
+                Ok(())
+            }
+        }
+        let blocks = ember_storage::layout::MIN_MEDIA_SIZE / 512 + 64;
+        let mut mem = MemDisk::new(512, blocks);
+        let layout = ember_storage::layout::plan(512, blocks).unwrap();
+        let guid = |i: usize| ember_storage::gpt::Guid::from_bytes([i as u8 + 1; 16]);
+        ember_storage::gpt::write_gpt(&mut mem, guid(9), &ember_storage::layout::gpt_entries(&layout, guid))
+            .unwrap();
+        let mut disks =
+            [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(Medium(mem, fail_writes)) }];
+        let (_, layout) = find_boot_media(&mut disks, Some(guid(0))).unwrap();
+        let [d] = disks;
+        Persistence::Store(HostStore::open(d, &layout).unwrap())
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\n{}\r\n", auth())
+    }
+
+    #[test]
+    fn config_is_shown_without_the_hash_and_changes_are_stored() {
+        let mut st = state_with(disk_store(false));
+        let (s, v) = call(&mut st, &get("/api/v1/config"));
+        assert_eq!(s, 200);
+        assert_eq!(v["root_password"]["scheme"], "pbkdf2-sha256");
+        assert!(v.get("root_password_hash").is_none());
+        assert_eq!(v["store"]["persistent"], true);
+        assert_eq!(v["store"]["disk"], "vda");
+        assert_eq!(v["store"]["sequence"], Value::Null, "nothing saved yet");
+        assert_eq!(v["keyboard"], "US Default");
+
+        let (s, v) = call(
+            &mut st,
+            &put("/api/v1/config", r#"{"keyboard":"German","ssh":true,"dns_search":["lab.example"]}"#),
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["keyboard"], "German");
+        assert_eq!(v["store"]["sequence"], 1);
+        assert_eq!(v["restarting_management_network"], false);
+        assert!(st.pending.is_none());
+
+        // GET, change, PUT back the whole document.
+        let (_, mut doc) = call(&mut st, &get("/api/v1/config"));
+        doc["network"]["hostname"] = "esx9".into();
+        let (s, v) = call(&mut st, &put("/api/v1/config", &doc.to_string()));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["store"]["sequence"], 2);
+        assert_eq!(v["store"]["slot"], "B");
+        assert_eq!(v["restarting_management_network"], true);
+        assert_eq!(st.pending.as_ref().unwrap().hostname, "esx9");
+
+        // What was stored is what a reboot loads.
+        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let loaded = HostStore::load(store).unwrap().config.unwrap();
+        assert_eq!(loaded, st.host);
+        assert_eq!(loaded.keyboard, "German");
+
+        // Password changes are stored too, as a hash.
+        let (s, v) = call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#));
+        assert_eq!((s, v["persistent"].clone()), (200, Value::Bool(true)));
+        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let loaded = HostStore::load(store).unwrap().config.unwrap();
+        assert!(StoredHash::decode(&loaded.root_password_hash).unwrap().verify("a-new-pass"));
+    }
+
+    #[test]
+    fn bad_config_fields_are_named_and_change_nothing() {
+        let mut st = state_with(disk_store(false));
+        let before = st.host.clone();
+        for (body, field) in [
+            (r#"{"keyboard":"Klingon"}"#, "keyboard"),
+            (r#"{"network":{"uplink":"vmnic5"}}"#, "network.uplink"),
+            (r#"{"network":{"vlan":0}}"#, "network.vlan"),
+            (r#"{"root_password":{"scheme":"plain"}}"#, "root_password"),
+            (r#"{"store":{"persistent":false}}"#, "store"),
+            (r#"{"root_password_hash":"abc"}"#, "root_password_hash"),
+            (r#"{"ssh":"on"}"#, "ssh"),
+        ] {
+            let (s, v) = call(&mut st, &put("/api/v1/config", body));
+            assert_eq!(s, 400, "{body}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.starts_with(field), "{body}: {msg}");
+            assert_eq!(st.host, before, "{body} changed the configuration");
+        }
+        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        assert_eq!(store.in_use(), None, "nothing was written");
+    }
+
+    #[test]
+    fn a_failed_write_answers_503_and_changes_nothing() {
+        let mut st = state_with(disk_store(true));
+        let before = st.host.clone();
+        let (s, v) = call(&mut st, &put("/api/v1/config", r#"{"keyboard":"German"}"#));
+        assert_eq!(s, 503);
+        assert!(v["error"]["message"].as_str().unwrap().contains("write protected"), "{v}");
+        let (s, _) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx2"}"#));
+        assert_eq!(s, 503);
+        assert!(st.pending.is_none());
+        assert_eq!(
+            call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#)).0,
+            503
+        );
+        assert_eq!(st.host, before);
+        // The old password still works.
+        assert_eq!(call(&mut st, &get("/api/v1/host")).0, 200);
+    }
+
+    #[test]
+    fn without_a_store_changes_say_they_are_not_persistent() {
+        let mut st = state();
+        let (s, v) = call(&mut st, &get("/api/v1/config"));
+        assert_eq!((s, v["store"]["persistent"].clone()), (200, Value::Bool(false)));
+        assert_eq!(v["store"]["reason"], "no store in this test");
+        let (s, v) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx2"}"#));
+        assert_eq!((s, v["persistent"].clone()), (202, Value::Bool(false)));
     }
 
     #[test]

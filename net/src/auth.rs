@@ -133,6 +133,60 @@ impl PasswordHash {
     }
 }
 
+/// A root password hash in one of the schemes Ember verifies: its own PBKDF2 form, or SHA-512 crypt
+/// (`$6$[rounds=N$]salt$hash`, what `openssl passwd -6` and `mkpasswd` write, accepted from kickstart
+/// `rootpw --iscrypted`; verified with RustCrypto's `sha-crypt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredHash {
+    Pbkdf2(PasswordHash),
+    Sha512Crypt(String),
+}
+
+impl From<PasswordHash> for StoredHash {
+    fn from(h: PasswordHash) -> Self {
+        StoredHash::Pbkdf2(h)
+    }
+}
+
+impl StoredHash {
+    /// Parses a stored hash; the shape of a `$6$` hash is checked by the configuration model.
+    pub fn decode(s: &str) -> Result<Self, AuthError> {
+        if s.starts_with("$6$") {
+            ember_storage::hostconfig::validate_password_hash("root_password_hash", s)
+                .map_err(|_| AuthError::BadFormat("not a well-formed SHA-512 crypt hash"))?;
+            return Ok(StoredHash::Sha512Crypt(s.into()));
+        }
+        PasswordHash::decode(s).map(StoredHash::Pbkdf2)
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> String {
+        match self {
+            StoredHash::Pbkdf2(h) => h.encode(),
+            StoredHash::Sha512Crypt(s) => s.clone(),
+        }
+    }
+
+    /// The scheme's name, as the API shows it (never the hash).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            StoredHash::Pbkdf2(_) => "pbkdf2-sha256",
+            StoredHash::Sha512Crypt(_) => "sha512-crypt",
+        }
+    }
+
+    /// The slow check.
+    pub fn verify(&self, password: &str) -> bool {
+        use sha_crypt::PasswordVerifier;
+        match self {
+            StoredHash::Pbkdf2(h) => h.verify(password),
+            StoredHash::Sha512Crypt(s) => {
+                sha_crypt::ShaCrypt::default().verify_password(password.as_bytes(), s.as_str()).is_ok()
+            }
+        }
+    }
+}
+
 /// Splits an `Authorization: Basic <base64(user:password)>` value. `None` when it is not Basic or
 /// not decodable.
 pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
@@ -159,7 +213,7 @@ pub enum AuthResult {
 
 /// The root account: its hash, the remembered good header, and the slow-check budget.
 pub struct RootAccount {
-    hash: PasswordHash,
+    hash: StoredHash,
     /// Per-boot key for remembering verified headers.
     cache_key: [u8; 32],
     remembered: Vec<[u8; 32]>,
@@ -171,8 +225,8 @@ const REMEMBERED_MAX: usize = 8;
 
 impl RootAccount {
     /// `cache_key` must be random per boot.
-    pub fn new(hash: PasswordHash, cache_key: [u8; 32]) -> Self {
-        RootAccount { hash, cache_key, remembered: Vec::new(), budget_second: 0, budget_used: 0 }
+    pub fn new(hash: impl Into<StoredHash>, cache_key: [u8; 32]) -> Self {
+        RootAccount { hash: hash.into(), cache_key, remembered: Vec::new(), budget_second: 0, budget_used: 0 }
     }
 
     fn tag(&self, header: &[u8]) -> [u8; 32] {
@@ -212,16 +266,14 @@ impl RootAccount {
         }
     }
 
-    /// Replaces the password (rules checked); forgets every remembered header.
-    pub fn set_password(&mut self, password: &str, salt: [u8; SALT_LEN]) -> Result<(), AuthError> {
-        check_password_rules(password)?;
-        self.hash = PasswordHash::new(password, salt, DEFAULT_ITERATIONS);
+    /// Replaces the hash; forgets every remembered header.
+    pub fn set_hash(&mut self, hash: StoredHash) {
+        self.hash = hash;
         self.remembered.clear();
-        Ok(())
     }
 
     /// The stored hash (for the configuration store).
-    pub fn hash(&self) -> &PasswordHash {
+    pub fn hash(&self) -> &StoredHash {
         &self.hash
     }
 }
@@ -279,6 +331,20 @@ mod tests {
     }
 
     #[test]
+    fn sha512_crypt_hashes_verify() {
+        // `openssl passwd -6 -salt saltsalt "correct horse"`
+        let h = "$6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0";
+        let stored = StoredHash::decode(h).unwrap();
+        assert_eq!(stored.scheme(), "sha512-crypt");
+        assert!(stored.verify("correct horse"));
+        assert!(!stored.verify("correct horse!"));
+        assert_eq!(stored.encode(), h);
+        assert!(StoredHash::decode("$6$saltsalt$short").is_err());
+        let p = StoredHash::decode(&PasswordHash::new("x", [1; 16], MIN_ITERATIONS).encode()).unwrap();
+        assert_eq!(p.scheme(), "pbkdf2-sha256");
+    }
+
+    #[test]
     fn account_checks_remembers_and_rations() {
         let mut acct = RootAccount::new(PasswordHash::new("secret-1", [1; 16], MIN_ITERATIONS), [9; 32]);
         assert_eq!(acct.check(None, 0), AuthResult::Denied);
@@ -293,8 +359,7 @@ mod tests {
         assert_eq!(acct.check(Some(&header("root", "secret-1")), 30), AuthResult::Allowed);
         assert_eq!(acct.check(Some(&header("root", "wrong")), 1000), AuthResult::Denied);
         // Changing the password forgets the remembered header.
-        assert!(acct.set_password("short", [2; 16]).is_err());
-        acct.set_password("new-password", [2; 16]).unwrap();
+        acct.set_hash(PasswordHash::new("new-password", [2; 16], MIN_ITERATIONS).into());
         assert_eq!(acct.check(Some(&header("root", "secret-1")), 2000), AuthResult::Denied);
         assert_eq!(acct.check(Some(&header("root", "new-password")), 2000), AuthResult::Allowed);
     }

@@ -128,7 +128,7 @@ fn instant(ms: u64) -> Instant {
 }
 
 impl ManagementNetwork {
-    /// Builds the service and starts the interface with `api.config`. `seed` must be random per boot.
+    /// Builds the service and starts the interface with `api.host.network`. `seed` must be random per boot.
     pub fn new(nics: Vec<ManagedNic>, mut api: ApiState, seed: u64, now_ms: u64) -> Self {
         api.nics = nics
             .iter()
@@ -164,9 +164,9 @@ impl ManagementNetwork {
     /// The address shown on the console: (host name, IPv4 address, whether by DHCP).
     pub fn console_address(&self) -> (String, Option<Ipv4Addr>, bool) {
         (
-            self.api.config.hostname.clone(),
+            self.api.host.network.hostname.clone(),
             self.api.status.address.map(|a| a.0),
-            matches!(self.api.config.ipv4, Ipv4Mode::Dhcp),
+            matches!(self.api.host.network.ipv4, Ipv4Mode::Dhcp),
         )
     }
 
@@ -181,7 +181,7 @@ impl ManagementNetwork {
     }
 
     fn start(&mut self, now: u64) {
-        let cfg = self.api.config.clone();
+        let cfg = self.api.host.network.clone();
         self.had_lease = false;
         let Some(uplink) = self.nics.iter().position(|n| n.name == cfg.uplink) else {
             self.log.push(format!(
@@ -297,7 +297,7 @@ impl ManagementNetwork {
 
     /// Replaces the configuration (already validated) and restarts the interface.
     pub fn reconfigure(&mut self, cfg: ManagementConfig, now: u64) {
-        self.api.config = cfg;
+        self.api.host.network = cfg;
         self.api.pending = None;
         self.apply_at = None;
         self.restart(now);
@@ -322,7 +322,7 @@ impl ManagementNetwork {
                 self.apply_at = None;
             }
         }
-        let configured_dns = self.api.config.dns.clone();
+        let configured_dns = self.api.host.network.dns.clone();
         let Some(stack) = self.stack.as_mut() else { return false };
         let nic = &mut *self.nics[stack.uplink].nic;
         let mut port = Port { nic, vlan: stack.vlan, stats: &mut stack.stats };
@@ -610,24 +610,20 @@ fn serve_connection(
 mod tests {
     use super::*;
     use crate::api::HostFacts;
-    use crate::auth::{PasswordHash, RootAccount, MIN_ITERATIONS};
+    use crate::api::Persistence;
+    use crate::auth::{PasswordHash, MIN_ITERATIONS};
     use crate::nic::FakeNic;
     use base64::Engine;
+    use ember_storage::hostconfig::HostConfig;
 
     const SERVER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 
     fn api_state(cfg: ManagementConfig) -> ApiState {
-        ApiState {
-            facts: HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() },
-            nics: Vec::new(),
-            config: cfg,
-            status: InterfaceStatus::default(),
-            root: RootAccount::new(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS), [4; 32]),
-            pending: None,
-            boot_ms: 0,
-            salt_state: 7,
-        }
+        let mut host = HostConfig::defaults(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode());
+        host.network = cfg;
+        let facts = HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() };
+        ApiState::new(facts, host, Persistence::None("test".into()), [4; 32], 7).unwrap()
     }
 
     fn static_cfg(vlan: Option<u16>) -> ManagementConfig {

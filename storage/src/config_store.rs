@@ -166,11 +166,6 @@ impl ConfigStore {
     /// Saves `payload` durably (flushed before returning). Returns the stored record; when the newest
     /// valid slot already holds exactly this payload nothing is written.
     pub fn save(&self, dev: &mut dyn BlockDevice, payload: &[u8]) -> Result<Stored, StoreError> {
-        let bs = dev.block_size() as usize;
-        let max = self.capacity(bs as u32);
-        if payload.len() > max {
-            return Err(StoreError::TooLarge { len: payload.len(), max });
-        }
         let current = match self.load(dev) {
             Ok(c) => c,
             // Both slots damaged: start a new sequence in slot A.
@@ -186,6 +181,23 @@ impl ConfigStore {
             Some(c) => (1 - c.slot, c.sequence.wrapping_add(1)),
             None => (0, 1),
         };
+        self.write_slot(dev, slot, sequence, payload)
+    }
+
+    /// Writes `payload` into `slot` with `sequence` - payload blocks first, the header block last -
+    /// and flushes. The caller chooses a slot that does not hold the configuration in use.
+    pub fn write_slot(
+        &self,
+        dev: &mut dyn BlockDevice,
+        slot: usize,
+        sequence: u64,
+        payload: &[u8],
+    ) -> Result<Stored, StoreError> {
+        let bs = dev.block_size() as usize;
+        let max = self.capacity(bs as u32);
+        if payload.len() > max {
+            return Err(StoreError::TooLarge { len: payload.len(), max });
+        }
         let mut body = vec![0u8; payload.len().div_ceil(bs).max(1) * bs];
         body[..payload.len()].copy_from_slice(payload);
         dev.write_blocks(self.slot_lba(slot) + 1, &body)?;

@@ -10,9 +10,11 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+/// GUIDs as the partition table stores them (re-exported for the drivers and the API).
+pub use gpt_disk_types::Guid;
 use gpt_disk_types::{
     GptHeader, GptHeaderRevision, GptHeaderSignature, GptPartitionAttributes, GptPartitionEntry,
-    GptPartitionName, GptPartitionType, Guid, LbaLe, MasterBootRecord, U32Le,
+    GptPartitionName, GptPartitionType, LbaLe, MasterBootRecord, U32Le,
 };
 
 /// Number of entries in the partition entry arrays written here (the spec minimum, 16 KiB).
@@ -261,7 +263,10 @@ pub fn write_gpt<D: BlockDevice>(
 }
 
 /// Reads and validates the header at `lba`, then its entry array.
-fn read_header_and_entries<D: BlockDevice>(dev: &mut D, lba: u64) -> Result<(GptHeader, Vec<u8>), GptError> {
+fn read_header_and_entries<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    lba: u64,
+) -> Result<(GptHeader, Vec<u8>), GptError> {
     let bs = dev.block_size();
     let mut block = vec![0u8; bs as usize];
     dev.read_blocks(lba, &mut block)?;
@@ -312,7 +317,7 @@ fn read_header_and_entries<D: BlockDevice>(dev: &mut D, lba: u64) -> Result<(Gpt
 }
 
 /// Reads and validates the partition table of `dev`.
-pub fn read_gpt<D: BlockDevice>(dev: &mut D) -> Result<Gpt, GptError> {
+pub fn read_gpt<D: BlockDevice + ?Sized>(dev: &mut D) -> Result<Gpt, GptError> {
     let bs = dev.block_size();
     check_block_size(bs)?;
     let blocks = dev.num_blocks();

@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 pub const CONFIG_FORMAT: u64 = 1;
 /// Most DNS search suffixes.
 pub const MAX_SEARCH_SUFFIXES: usize = 6;
+/// Most SHA-512 crypt rounds accepted in a root password hash.
+pub const MAX_SHA512_ROUNDS: u32 = 1_000_000;
 /// Most VMs in the autostart list.
 pub const MAX_AUTOSTART: usize = 256;
 
@@ -48,7 +50,14 @@ pub fn validate_password_hash(field: &str, h: &str) -> Result<(), ConfigError> {
     let ok = match fields.as_slice() {
         ["", "6", rest @ ..] => {
             let (salt, hash) = match rest {
-                [r, s, h] if r.starts_with("rounds=") => (*s, *h),
+                // Every login pays for the rounds: cap them so a stored hash cannot stall the host.
+                [r, s, h]
+                    if r.strip_prefix("rounds=")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .is_some_and(|n| (1000..=MAX_SHA512_ROUNDS).contains(&n)) =>
+                {
+                    (*s, *h)
+                }
                 [s, h] => (*s, *h),
                 _ => ("", ""),
             };
@@ -280,6 +289,8 @@ mod tests {
         assert!(validate_password_hash("h", sha512).is_ok());
         assert!(validate_password_hash("h", &sha512.replace("$6$", "$6$rounds=5000$")).is_ok());
         assert!(validate_password_hash("h", HASH).is_ok());
+        assert!(validate_password_hash("h", &sha512.replace("$6$", "$6$rounds=1000001$")).is_err());
+        assert!(validate_password_hash("h", &sha512.replace("$6$", "$6$rounds=x$")).is_err());
         for bad in
             ["", "$1$abc$def", "$6$salt$short", "$6$$x", "$pbkdf2-sha256$x$a$b", "$pbkdf2-sha256$1000$a!$b"]
         {

@@ -9,7 +9,8 @@
 //! - [`config_store`]: the two-slot, power-cut-safe configuration store;
 //! - [`hostconfig`]: the host configuration model and its stored JSON form;
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
-//! - [`netconfig`]: management network settings and their validation.
+//! - [`netconfig`]: management network settings and their validation;
+//! - [`persist`]: finding the boot media among the disks and keeping the host configuration on it.
 //!
 //! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
 //! validated and turned into an error value naming what is wrong and where; nothing here panics on input.
@@ -27,3 +28,4 @@ pub mod hostconfig;
 pub mod kickstart;
 pub mod layout;
 pub mod netconfig;
+pub mod persist;

@@ -11,9 +11,12 @@ use alloc::vec::Vec;
 use ember_kernel::hw::smbios::SystemInfo;
 use ember_kernel::mm::{Region, RegionKind};
 use ember_storage::bootcfg::{self, BootOptions, MAX_BOOT_CFG_LEN};
+use ember_storage::gpt::Guid;
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 use uefi::proto::console::gop::{GraphicsOutput, PixelFormat};
+use uefi::proto::device_path::media::PartitionSignature;
+use uefi::proto::device_path::{DevicePathNodeEnum, LoadedImageDevicePath};
 use uefi::proto::media::file::{File, FileAttribute, FileMode};
 use uefi::table::cfg;
 use uefi::{cstr16, Status};
@@ -45,6 +48,8 @@ pub struct BootInfo {
     pub options: BootOptions,
     /// A 4 KiB page below 1 MiB for the AP start-up code.
     pub trampoline_page: u64,
+    /// Unique GUID of the GPT partition Ember was loaded from (identifies the boot media).
+    pub boot_partition: Option<Guid>,
 }
 
 #[uefi::entry]
@@ -82,6 +87,14 @@ fn efi_main() -> Status {
         system.bios_version.as_deref().unwrap_or("?")
     );
 
+    let boot_partition = boot_partition_guid();
+    match &boot_partition {
+        Some(g) => kprintln!("ember: loaded from GPT partition {g}"),
+        None => {
+            kprintln!("ember: WARNING: the firmware did not say which GPT partition Ember was loaded from")
+        }
+    }
+
     let framebuffer = find_framebuffer();
     match &framebuffer {
         Some(fb) => kprintln!("ember: framebuffer {}x{} at {:#x}", fb.width, fb.height, fb.base),
@@ -116,6 +129,7 @@ fn efi_main() -> Status {
         framebuffer,
         options,
         trampoline_page: trampoline.as_ptr() as u64,
+        boot_partition,
     }));
     if let Some(fb) = info.framebuffer {
         console::init_framebuffer(fb);
@@ -189,6 +203,18 @@ fn read_boot_cfg_file() -> Result<Vec<u8>, &'static str> {
     }
     buf.truncate(len);
     Ok(buf)
+}
+
+/// The unique GUID of the partition in the loaded image's device path (its HardDrive node).
+fn boot_partition_guid() -> Option<Guid> {
+    let path = boot::open_protocol_exclusive::<LoadedImageDevicePath>(boot::image_handle()).ok()?;
+    path.node_iter().find_map(|node| match node.as_enum() {
+        Ok(DevicePathNodeEnum::MediaHardDrive(hd)) => match hd.partition_signature() {
+            PartitionSignature::Guid(g) => Some(Guid::from_bytes(g.to_bytes())),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 fn find_framebuffer() -> Option<FramebufferInfo> {

@@ -1,11 +1,15 @@
 //! Host device drivers, bound to PCIe functions found by the scan.
 //!
 //! NICs are named `vmnic0`, `vmnic1`, ... in PCI order (segment, bus, device, function), whatever
-//! their driver, as ESXi names them.
+//! their driver, as ESXi names them. Disks are named by driver in PCI order: `vda`, `vdb`, ... for
+//! virtio-blk. Block drivers: virtio-blk only so far (xHCI/USB mass storage, NVMe and AHCI are not
+//! built yet).
 
 pub mod e1000e;
+pub mod virtio_blk;
 pub mod virtio_net;
 
+use crate::arch::x86_64::dma::EmberHal;
 use crate::firmware::pcie::PciFunction;
 use alloc::boxed::Box;
 use alloc::format;
@@ -13,6 +17,43 @@ use alloc::vec::Vec;
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_net::mgmt::ManagedNic;
 use ember_net::nic::Nic;
+use ember_storage::persist::Disk;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
+use virtio_drivers::transport::pci::PciTransport;
+
+/// Maps a virtio function's BARs, enables it and finds its virtio PCI capabilities (virtio 1.2 4.1).
+fn virtio_pci_transport(f: &PciFunction, frames: &mut FrameAllocator) -> Result<PciTransport, &'static str> {
+    f.map_all_memory_bars(frames);
+    f.enable_memory_and_dma();
+    let mut root = f.virtio_pci_root();
+    let df = DeviceFunction { bus: f.bdf.bus, device: f.bdf.device, function: f.bdf.function };
+    PciTransport::new::<EmberHal, _>(&mut root, df).map_err(|_| "virtio PCI capabilities not usable")
+}
+
+/// Binds a driver to every supported disk controller and returns the disks in PCI order.
+pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Vec<Disk> {
+    let mut disks = Vec::new();
+    let mut virtio = 0u8;
+    for f in functions {
+        if let (0x1af4, 0x1001) | (0x1af4, 0x1042) = (f.vendor, f.device) {
+            match virtio_blk::VirtioBlk::new(f, frames) {
+                Ok(dev) => {
+                    let name = format!("vd{}", char::from(b'a' + virtio % 26));
+                    virtio = virtio.wrapping_add(1);
+                    kprintln!(
+                        "ember: {name}: virtio-blk at {}, {} MiB{}",
+                        f.bdf,
+                        ember_storage::block::BlockDevice::num_blocks(&dev) / 2048,
+                        if dev.readonly() { ", read-only" } else { "" }
+                    );
+                    disks.push(Disk { name, driver: "virtio-blk", dev: Box::new(dev) });
+                }
+                Err(why) => kprintln!("ember: WARNING: virtio-blk at {} not usable: {why}", f.bdf),
+            }
+        }
+    }
+    disks
+}
 
 /// A driver's attempt to take a function: the NIC, or why not.
 type Binding = Result<Box<dyn Nic>, &'static str>;

@@ -10,7 +10,6 @@ use crate::firmware::pcie::PciFunction;
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_net::nic::Nic;
 use virtio_drivers::device::net::VirtIONet;
-use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
 
 const QUEUE_SIZE: usize = 64;
@@ -22,12 +21,7 @@ pub struct VirtioNet {
 
 impl VirtioNet {
     pub fn new(f: &PciFunction, frames: &mut FrameAllocator) -> Result<Self, &'static str> {
-        f.map_all_memory_bars(frames);
-        f.enable_memory_and_dma();
-        let mut root = f.virtio_pci_root();
-        let df = DeviceFunction { bus: f.bdf.bus, device: f.bdf.device, function: f.bdf.function };
-        let transport = PciTransport::new::<EmberHal, _>(&mut root, df)
-            .map_err(|_| "virtio PCI capabilities not usable")?;
+        let transport = super::virtio_pci_transport(f, frames)?;
         let dev = VirtIONet::new(transport, RX_BUFFER_LEN).map_err(|_| "virtio-net initialisation failed")?;
         Ok(VirtioNet { dev })
     }

@@ -1,0 +1,314 @@
+//! The host configuration on the boot media (layer 3 over [`BlockDevice`]): finding Ember's own boot
+//! disk among the disks the drivers found, and keeping the [`HostConfig`] in its config store.
+//!
+//! The boot disk is the one whose GPT holds an Ember layout with an ESP of the unique partition GUID the
+//! firmware loaded Ember from. Two disks carrying that GUID (a cloned stick left in the server) are
+//! refused rather than guessed between: writing the wrong stick's configuration would be silent damage.
+//!
+//! Loading takes the newest slot that is intact *and* decodes; an intact slot this build cannot decode
+//! (written by a newer build, say) is skipped with a warning and left alone - the next save goes to
+//! the other slot, so the older configuration in use is never overwritten by a save.
+
+use crate::block::BlockDevice;
+use crate::config_store::{ConfigStore, SlotState, StoreError};
+use crate::gpt::read_gpt;
+use crate::hostconfig::HostConfig;
+use crate::layout::{identify, EmberLayout};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use gpt_disk_types::Guid;
+
+/// A disk found by a driver.
+pub struct Disk {
+    /// `vda`, `nvme0`, ... (unique on this host).
+    pub name: String,
+    /// The driver's name, as reported by the API.
+    pub driver: &'static str,
+    pub dev: Box<dyn BlockDevice>,
+}
+
+/// Why the boot media was not found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindError {
+    /// The firmware did not say which partition Ember was loaded from.
+    UnknownBootPartition,
+    /// No disk holds an Ember layout with the boot partition.
+    NotFound { disks: usize },
+    /// Two disks carry the boot partition's GUID (cloned media): neither is used.
+    Clones { first: String, second: String },
+}
+
+impl fmt::Display for FindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FindError::UnknownBootPartition => {
+                write!(f, "the firmware did not identify the partition Ember was loaded from")
+            }
+            FindError::NotFound { disks } => write!(
+                f,
+                "none of the {disks} disk(s) with a driver is the boot media (no supported driver for it?)"
+            ),
+            FindError::Clones { first, second } => write!(
+                f,
+                "{first} and {second} both carry the boot partition's GUID (cloned media); remove one"
+            ),
+        }
+    }
+}
+
+/// Finds the boot media among `disks`: the index and its Ember layout. Disks without a readable GPT
+/// or without the Ember layout are skipped.
+pub fn find_boot_media(
+    disks: &mut [Disk],
+    esp_guid: Option<Guid>,
+) -> Result<(usize, EmberLayout), FindError> {
+    let esp_guid = esp_guid.ok_or(FindError::UnknownBootPartition)?;
+    let mut found: Option<(usize, EmberLayout)> = None;
+    for i in 0..disks.len() {
+        let disk = &mut disks[i];
+        let Ok(gpt) = read_gpt(disk.dev.as_mut()) else { continue };
+        let Ok(layout) = identify(&gpt, disk.dev.block_size()) else { continue };
+        let holds_esp =
+            gpt.partitions.iter().any(|p| p.unique_guid == esp_guid && p.first_lba == layout.esp.first_lba);
+        if !holds_esp {
+            continue;
+        }
+        if let Some((first, _)) = &found {
+            return Err(FindError::Clones {
+                first: disks[*first].name.clone(),
+                second: disks[i].name.clone(),
+            });
+        }
+        found = Some((i, layout));
+    }
+    found.ok_or(FindError::NotFound { disks: disks.len() })
+}
+
+/// The configuration store on the boot media.
+pub struct HostStore {
+    pub disk: Disk,
+    store: ConfigStore,
+    /// The slot and sequence of the configuration in use (loaded or last saved).
+    in_use: Option<(usize, u64)>,
+    /// Highest sequence number of any intact slot.
+    highest: u64,
+    /// The encoded configuration in use, to skip unchanged saves.
+    current: Option<Vec<u8>>,
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub struct Loaded {
+    /// `None`: nothing was ever saved completely (first boot).
+    pub config: Option<HostConfig>,
+    /// Slots skipped on the way, in words for the console.
+    pub warnings: Vec<String>,
+}
+
+fn slot_name(slot: usize) -> char {
+    if slot == 0 {
+        'A'
+    } else {
+        'B'
+    }
+}
+
+impl HostStore {
+    /// The store in the config partition of `layout` on `disk`.
+    pub fn open(disk: Disk, layout: &EmberLayout) -> Result<Self, StoreError> {
+        let c = &layout.config;
+        let store = ConfigStore::new(c.first_lba, c.last_lba - c.first_lba + 1)?;
+        Ok(HostStore { disk, store, in_use: None, highest: 0, current: None })
+    }
+
+    /// Reads both slots and takes the newest one that is intact and decodes.
+    pub fn load(&mut self) -> Result<Loaded, StoreError> {
+        let mut warnings = Vec::new();
+        let mut intact = Vec::new();
+        let mut states = Vec::new();
+        for slot in 0..2 {
+            let (state, stored) = self.store.read_slot(self.disk.dev.as_mut(), slot)?;
+            if let SlotState::Invalid(why) = &state {
+                warnings.push(format!("config store slot {}: {why}; not used", slot_name(slot)));
+            }
+            states.push(state);
+            intact.extend(stored);
+        }
+        intact.sort_by_key(|s| core::cmp::Reverse(s.sequence));
+        self.highest = intact.first().map_or(0, |s| s.sequence);
+        for s in &intact {
+            match HostConfig::decode(&s.payload) {
+                Ok(cfg) => {
+                    self.in_use = Some((s.slot, s.sequence));
+                    self.current = Some(s.payload.clone());
+                    return Ok(Loaded { config: Some(cfg), warnings });
+                }
+                Err(e) => {
+                    states[s.slot] = SlotState::Invalid("intact, but not a configuration this build can use");
+                    warnings.push(format!(
+                        "config store slot {} (sequence {}) is not a configuration this build can use: {e}; not used",
+                        slot_name(s.slot),
+                        s.sequence
+                    ))
+                }
+            }
+        }
+        if intact.is_empty() && states.contains(&SlotState::Blank) {
+            return Ok(Loaded { config: None, warnings });
+        }
+        Err(StoreError::Damaged { slot_a: states[0].clone(), slot_b: states[1].clone() })
+    }
+
+    /// Saves `cfg` durably (flushed before returning) into the slot not in use; an unchanged
+    /// configuration is not written again. Returns the sequence number of the stored configuration.
+    pub fn save(&mut self, cfg: &HostConfig) -> Result<u64, StoreError> {
+        let payload = cfg.encode();
+        if let (Some((_, sequence)), Some(current)) = (self.in_use, &self.current) {
+            if *current == payload {
+                return Ok(sequence);
+            }
+        }
+        let slot = self.in_use.map_or(0, |(slot, _)| 1 - slot);
+        let sequence = self.highest.wrapping_add(1);
+        self.store.write_slot(self.disk.dev.as_mut(), slot, sequence, &payload)?;
+        self.in_use = Some((slot, sequence));
+        self.highest = sequence;
+        self.current = Some(payload);
+        Ok(sequence)
+    }
+
+    /// Slot (`'A'` or `'B'`) and sequence of the configuration in use.
+    pub fn in_use(&self) -> Option<(char, u64)> {
+        self.in_use.map(|(slot, seq)| (slot_name(slot), seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{IoError, MemDisk};
+    use crate::gpt::write_gpt;
+    use crate::layout::{gpt_entries, plan};
+    use alloc::string::ToString;
+    use gpt_disk_types::guid;
+
+    const HASH: &str =
+        "$pbkdf2-sha256$100000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
+    const ESP: Guid = guid!("11111111-2222-3333-4444-555555555555");
+
+    /// An Ember medium whose ESP has unique GUID `esp`.
+    fn medium(esp: Guid) -> MemDisk {
+        let blocks = crate::layout::MIN_MEDIA_SIZE / 512 + 64;
+        let mut d = MemDisk::new(512, blocks);
+        let layout = plan(512, blocks).unwrap();
+        let entries = gpt_entries(&layout, |i| if i == 0 { esp } else { Guid::from_bytes([i as u8; 16]) });
+        write_gpt(&mut d, guid!("aaaaaaaa-0000-0000-0000-000000000001"), &entries).unwrap();
+        d
+    }
+
+    fn disk(name: &str, dev: MemDisk) -> Disk {
+        Disk { name: name.to_string(), driver: "mem", dev: Box::new(dev) }
+    }
+
+    fn store() -> HostStore {
+        let mut disks = [disk("vda", medium(ESP))];
+        let (_, layout) = find_boot_media(&mut disks, Some(ESP)).unwrap();
+        let [d] = disks;
+        HostStore::open(d, &layout).unwrap()
+    }
+
+    #[test]
+    fn finds_the_boot_media_and_refuses_clones() {
+        let other = guid!("11111111-2222-3333-4444-666666666666");
+        let mut disks =
+            [disk("vda", MemDisk::new(512, 4096)), disk("vdb", medium(other)), disk("vdc", medium(ESP))];
+        assert_eq!(find_boot_media(&mut disks, Some(ESP)).unwrap().0, 2);
+        assert_eq!(find_boot_media(&mut disks, None).unwrap_err(), FindError::UnknownBootPartition);
+        let missing = guid!("11111111-2222-3333-4444-777777777777");
+        assert_eq!(find_boot_media(&mut disks, Some(missing)).unwrap_err(), FindError::NotFound { disks: 3 });
+        let mut clones = [disk("vda", medium(ESP)), disk("vdb", medium(ESP))];
+        let e = find_boot_media(&mut clones, Some(ESP)).unwrap_err();
+        assert_eq!(e, FindError::Clones { first: "vda".into(), second: "vdb".into() });
+        assert!(e.to_string().contains("cloned media"));
+    }
+
+    #[test]
+    fn first_boot_then_saves_alternate_and_reload() {
+        let mut s = store();
+        let loaded = s.load().unwrap();
+        assert!(loaded.config.is_none() && loaded.warnings.is_empty());
+        let mut cfg = HostConfig::defaults(HASH.into());
+        assert_eq!(s.save(&cfg).unwrap(), 1);
+        assert_eq!(s.in_use(), Some(('A', 1)));
+        assert_eq!(s.save(&cfg).unwrap(), 1, "unchanged configuration is not written");
+        cfg.network.hostname = "esx02".into();
+        assert_eq!(s.save(&cfg).unwrap(), 2);
+        assert_eq!(s.in_use(), Some(('B', 2)));
+        let mut again = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let loaded = again.load().unwrap();
+        assert_eq!(loaded.config.unwrap(), cfg);
+        assert_eq!(again.in_use(), Some(('B', 2)));
+    }
+
+    #[test]
+    fn undecodable_newer_slot_falls_back_and_is_overwritten_not_the_one_in_use() {
+        let mut s = store();
+        let mut cfg = HostConfig::defaults(HASH.into());
+        s.save(&cfg).unwrap();
+        // A newer build's configuration in slot B (intact, but a format this build refuses).
+        s.store.write_slot(s.disk.dev.as_mut(), 1, 7, br#"{"format":9}"#).unwrap();
+        let mut s = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.config.as_ref(), Some(&cfg));
+        assert!(loaded.warnings[0].contains("slot B (sequence 7)"), "{:?}", loaded.warnings);
+        assert_eq!(s.in_use(), Some(('A', 1)));
+        cfg.keyboard = "German".into();
+        assert_eq!(s.save(&cfg).unwrap(), 8, "the new sequence is above every intact slot");
+        assert_eq!(s.in_use(), Some(('B', 8)));
+    }
+
+    #[test]
+    fn damaged_store_is_an_error_and_failed_writes_change_nothing() {
+        struct Failing(MemDisk);
+        impl BlockDevice for Failing {
+            fn block_size(&self) -> u32 {
+                512
+            }
+            fn num_blocks(&self) -> u64 {
+                self.0.num_blocks()
+            }
+            fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+                self.0.read_blocks(lba, buf)
+            }
+            fn write_blocks(&mut self, _: u64, _: &[u8]) -> Result<(), IoError> {
+                Err(IoError::Device("write protected".into()))
+            }
+            fn flush(&mut self) -> Result<(), IoError> {
+                Ok(())
+            }
+        }
+        let s = store();
+        let mut failing = HostStore {
+            disk: Disk { name: "vda".into(), driver: "mem", dev: Box::new(Failing(medium(ESP))) },
+            store: s.store,
+            in_use: None,
+            highest: 0,
+            current: None,
+        };
+        assert!(failing.load().unwrap().config.is_none());
+        let e = failing.save(&HostConfig::defaults(HASH.into())).unwrap_err();
+        assert!(e.to_string().contains("write protected"));
+        assert_eq!(failing.in_use(), None);
+
+        // Both slots written and both unreadable: damage, reported rather than taken for a first boot.
+        let mut s = store();
+        s.store.write_slot(s.disk.dev.as_mut(), 0, 1, b"x").unwrap();
+        s.store.write_slot(s.disk.dev.as_mut(), 1, 2, b"y").unwrap();
+        let mut s = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let e = s.load().unwrap_err();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+    }
+}
