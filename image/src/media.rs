@@ -176,10 +176,15 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
 
     let mut notes = Vec::new();
     if let Ok(ks) = read_esp_file(&fs, KS_CFG) {
-        let text =
-            String::from_utf8(ks).map_err(|_| String::from("\\ks.cfg on the ESP is not UTF-8 text"))?;
-        check_kickstart_text("\\ks.cfg", &text)?;
-        notes.push(format!("ks.cfg: valid kickstart ({} bytes), used at first boot", text.len()));
+        // A bad kickstart is reported, not a reason to refuse the medium: the appliance boots from it
+        // on the built-in configuration and says what is wrong, as here.
+        let verdict = String::from_utf8(ks)
+            .map_err(|_| String::from("\\ks.cfg on the ESP is not UTF-8 text"))
+            .and_then(|text| check_kickstart_text("\\ks.cfg", &text).map(|()| text.len()));
+        notes.push(match verdict {
+            Ok(len) => format!("ks.cfg: valid kickstart ({len} bytes), used at first boot"),
+            Err(e) => format!("ks.cfg: INVALID, a first boot would not apply it: {e}"),
+        });
     }
     for (p, what) in [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B")] {
         let zero = partition_is_zero(&file, &p)?;

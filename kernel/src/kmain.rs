@@ -2,6 +2,7 @@
 
 use crate::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, timer};
 use crate::boot::BootInfo;
+use crate::boot::FirstBootKickstart;
 use crate::console;
 use crate::drivers;
 use crate::firmware::{acpi, pcie};
@@ -11,9 +12,10 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
 use ember_kernel::mm::{self, frames::FrameAllocator};
-use ember_net::api::{ApiState, HostFacts, Persistence};
+use ember_net::api::{ApiState, HostFacts, NicInfo, Persistence};
 use ember_net::auth::{self, PasswordHash};
 use ember_net::config::ManagementConfig;
+use ember_net::firstboot;
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
 use ember_storage::hostconfig::HostConfig;
@@ -80,15 +82,18 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         cpu_model,
         memory_bytes: usable,
         management: ManagementAddress::None,
+        notice: None,
     };
 
     if let Some(test) = info.options.selftest {
         run_selftest(test, &acpi_info);
     }
 
-    let (host, store) = host_configuration(disks, info);
-    let mut network = start_management_network(nics, &identity, info, host, store);
+    let nic_infos: Vec<NicInfo> = nics.iter().map(ManagedNic::info).collect();
+    let boot = host_configuration(disks, info, &nic_infos);
     let mut identity = identity;
+    identity.notice = boot.notice;
+    let mut network = start_management_network(nics, &identity, info, boot.host, boot.store);
     if let Some(net) = network.as_mut() {
         print_network_log(net);
         identity.management = console_address(net);
@@ -106,20 +111,25 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// The built-in configuration: the documented initial password (hashed with a fresh salt) and the
-/// management network from the boot options, or DHCP on vmnic0.
-fn default_configuration(info: &BootInfo) -> HostConfig {
-    let started = timer::now_ms();
-    let hash = PasswordHash::new(auth::INITIAL_PASSWORD, random_bytes(), auth::DEFAULT_ITERATIONS);
-    kprintln!("ember: initial password hash ready in {} ms", timer::now_ms() - started);
-    let mut host = HostConfig::defaults(hash.encode());
-    host.network = match ManagementConfig::from_boot_options(&info.options.network) {
+/// The management network from the boot options (they seed a first boot), or DHCP on vmnic0.
+fn boot_option_network(info: &BootInfo) -> ManagementConfig {
+    match ManagementConfig::from_boot_options(&info.options.network) {
         Ok(c) => c,
         Err(e) => {
             kprintln!("ember: ERROR: boot option {e}; using the default management network (DHCP on vmnic0)");
             ManagementConfig::default()
         }
-    };
+    }
+}
+
+/// The built-in configuration: the documented initial password (hashed with a fresh salt) and the
+/// management network from the boot options.
+fn default_configuration(info: &BootInfo) -> HostConfig {
+    let started = timer::now_ms();
+    let hash = PasswordHash::new(auth::INITIAL_PASSWORD, random_bytes(), auth::DEFAULT_ITERATIONS);
+    kprintln!("ember: initial password hash ready in {} ms", timer::now_ms() - started);
+    let mut host = HostConfig::defaults(hash.encode());
+    host.network = boot_option_network(info);
     host
 }
 
@@ -133,15 +143,79 @@ fn open_store(mut disks: Vec<Disk>, info: &BootInfo) -> Result<HostStore, String
     Ok(store)
 }
 
+/// The configuration a boot runs with.
+struct BootConfiguration {
+    host: HostConfig,
+    store: Persistence,
+    /// Shown on the idle screen: what went wrong with the first boot's configuration.
+    notice: Option<String>,
+}
+
+/// A failed first-boot source: said on the console and the idle screen; the host runs on the
+/// built-in configuration, and nothing is stored, so the next boot tries again.
+fn first_boot_failed(what: String) -> String {
+    kprintln!("ember: ERROR: first boot: {what}");
+    kprintln!("ember: ERROR: first boot: nothing applied or stored; running on the built-in configuration");
+    format!("First boot configuration failed: {what}. Nothing was applied; the host runs on the built-in configuration.")
+}
+
+/// A first boot's configuration (PRODUCT.md 2): the kickstart the UEFI phase found, else the built-in
+/// configuration. Returns the configuration, whether to store it, and a notice for the idle screen.
+fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> (HostConfig, bool, Option<String>) {
+    let (source, parsed) = match &info.kickstart {
+        FirstBootKickstart::None => {
+            kprintln!("ember: first boot: no kickstart (no ks= boot option, no ks.cfg on the boot media)");
+            return (default_configuration(info), true, None);
+        }
+        FirstBootKickstart::Refused(why) => {
+            let notice = first_boot_failed(why.clone());
+            return (default_configuration(info), false, Some(notice));
+        }
+        FirstBootKickstart::Remote(src) => {
+            let notice = first_boot_failed(format!(
+                "kickstart {src}: fetching kickstarts over the network is not built yet"
+            ));
+            return (default_configuration(info), false, Some(notice));
+        }
+        FirstBootKickstart::Local { source, parsed } => (source, parsed),
+    };
+    kprintln!("ember: first boot: kickstart {source}");
+    let ks = match parsed {
+        Ok(ks) => ks,
+        Err(e) => {
+            let notice = first_boot_failed(format!("kickstart {source}: {e}"));
+            return (default_configuration(info), false, Some(notice));
+        }
+    };
+    // The kickstart sets the root password, so the initial one is not hashed for it.
+    let mut base = HostConfig::defaults(String::new());
+    base.network = boot_option_network(info);
+    match firstboot::config_from_kickstart(ks, &base, nics, random_bytes()) {
+        Ok(applied) => {
+            for n in &applied.notes {
+                kprintln!("ember: first boot: kickstart {source}: {n}");
+            }
+            kprintln!("ember: first boot: kickstart {source} applied");
+            (applied.config, true, None)
+        }
+        Err(e) => {
+            let notice = first_boot_failed(format!("kickstart {source}: {e}"));
+            (default_configuration(info), false, Some(notice))
+        }
+    }
+}
+
 /// Finds the boot media's config store and the configuration to run with: the stored one, or - on a
-/// first boot - the built-in configuration, which is then stored so later boots use it.
-fn host_configuration(disks: Vec<Disk>, info: &BootInfo) -> (HostConfig, Persistence) {
+/// first boot - the kickstart's or the built-in configuration, which is then stored so later boots
+/// use it.
+fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> BootConfiguration {
     let mut s = match open_store(disks, info) {
         Ok(s) => s,
         Err(why) => {
             kprintln!("ember: WARNING: no configuration store: {why}");
             kprintln!("ember: WARNING: configuration changes will not survive a reboot");
-            return (default_configuration(info), Persistence::None(why));
+            let (host, _, notice) = first_boot_configuration(info, nics);
+            return BootConfiguration { host, store: Persistence::None(why), notice };
         }
     };
     match s.load() {
@@ -155,21 +229,29 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo) -> (HostConfig, Persist
                 if !info.options.network.is_empty() {
                     kprintln!("ember: network boot options ignored: the stored configuration is used");
                 }
-                return (host, Persistence::Store(s));
+                return BootConfiguration { host, store: Persistence::Store(s), notice: None };
             }
             kprintln!("ember: first boot: no configuration stored yet");
-            let host = default_configuration(info);
-            match s.save(&host) {
-                Ok(seq) => kprintln!("ember: built-in configuration stored (sequence {seq})"),
-                Err(e) => kprintln!("ember: ERROR: storing the configuration failed: {e}"),
+            let (host, store_it, mut notice) = first_boot_configuration(info, nics);
+            if store_it {
+                match s.save(&host) {
+                    Ok(seq) => kprintln!("ember: first boot: configuration stored (sequence {seq})"),
+                    Err(e) => {
+                        kprintln!("ember: ERROR: storing the configuration failed: {e}");
+                        notice = Some(format!("The configuration could not be stored: {e}"));
+                    }
+                }
             }
-            (host, Persistence::Store(s))
+            BootConfiguration { host, store: Persistence::Store(s), notice }
         }
         Err(e) => {
             // Damage is reported, not repaired behind the operator's back: the host runs on the
             // built-in configuration, and the next change made through the API is stored afresh.
             kprintln!("ember: ERROR: {e}; running on the built-in configuration");
-            (default_configuration(info), Persistence::Store(s))
+            let notice = Some(format!(
+                "The stored configuration is damaged ({e}); the host runs on the built-in configuration."
+            ));
+            BootConfiguration { host: default_configuration(info), store: Persistence::Store(s), notice }
         }
     }
 }

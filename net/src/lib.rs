@@ -6,6 +6,7 @@
 //! - [`auth`]: the root password as a salted slow hash, HTTP Basic checking.
 //! - [`http`]: HTTP/1.1 request framing with limits, response writing.
 //! - [`api`]: the JSON management API over an [`api::ApiState`].
+//! - [`firstboot`]: a validated kickstart turned into the host configuration a first boot stores.
 //! - [`mgmt`]: the management interface service - smoltcp interface, DHCP/static, DNS, the HTTP
 //!   server's connection pool - driven by `poll(now)` from the kernel's management loop.
 //!
@@ -13,7 +14,8 @@
 //! (frame size, request head and body size, connection count, time in each connection state).
 //!
 //! Dependencies: `smoltcp` (TCP/IP, DHCP, DNS), `httparse` (request heads), `serde_json` (JSON in
-//! no_std + alloc), `base64` (HTTP Basic), `pbkdf2`/`hmac`/`sha2` (RustCrypto password hashing).
+//! no_std + alloc), `base64` (HTTP Basic), `pbkdf2`/`hmac`/`sha2` (RustCrypto password hashing), `sha-crypt` (RustCrypto; SHA-512 crypt hashes from
+//! kickstart `rootpw --iscrypted`).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -22,6 +24,7 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod firstboot;
 pub mod http;
 pub mod mgmt;
 pub mod nic;

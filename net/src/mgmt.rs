@@ -63,6 +63,13 @@ pub struct ManagedNic {
     pub nic: Box<dyn Nic>,
 }
 
+impl ManagedNic {
+    /// The NIC as the API reports it (link state as last seen: down until checked).
+    pub fn info(&self) -> NicInfo {
+        NicInfo { name: self.name.clone(), mac: self.nic.mac(), link: false, driver: self.driver }
+    }
+}
+
 struct Resolving {
     query: QueryHandle,
     name: String,
@@ -130,10 +137,7 @@ fn instant(ms: u64) -> Instant {
 impl ManagementNetwork {
     /// Builds the service and starts the interface with `api.host.network`. `seed` must be random per boot.
     pub fn new(nics: Vec<ManagedNic>, mut api: ApiState, seed: u64, now_ms: u64) -> Self {
-        api.nics = nics
-            .iter()
-            .map(|n| NicInfo { name: n.name.clone(), mac: n.nic.mac(), link: false, driver: n.driver })
-            .collect();
+        api.nics = nics.iter().map(ManagedNic::info).collect();
         let mut m = ManagementNetwork {
             nics,
             stack: None,

@@ -8,6 +8,7 @@
 //! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
 //! - [`config_store`]: the two-slot, power-cut-safe configuration store;
 //! - [`hostconfig`]: the host configuration model and its stored JSON form;
+//! - [`firstboot`]: where a first boot's kickstart comes from (`ks=` sources, include paths);
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
 //! - [`netconfig`]: management network settings and their validation;
 //! - [`persist`]: finding the boot media among the disks and keeping the host configuration on it.
@@ -23,6 +24,7 @@ pub mod block;
 pub mod bootcfg;
 pub mod config_store;
 pub mod fat32;
+pub mod firstboot;
 pub mod gpt;
 pub mod hostconfig;
 pub mod kickstart;

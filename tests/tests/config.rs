@@ -47,7 +47,8 @@ fn changes_are_stored_before_they_are_acknowledged_and_survive_reboot() {
     let mut q = boot("config_store_first", &img, Disk::Virtio, port);
     q.wait_for("boot media is vda: configuration store in its config partition", BOOT_TIMEOUT);
     q.wait_for("first boot: no configuration stored yet", BOOT_TIMEOUT);
-    q.wait_for("built-in configuration stored (sequence 1)", BOOT_TIMEOUT);
+    q.wait_for("first boot: no kickstart (no ks= boot option, no ks.cfg on the boot media)", BOOT_TIMEOUT);
+    q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
     wait_for_http(addr, HTTP_TIMEOUT);
     let cfg = get_config(addr, INITIAL);
     assert_eq!(cfg["store"]["persistent"], true, "{cfg}");
@@ -123,4 +124,137 @@ fn without_a_driver_for_the_boot_media_changes_say_they_do_not_persist() {
     assert_eq!(r.json()["store"]["persistent"], false);
     drop(q);
     assert!(inspect(&img).contains("config store: empty"));
+}
+
+/// Writes `files` (path on the ESP, contents) into the image's ESP with mtools.
+fn put_on_esp(img: &Path, files: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("{}@@1M", img.display());
+    for (path, contents) in files {
+        let local = dir.path().join(path.replace('/', "_"));
+        std::fs::write(&local, contents).unwrap();
+        let parent = Path::new(path).parent().unwrap().to_str().unwrap();
+        if !parent.is_empty() {
+            // An existing directory is not an error for the test's purpose.
+            let _ = std::process::Command::new("mmd").args(["-i", &target, &format!("::/{parent}")]).output();
+        }
+        let out = std::process::Command::new("mcopy")
+            .args(["-o", "-i", &target, local.to_str().unwrap(), &format!("::/{path}")])
+            .output()
+            .expect("run mcopy (scripts/setup installs mtools)");
+        assert!(out.status.success(), "mcopy {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// `openssl passwd -6 -salt saltsalt "correct horse"`
+const CRYPTED: &str =
+    "$6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0";
+
+#[test]
+fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks.cfg");
+    std::fs::write(
+        &ks,
+        format!(
+            "vmaccepteula\nrootpw --iscrypted {CRYPTED}\n\
+             network --bootproto=static --ip=10.0.2.20 --netmask=255.255.255.0 --gateway=10.0.2.2 --hostname=esx-ks\n\
+             keyboard German\n%firstboot\necho configured\n"
+        ),
+    )
+    .unwrap();
+    let img = dir.path().join("ember.img");
+    let efi = efi_path();
+    let (ok, out, err) = run_tool(&[
+        "build",
+        "--out",
+        img.to_str().unwrap(),
+        "--efi",
+        efi.to_str().unwrap(),
+        "--ks",
+        ks.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = Qemu::start(&static_boot("config_ks_esp", &img, port));
+    q.wait_for("first boot: kickstart ks.cfg on the boot media", BOOT_TIMEOUT);
+    q.wait_for(
+        "ks.cfg:line 5: %firstboot section not run: Ember has no script interpreter yet",
+        BOOT_TIMEOUT,
+    );
+    q.wait_for("first boot: kickstart ks.cfg on the boot media applied", BOOT_TIMEOUT);
+    q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert_eq!(request(addr, "GET", "/api/v1/config", Some(INITIAL), None).status, 401);
+    let cfg = get_config(addr, ("root", "correct horse"));
+    assert_eq!(cfg["network"]["hostname"], "esx-ks");
+    assert_eq!(cfg["network"]["mode"], "static");
+    assert_eq!(cfg["network"]["address"], "10.0.2.20");
+    assert_eq!(cfg["keyboard"], "German");
+    assert_eq!(cfg["root_password"]["scheme"], "sha512-crypt");
+    q.wait_for_screen("http://esx-ks/  http://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    drop(q);
+
+    // The next boot uses what is stored; the kickstart is not applied again.
+    let mut q = Qemu::start(&static_boot("config_ks_esp_reboot", &img, port));
+    q.wait_for("configuration loaded from vda slot A (sequence 1)", BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert!(!q.text().contains("first boot"), "no second first boot");
+    assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-ks");
+}
+
+/// A virtio-blk boot whose API, at the static address 10.0.2.20, is forwarded to `port`.
+fn static_boot(name: &str, img: &Path, port: u16) -> QemuConfig {
+    let mut cfg = QemuConfig::new(name, img);
+    cfg.disk = Disk::Virtio;
+    cfg.nics =
+        vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-10.0.2.20:80"))];
+    cfg
+}
+
+#[test]
+fn a_bad_kickstart_line_is_reported_with_its_file_and_line_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &["ks=usb:/ks/host1.cfg"]);
+    put_on_esp(
+        &img,
+        &[
+            ("ks/host1.cfg", "vmaccepteula\nrootpw long-enough-pw\n%include net.cfg\nkeyboard German\n"),
+            ("ks/net.cfg", "# network for host1\nnetwork --bootproto=static --ip=10.0.2.300\n"),
+        ],
+    );
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = boot("config_ks_bad_include", &img, Disk::Virtio, port);
+    let line = q.wait_for("ERROR: first boot: kickstart usb:/ks/host1.cfg (on the boot media)", BOOT_TIMEOUT);
+    assert!(line.contains("error parsing the installation script: net.cfg:line 2:"), "{line}");
+    assert!(line.contains("10.0.2.300"), "{line}");
+    q.wait_for("nothing applied or stored; running on the built-in configuration", BOOT_TIMEOUT);
+    // Reachable on the defaults, with the initial password, so an operator can fix it.
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let cfg = get_config(addr, INITIAL);
+    assert_eq!(cfg["keyboard"], "US Default");
+    assert_eq!(cfg["store"]["sequence"], Value::Null, "nothing stored: {cfg}");
+    q.wait_for_screen("First boot configuration failed:", HTTP_TIMEOUT);
+    drop(q);
+    assert!(inspect(&img).contains("config store: empty"));
+
+    // A malformed ks.cfg on the ESP (no ks= option), and an unsupported source.
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    put_on_esp(&img, &[("ks.cfg", "vmaccepteula\nrootpw long-enough-pw\nfrobnicate --hard\n")]);
+    let mut q = boot("config_ks_bad_esp", &img, Disk::Virtio, free_port());
+    let line = q.wait_for("ERROR: first boot: kickstart ks.cfg on the boot media", BOOT_TIMEOUT);
+    assert!(line.contains("ks.cfg:line 3: unknown command `frobnicate`"), "{line}");
+    q.wait_for("management network: vmnic0", BOOT_TIMEOUT);
+    drop(q);
+    let report = inspect(&img);
+    assert!(report.contains("config store: empty"), "{report}");
+    assert!(report.contains("ks.cfg: INVALID, a first boot would not apply it: error parsing the installation script: \\ks.cfg:line 3: unknown command `frobnicate`"), "{report}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &["ks=https://10.0.2.2/ks.cfg"]);
+    let mut q = boot("config_ks_https", &img, Disk::Virtio, free_port());
+    q.wait_for("https is not supported by this version (no TLS client)", BOOT_TIMEOUT);
 }

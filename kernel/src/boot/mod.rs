@@ -3,6 +3,10 @@
 //! Everything allocated here uses `LOADER_DATA`, which the kernel phase treats as in use (never handed
 //! out by the frame allocator): the heap, the kernel stack, the AP start-up page and the memory map.
 
+mod files;
+
+pub use files::FirstBootKickstart;
+
 use crate::arch::x86_64::{heap, serial, stack};
 use crate::console;
 use crate::firmware::smbios;
@@ -11,15 +15,16 @@ use alloc::vec::Vec;
 use ember_kernel::hw::smbios::SystemInfo;
 use ember_kernel::mm::{Region, RegionKind};
 use ember_storage::bootcfg::{self, BootOptions, MAX_BOOT_CFG_LEN};
+use ember_storage::firstboot::KsSource;
 use ember_storage::gpt::Guid;
 use uefi::boot::{self, AllocateType, MemoryType};
 use uefi::mem::memory_map::MemoryMap;
 use uefi::proto::console::gop::{GraphicsOutput, PixelFormat};
 use uefi::proto::device_path::media::PartitionSignature;
 use uefi::proto::device_path::{DevicePathNodeEnum, LoadedImageDevicePath};
-use uefi::proto::media::file::{File, FileAttribute, FileMode};
+use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::table::cfg;
-use uefi::{cstr16, Status};
+use uefi::Status;
 
 /// Kernel heap size.
 const HEAP_BYTES: usize = 16 << 20;
@@ -50,6 +55,8 @@ pub struct BootInfo {
     pub trampoline_page: u64,
     /// Unique GUID of the GPT partition Ember was loaded from (identifies the boot media).
     pub boot_partition: Option<Guid>,
+    /// The kickstart a first boot would apply.
+    pub kickstart: FirstBootKickstart,
 }
 
 #[uefi::entry]
@@ -62,8 +69,10 @@ fn efi_main() -> Status {
     };
     heap::init(heap_mem.as_ptr() as u64, HEAP_BYTES);
 
+    // The boot volume is opened once, for boot.cfg and a local kickstart.
+    let mut boot_fs = boot::get_image_file_system(boot::image_handle()).ok();
     // boot.cfg decides the console port, so read it before saying anything.
-    let (options, cfg_messages) = read_boot_options();
+    let (options, cfg_messages) = read_boot_options(boot_fs.as_deref_mut());
     console::init_serial(serial::SerialPort::new(options.console.io_base()));
     kprintln!();
     kprintln!("Ember {} (build {}) starting", ember_kernel::VERSION, ember_kernel::BUILD_ID);
@@ -86,6 +95,14 @@ fn efi_main() -> Status {
         system.bios_vendor.as_deref().unwrap_or("?"),
         system.bios_version.as_deref().unwrap_or("?")
     );
+
+    let ks_source = KsSource::parse(options.kickstart.as_deref());
+    let kickstart = match boot_fs.as_deref_mut() {
+        Some(fs) => files::first_boot_kickstart(fs, ks_source),
+        None if matches!(ks_source, Ok(KsSource::BootMedia)) => FirstBootKickstart::None,
+        None => FirstBootKickstart::Refused(String::from("the boot volume has no readable file system")),
+    };
+    drop(boot_fs);
 
     let boot_partition = boot_partition_guid();
     match &boot_partition {
@@ -130,6 +147,7 @@ fn efi_main() -> Status {
         options,
         trampoline_page: trampoline.as_ptr() as u64,
         boot_partition,
+        kickstart,
     }));
     if let Some(fb) = info.framebuffer {
         console::init_framebuffer(fb);
@@ -154,9 +172,14 @@ fn region_kind(ty: MemoryType) -> RegionKind {
 
 /// Reads and validates `\EFI\ember\boot.cfg` from the volume Ember was loaded from. Problems are
 /// returned as messages to print once the console is up; the options fall back to defaults.
-fn read_boot_options() -> (BootOptions, Vec<String>) {
+fn read_boot_options(boot_fs: Option<&mut SimpleFileSystem>) -> (BootOptions, Vec<String>) {
     let mut messages = Vec::new();
-    let bytes = match read_boot_cfg_file() {
+    let bytes = match boot_fs.ok_or(String::from("boot volume has no file system")).and_then(|fs| {
+        files::read_file(fs, "/EFI/ember/boot.cfg", MAX_BOOT_CFG_LEN).map_err(|e| match e {
+            files::ReadError::NotFound => String::from("file not found"),
+            files::ReadError::Other(why) => why,
+        })
+    }) {
         Ok(b) => b,
         Err(why) => {
             messages.push(alloc::format!(
@@ -182,27 +205,6 @@ fn read_boot_options() -> (BootOptions, Vec<String>) {
             (BootOptions::default(), messages)
         }
     }
-}
-
-fn read_boot_cfg_file() -> Result<Vec<u8>, &'static str> {
-    let mut fs =
-        boot::get_image_file_system(boot::image_handle()).map_err(|_| "boot volume has no file system")?;
-    let mut root = fs.open_volume().map_err(|_| "cannot open the boot volume")?;
-    let handle = root
-        .open(cstr16!("\\EFI\\ember\\boot.cfg"), FileMode::Read, FileAttribute::empty())
-        .map_err(|_| "file not found")?;
-    let mut file = handle.into_regular_file().ok_or("it is a directory")?;
-    let mut buf = alloc::vec![0u8; MAX_BOOT_CFG_LEN + 1];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = file.read(&mut buf[len..]).map_err(|_| "read error")?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    buf.truncate(len);
-    Ok(buf)
 }
 
 /// The unique GUID of the partition in the loaded image's device path (its HardDrive node).

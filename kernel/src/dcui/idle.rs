@@ -27,6 +27,48 @@ pub struct HostIdentity {
     pub cpu_model: String,
     pub memory_bytes: u64,
     pub management: ManagementAddress,
+    /// Something the operator must know, shown under the management URL (for example why the first
+    /// boot's kickstart was not applied).
+    pub notice: Option<String>,
+}
+
+/// Splits `text` into lines of at most `width` characters, breaking at spaces where it can.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split(' ') {
+        let mut word: &str = word;
+        loop {
+            let need = if cur.is_empty() {
+                word.chars().count()
+            } else {
+                cur.chars().count() + 1 + word.chars().count()
+            };
+            if need <= width {
+                if !cur.is_empty() {
+                    cur.push(' ');
+                }
+                cur.push_str(word);
+                break;
+            }
+            if !cur.is_empty() {
+                lines.push(core::mem::take(&mut cur));
+                continue;
+            }
+            // A word longer than a line is cut.
+            let cut = word.char_indices().nth(width).map_or(word.len(), |(i, _)| i);
+            lines.push(String::from(&word[..cut]));
+            word = &word[cut..];
+            if word.is_empty() {
+                break;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
 }
 
 /// Which band of the screen a line belongs to (the framebuffer draws them in two colours).
@@ -84,6 +126,12 @@ pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
         ))),
     }
     lines.push(bottom(String::new()));
+    if let Some(notice) = &id.notice {
+        for l in wrap(notice, width.saturating_sub(4)) {
+            lines.push(bottom(l));
+        }
+        lines.push(bottom(String::new()));
+    }
     let left = "<F2> Customize System/View Logs";
     let right = "<F12> Shut Down/Restart";
     let gap = width.saturating_sub(left.len() + right.len()).max(2);
@@ -146,7 +194,23 @@ mod tests {
             cpu_model: "AMD EPYC Processor".into(),
             memory_bytes: 512 << 20,
             management: ManagementAddress::None,
+            notice: None,
         }
+    }
+
+    #[test]
+    fn notices_are_wrapped_to_the_screen() {
+        let mut i = id();
+        i.notice = Some("first boot: kickstart ks.cfg on the boot media: error parsing the installation script: ks.cfg:line 3: unknown command `frobnicate`; nothing applied".into());
+        let lines = idle_screen(&i, 40);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        let start = texts.iter().position(|t| t.starts_with("first boot:")).unwrap();
+        assert!(texts[start..].iter().take_while(|t| !t.is_empty()).all(|t| t.len() <= 36), "{texts:?}");
+        let joined =
+            texts[start..].iter().take_while(|t| !t.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+        assert_eq!(joined, i.notice.as_deref().unwrap());
+        assert_eq!(wrap("abcdefgh ij", 3), ["abc", "def", "gh", "ij"]);
+        assert_eq!(wrap("", 10), Vec::<String>::new());
     }
 
     #[test]
