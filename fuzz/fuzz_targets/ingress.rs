@@ -6,13 +6,15 @@
 //!   fake NIC, polled with advancing time: VLAN classification, smoltcp's Ethernet/ARP/IPv4/ICMP/UDP/
 //!   TCP/DHCP/DNS parsing and the HTTP server's connection handling;
 //! - odd: the rest is an HTTP request head and body, parsed and routed through the API (with and
-//!   without valid credentials).
+//!   without valid credentials); when the byte is 5 mod 8 the rest is also read as an answer to
+//!   the kickstart download (with the connection open and closed) and as a URL.
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
 use ember_net::api::{self, ApiState, HostFacts, Persistence};
 use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::config::{Ipv4Mode, ManagementConfig};
+use ember_net::fetch::{self, Progress};
 use ember_net::http::{parse_request, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_net::nic::{FakeNic, Nic};
@@ -33,6 +35,16 @@ fn state(vlan: Option<u16>) -> ApiState {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
+    if mode % 8 == 5 {
+        for closed in [false, true] {
+            if let Progress::Body(b) = fetch::parse_response(rest, closed) {
+                assert!(b.len() <= rest.len());
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(rest) {
+            let _ = fetch::HttpUrl::parse(text).map(|u| u.request("fuzz"));
+        }
+    }
     if mode % 2 == 1 {
         let mut st = state(None);
         if let Parsed::Complete(mut req, used) = parse_request(rest) {

@@ -1,10 +1,16 @@
 //! Fuzz target for what Ember reads from disks and configuration files: the kickstart parser (with
 //! `%include` served from the input itself), the config store's slot decoder, the stored host
-//! configuration, and the JSON form of the network settings. Any panic, overflow or out-of-bounds access is a finding.
+//! configuration, the JSON form of the network settings, and `ks=` locations. A valid kickstart must
+//! turn into a configuration (or a named refusal) that stores and loads back unchanged. Any panic,
+//! overflow or out-of-bounds access is a finding.
 #![no_main]
 
+use ember_net::api::NicInfo;
+use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
+use ember_net::firstboot;
 use ember_storage::block::{BlockDevice, MemDisk};
 use ember_storage::config_store::ConfigStore;
+use ember_storage::firstboot::{self as sources, KsSource};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::netconfig::ManagementConfig;
@@ -12,13 +18,35 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 4 {
+    match mode % 5 {
         0 => {
             // Kickstart text; any `%include x` reads the same text again (bounded by the depth limit).
             let Ok(text) = std::str::from_utf8(rest) else { return };
             let owned = text.to_string();
             let mut reader = |_: &str| Ok(owned.clone());
-            let _ = kickstart::parse("ks.cfg", text, &mut reader);
+            let Ok(ks) = kickstart::parse("ks.cfg", text, &mut reader) else { return };
+            let base =
+                HostConfig::defaults(PasswordHash::new("ember-initial", [1; 16], MIN_ITERATIONS).encode());
+            let nics = [NicInfo {
+                name: "vmnic0".into(),
+                mac: [0x52, 0x54, 0, 0, 0, 0x10],
+                link: true,
+                driver: "fuzz",
+            }];
+            if let Ok(applied) = firstboot::config_from_kickstart(&ks, &base, &nics, &mut |pw| {
+                PasswordHash::new(pw, [2; 16], MIN_ITERATIONS).encode()
+            }) {
+                let mut disk = MemDisk::new(512, 64);
+                let store = ConfigStore::new(0, 64).unwrap();
+                store
+                    .save(&mut disk, &applied.config.encode())
+                    .expect("a kickstart's configuration fits the store");
+                let back = store.load(&mut disk).unwrap().unwrap();
+                assert_eq!(
+                    HostConfig::decode(&back.payload).expect("a kickstart's configuration decodes"),
+                    applied.config
+                );
+            }
         }
         1 => {
             // A config partition image of 16 blocks: load, then a save must leave something loadable.
@@ -36,6 +64,14 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(cfg) = HostConfig::decode(rest) {
                 assert_eq!(HostConfig::decode(&cfg.encode()).expect("own encoding decodes"), cfg);
+            }
+        }
+        4 => {
+            if let Ok(text) = std::str::from_utf8(rest) {
+                if let Ok(KsSource::Usb(p) | KsSource::File(p)) = KsSource::parse(Some(text)) {
+                    sources::check_path(&p).expect("a parsed source has a checked path");
+                    let _ = sources::include_path(sources::parent_dir(&p), text);
+                }
             }
         }
         _ => {

@@ -94,6 +94,11 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     let mut identity = identity;
     identity.notice = boot.notice;
     let mut network = start_management_network(nics, &identity, info, boot.host, boot.store);
+    if let (Some(url), Some(net)) = (&boot.fetch, network.as_mut()) {
+        if let Err(e) = net.fetch_kickstart(url) {
+            identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
+        }
+    }
     if let Some(net) = network.as_mut() {
         print_network_log(net);
         identity.management = console_address(net);
@@ -149,6 +154,8 @@ struct BootConfiguration {
     store: Persistence,
     /// Shown on the idle screen: what went wrong with the first boot's configuration.
     notice: Option<String>,
+    /// A kickstart URL to fetch once the management network is up (first boot only).
+    fetch: Option<String>,
 }
 
 /// A failed first-boot source: said on the console and the idle screen; the host runs on the
@@ -159,49 +166,64 @@ fn first_boot_failed(what: String) -> String {
     format!("First boot configuration failed: {what}. Nothing was applied; the host runs on the built-in configuration.")
 }
 
-/// A first boot's configuration (PRODUCT.md 2): the kickstart the UEFI phase found, else the built-in
-/// configuration. Returns the configuration, whether to store it, and a notice for the idle screen.
-fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> (HostConfig, bool, Option<String>) {
+/// A first boot's configuration (PRODUCT.md 2).
+struct FirstBoot {
+    host: HostConfig,
+    /// Store it now (a complete first boot), or not (a failed source: the next boot tries again;
+    /// a download: stored once it has been applied).
+    store: bool,
+    notice: Option<String>,
+    fetch: Option<String>,
+}
+
+/// The kickstart the UEFI phase found, else the built-in configuration.
+fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
+    let fallback = |notice: String| FirstBoot {
+        host: default_configuration(info),
+        store: false,
+        notice: Some(notice),
+        fetch: None,
+    };
     let (source, parsed) = match &info.kickstart {
         FirstBootKickstart::None => {
             kprintln!("ember: first boot: no kickstart (no ks= boot option, no ks.cfg on the boot media)");
-            return (default_configuration(info), true, None);
+            return FirstBoot { host: default_configuration(info), store: true, notice: None, fetch: None };
         }
-        FirstBootKickstart::Refused(why) => {
-            let notice = first_boot_failed(why.clone());
-            return (default_configuration(info), false, Some(notice));
+        FirstBootKickstart::Refused(why) => return fallback(first_boot_failed(why.clone())),
+        FirstBootKickstart::Remote(src) if nics.is_empty() => {
+            return fallback(first_boot_failed(format!("kickstart {src}: no supported NIC to fetch it with")))
         }
         FirstBootKickstart::Remote(src) => {
-            let notice = first_boot_failed(format!(
-                "kickstart {src}: fetching kickstarts over the network is not built yet"
-            ));
-            return (default_configuration(info), false, Some(notice));
+            // Until it has been fetched and applied the host runs, reachable, on the built-in
+            // configuration (with the network boot options, which say how to reach the server).
+            return FirstBoot {
+                host: default_configuration(info),
+                store: false,
+                notice: Some(format!("First boot: fetching the kickstart from {src} ...")),
+                fetch: Some(src.to_string()),
+            };
         }
         FirstBootKickstart::Local { source, parsed } => (source, parsed),
     };
     kprintln!("ember: first boot: kickstart {source}");
     let ks = match parsed {
         Ok(ks) => ks,
-        Err(e) => {
-            let notice = first_boot_failed(format!("kickstart {source}: {e}"));
-            return (default_configuration(info), false, Some(notice));
-        }
+        Err(e) => return fallback(first_boot_failed(format!("kickstart {source}: {e}"))),
     };
     // The kickstart sets the root password, so the initial one is not hashed for it.
     let mut base = HostConfig::defaults(String::new());
     base.network = boot_option_network(info);
-    match firstboot::config_from_kickstart(ks, &base, nics, random_bytes()) {
+    match firstboot::config_from_kickstart(ks, &base, nics, &mut |pw| {
+        firstboot::hash_password(pw, random_bytes())
+    }) {
         Ok(applied) => {
             for n in &applied.notes {
                 kprintln!("ember: first boot: kickstart {source}: {n}");
             }
             kprintln!("ember: first boot: kickstart {source} applied");
-            (applied.config, true, None)
+            FirstBoot { host: applied.config, store: true, notice: None, fetch: None }
         }
-        Err(e) => {
-            let notice = first_boot_failed(format!("kickstart {source}: {e}"));
-            (default_configuration(info), false, Some(notice))
-        }
+        Err(e) => fallback(first_boot_failed(format!("kickstart {source}: {e}"))),
     }
 }
 
@@ -214,8 +236,13 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
         Err(why) => {
             kprintln!("ember: WARNING: no configuration store: {why}");
             kprintln!("ember: WARNING: configuration changes will not survive a reboot");
-            let (host, _, notice) = first_boot_configuration(info, nics);
-            return BootConfiguration { host, store: Persistence::None(why), notice };
+            let first = first_boot_configuration(info, nics);
+            return BootConfiguration {
+                host: first.host,
+                store: Persistence::None(why),
+                notice: first.notice,
+                fetch: first.fetch,
+            };
         }
     };
     match s.load() {
@@ -229,11 +256,11 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
                 if !info.options.network.is_empty() {
                     kprintln!("ember: network boot options ignored: the stored configuration is used");
                 }
-                return BootConfiguration { host, store: Persistence::Store(s), notice: None };
+                return BootConfiguration { host, store: Persistence::Store(s), notice: None, fetch: None };
             }
             kprintln!("ember: first boot: no configuration stored yet");
-            let (host, store_it, mut notice) = first_boot_configuration(info, nics);
-            if store_it {
+            let FirstBoot { host, store, mut notice, fetch } = first_boot_configuration(info, nics);
+            if store {
                 match s.save(&host) {
                     Ok(seq) => kprintln!("ember: first boot: configuration stored (sequence {seq})"),
                     Err(e) => {
@@ -242,7 +269,7 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
                     }
                 }
             }
-            BootConfiguration { host, store: Persistence::Store(s), notice }
+            BootConfiguration { host, store: Persistence::Store(s), notice, fetch }
         }
         Err(e) => {
             // Damage is reported, not repaired behind the operator's back: the host runs on the
@@ -251,7 +278,12 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
             let notice = Some(format!(
                 "The stored configuration is damaged ({e}); the host runs on the built-in configuration."
             ));
-            BootConfiguration { host: default_configuration(info), store: Persistence::Store(s), notice }
+            BootConfiguration {
+                host: default_configuration(info),
+                store: Persistence::Store(s),
+                notice,
+                fetch: None,
+            }
         }
     }
 }
@@ -348,6 +380,10 @@ fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNet
                 last_activity = now;
             }
             print_network_log(net);
+            if let Some(notice) = net.take_notice() {
+                identity.notice = notice;
+                console::show_idle_screen(&identity);
+            }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
             let shown = (net.api.status.state, net.api.status.address, net.api.host.network.ipv4);

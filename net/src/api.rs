@@ -18,12 +18,14 @@
 
 use crate::auth::{self, AuthError, AuthResult, PasswordHash, RootAccount, StoredHash};
 use crate::config::{self, Ipv4Mode, ManagementConfig};
+use crate::firstboot;
 use crate::http::{Request, Response};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use ember_storage::hostconfig::HostConfig;
+use ember_storage::kickstart;
 use ember_storage::persist::HostStore;
 use serde_json::{json, Map, Value};
 
@@ -130,6 +132,8 @@ pub struct ApiState {
     pub boot_ms: u64,
     /// Salt source for password changes (random per boot, advanced per use).
     pub salt_state: u64,
+    /// Number of changes committed since boot.
+    pub generation: u64,
 }
 
 /// Why a change was not made.
@@ -177,6 +181,7 @@ impl ApiState {
             pending: None,
             boot_ms: 0,
             salt_state: salt_seed,
+            generation: 0,
         })
     }
 
@@ -195,7 +200,31 @@ impl ApiState {
             self.root.set_hash(h);
         }
         self.host = new;
+        self.generation += 1;
         Ok(())
+    }
+
+    /// Applies a kickstart fetched at first boot (`name` is where it came from): whole or not at all,
+    /// stored like any change, the management network restarted if it changed. Returns the notes
+    /// about what was not carried out.
+    pub fn apply_kickstart(&mut self, name: &str, text: &str) -> Result<Vec<String>, String> {
+        let mut no_includes = |f: &str| -> Result<String, String> {
+            Err(format!(
+                "cannot read {f}: includes are not supported in a kickstart fetched over the network"
+            ))
+        };
+        let ks = kickstart::parse(name, text, &mut no_includes).map_err(|e| e.to_string())?;
+        let salt = self.next_salt();
+        let applied = firstboot::config_from_kickstart(&ks, &self.host, &self.nics, &mut |pw| {
+            firstboot::hash_password(pw, salt)
+        })
+        .map_err(|e| e.to_string())?;
+        let network_changed = applied.config.network != self.host.network;
+        self.commit(applied.config).map_err(|e| e.to_string())?;
+        if network_changed {
+            self.pending = Some(self.host.network.clone());
+        }
+        Ok(applied.notes)
     }
 
     /// The `store` object: whether changes survive a reboot, and where they go.

@@ -40,13 +40,19 @@ impl core::fmt::Display for ApplyError {
     }
 }
 
+/// Hashes a clear-text root password for storage: PBKDF2 with the default iterations and `salt`.
+pub fn hash_password(password: &str, salt: [u8; 16]) -> String {
+    PasswordHash::new(password, salt, DEFAULT_ITERATIONS).encode()
+}
+
 /// Builds the configuration `ks` asks for on top of `base` (the built-in configuration). `nics` are
-/// this host's NICs (for `network --device=<MAC>`); `salt` hashes a clear-text `rootpw`.
+/// this host's NICs (for `network --device=<MAC>`); `hash` turns a clear-text `rootpw` into the
+/// stored hash (normally [`hash_password`] with a fresh salt).
 pub fn config_from_kickstart(
     ks: &Kickstart,
     base: &HostConfig,
     nics: &[NicInfo],
-    salt: [u8; 16],
+    hash: &mut dyn FnMut(&str) -> String,
 ) -> Result<Applied, ApplyError> {
     let mut notes: Vec<String> = ks.warnings.iter().map(|w| w.to_string()).collect();
     let mut unsupported = Vec::new();
@@ -77,7 +83,7 @@ pub fn config_from_kickstart(
     let mut config = base.clone();
     config.root_password_hash = match &ks.rootpw {
         // The parser has checked the password rules.
-        RootPw::Plain(pw) => PasswordHash::new(pw, salt, DEFAULT_ITERATIONS).encode(),
+        RootPw::Plain(pw) => hash(pw),
         RootPw::Crypted(h) => h.clone(),
     };
     if let Some(network) = &ks.network {
@@ -143,7 +149,7 @@ mod tests {
     }
 
     fn apply(text: &str) -> Result<Applied, ApplyError> {
-        config_from_kickstart(&ks(text), &base(), &nics(), [5; 16])
+        config_from_kickstart(&ks(text), &base(), &nics(), &mut |pw| hash_password(pw, [5; 16]))
     }
 
     #[test]

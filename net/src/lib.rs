@@ -6,6 +6,7 @@
 //! - [`auth`]: the root password as a salted slow hash, HTTP Basic checking.
 //! - [`http`]: HTTP/1.1 request framing with limits, response writing.
 //! - [`api`]: the JSON management API over an [`api::ApiState`].
+//! - [`fetch`]: the HTTP client formats and retry policy for a first boot's kickstart.
 //! - [`firstboot`]: a validated kickstart turned into the host configuration a first boot stores.
 //! - [`mgmt`]: the management interface service - smoltcp interface, DHCP/static, DNS, the HTTP
 //!   server's connection pool - driven by `poll(now)` from the kernel's management loop.
@@ -24,6 +25,7 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fetch;
 pub mod firstboot;
 pub mod http;
 pub mod mgmt;

@@ -11,6 +11,7 @@
 
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
 use crate::config::{Ipv4Mode, ManagementConfig};
+use crate::fetch::{self, FetchError, HttpUrl, Progress};
 use crate::http::{parse_request, Parsed, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Nic, Port, PortStats};
 use alloc::boxed::Box;
@@ -128,7 +129,38 @@ pub struct ManagementNetwork {
     /// `SocketSet<'static>`, so its options must be `'static`: each name is leaked once and reused,
     /// which bounds the memory by the number of distinct names an administrator sets.
     host_name_options: Vec<(String, &'static [DhcpOption<'static>])>,
+    /// A first boot's kickstart being fetched.
+    download: Option<KickstartDownload>,
+    /// What the idle screen should say about the first boot, when it changes.
+    notice: Option<Option<String>>,
 }
+
+/// A first boot's kickstart download: attempts with back-off until it succeeds or fails finally.
+struct KickstartDownload {
+    url: HttpUrl,
+    display: String,
+    failures: u32,
+    attempts: u32,
+    next_try: u64,
+    /// The API's change count when the download started: a change made meanwhile wins over it.
+    generation: u64,
+    attempt: Option<Attempt>,
+}
+
+/// One attempt, on the interface generation (`restarts`) it was started on.
+struct Attempt {
+    restarts: u64,
+    step: Step,
+}
+
+enum Step {
+    Resolving { query: QueryHandle, deadline: u64 },
+    Connecting { socket: SocketHandle, deadline: u64 },
+    Receiving { socket: SocketHandle, request: Vec<u8>, sent: usize, buf: Vec<u8>, deadline: u64 },
+}
+
+/// Receive buffer of the download's TCP socket (the answer is drained into memory as it arrives).
+const DOWNLOAD_RX_BUFFER: usize = 16 * 1024;
 
 fn instant(ms: u64) -> Instant {
     Instant::from_millis(ms as i64)
@@ -149,6 +181,8 @@ impl ManagementNetwork {
             had_lease: false,
             last_link_check: 0,
             host_name_options: Vec::new(),
+            download: None,
+            notice: None,
         };
         m.refresh_links();
         m.start(now_ms);
@@ -158,6 +192,35 @@ impl ManagementNetwork {
     /// Takes the log lines produced since the last call.
     pub fn take_log(&mut self) -> Vec<String> {
         core::mem::take(&mut self.log)
+    }
+
+    /// Starts fetching a first boot's kickstart from `url` (an `http://` URL) as soon as the
+    /// management interface has an address; the result is applied and stored through the API state.
+    pub fn fetch_kickstart(&mut self, url: &str) -> Result<(), String> {
+        let parsed = HttpUrl::parse(url)?;
+        self.log.push(format!(
+            "first boot: kickstart {url} will be fetched once the management network has an address"
+        ));
+        self.download = Some(KickstartDownload {
+            url: parsed,
+            display: String::from(url),
+            failures: 0,
+            attempts: 0,
+            next_try: 0,
+            generation: self.api.generation,
+            attempt: None,
+        });
+        Ok(())
+    }
+
+    /// The idle screen's first-boot notice, when it has changed since the last call.
+    pub fn take_notice(&mut self) -> Option<Option<String>> {
+        self.notice.take()
+    }
+
+    /// Whether a kickstart download is still going on.
+    pub fn downloading(&self) -> bool {
+        self.download.is_some()
     }
 
     /// Frame counters of the current uplink.
@@ -336,10 +399,267 @@ impl ManagementNetwork {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
         busy |= serve_http(stack, &mut self.api, now);
+        busy |= self.poll_download(now);
+        let Some(stack) = self.stack.as_mut() else { return busy };
         let mut port =
             Port { nic: &mut *self.nics[stack.uplink].nic, vlan: stack.vlan, stats: &mut stack.stats };
         busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
         busy || stack.stats.rx_frames + stack.stats.tx_frames != before
+    }
+}
+
+impl ManagementNetwork {
+    /// Moves the kickstart download on: one step per call, never blocking.
+    fn poll_download(&mut self, now: u64) -> bool {
+        let Some(d) = self.download.as_mut() else { return false };
+        if self.api.generation != d.generation {
+            self.log.push(format!(
+                "first boot: kickstart {} abandoned: the configuration was changed through the API",
+                d.display
+            ));
+            self.download = None;
+            self.notice = Some(None);
+            return false;
+        }
+        let Some(stack) = self.stack.as_mut() else { return false };
+        // An attempt does not survive a restart of the interface (its sockets are gone).
+        if d.attempt.as_ref().is_some_and(|a| a.restarts != self.restarts) {
+            d.attempt = None;
+        }
+        if self.api.status.state != InterfaceState::Configured {
+            if let Some(a) = d.attempt.take() {
+                abandon(stack, a.step);
+            }
+            return false;
+        }
+        let step = match d.attempt.take() {
+            Some(a) => a.step,
+            None if now < d.next_try => return false,
+            None => {
+                d.attempts += 1;
+                match start_attempt(stack, d, now) {
+                    Ok(step) => step,
+                    Err(e) => return self.download_failed(e, now),
+                }
+            }
+        };
+        match advance(stack, d, step, now) {
+            Ok(Some(step)) => {
+                d.attempt = Some(Attempt { restarts: self.restarts, step });
+                false
+            }
+            Ok(None) => false,
+            Err(Ok(body)) => self.download_done(body),
+            Err(Err(e)) => self.download_failed(e, now),
+        }
+    }
+
+    fn download_failed(&mut self, e: FetchError, now: u64) -> bool {
+        let Some(d) = self.download.as_mut() else { return false };
+        match e {
+            FetchError::Retry(why) => {
+                d.failures += 1;
+                let wait = fetch::backoff_ms(d.failures);
+                d.next_try = now + wait;
+                self.log.push(format!(
+                    "first boot: kickstart {}: attempt {} failed: {why}; next attempt in {wait} ms",
+                    d.display, d.attempts
+                ));
+            }
+            FetchError::Final(why) => {
+                let display = d.display.clone();
+                self.first_boot_failed(format!("kickstart {display}: {why}"));
+            }
+        }
+        true
+    }
+
+    fn first_boot_failed(&mut self, what: String) {
+        self.log.push(format!("ERROR: first boot: {what}"));
+        self.log.push(String::from(
+            "ERROR: first boot: nothing applied or stored; running on the built-in configuration",
+        ));
+        self.notice = Some(Some(format!(
+            "First boot configuration failed: {what}. Nothing was applied; the host runs on the built-in configuration."
+        )));
+        self.download = None;
+    }
+
+    fn download_done(&mut self, body: Vec<u8>) -> bool {
+        let Some(d) = self.download.take() else { return false };
+        let text = match String::from_utf8(body) {
+            Ok(t) => t,
+            Err(_) => {
+                self.first_boot_failed(format!("kickstart {}: the answer is not UTF-8 text", d.display));
+                return true;
+            }
+        };
+        self.log.push(format!(
+            "first boot: kickstart {} fetched ({} bytes, attempt {})",
+            d.display,
+            text.len(),
+            d.attempts
+        ));
+        match self.api.apply_kickstart(&d.display, &text) {
+            Ok(notes) => {
+                for n in notes {
+                    self.log.push(format!("first boot: kickstart {}: {n}", d.display));
+                }
+                let stored = self.api.store_json();
+                self.log.push(format!(
+                    "first boot: kickstart {} applied{}",
+                    d.display,
+                    match stored["sequence"].as_u64() {
+                        Some(seq) => format!(" and stored (sequence {seq})"),
+                        None => String::from(" (not stored: no configuration store)"),
+                    }
+                ));
+                self.notice = Some(None);
+            }
+            Err(e) => self.first_boot_failed(format!("kickstart {}: {e}", d.display)),
+        }
+        true
+    }
+}
+
+/// Starts an attempt: a name lookup, or straight to connecting for an address.
+fn start_attempt(stack: &mut Stack, d: &KickstartDownload, now: u64) -> Result<Step, FetchError> {
+    if let Ok(ip) = d.url.host.parse::<Ipv4Addr>() {
+        return connect(stack, d, ip, now);
+    }
+    let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+    match dns_socket.start_query(stack.iface.context(), &d.url.host, DnsQueryType::A) {
+        Ok(query) => Ok(Step::Resolving { query, deadline: now + RESOLVE_TIMEOUT_MS }),
+        Err(e) => Err(FetchError::Retry(format!("cannot resolve {}: {e}", d.url.host))),
+    }
+}
+
+fn connect(stack: &mut Stack, d: &KickstartDownload, ip: Ipv4Addr, now: u64) -> Result<Step, FetchError> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; DOWNLOAD_RX_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; 2048]),
+    );
+    s.set_timeout(Some(Duration::from_secs(30)));
+    let local_port = 49152 + (d.attempts % 16000) as u16;
+    s.connect(stack.iface.context(), (IpAddress::Ipv4(ip), d.url.port), local_port)
+        .map_err(|e| FetchError::Retry(format!("cannot connect to {ip}:{}: {e}", d.url.port)))?;
+    Ok(Step::Connecting { socket: stack.sockets.add(s), deadline: now + fetch::CONNECT_TIMEOUT_MS })
+}
+
+/// Drops an attempt's socket or query.
+fn abandon(stack: &mut Stack, step: Step) {
+    match step {
+        Step::Resolving { query, .. } => stack.sockets.get_mut::<dns::Socket>(stack.dns).cancel_query(query),
+        Step::Connecting { socket, .. } | Step::Receiving { socket, .. } => {
+            stack.sockets.get_mut::<tcp::Socket>(socket).abort();
+            stack.sockets.remove(socket);
+        }
+    }
+}
+
+/// One step of an attempt: `Ok(Some(step))` to continue, `Err(Ok(body))` when the kickstart has
+/// arrived, `Err(Err(e))` when the attempt failed (its socket is gone then).
+#[allow(clippy::type_complexity)]
+fn advance(
+    stack: &mut Stack,
+    d: &KickstartDownload,
+    step: Step,
+    now: u64,
+) -> Result<Option<Step>, Result<Vec<u8>, FetchError>> {
+    let fail = |stack: &mut Stack, step: Step, e: FetchError| {
+        abandon(stack, step);
+        Err(Err(e))
+    };
+    match step {
+        Step::Resolving { query, deadline } => {
+            let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+            match dns_socket.get_query_result(query) {
+                Err(GetQueryResultError::Pending) if now < deadline => {
+                    Ok(Some(Step::Resolving { query, deadline }))
+                }
+                Err(GetQueryResultError::Pending) => {
+                    dns_socket.cancel_query(query);
+                    Err(Err(FetchError::Retry(format!("no DNS answer for {} within 10 s", d.url.host))))
+                }
+                Err(GetQueryResultError::Failed) => {
+                    Err(Err(FetchError::Retry(format!("the DNS servers gave no address for {}", d.url.host))))
+                }
+                Ok(addrs) => {
+                    let ip = addrs.iter().find_map(|a| match a {
+                        IpAddress::Ipv4(v4) => Some(*v4),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    });
+                    match ip {
+                        Some(ip) => connect(stack, d, ip, now).map(Some).map_err(Err),
+                        None => Err(Err(FetchError::Retry(format!("no IPv4 address for {}", d.url.host)))),
+                    }
+                }
+            }
+        }
+        Step::Connecting { socket, deadline } => {
+            let state = stack.sockets.get::<tcp::Socket>(socket).state();
+            match state {
+                tcp::State::Established => {
+                    let request = d.url.request(concat!("Ember/", env!("CARGO_PKG_VERSION")));
+                    Ok(Some(Step::Receiving {
+                        socket,
+                        request,
+                        sent: 0,
+                        buf: Vec::new(),
+                        deadline: now + fetch::RESPONSE_TIMEOUT_MS,
+                    }))
+                }
+                tcp::State::Closed | tcp::State::TimeWait => fail(
+                    stack,
+                    Step::Connecting { socket, deadline },
+                    FetchError::Retry(format!(
+                        "connection to {}:{} refused or reset",
+                        d.url.host, d.url.port
+                    )),
+                ),
+                _ if now >= deadline => fail(
+                    stack,
+                    Step::Connecting { socket, deadline },
+                    FetchError::Retry(format!("no connection to {}:{} within 10 s", d.url.host, d.url.port)),
+                ),
+                _ => Ok(Some(Step::Connecting { socket, deadline })),
+            }
+        }
+        Step::Receiving { socket, request, mut sent, mut buf, mut deadline } => {
+            let s = stack.sockets.get_mut::<tcp::Socket>(socket);
+            if sent < request.len() && s.can_send() {
+                sent += s.send_slice(&request[sent..]).unwrap_or(0);
+                deadline = now + fetch::RESPONSE_TIMEOUT_MS;
+            }
+            let limit = ember_storage::kickstart::MAX_KICKSTART_BYTES + fetch::MAX_RESPONSE_HEAD + 1;
+            while s.can_recv() && buf.len() < limit {
+                let before = buf.len();
+                let _ = s.recv(|data| {
+                    let n = data.len().min(limit - buf.len());
+                    buf.extend_from_slice(&data[..n]);
+                    (n, ())
+                });
+                if buf.len() == before {
+                    break;
+                }
+                deadline = now + fetch::RESPONSE_TIMEOUT_MS;
+            }
+            let closed = !s.may_recv();
+            let progress = fetch::parse_response(&buf, closed);
+            let step = Step::Receiving { socket, request, sent, buf, deadline };
+            match progress {
+                Progress::Incomplete if now >= deadline => {
+                    fail(stack, step, FetchError::Retry(String::from("no complete answer within 30 s")))
+                }
+                Progress::Incomplete => Ok(Some(step)),
+                Progress::Body(body) => {
+                    abandon(stack, step);
+                    Err(Ok(body))
+                }
+                Progress::Failed(e) => fail(stack, step, e),
+            }
+        }
     }
 }
 
@@ -863,5 +1183,144 @@ mod tests {
         assert_eq!(w.server.api.status.state, InterfaceState::NoUplink);
         assert!(w.server.take_log()[0].contains("no NIC named vmnic3"));
         assert!(!w.server.poll(10));
+    }
+
+    /// The client host serves scripted HTTP answers on port 8000, one connection per answer (a
+    /// `None` answer is a listener that never existed: the connection is refused), until the
+    /// server's download ends or `ms` pass. Returns the requests received.
+    fn serve_kickstart(w: &mut World, answers: &[Option<&str>], ms: u64) -> Vec<String> {
+        let mut listeners = Vec::new();
+        let mut refusals = answers.iter().take_while(|a| a.is_none()).count();
+        for a in answers.iter().flatten() {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 4096]),
+                tcp::SocketBuffer::new(vec![0; 4096]),
+            );
+            if refusals == 0 {
+                s.listen(8000).unwrap();
+            }
+            listeners.push((w.client.sockets.add(s), a.to_string(), Vec::new(), false));
+        }
+        let end = w.now + ms;
+        let mut failures_seen = 0;
+        while w.now < end && w.server.downloading() {
+            w.step();
+            // While refusals remain, nothing listens; each failed attempt uses one up.
+            let failures = w.server.download.as_ref().map_or(0, |d| d.failures);
+            if refusals > 0 && failures > failures_seen {
+                refusals -= 1;
+                failures_seen = failures;
+                if refusals == 0 {
+                    for (h, ..) in &listeners {
+                        w.client.sockets.get_mut::<tcp::Socket>(*h).listen(8000).unwrap();
+                    }
+                }
+            }
+            for (h, answer, req, answered) in listeners.iter_mut() {
+                let s = w.client.sockets.get_mut::<tcp::Socket>(*h);
+                while s.can_recv() {
+                    let mut buf = [0u8; 1024];
+                    let n = s.recv_slice(&mut buf).unwrap();
+                    req.extend_from_slice(&buf[..n]);
+                }
+                if !*answered && req.windows(4).any(|x| x == b"\r\n\r\n") {
+                    s.send_slice(answer.as_bytes()).unwrap();
+                    s.close();
+                    *answered = true;
+                }
+            }
+        }
+        listeners.iter().filter(|l| l.3).map(|l| String::from_utf8_lossy(&l.2).into_owned()).collect()
+    }
+
+    const KICKSTART: &str = "vmaccepteula\nrootpw --iscrypted $6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0\nkeyboard German\nnetwork --bootproto=static --ip=10.0.0.1 --netmask=255.255.255.0 --hostname=esx-fetched\n";
+
+    #[test]
+    fn kickstart_fetch_retries_server_errors_then_applies_it() {
+        let mut w = World::new(static_cfg(None), None);
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks/host.cfg").unwrap();
+        let ok = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{KICKSTART}", KICKSTART.len());
+        let requests = serve_kickstart(
+            &mut w,
+            &[
+                Some("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"),
+                Some("HTTP/1.1 500 Internal Server Error\r\n\r\n"),
+                Some(&ok),
+            ],
+            60_000,
+        );
+        let log = w.server.take_log().join("\n");
+        assert!(!w.server.downloading(), "{log}");
+        assert_eq!(requests.len(), 3, "{log}");
+        assert!(
+            requests[0].starts_with("GET /ks/host.cfg HTTP/1.1\r\nHost: 10.0.0.2:8000\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(
+            log.contains("attempt 1 failed: server error 503 Service Unavailable; next attempt in 100 ms"),
+            "{log}"
+        );
+        assert!(
+            log.contains("attempt 2 failed: server error 500 Internal Server Error; next attempt in 200 ms"),
+            "{log}"
+        );
+        assert!(
+            log.contains("fetched") && log.contains("applied (not stored: no configuration store)"),
+            "{log}"
+        );
+        assert_eq!(w.server.api.host.keyboard, "German");
+        assert_eq!(w.server.api.host.network.hostname, "esx-fetched");
+        assert_eq!(w.server.api.root.hash().scheme(), "sha512-crypt");
+        assert_eq!(w.server.take_notice(), Some(None));
+    }
+
+    #[test]
+    fn kickstart_fetch_retries_refused_connections_and_a_404_is_final() {
+        let mut w = World::new(static_cfg(None), None);
+        let before = w.server.api.host.clone();
+        w.server.fetch_kickstart("http://10.0.0.2:8000/missing.cfg").unwrap();
+        let requests = serve_kickstart(
+            &mut w,
+            &[None, None, Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")],
+            60_000,
+        );
+        let log = w.server.take_log().join("\n");
+        assert_eq!(requests.len(), 1, "{log}");
+        assert!(log.contains("attempt 1 failed: connection to 10.0.0.2:8000 refused or reset"), "{log}");
+        assert!(log.contains("attempt 2 failed: connection to 10.0.0.2:8000 refused or reset"), "{log}");
+        assert!(
+            log.contains("ERROR: first boot: kickstart http://10.0.0.2:8000/missing.cfg: HTTP 404 Not Found"),
+            "{log}"
+        );
+        assert!(!w.server.downloading());
+        assert_eq!(w.server.api.host, before, "nothing applied");
+        let notice = w.server.take_notice().unwrap().unwrap();
+        assert!(notice.contains("HTTP 404 Not Found") && notice.contains("Nothing was applied"), "{notice}");
+    }
+
+    #[test]
+    fn a_bad_fetched_kickstart_names_its_line_and_an_api_change_wins_over_a_download() {
+        let mut w = World::new(static_cfg(None), None);
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg").unwrap();
+        let bad = "vmaccepteula\nrootpw long-enough\n%include more.cfg\n";
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{bad}", bad.len());
+        serve_kickstart(&mut w, &[Some(&answer)], 60_000);
+        let log = w.server.take_log().join("\n");
+        assert!(log.contains("error parsing the installation script: http://10.0.0.2:8000/ks.cfg:line 3: %include more.cfg: cannot read more.cfg: includes are not supported"), "{log}");
+        assert_eq!(w.server.api.host.keyboard, "US Default");
+
+        let mut w = World::new(static_cfg(None), None);
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg").unwrap();
+        let mut host = w.server.api.host.clone();
+        host.keyboard = "French".into();
+        w.server.api.commit(host).unwrap();
+        w.step();
+        assert!(!w.server.downloading());
+        assert!(w
+            .server
+            .take_log()
+            .iter()
+            .any(|l| l.contains("abandoned: the configuration was changed through the API")));
     }
 }

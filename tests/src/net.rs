@@ -311,3 +311,75 @@ impl Drop for NetNs {
         let _ = run(&["ip", "netns", "del", &self.name]);
     }
 }
+
+/// A plain HTTP server on a loopback port (reached from QEMU user networking as 10.0.2.2) that gives
+/// scripted answers: the n-th request gets the n-th `(status, body)`, later ones the last. It records
+/// every request line and stops when dropped.
+pub struct ScriptedHttp {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ScriptedHttp {
+    pub fn start(answers: Vec<(u16, String)>) -> ScriptedHttp {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, halt) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let n = {
+                    let mut r = seen.lock().unwrap();
+                    r.push(text);
+                    r.len()
+                };
+                let (status, body) = &answers[(n - 1).min(answers.len() - 1)];
+                let reason = match status {
+                    200 => "OK",
+                    404 => "Not Found",
+                    500 => "Internal Server Error",
+                    503 => "Service Unavailable",
+                    _ => "Status",
+                };
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        ScriptedHttp { port, requests, stop }
+    }
+
+    /// The requests received so far (heads only).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -258,3 +258,63 @@ fn a_bad_kickstart_line_is_reported_with_its_file_and_line_and_nothing_is_applie
     let mut q = boot("config_ks_https", &img, Disk::Virtio, free_port());
     q.wait_for("https is not supported by this version (no TLS client)", BOOT_TIMEOUT);
 }
+
+#[test]
+fn kickstart_over_http_is_retried_after_a_server_error_applied_once_and_never_fetched_again() {
+    let ks = format!(
+        "vmaccepteula\nrootpw --iscrypted {CRYPTED}\nnetwork --bootproto=dhcp --hostname=esx-http\nkeyboard German\n"
+    );
+    let server = ScriptedHttp::start(vec![(500, String::from("try again")), (200, ks)]);
+    let url = format!("http://10.0.2.2:{}/ks/esx-http.cfg", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[&format!("ks={url}")]);
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = boot("config_ks_http", &img, Disk::Virtio, port);
+    q.wait_for(
+        &format!("first boot: kickstart {url} will be fetched once the management network has an address"),
+        BOOT_TIMEOUT,
+    );
+    q.wait_for(&format!("first boot: kickstart {url}: attempt 1 failed: server error 500 Internal Server Error; next attempt in 100 ms"), HTTP_TIMEOUT);
+    q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 1)"), HTTP_TIMEOUT);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].starts_with("GET /ks/esx-http.cfg HTTP/1.1\r\n"), "{}", requests[1]);
+    q.wait_for("management network: vmnic0", HTTP_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let cfg = get_config(addr, ("root", "correct horse"));
+    assert_eq!(cfg["network"]["hostname"], "esx-http");
+    assert_eq!(cfg["keyboard"], "German");
+    assert_eq!(request(addr, "GET", "/api/v1/host", Some(INITIAL), None).status, 401);
+    q.wait_for_screen("http://esx-http/", HTTP_TIMEOUT);
+    drop(q);
+    drop(server);
+
+    // The server is gone: the next boot uses the stored configuration and does not try to fetch.
+    let mut q = boot("config_ks_http_reboot", &img, Disk::Virtio, port);
+    q.wait_for("configuration loaded from vda slot A (sequence 1)", BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert!(!q.text().contains("will be fetched"), "a configured host never fetches again");
+    assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-http");
+}
+
+#[test]
+fn a_missing_kickstart_on_the_server_is_a_final_failure_said_on_the_console_and_screen() {
+    let server = ScriptedHttp::start(vec![(404, String::from("no such file"))]);
+    let url = format!("http://10.0.2.2:{}/ks/absent.cfg", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[&format!("ks={url}")]);
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = boot("config_ks_http_404", &img, Disk::Virtio, port);
+    q.wait_for(&format!("ERROR: first boot: kickstart {url}: HTTP 404 Not Found"), BOOT_TIMEOUT);
+    q.wait_for("nothing applied or stored; running on the built-in configuration", HTTP_TIMEOUT);
+    q.wait_for_screen("First boot configuration failed:", HTTP_TIMEOUT);
+    // The operator can reach the host on the defaults to fix it.
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let cfg = get_config(addr, INITIAL);
+    assert_eq!(cfg["store"]["sequence"], Value::Null, "nothing stored: {cfg}");
+    assert_eq!(server.requests().len(), 1, "a 404 is not retried");
+    drop(q);
+    assert!(inspect(&img).contains("config store: empty"));
+}
