@@ -11,6 +11,7 @@
 //! - [`firstboot`]: where a first boot's kickstart comes from (`ks=` sources, include paths);
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
 //! - [`netconfig`]: management network settings and their validation;
+//! - [`scsi`]: USB Bulk-Only Transport wrappers and the SCSI commands sent through them;
 //! - [`persist`]: finding the boot media among the disks and keeping the host configuration on it.
 //!
 //! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
@@ -31,3 +32,4 @@ pub mod kickstart;
 pub mod layout;
 pub mod netconfig;
 pub mod persist;
+pub mod scsi;

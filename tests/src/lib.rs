@@ -76,6 +76,10 @@ pub enum Disk {
     Nvme,
     /// A virtio-blk disk.
     Virtio,
+    /// A SATA disk on the q35 machine's built-in AHCI controller.
+    Ahci,
+    /// A disk on a virtio-scsi controller (the firmware boots from it; Ember has no driver for it).
+    VirtioScsi,
 }
 
 /// One QEMU run.
@@ -211,6 +215,20 @@ impl Qemu {
                 format!("if=none,id=vd,format=raw,file={img}"),
                 "-device".into(),
                 format!("virtio-blk-pci,drive=vd{boot}"),
+            ]),
+            Disk::Ahci => args.extend([
+                "-drive".into(),
+                format!("if=none,id=sata,format=raw,file={img}"),
+                "-device".into(),
+                format!("ide-hd,drive=sata,bus=ide.0{boot}"),
+            ]),
+            Disk::VirtioScsi => args.extend([
+                "-device".into(),
+                "virtio-scsi-pci,id=scsi".into(),
+                "-drive".into(),
+                format!("if=none,id=sd,format=raw,file={img}"),
+                "-device".into(),
+                format!("scsi-hd,drive=sd,bus=scsi.0{boot}"),
             ]),
         }
         for (i, n) in cfg.nics.iter().enumerate() {

@@ -2,12 +2,14 @@
 //!
 //! NICs are named `vmnic0`, `vmnic1`, ... in PCI order (segment, bus, device, function), whatever
 //! their driver, as ESXi names them. Disks are named by driver in PCI order: `vda`, `vdb`, ... for
-//! virtio-blk. Block drivers: virtio-blk only so far (xHCI/USB mass storage, NVMe and AHCI are not
-//! built yet).
+//! virtio-blk, `usb0`, `usb1`, ... for USB mass storage. Block drivers: virtio-blk and USB mass
+//! storage on xHCI (NVMe and AHCI are not built yet).
 
 pub mod e1000e;
+pub mod usb_storage;
 pub mod virtio_blk;
 pub mod virtio_net;
+pub mod xhci;
 
 use crate::arch::x86_64::dma::EmberHal;
 use crate::firmware::pcie::PciFunction;
@@ -35,6 +37,12 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Ve
     let mut disks = Vec::new();
     let mut virtio = 0u8;
     for f in functions {
+        // xHCI: serial bus controller, USB, programming interface 0x30 (PCI code and ID assignment).
+        if (f.class, f.subclass, f.prog_if) == (0x0c, 0x03, 0x30) {
+            let usb = disks.iter().filter(|d: &&Disk| d.driver == "usb-storage").count();
+            disks.extend(usb_storage::probe(f, frames, usb));
+            continue;
+        }
         if let (0x1af4, 0x1001) | (0x1af4, 0x1042) = (f.vendor, f.device) {
             match virtio_blk::VirtioBlk::new(f, frames) {
                 Ok(dev) => {
