@@ -712,37 +712,16 @@ mod tests {
 
     /// A store on an in-memory Ember medium; `fail_writes` makes the medium refuse every write.
     fn disk_store(fail_writes: bool) -> Persistence {
-        use ember_storage::block::{BlockDevice, IoError, MemDisk};
+        use ember_storage::block::MemDisk;
         use ember_storage::persist::{find_boot_media, Disk};
-        struct Medium(MemDisk, bool);
-        impl BlockDevice for Medium {
-            fn block_size(&self) -> u32 {
-                512
-            }
-            fn num_blocks(&self) -> u64 {
-                self.0.num_blocks()
-            }
-            fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-                self.0.read_blocks(lba, buf)
-            }
-            fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-                if self.1 {
-                    return Err(IoError::Device("medium is write protected".into()));
-                }
-                self.0.write_blocks(lba, buf)
-            }
-            fn flush(&mut self) -> Result<(), IoError> {
-                Ok(())
-            }
-        }
         let blocks = ember_storage::layout::MIN_MEDIA_SIZE / 512 + 64;
         let mut mem = MemDisk::new(512, blocks);
         let layout = ember_storage::layout::plan(512, blocks).unwrap();
         let guid = |i: usize| ember_storage::gpt::Guid::from_bytes([i as u8 + 1; 16]);
         ember_storage::gpt::write_gpt(&mut mem, guid(9), &ember_storage::layout::gpt_entries(&layout, guid))
             .unwrap();
-        let mut disks =
-            [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(Medium(mem, fail_writes)) }];
+        mem.write_protected = fail_writes;
+        let mut disks = [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(mem) }];
         let (_, layout) = find_boot_media(&mut disks, Some(guid(0))).unwrap();
         let [d] = disks;
         Persistence::Store(HostStore::open(d, &layout).unwrap())

@@ -59,6 +59,27 @@ pub trait BlockDevice {
     }
 }
 
+/// Splits a request of `len` bytes at `lba` into pieces of at most `max_bytes` (whole blocks), for
+/// drivers that move data through a bounce buffer: `piece(lba, range)` handles bytes `range` of the
+/// request, which start at block `lba`.
+pub fn in_pieces(
+    lba: u64,
+    len: usize,
+    block_size: u32,
+    max_bytes: usize,
+    mut piece: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let bs = block_size as usize;
+    let step = (max_bytes / bs).max(1) * bs;
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(step);
+        piece(lba + (at / bs) as u64, at..at + n)?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// An in-memory block device: the fake used by tests, and a staging buffer for tools.
 #[derive(Debug, Clone)]
 pub struct MemDisk {
@@ -66,18 +87,25 @@ pub struct MemDisk {
     data: Vec<u8>,
     /// Number of `flush` calls, so tests can check durability points.
     pub flushes: u64,
+    /// When set, every write fails as a write-protected medium's would (tests of failed saves).
+    pub write_protected: bool,
 }
 
 impl MemDisk {
     /// A zero-filled disk of `blocks` blocks of `block_size` bytes.
     pub fn new(block_size: u32, blocks: u64) -> Self {
-        MemDisk { block_size, data: vec![0; block_size as usize * blocks as usize], flushes: 0 }
+        MemDisk {
+            block_size,
+            data: vec![0; block_size as usize * blocks as usize],
+            flushes: 0,
+            write_protected: false,
+        }
     }
     /// A disk holding `data` (its length is cut down to whole blocks).
     pub fn from_bytes(block_size: u32, mut data: Vec<u8>) -> Self {
         let whole = data.len() - data.len() % block_size as usize;
         data.truncate(whole);
-        MemDisk { block_size, data, flushes: 0 }
+        MemDisk { block_size, data, flushes: 0, write_protected: false }
     }
     /// The disk contents.
     pub fn bytes(&self) -> &[u8] {
@@ -104,6 +132,9 @@ impl BlockDevice for MemDisk {
     }
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
+        if self.write_protected {
+            return Err(IoError::Device(String::from("the medium is write protected")));
+        }
         let start = lba as usize * self.block_size as usize;
         self.data[start..start + buf.len()].copy_from_slice(buf);
         Ok(())
@@ -132,6 +163,39 @@ mod tests {
             Err(IoError::UnalignedBuffer { len: 100, block_size: 512 })
         );
         assert!(d.read_blocks(u64::MAX, &mut buf).is_err());
+    }
+
+    #[test]
+    fn requests_are_cut_into_whole_block_pieces() {
+        let mut seen = Vec::new();
+        in_pieces(10, 5 * 512, 512, 1024, |lba, r| {
+            seen.push((lba, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(10, 0..1024), (12, 1024..2048), (14, 2048..2560)]);
+        let mut n = 0;
+        in_pieces(0, 4096, 4096, 100, |_, r| {
+            n += r.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 4096, "a piece is at least one block");
+        let e =
+            in_pieces(
+                0,
+                2048,
+                512,
+                512,
+                |lba, _| if lba == 2 { Err(IoError::Device("x".into())) } else { Ok(()) },
+            );
+        assert!(e.is_err());
+        let mut d = MemDisk::new(512, 4);
+        d.write_protected = true;
+        assert_eq!(
+            d.write_blocks(0, &[0; 512]),
+            Err(IoError::Device("the medium is write protected".into()))
+        );
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl HostStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{IoError, MemDisk};
+    use crate::block::MemDisk;
     use crate::gpt::write_gpt;
     use crate::layout::{gpt_entries, plan};
     use alloc::string::ToString;
@@ -272,27 +272,11 @@ mod tests {
 
     #[test]
     fn damaged_store_is_an_error_and_failed_writes_change_nothing() {
-        struct Failing(MemDisk);
-        impl BlockDevice for Failing {
-            fn block_size(&self) -> u32 {
-                512
-            }
-            fn num_blocks(&self) -> u64 {
-                self.0.num_blocks()
-            }
-            fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-                self.0.read_blocks(lba, buf)
-            }
-            fn write_blocks(&mut self, _: u64, _: &[u8]) -> Result<(), IoError> {
-                Err(IoError::Device("write protected".into()))
-            }
-            fn flush(&mut self) -> Result<(), IoError> {
-                Ok(())
-            }
-        }
         let s = store();
+        let mut protected = medium(ESP);
+        protected.write_protected = true;
         let mut failing = HostStore {
-            disk: Disk { name: "vda".into(), driver: "mem", dev: Box::new(Failing(medium(ESP))) },
+            disk: Disk { name: "vda".into(), driver: "mem", dev: Box::new(protected) },
             store: s.store,
             in_use: None,
             highest: 0,
@@ -300,7 +284,7 @@ mod tests {
         };
         assert!(failing.load().unwrap().config.is_none());
         let e = failing.save(&HostConfig::defaults(HASH.into())).unwrap_err();
-        assert!(e.to_string().contains("write protected"));
+        assert!(e.to_string().contains("write protected"), "{e}");
         assert_eq!(failing.in_use(), None);
 
         // Both slots written and both unreadable: damage, reported rather than taken for a first boot.

@@ -39,7 +39,13 @@ fn inspect(img: &Path) -> String {
 /// The store is written and read back through every block driver the boot media can sit behind.
 #[test]
 fn the_store_works_through_every_block_driver() {
-    for (disk, name, driver) in [(Disk::Usb, "usb0", "usb-storage"), (Disk::Virtio, "vda", "virtio-blk")] {
+    let drivers = [
+        (Disk::Usb, "usb0", "usb-storage"),
+        (Disk::Nvme, "nvme0", "nvme"),
+        (Disk::Ahci, "sata0", "ahci"),
+        (Disk::Virtio, "vda", "virtio-blk"),
+    ];
+    for (disk, name, driver) in drivers {
         let dir = tempfile::tempdir().unwrap();
         let img = build_image(dir.path(), &[]);
         let port = free_port();

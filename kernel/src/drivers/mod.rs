@@ -2,10 +2,12 @@
 //!
 //! NICs are named `vmnic0`, `vmnic1`, ... in PCI order (segment, bus, device, function), whatever
 //! their driver, as ESXi names them. Disks are named by driver in PCI order: `vda`, `vdb`, ... for
-//! virtio-blk, `usb0`, `usb1`, ... for USB mass storage. Block drivers: virtio-blk and USB mass
-//! storage on xHCI (NVMe and AHCI are not built yet).
+//! virtio-blk, `usb0`, ... for USB mass storage on xHCI, `nvme0`, ... for NVMe namespaces,
+//! `sata0`, ... for AHCI disks.
 
+pub mod ahci;
 pub mod e1000e;
+pub mod nvme;
 pub mod usb_storage;
 pub mod virtio_blk;
 pub mod virtio_net;
@@ -19,6 +21,7 @@ use alloc::vec::Vec;
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_net::mgmt::ManagedNic;
 use ember_net::nic::Nic;
+use ember_storage::block::BlockDevice;
 use ember_storage::persist::Disk;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
@@ -38,10 +41,38 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Ve
     let mut virtio = 0u8;
     for f in functions {
         // xHCI: serial bus controller, USB, programming interface 0x30 (PCI code and ID assignment).
-        if (f.class, f.subclass, f.prog_if) == (0x0c, 0x03, 0x30) {
-            let usb = disks.iter().filter(|d: &&Disk| d.driver == "usb-storage").count();
-            disks.extend(usb_storage::probe(f, frames, usb));
-            continue;
+        let count = |driver: &str, disks: &Vec<Disk>| disks.iter().filter(|d| d.driver == driver).count();
+        match (f.class, f.subclass, f.prog_if) {
+            (0x0c, 0x03, 0x30) => {
+                let first = count("usb-storage", &disks);
+                disks.extend(usb_storage::probe(f, frames, first));
+                continue;
+            }
+            // Mass storage, SATA, AHCI 1.0.
+            (0x01, 0x06, 0x01) => {
+                let first = count("ahci", &disks);
+                disks.extend(ahci::probe(f, frames, first));
+                continue;
+            }
+            // Mass storage, non-volatile memory, NVM Express.
+            (0x01, 0x08, 0x02) => {
+                match nvme::Nvme::new(f, frames) {
+                    Ok(dev) => {
+                        let name = format!("nvme{}", count("nvme", &disks));
+                        kprintln!(
+                            "ember: {name}: NVMe at {}: {}, namespace 1: {} MiB in {}-byte blocks",
+                            f.bdf,
+                            dev.model,
+                            (dev.num_blocks() * dev.block_size() as u64) >> 20,
+                            dev.block_size()
+                        );
+                        disks.push(Disk { name, driver: "nvme", dev: Box::new(dev) });
+                    }
+                    Err(why) => kprintln!("ember: WARNING: NVMe at {} not usable: {why}", f.bdf),
+                }
+                continue;
+            }
+            _ => {}
         }
         if let (0x1af4, 0x1001) | (0x1af4, 0x1042) = (f.vendor, f.device) {
             match virtio_blk::VirtioBlk::new(f, frames) {
@@ -51,7 +82,7 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Ve
                     kprintln!(
                         "ember: {name}: virtio-blk at {}, {} MiB{}",
                         f.bdf,
-                        ember_storage::block::BlockDevice::num_blocks(&dev) / 2048,
+                        dev.num_blocks() / 2048,
                         if dev.readonly() { ", read-only" } else { "" }
                     );
                     disks.push(Disk { name, driver: "virtio-blk", dev: Box::new(dev) });

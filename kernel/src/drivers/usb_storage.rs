@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use ember_kernel::hw::usb::{self, DeviceDescriptor, MassStorage};
 use ember_kernel::mm::frames::FrameAllocator;
-use ember_storage::block::{BlockDevice, IoError};
+use ember_storage::block::{in_pieces, BlockDevice, IoError};
 use ember_storage::persist::Disk;
 use ember_storage::scsi::{self, Capacity, CswStatus, Direction, Sense};
 
@@ -276,43 +276,16 @@ impl UsbStorage {
         }
     }
 
-    /// READ or WRITE of `buf` at `lba`, in commands of at most [`MAX_TRANSFER`] bytes.
-    fn transfer(
-        &mut self,
-        write: bool,
-        lba: u64,
-        mut read_into: Option<&mut [u8]>,
-        write_from: Option<&[u8]>,
-    ) -> Result<(), IoError> {
-        let bs = self.capacity.block_size as usize;
-        let total = read_into.as_ref().map(|b| b.len()).or(write_from.map(|b| b.len())).unwrap_or(0);
-        let mut at = 0;
-        while at < total {
-            let n = (total - at).min(MAX_TRANSFER / bs * bs);
-            let block = lba + (at / bs) as u64;
-            if let Some(src) = write_from {
-                self.data.write(0, &src[at..at + n]);
-            }
-            let (cdb, cdb_len) = scsi::read_write_cdb(write, block, (n / bs) as u32);
-            let dir = if write { Direction::Out } else { Direction::In };
-            match self.command(&cdb[..cdb_len], dir, n) {
-                Ok(moved) if moved == n => {}
-                Ok(moved) => {
-                    return Err(IoError::Device(format!("USB disk: {moved} of {n} bytes at block {block}")))
-                }
-                Err(e) => {
-                    return Err(IoError::Device(format!(
-                        "USB disk at block {block}: {}",
-                        self.describe(cdb[0], e)
-                    )))
-                }
-            }
-            if let Some(dst) = read_into.as_deref_mut() {
-                self.data.read(0, &mut dst[at..at + n]);
-            }
-            at += n;
+    /// One READ or WRITE of `len` bytes of the data buffer at block `lba`.
+    fn read_write(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+        let blocks = (len / self.capacity.block_size as usize) as u32;
+        let (cdb, cdb_len) = scsi::read_write_cdb(write, lba, blocks);
+        let dir = if write { Direction::Out } else { Direction::In };
+        match self.command(&cdb[..cdb_len], dir, len) {
+            Ok(moved) if moved == len => Ok(()),
+            Ok(moved) => Err(IoError::Device(format!("USB disk: {moved} of {len} bytes at block {lba}"))),
+            Err(e) => Err(IoError::Device(format!("USB disk at block {lba}: {}", self.describe(cdb[0], e)))),
         }
-        Ok(())
     }
 }
 
@@ -327,12 +300,21 @@ impl BlockDevice for UsbStorage {
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
-        self.transfer(false, lba, Some(buf), None)
+        let (bs, max) = (self.block_size(), MAX_TRANSFER);
+        in_pieces(lba, buf.len(), bs, max, |block, r| {
+            self.read_write(false, block, r.len())?;
+            self.data.read(0, &mut buf[r]);
+            Ok(())
+        })
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
-        self.transfer(true, lba, None, Some(buf))
+        let (bs, max) = (self.block_size(), MAX_TRANSFER);
+        in_pieces(lba, buf.len(), bs, max, |block, r| {
+            self.data.write(0, &buf[r.clone()]);
+            self.read_write(true, block, r.len())
+        })
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
