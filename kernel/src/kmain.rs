@@ -11,6 +11,8 @@ use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
+use ember_kernel::dcui::keys::{Key, KeyDecoder};
+use ember_kernel::dcui::menu::{Action, Menu, View};
 use ember_kernel::mm::{self, frames::FrameAllocator};
 use ember_net::api::{ApiState, HostFacts, NicInfo, Persistence};
 use ember_net::auth::{self, PasswordHash};
@@ -104,7 +106,16 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         identity.management = console_address(net);
     }
     console::show_idle_screen(&identity);
-    management_loop(identity, network)
+    let support = support_information(&identity, info);
+    let local = LocalConsole {
+        identity,
+        menu: Menu::new(),
+        keys: KeyDecoder::new(),
+        support,
+        reset: acpi_info.reset,
+        poweroff: acpi_info.poweroff,
+    };
+    management_loop(local, network)
 }
 
 /// Fresh random bytes for salts and keys.
@@ -345,6 +356,24 @@ fn print_network_log(net: &mut ManagementNetwork) {
     }
 }
 
+/// What View Support Information lists.
+fn support_information(id: &HostIdentity, info: &BootInfo) -> Vec<(String, String)> {
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| String::from("(not reported)"));
+    alloc::vec![
+        (String::from("Serial Number"), or_unknown(&info.system.serial)),
+        (String::from("Vendor"), or_unknown(&info.system.vendor)),
+        (String::from("Product"), or_unknown(&info.system.product)),
+        (
+            String::from("BIOS"),
+            format!("{} {}", or_unknown(&info.system.bios_vendor), or_unknown(&info.system.bios_version))
+        ),
+        (String::from("Ember Version"), id.version.clone()),
+        (String::from("Build"), id.build.clone()),
+        (String::from("CPUs"), format!("{} x {}", id.cpus, id.cpu_model)),
+        (String::from("Memory"), ember_kernel::dcui::idle::memory_gib(id.memory_bytes)),
+    ]
+}
+
 /// Test-only actions requested with `ember.selftest=` (documented in storage::bootcfg).
 fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
     kprintln!("ember: SELFTEST {test:?} requested by boot option ember.selftest");
@@ -361,28 +390,153 @@ fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
 /// its next segment without waiting for the next timer tick).
 const BUSY_POLL_MS: u64 = 20;
 
-/// The management plane's loop on the bootstrap CPU: console input, the management network, and the
-/// idle screen kept current with the management address.
-fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNetwork>) -> ! {
+/// The local console: the idle screen, and the menu behind F2/F12 driven by keys from the serial line.
+struct LocalConsole {
+    identity: HostIdentity,
+    menu: Menu,
+    keys: KeyDecoder,
+    support: Vec<(String, String)>,
+    reset: Option<acpi::ResetRegister>,
+    poweroff: Option<acpi::PowerOff>,
+}
+
+impl LocalConsole {
+    fn redraw(&self, net: Option<&ManagementNetwork>) {
+        if self.menu.is_idle() {
+            console::show_idle_screen(&self.identity);
+            return;
+        }
+        let logs = console::log_lines();
+        let view = menu_view(net, &self.support, &logs);
+        console::show_menu(|area, buf| self.menu.render(&view, area, buf));
+    }
+
+    /// Handles one key; carries out what the menu asks.
+    fn key(&mut self, key: Key, net: &mut Option<ManagementNetwork>, now: u64) {
+        if self.menu.is_idle() && matches!(key, Key::Redraw | Key::Enter) {
+            // Ctrl-L or Enter redraws, as terminals expect.
+            console::show_idle_screen(&self.identity);
+            return;
+        }
+        let logs = console::log_lines();
+        let action = {
+            let view = menu_view(net.as_ref(), &self.support, &logs);
+            self.menu.key(key, &view, now)
+        };
+        if let Some(a) = action {
+            self.act(a, net, now);
+        }
+        self.redraw(net.as_ref());
+    }
+
+    fn act(&mut self, action: Action, net: &mut Option<ManagementNetwork>, now: u64) {
+        let Some(n) = net.as_mut() else {
+            // Without a NIC there is no configuration service to check or change: refuse.
+            if let Action::CheckLogin(_) = action {
+                kprintln!("ember: DCUI: login refused: no management network, no configuration service");
+                if let Some(Action::Log(l)) = self.menu.login_result(false, now) {
+                    kprintln!("ember: {l}");
+                }
+            }
+            return;
+        };
+        let mut change = |f: &dyn Fn(&mut HostConfig), what: &str| {
+            let mut host = n.api.host.clone();
+            f(&mut host);
+            match n.api.commit(host) {
+                Ok(()) => kprintln!("ember: DCUI: {what}"),
+                Err(e) => kprintln!("ember: ERROR: DCUI: {what}: {e}"),
+            }
+        };
+        match action {
+            Action::CheckLogin(pw) => {
+                let ok = n.api.root.hash().verify(&pw);
+                if let Some(Action::Log(l)) = self.menu.login_result(ok, timer::now_ms()) {
+                    kprintln!("ember: {l}");
+                }
+            }
+            Action::SetPassword(pw) => {
+                let hash = PasswordHash::new(&pw, random_bytes(), auth::DEFAULT_ITERATIONS).encode();
+                change(&|h| h.root_password_hash = hash.clone(), "root password changed");
+            }
+            Action::SetKeyboard(k) => change(&|h| h.keyboard = k.clone(), &format!("keyboard layout {k}")),
+            Action::SetShell(on) => change(
+                &|h| h.shell_enabled = on,
+                if on { "local shell enabled" } else { "local shell disabled" },
+            ),
+            Action::SetSsh(on) => {
+                change(&|h| h.ssh_enabled = on, if on { "SSH enabled" } else { "SSH disabled" })
+            }
+            Action::RestartManagementNetwork => {
+                kprintln!("ember: DCUI: restarting the management network");
+                n.restart(now);
+            }
+            Action::ResetConfiguration => {
+                kprintln!("ember: DCUI: resetting the system configuration to factory defaults");
+                if let Persistence::Store(store) = &mut n.api.store {
+                    if let Err(e) = store.erase() {
+                        kprintln!("ember: ERROR: the configuration store could not be erased: {e}");
+                        self.menu.notify(format!("Reset failed: {e}"));
+                        return;
+                    }
+                }
+                power::reboot(self.reset.as_ref());
+            }
+            Action::Shutdown => power::shutdown(self.poweroff.as_ref()),
+            Action::Restart => power::reboot(self.reset.as_ref()),
+            Action::Log(l) => kprintln!("ember: {l}"),
+        }
+    }
+}
+
+/// What the menu shows of the host.
+fn menu_view<'a>(
+    net: Option<&'a ManagementNetwork>,
+    support: &'a [(String, String)],
+    logs: &'a [String],
+) -> View<'a> {
+    match net {
+        Some(n) => View {
+            hostname: &n.api.host.network.hostname,
+            keyboard: &n.api.host.keyboard,
+            shell: n.api.host.shell_enabled,
+            ssh: n.api.host.ssh_enabled,
+            support,
+            logs,
+        },
+        None => View { hostname: "ember", keyboard: "US Default", shell: false, ssh: false, support, logs },
+    }
+}
+
+/// The management plane's loop on the bootstrap CPU: console input and the DCUI, the management
+/// network, and the idle screen kept current with the management address.
+fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwork>) -> ! {
     let mut last_activity = 0u64;
     let mut last_shown = None;
     let mut last_hostname = String::new();
     loop {
-        while let Some(b) = console::read_serial_byte() {
-            // Ctrl-L or Enter redraws, as terminals expect.
-            if b == 0x0c || b == b'\r' {
-                console::show_idle_screen(&identity);
-            }
-        }
         let now = timer::now_ms();
+        while let Some(b) = console::read_serial_byte() {
+            for key in local.keys.feed(b, now).into_iter().flatten() {
+                local.key(key, &mut network, now);
+            }
+            last_activity = now;
+        }
+        if let Some(key) = local.keys.tick(now) {
+            local.key(key, &mut network, now);
+        }
+        if local.menu.tick(now) {
+            kprintln!("ember: DCUI: idle time-out; logged out");
+            local.redraw(network.as_ref());
+        }
         if let Some(net) = network.as_mut() {
             if net.poll(now) {
                 last_activity = now;
             }
             print_network_log(net);
             if let Some(notice) = net.take_notice() {
-                identity.notice = notice;
-                console::show_idle_screen(&identity);
+                local.identity.notice = notice;
+                local.redraw(Some(net));
             }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
@@ -391,13 +545,16 @@ fn management_loop(mut identity: HostIdentity, mut network: Option<ManagementNet
                 last_shown = Some(shown);
                 last_hostname.clone_from(&net.api.host.network.hostname);
                 let address = console_address(net);
-                if address != identity.management {
-                    identity.management = address;
-                    console::show_idle_screen(&identity);
+                if address != local.identity.management {
+                    local.identity.management = address;
+                    if local.menu.is_idle() {
+                        console::show_idle_screen(&local.identity);
+                    }
                 }
             }
         }
-        if now.saturating_sub(last_activity) > BUSY_POLL_MS {
+        // A pending Esc needs the decoder's time-out even without further input.
+        if now.saturating_sub(last_activity) > BUSY_POLL_MS && !local.keys.pending() {
             cpu::wait_for_interrupt();
         } else {
             core::hint::spin_loop();

@@ -184,6 +184,14 @@ impl ConfigStore {
         self.write_slot(dev, slot, sequence, payload)
     }
 
+    /// Zeroes a slot's header block (the slot becomes blank) and flushes.
+    pub fn clear_slot(&self, dev: &mut dyn BlockDevice, slot: usize) -> Result<(), StoreError> {
+        let zero = vec![0u8; dev.block_size() as usize];
+        dev.write_blocks(self.slot_lba(slot), &zero)?;
+        dev.flush()?;
+        Ok(())
+    }
+
     /// Writes `payload` into `slot` with `sequence` - payload blocks first, the header block last -
     /// and flushes. The caller chooses a slot that does not hold the configuration in use.
     pub fn write_slot(

@@ -180,6 +180,19 @@ impl HostStore {
         Ok(sequence)
     }
 
+    /// Erases both slots (the header blocks, the one not in use first), so the next boot is a first
+    /// boot. A cut in between leaves the configuration in use, intact.
+    pub fn erase(&mut self) -> Result<(), StoreError> {
+        let first = self.in_use.map_or(0, |(slot, _)| 1 - slot);
+        for slot in [first, 1 - first] {
+            self.store.clear_slot(self.disk.dev.as_mut(), slot)?;
+        }
+        self.in_use = None;
+        self.highest = 0;
+        self.current = None;
+        Ok(())
+    }
+
     /// Slot (`'A'` or `'B'`) and sequence of the configuration in use.
     pub fn in_use(&self) -> Option<(char, u64)> {
         self.in_use.map(|(slot, seq)| (slot_name(slot), seq))
@@ -286,6 +299,13 @@ mod tests {
         let e = failing.save(&HostConfig::defaults(HASH.into())).unwrap_err();
         assert!(e.to_string().contains("write protected"), "{e}");
         assert_eq!(failing.in_use(), None);
+
+        // Erasing makes the next load a first boot.
+        let mut s = store();
+        s.save(&HostConfig::defaults(HASH.into())).unwrap();
+        s.erase().unwrap();
+        let mut again = HostStore { in_use: None, highest: 0, current: None, ..s };
+        assert!(again.load().unwrap().config.is_none());
 
         // Both slots written and both unreadable: damage, reported rather than taken for a first boot.
         let mut s = store();

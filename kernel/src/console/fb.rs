@@ -66,10 +66,11 @@ impl Framebuffer {
             return;
         }
         let code = ch as usize;
-        let bitmap = if code < 128 {
-            font8x8::legacy::BASIC_LEGACY[code]
-        } else {
-            font8x8::legacy::BASIC_LEGACY[b'?' as usize]
+        let bitmap = match code {
+            0..=127 => font8x8::legacy::BASIC_LEGACY[code],
+            // Box drawing (U+2500-U+257F): the DCUI's frames.
+            0x2500..=0x257f => font8x8::legacy::BOX_LEGACY[code - 0x2500],
+            _ => font8x8::legacy::BASIC_LEGACY[b'?' as usize],
         };
         let (fg, bg) = (self.pixel(fg), self.pixel(bg));
         let (cw, ch) = self.cell_size();

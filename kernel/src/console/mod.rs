@@ -5,10 +5,15 @@ pub mod fb;
 
 use crate::arch::x86_64::{cpu, power, serial::SerialPort};
 use crate::boot::FramebufferInfo;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 use ember_kernel::dcui::idle::{layout, Band, HostIdentity};
 use fb::{Framebuffer, TextConsole};
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier};
 use spin::Mutex;
 
 /// Log colours on the framebuffer.
@@ -27,12 +32,22 @@ const FATAL_FG: u32 = 0xffffff;
 const SERIAL_COLS: usize = 80;
 const SERIAL_ROWS: usize = 24;
 
+/// Bytes of console output kept in memory (View System Logs).
+const LOG_BYTES: usize = 64 * 1024;
+
 struct Consoles {
     serial: Option<SerialPort>,
     screen: Option<TextConsole>,
+    /// Everything printed, as a ring (no allocation: printing must work whatever state the heap is in).
+    log: [u8; LOG_BYTES],
+    /// Bytes ever written to `log`.
+    logged: usize,
+    /// The DCUI menu owns the screens: log lines go only to the ring.
+    menu: bool,
 }
 
-static CONSOLES: Mutex<Consoles> = Mutex::new(Consoles { serial: None, screen: None });
+static CONSOLES: Mutex<Consoles> =
+    Mutex::new(Consoles { serial: None, screen: None, log: [0; LOG_BYTES], logged: 0, menu: false });
 static DEBUG_EXIT: AtomicBool = AtomicBool::new(false);
 
 /// Installs the serial console.
@@ -54,6 +69,13 @@ struct Both<'a>(&'a mut Consoles);
 
 impl Write for Both<'_> {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            self.0.log[self.0.logged % LOG_BYTES] = b;
+            self.0.logged += 1;
+        }
+        if self.0.menu {
+            return Ok(());
+        }
         if let Some(p) = self.0.serial.as_mut() {
             let _ = p.write_str(s);
         }
@@ -77,10 +99,117 @@ pub fn read_serial_byte() -> Option<u8> {
     x86_64::instructions::interrupts::without_interrupts(|| CONSOLES.lock().serial.as_mut()?.read_byte())
 }
 
-/// Draws the DCUI idle screen on both consoles.
+/// The log lines kept in memory, oldest first (a line cut by the ring's wrap is dropped).
+pub fn log_lines() -> Vec<String> {
+    let (bytes, wrapped) = x86_64::instructions::interrupts::without_interrupts(|| {
+        let c = CONSOLES.lock();
+        let start = c.logged.saturating_sub(LOG_BYTES);
+        ((start..c.logged).map(|i| c.log[i % LOG_BYTES]).collect::<Vec<u8>>(), start > 0)
+    });
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    if wrapped && !lines.is_empty() {
+        lines.remove(0);
+    }
+    lines
+}
+
+/// Draws a DCUI menu screen on both consoles (each at its own size) and keeps the log off them
+/// until the idle screen is shown again.
+pub fn show_menu(draw: impl Fn(Rect, &mut Buffer)) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut c = CONSOLES.lock();
+        c.menu = true;
+        if let Some(p) = c.serial.as_mut() {
+            let area = Rect::new(0, 0, SERIAL_COLS as u16, SERIAL_ROWS as u16);
+            let mut buf = Buffer::empty(area);
+            draw(area, &mut buf);
+            draw_serial_buffer(p, &buf);
+        }
+        if let Some(s) = c.screen.as_mut() {
+            let (cols, rows) = s.fb.text_size();
+            let area = Rect::new(0, 0, cols.min(250) as u16, rows.min(100) as u16);
+            let mut buf = Buffer::empty(area);
+            draw(area, &mut buf);
+            for y in 0..area.height {
+                for x in 0..area.width {
+                    let cell = &buf[(x, y)];
+                    let ch = cell.symbol().chars().next().unwrap_or(' ');
+                    s.fb.glyph(x as usize, y as usize, ch, rgb(cell.fg, BOTTOM_FG), rgb(cell.bg, BOTTOM_BG));
+                }
+            }
+        }
+    });
+}
+
+/// A ratatui colour on the framebuffer (`default` for `Reset`).
+fn rgb(c: Color, default: u32) -> u32 {
+    match c {
+        Color::Black => 0x000000,
+        Color::Gray => TOP_BG,
+        Color::Yellow => BOTTOM_BG,
+        Color::White => 0xffffff,
+        Color::DarkGray => 0x606060,
+        Color::Red => 0xc00000,
+        Color::Green => 0x00a000,
+        Color::Rgb(r, g, b) => (r as u32) << 16 | (g as u32) << 8 | b as u32,
+        _ => default,
+    }
+}
+
+/// ANSI SGR colour number (30-37/90-97 for foreground; background adds 10).
+fn ansi(c: Color, background: bool) -> u8 {
+    let n = match c {
+        Color::Black => 30,
+        Color::Red => 31,
+        Color::Green => 32,
+        Color::Yellow => 33,
+        Color::Blue => 34,
+        Color::Magenta => 35,
+        Color::Cyan => 36,
+        Color::Gray => 37,
+        Color::DarkGray => 90,
+        Color::White => 97,
+        _ => 39,
+    };
+    if background {
+        n + 10
+    } else {
+        n
+    }
+}
+
+fn draw_serial_buffer(p: &mut SerialPort, buf: &Buffer) {
+    let area = buf.area;
+    let _ = write!(p, "\x1b[0m\x1b[2J");
+    for y in 0..area.height {
+        let _ = write!(p, "\x1b[{};1H", y + 1);
+        let mut current = None;
+        for x in 0..area.width {
+            let cell = &buf[(x, y)];
+            let bold = cell.modifier.contains(Modifier::BOLD);
+            let style = (cell.fg, cell.bg, bold);
+            if current != Some(style) {
+                let _ = write!(
+                    p,
+                    "\x1b[0;{}{};{}m",
+                    if bold { "1;" } else { "" },
+                    ansi(cell.fg, false),
+                    ansi(cell.bg, true)
+                );
+                current = Some(style);
+            }
+            let _ = p.write_str(cell.symbol());
+        }
+    }
+    let _ = write!(p, "\x1b[0m\x1b[{SERIAL_ROWS};1H");
+}
+
+/// Draws the DCUI idle screen on both consoles; the log shows on them again.
 pub fn show_idle_screen(id: &HostIdentity) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut c = CONSOLES.lock();
+        c.menu = false;
         if let Some(p) = c.serial.as_mut() {
             draw_serial_idle(p, id);
         }

@@ -1,3 +1,6 @@
-//! The Direct Console User Interface (REFERENCE.md 1). This build has the idle screen; the menu behind
-//! F2/F12 is a later piece of work.
+//! The Direct Console User Interface (REFERENCE.md 1): the idle screen, the key decoder for serial
+//! terminals, and the System Customization / Shut Down menu behind F2 and F12 (see [`menu`] for what
+//! this build has).
 pub mod idle;
+pub mod keys;
+pub mod menu;

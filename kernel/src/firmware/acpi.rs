@@ -46,6 +46,15 @@ pub enum ResetRegister {
     Memory { address: u64, value: u8 },
 }
 
+/// How to enter S5 (soft off): the PM1 control ports and the sleep types from the DSDT's `\_S5`.
+#[derive(Debug, Clone, Copy)]
+pub struct PowerOff {
+    pub pm1a: u16,
+    pub pm1b: Option<u16>,
+    pub slp_typ_a: u8,
+    pub slp_typ_b: u8,
+}
+
 /// A PCIe enhanced configuration window.
 #[derive(Debug, Clone, Copy)]
 pub struct EcamRegion {
@@ -62,6 +71,7 @@ pub struct AcpiInfo {
     pub lapic_address: Option<u64>,
     pub ecam: Vec<EcamRegion>,
     pub reset: Option<ResetRegister>,
+    pub poweroff: Option<PowerOff>,
     pub hpet: Option<u64>,
 }
 
@@ -128,6 +138,33 @@ pub fn read_tables(rsdp: u64) -> AcpiInfo {
             match info.reset {
                 Some(r) => kprintln!("ember: FADT reset register: {r:?}"),
                 None => kprintln!("ember: FADT has no usable reset register; will use 0xCF9 / 8042"),
+            }
+            let io_port = |g: acpi::address::GenericAddress| match g.address_space {
+                acpi::address::AddressSpace::SystemIo if g.address != 0 && g.address <= 0xffff => {
+                    Some(g.address as u16)
+                }
+                _ => None,
+            };
+            let pm1a = fadt.pm1a_control_block().ok().and_then(io_port);
+            let pm1b = fadt.pm1b_control_block().ok().flatten().and_then(io_port);
+            let s5 = fadt
+                .dsdt_address()
+                .ok()
+                .and_then(|a| read_table(a as u64))
+                .and_then(ember_kernel::hw::acpi::s5_sleep_types);
+            info.poweroff = match (pm1a, s5) {
+                (Some(pm1a), Some((a, b))) => Some(PowerOff { pm1a, pm1b, slp_typ_a: a, slp_typ_b: b }),
+                _ => None,
+            };
+            match info.poweroff {
+                Some(p) => kprintln!(
+                    "ember: ACPI S5 (power off): PM1a control {:#x}, SLP_TYP {}",
+                    p.pm1a,
+                    p.slp_typ_a
+                ),
+                None => {
+                    kprintln!("ember: WARNING: no ACPI S5 information: Shut Down will halt the CPUs instead")
+                }
             }
         }
         Err(e) => kprintln!("ember: WARNING: no FADT ({e:?})"),

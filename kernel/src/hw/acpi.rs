@@ -96,9 +96,66 @@ pub fn parse_madt(table: &[u8]) -> Result<MadtSummary, MadtError> {
     Ok(out)
 }
 
+/// SLP_TYPa and SLP_TYPb for the S5 (soft off) state, from `Name(_S5_, Package() {a, b, ...})` in
+/// the DSDT's AML (ACPI 6.5 7.4.2, 20.2.5). A bounded scan of the bytes, not an AML interpreter: it
+/// takes the first `_S5_` name whose package holds two integer constants.
+pub fn s5_sleep_types(aml: &[u8]) -> Option<(u8, u8)> {
+    const NAME_OP: u8 = 0x08;
+    const PACKAGE_OP: u8 = 0x12;
+    let integer = |b: &[u8]| -> Option<(u8, usize)> {
+        match *b.first()? {
+            0x00 => Some((0, 1)),
+            0x01 => Some((1, 1)),
+            0x0a => Some((*b.get(1)?, 2)), // BytePrefix
+            0x0b => Some((*b.get(1)?, 3)), // WordPrefix (low byte)
+            0x0c => Some((*b.get(1)?, 5)), // DWordPrefix (low byte)
+            _ => None,
+        }
+    };
+    let mut from = 0;
+    while let Some(pos) = aml.get(from..)?.windows(4).position(|w| w == b"_S5_") {
+        let at = from + pos;
+        from = at + 4;
+        let named = at >= 1
+            && (aml[at - 1] == NAME_OP || (at >= 2 && aml[at - 1] == b'\\' && aml[at - 2] == NAME_OP));
+        if !named || aml.get(at + 4) != Some(&PACKAGE_OP) {
+            continue;
+        }
+        let Some(&lead) = aml.get(at + 5) else { continue };
+        // PkgLength: bits 6-7 of the lead byte count the bytes that follow it.
+        let mut i = at + 5 + 1 + (lead >> 6) as usize + 1; // past PkgLength and NumElements
+        let Some((a, n)) = aml.get(i..).and_then(integer) else { continue };
+        i += n;
+        let Some((b, _)) = aml.get(i..).and_then(integer) else { continue };
+        return Some((a & 7, b & 7));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s5_from_qemu_and_intel_style_aml() {
+        // QEMU: Name (_S5, Package (0x04) { Zero, Zero, Zero, Zero })
+        let qemu = [0x10, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00];
+        assert_eq!(s5_sleep_types(&qemu), Some((0, 0)));
+        // Name (\_S5, Package () { 0x07, 0x07, Zero, Zero }) behind a decoy string mentioning _S5_.
+        let mut intel = b"xx_S5_yy".to_vec();
+        intel.extend_from_slice(&[
+            0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x0a, 0x04, 0x0a, 0x07, 0x0a, 0x07, 0x00, 0x00,
+        ]);
+        assert_eq!(s5_sleep_types(&intel), Some((7, 7)));
+        // Two-byte PkgLength and word constants.
+        let long = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x40, 0x01, 0x02, 0x0b, 0x05, 0x00, 0x0b, 0x05, 0x00];
+        assert_eq!(s5_sleep_types(&long), Some((5, 5)));
+        assert_eq!(s5_sleep_types(b"no sleep states here"), None);
+        for n in 0..qemu.len() {
+            let _ = s5_sleep_types(&qemu[..n]);
+        }
+        assert_eq!(s5_sleep_types(&qemu[..9]), None);
+    }
 
     fn table(sig: &[u8; 4], body: &[u8]) -> alloc::vec::Vec<u8> {
         let mut t = alloc::vec![0u8; 36];

@@ -16,6 +16,12 @@ pub fn inb(port: u16) -> u8 {
     unsafe { Port::<u8>::new(port).read() }
 }
 
+/// Writes a 16-bit value to an I/O port.
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { Port::<u16>::new(port).write(value) }
+}
+
 /// Writes a 32-bit value to an I/O port.
 pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.

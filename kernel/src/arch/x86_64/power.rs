@@ -2,7 +2,28 @@
 //! control register, then the keyboard controller, then a triple fault.
 
 use super::{cpu, port};
-use crate::firmware::acpi::ResetRegister;
+use crate::firmware::acpi::{PowerOff, ResetRegister};
+
+/// PM1 control: SLP_EN (ACPI 6.5 4.8.3.2.1).
+const SLP_EN: u16 = 1 << 13;
+
+/// Powers the machine off through ACPI S5 (SLP_TYP into PM1a/PM1b control with SLP_EN); without S5
+/// information, or if the machine is still running, halts every CPU this one can (it). Never returns.
+pub fn shutdown(off: Option<&PowerOff>) -> ! {
+    kprintln!("ember: shutting down");
+    x86_64::instructions::interrupts::disable();
+    if let Some(p) = off {
+        port::outw(p.pm1a, ((p.slp_typ_a as u16) << 10) | SLP_EN);
+        if let Some(b) = p.pm1b {
+            port::outw(b, ((p.slp_typ_b as u16) << 10) | SLP_EN);
+        }
+        super::timer::delay_us(1_000_000);
+        kprintln!("ember: ERROR: the machine did not power off; halted (it is safe to switch it off)");
+    } else {
+        kprintln!("ember: halted (no ACPI power-off); it is safe to switch the machine off");
+    }
+    cpu::halt_forever()
+}
 
 /// Resets the machine. Never returns.
 pub fn reboot(reset: Option<&ResetRegister>) -> ! {

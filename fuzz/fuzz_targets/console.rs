@@ -1,0 +1,41 @@
+//! Fuzz target for what a serial terminal sends the local console: bytes through the escape-sequence
+//! decoder into the DCUI menu, which is drawn after every key at two screen sizes. Every other byte
+//! of input is a time step, so lone-Esc time-outs and the idle time-out are exercised too; login
+//! checks succeed when the password typed is `ok-pass`. Any panic is a finding.
+#![no_main]
+
+use ember_kernel::dcui::keys::KeyDecoder;
+use ember_kernel::dcui::menu::{Action, Menu, View};
+use libfuzzer_sys::fuzz_target;
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+
+fuzz_target!(|data: &[u8]| {
+    let support = vec![("Serial Number".to_string(), "S1".to_string())];
+    let logs: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    let view = View {
+        hostname: "esx1",
+        keyboard: "US Default",
+        shell: false,
+        ssh: true,
+        support: &support,
+        logs: &logs,
+    };
+    let mut decoder = KeyDecoder::new();
+    let mut menu = Menu::new();
+    let mut now = 0u64;
+    for pair in data.chunks(2) {
+        now += pair.get(1).map_or(1, |&t| u64::from(t) * 50);
+        for key in decoder.feed(pair[0], now).into_iter().flatten().chain(decoder.tick(now)) {
+            if let Some(Action::CheckLogin(pw)) = menu.key(key, &view, now) {
+                let _ = menu.login_result(pw == "ok-pass", now);
+            }
+        }
+        let _ = menu.tick(now);
+        for (w, h) in [(80, 24), (13, 4)] {
+            let area = Rect::new(0, 0, w, h);
+            let mut buf = Buffer::empty(area);
+            menu.render(&view, area, &mut buf);
+        }
+    }
+});
