@@ -1,11 +1,13 @@
 //! Fuzz target for what a serial terminal sends the local console: bytes through the escape-sequence
 //! decoder into the DCUI menu, which is drawn after every key at two screen sizes. Every other byte
 //! of input is a time step, so lone-Esc time-outs and the idle time-out are exercised too; login
-//! checks succeed when the password typed is `ok-pass`. Any panic is a finding.
+//! checks succeed when the password typed is `ok-pass`; the management network forms validate
+//! whatever is typed into them. Any panic is a finding.
 #![no_main]
 
 use ember_kernel::dcui::keys::KeyDecoder;
 use ember_kernel::dcui::menu::{Action, Menu, View};
+use ember_storage::netconfig::ManagementConfig;
 use libfuzzer_sys::fuzz_target;
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -13,6 +15,8 @@ use ratatui::layout::Rect;
 fuzz_target!(|data: &[u8]| {
     let support = vec![("Serial Number".to_string(), "S1".to_string())];
     let logs: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    let network = ManagementConfig::default();
+    let nics = vec![("vmnic0".to_string(), "52:54:00:00:00:10".to_string(), true)];
     let view = View {
         hostname: "esx1",
         keyboard: "US Default",
@@ -20,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         ssh: true,
         support: &support,
         logs: &logs,
+        network: &network,
+        dns_search: &[],
+        nics: &nics,
     };
     let mut decoder = KeyDecoder::new();
     let mut menu = Menu::new();

@@ -406,8 +406,8 @@ impl LocalConsole {
             console::show_idle_screen(&self.identity);
             return;
         }
-        let logs = console::log_lines();
-        let view = menu_view(net, &self.support, &logs);
+        let (logs, nics) = (console::log_lines(), nic_rows(net));
+        let view = menu_view(net, &self.support, &logs, &nics);
         console::show_menu(|area, buf| self.menu.render(&view, area, buf));
     }
 
@@ -418,9 +418,9 @@ impl LocalConsole {
             console::show_idle_screen(&self.identity);
             return;
         }
-        let logs = console::log_lines();
+        let (logs, nics) = (console::log_lines(), nic_rows(net.as_ref()));
         let action = {
-            let view = menu_view(net.as_ref(), &self.support, &logs);
+            let view = menu_view(net.as_ref(), &self.support, &logs, &nics);
             self.menu.key(key, &view, now)
         };
         if let Some(a) = action {
@@ -440,12 +440,17 @@ impl LocalConsole {
             }
             return;
         };
+        // A change is stored before it takes effect; when storing fails the screen says so.
+        let mut failure = None;
         let mut change = |f: &dyn Fn(&mut HostConfig), what: &str| {
             let mut host = n.api.host.clone();
             f(&mut host);
             match n.api.commit(host) {
                 Ok(()) => kprintln!("ember: DCUI: {what}"),
-                Err(e) => kprintln!("ember: ERROR: DCUI: {what}: {e}"),
+                Err(e) => {
+                    kprintln!("ember: ERROR: DCUI: {what}: {e}");
+                    failure = Some(format!("Not changed: {e}"));
+                }
             }
         };
         match action {
@@ -467,6 +472,19 @@ impl LocalConsole {
             Action::SetSsh(on) => {
                 change(&|h| h.ssh_enabled = on, if on { "SSH enabled" } else { "SSH disabled" })
             }
+            Action::ApplyNetwork { network, dns_search } => {
+                let (cfg, search) = (network.clone(), dns_search.clone());
+                change(
+                    &|h| {
+                        h.network = cfg.clone();
+                        h.dns_search = search.clone();
+                    },
+                    "management network settings changed",
+                );
+                if n.api.host.network == network {
+                    n.reconfigure(network, now);
+                }
+            }
             Action::RestartManagementNetwork => {
                 kprintln!("ember: DCUI: restarting the management network");
                 n.restart(now);
@@ -486,25 +504,53 @@ impl LocalConsole {
             Action::Restart => power::reboot(self.reset.as_ref()),
             Action::Log(l) => kprintln!("ember: {l}"),
         }
+        if let Some(f) = failure {
+            self.menu.notify(f);
+        }
     }
 }
+
+/// The NICs as the menu lists them: name, MAC address, link.
+fn nic_rows(net: Option<&ManagementNetwork>) -> Vec<(String, String, bool)> {
+    net.map(|n| {
+        n.api.nics.iter().map(|i| (i.name.clone(), ember_net::api::mac_string(&i.mac), i.link)).collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The management network settings of a host without a NIC (nothing to configure).
+static NO_NETWORK: spin::Lazy<ManagementConfig> = spin::Lazy::new(ManagementConfig::default);
 
 /// What the menu shows of the host.
 fn menu_view<'a>(
     net: Option<&'a ManagementNetwork>,
     support: &'a [(String, String)],
     logs: &'a [String],
+    nics: &'a [(String, String, bool)],
 ) -> View<'a> {
     match net {
         Some(n) => View {
             hostname: &n.api.host.network.hostname,
+            network: &n.api.host.network,
+            dns_search: &n.api.host.dns_search,
+            nics,
             keyboard: &n.api.host.keyboard,
             shell: n.api.host.shell_enabled,
             ssh: n.api.host.ssh_enabled,
             support,
             logs,
         },
-        None => View { hostname: "ember", keyboard: "US Default", shell: false, ssh: false, support, logs },
+        None => View {
+            hostname: "ember",
+            keyboard: "US Default",
+            shell: false,
+            ssh: false,
+            support,
+            logs,
+            network: &NO_NETWORK,
+            dns_search: &[],
+            nics,
+        },
     }
 }
 

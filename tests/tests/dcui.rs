@@ -1,6 +1,7 @@
 //! The DCUI menu driven over the serial console the way an operator at a terminal would: function
 //! keys in both terminal forms, the root login, Configure Password (then used on the API, and still
-//! in force after a reboot), Reset System Configuration back to a first boot, and F12 Shut Down ending
+//! in force after a reboot), Configure Management Network (a static address reached on the API, kept
+//! across a power-off), Network Restore Options (back to DHCP), Reset System Configuration back to a first boot, and F12 Shut Down ending
 //! QEMU. Screens are read through a terminal emulator (`vt100`).
 
 use ember_systests::net::*;
@@ -16,9 +17,13 @@ const F11: &[u8] = b"\x1b[23~";
 const F12_VT100: &[u8] = b"\x1b@";
 const DOWN: &[u8] = b"\x1b[B";
 
-fn boot(name: &str, img: &Path, port: u16) -> Qemu {
+/// Boots `img` with one virtio NIC: the API at the DHCP address is forwarded to `port`, the API at
+/// the static address 10.0.2.20 to `static_port`.
+fn boot(name: &str, img: &Path, port: u16, static_port: u16) -> Qemu {
     let mut cfg = QemuConfig::new(name, img);
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let fwd =
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=tcp:127.0.0.1:{static_port}-10.0.2.20:80");
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &fwd)];
     Qemu::start(&cfg)
 }
 
@@ -38,9 +43,10 @@ fn login(q: &mut Qemu, function_key: &[u8], password: &str) {
 fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), &[]);
-    let port = free_port();
+    let (port, static_port) = (free_port(), free_port());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut q = boot("dcui_menu", &img, port);
+    let static_addr = SocketAddr::from(([127, 0, 0, 1], static_port));
+    let mut q = boot("dcui_menu", &img, port, static_port);
     q.wait_for_screen("http://ember/  http://10.0.2.15/ (DHCP)", T);
 
     // A wrong password is refused and said so; line noise at the prompt changes nothing.
@@ -74,9 +80,36 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     wait_for_http(addr, T);
     assert_eq!(request(addr, "GET", "/api/v1/host", Some(("root", "ember-initial")), None).status, 401);
     assert_eq!(request(addr, "GET", "/api/v1/host", Some(("root", "dcui-pass-1")), None).status, 200);
+    keys(&mut q, b"\x1b");
+    login(&mut q, F2_XTERM, "dcui-pass-1");
+    q.wait_for_screen("System Customization", T);
 
-    // View Support Information shows the SMBIOS facts; Esc goes back, Esc again logs out.
-    for _ in 0..5 {
+    // Configure Management Network: a static address, applied after the Y/N question, reached on the
+    // API at its new address.
+    keys(&mut q, DOWN);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("IPv4: DHCP", T);
+    keys(&mut q, DOWN);
+    keys(&mut q, DOWN);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("Use dynamic IPv4 address", T);
+    keys(&mut q, b" 10.0.2.20\t255.255.255.0\t10.0.2.2\r");
+    q.wait_for_screen("IPv4: static 10.0.2.20/24, gateway 10.0.2.2", T);
+    keys(&mut q, b"\x1b");
+    q.wait_for_screen("Apply changes and restart management network? (Y/N)", T);
+    keys(&mut q, b"y");
+    q.wait_for_screen("Management network settings applied", T);
+    wait_for_http(static_addr, T);
+    let m = request(static_addr, "GET", "/api/v1/network/management", Some(("root", "dcui-pass-1")), None);
+    assert_eq!(m.status, 200, "{m:?}");
+    assert_eq!(
+        (m.json()["mode"].as_str(), m.json()["address"].as_str()),
+        (Some("static"), Some("10.0.2.20"))
+    );
+
+    // View Support Information (the menu keeps its place: from item 1, six down) shows the SMBIOS
+    // facts; Esc goes back, Esc again logs out.
+    for _ in 0..6 {
         keys(&mut q, DOWN);
     }
     keys(&mut q, b"\r");
@@ -93,15 +126,28 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     assert_eq!(q.wait_exit(T), 0, "QEMU ends on ACPI power-off");
     drop(q);
 
-    // The password survives the power-off; Reset System Configuration goes back to a first boot.
-    let mut q = boot("dcui_menu_reset", &img, port);
+    // The password and the static address survive the power-off; Reset System Configuration goes
+    // back to a first boot.
+    let mut q = boot("dcui_menu_reset", &img, port, static_port);
     q.wait_for("configuration loaded from usb0", T);
-    wait_for_http(addr, T);
-    assert_eq!(request(addr, "GET", "/api/v1/host", Some(("root", "dcui-pass-1")), None).status, 200);
-    q.wait_for_screen("To manage this host, go to:", T);
+    wait_for_http(static_addr, T);
+    assert_eq!(request(static_addr, "GET", "/api/v1/host", Some(("root", "dcui-pass-1")), None).status, 200);
+    q.wait_for_screen("http://ember/  http://10.0.2.20/ (STATIC)", T);
     login(&mut q, F2_VT100, "dcui-pass-1");
     q.wait_for_screen("System Customization", T);
-    for _ in 0..6 {
+    // Network Restore Options: back to DHCP (F11 confirms), reached at the DHCP address again.
+    for _ in 0..3 {
+        keys(&mut q, DOWN);
+    }
+    keys(&mut q, b"\r");
+    q.wait_for_screen("<F11> Restore  <Esc> Cancel", T);
+    keys(&mut q, F11);
+    q.wait_for_screen("Network settings restored to the defaults", T);
+    wait_for_http(addr, T);
+    let m = request(addr, "GET", "/api/v1/network/management", Some(("root", "dcui-pass-1")), None);
+    assert_eq!(m.json()["mode"], "dhcp", "{m:?}");
+    // Reset System Configuration (five further down).
+    for _ in 0..5 {
         keys(&mut q, DOWN);
     }
     keys(&mut q, b"\r");

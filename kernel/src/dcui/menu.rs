@@ -4,19 +4,28 @@
 //!
 //! Built in this version: root login (slow checks done by the caller; three failures in a row lock
 //! the prompt for [`LOCKOUT_MS`]), System Customization with Configure Password (confirmation and the
-//! password rules), Restart Management Network (F11 confirms), Configure Keyboard, Troubleshooting
-//! Options (local shell and SSH flags, stored; the shell and SSH themselves do not exist yet), View
+//! password rules), Configure Management Network (uplink NIC, VLAN, IPv4 DHCP or static, DNS servers
+//! and host name, custom DNS suffixes; each form validated as a whole, the field at fault named; Esc
+//! asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11 confirms), Configure Keyboard, Troubleshooting
+//! Options (local shell and SSH flags, stored; the shell and SSH themselves do not exist yet), Network
+//! Restore Options (F11: the default management network, host name kept), View
 //! System Logs and View Support Information (scrollable), Reset System Configuration (F11 confirms),
-//! and the F12 Shut Down / Restart screen. Configure Management Network, Test Management Network and
-//! Network Restore Options are not built yet and are not listed. Esc always goes back; after
+//! and the F12 Shut Down / Restart screen. Test Management Network and IPv6 Configuration are not
+//! built yet and are not listed. Esc always goes back; after
 //! [`IDLE_TIMEOUT_MS`] without a key the menu logs out and returns to the idle screen.
 
 use crate::dcui::keys::Key;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use ember_storage::hostconfig::MAX_SEARCH_SUFFIXES;
 use ember_storage::kickstart::KEYBOARD_LAYOUTS;
+use ember_storage::netconfig::{
+    netmask_to_prefix, parse_ipv4, validate_hostname, validate_vlan, ConfigError, Ipv4Mode, ManagementConfig,
+};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
@@ -41,6 +50,11 @@ pub enum Action {
     /// Store this new root password (rules already checked).
     SetPassword(String),
     RestartManagementNetwork,
+    /// Store these management network settings and DNS search suffixes, then restart the network.
+    ApplyNetwork {
+        network: ManagementConfig,
+        dns_search: Vec<String>,
+    },
     SetKeyboard(String),
     SetShell(bool),
     SetSsh(bool),
@@ -55,6 +69,11 @@ pub enum Action {
 /// What the menu shows besides its own state.
 pub struct View<'a> {
     pub hostname: &'a str,
+    /// The stored management network settings and DNS search suffixes.
+    pub network: &'a ManagementConfig,
+    pub dns_search: &'a [String],
+    /// The host's NICs: name, MAC address, link up.
+    pub nics: &'a [(String, String, bool)],
     pub keyboard: &'a str,
     pub shell: bool,
     pub ssh: bool,
@@ -73,27 +92,109 @@ enum After {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Confirm {
     RestartNetwork,
+    RestoreNetwork,
     Reset,
 }
+
+/// Management network settings being edited (applied only when the operator says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Draft {
+    network: ManagementConfig,
+    dns_search: Vec<String>,
+    changed: bool,
+}
+
+/// The management network forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Vlan,
+    Ipv4,
+    Dns,
+    Suffixes,
+}
+
+impl Form {
+    fn labels(self) -> &'static [&'static str] {
+        match self {
+            Form::Vlan => &["VLAN ID (1-4094, empty for none):"],
+            Form::Ipv4 => &["IPv4 Address:", "Subnet Mask:", "Default Gateway:"],
+            Form::Dns => &["Primary DNS Server:", "Alternate DNS Server:", "Hostname:"],
+            Form::Suffixes => &["Suffixes (space or comma separated):"],
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Form::Vlan => "VLAN (optional)",
+            Form::Ipv4 => "IPv4 Configuration",
+            Form::Dns => "DNS Configuration",
+            Form::Suffixes => "Custom DNS Suffixes",
+        }
+    }
+}
+
+const NETWORK_ITEMS: &[&str] = &[
+    "Network Adapters",
+    "VLAN (optional)",
+    "IPv4 Configuration",
+    "DNS Configuration",
+    "Custom DNS Suffixes",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Screen {
     Idle,
-    Login { after: After, password: String, checking: bool },
+    Network {
+        selected: usize,
+        draft: Box<Draft>,
+    },
+    Adapters {
+        selected: usize,
+        draft: Box<Draft>,
+    },
+    /// A form: its fields' text, the field being typed in, and for IPv4 whether DHCP is chosen.
+    NetForm {
+        form: Form,
+        fields: Vec<String>,
+        field: usize,
+        dhcp: bool,
+        draft: Box<Draft>,
+    },
+    ApplyPrompt {
+        draft: Box<Draft>,
+    },
+    Login {
+        after: After,
+        password: String,
+        checking: bool,
+    },
     Main,
-    Password { fields: [String; 2], field: usize },
-    Keyboard { selected: usize },
-    Troubleshooting { selected: usize },
+    Password {
+        fields: [String; 2],
+        field: usize,
+    },
+    Keyboard {
+        selected: usize,
+    },
+    Troubleshooting {
+        selected: usize,
+    },
     Confirm(Confirm),
-    Logs { scroll: usize },
-    Support { scroll: usize },
+    Logs {
+        scroll: usize,
+    },
+    Support {
+        scroll: usize,
+    },
     Power,
 }
 
 /// The System Customization items of this build, in order.
 const ITEMS: &[&str] = &[
     "Configure Password",
+    "Configure Management Network",
     "Restart Management Network",
+    "Network Restore Options",
     "Configure Keyboard",
     "Troubleshooting Options",
     "View System Logs",
@@ -212,7 +313,7 @@ impl Menu {
                     self.message = Some(String::from("Checking..."));
                     return Some(Action::CheckLogin(pw));
                 }
-                _ => edit(password, key),
+                _ => edit(password, key, MAX_INPUT),
             },
             Screen::Main => match key {
                 Key::Esc => self.go(Screen::Idle),
@@ -221,7 +322,16 @@ impl Menu {
                 Key::Enter => {
                     let next = match ITEMS[self.selected] {
                         "Configure Password" => Screen::Password { fields: Default::default(), field: 0 },
+                        "Configure Management Network" => Screen::Network {
+                            selected: 0,
+                            draft: Box::new(Draft {
+                                network: view.network.clone(),
+                                dns_search: view.dns_search.to_vec(),
+                                changed: false,
+                            }),
+                        },
                         "Restart Management Network" => Screen::Confirm(Confirm::RestartNetwork),
+                        "Network Restore Options" => Screen::Confirm(Confirm::RestoreNetwork),
                         "Configure Keyboard" => Screen::Keyboard {
                             selected: KEYBOARD_LAYOUTS.iter().position(|k| *k == view.keyboard).unwrap_or(0),
                         },
@@ -231,6 +341,86 @@ impl Menu {
                         _ => Screen::Confirm(Confirm::Reset),
                     };
                     self.go(next);
+                }
+                _ => {}
+            },
+            Screen::Network { selected, draft } => match key {
+                Key::Esc if draft.changed => {
+                    let draft = draft.clone();
+                    self.go(Screen::ApplyPrompt { draft });
+                }
+                Key::Esc => self.go(Screen::Main),
+                Key::Up => *selected = selected.saturating_sub(1),
+                Key::Down => *selected = (*selected + 1).min(NETWORK_ITEMS.len() - 1),
+                Key::Enter => {
+                    let (selected, draft) = (*selected, draft.clone());
+                    let next = match selected {
+                        0 => Screen::Adapters {
+                            selected: view.nics.iter().position(|n| n.0 == draft.network.uplink).unwrap_or(0),
+                            draft,
+                        },
+                        n => {
+                            let form = [Form::Vlan, Form::Ipv4, Form::Dns, Form::Suffixes][n - 1];
+                            let (fields, dhcp) = form_fields(form, &draft);
+                            Screen::NetForm { form, fields, field: 0, dhcp, draft }
+                        }
+                    };
+                    self.go(next);
+                }
+                _ => {}
+            },
+            Screen::Adapters { selected, draft } => match key {
+                Key::Esc | Key::Enter => {
+                    let draft = draft.clone();
+                    self.go(Screen::Network { selected: 0, draft });
+                }
+                Key::Up => *selected = selected.saturating_sub(1),
+                Key::Down => *selected = (*selected + 1).min(view.nics.len().saturating_sub(1)),
+                Key::Space => {
+                    // The management network has one uplink: Space makes this NIC the one.
+                    if let Some(n) = view.nics.get(*selected) {
+                        if draft.network.uplink != n.0 {
+                            draft.network.uplink = n.0.clone();
+                            draft.changed = true;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            Screen::NetForm { form, fields, field, dhcp, draft } => match key {
+                Key::Esc => {
+                    let draft = draft.clone();
+                    self.go(Screen::Network { selected: 0, draft });
+                }
+                Key::Tab | Key::Down => *field = (*field + 1) % fields.len(),
+                Key::Up => *field = (*field + fields.len() - 1) % fields.len(),
+                Key::Space if *form == Form::Ipv4 && fields[*field].is_empty() && !*dhcp => *dhcp = true,
+                Key::Space if *form == Form::Ipv4 && *dhcp => *dhcp = false,
+                Key::Enter => match apply_form(*form, fields, *dhcp, draft) {
+                    Ok(()) => {
+                        let draft = draft.clone();
+                        self.go(Screen::Network { selected: 0, draft });
+                    }
+                    Err(e) => self.message = Some(format!("{}: {}", e.field, e.problem)),
+                },
+                _ if *form == Form::Ipv4 && *dhcp => {}
+                _ => edit(&mut fields[*field], key, 253),
+            },
+            Screen::ApplyPrompt { draft } => match key {
+                Key::Char('y') | Key::Char('Y') => {
+                    let (network, dns_search) = (draft.network.clone(), draft.dns_search.clone());
+                    self.go(Screen::Main);
+                    self.message =
+                        Some(String::from("Management network settings applied; the network restarted."));
+                    return Some(Action::ApplyNetwork { network, dns_search });
+                }
+                Key::Char('n') | Key::Char('N') => {
+                    self.go(Screen::Main);
+                    self.message = Some(String::from("Changes discarded."));
+                }
+                Key::Esc => {
+                    let draft = draft.clone();
+                    self.go(Screen::Network { selected: 0, draft });
                 }
                 _ => {}
             },
@@ -254,7 +444,7 @@ impl Menu {
                         return Some(Action::SetPassword(new));
                     }
                 }
-                _ => edit(&mut fields[*field], key),
+                _ => edit(&mut fields[*field], key, MAX_INPUT),
             },
             Screen::Keyboard { selected } => match key {
                 Key::Esc => self.go(Screen::Main),
@@ -283,14 +473,26 @@ impl Menu {
             Screen::Confirm(what) => match key {
                 Key::Esc => self.go(Screen::Main),
                 Key::F(11) => {
-                    let action = match what {
-                        Confirm::RestartNetwork => Action::RestartManagementNetwork,
-                        Confirm::Reset => Action::ResetConfiguration,
+                    let (action, message) = match what {
+                        Confirm::RestartNetwork => {
+                            (Action::RestartManagementNetwork, Some("Management network restarted."))
+                        }
+                        // The default management network (DHCP on vmnic0, no VLAN, DNS from DHCP, no
+                        // suffixes); the host name is kept so the host keeps its identity.
+                        Confirm::RestoreNetwork => (
+                            Action::ApplyNetwork {
+                                network: ManagementConfig {
+                                    hostname: view.network.hostname.clone(),
+                                    ..ManagementConfig::default()
+                                },
+                                dns_search: Vec::new(),
+                            },
+                            Some("Network settings restored to the defaults; the network restarted."),
+                        ),
+                        Confirm::Reset => (Action::ResetConfiguration, None),
                     };
                     self.go(Screen::Main);
-                    if action == Action::RestartManagementNetwork {
-                        self.message = Some(String::from("Management network restarted."));
-                    }
+                    self.message = message.map(String::from);
                     return Some(action);
                 }
                 _ => {}
@@ -343,6 +545,73 @@ impl Menu {
                     lines.push(Line::from(Span::styled(format!(" {item:<30} "), style)));
                 }
             }
+            Screen::Network { selected, draft } => {
+                for (i, item) in NETWORK_ITEMS.iter().enumerate() {
+                    let style = if i == *selected { highlight } else { yellow };
+                    lines.push(Line::from(Span::styled(format!(" {item:<30} "), style)));
+                }
+                lines.push(Line::from(""));
+                let n = &draft.network;
+                lines.push(Line::from(format!(
+                    "Uplink: {}   VLAN: {}",
+                    n.uplink,
+                    n.vlan.map_or(String::from("none"), |v| v.to_string())
+                )));
+                lines.push(Line::from(match n.ipv4 {
+                    Ipv4Mode::Dhcp => String::from("IPv4: DHCP"),
+                    Ipv4Mode::Static { address, prefix, gateway } => format!(
+                        "IPv4: static {address}/{prefix}{}",
+                        gateway.map(|g| format!(", gateway {g}")).unwrap_or_default()
+                    ),
+                }));
+                let dns: Vec<String> = n.dns.iter().map(|d| d.to_string()).collect();
+                lines.push(Line::from(format!(
+                    "DNS: {}   Hostname: {}",
+                    if dns.is_empty() { String::from("(from DHCP)") } else { dns.join(", ") },
+                    n.hostname
+                )));
+                if !draft.dns_search.is_empty() {
+                    lines.push(Line::from(format!("DNS suffixes: {}", draft.dns_search.join(" "))));
+                }
+            }
+            Screen::Adapters { selected, draft } => {
+                lines.push(Line::from("The management network's uplink (Space selects):"));
+                lines.push(Line::from(""));
+                for (i, (name, mac, link)) in view.nics.iter().enumerate() {
+                    let mark = if *name == draft.network.uplink { "[X]" } else { "[ ]" };
+                    let style = if i == *selected { highlight } else { yellow };
+                    let state = if *link { "Connected" } else { "Disconnected" };
+                    lines.push(Line::from(Span::styled(
+                        format!(" {mark} {name:<8} {mac}  {state:<12} "),
+                        style,
+                    )));
+                }
+            }
+            Screen::NetForm { form, fields, field, dhcp, .. } => {
+                if *form == Form::Ipv4 {
+                    lines.push(Line::from(format!(
+                        "({}) Use dynamic IPv4 address and network configuration",
+                        if *dhcp { "o" } else { " " }
+                    )));
+                    lines.push(Line::from(format!(
+                        "({}) Set static IPv4 address and network configuration:",
+                        if *dhcp { " " } else { "o" }
+                    )));
+                    lines.push(Line::from(""));
+                }
+                for (i, label) in form.labels().iter().enumerate() {
+                    let value = if *form == Form::Ipv4 && *dhcp { "" } else { fields[i].as_str() };
+                    let style =
+                        if i == *field && !(*form == Form::Ipv4 && *dhcp) { highlight } else { yellow };
+                    lines.push(Line::from(vec![
+                        Span::raw(format!("{label:<38}")),
+                        Span::styled(format!("[ {value:<24} ]"), style),
+                    ]));
+                }
+            }
+            Screen::ApplyPrompt { .. } => {
+                lines.push(Line::from("Apply changes and restart management network? (Y/N)"));
+            }
             Screen::Password { fields, field } => {
                 lines.push(Line::from("Enter a new root password (7 to 128 printable characters)."));
                 lines.push(Line::from(""));
@@ -381,6 +650,7 @@ impl Menu {
             Screen::Confirm(what) => {
                 let text = match what {
                     Confirm::RestartNetwork => "Restart the management network? Connections to the host are dropped.",
+                    Confirm::RestoreNetwork => "Restore Network Settings: the management network returns to the defaults (DHCP on vmnic0, no VLAN, DNS from DHCP, no DNS suffixes; the host name is kept) and restarts.",
                     Confirm::Reset => "Reset the system configuration? All settings, including the root password, return to the factory defaults and the host reboots into a first boot.",
                 };
                 lines.push(Line::from(text));
@@ -418,12 +688,26 @@ impl Menu {
             Screen::Login { .. } => ("Authentication Required", "<Enter> OK  <Esc> Cancel"),
             Screen::Main => ("System Customization", "<Up/Down> Select  <Enter> Open  <Esc> Log Out"),
             Screen::Password { .. } => ("Configure Password", "<Tab> Next Field  <Enter> OK  <Esc> Cancel"),
+            Screen::Network { .. } => {
+                ("Configure Management Network", "<Up/Down> Select  <Enter> Change  <Esc> Exit")
+            }
+            Screen::Adapters { .. } => ("Network Adapters", "<Space> Select  <Enter> OK  <Esc> Back"),
+            Screen::NetForm { form: Form::Ipv4, .. } => {
+                ("IPv4 Configuration", "<Space> DHCP/Static  <Tab> Next Field  <Enter> OK  <Esc> Cancel")
+            }
+            Screen::NetForm { form, .. } => (form.title(), "<Tab> Next Field  <Enter> OK  <Esc> Cancel"),
+            Screen::ApplyPrompt { .. } => {
+                ("Configure Management Network: Confirm", "<Y> Yes  <N> No  <Esc> Back")
+            }
             Screen::Keyboard { .. } => ("Configure Keyboard", "<Up/Down> Select  <Enter> OK  <Esc> Cancel"),
             Screen::Troubleshooting { .. } => {
                 ("Troubleshooting Options", "<Up/Down> Select  <Enter> Toggle  <Esc> Back")
             }
             Screen::Confirm(Confirm::RestartNetwork) => {
                 ("Restart Management Network", "<F11> Restart  <Esc> Cancel")
+            }
+            Screen::Confirm(Confirm::RestoreNetwork) => {
+                ("Network Restore Options", "<F11> Restore  <Esc> Cancel")
             }
             Screen::Confirm(Confirm::Reset) => ("Reset System Configuration", "<F11> Reset  <Esc> Cancel"),
             Screen::Logs { .. } => ("View System Logs", "<Up/Down/PgUp/PgDn> Scroll  <Esc> Back"),
@@ -433,11 +717,104 @@ impl Menu {
     }
 }
 
-/// Typing into a password field: printable characters are added, Backspace removes.
-fn edit(field: &mut String, key: Key) {
+/// The text a form starts with, from the draft; for IPv4 also whether DHCP is chosen.
+fn form_fields(form: Form, d: &Draft) -> (Vec<String>, bool) {
+    let ip = |a: Option<Ipv4Addr>| a.map(|a| a.to_string()).unwrap_or_default();
+    match form {
+        Form::Vlan => (vec![d.network.vlan.map(|v| v.to_string()).unwrap_or_default()], false),
+        Form::Ipv4 => match d.network.ipv4 {
+            Ipv4Mode::Dhcp => (vec![String::new(), String::new(), String::new()], true),
+            Ipv4Mode::Static { address, prefix, gateway } => {
+                let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0));
+                (vec![address.to_string(), mask.to_string(), ip(gateway)], false)
+            }
+        },
+        Form::Dns => (
+            vec![
+                ip(d.network.dns.first().copied()),
+                ip(d.network.dns.get(1).copied()),
+                d.network.hostname.clone(),
+            ],
+            false,
+        ),
+        Form::Suffixes => (vec![d.dns_search.join(" ")], false),
+    }
+}
+
+/// Validates a form as a whole and puts it into the draft; on error the draft is unchanged.
+fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> Result<(), ConfigError> {
+    let mut network = draft.network.clone();
+    let mut search = draft.dns_search.clone();
+    let text = |i: usize| fields[i].trim();
+    match form {
+        Form::Vlan => {
+            network.vlan = match text(0) {
+                "" => None,
+                t => Some(validate_vlan(
+                    "VLAN ID",
+                    t.parse::<u32>().map_err(|_| ConfigError {
+                        field: "VLAN ID".into(),
+                        problem: format!("`{t}` is not a number"),
+                    })?,
+                )?),
+            }
+        }
+        Form::Ipv4 if dhcp => network.ipv4 = Ipv4Mode::Dhcp,
+        Form::Ipv4 => {
+            let address = parse_ipv4("IPv4 Address", text(0))?;
+            let prefix = netmask_to_prefix("Subnet Mask", parse_ipv4("Subnet Mask", text(1))?)?;
+            let gateway = match text(2) {
+                "" => None,
+                g => Some(parse_ipv4("Default Gateway", g)?),
+            };
+            network.ipv4 = Ipv4Mode::Static { address, prefix, gateway };
+        }
+        Form::Dns => {
+            network.dns = Vec::new();
+            for (i, label) in [(0, "Primary DNS Server"), (1, "Alternate DNS Server")] {
+                if !text(i).is_empty() {
+                    network.dns.push(parse_ipv4(label, text(i))?);
+                }
+            }
+            validate_hostname("Hostname", text(2))?;
+            network.hostname = text(2).to_string();
+        }
+        Form::Suffixes => {
+            search = text(0).split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect();
+            if search.len() > MAX_SEARCH_SUFFIXES {
+                return Err(ConfigError {
+                    field: "Suffixes".into(),
+                    problem: format!("at most {MAX_SEARCH_SUFFIXES}"),
+                });
+            }
+            for s in &search {
+                validate_hostname("Suffixes", s)?;
+            }
+        }
+    }
+    // The whole configuration must still hold (for example the gateway inside the new subnet).
+    network.validate().map_err(|e| ConfigError {
+        field: match e.field.as_str() {
+            "address" | "prefix" => "IPv4 Address".into(),
+            "gateway" => "Default Gateway".into(),
+            "dns" => "DNS Server".into(),
+            other => other.into(),
+        },
+        problem: e.problem,
+    })?;
+    if network != draft.network || search != draft.dns_search {
+        draft.network = network;
+        draft.dns_search = search;
+        draft.changed = true;
+    }
+    Ok(())
+}
+
+/// Typing into a field: printable characters are added (up to `max`), Backspace removes.
+fn edit(field: &mut String, key: Key, max: usize) {
     match key {
-        Key::Char(c) if field.len() < MAX_INPUT => field.push(c),
-        Key::Space if field.len() < MAX_INPUT => field.push(' '),
+        Key::Char(c) if field.len() < max => field.push(c),
+        Key::Space if field.len() < max => field.push(' '),
         Key::Backspace => {
             field.pop();
         }
@@ -457,10 +834,17 @@ pub fn buffer_text(buf: &Buffer) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn view() -> (Vec<(String, String)>, Vec<String>) {
+    type Fixture = (Vec<(String, String)>, Vec<String>, ManagementConfig, Vec<(String, String, bool)>);
+
+    fn view() -> Fixture {
         (
             alloc::vec![("Serial Number".into(), "S123".into())],
             (0..50).map(|i| format!("log line {i}")).collect(),
+            ManagementConfig::default(),
+            alloc::vec![
+                ("vmnic0".into(), "52:54:00:00:00:10".into(), true),
+                ("vmnic1".into(), "52:54:00:00:00:11".into(), false),
+            ],
         )
     }
 
@@ -489,7 +873,7 @@ mod tests {
 
     #[test]
     fn login_then_customization_and_logout() {
-        let (support, logs) = view();
+        let (support, logs, net, nics) = view();
         let v = View {
             hostname: "esx1",
             keyboard: "US Default",
@@ -497,6 +881,9 @@ mod tests {
             ssh: false,
             support: &support,
             logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
         };
         let mut m = Menu::new();
         assert!(m.is_idle());
@@ -530,7 +917,7 @@ mod tests {
 
     #[test]
     fn three_failures_lock_the_prompt() {
-        let (support, logs) = view();
+        let (support, logs, net, nics) = view();
         let v = View {
             hostname: "h",
             keyboard: "US Default",
@@ -538,6 +925,9 @@ mod tests {
             ssh: false,
             support: &support,
             logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
         };
         let mut m = Menu::new();
         m.key(Key::F(12), &v, 0);
@@ -557,7 +947,7 @@ mod tests {
 
     #[test]
     fn password_needs_confirmation_and_the_rules() {
-        let (support, logs) = view();
+        let (support, logs, net, nics) = view();
         let v = View {
             hostname: "h",
             keyboard: "US Default",
@@ -565,6 +955,9 @@ mod tests {
             ssh: false,
             support: &support,
             logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
         };
         let mut m = logged_in(&v);
         m.key(Key::Enter, &v, 5); // Configure Password
@@ -587,7 +980,7 @@ mod tests {
 
     #[test]
     fn every_item_opens_and_esc_goes_back() {
-        let (support, logs) = view();
+        let (support, logs, net, nics) = view();
         let v = View {
             hostname: "h",
             keyboard: "German",
@@ -595,11 +988,16 @@ mod tests {
             ssh: true,
             support: &support,
             logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
         };
         let mut m = logged_in(&v);
         let titles = [
             "Configure Password",
+            "Configure Management Network",
             "Restart Management Network",
+            "Network Restore Options",
             "Configure Keyboard",
             "Troubleshooting Options",
             "View System Logs",
@@ -613,26 +1011,32 @@ mod tests {
             m.key(Key::Esc, &v, 5);
             assert!(screen(&m, &v).contains("System Customization"), "Esc from {t}");
         }
-        m.selected = 1;
+        m.selected = 2;
         m.key(Key::Enter, &v, 5);
         assert_eq!(m.key(Key::Enter, &v, 5), None, "only F11 confirms");
         assert_eq!(m.key(Key::F(11), &v, 5), Some(Action::RestartManagementNetwork));
-        m.selected = 6;
+        m.selected = 8;
         m.key(Key::Enter, &v, 5);
         assert_eq!(m.key(Key::F(11), &v, 5), Some(Action::ResetConfiguration));
-        m.selected = 2;
+        m.selected = 3;
+        m.key(Key::Enter, &v, 5);
+        let restored = m.key(Key::F(11), &v, 5);
+        let expected =
+            ManagementConfig { hostname: v.network.hostname.clone(), ..ManagementConfig::default() };
+        assert_eq!(restored, Some(Action::ApplyNetwork { network: expected, dns_search: Vec::new() }));
+        m.selected = 4;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("(o) German"));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetKeyboard("Greek".into())));
-        m.selected = 3;
+        m.selected = 5;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("SSH            Enabled"));
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetShell(true)));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Space, &v, 5), Some(Action::SetSsh(false)));
         m.key(Key::Esc, &v, 5);
-        m.selected = 4;
+        m.selected = 6;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("log line 49"));
         for _ in 0..3 {
@@ -642,9 +1046,17 @@ mod tests {
         assert!(s.contains("log line 19") && !s.contains("log line 49"), "{s}");
     }
 
+    fn typed_keys(m: &mut Menu, v: &View<'_>, keys: &[Key]) -> Option<Action> {
+        let mut last = None;
+        for k in keys {
+            last = m.key(*k, v, 5);
+        }
+        last
+    }
+
     #[test]
-    fn tiny_screens_and_noise_do_not_panic() {
-        let (support, logs) = view();
+    fn configure_management_network_static_vlan_dns_and_uplink() {
+        let (support, logs, net, nics) = view();
         let v = View {
             hostname: "h",
             keyboard: "US Default",
@@ -652,6 +1064,107 @@ mod tests {
             ssh: false,
             support: &support,
             logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
+        };
+        let mut m = logged_in(&v);
+        m.selected = 1;
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("IPv4: DHCP"));
+        // Esc without changes goes straight back.
+        m.key(Key::Esc, &v, 5);
+        assert!(screen(&m, &v).contains("System Customization"));
+        m.key(Key::Enter, &v, 5);
+        // IPv4: Space chooses static, then the fields; a gateway outside the subnet is refused.
+        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Enter, Key::Space]);
+        typed(&mut m, &v, "10.0.2.20");
+        m.key(Key::Tab, &v, 5);
+        typed(&mut m, &v, "255.255.255.0");
+        m.key(Key::Tab, &v, 5);
+        typed(&mut m, &v, "10.9.9.9");
+        assert_eq!(m.key(Key::Enter, &v, 5), None);
+        assert!(
+            screen(&m, &v).contains("Default Gateway: 10.9.9.9 is not in the interface's subnet"),
+            "{}",
+            screen(&m, &v)
+        );
+        for _ in 0.."10.9.9.9".len() {
+            m.key(Key::Backspace, &v, 5);
+        }
+        typed(&mut m, &v, "10.0.2.2");
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("IPv4: static 10.0.2.20/24, gateway 10.0.2.2"), "{}", screen(&m, &v));
+        // VLAN: a bad id is named, a good one taken.
+        typed_keys(&mut m, &v, &[Key::Down, Key::Enter]);
+        typed(&mut m, &v, "5000");
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("VLAN ID: 5000 is not a VLAN id"), "{}", screen(&m, &v));
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("VLAN: 5"));
+        // DNS and host name.
+        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Enter]);
+        typed(&mut m, &v, "10.0.2.3");
+        typed_keys(&mut m, &v, &[Key::Tab, Key::Tab]);
+        for _ in 0.."ember".len() {
+            m.key(Key::Backspace, &v, 5);
+        }
+        typed(&mut m, &v, "esx-dcui");
+        m.key(Key::Enter, &v, 5);
+        // Suffixes; then the uplink.
+        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Down, Key::Enter]);
+        typed(&mut m, &v, "lab.example,corp.example");
+        m.key(Key::Enter, &v, 5);
+        typed_keys(&mut m, &v, &[Key::Enter, Key::Down, Key::Space, Key::Enter]);
+        let s = screen(&m, &v);
+        assert!(
+            s.contains("Uplink: vmnic1")
+                && s.contains("Hostname: esx-dcui")
+                && s.contains("lab.example corp.example"),
+            "{s}"
+        );
+        // Esc asks; N discards, Y applies.
+        m.key(Key::Esc, &v, 5);
+        assert!(screen(&m, &v).contains("Apply changes and restart management network? (Y/N)"));
+        let a = m.key(Key::Char('y'), &v, 5).unwrap();
+        let Action::ApplyNetwork { network, dns_search } = a else { panic!("{a:?}") };
+        assert_eq!(network.uplink, "vmnic1");
+        assert_eq!(network.vlan, Some(5));
+        assert_eq!(network.hostname, "esx-dcui");
+        assert_eq!(network.dns, [Ipv4Addr::new(10, 0, 2, 3)]);
+        assert_eq!(
+            network.ipv4,
+            Ipv4Mode::Static {
+                address: Ipv4Addr::new(10, 0, 2, 20),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2))
+            }
+        );
+        assert_eq!(dns_search, ["lab.example", "corp.example"]);
+        m.key(Key::Enter, &v, 5);
+        typed_keys(&mut m, &v, &[Key::Down, Key::Enter]);
+        typed(&mut m, &v, "7");
+        typed_keys(&mut m, &v, &[Key::Enter, Key::Esc]);
+        assert_eq!(m.key(Key::Char('n'), &v, 5), None);
+        assert!(screen(&m, &v).contains("Changes discarded."));
+    }
+
+    #[test]
+    fn tiny_screens_and_noise_do_not_panic() {
+        let (support, logs, net, nics) = view();
+        let v = View {
+            hostname: "h",
+            keyboard: "US Default",
+            shell: false,
+            ssh: false,
+            support: &support,
+            logs: &logs,
+            network: &net,
+            dns_search: &[],
+            nics: &nics,
         };
         let mut m = logged_in(&v);
         let keys = [

@@ -471,6 +471,11 @@ impl Xhci {
         let len = u16::from_le_bytes([setup[6], setup[7]]) as u32;
         let dir_in = setup[0] & 0x80 != 0;
         let with_data = data.is_some() && len > 0;
+        if data.is_some_and(|b| len as usize > b.len()) {
+            return Err(TransferError::Other(format!(
+                "control transfer of {len} bytes into a smaller buffer"
+            )));
+        }
         let trt = match (with_data, dir_in) {
             (false, _) => 0,
             (true, false) => 2,
