@@ -834,18 +834,44 @@ pub fn buffer_text(buf: &Buffer) -> Vec<String> {
 mod tests {
     use super::*;
 
-    type Fixture = (Vec<(String, String)>, Vec<String>, ManagementConfig, Vec<(String, String, bool)>);
+    /// What the menu is shown in the tests; `view()` lends it out.
+    struct Fixture {
+        support: Vec<(String, String)>,
+        logs: Vec<String>,
+        net: ManagementConfig,
+        nics: Vec<(String, String, bool)>,
+        keyboard: &'static str,
+        ssh: bool,
+    }
 
-    fn view() -> Fixture {
-        (
-            alloc::vec![("Serial Number".into(), "S123".into())],
-            (0..50).map(|i| format!("log line {i}")).collect(),
-            ManagementConfig::default(),
-            alloc::vec![
-                ("vmnic0".into(), "52:54:00:00:00:10".into(), true),
-                ("vmnic1".into(), "52:54:00:00:00:11".into(), false),
-            ],
-        )
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                support: alloc::vec![("Serial Number".into(), "S123".into())],
+                logs: (0..50).map(|i| format!("log line {i}")).collect(),
+                net: ManagementConfig::default(),
+                nics: alloc::vec![
+                    ("vmnic0".into(), "52:54:00:00:00:10".into(), true),
+                    ("vmnic1".into(), "52:54:00:00:00:11".into(), false),
+                ],
+                keyboard: "US Default",
+                ssh: false,
+            }
+        }
+
+        fn view(&self) -> View<'_> {
+            View {
+                hostname: "esx1",
+                keyboard: self.keyboard,
+                shell: false,
+                ssh: self.ssh,
+                support: &self.support,
+                logs: &self.logs,
+                network: &self.net,
+                dns_search: &[],
+                nics: &self.nics,
+            }
+        }
     }
 
     fn screen(m: &Menu, v: &View<'_>) -> String {
@@ -873,18 +899,8 @@ mod tests {
 
     #[test]
     fn login_then_customization_and_logout() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "esx1",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture::new();
+        let v = f.view();
         let mut m = Menu::new();
         assert!(m.is_idle());
         assert_eq!(m.key(Key::Char('x'), &v, 0), None);
@@ -917,18 +933,8 @@ mod tests {
 
     #[test]
     fn three_failures_lock_the_prompt() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "h",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture::new();
+        let v = f.view();
         let mut m = Menu::new();
         m.key(Key::F(12), &v, 0);
         for i in 0..3 {
@@ -947,18 +953,8 @@ mod tests {
 
     #[test]
     fn password_needs_confirmation_and_the_rules() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "h",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture::new();
+        let v = f.view();
         let mut m = logged_in(&v);
         m.key(Key::Enter, &v, 5); // Configure Password
         typed(&mut m, &v, "new-pass-1");
@@ -980,18 +976,8 @@ mod tests {
 
     #[test]
     fn every_item_opens_and_esc_goes_back() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "h",
-            keyboard: "German",
-            shell: false,
-            ssh: true,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture { keyboard: "German", ssh: true, ..Fixture::new() };
+        let v = f.view();
         let mut m = logged_in(&v);
         let titles = [
             "Configure Password",
@@ -1056,18 +1042,8 @@ mod tests {
 
     #[test]
     fn configure_management_network_static_vlan_dns_and_uplink() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "h",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture::new();
+        let v = f.view();
         let mut m = logged_in(&v);
         m.selected = 1;
         m.key(Key::Enter, &v, 5);
@@ -1154,18 +1130,8 @@ mod tests {
 
     #[test]
     fn tiny_screens_and_noise_do_not_panic() {
-        let (support, logs, net, nics) = view();
-        let v = View {
-            hostname: "h",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            support: &support,
-            logs: &logs,
-            network: &net,
-            dns_search: &[],
-            nics: &nics,
-        };
+        let f = Fixture::new();
+        let v = f.view();
         let mut m = logged_in(&v);
         let keys = [
             Key::Up,

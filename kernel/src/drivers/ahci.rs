@@ -17,7 +17,7 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use ember_kernel::mm::frames::FrameAllocator;
-use ember_storage::block::{in_pieces, BlockDevice, IoError};
+use ember_storage::block::{BlockDevice, IoError};
 use ember_storage::persist::Disk;
 
 // Generic host control (3.1).
@@ -263,9 +263,19 @@ impl AhciDisk {
         self.write(PX_IS, u32::MAX);
         self.write(PX_CMD, self.read(PX_CMD) | CMD_ST);
     }
+}
+
+impl super::Bounced for AhciDisk {
+    fn bounce(&self) -> &DmaBuffer {
+        &self.bounce
+    }
+
+    fn max_piece(&self) -> usize {
+        BOUNCE
+    }
 
     /// One READ or WRITE DMA EXT of `len` bytes of the bounce buffer at block `lba`.
-    fn read_write(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
         let op = if write { ATA_WRITE_DMA_EXT } else { ATA_READ_DMA_EXT };
         let count = (len / self.block_size as usize) as u16;
         self.command(op, lba, count, len, write)
@@ -283,22 +293,11 @@ impl BlockDevice for AhciDisk {
     }
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), BOUNCE);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.read_write(false, block, r.len())?;
-            self.bounce.read(0, &mut buf[r]);
-            Ok(())
-        })
+        super::read_bounced(self, lba, buf)
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), BOUNCE);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.bounce.write(0, &buf[r.clone()]);
-            self.read_write(true, block, r.len())
-        })
+        super::write_bounced(self, lba, buf)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {

@@ -13,6 +13,7 @@ pub mod virtio_blk;
 pub mod virtio_net;
 pub mod xhci;
 
+use crate::arch::x86_64::dma::DmaBuffer;
 use crate::arch::x86_64::dma::EmberHal;
 use crate::firmware::pcie::PciFunction;
 use alloc::boxed::Box;
@@ -21,10 +22,40 @@ use alloc::vec::Vec;
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_net::mgmt::ManagedNic;
 use ember_net::nic::Nic;
-use ember_storage::block::BlockDevice;
+use ember_storage::block::{in_pieces, BlockDevice, IoError};
 use ember_storage::persist::Disk;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
+
+/// A block driver that moves data through one DMA bounce buffer, one command per piece.
+trait Bounced: BlockDevice {
+    fn bounce(&self) -> &DmaBuffer;
+    /// Largest piece one command moves, in bytes.
+    fn max_piece(&self) -> usize;
+    /// Reads or writes `len` bytes of the bounce buffer at block `lba`.
+    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError>;
+}
+
+/// `BlockDevice::read_blocks` for a [`Bounced`] driver.
+fn read_bounced<D: Bounced>(d: &mut D, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+    d.check_request(lba, buf.len())?;
+    let (bs, max) = (d.block_size(), d.max_piece());
+    in_pieces(lba, buf.len(), bs, max, |block, r| {
+        d.piece(false, block, r.len())?;
+        d.bounce().read(0, &mut buf[r]);
+        Ok(())
+    })
+}
+
+/// `BlockDevice::write_blocks` for a [`Bounced`] driver.
+fn write_bounced<D: Bounced>(d: &mut D, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+    d.check_request(lba, buf.len())?;
+    let (bs, max) = (d.block_size(), d.max_piece());
+    in_pieces(lba, buf.len(), bs, max, |block, r| {
+        d.bounce().write(0, &buf[r.clone()]);
+        d.piece(true, block, r.len())
+    })
+}
 
 /// Maps a virtio function's BARs, enables it and finds its virtio PCI capabilities (virtio 1.2 4.1).
 fn virtio_pci_transport(f: &PciFunction, frames: &mut FrameAllocator) -> Result<PciTransport, &'static str> {

@@ -14,7 +14,7 @@ use crate::firmware::pcie::PciFunction;
 use alloc::format;
 use alloc::string::String;
 use ember_kernel::mm::frames::FrameAllocator;
-use ember_storage::block::{in_pieces, BlockDevice, IoError};
+use ember_storage::block::{BlockDevice, IoError};
 
 // Controller registers (3.1).
 const CAP: u64 = 0x00;
@@ -202,16 +202,6 @@ impl Nvme {
             }
         }
     }
-
-    /// One READ or WRITE of `len` bytes of the bounce buffer at block `lba`.
-    fn read_write(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
-        let (prp1, prp2) = self.prps(len);
-        let count = (len / self.block_size as usize) as u32 - 1;
-        let opcode = if write { IO_WRITE } else { IO_READ };
-        self.io_command(opcode, (1, prp1, prp2, lba as u32, (lba >> 32) as u32, count)).map(|_| ()).map_err(
-            |e| IoError::Device(format!("NVMe {} at block {lba}: {e}", if write { "write" } else { "read" })),
-        )
-    }
 }
 
 /// Submits one command on `q` and waits for its completion; returns completion dword 0.
@@ -269,6 +259,26 @@ fn submit(
     }
 }
 
+impl super::Bounced for Nvme {
+    fn bounce(&self) -> &DmaBuffer {
+        &self.bounce
+    }
+
+    fn max_piece(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// One READ or WRITE of `len` bytes of the bounce buffer at block `lba`.
+    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+        let (prp1, prp2) = self.prps(len);
+        let count = (len / self.block_size as usize) as u32 - 1;
+        let opcode = if write { IO_WRITE } else { IO_READ };
+        self.io_command(opcode, (1, prp1, prp2, lba as u32, (lba >> 32) as u32, count)).map(|_| ()).map_err(
+            |e| IoError::Device(format!("NVMe {} at block {lba}: {e}", if write { "write" } else { "read" })),
+        )
+    }
+}
+
 impl BlockDevice for Nvme {
     fn block_size(&self) -> u32 {
         self.block_size
@@ -279,22 +289,11 @@ impl BlockDevice for Nvme {
     }
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), self.max_transfer);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.read_write(false, block, r.len())?;
-            self.bounce.read(0, &mut buf[r]);
-            Ok(())
-        })
+        super::read_bounced(self, lba, buf)
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), self.max_transfer);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.bounce.write(0, &buf[r.clone()]);
-            self.read_write(true, block, r.len())
-        })
+        super::write_bounced(self, lba, buf)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {

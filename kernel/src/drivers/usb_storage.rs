@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use ember_kernel::hw::usb::{self, DeviceDescriptor, MassStorage};
 use ember_kernel::mm::frames::FrameAllocator;
-use ember_storage::block::{in_pieces, BlockDevice, IoError};
+use ember_storage::block::{BlockDevice, IoError};
 use ember_storage::persist::Disk;
 use ember_storage::scsi::{self, Capacity, CswStatus, Direction, Sense};
 
@@ -275,9 +275,19 @@ impl UsbStorage {
             }
         }
     }
+}
+
+impl super::Bounced for UsbStorage {
+    fn bounce(&self) -> &DmaBuffer {
+        &self.data
+    }
+
+    fn max_piece(&self) -> usize {
+        MAX_TRANSFER
+    }
 
     /// One READ or WRITE of `len` bytes of the data buffer at block `lba`.
-    fn read_write(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
         let blocks = (len / self.capacity.block_size as usize) as u32;
         let (cdb, cdb_len) = scsi::read_write_cdb(write, lba, blocks);
         let dir = if write { Direction::Out } else { Direction::In };
@@ -299,22 +309,11 @@ impl BlockDevice for UsbStorage {
     }
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), MAX_TRANSFER);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.read_write(false, block, r.len())?;
-            self.data.read(0, &mut buf[r]);
-            Ok(())
-        })
+        super::read_bounced(self, lba, buf)
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        let (bs, max) = (self.block_size(), MAX_TRANSFER);
-        in_pieces(lba, buf.len(), bs, max, |block, r| {
-            self.data.write(0, &buf[r.clone()]);
-            self.read_write(true, block, r.len())
-        })
+        super::write_bounced(self, lba, buf)
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
