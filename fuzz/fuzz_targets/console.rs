@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         network: &network,
         dns_search: &[],
         nics: &nics,
+        tests: &[],
     };
     let mut decoder = KeyDecoder::new();
     let mut menu = Menu::new();

@@ -485,6 +485,10 @@ impl LocalConsole {
                     n.reconfigure(network, now);
                 }
             }
+            Action::TestNetwork => {
+                kprintln!("ember: DCUI: testing the management network");
+                n.start_network_test(now);
+            }
             Action::RestartManagementNetwork => {
                 kprintln!("ember: DCUI: restarting the management network");
                 n.restart(now);
@@ -534,6 +538,7 @@ fn menu_view<'a>(
             network: &n.api.host.network,
             dns_search: &n.api.host.dns_search,
             nics,
+            tests: n.network_test(),
             keyboard: &n.api.host.keyboard,
             shell: n.api.host.shell_enabled,
             ssh: n.api.host.ssh_enabled,
@@ -550,6 +555,7 @@ fn menu_view<'a>(
             network: &NO_NETWORK,
             dns_search: &[],
             nics,
+            tests: &[],
         },
     }
 }
@@ -582,6 +588,9 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
             print_network_log(net);
             if let Some(notice) = net.take_notice() {
                 local.identity.notice = notice;
+                local.redraw(Some(net));
+            }
+            if net.take_test_changed() && !local.menu.is_idle() {
                 local.redraw(Some(net));
             }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only

@@ -21,12 +21,40 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
-use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::socket::{dhcpv4, icmp, tcp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    DhcpOption, DnsQueryType, EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr,
+    DhcpOption, DnsQueryType, EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    Ipv4Cidr,
 };
+
+/// ICMP echo identifier of Test Management Network's pings.
+const PING_IDENT: u16 = 0x454d;
+/// Test Management Network: echo requests sent this many times, one second apart...
+const TEST_ROUNDS: u64 = 3;
+/// ...and a check without an answer after this long has failed.
+pub const TEST_TIMEOUT_MS: u64 = 4_000;
+
+/// One check of Test Management Network (REFERENCE.md 1) and its outcome (`None` while it runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub label: String,
+    pub ok: Option<bool>,
+}
+
+/// A running Test Management Network: pings of the gateway and DNS servers, the host name resolved.
+struct NetTest {
+    checks: Vec<Check>,
+    /// The address each check pings (`None`: the name resolution).
+    targets: Vec<Option<Ipv4Addr>>,
+    query: Option<QueryHandle>,
+    resolve_started: bool,
+    started: u64,
+    rounds: u64,
+    restarts: u64,
+}
 
 /// DHCP option 12, Host Name (RFC 2132 3.14).
 const DHCP_OPTION_HOST_NAME: u8 = 12;
@@ -109,6 +137,8 @@ struct Stack {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     dns: SocketHandle,
+    /// Echo requests and replies of Test Management Network.
+    icmp: SocketHandle,
     conns: Vec<Conn>,
     stats: PortStats,
 }
@@ -131,6 +161,9 @@ pub struct ManagementNetwork {
     host_name_options: Vec<(String, &'static [DhcpOption<'static>])>,
     /// A first boot's kickstart being fetched.
     download: Option<KickstartDownload>,
+    /// Test Management Network, once started; `test_changed` when a result came in.
+    test: Option<NetTest>,
+    test_changed: bool,
     /// What the idle screen should say about the first boot, when it changes.
     notice: Option<Option<String>>,
 }
@@ -183,6 +216,8 @@ impl ManagementNetwork {
             host_name_options: Vec::new(),
             download: None,
             notice: None,
+            test: None,
+            test_changed: false,
         };
         m.refresh_links();
         m.start(now_ms);
@@ -216,6 +251,123 @@ impl ManagementNetwork {
     /// The idle screen's first-boot notice, when it has changed since the last call.
     pub fn take_notice(&mut self) -> Option<Option<String>> {
         self.notice.take()
+    }
+
+    /// Starts Test Management Network: pings the default gateway and the first two DNS servers and
+    /// resolves the host name; results come in through [`Self::network_test`].
+    pub fn start_network_test(&mut self, now: u64) {
+        let status = &self.api.status;
+        let mut checks = Vec::new();
+        let mut targets = Vec::new();
+        if let Some(gw) = status.gateway {
+            checks.push(Check { label: format!("Pinging default gateway ({gw})."), ok: None });
+            targets.push(Some(gw));
+        }
+        for (i, d) in status.dns.iter().take(2).enumerate() {
+            let which = if i == 0 { "primary" } else { "alternate" };
+            checks.push(Check { label: format!("Pinging {which} DNS server ({d})."), ok: None });
+            targets.push(Some(*d));
+        }
+        let name = &self.api.host.network.hostname;
+        checks.push(Check { label: format!("Resolving hostname ({name})."), ok: None });
+        targets.push(None);
+        if status.address.is_none() {
+            for c in &mut checks {
+                c.ok = Some(false);
+            }
+        }
+        self.test = Some(NetTest {
+            checks,
+            targets,
+            query: None,
+            resolve_started: false,
+            started: now,
+            rounds: 0,
+            restarts: self.restarts,
+        });
+        self.test_changed = true;
+    }
+
+    /// The checks of the last Test Management Network.
+    pub fn network_test(&self) -> &[Check] {
+        self.test.as_ref().map_or(&[], |t| &t.checks)
+    }
+
+    /// Whether a check's outcome came in since the last call.
+    pub fn take_test_changed(&mut self) -> bool {
+        core::mem::take(&mut self.test_changed)
+    }
+
+    /// Moves Test Management Network on: sends the pings, collects replies and the name lookup.
+    fn poll_test(&mut self, now: u64) {
+        let (Some(t), Some(stack)) = (self.test.as_mut(), self.stack.as_mut()) else { return };
+        if t.checks.iter().all(|c| c.ok.is_some()) {
+            return;
+        }
+        let before: Vec<Option<bool>> = t.checks.iter().map(|c| c.ok).collect();
+        let finished = t.restarts != self.restarts || now >= t.started + TEST_TIMEOUT_MS;
+        // The name lookup.
+        let resolve = t.checks.len() - 1;
+        if !t.resolve_started {
+            t.resolve_started = true;
+            let name = self.api.host.network.hostname.clone();
+            let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+            match dns_socket.start_query(stack.iface.context(), &name, DnsQueryType::A) {
+                Ok(q) => t.query = Some(q),
+                Err(_) => t.checks[resolve].ok = Some(false),
+            }
+        }
+        if let Some(q) = t.query {
+            let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
+            match dns_socket.get_query_result(q) {
+                Ok(addrs) => t.checks[resolve].ok = Some(!addrs.is_empty()),
+                Err(GetQueryResultError::Failed) => t.checks[resolve].ok = Some(false),
+                Err(GetQueryResultError::Pending) if finished => {
+                    dns_socket.cancel_query(q);
+                    t.checks[resolve].ok = Some(false);
+                }
+                Err(GetQueryResultError::Pending) => {}
+            }
+            if t.checks[resolve].ok.is_some() {
+                t.query = None;
+            }
+        }
+        // Echo replies, then the next round of requests.
+        let socket = stack.sockets.get_mut::<icmp::Socket>(stack.icmp);
+        while let Ok((data, from)) = socket.recv() {
+            let Ok(packet) = Icmpv4Packet::new_checked(data) else { continue };
+            let Ok(Icmpv4Repr::EchoReply { ident, seq_no, .. }) =
+                Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+            else {
+                continue;
+            };
+            let i = (seq_no % 16) as usize;
+            if ident == PING_IDENT && i < resolve && t.targets[i].map(IpAddress::Ipv4) == Some(from) {
+                t.checks[i].ok.get_or_insert(true);
+            }
+        }
+        if t.rounds < TEST_ROUNDS && now >= t.started + t.rounds * 1000 {
+            for (i, target) in t.targets.iter().enumerate() {
+                let (Some(ip), None) = (target, t.checks[i].ok) else { continue };
+                let repr = Icmpv4Repr::EchoRequest {
+                    ident: PING_IDENT,
+                    seq_no: (t.rounds * 16) as u16 + i as u16,
+                    data: b"ember-test",
+                };
+                let mut bytes = vec![0u8; repr.buffer_len()];
+                repr.emit(&mut Icmpv4Packet::new_unchecked(&mut bytes[..]), &ChecksumCapabilities::default());
+                let _ = socket.send_slice(&bytes, IpAddress::Ipv4(*ip));
+            }
+            t.rounds += 1;
+        }
+        if finished {
+            for c in &mut t.checks {
+                c.ok.get_or_insert(false);
+            }
+        }
+        if t.checks.iter().map(|c| c.ok).ne(before) {
+            self.test_changed = true;
+        }
     }
 
     /// Whether a kickstart download is still going on.
@@ -341,7 +493,13 @@ impl ManagementNetwork {
             cfg.hostname
         ));
         self.api.status = status;
-        self.stack = Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, conns, stats });
+        let mut ping = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 2048]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 2048]),
+        );
+        let _ = ping.bind(icmp::Endpoint::Ident(PING_IDENT));
+        let icmp = sockets.add(ping);
+        self.stack = Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, icmp, conns, stats });
     }
 
     fn host_name_option(&mut self, name: &str) -> &'static [DhcpOption<'static>] {
@@ -400,6 +558,7 @@ impl ManagementNetwork {
         }
         busy |= serve_http(stack, &mut self.api, now);
         busy |= self.poll_download(now);
+        self.poll_test(now);
         let Some(stack) = self.stack.as_mut() else { return busy };
         let mut port =
             Port { nic: &mut *self.nics[stack.uplink].nic, vlan: stack.vlan, stats: &mut stack.stats };
@@ -1322,5 +1481,40 @@ mod tests {
             .take_log()
             .iter()
             .any(|l| l.contains("abandoned: the configuration was changed through the API")));
+    }
+
+    #[test]
+    fn test_management_network_pings_and_resolves() {
+        let cfg = ManagementConfig {
+            ipv4: Ipv4Mode::Static {
+                address: Ipv4Addr::new(10, 0, 0, 1),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            },
+            dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 77)],
+            ..ManagementConfig::default()
+        };
+        let mut w = World::new(cfg, None);
+        w.server.start_network_test(w.now);
+        assert!(w.server.take_test_changed());
+        let labels: Vec<&str> = w.server.network_test().iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "Pinging default gateway (10.0.0.2).",
+                "Pinging primary DNS server (10.0.0.2).",
+                "Pinging alternate DNS server (10.0.0.77).",
+                "Resolving hostname (ember)."
+            ]
+        );
+        // The client host answers echo requests; 10.0.0.77 does not exist; nobody answers DNS.
+        w.run_until(TEST_TIMEOUT_MS + 500, |_| false);
+        let results: Vec<Option<bool>> = w.server.network_test().iter().map(|c| c.ok).collect();
+        assert_eq!(results, [Some(true), Some(true), Some(false), Some(false)]);
+        assert!(w.server.take_test_changed());
+        // Without an address every check fails at once.
+        let mut w = World::new(ManagementConfig::default(), None);
+        w.server.start_network_test(0);
+        assert!(w.server.network_test().iter().all(|c| c.ok == Some(false)));
     }
 }

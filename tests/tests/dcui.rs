@@ -1,7 +1,8 @@
 //! The DCUI menu driven over the serial console the way an operator at a terminal would: function
 //! keys in both terminal forms, the root login, Configure Password (then used on the API, and still
 //! in force after a reboot), Configure Management Network (a static address reached on the API, kept
-//! across a power-off), Network Restore Options (back to DHCP), Reset System Configuration back to a first boot, and F12 Shut Down ending
+//! across a power-off), Test Management Network (the gateway answers), Network Restore Options (back
+//! to DHCP), Reset System Configuration back to a first boot, and F12 Shut Down ending
 //! QEMU. Screens are read through a terminal emulator (`vt100`).
 
 use ember_systests::net::*;
@@ -107,9 +108,30 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
         (Some("static"), Some("10.0.2.20"))
     );
 
-    // View Support Information (the menu keeps its place: from item 1, six down) shows the SMBIOS
-    // facts; Esc goes back, Esc again logs out.
-    for _ in 0..6 {
+    // Test Management Network (the menu keeps its place: from item 1, two down): QEMU's gateway answers
+    // ping; every check ends OK or FAILED.
+    keys(&mut q, DOWN);
+    keys(&mut q, DOWN);
+    keys(&mut q, b"\r");
+    let s = q.wait_for_screen("Pinging default gateway (10.0.2.2).", T);
+    assert!(s.contains("Test Management Network"), "{s}");
+    let start = std::time::Instant::now();
+    let screen = loop {
+        let s = q.screen(24, 80);
+        if !s.contains("...") || start.elapsed() > T {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gateway =
+        screen.lines().find(|l| l.contains("Pinging default gateway (10.0.2.2).")).unwrap_or_default();
+    assert!(gateway.contains("OK."), "the gateway did not answer:\n{screen}");
+    assert!(screen.contains("Resolving hostname (ember)."), "{screen}");
+    keys(&mut q, b"\x1b");
+
+    // View Support Information (from item 3, five down) shows the SMBIOS facts; Esc goes back, Esc
+    // again logs out.
+    for _ in 0..5 {
         keys(&mut q, DOWN);
     }
     keys(&mut q, b"\r");
@@ -136,7 +158,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     login(&mut q, F2_VT100, "dcui-pass-1");
     q.wait_for_screen("System Customization", T);
     // Network Restore Options: back to DHCP (F11 confirms), reached at the DHCP address again.
-    for _ in 0..3 {
+    for _ in 0..4 {
         keys(&mut q, DOWN);
     }
     keys(&mut q, b"\r");

@@ -8,10 +8,10 @@
 //! and host name, custom DNS suffixes; each form validated as a whole, the field at fault named; Esc
 //! asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11 confirms), Configure Keyboard, Troubleshooting
 //! Options (local shell and SSH flags, stored; the shell and SSH themselves do not exist yet), Network
-//! Restore Options (F11: the default management network, host name kept), View
+//! Restore Options (F11: the default management network, host name kept), Test Management Network
+//! (the gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View
 //! System Logs and View Support Information (scrollable), Reset System Configuration (F11 confirms),
-//! and the F12 Shut Down / Restart screen. Test Management Network and IPv6 Configuration are not
-//! built yet and are not listed. Esc always goes back; after
+//! and the F12 Shut Down / Restart screen. IPv6 Configuration is not built yet and is not listed. Esc always goes back; after
 //! [`IDLE_TIMEOUT_MS`] without a key the menu logs out and returns to the idle screen.
 
 use crate::dcui::keys::Key;
@@ -21,6 +21,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
+use ember_net::mgmt::Check;
 use ember_storage::hostconfig::MAX_SEARCH_SUFFIXES;
 use ember_storage::kickstart::KEYBOARD_LAYOUTS;
 use ember_storage::netconfig::{
@@ -50,6 +51,8 @@ pub enum Action {
     /// Store this new root password (rules already checked).
     SetPassword(String),
     RestartManagementNetwork,
+    /// Start Test Management Network (results come back through [`View::tests`]).
+    TestNetwork,
     /// Store these management network settings and DNS search suffixes, then restart the network.
     ApplyNetwork {
         network: ManagementConfig,
@@ -74,6 +77,8 @@ pub struct View<'a> {
     pub dns_search: &'a [String],
     /// The host's NICs: name, MAC address, link up.
     pub nics: &'a [(String, String, bool)],
+    /// The checks of the last Test Management Network.
+    pub tests: &'a [Check],
     pub keyboard: &'a str,
     pub shell: bool,
     pub ssh: bool,
@@ -144,6 +149,8 @@ const NETWORK_ITEMS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Screen {
     Idle,
+    /// Test Management Network's results (the checks live in the management network).
+    TestNet,
     Network {
         selected: usize,
         draft: Box<Draft>,
@@ -194,6 +201,7 @@ const ITEMS: &[&str] = &[
     "Configure Password",
     "Configure Management Network",
     "Restart Management Network",
+    "Test Management Network",
     "Network Restore Options",
     "Configure Keyboard",
     "Troubleshooting Options",
@@ -332,6 +340,10 @@ impl Menu {
                         },
                         "Restart Management Network" => Screen::Confirm(Confirm::RestartNetwork),
                         "Network Restore Options" => Screen::Confirm(Confirm::RestoreNetwork),
+                        "Test Management Network" => {
+                            self.go(Screen::TestNet);
+                            return Some(Action::TestNetwork);
+                        }
                         "Configure Keyboard" => Screen::Keyboard {
                             selected: KEYBOARD_LAYOUTS.iter().position(|k| *k == view.keyboard).unwrap_or(0),
                         },
@@ -505,6 +517,11 @@ impl Menu {
                 Key::PageDown => *scroll = (*scroll + 10).min(scroll_len.saturating_sub(1)),
                 _ => {}
             },
+            Screen::TestNet => match key {
+                Key::Esc => self.go(Screen::Main),
+                Key::Enter => return Some(Action::TestNetwork),
+                _ => {}
+            },
             Screen::Power => match key {
                 Key::Esc => self.go(Screen::Idle),
                 Key::F(2) => return Some(Action::Shutdown),
@@ -671,6 +688,16 @@ impl Menu {
             Screen::Power => {
                 lines.push(Line::from(format!("Shut down or restart {}.", view.hostname)));
             }
+            Screen::TestNet => {
+                for c in view.tests {
+                    let result = match c.ok {
+                        None => "...",
+                        Some(true) => "OK.",
+                        Some(false) => "FAILED.",
+                    };
+                    lines.push(Line::from(format!("{:<60}{result}", c.label)));
+                }
+            }
         }
         lines.push(Line::from(""));
         if let Some(m) = &self.message {
@@ -712,6 +739,7 @@ impl Menu {
             Screen::Confirm(Confirm::Reset) => ("Reset System Configuration", "<F11> Reset  <Esc> Cancel"),
             Screen::Logs { .. } => ("View System Logs", "<Up/Down/PgUp/PgDn> Scroll  <Esc> Back"),
             Screen::Support { .. } => ("View Support Information", "<Up/Down> Scroll  <Esc> Back"),
+            Screen::TestNet => ("Test Management Network", "<Enter> Test Again  <Esc> Back"),
             Screen::Power => ("Shut Down/Restart", "<F2> Shut Down  <F11> Restart  <Esc> Cancel"),
         }
     }
@@ -842,6 +870,7 @@ mod tests {
         nics: Vec<(String, String, bool)>,
         keyboard: &'static str,
         ssh: bool,
+        tests: Vec<Check>,
     }
 
     impl Fixture {
@@ -856,6 +885,10 @@ mod tests {
                 ],
                 keyboard: "US Default",
                 ssh: false,
+                tests: alloc::vec![
+                    Check { label: "Pinging default gateway (10.0.2.2).".into(), ok: Some(true) },
+                    Check { label: "Resolving hostname (esx1).".into(), ok: Some(false) },
+                ],
             }
         }
 
@@ -870,6 +903,7 @@ mod tests {
                 network: &self.net,
                 dns_search: &[],
                 nics: &self.nics,
+                tests: &self.tests,
             }
         }
     }
@@ -979,7 +1013,7 @@ mod tests {
         let f = Fixture { keyboard: "German", ssh: true, ..Fixture::new() };
         let v = f.view();
         let mut m = logged_in(&v);
-        // Each item opens the screen of its name.
+        // Each item opens the screen of its name (Test Management Network starts its checks).
         for (i, t) in ITEMS.iter().enumerate() {
             m.selected = i;
             m.key(Key::Enter, &v, 5);
@@ -991,28 +1025,28 @@ mod tests {
         m.key(Key::Enter, &v, 5);
         assert_eq!(m.key(Key::Enter, &v, 5), None, "only F11 confirms");
         assert_eq!(m.key(Key::F(11), &v, 5), Some(Action::RestartManagementNetwork));
-        m.selected = 8;
+        m.selected = 9;
         m.key(Key::Enter, &v, 5);
         assert_eq!(m.key(Key::F(11), &v, 5), Some(Action::ResetConfiguration));
-        m.selected = 3;
+        m.selected = 4;
         m.key(Key::Enter, &v, 5);
         let restored = m.key(Key::F(11), &v, 5);
         let expected =
             ManagementConfig { hostname: v.network.hostname.clone(), ..ManagementConfig::default() };
         assert_eq!(restored, Some(Action::ApplyNetwork { network: expected, dns_search: Vec::new() }));
-        m.selected = 4;
+        m.selected = 5;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("(o) German"));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetKeyboard("Greek".into())));
-        m.selected = 5;
+        m.selected = 6;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("SSH            Enabled"));
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetShell(true)));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Space, &v, 5), Some(Action::SetSsh(false)));
         m.key(Key::Esc, &v, 5);
-        m.selected = 6;
+        m.selected = 7;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("log line 49"));
         for _ in 0..3 {
@@ -1020,6 +1054,13 @@ mod tests {
         }
         let s = screen(&m, &v);
         assert!(s.contains("log line 19") && !s.contains("log line 49"), "{s}");
+        m.key(Key::Esc, &v, 5);
+        m.selected = 3;
+        assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::TestNetwork));
+        let s = screen(&m, &v);
+        assert!(s.contains("Pinging default gateway (10.0.2.2).") && s.contains("OK."), "{s}");
+        assert!(s.contains("Resolving hostname (esx1).") && s.contains("FAILED."), "{s}");
+        assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::TestNetwork), "Enter tests again");
     }
 
     fn typed_keys(m: &mut Menu, v: &View<'_>, keys: &[Key]) -> Option<Action> {
