@@ -34,6 +34,13 @@ fn keys(q: &mut Qemu, bytes: &[u8]) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
+/// Moves the menu selection down `n` items.
+fn down(q: &mut Qemu, n: usize) {
+    for _ in 0..n {
+        keys(q, DOWN);
+    }
+}
+
 fn login(q: &mut Qemu, function_key: &[u8], password: &str) {
     keys(q, function_key);
     q.wait_for_screen("Authentication Required on", T);
@@ -87,11 +94,10 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
 
     // Configure Management Network: a static address, applied after the Y/N question, reached on the
     // API at its new address.
-    keys(&mut q, DOWN);
+    down(&mut q, 1);
     keys(&mut q, b"\r");
     q.wait_for_screen("IPv4: DHCP", T);
-    keys(&mut q, DOWN);
-    keys(&mut q, DOWN);
+    down(&mut q, 2);
     keys(&mut q, b"\r");
     q.wait_for_screen("Use dynamic IPv4 address", T);
     keys(&mut q, b" 10.0.2.20\t255.255.255.0\t10.0.2.2\r");
@@ -110,8 +116,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
 
     // Test Management Network (the menu keeps its place: from item 1, two down): QEMU's gateway answers
     // ping; every check ends OK or FAILED.
-    keys(&mut q, DOWN);
-    keys(&mut q, DOWN);
+    down(&mut q, 2);
     keys(&mut q, b"\r");
     let s = q.wait_for_screen("Pinging default gateway (10.0.2.2).", T);
     assert!(s.contains("Test Management Network"), "{s}");
@@ -131,9 +136,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
 
     // View Support Information (from item 3, five down) shows the SMBIOS facts; Esc goes back, Esc
     // again logs out.
-    for _ in 0..5 {
-        keys(&mut q, DOWN);
-    }
+    down(&mut q, 5);
     keys(&mut q, b"\r");
     q.wait_for_screen("Serial Number", T);
     keys(&mut q, b"\x1b");
@@ -158,9 +161,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     login(&mut q, F2_VT100, "dcui-pass-1");
     q.wait_for_screen("System Customization", T);
     // Network Restore Options: back to DHCP (F11 confirms), reached at the DHCP address again.
-    for _ in 0..4 {
-        keys(&mut q, DOWN);
-    }
+    down(&mut q, 4);
     keys(&mut q, b"\r");
     q.wait_for_screen("<F11> Restore  <Esc> Cancel", T);
     keys(&mut q, F11);
@@ -169,9 +170,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     let m = request(addr, "GET", "/api/v1/network/management", Some(("root", "dcui-pass-1")), None);
     assert_eq!(m.json()["mode"], "dhcp", "{m:?}");
     // Reset System Configuration (five further down).
-    for _ in 0..5 {
-        keys(&mut q, DOWN);
-    }
+    down(&mut q, 5);
     keys(&mut q, b"\r");
     q.wait_for_screen("<F11> Reset  <Esc> Cancel", T);
     keys(&mut q, F11);
