@@ -11,6 +11,7 @@ use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
+use ember_kernel::dcui::keyboard::Layout;
 use ember_kernel::dcui::keys::{Key, KeyDecoder};
 use ember_kernel::dcui::menu::{Action, Menu, View};
 use ember_kernel::mm::{self, frames::FrameAllocator};
@@ -67,7 +68,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);
     let functions = pcie::scan(&acpi_info.ecam);
     let nics = drivers::probe_nics(&functions, &mut frames);
-    let disks = drivers::probe_disks(&functions, &mut frames);
+    let (disks, usb_keyboards) = drivers::probe_disks(&functions, &mut frames);
+    let ps2 = drivers::ps2::Ps2::probe();
 
     let cpus = smp::online_cpus();
     let cpu_model = cpu::brand_string()
@@ -93,6 +95,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
 
     let nic_infos: Vec<NicInfo> = nics.iter().map(ManagedNic::info).collect();
     let boot = host_configuration(disks, info, &nic_infos);
+    let mut keyboards = LocalKeyboards { ps2, usb: usb_keyboards, layout: String::from("US Default") };
+    keyboards.set_layout(&boot.host.keyboard);
     let mut identity = identity;
     identity.notice = boot.notice;
     let mut network = start_management_network(nics, &identity, info, boot.host, boot.store);
@@ -111,6 +115,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         identity,
         menu: Menu::new(),
         keys: KeyDecoder::new(),
+        keyboards,
         support,
         reset: acpi_info.reset,
         poweroff: acpi_info.poweroff,
@@ -390,11 +395,55 @@ fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
 /// its next segment without waiting for the next timer tick).
 const BUSY_POLL_MS: u64 = 20;
 
-/// The local console: the idle screen, and the menu behind F2/F12 driven by keys from the serial line.
+/// The keyboards attached to the host (the serial console has its own decoder).
+struct LocalKeyboards {
+    ps2: Option<drivers::ps2::Ps2>,
+    usb: Vec<drivers::usb_keyboard::UsbKeyboard>,
+    /// The configured layout name they type with.
+    layout: String,
+}
+
+impl LocalKeyboards {
+    /// Types with the configured layout `name` from now on.
+    fn set_layout(&mut self, name: &str) {
+        if name == self.layout {
+            return;
+        }
+        let (layout, own) = Layout::for_name(name);
+        if own {
+            kprintln!("ember: local keyboards: layout {name}");
+        } else {
+            kprintln!(
+                "ember: local keyboards: layout {name} has no keymap in this build; typing as US Default"
+            );
+        }
+        if let Some(p) = self.ps2.as_mut() {
+            p.decoder.state.set_layout(layout);
+        }
+        for k in &mut self.usb {
+            k.decoder.state.set_layout(layout);
+        }
+        self.layout = name.to_string();
+    }
+
+    /// Keys typed since the last poll, and repeats that are due.
+    fn poll(&mut self, now: u64, keys: &mut Vec<Key>) {
+        if let Some(p) = self.ps2.as_mut() {
+            p.poll(|k| keys.extend(k.into_iter().flatten()));
+        }
+        for k in &mut self.usb {
+            k.poll(now, keys);
+        }
+    }
+}
+
+/// The local console: the idle screen, and the menu behind F2/F12 driven by keys from the serial
+/// line and the local keyboards.
 struct LocalConsole {
     identity: HostIdentity,
     menu: Menu,
     keys: KeyDecoder,
+    keyboards: LocalKeyboards,
     support: Vec<(String, String)>,
     reset: Option<acpi::ResetRegister>,
     poweroff: Option<acpi::PowerOff>,
@@ -566,6 +615,7 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
     let mut last_activity = 0u64;
     let mut last_shown = None;
     let mut last_hostname = String::new();
+    let mut typed = Vec::new();
     loop {
         let now = timer::now_ms();
         while let Some(b) = console::read_serial_byte() {
@@ -576,6 +626,11 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
         }
         if let Some(key) = local.keys.tick(now) {
             local.key(key, &mut network, now);
+        }
+        local.keyboards.poll(now, &mut typed);
+        for key in typed.drain(..) {
+            local.key(key, &mut network, now);
+            last_activity = now;
         }
         if local.menu.tick(now) {
             kprintln!("ember: DCUI: idle time-out; logged out");
@@ -590,6 +645,7 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
                 local.identity.notice = notice;
                 local.redraw(Some(net));
             }
+            local.keyboards.set_layout(&net.api.host.keyboard);
             if net.take_test_changed() && !local.menu.is_idle() {
                 local.redraw(Some(net));
             }

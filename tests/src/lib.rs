@@ -309,6 +309,13 @@ impl Qemu {
                     self.save_log();
                     return line;
                 }
+                // A crashed appliance never prints what is waited for: say so now, not at the time-out.
+                let crashed = hay.contains("*** PANIC on CPU") || hay.contains("*** CPU EXCEPTION");
+                if crashed && !needle.starts_with("***") {
+                    drop(out);
+                    std::thread::sleep(Duration::from_millis(500)); // the report's last lines
+                    self.fail(&format!("the appliance crashed while {needle:?} was awaited"));
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.exit = Some(status);
@@ -353,23 +360,43 @@ impl Qemu {
 
     /// Sends one command to the QEMU human monitor and returns what it printed.
     pub fn monitor(&mut self, command: &str) -> String {
+        self.monitor_commands(&[command], Duration::ZERO)
+    }
+
+    /// Sends commands to the QEMU human monitor over one connection, `gap` apart; returns what it
+    /// printed.
+    pub fn monitor_commands(&mut self, commands: &[&str], gap: Duration) -> String {
         use std::os::unix::net::UnixStream;
         let mut s = UnixStream::connect(&self.monitor).expect("connect to the QEMU monitor");
         s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        for c in commands {
+            s.write_all(format!("{c}\n").as_bytes()).unwrap();
+            std::thread::sleep(gap);
+        }
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         let start = Instant::now();
-        // The monitor echoes the command, runs it and prints a new prompt.
+        // The monitor greets with a prompt, echoes each command, runs it and prints a new prompt.
         while start.elapsed() < Duration::from_secs(30) {
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(_) if String::from_utf8_lossy(&out).matches("(qemu)").count() >= 2 => break,
+                Err(_) if String::from_utf8_lossy(&out).matches("(qemu)").count() > commands.len() => break,
                 Err(_) => {}
             }
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Presses keys on the machine's keyboard (the USB keyboard when there is one, else PS/2) with
+    /// the monitor's `sendkey`, one after the other: QEMU key names such as `f2`, `shift-a`,
+    /// `altgr-q`, `ret`. Each key is held 100 ms; they are sent 200 ms apart because QEMU drops
+    /// input events beyond a short queue. Returns once they have been typed.
+    pub fn sendkeys(&mut self, keys: &[&str]) {
+        let commands: Vec<String> = keys.iter().map(|k| format!("sendkey {k}")).collect();
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        self.monitor_commands(&commands, Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     /// Takes a screendump of the framebuffer (kept as `target/systest-logs/<name>-<tag>.ppm`) and reads

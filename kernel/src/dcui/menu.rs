@@ -14,6 +14,7 @@
 //! and the F12 Shut Down / Restart screen. IPv6 Configuration is not built yet and is not listed. Esc always goes back; after
 //! [`IDLE_TIMEOUT_MS`] without a key the menu logs out and returns to the idle screen.
 
+use crate::dcui::keyboard::Layout;
 use crate::dcui::keys::Key;
 use alloc::boxed::Box;
 use alloc::format;
@@ -465,7 +466,11 @@ impl Menu {
                 Key::Enter | Key::Space => {
                     let layout = KEYBOARD_LAYOUTS[*selected].to_string();
                     self.go(Screen::Main);
-                    self.message = Some(format!("Keyboard layout set to {layout}."));
+                    self.message = Some(if Layout::for_name(&layout).1 {
+                        format!("Keyboard layout set to {layout}.")
+                    } else {
+                        format!("Layout set to {layout}; no keymap for it yet, keys type as US Default.")
+                    });
                     return Some(Action::SetKeyboard(layout));
                 }
                 _ => {}
@@ -1039,6 +1044,11 @@ mod tests {
         assert!(screen(&m, &v).contains("(o) German"));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetKeyboard("Greek".into())));
+        assert!(
+            m.message.as_deref().unwrap_or_default().contains("keys type as US Default"),
+            "{:?}",
+            m.message
+        );
         m.selected = 6;
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("SSH            Enabled"));

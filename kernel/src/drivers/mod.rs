@@ -8,6 +8,9 @@
 pub mod ahci;
 pub mod e1000e;
 pub mod nvme;
+pub mod ps2;
+pub mod usb;
+pub mod usb_keyboard;
 pub mod usb_storage;
 pub mod virtio_blk;
 pub mod virtio_net;
@@ -24,6 +27,7 @@ use ember_net::mgmt::ManagedNic;
 use ember_net::nic::Nic;
 use ember_storage::block::{in_pieces, BlockDevice, IoError};
 use ember_storage::persist::Disk;
+use usb_keyboard::UsbKeyboard;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::PciTransport;
 
@@ -66,17 +70,20 @@ fn virtio_pci_transport(f: &PciFunction, frames: &mut FrameAllocator) -> Result<
     PciTransport::new::<EmberHal, _>(&mut root, df).map_err(|_| "virtio PCI capabilities not usable")
 }
 
-/// Binds a driver to every supported disk controller and returns the disks in PCI order.
-pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Vec<Disk> {
+/// Binds a driver to every supported disk controller and returns the disks in PCI order, with the
+/// USB keyboards found on the xHCI controllers.
+pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> (Vec<Disk>, Vec<UsbKeyboard>) {
     let mut disks = Vec::new();
+    let mut keyboards = Vec::new();
     let mut virtio = 0u8;
     for f in functions {
         // xHCI: serial bus controller, USB, programming interface 0x30 (PCI code and ID assignment).
         let count = |driver: &str, disks: &Vec<Disk>| disks.iter().filter(|d| d.driver == driver).count();
         match (f.class, f.subclass, f.prog_if) {
             (0x0c, 0x03, 0x30) => {
-                let first = count("usb-storage", &disks);
-                disks.extend(usb_storage::probe(f, frames, first));
+                let found = usb::probe(f, frames, count("usb-storage", &disks));
+                disks.extend(found.disks);
+                keyboards.extend(found.keyboards);
                 continue;
             }
             // Mass storage, SATA, AHCI 1.0.
@@ -122,7 +129,7 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> Ve
             }
         }
     }
-    disks
+    (disks, keyboards)
 }
 
 /// A driver's attempt to take a function: the NIC, or why not.

@@ -8,100 +8,51 @@
 //! SYNCHRONIZE CACHE makes writes durable; a device that does not know the command (ILLEGAL REQUEST)
 //! has no volatile cache to flush.
 
-use super::xhci::{TransferError, Xhci, EP_BULK_IN, EP_BULK_OUT};
+use super::usb::{set_configuration, Enumerated};
+use super::xhci::{EndpointSpec, TransferError, Xhci, EP_BULK_IN, EP_BULK_OUT};
 use crate::arch::x86_64::dma::DmaBuffer;
-use crate::firmware::pcie::PciFunction;
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use ember_kernel::hw::usb::{self, DeviceDescriptor, MassStorage};
-use ember_kernel::mm::frames::FrameAllocator;
+use ember_kernel::hw::usb::{self, MassStorage};
 use ember_storage::block::{BlockDevice, IoError};
-use ember_storage::persist::Disk;
 use ember_storage::scsi::{self, Capacity, CswStatus, Direction, Sense};
 
 /// Largest data stage of one command.
 const MAX_TRANSFER: usize = 64 * 1024;
 
 pub struct UsbStorage {
+    pub capacity: Capacity,
     hc: Rc<RefCell<Xhci>>,
     slot: u8,
     interface: u8,
     bulk_in: u8,
     bulk_out: u8,
     tag: u32,
-    capacity: Capacity,
     data: DmaBuffer,
     wrapper: DmaBuffer,
     /// SYNCHRONIZE CACHE was refused as unknown: nothing to flush.
     no_cache: bool,
 }
 
-/// Binds every USB mass storage device on the root hub ports of xHCI controller `f`.
-pub fn probe(f: &PciFunction, frames: &mut FrameAllocator, first_index: usize) -> Vec<Disk> {
-    let mut disks = Vec::new();
-    let Some(regs) = f.map_memory_bar(0, frames) else {
-        kprintln!("ember: WARNING: xHCI at {}: no register BAR", f.bdf);
-        return disks;
-    };
-    f.enable_memory_and_dma();
-    let mut hc = match Xhci::new(regs) {
-        Ok(hc) => hc,
-        Err(e) => {
-            kprintln!("ember: WARNING: xHCI at {} not usable: {e}", f.bdf);
-            return disks;
-        }
-    };
-    let ports = hc.connected_ports();
-    let hc = Rc::new(RefCell::new(hc));
-    for (port, speed) in ports {
-        match attach(&hc, port, speed) {
-            Ok(Some((dev, what))) => {
-                let name = format!("usb{}", first_index + disks.len());
-                kprintln!(
-                    "ember: {name}: USB mass storage at {} port {port}: {what}, {} MiB in {}-byte blocks",
-                    f.bdf,
-                    (dev.capacity.blocks * dev.capacity.block_size as u64) >> 20,
-                    dev.capacity.block_size
-                );
-                disks.push(Disk { name, driver: "usb-storage", dev: Box::new(dev) });
-            }
-            Ok(None) => kprintln!("ember: xHCI at {} port {port}: not a mass storage device", f.bdf),
-            Err(e) => kprintln!("ember: WARNING: xHCI at {} port {port}: {e}", f.bdf),
-        }
-    }
-    disks
-}
-
-fn get_descriptor(hc: &mut Xhci, slot: u8, kind: u8, len: u16, buf: &DmaBuffer) -> Result<Vec<u8>, String> {
-    let setup = [0x80, 6, 0, kind, 0, 0, len as u8, (len >> 8) as u8];
-    let n = hc.control(slot, setup, Some(buf)).map_err(|e| format!("GET_DESCRIPTOR({kind}): {e}"))?;
-    let mut out = alloc::vec![0u8; n.min(len as usize)];
-    buf.read(0, &mut out);
-    Ok(out)
-}
-
-/// Addresses the device on `port`, and binds it when it is a SCSI Bulk-Only mass storage device.
-fn attach(hc: &Rc<RefCell<Xhci>>, port: u8, speed: u32) -> Result<Option<(UsbStorage, String)>, String> {
-    let mut c = hc.borrow_mut();
-    let slot = c.address_device(port, speed)?;
-    let buf = DmaBuffer::new(4096).ok_or("out of memory")?;
-    let device = DeviceDescriptor::parse(&get_descriptor(&mut c, slot, usb::DESCRIPTOR_DEVICE, 18, &buf)?)?;
-    let head = get_descriptor(&mut c, slot, usb::DESCRIPTOR_CONFIGURATION, 9, &buf)?;
-    let total = usb::configuration_total_length(&head)?.clamp(9, 4096);
-    let config = get_descriptor(&mut c, slot, usb::DESCRIPTOR_CONFIGURATION, total, &buf)?;
-    let Some(ms) = usb::find_mass_storage(&config)? else { return Ok(None) };
+/// Binds the enumerated device when it is a SCSI Bulk-Only mass storage device; returns it with its
+/// description (vendor, product, IDs).
+pub fn attach(hc: &Rc<RefCell<Xhci>>, e: &Enumerated) -> Result<Option<(UsbStorage, String)>, String> {
+    let Some(ms) = usb::find_mass_storage(&e.config)? else { return Ok(None) };
+    let (slot, device) = (e.slot, e.device);
     let MassStorage { configuration_value, interface, bulk_in, bulk_out } = ms;
-    c.control(slot, [0x00, 9, configuration_value, 0, 0, 0, 0, 0], None)
-        .map_err(|e| format!("SET_CONFIGURATION: {e}"))?;
+    let mut c = hc.borrow_mut();
+    set_configuration(&mut c, slot, configuration_value)?;
     let (ep_in, ep_out) = (0x80 | bulk_in.number, bulk_out.number);
-    c.configure_bulk(
-        slot,
-        &[(ep_in, EP_BULK_IN, bulk_in.max_packet_size), (ep_out, EP_BULK_OUT, bulk_out.max_packet_size)],
-    )?;
+    let spec = |address, kind, ep: usb::BulkEndpoint| EndpointSpec {
+        address,
+        kind,
+        max_packet: ep.max_packet_size,
+        interval: 0,
+    };
+    c.configure_endpoints(slot, &[spec(ep_in, EP_BULK_IN, bulk_in), spec(ep_out, EP_BULK_OUT, bulk_out)])?;
     drop(c);
     let mut dev = UsbStorage {
         hc: hc.clone(),

@@ -1,6 +1,6 @@
 //! xHCI USB host controller (eXtensible Host Controller Interface 1.2), polled: enough of it to
-//! enumerate the devices on the root hub ports and move data on their control and bulk endpoints
-//! (used by [`super::usb_storage`]).
+//! enumerate the devices on the root hub ports and move data on their control, bulk and interrupt
+//! endpoints (used by [`super::usb_storage`] and [`super::usb_keyboard`]).
 //!
 //! Register and data-structure layouts are written from the xHCI 1.2 specification (section numbers
 //! in the comments), through the platform's [`MmioRegion`] and [`DmaBuffer`] like the other drivers;
@@ -9,10 +9,12 @@
 //!
 //! What is built: BIOS hand-off (USB Legacy Support capability), controller reset, scratchpad buffers,
 //! one command ring, one event ring (interrupter 0, polled, no interrupts), root hub port reset, slot
-//! enable and addressing, control transfers on endpoint 0, bulk endpoint configuration and bulk
-//! transfers, stall recovery (Reset Endpoint, Set TR Dequeue Pointer, CLEAR_FEATURE). Every wait has a
-//! time-out. Not built: hubs (devices behind a hub are not seen), isochronous and interrupt endpoints,
-//! streams, full-speed devices whose endpoint 0 packet size is not 64.
+//! enable and addressing, control transfers on endpoint 0, bulk and interrupt endpoint configuration,
+//! bulk transfers (waited for) and interrupt IN transfers (queued, then polled), stall recovery (Reset
+//! Endpoint, Set TR Dequeue Pointer, CLEAR_FEATURE). Every wait has a time-out. One event ring serves
+//! every device: completions for interrupt endpoints that arrive while a command or bulk transfer is
+//! waited for are kept for their owner's next poll. Not built: hubs (devices behind a hub are not
+//! seen), isochronous endpoints, streams, full-speed devices whose endpoint 0 packet size is not 64.
 
 use crate::arch::x86_64::dma::DmaBuffer;
 use crate::arch::x86_64::mmio::MmioRegion;
@@ -83,6 +85,25 @@ const TRANSFER_TIMEOUT_MS: u64 = 10_000;
 pub const EP_BULK_OUT: u32 = 2;
 pub const EP_CONTROL: u32 = 4;
 pub const EP_BULK_IN: u32 = 6;
+pub const EP_INTERRUPT_IN: u32 = 7;
+
+/// Completions for interrupt endpoints kept while nobody polls them (a keyboard has one TRB queued).
+const MAX_KEPT_EVENTS: usize = 64;
+
+/// The device context index of an endpoint address (4.5.1).
+fn dci(address: u8) -> u32 {
+    ((address & 0x0f) as u32) * 2 + (address >> 7) as u32
+}
+
+/// An endpoint to configure: address, type (`EP_*`), max packet size, and for interrupt endpoints
+/// the context Interval (an exponent of 125 us periods).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSpec {
+    pub address: u8,
+    pub kind: u32,
+    pub max_packet: u16,
+    pub interval: u8,
+}
 
 fn trb_type(dw3: u32) -> u32 {
     (dw3 >> 10) & 0x3f
@@ -193,6 +214,9 @@ pub struct Xhci {
     event_dequeue: usize,
     event_cycle: bool,
     devices: Vec<Device>,
+    /// Interrupt endpoints (slot, DCI): their completions are kept when someone else is waiting.
+    interrupt_endpoints: Vec<(u8, u8)>,
+    kept: Vec<Event>,
 }
 
 impl Xhci {
@@ -277,6 +301,8 @@ impl Xhci {
             event_dequeue: 0,
             event_cycle: true,
             devices: Vec::new(),
+            interrupt_endpoints: Vec::new(),
+            kept: Vec::new(),
         };
         hc.bios_handoff(hcc1);
         hc.write(hc.op + USBCMD, hc.read(hc.op + USBCMD) & !CMD_RUN);
@@ -329,7 +355,7 @@ impl Xhci {
     }
 
     /// The next event, if the controller has posted one (4.9.4).
-    fn poll_event(&mut self) -> Option<Event> {
+    fn next_event(&mut self) -> Option<Event> {
         let at = self.event_dequeue * TRB_LEN;
         let mut raw = [0u8; TRB_LEN];
         self.events.read(at, &mut raw);
@@ -355,7 +381,24 @@ impl Xhci {
         })
     }
 
-    /// Waits for the event about TRB `pointer` (other events are dropped).
+    /// The next event for a command or a waited-for transfer; completions on interrupt endpoints
+    /// are kept aside for [`Xhci::interrupt_poll`].
+    fn poll_event(&mut self) -> Option<Event> {
+        loop {
+            let e = self.next_event()?;
+            let interrupt =
+                e.kind == TRB_TRANSFER_EVENT && self.interrupt_endpoints.contains(&(e.slot, e.endpoint));
+            if !interrupt {
+                return Some(e);
+            }
+            if self.kept.len() >= MAX_KEPT_EVENTS {
+                self.kept.remove(0);
+            }
+            self.kept.push(e);
+        }
+    }
+
+    /// Waits for the event about TRB `pointer` (other events are dropped, interrupt completions kept).
     fn wait_event(&mut self, kind: u32, pointer: u64, ms: u64) -> Result<Event, String> {
         let end = timer::now_ms() + ms;
         loop {
@@ -508,24 +551,32 @@ impl Xhci {
         Ok(transferred)
     }
 
-    /// Adds bulk endpoints (`(endpoint address, type, max packet size)`) to a configured device (4.6.6).
-    pub fn configure_bulk(&mut self, slot: u8, endpoints: &[(u8, u32, u16)]) -> Result<(), String> {
+    /// Adds endpoints to a configured device (4.6.6).
+    pub fn configure_endpoints(&mut self, slot: u8, endpoints: &[EndpointSpec]) -> Result<(), String> {
         let c = self.ctx_size;
         let dev = self.device(slot)?;
         let input = &dev.input;
         let mut add = 1u32; // the slot context
         let mut highest = 1u32;
+        let mut interrupt = Vec::new();
         input.write(0, &alloc::vec![0u8; 33 * c]);
-        for &(address, ep_type, max_packet) in endpoints {
-            let dci = ((address & 0x0f) as u32) * 2 + (address >> 7) as u32;
+        for e in endpoints {
+            let dci = dci(e.address);
             add |= 1 << dci;
             highest = highest.max(dci);
             let ring = Ring::new()?;
             let ep = (dci as usize + 1) * c;
-            write32(input, ep + 4, (3 << 1) | (ep_type << 3) | ((max_packet as u32) << 16));
+            let max_packet = e.max_packet as u32;
+            write32(input, ep, (e.interval as u32) << 16);
+            write32(input, ep + 4, (3 << 1) | (e.kind << 3) | (max_packet << 16));
             write64(input, ep + 8, ring.phys() | 1);
-            write32(input, ep + 16, 1024);
+            // Average TRB length, and for interrupt endpoints the Max ESIT Payload (one packet).
+            let (average, esit) = if e.kind == EP_INTERRUPT_IN { (8, max_packet) } else { (1024, 0) };
+            write32(input, ep + 16, average | (esit << 16));
             dev.rings.push((dci as u8, ring));
+            if e.kind == EP_INTERRUPT_IN {
+                interrupt.push((slot, dci as u8));
+            }
         }
         write32(input, 4, add);
         write32(input, c, (highest << 27) | (dev.speed << 20));
@@ -534,8 +585,50 @@ impl Xhci {
         self.command(
             "Configure Endpoint",
             [ictx as u32, (ictx >> 32) as u32, 0, (TRB_CONFIGURE_ENDPOINT << 10) | ((slot as u32) << 24)],
-        )
-        .map(|_| ())
+        )?;
+        self.interrupt_endpoints.extend(interrupt);
+        Ok(())
+    }
+
+    /// Queues one interrupt IN transfer of `len` bytes into `buf` on endpoint `address`; its
+    /// completion is collected with [`Xhci::interrupt_poll`]. Returns the TRB's address.
+    pub fn interrupt_in(
+        &mut self,
+        slot: u8,
+        address: u8,
+        buf: &DmaBuffer,
+        len: usize,
+    ) -> Result<u64, String> {
+        let dci = dci(address);
+        if len == 0 || len > buf.len() || len > PAGE - (buf.phys() as usize % PAGE) {
+            return Err(format!("interrupt transfer of {len} bytes does not fit its buffer"));
+        }
+        let dev = self.device(slot)?;
+        let Some((_, ring)) = dev.rings.iter_mut().find(|r| r.0 as u32 == dci) else {
+            return Err(format!("endpoint {address:#x} is not configured"));
+        };
+        let p = buf.phys();
+        let trb = ring.push([p as u32, (p >> 32) as u32, len as u32, (TRB_NORMAL << 10) | IOC | ISP]);
+        self.write(self.doorbells + 4 * slot as u64, dci);
+        Ok(trb)
+    }
+
+    /// The completion of interrupt transfer `trb` on endpoint `address` if it has come: the bytes
+    /// transferred, or why it failed.
+    pub fn interrupt_poll(
+        &mut self,
+        slot: u8,
+        address: u8,
+        len: usize,
+        trb: u64,
+    ) -> Option<Result<usize, TransferError>> {
+        let endpoint = dci(address) as u8;
+        // Everything else the ring holds is for nobody (no command or bulk transfer is running).
+        while self.poll_event().is_some() {}
+        let i =
+            self.kept.iter().position(|e| e.slot == slot && e.endpoint == endpoint && e.pointer == trb)?;
+        let e = self.kept.remove(i);
+        Some(check_completion(e.code).map(|()| len.saturating_sub(e.residual as usize)))
     }
 
     /// A bulk transfer of `len` bytes of `buf` on endpoint `address` (4.11.2.1): one Normal TRB per page,
@@ -547,7 +640,7 @@ impl Xhci {
         buf: &DmaBuffer,
         len: usize,
     ) -> Result<usize, TransferError> {
-        let dci = ((address & 0x0f) as u32) * 2 + (address >> 7) as u32;
+        let dci = dci(address);
         if len == 0 || len > buf.len() {
             return Err(TransferError::Other(format!(
                 "bulk transfer of {len} bytes from a {}-byte buffer",
@@ -599,10 +692,10 @@ impl Xhci {
         }
     }
 
-    /// Clears a halted bulk endpoint (4.6.8, 4.6.10, USB 2.0 9.4.1): Reset Endpoint, move the ring's
+    /// Clears a halted bulk or interrupt endpoint (4.6.8, 4.6.10, USB 2.0 9.4.1): Reset Endpoint, move the ring's
     /// dequeue pointer past the failed transfer, then CLEAR_FEATURE(ENDPOINT_HALT) on the device.
     pub fn clear_stall(&mut self, slot: u8, address: u8) -> Result<(), String> {
-        let dci = ((address & 0x0f) as u32) * 2 + (address >> 7) as u32;
+        let dci = dci(address);
         self.command(
             "Reset Endpoint",
             [0, 0, 0, (TRB_RESET_ENDPOINT << 10) | (dci << 16) | ((slot as u32) << 24)],
