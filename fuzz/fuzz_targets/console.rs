@@ -1,10 +1,12 @@
-//! Fuzz target for what a serial terminal sends the local console: bytes through the escape-sequence
-//! decoder into the DCUI menu, which is drawn after every key at two screen sizes. Every other byte
+//! Fuzz target for what a serial terminal or a local keyboard sends the local console: bytes through
+//! the escape-sequence decoder, and as PS/2 scan codes and USB boot reports through the German
+//! layout, into the DCUI menu, which is drawn after every key at two screen sizes. Every other byte
 //! of input is a time step, so lone-Esc time-outs and the idle time-out are exercised too; login
 //! checks succeed when the password typed is `ok-pass`; the management network forms validate
 //! whatever is typed into them. Any panic is a finding.
 #![no_main]
 
+use ember_kernel::dcui::keyboard::{HidKeyboard, Layout, Ps2Keyboard};
 use ember_kernel::dcui::keys::KeyDecoder;
 use ember_kernel::dcui::menu::{Action, Menu, View};
 use ember_storage::netconfig::ManagementConfig;
@@ -22,6 +24,9 @@ fuzz_target!(|data: &[u8]| {
         keyboard: "US Default",
         shell: false,
         ssh: true,
+        shell_timeout: 0,
+        shell_idle_timeout: 15,
+        dcui_timeout: 10,
         support: &support,
         logs: &logs,
         network: &network,
@@ -30,16 +35,25 @@ fuzz_target!(|data: &[u8]| {
         tests: &[],
     };
     let mut decoder = KeyDecoder::new();
+    let mut ps2 = Ps2Keyboard::new(Layout::German);
+    let mut usb = HidKeyboard::new(Layout::German);
     let mut menu = Menu::new();
     let mut now = 0u64;
-    for pair in data.chunks(2) {
+    for (i, pair) in data.chunks(2).enumerate() {
         now += pair.get(1).map_or(1, |&t| u64::from(t) * 50);
-        for key in decoder.feed(pair[0], now).into_iter().flatten().chain(decoder.tick(now)) {
+        let mut keys: Vec<_> =
+            decoder.feed(pair[0], now).into_iter().flatten().chain(decoder.tick(now)).collect();
+        keys.extend(ps2.feed(pair[0]).into_iter().flatten());
+        if i % 4 == 3 {
+            keys.extend(usb.report(&data[2 * i - 6..(2 * i + 2).min(data.len())], now));
+        }
+        keys.extend(usb.tick(now).into_iter().flatten());
+        for key in keys {
             if let Some(Action::CheckLogin(pw)) = menu.key(key, &view, now) {
                 let _ = menu.login_result(pw == "ok-pass", now);
             }
         }
-        let _ = menu.tick(now);
+        let _ = menu.tick(now, 10);
         for (w, h) in [(80, 24), (13, 4)] {
             let area = Rect::new(0, 0, w, h);
             let mut buf = Buffer::empty(area);

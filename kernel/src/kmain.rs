@@ -21,7 +21,7 @@ use ember_net::config::ManagementConfig;
 use ember_net::firstboot;
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
-use ember_storage::hostconfig::HostConfig;
+use ember_storage::hostconfig::{AvailabilityTimer, HostConfig, DEFAULT_DCUI_TIMEOUT_MINUTES};
 use ember_storage::persist::{self, Disk, HostStore};
 
 /// Entry of the kernel phase, on the kernel stack, boot services gone.
@@ -312,9 +312,8 @@ fn start_management_network(
     host: HostConfig,
     store: Persistence,
 ) -> Option<ManagementNetwork> {
-    if nics.is_empty() {
-        return None;
-    }
+    // Without NICs the service still runs: it holds the configuration the DCUI changes, and the
+    // management interface reports no uplink.
     let facts = HostFacts {
         version: identity.version.clone(),
         build: identity.build.clone(),
@@ -345,6 +344,9 @@ fn start_management_network(
 }
 
 fn console_address(net: &ManagementNetwork) -> ManagementAddress {
+    if net.api.nics.is_empty() {
+        return ManagementAddress::None;
+    }
     match net.console_address() {
         (hostname, Some(ip), dhcp) => ManagementAddress::Ipv4 { hostname, ipv4: ip.to_string(), dhcp },
         (_, None, _) => ManagementAddress::Unavailable(alloc::format!(
@@ -521,6 +523,22 @@ impl LocalConsole {
             Action::SetSsh(on) => {
                 change(&|h| h.ssh_enabled = on, if on { "SSH enabled" } else { "SSH disabled" })
             }
+            Action::SetShellTimeouts { availability, idle } => change(
+                &|h| {
+                    h.shell_timeout_minutes = availability;
+                    h.shell_idle_timeout_minutes = idle;
+                },
+                &format!(
+                    "shell and SSH time-outs: availability {availability} min, idle {idle} min (0 = never)"
+                ),
+            ),
+            Action::SetDcuiTimeout(m) => {
+                change(&|h| h.dcui_timeout_minutes = m, &format!("DCUI idle time-out {m} min (0 = never)"))
+            }
+            Action::RestartAgents => {
+                kprintln!("ember: DCUI: restarting the management agents");
+                n.restart_agents(now);
+            }
             Action::ApplyNetwork { network, dns_search } => {
                 let (cfg, search) = (network.clone(), dns_search.clone());
                 change(
@@ -591,6 +609,9 @@ fn menu_view<'a>(
             keyboard: &n.api.host.keyboard,
             shell: n.api.host.shell_enabled,
             ssh: n.api.host.ssh_enabled,
+            shell_timeout: n.api.host.shell_timeout_minutes,
+            shell_idle_timeout: n.api.host.shell_idle_timeout_minutes,
+            dcui_timeout: n.api.host.dcui_timeout_minutes,
             support,
             logs,
         },
@@ -599,6 +620,9 @@ fn menu_view<'a>(
             keyboard: "US Default",
             shell: false,
             ssh: false,
+            shell_timeout: 0,
+            shell_idle_timeout: 0,
+            dcui_timeout: DEFAULT_DCUI_TIMEOUT_MINUTES,
             support,
             logs,
             network: &NO_NETWORK,
@@ -616,6 +640,7 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
     let mut last_shown = None;
     let mut last_hostname = String::new();
     let mut typed = Vec::new();
+    let mut availability = AvailabilityTimer::default();
     loop {
         let now = timer::now_ms();
         while let Some(b) = console::read_serial_byte() {
@@ -632,8 +657,10 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
             local.key(key, &mut network, now);
             last_activity = now;
         }
-        if local.menu.tick(now) {
-            kprintln!("ember: DCUI: idle time-out; logged out");
+        let dcui_timeout =
+            network.as_ref().map_or(DEFAULT_DCUI_TIMEOUT_MINUTES, |n| n.api.host.dcui_timeout_minutes);
+        if local.menu.tick(now, dcui_timeout) {
+            kprintln!("ember: DCUI: idle time-out ({dcui_timeout} min); logged out");
             local.redraw(network.as_ref());
         }
         if let Some(net) = network.as_mut() {
@@ -646,6 +673,20 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
                 local.redraw(Some(net));
             }
             local.keyboards.set_layout(&net.api.host.keyboard);
+            if let Some(off) = availability.check(&net.api.host, now) {
+                let minutes = off.shell_timeout_minutes;
+                match net.api.commit(off) {
+                    Ok(()) => kprintln!(
+                        "ember: local shell and SSH disabled: availability time-out ({minutes} min)"
+                    ),
+                    Err(e) => {
+                        kprintln!("ember: ERROR: availability time-out: shell and SSH not disabled: {e}")
+                    }
+                }
+                if !local.menu.is_idle() {
+                    local.redraw(Some(net));
+                }
+            }
             if net.take_test_changed() && !local.menu.is_idle() {
                 local.redraw(Some(net));
             }

@@ -229,6 +229,11 @@ impl RootAccount {
         RootAccount { hash: hash.into(), cache_key, remembered: Vec::new(), budget_second: 0, budget_used: 0 }
     }
 
+    /// Forgets every remembered header: the next request of each client is checked slowly again.
+    pub fn forget(&mut self) {
+        self.remembered.clear();
+    }
+
     fn tag(&self, header: &[u8]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache_key).expect("any key length");
         mac.update(header);

@@ -224,6 +224,25 @@ impl ManagementNetwork {
         m
     }
 
+    /// Restart Management Agents (DCUI Troubleshooting Options): the API service starts afresh -
+    /// every HTTP connection is reset and its listener reopened, remembered credentials are
+    /// forgotten. The configuration, the interface and its address are kept.
+    pub fn restart_agents(&mut self, now: u64) {
+        let mut dropped = 0;
+        if let Some(stack) = self.stack.as_mut() {
+            for c in stack.conns.iter_mut() {
+                let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+                if s.state() != tcp::State::Listen {
+                    dropped += 1;
+                }
+                s.abort();
+                c.reset(now);
+            }
+        }
+        self.api.root.forget();
+        self.log.push(format!("management agents restarted: {dropped} API connections dropped"));
+    }
+
     /// Takes the log lines produced since the last call.
     pub fn take_log(&mut self) -> Vec<String> {
         core::mem::take(&mut self.log)
@@ -1249,6 +1268,23 @@ mod tests {
         assert!(r.contains("\"address\":\"10.0.0.1\""), "{r}");
         assert!(r.contains("\"mac\":\"52:54:00:00:00:01\""), "{r}");
         assert_eq!(w.server.console_address().1, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn restart_agents_drops_connections_and_serves_again() {
+        let mut w = World::new(static_cfg(None), None);
+        let h = w.client.connect(40000);
+        w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
+        assert!(w.response(h, 5_000).starts_with("HTTP/1.1 200 "));
+        w.server.take_log();
+        w.server.restart_agents(w.now);
+        assert_eq!(w.server.take_log(), ["management agents restarted: 1 API connections dropped"]);
+        // The kept-alive connection is reset; a new one is served as before.
+        assert!(w.run_until(5_000, |c| !c.sockets.get::<tcp::Socket>(h).is_active()), "connection not reset");
+        let h = w.client.connect(40001);
+        w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
+        let r = w.response(h, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"address\":\"10.0.0.1\""), "{r}");
     }
 
     #[test]

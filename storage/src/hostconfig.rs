@@ -20,6 +20,10 @@ pub const MAX_SEARCH_SUFFIXES: usize = 6;
 pub const MAX_SHA512_ROUNDS: u32 = 1_000_000;
 /// Most VMs in the autostart list.
 pub const MAX_AUTOSTART: usize = 256;
+/// Longest time-out, in minutes (one day, as ESXi allows).
+pub const MAX_TIMEOUT_MINUTES: u32 = 1440;
+/// The DCUI idle time-out of a new host, in minutes (ESXi's default 600 s).
+pub const DEFAULT_DCUI_TIMEOUT_MINUTES: u32 = 10;
 
 /// Everything an administrator configures on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,13 @@ pub struct HostConfig {
     pub dns_search: Vec<String>,
     pub ssh_enabled: bool,
     pub shell_enabled: bool,
+    /// Availability time-out (ESXi's `ESXiShellTimeOut`): this long after the local shell or SSH is
+    /// enabled, both are disabled again. 0: never.
+    pub shell_timeout_minutes: u32,
+    /// Idle time-out (ESXi's `ESXiShellInteractiveTimeOut`) for shell and SSH sessions. 0: never.
+    pub shell_idle_timeout_minutes: u32,
+    /// Without a key for this long the DCUI logs out. 0: never.
+    pub dcui_timeout_minutes: u32,
     pub keyboard: String,
     /// VM names started at boot, in order.
     pub autostart: Vec<String>,
@@ -125,6 +136,9 @@ impl HostConfig {
             dns_search: Vec::new(),
             ssh_enabled: false,
             shell_enabled: false,
+            shell_timeout_minutes: 0,
+            shell_idle_timeout_minutes: 0,
+            dcui_timeout_minutes: DEFAULT_DCUI_TIMEOUT_MINUTES,
             keyboard: String::from("US Default"),
             autostart: Vec::new(),
         }
@@ -139,6 +153,9 @@ impl HostConfig {
             "dns_search": self.dns_search,
             "ssh": self.ssh_enabled,
             "shell": self.shell_enabled,
+            "shell_timeout_minutes": self.shell_timeout_minutes,
+            "shell_idle_timeout_minutes": self.shell_idle_timeout_minutes,
+            "dcui_timeout_minutes": self.dcui_timeout_minutes,
             "keyboard": self.keyboard,
             "autostart": self.autostart,
         })
@@ -179,6 +196,11 @@ impl HostConfig {
         let mut cfg = self.clone();
         let boolean =
             |field: &str, v: &Value| v.as_bool().ok_or_else(|| error(field, "expected true or false"));
+        let minutes = |field: &str, v: &Value| {
+            v.as_u64().filter(|&m| m <= MAX_TIMEOUT_MINUTES as u64).map(|m| m as u32).ok_or_else(|| {
+                error(field, format!("expected whole minutes from 0 (never) to {MAX_TIMEOUT_MINUTES}"))
+            })
+        };
         for (key, v) in obj {
             match key.as_str() {
                 "format" => {}
@@ -196,6 +218,9 @@ impl HostConfig {
                 }
                 "ssh" => cfg.ssh_enabled = boolean("ssh", v)?,
                 "shell" => cfg.shell_enabled = boolean("shell", v)?,
+                "shell_timeout_minutes" => cfg.shell_timeout_minutes = minutes(key, v)?,
+                "shell_idle_timeout_minutes" => cfg.shell_idle_timeout_minutes = minutes(key, v)?,
+                "dcui_timeout_minutes" => cfg.dcui_timeout_minutes = minutes(key, v)?,
                 "keyboard" => {
                     let k = v.as_str().ok_or_else(|| error("keyboard", "expected a string"))?;
                     if !KEYBOARD_LAYOUTS.contains(&k) {
@@ -209,7 +234,7 @@ impl HostConfig {
                 "autostart" => cfg.autostart = string_list("autostart", v, MAX_AUTOSTART, validate_vm_name)?,
                 other => {
                     let shown: String = other.chars().take(40).collect();
-                    return Err(error(&shown, "unknown field (expected format, root_password_hash, network, dns_search, ssh, shell, keyboard, autostart)"));
+                    return Err(error(&shown, "unknown field (expected format, root_password_hash, network, dns_search, ssh, shell, shell_timeout_minutes, shell_idle_timeout_minutes, dcui_timeout_minutes, keyboard, autostart)"));
                 }
             }
         }
@@ -219,10 +244,78 @@ impl HostConfig {
     }
 }
 
+/// The shell and SSH availability time-out: once either service is enabled, both are disabled again
+/// after [`HostConfig::shell_timeout_minutes`]. The clock starts when a service is enabled (or at
+/// boot with one enabled) and starts again whenever the time-out is changed.
+#[derive(Debug, Default, Clone)]
+pub struct AvailabilityTimer {
+    /// The services' state and time-out last seen, and since when.
+    watching: Option<((bool, u32), u64)>,
+}
+
+impl AvailabilityTimer {
+    /// Looks at the configuration in force at `now_ms`; when the time-out has run out, returns the
+    /// configuration to store (both services disabled). A store that fails is tried again after
+    /// another full time-out.
+    pub fn check(&mut self, cfg: &HostConfig, now_ms: u64) -> Option<HostConfig> {
+        let state = (cfg.ssh_enabled || cfg.shell_enabled, cfg.shell_timeout_minutes);
+        let since = match self.watching {
+            Some((seen, since)) if seen == state => since,
+            _ => {
+                self.watching = Some((state, now_ms));
+                now_ms
+            }
+        };
+        let (enabled, minutes) = state;
+        if !enabled || minutes == 0 || now_ms.saturating_sub(since) < minutes as u64 * 60_000 {
+            return None;
+        }
+        self.watching = Some((state, now_ms));
+        let mut off = cfg.clone();
+        off.ssh_enabled = false;
+        off.shell_enabled = false;
+        Some(off)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::netconfig::Ipv4Mode;
+
+    #[test]
+    fn availability_time_out_disables_shell_and_ssh() {
+        let mut t = AvailabilityTimer::default();
+        let mut c = HostConfig::defaults(HASH.into());
+        c.shell_timeout_minutes = 5;
+        // Nothing enabled: nothing to do, however long.
+        assert_eq!(t.check(&c, 0), None);
+        assert_eq!(t.check(&c, 10 * 60_000), None);
+        // SSH enabled at minute 10: disabled at minute 15, not before.
+        c.ssh_enabled = true;
+        assert_eq!(t.check(&c, 10 * 60_000), None);
+        assert_eq!(t.check(&c, 15 * 60_000 - 1), None);
+        let off = t.check(&c, 15 * 60_000).expect("time-out reached");
+        assert!(!off.ssh_enabled && !off.shell_enabled);
+        assert_eq!((off.shell_timeout_minutes, &off.network), (5, &c.network));
+        // The store failed (still enabled): tried again one time-out later.
+        assert_eq!(t.check(&c, 16 * 60_000), None);
+        assert!(t.check(&c, 20 * 60_000).is_some());
+        // Changing the time-out starts the clock again; 0 never disables.
+        c.shell_timeout_minutes = 1;
+        assert_eq!(t.check(&c, 21 * 60_000), None);
+        assert!(t.check(&c, 22 * 60_000).is_some());
+        c.shell_timeout_minutes = 0;
+        assert_eq!(t.check(&c, 23 * 60_000), None);
+        assert_eq!(t.check(&c, 2000 * 60_000), None);
+        // Enabled at boot with a time-out: counted from the first look.
+        let mut t = AvailabilityTimer::default();
+        c.shell_enabled = true;
+        c.ssh_enabled = false;
+        c.shell_timeout_minutes = 2;
+        assert_eq!(t.check(&c, 1000), None);
+        assert!(t.check(&c, 1000 + 2 * 60_000).is_some());
+    }
 
     const HASH: &str =
         "$pbkdf2-sha256$100000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
@@ -233,6 +326,9 @@ mod tests {
         c.network.vlan = Some(10);
         c.dns_search = alloc::vec!["lab.example".into()];
         c.ssh_enabled = true;
+        c.shell_timeout_minutes = 30;
+        c.shell_idle_timeout_minutes = 5;
+        c.dcui_timeout_minutes = 0;
         c.autostart = alloc::vec!["web-1".into(), "db_2".into()];
         c
     }
@@ -244,6 +340,10 @@ mod tests {
         let d = HostConfig::defaults(HASH.into());
         assert_eq!(HostConfig::decode(&d.encode()).unwrap(), d);
         assert_eq!(d.network.ipv4, Ipv4Mode::Dhcp);
+        // A configuration stored before the time-outs existed decodes with their defaults.
+        let older = format!(r#"{{"format":1,"root_password_hash":"{HASH}","ssh":true}}"#);
+        let o = HostConfig::decode(older.as_bytes()).unwrap();
+        assert_eq!((o.ssh_enabled, o.shell_timeout_minutes, o.dcui_timeout_minutes), (true, 0, 10));
     }
 
     #[test]
@@ -252,6 +352,10 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (r#"{"ssh":"yes"}"#, "ssh"),
             (r#"{"shell":1}"#, "shell"),
+            (r#"{"shell_timeout_minutes":1441}"#, "shell_timeout_minutes"),
+            (r#"{"shell_idle_timeout_minutes":-1}"#, "shell_idle_timeout_minutes"),
+            (r#"{"dcui_timeout_minutes":"10"}"#, "dcui_timeout_minutes"),
+            (r#"{"dcui_timeout_minutes":2.5}"#, "dcui_timeout_minutes"),
             (r#"{"keyboard":"Klingon"}"#, "keyboard"),
             (r#"{"dns_search":["ok.example","bad_suffix"]}"#, "dns_search"),
             (r#"{"dns_search":["a","a"]}"#, "dns_search"),

@@ -114,6 +114,12 @@ fn idle_screen_on_serial_console() {
     q.send(b"\x1b[\x1bO\xff\x00zz\x1b[99~");
     q.send(b"\r");
     q.wait_for("To manage this host, go to:", BOOT_TIMEOUT);
+
+    // Without any NIC the DCUI still logs in (the configuration service runs without a network).
+    q.send(b"\x1bOQ");
+    q.wait_for_screen("Authentication Required on", BOOT_TIMEOUT);
+    q.send(b"ember-initial\r");
+    q.wait_for_screen("System Customization", BOOT_TIMEOUT);
 }
 
 /// The boot log on the serial console shows the bring-up steps with real values.

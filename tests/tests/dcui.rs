@@ -134,9 +134,43 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     assert!(screen.contains("Resolving hostname (ember)."), "{screen}");
     keys(&mut q, b"\x1b");
 
-    // View Support Information (from item 3, five down) shows the SMBIOS facts; Esc goes back, Esc
+    // Troubleshooting Options (from item 3, three down): the shell/SSH and DCUI time-outs, stored and
+    // shown by the API; Restart Management Agents (F11) and the API answers again.
+    down(&mut q, 3);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("Modify Shell and SSH timeouts  never / never", T);
+    down(&mut q, 2);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("Availability timeout (minutes, 0 = never):", T);
+    keys(&mut q, b"\x7f30\t\x7f5\r");
+    q.wait_for_screen("Shell and SSH timeouts set.", T);
+    down(&mut q, 1);
+    keys(&mut q, b"\r");
+    keys(&mut q, b"\x7f\x7f20\r");
+    q.wait_for_screen("DCUI idle timeout set.", T);
+    q.wait_for_screen("Modify DCUI idle timeout       20 min", T);
+    down(&mut q, 1);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("Restart the management agents?", T);
+    keys(&mut q, F11);
+    q.wait_for_screen("Management agents restarted.", T);
+    let c = request(static_addr, "GET", "/api/v1/config", Some(("root", "dcui-pass-1")), None);
+    assert_eq!(c.status, 200, "{c:?}");
+    let minutes = |f: &str| c.json()[f].as_u64();
+    assert_eq!(
+        (
+            minutes("shell_timeout_minutes"),
+            minutes("shell_idle_timeout_minutes"),
+            minutes("dcui_timeout_minutes")
+        ),
+        (Some(30), Some(5), Some(20))
+    );
+    keys(&mut q, b"\x1b");
+    q.wait_for_screen("System Customization", T);
+
+    // View Support Information (from item 6, two down) shows the SMBIOS facts; Esc goes back, Esc
     // again logs out.
-    down(&mut q, 5);
+    down(&mut q, 2);
     keys(&mut q, b"\r");
     q.wait_for_screen("Serial Number", T);
     keys(&mut q, b"\x1b");

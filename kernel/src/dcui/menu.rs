@@ -6,13 +6,16 @@
 //! the prompt for [`LOCKOUT_MS`]), System Customization with Configure Password (confirmation and the
 //! password rules), Configure Management Network (uplink NIC, VLAN, IPv4 DHCP or static, DNS servers
 //! and host name, custom DNS suffixes; each form validated as a whole, the field at fault named; Esc
-//! asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11 confirms), Configure Keyboard, Troubleshooting
-//! Options (local shell and SSH flags, stored; the shell and SSH themselves do not exist yet), Network
-//! Restore Options (F11: the default management network, host name kept), Test Management Network
-//! (the gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View
-//! System Logs and View Support Information (scrollable), Reset System Configuration (F11 confirms),
-//! and the F12 Shut Down / Restart screen. IPv6 Configuration is not built yet and is not listed. Esc always goes back; after
-//! [`IDLE_TIMEOUT_MS`] without a key the menu logs out and returns to the idle screen.
+//! asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11
+//! confirms), Configure Keyboard, Troubleshooting Options (local shell and SSH flags, their
+//! availability and idle time-outs, the DCUI idle time-out - all stored; the shell and SSH
+//! themselves do not exist yet - and Restart Management Agents, F11 confirms), Network Restore
+//! Options (F11: the default management network, host name kept), Test Management Network (the
+//! gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View System Logs and
+//! View Support Information (scrollable), Reset System Configuration (F11 confirms), and the F12
+//! Shut Down / Restart screen. IPv6 Configuration is not built yet and is not listed. Esc always
+//! goes back; after the configured DCUI idle time-out without a key the menu logs out and returns to
+//! the idle screen.
 
 use crate::dcui::keyboard::Layout;
 use crate::dcui::keys::Key;
@@ -23,7 +26,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use ember_net::mgmt::Check;
-use ember_storage::hostconfig::MAX_SEARCH_SUFFIXES;
+use ember_storage::hostconfig::{MAX_SEARCH_SUFFIXES, MAX_TIMEOUT_MINUTES};
 use ember_storage::kickstart::KEYBOARD_LAYOUTS;
 use ember_storage::netconfig::{
     netmask_to_prefix, parse_ipv4, validate_hostname, validate_vlan, ConfigError, Ipv4Mode, ManagementConfig,
@@ -34,9 +37,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Widget, Wrap};
 
-/// Without a key for this long the menu logs out (ESXi's DCUI idle time-out is configurable; this
-/// build uses a fixed 10 minutes).
-pub const IDLE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// Failed logins in a row before the prompt is locked.
 pub const MAX_FAILURES: u32 = 3;
 /// How long the prompt stays locked.
@@ -62,6 +62,15 @@ pub enum Action {
     SetKeyboard(String),
     SetShell(bool),
     SetSsh(bool),
+    /// Store the shell/SSH availability and idle time-outs (minutes, 0 = never).
+    SetShellTimeouts {
+        availability: u32,
+        idle: u32,
+    },
+    /// Store the DCUI idle time-out (minutes, 0 = never).
+    SetDcuiTimeout(u32),
+    /// Restart the management agents (the API service): its connections are dropped.
+    RestartAgents,
     /// Factory defaults, then reboot into a first boot.
     ResetConfiguration,
     Shutdown,
@@ -83,6 +92,10 @@ pub struct View<'a> {
     pub keyboard: &'a str,
     pub shell: bool,
     pub ssh: bool,
+    /// Shell/SSH availability and idle time-outs, DCUI idle time-out (minutes, 0 = never).
+    pub shell_timeout: u32,
+    pub shell_idle_timeout: u32,
+    pub dcui_timeout: u32,
     /// Label and value pairs for View Support Information.
     pub support: &'a [(String, String)],
     /// The in-memory log, oldest first.
@@ -99,8 +112,18 @@ enum After {
 enum Confirm {
     RestartNetwork,
     RestoreNetwork,
+    RestartAgents,
     Reset,
 }
+
+/// The Troubleshooting Options items.
+const TROUBLESHOOTING_ITEMS: &[&str] = &[
+    "Local Shell",
+    "SSH",
+    "Modify Shell and SSH timeouts",
+    "Modify DCUI idle timeout",
+    "Restart Management Agents",
+];
 
 /// Management network settings being edited (applied only when the operator says so).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +210,12 @@ enum Screen {
     Troubleshooting {
         selected: usize,
     },
+    /// The time-out forms (minutes): shell/SSH availability and idle, or the DCUI's.
+    Timeouts {
+        dcui: bool,
+        fields: Vec<String>,
+        field: usize,
+    },
     Confirm(Confirm),
     Logs {
         scroll: usize,
@@ -252,9 +281,12 @@ impl Menu {
         self.message = Some(message);
     }
 
-    /// Logs out after the idle time-out; returns true when the screen changed.
-    pub fn tick(&mut self, now: u64) -> bool {
-        if !self.is_idle() && !self.awaiting_login() && now.saturating_sub(self.last_key) >= IDLE_TIMEOUT_MS {
+    /// Logs out once no key came for `idle_minutes` (the configured DCUI time-out; 0: never);
+    /// returns true when the screen changed.
+    pub fn tick(&mut self, now: u64, idle_minutes: u32) -> bool {
+        let idle_ms = idle_minutes as u64 * 60_000;
+        let timed_out = idle_ms > 0 && now.saturating_sub(self.last_key) >= idle_ms;
+        if !self.is_idle() && !self.awaiting_login() && timed_out {
             self.go(Screen::Idle);
             return true;
         }
@@ -477,16 +509,66 @@ impl Menu {
             },
             Screen::Troubleshooting { selected } => match key {
                 Key::Esc => self.go(Screen::Main),
-                Key::Up | Key::Down => *selected = 1 - *selected,
-                Key::Enter | Key::Space => {
-                    return Some(if *selected == 0 {
-                        Action::SetShell(!view.shell)
-                    } else {
-                        Action::SetSsh(!view.ssh)
-                    });
-                }
+                Key::Up => *selected = selected.saturating_sub(1),
+                Key::Down => *selected = (*selected + 1).min(TROUBLESHOOTING_ITEMS.len() - 1),
+                Key::Enter | Key::Space => match *selected {
+                    0 => return Some(Action::SetShell(!view.shell)),
+                    1 => return Some(Action::SetSsh(!view.ssh)),
+                    2 => self.go(Screen::Timeouts {
+                        dcui: false,
+                        fields: vec![view.shell_timeout.to_string(), view.shell_idle_timeout.to_string()],
+                        field: 0,
+                    }),
+                    3 => self.go(Screen::Timeouts {
+                        dcui: true,
+                        fields: vec![view.dcui_timeout.to_string()],
+                        field: 0,
+                    }),
+                    _ => self.go(Screen::Confirm(Confirm::RestartAgents)),
+                },
                 _ => {}
             },
+            Screen::Timeouts { dcui, fields, field } => match key {
+                Key::Esc => {
+                    let selected = if *dcui { 3 } else { 2 };
+                    self.go(Screen::Troubleshooting { selected })
+                }
+                Key::Tab | Key::Down | Key::Up => *field = (*field + 1) % fields.len(),
+                Key::Enter => {
+                    let labels = timeout_labels(*dcui);
+                    let mut minutes = Vec::new();
+                    for (label, text) in labels.iter().zip(fields.iter()) {
+                        match text.trim().parse::<u32>() {
+                            Ok(m) if m <= MAX_TIMEOUT_MINUTES => minutes.push(m),
+                            _ => {
+                                self.message = Some(format!(
+                                    "{}: whole minutes from 0 (never) to {MAX_TIMEOUT_MINUTES}",
+                                    label.trim_end_matches(':')
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                    let (action, selected, what) = if *dcui {
+                        (Action::SetDcuiTimeout(minutes[0]), 3, "DCUI idle timeout")
+                    } else {
+                        let action = Action::SetShellTimeouts { availability: minutes[0], idle: minutes[1] };
+                        (action, 2, "Shell and SSH timeouts")
+                    };
+                    self.go(Screen::Troubleshooting { selected });
+                    self.message = Some(format!("{what} set."));
+                    return Some(action);
+                }
+                _ => {
+                    // Digits only.
+                    if !matches!(key, Key::Char(c) if !c.is_ascii_digit()) {
+                        edit(&mut fields[*field], key, 4);
+                    }
+                }
+            },
+            Screen::Confirm(Confirm::RestartAgents) if key == Key::Esc => {
+                self.go(Screen::Troubleshooting { selected: 4 })
+            }
             Screen::Confirm(what) => match key {
                 Key::Esc => self.go(Screen::Main),
                 Key::F(11) => {
@@ -506,9 +588,13 @@ impl Menu {
                             },
                             Some("Network settings restored to the defaults; the network restarted."),
                         ),
+                        Confirm::RestartAgents => {
+                            (Action::RestartAgents, Some("Management agents restarted."))
+                        }
                         Confirm::Reset => (Action::ResetConfiguration, None),
                     };
-                    self.go(Screen::Main);
+                    let agents = *what == Confirm::RestartAgents;
+                    self.go(if agents { Screen::Troubleshooting { selected: 4 } } else { Screen::Main });
                     self.message = message.map(String::from);
                     return Some(action);
                 }
@@ -661,17 +747,44 @@ impl Menu {
             }
             Screen::Troubleshooting { selected } => {
                 let state = |on: bool| if on { "Enabled" } else { "Disabled" };
-                for (i, (label, on)) in [("Local Shell", view.shell), ("SSH", view.ssh)].iter().enumerate() {
+                let never = |m: u32| if m == 0 { String::from("never") } else { format!("{m} min") };
+                let values = [
+                    state(view.shell).to_string(),
+                    state(view.ssh).to_string(),
+                    format!("{} / {}", never(view.shell_timeout), never(view.shell_idle_timeout)),
+                    never(view.dcui_timeout),
+                    String::new(),
+                ];
+                for (i, (label, value)) in TROUBLESHOOTING_ITEMS.iter().zip(values).enumerate() {
                     let style = if i == *selected { highlight } else { yellow };
-                    lines.push(Line::from(Span::styled(format!(" {label:<14} {:<10} ", state(*on)), style)));
+                    lines.push(Line::from(Span::styled(format!(" {label:<30} {value:<18} "), style)));
                 }
                 lines.push(Line::from(""));
-                lines
-                    .push(Line::from("The setting is stored; this version has no shell or SSH service yet."));
+                lines.push(Line::from(
+                    "Shell, SSH and their timeouts are stored (the availability timeout turns both off \
+                     again); this version has no shell or SSH service yet.",
+                ));
+            }
+            Screen::Timeouts { dcui, fields, field } => {
+                lines.push(Line::from(if *dcui {
+                    "Without a key for this long the console logs out."
+                } else {
+                    "Availability: shell and SSH are turned off this long after being enabled. \
+                     Idle: sessions without input are ended."
+                }));
+                lines.push(Line::from(""));
+                for (i, label) in timeout_labels(*dcui).iter().enumerate() {
+                    let style = if i == *field { highlight } else { yellow };
+                    lines.push(Line::from(vec![
+                        Span::raw(format!("{label:<46}")),
+                        Span::styled(format!("[ {:<6} ]", fields[i]), style),
+                    ]));
+                }
             }
             Screen::Confirm(what) => {
                 let text = match what {
                     Confirm::RestartNetwork => "Restart the management network? Connections to the host are dropped.",
+                    Confirm::RestartAgents => "Restart the management agents? API connections to the host are dropped; the configuration is kept.",
                     Confirm::RestoreNetwork => "Restore Network Settings: the management network returns to the defaults (DHCP on vmnic0, no VLAN, DNS from DHCP, no DNS suffixes; the host name is kept) and restarts.",
                     Confirm::Reset => "Reset the system configuration? All settings, including the root password, return to the factory defaults and the host reboots into a first boot.",
                 };
@@ -733,7 +846,14 @@ impl Menu {
             }
             Screen::Keyboard { .. } => ("Configure Keyboard", "<Up/Down> Select  <Enter> OK  <Esc> Cancel"),
             Screen::Troubleshooting { .. } => {
-                ("Troubleshooting Options", "<Up/Down> Select  <Enter> Toggle  <Esc> Back")
+                ("Troubleshooting Options", "<Up/Down> Select  <Enter> Change  <Esc> Back")
+            }
+            Screen::Timeouts { dcui: false, .. } => {
+                ("Modify Shell and SSH timeouts", "<Tab> Next Field  <Enter> OK  <Esc> Cancel")
+            }
+            Screen::Timeouts { dcui: true, .. } => ("Modify DCUI idle timeout", "<Enter> OK  <Esc> Cancel"),
+            Screen::Confirm(Confirm::RestartAgents) => {
+                ("Restart Management Agents", "<F11> Restart  <Esc> Cancel")
             }
             Screen::Confirm(Confirm::RestartNetwork) => {
                 ("Restart Management Network", "<F11> Restart  <Esc> Cancel")
@@ -843,6 +963,14 @@ fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> R
     Ok(())
 }
 
+fn timeout_labels(dcui: bool) -> &'static [&'static str] {
+    if dcui {
+        &["DCUI idle timeout (minutes, 0 = never):"]
+    } else {
+        &["Availability timeout (minutes, 0 = never):", "Idle timeout (minutes, 0 = never):"]
+    }
+}
+
 /// Typing into a field: printable characters are added (up to `max`), Backspace removes.
 fn edit(field: &mut String, key: Key, max: usize) {
     match key {
@@ -903,6 +1031,9 @@ mod tests {
                 keyboard: self.keyboard,
                 shell: false,
                 ssh: self.ssh,
+                shell_timeout: 0,
+                shell_idle_timeout: 15,
+                dcui_timeout: 10,
                 support: &self.support,
                 logs: &self.logs,
                 network: &self.net,
@@ -965,8 +1096,8 @@ mod tests {
         assert!(m.is_idle());
         // The idle time-out logs out.
         let mut m = logged_in(&v);
-        assert!(!m.tick(3 + IDLE_TIMEOUT_MS - 1));
-        assert!(m.tick(3 + IDLE_TIMEOUT_MS));
+        assert!(!m.tick(3 + 10 * 60_000 - 1, 10));
+        assert!(m.tick(3 + 10 * 60_000, 10));
         assert!(m.is_idle());
     }
 
@@ -1051,7 +1182,7 @@ mod tests {
         );
         m.selected = 6;
         m.key(Key::Enter, &v, 5);
-        assert!(screen(&m, &v).contains("SSH            Enabled"));
+        assert!(screen(&m, &v).contains(" SSH                            Enabled"), "{}", screen(&m, &v));
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetShell(true)));
         m.key(Key::Down, &v, 5);
         assert_eq!(m.key(Key::Space, &v, 5), Some(Action::SetSsh(false)));
@@ -1071,6 +1202,71 @@ mod tests {
         assert!(s.contains("Pinging default gateway (10.0.2.2).") && s.contains("OK."), "{s}");
         assert!(s.contains("Resolving hostname (esx1).") && s.contains("FAILED."), "{s}");
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::TestNetwork), "Enter tests again");
+    }
+
+    #[test]
+    fn troubleshooting_timeouts_and_management_agents() {
+        let f = Fixture::new();
+        let v = f.view();
+        let mut m = logged_in(&v);
+        m.selected = 6;
+        m.key(Key::Enter, &v, 5);
+        let s = screen(&m, &v);
+        assert!(s.contains("Modify Shell and SSH timeouts  never / 15 min"), "{s}");
+        assert!(s.contains("Modify DCUI idle timeout       10 min"), "{s}");
+        // Shell and SSH time-outs: the form starts with the stored values; letters are not typed;
+        // out of range is refused with the field named; then stored.
+        m.key(Key::Down, &v, 5);
+        m.key(Key::Down, &v, 5);
+        m.key(Key::Enter, &v, 5);
+        let s = screen(&m, &v);
+        assert!(s.contains("Modify Shell and SSH timeouts") && s.contains("[ 0 "), "{s}");
+        m.key(Key::Backspace, &v, 5);
+        assert_eq!(
+            typed_keys(
+                &mut m,
+                &v,
+                &[Key::Char('9'), Key::Char('x'), Key::Char('9'), Key::Char('9'), Key::Char('9')]
+            ),
+            None
+        );
+        assert_eq!(m.key(Key::Enter, &v, 5), None);
+        assert!(
+            screen(&m, &v).contains("Availability timeout (minutes, 0 = never): whole minutes from 0"),
+            "{}",
+            screen(&m, &v)
+        );
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Tab, &v, 5);
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Backspace, &v, 5);
+        m.key(Key::Char('5'), &v, 5);
+        assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::SetShellTimeouts { availability: 999, idle: 5 }));
+        assert!(screen(&m, &v).contains("Shell and SSH timeouts set."));
+        // The DCUI time-out; Esc from a form goes back to Troubleshooting Options.
+        m.key(Key::Down, &v, 5);
+        m.key(Key::Enter, &v, 5);
+        m.key(Key::Esc, &v, 5);
+        assert!(screen(&m, &v).lines().next().unwrap().contains("Troubleshooting Options"));
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("[ 10 "));
+        assert_eq!(
+            typed_keys(&mut m, &v, &[Key::Backspace, Key::Backspace, Key::Char('0'), Key::Enter]),
+            Some(Action::SetDcuiTimeout(0))
+        );
+        // Restart Management Agents needs F11; Esc cancels back to the list.
+        m.key(Key::Down, &v, 5);
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("Restart the management agents?"));
+        assert_eq!(m.key(Key::Enter, &v, 5), None);
+        m.key(Key::Esc, &v, 5);
+        assert!(screen(&m, &v).lines().next().unwrap().contains("Troubleshooting Options"));
+        m.key(Key::Enter, &v, 5);
+        assert_eq!(m.key(Key::F(11), &v, 5), Some(Action::RestartAgents));
+        assert!(screen(&m, &v).contains("Management agents restarted."));
+        // A DCUI time-out of 0 never logs out.
+        assert!(!m.tick(1 << 40, 0));
+        assert!(m.tick(5 + 60_000, 1));
     }
 
     fn typed_keys(m: &mut Menu, v: &View<'_>, keys: &[Key]) -> Option<Action> {
