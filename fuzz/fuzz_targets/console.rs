@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let support = vec![("Serial Number".to_string(), "S1".to_string())];
     let logs: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
     let network = ManagementConfig::default();
+    let ipv6 = vec!["fe80::5054:ff:fe00:10/64".to_string()];
     let nics = vec![("vmnic0".to_string(), "52:54:00:00:00:10".to_string(), true)];
     let view = View {
         hostname: "esx1",
@@ -33,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         dns_search: &[],
         nics: &nics,
         tests: &[],
+        ipv6_addresses: &ipv6,
     };
     let mut decoder = KeyDecoder::new();
     let mut ps2 = Ps2Keyboard::new(Layout::German);

@@ -13,7 +13,7 @@
 
 use ember_net::api::{self, ApiState, HostFacts, Persistence};
 use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
-use ember_net::config::{Ipv4Mode, ManagementConfig};
+use ember_net::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use ember_net::fetch::{self, Progress};
 use ember_net::http::{parse_request, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
@@ -27,6 +27,8 @@ fn state(vlan: Option<u16>) -> ApiState {
     host.network = ManagementConfig {
         ipv4: Ipv4Mode::Static { address: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None },
         vlan,
+        // IPv6 on, so neighbour discovery, router advertisements and SLAAC see the frames too.
+        ipv6: Ipv6Mode::Auto,
         ..ManagementConfig::default()
     };
     ApiState::new(HostFacts::default(), host, Persistence::None("fuzzing".into()), [2; 32], 3)

@@ -17,7 +17,7 @@ use ember_kernel::dcui::menu::{Action, Menu, View};
 use ember_kernel::mm::{self, frames::FrameAllocator};
 use ember_net::api::{ApiState, HostFacts, NicInfo, Persistence};
 use ember_net::auth::{self, PasswordHash};
-use ember_net::config::ManagementConfig;
+use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
@@ -86,6 +86,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         cpu_model,
         memory_bytes: usable,
         management: ManagementAddress::None,
+        ipv6: None,
         notice: None,
     };
 
@@ -457,8 +458,8 @@ impl LocalConsole {
             console::show_idle_screen(&self.identity);
             return;
         }
-        let (logs, nics) = (console::log_lines(), nic_rows(net));
-        let view = menu_view(net, &self.support, &logs, &nics);
+        let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net), ipv6_rows(net));
+        let view = menu_view(net, &self.support, &logs, &nics, &ipv6);
         console::show_menu(|area, buf| self.menu.render(&view, area, buf));
     }
 
@@ -469,9 +470,9 @@ impl LocalConsole {
             console::show_idle_screen(&self.identity);
             return;
         }
-        let (logs, nics) = (console::log_lines(), nic_rows(net.as_ref()));
+        let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net.as_ref()), ipv6_rows(net.as_ref()));
         let action = {
-            let view = menu_view(net.as_ref(), &self.support, &logs, &nics);
+            let view = menu_view(net.as_ref(), &self.support, &logs, &nics, &ipv6);
             self.menu.key(key, &view, now)
         };
         if let Some(a) = action {
@@ -589,6 +590,19 @@ fn nic_rows(net: Option<&ManagementNetwork>) -> Vec<(String, String, bool)> {
     .unwrap_or_default()
 }
 
+/// The management interface's IPv6 addresses, as `address/prefix`.
+fn ipv6_rows(net: Option<&ManagementNetwork>) -> Vec<String> {
+    net.map(|n| n.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect()).unwrap_or_default()
+}
+
+/// The idle screen's IPv6 line: the first address that is not link-local (a browser needs a zone
+/// for those), and whether it is the static one.
+fn idle_ipv6(net: &ManagementNetwork) -> Option<(String, bool)> {
+    let (a, _) = net.api.status.ipv6.iter().find(|(a, _)| !ember_net::config::is_link_local_v6(*a))?;
+    let fixed = matches!(net.api.host.network.ipv6, Ipv6Mode::Static { address, .. } if address == *a);
+    Some((a.to_string(), fixed))
+}
+
 /// The management network settings of a host without a NIC (nothing to configure).
 static NO_NETWORK: spin::Lazy<ManagementConfig> = spin::Lazy::new(ManagementConfig::default);
 
@@ -598,6 +612,7 @@ fn menu_view<'a>(
     support: &'a [(String, String)],
     logs: &'a [String],
     nics: &'a [(String, String, bool)],
+    ipv6: &'a [String],
 ) -> View<'a> {
     match net {
         Some(n) => View {
@@ -606,6 +621,7 @@ fn menu_view<'a>(
             dns_search: &n.api.host.dns_search,
             nics,
             tests: n.network_test(),
+            ipv6_addresses: ipv6,
             keyboard: &n.api.host.keyboard,
             shell: n.api.host.shell_enabled,
             ssh: n.api.host.ssh_enabled,
@@ -629,6 +645,7 @@ fn menu_view<'a>(
             dns_search: &[],
             nics,
             tests: &[],
+            ipv6_addresses: ipv6,
         },
     }
 }
@@ -639,6 +656,7 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
     let mut last_activity = 0u64;
     let mut last_shown = None;
     let mut last_hostname = String::new();
+    let mut last_ipv6 = Vec::new();
     let mut typed = Vec::new();
     let mut availability = AvailabilityTimer::default();
     loop {
@@ -692,13 +710,23 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
             }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
-            let shown = (net.api.status.state, net.api.status.address, net.api.host.network.ipv4);
-            if Some(shown) != last_shown || net.api.host.network.hostname != last_hostname {
+            let shown = (
+                net.api.status.state,
+                net.api.status.address,
+                net.api.host.network.ipv4,
+                net.api.host.network.ipv6,
+            );
+            if Some(shown) != last_shown
+                || net.api.host.network.hostname != last_hostname
+                || net.api.status.ipv6 != last_ipv6
+            {
                 last_shown = Some(shown);
                 last_hostname.clone_from(&net.api.host.network.hostname);
-                let address = console_address(net);
-                if address != local.identity.management {
+                last_ipv6.clone_from(&net.api.status.ipv6);
+                let (address, ipv6) = (console_address(net), idle_ipv6(net));
+                if address != local.identity.management || ipv6 != local.identity.ipv6 {
                     local.identity.management = address;
+                    local.identity.ipv6 = ipv6;
                     if local.menu.is_idle() {
                         console::show_idle_screen(&local.identity);
                     }

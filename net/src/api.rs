@@ -23,7 +23,7 @@ use crate::http::{Request, Response};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::persist::HostStore;
@@ -87,6 +87,8 @@ pub struct InterfaceStatus {
     pub address: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// The interface's IPv6 addresses now (link-local, static, from router advertisements).
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
 }
 
 impl Default for InterfaceStatus {
@@ -96,6 +98,7 @@ impl Default for InterfaceStatus {
             address: None,
             gateway: None,
             dns: Vec::new(),
+            ipv6: Vec::new(),
         }
     }
 }
@@ -273,6 +276,8 @@ impl ApiState {
             "dns": self.status.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             "vlan": self.host.network.vlan,
             "hostname": self.host.network.hostname,
+            "ipv6": self.host.network.ipv6.to_json(),
+            "ipv6_addresses": self.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
         })
     }
 
@@ -561,6 +566,7 @@ mod tests {
             address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
             dns: alloc::vec![Ipv4Addr::new(10, 0, 2, 3)],
+            ipv6: Vec::new(),
         };
         st.boot_ms = 1000;
         st

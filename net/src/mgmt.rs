@@ -10,7 +10,7 @@
 //! half-open client only ever holds its own slot, and only for a bounded time.
 
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
-use crate::config::{Ipv4Mode, ManagementConfig};
+use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
 use crate::http::{parse_request, Parsed, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Nic, Port, PortStats};
@@ -19,7 +19,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
@@ -27,7 +27,7 @@ use smoltcp::socket::{dhcpv4, icmp, tcp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     DhcpOption, DnsQueryType, EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
-    Ipv4Cidr,
+    Ipv4Cidr, Ipv6Cidr,
 };
 
 /// ICMP echo identifier of Test Management Network's pings.
@@ -437,10 +437,29 @@ impl ManagementNetwork {
         let mut iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         self.restarts += 1;
         iface_cfg.random_seed = self.seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        iface_cfg.slaac = cfg.ipv6 == Ipv6Mode::Auto;
         let mut iface = {
             let mut port = Port { nic: &mut *self.nics[uplink].nic, vlan: cfg.vlan, stats: &mut stats };
             Interface::new(iface_cfg, &mut port, instant(now))
         };
+        if cfg.ipv6 != Ipv6Mode::Disabled {
+            // The link-local address: fe80::/64 with the EUI-64 interface identifier (RFC 4291 2.5.6).
+            let link_local = Ipv6Cidr::from_link_prefix(
+                &Ipv6Cidr::new(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 64),
+                HardwareAddress::Ethernet(EthernetAddress(mac)),
+            );
+            iface.update_ip_addrs(|a| {
+                if let Some(l) = link_local {
+                    let _ = a.push(IpCidr::Ipv6(l));
+                }
+                if let Ipv6Mode::Static { address, prefix, .. } = cfg.ipv6 {
+                    let _ = a.push(IpCidr::Ipv6(Ipv6Cidr::new(address, prefix)));
+                }
+            });
+            if let Ipv6Mode::Static { gateway: Some(gw), .. } = cfg.ipv6 {
+                let _ = iface.routes_mut().add_default_ipv6_route(gw);
+            }
+        }
         let mut sockets = SocketSet::new(Vec::new());
         let mut status = InterfaceStatus::default();
         let dhcp = match cfg.ipv4 {
@@ -466,6 +485,7 @@ impl ManagementNetwork {
                     address: Some((address, prefix)),
                     gateway,
                     dns: cfg.dns.clone(),
+                    ipv6: Vec::new(),
                 };
                 None
             }
@@ -502,8 +522,16 @@ impl ManagementNetwork {
                 gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()
             ),
         };
+        let v6 = match cfg.ipv6 {
+            Ipv6Mode::Disabled => String::new(),
+            Ipv6Mode::Auto => String::from(", IPv6 automatic (link-local, router advertisements)"),
+            Ipv6Mode::Static { address, prefix, gateway } => format!(
+                ", IPv6 static {address}/{prefix}{}",
+                gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()
+            ),
+        };
         self.log.push(format!(
-            "management network: {} ({}, MAC {}), {}{}, host name {}",
+            "management network: {} ({}, MAC {}), {}{v6}{}, host name {}",
             n.name,
             n.driver,
             api::mac_string(&mac),
@@ -511,6 +539,7 @@ impl ManagementNetwork {
             cfg.vlan.map(|v| format!(", VLAN {v}")).unwrap_or_default(),
             cfg.hostname
         ));
+        status.ipv6 = ipv6_addresses(&iface);
         self.api.status = status;
         let mut ping = icmp::Socket::new(
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 2048]),
@@ -582,8 +611,31 @@ impl ManagementNetwork {
         let mut port =
             Port { nic: &mut *self.nics[stack.uplink].nic, vlan: stack.vlan, stats: &mut stack.stats };
         busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
+        // Router advertisements add and expire addresses: keep the status current (no allocation
+        // unless it changed).
+        let v6 = stack.iface.ip_addrs().iter().filter_map(|c| match c {
+            IpCidr::Ipv6(c) => Some((c.address(), c.prefix_len())),
+            _ => None,
+        });
+        if !v6.eq(self.api.status.ipv6.iter().copied()) {
+            self.api.status.ipv6 = ipv6_addresses(&stack.iface);
+            let shown: Vec<String> = self.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+            self.log.push(format!("management network: IPv6 addresses now {}", shown.join(", ")));
+        }
         busy || stack.stats.rx_frames + stack.stats.tx_frames != before
     }
+}
+
+/// The interface's IPv6 addresses.
+fn ipv6_addresses(iface: &Interface) -> Vec<(Ipv6Addr, u8)> {
+    iface
+        .ip_addrs()
+        .iter()
+        .filter_map(|c| match c {
+            IpCidr::Ipv6(c) => Some((c.address(), c.prefix_len())),
+            _ => None,
+        })
+        .collect()
 }
 
 impl ManagementNetwork {
@@ -863,8 +915,9 @@ fn handle_dhcp(
     match event {
         None => {}
         Some(Some((address, router, server, lease_dns))) => {
+            // The lease replaces the IPv4 address; IPv6 addresses stay.
             stack.iface.update_ip_addrs(|a| {
-                a.clear();
+                a.retain(|c| !matches!(c, IpCidr::Ipv4(_)));
                 let _ = a.push(IpCidr::Ipv4(address));
             });
             stack.iface.routes_mut().remove_default_ipv4_route();
@@ -891,20 +944,27 @@ fn handle_dhcp(
                 address: Some((address.address(), address.prefix_len())),
                 gateway: router,
                 dns,
+                ipv6: core::mem::take(&mut api.status.ipv6),
             };
             *had_lease = true;
         }
         Some(None) => {
-            stack.iface.update_ip_addrs(|a| a.clear());
+            stack.iface.update_ip_addrs(|a| a.retain(|c| !matches!(c, IpCidr::Ipv4(_))));
             stack.iface.routes_mut().remove_default_ipv4_route();
             if *had_lease {
                 log.push(String::from(
                     "DHCP lease lost: it expired without renewal; management interface has no address, asking again",
                 ));
-                api.status =
-                    InterfaceStatus { state: InterfaceState::LeaseLost, ..InterfaceStatus::default() };
+                api.status = InterfaceStatus {
+                    state: InterfaceState::LeaseLost,
+                    ipv6: core::mem::take(&mut api.status.ipv6),
+                    ..InterfaceStatus::default()
+                };
             } else {
-                api.status = InterfaceStatus::default();
+                api.status = InterfaceStatus {
+                    ipv6: core::mem::take(&mut api.status.ipv6),
+                    ..InterfaceStatus::default()
+                };
             }
         }
     }
@@ -1161,13 +1221,17 @@ mod tests {
         }
 
         fn connect(&mut self, local_port: u16) -> SocketHandle {
+            self.connect_to(IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), local_port)
+        }
+
+        fn connect_to(&mut self, server: IpAddress, local_port: u16) -> SocketHandle {
             let s = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; 65536]),
                 tcp::SocketBuffer::new(vec![0; 65536]),
             );
             let h = self.sockets.add(s);
             let s = self.sockets.get_mut::<tcp::Socket>(h);
-            s.connect(self.iface.context(), (Ipv4Addr::new(10, 0, 0, 1), HTTP_PORT), local_port).unwrap();
+            s.connect(self.iface.context(), (server, HTTP_PORT), local_port).unwrap();
             h
         }
 
@@ -1335,6 +1399,118 @@ mod tests {
         let again = w.client.connect(42001);
         w.send(again, b"GET / HTTP/1.1\r\n\r\n");
         assert!(w.response(again, 5_000).starts_with("HTTP/1.1 200 "));
+    }
+
+    /// The server's link-local address: fe80::/64 with the EUI-64 of 52:54:00:00:00:01.
+    fn server_link_local() -> Ipv6Addr {
+        "fe80::5054:ff:fe00:1".parse().unwrap()
+    }
+
+    fn get_host_over(w: &mut World, server: IpAddress, port: u16) -> String {
+        let h = w.client.connect_to(server, port);
+        w.send(
+            h,
+            format!("GET /api/v1/network/management HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes(),
+        );
+        w.response(h, 5_000)
+    }
+
+    #[test]
+    fn ipv6_static_and_link_local_serve_the_api() {
+        let mut cfg = static_cfg(None);
+        let address: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        cfg.ipv6 = Ipv6Mode::Static { address, prefix: 64, gateway: Some("fe80::99".parse().unwrap()) };
+        let mut w = World::new(cfg, None);
+        w.client.iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::Ipv6(Ipv6Cidr::new("2001:db8::2".parse().unwrap(), 64)));
+            let _ = a.push(IpCidr::Ipv6(Ipv6Cidr::new("fe80::2".parse().unwrap(), 64)));
+        });
+        assert_eq!(w.server.api.status.ipv6, [(server_link_local(), 64), (address, 64)]);
+        let r = get_host_over(&mut w, IpAddress::Ipv6(address), 40100);
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(r.contains("\"ipv6_addresses\":[\"fe80::5054:ff:fe00:1/64\",\"2001:db8::1/64\"]"), "{r}");
+        assert!(r.contains("\"mode\":\"static\",\"prefix\":64"), "{r}");
+        let r = get_host_over(&mut w, IpAddress::Ipv6(server_link_local()), 40101);
+        assert!(r.starts_with("HTTP/1.1 200 "), "over link-local: {r}");
+        // IPv4 still works beside it.
+        let r = get_host_over(&mut w, IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 40102);
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    }
+
+    /// A router advertisement from fe80::99 for `prefix`/64 (autonomous, on-link) to all nodes.
+    fn router_advert(prefix: Ipv6Addr) -> Vec<u8> {
+        use smoltcp::wire::{
+            EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet,
+            Ipv6Repr, NdiscPrefixInfoFlags, NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags,
+        };
+        let router: Ipv6Addr = "fe80::99".parse().unwrap();
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let icmp = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+            hop_limit: 64,
+            flags: NdiscRouterFlags::empty(),
+            router_lifetime: Duration::from_secs(1800),
+            reachable_time: Duration::ZERO,
+            retrans_time: Duration::ZERO,
+            lladdr: Some(EthernetAddress(CLIENT_MAC).into()),
+            mtu: None,
+            prefix_info: Some(NdiscPrefixInformation {
+                prefix_len: 64,
+                flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+                valid_lifetime: Duration::from_secs(86_400),
+                preferred_lifetime: Duration::from_secs(14_400),
+                prefix,
+            }),
+        });
+        let ip = Ipv6Repr {
+            src_addr: router,
+            dst_addr: all_nodes,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 255,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(CLIENT_MAC),
+            dst_addr: EthernetAddress([0x33, 0x33, 0, 0, 0, 1]),
+            ethertype: EthernetProtocol::Ipv6,
+        };
+        let mut buf = vec![0u8; eth.buffer_len() + ip.buffer_len() + icmp.buffer_len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut frame);
+        let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet);
+        let mut message = Icmpv6Packet::new_unchecked(packet.payload_mut());
+        icmp.emit(&router, &all_nodes, &mut message, &ChecksumCapabilities::default());
+        buf
+    }
+
+    #[test]
+    fn ipv6_auto_takes_an_address_from_router_advertisements() {
+        let mut cfg = static_cfg(None);
+        cfg.ipv6 = Ipv6Mode::Auto;
+        let mut w = World::new(cfg, None);
+        assert_eq!(w.server.api.status.ipv6, [(server_link_local(), 64)], "link-local only at first");
+        w.server.take_log();
+        w.client.nic.transmit(&router_advert("2001:db8:5::".parse().unwrap()));
+        let slaac: Ipv6Addr = "2001:db8:5::5054:ff:fe00:1".parse().unwrap();
+        w.run_until(5_000, |_| false);
+        assert_eq!(w.server.api.status.ipv6, [(server_link_local(), 64), (slaac, 64)]);
+        let log = w.server.take_log();
+        assert!(
+            log.iter()
+                .any(|l| l
+                    .contains("IPv6 addresses now fe80::5054:ff:fe00:1/64, 2001:db8:5:0:5054:ff:fe00:1/64")),
+            "{log:?}"
+        );
+        w.client.iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::Ipv6(Ipv6Cidr::new("2001:db8:5::2".parse().unwrap(), 64)));
+        });
+        let r = get_host_over(&mut w, IpAddress::Ipv6(slaac), 40200);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"ipv6\":{\"mode\":\"auto\"}"), "{r}");
+        // Disabled (the default): no IPv6 addresses, advertisements ignored.
+        let mut w = World::new(static_cfg(None), None);
+        w.client.nic.transmit(&router_advert("2001:db8:5::".parse().unwrap()));
+        w.run_until(1_000, |_| false);
+        assert!(w.server.api.status.ipv6.is_empty());
     }
 
     #[test]

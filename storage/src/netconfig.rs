@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use serde_json::{json, Map, Value};
 
 /// The most DNS servers the interface keeps (smoltcp's DHCP client reports at most three).
@@ -24,6 +24,18 @@ pub enum Ipv4Mode {
     Static { address: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr> },
 }
 
+/// How the management interface takes part in IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// No IPv6 addresses (the default).
+    Disabled,
+    /// A link-local address (fe80::/64 with the EUI-64 interface identifier) plus addresses and
+    /// the default router from router advertisements (SLAAC, RFC 4862). No DHCPv6.
+    Auto,
+    /// The link-local address plus one fixed address; the default gateway may be link-local.
+    Static { address: Ipv6Addr, prefix: u8, gateway: Option<Ipv6Addr> },
+}
+
 /// The management network configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagementConfig {
@@ -35,6 +47,7 @@ pub struct ManagementConfig {
     pub hostname: String,
     /// 802.1Q VLAN id (1-4094) for management traffic, or untagged.
     pub vlan: Option<u16>,
+    pub ipv6: Ipv6Mode,
 }
 
 impl Default for ManagementConfig {
@@ -46,6 +59,7 @@ impl Default for ManagementConfig {
             dns: Vec::new(),
             hostname: String::from("ember"),
             vlan: None,
+            ipv6: Ipv6Mode::Disabled,
         }
     }
 }
@@ -131,9 +145,144 @@ pub fn validate_vlan(field: &str, id: u32) -> Result<u16, ConfigError> {
     }
 }
 
+/// Parses an IPv6 address (RFC 4291 text forms).
+pub fn parse_ipv6(field: &str, s: &str) -> Result<Ipv6Addr, ConfigError> {
+    s.parse::<Ipv6Addr>().map_err(|_| ConfigError::new(field, format!("`{s}` is not an IPv6 address")))
+}
+
+/// Parses `address/prefix` (the prefix defaults to 64 when left out).
+pub fn parse_ipv6_cidr(field: &str, s: &str) -> Result<(Ipv6Addr, u8), ConfigError> {
+    let (a, p) = s.split_once('/').unwrap_or((s, "64"));
+    let prefix = match p.parse::<u8>() {
+        Ok(p) if (1..=128).contains(&p) => p,
+        _ => {
+            return Err(ConfigError::new(
+                field,
+                format!("`/{p}` is not a prefix length (expected /1 to /128)"),
+            ))
+        }
+    };
+    Ok((parse_ipv6(field, a)?, prefix))
+}
+
+/// True for an IPv6 address a host may use as a peer: not unspecified, loopback or multicast.
+pub fn is_unicast_v6(a: Ipv6Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast())
+}
+
+/// True for fe80::/10.
+pub fn is_link_local_v6(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+impl Ipv6Mode {
+    /// Checks a static address (global or unique local, not link-local: that one is automatic)
+    /// and its gateway (on-link in its prefix, or link-local).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let Ipv6Mode::Static { address, prefix, gateway } = *self else { return Ok(()) };
+        if !(1..=128).contains(&prefix) {
+            return Err(ConfigError::new("ipv6.prefix", format!("{prefix} is not a prefix length (1-128)")));
+        }
+        if !is_unicast_v6(address) || is_link_local_v6(address) || address.to_ipv4_mapped().is_some() {
+            return Err(ConfigError::new(
+                "ipv6.address",
+                format!(
+                    "{address} is not a global or unique local unicast address (link-local is automatic)"
+                ),
+            ));
+        }
+        if let Some(gw) = gateway {
+            let mask = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+            let on_link = u128::from(gw) & mask == u128::from(address) & mask;
+            if !is_unicast_v6(gw) || !(on_link || is_link_local_v6(gw)) {
+                return Err(ConfigError::new(
+                    "ipv6.gateway",
+                    format!("{gw} is neither in {address}/{prefix} nor a link-local router address"),
+                ));
+            }
+            if gw == address {
+                return Err(ConfigError::new("ipv6.gateway", "must differ from the interface address"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON form: `mode` ("disabled", "auto", "static"), `address`, `prefix`, `gateway`.
+    pub fn to_json(&self) -> Value {
+        match *self {
+            Ipv6Mode::Disabled => json!({ "mode": "disabled" }),
+            Ipv6Mode::Auto => json!({ "mode": "auto" }),
+            Ipv6Mode::Static { address, prefix, gateway } => json!({
+                "mode": "static",
+                "address": address.to_string(),
+                "prefix": prefix,
+                "gateway": gateway.map(|g| g.to_string()),
+            }),
+        }
+    }
+
+    /// Applies the fields present in `obj`; errors are named `{path}ipv6.<field>`.
+    fn merge_json(&self, obj: &Map<String, Value>, path: &str) -> Result<Ipv6Mode, ConfigError> {
+        let err = |name: &str, problem: &str| ConfigError {
+            field: format!("{path}ipv6.{name}"),
+            problem: problem.to_string(),
+        };
+        let (mut mode, mut address, mut prefix, mut gateway) = match *self {
+            Ipv6Mode::Disabled => ("disabled", None, None, None),
+            Ipv6Mode::Auto => ("auto", None, None, None),
+            Ipv6Mode::Static { address, prefix, gateway } => ("static", Some(address), Some(prefix), gateway),
+        };
+        let ip = |name: &str, v: &Value| -> Result<Option<Ipv6Addr>, ConfigError> {
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) => parse_ipv6(&format!("{path}ipv6.{name}"), s).map(Some),
+                _ => Err(err(name, "expected an IPv6 address string or null")),
+            }
+        };
+        for (key, v) in obj {
+            match key.as_str() {
+                "mode" => {
+                    mode = match v.as_str() {
+                        Some("disabled") => "disabled",
+                        Some("auto") => "auto",
+                        Some("static") => "static",
+                        _ => return Err(err("mode", "expected \"disabled\", \"auto\" or \"static\"")),
+                    }
+                }
+                "address" => address = ip("address", v)?,
+                "prefix" => match v {
+                    Value::Null => prefix = None,
+                    _ => match v.as_u64() {
+                        Some(p) if (1..=128).contains(&p) => prefix = Some(p as u8),
+                        _ => return Err(err("prefix", "expected a prefix length from 1 to 128")),
+                    },
+                },
+                "gateway" => gateway = ip("gateway", v)?,
+                other => {
+                    let shown: String = other.chars().take(40).collect();
+                    return Err(err(&shown, "unknown field (expected mode, address, prefix, gateway)"));
+                }
+            }
+        }
+        let out = match mode {
+            "disabled" => Ipv6Mode::Disabled,
+            "auto" => Ipv6Mode::Auto,
+            _ => Ipv6Mode::Static {
+                address: address.ok_or_else(|| err("address", "static mode needs an address"))?,
+                prefix: prefix.unwrap_or(64),
+                gateway,
+            },
+        };
+        out.validate()
+            .map_err(|e| ConfigError { field: format!("{path}{}", e.field), problem: e.problem })?;
+        Ok(out)
+    }
+}
+
 impl ManagementConfig {
     /// Checks the whole configuration for consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ipv6.validate()?;
         validate_nic_name("uplink", &self.uplink)?;
         validate_hostname("hostname", &self.hostname)?;
         if let Some(v) = self.vlan {
@@ -265,7 +414,8 @@ pub fn is_unicast(a: Ipv4Addr) -> bool {
 }
 
 /// The JSON form (management API and stored configuration): `uplink`, `mode` ("dhcp"/"static"),
-/// `address`, `prefix` (or `netmask` on input), `gateway`, `dns`, `vlan` (number or null), `hostname`.
+/// `address`, `prefix` (or `netmask` on input), `gateway`, `dns`, `vlan` (number or null), `hostname`,
+/// `ipv6` (an object, see [`Ipv6Mode::to_json`]).
 impl ManagementConfig {
     /// This configuration as a JSON object.
     pub fn to_json(&self) -> Value {
@@ -283,6 +433,7 @@ impl ManagementConfig {
             "dns": self.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             "vlan": self.vlan,
             "hostname": self.hostname,
+            "ipv6": self.ipv6.to_json(),
         })
     }
 
@@ -355,11 +506,15 @@ impl ManagementConfig {
                 "hostname" => {
                     cfg.hostname = v.as_str().ok_or_else(|| err("hostname", "expected a string"))?.to_string()
                 }
+                "ipv6" => {
+                    let o = v.as_object().ok_or_else(|| err("ipv6", "expected an object"))?;
+                    cfg.ipv6 = cfg.ipv6.merge_json(o, path)?;
+                }
                 other => {
                     let shown: String = other.chars().take(40).collect();
                     return Err(err(
                         &shown,
-                        "unknown field (expected uplink, mode, address, prefix, netmask, gateway, dns, vlan, hostname)",
+                        "unknown field (expected uplink, mode, address, prefix, netmask, gateway, dns, vlan, hostname, ipv6)",
                     ));
                 }
             }
@@ -386,6 +541,47 @@ mod tests {
 
     fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
         s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn ipv6_json_round_trip_and_errors() {
+        let mut c = ManagementConfig::default();
+        assert_eq!(c.to_json()["ipv6"], json!({"mode": "disabled"}));
+        let obj = |s: &str| serde_json::from_str::<Value>(s).unwrap().as_object().unwrap().clone();
+        c.merge_json(&obj(r#"{"ipv6":{"mode":"auto"}}"#), "").unwrap();
+        assert_eq!(c.ipv6, Ipv6Mode::Auto);
+        c.merge_json(&obj(r#"{"ipv6":{"mode":"static","address":"2001:db8::10","gateway":"fe80::1"}}"#), "")
+            .unwrap();
+        let want = Ipv6Mode::Static {
+            address: "2001:db8::10".parse().unwrap(),
+            prefix: 64,
+            gateway: Some("fe80::1".parse().unwrap()),
+        };
+        assert_eq!(c.ipv6, want);
+        let mut back = ManagementConfig::default();
+        back.merge_json(c.to_json().as_object().unwrap(), "").unwrap();
+        assert_eq!(back, c);
+        let good = c.clone();
+        for (body, field) in [
+            (r#"{"ipv6":{"mode":"slaac"}}"#, "network.ipv6.mode"),
+            (r#"{"ipv6":{"mode":"static","address":null}}"#, "network.ipv6.address"),
+            (r#"{"ipv6":{"address":"2001:db8::zz"}}"#, "network.ipv6.address"),
+            (r#"{"ipv6":{"address":"fe80::5"}}"#, "network.ipv6.address"),
+            (r#"{"ipv6":{"address":"ff02::1"}}"#, "network.ipv6.address"),
+            (r#"{"ipv6":{"prefix":129}}"#, "network.ipv6.prefix"),
+            (r#"{"ipv6":{"gateway":"2001:db9::1"}}"#, "network.ipv6.gateway"),
+            (r#"{"ipv6":{"gateway":"2001:db8::10"}}"#, "network.ipv6.gateway"),
+            (r#"{"ipv6":{"colour":1}}"#, "network.ipv6.colour"),
+            (r#"{"ipv6":"auto"}"#, "network.ipv6"),
+        ] {
+            let mut t = good.clone();
+            let e = t.merge_json(&obj(body), "network.").unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+            assert_eq!(t, good);
+        }
+        assert_eq!(parse_ipv6_cidr("f", "2001:db8::1/48").unwrap().1, 48);
+        assert!(parse_ipv6_cidr("f", "2001:db8::1/0").is_err());
+        assert!(parse_ipv6_cidr("f", "2001:db8::1/x").is_err());
     }
 
     #[test]

@@ -253,6 +253,39 @@ impl NetNs {
         self.children.len() - 1
     }
 
+    /// Starts dnsmasq sending IPv6 router advertisements on `dev` for the /64 prefix of the address
+    /// `dev` has in it (`prefix` such as `2001:db8:1::`; addresses by SLAAC, no DHCPv6). Returns its
+    /// index for [`NetNs::stop`].
+    pub fn start_router_advertisements(&mut self, dev: &str, prefix: &str, dir: &std::path::Path) -> usize {
+        let log = std::fs::File::create(dir.join(format!("dnsmasq-ra-{dev}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--log-facility=-",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--port=0",
+                "--bind-interfaces",
+                &format!("--interface={dev}"),
+                "--except-interface=lo",
+                "--enable-ra",
+                &format!("--dhcp-range={prefix},ra-only,64"),
+                "--pid-file=",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dnsmasq (run scripts/setup)");
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
     /// Stops a server started in this namespace.
     pub fn stop(&mut self, index: usize) {
         let c = &mut self.children[index];

@@ -102,6 +102,12 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     q.wait_for_screen("Use dynamic IPv4 address", T);
     keys(&mut q, b" 10.0.2.20\t255.255.255.0\t10.0.2.2\r");
     q.wait_for_screen("IPv4: static 10.0.2.20/24, gateway 10.0.2.2", T);
+    // IPv6 Configuration: Space from "Disable IPv6" to automatic (QEMU's router advertises fec0::/64).
+    down(&mut q, 3);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("(o) Disable IPv6", T);
+    keys(&mut q, b" \r");
+    q.wait_for_screen("IPv6: automatic", T);
     keys(&mut q, b"\x1b");
     q.wait_for_screen("Apply changes and restart management network? (Y/N)", T);
     keys(&mut q, b"y");
@@ -113,6 +119,19 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
         (m.json()["mode"].as_str(), m.json()["address"].as_str()),
         (Some("static"), Some("10.0.2.20"))
     );
+    // The address from the router advertisement (EUI-64 of the MAC), in the API and on the idle
+    // screen's IPv6 line (checked after logging out below).
+    let start = std::time::Instant::now();
+    loop {
+        let m =
+            request(static_addr, "GET", "/api/v1/network/management", Some(("root", "dcui-pass-1")), None);
+        let v6 = m.json()["ipv6_addresses"].clone();
+        if v6.as_array().is_some_and(|l| l.iter().any(|a| a == "fec0::5054:ff:fe00:10/64")) {
+            break;
+        }
+        assert!(start.elapsed() < T, "no SLAAC address: {m:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Test Management Network (the menu keeps its place: from item 1, two down): QEMU's gateway answers
     // ping; every check ends OK or FAILED.
@@ -177,6 +196,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     q.wait_for_screen("System Customization", T);
     keys(&mut q, b"\x1b");
     q.wait_for_screen("To manage this host, go to:", T);
+    q.wait_for_screen("http://[fec0::5054:ff:fe00:10]/ (AUTOCONF)", T);
 
     // F12 (VT100+ form): Shut Down powers the machine off through ACPI: QEMU exits.
     login(&mut q, F12_VT100, "dcui-pass-1");

@@ -350,3 +350,73 @@ fn static_address_survives_hostile_traffic() {
     assert_eq!(text.matches(" booted: ").count(), 1);
     assert!(!text.contains("EXCEPTION") && !text.contains("PANIC"), "the appliance reported a crash");
 }
+
+/// Polls `GET /api/v1/network/management` at `api` until its `ipv6_addresses` list `want`.
+fn wait_for_ipv6_address(api: SocketAddr, want: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let m = request(api, "GET", "/api/v1/network/management", Some(ROOT), None).json();
+        let listed = m["ipv6_addresses"].as_array().is_some_and(|l| l.iter().any(|a| a == want));
+        if listed || start.elapsed() > LEASE_TIMEOUT {
+            assert!(listed, "{want} never listed: {m}");
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn ipv6_slaac_from_router_advertisements_then_static() {
+    let mut ns = NetNs::new("ipv6");
+    ns.ip(&["addr", "add", "192.168.78.1/24", "dev", "tap0"]);
+    ns.ip(&["addr", "add", "2001:db8:78::1/64", "dev", "tap0", "nodad"]);
+    let logs = tempfile::tempdir().unwrap();
+    ns.start_router_advertisements("tap0", "2001:db8:78::", logs.path());
+    let (mut q, _dir) = boot_with_nics(
+        "net_ipv6",
+        &["bootproto=static", "ip=192.168.78.20/24"],
+        vec![tap_nic()],
+        Some(ns.name.clone()),
+    );
+    q.wait_for_screen("http://ember/  http://192.168.78.20/ (STATIC)", BOOT_TIMEOUT);
+    let api: SocketAddr = "192.168.78.20:80".parse().unwrap();
+
+    // Automatic: the link-local address and one from the router's prefix (EUI-64 of the MAC).
+    let slaac = "2001:db8:78:0:5054:ff:fe00:10";
+    let (put, m) = ns.within(move || {
+        wait_for_http(api, HTTP_TIMEOUT);
+        let body = r#"{"ipv6":{"mode":"auto"}}"#;
+        let put = request(api, "PUT", "/api/v1/network/management", Some(ROOT), Some(body));
+        (put, wait_for_ipv6_address(api, &format!("{slaac}/64")))
+    });
+    assert_eq!(put.status, 202, "{put:?}");
+    assert_eq!(m["ipv6"], serde_json::json!({"mode": "auto"}), "{m}");
+    assert!(m["ipv6_addresses"].as_array().unwrap().iter().any(|a| a == "fe80::5054:ff:fe00:10/64"), "{m}");
+    q.wait_for_screen(&format!("http://[{slaac}]/ (AUTOCONF)"), HTTP_TIMEOUT);
+    // Reached over IPv6: ping (global and link-local) and the API.
+    assert!(ns.ping(slaac, 3), "no ping answer from {slaac}");
+    assert!(ns.ping("fe80::5054:ff:fe00:10%tap0", 3), "no ping answer from the link-local address");
+    let over_v6: SocketAddr = format!("[{slaac}]:80").parse().unwrap();
+    let host = ns.within(move || request(over_v6, "GET", "/api/v1/host", Some(ROOT), None));
+    assert_eq!(host.status, 200, "{host:?}");
+
+    // Static: the fixed address replaces the SLAAC one and answers; the setting is stored.
+    let fixed: SocketAddr = "[2001:db8:78::20]:80".parse().unwrap();
+    let (put, m, host) = ns.within(move || {
+        let body =
+            r#"{"ipv6":{"mode":"static","address":"2001:db8:78::20","prefix":64,"gateway":"fe80::1"}}"#;
+        let put = request(api, "PUT", "/api/v1/network/management", Some(ROOT), Some(body));
+        let m = wait_for_ipv6_address(api, "2001:db8:78::20/64");
+        wait_for_http(fixed, HTTP_TIMEOUT);
+        (put, m, request(fixed, "GET", "/api/v1/config", Some(ROOT), None))
+    });
+    assert_eq!(put.status, 202, "{put:?}");
+    assert_eq!(
+        m["ipv6_addresses"],
+        serde_json::json!(["fe80::5054:ff:fe00:10/64", "2001:db8:78::20/64"]),
+        "{m}"
+    );
+    assert_eq!(host.status, 200, "{host:?}");
+    assert_eq!(host.json()["network"]["ipv6"]["address"], "2001:db8:78::20", "{host:?}");
+    q.wait_for_screen("http://[2001:db8:78::20]/ (STATIC)", HTTP_TIMEOUT);
+}

@@ -27,6 +27,8 @@ pub struct HostIdentity {
     pub cpu_model: String,
     pub memory_bytes: u64,
     pub management: ManagementAddress,
+    /// The management interface's routable IPv6 address, if it has one, and whether it is static.
+    pub ipv6: Option<(String, bool)>,
     /// Something the operator must know, shown under the management URL (for example why the first
     /// boot's kickstart was not applied).
     pub notice: Option<String>,
@@ -125,6 +127,9 @@ pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
             if *dhcp { "DHCP" } else { "STATIC" }
         ))),
     }
+    if let Some((address, fixed)) = &id.ipv6 {
+        lines.push(bottom(format!("http://[{address}]/ ({})", if *fixed { "STATIC" } else { "AUTOCONF" })));
+    }
     lines.push(bottom(String::new()));
     if let Some(notice) = &id.notice {
         for l in wrap(notice, width.saturating_sub(4)) {
@@ -194,6 +199,7 @@ mod tests {
             cpu_model: "AMD EPYC Processor".into(),
             memory_bytes: 512 << 20,
             management: ManagementAddress::None,
+            ipv6: None,
             notice: None,
         }
     }
@@ -243,6 +249,12 @@ mod tests {
         i.management = ManagementAddress::Unavailable("vmnic0: DHCP lease lost".into());
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
         assert!(text.contains(&"no address yet: vmnic0: DHCP lease lost".to_string()));
+        i.ipv6 = Some(("2001:db8::20".into(), true));
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"http://[2001:db8::20]/ (STATIC)".to_string()), "{text:?}");
+        i.ipv6 = Some(("fec0::5054:ff:fe00:10".into(), false));
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        assert!(text.contains(&"http://[fec0::5054:ff:fe00:10]/ (AUTOCONF)".to_string()), "{text:?}");
     }
 
     #[test]

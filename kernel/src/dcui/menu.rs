@@ -4,16 +4,17 @@
 //!
 //! Built in this version: root login (slow checks done by the caller; three failures in a row lock
 //! the prompt for [`LOCKOUT_MS`]), System Customization with Configure Password (confirmation and the
-//! password rules), Configure Management Network (uplink NIC, VLAN, IPv4 DHCP or static, DNS servers
-//! and host name, custom DNS suffixes; each form validated as a whole, the field at fault named; Esc
-//! asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11
+//! password rules), Configure Management Network (uplink NIC, VLAN, IPv4 DHCP or static, IPv6, DNS
+//! servers and host name, custom DNS suffixes; each form validated as a whole, the field at fault
+//! named; Esc asks "Apply changes and restart management network? (Y/N)"), Restart Management Network (F11
 //! confirms), Configure Keyboard, Troubleshooting Options (local shell and SSH flags, their
 //! availability and idle time-outs, the DCUI idle time-out - all stored; the shell and SSH
 //! themselves do not exist yet - and Restart Management Agents, F11 confirms), Network Restore
 //! Options (F11: the default management network, host name kept), Test Management Network (the
 //! gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View System Logs and
 //! View Support Information (scrollable), Reset System Configuration (F11 confirms), and the F12
-//! Shut Down / Restart screen. IPv6 Configuration is not built yet and is not listed. Esc always
+//! Shut Down / Restart screen. IPv6 Configuration offers disabled, automatic (link-local and router
+//! advertisements) and static, and lists the addresses in use. Esc always
 //! goes back; after the configured DCUI idle time-out without a key the menu logs out and returns to
 //! the idle screen.
 
@@ -29,7 +30,8 @@ use ember_net::mgmt::Check;
 use ember_storage::hostconfig::{MAX_SEARCH_SUFFIXES, MAX_TIMEOUT_MINUTES};
 use ember_storage::kickstart::KEYBOARD_LAYOUTS;
 use ember_storage::netconfig::{
-    netmask_to_prefix, parse_ipv4, validate_hostname, validate_vlan, ConfigError, Ipv4Mode, ManagementConfig,
+    netmask_to_prefix, parse_ipv4, parse_ipv6, parse_ipv6_cidr, validate_hostname, validate_vlan,
+    ConfigError, Ipv4Mode, Ipv6Mode, ManagementConfig,
 };
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -89,6 +91,8 @@ pub struct View<'a> {
     pub nics: &'a [(String, String, bool)],
     /// The checks of the last Test Management Network.
     pub tests: &'a [Check],
+    /// The management interface's IPv6 addresses now (`address/prefix`).
+    pub ipv6_addresses: &'a [String],
     pub keyboard: &'a str,
     pub shell: bool,
     pub ssh: bool,
@@ -138,6 +142,7 @@ struct Draft {
 enum Form {
     Vlan,
     Ipv4,
+    Ipv6,
     Dns,
     Suffixes,
 }
@@ -147,15 +152,32 @@ impl Form {
         match self {
             Form::Vlan => &["VLAN ID (1-4094, empty for none):"],
             Form::Ipv4 => &["IPv4 Address:", "Subnet Mask:", "Default Gateway:"],
+            Form::Ipv6 => &["Static address (address/prefix):", "Default Gateway:"],
             Form::Dns => &["Primary DNS Server:", "Alternate DNS Server:", "Hostname:"],
             Form::Suffixes => &["Suffixes (space or comma separated):"],
         }
+    }
+
+    /// The choices a form starts with (IPv4: DHCP, static; IPv6: disabled, automatic, static); the
+    /// fields are typed into only with the last one chosen.
+    fn modes(self) -> u8 {
+        match self {
+            Form::Ipv4 => 2,
+            Form::Ipv6 => 3,
+            _ => 1,
+        }
+    }
+
+    /// Whether the fields take input with `mode` chosen.
+    fn editable(self, mode: u8) -> bool {
+        mode + 1 == self.modes()
     }
 
     fn title(self) -> &'static str {
         match self {
             Form::Vlan => "VLAN (optional)",
             Form::Ipv4 => "IPv4 Configuration",
+            Form::Ipv6 => "IPv6 Configuration",
             Form::Dns => "DNS Configuration",
             Form::Suffixes => "Custom DNS Suffixes",
         }
@@ -166,6 +188,7 @@ const NETWORK_ITEMS: &[&str] = &[
     "Network Adapters",
     "VLAN (optional)",
     "IPv4 Configuration",
+    "IPv6 Configuration",
     "DNS Configuration",
     "Custom DNS Suffixes",
 ];
@@ -183,12 +206,13 @@ enum Screen {
         selected: usize,
         draft: Box<Draft>,
     },
-    /// A form: its fields' text, the field being typed in, and for IPv4 whether DHCP is chosen.
+    /// A form: its fields' text, the field being typed in, and which of its modes is chosen (see
+    /// [`Form::modes`]).
     NetForm {
         form: Form,
         fields: Vec<String>,
         field: usize,
-        dhcp: bool,
+        mode: u8,
         draft: Box<Draft>,
     },
     ApplyPrompt {
@@ -405,9 +429,9 @@ impl Menu {
                             draft,
                         },
                         n => {
-                            let form = [Form::Vlan, Form::Ipv4, Form::Dns, Form::Suffixes][n - 1];
-                            let (fields, dhcp) = form_fields(form, &draft);
-                            Screen::NetForm { form, fields, field: 0, dhcp, draft }
+                            let form = [Form::Vlan, Form::Ipv4, Form::Ipv6, Form::Dns, Form::Suffixes][n - 1];
+                            let (fields, mode) = form_fields(form, &draft);
+                            Screen::NetForm { form, fields, field: 0, mode, draft }
                         }
                     };
                     self.go(next);
@@ -432,23 +456,25 @@ impl Menu {
                 }
                 _ => {}
             },
-            Screen::NetForm { form, fields, field, dhcp, draft } => match key {
+            Screen::NetForm { form, fields, field, mode, draft } => match key {
                 Key::Esc => {
                     let draft = draft.clone();
                     self.go(Screen::Network { selected: 0, draft });
                 }
                 Key::Tab | Key::Down => *field = (*field + 1) % fields.len(),
                 Key::Up => *field = (*field + fields.len() - 1) % fields.len(),
-                Key::Space if *form == Form::Ipv4 && fields[*field].is_empty() && !*dhcp => *dhcp = true,
-                Key::Space if *form == Form::Ipv4 && *dhcp => *dhcp = false,
-                Key::Enter => match apply_form(*form, fields, *dhcp, draft) {
+                // Space picks the next mode, unless it is typed into a field.
+                Key::Space if form.modes() > 1 && (fields[*field].is_empty() || !form.editable(*mode)) => {
+                    *mode = (*mode + 1) % form.modes()
+                }
+                Key::Enter => match apply_form(*form, fields, *mode, draft) {
                     Ok(()) => {
                         let draft = draft.clone();
                         self.go(Screen::Network { selected: 0, draft });
                     }
                     Err(e) => self.message = Some(format!("{}: {}", e.field, e.problem)),
                 },
-                _ if *form == Form::Ipv4 && *dhcp => {}
+                _ if !form.editable(*mode) => {}
                 _ => edit(&mut fields[*field], key, 253),
             },
             Screen::ApplyPrompt { draft } => match key {
@@ -672,6 +698,14 @@ impl Menu {
                         gateway.map(|g| format!(", gateway {g}")).unwrap_or_default()
                     ),
                 }));
+                lines.push(Line::from(match n.ipv6 {
+                    Ipv6Mode::Disabled => String::from("IPv6: disabled"),
+                    Ipv6Mode::Auto => String::from("IPv6: automatic"),
+                    Ipv6Mode::Static { address, prefix, gateway } => format!(
+                        "IPv6: static {address}/{prefix}{}",
+                        gateway.map(|g| format!(", gateway {g}")).unwrap_or_default()
+                    ),
+                }));
                 let dns: Vec<String> = n.dns.iter().map(|d| d.to_string()).collect();
                 lines.push(Line::from(format!(
                     "DNS: {}   Hostname: {}",
@@ -695,26 +729,42 @@ impl Menu {
                     )));
                 }
             }
-            Screen::NetForm { form, fields, field, dhcp, .. } => {
-                if *form == Form::Ipv4 {
-                    lines.push(Line::from(format!(
-                        "({}) Use dynamic IPv4 address and network configuration",
-                        if *dhcp { "o" } else { " " }
-                    )));
-                    lines.push(Line::from(format!(
-                        "({}) Set static IPv4 address and network configuration:",
-                        if *dhcp { " " } else { "o" }
-                    )));
+            Screen::NetForm { form, fields, field, mode, .. } => {
+                let choices: &[&str] = match form {
+                    Form::Ipv4 => &[
+                        "Use dynamic IPv4 address and network configuration",
+                        "Set static IPv4 address and network configuration:",
+                    ],
+                    Form::Ipv6 => &[
+                        "Disable IPv6",
+                        "Use automatic configuration (link-local, router advertisements)",
+                        "Set static IPv6 address and network configuration:",
+                    ],
+                    _ => &[],
+                };
+                for (i, c) in choices.iter().enumerate() {
+                    lines.push(Line::from(format!("({}) {c}", if i == *mode as usize { "o" } else { " " })));
+                }
+                if !choices.is_empty() {
                     lines.push(Line::from(""));
                 }
+                let editable = form.editable(*mode);
+                // IPv6 addresses are long: narrower labels, wider fields.
+                let (label_width, value_width) = if *form == Form::Ipv6 { (34, 39) } else { (38, 24) };
                 for (i, label) in form.labels().iter().enumerate() {
-                    let value = if *form == Form::Ipv4 && *dhcp { "" } else { fields[i].as_str() };
-                    let style =
-                        if i == *field && !(*form == Form::Ipv4 && *dhcp) { highlight } else { yellow };
+                    let value = if editable { fields[i].as_str() } else { "" };
+                    let style = if i == *field && editable { highlight } else { yellow };
                     lines.push(Line::from(vec![
-                        Span::raw(format!("{label:<38}")),
-                        Span::styled(format!("[ {value:<24} ]"), style),
+                        Span::raw(format!("{label:<label_width$}")),
+                        Span::styled(format!("[ {value:<value_width$} ]"), style),
                     ]));
+                }
+                if *form == Form::Ipv6 && !view.ipv6_addresses.is_empty() {
+                    lines.push(Line::from(""));
+                    lines.push(Line::from("Addresses now:"));
+                    for a in view.ipv6_addresses {
+                        lines.push(Line::from(format!("  {a}")));
+                    }
                 }
             }
             Screen::ApplyPrompt { .. } => {
@@ -871,15 +921,22 @@ impl Menu {
 }
 
 /// The text a form starts with, from the draft; for IPv4 also whether DHCP is chosen.
-fn form_fields(form: Form, d: &Draft) -> (Vec<String>, bool) {
+fn form_fields(form: Form, d: &Draft) -> (Vec<String>, u8) {
     let ip = |a: Option<Ipv4Addr>| a.map(|a| a.to_string()).unwrap_or_default();
     match form {
-        Form::Vlan => (vec![d.network.vlan.map(|v| v.to_string()).unwrap_or_default()], false),
+        Form::Vlan => (vec![d.network.vlan.map(|v| v.to_string()).unwrap_or_default()], 0),
         Form::Ipv4 => match d.network.ipv4 {
-            Ipv4Mode::Dhcp => (vec![String::new(), String::new(), String::new()], true),
+            Ipv4Mode::Dhcp => (vec![String::new(), String::new(), String::new()], 0),
             Ipv4Mode::Static { address, prefix, gateway } => {
                 let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0));
-                (vec![address.to_string(), mask.to_string(), ip(gateway)], false)
+                (vec![address.to_string(), mask.to_string(), ip(gateway)], 1)
+            }
+        },
+        Form::Ipv6 => match d.network.ipv6 {
+            Ipv6Mode::Disabled => (vec![String::new(), String::new()], 0),
+            Ipv6Mode::Auto => (vec![String::new(), String::new()], 1),
+            Ipv6Mode::Static { address, prefix, gateway } => {
+                (vec![format!("{address}/{prefix}"), gateway.map(|g| g.to_string()).unwrap_or_default()], 2)
             }
         },
         Form::Dns => (
@@ -888,14 +945,14 @@ fn form_fields(form: Form, d: &Draft) -> (Vec<String>, bool) {
                 ip(d.network.dns.get(1).copied()),
                 d.network.hostname.clone(),
             ],
-            false,
+            0,
         ),
-        Form::Suffixes => (vec![d.dns_search.join(" ")], false),
+        Form::Suffixes => (vec![d.dns_search.join(" ")], 0),
     }
 }
 
 /// Validates a form as a whole and puts it into the draft; on error the draft is unchanged.
-fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> Result<(), ConfigError> {
+fn apply_form(form: Form, fields: &[String], mode: u8, draft: &mut Draft) -> Result<(), ConfigError> {
     let mut network = draft.network.clone();
     let mut search = draft.dns_search.clone();
     let text = |i: usize| fields[i].trim();
@@ -912,7 +969,7 @@ fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> R
                 )?),
             }
         }
-        Form::Ipv4 if dhcp => network.ipv4 = Ipv4Mode::Dhcp,
+        Form::Ipv4 if mode == 0 => network.ipv4 = Ipv4Mode::Dhcp,
         Form::Ipv4 => {
             let address = parse_ipv4("IPv4 Address", text(0))?;
             let prefix = netmask_to_prefix("Subnet Mask", parse_ipv4("Subnet Mask", text(1))?)?;
@@ -921,6 +978,20 @@ fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> R
                 g => Some(parse_ipv4("Default Gateway", g)?),
             };
             network.ipv4 = Ipv4Mode::Static { address, prefix, gateway };
+        }
+        Form::Ipv6 => {
+            network.ipv6 = match mode {
+                0 => Ipv6Mode::Disabled,
+                1 => Ipv6Mode::Auto,
+                _ => {
+                    let (address, prefix) = parse_ipv6_cidr("Static address", text(0))?;
+                    let gateway = match text(1) {
+                        "" => None,
+                        g => Some(parse_ipv6("Default Gateway", g)?),
+                    };
+                    Ipv6Mode::Static { address, prefix, gateway }
+                }
+            }
         }
         Form::Dns => {
             network.dns = Vec::new();
@@ -949,7 +1020,8 @@ fn apply_form(form: Form, fields: &[String], dhcp: bool, draft: &mut Draft) -> R
     network.validate().map_err(|e| ConfigError {
         field: match e.field.as_str() {
             "address" | "prefix" => "IPv4 Address".into(),
-            "gateway" => "Default Gateway".into(),
+            "gateway" | "ipv6.gateway" => "Default Gateway".into(),
+            "ipv6.address" | "ipv6.prefix" => "Static address".into(),
             "dns" => "DNS Server".into(),
             other => other.into(),
         },
@@ -1004,6 +1076,7 @@ mod tests {
         keyboard: &'static str,
         ssh: bool,
         tests: Vec<Check>,
+        ipv6: Vec<String>,
     }
 
     impl Fixture {
@@ -1022,6 +1095,7 @@ mod tests {
                     Check { label: "Pinging default gateway (10.0.2.2).".into(), ok: Some(true) },
                     Check { label: "Resolving hostname (esx1).".into(), ok: Some(false) },
                 ],
+                ipv6: alloc::vec!["fe80::5054:ff:fe00:10/64".into()],
             }
         }
 
@@ -1040,6 +1114,7 @@ mod tests {
                 dns_search: &[],
                 nics: &self.nics,
                 tests: &self.tests,
+                ipv6_addresses: &self.ipv6,
             }
         }
     }
@@ -1318,8 +1393,31 @@ mod tests {
         m.key(Key::Backspace, &v, 5);
         m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("VLAN: 5"));
-        // DNS and host name.
+        // IPv6: Space goes disabled -> automatic -> static; a link-local static address is refused
+        // with its field named; the addresses in use are listed.
         typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Enter]);
+        let s = screen(&m, &v);
+        assert!(s.contains("(o) Disable IPv6") && s.contains("fe80::5054:ff:fe00:10/64"), "{s}");
+        typed_keys(&mut m, &v, &[Key::Space, Key::Char('x')]);
+        assert!(screen(&m, &v).contains("(o) Use automatic configuration"), "{}", screen(&m, &v));
+        m.key(Key::Space, &v, 5);
+        typed(&mut m, &v, "fe80::20/64");
+        m.key(Key::Enter, &v, 5);
+        assert!(screen(&m, &v).contains("Static address: fe80::20 is not a global"), "{}", screen(&m, &v));
+        for _ in 0.."fe80::20/64".len() {
+            m.key(Key::Backspace, &v, 5);
+        }
+        typed(&mut m, &v, "2001:db8::20/64");
+        m.key(Key::Tab, &v, 5);
+        typed(&mut m, &v, "fe80::1");
+        m.key(Key::Enter, &v, 5);
+        assert!(
+            screen(&m, &v).contains("IPv6: static 2001:db8::20/64, gateway fe80::1"),
+            "{}",
+            screen(&m, &v)
+        );
+        // DNS and host name.
+        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Down, Key::Enter]);
         typed(&mut m, &v, "10.0.2.3");
         typed_keys(&mut m, &v, &[Key::Tab, Key::Tab]);
         for _ in 0.."ember".len() {
@@ -1328,7 +1426,7 @@ mod tests {
         typed(&mut m, &v, "esx-dcui");
         m.key(Key::Enter, &v, 5);
         // Suffixes; then the uplink.
-        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Down, Key::Enter]);
+        typed_keys(&mut m, &v, &[Key::Down, Key::Down, Key::Down, Key::Down, Key::Down, Key::Enter]);
         typed(&mut m, &v, "lab.example,corp.example");
         m.key(Key::Enter, &v, 5);
         typed_keys(&mut m, &v, &[Key::Enter, Key::Down, Key::Space, Key::Enter]);
@@ -1357,6 +1455,14 @@ mod tests {
             }
         );
         assert_eq!(dns_search, ["lab.example", "corp.example"]);
+        assert_eq!(
+            network.ipv6,
+            Ipv6Mode::Static {
+                address: "2001:db8::20".parse().unwrap(),
+                prefix: 64,
+                gateway: Some("fe80::1".parse().unwrap())
+            }
+        );
         m.key(Key::Enter, &v, 5);
         typed_keys(&mut m, &v, &[Key::Down, Key::Enter]);
         typed(&mut m, &v, "7");
