@@ -399,11 +399,15 @@ impl Qemu {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    /// Takes a screendump of the framebuffer (kept as `target/systest-logs/<name>-<tag>.ppm`) and reads
-    /// it back as text, cell by cell, with the appliance's 8x16 font.
+    /// Takes a screendump of the framebuffer and reads it back as text, cell by cell, with the
+    /// appliance's 8x16 font. The screen is kept for people to look at as
+    /// `target/systest-logs/<name>-<tag>.png` (QEMU writes the PNG; the text is read from a PPM dump
+    /// taken just before, which is then removed).
     pub fn framebuffer_text(&mut self, tag: &str) -> String {
         let path = self.log.with_file_name(format!("{}-{tag}.ppm", self.name));
+        let png = path.with_extension("png");
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&png);
         self.monitor(&format!("screendump {}", path.display()));
         let start = Instant::now();
         while !path.exists() && start.elapsed() < Duration::from_secs(30) {
@@ -411,6 +415,10 @@ impl Qemu {
         }
         let ppm = std::fs::read(&path).expect("screendump file");
         let img = Ppm::parse(&ppm).expect("screendump is a binary PPM");
+        self.monitor(&format!("screendump {} -f png", png.display()));
+        if png.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
         // The console scales its 8x16 font by a whole factor; read with the factor that recognises the
         // most characters.
         (1..=4)

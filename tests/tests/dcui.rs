@@ -187,9 +187,23 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     keys(&mut q, b"\x1b");
     q.wait_for_screen("System Customization", T);
 
-    // View Support Information (from item 6, two down) shows the SMBIOS facts; Esc goes back, Esc
+    // View System Logs (from item 6, one down): the configuration log has the password change, the
+    // management agent log the DHCP lease.
+    down(&mut q, 1);
+    keys(&mut q, b"\r");
+    q.wait_for_screen("3) Configuration log", T);
+    keys(&mut q, b"3");
+    q.wait_for_screen("ember: DCUI: root password changed", T);
+    keys(&mut q, b"\x1b");
+    keys(&mut q, b"4");
+    q.wait_for_screen("ember: DHCP lease 10.0.2.15/24", T);
+    keys(&mut q, b"\x1b");
+    keys(&mut q, b"\x1b");
+    q.wait_for_screen("System Customization", T);
+
+    // View Support Information (from item 7, one down) shows the SMBIOS facts; Esc goes back, Esc
     // again logs out.
-    down(&mut q, 2);
+    down(&mut q, 1);
     keys(&mut q, b"\r");
     q.wait_for_screen("Serial Number", T);
     keys(&mut q, b"\x1b");

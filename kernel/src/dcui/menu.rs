@@ -11,8 +11,9 @@
 //! availability and idle time-outs, the DCUI idle time-out - all stored; the shell and SSH
 //! themselves do not exist yet - and Restart Management Agents, F11 confirms), Network Restore
 //! Options (F11: the default management network, host name kept), Test Management Network (the
-//! gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View System Logs and
-//! View Support Information (scrollable), Reset System Configuration (F11 confirms), and the F12
+//! gateway and DNS servers pinged, the host name resolved, each OK or FAILED), View System Logs (the
+//! host, kernel, configuration and management agent logs, see [`crate::dcui::logs`]) and View
+//! Support Information (scrollable), Reset System Configuration (F11 confirms), and the F12
 //! Shut Down / Restart screen. IPv6 Configuration offers disabled, automatic (link-local and router
 //! advertisements) and static, and lists the addresses in use. Esc always
 //! goes back; after the configured DCUI idle time-out without a key the menu logs out and returns to
@@ -20,6 +21,7 @@
 
 use crate::dcui::keyboard::Layout;
 use crate::dcui::keys::Key;
+use crate::dcui::logs::LogKind;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -241,7 +243,12 @@ enum Screen {
         field: usize,
     },
     Confirm(Confirm),
+    /// View System Logs: which log.
+    LogChoice {
+        selected: usize,
+    },
     Logs {
+        kind: LogKind,
         scroll: usize,
     },
     Support {
@@ -347,7 +354,7 @@ impl Menu {
             return None;
         }
         let scroll_len = match self.screen {
-            Screen::Logs { .. } => view.logs.len(),
+            Screen::Logs { kind, .. } => view.logs.iter().filter(|l| kind.includes(l)).count(),
             Screen::Support { .. } => view.support.len(),
             _ => 0,
         };
@@ -405,7 +412,7 @@ impl Menu {
                             selected: KEYBOARD_LAYOUTS.iter().position(|k| *k == view.keyboard).unwrap_or(0),
                         },
                         "Troubleshooting Options" => Screen::Troubleshooting { selected: 0 },
-                        "View System Logs" => Screen::Logs { scroll: view.logs.len().saturating_sub(1) },
+                        "View System Logs" => Screen::LogChoice { selected: 0 },
                         "View Support Information" => Screen::Support { scroll: 0 },
                         _ => Screen::Confirm(Confirm::Reset),
                     };
@@ -626,7 +633,27 @@ impl Menu {
                 }
                 _ => {}
             },
-            Screen::Logs { scroll } | Screen::Support { scroll } => match key {
+            Screen::LogChoice { selected } => match key {
+                Key::Esc => self.go(Screen::Main),
+                Key::Up => *selected = selected.saturating_sub(1),
+                Key::Down => *selected = (*selected + 1).min(LogKind::ALL.len() - 1),
+                Key::Enter | Key::Char('1'..='4') => {
+                    let i = match key {
+                        Key::Char(c) => (c as u8 - b'1') as usize,
+                        _ => *selected,
+                    };
+                    let kind = LogKind::ALL[i];
+                    // Opens at the newest line.
+                    let lines = view.logs.iter().filter(|l| kind.includes(l)).count();
+                    self.go(Screen::Logs { kind, scroll: lines.saturating_sub(1) });
+                }
+                _ => {}
+            },
+            Screen::Logs { kind, .. } if key == Key::Esc => {
+                let selected = LogKind::ALL.iter().position(|k| k == kind).unwrap_or(0);
+                self.go(Screen::LogChoice { selected });
+            }
+            Screen::Logs { scroll, .. } | Screen::Support { scroll } => match key {
                 Key::Esc => self.go(Screen::Main),
                 Key::Up => *scroll = scroll.saturating_sub(1),
                 Key::Down => *scroll = (*scroll + 1).min(scroll_len.saturating_sub(1)),
@@ -840,11 +867,19 @@ impl Menu {
                 };
                 lines.push(Line::from(text));
             }
-            Screen::Logs { scroll } => {
-                let rows = inner.height.saturating_sub(2) as usize;
-                let end = (*scroll + 1).min(view.logs.len());
+            Screen::LogChoice { selected } => {
+                for (i, kind) in LogKind::ALL.iter().enumerate() {
+                    let style = if i == *selected { highlight } else { yellow };
+                    lines.push(Line::from(Span::styled(format!(" {}) {:<52} ", i + 1, kind.title()), style)));
+                }
+            }
+            Screen::Logs { kind, scroll } => {
+                let shown: Vec<&String> = view.logs.iter().filter(|l| kind.includes(l)).collect();
+                let rows = inner.height.saturating_sub(3) as usize;
+                let end = (*scroll + 1).min(shown.len());
                 let start = end.saturating_sub(rows);
-                for l in &view.logs[start..end] {
+                lines.push(Line::from(Span::styled(kind.title(), highlight)));
+                for l in &shown[start..end] {
                     lines.push(Line::from(l.as_str()));
                 }
             }
@@ -912,6 +947,7 @@ impl Menu {
                 ("Network Restore Options", "<F11> Restore  <Esc> Cancel")
             }
             Screen::Confirm(Confirm::Reset) => ("Reset System Configuration", "<F11> Reset  <Esc> Cancel"),
+            Screen::LogChoice { .. } => ("View System Logs", "<1-4> or <Enter> View  <Esc> Back"),
             Screen::Logs { .. } => ("View System Logs", "<Up/Down/PgUp/PgDn> Scroll  <Esc> Back"),
             Screen::Support { .. } => ("View Support Information", "<Up/Down> Scroll  <Esc> Back"),
             Screen::TestNet => ("Test Management Network", "<Enter> Test Again  <Esc> Back"),
@@ -1083,7 +1119,11 @@ mod tests {
         fn new() -> Self {
             Fixture {
                 support: alloc::vec![("Serial Number".into(), "S123".into())],
-                logs: (0..50).map(|i| format!("log line {i}")).collect(),
+                logs: ["ember: DCUI: root password changed", "ember: DHCP lease 10.0.2.15/24 from 10.0.2.2"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain((0..50).map(|i| format!("log line {i}")))
+                    .collect(),
                 net: ManagementConfig::default(),
                 nics: alloc::vec![
                     ("vmnic0".into(), "52:54:00:00:00:10".into(), true),
@@ -1264,12 +1304,25 @@ mod tests {
         m.key(Key::Esc, &v, 5);
         m.selected = 7;
         m.key(Key::Enter, &v, 5);
+        let s = screen(&m, &v);
+        assert!(s.contains("1) Host log") && s.contains("4) Management agent log"), "{s}");
+        m.key(Key::Enter, &v, 5);
         assert!(screen(&m, &v).contains("log line 49"));
         for _ in 0..3 {
             m.key(Key::PageUp, &v, 5);
         }
         let s = screen(&m, &v);
         assert!(s.contains("log line 19") && !s.contains("log line 49"), "{s}");
+        // Esc goes back to the choice; 3 is the configuration log, 4 the management agent's.
+        m.key(Key::Esc, &v, 5);
+        m.key(Key::Char('3'), &v, 5);
+        let s = screen(&m, &v);
+        assert!(s.contains("root password changed") && !s.contains("log line") && !s.contains("DHCP"), "{s}");
+        m.key(Key::Esc, &v, 5);
+        m.key(Key::Char('4'), &v, 5);
+        let s = screen(&m, &v);
+        assert!(s.contains("DHCP lease") && !s.contains("log line") && !s.contains("password"), "{s}");
+        m.key(Key::Esc, &v, 5);
         m.key(Key::Esc, &v, 5);
         m.selected = 3;
         assert_eq!(m.key(Key::Enter, &v, 5), Some(Action::TestNetwork));

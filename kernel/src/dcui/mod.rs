@@ -4,4 +4,5 @@
 pub mod idle;
 pub mod keyboard;
 pub mod keys;
+pub mod logs;
 pub mod menu;
