@@ -2,8 +2,9 @@
 //!
 //! The appliance binary (`src/main.rs`, built for `x86_64-unknown-uefi`) owns the platform layer - the
 //! only place with `unsafe`. Everything in this library is plain logic over values the platform hands
-//! in: firmware table decoders, the physical frame allocator, exception report formatting and the DCUI
-//! idle screen. It runs under `cargo test -p ember-kernel --lib` on the build host.
+//! in: firmware table decoders, the physical frame allocator, exception report formatting, the DCUI,
+//! and the hypervisor's loaders and memory model (`vmm`). It runs under
+//! `cargo test -p ember-kernel --lib` on the build host.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod dcui;
 pub mod exception;
 pub mod hw;
 pub mod mm;
+pub mod vmm;
 
 /// The Ember version shown on the consoles and in the boot line.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -243,8 +243,14 @@ impl NetNs {
         for n in names {
             args.push(format!("--address=/{n}"));
         }
+        self.spawn_logged(&args, log)
+    }
+
+    /// Starts `ip <args>` (a server run with `netns exec`) with its output in `log`; returns its
+    /// index for [`NetNs::stop`].
+    fn spawn_logged(&mut self, args: &[String], log: std::fs::File) -> usize {
         let child = Command::new("ip")
-            .args(&args)
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -258,32 +264,27 @@ impl NetNs {
     /// index for [`NetNs::stop`].
     pub fn start_router_advertisements(&mut self, dev: &str, prefix: &str, dir: &std::path::Path) -> usize {
         let log = std::fs::File::create(dir.join(format!("dnsmasq-ra-{dev}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "dnsmasq",
-                "--keep-in-foreground",
-                "--log-facility=-",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--user=root",
-                "--port=0",
-                "--bind-interfaces",
-                &format!("--interface={dev}"),
-                "--except-interface=lo",
-                "--enable-ra",
-                &format!("--dhcp-range={prefix},ra-only,64"),
-                "--pid-file=",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start dnsmasq (run scripts/setup)");
-        self.children.push(child);
-        self.children.len() - 1
+        let args = [
+            "netns",
+            "exec",
+            &self.name,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--port=0",
+            "--bind-interfaces",
+            &format!("--interface={dev}"),
+            "--except-interface=lo",
+            "--enable-ra",
+            &format!("--dhcp-range={prefix},ra-only,64"),
+            "--pid-file=",
+        ]
+        .map(String::from);
+        self.spawn_logged(&args, log)
     }
 
     /// Stops a server started in this namespace.

@@ -1,0 +1,54 @@
+//! Fuzz target for what a VM definition hands the hypervisor's loader: the bytes of a kernel image
+//! (checked as a bzImage, then loaded with an initrd and a command line cut from the same input into
+//! 8 MiB of guest RAM) and the nested page table builder fed with ranges from the input. Any panic
+//! is a finding; refusals are expected.
+#![no_main]
+
+use ember_kernel::vmm::linux::{self, BzImage};
+use ember_kernel::vmm::memory::GuestRam;
+use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
+use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
+use libfuzzer_sys::fuzz_target;
+
+/// Page-table frames in a vector (at most 64), at made-up host addresses.
+#[derive(Default)]
+struct Frames(Vec<[u64; 512]>);
+
+impl TableFrames for Frames {
+    fn alloc(&mut self) -> Option<HostPhysAddr> {
+        (self.0.len() < 64).then(|| {
+            self.0.push([0; 512]);
+            HostPhysAddr(0x1000_0000 + (self.0.len() as u64 - 1) * 4096)
+        })
+    }
+    fn read_entry(&self, t: HostPhysAddr, i: usize) -> u64 {
+        self.0[((t.0 - 0x1000_0000) / 4096) as usize][i]
+    }
+    fn write_entry(&mut self, t: HostPhysAddr, i: usize, v: u64) {
+        self.0[((t.0 - 0x1000_0000) / 4096) as usize][i] = v;
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(bz) = BzImage::parse(data) {
+        let mut ram = GuestRam::new(8 << 20);
+        let split = data.len() / 3;
+        let cmdline = String::from_utf8_lossy(&data[..split.min(300)]);
+        let _ = linux::load(&mut ram, &bz, Some(&data[split..]), &cmdline);
+    }
+    let mut frames = Frames::default();
+    let mut npt = NestedPageTables::new(&mut frames).unwrap();
+    for chunk in data.chunks(24).take(16) {
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            let part = chunk.get(i..(i + 8).min(chunk.len())).unwrap_or(&[]);
+            b[..part.len()].copy_from_slice(part);
+            u64::from_le_bytes(b)
+        };
+        let (g, h, len) = (word(0) & 0xffff_ffff_f000, word(8) & 0xffff_ffff_f000, (word(16) % 64) << 12);
+        if npt.map(&mut frames, GuestPhysAddr(g), HostPhysAddr(h), len, g & 0x1000 != 0).is_ok() && len > 0 {
+            let t = npt.translate(&frames, GuestPhysAddr(g + len - 1));
+            assert_eq!(t.map(|(a, _)| a), Some(HostPhysAddr(h + len - 1)), "a mapping made must translate");
+        }
+    }
+});
