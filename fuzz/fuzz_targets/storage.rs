@@ -1,6 +1,6 @@
 //! Fuzz target for what Ember reads from disks and configuration files: the kickstart parser (with
 //! `%include` served from the input itself), the config store's slot decoder, the stored host
-//! configuration, the JSON form of the network settings, and `ks=` locations. A valid kickstart must
+//! configuration, the JSON form of the network settings, `ks=` locations and VM definitions. A valid kickstart must
 //! turn into a configuration (or a named refusal) that stores and loads back unchanged. Any panic,
 //! overflow or out-of-bounds access is a finding.
 #![no_main]
@@ -14,11 +14,12 @@ use ember_storage::firstboot::{self as sources, KsSource};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::netconfig::ManagementConfig;
+use ember_storage::vmdef::{check_relative_path, VmDefinition};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 5 {
+    match mode % 6 {
         0 => {
             // Kickstart text; any `%include x` reads the same text again (bounded by the depth limit).
             let Ok(text) = std::str::from_utf8(rest) else { return };
@@ -64,6 +65,13 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(cfg) = HostConfig::decode(rest) {
                 assert_eq!(HostConfig::decode(&cfg.encode()).expect("own encoding decodes"), cfg);
+            }
+        }
+        5 => {
+            if let Ok(d) = VmDefinition::parse("vm.json", rest) {
+                for f in d.files() {
+                    check_relative_path(f).expect("a parsed definition has checked paths");
+                }
             }
         }
         4 => {

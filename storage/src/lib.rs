@@ -12,7 +12,8 @@
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
 //! - [`netconfig`]: management network settings and their validation;
 //! - [`scsi`]: USB Bulk-Only Transport wrappers and the SCSI commands sent through them;
-//! - [`persist`]: finding the boot media among the disks and keeping the host configuration on it.
+//! - [`persist`]: finding the boot media among the disks and keeping the host configuration on it;
+//! - [`vmdef`]: VM definitions (the JSON file describing a virtual machine).
 //!
 //! Invariants: no `unsafe`, no globals, no hardware access. Everything read from a disk or a file is
 //! validated and turned into an error value naming what is wrong and where; nothing here panics on input.
@@ -33,3 +34,4 @@ pub mod layout;
 pub mod netconfig;
 pub mod persist;
 pub mod scsi;
+pub mod vmdef;

@@ -1,0 +1,298 @@
+//! VM definitions: the JSON file that describes one virtual machine (issue 4's format).
+//!
+//! ```json
+//! {"name": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "vmlinuz", "initrd": "initrd.img",
+//!  "cmdline": "console=ttyS0", "disks": [{"file": "root.img", "readonly": false}],
+//!  "autostart": true, "console_port": 9001}
+//! ```
+//! Paths are relative to the definition's own directory and may not leave it. `initrd`,
+//! `cmdline`, `disks`, `autostart` (false) and `console_port` (none: the serial console is only in
+//! the API) may be left out. Decoding is strict: unknown fields, wrong types and values out of range
+//! are errors naming the file and the field (`web-1.json: disks[0].file: ...`); JSON syntax errors
+//! give the line and column.
+
+use crate::hostconfig::validate_vm_name;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::{Map, Value};
+
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: u32 = 64;
+/// Guest RAM limits in MiB (the Linux loader keeps RAM below the 3 GiB MMIO window).
+pub const MIN_MEMORY_MIB: u32 = 16;
+pub const MAX_MEMORY_MIB: u32 = 3072;
+/// Most virtual disks.
+pub const MAX_DISKS: usize = 8;
+/// Longest kernel command line (the boot protocol's usual `cmdline_size` is 2047).
+pub const MAX_CMDLINE: usize = 2047;
+const MAX_PATH: usize = 255;
+
+/// One virtual disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    /// Backing file, relative to the definition.
+    pub file: String,
+    pub readonly: bool,
+}
+
+/// A VM definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDefinition {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: String,
+    pub initrd: Option<String>,
+    pub cmdline: String,
+    pub disks: Vec<VmDisk>,
+    pub autostart: bool,
+    /// TCP port serving the VM's serial console as a raw stream.
+    pub console_port: Option<u16>,
+}
+
+/// A rejected definition: the file, the field (or `(document)`), what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDefError {
+    pub file: String,
+    pub field: String,
+    pub problem: String,
+}
+
+impl core::fmt::Display for VmDefError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.field, self.problem)
+    }
+}
+
+/// Checks a path relative to the definition: `/`-separated printable ASCII, no leading `/`, no
+/// empty, `.` or `..` components.
+pub fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > MAX_PATH {
+        return Err(format!("expected a path of 1 to {MAX_PATH} characters"));
+    }
+    if path.starts_with('/') {
+        return Err(format!("`{path}` is absolute; paths are relative to the definition's directory"));
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        return Err(String::from("the path must be printable ASCII without spaces or `\\`"));
+    }
+    if path.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return Err(format!("`{path}` has an empty, `.` or `..` component (it may not leave its directory)"));
+    }
+    Ok(())
+}
+
+impl VmDefinition {
+    /// Decodes and validates the definition in `file` (its name is used in errors).
+    pub fn parse(file: &str, bytes: &[u8]) -> Result<Self, VmDefError> {
+        let err = |field: &str, problem: String| VmDefError {
+            file: file.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            err("(document)", format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()))
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(err("(document)", String::from("expected a JSON object")));
+        };
+        Self::from_object(&obj).map_err(|(field, problem)| err(&field, problem))
+    }
+
+    fn from_object(obj: &Map<String, Value>) -> Result<Self, (String, String)> {
+        let e = |field: &str, problem: &str| (field.to_string(), problem.to_string());
+        for key in obj.keys() {
+            if ![
+                "name",
+                "vcpus",
+                "memory_mib",
+                "kernel",
+                "initrd",
+                "cmdline",
+                "disks",
+                "autostart",
+                "console_port",
+            ]
+            .contains(&key.as_str())
+            {
+                let shown: String = key.chars().take(40).collect();
+                return Err(e(&shown, "unknown field (expected name, vcpus, memory_mib, kernel, initrd, cmdline, disks, autostart, console_port)"));
+            }
+        }
+        let string = |field: &str| -> Result<Option<&str>, (String, String)> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(e(field, "expected a string")),
+            }
+        };
+        let number = |field: &str, min: u32, max: u32| -> Result<u32, (String, String)> {
+            let v = obj.get(field).ok_or_else(|| e(field, "missing (a number)"))?;
+            v.as_u64()
+                .filter(|n| (min as u64..=max as u64).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| (field.to_string(), format!("expected a whole number from {min} to {max}")))
+        };
+        let path = |field: &str, p: &str| check_relative_path(p).map_err(|w| (field.to_string(), w));
+
+        let name = string("name")?.ok_or_else(|| e("name", "missing (a string)"))?;
+        validate_vm_name("name", name).map_err(|c| (c.field, c.problem))?;
+        let vcpus = number("vcpus", 1, MAX_VCPUS)?;
+        let memory_mib = number("memory_mib", MIN_MEMORY_MIB, MAX_MEMORY_MIB)?;
+        let kernel = string("kernel")?.ok_or_else(|| e("kernel", "missing (a path)"))?;
+        path("kernel", kernel)?;
+        let initrd = string("initrd")?;
+        if let Some(p) = initrd {
+            path("initrd", p)?;
+        }
+        let cmdline = string("cmdline")?.unwrap_or("");
+        if cmdline.len() > MAX_CMDLINE || cmdline.contains('\0') {
+            return Err((String::from("cmdline"), format!("at most {MAX_CMDLINE} bytes, no NUL")));
+        }
+        let mut disks = Vec::new();
+        match obj.get("disks") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) => {
+                if list.len() > MAX_DISKS {
+                    return Err(e("disks", &format!("at most {MAX_DISKS} disks")));
+                }
+                for (i, d) in list.iter().enumerate() {
+                    let at = |f: &str| format!("disks[{i}].{f}");
+                    let d = d
+                        .as_object()
+                        .ok_or_else(|| (format!("disks[{i}]"), String::from("expected an object")))?;
+                    if let Some(k) = d.keys().find(|k| *k != "file" && *k != "readonly") {
+                        let shown: String = k.chars().take(40).collect();
+                        return Err((at(&shown), String::from("unknown field (expected file, readonly)")));
+                    }
+                    let file = d
+                        .get("file")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| (at("file"), String::from("missing (a path)")))?;
+                    check_relative_path(file).map_err(|w| (at("file"), w))?;
+                    let readonly = match d.get("readonly") {
+                        None => false,
+                        Some(v) => v
+                            .as_bool()
+                            .ok_or_else(|| (at("readonly"), String::from("expected true or false")))?,
+                    };
+                    if disks.iter().any(|x: &VmDisk| x.file == file) {
+                        return Err((at("file"), format!("`{file}` is attached twice")));
+                    }
+                    disks.push(VmDisk { file: file.to_string(), readonly });
+                }
+            }
+            Some(_) => return Err(e("disks", "expected a list of {\"file\", \"readonly\"} objects")),
+        }
+        let autostart = match obj.get("autostart") {
+            None | Some(Value::Null) => false,
+            Some(v) => v.as_bool().ok_or_else(|| e("autostart", "expected true or false"))?,
+        };
+        let console_port = match obj.get("console_port") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .filter(|p| (1024..=65535).contains(p))
+                    .map(|p| p as u16)
+                    .ok_or_else(|| e("console_port", "expected a TCP port from 1024 to 65535, or null"))?,
+            ),
+        };
+        Ok(VmDefinition {
+            name: name.to_string(),
+            vcpus,
+            memory_mib,
+            kernel: kernel.to_string(),
+            initrd: initrd.map(String::from),
+            cmdline: cmdline.to_string(),
+            disks,
+            autostart,
+            console_port,
+        })
+    }
+
+    /// Every file the definition refers to (kernel, initrd, disks), relative to it.
+    pub fn files(&self) -> Vec<&str> {
+        let mut f = alloc::vec![self.kernel.as_str()];
+        f.extend(self.initrd.as_deref());
+        f.extend(self.disks.iter().map(|d| d.file.as_str()));
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"name": "web-1", "vcpus": 2, "memory_mib": 512, "kernel": "boot/vmlinuz",
+        "initrd": "boot/initrd.img", "cmdline": "console=ttyS0 panic=-1",
+        "disks": [{"file": "root.img"}, {"file": "data/seed.img", "readonly": true}],
+        "autostart": true, "console_port": 9001}"#;
+
+    #[test]
+    fn a_full_definition() {
+        let d = VmDefinition::parse("web-1.json", GOOD.as_bytes()).unwrap();
+        assert_eq!((d.name.as_str(), d.vcpus, d.memory_mib), ("web-1", 2, 512));
+        assert_eq!(d.disks[1], VmDisk { file: "data/seed.img".into(), readonly: true });
+        assert!(!d.disks[0].readonly && d.autostart);
+        assert_eq!(d.console_port, Some(9001));
+        assert_eq!(d.files(), ["boot/vmlinuz", "boot/initrd.img", "root.img", "data/seed.img"]);
+        // The smallest one.
+        let m =
+            VmDefinition::parse("m.json", br#"{"name":"m","vcpus":1,"memory_mib":64,"kernel":"k"}"#).unwrap();
+        assert_eq!(
+            (m.initrd, m.cmdline.as_str(), m.disks.len(), m.autostart, m.console_port),
+            (None, "", 0, false, None)
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_the_file() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("vcpus", "0", "vcpus"),
+            ("vcpus", "65", "vcpus"),
+            ("vcpus", "\"2\"", "vcpus"),
+            ("memory_mib", "8", "memory_mib"),
+            ("memory_mib", "4096", "memory_mib"),
+            ("name", "\"has space\"", "name"),
+            ("kernel", "\"/abs/vmlinuz\"", "kernel"),
+            ("kernel", "\"../escape\"", "kernel"),
+            ("kernel", "7", "kernel"),
+            ("initrd", "\"a//b\"", "initrd"),
+            ("cmdline", "\"a\\u0000b\"", "cmdline"),
+            ("disks", "[{\"file\":\"x\"},{\"file\":\"x\"}]", "disks[1].file"),
+            ("disks", "[{\"file\":\"x\",\"ro\":true}]", "disks[0].ro"),
+            ("disks", "[{\"readonly\":true}]", "disks[0].file"),
+            ("disks", "[{\"file\":\"x\",\"readonly\":1}]", "disks[0].readonly"),
+            ("disks", "[7]", "disks[0]"),
+            ("disks", "\"root.img\"", "disks"),
+            ("autostart", "\"yes\"", "autostart"),
+            ("console_port", "80", "console_port"),
+            ("colour", "\"red\"", "colour"),
+        ];
+        for (field, value, named) in cases {
+            let mut v: Value = serde_json::from_str(GOOD).unwrap();
+            v[*field] = serde_json::from_str(value).unwrap();
+            let e = VmDefinition::parse("web-1.json", v.to_string().as_bytes()).unwrap_err();
+            assert_eq!((e.file.as_str(), e.field.as_str()), ("web-1.json", *named), "{field}={value}: {e}");
+        }
+        let mut v: Value = serde_json::from_str(GOOD).unwrap();
+        v.as_object_mut().unwrap().remove("kernel");
+        assert_eq!(VmDefinition::parse("f", v.to_string().as_bytes()).unwrap_err().field, "kernel");
+        let e = VmDefinition::parse("f.json", b"{\n  \"name\": \"x\",\n  oops\n}").unwrap_err();
+        assert!(e.to_string().starts_with("f.json: (document): not valid JSON at line 3 column"), "{e}");
+        assert!(VmDefinition::parse("f", b"[]").unwrap_err().problem.contains("object"));
+        let long = format!(
+            r#"{{"name":"x","vcpus":1,"memory_mib":64,"kernel":"k","cmdline":"{}"}}"#,
+            "a".repeat(2048)
+        );
+        assert_eq!(VmDefinition::parse("f", long.as_bytes()).unwrap_err().field, "cmdline");
+    }
+
+    #[test]
+    fn truncations_never_panic() {
+        for n in 0..GOOD.len() {
+            let _ = VmDefinition::parse("f", &GOOD.as_bytes()[..n]);
+        }
+    }
+}
