@@ -1,12 +1,14 @@
 //! Fuzz target for what a VM definition hands the hypervisor's loader: the bytes of a kernel image
 //! (checked as a bzImage, then loaded with an initrd and a command line cut from the same input into
-//! 8 MiB of guest RAM) and the nested page table builder fed with ranges from the input. Any panic
+//! 8 MiB of guest RAM), the nested page table builder fed with ranges from the input, and the
+//! serial console model driven by register accesses from the input. Any panic
 //! is a finding; refusals are expected.
 #![no_main]
 
 use ember_kernel::vmm::linux::{self, BzImage};
 use ember_kernel::vmm::memory::GuestRam;
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
+use ember_kernel::vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
 
@@ -29,7 +31,29 @@ impl TableFrames for Frames {
     }
 }
 
+struct Sink(usize);
+impl SerialOutput for Sink {
+    fn write_byte(&mut self, _: u8) {
+        self.0 += 1;
+    }
+}
+struct Line;
+impl IrqLine for Line {
+    fn set_level(&mut self, _: bool) {}
+}
+
 fuzz_target!(|data: &[u8]| {
+    // The serial console model: each byte pair is a register access (or console input).
+    let mut uart = Serial::new();
+    let (mut out, mut irq) = (Sink(0), Line);
+    for pair in data.chunks(2) {
+        let (op, value) = (pair[0], pair.get(1).copied().unwrap_or(0));
+        match op >> 6 {
+            0 => drop(uart.read(u16::from(op & 0x0f), &mut irq)),
+            1 => uart.write(u16::from(op & 0x0f), value, &mut out, &mut irq),
+            _ => assert!(uart.enqueue_input(&[value; 3], &mut irq) <= FIFO_LEN),
+        }
+    }
     if let Ok(bz) = BzImage::parse(data) {
         let mut ram = GuestRam::new(8 << 20);
         let split = data.len() / 3;

@@ -1,13 +1,15 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
-//! nested page tables built from a VM's memory, and the Linux boot protocol loader.
+//! nested page tables built from a VM's memory, the Linux boot protocol loader, and the first device
+//! model (the 16550A serial console).
 //!
 //! Not here yet (later increments of the hypervisor work): the vCPU trait and its SVM backend (VMCB,
 //! VMRUN loop, intercepts - platform code in the appliance binary), instruction decoding for MMIO,
-//! the device models, the scheduler and VM lifecycle. Nothing in the appliance runs a guest yet.
+//! the other device models, the scheduler and VM lifecycle. Nothing in the appliance runs a guest yet.
 
 pub mod linux;
 pub mod memory;
 pub mod npt;
+pub mod serial;
 
 /// An address in a guest's physical address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
