@@ -1,10 +1,11 @@
-//! Fuzz target for what a VM definition hands the hypervisor's loader: the bytes of a kernel image
-//! (checked as a bzImage, then loaded with an initrd and a command line cut from the same input into
-//! 8 MiB of guest RAM), the nested page table builder fed with ranges from the input, and the
-//! serial console model driven by register accesses from the input. Any panic
-//! is a finding; refusals are expected.
+//! Fuzz target for guest-controlled and VM-definition input to the hypervisor: instruction bytes
+//! through the MMIO decoder; the bytes of a kernel image (checked as a bzImage, then loaded with an
+//! initrd and a command line cut from the same input into 8 MiB of guest RAM); the nested page
+//! table builder fed with ranges from the input; and the serial console model driven by register
+//! accesses from the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
+use ember_kernel::vmm::decode::{self, Access};
 use ember_kernel::vmm::linux::{self, BzImage};
 use ember_kernel::vmm::memory::GuestRam;
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
@@ -43,6 +44,15 @@ impl IrqLine for Line {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The instruction behind an MMIO access: decoded, and a load put into a register.
+    if let Ok(m) = decode::decode_mmio(data) {
+        assert!(m.len >= 1 && m.len as usize <= data.len().min(15));
+        let mut regs = [0x0123_4567_89ab_cdefu64; 16];
+        match m.access {
+            Access::Read { size, dest, extend } => decode::write_gpr(&mut regs, dest, size, extend, u64::MAX),
+            Access::Write { size, .. } => assert!(matches!(size, 1 | 2 | 4 | 8)),
+        }
+    }
     // The serial console model: each byte pair is a register access (or console input).
     let mut uart = Serial::new();
     let (mut out, mut irq) = (Sink(0), Line);

@@ -1,11 +1,12 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
-//! nested page tables built from a VM's memory, the Linux boot protocol loader, and the first device
-//! model (the 16550A serial console).
+//! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
+//! instruction behind an MMIO access, and the first device model (the 16550A serial console).
 //!
 //! Not here yet (later increments of the hypervisor work): the vCPU trait and its SVM backend (VMCB,
-//! VMRUN loop, intercepts - platform code in the appliance binary), instruction decoding for MMIO,
-//! the other device models, the scheduler and VM lifecycle. Nothing in the appliance runs a guest yet.
+//! VMRUN loop, intercepts - platform code in the appliance binary), the guest page walk that
+//! fetches the instruction bytes, the other device models, the scheduler and VM lifecycle. Nothing in the appliance runs a guest yet.
 
+pub mod decode;
 pub mod linux;
 pub mod memory;
 pub mod npt;
