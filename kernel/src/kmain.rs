@@ -1,6 +1,6 @@
 //! Kernel-phase wiring: what runs after ExitBootServices, in order.
 
-use crate::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, timer};
+use crate::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
 use crate::boot::BootInfo;
 use crate::boot::FirstBootKickstart;
 use crate::console;
@@ -76,6 +76,32 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         .or_else(|| info.system.cpu_model.clone())
         .unwrap_or_else(|| String::from("unknown CPU"));
     kprintln!("{}", ember_kernel::boot_line(cpus, usable));
+    // The hypervisor's hardware: SVM on this CPU, checked by running a probe guest once.
+    let (_svm, virtualization) = match svm::enable() {
+        Ok(c) => {
+            let f = c.features;
+            let extras = [(f.nrip_save, ", next-RIP save"), (f.decode_assists, ", decode assists")];
+            let extras: String = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
+            let summary = match svm::probe(&c) {
+                Ok(what) => {
+                    kprintln!(
+                        "ember: SVM ready: nested paging, {} ASIDs{extras}; VMRUN verified: {what}",
+                        f.asids
+                    );
+                    String::from("AMD SVM with nested paging, VMRUN verified")
+                }
+                Err(e) => {
+                    kprintln!("ember: ERROR: SVM enabled but VMRUN failed its check: {e}");
+                    format!("AMD SVM with nested paging, but VMRUN failed its check: {e}")
+                }
+            };
+            (Some(c), summary)
+        }
+        Err(why) => {
+            kprintln!("ember: no hardware virtualization: {why}; virtual machines cannot run on this host");
+            (None, format!("none: {why}"))
+        }
+    };
 
     let identity = HostIdentity {
         version: String::from(ember_kernel::VERSION),
@@ -100,7 +126,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     keyboards.set_layout(&boot.host.keyboard);
     let mut identity = identity;
     identity.notice = boot.notice;
-    let mut network = start_management_network(nics, &identity, info, boot.host, boot.store);
+    let mut network = start_management_network(nics, &identity, info, boot.host, boot.store, &virtualization);
     if let (Some(url), Some(net)) = (&boot.fetch, network.as_mut()) {
         if let Err(e) = net.fetch_kickstart(url) {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
@@ -312,6 +338,7 @@ fn start_management_network(
     info: &BootInfo,
     host: HostConfig,
     store: Persistence,
+    virtualization: &str,
 ) -> Option<ManagementNetwork> {
     // Without NICs the service still runs: it holds the configuration the DCUI changes, and the
     // management interface reports no uplink.
@@ -324,6 +351,7 @@ fn start_management_network(
         vendor: info.system.vendor.clone().unwrap_or_default(),
         product: info.system.product.clone().unwrap_or_default(),
         serial: info.system.serial.clone().unwrap_or_default(),
+        virtualization: virtualization.to_string(),
     };
     let api = match ApiState::new(facts.clone(), host, store, random_bytes(), cpu::random_u64()) {
         Ok(api) => api,

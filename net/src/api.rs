@@ -40,6 +40,9 @@ pub struct HostFacts {
     pub vendor: String,
     pub product: String,
     pub serial: String,
+    /// Hardware virtualization as checked at boot (for example "SVM with nested paging, VMRUN
+    /// verified"), or why there is none.
+    pub virtualization: String,
 }
 
 /// One NIC as reported by the API.
@@ -295,6 +298,7 @@ impl ApiState {
             "vendor": f.vendor,
             "product": f.product,
             "serial": f.serial,
+            "virtualization": f.virtualization,
             "nics": self.nics.iter().map(|n| json!({
                 "name": n.name,
                 "mac": mac_string(&n.mac),
@@ -549,6 +553,7 @@ mod tests {
             vendor: "QEMU".into(),
             product: "Standard PC".into(),
             serial: "S1".into(),
+            virtualization: "AMD SVM with nested paging, VMRUN verified".into(),
         }
     }
 

@@ -95,6 +95,8 @@ pub struct QemuConfig {
     pub console_port: u8,
     /// The `-machine` value.
     pub machine: String,
+    /// The `-cpu` value (`EPYC`: SVM with nested paging under TCG).
+    pub cpu: String,
     /// NICs, in PCI order (they become vmnic0, vmnic1, ...).
     pub nics: Vec<NicSpec>,
     /// Run QEMU inside this network namespace (for tap devices created there).
@@ -127,6 +129,7 @@ impl QemuConfig {
             extra: Vec::new(),
             console_port: 1,
             machine: "q35".into(),
+            cpu: "EPYC".into(),
             nics: Vec::new(),
             netns: None,
         }
@@ -170,7 +173,7 @@ impl Qemu {
             "-accel".into(),
             "tcg".into(),
             "-cpu".into(),
-            "EPYC".into(),
+            cfg.cpu.clone(),
             "-smp".into(),
             cfg.cpus.to_string(),
             "-m".into(),

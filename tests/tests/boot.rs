@@ -124,6 +124,22 @@ fn idle_screen_on_serial_console() {
 
 /// The boot log on the serial console shows the bring-up steps with real values.
 #[test]
+fn a_cpu_without_svm_is_reported_and_the_host_still_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let mut cfg = QemuConfig::new("no_svm", &img);
+    cfg.cpu = "EPYC,-svm".into();
+    let mut q = Qemu::start(&cfg);
+    q.wait_for(" booted: ", BOOT_TIMEOUT);
+    q.wait_for(
+        "ember: no hardware virtualization: the CPU offers no hardware virtualization (neither SVM nor VMX); \
+         virtual machines cannot run on this host",
+        BOOT_TIMEOUT,
+    );
+    q.wait_for("<F12> Shut Down/Restart", BOOT_TIMEOUT);
+}
+
+#[test]
 fn boot_log_reports_hardware() {
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), &[]);
@@ -131,6 +147,12 @@ fn boot_log_reports_hardware() {
     cfg.cpus = 2;
     let mut q = Qemu::start(&cfg);
     q.wait_for(" booted: ", BOOT_TIMEOUT);
+    // The hypervisor's hardware: SVM enabled and VMRUN checked by running a probe guest.
+    let svm = q.wait_for("ember: SVM ready: nested paging, ", BOOT_TIMEOUT);
+    assert!(
+        svm.contains("VMRUN verified: probe guest wrote 'K' to port 0x3f8 and halted (2 exits)"),
+        "{svm}"
+    );
     let log = q.text();
     assert_shows(
         "boot log",

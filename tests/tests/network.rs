@@ -81,6 +81,7 @@ fn api_on_virtio_net_with_user_networking() {
     assert_eq!(host["vendor"], "QEMU");
     assert!(host["product"].as_str().unwrap().contains("Q35"), "{host}");
     assert!(host["cpu_model"].as_str().unwrap().contains("EPYC"), "{host}");
+    assert_eq!(host["virtualization"], "AMD SVM with nested paging, VMRUN verified", "{host}");
     let mem = host["memory_bytes"].as_u64().unwrap();
     assert!(mem > 400 << 20 && mem <= 512 << 20, "{host}");
     assert!(host["uptime_s"].as_u64().is_some());

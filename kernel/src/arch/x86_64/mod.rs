@@ -13,4 +13,5 @@ pub mod power;
 pub mod serial;
 pub mod smp;
 pub mod stack;
+pub mod svm;
 pub mod timer;
