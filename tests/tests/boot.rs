@@ -150,7 +150,7 @@ fn boot_log_reports_hardware() {
     // The hypervisor's hardware: SVM enabled and VMRUN checked by running a probe guest.
     let svm = q.wait_for("ember: SVM ready: nested paging, ", BOOT_TIMEOUT);
     assert!(
-        svm.contains("VMRUN verified: probe guest wrote 'K' to port 0x3f8 and halted (2 exits)"),
+        svm.contains("VMRUN verified: probe guest wrote 'K' to its COM1 and halted (2 exits)"),
         "{svm}"
     );
     let log = q.text();

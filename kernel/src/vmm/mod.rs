@@ -1,12 +1,17 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
 //! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
-//! instruction behind an MMIO access, and the first device model (the 16550A serial console).
+//! instruction behind an MMIO access, the I/O port bus, vendor-neutral VM exits and their handling,
+//! and the first device model (the 16550A serial console).
 //!
-//! Not here yet (later increments of the hypervisor work): the vCPU trait and its SVM backend (VMCB,
-//! VMRUN loop, intercepts - platform code in the appliance binary), the guest page walk that
-//! fetches the instruction bytes, the other device models, the scheduler and VM lifecycle. Nothing in the appliance runs a guest yet.
+//! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
+//! guest at boot through [`exit::handle_exit`] and [`bus::IoBus`]. Not here yet (later increments of
+//! the hypervisor work): guest register switching for full guests, CPUID and MSR emulation, event
+//! injection, the guest page walk that fetches the instruction bytes, the other device models, the
+//! scheduler and VM lifecycle. No VM can be defined or started yet.
 
+pub mod bus;
 pub mod decode;
+pub mod exit;
 pub mod linux;
 pub mod memory;
 pub mod npt;

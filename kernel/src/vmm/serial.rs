@@ -284,3 +284,79 @@ mod tests {
         }
     }
 }
+
+/// The last [`CONSOLE_LOG_BYTES`] a VM wrote to its console (what `GET .../console` will show).
+pub const CONSOLE_LOG_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+pub struct ConsoleLog {
+    bytes: VecDeque<u8>,
+    /// Everything ever written, counted.
+    pub total: u64,
+}
+
+impl ConsoleLog {
+    /// The kept output, oldest first.
+    pub fn contents(&self) -> alloc::vec::Vec<u8> {
+        self.bytes.iter().copied().collect()
+    }
+}
+
+impl SerialOutput for ConsoleLog {
+    fn write_byte(&mut self, b: u8) {
+        if self.bytes.len() == CONSOLE_LOG_BYTES {
+            self.bytes.pop_front();
+        }
+        self.bytes.push_back(b);
+        self.total += 1;
+    }
+}
+
+/// A COM port on a VM's I/O bus: the UART model writing into a shared console log. Its interrupt
+/// output is not connected yet (there is no interrupt controller model yet): guests poll it.
+pub struct ComPort {
+    pub uart: Serial,
+    pub log: alloc::rc::Rc<core::cell::RefCell<ConsoleLog>>,
+}
+
+struct Unconnected;
+impl IrqLine for Unconnected {
+    fn set_level(&mut self, _: bool) {}
+}
+
+impl super::bus::PortDevice for ComPort {
+    fn read(&mut self, offset: u16, _size: u8) -> u32 {
+        self.uart.read(offset, &mut Unconnected) as u32
+    }
+    fn write(&mut self, offset: u16, _size: u8, value: u32) {
+        self.uart.write(offset, value as u8, &mut *self.log.borrow_mut(), &mut Unconnected);
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+    use crate::vmm::bus::IoBus;
+    use alloc::boxed::Box;
+    use alloc::rc::Rc;
+    use core::cell::RefCell;
+
+    #[test]
+    fn a_com_port_on_the_bus_fills_the_console_log() {
+        let log = Rc::new(RefCell::new(ConsoleLog::default()));
+        let mut bus = IoBus::new();
+        bus.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: log.clone() })).unwrap();
+        for b in b"Linux" {
+            bus.write(0x3f8, 1, *b as u32);
+        }
+        assert_eq!(bus.read(0x3fd, 1) & 0x60, 0x60, "transmitter empty");
+        assert_eq!(log.borrow().contents(), b"Linux");
+        // The log keeps the last 64 KiB.
+        for i in 0..CONSOLE_LOG_BYTES + 10 {
+            log.borrow_mut().write_byte(i as u8);
+        }
+        let l = log.borrow();
+        assert_eq!((l.contents().len(), l.total), (CONSOLE_LOG_BYTES, CONSOLE_LOG_BYTES as u64 + 15));
+        assert_eq!(l.contents()[0], 10);
+    }
+}

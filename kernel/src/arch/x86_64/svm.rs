@@ -9,10 +9,16 @@
 
 use super::cpu;
 use super::dma::DmaBuffer;
+use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::RefCell;
+use ember_kernel::vmm::bus::IoBus;
+use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, VcpuRegs, VmExit};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
+use ember_kernel::vmm::serial::{ComPort, ConsoleLog, Serial};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 
 const MSR_EFER: u32 = 0xc000_0080;
@@ -30,6 +36,7 @@ const GUEST_ASID: usize = 0x058;
 const TLB_CONTROL: usize = 0x05c;
 const EXITCODE: usize = 0x070;
 const EXITINFO1: usize = 0x078;
+const EXITINFO2: usize = 0x080;
 const NP_ENABLE: usize = 0x090;
 const N_CR3: usize = 0x0b0;
 // State save area offsets (APM B-2), from the VMCB start.
@@ -58,8 +65,11 @@ const INTERCEPT_VMRUN: u32 = 1 << 0;
 
 // Exit codes (APM C-1).
 const EXIT_INTR: u64 = 0x60;
+const EXIT_NMI: u64 = 0x61;
 const EXIT_HLT: u64 = 0x78;
 const EXIT_IOIO: u64 = 0x7b;
+const EXIT_SHUTDOWN: u64 = 0x7f;
+const EXIT_NPF: u64 = 0x400;
 
 /// What the CPU offers (CPUID 0x8000000A).
 #[derive(Debug, Clone, Copy)]
@@ -199,8 +209,42 @@ fn vmrun(vmcb: &DmaBuffer) -> u64 {
 const PROBE_CODE: [u8; 7] = [0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xf4];
 const PROBE_GPA: u64 = 0x1000;
 
+/// A vCPU's VMCB as the generic exit handler sees it.
+struct VmcbRegs<'a>(&'a DmaBuffer);
+
+impl VcpuRegs for VmcbRegs<'_> {
+    fn rax(&self) -> u64 {
+        get64(self.0, RAX)
+    }
+    fn set_rax(&mut self, v: u64) {
+        put64(self.0, RAX, v)
+    }
+    fn rip(&self) -> u64 {
+        get64(self.0, RIP)
+    }
+    fn set_rip(&mut self, v: u64) {
+        put64(self.0, RIP, v)
+    }
+}
+
+/// The last exit of the guest of `vmcb`, in vendor-neutral terms.
+fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
+    match code {
+        EXIT_INTR | EXIT_NMI => VmExit::HostInterrupt,
+        EXIT_IOIO => svm_io_exit(get64(vmcb, EXITINFO1), get64(vmcb, EXITINFO2)),
+        EXIT_HLT => VmExit::Hlt,
+        EXIT_SHUTDOWN => VmExit::Shutdown,
+        EXIT_NPF => {
+            VmExit::NestedPageFault { gpa: get64(vmcb, EXITINFO2), write: get64(vmcb, EXITINFO1) & 2 != 0 }
+        }
+        u64::MAX => VmExit::InvalidState,
+        code => VmExit::Other { code, what: String::from("SVM exit") },
+    }
+}
+
 /// Checks that VMRUN works: runs the probe guest under nested paging with every I/O port and MSR
-/// intercepted, and expects its port write and then its HLT. Returns what happened, in words.
+/// intercepted, its COM1 writes going through the generic exit handler and the I/O bus to the
+/// 16550A model, and expects `K` on that console and then a HLT. Returns what happened, in words.
 pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
     let mut frames = Frames::default();
     let oom = || String::from("out of memory for the probe guest");
@@ -250,8 +294,10 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
     put64(&vmcb, RSP, 0);
     put64(&vmcb, G_PAT, 0x0007_0406_0007_0406);
 
+    let console = Rc::new(RefCell::new(ConsoleLog::default()));
+    let mut bus = IoBus::new();
+    bus.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
     let mut exits = 0;
-    let mut wrote = None;
     loop {
         exits += 1;
         if exits > 1000 {
@@ -259,30 +305,16 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
         }
         let code = vmrun(&vmcb);
         vmcb.write(TLB_CONTROL, &[0]);
-        match code {
-            EXIT_INTR => continue,
-            EXIT_IOIO => {
-                let info = get64(&vmcb, EXITINFO1);
-                let port = (info >> 16) as u16;
-                let byte = get64(&vmcb, RAX) as u8;
-                if info & 1 != 0 || port != 0x3f8 || info & (1 << 4) == 0 {
-                    return Err(format!("unexpected I/O exit (EXITINFO1 {info:#x})"));
-                }
-                wrote = Some((port, byte));
-                // No next-RIP from the CPU under TCG: `out dx, al` is one byte.
-                put64(&vmcb, RIP, get64(&vmcb, RIP) + 1);
-            }
-            EXIT_HLT => break,
-            u64::MAX => return Err(String::from("VMRUN refused the guest state (VMEXIT_INVALID)")),
-            other => {
-                return Err(format!("unexpected exit {other:#x} at guest RIP {:#x}", get64(&vmcb, RIP)));
-            }
+        let exit = exit_of(&vmcb, code);
+        match handle_exit(&exit, &mut VmcbRegs(&vmcb), &mut bus) {
+            ExitAction::Resume => {}
+            ExitAction::Halted => break,
+            ExitAction::Stop(why) => return Err(format!("the probe guest stopped: {why}")),
         }
     }
-    match wrote {
-        Some((port, b)) if b == b'K' => {
-            Ok(format!("probe guest wrote {:?} to port {port:#x} and halted ({exits} exits)", b as char))
-        }
-        other => Err(format!("the probe guest halted without its port write ({other:?})")),
+    let out = console.borrow().contents();
+    if out != b"K" {
+        return Err(format!("the probe guest halted, but its console shows {out:?} instead of \"K\""));
     }
+    Ok(format!("probe guest wrote 'K' to its COM1 and halted ({exits} exits)"))
 }

@@ -1,0 +1,133 @@
+//! The I/O port bus of a VM: port ranges mapped to device models (Firecracker's `vstate/bus.rs`
+//! pattern). Devices are addressed by offset from their base; overlapping ranges are refused when a
+//! device is added. A port nothing claims reads as all ones and ignores writes, as on a PC's bus.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A device on the port bus.
+pub trait PortDevice {
+    /// A read of `size` bytes (1, 2 or 4) at `offset` from the device's base.
+    fn read(&mut self, offset: u16, size: u8) -> u32;
+    /// A write of the low `size` bytes of `value` at `offset`.
+    fn write(&mut self, offset: u16, size: u8, value: u32);
+}
+
+/// One mapped range.
+struct Range {
+    base: u16,
+    len: u16,
+    device: Box<dyn PortDevice>,
+}
+
+#[derive(Default)]
+pub struct IoBus {
+    ranges: Vec<Range>,
+}
+
+/// All ones in the low `size` bytes.
+fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+impl IoBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `device` at ports `base`..`base + len`; refused if it overlaps a mapped range.
+    pub fn add(&mut self, base: u16, len: u16, device: Box<dyn PortDevice>) -> Result<(), String> {
+        let end = base as u32 + len as u32;
+        if len == 0 || end > 0x1_0000 {
+            return Err(format!("port range {base:#x}+{len} is empty or past 0xffff"));
+        }
+        let overlaps = |r: &&Range| (base as u32) < r.base as u32 + r.len as u32 && (r.base as u32) < end;
+        if let Some(r) = self.ranges.iter().find(overlaps) {
+            return Err(format!("ports {base:#x}+{len} overlap the device at {:#x}+{}", r.base, r.len));
+        }
+        self.ranges.push(Range { base, len, device });
+        Ok(())
+    }
+
+    fn find(&mut self, port: u16) -> Option<(&mut Range, u16)> {
+        self.ranges.iter_mut().find(|r| port >= r.base && (port as u32) < r.base as u32 + r.len as u32).map(
+            |r| {
+                let offset = port - r.base;
+                (r, offset)
+            },
+        )
+    }
+
+    /// A guest IN of `size` bytes from `port`.
+    pub fn read(&mut self, port: u16, size: u8) -> u32 {
+        match self.find(port) {
+            Some((r, offset)) => r.device.read(offset, size) & all_ones(size),
+            None => all_ones(size),
+        }
+    }
+
+    /// A guest OUT of `size` bytes to `port`.
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
+        if let Some((r, offset)) = self.find(port) {
+            r.device.write(offset, size, value & all_ones(size));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::rc::Rc;
+    use core::cell::RefCell;
+
+    /// Records accesses; reads return the offset.
+    struct Probe(Rc<RefCell<Vec<(u16, u8, u32)>>>);
+    impl PortDevice for Probe {
+        fn read(&mut self, offset: u16, _: u8) -> u32 {
+            0xabcd_0000 | offset as u32
+        }
+        fn write(&mut self, offset: u16, size: u8, value: u32) {
+            self.0.borrow_mut().push((offset, size, value));
+        }
+    }
+
+    #[test]
+    fn devices_by_offset_and_empty_ports() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut bus = IoBus::new();
+        bus.add(0x3f8, 8, Box::new(Probe(log.clone()))).unwrap();
+        bus.add(0x60, 1, Box::new(Probe(log.clone()))).unwrap();
+        assert_eq!(bus.read(0x3fd, 1), 0x05);
+        assert_eq!(bus.read(0x3f8, 2), 0x0000, "masked to the access size");
+        assert_eq!(bus.read(0x3f8, 4), 0xabcd_0000);
+        bus.write(0x3f8, 1, 0x1234_5641);
+        bus.write(0x60, 2, 0xfffe);
+        assert_eq!(*log.borrow(), [(0, 1, 0x41), (0, 2, 0xfffe)]);
+        // Nothing at 0x400 or just past a device.
+        assert_eq!((bus.read(0x400, 1), bus.read(0x400, 2), bus.read(0x400, 4)), (0xff, 0xffff, 0xffff_ffff));
+        assert_eq!(bus.read(0x3f8 + 8, 1), 0xff);
+        bus.write(0x61, 1, 0);
+        assert_eq!(log.borrow().len(), 2);
+    }
+
+    #[test]
+    fn overlaps_are_refused() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mut bus = IoBus::new();
+        bus.add(0x3f8, 8, Box::new(Probe(log.clone()))).unwrap();
+        for (base, len) in [(0x3f8, 1), (0x3f0, 9), (0x3ff, 4), (0x3f0, 0x20)] {
+            assert!(bus.add(base, len, Box::new(Probe(log.clone()))).is_err(), "{base:#x}+{len}");
+        }
+        assert!(bus.add(0x3f0, 8, Box::new(Probe(log.clone()))).is_ok(), "adjacent below");
+        assert!(bus.add(0x400, 8, Box::new(Probe(log.clone()))).is_ok(), "adjacent above");
+        assert!(bus.add(0xfff8, 9, Box::new(Probe(log.clone()))).is_err(), "past 0xffff");
+        assert!(bus.add(0x10, 0, Box::new(Probe(log))).is_err(), "empty");
+        assert_eq!(bus.read(0xffff, 1), 0xff);
+    }
+}

@@ -1,0 +1,188 @@
+//! Vendor-neutral VM exits and their handling (Cloud Hypervisor's `VmExit` pattern): the SVM
+//! backend (and later VMX) translates its exit codes into a [`VmExit`]; [`handle_exit`] does the
+//! work once for both - port I/O through the VM's [`IoBus`], HLT, and ending the VM with a reason
+//! for what a guest must not do (a triple fault) or what is not emulated.
+//!
+//! Also here: the decoding of SVM's IOIO exit information (AMD APM vol. 2, 15.10.2), which is pure
+//! bit layout and so host-testable.
+
+use super::bus::IoBus;
+use alloc::format;
+use alloc::string::String;
+
+/// Why the guest stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// IN or OUT of `size` bytes (1, 2, 4); `next_rip` is the instruction after it.
+    Io { port: u16, size: u8, input: bool, next_rip: u64 },
+    /// HLT (RIP still points at it).
+    Hlt,
+    /// A host interrupt arrived while the guest ran: resume it.
+    HostInterrupt,
+    /// The guest triple-faulted.
+    Shutdown,
+    /// A guest access to a guest-physical address nothing is mapped at.
+    NestedPageFault { gpa: u64, write: bool },
+    /// The CPU refused the guest state.
+    InvalidState,
+    /// Anything else, with the vendor's exit code and a name for the log.
+    Other { code: u64, what: String },
+}
+
+/// What the vCPU loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitAction {
+    Resume,
+    /// The guest halted: wait for an interrupt for it (or, with none possible, stop).
+    Halted,
+    /// End this VM; the reason goes to the log and the API.
+    Stop(String),
+}
+
+/// The registers an exit handler reads and writes.
+pub trait VcpuRegs {
+    fn rax(&self) -> u64;
+    fn set_rax(&mut self, v: u64);
+    fn rip(&self) -> u64;
+    fn set_rip(&mut self, v: u64);
+}
+
+/// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
+/// bits 32-63 (as any 32-bit register write does).
+pub fn merge_input(rax: u64, size: u8, value: u32) -> u64 {
+    match size {
+        1 => (rax & !0xff) | (value as u64 & 0xff),
+        2 => (rax & !0xffff) | (value as u64 & 0xffff),
+        _ => value as u64,
+    }
+}
+
+/// Handles one exit.
+pub fn handle_exit(exit: &VmExit, regs: &mut impl VcpuRegs, bus: &mut IoBus) -> ExitAction {
+    match exit {
+        VmExit::Io { port, size, input, next_rip } => {
+            if *input {
+                let v = bus.read(*port, *size);
+                regs.set_rax(merge_input(regs.rax(), *size, v));
+            } else {
+                bus.write(*port, *size, regs.rax() as u32);
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Hlt => {
+            // HLT is one byte; the guest continues after it once woken.
+            regs.set_rip(regs.rip().wrapping_add(1));
+            ExitAction::Halted
+        }
+        VmExit::HostInterrupt => ExitAction::Resume,
+        VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
+        VmExit::NestedPageFault { gpa, write } => ExitAction::Stop(format!(
+            "{} of guest-physical {gpa:#x} (nothing is mapped there) at RIP {:#x}",
+            if *write { "write" } else { "read" },
+            regs.rip()
+        )),
+        VmExit::InvalidState => ExitAction::Stop(String::from("the CPU refused the vCPU state")),
+        VmExit::Other { code, what } => {
+            ExitAction::Stop(format!("unhandled exit {code:#x} ({what}) at guest RIP {:#x}", regs.rip()))
+        }
+    }
+}
+
+/// An SVM IOIO exit from EXITINFO1 and EXITINFO2 (the next RIP, given for IOIO exits even without
+/// the next-RIP save feature).
+pub fn svm_io_exit(info1: u64, info2: u64) -> VmExit {
+    let input = info1 & 1 != 0;
+    if info1 & (1 << 2) != 0 {
+        return VmExit::Other { code: 0x7b, what: String::from("string I/O (INS/OUTS) is not emulated") };
+    }
+    let size = match (info1 >> 4) & 0x7 {
+        1 => 1,
+        2 => 2,
+        4 => 4,
+        other => {
+            return VmExit::Other { code: 0x7b, what: format!("I/O exit with operand size bits {other:#b}") }
+        }
+    };
+    VmExit::Io { port: (info1 >> 16) as u16, size, input, next_rip: info2 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::bus::PortDevice;
+    use alloc::boxed::Box;
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    #[derive(Default)]
+    struct Regs {
+        rax: u64,
+        rip: u64,
+    }
+    impl VcpuRegs for Regs {
+        fn rax(&self) -> u64 {
+            self.rax
+        }
+        fn set_rax(&mut self, v: u64) {
+            self.rax = v;
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn set_rip(&mut self, v: u64) {
+            self.rip = v;
+        }
+    }
+
+    struct Port(Rc<RefCell<Vec<u32>>>);
+    impl PortDevice for Port {
+        fn read(&mut self, _: u16, _: u8) -> u32 {
+            0x1234_5678
+        }
+        fn write(&mut self, _: u16, _: u8, v: u32) {
+            self.0.borrow_mut().push(v);
+        }
+    }
+
+    #[test]
+    fn io_exits_go_through_the_bus() {
+        let written = Rc::new(RefCell::new(Vec::new()));
+        let mut bus = IoBus::new();
+        bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
+        let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000 };
+        // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
+        let out = svm_io_exit(0x03f8_0010, 0x1001);
+        assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
+        assert_eq!(handle_exit(&out, &mut r, &mut bus), ExitAction::Resume);
+        assert_eq!((written.borrow().clone(), r.rip), (alloc::vec![0x4b], 0x1001));
+        // in ax, dx: the low 16 bits replaced.
+        let inw = svm_io_exit(0x03f8_0021, 0x1003);
+        handle_exit(&inw, &mut r, &mut bus);
+        assert_eq!((r.rax, r.rip), (0xffff_ffff_ffff_5678, 0x1003));
+        // in eax from an empty port: all ones, upper half cleared.
+        handle_exit(&svm_io_exit(0x0080_0041, 0x1005), &mut r, &mut bus);
+        assert_eq!(r.rax, 0xffff_ffff);
+        assert_eq!(merge_input(0xaaaa_aaaa_aaaa_aaaa, 1, 0x1ff), 0xaaaa_aaaa_aaaa_aaff);
+    }
+
+    #[test]
+    fn what_ends_a_vm_is_said() {
+        let mut bus = IoBus::new();
+        let mut r = Regs { rax: 0, rip: 0x2000 };
+        assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut bus), ExitAction::Halted);
+        assert_eq!(r.rip, 0x2001);
+        assert_eq!(handle_exit(&VmExit::HostInterrupt, &mut r, &mut bus), ExitAction::Resume);
+        let stop = |e: VmExit, r: &mut Regs, bus: &mut IoBus| match handle_exit(&e, r, bus) {
+            ExitAction::Stop(why) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(stop(VmExit::Shutdown, &mut r, &mut bus), "triple fault at guest RIP 0x2001");
+        assert!(stop(VmExit::NestedPageFault { gpa: 0xfee0_0000, write: true }, &mut r, &mut bus)
+            .starts_with("write of guest-physical 0xfee00000"));
+        assert!(stop(svm_io_exit(0x03f8_0014, 0), &mut r, &mut bus).contains("string I/O"));
+        assert!(stop(svm_io_exit(0x03f8_0000, 0), &mut r, &mut bus).contains("operand size"));
+        assert!(stop(VmExit::InvalidState, &mut r, &mut bus).contains("refused"));
+    }
+}
