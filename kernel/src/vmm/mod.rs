@@ -1,15 +1,16 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
 //! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
-//! instruction behind an MMIO access, the I/O port bus, vendor-neutral VM exits and their handling,
-//! and the first device model (the 16550A serial console).
+//! instruction behind an MMIO access, the I/O port bus, the guest's CPUID answers, vendor-neutral
+//! VM exits and their handling, and the first device model (the 16550A serial console).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
 //! guest at boot through [`exit::handle_exit`] and [`bus::IoBus`]. Not here yet (later increments of
-//! the hypervisor work): guest register switching for full guests, CPUID and MSR emulation, event
-//! injection, the guest page walk that fetches the instruction bytes, the other device models, the
-//! scheduler and VM lifecycle. No VM can be defined or started yet.
+//! the hypervisor work): guest register switching for full guests (and with it CPUID exits), MSR
+//! emulation, event injection, the guest page walk that fetches the instruction bytes, the other
+//! device models, the scheduler and VM lifecycle. No VM can be defined or started yet.
 
 pub mod bus;
+pub mod cpuid;
 pub mod decode;
 pub mod exit;
 pub mod linux;
