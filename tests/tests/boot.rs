@@ -149,7 +149,8 @@ fn boot_log_reports_hardware() {
     q.wait_for(" booted: ", BOOT_TIMEOUT);
     // The hypervisor's hardware: SVM enabled and VMRUN checked by running a probe guest.
     let svm = q.wait_for("ember: SVM ready: nested paging, ", BOOT_TIMEOUT);
-    assert!(svm.contains("VMRUN verified: probe guest wrote 'K' to its COM1 and halted (2 exits)"), "{svm}");
+    let want = "VMRUN verified: 64-bit probe guest read CPUID leaf 0x40000000 and wrote \"EmberEmberHV\" to its COM1";
+    assert!(svm.contains(want) && svm.contains("(14 exits)"), "{svm}");
     let log = q.text();
     assert_shows(
         "boot log",

@@ -7,6 +7,7 @@
 //! bit layout and so host-testable.
 
 use super::bus::IoBus;
+use super::cpuid::Leaf;
 use alloc::format;
 use alloc::string::String;
 
@@ -17,6 +18,8 @@ pub enum VmExit {
     Io { port: u16, size: u8, input: bool, next_rip: u64 },
     /// HLT (RIP still points at it).
     Hlt,
+    /// CPUID (leaf in EAX, subleaf in ECX); `next_rip` is the instruction after it.
+    Cpuid { next_rip: u64 },
     /// A host interrupt arrived while the guest ran: resume it.
     HostInterrupt,
     /// The guest triple-faulted.
@@ -39,12 +42,35 @@ pub enum ExitAction {
     Stop(String),
 }
 
+/// General-purpose register numbers (the ModRM/REX numbering).
+pub mod gpr {
+    pub const RAX: usize = 0;
+    pub const RCX: usize = 1;
+    pub const RDX: usize = 2;
+    pub const RBX: usize = 3;
+}
+
 /// The registers an exit handler reads and writes.
 pub trait VcpuRegs {
-    fn rax(&self) -> u64;
-    fn set_rax(&mut self, v: u64);
+    /// General-purpose register `index` (0 = RAX ... 15 = R15).
+    fn gpr(&self, index: usize) -> u64;
+    fn set_gpr(&mut self, index: usize, v: u64);
     fn rip(&self) -> u64;
     fn set_rip(&mut self, v: u64);
+
+    fn rax(&self) -> u64 {
+        self.gpr(gpr::RAX)
+    }
+    fn set_rax(&mut self, v: u64) {
+        self.set_gpr(gpr::RAX, v)
+    }
+}
+
+/// The VM's facts an exit handler needs beyond registers: its I/O bus and its CPUID answers.
+pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
+    pub bus: &'a mut IoBus,
+    /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
+    pub cpuid: C,
 }
 
 /// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
@@ -58,7 +84,12 @@ pub fn merge_input(rax: u64, size: u8, value: u32) -> u64 {
 }
 
 /// Handles one exit.
-pub fn handle_exit(exit: &VmExit, regs: &mut impl VcpuRegs, bus: &mut IoBus) -> ExitAction {
+pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
+    exit: &VmExit,
+    regs: &mut impl VcpuRegs,
+    vm: &mut ExitContext<'_, C>,
+) -> ExitAction {
+    let bus = &mut *vm.bus;
     match exit {
         VmExit::Io { port, size, input, next_rip } => {
             if *input {
@@ -74,6 +105,14 @@ pub fn handle_exit(exit: &VmExit, regs: &mut impl VcpuRegs, bus: &mut IoBus) -> 
             // HLT is one byte; the guest continues after it once woken.
             regs.set_rip(regs.rip().wrapping_add(1));
             ExitAction::Halted
+        }
+        VmExit::Cpuid { next_rip } => {
+            let l = (vm.cpuid)(regs.rax() as u32, regs.gpr(gpr::RCX) as u32);
+            for (r, v) in [(gpr::RAX, l.eax), (gpr::RBX, l.ebx), (gpr::RCX, l.ecx), (gpr::RDX, l.edx)] {
+                regs.set_gpr(r, v as u64);
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
         }
         VmExit::HostInterrupt => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
@@ -120,13 +159,22 @@ mod tests {
     struct Regs {
         rax: u64,
         rip: u64,
+        others: [u64; 16],
     }
     impl VcpuRegs for Regs {
-        fn rax(&self) -> u64 {
-            self.rax
+        fn gpr(&self, i: usize) -> u64 {
+            if i == 0 {
+                self.rax
+            } else {
+                self.others[i]
+            }
         }
-        fn set_rax(&mut self, v: u64) {
-            self.rax = v;
+        fn set_gpr(&mut self, i: usize, v: u64) {
+            if i == 0 {
+                self.rax = v
+            } else {
+                self.others[i] = v
+            }
         }
         fn rip(&self) -> u64 {
             self.rip
@@ -146,23 +194,44 @@ mod tests {
         }
     }
 
+    fn no_cpuid(_: u32, _: u32) -> Leaf {
+        Leaf::default()
+    }
+
+    #[test]
+    fn cpuid_exits_answer_from_the_policy() {
+        let mut bus = IoBus::new();
+        let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
+        let mut vm = ExitContext { bus: &mut bus, cpuid: answer };
+        let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
+        r.others[gpr::RCX] = 7;
+        r.others[gpr::RBX] = u64::MAX;
+        assert_eq!(handle_exit(&VmExit::Cpuid { next_rip: 0x3002 }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(
+            (r.rax, r.others[gpr::RBX], r.others[gpr::RCX], r.others[gpr::RDX]),
+            (0x4000_0000, 7, 0x1234, 0xffff_ffff)
+        );
+        assert_eq!(r.rip, 0x3002);
+    }
+
     #[test]
     fn io_exits_go_through_the_bus() {
         let written = Rc::new(RefCell::new(Vec::new()));
         let mut bus = IoBus::new();
         bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
-        let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000 };
+        let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
+        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf };
         // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
         let out = svm_io_exit(0x03f8_0010, 0x1001);
         assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
-        assert_eq!(handle_exit(&out, &mut r, &mut bus), ExitAction::Resume);
+        assert_eq!(handle_exit(&out, &mut r, &mut vm), ExitAction::Resume);
         assert_eq!((written.borrow().clone(), r.rip), (alloc::vec![0x4b], 0x1001));
         // in ax, dx: the low 16 bits replaced.
         let inw = svm_io_exit(0x03f8_0021, 0x1003);
-        handle_exit(&inw, &mut r, &mut bus);
+        handle_exit(&inw, &mut r, &mut vm);
         assert_eq!((r.rax, r.rip), (0xffff_ffff_ffff_5678, 0x1003));
         // in eax from an empty port: all ones, upper half cleared.
-        handle_exit(&svm_io_exit(0x0080_0041, 0x1005), &mut r, &mut bus);
+        handle_exit(&svm_io_exit(0x0080_0041, 0x1005), &mut r, &mut vm);
         assert_eq!(r.rax, 0xffff_ffff);
         assert_eq!(merge_input(0xaaaa_aaaa_aaaa_aaaa, 1, 0x1ff), 0xaaaa_aaaa_aaaa_aaff);
     }
@@ -170,19 +239,23 @@ mod tests {
     #[test]
     fn what_ends_a_vm_is_said() {
         let mut bus = IoBus::new();
-        let mut r = Regs { rax: 0, rip: 0x2000 };
-        assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut bus), ExitAction::Halted);
+        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf };
+        let mut r = Regs { rax: 0, rip: 0x2000, ..Regs::default() };
+        assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
         assert_eq!(r.rip, 0x2001);
-        assert_eq!(handle_exit(&VmExit::HostInterrupt, &mut r, &mut bus), ExitAction::Resume);
-        let stop = |e: VmExit, r: &mut Regs, bus: &mut IoBus| match handle_exit(&e, r, bus) {
-            ExitAction::Stop(why) => why,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(stop(VmExit::Shutdown, &mut r, &mut bus), "triple fault at guest RIP 0x2001");
-        assert!(stop(VmExit::NestedPageFault { gpa: 0xfee0_0000, write: true }, &mut r, &mut bus)
+        assert_eq!(handle_exit(&VmExit::HostInterrupt, &mut r, &mut vm), ExitAction::Resume);
+        let stop =
+            |e: VmExit, r: &mut Regs, bus: &mut ExitContext<'_, fn(u32, u32) -> Leaf>| match handle_exit(
+                &e, r, bus,
+            ) {
+                ExitAction::Stop(why) => why,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(stop(VmExit::Shutdown, &mut r, &mut vm), "triple fault at guest RIP 0x2001");
+        assert!(stop(VmExit::NestedPageFault { gpa: 0xfee0_0000, write: true }, &mut r, &mut vm)
             .starts_with("write of guest-physical 0xfee00000"));
-        assert!(stop(svm_io_exit(0x03f8_0014, 0), &mut r, &mut bus).contains("string I/O"));
-        assert!(stop(svm_io_exit(0x03f8_0000, 0), &mut r, &mut bus).contains("operand size"));
-        assert!(stop(VmExit::InvalidState, &mut r, &mut bus).contains("refused"));
+        assert!(stop(svm_io_exit(0x03f8_0014, 0), &mut r, &mut vm).contains("string I/O"));
+        assert!(stop(svm_io_exit(0x03f8_0000, 0), &mut r, &mut vm).contains("operand size"));
+        assert!(stop(VmExit::InvalidState, &mut r, &mut vm).contains("refused"));
     }
 }

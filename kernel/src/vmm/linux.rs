@@ -268,12 +268,26 @@ pub fn load(
     }
     mem.write(ZERO_PAGE, &zp).map_err(oom)?;
 
-    // GDT: null, null, 64-bit code (0x10), data (0x18).
+    let (cr3, gdt_base, gdt_limit) = write_long_mode_tables(mem)?;
+    Ok(LinuxEntry {
+        rip: load + 0x200,
+        rsi: ZERO_PAGE.0,
+        cr3,
+        gdt_base,
+        gdt_limit,
+        initrd: initrd_at.map(|(a, rd)| (a, rd.len() as u64)),
+    })
+}
+
+/// Writes what a vCPU needs to run in 64-bit mode: the GDT (null, null, 64-bit code at
+/// [`CODE_SELECTOR`], data at [`DATA_SELECTOR`]) at [`GDT`], and page tables at [`PML4`]
+/// identity-mapping the first 4 GiB with 2 MiB pages. Returns (CR3, GDT base, GDT limit).
+pub fn write_long_mode_tables(mem: &mut impl GuestMemory) -> Result<(u64, u64, u16), LoadError> {
     let gdt: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     for (i, d) in gdt.iter().enumerate() {
         mem.write_u64(GuestPhysAddr(GDT.0 + 8 * i as u64), *d).map_err(oom)?;
     }
-    // Identity map of the first 4 GiB: PML4 -> one PDPT -> four PDs of 2 MiB pages.
+    // PML4 -> one PDPT -> four PDs of 2 MiB pages.
     const PRESENT_WRITABLE: u64 = 0x3;
     const LARGE: u64 = 0x80;
     let pdpt = PML4.0 + 0x1000;
@@ -286,14 +300,7 @@ pub fn load(
             mem.write_u64(GuestPhysAddr(pd + 8 * i), frame | PRESENT_WRITABLE | LARGE).map_err(oom)?;
         }
     }
-    Ok(LinuxEntry {
-        rip: load + 0x200,
-        rsi: ZERO_PAGE.0,
-        cr3: PML4.0,
-        gdt_base: GDT.0,
-        gdt_limit: (gdt.len() * 8 - 1) as u16,
-        initrd: initrd_at.map(|(a, rd)| (a, rd.len() as u64)),
-    })
+    Ok((PML4.0, GDT.0, (gdt.len() * 8 - 1) as u16))
 }
 
 #[cfg(test)]

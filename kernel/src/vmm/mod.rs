@@ -4,9 +4,8 @@
 //! VM exits and their handling, and the first device model (the 16550A serial console).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
-//! guest at boot through [`exit::handle_exit`] and [`bus::IoBus`]. Not here yet (later increments of
-//! the hypervisor work): guest register switching for full guests (and with it CPUID exits), MSR
-//! emulation, event injection, the guest page walk that fetches the instruction bytes, the other
+//! guest at boot through [`exit::handle_exit`], [`bus::IoBus`] and [`cpuid`]. Not here yet (later
+//! increments of the hypervisor work): MSR emulation, event injection, the guest page walk that fetches the instruction bytes, the other
 //! device models, the scheduler and VM lifecycle. No VM can be defined or started yet.
 
 pub mod bus;

@@ -1,11 +1,13 @@
-//! AMD SVM (AMD64 APM vol. 2, chapter 15): detection, enabling on the bootstrap CPU, and a boot-time
-//! check that VMRUN works - a tiny real-mode probe guest under nested paging that writes one byte to
-//! an intercepted I/O port and halts.
+//! AMD SVM (AMD64 APM vol. 2, chapter 15): detection, enabling on the bootstrap CPU, VMRUN with the
+//! guest's general-purpose registers switched, exit translation to the generic handler, and a
+//! boot-time check that it all works - a tiny 64-bit probe guest under nested paging that asks
+//! CPUID for the hypervisor's name and writes it to its COM1.
 //!
 //! This is the platform end of the hypervisor: the VMCB layout (APM appendix B), the host save
 //! area, and the VMRUN instruction. The generic parts (nested page tables, guest memory, decoding)
-//! are in `ember_kernel::vmm`. Not built yet: the vCPU loop for real guests, guest GPR switching,
-//! VMLOAD/VMSAVE of the hidden segment state, event injection, and enabling SVM on the other CPUs.
+//! are in `ember_kernel::vmm`. Not built yet: the vCPU loop for real guests (MSR emulation,
+//! VMLOAD/VMSAVE of the hidden segment state, event injection, interrupt windows, TSC handling),
+//! and enabling SVM on the other CPUs.
 
 use super::cpu;
 use super::dma::DmaBuffer;
@@ -16,7 +18,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use ember_kernel::vmm::bus::IoBus;
-use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, VcpuRegs, VmExit};
+use ember_kernel::vmm::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
+use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
+use ember_kernel::vmm::linux;
+use ember_kernel::vmm::memory::{GuestMemory, OutOfRange};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
 use ember_kernel::vmm::serial::{ComPort, ConsoleLog, Serial};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
@@ -26,6 +31,13 @@ const EFER_SVME: u64 = 1 << 12;
 const MSR_VM_CR: u32 = 0xc001_0114;
 const VM_CR_SVMDIS: u64 = 1 << 4;
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
 
 // VMCB control area offsets (APM B-1).
 const INTERCEPT_MISC1: usize = 0x00c;
@@ -66,6 +78,7 @@ const INTERCEPT_VMRUN: u32 = 1 << 0;
 // Exit codes (APM C-1).
 const EXIT_INTR: u64 = 0x60;
 const EXIT_NMI: u64 = 0x61;
+const EXIT_CPUID: u64 = 0x72;
 const EXIT_HLT: u64 = 0x78;
 const EXIT_IOIO: u64 = 0x7b;
 const EXIT_SHUTDOWN: u64 = 0x7f;
@@ -152,6 +165,33 @@ impl TableFrames for Frames {
     }
 }
 
+/// Guest RAM in one DMA buffer, guest-physical 0 at its start (the probe's; bounds-checked).
+struct DmaRam(DmaBuffer);
+
+impl GuestMemory for DmaRam {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        let out = OutOfRange { addr, len: buf.len() as u64 };
+        let end = addr.0.checked_add(buf.len() as u64).ok_or(out)?;
+        if end > self.size() {
+            return Err(out);
+        }
+        self.0.read(addr.0 as usize, buf);
+        Ok(())
+    }
+    fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange> {
+        let out = OutOfRange { addr, len: data.len() as u64 };
+        let end = addr.0.checked_add(data.len() as u64).ok_or(out)?;
+        if end > self.size() {
+            return Err(out);
+        }
+        self.0.write(addr.0 as usize, data);
+        Ok(())
+    }
+}
+
 fn put32(b: &DmaBuffer, at: usize, v: u32) {
     b.write(at, &v.to_le_bytes());
 }
@@ -175,28 +215,86 @@ fn segment(vmcb: &DmaBuffer, at: usize, selector: u16, attrib: u16, limit: u32) 
     put64(vmcb, at + 8, 0);
 }
 
-/// Runs the guest of `vmcb` until its next #VMEXIT; returns the exit code.
-fn vmrun(vmcb: &DmaBuffer) -> u64 {
+/// The guest general-purpose registers VMRUN does not switch (RAX and RSP live in the VMCB), in
+/// the order the entry code below expects.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestGprs {
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+/// Runs the guest of `vmcb` with `gprs` until its next #VMEXIT; returns the exit code, with the
+/// guest's registers back in `gprs`.
+fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
     let pa = vmcb.phys();
+    let regs: *mut GuestGprs = gprs;
     x86_64::instructions::interrupts::without_interrupts(|| {
         // SAFETY: SVM is enabled on this CPU (EFER.SVME and VM_HSAVE_PA set by `enable`), and `pa`
         // is a page-aligned VMCB that stays allocated across the call. VMRUN saves the host state it
         // restores on #VMEXIT (RSP, RIP, RFLAGS, CR0/3/4, EFER, segments and descriptor tables) in
-        // the host save area; the general-purpose registers are not switched, so every one the
-        // guest may change is declared clobbered, and RBX/RBP (which cannot be) are saved on the
-        // stack. CLGI/STGI bracket the run as the APM requires; interrupts are off around it, and a
-        // physical interrupt during the guest is an INTR exit (intercepted).
+        // the host save area. The general-purpose registers are switched here: the host's RBX and
+        // RBP (which cannot be asm operands) and the pointer to `gprs` are pushed, the guest's are
+        // loaded from `gprs` (a `#[repr(C)]` struct of 14 u64, offsets as below), and after the exit
+        // stored back; every other register is declared clobbered. `gprs` is exclusively borrowed
+        // for the call. CLGI/STGI bracket the run as the APM requires; interrupts are off around
+        // it, and a physical interrupt during the guest is an INTR exit (intercepted).
         unsafe {
             core::arch::asm!(
-                "push rbx",
                 "push rbp",
+                "push rbx",
+                "push rdi",
+                "mov rbx, [rdi + 0x00]",
+                "mov rcx, [rdi + 0x08]",
+                "mov rdx, [rdi + 0x10]",
+                "mov rsi, [rdi + 0x18]",
+                "mov rbp, [rdi + 0x28]",
+                "mov r8, [rdi + 0x30]",
+                "mov r9, [rdi + 0x38]",
+                "mov r10, [rdi + 0x40]",
+                "mov r11, [rdi + 0x48]",
+                "mov r12, [rdi + 0x50]",
+                "mov r13, [rdi + 0x58]",
+                "mov r14, [rdi + 0x60]",
+                "mov r15, [rdi + 0x68]",
+                "mov rdi, [rdi + 0x20]",
                 "clgi",
                 "vmrun rax",
                 "stgi",
-                "pop rbp",
+                "push rdi",
+                "mov rdi, [rsp + 8]",
+                "mov [rdi + 0x00], rbx",
+                "mov [rdi + 0x08], rcx",
+                "mov [rdi + 0x10], rdx",
+                "mov [rdi + 0x18], rsi",
+                "mov [rdi + 0x28], rbp",
+                "mov [rdi + 0x30], r8",
+                "mov [rdi + 0x38], r9",
+                "mov [rdi + 0x40], r10",
+                "mov [rdi + 0x48], r11",
+                "mov [rdi + 0x50], r12",
+                "mov [rdi + 0x58], r13",
+                "mov [rdi + 0x60], r14",
+                "mov [rdi + 0x68], r15",
+                "pop qword ptr [rdi + 0x20]",
+                "add rsp, 8",
                 "pop rbx",
+                "pop rbp",
                 inout("rax") pa => _,
-                out("rcx") _, out("rdx") _, out("rsi") _, out("rdi") _,
+                inout("rdi") regs => _,
+                out("rcx") _, out("rdx") _, out("rsi") _,
                 out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             );
@@ -205,19 +303,69 @@ fn vmrun(vmcb: &DmaBuffer) -> u64 {
     get64(vmcb, EXITCODE)
 }
 
-/// The probe guest (real mode, at 0x1000): `mov dx, 0x3f8; mov al, 'K'; out dx, al; hlt`.
-const PROBE_CODE: [u8; 7] = [0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xf4];
+/// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000000, then the 12 bytes of the
+/// hypervisor's name from EBX, ECX, EDX out to COM1 one at a time, then HLT.
+const PROBE_CODE: &[u8] = &[
+    0xb8, 0x00, 0x00, 0x00, 0x40, // mov eax, 0x40000000
+    0x0f, 0xa2, // cpuid
+    0x89, 0xd6, // mov esi, edx
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x89, 0xd8, // mov eax, ebx
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, // 4 x out, shr
+    0x89, 0xc8, // mov eax, ecx
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0x89,
+    0xf0, // mov eax, esi
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xf4, // hlt
+];
 const PROBE_GPA: u64 = 0x1000;
+/// The probe's RAM: 64 KiB from guest-physical 0 (its GDT and page tables live there too).
+const PROBE_RAM: usize = 64 * 1024;
 
-/// A vCPU's VMCB as the generic exit handler sees it.
-struct VmcbRegs<'a>(&'a DmaBuffer);
+/// A vCPU's VMCB and registers as the generic exit handler sees them.
+struct VmcbRegs<'a>(&'a DmaBuffer, &'a mut GuestGprs);
 
 impl VcpuRegs for VmcbRegs<'_> {
-    fn rax(&self) -> u64 {
-        get64(self.0, RAX)
+    fn gpr(&self, index: usize) -> u64 {
+        let g = &self.1;
+        match index {
+            0 => get64(self.0, RAX),
+            1 => g.rcx,
+            2 => g.rdx,
+            3 => g.rbx,
+            4 => get64(self.0, RSP),
+            5 => g.rbp,
+            6 => g.rsi,
+            7 => g.rdi,
+            8 => g.r8,
+            9 => g.r9,
+            10 => g.r10,
+            11 => g.r11,
+            12 => g.r12,
+            13 => g.r13,
+            14 => g.r14,
+            _ => g.r15,
+        }
     }
-    fn set_rax(&mut self, v: u64) {
-        put64(self.0, RAX, v)
+    fn set_gpr(&mut self, index: usize, v: u64) {
+        let g = &mut self.1;
+        match index {
+            0 => put64(self.0, RAX, v),
+            1 => g.rcx = v,
+            2 => g.rdx = v,
+            3 => g.rbx = v,
+            4 => put64(self.0, RSP, v),
+            5 => g.rbp = v,
+            6 => g.rsi = v,
+            7 => g.rdi = v,
+            8 => g.r8 = v,
+            9 => g.r9 = v,
+            10 => g.r10 = v,
+            11 => g.r11 = v,
+            12 => g.r12 = v,
+            13 => g.r13 = v,
+            14 => g.r14 = v,
+            _ => g.r15 = v,
+        }
     }
     fn rip(&self) -> u64 {
         get64(self.0, RIP)
@@ -233,6 +381,8 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
         EXIT_INTR | EXIT_NMI => VmExit::HostInterrupt,
         EXIT_IOIO => svm_io_exit(get64(vmcb, EXITINFO1), get64(vmcb, EXITINFO2)),
         EXIT_HLT => VmExit::Hlt,
+        // Without next-RIP save (TCG) the length is CPUID's own: 0F A2.
+        EXIT_CPUID => VmExit::Cpuid { next_rip: get64(vmcb, RIP) + 2 },
         EXIT_SHUTDOWN => VmExit::Shutdown,
         EXIT_NPF => {
             VmExit::NestedPageFault { gpa: get64(vmcb, EXITINFO2), write: get64(vmcb, EXITINFO1) & 2 != 0 }
@@ -249,9 +399,10 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
     let mut frames = Frames::default();
     let oom = || String::from("out of memory for the probe guest");
     let mut npt = NestedPageTables::new(&mut frames).map_err(|e| format!("{e}"))?;
-    let ram = DmaBuffer::new(4096).ok_or_else(oom)?;
-    ram.write(0, &PROBE_CODE);
-    npt.map(&mut frames, GuestPhysAddr(PROBE_GPA), HostPhysAddr(ram.phys()), 4096, true)
+    let mut ram = DmaRam(DmaBuffer::new(PROBE_RAM).ok_or_else(oom)?);
+    ram.write(GuestPhysAddr(PROBE_GPA), PROBE_CODE).map_err(|e| format!("{e}"))?;
+    let (cr3, gdt_base, gdt_limit) = linux::write_long_mode_tables(&mut ram).map_err(|e| format!("{e}"))?;
+    npt.map(&mut frames, GuestPhysAddr(0), HostPhysAddr(ram.0.phys()), PROBE_RAM as u64, true)
         .map_err(|e| format!("{e}"))?;
     let vmcb = DmaBuffer::new(4096).ok_or_else(oom)?;
     let iopm = DmaBuffer::new(3 * 4096).ok_or_else(oom)?;
@@ -274,47 +425,59 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
     vmcb.write(TLB_CONTROL, &[1]); // flush this ASID's TLB entries on the first run
     put64(&vmcb, NP_ENABLE, 1);
     put64(&vmcb, N_CR3, npt.root().0);
-    // Real mode: code and data segments at base 0, 64 KiB limits.
-    let (code, data) = (0x009b, 0x0093);
-    for (i, attrib) in [data, code, data, data, data, data].iter().enumerate() {
-        segment(&vmcb, SAVE + 0x10 * i, 0, *attrib, 0xffff); // ES, CS, SS, DS, FS, GS
+    // 64-bit mode with the loader's GDT and identity map: a long-mode code segment (L, P, S,
+    // execute/read) and flat data segments (G, D/B, P, S, read/write).
+    let (code, data) = (0x0a9b, 0x0c93);
+    let (cs, ds) = (linux::CODE_SELECTOR, linux::DATA_SELECTOR);
+    for (i, (sel, attrib)) in
+        [(ds, data), (cs, code), (ds, data), (ds, data), (ds, data), (ds, data)].iter().enumerate()
+    {
+        segment(&vmcb, SAVE + 0x10 * i, *sel, *attrib, 0xffff_ffff); // ES, CS, SS, DS, FS, GS
     }
-    segment(&vmcb, SAVE + 0x60, 0, 0, 0xffff); // GDTR
+    segment(&vmcb, SAVE + 0x60, 0, 0, gdt_limit as u32); // GDTR
+    put64(&vmcb, SAVE + 0x68, gdt_base);
     segment(&vmcb, SAVE + 0x70, 0, 0x0082, 0xffff); // LDTR
-    segment(&vmcb, SAVE + 0x80, 0, 0, 0x3ff); // IDTR (the real-mode vector table)
+    segment(&vmcb, SAVE + 0x80, 0, 0, 0); // IDTR: no interrupts are delivered to the probe
     segment(&vmcb, SAVE + 0x90, 0, 0x008b, 0xffff); // TR
-    put64(&vmcb, EFER, EFER_SVME);
-    put64(&vmcb, CR0, 0x10);
-    put64(&vmcb, CR3, 0);
-    put64(&vmcb, CR4, 0);
+    put64(&vmcb, EFER, EFER_SVME | EFER_LME | EFER_LMA);
+    put64(&vmcb, CR0, CR0_PE | CR0_ET | CR0_NE | CR0_PG);
+    put64(&vmcb, CR3, cr3);
+    put64(&vmcb, CR4, CR4_PAE);
     put64(&vmcb, DR6, 0xffff_0ff0);
     put64(&vmcb, DR7, 0x400);
     put64(&vmcb, RFLAGS, 0x2);
     put64(&vmcb, RIP, PROBE_GPA);
-    put64(&vmcb, RSP, 0);
+    put64(&vmcb, RSP, 0x8000);
     put64(&vmcb, G_PAT, 0x0007_0406_0007_0406);
 
     let console = Rc::new(RefCell::new(ConsoleLog::default()));
     let mut bus = IoBus::new();
     bus.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
+    let identity = VcpuIdentity { apic_id: 0, vcpus: 1 };
+    let host = |leaf, sub| {
+        let r = cpu::cpuid(leaf, sub);
+        Leaf { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    };
+    let mut vm = ExitContext { bus: &mut bus, cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host) };
+    let mut gprs = GuestGprs::default();
     let mut exits = 0;
     loop {
         exits += 1;
         if exits > 1000 {
             return Err(String::from("the probe guest did not halt within 1000 exits"));
         }
-        let code = vmrun(&vmcb);
+        let code = vmrun(&vmcb, &mut gprs);
         vmcb.write(TLB_CONTROL, &[0]);
         let exit = exit_of(&vmcb, code);
-        match handle_exit(&exit, &mut VmcbRegs(&vmcb), &mut bus) {
+        match handle_exit(&exit, &mut VmcbRegs(&vmcb, &mut gprs), &mut vm) {
             ExitAction::Resume => {}
             ExitAction::Halted => break,
             ExitAction::Stop(why) => return Err(format!("the probe guest stopped: {why}")),
         }
     }
-    let out = console.borrow().contents();
-    if out != b"K" {
-        return Err(format!("the probe guest halted, but its console shows {out:?} instead of \"K\""));
+    let out = String::from_utf8_lossy(&console.borrow().contents()).into_owned();
+    if out != "EmberEmberHV" {
+        return Err(format!("the probe guest halted, but its console shows {out:?}, not its CPUID answer"));
     }
-    Ok(format!("probe guest wrote 'K' to its COM1 and halted ({exits} exits)"))
+    Ok(format!("64-bit probe guest read CPUID leaf 0x40000000 and wrote {out:?} to its COM1 ({exits} exits)"))
 }
