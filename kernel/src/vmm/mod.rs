@@ -1,12 +1,14 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
 //! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
-//! instruction behind an MMIO access, the I/O port bus, the guest's CPUID answers, vendor-neutral
-//! VM exits and their handling, and the first device model (the 16550A serial console).
+//! instruction behind an MMIO access, the I/O port bus, the guest's CPUID answers and MSRs,
+//! vendor-neutral VM exits and their handling, and the first device model (the 16550A serial
+//! console).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
 //! guest at boot through [`exit::handle_exit`], [`bus::IoBus`] and [`cpuid`]. Not here yet (later
-//! increments of the hypervisor work): MSR emulation, event injection, the guest page walk that fetches the instruction bytes, the other
-//! device models, the scheduler and VM lifecycle. No VM can be defined or started yet.
+//! increments of the hypervisor work): MSR exits wired to [`msr`] (they need #GP injection), event
+//! injection, the guest page walk that fetches the instruction bytes, the other device models, the
+//! scheduler and VM lifecycle. No VM can be defined or started yet.
 
 pub mod bus;
 pub mod cpuid;
@@ -14,6 +16,7 @@ pub mod decode;
 pub mod exit;
 pub mod linux;
 pub mod memory;
+pub mod msr;
 pub mod npt;
 pub mod serial;
 
