@@ -84,8 +84,10 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
             let extras: String = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
             let summary = match svm::probe(&c) {
                 Ok(what) => {
+                    svm::CPUS_READY.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+                    let ready = svm::CPUS_READY.load(core::sync::atomic::Ordering::Acquire);
                     kprintln!(
-                        "ember: SVM ready: nested paging, {} ASIDs{extras}; VMRUN verified: {what}",
+                        "ember: SVM ready on {ready} of {cpus} CPUs: nested paging, {} ASIDs{extras}; VMRUN verified: {what}",
                         f.asids
                     );
                     String::from("AMD SVM with nested paging, VMRUN verified")

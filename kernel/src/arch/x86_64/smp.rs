@@ -117,6 +117,11 @@ extern "sysv64" fn ap_entry(index: u64) -> ! {
     gdt::init_this_cpu();
     idt::init();
     apic::enable_this_cpu();
+    // SVM on this CPU too, so vCPUs can run here; the state lives as long as the CPU (this function
+    // never returns).
+    let _svm = super::svm::enable().ok().inspect(|_| {
+        super::svm::CPUS_READY.fetch_add(1, Ordering::AcqRel);
+    });
     ONLINE.fetch_add(1, Ordering::AcqRel);
     CHECKED_IN.store(index, Ordering::Release);
     // Nothing to run yet: vCPU scheduling arrives with the hypervisor. Sleep with interrupts off.

@@ -7,7 +7,7 @@
 //! area, and the VMRUN instruction. The generic parts (nested page tables, guest memory, decoding)
 //! are in `ember_kernel::vmm`. Not built yet: the vCPU loop for real guests (MSR emulation,
 //! VMLOAD/VMSAVE of the hidden segment state, event injection, interrupt windows, TSC handling),
-//! and enabling SVM on the other CPUs.
+//! and running vCPUs on the application processors (SVM is enabled on every CPU at start-up).
 
 use super::cpu;
 use super::dma::DmaBuffer;
@@ -113,6 +113,10 @@ pub fn detect() -> Result<SvmFeatures, String> {
         decode_assists: l.edx & (1 << 7) != 0,
     })
 }
+
+/// CPUs with SVM enabled (each application processor counts itself when it starts; the bootstrap
+/// CPU when [`enable`] succeeds on it).
+pub static CPUS_READY: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// SVM switched on for this CPU: EFER.SVME and the host save area.
 pub struct SvmCpu {
