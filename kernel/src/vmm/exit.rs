@@ -8,6 +8,7 @@
 
 use super::bus::IoBus;
 use super::cpuid::Leaf;
+use super::msr::{MsrAccess, Saved, VcpuMsrs};
 use alloc::format;
 use alloc::string::String;
 
@@ -20,6 +21,8 @@ pub enum VmExit {
     Hlt,
     /// CPUID (leaf in EAX, subleaf in ECX); `next_rip` is the instruction after it.
     Cpuid { next_rip: u64 },
+    /// RDMSR (`write` false) or WRMSR of the MSR in ECX (value in EDX:EAX).
+    Msr { write: bool, next_rip: u64 },
     /// A host interrupt arrived while the guest ran: resume it.
     HostInterrupt,
     /// The guest triple-faulted.
@@ -58,6 +61,12 @@ pub trait VcpuRegs {
     fn rip(&self) -> u64;
     fn set_rip(&mut self, v: u64);
 
+    /// An MSR the backend keeps (VMCB/VMCS state).
+    fn saved_msr(&self, which: Saved) -> u64;
+    fn set_saved_msr(&mut self, which: Saved, v: u64);
+    /// Delivers exception `vector` (with `error_code`) to the guest on its next entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+
     fn rax(&self) -> u64 {
         self.gpr(gpr::RAX)
     }
@@ -66,11 +75,16 @@ pub trait VcpuRegs {
     }
 }
 
-/// The VM's facts an exit handler needs beyond registers: its I/O bus and its CPUID answers.
+/// #GP, general protection (error code 0 for MSR faults).
+pub const GP_VECTOR: u8 = 13;
+
+/// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
+/// vCPU's MSRs.
 pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
     pub bus: &'a mut IoBus,
     /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
     pub cpuid: C,
+    pub msrs: &'a mut VcpuMsrs,
 }
 
 /// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
@@ -110,6 +124,31 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
             let l = (vm.cpuid)(regs.rax() as u32, regs.gpr(gpr::RCX) as u32);
             for (r, v) in [(gpr::RAX, l.eax), (gpr::RBX, l.ebx), (gpr::RCX, l.ecx), (gpr::RDX, l.edx)] {
                 regs.set_gpr(r, v as u64);
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Msr { write, next_rip } => {
+            let msr = regs.gpr(gpr::RCX) as u32;
+            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+            let access = if *write { vm.msrs.write(msr, value) } else { vm.msrs.read(msr) };
+            match (access, *write) {
+                (MsrAccess::Fault, _) => {
+                    // As on hardware without the register: #GP(0), RIP stays at the instruction.
+                    regs.inject_exception(GP_VECTOR, Some(0));
+                    return ExitAction::Resume;
+                }
+                (MsrAccess::Saved(which), true) => regs.set_saved_msr(which, value),
+                (MsrAccess::Saved(which), false) => {
+                    let v = regs.saved_msr(which);
+                    regs.set_rax(v & 0xffff_ffff);
+                    regs.set_gpr(gpr::RDX, v >> 32);
+                }
+                (MsrAccess::Done(_), true) => {}
+                (MsrAccess::Done(v), false) => {
+                    regs.set_rax(v & 0xffff_ffff);
+                    regs.set_gpr(gpr::RDX, v >> 32);
+                }
             }
             regs.set_rip(*next_rip);
             ExitAction::Resume
@@ -160,6 +199,8 @@ mod tests {
         rax: u64,
         rip: u64,
         others: [u64; 16],
+        efer: u64,
+        injected: Vec<(u8, Option<u32>)>,
     }
     impl VcpuRegs for Regs {
         fn gpr(&self, i: usize) -> u64 {
@@ -175,6 +216,17 @@ mod tests {
             } else {
                 self.others[i] = v
             }
+        }
+        fn saved_msr(&self, which: Saved) -> u64 {
+            assert_eq!(which, Saved::Efer);
+            self.efer
+        }
+        fn set_saved_msr(&mut self, which: Saved, v: u64) {
+            assert_eq!(which, Saved::Efer);
+            self.efer = v;
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected.push((vector, error_code));
         }
         fn rip(&self) -> u64 {
             self.rip
@@ -201,8 +253,9 @@ mod tests {
     #[test]
     fn cpuid_exits_answer_from_the_policy() {
         let mut bus = IoBus::new();
+        let mut msrs = VcpuMsrs::new(0);
         let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
-        let mut vm = ExitContext { bus: &mut bus, cpuid: answer };
+        let mut vm = ExitContext { bus: &mut bus, cpuid: answer, msrs: &mut msrs };
         let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
         r.others[gpr::RCX] = 7;
         r.others[gpr::RBX] = u64::MAX;
@@ -215,12 +268,42 @@ mod tests {
     }
 
     #[test]
+    fn msr_exits() {
+        let mut bus = IoBus::new();
+        let mut msrs = VcpuMsrs::new(0);
+        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
+        let mut r = Regs { rip: 0x4000, ..Regs::default() };
+        // rdmsr APIC_BASE: EDX:EAX, RIP past the instruction.
+        r.others[gpr::RCX] = 0x1b;
+        r.others[gpr::RDX] = u64::MAX;
+        handle_exit(&VmExit::Msr { write: false, next_rip: 0x4002 }, &mut r, &mut vm);
+        assert_eq!((r.rax, r.others[gpr::RDX], r.rip), (0xfee0_0900, 0, 0x4002));
+        // wrmsr EFER goes to the backend's copy.
+        r.others[gpr::RCX] = 0xc000_0080;
+        r.rax = 0xd01;
+        r.others[gpr::RDX] = 0;
+        handle_exit(&VmExit::Msr { write: true, next_rip: 0x4004 }, &mut r, &mut vm);
+        assert_eq!((r.efer, r.rip), (0xd01, 0x4004));
+        r.rax = 0;
+        handle_exit(&VmExit::Msr { write: false, next_rip: 0x4006 }, &mut r, &mut vm);
+        assert_eq!(r.rax, 0xd01);
+        // An unknown MSR: #GP(0) injected, RIP unchanged (the fault is on the instruction).
+        r.others[gpr::RCX] = 0x1a0;
+        assert_eq!(
+            handle_exit(&VmExit::Msr { write: false, next_rip: 0x4008 }, &mut r, &mut vm),
+            ExitAction::Resume
+        );
+        assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4006));
+    }
+
+    #[test]
     fn io_exits_go_through_the_bus() {
         let written = Rc::new(RefCell::new(Vec::new()));
         let mut bus = IoBus::new();
+        let mut msrs = VcpuMsrs::new(0);
         bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
         let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
-        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf };
+        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
         // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
         let out = svm_io_exit(0x03f8_0010, 0x1001);
         assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
@@ -239,7 +322,8 @@ mod tests {
     #[test]
     fn what_ends_a_vm_is_said() {
         let mut bus = IoBus::new();
-        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf };
+        let mut msrs = VcpuMsrs::new(0);
+        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
         let mut r = Regs { rax: 0, rip: 0x2000, ..Regs::default() };
         assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
         assert_eq!(r.rip, 0x2001);

@@ -22,6 +22,7 @@ use ember_kernel::vmm::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
 use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use ember_kernel::vmm::linux;
 use ember_kernel::vmm::memory::{GuestMemory, OutOfRange};
+use ember_kernel::vmm::msr::{Saved, VcpuMsrs};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
 use ember_kernel::vmm::serial::{ComPort, ConsoleLog, Serial};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
@@ -44,12 +45,14 @@ const INTERCEPT_MISC1: usize = 0x00c;
 const INTERCEPT_MISC2: usize = 0x010;
 const IOPM_BASE: usize = 0x040;
 const MSRPM_BASE: usize = 0x048;
+const TSC_OFFSET: usize = 0x050;
 const GUEST_ASID: usize = 0x058;
 const TLB_CONTROL: usize = 0x05c;
 const EXITCODE: usize = 0x070;
 const EXITINFO1: usize = 0x078;
 const EXITINFO2: usize = 0x080;
 const NP_ENABLE: usize = 0x090;
+const EVENTINJ: usize = 0x0a8;
 const N_CR3: usize = 0x0b0;
 // State save area offsets (APM B-2), from the VMCB start.
 const SAVE: usize = 0x400;
@@ -79,6 +82,7 @@ const INTERCEPT_VMRUN: u32 = 1 << 0;
 const EXIT_INTR: u64 = 0x60;
 const EXIT_NMI: u64 = 0x61;
 const EXIT_CPUID: u64 = 0x72;
+const EXIT_MSR: u64 = 0x7c;
 const EXIT_HLT: u64 = 0x78;
 const EXIT_IOIO: u64 = 0x7b;
 const EXIT_SHUTDOWN: u64 = 0x7f;
@@ -121,6 +125,8 @@ pub static CPUS_READY: core::sync::atomic::AtomicUsize = core::sync::atomic::Ato
 /// SVM switched on for this CPU: EFER.SVME and the host save area.
 pub struct SvmCpu {
     _host_save: DmaBuffer,
+    /// Where VMSAVE keeps this CPU's own FS/GS/TR/LDTR/syscall state while a guest runs.
+    host_state: DmaBuffer,
     pub features: SvmFeatures,
 }
 
@@ -131,6 +137,7 @@ pub fn enable() -> Result<SvmCpu, String> {
         return Err(String::from("the CPU has SVM but no nested paging"));
     }
     let host_save = DmaBuffer::new(4096).ok_or("out of memory for the SVM host save area")?;
+    let host_state = DmaBuffer::new(4096).ok_or("out of memory for the SVM host state page")?;
     // SAFETY: EFER exists on every x86_64 CPU; setting SVME on a CPU that reports SVM (checked above)
     // only makes the SVM instructions available. VM_HSAVE_PA gets a page-aligned page that lives as
     // long as the returned `SvmCpu` (which is kept for the life of the system).
@@ -138,7 +145,7 @@ pub fn enable() -> Result<SvmCpu, String> {
         cpu::wrmsr(MSR_EFER, cpu::rdmsr(MSR_EFER) | EFER_SVME);
         cpu::wrmsr(MSR_VM_HSAVE_PA, host_save.phys());
     }
-    Ok(SvmCpu { _host_save: host_save, features })
+    Ok(SvmCpu { _host_save: host_save, host_state, features })
 }
 
 /// Page-table frames for nested page tables, from DMA buffers (zeroed, page aligned, identity
@@ -242,14 +249,18 @@ pub struct GuestGprs {
 
 /// Runs the guest of `vmcb` with `gprs` until its next #VMEXIT; returns the exit code, with the
 /// guest's registers back in `gprs`.
-fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
+fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
     let pa = vmcb.phys();
+    let host = cpu.host_state.phys();
     let regs: *mut GuestGprs = gprs;
     x86_64::instructions::interrupts::without_interrupts(|| {
         // SAFETY: SVM is enabled on this CPU (EFER.SVME and VM_HSAVE_PA set by `enable`), and `pa`
-        // is a page-aligned VMCB that stays allocated across the call. VMRUN saves the host state it
-        // restores on #VMEXIT (RSP, RIP, RFLAGS, CR0/3/4, EFER, segments and descriptor tables) in
-        // the host save area. The general-purpose registers are switched here: the host's RBX and
+        // and `host` are page-aligned VMCB pages that stay allocated across the call. VMRUN saves
+        // the host state it restores on #VMEXIT (RSP, RIP, RFLAGS, RAX, CR0/3/4, EFER, segments and
+        // descriptor tables) in the host save area; the state VMRUN does not switch (FS, GS, TR,
+        // LDTR with their hidden parts, KernelGsBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER) is saved
+        // to `host` with VMSAVE and the guest's loaded with VMLOAD before the run, and the other
+        // way round after it, all with GIF clear (CLGI ... STGI) as the APM's sequence has it. The general-purpose registers are switched here: the host's RBX and
         // RBP (which cannot be asm operands) and the pointer to `gprs` are pushed, the guest's are
         // loaded from `gprs` (a `#[repr(C)]` struct of 14 u64, offsets as below), and after the exit
         // stored back; every other register is declared clobbered. `gprs` is exclusively borrowed
@@ -259,7 +270,14 @@ fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
             core::arch::asm!(
                 "push rbp",
                 "push rbx",
+                "push rsi",
                 "push rdi",
+                "clgi",
+                "push rax",
+                "mov rax, rsi",
+                "vmsave rax",
+                "pop rax",
+                "vmload rax",
                 "mov rbx, [rdi + 0x00]",
                 "mov rcx, [rdi + 0x08]",
                 "mov rdx, [rdi + 0x10]",
@@ -274,9 +292,8 @@ fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
                 "mov r14, [rdi + 0x60]",
                 "mov r15, [rdi + 0x68]",
                 "mov rdi, [rdi + 0x20]",
-                "clgi",
                 "vmrun rax",
-                "stgi",
+                "vmsave rax",
                 "push rdi",
                 "mov rdi, [rsp + 8]",
                 "mov [rdi + 0x00], rbx",
@@ -294,11 +311,15 @@ fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
                 "mov [rdi + 0x68], r15",
                 "pop qword ptr [rdi + 0x20]",
                 "add rsp, 8",
+                "pop rax",
+                "vmload rax",
+                "stgi",
                 "pop rbx",
                 "pop rbp",
                 inout("rax") pa => _,
                 inout("rdi") regs => _,
-                out("rcx") _, out("rdx") _, out("rsi") _,
+                inout("rsi") host => _,
+                out("rcx") _, out("rdx") _,
                 out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 out("r12") _, out("r13") _, out("r14") _, out("r15") _,
             );
@@ -308,18 +329,29 @@ fn vmrun(vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
 }
 
 /// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000000, then the 12 bytes of the
-/// hypervisor's name from EBX, ECX, EDX out to COM1 one at a time, then HLT.
+/// hypervisor's name from EBX, ECX, EDX out to COM1 one at a time; then `!` written to TSC_AUX
+/// with WRMSR, read back with RDMSR and sent to COM1 too; then HLT.
+#[rustfmt::skip]
 const PROBE_CODE: &[u8] = &[
-    0xb8, 0x00, 0x00, 0x00, 0x40, // mov eax, 0x40000000
-    0x0f, 0xa2, // cpuid
-    0x89, 0xd6, // mov esi, edx
-    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-    0x89, 0xd8, // mov eax, ebx
-    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, // 4 x out, shr
-    0x89, 0xc8, // mov eax, ecx
-    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0x89,
-    0xf0, // mov eax, esi
-    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xf4, // hlt
+    0xb8, 0x00, 0x00, 0x00, 0x40,   // mov eax, 0x40000000
+    0x0f, 0xa2,                     // cpuid
+    0x89, 0xd6,                     // mov esi, edx
+    0x66, 0xba, 0xf8, 0x03,         // mov dx, 0x3f8
+    0x89, 0xd8,                     // mov eax, ebx; then 4 x (out dx, al; shr eax, 8)
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee,
+    0x89, 0xc8,                     // mov eax, ecx; the same
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee,
+    0x89, 0xf0,                     // mov eax, esi; the same
+    0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee,
+    0xb9, 0x03, 0x01, 0x00, 0xc0,   // mov ecx, 0xc0000103 (TSC_AUX)
+    0xb8, b'!', 0x00, 0x00, 0x00,   // mov eax, '!'
+    0x31, 0xd2,                     // xor edx, edx
+    0x0f, 0x30,                     // wrmsr
+    0x31, 0xc0,                     // xor eax, eax
+    0x0f, 0x32,                     // rdmsr
+    0x66, 0xba, 0xf8, 0x03,         // mov dx, 0x3f8
+    0xee,                           // out dx, al
+    0xf4,                           // hlt
 ];
 const PROBE_GPA: u64 = 0x1000;
 /// The probe's RAM: 64 KiB from guest-physical 0 (its GDT and page tables live there too).
@@ -371,11 +403,50 @@ impl VcpuRegs for VmcbRegs<'_> {
             _ => g.r15 = v,
         }
     }
+    fn saved_msr(&self, which: Saved) -> u64 {
+        match which {
+            Saved::Efer => get64(self.0, EFER) & !EFER_SVME,
+            Saved::Tsc => cpu::rdtsc().wrapping_add(get64(self.0, TSC_OFFSET)),
+            other => get64(self.0, saved_offset(other)),
+        }
+    }
+    fn set_saved_msr(&mut self, which: Saved, v: u64) {
+        match which {
+            // SVME stays set: VMRUN requires it in the guest's EFER; the guest never sees it.
+            Saved::Efer => put64(self.0, EFER, v | EFER_SVME),
+            Saved::Tsc => put64(self.0, TSC_OFFSET, v.wrapping_sub(cpu::rdtsc())),
+            other => put64(self.0, saved_offset(other), v),
+        }
+    }
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        // EVENTINJ (APM 15.20): vector, type 3 (exception), error code valid, valid.
+        let ev = error_code.map_or(0, |e| (1 << 11) | ((e as u64) << 32));
+        put64(self.0, EVENTINJ, vector as u64 | (3 << 8) | ev | (1 << 31));
+    }
     fn rip(&self) -> u64 {
         get64(self.0, RIP)
     }
     fn set_rip(&mut self, v: u64) {
         put64(self.0, RIP, v)
+    }
+}
+
+/// Where the VMCB keeps an MSR (APM B-2); EFER and the TSC are handled apart.
+fn saved_offset(which: Saved) -> usize {
+    match which {
+        Saved::Pat => G_PAT,
+        Saved::Star => 0x600,
+        Saved::Lstar => 0x608,
+        Saved::Cstar => 0x610,
+        Saved::Sfmask => 0x618,
+        Saved::KernelGsBase => 0x620,
+        Saved::SysenterCs => 0x628,
+        Saved::SysenterEsp => 0x630,
+        Saved::SysenterEip => 0x638,
+        Saved::FsBase => SAVE + 0x48,
+        Saved::GsBase => SAVE + 0x58,
+        Saved::Efer => EFER,
+        Saved::Tsc => TSC_OFFSET,
     }
 }
 
@@ -387,6 +458,8 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
         EXIT_HLT => VmExit::Hlt,
         // Without next-RIP save (TCG) the length is CPUID's own: 0F A2.
         EXIT_CPUID => VmExit::Cpuid { next_rip: get64(vmcb, RIP) + 2 },
+        // RDMSR (0F 32) and WRMSR (0F 30) are two bytes too.
+        EXIT_MSR => VmExit::Msr { write: get64(vmcb, EXITINFO1) & 1 != 0, next_rip: get64(vmcb, RIP) + 2 },
         EXIT_SHUTDOWN => VmExit::Shutdown,
         EXIT_NPF => {
             VmExit::NestedPageFault { gpa: get64(vmcb, EXITINFO2), write: get64(vmcb, EXITINFO1) & 2 != 0 }
@@ -399,7 +472,7 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
 /// Checks that VMRUN works: runs the probe guest under nested paging with every I/O port and MSR
 /// intercepted, its COM1 writes going through the generic exit handler and the I/O bus to the
 /// 16550A model, and expects `K` on that console and then a HLT. Returns what happened, in words.
-pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
+pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     let mut frames = Frames::default();
     let oom = || String::from("out of memory for the probe guest");
     let mut npt = NestedPageTables::new(&mut frames).map_err(|e| format!("{e}"))?;
@@ -462,7 +535,12 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
         let r = cpu::cpuid(leaf, sub);
         Leaf { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
     };
-    let mut vm = ExitContext { bus: &mut bus, cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host) };
+    let mut msrs = VcpuMsrs::new(0);
+    let mut vm = ExitContext {
+        bus: &mut bus,
+        cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host),
+        msrs: &mut msrs,
+    };
     let mut gprs = GuestGprs::default();
     let mut exits = 0;
     loop {
@@ -470,7 +548,7 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
         if exits > 1000 {
             return Err(String::from("the probe guest did not halt within 1000 exits"));
         }
-        let code = vmrun(&vmcb, &mut gprs);
+        let code = vmrun(cpu, &vmcb, &mut gprs);
         vmcb.write(TLB_CONTROL, &[0]);
         let exit = exit_of(&vmcb, code);
         match handle_exit(&exit, &mut VmcbRegs(&vmcb, &mut gprs), &mut vm) {
@@ -480,8 +558,12 @@ pub fn probe(_cpu: &SvmCpu) -> Result<String, String> {
         }
     }
     let out = String::from_utf8_lossy(&console.borrow().contents()).into_owned();
-    if out != "EmberEmberHV" {
-        return Err(format!("the probe guest halted, but its console shows {out:?}, not its CPUID answer"));
+    if out != "EmberEmberHV!" {
+        return Err(format!(
+            "the probe guest halted, but its console shows {out:?}, not its CPUID and MSR answers"
+        ));
     }
-    Ok(format!("64-bit probe guest read CPUID leaf 0x40000000 and wrote {out:?} to its COM1 ({exits} exits)"))
+    Ok(format!(
+        "64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an MSR, and printed {out:?} on its COM1 ({exits} exits)"
+    ))
 }
