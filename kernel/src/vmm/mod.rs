@@ -1,14 +1,14 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
 //! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
-//! instruction behind an MMIO access, the I/O port bus, the guest's CPUID answers and MSRs,
+//! instruction behind an MMIO access, walking the guest's page tables, the I/O port bus, the guest's CPUID answers and MSRs,
 //! vendor-neutral VM exits and their handling, and the first device model (the 16550A serial
 //! console).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
 //! guest at boot through [`exit::handle_exit`], [`bus::IoBus`] and [`cpuid`]. Not here yet (later
 //! increments of the hypervisor work): MSR exits wired to [`msr`] (they need #GP injection), event
-//! injection, the guest page walk that fetches the instruction bytes, the other device models, the
-//! scheduler and VM lifecycle. No VM can be defined or started yet.
+//! injection, MMIO emulation (the guest page walk in [`paging`] fetches the instruction bytes that
+//! [`decode`] reads), the other device models, the scheduler and VM lifecycle. No VM can be defined or started yet.
 
 pub mod bus;
 pub mod cpuid;
@@ -18,6 +18,7 @@ pub mod linux;
 pub mod memory;
 pub mod msr;
 pub mod npt;
+pub mod paging;
 pub mod serial;
 
 /// An address in a guest's physical address space.
