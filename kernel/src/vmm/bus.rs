@@ -1,6 +1,8 @@
-//! The I/O port bus of a VM: port ranges mapped to device models (Firecracker's `vstate/bus.rs`
-//! pattern). Devices are addressed by offset from their base; overlapping ranges are refused when a
-//! device is added. A port nothing claims reads as all ones and ignores writes, as on a PC's bus.
+//! The buses of a VM: I/O port ranges and MMIO ranges mapped to device models (Firecracker's
+//! `vstate/bus.rs` pattern). Devices are addressed by offset from their base; overlapping ranges
+//! are refused when a device is added. A port nothing claims reads as all ones and ignores writes,
+//! as on a PC's bus; an MMIO address nothing claims is not on the bus at all (the access ends the
+//! VM, see [`super::exit`]).
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -76,6 +78,81 @@ impl IoBus {
     pub fn write(&mut self, port: u16, size: u8, value: u32) {
         if let Some((r, offset)) = self.find(port) {
             r.device.write(offset, size, value & all_ones(size));
+        }
+    }
+}
+
+/// A device in the MMIO space.
+pub trait MmioDevice {
+    /// A read of `data.len()` bytes (1, 2, 4 or 8) at `offset` from the device's base.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+struct MmioRange {
+    base: u64,
+    len: u64,
+    device: Box<dyn MmioDevice>,
+}
+
+/// The MMIO ranges of a VM (guest-physical addresses not backed by RAM).
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: Vec<MmioRange>,
+}
+
+impl MmioBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `device` at `base`..`base + len`; refused if it overlaps a mapped range.
+    pub fn add(&mut self, base: u64, len: u64, device: Box<dyn MmioDevice>) -> Result<(), String> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or_else(|| format!("MMIO range {base:#x}+{len:#x} is empty or wraps"))?;
+        if let Some(r) = self.ranges.iter().find(|r| base < r.base + r.len && r.base < end) {
+            return Err(format!("MMIO {base:#x}+{len:#x} overlaps the device at {:#x}+{:#x}", r.base, r.len));
+        }
+        self.ranges.push(MmioRange { base, len, device });
+        Ok(())
+    }
+
+    /// Whether a device covers all of `addr`..`addr + len`.
+    pub fn claims(&self, addr: u64, len: u64) -> bool {
+        self.ranges.iter().any(|r| addr >= r.base && addr.saturating_add(len) <= r.base + r.len)
+    }
+
+    fn find(&mut self, addr: u64, len: usize) -> Option<(&mut MmioRange, u64)> {
+        self.ranges
+            .iter_mut()
+            .find(|r| addr >= r.base && addr.saturating_add(len as u64) <= r.base + r.len)
+            .map(|r| {
+                let offset = addr - r.base;
+                (r, offset)
+            })
+    }
+
+    /// A read; `false` when nothing claims the whole access.
+    pub fn read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((r, offset)) => {
+                r.device.read(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A write; `false` when nothing claims the whole access.
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((r, offset)) => {
+                r.device.write(offset, data);
+                true
+            }
+            None => false,
         }
     }
 }

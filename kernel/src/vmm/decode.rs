@@ -151,35 +151,45 @@ pub fn decode_mmio(bytes: &[u8]) -> Result<MmioInstruction, DecodeError> {
     Ok(MmioInstruction { len, access })
 }
 
-/// The value of register `r` (its operand width) from the 16 general-purpose registers.
-pub fn read_gpr(regs: &[u64; 16], r: Gpr) -> u64 {
-    let v = regs[r.index as usize];
+/// The operand `r` names, from the value of its 64-bit register.
+pub fn operand_of(register: u64, r: Gpr) -> u64 {
     match (r.width, r.high8) {
-        (1, true) => (v >> 8) & 0xff,
-        (1, false) => v & 0xff,
-        (2, _) => v & 0xffff,
-        (4, _) => v & 0xffff_ffff,
-        _ => v,
+        (1, true) => (register >> 8) & 0xff,
+        (1, false) => register & 0xff,
+        (2, _) => register & 0xffff,
+        (4, _) => register & 0xffff_ffff,
+        _ => register,
     }
 }
 
-/// Puts a loaded `size`-byte `value` into `dest` the way the CPU does: widened per `extend`, a
-/// 32-bit destination clears bits 32-63, 8- and 16-bit destinations keep the other bits.
-pub fn write_gpr(regs: &mut [u64; 16], dest: Gpr, size: u8, extend: Extend, value: u64) {
+/// The 64-bit register `dest` is part of, after a loaded `size`-byte `value` is put into it the
+/// way the CPU does: widened per `extend`, a 32-bit destination clears bits 32-63, 8- and 16-bit
+/// destinations keep the other bits.
+pub fn loaded_into(old: u64, dest: Gpr, size: u8, extend: Extend, value: u64) -> u64 {
     let bits = (size.clamp(1, 8) as u32) * 8;
     let value = if bits < 64 { value & ((1u64 << bits) - 1) } else { value };
     let value = match extend {
         Extend::Sign if bits < 64 && value >> (bits - 1) & 1 == 1 => value | !((1u64 << bits) - 1),
         _ => value,
     };
-    let old = regs[dest.index as usize];
-    regs[dest.index as usize] = match (dest.width, dest.high8) {
+    match (dest.width, dest.high8) {
         (1, true) => (old & !0xff00) | ((value & 0xff) << 8),
         (1, false) => (old & !0xff) | (value & 0xff),
         (2, _) => (old & !0xffff) | (value & 0xffff),
         (4, _) => value & 0xffff_ffff,
         _ => value,
-    };
+    }
+}
+
+/// The value of register `r` (its operand width) from the 16 general-purpose registers.
+pub fn read_gpr(regs: &[u64; 16], r: Gpr) -> u64 {
+    operand_of(regs[r.index as usize], r)
+}
+
+/// [`loaded_into`] on the 16 general-purpose registers.
+pub fn write_gpr(regs: &mut [u64; 16], dest: Gpr, size: u8, extend: Extend, value: u64) {
+    let i = dest.index as usize;
+    regs[i] = loaded_into(regs[i], dest, size, extend, value);
 }
 
 #[cfg(test)]

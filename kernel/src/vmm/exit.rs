@@ -6,9 +6,12 @@
 //! Also here: the decoding of SVM's IOIO exit information (AMD APM vol. 2, 15.10.2), which is pure
 //! bit layout and so host-testable.
 
-use super::bus::IoBus;
+use super::bus::{IoBus, MmioBus};
 use super::cpuid::Leaf;
+use super::decode::{self, Access, Source};
+use super::memory::GuestMemory;
 use super::msr::{MsrAccess, Saved, VcpuMsrs};
+use super::paging::{self, PagingState};
 use alloc::format;
 use alloc::string::String;
 
@@ -66,6 +69,8 @@ pub trait VcpuRegs {
     fn set_saved_msr(&mut self, which: Saved, v: u64);
     /// Delivers exception `vector` (with `error_code`) to the guest on its next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The guest's paging registers (to fetch the instruction behind an MMIO access).
+    fn paging(&self) -> PagingState;
 
     fn rax(&self) -> u64 {
         self.gpr(gpr::RAX)
@@ -85,6 +90,10 @@ pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
     /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
     pub cpuid: C,
     pub msrs: &'a mut VcpuMsrs,
+    /// The VM's MMIO devices (guest-physical ranges without RAM behind them).
+    pub mmio: &'a mut MmioBus,
+    /// The VM's RAM (instruction fetches for MMIO emulation).
+    pub mem: &'a dyn GuestMemory,
 }
 
 /// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
@@ -155,16 +164,53 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
         }
         VmExit::HostInterrupt => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
-        VmExit::NestedPageFault { gpa, write } => ExitAction::Stop(format!(
+        VmExit::NestedPageFault { gpa, write } if !vm.mmio.claims(*gpa, 1) => ExitAction::Stop(format!(
             "{} of guest-physical {gpa:#x} (nothing is mapped there) at RIP {:#x}",
             if *write { "write" } else { "read" },
             regs.rip()
         )),
+        VmExit::NestedPageFault { gpa, .. } => match emulate_mmio(*gpa, regs, vm) {
+            Ok(()) => ExitAction::Resume,
+            Err(why) => ExitAction::Stop(format!("MMIO access to {gpa:#x} at RIP {:#x}: {why}", regs.rip())),
+        },
         VmExit::InvalidState => ExitAction::Stop(String::from("the CPU refused the vCPU state")),
         VmExit::Other { code, what } => {
             ExitAction::Stop(format!("unhandled exit {code:#x} ({what}) at guest RIP {:#x}", regs.rip()))
         }
     }
+}
+
+/// Performs the MMIO access of the instruction at RIP (fetched through the guest's page tables,
+/// decoded) on the MMIO bus, and moves RIP past it.
+fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
+    gpa: u64,
+    regs: &mut impl VcpuRegs,
+    vm: &mut ExitContext<'_, C>,
+) -> Result<(), String> {
+    let (bytes, n) =
+        paging::fetch_instruction(vm.mem, &regs.paging(), regs.rip()).map_err(|e| format!("{e}"))?;
+    let ins = decode::decode_mmio(&bytes[..n]).map_err(|e| format!("{e}"))?;
+    match ins.access {
+        Access::Read { size, dest, extend } => {
+            let mut buf = [0u8; 8];
+            if !vm.mmio.read(gpa, &mut buf[..size as usize]) {
+                return Err(String::from("the access runs past the device"));
+            }
+            let i = dest.index as usize;
+            regs.set_gpr(i, decode::loaded_into(regs.gpr(i), dest, size, extend, u64::from_le_bytes(buf)));
+        }
+        Access::Write { size, value } => {
+            let v = match value {
+                Source::Register(r) => decode::operand_of(regs.gpr(r.index as usize), r),
+                Source::Immediate(i) => i,
+            };
+            if !vm.mmio.write(gpa, &v.to_le_bytes()[..size as usize]) {
+                return Err(String::from("the access runs past the device"));
+            }
+        }
+    }
+    regs.set_rip(regs.rip().wrapping_add(ins.len as u64));
+    Ok(())
 }
 
 /// An SVM IOIO exit from EXITINFO1 and EXITINFO2 (the next RIP, given for IOIO exits even without
@@ -188,7 +234,9 @@ pub fn svm_io_exit(info1: u64, info2: u64) -> VmExit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::bus::PortDevice;
+    use crate::vmm::bus::{MmioDevice, PortDevice};
+    use crate::vmm::memory::GuestRam;
+    use crate::vmm::GuestPhysAddr;
     use alloc::boxed::Box;
     use alloc::rc::Rc;
     use alloc::vec::Vec;
@@ -228,6 +276,10 @@ mod tests {
         fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
             self.injected.push((vector, error_code));
         }
+        fn paging(&self) -> PagingState {
+            // Paging off: RIP is the guest-physical address of the instruction.
+            PagingState { cr0: 1, cr3: 0, cr4: 0, efer: 0 }
+        }
         fn rip(&self) -> u64 {
             self.rip
         }
@@ -254,8 +306,11 @@ mod tests {
     fn cpuid_exits_answer_from_the_policy() {
         let mut bus = IoBus::new();
         let mut msrs = VcpuMsrs::new(0);
+        let mut mmio = MmioBus::new();
+        let ram = GuestRam::new(0x1_0000);
         let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
-        let mut vm = ExitContext { bus: &mut bus, cpuid: answer, msrs: &mut msrs };
+        let mut vm =
+            ExitContext { bus: &mut bus, cpuid: answer, msrs: &mut msrs, mmio: &mut mmio, mem: &ram };
         let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
         r.others[gpr::RCX] = 7;
         r.others[gpr::RBX] = u64::MAX;
@@ -267,11 +322,82 @@ mod tests {
         assert_eq!(r.rip, 0x3002);
     }
 
+    /// An MMIO register file: 0x30 reads as 0x14, writes are recorded.
+    type Writes = Rc<RefCell<Vec<(u64, Vec<u8>)>>>;
+    struct Regs32(Writes);
+    impl MmioDevice for Regs32 {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(0);
+            if offset == 0x30 {
+                data[0] = 0x14;
+            }
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.borrow_mut().push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_accesses_are_decoded_and_emulated() {
+        let writes = Rc::new(RefCell::new(Vec::new()));
+        let mut bus = IoBus::new();
+        let mut msrs = VcpuMsrs::new(0);
+        let mut mmio = MmioBus::new();
+        mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
+        let mut ram = GuestRam::new(0x1_0000);
+        // mov eax, [rdi+0x30]; mov dword [rdi+0x80], ecx; mov byte [rdi+0xb0], 0x7f; add [rdi], eax
+        ram.write(
+            GuestPhysAddr(0x2000),
+            &[0x8b, 0x47, 0x30, 0x89, 0x8f, 0x80, 0, 0, 0, 0xc6, 0x87, 0xb0, 0, 0, 0, 0x7f, 0x01, 0x07],
+        )
+        .unwrap();
+        let mut vm = ExitContext {
+            bus: &mut bus,
+            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
+            msrs: &mut msrs,
+            mmio: &mut mmio,
+            mem: &ram,
+        };
+        let mut r = Regs { rax: u64::MAX, rip: 0x2000, ..Regs::default() };
+        r.others[1] = 0xdead_beef_1234_5678; // rcx
+        let npf = |gpa| VmExit::NestedPageFault { gpa, write: false };
+        assert_eq!(handle_exit(&npf(0xfee0_0030), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.rax, r.rip), (0x14, 0x2003), "a 32-bit load clears the upper half");
+        assert_eq!(handle_exit(&npf(0xfee0_0080), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(handle_exit(&npf(0xfee0_00b0), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(r.rip, 0x2010);
+        assert_eq!(
+            *writes.borrow(),
+            [(0x80, alloc::vec![0x78, 0x56, 0x34, 0x12]), (0xb0, alloc::vec![0x7f])]
+        );
+        // Arithmetic on MMIO is not emulated: the VM ends with what and where.
+        match handle_exit(&npf(0xfee0_0000), &mut r, &mut vm) {
+            ExitAction::Stop(why) => assert!(
+                why.contains("arithmetic") && why.contains("0xfee00000") && why.contains("0x2010"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Outside any device: unmapped.
+        match handle_exit(&npf(0xfec0_0000), &mut r, &mut vm) {
+            ExitAction::Stop(why) => assert!(why.contains("nothing is mapped"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn msr_exits() {
         let mut bus = IoBus::new();
         let mut msrs = VcpuMsrs::new(0);
-        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
+        let mut mmio = MmioBus::new();
+        let ram = GuestRam::new(0x1_0000);
+        let mut vm = ExitContext {
+            bus: &mut bus,
+            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
+            msrs: &mut msrs,
+            mmio: &mut mmio,
+            mem: &ram,
+        };
         let mut r = Regs { rip: 0x4000, ..Regs::default() };
         // rdmsr APIC_BASE: EDX:EAX, RIP past the instruction.
         r.others[gpr::RCX] = 0x1b;
@@ -301,9 +427,17 @@ mod tests {
         let written = Rc::new(RefCell::new(Vec::new()));
         let mut bus = IoBus::new();
         let mut msrs = VcpuMsrs::new(0);
+        let mut mmio = MmioBus::new();
+        let ram = GuestRam::new(0x1_0000);
         bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
         let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
-        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
+        let mut vm = ExitContext {
+            bus: &mut bus,
+            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
+            msrs: &mut msrs,
+            mmio: &mut mmio,
+            mem: &ram,
+        };
         // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
         let out = svm_io_exit(0x03f8_0010, 0x1001);
         assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
@@ -323,7 +457,15 @@ mod tests {
     fn what_ends_a_vm_is_said() {
         let mut bus = IoBus::new();
         let mut msrs = VcpuMsrs::new(0);
-        let mut vm = ExitContext { bus: &mut bus, cpuid: no_cpuid as fn(u32, u32) -> Leaf, msrs: &mut msrs };
+        let mut mmio = MmioBus::new();
+        let ram = GuestRam::new(0x1_0000);
+        let mut vm = ExitContext {
+            bus: &mut bus,
+            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
+            msrs: &mut msrs,
+            mmio: &mut mmio,
+            mem: &ram,
+        };
         let mut r = Regs { rax: 0, rip: 0x2000, ..Regs::default() };
         assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
         assert_eq!(r.rip, 0x2001);

@@ -1,14 +1,15 @@
 //! The hypervisor's host-testable parts (layers 1 and 3): guest-physical addresses and guest memory,
-//! nested page tables built from a VM's memory, the Linux boot protocol loader, decoding of the
-//! instruction behind an MMIO access, walking the guest's page tables, the I/O port bus, the guest's CPUID answers and MSRs,
-//! vendor-neutral VM exits and their handling, and the first device model (the 16550A serial
-//! console).
+//! nested page tables built from a VM's memory, the Linux boot protocol loader, walking the guest's
+//! page tables and decoding the instruction behind an MMIO access, the I/O port and MMIO buses, the
+//! guest's CPUID answers and MSRs, vendor-neutral VM exits and their handling (port I/O, MMIO
+//! emulation, CPUID, MSRs with #GP for unknown ones, HLT, the exits that end a VM), and the first
+//! device model (the 16550A serial console).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
-//! guest at boot through [`exit::handle_exit`], [`bus::IoBus`] and [`cpuid`]. Not here yet (later
-//! increments of the hypervisor work): MSR exits wired to [`msr`] (they need #GP injection), event
-//! injection, MMIO emulation (the guest page walk in [`paging`] fetches the instruction bytes that
-//! [`decode`] reads), the other device models, the scheduler and VM lifecycle. No VM can be defined or started yet.
+//! guest at boot through [`exit::handle_exit`]. Not here yet (later increments of the hypervisor
+//! work): interrupt delivery (LAPIC, I/O APIC, PIT and RTC models, interrupt windows), virtio
+//! devices, the vCPU scheduler, VM definitions in the image and the VM lifecycle and API. No VM can
+//! be defined or started yet.
 
 pub mod bus;
 pub mod cpuid;

@@ -47,7 +47,7 @@ impl core::fmt::Display for WalkError {
     }
 }
 
-fn entry(mem: &impl GuestMemory, addr: u64, wide: bool) -> Result<u64, WalkError> {
+fn entry(mem: &(impl GuestMemory + ?Sized), addr: u64, wide: bool) -> Result<u64, WalkError> {
     let at = GuestPhysAddr(addr);
     if wide {
         mem.read_u64(at).map_err(|_| WalkError::TableOutsideRam(at))
@@ -59,7 +59,11 @@ fn entry(mem: &impl GuestMemory, addr: u64, wide: bool) -> Result<u64, WalkError
 }
 
 /// The guest-physical address of guest-virtual `va`.
-pub fn translate(mem: &impl GuestMemory, p: &PagingState, va: u64) -> Result<GuestPhysAddr, WalkError> {
+pub fn translate(
+    mem: &(impl GuestMemory + ?Sized),
+    p: &PagingState,
+    va: u64,
+) -> Result<GuestPhysAddr, WalkError> {
     if p.cr0 & CR0_PG == 0 {
         return Ok(GuestPhysAddr(va));
     }
@@ -123,7 +127,7 @@ pub fn translate(mem: &impl GuestMemory, p: &PagingState, va: u64) -> Result<Gue
 /// Reads up to 15 instruction bytes at guest-virtual `rip` (fewer when the next page is not mapped
 /// or not RAM); each page is translated on its own, so an instruction may cross a page boundary.
 pub fn fetch_instruction(
-    mem: &impl GuestMemory,
+    mem: &(impl GuestMemory + ?Sized),
     p: &PagingState,
     rip: u64,
 ) -> Result<([u8; 15], usize), WalkError> {

@@ -17,13 +17,14 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use ember_kernel::vmm::bus::IoBus;
+use ember_kernel::vmm::bus::{IoBus, MmioBus};
 use ember_kernel::vmm::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
 use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use ember_kernel::vmm::linux;
 use ember_kernel::vmm::memory::{GuestMemory, OutOfRange};
 use ember_kernel::vmm::msr::{Saved, VcpuMsrs};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
+use ember_kernel::vmm::paging::PagingState;
 use ember_kernel::vmm::serial::{ComPort, ConsoleLog, Serial};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 
@@ -418,6 +419,10 @@ impl VcpuRegs for VmcbRegs<'_> {
             other => put64(self.0, saved_offset(other), v),
         }
     }
+    fn paging(&self) -> PagingState {
+        let (cr0, cr3, cr4) = (get64(self.0, CR0), get64(self.0, CR3), get64(self.0, CR4));
+        PagingState { cr0, cr3, cr4, efer: get64(self.0, EFER) }
+    }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // EVENTINJ (APM 15.20): vector, type 3 (exception), error code valid, valid.
         let ev = error_code.map_or(0, |e| (1 << 11) | ((e as u64) << 32));
@@ -536,10 +541,13 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
         Leaf { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
     };
     let mut msrs = VcpuMsrs::new(0);
+    let mut mmio = MmioBus::new();
     let mut vm = ExitContext {
         bus: &mut bus,
         cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host),
         msrs: &mut msrs,
+        mmio: &mut mmio,
+        mem: &ram,
     };
     let mut gprs = GuestGprs::default();
     let mut exits = 0;
