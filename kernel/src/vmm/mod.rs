@@ -3,11 +3,11 @@
 //! page tables and decoding the instruction behind an MMIO access, the I/O port and MMIO buses, the
 //! guest's CPUID answers and MSRs, vendor-neutral VM exits and their handling (port I/O, MMIO
 //! emulation, CPUID, MSRs with #GP for unknown ones, HLT, the exits that end a VM), and the first
-//! device models (the 16550A serial console, the CMOS real-time clock).
+//! device models (the 16550A serial console, the CMOS real-time clock, the 8254 timer).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
 //! guest at boot through [`exit::handle_exit`]. Not here yet (later increments of the hypervisor
-//! work): interrupt delivery (LAPIC, I/O APIC and PIT models, interrupt windows), virtio
+//! work): interrupt delivery (LAPIC and I/O APIC models, interrupt windows), virtio
 //! devices, the vCPU scheduler, VM definitions in the image and the VM lifecycle and API. No VM can
 //! be defined or started yet.
 
@@ -20,6 +20,7 @@ pub mod memory;
 pub mod msr;
 pub mod npt;
 pub mod paging;
+pub mod pit;
 pub mod rtc;
 pub mod serial;
 
