@@ -2,13 +2,18 @@
 //! through the MMIO decoder; the bytes of a kernel image (checked as a bzImage, then loaded with an
 //! initrd and a command line cut from the same input into 8 MiB of guest RAM); the nested page
 //! table builder fed with ranges from the input; and the serial console model driven by register
-//! accesses from the input. Any panic is a finding; refusals are expected.
+//! accesses from the input; the CMOS clock and 8254 timer models driven by port accesses; and the
+//! guest page walk over page tables made of the input. Any panic is a finding; refusals are
+//! expected.
 #![no_main]
 
 use ember_kernel::vmm::decode::{self, Access};
 use ember_kernel::vmm::linux::{self, BzImage};
-use ember_kernel::vmm::memory::GuestRam;
+use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
+use ember_kernel::vmm::paging::{self, PagingState};
+use ember_kernel::vmm::pit::Pit;
+use ember_kernel::vmm::rtc::Rtc;
 use ember_kernel::vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
@@ -44,6 +49,33 @@ impl IrqLine for Line {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The clock and timer models: each byte pair is a port access at a time taken from the input.
+    let (mut rtc, mut pit) = (Rtc::new(), Pit::new());
+    let mut now = 0u64;
+    for pair in data.chunks(2) {
+        let (op, value) = (pair[0], pair.get(1).copied().unwrap_or(0));
+        now += u64::from(op) * 10_007;
+        match op % 6 {
+            0 => rtc.write(u16::from(op >> 7), value, now as i64),
+            1 => drop(rtc.read(u16::from(op >> 7), now as i64)),
+            2 => pit.write(u16::from(op >> 6), value, now),
+            3 => drop(pit.read(u16::from(op >> 6), now)),
+            4 => pit.write_port_b(value, now),
+            _ => drop(pit.read_port_b(now)),
+        }
+    }
+    // The guest page walk over page tables made of the input, in each paging mode.
+    if data.len() >= 8 {
+        let mut ram = GuestRam::new(64 * 1024);
+        let _ = ram.write(GuestPhysAddr(0), &data[..data.len().min(64 * 1024)]);
+        let va = u64::from_le_bytes(data[..8].try_into().unwrap());
+        for (cr4, efer) in [(0x20, 0x500), (0x20, 0), (0x10, 0), (0, 0)] {
+            let p = PagingState { cr0: 0x8000_0001, cr3: u64::from(data[0]) << 12, cr4, efer };
+            if let Ok((_, n)) = paging::fetch_instruction(&ram, &p, va) {
+                assert!(n <= 15);
+            }
+        }
+    }
     // The instruction behind an MMIO access: decoded, and a load put into a register.
     if let Ok(m) = decode::decode_mmio(data) {
         assert!(m.len >= 1 && m.len as usize <= data.len().min(15));
