@@ -302,15 +302,41 @@ mod tests {
         Leaf::default()
     }
 
+    /// A VM's buses, MSRs and RAM for the exit handler.
+    struct World {
+        bus: IoBus,
+        msrs: VcpuMsrs,
+        mmio: MmioBus,
+        ram: GuestRam,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World {
+                bus: IoBus::new(),
+                msrs: VcpuMsrs::new(0),
+                mmio: MmioBus::new(),
+                ram: GuestRam::new(0x1_0000),
+            }
+        }
+
+        fn ctx(&mut self) -> ExitContext<'_, fn(u32, u32) -> Leaf> {
+            ExitContext {
+                bus: &mut self.bus,
+                cpuid: no_cpuid,
+                msrs: &mut self.msrs,
+                mmio: &mut self.mmio,
+                mem: &self.ram,
+            }
+        }
+    }
+
     #[test]
     fn cpuid_exits_answer_from_the_policy() {
-        let mut bus = IoBus::new();
-        let mut msrs = VcpuMsrs::new(0);
-        let mut mmio = MmioBus::new();
-        let ram = GuestRam::new(0x1_0000);
+        let mut w = World::new();
         let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
         let mut vm =
-            ExitContext { bus: &mut bus, cpuid: answer, msrs: &mut msrs, mmio: &mut mmio, mem: &ram };
+            ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mmio: &mut w.mmio, mem: &w.ram };
         let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
         r.others[gpr::RCX] = 7;
         r.others[gpr::RBX] = u64::MAX;
@@ -340,24 +366,16 @@ mod tests {
     #[test]
     fn mmio_accesses_are_decoded_and_emulated() {
         let writes = Rc::new(RefCell::new(Vec::new()));
-        let mut bus = IoBus::new();
-        let mut msrs = VcpuMsrs::new(0);
-        let mut mmio = MmioBus::new();
-        mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
-        let mut ram = GuestRam::new(0x1_0000);
+        let mut w = World::new();
+        w.mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
         // mov eax, [rdi+0x30]; mov dword [rdi+0x80], ecx; mov byte [rdi+0xb0], 0x7f; add [rdi], eax
-        ram.write(
-            GuestPhysAddr(0x2000),
-            &[0x8b, 0x47, 0x30, 0x89, 0x8f, 0x80, 0, 0, 0, 0xc6, 0x87, 0xb0, 0, 0, 0, 0x7f, 0x01, 0x07],
-        )
-        .unwrap();
-        let mut vm = ExitContext {
-            bus: &mut bus,
-            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
-            msrs: &mut msrs,
-            mmio: &mut mmio,
-            mem: &ram,
-        };
+        w.ram
+            .write(
+                GuestPhysAddr(0x2000),
+                &[0x8b, 0x47, 0x30, 0x89, 0x8f, 0x80, 0, 0, 0, 0xc6, 0x87, 0xb0, 0, 0, 0, 0x7f, 0x01, 0x07],
+            )
+            .unwrap();
+        let mut vm = w.ctx();
         let mut r = Regs { rax: u64::MAX, rip: 0x2000, ..Regs::default() };
         r.others[1] = 0xdead_beef_1234_5678; // rcx
         let npf = |gpa| VmExit::NestedPageFault { gpa, write: false };
@@ -387,17 +405,8 @@ mod tests {
 
     #[test]
     fn msr_exits() {
-        let mut bus = IoBus::new();
-        let mut msrs = VcpuMsrs::new(0);
-        let mut mmio = MmioBus::new();
-        let ram = GuestRam::new(0x1_0000);
-        let mut vm = ExitContext {
-            bus: &mut bus,
-            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
-            msrs: &mut msrs,
-            mmio: &mut mmio,
-            mem: &ram,
-        };
+        let mut w = World::new();
+        let mut vm = w.ctx();
         let mut r = Regs { rip: 0x4000, ..Regs::default() };
         // rdmsr APIC_BASE: EDX:EAX, RIP past the instruction.
         r.others[gpr::RCX] = 0x1b;
@@ -425,19 +434,10 @@ mod tests {
     #[test]
     fn io_exits_go_through_the_bus() {
         let written = Rc::new(RefCell::new(Vec::new()));
-        let mut bus = IoBus::new();
-        let mut msrs = VcpuMsrs::new(0);
-        let mut mmio = MmioBus::new();
-        let ram = GuestRam::new(0x1_0000);
-        bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
+        let mut w = World::new();
+        w.bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
         let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
-        let mut vm = ExitContext {
-            bus: &mut bus,
-            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
-            msrs: &mut msrs,
-            mmio: &mut mmio,
-            mem: &ram,
-        };
+        let mut vm = w.ctx();
         // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
         let out = svm_io_exit(0x03f8_0010, 0x1001);
         assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
@@ -455,17 +455,8 @@ mod tests {
 
     #[test]
     fn what_ends_a_vm_is_said() {
-        let mut bus = IoBus::new();
-        let mut msrs = VcpuMsrs::new(0);
-        let mut mmio = MmioBus::new();
-        let ram = GuestRam::new(0x1_0000);
-        let mut vm = ExitContext {
-            bus: &mut bus,
-            cpuid: no_cpuid as fn(u32, u32) -> Leaf,
-            msrs: &mut msrs,
-            mmio: &mut mmio,
-            mem: &ram,
-        };
+        let mut w = World::new();
+        let mut vm = w.ctx();
         let mut r = Regs { rax: 0, rip: 0x2000, ..Regs::default() };
         assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
         assert_eq!(r.rip, 0x2001);

@@ -48,17 +48,22 @@ impl GuestRam {
     pub fn new(size: usize) -> GuestRam {
         GuestRam { bytes: vec![0; size] }
     }
+}
 
-    /// The range of `bytes` for `addr`..`addr + len`, if all of it is RAM.
-    fn range(&self, addr: GuestPhysAddr, len: usize) -> Result<core::ops::Range<usize>, OutOfRange> {
-        let out = OutOfRange { addr, len: len as u64 };
-        let start = usize::try_from(addr.0).map_err(|_| out)?;
-        let end = start.checked_add(len).ok_or(out)?;
-        if end > self.bytes.len() {
-            return Err(out);
-        }
-        Ok(start..end)
+/// The byte range `addr`..`addr + len` of a RAM of `size` bytes from guest-physical 0, if all of it
+/// is RAM (for implementations of [`GuestMemory`]).
+pub fn checked_range(
+    size: u64,
+    addr: GuestPhysAddr,
+    len: usize,
+) -> Result<core::ops::Range<usize>, OutOfRange> {
+    let out = OutOfRange { addr, len: len as u64 };
+    let start = usize::try_from(addr.0).map_err(|_| out)?;
+    let end = start.checked_add(len).ok_or(out)?;
+    if end as u64 > size {
+        return Err(out);
     }
+    Ok(start..end)
 }
 
 impl GuestMemory for GuestRam {
@@ -67,13 +72,13 @@ impl GuestMemory for GuestRam {
     }
 
     fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        let r = self.range(addr, buf.len())?;
+        let r = checked_range(self.size(), addr, buf.len())?;
         buf.copy_from_slice(&self.bytes[r]);
         Ok(())
     }
 
     fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange> {
-        let r = self.range(addr, data.len())?;
+        let r = checked_range(self.size(), addr, data.len())?;
         self.bytes[r].copy_from_slice(data);
         Ok(())
     }

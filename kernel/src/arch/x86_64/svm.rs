@@ -21,7 +21,7 @@ use ember_kernel::vmm::bus::{IoBus, MmioBus};
 use ember_kernel::vmm::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
 use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use ember_kernel::vmm::linux;
-use ember_kernel::vmm::memory::{GuestMemory, OutOfRange};
+use ember_kernel::vmm::memory::{checked_range, GuestMemory, OutOfRange};
 use ember_kernel::vmm::msr::{Saved, VcpuMsrs};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
 use ember_kernel::vmm::paging::PagingState;
@@ -185,21 +185,13 @@ impl GuestMemory for DmaRam {
         self.0.len() as u64
     }
     fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {
-        let out = OutOfRange { addr, len: buf.len() as u64 };
-        let end = addr.0.checked_add(buf.len() as u64).ok_or(out)?;
-        if end > self.size() {
-            return Err(out);
-        }
-        self.0.read(addr.0 as usize, buf);
+        let r = checked_range(self.size(), addr, buf.len())?;
+        self.0.read(r.start, buf);
         Ok(())
     }
     fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange> {
-        let out = OutOfRange { addr, len: data.len() as u64 };
-        let end = addr.0.checked_add(data.len() as u64).ok_or(out)?;
-        if end > self.size() {
-            return Err(out);
-        }
-        self.0.write(addr.0 as usize, data);
+        let r = checked_range(self.size(), addr, data.len())?;
+        self.0.write(r.start, data);
         Ok(())
     }
 }
