@@ -427,6 +427,8 @@ fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
 /// Polls without sleeping for this long after the last network activity (a request in progress gets
 /// its next segment without waiting for the next timer tick).
 const BUSY_POLL_MS: u64 = 20;
+/// How often the local keyboards are read (the i8042 and the USB keyboards buffer what comes meanwhile).
+const KEYBOARD_POLL_MS: u64 = 5;
 
 /// The keyboards attached to the host (the serial console has its own decoder).
 struct LocalKeyboards {
@@ -688,6 +690,7 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
     let mut last_hostname = String::new();
     let mut last_ipv6 = Vec::new();
     let mut typed = Vec::new();
+    let mut last_keyboard_poll = 0u64;
     let mut availability = AvailabilityTimer::default();
     loop {
         let now = timer::now_ms();
@@ -700,7 +703,12 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
         if let Some(key) = local.keys.tick(now) {
             local.key(key, &mut network, now);
         }
-        local.keyboards.poll(now, &mut typed);
+        // Keyboards are polled every few milliseconds, not on every pass: the busy loop serving the
+        // network would otherwise spend its time reading their registers.
+        if now.saturating_sub(last_keyboard_poll) >= KEYBOARD_POLL_MS {
+            last_keyboard_poll = now;
+            local.keyboards.poll(now, &mut typed);
+        }
         for key in typed.drain(..) {
             local.key(key, &mut network, now);
             last_activity = now;
