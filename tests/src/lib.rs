@@ -299,6 +299,7 @@ impl Qemu {
     /// Waits until `needle` appears after the previous match; returns the line containing it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let start = Instant::now();
+        let mut crash_seen: Option<Instant> = None;
         loop {
             {
                 let out = self.output.lock().unwrap();
@@ -312,12 +313,16 @@ impl Qemu {
                     self.save_log();
                     return line;
                 }
-                // A crashed appliance never prints what is waited for: say so now, not at the time-out.
+                // A crashed appliance never prints what is waited for: say so soon, not at the
+                // time-out - once its report has had time to end (a test may wait for the report's
+                // own last lines).
                 let crashed = hay.contains("*** PANIC on CPU") || hay.contains("*** CPU EXCEPTION");
                 if crashed && !needle.starts_with("***") {
-                    drop(out);
-                    std::thread::sleep(Duration::from_millis(500)); // the report's last lines
-                    self.fail(&format!("the appliance crashed while {needle:?} was awaited"));
+                    let since = *crash_seen.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(5) {
+                        drop(out);
+                        self.fail(&format!("the appliance crashed while {needle:?} was awaited"));
+                    }
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
