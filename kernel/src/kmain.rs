@@ -21,7 +21,7 @@ use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_storage::bootcfg::SelfTest;
-use ember_storage::hostconfig::{AvailabilityTimer, HostConfig, DEFAULT_DCUI_TIMEOUT_MINUTES};
+use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
 
 /// Entry of the kernel phase, on the kernel stack, boot services gone.
@@ -129,15 +129,13 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     let mut identity = identity;
     identity.notice = boot.notice;
     let mut network = start_management_network(nics, &identity, info, boot.host, boot.store, &virtualization);
-    if let (Some(url), Some(net)) = (&boot.fetch, network.as_mut()) {
-        if let Err(e) = net.fetch_kickstart(url) {
+    if let Some(url) = &boot.fetch {
+        if let Err(e) = network.fetch_kickstart(url) {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
-    if let Some(net) = network.as_mut() {
-        print_network_log(net);
-        identity.management = console_address(net);
-    }
+    print_network_log(&mut network);
+    identity.management = console_address(&network);
     console::show_idle_screen(&identity);
     let support = support_information(&identity, info);
     let local = LocalConsole {
@@ -341,7 +339,7 @@ fn start_management_network(
     host: HostConfig,
     store: Persistence,
     virtualization: &str,
-) -> Option<ManagementNetwork> {
+) -> ManagementNetwork {
     // Without NICs the service still runs: it holds the configuration the DCUI changes, and the
     // management interface reports no uplink.
     let facts = HostFacts {
@@ -371,7 +369,7 @@ fn start_management_network(
             .expect("the built-in hash is valid")
         }
     };
-    Some(ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms()))
+    ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms())
 }
 
 fn console_address(net: &ManagementNetwork) -> ManagementAddress {
@@ -485,7 +483,7 @@ struct LocalConsole {
 }
 
 impl LocalConsole {
-    fn redraw(&self, net: Option<&ManagementNetwork>) {
+    fn redraw(&self, net: &ManagementNetwork) {
         if self.menu.is_idle() {
             console::show_idle_screen(&self.identity);
             return;
@@ -496,34 +494,24 @@ impl LocalConsole {
     }
 
     /// Handles one key; carries out what the menu asks.
-    fn key(&mut self, key: Key, net: &mut Option<ManagementNetwork>, now: u64) {
+    fn key(&mut self, key: Key, net: &mut ManagementNetwork, now: u64) {
         if self.menu.is_idle() && matches!(key, Key::Redraw | Key::Enter) {
             // Ctrl-L or Enter redraws, as terminals expect.
             console::show_idle_screen(&self.identity);
             return;
         }
-        let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net.as_ref()), ipv6_rows(net.as_ref()));
+        let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net), ipv6_rows(net));
         let action = {
-            let view = menu_view(net.as_ref(), &self.support, &logs, &nics, &ipv6);
+            let view = menu_view(net, &self.support, &logs, &nics, &ipv6);
             self.menu.key(key, &view, now)
         };
         if let Some(a) = action {
             self.act(a, net, now);
         }
-        self.redraw(net.as_ref());
+        self.redraw(net);
     }
 
-    fn act(&mut self, action: Action, net: &mut Option<ManagementNetwork>, now: u64) {
-        let Some(n) = net.as_mut() else {
-            // Without a NIC there is no configuration service to check or change: refuse.
-            if let Action::CheckLogin(_) = action {
-                kprintln!("ember: DCUI: login refused: no management network, no configuration service");
-                if let Some(Action::Log(l)) = self.menu.login_result(false, now) {
-                    kprintln!("ember: {l}");
-                }
-            }
-            return;
-        };
+    fn act(&mut self, action: Action, n: &mut ManagementNetwork, now: u64) {
         // A change is stored before it takes effect; when storing fails the screen says so.
         let mut failure = None;
         let mut change = |f: &dyn Fn(&mut HostConfig), what: &str| {
@@ -615,16 +603,13 @@ impl LocalConsole {
 }
 
 /// The NICs as the menu lists them: name, MAC address, link.
-fn nic_rows(net: Option<&ManagementNetwork>) -> Vec<(String, String, bool)> {
-    net.map(|n| {
-        n.api.nics.iter().map(|i| (i.name.clone(), ember_net::api::mac_string(&i.mac), i.link)).collect()
-    })
-    .unwrap_or_default()
+fn nic_rows(net: &ManagementNetwork) -> Vec<(String, String, bool)> {
+    net.api.nics.iter().map(|i| (i.name.clone(), ember_net::api::mac_string(&i.mac), i.link)).collect()
 }
 
 /// The management interface's IPv6 addresses, as `address/prefix`.
-fn ipv6_rows(net: Option<&ManagementNetwork>) -> Vec<String> {
-    net.map(|n| n.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect()).unwrap_or_default()
+fn ipv6_rows(net: &ManagementNetwork) -> Vec<String> {
+    net.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect()
 }
 
 /// The idle screen's IPv6 line: the first address that is not link-local (a browser needs a zone
@@ -635,56 +620,35 @@ fn idle_ipv6(net: &ManagementNetwork) -> Option<(String, bool)> {
     Some((a.to_string(), fixed))
 }
 
-/// The management network settings of a host without a NIC (nothing to configure).
-static NO_NETWORK: spin::Lazy<ManagementConfig> = spin::Lazy::new(ManagementConfig::default);
-
 /// What the menu shows of the host.
 fn menu_view<'a>(
-    net: Option<&'a ManagementNetwork>,
+    n: &'a ManagementNetwork,
     support: &'a [(String, String)],
     logs: &'a [String],
     nics: &'a [(String, String, bool)],
     ipv6: &'a [String],
 ) -> View<'a> {
-    match net {
-        Some(n) => View {
-            hostname: &n.api.host.network.hostname,
-            network: &n.api.host.network,
-            dns_search: &n.api.host.dns_search,
-            nics,
-            tests: n.network_test(),
-            ipv6_addresses: ipv6,
-            keyboard: &n.api.host.keyboard,
-            shell: n.api.host.shell_enabled,
-            ssh: n.api.host.ssh_enabled,
-            shell_timeout: n.api.host.shell_timeout_minutes,
-            shell_idle_timeout: n.api.host.shell_idle_timeout_minutes,
-            dcui_timeout: n.api.host.dcui_timeout_minutes,
-            support,
-            logs,
-        },
-        None => View {
-            hostname: "ember",
-            keyboard: "US Default",
-            shell: false,
-            ssh: false,
-            shell_timeout: 0,
-            shell_idle_timeout: 0,
-            dcui_timeout: DEFAULT_DCUI_TIMEOUT_MINUTES,
-            support,
-            logs,
-            network: &NO_NETWORK,
-            dns_search: &[],
-            nics,
-            tests: &[],
-            ipv6_addresses: ipv6,
-        },
+    View {
+        hostname: &n.api.host.network.hostname,
+        network: &n.api.host.network,
+        dns_search: &n.api.host.dns_search,
+        nics,
+        tests: n.network_test(),
+        ipv6_addresses: ipv6,
+        keyboard: &n.api.host.keyboard,
+        shell: n.api.host.shell_enabled,
+        ssh: n.api.host.ssh_enabled,
+        shell_timeout: n.api.host.shell_timeout_minutes,
+        shell_idle_timeout: n.api.host.shell_idle_timeout_minutes,
+        dcui_timeout: n.api.host.dcui_timeout_minutes,
+        support,
+        logs,
     }
 }
 
 /// The management plane's loop on the bootstrap CPU: console input and the DCUI, the management
 /// network, and the idle screen kept current with the management address.
-fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwork>) -> ! {
+fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> ! {
     let mut last_activity = 0u64;
     let mut last_shown = None;
     let mut last_hostname = String::new();
@@ -713,20 +677,20 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
             local.key(key, &mut network, now);
             last_activity = now;
         }
-        let dcui_timeout =
-            network.as_ref().map_or(DEFAULT_DCUI_TIMEOUT_MINUTES, |n| n.api.host.dcui_timeout_minutes);
+        let dcui_timeout = network.api.host.dcui_timeout_minutes;
         if local.menu.tick(now, dcui_timeout) {
             kprintln!("ember: DCUI: idle time-out ({dcui_timeout} min); logged out");
-            local.redraw(network.as_ref());
+            local.redraw(&network);
         }
-        if let Some(net) = network.as_mut() {
+        {
+            let net = &mut network;
             if net.poll(now) {
                 last_activity = now;
             }
             print_network_log(net);
             if let Some(notice) = net.take_notice() {
                 local.identity.notice = notice;
-                local.redraw(Some(net));
+                local.redraw(net);
             }
             local.keyboards.set_layout(&net.api.host.keyboard);
             if let Some(off) = availability.check(&net.api.host, now) {
@@ -740,11 +704,11 @@ fn management_loop(mut local: LocalConsole, mut network: Option<ManagementNetwor
                     }
                 }
                 if !local.menu.is_idle() {
-                    local.redraw(Some(net));
+                    local.redraw(net);
                 }
             }
             if net.take_test_changed() && !local.menu.is_idle() {
-                local.redraw(Some(net));
+                local.redraw(net);
             }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
