@@ -539,7 +539,7 @@ impl ManagementNetwork {
             cfg.vlan.map(|v| format!(", VLAN {v}")).unwrap_or_default(),
             cfg.hostname
         ));
-        status.ipv6 = ipv6_addresses(&iface);
+        status.ipv6 = ipv6_cidrs(&iface).collect();
         self.api.status = status;
         let mut ping = icmp::Socket::new(
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 2048]),
@@ -613,12 +613,8 @@ impl ManagementNetwork {
         busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
         // Router advertisements add and expire addresses: keep the status current (no allocation
         // unless it changed).
-        let v6 = stack.iface.ip_addrs().iter().filter_map(|c| match c {
-            IpCidr::Ipv6(c) => Some((c.address(), c.prefix_len())),
-            _ => None,
-        });
-        if !v6.eq(self.api.status.ipv6.iter().copied()) {
-            self.api.status.ipv6 = ipv6_addresses(&stack.iface);
+        if !ipv6_cidrs(&stack.iface).eq(self.api.status.ipv6.iter().copied()) {
+            self.api.status.ipv6 = ipv6_cidrs(&stack.iface).collect();
             let shown: Vec<String> = self.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect();
             self.log.push(format!("management network: IPv6 addresses now {}", shown.join(", ")));
         }
@@ -626,16 +622,12 @@ impl ManagementNetwork {
     }
 }
 
-/// The interface's IPv6 addresses.
-fn ipv6_addresses(iface: &Interface) -> Vec<(Ipv6Addr, u8)> {
-    iface
-        .ip_addrs()
-        .iter()
-        .filter_map(|c| match c {
-            IpCidr::Ipv6(c) => Some((c.address(), c.prefix_len())),
-            _ => None,
-        })
-        .collect()
+/// The interface's IPv6 addresses and prefix lengths.
+fn ipv6_cidrs(iface: &Interface) -> impl Iterator<Item = (Ipv6Addr, u8)> + '_ {
+    iface.ip_addrs().iter().filter_map(|c| match c {
+        IpCidr::Ipv6(c) => Some((c.address(), c.prefix_len())),
+        _ => None,
+    })
 }
 
 impl ManagementNetwork {
