@@ -342,7 +342,13 @@ mod tests {
         let efi = crate::media::tests::fake_efi();
         crate::media::build_image(
             &img,
-            &crate::media::BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=\n", kickstart: None },
+            &crate::media::BuildSpec {
+                size: 80 << 20,
+                efi: &efi,
+                boot_cfg: "kernelopt=\n",
+                kickstart: None,
+                vms: &[],
+            },
         )
         .unwrap();
         let image = File::open(&img).unwrap();

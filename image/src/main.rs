@@ -40,6 +40,9 @@ enum Command {
         /// A kickstart file to place on the ESP as \ks.cfg (validated first; no %include).
         #[arg(long, value_name = "FILE")]
         ks: Option<PathBuf>,
+        /// A VM definition (JSON) to put into the image with the files it names (repeatable).
+        #[arg(long = "vm", value_name = "FILE")]
+        vms: Vec<PathBuf>,
     },
     /// Print the layout of an image or device and check it.
     Inspect {
@@ -78,8 +81,8 @@ enum KsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build { out, size, efi, boot_options, ks } => {
-            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref())
+        Command::Build { out, size, efi, boot_options, ks, vms } => {
+            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref(), &vms)
         }
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
@@ -125,8 +128,10 @@ fn build(
     efi: Option<&Path>,
     options: &[String],
     ks: Option<&Path>,
+    vm_files: &[PathBuf],
 ) -> Result<(), String> {
     let size = disk::parse_size(size)?;
+    let vms = media::read_vms(vm_files)?;
     let kickstart = match ks {
         None => None,
         Some(p) => {
@@ -152,6 +157,7 @@ fn build(
         efi: &efi,
         boot_cfg: &cfg,
         kickstart: kickstart.as_deref().map(str::as_bytes),
+        vms: &vms,
     };
     let layout = media::build_image(out, &spec)?;
     println!(
@@ -162,6 +168,9 @@ fn build(
         efi.len(),
         if kickstart.is_some() { " and ks.cfg" } else { "" }
     );
+    for vm in &vms {
+        println!("  VM {}: {} files in /{}", vm.name, vm.files.len(), vm.dir);
+    }
     Ok(())
 }
 

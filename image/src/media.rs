@@ -30,6 +30,39 @@ pub struct BuildSpec<'a> {
     pub boot_cfg: &'a str,
     /// A kickstart to place at the root of the ESP (already validated).
     pub kickstart: Option<&'a [u8]>,
+    /// VMs to place under `ember/vms/<name>/`.
+    pub vms: &'a [VmFiles],
+}
+
+/// A VM for the image: its directory on the ESP and the files in it (the definition as
+/// `vm.json`, then the files it names, at their relative paths).
+pub struct VmFiles {
+    pub name: String,
+    pub dir: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads and validates each VM definition and the files it names (relative to the definition).
+pub fn read_vms(paths: &[std::path::PathBuf]) -> Result<Vec<VmFiles>, String> {
+    use ember_storage::vmdef::{VmDefinition, VMS_DIR, VM_DEFINITION_FILE};
+    let mut out: Vec<VmFiles> = Vec::new();
+    for p in paths {
+        let shown = p.display().to_string();
+        let bytes = fs::read(p).map_err(|e| format!("{shown}: {e}"))?;
+        let def = VmDefinition::parse(&shown, &bytes).map_err(|e| e.to_string())?;
+        if out.iter().any(|v| v.name == def.name) {
+            return Err(format!("{shown}: name: a VM named {} is already in the image", def.name));
+        }
+        let base = p.parent().unwrap_or(Path::new("."));
+        let dir = format!("{VMS_DIR}/{}", def.name);
+        let mut files = vec![(format!("{dir}/{VM_DEFINITION_FILE}"), bytes.clone())];
+        for f in def.files() {
+            let data = fs::read(base.join(f)).map_err(|e| format!("{shown}: {f}: {e}"))?;
+            files.push((format!("{dir}/{f}"), data));
+        }
+        out.push(VmFiles { name: def.name.clone(), dir, files });
+    }
+    Ok(out)
 }
 
 fn random_guid() -> Result<Guid, String> {
@@ -114,6 +147,9 @@ fn write_esp(disk: &mut FileDisk, esp: &Placed, volume_id: u32, spec: &BuildSpec
     ];
     if let Some(ks) = spec.kickstart {
         files.push(FatFile { path: KS_CFG, data: ks });
+    }
+    for vm in spec.vms {
+        files.extend(vm.files.iter().map(|(path, data)| FatFile { path, data }));
     }
     let sectors = esp.last_lba - esp.first_lba + 1;
     fat32::write_volume(disk, esp.first_lba, sectors, &ESP_LABEL, volume_id, &files)
@@ -311,8 +347,13 @@ pub(crate) mod tests {
     fn build(dir: &Path, size: u64) -> PathBuf {
         let out = dir.join("ember.img");
         let efi = fake_efi();
-        let spec =
-            BuildSpec { size, efi: &efi, boot_cfg: "title=Ember\nkernelopt=console=com1\n", kickstart: None };
+        let spec = BuildSpec {
+            size,
+            efi: &efi,
+            boot_cfg: "title=Ember\nkernelopt=console=com1\n",
+            kickstart: None,
+            vms: &[],
+        };
         build_image(&out, &spec).unwrap();
         out
     }
@@ -328,6 +369,7 @@ pub(crate) mod tests {
             efi: &efi,
             boot_cfg: "title=Ember\nkernelopt=\n",
             kickstart: Some(ks),
+            vms: &[],
         };
         let layout = build_image(&out, &spec).unwrap();
         let i = inspect(&out).unwrap();
@@ -423,7 +465,7 @@ pub(crate) mod tests {
         bad[0x84] = 0x4c; // i386
         let e = build_image(
             &d.path().join("x.img"),
-            &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "", kickstart: None },
+            &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "", kickstart: None, vms: &[] },
         )
         .err()
         .unwrap();
@@ -436,14 +478,20 @@ pub(crate) mod tests {
         let efi = fake_efi();
         let e = build_image(
             &d.path().join("s.img"),
-            &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "", kickstart: None },
+            &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "", kickstart: None, vms: &[] },
         )
         .err()
         .unwrap();
         assert!(e.contains("too small"), "{e}");
         let e = build_image(
             &d.path().join("s.img"),
-            &BuildSpec { size: 80 << 20, efi: &efi, boot_cfg: "kernelopt=console=com9", kickstart: None },
+            &BuildSpec {
+                size: 80 << 20,
+                efi: &efi,
+                boot_cfg: "kernelopt=console=com9",
+                kickstart: None,
+                vms: &[],
+            },
         )
         .err()
         .unwrap();

@@ -77,12 +77,12 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         .unwrap_or_else(|| String::from("unknown CPU"));
     kprintln!("{}", ember_kernel::boot_line(cpus, usable));
     // The hypervisor's hardware: SVM on this CPU, checked by running a probe guest once.
-    let (_svm, virtualization) = match svm::enable() {
+    let (_svm, virtualization, vm_support) = match svm::enable() {
         Ok(c) => {
             let f = c.features;
             let extras = [(f.nrip_save, ", next-RIP save"), (f.decode_assists, ", decode assists")];
             let extras: String = extras.iter().filter(|e| e.0).map(|e| e.1).collect();
-            let summary = match svm::probe(&c) {
+            let (summary, support) = match svm::probe(&c) {
                 Ok(what) => {
                     svm::CPUS_READY.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
                     let ready = svm::CPUS_READY.load(core::sync::atomic::Ordering::Acquire);
@@ -90,20 +90,23 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
                         "ember: SVM ready on {ready} of {cpus} CPUs: nested paging, {} ASIDs{extras}; VMRUN verified: {what}",
                         f.asids
                     );
-                    String::from("AMD SVM with nested paging, VMRUN verified")
+                    (String::from("AMD SVM with nested paging, VMRUN verified"), Ok(f.asids))
                 }
                 Err(e) => {
                     kprintln!("ember: ERROR: SVM enabled but VMRUN failed its check: {e}");
-                    format!("AMD SVM with nested paging, but VMRUN failed its check: {e}")
+                    let s = format!("AMD SVM with nested paging, but VMRUN failed its check: {e}");
+                    (s.clone(), Err(s))
                 }
             };
-            (Some(c), summary)
+            (Some(c), summary, support)
         }
         Err(why) => {
             kprintln!("ember: no hardware virtualization: {why}; virtual machines cannot run on this host");
-            (None, format!("none: {why}"))
+            (None, format!("none: {why}"), Err(why))
         }
     };
+    // Guest RAM comes from the frame allocator from now on.
+    crate::vmhost::init(frames, info.wall_clock);
 
     let identity = HostIdentity {
         version: String::from(ember_kernel::VERSION),
@@ -134,6 +137,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
+    let mut hypervisor = crate::vmhost::Hypervisor::new(&info.vms, vm_support);
+    hypervisor.autostart(timer::now_ms());
+    network.api.vms = alloc::boxed::Box::new(hypervisor);
     print_network_log(&mut network);
     identity.management = console_address(&network);
     console::show_idle_screen(&identity);

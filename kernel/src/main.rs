@@ -41,3 +41,7 @@ mod drivers;
 mod firmware;
 #[cfg(target_os = "uefi")]
 mod kmain;
+// The hypervisor runtime: safe code over the platform's SVM, guest RAM and timer modules.
+#[cfg(target_os = "uefi")]
+#[forbid(unsafe_code)]
+mod vmhost;

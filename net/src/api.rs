@@ -10,6 +10,7 @@
 //! - `PUT /api/v1/account/root/password` - `{"password": "..."}`.
 //! - `GET|PUT /api/v1/config` - the whole host configuration (the hash scheme, never the hash) and
 //!   where it is stored; a PUT changes the given fields.
+//! - `/api/v1/vms...` - the VMs and their lifecycle and consoles (`crate::vms`).
 //!
 //! Every `/api/` resource needs HTTP Basic authentication as `root`. Every change is saved to the
 //! configuration store and flushed *before* it is acknowledged; when the write fails the answer is
@@ -140,6 +141,8 @@ pub struct ApiState {
     pub salt_state: u64,
     /// Number of changes committed since boot.
     pub generation: u64,
+    /// The hypervisor's VMs (`/api/v1/vms`).
+    pub vms: alloc::boxed::Box<dyn crate::vms::VmService>,
 }
 
 /// Why a change was not made.
@@ -188,6 +191,7 @@ impl ApiState {
             boot_ms: 0,
             salt_state: salt_seed,
             generation: 0,
+            vms: alloc::boxed::Box::new(crate::vms::NoVms),
         })
     }
 
@@ -362,6 +366,9 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
             r.headers.push(String::from("Retry-After: 1"));
             return Reply::Now(r);
         }
+    }
+    if let Some(r) = crate::vms::handle(&mut *state.vms, &req.method, &req.path, now_ms) {
+        return Reply::Now(r);
     }
     match (req.path.as_str(), req.method.as_str()) {
         ("/api/v1/host", "GET") => ok_json(state.host_json(now_ms)),

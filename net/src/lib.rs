@@ -30,3 +30,4 @@ pub mod firstboot;
 pub mod http;
 pub mod mgmt;
 pub mod nic;
+pub mod vms;

@@ -17,6 +17,12 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
+/// Where VMs live on the boot media's ESP: one directory each, named after the VM.
+pub const VMS_DIR: &str = "ember/vms";
+/// The definition's file name in its VM's directory (JSON; an 8.3 name because the image
+/// builder's FAT writer makes short names only).
+pub const VM_DEFINITION_FILE: &str = "vm.cfg";
+
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 64;
 /// Guest RAM limits in MiB (the Linux loader keeps RAM below the 3 GiB MMIO window).

@@ -4,6 +4,7 @@
 //! out by the frame allocator): the heap, the kernel stack, the AP start-up page and the memory map.
 
 mod files;
+pub mod vms;
 
 pub use files::FirstBootKickstart;
 
@@ -57,6 +58,10 @@ pub struct BootInfo {
     pub boot_partition: Option<Guid>,
     /// The kickstart a first boot would apply.
     pub kickstart: FirstBootKickstart,
+    /// The VMs on the boot media, with their kernels and initrds in memory.
+    pub vms: Vec<vms::VmImage>,
+    /// Wall-clock time when the UEFI phase ended (seconds since 1970, UTC), if the firmware knows it.
+    pub wall_clock: Option<i64>,
 }
 
 #[uefi::entry]
@@ -102,7 +107,32 @@ fn efi_main() -> Status {
         None if matches!(ks_source, Ok(KsSource::BootMedia)) => FirstBootKickstart::None,
         None => FirstBootKickstart::Refused(String::from("the boot volume has no readable file system")),
     };
+    let vm_images = match boot_fs.as_deref_mut() {
+        Some(fs) => vms::read_vms(fs),
+        None => Vec::new(),
+    };
+    for v in &vm_images {
+        match &v.loaded {
+            Ok(l) => kprintln!(
+                "ember: VM {} on the boot media: kernel {} bytes, initrd {} bytes",
+                l.definition.name,
+                l.kernel.len(),
+                l.initrd.map_or(0, |i| i.len())
+            ),
+            Err(e) => kprintln!("ember: ERROR: VM in {}: {e}", v.dir),
+        }
+    }
     drop(boot_fs);
+    let wall_clock = uefi::runtime::get_time().ok().and_then(|t| {
+        ember_kernel::vmm::rtc::unix_time(
+            t.year() as i64,
+            t.month() as i64,
+            t.day() as i64,
+            t.hour() as i64,
+            t.minute() as i64,
+            t.second() as i64,
+        )
+    });
 
     let boot_partition = boot_partition_guid();
     match &boot_partition {
@@ -148,6 +178,8 @@ fn efi_main() -> Status {
         trampoline_page: trampoline.as_ptr() as u64,
         boot_partition,
         kickstart,
+        vms: vm_images,
+        wall_clock,
     }));
     if let Some(fb) = info.framebuffer {
         console::init_framebuffer(fb);

@@ -89,6 +89,24 @@ impl FrameAllocator {
         None
     }
 
+    /// Gives back `pages` contiguous frames from `start` (a run [`Self::alloc_contiguous`] handed
+    /// out), merged with free neighbours so the run can be handed out whole again.
+    pub fn free_contiguous(&mut self, start: u64, pages: u64) {
+        let Some(end) = pages.checked_mul(PAGE_SIZE).and_then(|l| start.checked_add(l)) else { return };
+        debug_assert!(start.is_multiple_of(PAGE_SIZE) && pages > 0);
+        let at = self.ranges.partition_point(|r| r.0 < start);
+        debug_assert!(at == 0 || self.ranges[at - 1].1 <= start, "freeing a free range");
+        self.ranges.insert(at, (start, end));
+        if at + 1 < self.ranges.len() && self.ranges[at + 1].0 == end {
+            self.ranges[at].1 = self.ranges[at + 1].1;
+            self.ranges.remove(at + 1);
+        }
+        if at > 0 && self.ranges[at - 1].1 == start {
+            self.ranges[at - 1].1 = self.ranges[at].1;
+            self.ranges.remove(at);
+        }
+    }
+
     /// Gives a single frame back.
     pub fn free(&mut self, frame: u64) {
         debug_assert_eq!(frame % PAGE_SIZE, 0);
@@ -143,5 +161,17 @@ mod tests {
         assert_eq!(f.alloc_below(0x1_0000_0000), None);
         assert!(f.alloc().unwrap() >= 0x1_0000_0000);
         assert_eq!(f.alloc_contiguous(1, 3, u64::MAX), None, "bad alignment");
+    }
+
+    #[test]
+    fn a_freed_run_is_merged_and_handed_out_whole_again() {
+        let mut f = FrameAllocator::from_map(&map());
+        let before = f.ranges.clone();
+        let a = f.alloc_contiguous(0x80, 0x10_0000, u64::MAX).unwrap();
+        let b = f.alloc_contiguous(0x80, PAGE_SIZE, u64::MAX).unwrap();
+        f.free_contiguous(a, 0x80);
+        f.free_contiguous(b, 0x80);
+        assert_eq!(f.ranges, before, "merged back into the original ranges");
+        assert_eq!(f.alloc_contiguous(0x200, PAGE_SIZE, u64::MAX), Some(0x10_0000));
     }
 }

@@ -9,6 +9,24 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+/// What a vCPU's port I/O goes to: an [`IoBus`] of devices, or a whole chipset
+/// (`super::machine::Machine`).
+pub trait PortBus {
+    /// A guest IN of `size` bytes (1, 2, 4) from `port`.
+    fn read(&mut self, port: u16, size: u8) -> u32;
+    /// A guest OUT of the low `size` bytes of `value` to `port`.
+    fn write(&mut self, port: u16, size: u8, value: u32);
+}
+
+impl PortBus for IoBus {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        IoBus::read(self, port, size)
+    }
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        IoBus::write(self, port, size, value)
+    }
+}
+
 /// A device on the port bus.
 pub trait PortDevice {
     /// A read of `size` bytes (1, 2 or 4) at `offset` from the device's base.
@@ -83,7 +101,7 @@ impl IoBus {
 }
 
 /// A device in the MMIO space.
-pub trait MmioDevice {
+pub trait MmioDevice: Send {
     /// A read of `data.len()` bytes (1, 2, 4 or 8) at `offset` from the device's base.
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);

@@ -25,6 +25,9 @@ pub struct VcpuIdentity {
     pub apic_id: u8,
     /// vCPUs in the VM.
     pub vcpus: u8,
+    /// Whether the VM has local APICs (without, CPUID leaf 1 says there is no APIC and guests use
+    /// the 8259A interrupt controllers).
+    pub lapic: bool,
 }
 
 const HYPERVISOR_BASE: u32 = 0x4000_0000;
@@ -51,6 +54,9 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             l.ecx &= !((1 << 3) | (1 << 5) | (1 << 21)); // MONITOR, VMX, x2APIC
             l.ecx |= 1 << 31; // running under a hypervisor
             l.edx |= 1 << 28; // HTT: the count in EBX is valid
+            if !vcpu.lapic {
+                l.edx &= !(1 << 9); // APIC
+            }
         }
         4 => l.eax &= 0x0000_3fff, // no cores or threads sharing the cache reported
         0xb | 0x1f => l = Leaf { eax: 0, ebx: 0, ecx: subleaf & 0xff, edx: vcpu.apic_id as u32 },
@@ -81,7 +87,7 @@ mod tests {
 
     #[test]
     fn the_guest_is_told_about_its_vm() {
-        let v = VcpuIdentity { apic_id: 3, vcpus: 4 };
+        let v = VcpuIdentity { apic_id: 3, vcpus: 4, lapic: true };
         let l1 = guest_cpuid(1, 0, v, host);
         assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff, l1.ebx & 0xffff), (3, 4, 0x0800));
         assert_eq!(l1.ecx & (1 << 31), 1 << 31, "hypervisor present");
@@ -95,6 +101,9 @@ mod tests {
         }
         assert_eq!(&name, b"EmberEmberHV");
         assert_eq!(guest_cpuid(0x8000_0001, 0, v, host).ecx & (1 << 2), 0, "no nested SVM");
+        assert_eq!(l1.edx & (1 << 9), 1 << 9, "APIC");
+        let no_apic = VcpuIdentity { lapic: false, ..v };
+        assert_eq!(guest_cpuid(1, 0, no_apic, host).edx & (1 << 9), 0, "no APIC without LAPIC models");
         assert_eq!(guest_cpuid(0x8000_000a, 0, v, host), Leaf::default());
         assert_eq!(guest_cpuid(0xb, 1, v, host), Leaf { eax: 0, ebx: 0, ecx: 1, edx: 3 });
         assert_eq!(guest_cpuid(4, 0, v, host).eax, 0x0000_0121);

@@ -1,12 +1,12 @@
 //! Vendor-neutral VM exits and their handling (Cloud Hypervisor's `VmExit` pattern): the SVM
 //! backend (and later VMX) translates its exit codes into a [`VmExit`]; [`handle_exit`] does the
-//! work once for both - port I/O through the VM's [`IoBus`], HLT, and ending the VM with a reason
+//! work once for both - port I/O through the VM's port bus ([`PortBus`]), HLT, and ending the VM with a reason
 //! for what a guest must not do (a triple fault) or what is not emulated.
 //!
 //! Also here: the decoding of SVM's IOIO exit information (AMD APM vol. 2, 15.10.2), which is pure
 //! bit layout and so host-testable.
 
-use super::bus::{IoBus, MmioBus};
+use super::bus::{MmioBus, PortBus};
 use super::cpuid::Leaf;
 use super::decode::{self, Access, Source};
 use super::memory::GuestMemory;
@@ -28,6 +28,8 @@ pub enum VmExit {
     Msr { write: bool, next_rip: u64 },
     /// A host interrupt arrived while the guest ran: resume it.
     HostInterrupt,
+    /// The guest can take an interrupt now (the window the loop asked for opened).
+    InterruptWindow,
     /// The guest triple-faulted.
     Shutdown,
     /// A guest access to a guest-physical address nothing is mapped at.
@@ -86,7 +88,7 @@ pub const GP_VECTOR: u8 = 13;
 /// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
 /// vCPU's MSRs.
 pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
-    pub bus: &'a mut IoBus,
+    pub bus: &'a mut dyn PortBus,
     /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
     pub cpuid: C,
     pub msrs: &'a mut VcpuMsrs,
@@ -162,7 +164,7 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
             regs.set_rip(*next_rip);
             ExitAction::Resume
         }
-        VmExit::HostInterrupt => ExitAction::Resume,
+        VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
         VmExit::NestedPageFault { gpa, write } if !vm.mmio.claims(*gpa, 1) => ExitAction::Stop(format!(
             "{} of guest-physical {gpa:#x} (nothing is mapped there) at RIP {:#x}",
@@ -234,7 +236,7 @@ pub fn svm_io_exit(info1: u64, info2: u64) -> VmExit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::bus::{MmioDevice, PortDevice};
+    use crate::vmm::bus::{IoBus, MmioDevice, PortDevice};
     use crate::vmm::memory::GuestRam;
     use crate::vmm::GuestPhysAddr;
     use alloc::boxed::Box;
@@ -349,7 +351,7 @@ mod tests {
     }
 
     /// An MMIO register file: 0x30 reads as 0x14, writes are recorded.
-    type Writes = Rc<RefCell<Vec<(u64, Vec<u8>)>>>;
+    type Writes = alloc::sync::Arc<spin::Mutex<Vec<(u64, Vec<u8>)>>>;
     struct Regs32(Writes);
     impl MmioDevice for Regs32 {
         fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -359,13 +361,13 @@ mod tests {
             }
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
-            self.0.borrow_mut().push((offset, data.to_vec()));
+            self.0.lock().push((offset, data.to_vec()));
         }
     }
 
     #[test]
     fn mmio_accesses_are_decoded_and_emulated() {
-        let writes = Rc::new(RefCell::new(Vec::new()));
+        let writes = Writes::default();
         let mut w = World::new();
         w.mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
         // mov eax, [rdi+0x30]; mov dword [rdi+0x80], ecx; mov byte [rdi+0xb0], 0x7f; add [rdi], eax
@@ -384,10 +386,7 @@ mod tests {
         assert_eq!(handle_exit(&npf(0xfee0_0080), &mut r, &mut vm), ExitAction::Resume);
         assert_eq!(handle_exit(&npf(0xfee0_00b0), &mut r, &mut vm), ExitAction::Resume);
         assert_eq!(r.rip, 0x2010);
-        assert_eq!(
-            *writes.borrow(),
-            [(0x80, alloc::vec![0x78, 0x56, 0x34, 0x12]), (0xb0, alloc::vec![0x7f])]
-        );
+        assert_eq!(*writes.lock(), [(0x80, alloc::vec![0x78, 0x56, 0x34, 0x12]), (0xb0, alloc::vec![0x7f])]);
         // Arithmetic on MMIO is not emulated: the VM ends with what and where.
         match handle_exit(&npf(0xfee0_0000), &mut r, &mut vm) {
             ExitAction::Stop(why) => assert!(

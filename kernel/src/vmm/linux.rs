@@ -35,6 +35,7 @@ mod field {
     pub const CMDLINE_SIZE: usize = 0x238;
     pub const INIT_SIZE: usize = 0x260;
     /// Zero page (`struct boot_params`, zero-page.rst).
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
     pub const E820_ENTRIES: usize = 0x1e8;
     pub const E820_TABLE: usize = 0x2d0;
 }
@@ -259,6 +260,9 @@ pub fn load(
         (LEGACY_START, HIGH_RAM - LEGACY_START, E820_RESERVED),
         (HIGH_RAM, ram - HIGH_RAM, E820_RAM),
     ];
+    // Where the VM's ACPI tables start (`super::acpi`; Linux 5.0 and later read it from here).
+    zp[field::ACPI_RSDP_ADDR..field::ACPI_RSDP_ADDR + 8]
+        .copy_from_slice(&super::acpi::RSDP_ADDR.to_le_bytes());
     zp[field::E820_ENTRIES] = e820.len() as u8;
     for (i, (addr, size, kind)) in e820.iter().enumerate() {
         let at = field::E820_TABLE + 20 * i;

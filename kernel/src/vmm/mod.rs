@@ -2,27 +2,31 @@
 //! nested page tables built from a VM's memory, the Linux boot protocol loader, walking the guest's
 //! page tables and decoding the instruction behind an MMIO access, the I/O port and MMIO buses, the
 //! guest's CPUID answers and MSRs, vendor-neutral VM exits and their handling (port I/O, MMIO
-//! emulation, CPUID, MSRs with #GP for unknown ones, HLT, the exits that end a VM), and the first
-//! device models (the 16550A serial console, the CMOS real-time clock, the 8254 timer).
+//! emulation, CPUID, MSRs with #GP for unknown ones, HLT, the exits that end a VM), the device
+//! models (the 16550A serial console, the CMOS real-time clock, the 8254 timer, the 8259A PICs)
+//! wired into a PC chipset ([`machine`]) with ACPI tables ([`acpi`]), and the vendor-neutral vCPU
+//! loop ([`vcpu`]: interrupt delivery and windows, halts, reset and power-off).
 //!
-//! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`); it runs a probe
-//! guest at boot through [`exit::handle_exit`]. Not here yet (later increments of the hypervisor
-//! work): interrupt delivery (LAPIC and I/O APIC models, interrupt windows), virtio
-//! devices, the vCPU scheduler, VM definitions in the image and the VM lifecycle and API. No VM can
-//! be defined or started yet.
+//! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`), and the runtime
+//! that runs VMs on the application processors is `vmhost.rs` there. Not here yet: LAPIC and
+//! I/O APIC models (guests use the PICs), SMP guests, virtio devices.
 
+pub mod acpi;
 pub mod bus;
 pub mod cpuid;
 pub mod decode;
 pub mod exit;
 pub mod linux;
+pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod npt;
 pub mod paging;
+pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod serial;
+pub mod vcpu;
 
 /// An address in a guest's physical address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -125,7 +125,8 @@ impl VcpuMsrs {
             }
             0xc000_0103 => self.tsc_aux = value & 0xffff_ffff,
             // Written by Linux on AMD (speculation and errata settings): accepted and ignored.
-            0x8b | 0x17a | 0xc001_0015 | 0xc001_1029 => {}
+            // NB_CFG (0xc001001f): Linux sets its extended-config-space bit on AMD; no northbridge here.
+            0x8b | 0x17a | 0xc001_0015 | 0xc001_001f | 0xc001_1029 => {}
             _ => return MsrAccess::Fault,
         }
         MsrAccess::Done(value)

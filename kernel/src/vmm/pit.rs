@@ -7,7 +7,8 @@
 //! generator) and 3 (square wave) are modelled; the hardware-triggered modes 1 and 5 behave as
 //! mode 0 and the strobe mode 4 as mode 0 with its output low, which is what software observes of
 //! them without a gate pulse. BCD counting is not modelled (the count is binary). Counter 0's
-//! interrupt (IRQ 0) is not delivered yet: there is no interrupt controller model yet.
+//! output is IRQ 0: [`Pit::take_irq0`] reports its rising edges and [`Pit::next_irq0`] when the next
+//! one is due, so a halted vCPU knows how long it may sleep.
 
 /// Counter input clock, Hz.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -33,6 +34,8 @@ struct Counter {
     high_next_read: bool,
     high_next_write: bool,
     low_written: u8,
+    /// Rising edges of the output already reported (counter 0's IRQ 0), since `started`.
+    edges_taken: u64,
 }
 
 impl Counter {
@@ -46,7 +49,38 @@ impl Counter {
             high_next_read: false,
             high_next_write: false,
             low_written: 0,
+            edges_taken: 0,
         }
+    }
+
+    /// Starts (or stops) counting; the edge count restarts.
+    fn start(&mut self, at: Option<u64>) {
+        self.started = at;
+        self.edges_taken = 0;
+    }
+
+    /// Rising edges of the output from the start of counting to `now`: one per period in modes 2
+    /// and 3; one at terminal count in the one-shot modes - 0 and 1, and 4 and 5, whose strobe
+    /// pulse ends there (Linux's one-shot clock event device uses mode 4).
+    fn edges(&self, now: u64) -> u64 {
+        let Some(e) = self.ticks(now) else { return 0 };
+        let n = self.reload as u64;
+        match self.mode {
+            2 | 3 => e / n,
+            _ => u64::from(e >= n),
+        }
+    }
+
+    /// When (ns) the next rising edge after edge number `taken` comes, if one will.
+    fn next_edge(&self) -> Option<u64> {
+        let s = self.started?;
+        let n = self.reload as u64;
+        let tick = match self.mode {
+            2 | 3 => (self.edges_taken + 1) * n,
+            _ if self.edges_taken == 0 => n,
+            _ => return None,
+        };
+        Some(s + (tick as u128 * 1_000_000_000).div_ceil(PIT_HZ as u128) as u64)
     }
 
     fn ticks(&self, now: u64) -> Option<u64> {
@@ -150,7 +184,7 @@ impl Pit {
             c.reload = if n == 0 { 0x1_0000 } else { n };
             // Counter 2 counts only while its gate is high.
             let gated_off = offset == 2 && self.port_b & 1 == 0;
-            c.started = if gated_off { None } else { Some(now) };
+            c.start(if gated_off { None } else { Some(now) });
         }
     }
 
@@ -181,7 +215,7 @@ impl Pit {
                     7 => 3,
                     m => m,
                 };
-                c.started = None;
+                c.start(None);
                 c.latched = None;
                 c.high_next_read = false;
                 c.high_next_write = false;
@@ -201,10 +235,28 @@ impl Pit {
         self.port_b = value & 0x03;
         let c = &mut self.counters[2];
         if rising {
-            c.started = Some(now);
+            c.start(Some(now));
         } else if falling && c.mode != 0 {
-            c.started = None;
+            c.start(None);
         }
+    }
+
+    /// Whether counter 0's output (IRQ 0) has risen since the last call; edges missed meanwhile are
+    /// coalesced into one, as a busy interrupt controller would see them.
+    pub fn take_irq0(&mut self, now: u64) -> bool {
+        let c = &mut self.counters[0];
+        let edges = c.edges(now);
+        if edges > c.edges_taken {
+            c.edges_taken = edges;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When (ns) counter 0's output rises next, if it will without new programming.
+    pub fn next_irq0(&self) -> Option<u64> {
+        self.counters[0].next_edge()
     }
 }
 
@@ -262,6 +314,40 @@ mod tests {
         assert_eq!(count(&mut p, 2, 70 * MS), 0x1000);
         p.write_port_b(0x01, 70 * MS);
         assert!(count(&mut p, 2, 71 * MS) < 0x1000);
+    }
+
+    #[test]
+    fn counter_zero_interrupts_periodically_or_once() {
+        let mut p = Pit::new();
+        assert!(!p.take_irq0(0) && p.next_irq0().is_none(), "not programmed: no IRQ 0");
+        // Linux's periodic tick at 250 Hz: mode 2, 4773 ticks.
+        p.write(3, 0x34, 0);
+        p.write(0, (4773u16 & 0xff) as u8, 0);
+        p.write(0, (4773u16 >> 8) as u8, 0);
+        let period = (4773 * 1_000_000_000u64).div_ceil(PIT_HZ);
+        assert_eq!(p.next_irq0(), Some(period));
+        assert!(!p.take_irq0(period - 1));
+        assert!(p.take_irq0(period));
+        assert!(!p.take_irq0(period + 1), "one edge, reported once");
+        assert_eq!(p.next_irq0(), Some((2 * 4773 * 1_000_000_000u64).div_ceil(PIT_HZ)));
+        assert!(p.take_irq0(10 * period), "missed edges coalesce");
+        assert!(!p.take_irq0(10 * period));
+        // One-shot (mode 0, as tickless Linux programs it): one edge at terminal count.
+        p.write(3, 0x30, 20 * MS);
+        p.write(0, 0xa9, 20 * MS);
+        p.write(0, 0x04, 20 * MS); // 1193 ticks, 1 ms
+        assert!(!p.take_irq0(20 * MS + MS / 2));
+        assert!(p.next_irq0().is_some_and(|t| t.abs_diff(21 * MS) < 1000));
+        assert!(p.take_irq0(21 * MS + 1000));
+        assert!(!p.take_irq0(30 * MS));
+        assert_eq!(p.next_irq0(), None, "no further edge until reprogrammed");
+        // Linux's i8253 one-shot clock event: mode 4 (0x38), then the count.
+        p.write(3, 0x38, 40 * MS);
+        p.write(0, 0xa9, 40 * MS);
+        p.write(0, 0x04, 40 * MS);
+        assert!(!p.take_irq0(40 * MS + MS / 2));
+        assert!(p.take_irq0(41 * MS + 1000), "the strobe ends the one-shot");
+        assert!(!p.take_irq0(50 * MS));
     }
 
     #[test]

@@ -64,6 +64,18 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Seconds since 1970 for a calendar date and time (UTC), if it is a valid one.
+pub fn unix_time(year: i64, month: i64, day: i64, hour: i64, minute: i64, second: i64) -> Option<UnixTime> {
+    let valid = (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..24).contains(&hour)
+        && (0..60).contains(&minute)
+        && (0..61).contains(&second);
+    valid.then(|| {
+        days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second
+    })
+}
+
 fn to_bcd(v: u32) -> u8 {
     (((v / 10) << 4) | (v % 10)) as u8
 }
@@ -216,6 +228,14 @@ impl<F: FnMut() -> UnixTime> super::bus::PortDevice for RtcPort<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calendar_to_unix_time() {
+        assert_eq!(unix_time(1970, 1, 1, 0, 0, 0), Some(0));
+        assert_eq!(unix_time(2026, 12, 6, 3, 22, 44), Some(1_796_527_364));
+        assert_eq!(unix_time(2026, 13, 1, 0, 0, 0), None);
+        assert_eq!(unix_time(2026, 1, 1, 24, 0, 0), None);
+    }
 
     /// 2026-12-01 11:08:58 UTC, a Tuesday.
     const NOW: UnixTime = 1_796_123_338;

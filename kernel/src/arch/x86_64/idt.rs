@@ -64,6 +64,8 @@ extern "C" {
 
 /// Vector of the LAPIC timer.
 pub const TIMER_VECTOR: u8 = 0x20;
+/// Vector of the IPI that wakes an application processor for new work (a VM to run or stop).
+pub const KICK_VECTOR: u8 = 0x21;
 /// Vector of the LAPIC spurious interrupt.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -126,6 +128,7 @@ extern "sysv64" fn ember_interrupt_dispatch(frame: &mut TrapFrame) {
             TICKS.fetch_add(1, Ordering::Relaxed);
             apic::eoi();
         }
+        v if v == KICK_VECTOR as u64 => apic::eoi(),
         v if v == SPURIOUS_VECTOR as u64 => {}
         v => {
             kprintln!("ember: unexpected interrupt vector {v:#x}");

@@ -4,6 +4,7 @@ pub mod apic;
 pub mod cpu;
 pub mod dma;
 pub mod gdt;
+pub mod guest_ram;
 pub mod heap;
 pub mod idt;
 pub mod mmio;

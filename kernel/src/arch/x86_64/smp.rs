@@ -119,13 +119,17 @@ extern "sysv64" fn ap_entry(index: u64) -> ! {
     apic::enable_this_cpu();
     // SVM on this CPU too, so vCPUs can run here; the state lives as long as the CPU (this function
     // never returns).
-    let _svm = super::svm::enable().ok().inspect(|_| {
+    let svm = super::svm::enable().ok().inspect(|_| {
         super::svm::CPUS_READY.fetch_add(1, Ordering::AcqRel);
     });
     ONLINE.fetch_add(1, Ordering::AcqRel);
     CHECKED_IN.store(index, Ordering::Release);
-    // Nothing to run yet: vCPU scheduling arrives with the hypervisor. Sleep with interrupts off.
-    cpu::halt_forever()
+    match svm {
+        // This CPU runs vCPUs from now on.
+        Some(svm) => crate::vmhost::ap_worker(svm),
+        // Nothing to run without SVM. Sleep with interrupts off.
+        None => cpu::halt_forever(),
+    }
 }
 
 fn symbol_offset(sym: *const u8, base: *const u8) -> u64 {

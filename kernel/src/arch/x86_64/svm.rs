@@ -26,6 +26,7 @@ use ember_kernel::vmm::msr::{Saved, VcpuMsrs};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
 use ember_kernel::vmm::paging::PagingState;
 use ember_kernel::vmm::serial::{ComPort, ConsoleLog, Serial};
+use ember_kernel::vmm::vcpu::Vcpu;
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 
 const MSR_EFER: u32 = 0xc000_0080;
@@ -49,10 +50,14 @@ const MSRPM_BASE: usize = 0x048;
 const TSC_OFFSET: usize = 0x050;
 const GUEST_ASID: usize = 0x058;
 const TLB_CONTROL: usize = 0x05c;
+const V_INTR: usize = 0x060;
+const V_INTR_VECTOR: usize = 0x064;
+const INTERRUPT_SHADOW: usize = 0x068;
 const EXITCODE: usize = 0x070;
 const EXITINFO1: usize = 0x078;
 const EXITINFO2: usize = 0x080;
 const NP_ENABLE: usize = 0x090;
+const EXITINTINFO: usize = 0x088;
 const EVENTINJ: usize = 0x0a8;
 const N_CR3: usize = 0x0b0;
 // State save area offsets (APM B-2), from the VMCB start.
@@ -72,6 +77,7 @@ const G_PAT: usize = 0x668;
 // Intercepts (APM B-1): misc vector 1, misc vector 2.
 const INTERCEPT_INTR: u32 = 1 << 0;
 const INTERCEPT_NMI: u32 = 1 << 1;
+const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_IOIO: u32 = 1 << 27;
@@ -82,6 +88,7 @@ const INTERCEPT_VMRUN: u32 = 1 << 0;
 // Exit codes (APM C-1).
 const EXIT_INTR: u64 = 0x60;
 const EXIT_NMI: u64 = 0x61;
+const EXIT_VINTR: u64 = 0x64;
 const EXIT_CPUID: u64 = 0x72;
 const EXIT_MSR: u64 = 0x7c;
 const EXIT_HLT: u64 = 0x78;
@@ -152,9 +159,14 @@ pub fn enable() -> Result<SvmCpu, String> {
 /// Page-table frames for nested page tables, from DMA buffers (zeroed, page aligned, identity
 /// mapped, so their address is their host-physical address).
 #[derive(Default)]
-struct Frames(Vec<DmaBuffer>);
+pub struct Frames(Vec<DmaBuffer>);
 
 impl Frames {
+    /// Bytes held in table frames.
+    pub fn bytes(&self) -> u64 {
+        self.0.len() as u64 * 4096
+    }
+
     fn get(&self, table: HostPhysAddr) -> &DmaBuffer {
         self.0.iter().find(|b| b.phys() == table.0).expect("a table this allocator handed out")
     }
@@ -241,14 +253,17 @@ pub struct GuestGprs {
 }
 
 /// Runs the guest of `vmcb` with `gprs` until its next #VMEXIT; returns the exit code, with the
-/// guest's registers back in `gprs`.
-fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
+/// guest's registers back in `gprs`. Host interrupts that arrive meanwhile end the run (INTR exit)
+/// and are taken right after it.
+fn vmrun(host_state: u64, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
     let pa = vmcb.phys();
-    let host = cpu.host_state.phys();
+    let host = host_state;
+    let was_enabled = x86_64::instructions::interrupts::are_enabled();
     let regs: *mut GuestGprs = gprs;
     x86_64::instructions::interrupts::without_interrupts(|| {
         // SAFETY: SVM is enabled on this CPU (EFER.SVME and VM_HSAVE_PA set by `enable`), and `pa`
-        // and `host` are page-aligned VMCB pages that stay allocated across the call. VMRUN saves
+        // and `host` (this CPU's host state page, see `SvmVcpu::bind`) are page-aligned VMCB pages
+        // that stay allocated across the call. VMRUN saves
         // the host state it restores on #VMEXIT (RSP, RIP, RFLAGS, RAX, CR0/3/4, EFER, segments and
         // descriptor tables) in the host save area; the state VMRUN does not switch (FS, GS, TR,
         // LDTR with their hidden parts, KernelGsBase, STAR/LSTAR/CSTAR/SFMASK, SYSENTER) is saved
@@ -258,7 +273,9 @@ fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
         // loaded from `gprs` (a `#[repr(C)]` struct of 14 u64, offsets as below), and after the exit
         // stored back; every other register is declared clobbered. `gprs` is exclusively borrowed
         // for the call. CLGI/STGI bracket the run as the APM requires; interrupts are off around
-        // it, and a physical interrupt during the guest is an INTR exit (intercepted).
+        // it, and a physical interrupt during the guest is an INTR exit (intercepted): RFLAGS.IF is
+        // set only while GIF is clear (so no host handler can run between CLGI and STGI), which
+        // lets the guest's physical interrupts cause that exit under V_INTR_MASKING.
         unsafe {
             core::arch::asm!(
                 "push rbp",
@@ -266,6 +283,7 @@ fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
                 "push rsi",
                 "push rdi",
                 "clgi",
+                "sti",
                 "push rax",
                 "mov rax, rsi",
                 "vmsave rax",
@@ -306,6 +324,7 @@ fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
                 "add rsp, 8",
                 "pop rax",
                 "vmload rax",
+                "cli",
                 "stgi",
                 "pop rbx",
                 "pop rbp",
@@ -318,7 +337,14 @@ fn vmrun(cpu: &SvmCpu, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
             );
         }
     });
-    get64(vmcb, EXITCODE)
+    let code = get64(vmcb, EXITCODE);
+    if code == EXIT_INTR && !was_enabled {
+        // The host interrupt that ended the run is pending: take it now (its handler EOIs).
+        x86_64::instructions::interrupts::enable();
+        core::hint::spin_loop();
+        x86_64::instructions::interrupts::disable();
+    }
+    code
 }
 
 /// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000000, then the 12 bytes of the
@@ -350,18 +376,164 @@ const PROBE_GPA: u64 = 0x1000;
 /// The probe's RAM: 64 KiB from guest-physical 0 (its GDT and page tables live there too).
 const PROBE_RAM: usize = 64 * 1024;
 
-/// A vCPU's VMCB and registers as the generic exit handler sees them.
-struct VmcbRegs<'a>(&'a DmaBuffer, &'a mut GuestGprs);
+/// One virtual CPU on SVM: its VMCB (with the I/O and MSR permission maps: every port and MSR
+/// intercepted) and the general-purpose registers VMRUN does not switch.
+pub struct SvmVcpu {
+    vmcb: DmaBuffer,
+    _iopm: DmaBuffer,
+    _msrpm: DmaBuffer,
+    gprs: GuestGprs,
+    /// The host state page of the CPU the vCPU runs on (`bind`).
+    host_state: u64,
+}
 
-impl VcpuRegs for VmcbRegs<'_> {
+/// The intercepts every vCPU has (APM 15.9-15.13): physical interrupts and NMIs (the host keeps
+/// its CPUs), CPUID, HLT, all port I/O and MSRs, triple faults, and VMRUN (required).
+const MISC1_INTERCEPTS: u32 = INTERCEPT_INTR
+    | INTERCEPT_NMI
+    | INTERCEPT_CPUID
+    | INTERCEPT_HLT
+    | INTERCEPT_IOIO
+    | INTERCEPT_MSR
+    | INTERCEPT_SHUTDOWN;
+/// V_INTR_MASKING: the guest's RFLAGS.IF masks only its own (virtual) interrupts.
+const V_INTR_MASKING: u64 = 1 << 24;
+const V_IRQ: u64 = 1 << 8;
+/// V_INTR_PRIO 15 and V_IGN_TPR: a requested window opens whenever RFLAGS.IF allows.
+const V_IRQ_WINDOW: u64 = V_IRQ | (0xf << 16) | (1 << 20);
+
+impl SvmVcpu {
+    /// A vCPU of the VM whose nested page tables start at `npt_root`, tagged with `asid`.
+    pub fn new(asid: u32, npt_root: HostPhysAddr) -> Result<SvmVcpu, String> {
+        let oom = || String::from("out of memory for a VMCB");
+        let vmcb = DmaBuffer::new(4096).ok_or_else(oom)?;
+        let iopm = DmaBuffer::new(3 * 4096).ok_or_else(oom)?;
+        let msrpm = DmaBuffer::new(2 * 4096).ok_or_else(oom)?;
+        iopm.write(0, &[0xff; 3 * 4096]);
+        msrpm.write(0, &[0xff; 2 * 4096]);
+        put32(&vmcb, INTERCEPT_MISC1, MISC1_INTERCEPTS);
+        put32(&vmcb, INTERCEPT_MISC2, INTERCEPT_VMRUN);
+        put64(&vmcb, IOPM_BASE, iopm.phys());
+        put64(&vmcb, MSRPM_BASE, msrpm.phys());
+        put32(&vmcb, GUEST_ASID, asid);
+        vmcb.write(TLB_CONTROL, &[1]); // flush this ASID's TLB entries on the first run
+        put64(&vmcb, NP_ENABLE, 1);
+        put64(&vmcb, N_CR3, npt_root.0);
+        put64(&vmcb, V_INTR, V_INTR_MASKING);
+        Ok(SvmVcpu { vmcb, _iopm: iopm, _msrpm: msrpm, gprs: GuestGprs::default(), host_state: 0 })
+    }
+
+    /// Puts the vCPU in 64-bit mode with paging on and interrupts off: flat segments from the
+    /// loader's GDT (`linux::CODE_SELECTOR`, `linux::DATA_SELECTOR`), `cr3`'s page tables, at `rip`
+    /// with `rsp` and `rsi` (the Linux 64-bit boot protocol's entry state).
+    pub fn enter_long_mode(&mut self, rip: u64, rsp: u64, rsi: u64, cr3: u64, gdt_base: u64, gdt_limit: u16) {
+        let vmcb = &self.vmcb;
+        // A long-mode code segment (L, P, S, execute/read) and flat data segments (G, D/B, P, S,
+        // read/write).
+        let (code, data) = (0x0a9b, 0x0c93);
+        let (cs, ds) = (linux::CODE_SELECTOR, linux::DATA_SELECTOR);
+        for (i, (sel, attrib)) in
+            [(ds, data), (cs, code), (ds, data), (ds, data), (ds, data), (ds, data)].iter().enumerate()
+        {
+            segment(vmcb, SAVE + 0x10 * i, *sel, *attrib, 0xffff_ffff); // ES, CS, SS, DS, FS, GS
+        }
+        segment(vmcb, SAVE + 0x60, 0, 0, gdt_limit as u32); // GDTR
+        put64(vmcb, SAVE + 0x68, gdt_base);
+        segment(vmcb, SAVE + 0x70, 0, 0x0082, 0xffff); // LDTR
+        segment(vmcb, SAVE + 0x80, 0, 0, 0); // IDTR: the guest sets up its own
+        segment(vmcb, SAVE + 0x90, 0, 0x008b, 0xffff); // TR
+        put64(vmcb, EFER, EFER_SVME | EFER_LME | EFER_LMA);
+        put64(vmcb, CR0, CR0_PE | CR0_ET | CR0_NE | CR0_PG);
+        put64(vmcb, CR3, cr3);
+        put64(vmcb, CR4, CR4_PAE);
+        put64(vmcb, DR6, 0xffff_0ff0);
+        put64(vmcb, DR7, 0x400);
+        put64(vmcb, RFLAGS, 0x2);
+        put64(vmcb, RIP, rip);
+        put64(vmcb, RSP, rsp);
+        put64(vmcb, G_PAT, 0x0007_0406_0007_0406);
+        self.gprs = GuestGprs { rsi, ..GuestGprs::default() };
+    }
+
+    /// Makes the vCPU run on the calling CPU, whose SVM state is `cpu`, and flushes its TLB
+    /// entries there on the next entry (ASIDs are shared by VMs over time).
+    pub fn bind(&mut self, cpu: &SvmCpu) {
+        self.host_state = cpu.host_state.phys();
+        self.vmcb.write(TLB_CONTROL, &[1]);
+    }
+
+    /// Runs the guest until the next exit (on the CPU it is bound to: call only there).
+    pub fn run_bound(&mut self) -> VmExit {
+        assert!(self.host_state != 0, "a vCPU runs only on the CPU it is bound to");
+        let code = vmrun(self.host_state, &self.vmcb, &mut self.gprs);
+        self.vmcb.write(TLB_CONTROL, &[0]);
+        // An event the exit interrupted (an interrupt or exception being delivered when, say, a
+        // nested page fault hit the IDT or stack) is delivered again on the next entry.
+        let interrupted = get64(&self.vmcb, EXITINTINFO);
+        if interrupted & (1 << 31) != 0 {
+            put64(&self.vmcb, EVENTINJ, interrupted);
+        }
+        if code == EXIT_VINTR {
+            self.close_interrupt_window();
+        }
+        exit_of(&self.vmcb, code)
+    }
+
+    fn close_interrupt_window(&mut self) {
+        put64(&self.vmcb, V_INTR, get64(&self.vmcb, V_INTR) & !V_IRQ_WINDOW);
+        let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 & !INTERCEPT_VINTR;
+        put32(&self.vmcb, INTERCEPT_MISC1, misc1);
+    }
+
+    /// Whether RFLAGS.IF is set, there is no interrupt shadow and no event waits in EVENTINJ.
+    pub fn interruptible(&self) -> bool {
+        get64(&self.vmcb, RFLAGS) & (1 << 9) != 0
+            && get64(&self.vmcb, INTERRUPT_SHADOW) & 1 == 0
+            && get64(&self.vmcb, EVENTINJ) & (1 << 31) == 0
+    }
+
+    /// Delivers external interrupt `vector` on the next entry (EVENTINJ type 0).
+    pub fn inject_external(&mut self, vector: u8) {
+        put64(&self.vmcb, EVENTINJ, vector as u64 | (1 << 31));
+    }
+
+    /// Asks for a VINTR exit as soon as the guest can take an interrupt: a virtual interrupt is
+    /// requested (V_IRQ), and its delivery is intercepted.
+    pub fn open_interrupt_window(&mut self) {
+        put64(&self.vmcb, V_INTR, get64(&self.vmcb, V_INTR) | V_IRQ_WINDOW);
+        self.vmcb.write(V_INTR_VECTOR, &[0]);
+        let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 | INTERCEPT_VINTR;
+        put32(&self.vmcb, INTERCEPT_MISC1, misc1);
+    }
+}
+
+impl Vcpu for SvmVcpu {
+    fn run(&mut self) -> VmExit {
+        self.run_bound()
+    }
+    fn can_take_interrupt(&self) -> bool {
+        self.interruptible()
+    }
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.inject_external(vector)
+    }
+    fn request_interrupt_window(&mut self) {
+        self.open_interrupt_window()
+    }
+    fn interrupts_enabled(&self) -> bool {
+        get64(&self.vmcb, RFLAGS) & (1 << 9) != 0
+    }
+}
+
+impl VcpuRegs for SvmVcpu {
     fn gpr(&self, index: usize) -> u64 {
-        let g = &self.1;
+        let g = &self.gprs;
         match index {
-            0 => get64(self.0, RAX),
+            0 => get64(&self.vmcb, RAX),
             1 => g.rcx,
             2 => g.rdx,
             3 => g.rbx,
-            4 => get64(self.0, RSP),
+            4 => get64(&self.vmcb, RSP),
             5 => g.rbp,
             6 => g.rsi,
             7 => g.rdi,
@@ -376,13 +548,13 @@ impl VcpuRegs for VmcbRegs<'_> {
         }
     }
     fn set_gpr(&mut self, index: usize, v: u64) {
-        let g = &mut self.1;
+        let g = &mut self.gprs;
         match index {
-            0 => put64(self.0, RAX, v),
+            0 => put64(&self.vmcb, RAX, v),
             1 => g.rcx = v,
             2 => g.rdx = v,
             3 => g.rbx = v,
-            4 => put64(self.0, RSP, v),
+            4 => put64(&self.vmcb, RSP, v),
             5 => g.rbp = v,
             6 => g.rsi = v,
             7 => g.rdi = v,
@@ -398,33 +570,33 @@ impl VcpuRegs for VmcbRegs<'_> {
     }
     fn saved_msr(&self, which: Saved) -> u64 {
         match which {
-            Saved::Efer => get64(self.0, EFER) & !EFER_SVME,
-            Saved::Tsc => cpu::rdtsc().wrapping_add(get64(self.0, TSC_OFFSET)),
-            other => get64(self.0, saved_offset(other)),
+            Saved::Efer => get64(&self.vmcb, EFER) & !EFER_SVME,
+            Saved::Tsc => cpu::rdtsc().wrapping_add(get64(&self.vmcb, TSC_OFFSET)),
+            other => get64(&self.vmcb, saved_offset(other)),
         }
     }
     fn set_saved_msr(&mut self, which: Saved, v: u64) {
         match which {
             // SVME stays set: VMRUN requires it in the guest's EFER; the guest never sees it.
-            Saved::Efer => put64(self.0, EFER, v | EFER_SVME),
-            Saved::Tsc => put64(self.0, TSC_OFFSET, v.wrapping_sub(cpu::rdtsc())),
-            other => put64(self.0, saved_offset(other), v),
+            Saved::Efer => put64(&self.vmcb, EFER, v | EFER_SVME),
+            Saved::Tsc => put64(&self.vmcb, TSC_OFFSET, v.wrapping_sub(cpu::rdtsc())),
+            other => put64(&self.vmcb, saved_offset(other), v),
         }
     }
     fn paging(&self) -> PagingState {
-        let (cr0, cr3, cr4) = (get64(self.0, CR0), get64(self.0, CR3), get64(self.0, CR4));
-        PagingState { cr0, cr3, cr4, efer: get64(self.0, EFER) }
+        let (cr0, cr3, cr4) = (get64(&self.vmcb, CR0), get64(&self.vmcb, CR3), get64(&self.vmcb, CR4));
+        PagingState { cr0, cr3, cr4, efer: get64(&self.vmcb, EFER) }
     }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // EVENTINJ (APM 15.20): vector, type 3 (exception), error code valid, valid.
         let ev = error_code.map_or(0, |e| (1 << 11) | ((e as u64) << 32));
-        put64(self.0, EVENTINJ, vector as u64 | (3 << 8) | ev | (1 << 31));
+        put64(&self.vmcb, EVENTINJ, vector as u64 | (3 << 8) | ev | (1 << 31));
     }
     fn rip(&self) -> u64 {
-        get64(self.0, RIP)
+        get64(&self.vmcb, RIP)
     }
     fn set_rip(&mut self, v: u64) {
-        put64(self.0, RIP, v)
+        put64(&self.vmcb, RIP, v)
     }
 }
 
@@ -451,6 +623,7 @@ fn saved_offset(which: Saved) -> usize {
 fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
     match code {
         EXIT_INTR | EXIT_NMI => VmExit::HostInterrupt,
+        EXIT_VINTR => VmExit::InterruptWindow,
         EXIT_IOIO => svm_io_exit(get64(vmcb, EXITINFO1), get64(vmcb, EXITINFO2)),
         EXIT_HLT => VmExit::Hlt,
         // Without next-RIP save (TCG) the length is CPUID's own: 0F A2.
@@ -478,80 +651,36 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     let (cr3, gdt_base, gdt_limit) = linux::write_long_mode_tables(&mut ram).map_err(|e| format!("{e}"))?;
     npt.map(&mut frames, GuestPhysAddr(0), HostPhysAddr(ram.0.phys()), PROBE_RAM as u64, true)
         .map_err(|e| format!("{e}"))?;
-    let vmcb = DmaBuffer::new(4096).ok_or_else(oom)?;
-    let iopm = DmaBuffer::new(3 * 4096).ok_or_else(oom)?;
-    let msrpm = DmaBuffer::new(2 * 4096).ok_or_else(oom)?;
-    iopm.write(0, &[0xff; 3 * 4096]);
-    msrpm.write(0, &[0xff; 2 * 4096]);
-
-    let misc1 = INTERCEPT_INTR
-        | INTERCEPT_NMI
-        | INTERCEPT_CPUID
-        | INTERCEPT_HLT
-        | INTERCEPT_IOIO
-        | INTERCEPT_MSR
-        | INTERCEPT_SHUTDOWN;
-    put32(&vmcb, INTERCEPT_MISC1, misc1);
-    put32(&vmcb, INTERCEPT_MISC2, INTERCEPT_VMRUN);
-    put64(&vmcb, IOPM_BASE, iopm.phys());
-    put64(&vmcb, MSRPM_BASE, msrpm.phys());
-    put32(&vmcb, GUEST_ASID, 1);
-    vmcb.write(TLB_CONTROL, &[1]); // flush this ASID's TLB entries on the first run
-    put64(&vmcb, NP_ENABLE, 1);
-    put64(&vmcb, N_CR3, npt.root().0);
-    // 64-bit mode with the loader's GDT and identity map: a long-mode code segment (L, P, S,
-    // execute/read) and flat data segments (G, D/B, P, S, read/write).
-    let (code, data) = (0x0a9b, 0x0c93);
-    let (cs, ds) = (linux::CODE_SELECTOR, linux::DATA_SELECTOR);
-    for (i, (sel, attrib)) in
-        [(ds, data), (cs, code), (ds, data), (ds, data), (ds, data), (ds, data)].iter().enumerate()
-    {
-        segment(&vmcb, SAVE + 0x10 * i, *sel, *attrib, 0xffff_ffff); // ES, CS, SS, DS, FS, GS
-    }
-    segment(&vmcb, SAVE + 0x60, 0, 0, gdt_limit as u32); // GDTR
-    put64(&vmcb, SAVE + 0x68, gdt_base);
-    segment(&vmcb, SAVE + 0x70, 0, 0x0082, 0xffff); // LDTR
-    segment(&vmcb, SAVE + 0x80, 0, 0, 0); // IDTR: no interrupts are delivered to the probe
-    segment(&vmcb, SAVE + 0x90, 0, 0x008b, 0xffff); // TR
-    put64(&vmcb, EFER, EFER_SVME | EFER_LME | EFER_LMA);
-    put64(&vmcb, CR0, CR0_PE | CR0_ET | CR0_NE | CR0_PG);
-    put64(&vmcb, CR3, cr3);
-    put64(&vmcb, CR4, CR4_PAE);
-    put64(&vmcb, DR6, 0xffff_0ff0);
-    put64(&vmcb, DR7, 0x400);
-    put64(&vmcb, RFLAGS, 0x2);
-    put64(&vmcb, RIP, PROBE_GPA);
-    put64(&vmcb, RSP, 0x8000);
-    put64(&vmcb, G_PAT, 0x0007_0406_0007_0406);
+    let mut vcpu = SvmVcpu::new(1, npt.root())?;
+    vcpu.enter_long_mode(PROBE_GPA, 0x8000, 0, cr3, gdt_base, gdt_limit);
+    vcpu.bind(cpu);
 
     let console = Rc::new(RefCell::new(ConsoleLog::default()));
     let mut bus = IoBus::new();
     bus.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
-    let identity = VcpuIdentity { apic_id: 0, vcpus: 1 };
-    let host = |leaf, sub| {
-        let r = cpu::cpuid(leaf, sub);
-        Leaf { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
-    };
+    let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
     let mut msrs = VcpuMsrs::new(0);
     let mut mmio = MmioBus::new();
     let mut vm = ExitContext {
         bus: &mut bus,
-        cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host),
+        cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host_cpuid),
         msrs: &mut msrs,
         mmio: &mut mmio,
         mem: &ram,
     };
-    let mut gprs = GuestGprs::default();
+    // Exits the guest caused (host interrupts that end a run are not counted: they vary).
     let mut exits = 0;
+    let mut runs = 0;
     loop {
-        exits += 1;
-        if exits > 1000 {
-            return Err(String::from("the probe guest did not halt within 1000 exits"));
+        runs += 1;
+        if runs > 1000 {
+            return Err(String::from("the probe guest did not halt within 1000 runs"));
         }
-        let code = vmrun(cpu, &vmcb, &mut gprs);
-        vmcb.write(TLB_CONTROL, &[0]);
-        let exit = exit_of(&vmcb, code);
-        match handle_exit(&exit, &mut VmcbRegs(&vmcb, &mut gprs), &mut vm) {
+        let exit = vcpu.run_bound();
+        if exit != VmExit::HostInterrupt {
+            exits += 1;
+        }
+        match handle_exit(&exit, &mut vcpu, &mut vm) {
             ExitAction::Resume => {}
             ExitAction::Halted => break,
             ExitAction::Stop(why) => return Err(format!("the probe guest stopped: {why}")),
@@ -566,4 +695,10 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     Ok(format!(
         "64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an MSR, and printed {out:?} on its COM1 ({exits} exits)"
     ))
+}
+
+/// The host's CPUID, as the guest CPUID policy takes it.
+pub fn host_cpuid(leaf: u32, sub: u32) -> Leaf {
+    let r = cpu::cpuid(leaf, sub);
+    Leaf { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }

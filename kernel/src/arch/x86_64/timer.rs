@@ -37,6 +37,27 @@ pub fn now_ms() -> u64 {
     (cpu::rdtsc() as u128 * 1000 / hz as u128) as u64
 }
 
+/// Nanoseconds since the TSC started counting (the TSCs of all CPUs run in step on the machines
+/// Ember supports: invariant TSC, started together at reset).
+pub fn now_ns() -> u64 {
+    let hz = match tsc_hz() {
+        0 => FALLBACK_TSC_HZ,
+        hz => hz,
+    };
+    (cpu::rdtsc() as u128 * 1_000_000_000 / hz as u128) as u64
+}
+
+/// Arms this CPU's LAPIC timer to interrupt once, `ns` from now (at least 10 us); the periodic
+/// tick of the bootstrap CPU must not be disturbed, so only application processors use this.
+pub fn arm_oneshot_ns(ns: u64) {
+    let hz = LAPIC_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        return;
+    }
+    let ticks = (ns.max(10_000) as u128 * (hz / 16) as u128 / 1_000_000_000).clamp(1, u32::MAX as u128);
+    apic::set_timer(0x3, idt::TIMER_VECTOR as u32, ticks as u32); // divide by 16, one-shot
+}
+
 /// Busy-waits `us` microseconds (needs the calibrated TSC; before that, a rough fixed spin).
 pub fn delay_us(us: u64) {
     let hz = tsc_hz();

@@ -1,0 +1,357 @@
+//! A VM's PC chipset: the legacy devices every x86 guest expects at fixed ports, wired together -
+//! the two 8259A interrupt controllers, the 8254 timer (its counter 0 on IRQ 0) with port 0x61,
+//! the CMOS clock, COM1 (a 16550A on IRQ 4 writing into the VM's console log), the ACPI power
+//! management block (PM1 event and control registers for power-off, the PM timer), and the part
+//! of an 8042 keyboard controller that guests use to reset the machine.
+//!
+//! The vCPU loop (`super::vcpu`) tells the machine the time before each access ([`Machine::set_time`],
+//! nanoseconds of a monotonic clock), asks it for IRQ 0 edges, and checks [`Machine::request`] for a
+//! reset or power-off the guest asked for. Ports no device claims read as all ones and ignore
+//! writes, as on a PC.
+
+use super::acpi::RESET_PORT;
+use super::bus::PortBus;
+use super::pic::Pic;
+use super::pit::Pit;
+use super::rtc::{Rtc, UnixTime};
+use super::serial::{ConsoleLog, IrqLine, Serial};
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use spin::Mutex;
+
+/// The ACPI PM1 event block (PM1a_EVT_BLK: status, enable; 4 bytes), control block
+/// (PM1a_CNT_BLK, 2 bytes) and PM timer (PM_TMR_BLK, 4 bytes), as the VM's FADT lists them.
+pub const PM1_EVT_PORT: u16 = 0x600;
+pub const PM1_CNT_PORT: u16 = 0x604;
+pub const PM_TMR_PORT: u16 = 0x608;
+/// The sleep type `\_S5` gives in the VM's DSDT (SLP_TYP for soft-off).
+pub const S5_SLP_TYP: u16 = 5;
+/// The ACPI PM timer's frequency (ACPI 6.5, 4.8.3.3).
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+const PM1_SCI_EN: u16 = 1 << 0;
+const PM1_SLP_EN: u16 = 1 << 13;
+
+/// COM1's ports and IRQ.
+const COM1: u16 = 0x3f8;
+const COM1_IRQ: u8 = 4;
+
+/// Something the guest asked of the machine as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineRequest {
+    /// Reset (8042 pulse of the reset line, its output port's bit 0 cleared, or the reset control
+    /// register at 0xcf9).
+    Reset,
+    /// ACPI soft-off (S5) through PM1a_CNT.
+    PowerOff,
+}
+
+/// The 8042's controller commands that matter to guests: configuration byte reads and writes,
+/// the self-tests, and the reset pulse.
+#[derive(Debug, Default)]
+struct Kbc {
+    config: u8,
+    output: VecDeque<u8>,
+    /// The next data-port write is for this controller command (0x60 or 0xd1).
+    pending: Option<u8>,
+}
+
+/// The VM's chipset (see the module documentation).
+pub struct Machine {
+    pub pic: Pic,
+    pub pit: Pit,
+    pub rtc: Rtc,
+    pub com1: Serial,
+    /// What the guest wrote to COM1 (shared with the management plane).
+    pub console: Arc<Mutex<ConsoleLog>>,
+    kbc: Kbc,
+    pm1_status: u16,
+    pm1_enable: u16,
+    pm1_control: u16,
+    request: Option<MachineRequest>,
+    /// Monotonic time of the current access, ns.
+    now: u64,
+    /// Wall-clock time at monotonic 0 (for the CMOS clock).
+    wall_base: UnixTime,
+}
+
+/// COM1's interrupt output, wired to the PIC.
+struct Com1Irq<'a>(&'a mut Pic);
+
+impl IrqLine for Com1Irq<'_> {
+    fn set_level(&mut self, high: bool) {
+        self.0.set_irq(COM1_IRQ, high);
+    }
+}
+
+impl Machine {
+    /// A machine whose CMOS clock reads `wall_base` at monotonic time 0, writing its console into
+    /// `console`.
+    pub fn new(wall_base: UnixTime, console: Arc<Mutex<ConsoleLog>>) -> Machine {
+        Machine {
+            pic: Pic::new(),
+            pit: Pit::new(),
+            rtc: Rtc::new(),
+            com1: Serial::new(),
+            console,
+            kbc: Kbc { config: 0x45, ..Kbc::default() },
+            pm1_status: 0,
+            pm1_enable: 0,
+            // Hardware already in ACPI mode: the FADT has no SMI command port.
+            pm1_control: PM1_SCI_EN,
+            request: None,
+            now: 0,
+            wall_base,
+        }
+    }
+
+    /// The monotonic time (ns) of the accesses that follow.
+    pub fn set_time(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// Raises the timer's IRQ 0 if its output rose since the last call; returns when (ns) it rises
+    /// next, if it will.
+    pub fn update_timers(&mut self) -> Option<u64> {
+        if self.pit.take_irq0(self.now) {
+            self.pic.pulse_irq(0);
+        }
+        self.pit.next_irq0()
+    }
+
+    /// Bytes for the guest's COM1 receiver (console input); returns how many it took.
+    pub fn console_input(&mut self, bytes: &[u8]) -> usize {
+        self.com1.enqueue_input(bytes, &mut Com1Irq(&mut self.pic))
+    }
+
+    /// A reset or power-off the guest asked for (taken: asked once).
+    pub fn request(&mut self) -> Option<MachineRequest> {
+        self.request.take()
+    }
+
+    fn wall_clock(&self) -> UnixTime {
+        self.wall_base.saturating_add((self.now / 1_000_000_000) as i64)
+    }
+
+    fn pm_timer(&self) -> u32 {
+        ((self.now as u128 * PM_TIMER_HZ as u128 / 1_000_000_000) as u32) & 0x00ff_ffff
+    }
+
+    fn kbc_read(&mut self, port: u16) -> u8 {
+        if port == 0x64 {
+            // Status: output buffer full, system flag (self-test passed), input buffer empty.
+            return u8::from(!self.kbc.output.is_empty()) | 0x04;
+        }
+        self.kbc.output.pop_front().unwrap_or(0)
+    }
+
+    fn kbc_write(&mut self, port: u16, v: u8) {
+        if port == 0x60 {
+            match self.kbc.pending.take() {
+                Some(0x60) => self.kbc.config = v,
+                // Output port: bit 0 low holds the CPU in reset.
+                Some(0xd1) if v & 1 == 0 => self.request = Some(MachineRequest::Reset),
+                Some(_) => {}
+                // A byte for the keyboard itself: there is none; answer "resend" as an absent one.
+                None => self.kbc.output.push_back(0xfe),
+            }
+            return;
+        }
+        self.kbc.pending = None;
+        match v {
+            0x20 => self.kbc.output.push_back(self.kbc.config),
+            0x60 | 0xd1 => self.kbc.pending = Some(v),
+            0xaa => self.kbc.output.push_back(0x55), // controller self-test passed
+            0xab | 0xa9 => self.kbc.output.push_back(0x00), // interface tests passed
+            0xfe => self.request = Some(MachineRequest::Reset), // pulse the reset line
+            _ => {}
+        }
+    }
+
+    fn pm_read(&mut self, port: u16, size: u8) -> u32 {
+        let regs = [self.pm1_status, self.pm1_enable, self.pm1_control];
+        let word = |o: u16| -> u32 {
+            match o {
+                0..=5 => regs[(o / 2) as usize] as u32 >> ((o % 2) * 8),
+                _ => 0,
+            }
+        };
+        match port {
+            PM_TMR_PORT..=0x60b => self.pm_timer() >> ((port - PM_TMR_PORT) * 8),
+            _ => {
+                let o = port - PM1_EVT_PORT;
+                (0..size as u16).fold(0, |acc, i| acc | ((word(o + i) & 0xff) << (8 * i)))
+            }
+        }
+    }
+
+    fn pm_write(&mut self, port: u16, size: u8, value: u32) {
+        for i in 0..size as u16 {
+            let byte = (value >> (8 * i)) as u16 & 0xff;
+            let o = port - PM1_EVT_PORT + i;
+            let shift = (o % 2) * 8;
+            match o {
+                // Status bits are cleared by writing ones.
+                0 | 1 => self.pm1_status &= !(byte << shift),
+                2 | 3 => self.pm1_enable = (self.pm1_enable & !(0xff << shift)) | (byte << shift),
+                4 | 5 => {
+                    let v = (self.pm1_control & !(0xff << shift)) | (byte << shift);
+                    // SLP_EN is write-only: it starts the transition and reads back as 0.
+                    self.pm1_control = (v & !PM1_SLP_EN) | PM1_SCI_EN;
+                    if v & PM1_SLP_EN != 0 && (v >> 10) & 7 == S5_SLP_TYP {
+                        self.request = Some(MachineRequest::PowerOff);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl PortBus for Machine {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        let now = self.now;
+        let v = match port {
+            0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => self.pic.read_port(port) as u32,
+            0x40..=0x43 => self.pit.read(port - 0x40, now) as u32,
+            0x61 => self.pit.read_port_b(now) as u32,
+            0x60 | 0x64 => self.kbc_read(port) as u32,
+            0x70 | 0x71 => {
+                let wall = self.wall_clock();
+                self.rtc.read(port - 0x70, wall) as u32
+            }
+            COM1..=0x3ff => self.com1.read(port - COM1, &mut Com1Irq(&mut self.pic)) as u32,
+            PM1_EVT_PORT..=0x60b => self.pm_read(port, size),
+            _ => u32::MAX,
+        };
+        match size {
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            _ => v,
+        }
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        let now = self.now;
+        let b = value as u8;
+        match port {
+            0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => self.pic.write_port(port, b),
+            0x40..=0x43 => self.pit.write(port - 0x40, b, now),
+            0x61 => self.pit.write_port_b(b, now),
+            0x60 | 0x64 => self.kbc_write(port, b),
+            0x70 | 0x71 => {
+                let wall = self.wall_clock();
+                self.rtc.write(port - 0x70, b, wall)
+            }
+            COM1..=0x3ff => {
+                let mut log = self.console.lock();
+                self.com1.write(port - COM1, b, &mut *log, &mut Com1Irq(&mut self.pic));
+            }
+            PM1_EVT_PORT..=0x605 => self.pm_write(port, size, value),
+            // The reset control register (the FADT's reset register): bit 2 starts the reset.
+            RESET_PORT if b & 0x04 != 0 => self.request = Some(MachineRequest::Reset),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine::new(1_700_000_000, Arc::new(Mutex::new(ConsoleLog::default())))
+    }
+
+    #[test]
+    fn the_timer_interrupts_through_the_pic() {
+        let mut m = machine();
+        // Linux: PICs at 0x30, IRQ 0 unmasked; PIT counter 0 periodic at 1 kHz.
+        for (p, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0xfe)] {
+            m.write(p, 1, v);
+        }
+        for (p, v) in [(0x43, 0x34), (0x40, 0xa9), (0x40, 0x04)] {
+            m.write(p, 1, v);
+        }
+        let due = m.update_timers().expect("an edge is due");
+        assert!(!m.pic.interrupt_pending());
+        m.set_time(due);
+        m.update_timers();
+        assert!(m.pic.interrupt_pending());
+        assert_eq!(m.pic.acknowledge(), 0x30);
+    }
+
+    #[test]
+    fn com1_output_and_its_interrupt() {
+        let mut m = machine();
+        for (p, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0xef)] {
+            m.write(p, 1, v);
+        }
+        for b in b"hi" {
+            m.write(0x3f8, 1, *b as u32);
+        }
+        assert_eq!(m.console.lock().contents(), b"hi");
+        m.write(0x3fc, 1, 0x08); // OUT2
+        m.write(0x3f9, 1, 0x02); // THRE interrupt
+        assert!(m.pic.interrupt_pending());
+        assert_eq!(m.pic.acknowledge(), 0x34);
+        assert_eq!(m.read(0x3fa, 1) & 0x0f, 0x02, "IIR: THRE");
+        m.write(0x20, 1, 0x20);
+        assert!(!m.pic.interrupt_pending(), "IIR read cleared it");
+        assert_eq!(m.console_input(b"x"), 1);
+        assert!(m.pic.interrupt_pending() || m.read(0x3f9, 1) & 1 == 0);
+        m.write(0x3f9, 1, 0x01);
+        assert!(m.pic.interrupt_pending(), "receive interrupt");
+        assert_eq!(m.read(0x3f8, 1), b'x' as u32);
+    }
+
+    #[test]
+    fn reset_and_power_off_requests() {
+        let mut m = machine();
+        assert_eq!(m.request(), None);
+        m.write(0x64, 1, 0xfe);
+        assert_eq!(m.request(), Some(MachineRequest::Reset));
+        assert_eq!(m.request(), None, "taken once");
+        // Output port with bit 0 clear.
+        m.write(0x64, 1, 0xd1);
+        m.write(0x60, 1, 0xfe);
+        assert_eq!(m.request(), Some(MachineRequest::Reset));
+        m.write(0xcf9, 1, 0x02);
+        assert_eq!(m.request(), None, "0xcf9 without the reset bit");
+        m.write(0xcf9, 1, 0x06);
+        assert_eq!(m.request(), Some(MachineRequest::Reset));
+        // The configuration byte round-trips; the self-test answers.
+        m.write(0x64, 1, 0x60);
+        m.write(0x60, 1, 0x47);
+        m.write(0x64, 1, 0x20);
+        assert_eq!(m.read(0x64, 1) & 1, 1);
+        assert_eq!(m.read(0x60, 1), 0x47);
+        m.write(0x64, 1, 0xaa);
+        assert_eq!(m.read(0x60, 1), 0x55);
+        assert_eq!(m.read(0x64, 1) & 1, 0);
+        // ACPI: SCI_EN reads set; S1 does nothing, S5 powers off.
+        assert_eq!(m.read(PM1_CNT_PORT, 2) & 1, 1);
+        m.write(PM1_CNT_PORT, 2, (1 << 10) | (1 << 13));
+        assert_eq!(m.request(), None);
+        m.write(PM1_CNT_PORT, 2, (S5_SLP_TYP as u32) << 10 | (1 << 13));
+        assert_eq!(m.request(), Some(MachineRequest::PowerOff));
+        assert_eq!(m.read(PM1_CNT_PORT, 2) & (1 << 13), 0, "SLP_EN reads as 0");
+        // The PM enable register keeps what is written; status clears by writing ones.
+        m.write(PM1_EVT_PORT + 2, 2, 0x0120);
+        assert_eq!(m.read(PM1_EVT_PORT, 4), 0x0120 << 16);
+    }
+
+    #[test]
+    fn pm_timer_clock_and_empty_ports() {
+        let mut m = machine();
+        m.set_time(1_000_000_000);
+        assert_eq!(m.read(PM_TMR_PORT, 4), (PM_TIMER_HZ & 0xff_ffff) as u32);
+        m.set_time(0);
+        m.write(0x70, 1, 0x0b);
+        m.write(0x71, 1, 0x06); // binary, 24-hour
+        m.write(0x70, 1, 0x09);
+        assert_eq!(m.read(0x71, 1), 23, "2023");
+        assert_eq!(m.read(0x510, 1), 0xff);
+        assert_eq!(m.read(0x510, 4), 0xffff_ffff);
+        m.write(0x510, 4, 0);
+    }
+}

@@ -1,0 +1,276 @@
+//! The VM resources of the management API:
+//! - `GET /api/v1/vms` - every VM: name, state, vCPUs, memory, uptime, why it last stopped.
+//! - `GET /api/v1/vms/{name}` - one VM.
+//! - `POST /api/v1/vms/{name}/start|stop|reset` - lifecycle (`409` when the VM's state does not
+//!   allow it, with the state in the message).
+//! - `GET /api/v1/vms/{name}/console` - the last 64 KiB of its serial console, as text.
+//!
+//! The hypervisor is behind [`VmService`], which the appliance implements; tests use fakes.
+
+use crate::http::Response;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use serde_json::{json, Value};
+
+/// A VM's lifecycle state as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Defined, not running (never started, or stopped: see the exit reason).
+    Stopped,
+    /// Being set up (memory, kernel) or waiting for a CPU.
+    Starting,
+    Running,
+    /// The definition or its files cannot be used; the exit reason says why.
+    Invalid,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Invalid => "invalid",
+        }
+    }
+}
+
+/// What the API shows of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSummary {
+    pub name: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub autostart: bool,
+    pub console_port: Option<u16>,
+    /// Milliseconds since it started, while it runs.
+    pub uptime_ms: Option<u64>,
+    /// Why it last stopped (or why it cannot run), once it has.
+    pub exit_reason: Option<String>,
+    /// VM exits and injected interrupts since it started.
+    pub exits: u64,
+    pub interrupts: u64,
+    /// Times the guest reset itself since it was started.
+    pub resets: u64,
+    /// Host memory the hypervisor holds for the VM beyond its RAM (VMCB, permission maps, nested
+    /// page tables, device state), bytes.
+    pub overhead_bytes: u64,
+}
+
+/// A lifecycle request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    Start,
+    Stop,
+    Reset,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmError {
+    NotFound,
+    /// Not possible in this state; the text says why.
+    Conflict(String),
+    /// The host cannot do it (no virtualization, no memory); the text says why.
+    Unavailable(String),
+}
+
+/// The hypervisor as the API sees it.
+pub trait VmService {
+    fn list(&self, now_ms: u64) -> Vec<VmSummary>;
+    fn console(&self, name: &str) -> Option<Vec<u8>>;
+    fn act(&mut self, name: &str, action: VmAction, now_ms: u64) -> Result<(), VmError>;
+}
+
+/// A host without VMs.
+pub struct NoVms;
+
+impl VmService for NoVms {
+    fn list(&self, _: u64) -> Vec<VmSummary> {
+        Vec::new()
+    }
+    fn console(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn act(&mut self, _: &str, _: VmAction, _: u64) -> Result<(), VmError> {
+        Err(VmError::NotFound)
+    }
+}
+
+/// A VM as JSON.
+pub fn vm_json(v: &VmSummary) -> Value {
+    json!({
+        "name": v.name,
+        "state": v.state.as_str(),
+        "vcpus": v.vcpus,
+        "memory_mib": v.memory_mib,
+        "autostart": v.autostart,
+        "console_port": v.console_port,
+        "uptime_seconds": v.uptime_ms.map(|m| m / 1000),
+        "exit_reason": v.exit_reason,
+        "exits": v.exits,
+        "interrupts": v.interrupts,
+        "resets": v.resets,
+        "overhead_bytes": v.overhead_bytes,
+    })
+}
+
+fn not_found(name: &str) -> Response {
+    let shown: String = name.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    Response::error(404, &format!("no VM named {shown}"))
+}
+
+fn not_allowed(allow: &str) -> Response {
+    let mut r = Response::error(405, "method not allowed on this resource");
+    r.headers.push(format!("Allow: {allow}"));
+    r
+}
+
+/// Answers a request for `path` (below `/api/v1/vms`), or `None` if it is not a VM resource.
+pub fn handle(vms: &mut dyn VmService, method: &str, path: &str, now_ms: u64) -> Option<Response> {
+    let rest = path.strip_prefix("/api/v1/vms")?;
+    if rest.is_empty() || rest == "/" {
+        if method != "GET" {
+            return Some(not_allowed("GET"));
+        }
+        let list: Vec<Value> = vms.list(now_ms).iter().map(vm_json).collect();
+        return Some(Response::json(200, json!({ "vms": list }).to_string()));
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (name, sub) = match rest.split_once('/') {
+        Some((n, s)) => (n, Some(s)),
+        None => (rest, None),
+    };
+    let found = vms.list(now_ms).into_iter().find(|v| v.name == name);
+    let Some(vm) = found else { return Some(not_found(name)) };
+    let action = match sub {
+        None => {
+            return Some(if method == "GET" {
+                Response::json(200, vm_json(&vm).to_string())
+            } else {
+                not_allowed("GET")
+            })
+        }
+        Some("console") => {
+            if method != "GET" {
+                return Some(not_allowed("GET"));
+            }
+            let bytes = vms.console(name).unwrap_or_default();
+            return Some(Response {
+                status: 200,
+                content_type: "text/plain; charset=utf-8",
+                body: bytes,
+                headers: Vec::new(),
+            });
+        }
+        Some("start") => VmAction::Start,
+        Some("stop") => VmAction::Stop,
+        Some("reset") => VmAction::Reset,
+        Some(_) => return Some(Response::error(404, "no such VM resource (console, start, stop, reset)")),
+    };
+    if method != "POST" {
+        return Some(not_allowed("POST"));
+    }
+    Some(match vms.act(name, action, now_ms) {
+        Ok(()) => {
+            let now = vms.list(now_ms).into_iter().find(|v| v.name == name).unwrap_or(vm);
+            Response::json(200, vm_json(&now).to_string())
+        }
+        Err(VmError::NotFound) => not_found(name),
+        Err(VmError::Conflict(why)) => Response::error(409, &why),
+        Err(VmError::Unavailable(why)) => Response::error(503, &why),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    struct Fake(Vec<VmSummary>);
+
+    impl VmService for Fake {
+        fn list(&self, _: u64) -> Vec<VmSummary> {
+            self.0.clone()
+        }
+        fn console(&self, name: &str) -> Option<Vec<u8>> {
+            self.0.iter().any(|v| v.name == name).then(|| b"Linux version 6.1\n".to_vec())
+        }
+        fn act(&mut self, name: &str, action: VmAction, _: u64) -> Result<(), VmError> {
+            let v = self.0.iter_mut().find(|v| v.name == name).ok_or(VmError::NotFound)?;
+            match (action, v.state) {
+                (VmAction::Start, VmState::Stopped) => v.state = VmState::Running,
+                (VmAction::Stop, VmState::Running) => {
+                    v.state = VmState::Stopped;
+                    v.exit_reason = Some("stopped through the API".to_string());
+                }
+                (_, s) => return Err(VmError::Conflict(format!("the VM is {}", s.as_str()))),
+            }
+            Ok(())
+        }
+    }
+
+    fn vm(name: &str) -> VmSummary {
+        VmSummary {
+            name: name.to_string(),
+            state: VmState::Stopped,
+            vcpus: 2,
+            memory_mib: 256,
+            autostart: false,
+            console_port: Some(9001),
+            uptime_ms: None,
+            exit_reason: None,
+            exits: 0,
+            interrupts: 0,
+            resets: 0,
+            overhead_bytes: 40960,
+        }
+    }
+
+    fn body(r: &Response) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn list_get_console_and_lifecycle() {
+        let mut f = Fake(vec![vm("web"), vm("db")]);
+        let r = handle(&mut f, "GET", "/api/v1/vms", 0).unwrap();
+        assert_eq!(r.status, 200);
+        let names: Vec<String> = body(&r)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["web", "db"]);
+        let r = handle(&mut f, "GET", "/api/v1/vms/web", 0).unwrap();
+        let v = body(&r);
+        assert_eq!(
+            (v["state"].as_str(), v["vcpus"].as_u64(), v["console_port"].as_u64()),
+            (Some("stopped"), Some(2), Some(9001))
+        );
+        let r = handle(&mut f, "GET", "/api/v1/vms/web/console", 0).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"Linux version 6.1\n"[..]));
+        let r = handle(&mut f, "POST", "/api/v1/vms/web/start", 0).unwrap();
+        assert_eq!((r.status, body(&r)["state"].as_str()), (200, Some("running")));
+        let r = handle(&mut f, "POST", "/api/v1/vms/web/start", 0).unwrap();
+        assert_eq!(r.status, 409, "already running");
+        let r = handle(&mut f, "POST", "/api/v1/vms/web/stop", 0).unwrap();
+        assert_eq!(body(&r)["exit_reason"].as_str(), Some("stopped through the API"));
+    }
+
+    #[test]
+    fn unknown_vms_resources_and_methods() {
+        let mut f = Fake(vec![vm("web")]);
+        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/nope", 0).unwrap().status, 404);
+        assert_eq!(handle(&mut f, "POST", "/api/v1/vms/nope/start", 0).unwrap().status, 404);
+        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/web/start", 0).unwrap().status, 405);
+        assert_eq!(handle(&mut f, "DELETE", "/api/v1/vms/web", 0).unwrap().status, 405);
+        assert_eq!(handle(&mut f, "POST", "/api/v1/vms", 0).unwrap().status, 405);
+        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/web/disks", 0).unwrap().status, 404);
+        assert!(handle(&mut f, "GET", "/api/v1/vmsx", 0).is_none());
+        assert_eq!(handle(&mut NoVms, "GET", "/api/v1/vms", 0).unwrap().body, br#"{"vms":[]}"#);
+    }
+}

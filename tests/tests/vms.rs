@@ -1,0 +1,159 @@
+//! Virtual machines, as an administrator runs them: an unmodified Debian kernel with a busybox
+//! initramfs (built by `scripts/guest-fixtures` into `target/guest/`) is put into the image with
+//! `ember-image build --vm`, the appliance boots from a USB stick with two CPUs, and the VMs are
+//! watched and driven through the API: the guest's userspace marker in its console, a guest that
+//! powers itself off, one that triple-faults (stopped with its reason while the other keeps
+//! running), reset, stop and start through the API. (Three VMs: a fourth copy of the 9 MiB guest
+//! would not fit the image's 36 MiB ESP.)
+
+use ember_systests::net::*;
+use ember_systests::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const ROOT: (&str, &str) = ("root", "ember-initial");
+/// A nested Linux boot under TCG takes tens of seconds; several share one CPU here.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
+const MARKER: &str = "EMBER-GUEST: userspace reached";
+
+fn fixtures() -> PathBuf {
+    let dir = workspace().join("target/guest");
+    assert!(
+        dir.join("vmlinuz").exists() && dir.join("initramfs.gz").exists(),
+        "guest fixtures missing in {}: run scripts/guest-fixtures (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Writes a VM directory (definition and its files) under `root`; returns the definition's path.
+fn vm_dir(root: &Path, name: &str, memory_mib: u32, cmdline: &str, autostart: bool) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = fixtures();
+    std::fs::copy(fx.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+    std::fs::copy(fx.join("initramfs.gz"), dir.join("initrd.gz")).unwrap();
+    let def = serde_json::json!({
+        "name": name, "vcpus": 1, "memory_mib": memory_mib, "kernel": "vmlinuz",
+        "initrd": "initrd.gz", "cmdline": cmdline, "autostart": autostart,
+    });
+    let path = dir.join("vm.json");
+    std::fs::write(&path, def.to_string()).unwrap();
+    path
+}
+
+fn vm(addr: SocketAddr, name: &str) -> Value {
+    let r = request(addr, "GET", &format!("/api/v1/vms/{name}"), Some(ROOT), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+}
+
+fn console(addr: SocketAddr, name: &str) -> String {
+    let r = request(addr, "GET", &format!("/api/v1/vms/{name}/console"), Some(ROOT), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+/// Polls until `check` holds for the VM (its JSON and console), or fails with both.
+fn wait_vm(
+    addr: SocketAddr,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value, &str) -> bool,
+) -> (Value, String) {
+    let start = Instant::now();
+    loop {
+        let (v, c) = (vm(addr, name), console(addr, name));
+        if check(&v, &c) {
+            return (v, c);
+        }
+        if start.elapsed() > GUEST_TIMEOUT {
+            let tail: String = c.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("VM {name}: {what} did not happen within {GUEST_TIMEOUT:?}\nstatus: {v}\nconsole tail:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let defs = [
+        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true),
+        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=poweroff", true),
+        vm_dir(dir.path(), "fault", 160, "console=ttyS0 reboot=t ember.action=triplefault", false),
+    ];
+    let out = dir.path().join("ember.img");
+    let efi = efi_path();
+    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
+    for d in &defs {
+        args.extend(["--vm", d.to_str().unwrap()]);
+    }
+    let (ok, stdout, stderr) = run_tool(&args);
+    assert!(ok, "ember-image build --vm failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("VM stay: 3 files in /ember/vms/stay"), "{stdout}");
+
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms", &out);
+    cfg.memory_mib = 1024;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let mut q = Qemu::start(&cfg);
+    q.wait_for("ember: VM stay on the boot media: kernel", BOOT_TIMEOUT);
+    q.wait_for("ember: VM stay: started (autostart)", BOOT_TIMEOUT);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+
+    let list = request(addr, "GET", "/api/v1/vms", Some(ROOT), None).json();
+    let names: Vec<&str> =
+        list["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fault", "off", "stay"]);
+
+    // Two autostarted guests share the second CPU: both reach userspace; one powers off.
+    let (stay, c) = wait_vm(addr, "stay", "the userspace marker", |_, c| c.contains("EMBER-GUEST: alive"));
+    assert!(c.contains("Linux version 6."), "an unmodified Debian kernel booted:\n{c}");
+    assert!(c.contains(&format!("{MARKER}, nproc=1, action=stay")), "{c}");
+    assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(1)));
+    assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
+    let overhead = stay["overhead_bytes"].as_u64().unwrap();
+    assert!(overhead > 0 && overhead < 1 << 20, "hypervisor memory per VM: {overhead} bytes");
+    let (off, c) = wait_vm(addr, "off", "power-off", |v, _| v["state"] == "stopped");
+    assert!(c.contains(&format!("{MARKER}, nproc=1, action=poweroff")), "{c}");
+    assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"), "{off}");
+
+    // A triple fault stops that guest with its reason; the other guest keeps running.
+    let r = request(addr, "POST", "/api/v1/vms/fault/start", Some(ROOT), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let (fault, c) = wait_vm(addr, "fault", "the triple fault", |v, _| v["state"] == "stopped");
+    assert!(c.contains("EMBER-GUEST: triple fault requested"), "{c}");
+    let reason = fault["exit_reason"].as_str().unwrap();
+    assert!(reason.starts_with("guest fault: triple fault at guest RIP 0x"), "{reason}");
+    q.wait_for("ember: VM fault stopped: guest fault: triple fault", BOOT_TIMEOUT);
+    let before = console(addr, "stay").matches("EMBER-GUEST: alive").count();
+    wait_vm(addr, "stay", "more heartbeats after the fault", |_, c| {
+        c.matches("EMBER-GUEST: alive").count() > before + 1
+    });
+
+    // A reset through the API starts the guest again from its kernel.
+    assert_eq!(request(addr, "POST", "/api/v1/vms/stay/reset", Some(ROOT), None).status, 200);
+    let (st, _) = wait_vm(addr, "stay", "a reset and a second boot", |v, c| {
+        v["resets"].as_u64() >= Some(1) && c.matches(MARKER).count() >= 2
+    });
+    assert_eq!(st["state"].as_str(), Some("running"));
+
+    // Stop and start through the API; a stopped VM cannot be stopped again, nor a running one started.
+    assert_eq!(request(addr, "POST", "/api/v1/vms/stay/start", Some(ROOT), None).status, 409);
+    let r = request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None);
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("stopped")), "{r:?}");
+    assert_eq!(vm(addr, "stay")["exit_reason"].as_str(), Some("stopped through the API"));
+    assert_eq!(request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None).status, 409);
+    assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", Some(ROOT), None).status, 200);
+    // The console log keeps both runs (the last 64 KiB of output, across restarts).
+    let (off, _) = wait_vm(addr, "off", "a second power-off", |v, c| {
+        v["state"] == "stopped" && c.matches(MARKER).count() == 2
+    });
+    assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"));
+    assert_eq!(request(addr, "GET", "/api/v1/vms/nope", Some(ROOT), None).status, 404);
+    assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", None, None).status, 401);
+}
