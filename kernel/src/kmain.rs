@@ -137,9 +137,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
-    let mut hypervisor = crate::vmhost::Hypervisor::new(&info.vms, vm_support);
+    let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), vm_support);
     hypervisor.autostart(timer::now_ms());
-    network.api.vms = alloc::boxed::Box::new(hypervisor);
+    network.set_vms(alloc::boxed::Box::new(hypervisor));
     print_network_log(&mut network);
     identity.management = console_address(&network);
     console::show_idle_screen(&identity);

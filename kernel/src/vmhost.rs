@@ -13,8 +13,12 @@
 //!   stopped through the API: its RAM goes back to the frame allocator and the VM's status says
 //!   why, in the log and the API. A guest reset (reboot) reloads its kernel into the same RAM.
 //!
+//! Disks are virtio block devices on virtio-mmio (`vmm::virtio_blk`), backed by the images the
+//! UEFI phase read into memory: guest writes last until the host restarts (they are not written
+//! back to the boot media).
+//!
 //! Not yet: more than one vCPU per VM (a definition with `vcpus` > 1 runs on one, and says so),
-//! local APIC / I/O APIC models (guests use the 8259A PICs), virtio devices, console input.
+//! local APIC / I/O APIC models (guests use the 8259A PICs), console input.
 
 use crate::arch::x86_64::guest_ram::GuestRamRegion;
 use crate::arch::x86_64::svm::{self, Frames, SvmCpu, SvmVcpu};
@@ -36,6 +40,7 @@ use ember_kernel::vmm::msr::VcpuMsrs;
 use ember_kernel::vmm::npt::NestedPageTables;
 use ember_kernel::vmm::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use ember_kernel::vmm::vcpu::{self, Host, RunEnd, RunStats, VmParts};
+use ember_kernel::vmm::virtio_blk::{self, SharedDisk, VirtioBlk};
 use ember_kernel::vmm::{acpi, linux, GuestPhysAddr, HostPhysAddr};
 use ember_net::vms::{VmAction, VmError, VmService, VmState, VmSummary};
 use ember_storage::vmdef::VmDefinition;
@@ -45,6 +50,8 @@ use spin::Mutex;
 pub const SLICE_NS: u64 = 10_000_000;
 /// Longest a CPU sleeps without looking at its work (stops come with a kick; this is a backstop).
 const MAX_SLEEP_NS: u64 = 50_000_000;
+/// Console input waiting for a guest, at most (the TCP client is held back beyond).
+const CONSOLE_INPUT_BYTES: usize = 4096;
 /// Guest RAM is taken in 2 MiB-aligned runs (so nested paging uses 2 MiB pages).
 const RAM_ALIGN: u64 = 2 << 20;
 
@@ -77,7 +84,11 @@ pub struct VmShared {
     pub def: VmDefinition,
     kernel: &'static [u8],
     initrd: Option<&'static [u8]>,
+    /// The disk images (in host memory for the life of the host) and whether each is read-only.
+    disks: Vec<(SharedDisk<&'static mut [u8]>, bool)>,
     console: Arc<Mutex<ConsoleLog>>,
+    /// Bytes for the guest's COM1 receiver (from the TCP console), waiting for room in its FIFO.
+    input: Mutex<VecDeque<u8>>,
     status: Mutex<Status>,
     stop: AtomicBool,
     reset: AtomicBool,
@@ -115,12 +126,39 @@ impl Drop for VmRun {
     }
 }
 
+/// Where a VM's virtio-mmio devices sit (one 4 KiB window each, above the RAM limit) and the ISA
+/// interrupt line of each (9 is the ACPI SCI, 4 COM1, 0-2 and 8 are taken on every PC).
+const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+const VIRTIO_IRQS: [u8; 8] = [5, 10, 11, 12, 15, 14, 3, 7];
+
+/// The VM's virtio-mmio devices as its DSDT describes them (guests find them through ACPI).
+fn virtio_devices(vm: &VmShared) -> Vec<acpi::VirtioMmioDevice> {
+    (0..vm.disks.len())
+        .zip(VIRTIO_IRQS)
+        .map(|(i, irq)| acpi::VirtioMmioDevice {
+            base: (VIRTIO_MMIO_BASE + 0x1000 * i as u64) as u32,
+            len: virtio_blk::MMIO_LEN as u32,
+            irq,
+        })
+        .collect()
+}
+
 /// Zeroes the VM's RAM and loads its firmware tables and kernel; returns the vCPU's entry state.
 fn load_guest(ram: &mut GuestRamRegion, vm: &VmShared) -> Result<linux::LinuxEntry, String> {
     ram.zero();
-    acpi::write_tables(ram).map_err(|e| format!("ACPI tables: {e}"))?;
+    acpi::write_tables(ram, &virtio_devices(vm)).map_err(|e| format!("ACPI tables: {e}"))?;
     let image = linux::BzImage::parse(vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
     linux::load(ram, &image, vm.initrd, &vm.def.cmdline).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))
+}
+
+/// The VM's devices in its MMIO space: a virtio block device per disk.
+fn mmio_devices(vm: &VmShared) -> Result<MmioBus, String> {
+    let mut bus = MmioBus::new();
+    for (i, ((disk, readonly), irq)) in vm.disks.iter().zip(VIRTIO_IRQS).enumerate() {
+        let base = VIRTIO_MMIO_BASE + 0x1000 * i as u64;
+        bus.add(base, virtio_blk::MMIO_LEN, Box::new(VirtioBlk::new(disk.clone(), *readonly, irq)))?;
+    }
+    Ok(bus)
 }
 
 fn enter(vcpu: &mut SvmVcpu, entry: &linux::LinuxEntry) {
@@ -142,6 +180,13 @@ fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
     };
     let entry = match load_guest(&mut ram, shared) {
         Ok(e) => e,
+        Err(e) => {
+            free(ram);
+            return Err(e);
+        }
+    };
+    let mmio = match mmio_devices(shared) {
+        Ok(m) => m,
         Err(e) => {
             free(ram);
             return Err(e);
@@ -174,7 +219,7 @@ fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
         shared: shared.clone(),
         vcpu,
         machine: Machine::new(wall, shared.console.clone()),
-        mmio: MmioBus::new(),
+        mmio,
         msrs: VcpuMsrs::new(0),
         ram: Some(ram),
         _npt: npt,
@@ -226,7 +271,15 @@ impl Host for ApHost<'_> {
         x86_64::instructions::interrupts::enable_and_hlt();
         x86_64::instructions::interrupts::disable();
     }
-    fn console_input(&self, _: &mut Machine) {}
+    fn console_input(&self, machine: &mut Machine) {
+        let mut input = self.shared.input.lock();
+        if input.is_empty() {
+            return;
+        }
+        let (a, _) = input.as_slices();
+        let taken = machine.console_input(a);
+        input.drain(..taken);
+    }
 }
 
 /// Runs `run` for one slice on this CPU; gives it back if it is to go on.
@@ -241,7 +294,7 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
         let mut parts = VmParts {
             machine: &mut r.machine,
             mmio: &mut r.mmio,
-            mem: r.ram.as_ref().expect("a run's RAM") as &dyn GuestMemory,
+            mem: r.ram.as_mut().expect("a run's RAM") as &mut dyn GuestMemory,
             msrs: &mut r.msrs,
             cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, svm::host_cpuid),
         };
@@ -328,15 +381,22 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// The VMs found on the boot media; `virtualization`: the SVM check's result (ASIDs) or why
     /// there is none.
-    pub fn new(images: &[VmImage], virtualization: Result<u32, String>) -> Hypervisor {
+    pub fn new(images: Vec<VmImage>, virtualization: Result<u32, String>) -> Hypervisor {
         let vms = images
-            .iter()
-            .map(|i| match &i.loaded {
+            .into_iter()
+            .map(|i| match i.loaded {
                 Ok(l) => Entry::Vm(Arc::new(VmShared {
-                    def: l.definition.clone(),
+                    disks: l
+                        .disks
+                        .into_iter()
+                        .zip(&l.definition.disks)
+                        .map(|(image, d)| (Arc::new(Mutex::new(image)), d.readonly))
+                        .collect(),
+                    def: l.definition,
                     kernel: l.kernel,
                     initrd: l.initrd,
                     console: Arc::new(Mutex::new(ConsoleLog::default())),
+                    input: Mutex::new(VecDeque::new()),
                     status: Mutex::new(Status {
                         state: VmState::Stopped,
                         started_ms: None,
@@ -349,10 +409,9 @@ impl Hypervisor {
                     resets: AtomicU64::new(0),
                     overhead: AtomicU64::new(0),
                 })),
-                Err(reason) => Entry::Invalid {
-                    name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(),
-                    reason: reason.clone(),
-                },
+                Err(reason) => {
+                    Entry::Invalid { name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(), reason }
+                }
             })
             .collect();
         let (unavailable, asids) = match virtualization {
@@ -488,6 +547,25 @@ impl VmService for Hypervisor {
             Entry::Vm(v) => Some(v.console.lock().contents()),
             Entry::Invalid { .. } => Some(Vec::new()),
         }
+    }
+
+    fn console_since(&self, name: &str, from: u64, max: usize) -> (Vec<u8>, u64) {
+        match self.find(name) {
+            Some(Entry::Vm(v)) => v.console.lock().since(from, max),
+            _ => (Vec::new(), from),
+        }
+    }
+
+    fn console_input(&mut self, name: &str, bytes: &[u8]) -> usize {
+        let Some(Entry::Vm(v)) = self.find(name) else { return 0 };
+        let mut input = v.input.lock();
+        let n = bytes.len().min(CONSOLE_INPUT_BYTES.saturating_sub(input.len()));
+        input.extend(&bytes[..n]);
+        drop(input);
+        if n > 0 {
+            kick();
+        }
+        n
     }
 
     fn act(&mut self, name: &str, action: VmAction, now_ms: u64) -> Result<(), VmError> {

@@ -25,6 +25,7 @@ extern crate alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod fetch;
 pub mod firstboot;
 pub mod http;

@@ -140,6 +140,8 @@ struct Stack {
     /// Echo requests and replies of Test Management Network.
     icmp: SocketHandle,
     conns: Vec<Conn>,
+    /// The VMs' TCP consoles.
+    consoles: Vec<crate::console::ConsoleConn>,
     stats: PortStats,
 }
 
@@ -238,9 +240,23 @@ impl ManagementNetwork {
                 s.abort();
                 c.reset(now);
             }
+            crate::console::reset(&mut stack.sockets, &mut stack.consoles);
         }
         self.api.root.forget();
         self.log.push(format!("management agents restarted: {dropped} API connections dropped"));
+    }
+
+    /// Hands the service the hypervisor's VMs: the API serves them, and each VM's console port
+    /// listens from now on (and after every restart of the interface).
+    pub fn set_vms(&mut self, vms: alloc::boxed::Box<dyn crate::vms::VmService>) {
+        self.api.vms = vms;
+        if let Some(stack) = self.stack.as_mut() {
+            crate::console::close(&mut stack.sockets, core::mem::take(&mut stack.consoles));
+            stack.consoles = crate::console::open(&mut stack.sockets, &*self.api.vms);
+            for c in &stack.consoles {
+                self.log.push(format!("VM {} console on TCP port {}", c.vm, c.port));
+            }
+        }
     }
 
     /// Takes the log lines produced since the last call.
@@ -547,7 +563,12 @@ impl ManagementNetwork {
         );
         let _ = ping.bind(icmp::Endpoint::Ident(PING_IDENT));
         let icmp = sockets.add(ping);
-        self.stack = Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, icmp, conns, stats });
+        let consoles = crate::console::open(&mut sockets, &*self.api.vms);
+        for c in &consoles {
+            self.log.push(format!("VM {} console on TCP port {}", c.vm, c.port));
+        }
+        self.stack =
+            Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, icmp, conns, consoles, stats });
     }
 
     fn host_name_option(&mut self, name: &str) -> &'static [DhcpOption<'static>] {
@@ -605,6 +626,7 @@ impl ManagementNetwork {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
         busy |= serve_http(stack, &mut self.api, now);
+        busy |= crate::console::serve(&mut stack.sockets, &mut stack.consoles, &mut *self.api.vms);
         busy |= self.poll_download(now);
         self.poll_test(now);
         let Some(stack) = self.stack.as_mut() else { return busy };
@@ -1308,6 +1330,115 @@ mod tests {
             "Authorization: Basic {}\r\n",
             base64::engine::general_purpose::STANDARD.encode("root:rootpass")
         )
+    }
+
+    /// A VM service with one VM whose console holds `output` and records input (at most 8 bytes
+    /// waiting at a time, to exercise flow control).
+    struct ConsoleVms {
+        output: alloc::rc::Rc<core::cell::RefCell<Vec<u8>>>,
+        input: alloc::rc::Rc<core::cell::RefCell<Vec<u8>>>,
+    }
+
+    impl crate::vms::VmService for ConsoleVms {
+        fn list(&self, _: u64) -> Vec<crate::vms::VmSummary> {
+            vec![crate::vms::VmSummary {
+                name: "web".into(),
+                state: crate::vms::VmState::Running,
+                vcpus: 1,
+                memory_mib: 128,
+                autostart: true,
+                console_port: Some(9001),
+                uptime_ms: Some(1),
+                exit_reason: None,
+                exits: 0,
+                interrupts: 0,
+                resets: 0,
+                overhead_bytes: 0,
+            }]
+        }
+        fn console(&self, _: &str) -> Option<Vec<u8>> {
+            Some(self.output.borrow().clone())
+        }
+        fn act(&mut self, _: &str, _: crate::vms::VmAction, _: u64) -> Result<(), crate::vms::VmError> {
+            Ok(())
+        }
+        fn console_since(&self, _: &str, from: u64, max: usize) -> (Vec<u8>, u64) {
+            let out = self.output.borrow();
+            let start = (from as usize).min(out.len());
+            let end = (start + max).min(out.len());
+            (out[start..end].to_vec(), end as u64)
+        }
+        fn console_input(&mut self, _: &str, bytes: &[u8]) -> usize {
+            let mut input = self.input.borrow_mut();
+            let n = bytes.len().min(8usize.saturating_sub(input.len()));
+            input.extend_from_slice(&bytes[..n]);
+            n
+        }
+    }
+
+    #[test]
+    fn vm_consoles_stream_over_tcp_both_ways() {
+        let mut w = World::new(static_cfg(None), None);
+        let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"Linux version 6.1\n".to_vec()));
+        let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+        w.server.set_vms(Box::new(ConsoleVms { output: output.clone(), input: input.clone() }));
+        assert!(w.server.take_log().iter().any(|l| l == "VM web console on TCP port 9001"));
+        let s =
+            tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
+        let h = w.client.sockets.add(s);
+        let cx = w.client.iface.context();
+        w.client
+            .sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(cx, (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001), 40100)
+            .unwrap();
+        let mut got = Vec::new();
+        let read = |w: &mut World, got: &mut Vec<u8>, want: &[u8]| {
+            w.run_until(5_000, |c| {
+                let s = c.sockets.get_mut::<tcp::Socket>(h);
+                while s.can_recv() {
+                    let mut buf = [0u8; 1024];
+                    let n = s.recv_slice(&mut buf).unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                }
+                got.windows(want.len()).any(|x| x == want)
+            })
+        };
+        assert!(read(&mut w, &mut got, b"Linux version 6.1\n"), "the kept output first: {got:?}");
+        output.borrow_mut().extend_from_slice(b"login: ");
+        assert!(read(&mut w, &mut got, b"login: "), "then new output: {got:?}");
+        assert_eq!(got, b"Linux version 6.1\nlogin: ", "nothing twice");
+        // Input reaches the VM; what it cannot take yet waits in TCP.
+        w.send(h, b"root\nuptime\n");
+        w.run_until(500, |_| false);
+        assert_eq!(input.borrow().as_slice(), b"root\nupt");
+        input.borrow_mut().clear();
+        w.run_until(500, |_| false);
+        assert_eq!(input.borrow().as_slice(), b"ime\n");
+        // The client leaves; the port listens again and a new client gets the log from the start.
+        w.client.sockets.get_mut::<tcp::Socket>(h).close();
+        w.run_until(2_000, |_| false);
+        w.client.sockets.remove(h);
+        let s =
+            tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
+        let h2 = w.client.sockets.add(s);
+        let cx = w.client.iface.context();
+        w.client
+            .sockets
+            .get_mut::<tcp::Socket>(h2)
+            .connect(cx, (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001), 40101)
+            .unwrap();
+        let mut again = Vec::new();
+        let ok = w.run_until(5_000, |c| {
+            let s = c.sockets.get_mut::<tcp::Socket>(h2);
+            while s.can_recv() {
+                let mut buf = [0u8; 1024];
+                let n = s.recv_slice(&mut buf).unwrap();
+                again.extend_from_slice(&buf[..n]);
+            }
+            again.ends_with(b"login: ")
+        });
+        assert!(ok, "a second client is served: {again:?}");
     }
 
     #[test]

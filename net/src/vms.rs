@@ -82,6 +82,15 @@ pub trait VmService {
     fn list(&self, now_ms: u64) -> Vec<VmSummary>;
     fn console(&self, name: &str) -> Option<Vec<u8>>;
     fn act(&mut self, name: &str, action: VmAction, now_ms: u64) -> Result<(), VmError>;
+    /// The console's output after position `from` (bytes ever written), at most `max` bytes, and
+    /// the position after it (for the TCP consoles, see `crate::mgmt`).
+    fn console_since(&self, _name: &str, from: u64, _max: usize) -> (Vec<u8>, u64) {
+        (Vec::new(), from)
+    }
+    /// Input for the VM's console (its COM1 receiver); returns how many bytes were taken.
+    fn console_input(&mut self, _name: &str, _bytes: &[u8]) -> usize {
+        0
+    }
 }
 
 /// A host without VMs.

@@ -2,7 +2,8 @@
 //! initramfs (built by `scripts/guest-fixtures` into `target/guest/`) is put into the image with
 //! `ember-image build --vm`, the appliance boots from a USB stick with two CPUs, and the VMs are
 //! watched and driven through the API: the guest's userspace marker in its console, a guest that
-//! powers itself off, one that triple-faults (stopped with its reason while the other keeps
+//! reads its virtio disk (checksum), writes it, reboots, reads the write back and powers itself
+//! off, one that triple-faults (stopped with its reason while the other keeps
 //! running), reset, stop and start through the API. (Three VMs: a fourth copy of the 9 MiB guest
 //! would not fit the image's 36 MiB ESP.)
 
@@ -28,20 +29,45 @@ fn fixtures() -> PathBuf {
     dir
 }
 
-/// Writes a VM directory (definition and its files) under `root`; returns the definition's path.
-fn vm_dir(root: &Path, name: &str, memory_mib: u32, cmdline: &str, autostart: bool) -> PathBuf {
+/// Writes a VM directory (definition and its files, a disk image if given) under `root`; returns
+/// the definition's path.
+fn vm_dir(
+    root: &Path,
+    name: &str,
+    memory_mib: u32,
+    cmdline: &str,
+    autostart: bool,
+    disk: Option<&[u8]>,
+) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let fx = fixtures();
     std::fs::copy(fx.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
     std::fs::copy(fx.join("initramfs.gz"), dir.join("initrd.gz")).unwrap();
+    let mut disks = Vec::new();
+    if let Some(d) = disk {
+        std::fs::write(dir.join("disk.img"), d).unwrap();
+        disks.push(serde_json::json!({"file": "disk.img", "readonly": false}));
+    }
     let def = serde_json::json!({
         "name": name, "vcpus": 1, "memory_mib": memory_mib, "kernel": "vmlinuz",
-        "initrd": "initrd.gz", "cmdline": cmdline, "autostart": autostart,
+        "initrd": "initrd.gz", "cmdline": cmdline, "autostart": autostart, "disks": disks,
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, def.to_string()).unwrap();
     path
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
 
 fn vm(addr: SocketAddr, name: &str) -> Value {
@@ -80,10 +106,14 @@ fn wait_vm(
 #[test]
 fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let dir = tempfile::tempdir().unwrap();
+    // A 2 MiB disk: a known first MiB (its SHA-256 is what the guest must read), then zeros.
+    let mut disk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    disk.resize(2 << 20, 0);
+    let sha = sha256_hex(&disk[..1 << 20]);
     let defs = [
-        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true),
-        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=poweroff", true),
-        vm_dir(dir.path(), "fault", 160, "console=ttyS0 reboot=t ember.action=triplefault", false),
+        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true, None),
+        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=write", true, Some(&disk)),
+        vm_dir(dir.path(), "fault", 160, "console=ttyS0 reboot=t ember.action=triplefault", false, None),
     ];
     let out = dir.path().join("ember.img");
     let efi = efi_path();
@@ -118,8 +148,15 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
     let overhead = stay["overhead_bytes"].as_u64().unwrap();
     assert!(overhead > 0 && overhead < 1 << 20, "hypervisor memory per VM: {overhead} bytes");
-    let (off, c) = wait_vm(addr, "off", "power-off", |v, _| v["state"] == "stopped");
-    assert!(c.contains(&format!("{MARKER}, nproc=1, action=poweroff")), "{c}");
+    // The other reads its virtio disk (checksum), writes it, reboots, reads the write back and
+    // powers off.
+    let (off, c) =
+        wait_vm(addr, "off", "write, reboot, read back, power-off", |v, _| v["state"] == "stopped");
+    assert!(c.contains(&format!("{MARKER}, nproc=1, action=write")), "{c}");
+    assert_eq!(c.matches(&format!("EMBER-GUEST: vda sha256 {sha}")).count(), 2, "read on both boots:\n{c}");
+    assert!(c.contains("EMBER-GUEST: wrote vda, rebooting"), "{c}");
+    assert!(c.contains("EMBER-GUEST: after reboot vda says EMBER-WRITTEN"), "{c}");
+    assert_eq!(off["resets"].as_u64(), Some(1), "the guest's reboot: {off}");
     assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"), "{off}");
 
     // A triple fault stops that guest with its reason; the other guest keeps running.
@@ -149,11 +186,13 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert_eq!(vm(addr, "stay")["exit_reason"].as_str(), Some("stopped through the API"));
     assert_eq!(request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None).status, 409);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", Some(ROOT), None).status, 200);
-    // The console log keeps both runs (the last 64 KiB of output, across restarts).
-    let (off, _) = wait_vm(addr, "off", "a second power-off", |v, c| {
-        v["state"] == "stopped" && c.matches(MARKER).count() == 2
+    // The console log keeps the runs (the last 64 KiB of output, across restarts); the disk kept
+    // the write (it lives in host memory until the host restarts), so this run powers off at once.
+    let (off, c) = wait_vm(addr, "off", "a second power-off", |v, c| {
+        v["state"] == "stopped" && c.matches(MARKER).count() == 3
     });
     assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"));
+    assert_eq!(c.matches("after reboot vda says EMBER-WRITTEN").count(), 2, "{c}");
     assert_eq!(request(addr, "GET", "/api/v1/vms/nope", Some(ROOT), None).status, 404);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", None, None).status, 401);
 }

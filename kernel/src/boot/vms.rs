@@ -17,9 +17,10 @@ use uefi::proto::media::file::{Directory, File, FileAttribute, FileInfo, FileMod
 use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::CStr16;
 
-/// Largest kernel image and initrd read for a VM.
+/// Largest kernel image, initrd and disk image read for a VM.
 const MAX_KERNEL: u64 = 64 << 20;
 const MAX_INITRD: u64 = 512 << 20;
+const MAX_DISK: u64 = 1 << 30;
 /// Largest definition file.
 const MAX_DEFINITION: usize = 64 << 10;
 /// Most VM directories read.
@@ -38,6 +39,9 @@ pub struct LoadedVm {
     pub definition: VmDefinition,
     pub kernel: &'static [u8],
     pub initrd: Option<&'static [u8]>,
+    /// The disk images, in the definition's order (writes land here: they last until the host
+    /// restarts; they are not written back to the boot media).
+    pub disks: Vec<&'static mut [u8]>,
 }
 
 fn ucs2(path: &str) -> Result<Vec<u16>, String> {
@@ -59,7 +63,7 @@ fn open_regular(fs: &mut SimpleFileSystem, path: &str) -> Result<RegularFile, Re
 struct InfoBuffer([u8; 1024]);
 
 /// Reads the whole file at `path` (at most `max` bytes) into freshly allocated `LOADER_DATA` pages.
-fn read_into_pages(fs: &mut SimpleFileSystem, path: &str, max: u64) -> Result<&'static [u8], String> {
+fn read_into_pages(fs: &mut SimpleFileSystem, path: &str, max: u64) -> Result<&'static mut [u8], String> {
     let mut file = open_regular(fs, path).map_err(|e| match e {
         ReadError::NotFound => format!("{path}: file not found"),
         ReadError::Other(why) => why,
@@ -126,10 +130,19 @@ fn load_one(fs: &mut SimpleFileSystem, dir: &str) -> Result<LoadedVm, String> {
     let definition = VmDefinition::parse(&def_path, &bytes).map_err(|e| e.to_string())?;
     let kernel = read_into_pages(fs, &format!("{dir}/{}", definition.kernel), MAX_KERNEL)?;
     let initrd = match &definition.initrd {
-        Some(i) => Some(read_into_pages(fs, &format!("{dir}/{i}"), MAX_INITRD)?),
+        Some(i) => Some(&*read_into_pages(fs, &format!("{dir}/{i}"), MAX_INITRD)?),
         None => None,
     };
-    Ok(LoadedVm { definition, kernel, initrd })
+    let mut disks = Vec::new();
+    for d in &definition.disks {
+        let path = format!("{dir}/{}", d.file);
+        let image = read_into_pages(fs, &path, MAX_DISK)?;
+        if !image.len().is_multiple_of(512) {
+            return Err(format!("{path} is {} bytes, not a whole number of 512-byte sectors", image.len()));
+        }
+        disks.push(image);
+    }
+    Ok(LoadedVm { definition, kernel, initrd, disks })
 }
 
 /// Every VM on the boot volume `fs`.

@@ -57,11 +57,67 @@ fn put64(t: &mut [u8], at: usize, v: u64) {
     t[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
-/// The DSDT: `Name (_S5, Package (4) { 5, 5, 0, 0 })`.
-fn dsdt() -> Vec<u8> {
+/// AML PkgLength (ACPI 6.5 20.2.4) for a package whose contents after the PkgLength are `len`
+/// bytes: the encoded length counts itself.
+fn pkg_length(len: usize) -> Vec<u8> {
+    if len + 1 < 0x40 {
+        vec![(len + 1) as u8]
+    } else {
+        let total = len + 2; // two-byte form, up to 4095
+        vec![0x40 | (total & 0x0f) as u8, (total >> 4) as u8]
+    }
+}
+
+/// `op PkgLength body`.
+fn package(op: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut v = op.to_vec();
+    v.extend(pkg_length(body.len()));
+    v.extend_from_slice(body);
+    v
+}
+
+/// A virtio-mmio device the guest finds in the DSDT (Linux's `LNRO0005` ACPI binding): its MMIO
+/// window and its (edge-triggered, active-high) ISA interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    pub base: u32,
+    pub len: u32,
+    pub irq: u8,
+}
+
+/// `Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS, ResourceTemplate () {
+/// Memory32Fixed (ReadWrite, base, len) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive)
+/// { irq } }) }`.
+fn virtio_device_aml(n: usize, d: &VirtioMmioDevice) -> Vec<u8> {
+    let mut crs = vec![0x86, 0x09, 0x00, 0x01]; // Memory32Fixed, read/write
+    crs.extend_from_slice(&d.base.to_le_bytes());
+    crs.extend_from_slice(&d.len.to_le_bytes());
+    crs.extend_from_slice(&[0x89, 0x06, 0x00, 0x03, 0x01]); // Extended Interrupt: consumer, edge
+    crs.extend_from_slice(&(d.irq as u32).to_le_bytes());
+    crs.extend_from_slice(&[0x79, 0x00]); // End Tag
+    let mut buffer_body = vec![0x0a, crs.len() as u8]; // BufferSize (BytePrefix)
+    buffer_body.extend(crs);
+    let mut body = alloc::format!("VR{:02X}", n & 0xff).into_bytes();
+    body.extend_from_slice(&[0x08, b'_', b'H', b'I', b'D', 0x0d]);
+    body.extend_from_slice(b"LNRO0005\0");
+    body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x0a, n as u8]);
+    body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S']);
+    body.extend(package(&[0x11], &buffer_body));
+    package(&[0x5b, 0x82], &body)
+}
+
+/// The DSDT: `Name (_S5, Package (4) { 5, 5, 0, 0 })` and, in `\_SB`, the virtio-mmio devices.
+fn dsdt(virtio: &[VirtioMmioDevice]) -> Vec<u8> {
     let s5 = S5_SLP_TYP as u8;
     // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4) BytePrefix 5 BytePrefix 5 Zero Zero
-    let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
+    let mut aml = vec![0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
+    if !virtio.is_empty() {
+        let mut scope = vec![b'\\', b'_', b'S', b'B', b'_'];
+        for (i, d) in virtio.iter().enumerate() {
+            scope.extend(virtio_device_aml(i, d));
+        }
+        aml.extend(package(&[0x10], &scope));
+    }
     let mut t = table(b"DSDT", 36 + aml.len(), 2);
     t[36..].copy_from_slice(&aml);
     seal(t)
@@ -125,9 +181,16 @@ fn rsdp() -> Vec<u8> {
     r
 }
 
-/// Writes the tables into guest memory; returns the RSDP's address.
-pub fn write_tables(mem: &mut impl GuestMemory) -> Result<GuestPhysAddr, OutOfRange> {
-    mem.write(GuestPhysAddr(DSDT_ADDR), &dsdt())?;
+/// Writes the tables (listing `virtio` devices) into guest memory; returns the RSDP's address.
+pub fn write_tables(
+    mem: &mut impl GuestMemory,
+    virtio: &[VirtioMmioDevice],
+) -> Result<GuestPhysAddr, OutOfRange> {
+    let dsdt = dsdt(virtio);
+    if DSDT_ADDR + dsdt.len() as u64 > 0xf_0000 {
+        return Err(OutOfRange { addr: GuestPhysAddr(DSDT_ADDR), len: dsdt.len() as u64 });
+    }
+    mem.write(GuestPhysAddr(DSDT_ADDR), &dsdt)?;
     mem.write(GuestPhysAddr(FACS_ADDR), &facs())?;
     mem.write(GuestPhysAddr(FADT_ADDR), &fadt())?;
     mem.write(GuestPhysAddr(XSDT_ADDR), &xsdt(&[FADT_ADDR]))?;
@@ -161,7 +224,7 @@ mod tests {
     #[test]
     fn the_tables_chain_from_the_rsdp_with_valid_checksums() {
         let mut mem = GuestRam::new(1 << 20);
-        assert_eq!(write_tables(&mut mem).unwrap(), GuestPhysAddr(0xe0000));
+        assert_eq!(write_tables(&mut mem, &[]).unwrap(), GuestPhysAddr(0xe0000));
         let rsdp = read(&mem, RSDP_ADDR, 36);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
         assert_eq!((sum(&rsdp[..20]), sum(&rsdp), rsdp[15]), (0, 0, 2));
@@ -188,6 +251,43 @@ mod tests {
     #[test]
     fn tables_need_the_bios_area() {
         let mut mem = GuestRam::new(0xe0000);
-        assert!(write_tables(&mut mem).is_err());
+        assert!(write_tables(&mut mem, &[]).is_err());
+    }
+
+    #[test]
+    fn virtio_devices_are_described_in_the_dsdt() {
+        let devs = [
+            VirtioMmioDevice { base: 0xd000_0000, len: 0x1000, irq: 5 },
+            VirtioMmioDevice { base: 0xd000_1000, len: 0x1000, irq: 10 },
+        ];
+        let d = dsdt(&devs);
+        assert_eq!(sum(&d), 0);
+        assert_eq!(u32_at(&d, 4) as usize, d.len());
+        let aml = &d[36..];
+        // The scope: ScopeOp, a two-byte PkgLength covering the rest, \_SB_.
+        let scope = aml.windows(5).position(|w| w == b"\\_SB_").unwrap() - 3;
+        assert_eq!(aml[scope], 0x10);
+        let (b0, b1) = (aml[scope + 1] as usize, aml[scope + 2] as usize);
+        assert_eq!(b0 >> 6, 1, "two-byte PkgLength");
+        assert_eq!((b0 & 0x0f) | (b1 << 4), aml.len() - scope - 1);
+        assert_eq!(aml.windows(8).filter(|w| w == b"LNRO0005").count(), 2);
+        // The resources of the second device: Memory32Fixed at 0xd0001000 and IRQ 10.
+        let mem = aml.windows(4).rposition(|w| w == [0x86, 0x09, 0x00, 0x01]).unwrap();
+        assert_eq!(u32_at(aml, mem + 4), 0xd000_1000);
+        assert_eq!(u32_at(aml, mem + 8), 0x1000);
+        assert_eq!(&aml[mem + 12..mem + 17], &[0x89, 0x06, 0x00, 0x03, 0x01]);
+        assert_eq!(u32_at(aml, mem + 17), 10);
+        assert_eq!(&aml[mem + 21..mem + 23], &[0x79, 0x00]);
+        // Device PkgLength: one byte when the device body is short.
+        let dev = aml.windows(2).position(|w| w == [0x5b, 0x82]).unwrap();
+        assert_eq!(&aml[dev + 3..dev + 7], b"VR00");
+        // Still found by the host's \_S5 scan.
+        assert_eq!(crate::hw::acpi::s5_sleep_types(aml), Some((5, 5)));
+        // Eight devices still fit below the BIOS area's end.
+        let eight: Vec<VirtioMmioDevice> = (0..8)
+            .map(|i| VirtioMmioDevice { base: 0xd000_0000 + i * 0x1000, len: 0x1000, irq: 5 })
+            .collect();
+        let mut m = GuestRam::new(1 << 20);
+        assert!(write_tables(&mut m, &eight).is_ok());
     }
 }

@@ -105,6 +105,13 @@ pub trait MmioDevice: Send {
     /// A read of `data.len()` bytes (1, 2, 4 or 8) at `offset` from the device's base.
     fn read(&mut self, offset: u64, data: &mut [u8]);
     fn write(&mut self, offset: u64, data: &[u8]);
+    /// Work an access asked for that needs guest memory (a virtio queue notification), done by
+    /// the vCPU loop right after the exit.
+    fn process(&mut self, _mem: &mut dyn super::memory::GuestMemory) {}
+    /// The device's interrupt line (an ISA IRQ) and its level, if it has one.
+    fn irq(&self) -> Option<(u8, bool)> {
+        None
+    }
 }
 
 struct MmioRange {
@@ -150,6 +157,17 @@ impl MmioBus {
                 let offset = addr - r.base;
                 (r, offset)
             })
+    }
+
+    /// Lets every device do the work its last accesses asked for, then reports each device's
+    /// interrupt line and level to `set_irq`.
+    pub fn service(&mut self, mem: &mut dyn super::memory::GuestMemory, mut set_irq: impl FnMut(u8, bool)) {
+        for r in &mut self.ranges {
+            r.device.process(mem);
+            if let Some((line, level)) = r.device.irq() {
+                set_irq(line, level);
+            }
+        }
     }
 
     /// A read; `false` when nothing claims the whole access.

@@ -27,6 +27,7 @@ pub mod pit;
 pub mod rtc;
 pub mod serial;
 pub mod vcpu;
+pub mod virtio_blk;
 
 /// An address in a guest's physical address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

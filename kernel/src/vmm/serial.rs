@@ -300,6 +300,18 @@ impl ConsoleLog {
     pub fn contents(&self) -> alloc::vec::Vec<u8> {
         self.bytes.iter().copied().collect()
     }
+
+    /// The output after the first `from` bytes ever written, as far as it is still kept (at most
+    /// `max` bytes), and the position after it: a reader that keeps the position streams the
+    /// console; one that falls more than the log behind loses the oldest part.
+    pub fn since(&self, from: u64, max: usize) -> (alloc::vec::Vec<u8>, u64) {
+        let oldest = self.total - self.bytes.len() as u64;
+        let start = from.clamp(oldest, self.total);
+        let skip = (start - oldest) as usize;
+        let out: alloc::vec::Vec<u8> = self.bytes.iter().skip(skip).take(max).copied().collect();
+        let next = start + out.len() as u64;
+        (out, next)
+    }
 }
 
 impl SerialOutput for ConsoleLog {
@@ -358,5 +370,13 @@ mod console_tests {
         let l = log.borrow();
         assert_eq!((l.contents().len(), l.total), (CONSOLE_LOG_BYTES, CONSOLE_LOG_BYTES as u64 + 15));
         assert_eq!(l.contents()[0], 10);
+        // Streaming by position: what is new, at most `max`, and the oldest kept when behind.
+        let (b, next) = l.since(l.total - 3, 2);
+        assert_eq!((b.len(), next), (2, l.total - 1));
+        let (b, next) = l.since(next, 100);
+        assert_eq!((b.len(), next), (1, l.total));
+        assert_eq!(l.since(l.total, 10).0.len(), 0);
+        let (b, _) = l.since(0, 4);
+        assert_eq!(b, [10, 11, 12, 13], "a reader far behind starts at the oldest kept byte");
     }
 }

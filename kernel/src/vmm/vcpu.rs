@@ -65,7 +65,7 @@ pub enum RunEnd {
 pub struct VmParts<'a, C: Fn(u32, u32) -> Leaf> {
     pub machine: &'a mut Machine,
     pub mmio: &'a mut MmioBus,
-    pub mem: &'a dyn GuestMemory,
+    pub mem: &'a mut dyn GuestMemory,
     pub msrs: &'a mut VcpuMsrs,
     /// The guest's CPUID answers.
     pub cpuid: C,
@@ -117,10 +117,13 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
                 cpuid: &vm.cpuid,
                 msrs: &mut *vm.msrs,
                 mmio: &mut *vm.mmio,
-                mem: vm.mem,
+                mem: &*vm.mem,
             };
             handle_exit(&exit, vcpu, &mut cx)
         };
+        // Device work (virtio queues) and the devices' interrupt lines.
+        let pic = &mut vm.machine.pic;
+        vm.mmio.service(&mut *vm.mem, |line, level| pic.set_irq(line, level));
         match vm.machine.request() {
             Some(MachineRequest::PowerOff) => return RunEnd::PowerOff,
             Some(MachineRequest::Reset) => return RunEnd::Reset,
@@ -248,7 +251,7 @@ mod tests {
     fn run_script(exits: Vec<(VmExit, u64)>, if_flag: bool) -> (RunEnd, Scripted, RunStats) {
         let mut machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
         let mut mmio = MmioBus::new();
-        let mem = GuestRam::new(4096);
+        let mut mem = GuestRam::new(4096);
         let mut msrs = VcpuMsrs::new(0);
         let mut v = Scripted { exits, regs: [0; 16], rip: 0, if_flag, injected: Vec::new(), windows: 0 };
         let host = FakeHost { now: Cell::new(0), stop_after: 1_000_000_000 };
@@ -256,7 +259,7 @@ mod tests {
         let mut parts = VmParts {
             machine: &mut machine,
             mmio: &mut mmio,
-            mem: &mem,
+            mem: &mut mem,
             msrs: &mut msrs,
             cpuid: |_, _| Leaf::default(),
         };
