@@ -3,7 +3,7 @@
 //! `ember-image build --vm`, the appliance boots from a USB stick with two CPUs, and the VMs are
 //! watched and driven through the API: the guest's userspace marker in its console, a guest that
 //! reads its virtio disk (checksum), writes it, reboots, reads the write back and powers itself
-//! off, one that triple-faults (stopped with its reason while the other keeps
+//! off, the serial console over TCP both ways, one that triple-faults (stopped with its reason while the other keeps
 //! running), reset, stop and start through the API. (Three VMs: a fourth copy of the 9 MiB guest
 //! would not fit the image's 36 MiB ESP.)
 
@@ -18,6 +18,8 @@ const ROOT: (&str, &str) = ("root", "ember-initial");
 /// A nested Linux boot under TCG takes tens of seconds; several share one CPU here.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(420);
 const MARKER: &str = "EMBER-GUEST: userspace reached";
+/// The `stay` VM's serial console port on the management interface.
+const CONSOLE_PORT: u16 = 9101;
 
 fn fixtures() -> PathBuf {
     let dir = workspace().join("target/guest");
@@ -29,7 +31,7 @@ fn fixtures() -> PathBuf {
     dir
 }
 
-/// Writes a VM directory (definition and its files, a disk image if given) under `root`; returns
+/// Writes a VM directory (definition and its files, a disk image and console port if given) under `root`; returns
 /// the definition's path.
 fn vm_dir(
     root: &Path,
@@ -38,6 +40,7 @@ fn vm_dir(
     cmdline: &str,
     autostart: bool,
     disk: Option<&[u8]>,
+    console_port: Option<u16>,
 ) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -52,10 +55,26 @@ fn vm_dir(
     let def = serde_json::json!({
         "name": name, "vcpus": 1, "memory_mib": memory_mib, "kernel": "vmlinuz",
         "initrd": "initrd.gz", "cmdline": cmdline, "autostart": autostart, "disks": disks,
+        "console_port": console_port,
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, def.to_string()).unwrap();
     path
+}
+
+/// Reads the TCP console into `seen` until it contains `want`.
+fn read_until(tcp: &mut std::net::TcpStream, seen: &mut String, want: &str) {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(start.elapsed() < GUEST_TIMEOUT, "{want:?} not on the TCP console; it showed:\n{seen}");
+        match std::io::Read::read(tcp, &mut buf) {
+            Ok(0) => panic!("the TCP console closed; it showed:\n{seen}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("TCP console: {e}"),
+        }
+    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -111,9 +130,17 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     disk.resize(2 << 20, 0);
     let sha = sha256_hex(&disk[..1 << 20]);
     let defs = [
-        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true, None),
-        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=write", true, Some(&disk)),
-        vm_dir(dir.path(), "fault", 160, "console=ttyS0 reboot=t ember.action=triplefault", false, None),
+        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true, None, Some(CONSOLE_PORT)),
+        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=write", true, Some(&disk), None),
+        vm_dir(
+            dir.path(),
+            "fault",
+            160,
+            "console=ttyS0 reboot=t ember.action=triplefault",
+            false,
+            None,
+            None,
+        ),
     ];
     let out = dir.path().join("ember.img");
     let efi = efi_path();
@@ -126,9 +153,12 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(stdout.contains("VM stay: 3 files in /ember/vms/stay"), "{stdout}");
 
     let port = free_port();
+    let console_port = free_port();
     let mut cfg = QemuConfig::new("vms", &out);
     cfg.memory_mib = 1024;
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let forwards =
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=tcp:127.0.0.1:{console_port}-:{CONSOLE_PORT}");
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &forwards)];
     let mut q = Qemu::start(&cfg);
     q.wait_for("ember: VM stay on the boot media: kernel", BOOT_TIMEOUT);
     q.wait_for("ember: VM stay: started (autostart)", BOOT_TIMEOUT);
@@ -146,6 +176,14 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(c.contains(&format!("{MARKER}, nproc=1, action=stay")), "{c}");
     assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(1)));
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
+    // Its serial console over TCP: the kept output first, then live; a line typed reaches the guest.
+    let mut tcp = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], console_port))).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, MARKER);
+    std::io::Write::write_all(&mut tcp, b"hello from tcp\n").unwrap();
+    read_until(&mut tcp, &mut seen, "EMBER-GUEST: got hello from tcp");
+    drop(tcp);
     let overhead = stay["overhead_bytes"].as_u64().unwrap();
     assert!(overhead > 0 && overhead < 1 << 20, "hypervisor memory per VM: {overhead} bytes");
     // The other reads its virtio disk (checksum), writes it, reboots, reads the write back and
