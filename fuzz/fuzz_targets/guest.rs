@@ -3,20 +3,27 @@
 //! initrd and a command line cut from the same input into 8 MiB of guest RAM); the nested page
 //! table builder fed with ranges from the input; and the serial console model driven by register
 //! accesses from the input; the CMOS clock and 8254 timer models driven by port accesses; and the
-//! guest page walk over page tables made of the input. Any panic is a finding; refusals are
-//! expected.
+//! guest page walk over page tables made of the input; the whole chipset (8259A PICs, timer, COM1,
+//! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; and the
+//! virtio block device driven by register writes and queue notifications over guest memory and
+//! descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
+use ember_kernel::vmm::bus::{MmioDevice, PortBus};
 use ember_kernel::vmm::decode::{self, Access};
 use ember_kernel::vmm::linux::{self, BzImage};
+use ember_kernel::vmm::machine::Machine;
 use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
 use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
 use ember_kernel::vmm::paging::{self, PagingState};
 use ember_kernel::vmm::pit::Pit;
 use ember_kernel::vmm::rtc::Rtc;
+use ember_kernel::vmm::serial::ConsoleLog;
 use ember_kernel::vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
+use ember_kernel::vmm::virtio_blk::{blank_disk, VirtioBlk};
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
+use std::sync::Arc;
 
 /// Page-table frames in a vector (at most 64), at made-up host addresses.
 #[derive(Default)]
@@ -49,6 +56,51 @@ impl IrqLine for Line {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The chipset: each 4 bytes are a port access (port from a list of the chipset's ports and
+    // neighbours, size, value) at a time from the input; pending interrupts are acknowledged.
+    const PORTS: [u16; 16] = [
+        0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1, 0x40, 0x43, 0x61, 0x60, 0x64, 0x70, 0x3f9, 0x600, 0x604, 0xcf9,
+    ];
+    let mut m = Machine::new(1_700_000_000, Arc::new(spin::Mutex::new(ConsoleLog::default())));
+    let mut now = 0u64;
+    for q in data.chunks(4) {
+        let b = |i: usize| q.get(i).copied().unwrap_or(0);
+        now += u64::from(b(3)) * 50_000;
+        m.set_time(now);
+        let port = PORTS[(b(0) & 15) as usize] + u16::from(b(0) >> 6);
+        let size = [1, 2, 4, 1][(b(0) >> 4 & 3) as usize];
+        if b(1) & 1 == 0 {
+            m.write(port, size, u32::from(b(2)) | u32::from(b(1)) << 8);
+        } else {
+            let _ = m.read(port, size);
+        }
+        let _ = m.update_timers();
+        if b(1) & 0x80 != 0 && m.pic.interrupt_pending() {
+            let _ = m.pic.acknowledge();
+        }
+        let _ = m.request();
+        let _ = m.console_input(&q[..q.len().min(2)]);
+    }
+    // The virtio block device: the input is guest memory (descriptor tables, rings, headers);
+    // each 5 bytes after the first 64 are a register write (offset, value) and maybe a notify.
+    if data.len() > 64 {
+        let mut ram = GuestRam::new(64 * 1024);
+        let _ = ram.write(GuestPhysAddr(0), &data[..data.len().min(64 * 1024)]);
+        let mut dev = VirtioBlk::new(blank_disk(16 * 512), data[0] & 1 == 1, 5);
+        for q in data[64..].chunks(5).take(512) {
+            let b = |i: usize| q.get(i).copied().unwrap_or(0);
+            let offset = u64::from(b(0) & 0x3f) * 4;
+            let value = u32::from_le_bytes([b(1), b(2), b(3), b(4) & 0x0f]);
+            dev.write(offset, &value.to_le_bytes());
+            let mut r = [0u8; 4];
+            dev.read(offset, &mut r);
+            if b(4) & 0x80 != 0 {
+                dev.write(0x50, &0u32.to_le_bytes());
+                dev.process(&mut ram);
+            }
+            let _ = dev.irq();
+        }
+    }
     // The clock and timer models: each byte pair is a port access at a time taken from the input.
     let (mut rtc, mut pit) = (Rtc::new(), Pit::new());
     let mut now = 0u64;
