@@ -93,6 +93,8 @@ pub struct VmShared {
     stop: AtomicBool,
     reset: AtomicBool,
     exits: AtomicU64,
+    /// Exits by kind (`vcpu::EXIT_KINDS`).
+    exit_counts: [AtomicU64; vcpu::EXIT_KINDS.len()],
     interrupts: AtomicU64,
     resets: AtomicU64,
     overhead: AtomicU64,
@@ -301,6 +303,9 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
         let before = r.stats;
         let end = vcpu::run(&mut r.vcpu, &mut parts, &host, &mut r.stats);
         shared.exits.fetch_add(r.stats.exits - before.exits, Ordering::Relaxed);
+        for (i, c) in shared.exit_counts.iter().enumerate() {
+            c.fetch_add(r.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
+        }
         shared.interrupts.fetch_add(r.stats.interrupts - before.interrupts, Ordering::Relaxed);
         end
     };
@@ -405,6 +410,7 @@ impl Hypervisor {
                     stop: AtomicBool::new(false),
                     reset: AtomicBool::new(false),
                     exits: AtomicU64::new(0),
+                    exit_counts: Default::default(),
                     interrupts: AtomicU64::new(0),
                     resets: AtomicU64::new(0),
                     overhead: AtomicU64::new(0),
@@ -478,7 +484,7 @@ impl Hypervisor {
         let run = build_run(&vm, asid).map_err(VmError::Unavailable)?;
         vm.stop.store(false, Ordering::Release);
         vm.reset.store(false, Ordering::Release);
-        for c in [&vm.exits, &vm.interrupts, &vm.resets] {
+        for c in [&vm.exits, &vm.interrupts, &vm.resets].into_iter().chain(&vm.exit_counts) {
             c.store(0, Ordering::Relaxed);
         }
         *vm.status.lock() = Status { state: VmState::Starting, started_ms: Some(now_ms), exit_reason: None };
@@ -519,6 +525,11 @@ impl VmService for Hypervisor {
                         uptime_ms: st.started_ms.map(|s| now_ms.saturating_sub(s)),
                         exit_reason: st.exit_reason.clone(),
                         exits: v.exits.load(Ordering::Relaxed),
+                        exit_counts: vcpu::EXIT_KINDS
+                            .iter()
+                            .zip(&v.exit_counts)
+                            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+                            .collect(),
                         interrupts: v.interrupts.load(Ordering::Relaxed),
                         resets: v.resets.load(Ordering::Relaxed),
                         overhead_bytes: v.overhead.load(Ordering::Relaxed),
@@ -534,6 +545,7 @@ impl VmService for Hypervisor {
                     uptime_ms: None,
                     exit_reason: Some(reason.clone()),
                     exits: 0,
+                    exit_counts: Vec::new(),
                     interrupts: 0,
                     resets: 0,
                     overhead_bytes: 0,

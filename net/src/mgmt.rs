@@ -1351,6 +1351,7 @@ mod tests {
                 uptime_ms: Some(1),
                 exit_reason: None,
                 exits: 0,
+                exit_counts: Vec::new(),
                 interrupts: 0,
                 resets: 0,
                 overhead_bytes: 0,

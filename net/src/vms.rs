@@ -51,6 +51,8 @@ pub struct VmSummary {
     pub exit_reason: Option<String>,
     /// VM exits and injected interrupts since it started.
     pub exits: u64,
+    /// The exits by kind (`io`, `mmio`, `msr`, ...), since it started.
+    pub exit_counts: Vec<(&'static str, u64)>,
     pub interrupts: u64,
     /// Times the guest reset itself since it was started.
     pub resets: u64,
@@ -120,6 +122,7 @@ pub fn vm_json(v: &VmSummary) -> Value {
         "uptime_seconds": v.uptime_ms.map(|m| m / 1000),
         "exit_reason": v.exit_reason,
         "exits": v.exits,
+        "exit_counts": v.exit_counts.iter().map(|(k, n)| (String::from(*k), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
         "interrupts": v.interrupts,
         "resets": v.resets,
         "overhead_bytes": v.overhead_bytes,
@@ -232,6 +235,7 @@ mod tests {
             uptime_ms: None,
             exit_reason: None,
             exits: 0,
+            exit_counts: vec![("io", 0)],
             interrupts: 0,
             resets: 0,
             overhead_bytes: 40960,

@@ -176,6 +176,8 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(c.contains(&format!("{MARKER}, nproc=1, action=stay")), "{c}");
     assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(1)));
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
+    let by_kind: u64 = stay["exit_counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(by_kind > 0 && stay["exit_counts"]["io"].as_u64() > Some(0), "{stay}");
     // Its serial console over TCP: the kept output first, then live; a line typed reaches the guest.
     let mut tcp = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], console_port))).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -76,6 +76,26 @@ pub struct VmParts<'a, C: Fn(u32, u32) -> Leaf> {
 pub struct RunStats {
     pub exits: u64,
     pub interrupts: u64,
+    /// Exits by kind, in the order of [`EXIT_KINDS`].
+    pub by_kind: [u64; EXIT_KINDS.len()],
+}
+
+/// The kinds of exit counted apart.
+pub const EXIT_KINDS: [&str; 8] =
+    ["io", "mmio", "msr", "cpuid", "hlt", "host_interrupt", "interrupt_window", "other"];
+
+/// The index of `exit`'s kind in [`EXIT_KINDS`].
+pub fn exit_kind(exit: &VmExit) -> usize {
+    match exit {
+        VmExit::Io { .. } => 0,
+        VmExit::NestedPageFault { .. } => 1,
+        VmExit::Msr { .. } => 2,
+        VmExit::Cpuid { .. } => 3,
+        VmExit::Hlt => 4,
+        VmExit::HostInterrupt => 5,
+        VmExit::InterruptWindow => 6,
+        _ => 7,
+    }
 }
 
 /// Delivers a pending chipset interrupt if the guest can take it now, else asks for a window.
@@ -110,6 +130,7 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
         host.before_entry(next_timer);
         let exit = vcpu.run();
         stats.exits += 1;
+        stats.by_kind[exit_kind(&exit)] += 1;
         vm.machine.set_time(host.now_ns());
         let action = {
             let mut cx = ExitContext {
@@ -293,6 +314,8 @@ mod tests {
         assert!(matches!(end, RunEnd::Fault(ref w) if w.contains("triple fault")), "{end:?}");
         assert_eq!(v.injected, [0x30], "IRQ 0 delivered after the HLT");
         assert_eq!(stats.interrupts, 1);
+        // 8 OUTs, the HLT and the final triple fault, each counted by kind.
+        assert_eq!((stats.exits, stats.by_kind[0], stats.by_kind[4], stats.by_kind[7]), (10, 8, 1, 1));
     }
 
     #[test]
