@@ -4,13 +4,16 @@
 //! table builder fed with ranges from the input; and the serial console model driven by register
 //! accesses from the input; the CMOS clock and 8254 timer models driven by port accesses; and the
 //! guest page walk over page tables made of the input; the whole chipset (8259A PICs, timer, COM1,
-//! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; and the
+//! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; a local
+//! APIC and the I/O APIC driven by register accesses and pin levels; and the
 //! virtio block device driven by register writes and queue notifications over guest memory and
 //! descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
 use ember_kernel::vmm::bus::{MmioDevice, PortBus};
 use ember_kernel::vmm::decode::{self, Access};
+use ember_kernel::vmm::ioapic::IoApic;
+use ember_kernel::vmm::lapic::Lapic;
 use ember_kernel::vmm::linux::{self, BzImage};
 use ember_kernel::vmm::machine::Machine;
 use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
@@ -80,6 +83,29 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = m.request();
         let _ = m.console_input(&q[..q.len().min(2)]);
+    }
+    // A local APIC and the I/O APIC: each 6 bytes are a register access, a pin level or an
+    // interrupt acknowledge, at a time from the input.
+    let (mut lapic, mut ioapic) = (Lapic::new(0), IoApic::new());
+    let mut t = 0u64;
+    for q in data.chunks(6) {
+        let b = |i: usize| q.get(i).copied().unwrap_or(0);
+        let value = u32::from_le_bytes([b(2), b(3), b(4), b(5)]);
+        t += u64::from(b(1)) * 1000;
+        match b(0) % 5 {
+            0 => drop(lapic.write(u64::from(b(1) & 0x3f) * 0x10, value, t)),
+            1 => drop(lapic.read(u64::from(b(1) & 0x3f) * 0x10, t)),
+            2 => drop(ioapic.write([0u64, 0x10, 0x40][usize::from(b(1) % 3)], value)),
+            3 => {
+                if let Some(d) = ioapic.set_irq(usize::from(b(1) % 24), b(2) & 1 == 1) {
+                    lapic.accept(d.vector, d.level_triggered);
+                }
+            }
+            _ => {
+                let _ = lapic.update_timer(t);
+                let _ = lapic.acknowledge();
+            }
+        }
     }
     // The virtio block device: the input is guest memory (descriptor tables, rings, headers);
     // each 5 bytes after the first 64 are a register write (offset, value) and maybe a notify.

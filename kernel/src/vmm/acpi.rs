@@ -160,6 +160,34 @@ fn facs() -> Vec<u8> {
     t
 }
 
+/// Where the local APICs and the I/O APIC sit in a VM's physical address space.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+
+/// The MADT (ACPI 6.5 5.2.12) for `cpus` vCPUs with APIC IDs 0..cpus: one local APIC each, the
+/// I/O APIC (ID `cpus`, GSI 0-23), IRQ 0 on GSI 2 and the SCI (IRQ 9) level-triggered active-high
+/// as interrupt source overrides, LINT1 as NMI on every processor, and PC-AT-compatible 8259As.
+pub fn madt(cpus: u8) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT
+    for i in 0..cpus {
+        body.extend_from_slice(&[0, 8, i, i, 1, 0, 0, 0]); // Processor Local APIC, enabled
+    }
+    body.extend_from_slice(&[1, 12, cpus, 0]);
+    body.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    for (irq, gsi, flags) in [(0u8, 2u32, 0u16), (9, 9, 0x000d)] {
+        body.extend_from_slice(&[2, 10, 0, irq]);
+        body.extend_from_slice(&gsi.to_le_bytes());
+        body.extend_from_slice(&flags.to_le_bytes());
+    }
+    body.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]); // Local APIC NMI: all processors, LINT1
+    let mut t = table(b"APIC", 36 + body.len(), 5);
+    t[36..].copy_from_slice(&body);
+    seal(t)
+}
+
 fn xsdt(entries: &[u64]) -> Vec<u8> {
     let mut t = table(b"XSDT", 36 + 8 * entries.len(), 1);
     for (i, e) in entries.iter().enumerate() {
@@ -252,6 +280,32 @@ mod tests {
     fn tables_need_the_bios_area() {
         let mut mem = GuestRam::new(0xe0000);
         assert!(write_tables(&mut mem, &[]).is_err());
+    }
+
+    #[test]
+    fn the_madt_lists_the_cpus_the_io_apic_and_the_overrides() {
+        let t = madt(4);
+        assert_eq!((&t[0..4], sum(&t), u32_at(&t, 4) as usize), (&b"APIC"[..], 0, t.len()));
+        assert_eq!((u32_at(&t, 36), u32_at(&t, 40)), (0xfee0_0000, 1));
+        let mut at = 44;
+        let mut seen = Vec::new();
+        while at < t.len() {
+            let (kind, len) = (t[at], t[at + 1] as usize);
+            assert!(len >= 2 && at + len <= t.len(), "entry at {at} runs past the table");
+            seen.push((kind, t[at..at + len].to_vec()));
+            at += len;
+        }
+        let lapics: Vec<_> = seen.iter().filter(|(k, _)| *k == 0).map(|(_, e)| (e[2], e[3], e[4])).collect();
+        assert_eq!(lapics, [(0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 3, 1)]);
+        let io = &seen.iter().find(|(k, _)| *k == 1).unwrap().1;
+        assert_eq!((io[2], u32_at(io, 4), u32_at(io, 8)), (4, 0xfec0_0000, 0));
+        let isos: Vec<_> = seen
+            .iter()
+            .filter(|(k, _)| *k == 2)
+            .map(|(_, e)| (e[3], u32_at(e, 4), u16::from_le_bytes([e[8], e[9]])))
+            .collect();
+        assert_eq!(isos, [(0, 2, 0), (9, 9, 0x000d)]);
+        assert!(seen.iter().any(|(k, e)| *k == 4 && e[2] == 0xff && e[5] == 1), "LINT1 is NMI");
     }
 
     #[test]

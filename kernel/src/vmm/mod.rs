@@ -8,14 +8,18 @@
 //! loop ([`vcpu`]: interrupt delivery and windows, halts, reset and power-off).
 //!
 //! The SVM backend is platform code in the appliance binary (`arch/x86_64/svm.rs`), and the runtime
-//! that runs VMs on the application processors is `vmhost.rs` there. Not here yet: LAPIC and
-//! I/O APIC models (guests use the PICs), SMP guests, virtio devices.
+//! that runs VMs on the application processors is `vmhost.rs` there. The virtio block device
+//! ([`virtio_blk`]) is on the VMs' MMIO bus. The local APIC ([`lapic`]), I/O APIC ([`ioapic`]) and
+//! MADT ([`acpi::madt`]) models are host-tested but not wired into VMs yet (guests use the PICs; SMP
+//! guests need them).
 
 pub mod acpi;
 pub mod bus;
 pub mod cpuid;
 pub mod decode;
 pub mod exit;
+pub mod ioapic;
+pub mod lapic;
 pub mod linux;
 pub mod machine;
 pub mod memory;
