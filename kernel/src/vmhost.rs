@@ -118,6 +118,9 @@ struct VmRun {
     _npt: NestedPageTables,
     _npt_frames: Frames,
     stats: RunStats,
+    /// Whether the kernel is in RAM and the vCPU at its entry (done in the first slice, again
+    /// after a reset).
+    loaded: bool,
 }
 
 impl Drop for VmRun {
@@ -170,23 +173,21 @@ fn enter(vcpu: &mut SvmVcpu, entry: &linux::LinuxEntry) {
 /// Sets a VM up to run (on the calling, bootstrap CPU).
 fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
     let bytes = shared.def.memory_mib as u64 * (1 << 20);
-    let mut ram =
-        FRAMES.lock().as_mut().and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN)).ok_or_else(
-            || format!("not enough free host memory for {} MiB of guest RAM", shared.def.memory_mib),
-        )?;
+    let ram = FRAMES.lock().as_mut().and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN)).ok_or_else(
+        || format!("not enough free host memory for {} MiB of guest RAM", shared.def.memory_mib),
+    )?;
     let base = ram.base();
     let free = |ram: GuestRamRegion| {
         if let Some(f) = FRAMES.lock().as_mut() {
             ram.release(f);
         }
     };
-    let entry = match load_guest(&mut ram, shared) {
-        Ok(e) => e,
-        Err(e) => {
-            free(ram);
-            return Err(e);
-        }
-    };
+    // The kernel's header is checked now (a bad image is refused at once); zeroing the RAM and
+    // loading the kernel happen in the run's first slice, on an application processor.
+    if let Err(e) = linux::BzImage::parse(shared.kernel) {
+        free(ram);
+        return Err(format!("kernel {}: {e}", shared.def.kernel));
+    }
     let mmio = match mmio_devices(shared) {
         Ok(m) => m,
         Err(e) => {
@@ -199,8 +200,7 @@ fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
         let mut npt = NestedPageTables::new(&mut npt_frames).map_err(|e| e.to_string())?;
         npt.map(&mut npt_frames, GuestPhysAddr(0), HostPhysAddr(base), bytes, true)
             .map_err(|e| e.to_string())?;
-        let mut vcpu = SvmVcpu::new(asid, npt.root())?;
-        enter(&mut vcpu, &entry);
+        let vcpu = SvmVcpu::new(asid, npt.root())?;
         Ok((npt, vcpu))
     })();
     let (npt, vcpu) = match setup {
@@ -227,6 +227,7 @@ fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
         _npt: npt,
         _npt_frames: npt_frames,
         stats: RunStats::default(),
+        loaded: false,
     }))
 }
 
@@ -288,6 +289,19 @@ impl Host for ApHost<'_> {
 fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Box<VmRun>> {
     run.vcpu.bind(cpu);
     let shared = run.shared.clone();
+    if !run.loaded {
+        let r = &mut *run;
+        match load_guest(r.ram.as_mut().expect("a run's RAM"), &shared) {
+            Ok(entry) => {
+                enter(&mut r.vcpu, &entry);
+                r.loaded = true;
+            }
+            Err(e) => {
+                finish(run, format!("loading the guest failed: {e}"));
+                return None;
+            }
+        }
+    }
     let host = ApHost { shared: &shared, slice_end: timer::now_ns() + SLICE_NS };
     let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
     let _ = vcpus_defined;
@@ -331,14 +345,19 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
         RunEnd::Stopped => String::from("stopped through the API"),
         RunEnd::Fault(why) => format!("guest fault: {why}"),
     };
-    kprintln!("ember: VM {name} stopped: {reason} ({} exits)", run.stats.exits);
+    finish(run, reason);
+    None
+}
+
+/// Ends a run: the VM is stopped with `reason` (log and API) and its memory goes back.
+fn finish(run: Box<VmRun>, reason: String) {
+    let shared = run.shared.clone();
+    kprintln!("ember: VM {} stopped: {reason} ({} exits)", shared.def.name, run.stats.exits);
+    drop(run);
     let mut st = shared.status.lock();
     st.state = VmState::Stopped;
     st.started_ms = None;
     st.exit_reason = Some(reason);
-    drop(st);
-    drop(run);
-    None
 }
 
 /// The work loop of an application processor with SVM: runs queued VMs; sleeps when there are none.

@@ -300,13 +300,23 @@ impl Qemu {
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let start = Instant::now();
         let mut crash_seen: Option<Instant> = None;
+        let mut partial_since: Option<Instant> = None;
         loop {
             {
                 let out = self.output.lock().unwrap();
                 let hay = String::from_utf8_lossy(&out[self.mark.min(out.len())..]).into_owned();
                 if let Some(pos) = hay.find(needle) {
                     let line_start = hay[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
-                    let line_end = hay[pos..].find(['\r', '\n']).map(|i| pos + i).unwrap_or(hay.len());
+                    let end = hay[pos..].find(['\r', '\n']).map(|i| pos + i);
+                    // The rest of the line may still be on its way: give it a moment (a prompt
+                    // that never ends its line is returned as it is after that).
+                    let waited = *partial_since.get_or_insert_with(Instant::now);
+                    if end.is_none() && waited.elapsed() < Duration::from_secs(2) {
+                        drop(out);
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    let line_end = end.unwrap_or(hay.len());
                     let line = hay[line_start..line_end].to_string();
                     self.mark += hay[..line_end].len();
                     drop(out);
