@@ -1379,22 +1379,20 @@ mod tests {
 
     #[test]
     fn vm_consoles_stream_over_tcp_both_ways() {
-        let mut w = World::new(static_cfg(None), None);
-        let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"Linux version 6.1\n".to_vec()));
-        let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
-        w.server.set_vms(Box::new(ConsoleVms { output: output.clone(), input: input.clone() }));
-        assert!(w.server.take_log().iter().any(|l| l == "VM web console on TCP port 9001"));
-        let s =
-            tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
-        let h = w.client.sockets.add(s);
-        let cx = w.client.iface.context();
-        w.client
-            .sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(cx, (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001), 40100)
-            .unwrap();
-        let mut got = Vec::new();
-        let read = |w: &mut World, got: &mut Vec<u8>, want: &[u8]| {
+        /// Connects a client socket to the console port from `local_port`.
+        fn console_client(w: &mut World, local_port: u16) -> SocketHandle {
+            let s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 65536]),
+                tcp::SocketBuffer::new(vec![0; 4096]),
+            );
+            let h = w.client.sockets.add(s);
+            let cx = w.client.iface.context();
+            let server = (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001);
+            w.client.sockets.get_mut::<tcp::Socket>(h).connect(cx, server, local_port).unwrap();
+            h
+        }
+        /// Reads from `h` into `got` until it holds `want` (or 5 s pass).
+        fn read_until(w: &mut World, h: SocketHandle, got: &mut Vec<u8>, want: &[u8]) -> bool {
             w.run_until(5_000, |c| {
                 let s = c.sockets.get_mut::<tcp::Socket>(h);
                 while s.can_recv() {
@@ -1404,10 +1402,17 @@ mod tests {
                 }
                 got.windows(want.len()).any(|x| x == want)
             })
-        };
-        assert!(read(&mut w, &mut got, b"Linux version 6.1\n"), "the kept output first: {got:?}");
+        }
+        let mut w = World::new(static_cfg(None), None);
+        let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"Linux version 6.1\n".to_vec()));
+        let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+        w.server.set_vms(Box::new(ConsoleVms { output: output.clone(), input: input.clone() }));
+        assert!(w.server.take_log().iter().any(|l| l == "VM web console on TCP port 9001"));
+        let h = console_client(&mut w, 40100);
+        let mut got = Vec::new();
+        assert!(read_until(&mut w, h, &mut got, b"Linux version 6.1\n"), "the kept output first: {got:?}");
         output.borrow_mut().extend_from_slice(b"login: ");
-        assert!(read(&mut w, &mut got, b"login: "), "then new output: {got:?}");
+        assert!(read_until(&mut w, h, &mut got, b"login: "), "then new output: {got:?}");
         assert_eq!(got, b"Linux version 6.1\nlogin: ", "nothing twice");
         // Input reaches the VM; what it cannot take yet waits in TCP.
         w.send(h, b"root\nuptime\n");
@@ -1420,26 +1425,12 @@ mod tests {
         w.client.sockets.get_mut::<tcp::Socket>(h).close();
         w.run_until(2_000, |_| false);
         w.client.sockets.remove(h);
-        let s =
-            tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 4096]));
-        let h2 = w.client.sockets.add(s);
-        let cx = w.client.iface.context();
-        w.client
-            .sockets
-            .get_mut::<tcp::Socket>(h2)
-            .connect(cx, (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001), 40101)
-            .unwrap();
+        let h2 = console_client(&mut w, 40101);
         let mut again = Vec::new();
-        let ok = w.run_until(5_000, |c| {
-            let s = c.sockets.get_mut::<tcp::Socket>(h2);
-            while s.can_recv() {
-                let mut buf = [0u8; 1024];
-                let n = s.recv_slice(&mut buf).unwrap();
-                again.extend_from_slice(&buf[..n]);
-            }
-            again.ends_with(b"login: ")
-        });
-        assert!(ok, "a second client is served: {again:?}");
+        assert!(
+            read_until(&mut w, h2, &mut again, b"Linux version 6.1\nlogin: "),
+            "a second client: {again:?}"
+        );
     }
 
     #[test]

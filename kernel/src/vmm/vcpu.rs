@@ -112,6 +112,19 @@ fn deliver_interrupts(vcpu: &mut impl Vcpu, machine: &mut Machine, stats: &mut R
     }
 }
 
+/// What the loop does before each entry and on each wake-up while halted: ends the run if the
+/// host says so, else brings the chipset's clock and timers up to date and hands it console
+/// input; returns when the guest's timer fires next.
+fn look_around(machine: &mut Machine, host: &impl Host, halted: bool) -> Result<Option<u64>, RunEnd> {
+    if let Some(end) = host.interrupted(halted) {
+        return Err(end);
+    }
+    machine.set_time(host.now_ns());
+    let next = machine.update_timers();
+    host.console_input(machine);
+    Ok(next)
+}
+
 /// Runs the vCPU until the VM's run ends.
 pub fn run<C: Fn(u32, u32) -> Leaf>(
     vcpu: &mut impl Vcpu,
@@ -120,12 +133,10 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
     stats: &mut RunStats,
 ) -> RunEnd {
     loop {
-        if let Some(end) = host.interrupted(false) {
-            return end;
-        }
-        vm.machine.set_time(host.now_ns());
-        let next_timer = vm.machine.update_timers();
-        host.console_input(vm.machine);
+        let next_timer = match look_around(vm.machine, host, false) {
+            Ok(next) => next,
+            Err(end) => return end,
+        };
         deliver_interrupts(vcpu, vm.machine, stats);
         host.before_entry(next_timer);
         let exit = vcpu.run();
@@ -162,12 +173,10 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
                 }
                 // Sleep until an interrupt for the guest is pending.
                 loop {
-                    if let Some(end) = host.interrupted(true) {
-                        return end;
-                    }
-                    vm.machine.set_time(host.now_ns());
-                    let next = vm.machine.update_timers();
-                    host.console_input(vm.machine);
+                    let next = match look_around(vm.machine, host, true) {
+                        Ok(next) => next,
+                        Err(end) => return end,
+                    };
                     if vm.machine.pic.interrupt_pending() {
                         break;
                     }
