@@ -17,7 +17,8 @@
 //! UEFI phase read into memory: guest writes last until the host restarts (they are not written
 //! back to the boot media).
 //!
-//! Not yet: more than one vCPU per VM (a definition with `vcpus` > 1 runs on one, and says so),
+//! Not yet: more than one vCPU per VM (starting a VM defined with `vcpus` > 1 is refused with that
+//! reason),
 //! local APIC / I/O APIC models (guests use the 8259A PICs), console input.
 
 use crate::arch::x86_64::guest_ram::GuestRamRegion;
@@ -297,6 +298,7 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
                 r.loaded = true;
             }
             Err(e) => {
+                run.vcpu.unbind();
                 finish(run, format!("loading the guest failed: {e}"));
                 return None;
             }
@@ -316,6 +318,8 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
         };
         let before = r.stats;
         let end = vcpu::run(&mut r.vcpu, &mut parts, &host, &mut r.stats);
+        // Its FPU/SSE/AVX registers stay with it (another VM's vCPU may run here next).
+        r.vcpu.unbind();
         shared.exits.fetch_add(r.stats.exits - before.exits, Ordering::Relaxed);
         for (i, c) in shared.exit_counts.iter().enumerate() {
             c.fetch_add(r.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
@@ -329,13 +333,14 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
         RunEnd::Reset => {
             shared.resets.fetch_add(1, Ordering::Relaxed);
             kprintln!("ember: VM {name}: reset (by the guest or the API); starting it again from its kernel");
+            // A fresh chipset, devices and FPU state; the kernel is loaded again in the next slice.
             let r = &mut *run;
-            match load_guest(r.ram.as_mut().expect("a run's RAM"), &shared) {
-                Ok(entry) => {
-                    enter(&mut r.vcpu, &entry);
-                    r.machine =
-                        Machine::new(WALL_BASE.load(Ordering::Relaxed) as i64, shared.console.clone());
-                    r.msrs = VcpuMsrs::new(0);
+            r.machine = Machine::new(WALL_BASE.load(Ordering::Relaxed) as i64, shared.console.clone());
+            r.msrs = VcpuMsrs::new(0);
+            r.loaded = false;
+            match mmio_devices(&shared).and_then(|m| r.vcpu.reset_fpu().map(|()| m)) {
+                Ok(m) => {
+                    r.mmio = m;
                     return Some(run);
                 }
                 Err(e) => format!("restarting after a reset failed: {e}"),
@@ -494,11 +499,11 @@ impl Hypervisor {
         let asid = self.next_asid;
         self.next_asid = if self.next_asid + 1 >= self.asids { 2 } else { self.next_asid + 1 };
         if vm.def.vcpus > 1 {
-            kprintln!(
-                "ember: VM {}: defined with {} vCPUs; this version runs every VM on one vCPU",
-                vm.def.name,
-                vm.def.vcpus
-            );
+            // Refused rather than run with fewer vCPUs than the definition says.
+            return Err(VmError::Unavailable(format!(
+                "VM {} is defined with {} vCPUs; this version runs VMs with 1 vCPU only (no SMP guests yet)",
+                vm.def.name, vm.def.vcpus
+            )));
         }
         let run = build_run(&vm, asid).map_err(VmError::Unavailable)?;
         vm.stop.store(false, Ordering::Release);

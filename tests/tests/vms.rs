@@ -142,6 +142,16 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
             None,
         ),
     ];
+    // Two VMs that cannot start: two vCPUs (no SMP guests yet), and a kernel that is no bzImage.
+    let mut defs = defs.to_vec();
+    for (name, vcpus) in [("smp", 2), ("badkern", 1)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vmlinuz"), vec![0u8; 4096]).unwrap();
+        let def = serde_json::json!({"name": name, "vcpus": vcpus, "memory_mib": 64, "kernel": "vmlinuz"});
+        std::fs::write(d.join("vm.json"), def.to_string()).unwrap();
+        defs.push(d.join("vm.json"));
+    }
     let out = dir.path().join("ember.img");
     let efi = efi_path();
     let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
@@ -168,7 +178,14 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let list = request(addr, "GET", "/api/v1/vms", Some(ROOT), None).json();
     let names: Vec<&str> =
         list["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["fault", "off", "stay"]);
+    assert_eq!(names, ["badkern", "fault", "off", "smp", "stay"]);
+    let r = request(addr, "POST", "/api/v1/vms/smp/start", Some(ROOT), None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("defined with 2 vCPUs; this version runs VMs with 1 vCPU only"), "{r:?}");
+    let r = request(addr, "POST", "/api/v1/vms/badkern/start", Some(ROOT), None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("kernel vmlinuz: "), "the kernel is named: {r:?}");
+    assert_eq!(vm(addr, "badkern")["state"].as_str(), Some("stopped"), "nothing changed");
 
     // Two autostarted guests share the second CPU: both reach userspace; one powers off.
     let (stay, c) = wait_vm(addr, "stay", "the userspace marker", |_, c| c.contains("EMBER-GUEST: alive"));

@@ -153,7 +153,67 @@ pub fn enable() -> Result<SvmCpu, String> {
         cpu::wrmsr(MSR_EFER, cpu::rdmsr(MSR_EFER) | EFER_SVME);
         cpu::wrmsr(MSR_VM_HSAVE_PA, host_save.phys());
     }
+    if !has_xsave() {
+        return Err(String::from(
+            "the CPU has SVM but no XSAVE (needed to keep each guest's FPU state apart)",
+        ));
+    }
+    // SAFETY: the CPU reports XSAVE (checked above); CR4.OSXSAVE only makes XSAVE, XRSTOR, XGETBV
+    // and XSETBV usable here. Ember's own code uses no FPU/SSE state (soft-float target).
+    unsafe {
+        x86_64::registers::control::Cr4::update(|f| f.insert(x86_64::registers::control::Cr4Flags::OSXSAVE));
+    }
     Ok(SvmCpu { _host_save: host_save, host_state, features })
+}
+
+fn has_xsave() -> bool {
+    cpu::cpuid(1, 0).ecx & (1 << 26) != 0
+}
+
+/// A vCPU's x87/SSE/AVX register state and XCR0, which VMRUN does not switch: saved when the
+/// vCPU leaves a host CPU and restored when it comes back, so guests sharing a CPU never see
+/// (or clobber) each other's registers.
+pub struct GuestFpu {
+    /// The XSAVE area (standard format; 64-byte aligned: it is page aligned).
+    area: DmaBuffer,
+    xcr0: u64,
+}
+
+impl GuestFpu {
+    /// The state of a vCPU after reset: every component in its initial state, XCR0 = x87 only.
+    pub fn new() -> Option<GuestFpu> {
+        let size = (cpu::cpuid(0xd, 0).ecx as usize).max(576);
+        Some(GuestFpu { area: DmaBuffer::new(size)?, xcr0: 1 })
+    }
+
+    /// Loads this state into the calling CPU (before the vCPU's first VMRUN there).
+    pub fn load(&self) {
+        let p = self.area.phys();
+        // SAFETY: CR4.OSXSAVE is set on every CPU that runs vCPUs (`enable`). `xcr0` is either the
+        // reset value 1 or a value the guest itself set with XSETBV and the CPU accepted, so
+        // XSETBV cannot fault. `p` is a 64-byte aligned area of at least the size CPUID leaf 0xD
+        // gives, holding either zeros (a valid standard-format header: every component in its
+        // initial state) or what `save` stored; XRSTOR reads only that area. The host uses no
+        // state XRSTOR replaces.
+        unsafe {
+            core::arch::asm!("xsetbv", in("ecx") 0, in("eax") self.xcr0 as u32, in("edx") (self.xcr0 >> 32) as u32);
+            core::arch::asm!("xrstor64 [{0}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX);
+        }
+    }
+
+    /// Saves the calling CPU's state as this vCPU's (after its last VMRUN there).
+    pub fn save(&mut self) {
+        let p = self.area.phys();
+        let (lo, hi): (u32, u32);
+        // SAFETY: CR4.OSXSAVE is set (`enable`); XGETBV(0) reads XCR0; XSAVE writes at most the
+        // size CPUID leaf 0xD gives into the vCPU's own 64-byte aligned area, which nothing else
+        // uses meanwhile.
+        unsafe {
+            core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi);
+            core::arch::asm!("xsave64 [{0}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX);
+        }
+        self.xcr0 = (hi as u64) << 32 | lo as u64;
+    }
 }
 
 /// Page-table frames for nested page tables, from DMA buffers (zeroed, page aligned, identity
@@ -385,6 +445,7 @@ pub struct SvmVcpu {
     gprs: GuestGprs,
     /// The host state page of the CPU the vCPU runs on (`bind`).
     host_state: u64,
+    fpu: GuestFpu,
 }
 
 /// The intercepts every vCPU has (APM 15.9-15.13): physical interrupts and NMIs (the host keeps
@@ -420,7 +481,8 @@ impl SvmVcpu {
         put64(&vmcb, NP_ENABLE, 1);
         put64(&vmcb, N_CR3, npt_root.0);
         put64(&vmcb, V_INTR, V_INTR_MASKING);
-        Ok(SvmVcpu { vmcb, _iopm: iopm, _msrpm: msrpm, gprs: GuestGprs::default(), host_state: 0 })
+        let fpu = GuestFpu::new().ok_or_else(oom)?;
+        Ok(SvmVcpu { vmcb, _iopm: iopm, _msrpm: msrpm, gprs: GuestGprs::default(), host_state: 0, fpu })
     }
 
     /// Puts the vCPU in 64-bit mode with paging on and interrupts off: flat segments from the
@@ -457,9 +519,23 @@ impl SvmVcpu {
 
     /// Makes the vCPU run on the calling CPU, whose SVM state is `cpu`, and flushes its TLB
     /// entries there on the next entry (ASIDs are shared by VMs over time).
+    /// Its FPU/SSE/AVX state and XCR0 are loaded on this CPU: call [`Self::unbind`] when it leaves.
     pub fn bind(&mut self, cpu: &SvmCpu) {
         self.host_state = cpu.host_state.phys();
         self.vmcb.write(TLB_CONTROL, &[1]);
+        self.fpu.load();
+    }
+
+    /// The vCPU leaves this CPU: its FPU/SSE/AVX state and XCR0 are saved for the next `bind`.
+    pub fn unbind(&mut self) {
+        self.fpu.save();
+        self.host_state = 0;
+    }
+
+    /// Puts the vCPU's FPU/SSE/AVX state back to its reset state (with a guest reset).
+    pub fn reset_fpu(&mut self) -> Result<(), String> {
+        self.fpu = GuestFpu::new().ok_or("out of memory for a vCPU's FPU state")?;
+        Ok(())
     }
 
     /// Runs the guest until the next exit (on the CPU it is bound to: call only there).
