@@ -287,7 +287,7 @@ impl Host for ApHost<'_> {
 }
 
 /// Runs `run` for one slice on this CPU; gives it back if it is to go on.
-fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Box<VmRun>> {
+fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu) -> Option<Box<VmRun>> {
     run.vcpu.bind(cpu);
     let shared = run.shared.clone();
     if !run.loaded {
@@ -306,7 +306,6 @@ fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu, vcpus_defined: u32) -> Option<Bo
     }
     let host = ApHost { shared: &shared, slice_end: timer::now_ns() + SLICE_NS };
     let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
-    let _ = vcpus_defined;
     let end = {
         let r = &mut *run;
         let mut parts = VmParts {
@@ -373,11 +372,13 @@ pub fn ap_worker(cpu: SvmCpu) -> ! {
         let next = QUEUE.lock().pop_front();
         match next {
             Some(run) => {
-                if run.shared.status.lock().state == VmState::Starting {
-                    run.shared.status.lock().state = VmState::Running;
+                {
+                    let mut st = run.shared.status.lock();
+                    if st.state == VmState::Starting {
+                        st.state = VmState::Running;
+                    }
                 }
-                let vcpus = run.shared.def.vcpus;
-                if let Some(r) = run_slice(run, &cpu, vcpus) {
+                if let Some(r) = run_slice(run, &cpu) {
                     QUEUE.lock().push_back(r);
                 }
             }

@@ -23,9 +23,14 @@ pub struct ConsoleConn {
     pos: Option<u64>,
 }
 
-/// Listening sockets for every VM that has a console port.
-pub fn open(sockets: &mut SocketSet<'static>, vms: &dyn VmService) -> Vec<ConsoleConn> {
-    vms.list(0)
+/// Listening sockets for every VM that has a console port; each one is said in `log`.
+pub fn open(
+    sockets: &mut SocketSet<'static>,
+    vms: &dyn VmService,
+    log: &mut Vec<String>,
+) -> Vec<ConsoleConn> {
+    let conns: Vec<ConsoleConn> = vms
+        .list(0)
         .into_iter()
         .filter_map(|v| v.console_port.map(|p| (v.name, p)))
         .map(|(vm, port)| {
@@ -37,7 +42,11 @@ pub fn open(sockets: &mut SocketSet<'static>, vms: &dyn VmService) -> Vec<Consol
             let _ = s.listen(port);
             ConsoleConn { vm, port, handle: sockets.add(s), pos: None }
         })
-        .collect()
+        .collect();
+    for c in &conns {
+        log.push(alloc::format!("VM {} console on TCP port {}", c.vm, c.port));
+    }
+    conns
 }
 
 /// Moves console output to connected clients and their input to the VMs; returns whether

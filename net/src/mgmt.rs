@@ -252,10 +252,7 @@ impl ManagementNetwork {
         self.api.vms = vms;
         if let Some(stack) = self.stack.as_mut() {
             crate::console::close(&mut stack.sockets, core::mem::take(&mut stack.consoles));
-            stack.consoles = crate::console::open(&mut stack.sockets, &*self.api.vms);
-            for c in &stack.consoles {
-                self.log.push(format!("VM {} console on TCP port {}", c.vm, c.port));
-            }
+            stack.consoles = crate::console::open(&mut stack.sockets, &*self.api.vms, &mut self.log);
         }
     }
 
@@ -563,10 +560,7 @@ impl ManagementNetwork {
         );
         let _ = ping.bind(icmp::Endpoint::Ident(PING_IDENT));
         let icmp = sockets.add(ping);
-        let consoles = crate::console::open(&mut sockets, &*self.api.vms);
-        for c in &consoles {
-            self.log.push(format!("VM {} console on TCP port {}", c.vm, c.port));
-        }
+        let consoles = crate::console::open(&mut sockets, &*self.api.vms, &mut self.log);
         self.stack =
             Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, icmp, conns, consoles, stats });
     }

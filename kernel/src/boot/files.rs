@@ -12,7 +12,7 @@ use ember_storage::firstboot::{self, KsSource};
 use ember_storage::kickstart::{self, Kickstart, MAX_KICKSTART_BYTES};
 use uefi::boot::{self, ScopedProtocol, SearchType};
 use uefi::proto::loaded_image::LoadedImage;
-use uefi::proto::media::file::{File, FileAttribute, FileMode};
+use uefi::proto::media::file::{File, FileAttribute, FileHandle, FileMode, RegularFile};
 use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::CStr16;
 use uefi::Identify;
@@ -35,15 +35,24 @@ pub enum ReadError {
     Other(String),
 }
 
-/// Reads a whole file (`/`-separated absolute path) of at most `max` bytes.
-pub fn read_file(fs: &mut SimpleFileSystem, path: &str, max: usize) -> Result<Vec<u8>, ReadError> {
+/// Opens the file or directory at `path` (`/`-separated, absolute) on `fs`.
+pub fn open(fs: &mut SimpleFileSystem, path: &str) -> Result<FileHandle, ReadError> {
     let mut name: Vec<u16> = path.chars().map(|c| if c == '/' { '\\' as u16 } else { c as u16 }).collect();
     name.push(0);
     let name = CStr16::from_u16_with_nul(&name)
         .map_err(|_| ReadError::Other(format!("{path}: not a valid file name")))?;
     let mut root = fs.open_volume().map_err(|_| ReadError::Other(String::from("cannot open the volume")))?;
-    let handle = root.open(name, FileMode::Read, FileAttribute::empty()).map_err(|_| ReadError::NotFound)?;
-    let mut file = handle.into_regular_file().ok_or(ReadError::Other(format!("{path} is a directory")))?;
+    root.open(name, FileMode::Read, FileAttribute::empty()).map_err(|_| ReadError::NotFound)
+}
+
+/// Opens the regular file at `path` on `fs`.
+pub fn open_regular(fs: &mut SimpleFileSystem, path: &str) -> Result<RegularFile, ReadError> {
+    open(fs, path)?.into_regular_file().ok_or(ReadError::Other(format!("{path} is a directory")))
+}
+
+/// Reads a whole file (`/`-separated absolute path) of at most `max` bytes.
+pub fn read_file(fs: &mut SimpleFileSystem, path: &str, max: usize) -> Result<Vec<u8>, ReadError> {
+    let mut file = open_regular(fs, path)?;
     let mut buf = alloc::vec![0u8; max + 1];
     let mut len = 0;
     while len < buf.len() {

@@ -7,15 +7,14 @@
 //! A VM whose definition or files cannot be used is still listed, with the reason, so the API and
 //! the log can say what is wrong with it.
 
-use super::files::ReadError;
+use super::files::{self, ReadError};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use ember_storage::vmdef::{VmDefinition, VMS_DIR, VM_DEFINITION_FILE};
 use uefi::boot::{self, AllocateType, MemoryType};
-use uefi::proto::media::file::{Directory, File, FileAttribute, FileInfo, FileMode, RegularFile};
+use uefi::proto::media::file::{Directory, File, FileInfo};
 use uefi::proto::media::fs::SimpleFileSystem;
-use uefi::CStr16;
 
 /// Largest kernel image, initrd and disk image read for a VM.
 const MAX_KERNEL: u64 = 64 << 20;
@@ -44,27 +43,12 @@ pub struct LoadedVm {
     pub disks: Vec<&'static mut [u8]>,
 }
 
-fn ucs2(path: &str) -> Result<Vec<u16>, String> {
-    let mut name: Vec<u16> = path.chars().map(|c| if c == '/' { '\\' as u16 } else { c as u16 }).collect();
-    name.push(0);
-    CStr16::from_u16_with_nul(&name).map_err(|_| format!("{path}: not a valid file name"))?;
-    Ok(name)
-}
-
-fn open_regular(fs: &mut SimpleFileSystem, path: &str) -> Result<RegularFile, ReadError> {
-    let name = ucs2(path).map_err(ReadError::Other)?;
-    let name = CStr16::from_u16_with_nul(&name).map_err(|_| ReadError::NotFound)?;
-    let mut root = fs.open_volume().map_err(|_| ReadError::Other(String::from("cannot open the volume")))?;
-    let handle = root.open(name, FileMode::Read, FileAttribute::empty()).map_err(|_| ReadError::NotFound)?;
-    handle.into_regular_file().ok_or(ReadError::Other(format!("{path} is a directory")))
-}
-
 #[repr(C, align(8))]
 struct InfoBuffer([u8; 1024]);
 
 /// Reads the whole file at `path` (at most `max` bytes) into freshly allocated `LOADER_DATA` pages.
 fn read_into_pages(fs: &mut SimpleFileSystem, path: &str, max: u64) -> Result<&'static mut [u8], String> {
-    let mut file = open_regular(fs, path).map_err(|e| match e {
+    let mut file = files::open_regular(fs, path).map_err(|e| match e {
         ReadError::NotFound => format!("{path}: file not found"),
         ReadError::Other(why) => why,
     })?;
@@ -99,11 +83,7 @@ fn read_into_pages(fs: &mut SimpleFileSystem, path: &str, max: u64) -> Result<&'
 
 /// The names of the subdirectories of `\ember\vms`, sorted.
 fn vm_directories(fs: &mut SimpleFileSystem) -> Vec<String> {
-    let Ok(name) = ucs2(VMS_DIR) else { return Vec::new() };
-    let Ok(name) = CStr16::from_u16_with_nul(&name) else { return Vec::new() };
-    let Ok(mut root) = fs.open_volume() else { return Vec::new() };
-    let Some(mut dir): Option<Directory> =
-        root.open(name, FileMode::Read, FileAttribute::empty()).ok().and_then(|h| h.into_directory())
+    let Some(mut dir): Option<Directory> = files::open(fs, VMS_DIR).ok().and_then(|h| h.into_directory())
     else {
         return Vec::new();
     };
@@ -123,7 +103,7 @@ fn vm_directories(fs: &mut SimpleFileSystem) -> Vec<String> {
 
 fn load_one(fs: &mut SimpleFileSystem, dir: &str) -> Result<LoadedVm, String> {
     let def_path = format!("{dir}/{VM_DEFINITION_FILE}");
-    let bytes = super::files::read_file(fs, &def_path, MAX_DEFINITION).map_err(|e| match e {
+    let bytes = files::read_file(fs, &def_path, MAX_DEFINITION).map_err(|e| match e {
         ReadError::NotFound => format!("{def_path}: file not found"),
         ReadError::Other(why) => why,
     })?;

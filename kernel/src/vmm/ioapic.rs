@@ -216,9 +216,7 @@ mod tests {
         let mut io = IoApic::new();
         let mut x = 0x1234_5678u32;
         for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             match x % 4 {
                 0 => drop(io.write([0, 0x10, 0x40, 0x20][(x >> 4) as usize % 4], x.rotate_left(3))),
                 1 => drop(io.read([0, 0x10, 0x40][(x >> 4) as usize % 3])),

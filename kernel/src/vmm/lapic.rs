@@ -477,9 +477,7 @@ mod tests {
         assert!(bsp.accepts_pic_interrupts(), "LINT0 in ExtINT mode");
         let mut x = 0x2545_f491u32;
         for i in 0..100_000u64 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             let off = ((x >> 4) & 0x3f) as u64 * 0x10;
             if x & 1 == 0 {
                 let _ = bsp.write(off, x.rotate_left(9), i * 1000);

@@ -24,6 +24,8 @@ use spin::Mutex;
 pub const PM1_EVT_PORT: u16 = 0x600;
 pub const PM1_CNT_PORT: u16 = 0x604;
 pub const PM_TMR_PORT: u16 = 0x608;
+const PM1_CNT_LAST: u16 = PM1_CNT_PORT + 1;
+const PM_TMR_LAST: u16 = PM_TMR_PORT + 3;
 /// The sleep type `\_S5` gives in the VM's DSDT (SLP_TYP for soft-off).
 pub const S5_SLP_TYP: u16 = 5;
 /// The ACPI PM timer's frequency (ACPI 6.5, 4.8.3.3).
@@ -176,7 +178,7 @@ impl Machine {
             }
         };
         match port {
-            PM_TMR_PORT..=0x60b => self.pm_timer() >> ((port - PM_TMR_PORT) * 8),
+            PM_TMR_PORT..=PM_TMR_LAST => self.pm_timer() >> ((port - PM_TMR_PORT) * 8),
             _ => {
                 let o = port - PM1_EVT_PORT;
                 (0..size as u16).fold(0, |acc, i| acc | ((word(o + i) & 0xff) << (8 * i)))
@@ -220,7 +222,7 @@ impl PortBus for Machine {
                 self.rtc.read(port - 0x70, wall) as u32
             }
             COM1..=0x3ff => self.com1.read(port - COM1, &mut Com1Irq(&mut self.pic)) as u32,
-            PM1_EVT_PORT..=0x60b => self.pm_read(port, size),
+            PM1_EVT_PORT..=PM_TMR_LAST => self.pm_read(port, size),
             _ => u32::MAX,
         };
         match size {
@@ -246,7 +248,7 @@ impl PortBus for Machine {
                 let mut log = self.console.lock();
                 self.com1.write(port - COM1, b, &mut *log, &mut Com1Irq(&mut self.pic));
             }
-            PM1_EVT_PORT..=0x605 => self.pm_write(port, size, value),
+            PM1_EVT_PORT..=PM1_CNT_LAST => self.pm_write(port, size, value),
             // The reset control register (the FADT's reset register): bit 2 starts the reset.
             RESET_PORT if b & 0x04 != 0 => self.request = Some(MachineRequest::Reset),
             _ => {}

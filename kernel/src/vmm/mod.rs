@@ -33,6 +33,15 @@ pub mod serial;
 pub mod vcpu;
 pub mod virtio_blk;
 
+/// The next value of a xorshift32 sequence (the device models' tests drive them with random
+/// accesses from it).
+#[cfg(test)]
+pub(crate) fn xorshift32(x: &mut u32) {
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+}
+
 /// An address in a guest's physical address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GuestPhysAddr(pub u64);

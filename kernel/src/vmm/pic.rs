@@ -418,9 +418,7 @@ mod tests {
         let mut p = Pic::new();
         let mut x = 0x1234_5678u32;
         for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             let port = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1][(x % 6) as usize];
             match (x >> 8) % 4 {
                 0 => p.write_port(port, (x >> 16) as u8),

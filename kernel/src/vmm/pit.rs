@@ -375,9 +375,7 @@ mod tests {
         // Any sequence is safe.
         let mut x = 0xfeed_beefu32;
         for i in 0..100_000u64 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             let port = (x >> 4) as u16 % 4;
             match x & 3 {
                 0 => p.write(port, (x >> 8) as u8, i * 997),

@@ -302,9 +302,7 @@ mod tests {
         // Any port sequence is safe.
         let mut x = 0x1234_5678u32;
         for _ in 0..50_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             if x & 1 == 0 {
                 r.write((x >> 1) as u16 & 1, (x >> 8) as u8, NOW + (x >> 16) as i64);
             } else {

@@ -268,9 +268,7 @@ mod tests {
         let (mut s, mut out, mut irq) = (Serial::new(), Sink::default(), Line::default());
         let mut x = 0x9e37_79b9u32;
         for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             let offset = (x >> 8) as u16 % 10;
             if x & 1 == 0 {
                 s.write(offset, (x >> 16) as u8, &mut out, &mut irq);

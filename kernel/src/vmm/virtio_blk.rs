@@ -527,9 +527,7 @@ mod tests {
         // Random register traffic.
         let mut x = 0x9e37_79b9u32;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
+            crate::vmm::xorshift32(&mut x);
             let off = (x as u64 >> 4) & 0x1fc;
             if x & 1 == 0 {
                 w32(&mut d, off, x.rotate_left(7));

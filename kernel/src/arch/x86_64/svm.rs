@@ -560,41 +560,28 @@ impl SvmVcpu {
         let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 & !INTERCEPT_VINTR;
         put32(&self.vmcb, INTERCEPT_MISC1, misc1);
     }
-
-    /// Whether RFLAGS.IF is set, there is no interrupt shadow and no event waits in EVENTINJ.
-    pub fn interruptible(&self) -> bool {
-        get64(&self.vmcb, RFLAGS) & (1 << 9) != 0
-            && get64(&self.vmcb, INTERRUPT_SHADOW) & 1 == 0
-            && get64(&self.vmcb, EVENTINJ) & (1 << 31) == 0
-    }
-
-    /// Delivers external interrupt `vector` on the next entry (EVENTINJ type 0).
-    pub fn inject_external(&mut self, vector: u8) {
-        put64(&self.vmcb, EVENTINJ, vector as u64 | (1 << 31));
-    }
-
-    /// Asks for a VINTR exit as soon as the guest can take an interrupt: a virtual interrupt is
-    /// requested (V_IRQ), and its delivery is intercepted.
-    pub fn open_interrupt_window(&mut self) {
-        put64(&self.vmcb, V_INTR, get64(&self.vmcb, V_INTR) | V_IRQ_WINDOW);
-        self.vmcb.write(V_INTR_VECTOR, &[0]);
-        let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 | INTERCEPT_VINTR;
-        put32(&self.vmcb, INTERCEPT_MISC1, misc1);
-    }
 }
 
 impl Vcpu for SvmVcpu {
     fn run(&mut self) -> VmExit {
         self.run_bound()
     }
+    /// RFLAGS.IF set, no interrupt shadow and no event waiting in EVENTINJ.
     fn can_take_interrupt(&self) -> bool {
-        self.interruptible()
+        get64(&self.vmcb, RFLAGS) & (1 << 9) != 0
+            && get64(&self.vmcb, INTERRUPT_SHADOW) & 1 == 0
+            && get64(&self.vmcb, EVENTINJ) & (1 << 31) == 0
     }
+    /// EVENTINJ type 0 (external interrupt).
     fn inject_interrupt(&mut self, vector: u8) {
-        self.inject_external(vector)
+        put64(&self.vmcb, EVENTINJ, vector as u64 | (1 << 31));
     }
+    /// A virtual interrupt is requested (V_IRQ) and its delivery intercepted (VINTR exit).
     fn request_interrupt_window(&mut self) {
-        self.open_interrupt_window()
+        put64(&self.vmcb, V_INTR, get64(&self.vmcb, V_INTR) | V_IRQ_WINDOW);
+        self.vmcb.write(V_INTR_VECTOR, &[0]);
+        let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 | INTERCEPT_VINTR;
+        put32(&self.vmcb, INTERCEPT_MISC1, misc1);
     }
     fn interrupts_enabled(&self) -> bool {
         get64(&self.vmcb, RFLAGS) & (1 << 9) != 0
