@@ -4,16 +4,16 @@
 //! table builder fed with ranges from the input; and the serial console model driven by register
 //! accesses from the input; the CMOS clock and 8254 timer models driven by port accesses; and the
 //! guest page walk over page tables made of the input; the whole chipset (8259A PICs, timer, COM1,
-//! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; a local
-//! APIC and the I/O APIC driven by register accesses and pin levels; and the
+//! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; a 4-vCPU
+//! VM's local APICs and I/O APIC driven by MMIO accesses of every width through each vCPU's view
+//! (IPIs, INIT/STARTUP, EOIs routed), ISA line levels and timers; and the
 //! virtio block device driven by register writes and queue notifications over guest memory and
 //! descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
-use ember_kernel::vmm::bus::{MmioDevice, PortBus};
+use ember_kernel::vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
+use ember_kernel::vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
 use ember_kernel::vmm::decode::{self, Access};
-use ember_kernel::vmm::ioapic::IoApic;
-use ember_kernel::vmm::lapic::Lapic;
 use ember_kernel::vmm::linux::{self, BzImage};
 use ember_kernel::vmm::machine::Machine;
 use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
@@ -84,26 +84,38 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.request();
         let _ = m.console_input(&q[..q.len().min(2)]);
     }
-    // A local APIC and the I/O APIC: each 6 bytes are a register access, a pin level or an
-    // interrupt acknowledge, at a time from the input.
-    let (mut lapic, mut ioapic) = (Lapic::new(0), IoApic::new());
+    // A 4-vCPU VM's local APICs and I/O APIC as its vCPUs reach them (MMIO through each vCPU's
+    // view, with IPIs, INIT/STARTUP and EOIs routed): each 7 bytes are a vCPU, an operation (a
+    // 1-, 2-, 4- or 8-byte register access, an ISA line level, timers, an acknowledge) and a
+    // value, at a time from the input.
+    let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
+    let mut board = Board::new(machine, 4, MmioBus::new(), Box::new(GuestRam::new(4096)));
     let mut t = 0u64;
-    for q in data.chunks(6) {
+    for q in data.chunks(7) {
         let b = |i: usize| q.get(i).copied().unwrap_or(0);
-        let value = u32::from_le_bytes([b(2), b(3), b(4), b(5)]);
-        t += u64::from(b(1)) * 1000;
-        match b(0) % 5 {
-            0 => drop(lapic.write(u64::from(b(1) & 0x3f) * 0x10, value, t)),
-            1 => drop(lapic.read(u64::from(b(1) & 0x3f) * 0x10, t)),
-            2 => drop(ioapic.write([0u64, 0x10, 0x40][usize::from(b(1) % 3)], value)),
+        let cpu = usize::from(b(0) & 3);
+        let value = u32::from_le_bytes([b(3), b(4), b(5), b(6)]);
+        t += u64::from(b(2)) * 1000;
+        let base = if b(1) & 0x40 == 0 { LAPIC_BASE } else { IOAPIC_BASE };
+        let addr = base + u64::from(b(2)) * 4;
+        let len = [1usize, 2, 4, 8][usize::from(b(1) >> 4 & 3)];
+        match b(1) & 7 {
+            0 | 1 => drop(board.view(cpu).0.mmio_write(addr, &value.to_le_bytes().repeat(2)[..len])),
+            2 => drop(board.view(cpu).0.mmio_read(addr, &mut [0u8; 8][..len])),
             3 => {
-                if let Some(d) = ioapic.set_irq(usize::from(b(1) % 24), b(2) & 1 == 1) {
-                    lapic.accept(d.vector, d.level_triggered);
+                board.machine.set_irq(b(2) % 16, b(3) & 1 == 1);
+                board.route();
+            }
+            4 => drop(board.update(cpu, t)),
+            5 => {
+                if let CpuState::Startup(_) = board.apics.state(cpu) {
+                    board.apics.set_running(cpu);
                 }
             }
             _ => {
-                let _ = lapic.update_timer(t);
-                let _ = lapic.acknowledge();
+                let _ = board.pending(cpu);
+                let _ = board.acknowledge(cpu);
+                let _ = board.apics.take_wakes();
             }
         }
     }

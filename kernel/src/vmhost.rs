@@ -1,25 +1,27 @@
 //! Running VMs: the hypervisor's runtime (wiring of `ember_kernel::vmm` onto the platform).
 //!
 //! - The management plane (bootstrap CPU) holds a [`Hypervisor`]: the VMs found on the boot media,
-//!   served to the API as a `VmService`. Starting a VM takes its RAM from the frame allocator,
-//!   zeroes it, writes the ACPI tables and loads its kernel (`vmm::linux`), sets up the nested
-//!   page tables and the vCPU, and queues the run.
-//! - Application processors run [`ap_worker`]: each takes a queued run and executes it with the
-//!   generic vCPU loop (`vmm::vcpu::run`) for a time slice of [`SLICE_NS`], then puts it back at
-//!   the end of the queue if other runs wait, so more VMs than CPUs share them. The LAPIC timer
-//!   brings a CPU back when the guest's next timer interrupt is due or its slice ends; a kick IPI
-//!   when there is new work or a stop.
+//!   served to the API as a `VmService`. Starting a VM takes its RAM from the frame allocator, sets
+//!   up its devices (`vmm::board`: chipset, I/O APIC, a local APIC per vCPU, virtio), the nested
+//!   page tables and a VMCB per vCPU, and queues one job per vCPU.
+//! - Application processors run [`ap_worker`]: each takes a queued vCPU job (the first with work
+//!   due: not halted, an interrupt or STARTUP IPI for it, its timer expired) and runs it with the
+//!   generic vCPU loop (`vmm::vcpu::run`) for a time slice of [`SLICE_NS`], then puts it back, so
+//!   any number of vCPUs share the CPUs. A halted vCPU, or one spinning on PAUSE (SMP guests only),
+//!   gives way at once to a job with work due. The LAPIC timer brings a CPU back when its guest's
+//!   next timer is due or its slice ends; a kick IPI when another vCPU sent it an interrupt, or
+//!   there is new work or a stop.
+//! - vCPU 0 zeroes the RAM and loads the ACPI tables (with a MADT listing the vCPUs) and the kernel
+//!   in its first slice; the others wait for the guest's INIT/STARTUP IPIs and start in real mode
+//!   at the guest's trampoline, as on a PC.
 //! - A run ends when the guest powers off, faults (triple fault, an access nothing answers) or is
-//!   stopped through the API: its RAM goes back to the frame allocator and the VM's status says
-//!   why, in the log and the API. A guest reset (reboot) reloads its kernel into the same RAM.
+//!   stopped through the API: the first vCPU to end it gives the reason, the others stop at their
+//!   next look, and the last one gives the RAM back and sets the VM's status (log and API). A
+//!   guest reset (reboot) ends the run the same way and starts a new one from the kernel.
 //!
 //! Disks are virtio block devices on virtio-mmio (`vmm::virtio_blk`), backed by the images the
 //! UEFI phase read into memory: guest writes last until the host restarts (they are not written
 //! back to the boot media).
-//!
-//! Not yet: more than one vCPU per VM (starting a VM defined with `vcpus` > 1 is refused with that
-//! reason),
-//! local APIC / I/O APIC models (guests use the 8259A PICs), console input.
 
 use crate::arch::x86_64::guest_ram::GuestRamRegion;
 use crate::arch::x86_64::svm::{self, Frames, SvmCpu, SvmVcpu};
@@ -33,6 +35,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use ember_kernel::mm::frames::FrameAllocator;
+use ember_kernel::vmm::board::Board;
 use ember_kernel::vmm::bus::MmioBus;
 use ember_kernel::vmm::cpuid::{guest_cpuid, VcpuIdentity};
 use ember_kernel::vmm::machine::Machine;
@@ -40,7 +43,7 @@ use ember_kernel::vmm::memory::GuestMemory;
 use ember_kernel::vmm::msr::VcpuMsrs;
 use ember_kernel::vmm::npt::NestedPageTables;
 use ember_kernel::vmm::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
-use ember_kernel::vmm::vcpu::{self, Host, RunEnd, RunStats, VmParts};
+use ember_kernel::vmm::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
 use ember_kernel::vmm::virtio_blk::{self, SharedDisk, VirtioBlk};
 use ember_kernel::vmm::{acpi, linux, GuestPhysAddr, HostPhysAddr};
 use ember_net::vms::{VmAction, VmError, VmService, VmState, VmSummary};
@@ -58,8 +61,8 @@ const RAM_ALIGN: u64 = 2 << 20;
 
 /// The frame allocator, after boot-time set-up handed it over.
 static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
-/// Runs waiting for a CPU.
-static QUEUE: Mutex<VecDeque<Box<VmRun>>> = Mutex::new(VecDeque::new());
+/// vCPUs waiting for a CPU.
+static QUEUE: Mutex<VecDeque<Box<Job>>> = Mutex::new(VecDeque::new());
 /// Application processors that run vCPUs.
 static WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// Wall-clock time (s since 1970) at TSC 0, for the guests' CMOS clocks.
@@ -107,28 +110,106 @@ struct Status {
     exit_reason: Option<String>,
 }
 
-/// One VM running (or queued to run) on the application processors.
-struct VmRun {
-    shared: Arc<VmShared>,
-    vcpu: SvmVcpu,
-    machine: Machine,
-    mmio: MmioBus,
-    msrs: VcpuMsrs,
-    /// Always `Some` until the run is dropped (then the memory goes back).
-    ram: Option<GuestRamRegion>,
-    _npt: NestedPageTables,
-    _npt_frames: Frames,
-    stats: RunStats,
-    /// Whether the kernel is in RAM and the vCPU at its entry (done in the first slice, again
-    /// after a reset).
-    loaded: bool,
+/// A VM's RAM for one run, given back to the frame allocator when the run's last vCPU is done.
+struct OwnedRam(Option<GuestRamRegion>);
+
+impl OwnedRam {
+    fn region(&self) -> &GuestRamRegion {
+        self.0.as_ref().expect("RAM is held until dropped")
+    }
+    fn region_mut(&mut self) -> &mut GuestRamRegion {
+        self.0.as_mut().expect("RAM is held until dropped")
+    }
 }
 
-impl Drop for VmRun {
+impl Drop for OwnedRam {
     fn drop(&mut self) {
-        if let (Some(f), Some(ram)) = (FRAMES.lock().as_mut(), self.ram.take()) {
+        if let (Some(f), Some(ram)) = (FRAMES.lock().as_mut(), self.0.take()) {
             ram.release(f);
         }
+    }
+}
+
+impl GuestMemory for OwnedRam {
+    fn size(&self) -> u64 {
+        self.region().size()
+    }
+    fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), ember_kernel::vmm::memory::OutOfRange> {
+        self.region().read(addr, buf)
+    }
+    fn write(
+        &mut self,
+        addr: GuestPhysAddr,
+        data: &[u8],
+    ) -> Result<(), ember_kernel::vmm::memory::OutOfRange> {
+        self.region_mut().write(addr, data)
+    }
+    fn zero(&mut self) {
+        self.region_mut().zero()
+    }
+}
+
+/// How a run ends, once one of its vCPUs (or the API) decided it.
+enum Ending {
+    /// The guest or the API reset the VM: a new run starts from its kernel.
+    Reset,
+    /// The VM stops; the reason goes to the log and the API.
+    Stop(String),
+}
+
+/// One run of a VM, from its start (or a reset) to its end: what its vCPUs share.
+struct Run {
+    vm: Arc<VmShared>,
+    board: Mutex<Board>,
+    /// The nested page tables every vCPU of the run uses (kept until the run is dropped).
+    _paging: Mutex<(NestedPageTables, Frames)>,
+    /// The ASID of each vCPU (a reset's new run takes the same).
+    asids: Vec<u32>,
+    ending: Mutex<Option<Ending>>,
+    /// `ending` is set.
+    ended: AtomicBool,
+    /// vCPU jobs not finished yet.
+    live: AtomicUsize,
+    /// vCPUs (bit `i`: vCPU `i`) that received an interrupt or a start-up IPI since they last ran.
+    wakes: AtomicU64,
+    /// The kernel is in RAM (loaded by vCPU 0 in its first slice).
+    loaded: AtomicBool,
+}
+
+impl Run {
+    /// Records how the run ends, unless a vCPU already did; tells the others.
+    fn end(&self, ending: Ending) {
+        let mut e = self.ending.lock();
+        if e.is_none() {
+            *e = Some(ending);
+            self.ended.store(true, Ordering::Release);
+        }
+        drop(e);
+        kick();
+    }
+}
+
+/// One vCPU of a run, queued for (or running on) an application processor.
+struct Job {
+    run: Arc<Run>,
+    cpu: usize,
+    vcpu: SvmVcpu,
+    msrs: VcpuMsrs,
+    stats: RunStats,
+    state: LoopState,
+}
+
+impl Job {
+    /// Whether the job has work now: it is not halted, or something arrived for it, or its timer
+    /// fired, or its run is ending.
+    fn due(&self, now: u64) -> bool {
+        let run = &self.run;
+        !self.state.halted
+            || run.wakes.load(Ordering::Acquire) & (1 << self.cpu) != 0
+            || self.state.next_timer.is_some_and(|t| t <= now)
+            || run.ended.load(Ordering::Acquire)
+            || run.vm.stop.load(Ordering::Acquire)
+            || run.vm.reset.load(Ordering::Acquire)
     }
 }
 
@@ -150,9 +231,10 @@ fn virtio_devices(vm: &VmShared) -> Vec<acpi::VirtioMmioDevice> {
 }
 
 /// Zeroes the VM's RAM and loads its firmware tables and kernel; returns the vCPU's entry state.
-fn load_guest(ram: &mut GuestRamRegion, vm: &VmShared) -> Result<linux::LinuxEntry, String> {
+fn load_guest(ram: &mut dyn GuestMemory, vm: &VmShared) -> Result<linux::LinuxEntry, String> {
     ram.zero();
-    acpi::write_tables(ram, &virtio_devices(vm)).map_err(|e| format!("ACPI tables: {e}"))?;
+    acpi::write_tables(ram, vm.def.vcpus as u8, &virtio_devices(vm))
+        .map_err(|e| format!("ACPI tables: {e}"))?;
     let image = linux::BzImage::parse(vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
     linux::load(ram, &image, vm.initrd, &vm.def.cmdline).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))
 }
@@ -171,91 +253,97 @@ fn enter(vcpu: &mut SvmVcpu, entry: &linux::LinuxEntry) {
     vcpu.enter_long_mode(entry.rip, 0, entry.rsi, entry.cr3, entry.gdt_base, entry.gdt_limit);
 }
 
-/// Sets a VM up to run (on the calling, bootstrap CPU).
-fn build_run(shared: &Arc<VmShared>, asid: u32) -> Result<Box<VmRun>, String> {
-    let bytes = shared.def.memory_mib as u64 * (1 << 20);
-    let ram = FRAMES.lock().as_mut().and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN)).ok_or_else(
-        || format!("not enough free host memory for {} MiB of guest RAM", shared.def.memory_mib),
-    )?;
-    let base = ram.base();
-    let free = |ram: GuestRamRegion| {
-        if let Some(f) = FRAMES.lock().as_mut() {
-            ram.release(f);
-        }
-    };
+/// Sets a run of the VM up: its RAM, devices, nested page tables and a job per vCPU (vCPU `i`
+/// tagged with `asids[i]`). Called on the bootstrap CPU for a start and on an application
+/// processor after a reset.
+fn build_run(vm: &Arc<VmShared>, asids: Vec<u32>) -> Result<Vec<Job>, String> {
     // The kernel's header is checked now (a bad image is refused at once); zeroing the RAM and
-    // loading the kernel happen in the run's first slice, on an application processor.
-    if let Err(e) = linux::BzImage::parse(shared.kernel) {
-        free(ram);
-        return Err(format!("kernel {}: {e}", shared.def.kernel));
-    }
-    let mmio = match mmio_devices(shared) {
-        Ok(m) => m,
-        Err(e) => {
-            free(ram);
-            return Err(e);
-        }
-    };
+    // loading the kernel happen in vCPU 0's first slice, on an application processor.
+    linux::BzImage::parse(vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
+    let bytes = vm.def.memory_mib as u64 * (1 << 20);
+    let ram =
+        FRAMES.lock().as_mut().and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN)).ok_or_else(
+            || format!("not enough free host memory for {} MiB of guest RAM", vm.def.memory_mib),
+        )?;
+    let base = ram.base();
+    let ram = OwnedRam(Some(ram)); // given back on any error below
+    let mmio = mmio_devices(vm)?;
     let mut npt_frames = Frames::default();
-    let setup = (|| -> Result<(NestedPageTables, SvmVcpu), String> {
-        let mut npt = NestedPageTables::new(&mut npt_frames).map_err(|e| e.to_string())?;
-        npt.map(&mut npt_frames, GuestPhysAddr(0), HostPhysAddr(base), bytes, true)
-            .map_err(|e| e.to_string())?;
-        let vcpu = SvmVcpu::new(asid, npt.root())?;
-        Ok((npt, vcpu))
-    })();
-    let (npt, vcpu) = match setup {
-        Ok(s) => s,
-        Err(e) => {
-            free(ram);
-            return Err(e);
-        }
-    };
-    // VMCB, I/O and MSR permission maps, nested page tables, the console log.
-    let overhead = (4 + 12 + 8) * 1024
+    let mut npt = NestedPageTables::new(&mut npt_frames).map_err(|e| e.to_string())?;
+    npt.map(&mut npt_frames, GuestPhysAddr(0), HostPhysAddr(base), bytes, true).map_err(|e| e.to_string())?;
+    let vcpus = asids.iter().map(|a| SvmVcpu::new(*a, npt.root())).collect::<Result<Vec<_>, _>>()?;
+    let n = vcpus.len();
+    // Per vCPU: VMCB, I/O and MSR permission maps, FPU state, the job; per VM: nested page
+    // tables, the console log, the run with its devices and local APICs.
+    let per_vcpu = (4 + 12 + 8) * 1024 + svm::GuestFpu::bytes() + core::mem::size_of::<Job>() as u64;
+    let overhead = n as u64 * per_vcpu
         + npt_frames.bytes()
         + CONSOLE_LOG_BYTES as u64
-        + core::mem::size_of::<VmRun>() as u64;
-    shared.overhead.store(overhead, Ordering::Relaxed);
-    let wall = WALL_BASE.load(Ordering::Relaxed) as i64;
-    Ok(Box::new(VmRun {
-        shared: shared.clone(),
-        vcpu,
-        machine: Machine::new(wall, shared.console.clone()),
-        mmio,
-        msrs: VcpuMsrs::new(0),
-        ram: Some(ram),
-        _npt: npt,
-        _npt_frames: npt_frames,
-        stats: RunStats::default(),
-        loaded: false,
-    }))
+        + core::mem::size_of::<Run>() as u64
+        + n as u64 * core::mem::size_of::<ember_kernel::vmm::lapic::Lapic>() as u64;
+    vm.overhead.store(overhead, Ordering::Relaxed);
+    let machine = Machine::new(WALL_BASE.load(Ordering::Relaxed) as i64, vm.console.clone());
+    let run = Arc::new(Run {
+        vm: vm.clone(),
+        board: Mutex::new(Board::new(machine, n, mmio, Box::new(ram))),
+        _paging: Mutex::new((npt, npt_frames)),
+        asids,
+        ending: Mutex::new(None),
+        ended: AtomicBool::new(false),
+        live: AtomicUsize::new(n),
+        wakes: AtomicU64::new(0),
+        loaded: AtomicBool::new(false),
+    });
+    Ok(vcpus
+        .into_iter()
+        .enumerate()
+        .map(|(cpu, vcpu)| Job {
+            run: run.clone(),
+            cpu,
+            vcpu,
+            msrs: VcpuMsrs::new(cpu as u32),
+            stats: RunStats::default(),
+            // Application processors wait for their STARTUP IPI.
+            state: LoopState { halted: cpu > 0, next_timer: None },
+        })
+        .collect())
 }
 
 /// The host side of the vCPU loop on an application processor.
 struct ApHost<'a> {
-    shared: &'a VmShared,
+    run: &'a Run,
     slice_end: u64,
 }
 
-fn others_waiting() -> bool {
-    !QUEUE.lock().is_empty()
+/// Whether a queued job has work now.
+fn others_due(now: u64) -> bool {
+    QUEUE.lock().iter().any(|j| j.due(now))
+}
+
+/// The earliest timer of the queued jobs.
+fn queued_deadline() -> Option<u64> {
+    QUEUE.lock().iter().filter_map(|j| j.state.next_timer).min()
 }
 
 impl Host for ApHost<'_> {
     fn now_ns(&self) -> u64 {
         timer::now_ns()
     }
-    fn interrupted(&self, halted: bool) -> Option<RunEnd> {
-        if self.shared.stop.load(Ordering::Acquire) {
+    fn interrupted(&self, idle: bool) -> Option<RunEnd> {
+        let vm = &self.run.vm;
+        if vm.stop.load(Ordering::Acquire) {
             return Some(RunEnd::Stopped);
         }
-        if self.shared.reset.swap(false, Ordering::AcqRel) {
+        if vm.reset.swap(false, Ordering::AcqRel) {
             return Some(RunEnd::Reset);
         }
-        // A halted guest gives way to waiting runs at once; a running one at the end of its slice
+        if self.run.ended.load(Ordering::Acquire) {
+            return Some(RunEnd::Stopped); // another vCPU ended the run
+        }
+        // An idle vCPU gives way to due work at once; a running one at the end of its slice
         // (also when nothing waits, so its counters reach the API).
-        let over = (halted && others_waiting()) || timer::now_ns() >= self.slice_end;
+        let now = timer::now_ns();
+        let over = (idle && others_due(now)) || now >= self.slice_end;
         over.then_some(RunEnd::Preempted)
     }
     fn before_entry(&self, next_timer: Option<u64>) {
@@ -265,8 +353,11 @@ impl Host for ApHost<'_> {
     }
     fn idle(&self, deadline: Option<u64>) {
         let now = timer::now_ns();
-        let until =
-            deadline.unwrap_or(u64::MAX).min(now + MAX_SLEEP_NS).min(self.slice_end.max(now + 1_000_000));
+        let mut until = deadline.unwrap_or(u64::MAX).min(now + MAX_SLEEP_NS);
+        until = until.min(self.slice_end.max(now + 1_000_000));
+        if let Some(q) = queued_deadline() {
+            until = until.min(q);
+        }
         if until <= now {
             return;
         }
@@ -276,7 +367,7 @@ impl Host for ApHost<'_> {
         x86_64::instructions::interrupts::disable();
     }
     fn console_input(&self, machine: &mut Machine) {
-        let mut input = self.shared.input.lock();
+        let mut input = self.run.vm.input.lock();
         if input.is_empty() {
             return;
         }
@@ -284,102 +375,129 @@ impl Host for ApHost<'_> {
         let taken = machine.console_input(a);
         input.drain(..taken);
     }
+    fn wake(&self, vcpus: u64) {
+        self.run.wakes.fetch_or(vcpus, Ordering::AcqRel);
+        kick();
+    }
 }
 
-/// Runs `run` for one slice on this CPU; gives it back if it is to go on.
-fn run_slice(mut run: Box<VmRun>, cpu: &SvmCpu) -> Option<Box<VmRun>> {
-    run.vcpu.bind(cpu);
-    let shared = run.shared.clone();
-    if !run.loaded {
-        let r = &mut *run;
-        match load_guest(r.ram.as_mut().expect("a run's RAM"), &shared) {
+/// Runs `job` for one slice on this CPU; gives it back if it is to go on.
+fn run_slice(mut job: Box<Job>, cpu: &SvmCpu) -> Option<Box<Job>> {
+    let run = job.run.clone();
+    let vm = &run.vm;
+    job.vcpu.bind(cpu);
+    run.wakes.fetch_and(!(1u64 << job.cpu), Ordering::AcqRel);
+    if job.cpu == 0 && !run.loaded.load(Ordering::Acquire) {
+        let loaded = load_guest(&mut *run.board.lock().mem, vm);
+        match loaded {
             Ok(entry) => {
-                enter(&mut r.vcpu, &entry);
-                r.loaded = true;
+                enter(&mut job.vcpu, &entry);
+                run.loaded.store(true, Ordering::Release);
             }
-            Err(e) => {
-                run.vcpu.unbind();
-                finish(run, format!("loading the guest failed: {e}"));
-                return None;
-            }
+            Err(e) => run.end(Ending::Stop(format!("loading the guest failed: {e}"))),
         }
     }
-    let host = ApHost { shared: &shared, slice_end: timer::now_ns() + SLICE_NS };
-    let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
-    let end = {
-        let r = &mut *run;
-        let mut parts = VmParts {
-            machine: &mut r.machine,
-            mmio: &mut r.mmio,
-            mem: r.ram.as_mut().expect("a run's RAM") as &mut dyn GuestMemory,
-            msrs: &mut r.msrs,
-            cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, svm::host_cpuid),
-        };
-        let before = r.stats;
-        let end = vcpu::run(&mut r.vcpu, &mut parts, &host, &mut r.stats);
-        // Its FPU/SSE/AVX registers stay with it (another VM's vCPU may run here next).
-        r.vcpu.unbind();
-        shared.exits.fetch_add(r.stats.exits - before.exits, Ordering::Relaxed);
-        for (i, c) in shared.exit_counts.iter().enumerate() {
-            c.fetch_add(r.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
-        }
-        shared.interrupts.fetch_add(r.stats.interrupts - before.interrupts, Ordering::Relaxed);
-        end
+    // A vCPU of an SMP guest spinning on PAUSE gives way to the vCPU it waits for (re-armed
+    // each slice).
+    job.vcpu.set_pause_exits(vm.def.vcpus > 1);
+    let host = ApHost { run: &run, slice_end: timer::now_ns() + SLICE_NS };
+    let identity = VcpuIdentity { apic_id: job.cpu as u8, vcpus: vm.def.vcpus as u8, lapic: true };
+    let j = &mut *job;
+    let mut parts = VmParts {
+        board: &run.board,
+        cpu: j.cpu,
+        msrs: &mut j.msrs,
+        cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, svm::host_cpuid),
     };
-    let name = &shared.def.name;
-    let reason = match end {
-        RunEnd::Preempted => return Some(run),
-        RunEnd::Reset => {
-            shared.resets.fetch_add(1, Ordering::Relaxed);
+    let before = j.stats;
+    let end = vcpu::run(&mut j.vcpu, &mut parts, &host, &mut j.stats, &mut j.state);
+    // Its FPU/SSE/AVX registers stay with it (another vCPU may run here next).
+    j.vcpu.unbind();
+    vm.exits.fetch_add(j.stats.exits - before.exits, Ordering::Relaxed);
+    for (i, c) in vm.exit_counts.iter().enumerate() {
+        c.fetch_add(j.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
+    }
+    vm.interrupts.fetch_add(j.stats.interrupts - before.interrupts, Ordering::Relaxed);
+    let who = if vm.def.vcpus > 1 { format!(" on vCPU {}", job.cpu) } else { String::new() };
+    match end {
+        RunEnd::Preempted => return Some(job),
+        RunEnd::Reset => run.end(Ending::Reset),
+        RunEnd::PowerOff => run.end(Ending::Stop(String::from("the guest powered off"))),
+        RunEnd::Fault(why) => run.end(Ending::Stop(format!("guest fault{who}: {why}"))),
+        RunEnd::Stopped if vm.stop.load(Ordering::Acquire) => {
+            run.end(Ending::Stop(String::from("stopped through the API")))
+        }
+        RunEnd::Stopped => {} // the run ends for a reason another vCPU gave
+    }
+    finish_job(job);
+    None
+}
+
+/// A vCPU is done with its run; the last one ends the run: a reset starts a new run from the
+/// kernel, anything else stops the VM.
+fn finish_job(job: Box<Job>) {
+    let run = job.run.clone();
+    let exits = job.stats.exits;
+    drop(job);
+    if run.live.fetch_sub(1, Ordering::AcqRel) != 1 {
+        return;
+    }
+    let ending = run.ending.lock().take().unwrap_or(Ending::Stop(String::from("all vCPUs ended")));
+    let vm = run.vm.clone();
+    let asids = run.asids.clone();
+    // The last reference: RAM, devices and nested page tables go back now.
+    drop(run);
+    let reason = match ending {
+        Ending::Stop(reason) => reason,
+        Ending::Reset => {
+            vm.resets.fetch_add(1, Ordering::Relaxed);
+            let name = &vm.def.name;
             kprintln!("ember: VM {name}: reset (by the guest or the API); starting it again from its kernel");
-            // A fresh chipset, devices and FPU state; the kernel is loaded again in the next slice.
-            let r = &mut *run;
-            r.machine = Machine::new(WALL_BASE.load(Ordering::Relaxed) as i64, shared.console.clone());
-            r.msrs = VcpuMsrs::new(0);
-            r.loaded = false;
-            match mmio_devices(&shared).and_then(|m| r.vcpu.reset_fpu().map(|()| m)) {
-                Ok(m) => {
-                    r.mmio = m;
-                    return Some(run);
+            match build_run(&vm, asids) {
+                Ok(jobs) => {
+                    QUEUE.lock().extend(jobs.into_iter().map(Box::new));
+                    kick();
+                    return;
                 }
                 Err(e) => format!("restarting after a reset failed: {e}"),
             }
         }
-        RunEnd::PowerOff => String::from("the guest powered off"),
-        RunEnd::Stopped => String::from("stopped through the API"),
-        RunEnd::Fault(why) => format!("guest fault: {why}"),
     };
-    finish(run, reason);
-    None
-}
-
-/// Ends a run: the VM is stopped with `reason` (log and API) and its memory goes back.
-fn finish(run: Box<VmRun>, reason: String) {
-    let shared = run.shared.clone();
-    kprintln!("ember: VM {} stopped: {reason} ({} exits)", shared.def.name, run.stats.exits);
-    drop(run);
-    let mut st = shared.status.lock();
+    kprintln!(
+        "ember: VM {} stopped: {reason} ({} exits)",
+        vm.def.name,
+        vm.exits.load(Ordering::Relaxed).max(exits)
+    );
+    let mut st = vm.status.lock();
     st.state = VmState::Stopped;
     st.started_ms = None;
     st.exit_reason = Some(reason);
 }
 
-/// The work loop of an application processor with SVM: runs queued VMs; sleeps when there are none.
+/// The next job to run: the first that has work now, else the first.
+fn next_job() -> Option<Box<Job>> {
+    let now = timer::now_ns();
+    let mut q = QUEUE.lock();
+    let i = q.iter().position(|j| j.due(now)).unwrap_or(0);
+    q.remove(i)
+}
+
+/// The work loop of an application processor with SVM: runs queued vCPUs; sleeps when there are
+/// none.
 pub fn ap_worker(cpu: SvmCpu) -> ! {
     WORKERS.fetch_add(1, Ordering::AcqRel);
     x86_64::instructions::interrupts::disable();
     loop {
-        let next = QUEUE.lock().pop_front();
-        match next {
-            Some(run) => {
+        match next_job() {
+            Some(job) => {
                 {
-                    let mut st = run.shared.status.lock();
+                    let mut st = job.run.vm.status.lock();
                     if st.state == VmState::Starting {
                         st.state = VmState::Running;
                     }
                 }
-                if let Some(r) = run_slice(run, &cpu) {
-                    QUEUE.lock().push_back(r);
+                if let Some(j) = run_slice(job, &cpu) {
+                    QUEUE.lock().push_back(j);
                 }
             }
             None => {
@@ -496,17 +614,15 @@ impl Hypervisor {
                 )));
             }
         }
-        // ASID 1 is the boot probe's; VMs take 2.. in turn (every slice flushes its TLB entries).
-        let asid = self.next_asid;
-        self.next_asid = if self.next_asid + 1 >= self.asids { 2 } else { self.next_asid + 1 };
-        if vm.def.vcpus > 1 {
-            // Refused rather than run with fewer vCPUs than the definition says.
-            return Err(VmError::Unavailable(format!(
-                "VM {} is defined with {} vCPUs; this version runs VMs with 1 vCPU only (no SMP guests yet)",
-                vm.def.name, vm.def.vcpus
-            )));
-        }
-        let run = build_run(&vm, asid).map_err(VmError::Unavailable)?;
+        // ASID 1 is the boot probe's; vCPUs take 2.. in turn (every slice flushes its TLB entries).
+        let asids = (0..vm.def.vcpus)
+            .map(|_| {
+                let a = self.next_asid;
+                self.next_asid = if self.next_asid + 1 >= self.asids { 2 } else { self.next_asid + 1 };
+                a
+            })
+            .collect();
+        let jobs = build_run(&vm, asids).map_err(VmError::Unavailable)?;
         vm.stop.store(false, Ordering::Release);
         vm.reset.store(false, Ordering::Release);
         for c in [&vm.exits, &vm.interrupts, &vm.resets].into_iter().chain(&vm.exit_counts) {
@@ -514,13 +630,14 @@ impl Hypervisor {
         }
         *vm.status.lock() = Status { state: VmState::Starting, started_ms: Some(now_ms), exit_reason: None };
         kprintln!(
-            "ember: VM {}: starting ({} MiB, kernel {} bytes, command line \"{}\")",
+            "ember: VM {}: starting ({} vCPUs, {} MiB, kernel {} bytes, command line \"{}\")",
             vm.def.name,
+            vm.def.vcpus,
             vm.def.memory_mib,
             vm.kernel.len(),
             vm.def.cmdline
         );
-        QUEUE.lock().push_back(run);
+        QUEUE.lock().extend(jobs.into_iter().map(Box::new));
         kick();
         Ok(())
     }

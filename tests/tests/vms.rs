@@ -31,12 +31,12 @@ fn fixtures() -> PathBuf {
     dir
 }
 
-/// Writes a VM directory (definition and its files, a disk image and console port if given) under `root`; returns
-/// the definition's path.
+/// Writes a VM directory (definition with its vCPUs and MiB of RAM, and its files, a disk image and
+/// console port if given) under `root`; returns the definition's path.
 fn vm_dir(
     root: &Path,
     name: &str,
-    memory_mib: u32,
+    (vcpus, memory_mib): (u32, u32),
     cmdline: &str,
     autostart: bool,
     disk: Option<&[u8]>,
@@ -53,7 +53,7 @@ fn vm_dir(
         disks.push(serde_json::json!({"file": "disk.img", "readonly": false}));
     }
     let def = serde_json::json!({
-        "name": name, "vcpus": 1, "memory_mib": memory_mib, "kernel": "vmlinuz",
+        "name": name, "vcpus": vcpus, "memory_mib": memory_mib, "kernel": "vmlinuz",
         "initrd": "initrd.gz", "cmdline": cmdline, "autostart": autostart, "disks": disks,
         "console_port": console_port,
     });
@@ -130,28 +130,34 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     disk.resize(2 << 20, 0);
     let sha = sha256_hex(&disk[..1 << 20]);
     let defs = [
-        vm_dir(dir.path(), "stay", 192, "console=ttyS0 ember.action=stay", true, None, Some(CONSOLE_PORT)),
-        vm_dir(dir.path(), "off", 160, "console=ttyS0 ember.action=write", true, Some(&disk), None),
+        vm_dir(
+            dir.path(),
+            "stay",
+            (2, 192),
+            "console=ttyS0 ember.action=stay",
+            true,
+            None,
+            Some(CONSOLE_PORT),
+        ),
+        vm_dir(dir.path(), "off", (1, 160), "console=ttyS0 ember.action=write", true, Some(&disk), None),
         vm_dir(
             dir.path(),
             "fault",
-            160,
+            (4, 160),
             "console=ttyS0 reboot=t ember.action=triplefault",
             false,
             None,
             None,
         ),
     ];
-    // Two VMs that cannot start: two vCPUs (no SMP guests yet), and a kernel that is no bzImage.
+    // A VM that cannot start: its kernel is no bzImage.
     let mut defs = defs.to_vec();
-    for (name, vcpus) in [("smp", 2), ("badkern", 1)] {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("vmlinuz"), vec![0u8; 4096]).unwrap();
-        let def = serde_json::json!({"name": name, "vcpus": vcpus, "memory_mib": 64, "kernel": "vmlinuz"});
-        std::fs::write(d.join("vm.json"), def.to_string()).unwrap();
-        defs.push(d.join("vm.json"));
-    }
+    let d = dir.path().join("badkern");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("vmlinuz"), vec![0u8; 4096]).unwrap();
+    let def = serde_json::json!({"name": "badkern", "vcpus": 1, "memory_mib": 64, "kernel": "vmlinuz"});
+    std::fs::write(d.join("vm.json"), def.to_string()).unwrap();
+    defs.push(d.join("vm.json"));
     let out = dir.path().join("ember.img");
     let efi = efi_path();
     let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
@@ -178,20 +184,18 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let list = request(addr, "GET", "/api/v1/vms", Some(ROOT), None).json();
     let names: Vec<&str> =
         list["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["badkern", "fault", "off", "smp", "stay"]);
-    let r = request(addr, "POST", "/api/v1/vms/smp/start", Some(ROOT), None);
-    assert_eq!(r.status, 503, "{r:?}");
-    assert!(r.body.contains("defined with 2 vCPUs; this version runs VMs with 1 vCPU only"), "{r:?}");
+    assert_eq!(names, ["badkern", "fault", "off", "stay"]);
     let r = request(addr, "POST", "/api/v1/vms/badkern/start", Some(ROOT), None);
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.body.contains("kernel vmlinuz: "), "the kernel is named: {r:?}");
     assert_eq!(vm(addr, "badkern")["state"].as_str(), Some("stopped"), "nothing changed");
 
-    // Two autostarted guests share the second CPU: both reach userspace; one powers off.
+    // Two autostarted guests (2 vCPUs and 1) share the second CPU: both reach userspace, the first
+    // with both its CPUs online; one powers off.
     let (stay, c) = wait_vm(addr, "stay", "the userspace marker", |_, c| c.contains("EMBER-GUEST: alive"));
     assert!(c.contains("Linux version 6."), "an unmodified Debian kernel booted:\n{c}");
-    assert!(c.contains(&format!("{MARKER}, nproc=1, action=stay")), "{c}");
-    assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(1)));
+    assert!(c.contains(&format!("{MARKER}, nproc=2, action=stay")), "{c}");
+    assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(2)));
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
     let by_kind: u64 = stay["exit_counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert!(by_kind > 0 && stay["exit_counts"]["io"].as_u64() > Some(0), "{stay}");
@@ -216,14 +220,19 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert_eq!(off["resets"].as_u64(), Some(1), "the guest's reboot: {off}");
     assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"), "{off}");
 
-    // A triple fault stops that guest with its reason; the other guest keeps running.
+    // A 4-vCPU guest boots on the one CPU left for VMs (next to the 2-vCPU one) with all four
+    // online; its triple fault stops it with its reason; the other guest keeps running.
     let r = request(addr, "POST", "/api/v1/vms/fault/start", Some(ROOT), None);
     assert_eq!(r.status, 200, "{r:?}");
     let (fault, c) = wait_vm(addr, "fault", "the triple fault", |v, _| v["state"] == "stopped");
+    assert!(c.contains(&format!("{MARKER}, nproc=4, action=triplefault")), "{c}");
     assert!(c.contains("EMBER-GUEST: triple fault requested"), "{c}");
     let reason = fault["exit_reason"].as_str().unwrap();
-    assert!(reason.starts_with("guest fault: triple fault at guest RIP 0x"), "{reason}");
-    q.wait_for("ember: VM fault stopped: guest fault: triple fault", BOOT_TIMEOUT);
+    assert!(
+        reason.starts_with("guest fault on vCPU ") && reason.contains(": triple fault at guest RIP 0x"),
+        "{reason}"
+    );
+    q.wait_for("ember: VM fault stopped: guest fault on vCPU ", BOOT_TIMEOUT);
     let before = console(addr, "stay").matches("EMBER-GUEST: alive").count();
     wait_vm(addr, "stay", "more heartbeats after the fault", |_, c| {
         c.matches("EMBER-GUEST: alive").count() > before + 1

@@ -209,19 +209,27 @@ fn rsdp() -> Vec<u8> {
     r
 }
 
-/// Writes the tables (listing `virtio` devices) into guest memory; returns the RSDP's address.
+/// Writes the tables (for `cpus` vCPUs, listing `virtio` devices) into guest memory; returns the
+/// RSDP's address. The MADT follows the DSDT.
 pub fn write_tables(
-    mem: &mut impl GuestMemory,
+    mem: &mut (impl GuestMemory + ?Sized),
+    cpus: u8,
     virtio: &[VirtioMmioDevice],
 ) -> Result<GuestPhysAddr, OutOfRange> {
     let dsdt = dsdt(virtio);
-    if DSDT_ADDR + dsdt.len() as u64 > 0xf_0000 {
-        return Err(OutOfRange { addr: GuestPhysAddr(DSDT_ADDR), len: dsdt.len() as u64 });
+    let madt = madt(cpus);
+    let madt_addr = (DSDT_ADDR + dsdt.len() as u64 + 15) & !15;
+    if madt_addr + madt.len() as u64 > 0xf_0000 {
+        return Err(OutOfRange {
+            addr: GuestPhysAddr(DSDT_ADDR),
+            len: madt_addr + madt.len() as u64 - DSDT_ADDR,
+        });
     }
     mem.write(GuestPhysAddr(DSDT_ADDR), &dsdt)?;
+    mem.write(GuestPhysAddr(madt_addr), &madt)?;
     mem.write(GuestPhysAddr(FACS_ADDR), &facs())?;
     mem.write(GuestPhysAddr(FADT_ADDR), &fadt())?;
-    mem.write(GuestPhysAddr(XSDT_ADDR), &xsdt(&[FADT_ADDR]))?;
+    mem.write(GuestPhysAddr(XSDT_ADDR), &xsdt(&[FADT_ADDR, madt_addr]))?;
     mem.write(GuestPhysAddr(RSDP_ADDR), &rsdp())?;
     Ok(GuestPhysAddr(RSDP_ADDR))
 }
@@ -252,14 +260,18 @@ mod tests {
     #[test]
     fn the_tables_chain_from_the_rsdp_with_valid_checksums() {
         let mut mem = GuestRam::new(1 << 20);
-        assert_eq!(write_tables(&mut mem, &[]).unwrap(), GuestPhysAddr(0xe0000));
+        assert_eq!(write_tables(&mut mem, 2, &[]).unwrap(), GuestPhysAddr(0xe0000));
         let rsdp = read(&mem, RSDP_ADDR, 36);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
         assert_eq!((sum(&rsdp[..20]), sum(&rsdp), rsdp[15]), (0, 0, 2));
         let xsdt_at = u64_at(&rsdp, 24);
         let hdr = read(&mem, xsdt_at, 36);
         let xsdt = read(&mem, xsdt_at, u32_at(&hdr, 4) as usize);
-        assert_eq!((&xsdt[0..4], sum(&xsdt), xsdt.len()), (&b"XSDT"[..], 0, 44));
+        assert_eq!((&xsdt[0..4], sum(&xsdt), xsdt.len()), (&b"XSDT"[..], 0, 52));
+        let madt_at = u64_at(&xsdt, 44);
+        let madt = read(&mem, madt_at, u32_at(&read(&mem, madt_at, 8), 4) as usize);
+        assert_eq!((&madt[0..4], sum(&madt)), (&b"APIC"[..], 0));
+        assert_eq!(madt, super::madt(2));
         let fadt = read(&mem, u64_at(&xsdt, 36), 276);
         assert_eq!((&fadt[0..4], sum(&fadt), fadt[8]), (&b"FACP"[..], 0, 6));
         assert_eq!(u32_at(&fadt, 64), 0x604, "PM1a_CNT_BLK");
@@ -279,7 +291,7 @@ mod tests {
     #[test]
     fn tables_need_the_bios_area() {
         let mut mem = GuestRam::new(0xe0000);
-        assert!(write_tables(&mut mem, &[]).is_err());
+        assert!(write_tables(&mut mem, 2, &[]).is_err());
     }
 
     #[test]
@@ -342,6 +354,6 @@ mod tests {
             .map(|i| VirtioMmioDevice { base: 0xd000_0000 + i * 0x1000, len: 0x1000, irq: 5 })
             .collect();
         let mut m = GuestRam::new(1 << 20);
-        assert!(write_tables(&mut m, &eight).is_ok());
+        assert!(write_tables(&mut m, 64, &eight).is_ok());
     }
 }

@@ -114,6 +114,60 @@ pub trait MmioDevice: Send {
     }
 }
 
+/// A guest-physical address space without RAM behind it, as the exit handler uses it.
+pub trait MmioSpace {
+    /// Whether something answers all of `addr`..`addr + len`.
+    fn mmio_claims(&self, addr: u64, len: u64) -> bool;
+    /// A read; `false` when nothing claims the whole access.
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool;
+    /// A write; `false` when nothing claims the whole access.
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool;
+}
+
+/// Everything a vCPU's exits reach: ports and MMIO.
+pub trait VmBus: PortBus + MmioSpace {}
+impl<T: PortBus + MmioSpace> VmBus for T {}
+
+impl MmioSpace for MmioBus {
+    fn mmio_claims(&self, addr: u64, len: u64) -> bool {
+        MmioBus::claims(self, addr, len)
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        MmioBus::read(self, addr, data)
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        MmioBus::write(self, addr, data)
+    }
+}
+
+/// Ports and MMIO devices on buses of their own (the boot probe's guest, tests).
+#[derive(Default)]
+pub struct Buses {
+    pub io: IoBus,
+    pub mmio: MmioBus,
+}
+
+impl PortBus for Buses {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        self.io.read(port, size)
+    }
+    fn write(&mut self, port: u16, size: u8, value: u32) {
+        self.io.write(port, size, value)
+    }
+}
+
+impl MmioSpace for Buses {
+    fn mmio_claims(&self, addr: u64, len: u64) -> bool {
+        self.mmio.claims(addr, len)
+    }
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
+        self.mmio.read(addr, data)
+    }
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
+        self.mmio.write(addr, data)
+    }
+}
+
 struct MmioRange {
     base: u64,
     len: u64,

@@ -6,7 +6,7 @@
 //! Also here: the decoding of SVM's IOIO exit information (AMD APM vol. 2, 15.10.2), which is pure
 //! bit layout and so host-testable.
 
-use super::bus::{MmioBus, PortBus};
+use super::bus::VmBus;
 use super::cpuid::Leaf;
 use super::decode::{self, Access, Source};
 use super::memory::GuestMemory;
@@ -26,6 +26,8 @@ pub enum VmExit {
     Cpuid { next_rip: u64 },
     /// RDMSR (`write` false) or WRMSR of the MSR in ECX (value in EDX:EAX).
     Msr { write: bool, next_rip: u64 },
+    /// PAUSE (RIP still points at it): the guest spins, waiting for another CPU.
+    Pause,
     /// A host interrupt arrived while the guest ran: resume it.
     HostInterrupt,
     /// The guest can take an interrupt now (the window the loop asked for opened).
@@ -46,6 +48,8 @@ pub enum ExitAction {
     Resume,
     /// The guest halted: wait for an interrupt for it (or, with none possible, stop).
     Halted,
+    /// The guest spins waiting for another vCPU: it may give way to other work.
+    Spinning,
     /// End this VM; the reason goes to the log and the API.
     Stop(String),
 }
@@ -88,12 +92,11 @@ pub const GP_VECTOR: u8 = 13;
 /// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
 /// vCPU's MSRs.
 pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
-    pub bus: &'a mut dyn PortBus,
+    /// The vCPU's ports and MMIO space (guest-physical ranges without RAM behind them).
+    pub bus: &'a mut dyn VmBus,
     /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
     pub cpuid: C,
     pub msrs: &'a mut VcpuMsrs,
-    /// The VM's MMIO devices (guest-physical ranges without RAM behind them).
-    pub mmio: &'a mut MmioBus,
     /// The VM's RAM (instruction fetches for MMIO emulation).
     pub mem: &'a dyn GuestMemory,
 }
@@ -164,9 +167,14 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
             regs.set_rip(*next_rip);
             ExitAction::Resume
         }
+        VmExit::Pause => {
+            // PAUSE is F3 90.
+            regs.set_rip(regs.rip().wrapping_add(2));
+            ExitAction::Spinning
+        }
         VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
-        VmExit::NestedPageFault { gpa, write } if !vm.mmio.claims(*gpa, 1) => ExitAction::Stop(format!(
+        VmExit::NestedPageFault { gpa, write } if !vm.bus.mmio_claims(*gpa, 1) => ExitAction::Stop(format!(
             "{} of guest-physical {gpa:#x} (nothing is mapped there) at RIP {:#x}",
             if *write { "write" } else { "read" },
             regs.rip()
@@ -195,7 +203,7 @@ fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
     match ins.access {
         Access::Read { size, dest, extend } => {
             let mut buf = [0u8; 8];
-            if !vm.mmio.read(gpa, &mut buf[..size as usize]) {
+            if !vm.bus.mmio_read(gpa, &mut buf[..size as usize]) {
                 return Err(String::from("the access runs past the device"));
             }
             let i = dest.index as usize;
@@ -206,7 +214,7 @@ fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
                 Source::Register(r) => decode::operand_of(regs.gpr(r.index as usize), r),
                 Source::Immediate(i) => i,
             };
-            if !vm.mmio.write(gpa, &v.to_le_bytes()[..size as usize]) {
+            if !vm.bus.mmio_write(gpa, &v.to_le_bytes()[..size as usize]) {
                 return Err(String::from("the access runs past the device"));
             }
         }
@@ -236,7 +244,7 @@ pub fn svm_io_exit(info1: u64, info2: u64) -> VmExit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::bus::{IoBus, MmioDevice, PortDevice};
+    use crate::vmm::bus::{Buses, MmioDevice, PortDevice};
     use crate::vmm::memory::GuestRam;
     use crate::vmm::GuestPhysAddr;
     use alloc::boxed::Box;
@@ -306,30 +314,18 @@ mod tests {
 
     /// A VM's buses, MSRs and RAM for the exit handler.
     struct World {
-        bus: IoBus,
+        bus: Buses,
         msrs: VcpuMsrs,
-        mmio: MmioBus,
         ram: GuestRam,
     }
 
     impl World {
         fn new() -> Self {
-            World {
-                bus: IoBus::new(),
-                msrs: VcpuMsrs::new(0),
-                mmio: MmioBus::new(),
-                ram: GuestRam::new(0x1_0000),
-            }
+            World { bus: Buses::default(), msrs: VcpuMsrs::new(0), ram: GuestRam::new(0x1_0000) }
         }
 
         fn ctx(&mut self) -> ExitContext<'_, fn(u32, u32) -> Leaf> {
-            ExitContext {
-                bus: &mut self.bus,
-                cpuid: no_cpuid,
-                msrs: &mut self.msrs,
-                mmio: &mut self.mmio,
-                mem: &self.ram,
-            }
+            ExitContext { bus: &mut self.bus, cpuid: no_cpuid, msrs: &mut self.msrs, mem: &self.ram }
         }
     }
 
@@ -337,8 +333,7 @@ mod tests {
     fn cpuid_exits_answer_from_the_policy() {
         let mut w = World::new();
         let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
-        let mut vm =
-            ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mmio: &mut w.mmio, mem: &w.ram };
+        let mut vm = ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mem: &w.ram };
         let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
         r.others[gpr::RCX] = 7;
         r.others[gpr::RBX] = u64::MAX;
@@ -369,7 +364,7 @@ mod tests {
     fn mmio_accesses_are_decoded_and_emulated() {
         let writes = Writes::default();
         let mut w = World::new();
-        w.mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
+        w.bus.mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
         // mov eax, [rdi+0x30]; mov dword [rdi+0x80], ecx; mov byte [rdi+0xb0], 0x7f; add [rdi], eax
         w.ram
             .write(
@@ -434,7 +429,7 @@ mod tests {
     fn io_exits_go_through_the_bus() {
         let written = Rc::new(RefCell::new(Vec::new()));
         let mut w = World::new();
-        w.bus.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
+        w.bus.io.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
         let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
         let mut vm = w.ctx();
         // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.

@@ -185,7 +185,7 @@ fn oom(e: super::memory::OutOfRange) -> LoadError {
 
 /// Loads `image` with `initrd` and `cmdline` into `mem` (zeroed RAM); returns the entry state.
 pub fn load(
-    mem: &mut impl GuestMemory,
+    mem: &mut (impl GuestMemory + ?Sized),
     image: &BzImage<'_>,
     initrd: Option<&[u8]>,
     cmdline: &str,
@@ -286,7 +286,7 @@ pub fn load(
 /// Writes what a vCPU needs to run in 64-bit mode: the GDT (null, null, 64-bit code at
 /// [`CODE_SELECTOR`], data at [`DATA_SELECTOR`]) at [`GDT`], and page tables at [`PML4`]
 /// identity-mapping the first 4 GiB with 2 MiB pages. Returns (CR3, GDT base, GDT limit).
-pub fn write_long_mode_tables(mem: &mut impl GuestMemory) -> Result<(u64, u64, u16), LoadError> {
+pub fn write_long_mode_tables(mem: &mut (impl GuestMemory + ?Sized)) -> Result<(u64, u64, u16), LoadError> {
     let gdt: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     for (i, d) in gdt.iter().enumerate() {
         mem.write_u64(GuestPhysAddr(GDT.0 + 8 * i as u64), *d).map_err(oom)?;

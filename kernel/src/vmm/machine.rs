@@ -4,6 +4,11 @@
 //! management block (PM1 event and control registers for power-off, the PM timer), and the part
 //! of an 8042 keyboard controller that guests use to reset the machine.
 //!
+//! Every ISA interrupt line goes to both the 8259A pair and the I/O APIC (IRQ 0 on pin 2, the
+//! others on the pin of their number, as the MADT's interrupt source override says), so a guest
+//! can use either; what the I/O APIC delivers is collected for the local APICs
+//! ([`Machine::take_deliveries`]).
+//!
 //! The vCPU loop (`super::vcpu`) tells the machine the time before each access ([`Machine::set_time`],
 //! nanoseconds of a monotonic clock), asks it for IRQ 0 edges, and checks [`Machine::request`] for a
 //! reset or power-off the guest asked for. Ports no device claims read as all ones and ignore
@@ -11,12 +16,14 @@
 
 use super::acpi::RESET_PORT;
 use super::bus::PortBus;
+use super::ioapic::{Delivery, IoApic};
 use super::pic::Pic;
 use super::pit::Pit;
 use super::rtc::{Rtc, UnixTime};
 use super::serial::{ConsoleLog, IrqLine, Serial};
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use spin::Mutex;
 
 /// The ACPI PM1 event block (PM1a_EVT_BLK: status, enable; 4 bytes), control block
@@ -60,6 +67,9 @@ struct Kbc {
 /// The VM's chipset (see the module documentation).
 pub struct Machine {
     pub pic: Pic,
+    pub ioapic: IoApic,
+    /// Interrupts the I/O APIC delivered, for the local APICs.
+    deliveries: Vec<Delivery>,
     pub pit: Pit,
     pub rtc: Rtc,
     pub com1: Serial,
@@ -76,12 +86,35 @@ pub struct Machine {
     wall_base: UnixTime,
 }
 
-/// COM1's interrupt output, wired to the PIC.
-struct Com1Irq<'a>(&'a mut Pic);
+/// The I/O APIC pin ISA line `irq` is wired to.
+pub fn ioapic_pin(irq: u8) -> usize {
+    if irq == 0 {
+        2
+    } else {
+        irq as usize
+    }
+}
+
+/// The interrupt controllers an ISA line drives.
+struct IsaLines<'a> {
+    pic: &'a mut Pic,
+    ioapic: &'a mut IoApic,
+    deliveries: &'a mut Vec<Delivery>,
+}
+
+impl IsaLines<'_> {
+    fn set(&mut self, irq: u8, high: bool) {
+        self.pic.set_irq(irq, high);
+        self.deliveries.extend(self.ioapic.set_irq(ioapic_pin(irq), high));
+    }
+}
+
+/// COM1's interrupt output.
+struct Com1Irq<'a>(IsaLines<'a>);
 
 impl IrqLine for Com1Irq<'_> {
     fn set_level(&mut self, high: bool) {
-        self.0.set_irq(COM1_IRQ, high);
+        self.0.set(COM1_IRQ, high);
     }
 }
 
@@ -91,6 +124,8 @@ impl Machine {
     pub fn new(wall_base: UnixTime, console: Arc<Mutex<ConsoleLog>>) -> Machine {
         Machine {
             pic: Pic::new(),
+            ioapic: IoApic::new(),
+            deliveries: Vec::new(),
             pit: Pit::new(),
             rtc: Rtc::new(),
             com1: Serial::new(),
@@ -108,7 +143,13 @@ impl Machine {
 
     /// The monotonic time (ns) of the accesses that follow.
     pub fn set_time(&mut self, now: u64) {
-        self.now = now;
+        // vCPUs on different CPUs read the clock a little apart: time never goes back.
+        self.now = self.now.max(now);
+    }
+
+    /// The monotonic time of the current access, ns.
+    pub fn now(&self) -> u64 {
+        self.now
     }
 
     /// Raises the timer's IRQ 0 if its output rose since the last call; returns when (ns) it rises
@@ -116,13 +157,44 @@ impl Machine {
     pub fn update_timers(&mut self) -> Option<u64> {
         if self.pit.take_irq0(self.now) {
             self.pic.pulse_irq(0);
+            let pin = ioapic_pin(0);
+            self.deliveries.extend(self.ioapic.set_irq(pin, true));
+            self.ioapic.set_irq(pin, false);
         }
         self.pit.next_irq0()
     }
 
+    fn lines(&mut self) -> IsaLines<'_> {
+        IsaLines { pic: &mut self.pic, ioapic: &mut self.ioapic, deliveries: &mut self.deliveries }
+    }
+
+    /// Sets the level of ISA interrupt line `irq` (a device outside the chipset: virtio).
+    pub fn set_irq(&mut self, irq: u8, high: bool) {
+        self.lines().set(irq, high);
+    }
+
+    /// A write to the I/O APIC's window (its deliveries are collected with the others).
+    pub fn ioapic_write(&mut self, offset: u64, value: u32) {
+        let d = self.ioapic.write(offset, value);
+        self.deliveries.extend(d);
+    }
+
+    /// A local APIC's EOI of level-triggered `vector` (the I/O APIC may deliver again).
+    pub fn level_eoi(&mut self, vector: u8) {
+        let d = self.ioapic.eoi(vector);
+        self.deliveries.extend(d);
+    }
+
+    /// The interrupts the I/O APIC delivered since the last call, oldest first.
+    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+        core::mem::take(&mut self.deliveries)
+    }
+
     /// Bytes for the guest's COM1 receiver (console input); returns how many it took.
     pub fn console_input(&mut self, bytes: &[u8]) -> usize {
-        self.com1.enqueue_input(bytes, &mut Com1Irq(&mut self.pic))
+        let lines =
+            IsaLines { pic: &mut self.pic, ioapic: &mut self.ioapic, deliveries: &mut self.deliveries };
+        self.com1.enqueue_input(bytes, &mut Com1Irq(lines))
     }
 
     /// A reset or power-off the guest asked for (taken: asked once).
@@ -221,7 +293,14 @@ impl PortBus for Machine {
                 let wall = self.wall_clock();
                 self.rtc.read(port - 0x70, wall) as u32
             }
-            COM1..=0x3ff => self.com1.read(port - COM1, &mut Com1Irq(&mut self.pic)) as u32,
+            COM1..=0x3ff => {
+                let lines = IsaLines {
+                    pic: &mut self.pic,
+                    ioapic: &mut self.ioapic,
+                    deliveries: &mut self.deliveries,
+                };
+                self.com1.read(port - COM1, &mut Com1Irq(lines)) as u32
+            }
             PM1_EVT_PORT..=PM_TMR_LAST => self.pm_read(port, size),
             _ => u32::MAX,
         };
@@ -246,7 +325,12 @@ impl PortBus for Machine {
             }
             COM1..=0x3ff => {
                 let mut log = self.console.lock();
-                self.com1.write(port - COM1, b, &mut *log, &mut Com1Irq(&mut self.pic));
+                let lines = IsaLines {
+                    pic: &mut self.pic,
+                    ioapic: &mut self.ioapic,
+                    deliveries: &mut self.deliveries,
+                };
+                self.com1.write(port - COM1, b, &mut *log, &mut Com1Irq(lines));
             }
             PM1_EVT_PORT..=PM1_CNT_LAST => self.pm_write(port, size, value),
             // The reset control register (the FADT's reset register): bit 2 starts the reset.

@@ -37,6 +37,17 @@ pub trait GuestMemory {
     fn write_u64(&mut self, addr: GuestPhysAddr, v: u64) -> Result<(), OutOfRange> {
         self.write(addr, &v.to_le_bytes())
     }
+
+    /// Zeroes all of it (a VM never sees what the memory held before).
+    fn zero(&mut self) {
+        let zeros = [0u8; 4096];
+        let mut at = 0;
+        while at < self.size() {
+            let n = (self.size() - at).min(zeros.len() as u64) as usize;
+            let _ = self.write(GuestPhysAddr(at), &zeros[..n]);
+            at += n as u64;
+        }
+    }
 }
 
 /// A VM's RAM in one host allocation, guest-physical 0 at its start.

@@ -14,6 +14,7 @@
 //! guests need them).
 
 pub mod acpi;
+pub mod board;
 pub mod bus;
 pub mod cpuid;
 pub mod decode;

@@ -5,14 +5,14 @@
 //! while the guest halts until its next timer interrupt, and ends on a reset or power-off the guest
 //! asks for, a fault it causes, or a stop the management plane asks for.
 
-use super::bus::MmioBus;
+use super::board::{Board, CpuState, Event};
 use super::cpuid::Leaf;
 use super::exit::{handle_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use super::machine::{Machine, MachineRequest};
-use super::memory::GuestMemory;
 use super::msr::VcpuMsrs;
 use alloc::format;
 use alloc::string::String;
+use spin::Mutex;
 
 /// What a vendor backend does for the loop.
 pub trait Vcpu: VcpuRegs {
@@ -21,12 +21,21 @@ pub trait Vcpu: VcpuRegs {
     /// Whether an external interrupt can be delivered on the next entry: RFLAGS.IF set, no
     /// interrupt shadow (STI, MOV SS) and no event already being injected.
     fn can_take_interrupt(&self) -> bool;
+    /// Whether an NMI can be delivered on the next entry (no event already being injected).
+    fn can_take_nmi(&self) -> bool;
     /// Delivers external interrupt `vector` on the next entry.
     fn inject_interrupt(&mut self, vector: u8);
+    /// Delivers an NMI on the next entry.
+    fn inject_nmi(&mut self);
     /// Asks for an exit as soon as the guest can take an interrupt.
     fn request_interrupt_window(&mut self);
     /// RFLAGS.IF.
     fn interrupts_enabled(&self) -> bool;
+    /// Whether PAUSE exits (a spinning guest gives way to the vCPU it waits for).
+    fn set_pause_exits(&mut self, on: bool);
+    /// The state after INIT and a STARTUP IPI with `vector`: real mode at `vector << 12`, every
+    /// other register at its reset value.
+    fn start_at(&mut self, vector: u8);
 }
 
 /// What the loop needs from the host.
@@ -34,8 +43,9 @@ pub trait Host {
     /// A monotonic clock, ns.
     fn now_ns(&self) -> u64;
     /// Whether the run must end now: the management plane asked for a stop or reset, or the vCPU's
-    /// time slice is over and other work waits for the CPU (`halted`: the guest is idle).
-    fn interrupted(&self, halted: bool) -> Option<RunEnd>;
+    /// time slice is over and other work waits for the CPU (`idle`: the guest halted or spins in
+    /// a PAUSE loop, so it gives way to any other work that is due).
+    fn interrupted(&self, idle: bool) -> Option<RunEnd>;
     /// Called before each entry: the guest's next timer interrupt is due at `next_timer` (ns), so
     /// the host must get control back by then even if the guest does not exit.
     fn before_entry(&self, next_timer: Option<u64>);
@@ -43,6 +53,9 @@ pub trait Host {
     fn idle(&self, deadline: Option<u64>);
     /// Bytes waiting for the guest's console (taken as far as the UART's FIFO has room).
     fn console_input(&self, machine: &mut Machine);
+    /// Other vCPUs of the VM (bit `i`: vCPU `i`) received an interrupt or a start-up IPI: they
+    /// must look at it soon (run them, or kick the CPUs they run on).
+    fn wake(&self, vcpus: u64);
 }
 
 /// Why a VM's run ended.
@@ -52,7 +65,7 @@ pub enum RunEnd {
     PowerOff,
     /// The guest reset the machine (it starts again from its kernel).
     Reset,
-    /// The management plane stopped it.
+    /// The management plane stopped it (or another vCPU ended the VM).
     Stopped,
     /// Not an end: the time slice is over; the run continues later.
     Preempted,
@@ -63,12 +76,22 @@ pub enum RunEnd {
 
 /// The VM a vCPU runs in, as the loop sees it.
 pub struct VmParts<'a, C: Fn(u32, u32) -> Leaf> {
-    pub machine: &'a mut Machine,
-    pub mmio: &'a mut MmioBus,
-    pub mem: &'a mut dyn GuestMemory,
+    /// The devices and memory every vCPU of the VM shares.
+    pub board: &'a Mutex<Board>,
+    /// This vCPU's index (and APIC ID).
+    pub cpu: usize,
     pub msrs: &'a mut VcpuMsrs,
     /// The guest's CPUID answers.
     pub cpuid: C,
+}
+
+/// Where a vCPU's loop stands between time slices.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoopState {
+    /// Halted, or waiting for its STARTUP IPI: it runs again only for an interrupt.
+    pub halted: bool,
+    /// When its next timer (the chipset's or its local APIC's) fires, ns.
+    pub next_timer: Option<u64>,
 }
 
 /// Exit and interrupt counts of one run.
@@ -81,8 +104,8 @@ pub struct RunStats {
 }
 
 /// The kinds of exit counted apart.
-pub const EXIT_KINDS: [&str; 8] =
-    ["io", "mmio", "msr", "cpuid", "hlt", "host_interrupt", "interrupt_window", "other"];
+pub const EXIT_KINDS: [&str; 9] =
+    ["io", "mmio", "msr", "cpuid", "hlt", "host_interrupt", "interrupt_window", "pause", "other"];
 
 /// The index of `exit`'s kind in [`EXIT_KINDS`].
 pub fn exit_kind(exit: &VmExit) -> usize {
@@ -94,94 +117,141 @@ pub fn exit_kind(exit: &VmExit) -> usize {
         VmExit::Hlt => 4,
         VmExit::HostInterrupt => 5,
         VmExit::InterruptWindow => 6,
-        _ => 7,
+        VmExit::Pause => 7,
+        _ => 8,
     }
 }
 
-/// Delivers a pending chipset interrupt if the guest can take it now, else asks for a window.
-fn deliver_interrupts(vcpu: &mut impl Vcpu, machine: &mut Machine, stats: &mut RunStats) {
-    if !machine.pic.interrupt_pending() {
+/// Delivers what is pending for the vCPU if it can take it now, else asks for a window.
+fn deliver_interrupts(vcpu: &mut impl Vcpu, board: &mut Board, cpu: usize, stats: &mut RunStats) {
+    if board.apics.nmi_pending(cpu) && vcpu.can_take_nmi() {
+        board.apics.take_nmi(cpu);
+        vcpu.inject_nmi();
+        stats.interrupts += 1;
+    }
+    if !board.pending(cpu) {
         return;
     }
-    if vcpu.can_take_interrupt() {
-        let vector = machine.pic.acknowledge();
-        vcpu.inject_interrupt(vector);
-        stats.interrupts += 1;
-    } else {
+    if !vcpu.can_take_interrupt() {
         vcpu.request_interrupt_window();
+        return;
     }
+    match board.acknowledge(cpu) {
+        Some(Event::Interrupt(v)) => vcpu.inject_interrupt(v),
+        Some(Event::Nmi) => vcpu.inject_nmi(),
+        None => return,
+    }
+    stats.interrupts += 1;
 }
 
-/// What the loop does before each entry and on each wake-up while halted: ends the run if the
-/// host says so, else brings the chipset's clock and timers up to date and hands it console
-/// input; returns when the guest's timer fires next.
-fn look_around(machine: &mut Machine, host: &impl Host, halted: bool) -> Result<Option<u64>, RunEnd> {
-    if let Some(end) = host.interrupted(halted) {
-        return Err(end);
+/// What the loop does before each entry and on each wake-up while halted: brings the timers up
+/// to date, hands the chipset console input, starts the vCPU if a STARTUP IPI came, wakes it if
+/// it halted and an interrupt came, and delivers what it can take. Returns the other vCPUs that
+/// received something meanwhile.
+fn look_around(
+    vcpu: &mut impl Vcpu,
+    vm: &mut VmParts<'_, impl Fn(u32, u32) -> Leaf>,
+    host: &impl Host,
+    state: &mut LoopState,
+    stats: &mut RunStats,
+) -> u64 {
+    let cpu = vm.cpu;
+    let mut b = vm.board.lock();
+    state.next_timer = b.update(cpu, host.now_ns());
+    host.console_input(&mut b.machine);
+    b.route();
+    match b.apics.state(cpu) {
+        CpuState::WaitForSipi => state.halted = true,
+        CpuState::Startup(vector) => {
+            vcpu.start_at(vector);
+            b.apics.set_running(cpu);
+            state.halted = false;
+        }
+        CpuState::Running => {
+            // A halt ends with an NMI, or with an interrupt the guest lets in (RFLAGS.IF).
+            let nmi = b.apics.nmi_pending(cpu);
+            if state.halted && (nmi || (vcpu.interrupts_enabled() && b.pending(cpu))) {
+                state.halted = false;
+            }
+        }
     }
-    machine.set_time(host.now_ns());
-    let next = machine.update_timers();
-    host.console_input(machine);
-    Ok(next)
+    if !state.halted {
+        deliver_interrupts(vcpu, &mut b, cpu, stats);
+    }
+    b.apics.take_wakes() & !(1 << cpu)
 }
 
-/// Runs the vCPU until the VM's run ends.
+/// Runs the vCPU until its time slice is over or the VM's run ends.
 pub fn run<C: Fn(u32, u32) -> Leaf>(
     vcpu: &mut impl Vcpu,
     vm: &mut VmParts<'_, C>,
     host: &impl Host,
     stats: &mut RunStats,
+    state: &mut LoopState,
 ) -> RunEnd {
+    let cpu = vm.cpu;
     loop {
-        let next_timer = match look_around(vm.machine, host, false) {
-            Ok(next) => next,
-            Err(end) => return end,
-        };
-        deliver_interrupts(vcpu, vm.machine, stats);
-        host.before_entry(next_timer);
+        // Looking first: a vCPU woken by an interrupt or a STARTUP IPI is no longer idle.
+        let wakes = look_around(vcpu, vm, host, state, stats);
+        if wakes != 0 {
+            host.wake(wakes);
+        }
+        if let Some(end) = host.interrupted(state.halted) {
+            return end;
+        }
+        if state.halted {
+            // Sleep until an interrupt for the guest may be pending.
+            host.idle(state.next_timer);
+            continue;
+        }
+        host.before_entry(state.next_timer);
         let exit = vcpu.run();
         stats.exits += 1;
         stats.by_kind[exit_kind(&exit)] += 1;
-        vm.machine.set_time(host.now_ns());
-        let action = {
-            let mut cx = ExitContext {
-                bus: &mut *vm.machine,
-                cpuid: &vm.cpuid,
-                msrs: &mut *vm.msrs,
-                mmio: &mut *vm.mmio,
-                mem: &*vm.mem,
+        let (action, request, wakes) = {
+            let mut b = vm.board.lock();
+            b.machine.set_time(host.now_ns());
+            let action = {
+                let (mut bus, mem) = b.view(cpu);
+                let mut cx = ExitContext { bus: &mut bus, cpuid: &vm.cpuid, msrs: &mut *vm.msrs, mem };
+                handle_exit(&exit, vcpu, &mut cx)
             };
-            handle_exit(&exit, vcpu, &mut cx)
+            // Device work (virtio queues) and the devices' interrupt lines.
+            let Board { machine, mmio, mem, .. } = &mut *b;
+            mmio.service(&mut **mem, |line, level| machine.set_irq(line, level));
+            b.route();
+            (action, b.machine.request(), b.apics.take_wakes() & !(1 << cpu))
         };
-        // Device work (virtio queues) and the devices' interrupt lines.
-        let pic = &mut vm.machine.pic;
-        vm.mmio.service(&mut *vm.mem, |line, level| pic.set_irq(line, level));
-        match vm.machine.request() {
+        if wakes != 0 {
+            host.wake(wakes);
+        }
+        match request {
             Some(MachineRequest::PowerOff) => return RunEnd::PowerOff,
             Some(MachineRequest::Reset) => return RunEnd::Reset,
             None => {}
         }
         match action {
             ExitAction::Resume => {}
+            ExitAction::Spinning => {
+                // A PAUSE loop waits for another vCPU: let due work have the CPU. With none due
+                // the vCPU spins on without PAUSE exits until its next slice.
+                if let Some(end) = host.interrupted(true) {
+                    return end;
+                }
+                vcpu.set_pause_exits(false);
+            }
             ExitAction::Stop(why) => return RunEnd::Fault(why),
             ExitAction::Halted => {
-                if !vcpu.interrupts_enabled() {
+                // With interrupts disabled only an NMI (or INIT) wakes a vCPU: that is how a
+                // guest parks its other CPUs at shutdown; a lone vCPU can never wake up.
+                let alone = vm.board.lock().apics.count() == 1;
+                if alone && !vcpu.interrupts_enabled() {
                     return RunEnd::Fault(format!(
                         "the guest halted with interrupts disabled at RIP {:#x} (it can never wake up)",
                         vcpu.rip().wrapping_sub(1)
                     ));
                 }
-                // Sleep until an interrupt for the guest is pending.
-                loop {
-                    let next = match look_around(vm.machine, host, true) {
-                        Ok(next) => next,
-                        Err(end) => return end,
-                    };
-                    if vm.machine.pic.interrupt_pending() {
-                        break;
-                    }
-                    host.idle(next);
-                }
+                state.halted = true;
             }
         }
     }
@@ -190,6 +260,7 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::bus::MmioBus;
     use crate::vmm::memory::GuestRam;
     use crate::vmm::msr::Saved;
     use crate::vmm::paging::PagingState;
@@ -244,9 +315,19 @@ mod tests {
         fn can_take_interrupt(&self) -> bool {
             self.if_flag
         }
+        fn can_take_nmi(&self) -> bool {
+            true
+        }
         fn inject_interrupt(&mut self, vector: u8) {
             self.injected.push(vector)
         }
+        fn inject_nmi(&mut self) {
+            self.injected.push(2)
+        }
+        fn start_at(&mut self, vector: u8) {
+            self.rip = (vector as u64) << 12;
+        }
+        fn set_pause_exits(&mut self, _: bool) {}
         fn request_interrupt_window(&mut self) {
             self.windows += 1;
             self.if_flag = true; // the guest opens it at once
@@ -272,6 +353,7 @@ mod tests {
         fn before_entry(&self, _: Option<u64>) {}
         fn idle(&self, _: Option<u64>) {}
         fn console_input(&self, _: &mut Machine) {}
+        fn wake(&self, _: u64) {}
     }
 
     fn out(port: u16, value: u64) -> (VmExit, u64) {
@@ -279,21 +361,15 @@ mod tests {
     }
 
     fn run_script(exits: Vec<(VmExit, u64)>, if_flag: bool) -> (RunEnd, Scripted, RunStats) {
-        let mut machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
-        let mut mmio = MmioBus::new();
-        let mut mem = GuestRam::new(4096);
+        let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
+        let board =
+            Mutex::new(Board::new(machine, 1, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
         let mut msrs = VcpuMsrs::new(0);
         let mut v = Scripted { exits, regs: [0; 16], rip: 0, if_flag, injected: Vec::new(), windows: 0 };
         let host = FakeHost { now: Cell::new(0), stop_after: 1_000_000_000 };
         let mut stats = RunStats::default();
-        let mut parts = VmParts {
-            machine: &mut machine,
-            mmio: &mut mmio,
-            mem: &mut mem,
-            msrs: &mut msrs,
-            cpuid: |_, _| Leaf::default(),
-        };
-        let end = run(&mut v, &mut parts, &host, &mut stats);
+        let mut parts = VmParts { board: &board, cpu: 0, msrs: &mut msrs, cpuid: |_, _| Leaf::default() };
+        let end = run(&mut v, &mut parts, &host, &mut stats, &mut LoopState::default());
         (end, v, stats)
     }
 
@@ -324,7 +400,7 @@ mod tests {
         assert_eq!(v.injected, [0x30], "IRQ 0 delivered after the HLT");
         assert_eq!(stats.interrupts, 1);
         // 8 OUTs, the HLT and the final triple fault, each counted by kind.
-        assert_eq!((stats.exits, stats.by_kind[0], stats.by_kind[4], stats.by_kind[7]), (10, 8, 1, 1));
+        assert_eq!((stats.exits, stats.by_kind[0], stats.by_kind[4], stats.by_kind[8]), (10, 8, 1, 1));
     }
 
     #[test]
@@ -348,5 +424,57 @@ mod tests {
         // A stop request ends a halted guest's wait (no timer programmed: it would sleep forever).
         let (end, _, _) = run_script(alloc::vec![(VmExit::Hlt, 0)], true);
         assert_eq!(end, RunEnd::Stopped);
+    }
+
+    fn scripted(exits: Vec<(VmExit, u64)>, if_flag: bool) -> Scripted {
+        Scripted { exits, regs: [0; 16], rip: 0, if_flag, injected: Vec::new(), windows: 0 }
+    }
+
+    #[test]
+    fn an_application_processor_runs_only_after_its_startup_ipi() {
+        let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
+        let board =
+            Mutex::new(Board::new(machine, 2, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
+        let mut msrs = VcpuMsrs::new(1);
+        let mut state = LoopState { halted: true, next_timer: None };
+        // Before any IPI: it waits (no entry at all) until the host stops it.
+        let mut v = scripted(alloc::vec![(VmExit::Hlt, 0)], true);
+        let host = FakeHost { now: Cell::new(0), stop_after: 50_000_000 };
+        let mut stats = RunStats::default();
+        let mut parts = VmParts { board: &board, cpu: 1, msrs: &mut msrs, cpuid: |_, _| Leaf::default() };
+        assert_eq!(run(&mut v, &mut parts, &host, &mut stats, &mut state), RunEnd::Stopped);
+        assert_eq!((stats.exits, v.exits.len()), (0, 1), "never entered");
+        // vCPU 0 sends INIT and STARTUP 0x9a to APIC ID 1 (its APIC enabled first, as Linux does).
+        {
+            let mut b = board.lock();
+            let (mut bus, _) = b.view(0);
+            for (reg, value) in [(0xf0u64, 0x1ffu32), (0x310, 1 << 24), (0x300, 0xc500), (0x300, 0x069a)] {
+                assert!(crate::vmm::bus::MmioSpace::mmio_write(
+                    &mut bus,
+                    0xfee0_0000 + reg,
+                    &value.to_le_bytes()
+                ));
+            }
+        }
+        let host = FakeHost { now: Cell::new(0), stop_after: 50_000_000 };
+        let end = run(&mut v, &mut parts, &host, &mut stats, &mut state);
+        // It started at 0x9a000, halted (with IF set: it waits for an interrupt), and stopped.
+        assert_eq!((end, v.rip, stats.exits), (RunEnd::Stopped, 0x9a001, 1));
+        assert!(state.halted);
+    }
+
+    #[test]
+    fn in_an_smp_guest_a_halt_with_interrupts_off_parks_the_vcpu() {
+        // How Linux parks its other CPUs at shutdown: CLI; HLT. The VM goes on (it is not a fault).
+        let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
+        let board =
+            Mutex::new(Board::new(machine, 2, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
+        let mut msrs = VcpuMsrs::new(0);
+        let mut v = scripted(alloc::vec![(VmExit::Hlt, 0)], false);
+        let host = FakeHost { now: Cell::new(0), stop_after: 50_000_000 };
+        let mut parts = VmParts { board: &board, cpu: 0, msrs: &mut msrs, cpuid: |_, _| Leaf::default() };
+        let mut state = LoopState::default();
+        assert_eq!(run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut state), RunEnd::Stopped);
+        assert!(state.halted);
     }
 }

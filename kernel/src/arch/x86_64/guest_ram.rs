@@ -32,12 +32,6 @@ impl GuestRamRegion {
     pub fn base(&self) -> u64 {
         self.base
     }
-
-    /// Zeroes all of it (a VM never sees what the memory held before).
-    pub fn zero(&mut self) {
-        // SAFETY: the region is owned by this value and identity mapped (`allocate`'s invariant).
-        unsafe { core::ptr::write_bytes(self.base as *mut u8, 0, self.size as usize) }
-    }
 }
 
 // SAFETY: the region is plain memory owned by this value; moving it to another CPU is harmless.
@@ -46,6 +40,11 @@ unsafe impl Send for GuestRamRegion {}
 impl GuestMemory for GuestRamRegion {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn zero(&mut self) {
+        // SAFETY: the region is owned by this value and identity mapped (`allocate`'s invariant).
+        unsafe { core::ptr::write_bytes(self.base as *mut u8, 0, self.size as usize) }
     }
 
     fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {

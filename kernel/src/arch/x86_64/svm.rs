@@ -17,7 +17,7 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use ember_kernel::vmm::bus::{IoBus, MmioBus};
+use ember_kernel::vmm::bus::Buses;
 use ember_kernel::vmm::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
 use ember_kernel::vmm::exit::{handle_exit, svm_io_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use ember_kernel::vmm::linux;
@@ -38,6 +38,8 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 const CR0_NE: u64 = 1 << 5;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
@@ -79,6 +81,7 @@ const INTERCEPT_INTR: u32 = 1 << 0;
 const INTERCEPT_NMI: u32 = 1 << 1;
 const INTERCEPT_VINTR: u32 = 1 << 4;
 const INTERCEPT_CPUID: u32 = 1 << 18;
+const INTERCEPT_PAUSE: u32 = 1 << 23;
 const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MSR: u32 = 1 << 28;
@@ -92,6 +95,7 @@ const EXIT_VINTR: u64 = 0x64;
 const EXIT_CPUID: u64 = 0x72;
 const EXIT_MSR: u64 = 0x7c;
 const EXIT_HLT: u64 = 0x78;
+const EXIT_PAUSE: u64 = 0x77;
 const EXIT_IOIO: u64 = 0x7b;
 const EXIT_SHUTDOWN: u64 = 0x7f;
 const EXIT_NPF: u64 = 0x400;
@@ -184,6 +188,11 @@ impl GuestFpu {
     pub fn new() -> Option<GuestFpu> {
         let size = (cpu::cpuid(0xd, 0).ecx as usize).max(576);
         Some(GuestFpu { area: DmaBuffer::new(size)?, xcr0: 1 })
+    }
+
+    /// Bytes of a vCPU's XSAVE area (whole pages).
+    pub fn bytes() -> u64 {
+        ((cpu::cpuid(0xd, 0).ecx as u64).max(576) + 4095) & !4095
     }
 
     /// Loads this state into the calling CPU (before the vCPU's first VMRUN there).
@@ -285,10 +294,14 @@ fn get64(b: &DmaBuffer, at: usize) -> u64 {
 /// A segment register in the state save area: selector, attributes (descriptor bits 40-47 and
 /// 52-55), limit, base.
 fn segment(vmcb: &DmaBuffer, at: usize, selector: u16, attrib: u16, limit: u32) {
+    segment_at(vmcb, at, selector, attrib, limit, 0);
+}
+
+fn segment_at(vmcb: &DmaBuffer, at: usize, selector: u16, attrib: u16, limit: u32, base: u64) {
     vmcb.write(at, &selector.to_le_bytes());
     vmcb.write(at + 2, &attrib.to_le_bytes());
     put32(vmcb, at + 4, limit);
-    put64(vmcb, at + 8, 0);
+    put64(vmcb, at + 8, base);
 }
 
 /// The guest general-purpose registers VMRUN does not switch (RAX and RSP live in the VMCB), in
@@ -449,7 +462,8 @@ pub struct SvmVcpu {
 }
 
 /// The intercepts every vCPU has (APM 15.9-15.13): physical interrupts and NMIs (the host keeps
-/// its CPUs), CPUID, HLT, all port I/O and MSRs, triple faults, and VMRUN (required).
+/// its CPUs), CPUID, HLT, all port I/O and MSRs, triple faults, and VMRUN (required). PAUSE is
+/// intercepted on request (`set_pause_exits`).
 const MISC1_INTERCEPTS: u32 = INTERCEPT_INTR
     | INTERCEPT_NMI
     | INTERCEPT_CPUID
@@ -532,12 +546,6 @@ impl SvmVcpu {
         self.host_state = 0;
     }
 
-    /// Puts the vCPU's FPU/SSE/AVX state back to its reset state (with a guest reset).
-    pub fn reset_fpu(&mut self) -> Result<(), String> {
-        self.fpu = GuestFpu::new().ok_or("out of memory for a vCPU's FPU state")?;
-        Ok(())
-    }
-
     /// Runs the guest until the next exit (on the CPU it is bound to: call only there).
     pub fn run_bound(&mut self) -> VmExit {
         assert!(self.host_state != 0, "a vCPU runs only on the CPU it is bound to");
@@ -575,6 +583,47 @@ impl Vcpu for SvmVcpu {
     /// EVENTINJ type 0 (external interrupt).
     fn inject_interrupt(&mut self, vector: u8) {
         put64(&self.vmcb, EVENTINJ, vector as u64 | (1 << 31));
+    }
+    fn can_take_nmi(&self) -> bool {
+        get64(&self.vmcb, EVENTINJ) & (1 << 31) == 0
+    }
+    /// EVENTINJ type 2 (NMI), vector 2.
+    fn inject_nmi(&mut self) {
+        put64(&self.vmcb, EVENTINJ, 2 | (2 << 8) | (1 << 31));
+    }
+    fn set_pause_exits(&mut self, on: bool) {
+        let misc1 = get64(&self.vmcb, INTERCEPT_MISC1) as u32 & !INTERCEPT_PAUSE;
+        put32(&self.vmcb, INTERCEPT_MISC1, if on { misc1 | INTERCEPT_PAUSE } else { misc1 });
+    }
+    /// Real mode at `vector << 12` (CS selector `vector << 8`, IP 0), the rest as after INIT
+    /// (APM vol. 2 14.1.3): CR0 with CD, NW and ET, paging off, EFER only SVME, 64 KiB segments.
+    fn start_at(&mut self, vector: u8) {
+        let vmcb = &self.vmcb;
+        let (code, data) = (0x009b, 0x0093);
+        for i in 0..6 {
+            let (sel, attrib, base) =
+                if i == 1 { ((vector as u16) << 8, code, (vector as u64) << 12) } else { (0, data, 0) };
+            segment_at(vmcb, SAVE + 0x10 * i, sel, attrib, 0xffff, base); // ES, CS, SS, DS, FS, GS
+        }
+        segment(vmcb, SAVE + 0x60, 0, 0, 0xffff); // GDTR
+        segment(vmcb, SAVE + 0x70, 0, 0x0082, 0xffff); // LDTR
+        segment(vmcb, SAVE + 0x80, 0, 0, 0xffff); // IDTR
+        segment(vmcb, SAVE + 0x90, 0, 0x008b, 0xffff); // TR
+        put64(vmcb, EFER, EFER_SVME);
+        put64(vmcb, CR0, CR0_CD | CR0_NW | CR0_ET);
+        put64(vmcb, CR3, 0);
+        put64(vmcb, CR4, 0);
+        put64(vmcb, DR6, 0xffff_0ff0);
+        put64(vmcb, DR7, 0x400);
+        put64(vmcb, RFLAGS, 0x2);
+        put64(vmcb, RIP, 0);
+        put64(vmcb, RSP, 0);
+        put64(vmcb, RAX, 0);
+        put64(vmcb, G_PAT, 0x0007_0406_0007_0406);
+        put64(vmcb, EVENTINJ, 0);
+        put64(vmcb, INTERRUPT_SHADOW, 0);
+        self.close_interrupt_window();
+        self.gprs = GuestGprs::default();
     }
     /// A virtual interrupt is requested (V_IRQ) and its delivery intercepted (VINTR exit).
     fn request_interrupt_window(&mut self) {
@@ -689,6 +738,7 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
         EXIT_VINTR => VmExit::InterruptWindow,
         EXIT_IOIO => svm_io_exit(get64(vmcb, EXITINFO1), get64(vmcb, EXITINFO2)),
         EXIT_HLT => VmExit::Hlt,
+        EXIT_PAUSE => VmExit::Pause,
         // Without next-RIP save (TCG) the length is CPUID's own: 0F A2.
         EXIT_CPUID => VmExit::Cpuid { next_rip: get64(vmcb, RIP) + 2 },
         // RDMSR (0F 32) and WRMSR (0F 30) are two bytes too.
@@ -719,16 +769,14 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     vcpu.bind(cpu);
 
     let console = Rc::new(RefCell::new(ConsoleLog::default()));
-    let mut bus = IoBus::new();
-    bus.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
+    let mut bus = Buses::default();
+    bus.io.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
     let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
     let mut msrs = VcpuMsrs::new(0);
-    let mut mmio = MmioBus::new();
     let mut vm = ExitContext {
         bus: &mut bus,
         cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host_cpuid),
         msrs: &mut msrs,
-        mmio: &mut mmio,
         mem: &ram,
     };
     // Exits the guest caused (host interrupts that end a run are not counted: they vary).
@@ -744,7 +792,7 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
             exits += 1;
         }
         match handle_exit(&exit, &mut vcpu, &mut vm) {
-            ExitAction::Resume => {}
+            ExitAction::Resume | ExitAction::Spinning => {}
             ExitAction::Halted => break,
             ExitAction::Stop(why) => return Err(format!("the probe guest stopped: {why}")),
         }
