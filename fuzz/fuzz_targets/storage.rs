@@ -1,6 +1,7 @@
 //! Fuzz target for what Ember reads from disks and configuration files: the kickstart parser (with
 //! `%include` served from the input itself), the config store's slot decoder, the stored host
-//! configuration, the JSON form of the network settings, `ks=` locations and VM definitions. A valid kickstart must
+//! configuration, the JSON form of the network settings, `ks=` locations, VM definitions and the FAT
+//! reader that finds VM disk files on the ESP. A valid kickstart must
 //! turn into a configuration (or a named refusal) that stores and loads back unchanged. Any panic,
 //! overflow or out-of-bounds access is a finding.
 #![no_main]
@@ -10,6 +11,7 @@ use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::firstboot;
 use ember_storage::block::{BlockDevice, MemDisk};
 use ember_storage::config_store::ConfigStore;
+use ember_storage::fatfile;
 use ember_storage::firstboot::{self as sources, KsSource};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
@@ -19,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    match mode % 6 {
+    match mode % 7 {
         0 => {
             // Kickstart text; any `%include x` reads the same text again (bounded by the depth limit).
             let Ok(text) = std::str::from_utf8(rest) else { return };
@@ -65,6 +67,19 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(cfg) = HostConfig::decode(rest) {
                 assert_eq!(HostConfig::decode(&cfg.encode()).expect("own encoding decodes"), cfg);
+            }
+        }
+        6 => {
+            // A FAT volume made of the input (256 KiB): finding a VM disk's file and its runs.
+            let mut image = rest.to_vec();
+            image.resize(256 * 1024, 0);
+            let mut disk = MemDisk::from_bytes(512, image);
+            if let Ok(f) = fatfile::locate(&mut disk, 0, 512, "ember/vms/a/disk.img") {
+                let total: u64 = f.extents.iter().map(|e| e.len).sum();
+                assert_eq!(total, f.size, "the runs hold the whole file");
+                assert!(f.extents.iter().all(|e| e.offset + e.len <= 256 * 1024), "runs inside the disk");
+                let mapped: u64 = f.map(f.size / 3, f.size).iter().map(|e| e.len).sum();
+                assert_eq!(mapped, f.size - f.size / 3);
             }
         }
         5 => {

@@ -137,7 +137,18 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
-    let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), vm_support);
+    // VM disks are written back to their files on the ESP of the boot media (the config store's
+    // disk).
+    let mut locate = |path: &str| match &mut network.api.store {
+        Persistence::Store(s) => {
+            ember_storage::fatfile::locate(&mut *s.disk.dev, s.esp_first_lba, s.esp_blocks, path)
+                .map_err(|e| e.to_string())
+        }
+        Persistence::None(why) => Err(format!("the boot media cannot be written ({why})")),
+    };
+    let mut hypervisor =
+        crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), vm_support, &mut locate);
+    let vm_disks = hypervisor.take_disk_writer();
     hypervisor.autostart(timer::now_ms());
     network.set_vms(alloc::boxed::Box::new(hypervisor));
     print_network_log(&mut network);
@@ -152,6 +163,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         support,
         reset: acpi_info.reset,
         poweroff: acpi_info.poweroff,
+        vm_disks,
     };
     management_loop(local, network)
 }
@@ -486,9 +498,18 @@ struct LocalConsole {
     support: Vec<(String, String)>,
     reset: Option<acpi::ResetRegister>,
     poweroff: Option<acpi::PowerOff>,
+    /// Writes VM disks back to the boot media.
+    vm_disks: Option<crate::vmhost::DiskWriter>,
 }
 
 impl LocalConsole {
+    /// Writes changed VM disk chunks back to the boot media when due (`all`: now).
+    fn write_back_vm_disks(&mut self, net: &mut ManagementNetwork, now: u64, all: bool) {
+        if let (Some(w), Persistence::Store(s)) = (&mut self.vm_disks, &mut net.api.store) {
+            w.poll(&mut *s.disk.dev, now, all);
+        }
+    }
+
     fn redraw(&self, net: &ManagementNetwork) {
         if self.menu.is_idle() {
             console::show_idle_screen(&self.identity);
@@ -596,10 +617,17 @@ impl LocalConsole {
                         return;
                     }
                 }
+                self.write_back_vm_disks(n, now, true);
                 power::reboot(self.reset.as_ref());
             }
-            Action::Shutdown => power::shutdown(self.poweroff.as_ref()),
-            Action::Restart => power::reboot(self.reset.as_ref()),
+            Action::Shutdown => {
+                self.write_back_vm_disks(n, now, true);
+                power::shutdown(self.poweroff.as_ref())
+            }
+            Action::Restart => {
+                self.write_back_vm_disks(n, now, true);
+                power::reboot(self.reset.as_ref())
+            }
             Action::Log(l) => kprintln!("ember: {l}"),
         }
         if let Some(f) = failure {
@@ -694,6 +722,7 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
                 last_activity = now;
             }
             print_network_log(net);
+            local.write_back_vm_disks(net, now, false);
             if let Some(notice) = net.take_notice() {
                 local.identity.notice = notice;
                 local.redraw(net);

@@ -26,6 +26,7 @@ pub mod block;
 pub mod bootcfg;
 pub mod config_store;
 pub mod fat32;
+pub mod fatfile;
 pub mod firstboot;
 pub mod gpt;
 pub mod hostconfig;

@@ -3,9 +3,10 @@
 //! `ember-image build --vm`, the appliance boots from a USB stick with two CPUs, and the VMs are
 //! watched and driven through the API: the guest's userspace marker in its console, a guest that
 //! reads its virtio disk (checksum), writes it, reboots, reads the write back and powers itself
-//! off, the serial console over TCP both ways, one that triple-faults (stopped with its reason while the other keeps
-//! running), reset, stop and start through the API. (Three VMs: a fourth copy of the 9 MiB guest
-//! would not fit the image's 36 MiB ESP.)
+//! off, the serial console over TCP both ways, SMP guests (2 vCPUs, and 4 on the one CPU left for
+//! VMs), one that triple-faults (stopped with its reason while the other keeps running), reset, stop
+//! and start through the API, and the disk write still there after a power cut and a new boot of
+//! the host. (Three VMs: a fourth copy of the 9 MiB guest would not fit the image's 36 MiB ESP.)
 
 use ember_systests::net::*;
 use ember_systests::*;
@@ -253,7 +254,7 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert_eq!(request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None).status, 409);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", Some(ROOT), None).status, 200);
     // The console log keeps the runs (the last 64 KiB of output, across restarts); the disk kept
-    // the write (it lives in host memory until the host restarts), so this run powers off at once.
+    // the write, so this run powers off at once.
     let (off, c) = wait_vm(addr, "off", "a second power-off", |v, c| {
         v["state"] == "stopped" && c.matches(MARKER).count() == 3
     });
@@ -261,4 +262,26 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert_eq!(c.matches("after reboot vda says EMBER-WRITTEN").count(), 2, "{c}");
     assert_eq!(request(addr, "GET", "/api/v1/vms/nope", Some(ROOT), None).status, 404);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", None, None).status, 401);
+    assert!(
+        q.text().contains(
+            "ember: VM off: disk disk.img: written back to /ember/vms/off/disk.img on the boot media"
+        ),
+        "the disk is written back to its file"
+    );
+
+    // The disk's writes are on the boot media: after a power cut (QEMU killed) the host boots
+    // again and the guest finds its write on its first boot.
+    drop(q);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-again", &out);
+    cfg.memory_mib = 1024;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let _q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    let (off, c) = wait_vm(addr, "off", "a power-off after the host restart", |v, _| v["state"] == "stopped");
+    assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"), "{off}\n{c}");
+    assert!(c.contains("EMBER-GUEST: after reboot vda says EMBER-WRITTEN"), "the write survived:\n{c}");
+    assert_eq!(c.matches(MARKER).count(), 1, "one boot: nothing written this time\n{c}");
+    assert!(c.contains(&format!("EMBER-GUEST: vda sha256 {sha}")), "the first MiB is unchanged:\n{c}");
 }

@@ -38,8 +38,8 @@ pub struct LoadedVm {
     pub definition: VmDefinition,
     pub kernel: &'static [u8],
     pub initrd: Option<&'static [u8]>,
-    /// The disk images, in the definition's order (writes land here: they last until the host
-    /// restarts; they are not written back to the boot media).
+    /// The disk images, in the definition's order (guest writes land here and are written back to
+    /// the files on the boot media by `vmhost::DiskWriter`).
     pub disks: Vec<&'static mut [u8]>,
 }
 

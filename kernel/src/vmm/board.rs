@@ -223,12 +223,20 @@ impl Board {
         }
     }
 
-    /// Brings the chipset's timers and `cpu`'s APIC timer up to `now`; returns the earliest time
-    /// one of them fires next.
+    /// Lets the MMIO devices do the work their registers asked for (virtio queues) or that
+    /// finished meanwhile (flushes), and routes their interrupt lines.
+    pub fn service_devices(&mut self) {
+        let Board { machine, mmio, mem, .. } = self;
+        mmio.service(&mut **mem, |line, level| machine.set_irq(line, level));
+        self.route();
+    }
+
+    /// Brings the chipset's timers and `cpu`'s APIC timer up to `now`, and the devices' work;
+    /// returns the earliest time a timer fires next.
     pub fn update(&mut self, cpu: usize, now: u64) -> Option<u64> {
         self.machine.set_time(now);
         let chipset = self.machine.update_timers();
-        self.route();
+        self.service_devices();
         let lapic = self.apics.update_timer(cpu, now);
         match (chipset, lapic) {
             (Some(a), Some(b)) => Some(a.min(b)),

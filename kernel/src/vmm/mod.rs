@@ -18,6 +18,7 @@ pub mod board;
 pub mod bus;
 pub mod cpuid;
 pub mod decode;
+pub mod disk;
 pub mod exit;
 pub mod ioapic;
 pub mod lapic;

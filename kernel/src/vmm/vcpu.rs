@@ -217,9 +217,7 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
                 handle_exit(&exit, vcpu, &mut cx)
             };
             // Device work (virtio queues) and the devices' interrupt lines.
-            let Board { machine, mmio, mem, .. } = &mut *b;
-            mmio.service(&mut **mem, |line, level| machine.set_irq(line, level));
-            b.route();
+            b.service_devices();
             (action, b.machine.request(), b.apics.take_wakes() & !(1 << cpu))
         };
         if wakes != 0 {

@@ -9,6 +9,11 @@
 //! with VIRTIO_BLK_S_UNSUPP; a chain that cannot even carry a status byte is skipped (returned with
 //! length 0). Nothing a guest writes can make the device touch memory outside the guest's RAM (all
 //! accesses go through [`GuestMemory`]) or outside the disk.
+//!
+//! The device offers VIRTIO_BLK_F_FLUSH: its image ([`DiskImage`]) may be a write-back cache of
+//! the disk's file on the boot media (`super::disk`); a flush request completes only once the
+//! image says everything written before it is durable (or failed: VIRTIO_BLK_S_IOERR), possibly
+//! long after other requests.
 
 use super::bus::MmioDevice;
 use super::memory::GuestMemory;
@@ -43,6 +48,53 @@ const MAX_REQUEST_BYTES: u64 = 4 << 20;
 /// A disk image in memory.
 pub type SharedDisk<D> = Arc<Mutex<D>>;
 
+/// Where a flush stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushState {
+    Done,
+    Pending,
+    Failed,
+}
+
+/// A virtual disk's bytes as the device sees them.
+pub trait DiskImage: Send {
+    fn bytes(&self) -> &[u8];
+    /// `range` of the bytes, to be written by the guest (a write-back image notes it as changed).
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> &mut [u8];
+    /// The guest asks for what it wrote so far to be made durable: a ticket for
+    /// [`Self::flush_state`].
+    fn request_flush(&mut self) -> u64 {
+        0
+    }
+    fn flush_state(&self, _ticket: u64) -> FlushState {
+        FlushState::Done
+    }
+}
+
+/// An image only in memory (tests, scratch disks): flushes are done at once.
+impl DiskImage for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> &mut [u8] {
+        &mut self[range]
+    }
+}
+
+/// A request waiting for its flush: its head, where its status byte goes, its ticket.
+#[derive(Debug, Clone, Copy)]
+struct PendingFlush {
+    head: u16,
+    status_at: Option<u64>,
+    ticket: u64,
+}
+
+/// How a request ended, or that it waits for a flush.
+enum Outcome {
+    Done(u8, u32),
+    Flush(u64),
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Queue {
     num: u16,
@@ -65,7 +117,7 @@ struct Desc {
 }
 
 /// The device.
-pub struct VirtioBlk<D: AsRef<[u8]> + AsMut<[u8]> + Send> {
+pub struct VirtioBlk<D: DiskImage> {
     disk: SharedDisk<D>,
     readonly: bool,
     irq: u8,
@@ -79,9 +131,11 @@ pub struct VirtioBlk<D: AsRef<[u8]> + AsMut<[u8]> + Send> {
     config_generation: u32,
     /// A notification waits for [`MmioDevice::process`].
     notified: bool,
+    /// Flush requests not completed yet (at most a queue's worth).
+    pending: Vec<PendingFlush>,
 }
 
-impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
+impl<D: DiskImage> VirtioBlk<D> {
     /// A device for `disk` raising interrupt line `irq`.
     pub fn new(disk: SharedDisk<D>, readonly: bool, irq: u8) -> Self {
         VirtioBlk {
@@ -97,6 +151,7 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
             interrupt_status: 0,
             config_generation: 0,
             notified: false,
+            pending: Vec::new(),
         }
     }
 
@@ -105,7 +160,7 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
     }
 
     fn capacity_sectors(&self) -> u64 {
-        self.disk.lock().as_ref().len() as u64 / SECTOR
+        self.disk.lock().bytes().len() as u64 / SECTOR
     }
 
     fn reset(&mut self) {
@@ -113,6 +168,7 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
         self.status = 0;
         self.queue = Queue::default();
         self.interrupt_status = 0;
+        self.pending.clear();
         self.notified = false;
     }
 
@@ -216,16 +272,19 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
         }
     }
 
-    /// Executes one request; returns (status, bytes written into the guest's buffers).
-    fn execute(&mut self, mem: &mut dyn GuestMemory, chain: &[Desc]) -> (u8, u32) {
+    /// Executes one request; returns (status, bytes written into the guest's buffers), or the
+    /// ticket of the flush it waits for.
+    fn execute(&mut self, mem: &mut dyn GuestMemory, chain: &[Desc]) -> Outcome {
         // Header (device-readable, 16 bytes), data, status (device-writable, 1 byte, last).
-        let (Some(first), Some(last)) = (chain.first(), chain.last()) else { return (S_IOERR, 0) };
+        let (Some(first), Some(last)) = (chain.first(), chain.last()) else {
+            return Outcome::Done(S_IOERR, 0);
+        };
         if chain.len() < 2 || first.write || first.len < 16 || !last.write || last.len < 1 {
-            return (S_IOERR, 0);
+            return Outcome::Done(S_IOERR, 0);
         }
         let mut hdr = [0u8; 16];
         if mem.read(GuestPhysAddr(first.addr), &mut hdr).is_err() {
-            return (S_IOERR, 0);
+            return Outcome::Done(S_IOERR, 0);
         }
         let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
@@ -233,12 +292,12 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
         let total: u64 = data.iter().map(|d| d.len as u64).sum();
         let want_write = kind == T_IN || kind == T_GET_ID;
         if data.iter().any(|d| d.write != want_write) && kind != T_FLUSH {
-            return (S_IOERR, 0);
+            return Outcome::Done(S_IOERR, 0);
         }
         match kind {
             T_IN | T_OUT => {
                 if total > MAX_REQUEST_BYTES || !total.is_multiple_of(SECTOR) {
-                    return (S_IOERR, 0);
+                    return Outcome::Done(S_IOERR, 0);
                 }
                 let start = match sector.checked_mul(SECTOR) {
                     Some(s)
@@ -246,39 +305,46 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
                     {
                         s
                     }
-                    _ => return (S_IOERR, 0),
+                    _ => return Outcome::Done(S_IOERR, 0),
                 };
                 if kind == T_OUT && self.readonly {
-                    return (S_IOERR, 0);
+                    return Outcome::Done(S_IOERR, 0);
                 }
                 let mut disk = self.disk.lock();
-                let bytes = disk.as_mut();
                 let mut at = start as usize;
                 for d in data {
                     let range = at..at + d.len as usize;
                     let ok = if kind == T_IN {
-                        mem.write(GuestPhysAddr(d.addr), &bytes[range]).is_ok()
+                        mem.write(GuestPhysAddr(d.addr), &disk.bytes()[range]).is_ok()
                     } else {
-                        mem.read(GuestPhysAddr(d.addr), &mut bytes[range]).is_ok()
+                        mem.read(GuestPhysAddr(d.addr), disk.bytes_mut(range)).is_ok()
                     };
                     if !ok {
-                        return (S_IOERR, 0);
+                        return Outcome::Done(S_IOERR, 0);
                     }
                     at += d.len as usize;
                 }
-                (S_OK, if kind == T_IN { total as u32 } else { 0 })
+                Outcome::Done(S_OK, if kind == T_IN { total as u32 } else { 0 })
             }
-            T_FLUSH => (S_OK, 0), // the image is in host memory: nothing is cached in between
-            T_GET_ID => {
-                let id = b"ember-virtio-blk\0\0\0\0";
-                let Some(d) = data.first() else { return (S_IOERR, 0) };
-                let n = (d.len as usize).min(id.len());
-                match mem.write(GuestPhysAddr(d.addr), &id[..n]) {
-                    Ok(()) => (S_OK, n as u32),
-                    Err(_) => (S_IOERR, 0),
+            T_FLUSH => {
+                let mut disk = self.disk.lock();
+                let ticket = disk.request_flush();
+                match disk.flush_state(ticket) {
+                    FlushState::Done => Outcome::Done(S_OK, 0),
+                    FlushState::Failed => Outcome::Done(S_IOERR, 0),
+                    FlushState::Pending => Outcome::Flush(ticket),
                 }
             }
-            _ => (S_UNSUPP, 0),
+            T_GET_ID => {
+                let id = b"ember-virtio-blk\0\0\0\0";
+                let Some(d) = data.first() else { return Outcome::Done(S_IOERR, 0) };
+                let n = (d.len as usize).min(id.len());
+                match mem.write(GuestPhysAddr(d.addr), &id[..n]) {
+                    Ok(()) => Outcome::Done(S_OK, n as u32),
+                    Err(_) => Outcome::Done(S_IOERR, 0),
+                }
+            }
+            _ => Outcome::Done(S_UNSUPP, 0),
         }
     }
 
@@ -306,35 +372,78 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> VirtioBlk<D> {
                 break;
             }
             let head = u16::from_le_bytes(h);
-            let (len, status_at) = match Self::chain(mem, &q, head) {
-                Some(chain) => {
-                    let (status, len) = self.execute(mem, &chain);
-                    let s = chain
-                        .last()
-                        .filter(|d| d.write && d.len >= 1)
-                        .map(|d| (d.addr + d.len as u64 - 1, status));
-                    (len + u32::from(s.is_some()), s)
-                }
-                None => (0, None),
+            let Some(chain) = Self::chain(mem, &q, head) else {
+                used = Self::complete(mem, &q, used, head, None, 0);
+                self.interrupt_status |= 1;
+                continue;
             };
-            if let Some((at, status)) = status_at {
-                let _ = mem.write(GuestPhysAddr(at), &[status]);
-            }
-            let elem = q.device.wrapping_add(4 + 8 * (used % q.num) as u64);
-            let mut e = [0u8; 8];
-            e[0..4].copy_from_slice(&(head as u32).to_le_bytes());
-            e[4..8].copy_from_slice(&len.to_le_bytes());
-            let _ = mem.write(GuestPhysAddr(elem), &e);
-            used = used.wrapping_add(1);
-            let _ = mem.write(GuestPhysAddr(q.device.wrapping_add(2)), &used.to_le_bytes());
+            let status_at = chain.last().filter(|d| d.write && d.len >= 1).map(|d| d.addr + d.len as u64 - 1);
+            let (status, len) = match self.execute(mem, &chain) {
+                Outcome::Done(status, len) => (status, len),
+                // Waits for the image's flush, if there is room to remember it.
+                Outcome::Flush(ticket) if self.pending.len() < q.num as usize => {
+                    self.pending.push(PendingFlush { head, status_at, ticket });
+                    continue;
+                }
+                Outcome::Flush(_) => (S_IOERR, 0),
+            };
+            used = Self::complete(mem, &q, used, head, status_at.map(|a| (a, status)), len);
             self.interrupt_status |= 1;
         }
         self.queue.last_avail = last;
         self.queue.used_idx = used;
     }
+
+    /// Puts request `head` on the used ring at index `used` (with its status byte written, if it
+    /// has one); returns the next used index.
+    fn complete(
+        mem: &mut dyn GuestMemory,
+        q: &Queue,
+        used: u16,
+        head: u16,
+        status: Option<(u64, u8)>,
+        len: u32,
+    ) -> u16 {
+        if let Some((at, status)) = status {
+            let _ = mem.write(GuestPhysAddr(at), &[status]);
+        }
+        let len = len + u32::from(status.is_some());
+        let elem = q.device.wrapping_add(4 + 8 * (used % q.num) as u64);
+        let mut e = [0u8; 8];
+        e[0..4].copy_from_slice(&(head as u32).to_le_bytes());
+        e[4..8].copy_from_slice(&len.to_le_bytes());
+        let _ = mem.write(GuestPhysAddr(elem), &e);
+        let used = used.wrapping_add(1);
+        let _ = mem.write(GuestPhysAddr(q.device.wrapping_add(2)), &used.to_le_bytes());
+        used
+    }
+
+    /// Completes the flush requests whose flush is over.
+    fn complete_flushes(&mut self, mem: &mut dyn GuestMemory) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let q = self.queue;
+        let mut used = q.used_idx;
+        let disk = self.disk.clone();
+        let disk = disk.lock();
+        self.pending.retain(|p| {
+            let status = match disk.flush_state(p.ticket) {
+                FlushState::Pending => return true,
+                FlushState::Done => S_OK,
+                FlushState::Failed => S_IOERR,
+            };
+            used = Self::complete(mem, &q, used, p.head, p.status_at.map(|a| (a, status)), 0);
+            false
+        });
+        if used != q.used_idx {
+            self.interrupt_status |= 1;
+            self.queue.used_idx = used;
+        }
+    }
 }
 
-impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> MmioDevice for VirtioBlk<D> {
+impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Registers are 32 bits wide (config space may be read in smaller pieces).
         let base = offset & !3;
@@ -356,6 +465,7 @@ impl<D: AsRef<[u8]> + AsMut<[u8]> + Send> MmioDevice for VirtioBlk<D> {
         if core::mem::take(&mut self.notified) {
             self.process_queue(mem);
         }
+        self.complete_flushes(mem);
     }
 
     fn irq(&self) -> Option<(u8, bool)> {
@@ -377,11 +487,11 @@ mod tests {
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
-    fn w32(d: &mut VirtioBlk<Vec<u8>>, off: u64, v: u32) {
+    fn w32<D: DiskImage>(d: &mut VirtioBlk<D>, off: u64, v: u32) {
         d.write(off, &v.to_le_bytes());
     }
 
-    fn r32(d: &mut VirtioBlk<Vec<u8>>, off: u64) -> u32 {
+    fn r32<D: DiskImage>(d: &mut VirtioBlk<D>, off: u64) -> u32 {
         let mut b = [0u8; 4];
         d.read(off, &mut b);
         u32::from_le_bytes(b)
@@ -393,6 +503,10 @@ mod tests {
         for (i, b) in disk.lock().iter_mut().enumerate() {
             *b = (i / 512) as u8;
         }
+        ready_with(disk, readonly)
+    }
+
+    fn ready_with<D: DiskImage>(disk: SharedDisk<D>, readonly: bool) -> (VirtioBlk<D>, GuestRam) {
         let mut d = VirtioBlk::new(disk, readonly, 5);
         assert_eq!(r32(&mut d, 0), 0x7472_6976);
         assert_eq!((r32(&mut d, 4), r32(&mut d, 8)), (2, 2));
@@ -427,12 +541,18 @@ mod tests {
 
     /// Puts a request (header at 0x4000, data at 0x5000, status at 0x6000) as chain 0-2 and
     /// notifies; returns the status byte and the used element's length.
-    fn request(d: &mut VirtioBlk<Vec<u8>>, m: &mut GuestRam, kind: u32, sector: u64, len: u32) -> (u8, u32) {
+    fn request<D: DiskImage>(
+        d: &mut VirtioBlk<D>,
+        m: &mut GuestRam,
+        kind: u32,
+        sector: u64,
+        len: u32,
+    ) -> (u8, u32) {
         request_at(d, m, kind, sector, len, 0x5000)
     }
 
-    fn request_at(
-        d: &mut VirtioBlk<Vec<u8>>,
+    fn request_at<D: DiskImage>(
+        d: &mut VirtioBlk<D>,
         m: &mut GuestRam,
         kind: u32,
         sector: u64,
@@ -458,6 +578,50 @@ mod tests {
         let mut e = [0u8; 8];
         m.read(GuestPhysAddr(USED + 4 + 8 * (idx % 8) as u64), &mut e).unwrap();
         (s[0], u32::from_le_bytes(e[4..8].try_into().unwrap()))
+    }
+
+    #[test]
+    fn a_flush_completes_when_the_image_has_written_everything_back() {
+        use crate::vmm::disk::WritebackImage;
+        let disk = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; 8 * 512], true)));
+        let (mut d, mut m) = ready_with(disk.clone(), false);
+        m.write(GuestPhysAddr(0x5000), &[0xcd; 512]).unwrap();
+        assert_eq!(request(&mut d, &mut m, T_OUT, 2, 512), (S_OK, 1));
+        assert_eq!(disk.lock().dirty_chunks(), 1);
+        w32(&mut d, 0x64, 1);
+        // The flush waits: no status, the used ring stays where it was, no interrupt.
+        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0).0, 0xff);
+        let used = |m: &GuestRam| {
+            let mut u = [0u8; 2];
+            m.read(GuestPhysAddr(USED + 2), &mut u).unwrap();
+            u16::from_le_bytes(u)
+        };
+        assert_eq!((used(&m), d.irq()), (1, Some((5, false))));
+        d.process(&mut m);
+        assert_eq!(used(&m), 1, "still waiting");
+        // The host writes the image back and flushes its device.
+        let pass = disk.lock().begin_pass().unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(disk.lock().copy_chunks(pass.chunks[0], 1, &mut buf), 0..4096);
+        assert_eq!(&buf[1024..1536], &[0xcd; 512]);
+        disk.lock().end_pass(&pass, true, &[]);
+        d.process(&mut m);
+        let mut st = [0u8; 1];
+        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
+        assert_eq!((st[0], used(&m), d.irq()), (S_OK, 2, Some((5, true))));
+        // A failed write-back fails the flush.
+        m.write(GuestPhysAddr(0x5000), &[0xee; 512]).unwrap();
+        request(&mut d, &mut m, T_OUT, 3, 512);
+        request(&mut d, &mut m, T_FLUSH, 0, 0);
+        let pass = disk.lock().begin_pass().unwrap();
+        disk.lock().end_pass(&pass, false, &pass.chunks);
+        d.process(&mut m);
+        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
+        assert_eq!((st[0], used(&m)), (S_IOERR, 4));
+        // A reset forgets waiting flushes.
+        request(&mut d, &mut m, T_FLUSH, 0, 0);
+        w32(&mut d, 0x70, 0);
+        assert!(d.pending.is_empty());
     }
 
     #[test]
