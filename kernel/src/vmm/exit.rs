@@ -34,6 +34,9 @@ pub enum VmExit {
     InterruptWindow,
     /// The guest triple-faulted.
     Shutdown,
+    /// An instruction the VM does not offer (SVM's own, MONITOR/MWAIT): #UD, as on a CPU without
+    /// it.
+    Undefined { what: &'static str },
     /// A guest access to a guest-physical address nothing is mapped at.
     NestedPageFault { gpa: u64, write: bool },
     /// The CPU refused the guest state.
@@ -88,6 +91,8 @@ pub trait VcpuRegs {
 
 /// #GP, general protection (error code 0 for MSR faults).
 pub const GP_VECTOR: u8 = 13;
+/// #UD, invalid opcode.
+pub const UD_VECTOR: u8 = 6;
 
 /// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
 /// vCPU's MSRs.
@@ -171,6 +176,11 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
             // PAUSE is F3 90.
             regs.set_rip(regs.rip().wrapping_add(2));
             ExitAction::Spinning
+        }
+        VmExit::Undefined { .. } => {
+            // RIP stays at the instruction, as for any fault.
+            regs.inject_exception(UD_VECTOR, None);
+            ExitAction::Resume
         }
         VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
@@ -455,6 +465,9 @@ mod tests {
         assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
         assert_eq!(r.rip, 0x2001);
         assert_eq!(handle_exit(&VmExit::HostInterrupt, &mut r, &mut vm), ExitAction::Resume);
+        // CLGI and friends fault in the guest; the VM goes on.
+        assert_eq!(handle_exit(&VmExit::Undefined { what: "CLGI" }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((UD_VECTOR, None)), 0x2001));
         let stop =
             |e: VmExit, r: &mut Regs, bus: &mut ExitContext<'_, fn(u32, u32) -> Leaf>| match handle_exit(
                 &e, r, bus,

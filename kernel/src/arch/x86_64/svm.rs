@@ -86,7 +86,11 @@ const INTERCEPT_HLT: u32 = 1 << 24;
 const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MSR: u32 = 1 << 28;
 const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
+const INTERCEPT_INVLPGA: u32 = 1 << 26;
+/// Misc vector 2: VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT (bits 0-6), MONITOR, MWAIT
+/// and conditional MWAIT (bits 10-12).
 const INTERCEPT_VMRUN: u32 = 1 << 0;
+const MISC2_INTERCEPTS: u32 = 0x7f | (7 << 10);
 
 // Exit codes (APM C-1).
 const EXIT_INTR: u64 = 0x60;
@@ -422,7 +426,8 @@ fn vmrun(host_state: u64, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
 
 /// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000000, then the 12 bytes of the
 /// hypervisor's name from EBX, ECX, EDX out to COM1 one at a time; then `!` written to TSC_AUX
-/// with WRMSR, read back with RDMSR and sent to COM1 too; then HLT.
+/// with WRMSR, read back with RDMSR and sent to COM1 too; then CLGI, which must raise #UD (its
+/// handler, [`PROBE_UD_HANDLER`], prints `U` and skips it); then HLT.
 #[rustfmt::skip]
 const PROBE_CODE: &[u8] = &[
     0xb8, 0x00, 0x00, 0x00, 0x40,   // mov eax, 0x40000000
@@ -443,9 +448,20 @@ const PROBE_CODE: &[u8] = &[
     0x0f, 0x32,                     // rdmsr
     0x66, 0xba, 0xf8, 0x03,         // mov dx, 0x3f8
     0xee,                           // out dx, al
+    0x0f, 0x01, 0xdd,               // clgi
     0xf4,                           // hlt
 ];
 const PROBE_GPA: u64 = 0x1000;
+/// The probe's #UD handler (at [`PROBE_UD_GPA`], through the IDT at [`PROBE_IDT_GPA`]).
+#[rustfmt::skip]
+const PROBE_UD_HANDLER: &[u8] = &[
+    0xb0, b'U',                     // mov al, 'U'
+    0xee,                           // out dx, al
+    0x48, 0x83, 0x04, 0x24, 0x03,   // add qword [rsp], 3 (past the 3-byte CLGI)
+    0x48, 0xcf,                     // iretq
+];
+const PROBE_UD_GPA: u64 = 0x1800;
+const PROBE_IDT_GPA: u64 = 0x3000;
 /// The probe's RAM: 64 KiB from guest-physical 0 (its GDT and page tables live there too).
 const PROBE_RAM: usize = 64 * 1024;
 
@@ -462,12 +478,15 @@ pub struct SvmVcpu {
 }
 
 /// The intercepts every vCPU has (APM 15.9-15.13): physical interrupts and NMIs (the host keeps
-/// its CPUs), CPUID, HLT, all port I/O and MSRs, triple faults, and VMRUN (required). PAUSE is
-/// intercepted on request (`set_pause_exits`).
+/// its CPUs), CPUID, HLT, all port I/O and MSRs, triple faults, and the SVM instructions
+/// (VMRUN is required; the others work in guest mode because the guest runs with EFER.SVME set,
+/// and CLGI would let a guest keep its CPU from the host): they and MONITOR/MWAIT (not in the
+/// guest's CPUID) raise #UD in the guest. PAUSE is intercepted on request (`set_pause_exits`).
 const MISC1_INTERCEPTS: u32 = INTERCEPT_INTR
     | INTERCEPT_NMI
     | INTERCEPT_CPUID
     | INTERCEPT_HLT
+    | INTERCEPT_INVLPGA
     | INTERCEPT_IOIO
     | INTERCEPT_MSR
     | INTERCEPT_SHUTDOWN;
@@ -487,7 +506,7 @@ impl SvmVcpu {
         iopm.write(0, &[0xff; 3 * 4096]);
         msrpm.write(0, &[0xff; 2 * 4096]);
         put32(&vmcb, INTERCEPT_MISC1, MISC1_INTERCEPTS);
-        put32(&vmcb, INTERCEPT_MISC2, INTERCEPT_VMRUN);
+        put32(&vmcb, INTERCEPT_MISC2, MISC2_INTERCEPTS | INTERCEPT_VMRUN);
         put64(&vmcb, IOPM_BASE, iopm.phys());
         put64(&vmcb, MSRPM_BASE, msrpm.phys());
         put32(&vmcb, GUEST_ASID, asid);
@@ -744,6 +763,11 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
         // RDMSR (0F 32) and WRMSR (0F 30) are two bytes too.
         EXIT_MSR => VmExit::Msr { write: get64(vmcb, EXITINFO1) & 1 != 0, next_rip: get64(vmcb, RIP) + 2 },
         EXIT_SHUTDOWN => VmExit::Shutdown,
+        0x7a => VmExit::Undefined { what: "INVLPGA" },
+        0x80..=0x86 => VmExit::Undefined {
+            what: ["VMRUN", "VMMCALL", "VMLOAD", "VMSAVE", "STGI", "CLGI", "SKINIT"][(code - 0x80) as usize],
+        },
+        0x8a..=0x8c => VmExit::Undefined { what: "MONITOR/MWAIT" },
         EXIT_NPF => {
             VmExit::NestedPageFault { gpa: get64(vmcb, EXITINFO2), write: get64(vmcb, EXITINFO1) & 2 != 0 }
         }
@@ -761,11 +785,20 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     let mut npt = NestedPageTables::new(&mut frames).map_err(|e| format!("{e}"))?;
     let mut ram = DmaRam(DmaBuffer::new(PROBE_RAM).ok_or_else(oom)?);
     ram.write(GuestPhysAddr(PROBE_GPA), PROBE_CODE).map_err(|e| format!("{e}"))?;
+    ram.write(GuestPhysAddr(PROBE_UD_GPA), PROBE_UD_HANDLER).map_err(|e| format!("{e}"))?;
+    // IDT entry 6: a 64-bit interrupt gate to the handler in the loader's code segment.
+    let mut gate = [0u8; 16];
+    gate[0..2].copy_from_slice(&(PROBE_UD_GPA as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&linux::CODE_SELECTOR.to_le_bytes());
+    gate[5] = 0x8e;
+    gate[6..8].copy_from_slice(&((PROBE_UD_GPA >> 16) as u16).to_le_bytes());
+    ram.write(GuestPhysAddr(PROBE_IDT_GPA + 16 * 6), &gate).map_err(|e| format!("{e}"))?;
     let (cr3, gdt_base, gdt_limit) = linux::write_long_mode_tables(&mut ram).map_err(|e| format!("{e}"))?;
     npt.map(&mut frames, GuestPhysAddr(0), HostPhysAddr(ram.0.phys()), PROBE_RAM as u64, true)
         .map_err(|e| format!("{e}"))?;
     let mut vcpu = SvmVcpu::new(1, npt.root())?;
     vcpu.enter_long_mode(PROBE_GPA, 0x8000, 0, cr3, gdt_base, gdt_limit);
+    segment_at(&vcpu.vmcb, SAVE + 0x80, 0, 0, 16 * 7 - 1, PROBE_IDT_GPA); // IDTR: entries 0-6
     vcpu.bind(cpu);
 
     let console = Rc::new(RefCell::new(ConsoleLog::default()));
@@ -798,13 +831,13 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
         }
     }
     let out = String::from_utf8_lossy(&console.borrow().contents()).into_owned();
-    if out != "EmberEmberHV!" {
+    if out != "EmberEmberHV!U" {
         return Err(format!(
-            "the probe guest halted, but its console shows {out:?}, not its CPUID and MSR answers"
+            "the probe guest halted, but its console shows {out:?}, not its CPUID and MSR answers and the #UD for CLGI"
         ));
     }
     Ok(format!(
-        "64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an MSR, and printed {out:?} on its COM1 ({exits} exits)"
+        "64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an MSR, got #UD for CLGI, and printed {out:?} on its COM1 ({exits} exits)"
     ))
 }
 
