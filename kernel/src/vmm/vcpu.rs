@@ -358,10 +358,14 @@ mod tests {
         (VmExit::Io { port, size: 1, input: false, next_rip: 0 }, value)
     }
 
-    fn run_script(exits: Vec<(VmExit, u64)>, if_flag: bool) -> (RunEnd, Scripted, RunStats) {
+    /// A VM of `vcpus` vCPUs with 4 KiB of RAM and no MMIO devices.
+    fn board(vcpus: usize) -> Mutex<Board> {
         let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
-        let board =
-            Mutex::new(Board::new(machine, 1, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
+        Mutex::new(Board::new(machine, vcpus, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))))
+    }
+
+    fn run_script(exits: Vec<(VmExit, u64)>, if_flag: bool) -> (RunEnd, Scripted, RunStats) {
+        let board = board(1);
         let mut msrs = VcpuMsrs::new(0);
         let mut v = Scripted { exits, regs: [0; 16], rip: 0, if_flag, injected: Vec::new(), windows: 0 };
         let host = FakeHost { now: Cell::new(0), stop_after: 1_000_000_000 };
@@ -430,9 +434,7 @@ mod tests {
 
     #[test]
     fn an_application_processor_runs_only_after_its_startup_ipi() {
-        let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
-        let board =
-            Mutex::new(Board::new(machine, 2, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
+        let board = board(2);
         let mut msrs = VcpuMsrs::new(1);
         let mut state = LoopState { halted: true, next_timer: None };
         // Before any IPI: it waits (no entry at all) until the host stops it.
@@ -464,9 +466,7 @@ mod tests {
     #[test]
     fn in_an_smp_guest_a_halt_with_interrupts_off_parks_the_vcpu() {
         // How Linux parks its other CPUs at shutdown: CLI; HLT. The VM goes on (it is not a fault).
-        let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
-        let board =
-            Mutex::new(Board::new(machine, 2, MmioBus::new(), alloc::boxed::Box::new(GuestRam::new(4096))));
+        let board = board(2);
         let mut msrs = VcpuMsrs::new(0);
         let mut v = scripted(alloc::vec![(VmExit::Hlt, 0)], false);
         let host = FakeHost { now: Cell::new(0), stop_after: 50_000_000 };
