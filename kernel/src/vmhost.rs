@@ -451,7 +451,6 @@ fn run_slice(mut job: Box<Job>, cpu: &SvmCpu) -> Option<Box<Job>> {
 /// kernel, anything else stops the VM.
 fn finish_job(job: Box<Job>) {
     let run = job.run.clone();
-    let exits = job.stats.exits;
     drop(job);
     if run.live.fetch_sub(1, Ordering::AcqRel) != 1 {
         return;
@@ -477,11 +476,8 @@ fn finish_job(job: Box<Job>) {
             }
         }
     };
-    kprintln!(
-        "ember: VM {} stopped: {reason} ({} exits)",
-        vm.def.name,
-        vm.exits.load(Ordering::Relaxed).max(exits)
-    );
+    // The VM's count already holds every vCPU's exits (added at the end of each slice).
+    kprintln!("ember: VM {} stopped: {reason} ({} exits)", vm.def.name, vm.exits.load(Ordering::Relaxed));
     let mut st = vm.status.lock();
     st.state = VmState::Stopped;
     st.started_ms = None;
