@@ -7,7 +7,9 @@
 //!   TCP/DHCP/DNS parsing and the HTTP server's connection handling;
 //! - odd: the rest is an HTTP request head and body, parsed and routed through the API (with and
 //!   without valid credentials); when the byte is 5 mod 8 the rest is also read as an answer to
-//!   the kickstart download (with the connection open and closed) and as a URL.
+//!   the kickstart download (with the connection open and closed) and as a URL; when it is 3 mod 8
+//!   the rest is also what a TLS server sends an `https://` download (in pieces of 1 to 256 bytes,
+//!   the session processing after each).
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
@@ -45,6 +47,29 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(text) = std::str::from_utf8(rest) {
             let _ = fetch::HttpUrl::parse(text).map(|u| u.request("fuzz"));
+        }
+    }
+    if mode % 8 == 3 {
+        ember_net::tls::crypto::seed([9; 32]);
+        let trust = ember_net::tls::Trust::BuiltIn;
+        let config = ember_net::tls::client_config(&trust, 1_800_000_000).expect("TLS configuration");
+        let mut session = ember_net::tls::TlsSession::new(
+            config,
+            &trust,
+            "ks.example.test",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            4096,
+        )
+        .expect("a valid server name");
+        let mut input = rest;
+        let mut piece = 1;
+        while !input.is_empty() && session.process().is_ok() {
+            let n = session.received(&input[..piece.min(input.len())]);
+            input = &input[n..];
+            piece = piece % 256 + 7;
+            let out = session.to_send().len();
+            session.sent(out);
+            assert!(session.plaintext().len() <= 4096);
         }
     }
     if mode % 2 == 1 {

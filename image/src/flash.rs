@@ -347,6 +347,7 @@ mod tests {
                 efi: &efi,
                 boot_cfg: "kernelopt=\n",
                 kickstart: None,
+                ks_ca: None,
                 vms: &[],
             },
         )

@@ -40,6 +40,11 @@ enum Command {
         /// A kickstart file to place on the ESP as \ks.cfg (validated first; no %include).
         #[arg(long, value_name = "FILE")]
         ks: Option<PathBuf>,
+        /// CA certificates (PEM) an https:// kickstart server's certificate must chain to, placed on
+        /// the ESP as \EFI\ember\ks-ca.pem (then the only CAs trusted; without it, the built-in
+        /// Mozilla root store is used).
+        #[arg(long = "ks-ca", value_name = "FILE")]
+        ks_ca: Option<PathBuf>,
         /// A VM definition (JSON) to put into the image with the files it names (repeatable).
         #[arg(long = "vm", value_name = "FILE")]
         vms: Vec<PathBuf>,
@@ -81,8 +86,8 @@ enum KsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build { out, size, efi, boot_options, ks, vms } => {
-            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref(), &vms)
+        Command::Build { out, size, efi, boot_options, ks, ks_ca, vms } => {
+            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref(), ks_ca.as_deref(), &vms)
         }
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
@@ -128,6 +133,7 @@ fn build(
     efi: Option<&Path>,
     options: &[String],
     ks: Option<&Path>,
+    ks_ca: Option<&Path>,
     vm_files: &[PathBuf],
 ) -> Result<(), String> {
     let size = disk::parse_size(size)?;
@@ -138,6 +144,14 @@ fn build(
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
             media::check_kickstart_text(&p.display().to_string(), &text)?;
             Some(text)
+        }
+    };
+    let ks_ca = match ks_ca {
+        None => None,
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            media::check_ks_ca(&pem).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(pem)
         }
     };
     let efi_path = match efi {
@@ -157,6 +171,7 @@ fn build(
         efi: &efi,
         boot_cfg: &cfg,
         kickstart: kickstart.as_deref().map(str::as_bytes),
+        ks_ca: ks_ca.as_deref(),
         vms: &vms,
     };
     let layout = media::build_image(out, &spec)?;
@@ -166,7 +181,12 @@ fn build(
         size - size % disk::BLOCK as u64,
         layout.esp.byte_len(disk::BLOCK) >> 20,
         efi.len(),
-        if kickstart.is_some() { " and ks.cfg" } else { "" }
+        match (kickstart.is_some(), ks_ca.is_some()) {
+            (true, true) => " and ks.cfg, ks-ca.pem",
+            (true, false) => " and ks.cfg",
+            (false, true) => " and ks-ca.pem",
+            (false, false) => "",
+        }
     );
     for vm in &vms {
         println!("  VM {}: {} files in /{}", vm.name, vm.files.len(), vm.dir);

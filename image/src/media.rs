@@ -20,6 +20,8 @@ pub const EFI_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 pub const BOOT_CFG: &str = "EFI/ember/boot.cfg";
 /// A kickstart at the root of the ESP, used at first boot when no `ks=` is given.
 pub const KS_CFG: &str = "ks.cfg";
+/// CA certificates for `https://` kickstarts (ember_storage::firstboot::KS_CA_FILE without the `/`).
+pub const KS_CA: &str = "EFI/ember/ks-ca.pem";
 /// ESP volume label.
 pub const ESP_LABEL: [u8; 11] = *b"EMBER BOOT ";
 
@@ -30,6 +32,8 @@ pub struct BuildSpec<'a> {
     pub boot_cfg: &'a str,
     /// A kickstart to place at the root of the ESP (already validated).
     pub kickstart: Option<&'a [u8]>,
+    /// CA certificates (PEM, already validated) for an `https://` kickstart server.
+    pub ks_ca: Option<&'a [u8]>,
     /// VMs to place under `ember/vms/<name>/`.
     pub vms: &'a [VmFiles],
 }
@@ -148,6 +152,9 @@ fn write_esp(disk: &mut FileDisk, esp: &Placed, volume_id: u32, spec: &BuildSpec
     if let Some(ks) = spec.kickstart {
         files.push(FatFile { path: KS_CFG, data: ks });
     }
+    if let Some(ca) = spec.ks_ca {
+        files.push(FatFile { path: KS_CA, data: ca });
+    }
     for vm in spec.vms {
         files.extend(vm.files.iter().map(|(path, data)| FatFile { path, data }));
     }
@@ -222,6 +229,12 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
             Err(e) => format!("ks.cfg: INVALID, a first boot would not apply it: {e}"),
         });
     }
+    if let Ok(pem) = read_esp_file(&fs, KS_CA) {
+        notes.push(match check_ks_ca(&pem) {
+            Ok(what) => format!("ks-ca.pem: {what}"),
+            Err(e) => format!("ks-ca.pem: INVALID, an https:// kickstart would not be fetched: {e}"),
+        });
+    }
     for (p, what) in [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B")] {
         let zero = partition_is_zero(&file, &p)?;
         notes.push(format!(
@@ -235,6 +248,15 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
     }
     notes.push(format!("config store: {}", describe_config_store(&file, bytes, &layout.config)?));
     Ok(Inspection { bytes, gpt, loader_size: loader.len() as u64, boot_cfg, esp_fat, notes })
+}
+
+/// Validates the CA certificates for `https://` kickstarts as the appliance will; says what they are.
+pub fn check_ks_ca(pem: &[u8]) -> Result<String, String> {
+    if pem.len() > ember_storage::firstboot::MAX_KS_CA_BYTES {
+        return Err(format!("larger than {} bytes", ember_storage::firstboot::MAX_KS_CA_BYTES));
+    }
+    let trust = ember_net::tls::Trust::from_pem("ks-ca.pem", pem)?;
+    Ok(format!("{}, the only CAs trusted for https:// kickstarts", trust.describe()))
 }
 
 /// Validates a kickstart meant for the image. `%include` is refused: included files would not be on the
@@ -352,6 +374,7 @@ pub(crate) mod tests {
             efi: &efi,
             boot_cfg: "title=Ember\nkernelopt=console=com1\n",
             kickstart: None,
+            ks_ca: None,
             vms: &[],
         };
         build_image(&out, &spec).unwrap();
@@ -369,11 +392,20 @@ pub(crate) mod tests {
             efi: &efi,
             boot_cfg: "title=Ember\nkernelopt=\n",
             kickstart: Some(ks),
+            ks_ca: Some(include_bytes!("../../net/src/tls/testdata/ca.pem")),
             vms: &[],
         };
         let layout = build_image(&out, &spec).unwrap();
         let i = inspect(&out).unwrap();
         assert!(i.notes.iter().any(|n| n.starts_with("ks.cfg: valid kickstart")), "{:?}", i.notes);
+        assert!(
+            i.notes.contains(&String::from(
+                "ks-ca.pem: the CA certificates in ks-ca.pem (1), the only CAs trusted for https:// kickstarts"
+            )),
+            "{:?}",
+            i.notes
+        );
+        assert!(check_ks_ca(b"not pem").unwrap_err().contains("no certificate"));
         assert!(i.notes.contains(&String::from("config store: empty (no configuration saved yet)")));
 
         // A configuration saved into the store (as the appliance will) is reported.
@@ -465,7 +497,7 @@ pub(crate) mod tests {
         bad[0x84] = 0x4c; // i386
         let e = build_image(
             &d.path().join("x.img"),
-            &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "", kickstart: None, vms: &[] },
+            &BuildSpec { size: 80 << 20, efi: &bad, boot_cfg: "", kickstart: None, ks_ca: None, vms: &[] },
         )
         .err()
         .unwrap();
@@ -478,7 +510,7 @@ pub(crate) mod tests {
         let efi = fake_efi();
         let e = build_image(
             &d.path().join("s.img"),
-            &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "", kickstart: None, vms: &[] },
+            &BuildSpec { size: 10 << 20, efi: &efi, boot_cfg: "", kickstart: None, ks_ca: None, vms: &[] },
         )
         .err()
         .unwrap();
@@ -490,6 +522,7 @@ pub(crate) mod tests {
                 efi: &efi,
                 boot_cfg: "kernelopt=console=com9",
                 kickstart: None,
+                ks_ca: None,
                 vms: &[],
             },
         )

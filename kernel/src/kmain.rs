@@ -19,8 +19,10 @@ use ember_net::api::{ApiState, HostFacts, NicInfo, Persistence};
 use ember_net::auth::{self, PasswordHash};
 use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
-use ember_net::mgmt::{ManagedNic, ManagementNetwork};
+use ember_net::mgmt::{KickstartTls, ManagedNic, ManagementNetwork};
+use ember_net::tls::Trust;
 use ember_storage::bootcfg::SelfTest;
+use ember_storage::firstboot::KsSource;
 use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
 
@@ -132,8 +134,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     let mut identity = identity;
     identity.notice = boot.notice;
     let mut network = start_management_network(nics, &identity, info, boot.host, boot.store, &virtualization);
-    if let Some(url) = &boot.fetch {
-        if let Err(e) = network.fetch_kickstart(url) {
+    if let Some(fetch) = boot.fetch {
+        if let Err(e) = network.fetch_kickstart(&fetch.url, fetch.tls) {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
@@ -216,7 +218,14 @@ struct BootConfiguration {
     /// Shown on the idle screen: what went wrong with the first boot's configuration.
     notice: Option<String>,
     /// A kickstart URL to fetch once the management network is up (first boot only).
-    fetch: Option<String>,
+    fetch: Option<Fetch>,
+}
+
+/// A kickstart to download once the management network is up.
+struct Fetch {
+    url: String,
+    /// For `https://`: what the server certificate must chain to, and the clock to check it at.
+    tls: Option<KickstartTls>,
 }
 
 /// A failed first-boot source: said on the console and the idle screen; the host runs on the
@@ -234,7 +243,7 @@ struct FirstBoot {
     /// a download: stored once it has been applied).
     store: bool,
     notice: Option<String>,
-    fetch: Option<String>,
+    fetch: Option<Fetch>,
 }
 
 /// The kickstart the UEFI phase found, else the built-in configuration.
@@ -251,17 +260,24 @@ fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
             return FirstBoot { host: default_configuration(info), store: true, notice: None, fetch: None };
         }
         FirstBootKickstart::Refused(why) => return fallback(first_boot_failed(why.clone())),
-        FirstBootKickstart::Remote(src) if nics.is_empty() => {
+        FirstBootKickstart::Remote { source: src, .. } if nics.is_empty() => {
             return fallback(first_boot_failed(format!("kickstart {src}: no supported NIC to fetch it with")))
         }
-        FirstBootKickstart::Remote(src) => {
+        FirstBootKickstart::Remote { source: src, ca } => {
+            let tls = match src {
+                KsSource::Https(_) => match kickstart_tls(ca, info) {
+                    Ok(t) => Some(t),
+                    Err(why) => return fallback(first_boot_failed(format!("kickstart {src}: {why}"))),
+                },
+                _ => None,
+            };
             // Until it has been fetched and applied the host runs, reachable, on the built-in
             // configuration (with the network boot options, which say how to reach the server).
             return FirstBoot {
                 host: default_configuration(info),
                 store: false,
                 notice: Some(format!("First boot: fetching the kickstart from {src} ...")),
-                fetch: Some(src.to_string()),
+                fetch: Some(Fetch { url: src.to_string(), tls }),
             };
         }
         FirstBootKickstart::Local { source, parsed } => (source, parsed),
@@ -286,6 +302,20 @@ fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
         }
         Err(e) => fallback(first_boot_failed(format!("kickstart {source}: {e}"))),
     }
+}
+
+/// What an `https://` kickstart is checked with: the boot media's CA file, else the built-in root
+/// store; the wall clock from the firmware; and the TLS client's random source is seeded.
+fn kickstart_tls(ca: &Result<Option<Vec<u8>>, String>, info: &BootInfo) -> Result<KickstartTls, String> {
+    use ember_storage::firstboot::KS_CA_FILE;
+    let trust = match ca {
+        Ok(Some(pem)) => Trust::from_pem(KS_CA_FILE, pem)?,
+        Ok(None) => Trust::BuiltIn,
+        Err(why) => return Err(format!("{KS_CA_FILE}: {why}")),
+    };
+    ember_net::tls::crypto::seed(random_bytes());
+    let boot_unix = info.wall_clock.map(|w| w - (timer::now_ms() / 1000) as i64);
+    Ok(KickstartTls { trust, boot_unix })
 }
 
 /// Finds the boot media's config store and the configuration to run with: the stored one, or - on a

@@ -1,10 +1,11 @@
-//! Fetching a first boot's kickstart over HTTP (layer 1: URL, request and response formats, the
-//! retry policy; the socket work is in [`crate::mgmt`]).
+//! Fetching a first boot's kickstart over HTTP or HTTPS (layer 1: URL, request and response
+//! formats, the retry policy; the socket work is in [`crate::mgmt`], TLS in [`crate::tls`]).
 //!
 //! Retry policy (REFERENCE.md 6, as Ignition does it): time-outs, refused or reset connections, DNS
 //! failures and `5xx` answers are retried without limit, waiting 100 ms after the first failure and
 //! doubling up to 5 s; everything else - `4xx`, redirects, a malformed or oversize answer, chunked
-//! transfer coding - is final. Every failed attempt is logged with its reason.
+//! transfer coding, a certificate that is not trusted or a server without TLS 1.3 - is final. Every
+//! failed attempt is logged with its reason.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -22,9 +23,11 @@ pub const RESPONSE_TIMEOUT_MS: u64 = 30_000;
 /// Longest response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
-/// An `http://` URL.
+/// An `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`: the exchange runs over TLS ([`crate::tls`]).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path and query, starting with `/`.
@@ -32,13 +35,17 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path]`.
+    /// Parses `http[s]://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case("http://"))
-            .map(|_| &url[7..])
-            .ok_or_else(|| format!("{url}: not an http:// URL"))?;
+        let scheme = |s: &str| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+        let (tls, rest) = if scheme("http://") {
+            (false, &url[7..])
+        } else if scheme("https://") {
+            (true, &url[8..])
+        } else {
+            return Err(format!("{url}: not an http:// or https:// URL"));
+        };
+        let default_port = if tls { 443 } else { 80 };
         if !url.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!("{url}: the URL must be printable ASCII without spaces"));
         }
@@ -58,7 +65,7 @@ impl HttpUrl {
                     .ok_or_else(|| format!("{url}: bad port `{p}`"))?;
                 (h, port)
             }
-            None => (authority, 80),
+            None => (authority, default_port),
         };
         let host_ok = !host.is_empty()
             && host.len() <= 253
@@ -67,12 +74,17 @@ impl HttpUrl {
             return Err(format!("{url}: `{host}` is not a host name or IPv4 address"));
         }
         let path = path.split('#').next().unwrap_or("/");
-        Ok(HttpUrl { host: host.to_string(), port, path: path.to_string() })
+        Ok(HttpUrl { tls, host: host.to_string(), port, path: path.to_string() })
     }
 
     /// The request Ember sends.
     pub fn request(&self, user_agent: &str) -> Vec<u8> {
-        let host = if self.port == 80 { self.host.clone() } else { format!("{}:{}", self.host, self.port) };
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
         format!(
             "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
             self.path
@@ -187,11 +199,22 @@ mod tests {
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://10.0.2.2:8000/ks/host1.cfg?x=1#frag").unwrap();
-        assert_eq!(u, HttpUrl { host: "10.0.2.2".into(), port: 8000, path: "/ks/host1.cfg?x=1".into() });
+        assert_eq!(
+            u,
+            HttpUrl { tls: false, host: "10.0.2.2".into(), port: 8000, path: "/ks/host1.cfg?x=1".into() }
+        );
         assert_eq!(HttpUrl::parse("HTTP://deploy.lab").unwrap().path, "/");
         assert_eq!(HttpUrl::parse("http://deploy.lab/ks").unwrap().port, 80);
+        let s = HttpUrl::parse("HTTPS://deploy.lab/ks").unwrap();
+        assert_eq!((s.tls, s.port), (true, 443));
+        let req = String::from_utf8(s.request("Ember/0.1")).unwrap();
+        assert!(req.starts_with("GET /ks HTTP/1.1\r\nHost: deploy.lab\r\n"), "{req}");
+        let s = HttpUrl::parse("https://10.0.2.2:8443/a").unwrap();
+        assert_eq!((s.tls, s.port), (true, 8443));
         for bad in [
-            "https://x/",
+            "ftp://x/",
+            "https://",
+            "https://a:0/",
             "http://",
             "http://:80/",
             "http://a:0/",

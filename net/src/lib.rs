@@ -7,6 +7,7 @@
 //! - [`http`]: HTTP/1.1 request framing with limits, response writing.
 //! - [`api`]: the JSON management API over an [`api::ApiState`].
 //! - [`fetch`]: the HTTP client formats and retry policy for a first boot's kickstart.
+//! - [`tls`]: TLS 1.3 for `https://` kickstarts (rustls over the polled sockets, RustCrypto).
 //! - [`firstboot`]: a validated kickstart turned into the host configuration a first boot stores.
 //! - [`mgmt`]: the management interface service - smoltcp interface, DHCP/static, DNS, the HTTP
 //!   server's connection pool - driven by `poll(now)` from the kernel's management loop.
@@ -16,7 +17,8 @@
 //!
 //! Dependencies: `smoltcp` (TCP/IP, DHCP, DNS), `httparse` (request heads), `serde_json` (JSON in
 //! no_std + alloc), `base64` (HTTP Basic), `pbkdf2`/`hmac`/`sha2` (RustCrypto password hashing), `sha-crypt` (RustCrypto; SHA-512 crypt hashes from
-//! kickstart `rootpw --iscrypted`).
+//! kickstart `rootpw --iscrypted`), `rustls`/`rustls-webpki`/`webpki-roots` and RustCrypto's
+//! `aes-gcm`/`p256`/`p384`/`rsa`/`rand_chacha` (HTTPS kickstarts, see [`tls`]).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -31,4 +33,5 @@ pub mod firstboot;
 pub mod http;
 pub mod mgmt;
 pub mod nic;
+pub mod tls;
 pub mod vms;

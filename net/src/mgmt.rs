@@ -14,6 +14,7 @@ use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
 use crate::http::{parse_request, Parsed, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Nic, Port, PortStats};
+use crate::tls::{self, TlsSession, Trust};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -170,9 +171,20 @@ pub struct ManagementNetwork {
     notice: Option<Option<String>>,
 }
 
+/// What an `https://` kickstart download needs from the platform.
+#[derive(Debug, Clone)]
+pub struct KickstartTls {
+    /// The CAs the server's certificate must chain to.
+    pub trust: Trust,
+    /// The wall clock (seconds since 1970) at `now` = 0 of the management loop's clock, when the
+    /// firmware gave one: certificates are checked against it.
+    pub boot_unix: Option<i64>,
+}
+
 /// A first boot's kickstart download: attempts with back-off until it succeeds or fails finally.
 struct KickstartDownload {
     url: HttpUrl,
+    tls: Option<KickstartTls>,
     display: String,
     failures: u32,
     attempts: u32,
@@ -191,7 +203,13 @@ struct Attempt {
 enum Step {
     Resolving { query: QueryHandle, deadline: u64 },
     Connecting { socket: SocketHandle, deadline: u64 },
-    Receiving { socket: SocketHandle, request: Vec<u8>, sent: usize, buf: Vec<u8>, deadline: u64 },
+    Receiving { socket: SocketHandle, transport: Transport, deadline: u64 },
+}
+
+/// The request and answer of an established connection.
+enum Transport {
+    Plain { request: Vec<u8>, sent: usize, buf: Vec<u8> },
+    Tls(Box<TlsSession>),
 }
 
 /// Receive buffer of the download's TCP socket (the answer is drained into memory as it arrives).
@@ -261,15 +279,26 @@ impl ManagementNetwork {
         core::mem::take(&mut self.log)
     }
 
-    /// Starts fetching a first boot's kickstart from `url` (an `http://` URL) as soon as the
-    /// management interface has an address; the result is applied and stored through the API state.
-    pub fn fetch_kickstart(&mut self, url: &str) -> Result<(), String> {
+    /// Starts fetching a first boot's kickstart from `url` (`http://`, or `https://` with `tls`)
+    /// as soon as the management interface has an address; the result is applied and stored
+    /// through the API state.
+    pub fn fetch_kickstart(&mut self, url: &str, tls: Option<KickstartTls>) -> Result<(), String> {
         let parsed = HttpUrl::parse(url)?;
+        if parsed.tls && tls.is_none() {
+            return Err(format!("{url}: no TLS trust settings were given for an https:// URL"));
+        }
+        if let (true, Some(t)) = (parsed.tls, &tls) {
+            self.log.push(format!(
+                "first boot: {url}: the server certificate must chain to {}",
+                t.trust.describe()
+            ));
+        }
         self.log.push(format!(
             "first boot: kickstart {url} will be fetched once the management network has an address"
         ));
         self.download = Some(KickstartDownload {
             url: parsed,
+            tls,
             display: String::from(url),
             failures: 0,
             attempts: 0,
@@ -840,13 +869,14 @@ fn advance(
             match state {
                 tcp::State::Established => {
                     let request = d.url.request(concat!("Ember/", env!("CARGO_PKG_VERSION")));
-                    Ok(Some(Step::Receiving {
-                        socket,
-                        request,
-                        sent: 0,
-                        buf: Vec::new(),
-                        deadline: now + fetch::RESPONSE_TIMEOUT_MS,
-                    }))
+                    match transport(d, request, now) {
+                        Ok(transport) => Ok(Some(Step::Receiving {
+                            socket,
+                            transport,
+                            deadline: now + fetch::RESPONSE_TIMEOUT_MS,
+                        })),
+                        Err(e) => fail(stack, Step::Connecting { socket, deadline }, e),
+                    }
                 }
                 tcp::State::Closed | tcp::State::TimeWait => fail(
                     stack,
@@ -864,28 +894,20 @@ fn advance(
                 _ => Ok(Some(Step::Connecting { socket, deadline })),
             }
         }
-        Step::Receiving { socket, request, mut sent, mut buf, mut deadline } => {
+        Step::Receiving { socket, mut transport, mut deadline } => {
             let s = stack.sockets.get_mut::<tcp::Socket>(socket);
-            if sent < request.len() && s.can_send() {
-                sent += s.send_slice(&request[sent..]).unwrap_or(0);
+            let (moved, closed) = match exchange(s, &mut transport) {
+                Ok(r) => r,
+                Err(e) => return fail(stack, Step::Receiving { socket, transport, deadline }, e),
+            };
+            if moved {
                 deadline = now + fetch::RESPONSE_TIMEOUT_MS;
             }
-            let limit = ember_storage::kickstart::MAX_KICKSTART_BYTES + fetch::MAX_RESPONSE_HEAD + 1;
-            while s.can_recv() && buf.len() < limit {
-                let before = buf.len();
-                let _ = s.recv(|data| {
-                    let n = data.len().min(limit - buf.len());
-                    buf.extend_from_slice(&data[..n]);
-                    (n, ())
-                });
-                if buf.len() == before {
-                    break;
-                }
-                deadline = now + fetch::RESPONSE_TIMEOUT_MS;
-            }
-            let closed = !s.may_recv();
-            let progress = fetch::parse_response(&buf, closed);
-            let step = Step::Receiving { socket, request, sent, buf, deadline };
+            let progress = match &transport {
+                Transport::Plain { buf, .. } => fetch::parse_response(buf, closed),
+                Transport::Tls(t) => fetch::parse_response(t.plaintext(), closed),
+            };
+            let step = Step::Receiving { socket, transport, deadline };
             match progress {
                 Progress::Incomplete if now >= deadline => {
                     fail(stack, step, FetchError::Retry(String::from("no complete answer within 30 s")))
@@ -897,6 +919,83 @@ fn advance(
                 }
                 Progress::Failed(e) => fail(stack, step, e),
             }
+        }
+    }
+}
+
+/// Most bytes of answer kept: the largest kickstart, its response head, and one byte to tell
+/// "too large".
+const ANSWER_LIMIT: usize = ember_storage::kickstart::MAX_KICKSTART_BYTES + fetch::MAX_RESPONSE_HEAD + 1;
+
+/// The transport for an established connection: plain, or a TLS session for `https://`.
+fn transport(d: &KickstartDownload, request: Vec<u8>, now: u64) -> Result<Transport, FetchError> {
+    if !d.url.tls {
+        return Ok(Transport::Plain { request, sent: 0, buf: Vec::new() });
+    }
+    let Some(t) = &d.tls else {
+        return Err(FetchError::Final(String::from("no TLS trust settings for an https:// URL")));
+    };
+    let Some(boot) = t.boot_unix else {
+        return Err(FetchError::Final(String::from(
+            "the firmware gave no wall-clock time, so the server certificate's validity cannot be checked",
+        )));
+    };
+    let unix = u64::try_from(boot).unwrap_or(0) + now / 1000;
+    let config = tls::client_config(&t.trust, unix).map_err(FetchError::Final)?;
+    TlsSession::new(config, &t.trust, &d.url.host, request, ANSWER_LIMIT).map(|s| Transport::Tls(Box::new(s)))
+}
+
+/// Moves bytes between the socket and the transport. Returns whether anything moved and whether
+/// the answer is complete as far as the connection goes (closed).
+fn exchange(s: &mut tcp::Socket, transport: &mut Transport) -> Result<(bool, bool), FetchError> {
+    let mut moved = false;
+    match transport {
+        Transport::Plain { request, sent, buf } => {
+            if *sent < request.len() && s.can_send() {
+                *sent += s.send_slice(&request[*sent..]).unwrap_or(0);
+                moved = true;
+            }
+            while s.can_recv() && buf.len() < ANSWER_LIMIT {
+                let n = s
+                    .recv(|data| {
+                        let n = data.len().min(ANSWER_LIMIT - buf.len());
+                        buf.extend_from_slice(&data[..n]);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                moved = true;
+            }
+            Ok((moved, !s.may_recv()))
+        }
+        Transport::Tls(t) => {
+            while s.can_recv() && t.room() > 0 {
+                let n = s
+                    .recv(|data| {
+                        let n = t.received(data);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                moved = true;
+            }
+            t.process()?;
+            if !t.to_send().is_empty() && s.can_send() {
+                let n = s.send_slice(t.to_send()).unwrap_or(0);
+                t.sent(n);
+                moved |= n > 0;
+            }
+            let tcp_closed = !s.may_recv();
+            if tcp_closed && !t.handshake_done() {
+                return Err(FetchError::Retry(String::from(
+                    "the server closed the connection during the TLS handshake",
+                )));
+            }
+            Ok((moved, t.closed() || tcp_closed))
         }
     }
 }
@@ -1718,7 +1817,7 @@ mod tests {
     #[test]
     fn kickstart_fetch_retries_server_errors_then_applies_it() {
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks/host.cfg").unwrap();
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks/host.cfg", None).unwrap();
         let ok = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{KICKSTART}", KICKSTART.len());
         let requests = serve_kickstart(
             &mut w,
@@ -1759,7 +1858,7 @@ mod tests {
     fn kickstart_fetch_retries_refused_connections_and_a_404_is_final() {
         let mut w = World::new(static_cfg(None), None);
         let before = w.server.api.host.clone();
-        w.server.fetch_kickstart("http://10.0.0.2:8000/missing.cfg").unwrap();
+        w.server.fetch_kickstart("http://10.0.0.2:8000/missing.cfg", None).unwrap();
         let requests = serve_kickstart(
             &mut w,
             &[None, None, Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")],
@@ -1782,7 +1881,7 @@ mod tests {
     #[test]
     fn a_bad_fetched_kickstart_names_its_line_and_an_api_change_wins_over_a_download() {
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg").unwrap();
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg", None).unwrap();
         let bad = "vmaccepteula\nrootpw long-enough\n%include more.cfg\n";
         let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{bad}", bad.len());
         serve_kickstart(&mut w, &[Some(&answer)], 60_000);
@@ -1791,7 +1890,7 @@ mod tests {
         assert_eq!(w.server.api.host.keyboard, "US Default");
 
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg").unwrap();
+        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg", None).unwrap();
         let mut host = w.server.api.host.clone();
         host.keyboard = "French".into();
         w.server.api.commit(host).unwrap();

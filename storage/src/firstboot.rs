@@ -8,6 +8,11 @@ use core::fmt;
 
 /// The kickstart at the root of the ESP, used when no `ks=` is given.
 pub const ESP_KICKSTART: &str = "/ks.cfg";
+/// CA certificates (PEM) an `https://` kickstart server's certificate must chain to; without this
+/// file on the ESP, the Mozilla root store built into Ember is used.
+pub const KS_CA_FILE: &str = "/EFI/ember/ks-ca.pem";
+/// Largest CA file accepted.
+pub const MAX_KS_CA_BYTES: usize = 256 * 1024;
 /// Longest `ks=` path accepted.
 pub const MAX_PATH_LEN: usize = 255;
 
@@ -16,7 +21,8 @@ pub const MAX_PATH_LEN: usize = 255;
 pub enum KsSource {
     /// `ks=http://host[:port]/path`: fetched through the management network.
     Http(String),
-    /// `ks=https://...`: not supported by this build (no TLS client); refused with a message.
+    /// `ks=https://...`: fetched through the management network over TLS 1.3, the certificate
+    /// checked against [`KS_CA_FILE`] or the built-in root store.
     Https(String),
     /// `ks=usb` (`/ks.cfg`) or `ks=usb:/path`: a file on a FAT volume of a USB drive; the boot
     /// media is searched first.
@@ -64,18 +70,22 @@ impl KsSource {
         let Some(v) = value else { return Ok(KsSource::BootMedia) };
         let bad = |why: String| Err(format!("boot option ks={v}: {why}"));
         let lower = v.to_ascii_lowercase();
-        if lower.starts_with("http://") {
-            let rest = &v[7..];
+        let web = if lower.starts_with("http://") {
+            Some((7, false))
+        } else if lower.starts_with("https://") {
+            Some((8, true))
+        } else {
+            None
+        };
+        if let Some((scheme_len, tls)) = web {
+            let rest = &v[scheme_len..];
             if rest.is_empty() || rest.starts_with('/') {
                 return bad(String::from("no host in the URL"));
             }
             if !v.bytes().all(|b| b.is_ascii_graphic()) {
                 return bad(String::from("the URL must be printable ASCII without spaces"));
             }
-            return Ok(KsSource::Http(v.to_string()));
-        }
-        if lower.starts_with("https://") {
-            return Ok(KsSource::Https(v.to_string()));
+            return Ok(if tls { KsSource::Https(v.to_string()) } else { KsSource::Http(v.to_string()) });
         }
         let (kind, path) = if lower == "usb" {
             ("usb", ESP_KICKSTART)
@@ -158,6 +168,8 @@ mod tests {
         assert_eq!(e("ftp://x/ks"), "boot option ks=ftp://x/ks: expected http://, https://, usb, usb:/path, file://path or cdrom:/path");
         assert!(e("http://").contains("no host"));
         assert!(e("http:///ks.cfg").contains("no host"));
+        assert!(e("https://").contains("no host"));
+        assert!(e("https://a b/").contains("printable ASCII"));
         assert!(e("usb:/../ks.cfg").contains("`..`"));
         assert!(e("usb:/a//b").contains("empty"));
         assert!(e("file://a\\b").contains("without spaces or `\\`"));

@@ -55,6 +55,11 @@ pub fn run_tool(args: &[&str]) -> (bool, String, String) {
 
 /// Builds an image in `dir` with the given boot options.
 pub fn build_image(dir: &Path, boot_options: &[&str]) -> PathBuf {
+    build_image_with(dir, boot_options, &[])
+}
+
+/// [`build_image`] with more `ember-image build` arguments (e.g. `--ks-ca FILE`).
+pub fn build_image_with(dir: &Path, boot_options: &[&str], more: &[&str]) -> PathBuf {
     let out = dir.join("ember.img");
     let efi = efi_path();
     let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
@@ -62,6 +67,7 @@ pub fn build_image(dir: &Path, boot_options: &[&str]) -> PathBuf {
         args.push("--boot-option");
         args.push(o);
     }
+    args.extend_from_slice(more);
     let (ok, stdout, stderr) = run_tool(&args);
     assert!(ok, "ember-image build failed:\n{stdout}\n{stderr}");
     out

@@ -417,3 +417,73 @@ impl Drop for ScriptedHttp {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// An HTTPS server on a loopback port (Python's `ssl` and `http.server`, OpenSSL underneath: a
+/// TLS implementation independent of Ember's) answering every GET with `body`. The requested
+/// paths are recorded.
+pub struct HttpsServer {
+    pub port: u16,
+    child: Child,
+    paths: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("GET " + self.path, flush=True)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl HttpsServer {
+    /// Serves `body` with the certificate and key in `cert` and `key` (PEM files).
+    pub fn start(cert: &std::path::Path, key: &std::path::Path, body: &str) -> HttpsServer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-c", HTTPS_SERVER])
+            .arg(cert)
+            .arg(key)
+            .arg(body)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the HTTPS test server");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = lines
+            .next()
+            .and_then(|l| l.ok())
+            .and_then(|l| l.trim().parse::<u16>().ok())
+            .expect("the HTTPS test server says its port");
+        let paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        HttpsServer { port, child, paths }
+    }
+
+    /// The requests answered so far (`GET <path>`).
+    pub fn requests(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -295,11 +295,50 @@ fn a_bad_kickstart_line_is_reported_with_its_file_and_line_and_nothing_is_applie
     let report = inspect(&img);
     assert!(report.contains("config store: empty"), "{report}");
     assert!(report.contains("ks.cfg: INVALID, a first boot would not apply it: error parsing the installation script: \\ks.cfg:line 3: unknown command `frobnicate`"), "{report}");
+}
 
+#[test]
+fn kickstart_over_https_is_fetched_from_a_trusted_server_and_refused_from_an_untrusted_one() {
+    let certs = workspace().join("net/src/tls/testdata");
+    let ca = certs.join("ca.pem");
+    let ks =
+        format!("vmaccepteula\nrootpw --iscrypted {CRYPTED}\nnetwork --bootproto=dhcp --hostname=esx-tls\n");
+
+    // A server whose certificate (for IP 10.0.2.2) was issued by the CA given to ember-image.
+    let server = HttpsServer::start(&certs.join("server.pem"), &certs.join("server.key"), &ks);
+    let url = format!("https://10.0.2.2:{}/ks/esx-tls.cfg", server.port);
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(dir.path(), &["ks=https://10.0.2.2/ks.cfg"]);
-    let mut q = boot("config_ks_https", &img, Disk::Virtio, free_port());
-    q.wait_for("https is not supported by this version (no TLS client)", BOOT_TIMEOUT);
+    let img = build_image_with(dir.path(), &[&format!("ks={url}")], &["--ks-ca", ca.to_str().unwrap()]);
+    assert!(inspect(&img).contains("ks-ca.pem: the CA certificates in ks-ca.pem (1)"));
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = boot("config_ks_https", &img, Disk::Virtio, port);
+    q.wait_for(
+        &format!("first boot: {url}: the server certificate must chain to the CA certificates in /EFI/ember/ks-ca.pem (1)"),
+        BOOT_TIMEOUT,
+    );
+    q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 1)"), HTTP_TIMEOUT);
+    assert_eq!(server.requests(), ["GET /ks/esx-tls.cfg"]);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-tls");
+    drop(q);
+    drop(server);
+
+    // The same kickstart from a server whose certificate another CA issued: refused, nothing applied.
+    let server = HttpsServer::start(&certs.join("stranger.pem"), &certs.join("stranger.key"), &ks);
+    let url = format!("https://10.0.2.2:{}/ks/esx-tls.cfg", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image_with(dir.path(), &[&format!("ks={url}")], &["--ks-ca", ca.to_str().unwrap()]);
+    let mut q = boot("config_ks_https_untrusted", &img, Disk::Virtio, port);
+    q.wait_for(
+        &format!("ERROR: first boot: kickstart {url}: the certificate of 10.0.2.2 is not issued by a CA in the CA certificates in /EFI/ember/ks-ca.pem (1)"),
+        HTTP_TIMEOUT,
+    );
+    q.wait_for("nothing applied or stored; running on the built-in configuration", HTTP_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert_eq!(get_config(addr, INITIAL)["store"]["sequence"], Value::Null);
+    drop(q);
+    assert!(inspect(&img).contains("config store: empty"));
 }
 
 #[test]

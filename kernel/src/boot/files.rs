@@ -21,8 +21,10 @@ use uefi::Identify;
 pub enum FirstBootKickstart {
     /// No `ks=` and no `ks.cfg` on the boot media: the built-in configuration.
     None,
-    /// A network location, fetched by the kernel phase once the management network is up.
-    Remote(KsSource),
+    /// A network location, fetched by the kernel phase once the management network is up; for
+    /// `https://`, the CA file from the boot media (`None`: there is none, the built-in store is
+    /// used) or why it could not be read.
+    Remote { source: KsSource, ca: Result<Option<Vec<u8>>, String> },
     /// A local kickstart: where it was read, and the parsed result or why it cannot be used.
     Local { source: String, parsed: Result<Box<Kickstart>, String> },
     /// `ks=` cannot be used; the text says why.
@@ -105,10 +107,15 @@ pub fn first_boot_kickstart(
         Err(why) => return FirstBootKickstart::Refused(why),
     };
     match &source {
-        KsSource::Http(_) => FirstBootKickstart::Remote(source),
-        KsSource::Https(u) => FirstBootKickstart::Refused(format!(
-            "boot option ks={u}: https is not supported by this version (no TLS client); use http:// or a file on the boot media"
-        )),
+        KsSource::Http(_) => FirstBootKickstart::Remote { source, ca: Ok(None) },
+        KsSource::Https(_) => {
+            let ca = match read_file(boot_fs, firstboot::KS_CA_FILE, firstboot::MAX_KS_CA_BYTES) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(ReadError::NotFound) => Ok(None),
+                Err(ReadError::Other(why)) => Err(why),
+            };
+            FirstBootKickstart::Remote { source, ca }
+        }
         KsSource::Cdrom(p) => FirstBootKickstart::Refused(format!(
             "boot option ks=cdrom:{p}: CD-ROM kickstarts are not supported by this version; use usb: or file://"
         )),

@@ -1,0 +1,294 @@
+//! HTTPS for a first boot's kickstart (`ks=https://`, PRODUCT.md 2): a TLS 1.3 client over the
+//! management network's polled TCP sockets.
+//!
+//! The protocol is `rustls` (its unbuffered, caller-driven API fits the polled socket model: bytes
+//! in, bytes out, no blocking I/O), with the cryptography of [`crypto`]. The server certificate is
+//! checked the way browsers and `curl` check it (`rustls-webpki`): a chain to a trusted CA, every
+//! certificate valid at the host's clock, CA constraints on every issuer, the `serverAuth` purpose,
+//! and the URL's host name or IP address among the certificate's subject alternative names.
+//!
+//! What is trusted ([`Trust`]): the CA certificates the administrator put on the boot media
+//! (`/EFI/ember/ks-ca.pem`, `ember-image build --ks-ca FILE`), which then are the only ones trusted,
+//! as with `curl --cacert`; without that file the Mozilla root store built into Ember
+//! (`webpki-roots`).
+//!
+//! Limits: TLS 1.3 only (every current web server offers it; a TLS 1.2-only server gets an error
+//! naming the problem), ECDHE on P-256, no client certificates, no revocation checks.
+
+pub mod crypto;
+
+use crate::fetch::FetchError;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::UnbufferedClientConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
+
+/// Most CA certificates accepted in a `ks-ca.pem`.
+pub const MAX_CAS: usize = 64;
+/// Ciphertext buffered from the server before the session takes more (one TLS record and a half).
+const MAX_INCOMING: usize = 24 * 1024;
+
+/// The CA certificates a kickstart server's certificate must chain to.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The Mozilla root store built into Ember.
+    BuiltIn,
+    /// CA certificates from a PEM file (`source` names it).
+    Bundle { source: String, certs: Vec<CertificateDer<'static>> },
+}
+
+impl Trust {
+    /// Reads a PEM bundle of CA certificates; every one must be usable as a trust anchor.
+    pub fn from_pem(source: &str, pem: &[u8]) -> Result<Self, String> {
+        let mut certs = Vec::new();
+        for (i, item) in CertificateDer::pem_slice_iter(pem).enumerate() {
+            let n = i + 1;
+            let cert = item.map_err(|e| format!("{source}: certificate {n}: not valid PEM ({e})"))?;
+            webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|e| format!("{source}: certificate {n}: not a usable CA certificate ({e})"))?;
+            if certs.len() == MAX_CAS {
+                return Err(format!("{source}: more than {MAX_CAS} certificates"));
+            }
+            certs.push(cert);
+        }
+        if certs.is_empty() {
+            return Err(format!("{source}: no certificate (-----BEGIN CERTIFICATE-----) in the file"));
+        }
+        Ok(Trust::Bundle { source: source.to_string(), certs })
+    }
+
+    /// What is trusted, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Trust::BuiltIn => {
+                format!("the built-in Mozilla root store ({} CAs)", webpki_roots::TLS_SERVER_ROOTS.len())
+            }
+            Trust::Bundle { source, certs } => format!("the CA certificates in {source} ({})", certs.len()),
+        }
+    }
+
+    fn root_store(&self) -> RootCertStore {
+        match self {
+            Trust::BuiltIn => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+            Trust::Bundle { certs, .. } => {
+                let mut store = RootCertStore::empty();
+                // Each was checked by `from_pem`.
+                let (_added, _skipped) = store.add_parsable_certificates(certs.iter().cloned());
+                store
+            }
+        }
+    }
+}
+
+/// The clock certificates are checked against: the host's wall clock when the attempt started.
+#[derive(Debug)]
+struct Clock(UnixTime);
+
+impl rustls::time_provider::TimeProvider for Clock {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(self.0)
+    }
+}
+
+/// The client configuration for one attempt: TLS 1.3, `trust`, certificates checked at `unix_now`.
+pub fn client_config(trust: &Trust, unix_now: u64) -> Result<Arc<ClientConfig>, String> {
+    let time = Clock(UnixTime::since_unix_epoch(core::time::Duration::from_secs(unix_now)));
+    let config = ClientConfig::builder_with_details(Arc::new(crypto::provider()), Arc::new(time))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(trust.root_store())
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One HTTPS exchange: the request goes out once the handshake is done; the decrypted answer
+/// collects in [`TlsSession::plaintext`].
+pub struct TlsSession {
+    conn: UnbufferedClientConnection,
+    incoming: Vec<u8>,
+    outgoing: Vec<u8>,
+    request: Option<Vec<u8>>,
+    plaintext: Vec<u8>,
+    /// The server closed the TLS session (close_notify).
+    closed: bool,
+    limit: usize,
+    host: String,
+    trust: String,
+}
+
+impl TlsSession {
+    /// Starts a handshake with `host` (a DNS name or an IP address; SNI is sent for names).
+    /// At most `limit` bytes of answer are kept.
+    pub fn new(
+        config: Arc<ClientConfig>,
+        trust: &Trust,
+        host: &str,
+        request: Vec<u8>,
+        limit: usize,
+    ) -> Result<Self, FetchError> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| FetchError::Final(format!("`{host}` is not a valid TLS server name")))?;
+        let conn = UnbufferedClientConnection::new(config, name)
+            .map_err(|e| FetchError::Final(format!("TLS: {e}")))?;
+        Ok(TlsSession {
+            conn,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            request: Some(request),
+            plaintext: Vec::new(),
+            closed: false,
+            limit,
+            host: host.to_string(),
+            trust: trust.describe(),
+        })
+    }
+
+    /// Room for ciphertext from the server.
+    pub fn room(&self) -> usize {
+        MAX_INCOMING.saturating_sub(self.incoming.len())
+    }
+
+    /// Ciphertext from the server (at most [`Self::room`] bytes are taken; returns how many).
+    pub fn received(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.room());
+        self.incoming.extend_from_slice(&data[..n]);
+        n
+    }
+
+    /// Ciphertext waiting to go to the server.
+    pub fn to_send(&self) -> &[u8] {
+        &self.outgoing
+    }
+
+    /// `n` bytes of [`Self::to_send`] went out.
+    pub fn sent(&mut self, n: usize) {
+        self.outgoing.drain(..n.min(self.outgoing.len()));
+    }
+
+    /// The answer decrypted so far.
+    pub fn plaintext(&self) -> &[u8] {
+        &self.plaintext
+    }
+
+    /// The server ended the TLS session cleanly.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether the request has been encrypted (the handshake is over).
+    pub fn handshake_done(&self) -> bool {
+        self.request.is_none()
+    }
+
+    /// Runs the TLS state machine over what has been received; never blocks.
+    pub fn process(&mut self) -> Result<(), FetchError> {
+        // Each pass handles one state; a handshake takes a handful. The bound only guards
+        // against a state machine that stops making progress.
+        for _ in 0..64 {
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let state = state.map_err(|e| failure(&e, &self.host, &self.trust))?;
+            let mut wait = false;
+            match state {
+                ConnectionState::EncodeTlsData(mut s) => {
+                    encode(&mut self.outgoing, |buf| s.encode(buf).map_err(encode_size))?
+                }
+                ConnectionState::TransmitTlsData(s) => s.done(),
+                ConnectionState::BlockedHandshake => wait = true,
+                ConnectionState::WriteTraffic(mut w) => {
+                    if let Some(request) = self.request.take() {
+                        encode(&mut self.outgoing, |buf| w.encrypt(&request, buf).map_err(encrypt_size))?;
+                    }
+                    wait = true;
+                }
+                ConnectionState::ReadTraffic(mut r) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record.map_err(|e| failure(&e, &self.host, &self.trust))?;
+                        discard += record.discard;
+                        let room = self.limit.saturating_sub(self.plaintext.len());
+                        self.plaintext.extend_from_slice(&record.payload[..record.payload.len().min(room)]);
+                    }
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    self.closed = true;
+                    wait = true;
+                }
+                _ => wait = true,
+            }
+            self.incoming.drain(..discard.min(self.incoming.len()));
+            if wait {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `write` with a buffer big enough for what it produces and appends the result to `out`.
+fn encode(
+    out: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> Result<(), FetchError> {
+    let mut buf = alloc::vec![0u8; 4096];
+    loop {
+        match write(&mut buf) {
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                return Ok(());
+            }
+            Err(Some(required)) if required > buf.len() && required <= 64 * 1024 => buf.resize(required, 0),
+            Err(_) => return Err(FetchError::Final(String::from("TLS: a record could not be encoded"))),
+        }
+    }
+}
+
+fn encode_size(e: EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+fn encrypt_size(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+/// What a TLS failure means for the download, in words an administrator can act on. Certificate
+/// and protocol problems are final (another attempt would meet the same certificate).
+pub fn failure(e: &rustls::Error, host: &str, trust: &str) -> FetchError {
+    use rustls::Error as E;
+    let why = match e {
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                format!("the certificate of {host} is not issued by a CA in {trust}")
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("the certificate presented is not valid for {host}")
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+                "the certificate of {host} has expired (checked at the host's clock; is the firmware clock right?)"
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+                "the certificate of {host} is not valid yet (checked at the host's clock; is the firmware clock right?)"
+            ),
+            CertificateError::BadSignature => format!("a signature in the certificate chain of {host} is invalid"),
+            other => format!("the certificate of {host} was refused: {other:?}"),
+        },
+        E::AlertReceived(AlertDescription::ProtocolVersion) | E::PeerIncompatible(_) => {
+            format!("{host} cannot make a TLS 1.3 connection with Ember ({e}); Ember needs TLS 1.3")
+        }
+        E::AlertReceived(a) => format!("{host} ended the TLS handshake with the alert {a:?}"),
+        other => format!("TLS with {host} failed: {other}"),
+    };
+    FetchError::Final(why)
+}
+
+#[cfg(test)]
+mod tests;
