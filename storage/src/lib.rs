@@ -34,5 +34,6 @@ pub mod kickstart;
 pub mod layout;
 pub mod netconfig;
 pub mod persist;
+pub mod script;
 pub mod scsi;
 pub mod vmdef;
