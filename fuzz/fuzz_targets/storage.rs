@@ -1,7 +1,7 @@
 //! Fuzz target for what Ember reads from disks and configuration files: the kickstart parser (with
 //! `%include` served from the input itself), the config store's slot decoder, the stored host
 //! configuration, the JSON form of the network settings, `ks=` locations, VM definitions and the FAT
-//! reader that finds VM disk files on the ESP. A valid kickstart must
+//! reader that finds VM disk files on the ESP, and kickstart scripts (parsed and run). A valid kickstart must
 //! turn into a configuration (or a named refusal) that stores and loads back unchanged. Any panic,
 //! overflow or out-of-bounds access is a finding.
 #![no_main]
@@ -39,16 +39,20 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(applied) = firstboot::config_from_kickstart(&ks, &base, &nics, &mut |pw| {
                 PasswordHash::new(pw, [2; 16], MIN_ITERATIONS).encode()
             }) {
-                let mut disk = MemDisk::new(512, 64);
-                let store = ConfigStore::new(0, 64).unwrap();
+                // The size of the real config store (1 MiB): pending %firstboot scripts are stored too.
+                let mut disk = MemDisk::new(512, 2048);
+                let store = ConfigStore::new(0, 2048).unwrap();
                 store
                     .save(&mut disk, &applied.config.encode())
                     .expect("a kickstart's configuration fits the store");
                 let back = store.load(&mut disk).unwrap().unwrap();
-                assert_eq!(
-                    HostConfig::decode(&back.payload).expect("a kickstart's configuration decodes"),
-                    applied.config
-                );
+                let mut loaded =
+                    HostConfig::decode(&back.payload).expect("a kickstart's configuration decodes");
+                assert_eq!(loaded, applied.config);
+                // %firstboot runs on it; the result stores and loads back without the scripts.
+                let _log = ember_storage::script::run_firstboot(&mut loaded);
+                assert!(loaded.firstboot.is_empty());
+                assert_eq!(HostConfig::decode(&loaded.encode()).expect("the result decodes"), loaded);
             }
         }
         1 => {
@@ -95,6 +99,18 @@ fuzz_target!(|data: &[u8]| {
                     sources::check_path(&p).expect("a parsed source has a checked path");
                     let _ = sources::include_path(sources::parent_dir(&p), text);
                 }
+            }
+        }
+        _ if rest.first() == Some(&b'#') => {
+            // A script on its own: what parses runs on a configuration that stays valid.
+            let Ok(text) = std::str::from_utf8(rest) else { return };
+            if let Ok(script) = ember_storage::script::parse(text, 1) {
+                let mut cfg = HostConfig::defaults(
+                    PasswordHash::new("ember-initial", [1; 16], MIN_ITERATIONS).encode(),
+                );
+                let outcome = script.run(&mut cfg);
+                assert!(outcome.commands <= text.len());
+                HostConfig::decode(&cfg.encode()).expect("scripts keep the configuration valid");
             }
         }
         _ => {

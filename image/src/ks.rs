@@ -85,7 +85,12 @@ pub fn summary(name: &str, ks: &Kickstart) -> String {
         };
         let lines = sec.body.lines().count();
         let plural = if lines == 1 { "" } else { "s" };
-        let _ = writeln!(s, "  {kind} ({}, {lines} line{plural}) from {}", sec.interpreter, sec.place);
+        let when = match sec.kind {
+            SectionKind::Pre => "runs before the kickstart's commands are applied",
+            SectionKind::Post => "runs after the kickstart's commands are applied",
+            SectionKind::FirstBoot => "runs once, after the configuration is stored",
+        };
+        let _ = writeln!(s, "  {kind} ({lines} line{plural}, checked) from {}: {when}", sec.place);
     }
     if ks.dryrun {
         let _ = writeln!(s, "  dryrun: nothing will be changed");

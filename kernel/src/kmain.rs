@@ -304,6 +304,26 @@ fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
     }
 }
 
+/// Runs the configuration's pending `%firstboot` scripts (once: the result is stored without them).
+fn run_firstboot(host: &mut HostConfig, store: Option<&mut HostStore>) {
+    if host.firstboot.is_empty() {
+        return;
+    }
+    let mut result = host.clone();
+    for line in ember_storage::script::run_firstboot(&mut result) {
+        kprintln!("ember: first boot: {line}");
+    }
+    match store {
+        Some(s) => match s.save(&result) {
+            Ok(seq) => kprintln!("ember: first boot: %firstboot result stored (sequence {seq})"),
+            // Still pending in the store: they run again at the next boot.
+            Err(e) => kprintln!("ember: ERROR: storing the %firstboot result failed: {e}; the scripts run again at the next boot"),
+        },
+        None => kprintln!("ember: first boot: %firstboot result not stored (no configuration store)"),
+    }
+    *host = result;
+}
+
 /// What an `https://` kickstart is checked with: the boot media's CA file, else the built-in root
 /// store; the wall clock from the firmware; and the TLS client's random source is seeded.
 fn kickstart_tls(ca: &Result<Option<Vec<u8>>, String>, info: &BootInfo) -> Result<KickstartTls, String> {
@@ -327,7 +347,8 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
         Err(why) => {
             kprintln!("ember: WARNING: no configuration store: {why}");
             kprintln!("ember: WARNING: configuration changes will not survive a reboot");
-            let first = first_boot_configuration(info, nics);
+            let mut first = first_boot_configuration(info, nics);
+            run_firstboot(&mut first.host, None);
             return BootConfiguration {
                 host: first.host,
                 store: Persistence::None(why),
@@ -341,19 +362,25 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
             for w in &loaded.warnings {
                 kprintln!("ember: WARNING: {w}");
             }
-            if let Some(host) = loaded.config {
+            if let Some(mut host) = loaded.config {
                 let (slot, seq) = s.in_use().unwrap_or(('?', 0));
                 kprintln!("ember: configuration loaded from {} slot {slot} (sequence {seq})", s.disk.name);
                 if !info.options.network.is_empty() {
                     kprintln!("ember: network boot options ignored: the stored configuration is used");
                 }
+                // Stored but not run: the boot that stored them stopped before they had run.
+                run_firstboot(&mut host, Some(&mut s));
                 return BootConfiguration { host, store: Persistence::Store(s), notice: None, fetch: None };
             }
             kprintln!("ember: first boot: no configuration stored yet");
             let FirstBoot { host, store, mut notice, fetch } = first_boot_configuration(info, nics);
+            let mut host = host;
             if store {
                 match s.save(&host) {
-                    Ok(seq) => kprintln!("ember: first boot: configuration stored (sequence {seq})"),
+                    Ok(seq) => {
+                        kprintln!("ember: first boot: configuration stored (sequence {seq})");
+                        run_firstboot(&mut host, Some(&mut s));
+                    }
                     Err(e) => {
                         kprintln!("ember: ERROR: storing the configuration failed: {e}");
                         notice = Some(format!("The configuration could not be stored: {e}"));

@@ -229,12 +229,22 @@ impl ApiState {
             firstboot::hash_password(pw, salt)
         })
         .map_err(|e| e.to_string())?;
-        let network_changed = applied.config.network != self.host.network;
+        let before = self.host.network.clone();
         self.commit(applied.config).map_err(|e| e.to_string())?;
-        if network_changed {
+        let mut notes = applied.notes;
+        if !self.host.firstboot.is_empty() {
+            // Stored with the configuration above, so they run once even across a power cut.
+            let mut host = self.host.clone();
+            notes.extend(ember_storage::script::run_firstboot(&mut host));
+            match self.commit(host) {
+                Ok(()) => notes.push(String::from("%firstboot: the result is stored")),
+                Err(e) => notes.push(format!("%firstboot: the result could not be stored ({e}); the scripts run again at the next boot")),
+            }
+        }
+        if self.host.network != before {
             self.pending = Some(self.host.network.clone());
         }
-        Ok(applied.notes)
+        Ok(notes)
     }
 
     /// The `store` object: whether changes survive a reboot, and where they go.
@@ -258,7 +268,7 @@ impl ApiState {
 
     /// The `GET /api/v1/config` document: the stored form, with the password hash's scheme only.
     pub fn config_json(&self) -> Value {
-        let mut v = self.host.to_json();
+        let mut v = self.host.settings_json();
         if let Value::Object(m) = &mut v {
             m.remove("root_password_hash");
             m.insert(String::from("root_password"), json!({ "scheme": self.root.hash().scheme() }));

@@ -3,16 +3,22 @@
 //! All or nothing: the result is a complete [`HostConfig`] or an error naming the kickstart line and
 //! what is wrong; nothing is half applied. What this version cannot carry out is said plainly in the
 //! notes (and, under `paranoid`, refuses the kickstart): `install`/`upgrade`/`clearpart`/`part`
-//! (unattended installation is separate work), and `%pre`/`%post`/`%firstboot` scripts (Ember has no
-//! script interpreter yet). `dryrun` parses and checks only.
+//! (unattended installation is separate work). `dryrun` parses and checks only.
+//!
+//! Scripts ([`ember_storage::script`]): `%pre` sections run on the built-in configuration before
+//! the kickstart's commands are applied, `%post` sections on the result; a section that ends with a
+//! non-zero exit status fails the kickstart (nothing applied) unless it says
+//! `--ignorefailure=true`. `%firstboot` sections are kept in the configuration to run once it is
+//! stored (see [`ember_storage::script::run_firstboot`]). `--timeout` is accepted and has nothing to
+//! limit: scripts are configuration commands that never wait.
 
 use crate::api::NicInfo;
 use crate::auth::{PasswordHash, DEFAULT_ITERATIONS};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use ember_storage::hostconfig::HostConfig;
-use ember_storage::kickstart::{Kickstart, NicRef, RootPw, SectionKind};
+use ember_storage::hostconfig::{HostConfig, PendingScript};
+use ember_storage::kickstart::{Kickstart, NicRef, RootPw, Section, SectionKind};
 
 /// A kickstart turned into a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +43,41 @@ impl core::fmt::Display for ApplyError {
             ApplyError::Invalid(why) => write!(f, "{why}"),
             ApplyError::DryRun => write!(f, "the kickstart says dryrun: checked and valid, nothing applied"),
         }
+    }
+}
+
+/// Runs the `kind` sections in file order on `config`.
+fn run_sections(
+    ks: &Kickstart,
+    kind: SectionKind,
+    config: &mut HostConfig,
+    notes: &mut Vec<String>,
+) -> Result<(), ApplyError> {
+    for s in ks.sections.iter().filter(|s| s.kind == kind) {
+        let name = section_name(s);
+        let outcome = s.script.run(config);
+        notes.extend(outcome.output.iter().map(|line| format!("{name} {}: {line}", s.place)));
+        if outcome.status != 0 {
+            let why = format!(
+                "{name} {} ended with exit status {}{}",
+                s.place,
+                outcome.status,
+                outcome.output.last().map(|l| format!(" ({l})")).unwrap_or_default()
+            );
+            if !s.ignore_failure {
+                return Err(ApplyError::Invalid(why));
+            }
+            notes.push(format!("{why}; ignored (--ignorefailure=true)"));
+        }
+    }
+    Ok(())
+}
+
+fn section_name(s: &Section) -> &'static str {
+    match s.kind {
+        SectionKind::Pre => "%pre",
+        SectionKind::Post => "%post",
+        SectionKind::FirstBoot => "%firstboot",
     }
 }
 
@@ -65,14 +106,6 @@ pub fn config_from_kickstart(
     for p in &ks.parts {
         unsupported.push(format!("{}: part {} is not carried out by this version", p.place, p.datastore));
     }
-    for s in &ks.sections {
-        let name = match s.kind {
-            SectionKind::Pre => "%pre",
-            SectionKind::Post => "%post",
-            SectionKind::FirstBoot => "%firstboot",
-        };
-        unsupported.push(format!("{}: {name} section not run: Ember has no script interpreter yet", s.place));
-    }
     if ks.paranoid {
         if let Some(first) = notes.first().or(unsupported.first()) {
             return Err(ApplyError::Invalid(format!("paranoid: {first}")));
@@ -81,11 +114,14 @@ pub fn config_from_kickstart(
     notes.extend(unsupported);
 
     let mut config = base.clone();
+    // The root password first: scripts cannot set it, and every change they make is validated as a
+    // whole configuration, password hash included.
     config.root_password_hash = match &ks.rootpw {
         // The parser has checked the password rules.
         RootPw::Plain(pw) => hash(pw),
         RootPw::Crypted(h) => h.clone(),
     };
+    run_sections(ks, SectionKind::Pre, &mut config, &mut notes)?;
     if let Some(network) = &ks.network {
         let mut network = network.clone();
         if let Some(NicRef::Mac(mac)) = &ks.network_device {
@@ -112,6 +148,17 @@ pub fn config_from_kickstart(
     if ks.serialnum.is_some() {
         notes.push(String::from("serialnum: Ember needs no license key; ignored"));
     }
+    run_sections(ks, SectionKind::Post, &mut config, &mut notes)?;
+    config.firstboot = ks
+        .sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::FirstBoot && !s.script.is_empty())
+        .map(|s| PendingScript {
+            source: s.place.to_string(),
+            first_line: s.place.line + 1,
+            body: s.body.clone(),
+        })
+        .collect();
     if ks.dryrun {
         return Err(ApplyError::DryRun);
     }
@@ -145,7 +192,8 @@ mod tests {
     }
 
     fn base() -> HostConfig {
-        HostConfig::defaults(PasswordHash::new("ember-initial", [1; 16], 1000).encode())
+        // As the first boot builds it: the kickstart supplies the password.
+        HostConfig::defaults(String::new())
     }
 
     fn apply(text: &str) -> Result<Applied, ApplyError> {
@@ -192,17 +240,54 @@ mod tests {
     }
 
     #[test]
+    fn scripts_run_in_their_order_around_the_commands() {
+        let h = "$6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0";
+        // %pre sets a host name the kickstart's network command replaces; %post adds to it.
+        let text = format!(
+            "vmaccepteula\nrootpw --iscrypted {h}\nnetwork --bootproto=dhcp --hostname=esx5\n\
+             %pre\nesxcli system hostname set --host=pre-name\nvim-cmd hostsvc/enable_ssh\n\
+             %post\nesxcli system hostname set --domain=lab.example\necho \"post ran\"\n\
+             %firstboot\nesxcli network ip dns search add -d lab.example\n"
+        );
+        let a = apply(&text).unwrap();
+        assert_eq!(a.config.network.hostname, "esx5.lab.example");
+        assert!(a.config.ssh_enabled);
+        assert!(a.config.dns_search.is_empty(), "%firstboot has not run yet");
+        assert_eq!(a.notes, ["%post ks.cfg:line 7: line 9: post ran"]);
+        assert_eq!(
+            a.config.firstboot,
+            [PendingScript {
+                source: "ks.cfg:line 10".into(),
+                first_line: 11,
+                body: "esxcli network ip dns search add -d lab.example\n".into()
+            }]
+        );
+        let mut stored = HostConfig::decode(&a.config.encode()).unwrap();
+        let log = ember_storage::script::run_firstboot(&mut stored);
+        assert_eq!(stored.dns_search, ["lab.example"]);
+        assert!(stored.firstboot.is_empty());
+        assert_eq!(log, ["%firstboot ks.cfg:line 10: exit status 0 (1 commands run)"]);
+
+        // A failing %post fails the kickstart, unless it ignores failures.
+        let failing = format!("vmaccepteula\nrootpw --iscrypted {h}\n%post\nesxcli network ip route ipv4 add -g 10.0.0.1 -n default\n");
+        let e = apply(&failing).unwrap_err().to_string();
+        assert!(e.starts_with("%post ks.cfg:line 3 ended with exit status 1 (line 4: esxcli network ip route ipv4 add: the management network uses DHCP"), "{e}");
+        let ignored = failing.replace("%post", "%post --ignorefailure=true");
+        let a = apply(&ignored).unwrap();
+        assert!(a.notes.last().unwrap().ends_with("; ignored (--ignorefailure=true)"), "{:?}", a.notes);
+        let e =
+            apply(&format!("vmaccepteula\nrootpw --iscrypted {h}\n%pre\nexit 4\n")).unwrap_err().to_string();
+        assert_eq!(e, "%pre ks.cfg:line 3 ended with exit status 4");
+    }
+
+    #[test]
     fn what_is_not_carried_out_is_said_and_paranoid_refuses_it() {
         let h = "$6$saltsalt$hRM5XZ86KXEw9UOmjigeVqFgULtFB2sgpC9lXQDfMib3Zgw7mEiUvBJI2EplzfAqxL5Vvwp2scFtv/uamSo5z0";
         let text =
             format!("vmaccepteula\nrootpw --iscrypted {h}\ninstall --firstdisk\n%firstboot\necho hi\n");
         let a = apply(&text).unwrap();
         assert!(a.notes.iter().any(|n| n.contains("not carried out")), "{:?}", a.notes);
-        assert!(
-            a.notes.iter().any(|n| n.contains("ks.cfg:line 4: %firstboot section not run")),
-            "{:?}",
-            a.notes
-        );
+        assert_eq!(a.config.firstboot.len(), 1);
         let e = apply(&format!("paranoid\n{text}")).unwrap_err().to_string();
         assert!(e.starts_with("paranoid: install onto a disk is not carried out"), "{e}");
     }

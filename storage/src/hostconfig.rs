@@ -46,7 +46,24 @@ pub struct HostConfig {
     pub keyboard: String,
     /// VM names started at boot, in order.
     pub autostart: Vec<String>,
+    /// Kickstart `%firstboot` sections stored with the first configuration and not run yet: they
+    /// run once, right after it is stored, and the result is stored without them. Not part of
+    /// the API's configuration document (it can be neither read nor set there).
+    pub firstboot: Vec<PendingScript>,
 }
+
+/// A `%firstboot` section waiting to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingScript {
+    /// Where it came from (`ks.cfg:line 12`).
+    pub source: String,
+    /// The line of the kickstart file its first line is.
+    pub first_line: usize,
+    pub body: String,
+}
+
+/// Longest `source` of a pending script.
+const MAX_SOURCE_LEN: usize = 512;
 
 fn error(field: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError { field: field.to_string(), problem: problem.into() }
@@ -115,6 +132,49 @@ fn string_list(
     Ok(out)
 }
 
+/// Decodes the stored pending `%firstboot` scripts (each must still read as a script).
+fn decode_pending(v: &Value) -> Result<Vec<PendingScript>, ConfigError> {
+    let list = v.as_array().ok_or_else(|| error("firstboot", "expected a list"))?;
+    let mut out = Vec::new();
+    let mut total = 0;
+    for (i, item) in list.iter().enumerate() {
+        let field = format!("firstboot[{i}]");
+        let o = item.as_object().ok_or_else(|| error(&field, "expected an object"))?;
+        if let Some(k) = o.keys().find(|k| !["source", "line", "script"].contains(&k.as_str())) {
+            return Err(error(&format!("{field}.{k}"), "unknown field (expected source, line, script)"));
+        }
+        let source =
+            o.get("source").and_then(Value::as_str).filter(|s| s.len() <= MAX_SOURCE_LEN).ok_or_else(
+                || {
+                    error(
+                        &format!("{field}.source"),
+                        format!("expected a string of at most {MAX_SOURCE_LEN} bytes"),
+                    )
+                },
+            )?;
+        let first_line = o
+            .get("line")
+            .and_then(Value::as_u64)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| error(&format!("{field}.line"), "expected a line number"))?;
+        let body = o
+            .get("script")
+            .and_then(Value::as_str)
+            .ok_or_else(|| error(&format!("{field}.script"), "expected a string"))?;
+        total += body.len();
+        if total > crate::script::MAX_SCRIPT_BYTES {
+            return Err(error(
+                "firstboot",
+                format!("the scripts are longer than {} bytes", crate::script::MAX_SCRIPT_BYTES),
+            ));
+        }
+        crate::script::parse(body, first_line)
+            .map_err(|e| error(&format!("{field}.script"), format!("line {}: {}", e.line, e.message)))?;
+        out.push(PendingScript { source: source.to_string(), first_line, body: body.to_string() });
+    }
+    Ok(out)
+}
+
 /// Checks a VM name: 1-64 letters, digits, `-`, `_` or `.`.
 pub fn validate_vm_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
@@ -141,11 +201,27 @@ impl HostConfig {
             dcui_timeout_minutes: DEFAULT_DCUI_TIMEOUT_MINUTES,
             keyboard: String::from("US Default"),
             autostart: Vec::new(),
+            firstboot: Vec::new(),
         }
     }
 
     /// The stored form.
     pub fn to_json(&self) -> Value {
+        let mut v = self.settings_json();
+        if let (Value::Object(m), false) = (&mut v, self.firstboot.is_empty()) {
+            let pending: Vec<Value> = self
+                .firstboot
+                .iter()
+                .map(|p| json!({ "source": p.source, "line": p.first_line, "script": p.body }))
+                .collect();
+            m.insert(String::from("firstboot"), Value::Array(pending));
+        }
+        v
+    }
+
+    /// What an administrator sets (the stored form without pending `%firstboot` scripts): the
+    /// API's configuration document.
+    pub fn settings_json(&self) -> Value {
         json!({
             "format": CONFIG_FORMAT,
             "root_password_hash": self.root_password_hash,
@@ -186,7 +262,12 @@ impl HostConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| error("root_password_hash", "missing (a string)"))?;
         let mut cfg = HostConfig::defaults(hash.to_string());
+        let mut obj = obj;
+        let pending = obj.remove("firstboot");
         cfg.merge(&obj)?;
+        if let Some(p) = pending {
+            cfg.firstboot = decode_pending(&p)?;
+        }
         Ok(cfg)
     }
 
@@ -375,6 +456,33 @@ mod tests {
             assert_eq!(e.field, *field, "{body}: {e}");
             assert_eq!(c, good, "{body} changed the configuration");
         }
+    }
+
+    #[test]
+    fn pending_firstboot_scripts_are_stored_checked_and_never_taken_from_a_change() {
+        let mut c = sample();
+        c.firstboot = alloc::vec![PendingScript {
+            source: "ks.cfg:line 9".into(),
+            first_line: 10,
+            body: "vim-cmd hostsvc/enable_ssh\n".into()
+        }];
+        assert_eq!(HostConfig::decode(&c.encode()).unwrap(), c);
+        assert!(c.settings_json().get("firstboot").is_none());
+        assert!(sample().to_json().get("firstboot").is_none(), "only stored while pending");
+        let bad = |pending: &str| {
+            let doc = format!(r#"{{"format":1,"root_password_hash":"{HASH}","firstboot":{pending}}}"#);
+            HostConfig::decode(doc.as_bytes()).unwrap_err().to_string()
+        };
+        assert!(bad(r#"{}"#).starts_with("firstboot: expected a list"));
+        assert!(bad(r#"[{"source":"x","line":1}]"#).starts_with("firstboot[0].script"));
+        assert!(bad(r#"[{"source":"x","line":"1","script":""}]"#).starts_with("firstboot[0].line"));
+        assert!(bad(r#"[{"source":"x","line":1,"script":"","extra":1}]"#).starts_with("firstboot[0].extra"));
+        let e = bad(r#"[{"source":"x","line":7,"script":"ls | wc"}]"#);
+        assert!(e.starts_with("firstboot[0].script: line 7: pipes"), "{e}");
+        // A change (API PUT) cannot add scripts.
+        let mut c = sample();
+        let v: Value = serde_json::from_str(r#"{"firstboot":[]}"#).unwrap();
+        assert_eq!(c.merge(v.as_object().unwrap()).unwrap_err().field, "firstboot");
     }
 
     #[test]

@@ -181,6 +181,8 @@ pub struct Section {
     pub timeout_s: Option<u32>,
     pub ignore_failure: bool,
     pub body: String,
+    /// The body, checked by Ember's script interpreter ([`crate::script`]).
+    pub script: crate::script::Script,
     pub place: Place,
 }
 
@@ -400,7 +402,7 @@ impl Parser<'_> {
                 }
             }
             if let Some(s) = section.take() {
-                self.sections.push(s);
+                self.finish_section(s)?;
             }
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -467,6 +469,7 @@ impl Parser<'_> {
                         timeout_s,
                         ignore_failure,
                         body: String::new(),
+                        script: crate::script::Script::default(),
                         place: place.clone(),
                     });
                 }
@@ -486,8 +489,49 @@ impl Parser<'_> {
             }
         }
         if let Some(s) = section.take() {
-            self.sections.push(s);
+            self.finish_section(s)?;
         }
+        Ok(())
+    }
+
+    /// Checks a section's script (it runs later, all or nothing, so it is read now) and keeps it.
+    fn finish_section(&mut self, mut s: Section) -> Result<(), KsError> {
+        let name = match s.kind {
+            SectionKind::Pre => "%pre",
+            SectionKind::Post => "%post",
+            SectionKind::FirstBoot => "%firstboot",
+        };
+        if s.interpreter == "python" {
+            return Err(KsError {
+                place: s.place.clone(),
+                message: format!(
+                    "{name} --interpreter=python: Ember has no Python; write the section for the default interpreter (busybox: esxcli and vim-cmd configuration commands)"
+                ),
+            });
+        }
+        s.script = crate::script::parse(&s.body, s.place.line + 1).map_err(|e| KsError {
+            place: Place { file: s.place.file.clone(), line: e.line },
+            message: format!("{name}: {}", e.message),
+        })?;
+        if s.kind == SectionKind::FirstBoot {
+            let total: usize = self
+                .sections
+                .iter()
+                .filter(|x| x.kind == SectionKind::FirstBoot)
+                .map(|x| x.body.len())
+                .sum::<usize>()
+                + s.body.len();
+            if total > crate::script::MAX_SCRIPT_BYTES {
+                return Err(KsError {
+                    place: s.place.clone(),
+                    message: format!(
+                        "the %firstboot sections together are longer than {} bytes (they are stored until they have run)",
+                        crate::script::MAX_SCRIPT_BYTES
+                    ),
+                });
+            }
+        }
+        self.sections.push(s);
         Ok(())
     }
 
@@ -841,8 +885,8 @@ mod tests {
              dryrun\n\
              %pre --interpreter=busybox\n\
              echo pre\n\
-             %post --interpreter=python --timeout=30 --ignorefailure=true\n\
-             print('post')\n\
+             %post --timeout=30 --ignorefailure=true\n\
+             echo post\n\
              %end\n\
              %firstboot\n\
              echo one\n\
@@ -876,7 +920,7 @@ mod tests {
             kinds,
             alloc::vec![
                 (SectionKind::Pre, "echo pre".into()),
-                (SectionKind::Post, "print('post')".into()),
+                (SectionKind::Post, "echo post".into()),
                 (SectionKind::FirstBoot, "echo one".into()),
                 (SectionKind::FirstBoot, "echo two".into()),
             ]
@@ -923,6 +967,13 @@ mod tests {
             ("%pre --timeout=soon\n", 3, "--timeout=soon"),
             ("%post --interpreter=perl\n", 3, "expected busybox or python"),
             ("%firstboot --timeout=5\n", 3, "unknown option --timeout"),
+            ("%post --interpreter=python\nprint('x')\n", 3, "Ember has no Python"),
+            ("%firstboot\necho ok\necho a | wc\n", 5, "%firstboot: pipes (`|`) are not supported"),
+            (
+                "%pre\nesxcli system hostname set --hots=x\n",
+                4,
+                "%pre: esxcli system hostname set: unknown option --hots",
+            ),
             ("%packages\n", 3, "unknown section %packages"),
             ("%post\necho hi\n%end\nreboot\n", 6, "after a script section"),
             ("%include missing.cfg\n", 3, "%include missing.cfg: no file missing.cfg"),

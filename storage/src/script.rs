@@ -73,7 +73,7 @@ struct Command {
 }
 
 /// A checked script, ready to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Script {
     commands: Vec<Command>,
 }
@@ -804,6 +804,28 @@ impl Shell<'_> {
         }
         Flow::Next
     }
+}
+
+/// Runs the configuration's pending `%firstboot` scripts on it, in order, and removes them.
+/// Returns the log: what each printed and its exit status.
+pub fn run_firstboot(cfg: &mut HostConfig) -> Vec<String> {
+    let pending = core::mem::take(&mut cfg.firstboot);
+    let mut log = Vec::new();
+    for p in pending {
+        match parse(&p.body, p.first_line) {
+            Ok(script) => {
+                let o = script.run(cfg);
+                log.extend(o.output.iter().map(|line| format!("%firstboot {}: {line}", p.source)));
+                log.push(format!(
+                    "%firstboot {}: exit status {} ({} commands run)",
+                    p.source, o.status, o.commands
+                ));
+            }
+            // Stored scripts were checked when stored; a newer format is refused, not guessed at.
+            Err(e) => log.push(format!("%firstboot {}: not run: line {}: {}", p.source, e.line, e.message)),
+        }
+    }
+    log
 }
 
 impl Script {

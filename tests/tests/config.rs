@@ -202,7 +202,10 @@ fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
         format!(
             "vmaccepteula\nrootpw --iscrypted {CRYPTED}\n\
              network --bootproto=static --ip=10.0.2.20 --netmask=255.255.255.0 --gateway=10.0.2.2 --hostname=esx-ks\n\
-             keyboard German\n%firstboot\necho configured\n"
+             keyboard German\n\
+             %post\nesxcli system hostname set --domain=lab.example\n\
+             %firstboot\nvim-cmd hostsvc/enable_ssh\n\
+             esxcli network ip dns search add --domain lab.example && echo \"configured $?\"\n"
         ),
     )
     .unwrap();
@@ -222,29 +225,32 @@ fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
     let addr = loopback(port);
     let mut q = Qemu::start(&static_boot("config_ks_esp", &img, port));
     q.wait_for("first boot: kickstart ks.cfg on the boot media", BOOT_TIMEOUT);
-    q.wait_for(
-        "ks.cfg:line 5: %firstboot section not run: Ember has no script interpreter yet",
-        BOOT_TIMEOUT,
-    );
     q.wait_for("first boot: kickstart ks.cfg on the boot media applied", BOOT_TIMEOUT);
     q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
+    // %firstboot runs once the configuration is stored, and its result is stored in turn.
+    q.wait_for("first boot: %firstboot ks.cfg:line 7: line 9: configured 0", BOOT_TIMEOUT);
+    q.wait_for("first boot: %firstboot ks.cfg:line 7: exit status 0 (3 commands run)", BOOT_TIMEOUT);
+    q.wait_for("first boot: %firstboot result stored (sequence 2)", BOOT_TIMEOUT);
     wait_for_http(addr, HTTP_TIMEOUT);
     assert_eq!(request(addr, "GET", "/api/v1/config", Some(INITIAL), None).status, 401);
     let cfg = get_config(addr, ("root", "correct horse"));
-    assert_eq!(cfg["network"]["hostname"], "esx-ks");
+    assert_eq!(cfg["network"]["hostname"], "esx-ks.lab.example", "%post ran");
+    assert_eq!(cfg["ssh"], true, "%firstboot ran");
+    assert_eq!(cfg["dns_search"], serde_json::json!(["lab.example"]));
+    assert!(cfg.get("firstboot").is_none(), "{cfg}");
     assert_eq!(cfg["network"]["mode"], "static");
     assert_eq!(cfg["network"]["address"], "10.0.2.20");
     assert_eq!(cfg["keyboard"], "German");
     assert_eq!(cfg["root_password"]["scheme"], "sha512-crypt");
-    q.wait_for_screen("http://esx-ks/  http://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    q.wait_for_screen("http://esx-ks.lab.example/  http://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
     drop(q);
 
-    // The next boot uses what is stored; the kickstart is not applied again.
+    // The next boot uses what is stored; neither the kickstart nor %firstboot runs again.
     let mut q = Qemu::start(&static_boot("config_ks_esp_reboot", &img, port));
-    q.wait_for("configuration loaded from vda slot A (sequence 1)", BOOT_TIMEOUT);
+    q.wait_for("configuration loaded from vda slot B (sequence 2)", BOOT_TIMEOUT);
     wait_for_http(addr, HTTP_TIMEOUT);
     assert!(!q.text().contains("first boot"), "no second first boot");
-    assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-ks");
+    assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-ks.lab.example");
 }
 
 /// A virtio-blk boot whose API, at the static address 10.0.2.20, is forwarded to `port`.

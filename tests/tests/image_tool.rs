@@ -144,6 +144,18 @@ fn ks_check_validates_like_the_appliance() {
     assert!(out.contains("line 2: rootpw: password in clear text"), "{out}");
     assert!(out.contains("install onto the first disk"), "{out}");
     assert!(out.contains("network: vmnic0 static 10.0.0.5/24"), "{out}");
+    assert!(out.contains("%firstboot (1 line, checked) from"), "{out}");
+
+    // A script line Ember's interpreter does not take is an error with its line.
+    let script = dir.path().join("script.cfg");
+    std::fs::write(
+        &script,
+        "vmaccepteula\nrootpw secret-pw\n%firstboot\necho ok\nesxcli network ip dns server list | grep 10\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run_tool(&["ks", "check", script.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(err.contains(":line 5: %firstboot: pipes (`|`) are not supported"), "{err}");
 
     let bad = dir.path().join("bad.cfg");
     std::fs::write(&bad, "vmaccepteula\nrootpw secret-pw\n\nnetwork --bootproto=static --ip=10.0.0.5\n")
