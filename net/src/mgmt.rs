@@ -189,6 +189,8 @@ struct KickstartDownload {
     failures: u32,
     attempts: u32,
     next_try: u64,
+    /// When the current attempt started.
+    attempt_started: u64,
     /// The API's change count when the download started: a change made meanwhile wins over it.
     generation: u64,
     attempt: Option<Attempt>,
@@ -303,6 +305,7 @@ impl ManagementNetwork {
             failures: 0,
             attempts: 0,
             next_try: 0,
+            attempt_started: 0,
             generation: self.api.generation,
             attempt: None,
         });
@@ -704,6 +707,7 @@ impl ManagementNetwork {
             None if now < d.next_try => return false,
             None => {
                 d.attempts += 1;
+                d.attempt_started = now;
                 match start_attempt(stack, d, now) {
                     Ok(step) => step,
                     Err(e) => return self.download_failed(e, now),
@@ -716,7 +720,7 @@ impl ManagementNetwork {
                 false
             }
             Ok(None) => false,
-            Err(Ok(body)) => self.download_done(body),
+            Err(Ok(body)) => self.download_done(body, now),
             Err(Err(e)) => self.download_failed(e, now),
         }
     }
@@ -752,7 +756,7 @@ impl ManagementNetwork {
         self.download = None;
     }
 
-    fn download_done(&mut self, body: Vec<u8>) -> bool {
+    fn download_done(&mut self, body: Vec<u8>, now: u64) -> bool {
         let Some(d) = self.download.take() else { return false };
         let text = match String::from_utf8(body) {
             Ok(t) => t,
@@ -762,10 +766,11 @@ impl ManagementNetwork {
             }
         };
         self.log.push(format!(
-            "first boot: kickstart {} fetched ({} bytes, attempt {})",
+            "first boot: kickstart {} fetched ({} bytes, attempt {}, {} ms)",
             d.display,
             text.len(),
-            d.attempts
+            d.attempts,
+            now.saturating_sub(d.attempt_started)
         ));
         match self.api.apply_kickstart(&d.display, &text) {
             Ok(notes) => {
