@@ -309,19 +309,24 @@ fn run_firstboot(host: &mut HostConfig, store: Option<&mut HostStore>) {
     if host.firstboot.is_empty() {
         return;
     }
-    let mut result = host.clone();
-    for line in ember_storage::script::run_firstboot(&mut result) {
+    let (log, stored) = match store {
+        Some(s) => {
+            let (log, stored) = s.finish_firstboot(host);
+            (log, Some(stored))
+        }
+        None => (ember_storage::script::run_firstboot(host), None),
+    };
+    for line in log {
         kprintln!("ember: first boot: {line}");
     }
-    match store {
-        Some(s) => match s.save(&result) {
-            Ok(seq) => kprintln!("ember: first boot: %firstboot result stored (sequence {seq})"),
-            // Still pending in the store: they run again at the next boot.
-            Err(e) => kprintln!("ember: ERROR: storing the %firstboot result failed: {e}; the scripts run again at the next boot"),
-        },
+    match stored {
+        Some(Ok(seq)) => kprintln!("ember: first boot: %firstboot result stored (sequence {seq})"),
+        // Still pending in the store: they run again at the next boot.
+        Some(Err(e)) => kprintln!(
+            "ember: ERROR: storing the %firstboot result failed: {e}; the scripts run again at the next boot"
+        ),
         None => kprintln!("ember: first boot: %firstboot result not stored (no configuration store)"),
     }
-    *host = result;
 }
 
 /// What an `https://` kickstart is checked with: the boot media's CA file, else the built-in root

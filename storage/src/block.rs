@@ -208,3 +208,81 @@ mod tests {
         assert_eq!(back, data);
     }
 }
+
+/// Test doubles shared by the storage tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use alloc::rc::Rc;
+    use core::cell::RefCell;
+
+    /// A disk that loses power after `budget` block writes: the write in flight at the cut is torn
+    /// (its first `torn_bytes` bytes land), later writes and flushes fail.
+    pub struct CuttingDisk<D> {
+        pub inner: D,
+        pub budget: usize,
+        pub torn_bytes: usize,
+        pub dead: bool,
+    }
+
+    impl<D: BlockDevice> BlockDevice for CuttingDisk<D> {
+        fn block_size(&self) -> u32 {
+            self.inner.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.inner.num_blocks()
+        }
+        fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.inner.read_blocks(lba, buf)
+        }
+        fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            let bs = self.block_size() as usize;
+            for (i, block) in buf.chunks(bs).enumerate() {
+                if self.dead {
+                    return Err(IoError::Device("power lost".into()));
+                }
+                let at = lba + i as u64;
+                if self.budget == 0 {
+                    self.dead = true;
+                    let mut torn = vec![0u8; bs];
+                    self.inner.read_blocks(at, &mut torn)?;
+                    torn[..self.torn_bytes].copy_from_slice(&block[..self.torn_bytes]);
+                    self.inner.write_blocks(at, &torn)?;
+                    return Err(IoError::Device("power lost".into()));
+                }
+                self.budget -= 1;
+                self.inner.write_blocks(at, block)?;
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            if self.dead {
+                return Err(IoError::Device("power lost".into()));
+            }
+            self.inner.flush()
+        }
+    }
+
+    /// One in-memory medium seen through several handles (the device a store writes and the one
+    /// a test reads after a cut, as the next boot would).
+    #[derive(Clone)]
+    pub struct Shared(pub Rc<RefCell<MemDisk>>);
+
+    impl BlockDevice for Shared {
+        fn block_size(&self) -> u32 {
+            self.0.borrow().block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.0.borrow().num_blocks()
+        }
+        fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.0.borrow_mut().read_blocks(lba, buf)
+        }
+        fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            self.0.borrow_mut().write_blocks(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            self.0.borrow_mut().flush()
+        }
+    }
+}

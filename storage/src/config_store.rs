@@ -226,52 +226,8 @@ impl ConfigStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::testing::CuttingDisk;
     use crate::block::MemDisk;
-
-    /// A disk that loses power after `budget` block writes: the write in flight at the cut is torn
-    /// (its first `torn_bytes` bytes land), later writes and flushes fail.
-    struct CuttingDisk {
-        inner: MemDisk,
-        budget: usize,
-        torn_bytes: usize,
-        dead: bool,
-    }
-
-    impl BlockDevice for CuttingDisk {
-        fn block_size(&self) -> u32 {
-            self.inner.block_size()
-        }
-        fn num_blocks(&self) -> u64 {
-            self.inner.num_blocks()
-        }
-        fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-            self.inner.read_blocks(lba, buf)
-        }
-        fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-            let bs = self.block_size() as usize;
-            for (i, block) in buf.chunks(bs).enumerate() {
-                if self.dead {
-                    return Err(IoError::Device("power lost".into()));
-                }
-                if self.budget == 0 {
-                    self.dead = true;
-                    let at = (lba + i as u64) as usize * bs;
-                    self.inner.bytes_mut()[at..at + self.torn_bytes]
-                        .copy_from_slice(&block[..self.torn_bytes]);
-                    return Err(IoError::Device("power lost".into()));
-                }
-                self.budget -= 1;
-                self.inner.write_blocks(lba + i as u64, block)?;
-            }
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), IoError> {
-            if self.dead {
-                return Err(IoError::Device("power lost".into()));
-            }
-            self.inner.flush()
-        }
-    }
 
     fn config(n: usize) -> Vec<u8> {
         alloc::format!("{{\"config\":{n},\"pad\":\"{}\"}}", "x".repeat(n * 300)).into_bytes()

@@ -204,6 +204,19 @@ impl HostStore {
         Ok(())
     }
 
+    /// Runs the pending `%firstboot` scripts of `cfg` (the configuration in use, stored with them)
+    /// and stores the result without them; `cfg` becomes the result either way. If that store fails
+    /// (a power cut, say), the stored configuration still holds the scripts and the next boot runs
+    /// them on it: whatever the moment of the cut, the host ends up with their result once.
+    /// Returns the scripts' log and the stored sequence.
+    pub fn finish_firstboot(&mut self, cfg: &mut HostConfig) -> (Vec<String>, Result<u64, StoreError>) {
+        let mut result = cfg.clone();
+        let log = crate::script::run_firstboot(&mut result);
+        let stored = self.save(&result);
+        *cfg = result;
+        (log, stored)
+    }
+
     /// Slot (`'A'` or `'B'`) and sequence of the configuration in use.
     pub fn in_use(&self) -> Option<(char, u64)> {
         self.in_use.map(|(slot, seq)| (slot_name(slot), seq))
@@ -257,6 +270,65 @@ mod tests {
         let e = find_boot_media(&mut clones, Some(ESP)).unwrap_err();
         assert_eq!(e, FindError::Clones { first: "vda".into(), second: "vdb".into() });
         assert!(e.to_string().contains("cloned media"));
+    }
+
+    #[test]
+    fn firstboot_scripts_take_effect_once_whenever_the_power_is_cut() {
+        use crate::block::testing::{CuttingDisk, Shared};
+        use crate::hostconfig::PendingScript;
+        use alloc::rc::Rc;
+        use core::cell::RefCell;
+        let open = |dev: Box<dyn BlockDevice>| {
+            let mut disks = [Disk { name: "vda".to_string(), driver: "mem", dev }];
+            let (_, layout) = find_boot_media(&mut disks, Some(ESP)).unwrap();
+            let [d] = disks;
+            HostStore::open(d, &layout).unwrap()
+        };
+        let mut first = HostConfig::defaults(HASH.into());
+        first.firstboot = alloc::vec![PendingScript {
+            source: "ks.cfg:line 4".into(),
+            first_line: 5,
+            body: "esxcli network ip dns search add -d lab.example\nvim-cmd hostsvc/enable_ssh\n".into(),
+        }];
+        let mut expected = HostConfig::defaults(HASH.into());
+        expected.dns_search = alloc::vec!["lab.example".into()];
+        expected.ssh_enabled = true;
+        let (mut cut, mut done) = (0, 0);
+        for budget in 0..6 {
+            for torn in [0, 40, 511] {
+                let medium = Shared(Rc::new(RefCell::new(medium(ESP))));
+                // The first boot stores the kickstart's configuration with its scripts ...
+                let mut s = open(Box::new(medium.clone()));
+                assert!(s.load().unwrap().config.is_none());
+                assert_eq!(s.save(&first).unwrap(), 1);
+                // ... and loses power while it stores their result.
+                s.disk.dev =
+                    Box::new(CuttingDisk { inner: medium.clone(), budget, torn_bytes: torn, dead: false });
+                let mut running = first.clone();
+                let (log, stored) = s.finish_firstboot(&mut running);
+                assert_eq!(running, expected);
+                assert_eq!(log, ["%firstboot ks.cfg:line 4: exit status 0 (2 commands run)"]);
+                // The next boot: the scripts' result, or the scripts still pending and run now.
+                let mut s = open(Box::new(medium.clone()));
+                let mut loaded = s.load().unwrap().config.unwrap();
+                if stored.is_ok() {
+                    assert_eq!(loaded, expected, "budget {budget} torn {torn}");
+                    done += 1;
+                } else if loaded != expected {
+                    assert_eq!(loaded, first, "budget {budget} torn {torn}: neither before nor after");
+                    let (_, stored) = s.finish_firstboot(&mut loaded);
+                    assert_eq!(stored.unwrap(), 2);
+                    cut += 1;
+                }
+                assert_eq!(loaded, expected);
+                // And after that they never run again.
+                let mut s = open(Box::new(medium.clone()));
+                let again = s.load().unwrap().config.unwrap();
+                assert!(again.firstboot.is_empty());
+                assert_eq!(again, expected);
+            }
+        }
+        assert!(cut > 0 && done > 0, "both outcomes seen: {cut} cut, {done} stored");
     }
 
     #[test]
