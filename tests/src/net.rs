@@ -429,7 +429,7 @@ pub struct HttpsServer {
 
 const HTTPS_SERVER: &str = r#"
 import http.server, ssl, sys
-cert, key, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+cert, key, body, version = sys.argv[1], sys.argv[2], sys.argv[3].encode(), sys.argv[4]
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         print("GET " + self.path, flush=True)
@@ -442,20 +442,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
 server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
+if version == "1.2":
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
 server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
 impl HttpsServer {
-    /// Serves `body` with the certificate and key in `cert` and `key` (PEM files).
+    /// Serves `body` with the certificate and key in `cert` and `key` (PEM files), over TLS 1.3.
     pub fn start(cert: &std::path::Path, key: &std::path::Path, body: &str) -> HttpsServer {
+        Self::start_with(cert, key, body, false)
+    }
+
+    /// [`HttpsServer::start`], at most TLS 1.2 when `tls12_only`.
+    pub fn start_with(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        body: &str,
+        tls12_only: bool,
+    ) -> HttpsServer {
         use std::io::BufRead;
         let mut child = Command::new("python3")
             .args(["-c", HTTPS_SERVER])
             .arg(cert)
             .arg(key)
             .arg(body)
+            .arg(if tls12_only { "1.2" } else { "1.3" })
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs the HTTPS test server");

@@ -304,7 +304,7 @@ fn a_bad_kickstart_line_is_reported_with_its_file_and_line_and_nothing_is_applie
 }
 
 #[test]
-fn kickstart_over_https_is_fetched_from_a_trusted_server_and_refused_from_an_untrusted_one() {
+fn kickstart_over_https_is_fetched_from_trusted_tls_1_3_and_1_2_servers_and_refused_from_an_untrusted_one() {
     let certs = workspace().join("net/src/tls/testdata");
     let ca = certs.join("ca.pem");
     let ks =
@@ -345,6 +345,15 @@ fn kickstart_over_https_is_fetched_from_a_trusted_server_and_refused_from_an_unt
     assert_eq!(get_config(addr, INITIAL)["store"]["sequence"], Value::Null);
     drop(q);
     assert!(inspect(&img).contains("config store: empty"));
+
+    // A server that speaks TLS 1.2 at most (OpenSSL's ECDHE-ECDSA-AES-GCM): fetched and applied.
+    let server = HttpsServer::start_with(&certs.join("server.pem"), &certs.join("server.key"), &ks, true);
+    let url = format!("https://10.0.2.2:{}/ks/esx-tls.cfg", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image_with(dir.path(), &[&format!("ks={url}")], &["--ks-ca", ca.to_str().unwrap()]);
+    let mut q = boot("config_ks_https_tls12", &img, Disk::Virtio, port);
+    q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 1)"), HTTP_TIMEOUT);
+    assert_eq!(server.requests(), ["GET /ks/esx-tls.cfg"]);
 }
 
 #[test]

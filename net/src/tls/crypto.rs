@@ -5,8 +5,9 @@
 //! build for `x86_64-unknown-uefi`; RustCrypto's own provider crate is an alpha that needs an OS
 //! random source. So this module is the glue, and only glue: every algorithm is RustCrypto's.
 //!
-//! - TLS 1.3 cipher suites `TLS_AES_128_GCM_SHA256` and `TLS_AES_256_GCM_SHA384` (`aes-gcm`,
-//!   `sha2`, `hmac`; HKDF is rustls' own on top of the HMAC).
+//! - TLS 1.3 cipher suites `TLS_AES_128_GCM_SHA256` and `TLS_AES_256_GCM_SHA384`, and for servers
+//!   that only speak TLS 1.2 `TLS_ECDHE_{ECDSA,RSA}_WITH_AES_{128_GCM_SHA256,256_GCM_SHA384}`
+//!   (`aes-gcm`, `sha2`, `hmac`; HKDF and the TLS 1.2 PRF are rustls' own on top of the HMAC).
 //! - Key exchange: ECDHE on secp256r1 (`p256`), the group every TLS 1.3 server must support.
 //! - Signatures (certificates and the handshake's CertificateVerify): ECDSA P-256/P-384 with
 //!   SHA-256/384, RSA PKCS#1 v1.5 and RSA-PSS with SHA-256/384/512 on 2048-4096-bit keys (`rsa`).
@@ -21,10 +22,11 @@ use pki_types::{AlgorithmIdentifier, InvalidSignature, PrivateKeyDer, SignatureV
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use rustls::crypto::cipher::{
-    make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv, MessageDecrypter,
-    MessageEncrypter, Nonce, OutboundOpaqueMessage, OutboundPlainMessage, PrefixedPayload,
-    Tls13AeadAlgorithm, UnsupportedOperationError,
+    make_tls12_aad, make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv, KeyBlockShape,
+    MessageDecrypter, MessageEncrypter, Nonce, OutboundOpaqueMessage, OutboundPlainMessage, PrefixedPayload,
+    Tls12AeadAlgorithm, Tls13AeadAlgorithm, UnsupportedOperationError,
 };
+use rustls::crypto::tls12::PrfUsingHmac;
 use rustls::crypto::tls13::HkdfUsingHmac;
 use rustls::crypto::{
     hash, hmac, ActiveKeyExchange, CipherSuiteCommon, CryptoProvider, GetRandomFailed, KeyProvider,
@@ -33,7 +35,7 @@ use rustls::crypto::{
 use rustls::sign::SigningKey;
 use rustls::{
     CipherSuite, ConnectionTrafficSecrets, ContentType, Error, NamedGroup, PeerMisbehaved, ProtocolVersion,
-    SignatureScheme, SupportedCipherSuite, Tls13CipherSuite,
+    SignatureScheme, SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite,
 };
 
 // ---- randomness ----
@@ -256,6 +258,162 @@ impl<A: GcmCipher> MessageDecrypter for GcmRecords<A> {
         msg.into_tls13_unpadded_message()
     }
 }
+
+/// AES-GCM for TLS 1.2 records (RFC 5288): a 4-byte implicit salt and an 8-byte explicit nonce
+/// sent before the ciphertext (Ember sends the sequence XOR the key block's extra bytes, as rustls'
+/// own providers do); the sequence number, type, version and length are the associated data.
+struct Gcm12<A>(core::marker::PhantomData<A>);
+
+const EXPLICIT_NONCE: usize = 8;
+
+impl<A> Tls12AeadAlgorithm for Gcm12<A>
+where
+    A: GcmCipher + aes_gcm::aead::KeyInit + 'static,
+{
+    fn encrypter(&self, key: AeadKey, iv: &[u8], extra: &[u8]) -> Box<dyn MessageEncrypter> {
+        let mut full = [0u8; 12];
+        full[..4].copy_from_slice(&iv[..4]);
+        full[4..].copy_from_slice(&extra[..EXPLICIT_NONCE]);
+        Box::new(Gcm12Records { cipher: gcm_cipher::<A>(&key), iv: Iv::new(full) })
+    }
+    fn decrypter(&self, key: AeadKey, iv: &[u8]) -> Box<dyn MessageDecrypter> {
+        let mut salt = [0u8; 12];
+        salt[..4].copy_from_slice(&iv[..4]);
+        Box::new(Gcm12Records { cipher: gcm_cipher::<A>(&key), iv: Iv::new(salt) })
+    }
+    fn key_block_shape(&self) -> KeyBlockShape {
+        KeyBlockShape { enc_key_len: A::key_size(), fixed_iv_len: 4, explicit_nonce_len: EXPLICIT_NONCE }
+    }
+    fn extract_keys(
+        &self,
+        _: AeadKey,
+        _: &[u8],
+        _: &[u8],
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+        Err(UnsupportedOperationError)
+    }
+}
+
+struct Gcm12Records<A> {
+    cipher: A,
+    /// Salt and explicit-nonce base when encrypting; salt only (and zeros) when decrypting.
+    iv: Iv,
+}
+
+impl<A: GcmCipher> MessageEncrypter for Gcm12Records<A> {
+    fn encrypt(&mut self, msg: OutboundPlainMessage<'_>, seq: u64) -> Result<OutboundOpaqueMessage, Error> {
+        let total = self.encrypted_payload_len(msg.payload.len());
+        let nonce = Nonce::new(&self.iv, seq).0;
+        let aad = make_tls12_aad(seq, msg.typ, msg.version, msg.payload.len());
+        let mut payload = PrefixedPayload::with_capacity(total);
+        payload.extend_from_slice(&nonce[4..]);
+        payload.extend_from_chunks(&msg.payload);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(
+                aes_gcm::Nonce::from_slice(&nonce),
+                &aad,
+                &mut payload.as_mut()[EXPLICIT_NONCE..],
+            )
+            .map_err(|_| Error::EncryptError)?;
+        payload.extend_from_slice(&tag);
+        Ok(OutboundOpaqueMessage::new(msg.typ, msg.version, payload))
+    }
+
+    fn encrypted_payload_len(&self, payload_len: usize) -> usize {
+        EXPLICIT_NONCE + payload_len + GCM_TAG
+    }
+}
+
+impl<A: GcmCipher> MessageDecrypter for Gcm12Records<A> {
+    fn decrypt<'a>(
+        &mut self,
+        mut msg: InboundOpaqueMessage<'a>,
+        seq: u64,
+    ) -> Result<InboundPlainMessage<'a>, Error> {
+        let len = msg.payload.len();
+        if len < EXPLICIT_NONCE + GCM_TAG {
+            return Err(Error::DecryptError);
+        }
+        let plain_len = len - EXPLICIT_NONCE - GCM_TAG;
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.iv.as_ref()[..4]);
+        nonce[4..].copy_from_slice(&msg.payload[..EXPLICIT_NONCE]);
+        let aad = make_tls12_aad(seq, msg.typ, msg.version, plain_len);
+        let payload = &mut msg.payload;
+        let (text, tag) = payload[EXPLICIT_NONCE..].split_at_mut(plain_len);
+        let tag = aes_gcm::Tag::clone_from_slice(tag);
+        self.cipher
+            .decrypt_in_place_detached(aes_gcm::Nonce::from_slice(&nonce), &aad, text, &tag)
+            .map_err(|_| Error::DecryptError)?;
+        payload.copy_within(EXPLICIT_NONCE..EXPLICIT_NONCE + plain_len, 0);
+        payload.truncate(plain_len);
+        Ok(msg.into_plain_message())
+    }
+}
+
+static AES128_GCM12: Gcm12<aes_gcm::Aes128Gcm> = Gcm12(core::marker::PhantomData);
+static AES256_GCM12: Gcm12<aes_gcm::Aes256Gcm> = Gcm12(core::marker::PhantomData);
+
+const ECDSA_SCHEMES: &[SignatureScheme] =
+    &[SignatureScheme::ECDSA_NISTP384_SHA384, SignatureScheme::ECDSA_NISTP256_SHA256];
+const RSA_SCHEMES: &[SignatureScheme] = &[
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA256,
+];
+
+macro_rules! tls12_suite {
+    ($name:ident, $suite:ident, $hash:expr, $hmac:expr, $aead:expr, $sign:expr) => {
+        static $name: Tls12CipherSuite = Tls12CipherSuite {
+            common: CipherSuiteCommon {
+                suite: CipherSuite::$suite,
+                hash_provider: $hash,
+                confidentiality_limit: 1 << 24,
+            },
+            prf_provider: &PrfUsingHmac($hmac),
+            kx: rustls::crypto::KeyExchangeAlgorithm::ECDHE,
+            sign: $sign,
+            aead_alg: $aead,
+        };
+    };
+}
+
+tls12_suite!(
+    ECDHE_ECDSA_AES128,
+    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    &Sha256Hash,
+    &Sha256Hmac,
+    &AES128_GCM12,
+    ECDSA_SCHEMES
+);
+tls12_suite!(
+    ECDHE_RSA_AES128,
+    TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    &Sha256Hash,
+    &Sha256Hmac,
+    &AES128_GCM12,
+    RSA_SCHEMES
+);
+tls12_suite!(
+    ECDHE_ECDSA_AES256,
+    TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    &Sha384Hash,
+    &Sha384Hmac,
+    &AES256_GCM12,
+    ECDSA_SCHEMES
+);
+tls12_suite!(
+    ECDHE_RSA_AES256,
+    TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    &Sha384Hash,
+    &Sha384Hmac,
+    &AES256_GCM12,
+    RSA_SCHEMES
+);
 
 static AES128_GCM: Gcm<aes_gcm::Aes128Gcm> = Gcm(core::marker::PhantomData);
 static AES256_GCM: Gcm<aes_gcm::Aes256Gcm> = Gcm(core::marker::PhantomData);
@@ -507,12 +665,17 @@ impl KeyProvider for NoKeys {
     }
 }
 
-/// The provider: TLS 1.3 AES-GCM suites, P-256 key exchange, the verification algorithms above.
+/// The provider: TLS 1.3 and TLS 1.2 ECDHE AES-GCM suites, P-256 key exchange, the verification
+/// algorithms above.
 pub fn provider() -> CryptoProvider {
     CryptoProvider {
         cipher_suites: vec![
             SupportedCipherSuite::Tls13(&TLS13_AES_128_GCM_SHA256),
             SupportedCipherSuite::Tls13(&TLS13_AES_256_GCM_SHA384),
+            SupportedCipherSuite::Tls12(&ECDHE_ECDSA_AES128),
+            SupportedCipherSuite::Tls12(&ECDHE_RSA_AES128),
+            SupportedCipherSuite::Tls12(&ECDHE_ECDSA_AES256),
+            SupportedCipherSuite::Tls12(&ECDHE_RSA_AES256),
         ],
         kx_groups: vec![&P256],
         signature_verification_algorithms: ALGORITHMS,

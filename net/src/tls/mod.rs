@@ -1,5 +1,5 @@
-//! HTTPS for a first boot's kickstart (`ks=https://`, PRODUCT.md 2): a TLS 1.3 client over the
-//! management network's polled TCP sockets.
+//! HTTPS for a first boot's kickstart (`ks=https://`, PRODUCT.md 2): a TLS 1.3 (and 1.2) client over
+//! the management network's polled TCP sockets.
 //!
 //! The protocol is `rustls` (its unbuffered, caller-driven API fits the polled socket model: bytes
 //! in, bytes out, no blocking I/O), with the cryptography of [`crypto`]. The server certificate is
@@ -12,8 +12,8 @@
 //! as with `curl --cacert`; without that file the Mozilla root store built into Ember
 //! (`webpki-roots`).
 //!
-//! Limits: TLS 1.3 only (every current web server offers it; a TLS 1.2-only server gets an error
-//! naming the problem), ECDHE on P-256, no client certificates, no revocation checks.
+//! Limits: TLS 1.3, or TLS 1.2 with ECDHE and AES-GCM; ECDHE on P-256 only; no client certificates,
+//! no revocation checks.
 
 pub mod crypto;
 
@@ -95,11 +95,12 @@ impl rustls::time_provider::TimeProvider for Clock {
     }
 }
 
-/// The client configuration for one attempt: TLS 1.3, `trust`, certificates checked at `unix_now`.
+/// The client configuration for one attempt: TLS 1.3 preferred, TLS 1.2 accepted, `trust`,
+/// certificates checked at `unix_now`.
 pub fn client_config(trust: &Trust, unix_now: u64) -> Result<Arc<ClientConfig>, String> {
     let time = Clock(UnixTime::since_unix_epoch(core::time::Duration::from_secs(unix_now)));
     let config = ClientConfig::builder_with_details(Arc::new(crypto::provider()), Arc::new(time))
-        .with_protocol_versions(&[&rustls::version::TLS13])
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS configuration: {e}"))?
         .with_root_certificates(trust.root_store())
         .with_no_client_auth();
@@ -278,11 +279,13 @@ pub fn failure(e: &rustls::Error, host: &str, trust: &str) -> FetchError {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
                 "the certificate of {host} is not valid yet (checked at the host's clock; is the firmware clock right?)"
             ),
-            CertificateError::BadSignature => format!("a signature in the certificate chain of {host} is invalid"),
+            CertificateError::BadSignature => {
+                format!("a signature of {host} (in its certificate chain or its handshake) is invalid")
+            }
             other => format!("the certificate of {host} was refused: {other:?}"),
         },
         E::AlertReceived(AlertDescription::ProtocolVersion) | E::PeerIncompatible(_) => {
-            format!("{host} cannot make a TLS 1.3 connection with Ember ({e}); Ember needs TLS 1.3")
+            format!("{host} and Ember have no TLS version, cipher suite or key exchange in common ({e}); Ember speaks TLS 1.3 and TLS 1.2 with ECDHE P-256 and AES-GCM")
         }
         E::AlertReceived(a) => format!("{host} ended the TLS handshake with the alert {a:?}"),
         other => format!("TLS with {host} failed: {other}"),

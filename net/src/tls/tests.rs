@@ -73,12 +73,20 @@ struct Server {
 
 impl Server {
     fn new(identity: (&[u8], &[u8]), answer: &[u8]) -> Self {
+        Self::with_versions(identity, answer, &[&rustls::version::TLS13])
+    }
+
+    fn with_versions(
+        identity: (&[u8], &[u8]),
+        answer: &[u8],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(identity.0).map(|c| c.unwrap()).collect();
         let key = PrivateKeyDer::from_pem_slice(identity.1).unwrap();
         let provider = rustls::crypto::CryptoProvider { key_provider: &TestKeys, ..crypto::provider() };
         let config = ServerConfig::builder_with_details(Arc::new(provider), Arc::new(Clock(unix(NOW))))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(certs, key)
@@ -190,6 +198,28 @@ fn refused(r: Result<Vec<u8>, FetchError>) -> String {
 fn a_trusted_server_answers_by_address_and_by_name() {
     assert_eq!(exchange(&ca(), "10.0.2.2", NOW, SERVER).unwrap(), ANSWER);
     assert_eq!(exchange(&ca(), "ks.example.test", NOW, SERVER).unwrap(), ANSWER);
+}
+
+#[test]
+fn a_tls_1_2_only_server_is_served_too() {
+    let server = Server::with_versions(SERVER, ANSWER, &[&rustls::version::TLS12]);
+    assert_eq!(exchange_with(&ca(), "10.0.2.2", NOW, server, &mut |_| {}).unwrap(), ANSWER);
+    // The checks are the same.
+    let server = Server::with_versions(STRANGER, ANSWER, &[&rustls::version::TLS12]);
+    assert!(
+        refused(exchange_with(&ca(), "10.0.2.2", NOW, server, &mut |_| {})).contains("not issued by a CA")
+    );
+    let mut first = true;
+    let server = Server::with_versions(SERVER, ANSWER, &[&rustls::version::TLS12]);
+    let r = exchange_with(&ca(), "10.0.2.2", NOW, server, &mut |b| {
+        if first && b.len() > 200 {
+            let i = b.len() - 20;
+            b[i] ^= 1;
+            first = false;
+        }
+    });
+    // TLS 1.2 sends the server's signed key share in clear: the flipped bit breaks its signature.
+    assert_eq!(refused(r), "a signature of 10.0.2.2 (in its certificate chain or its handshake) is invalid");
 }
 
 #[test]
