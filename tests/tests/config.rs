@@ -346,14 +346,22 @@ fn kickstart_over_https_is_fetched_from_trusted_tls_1_3_and_1_2_servers_and_refu
     drop(q);
     assert!(inspect(&img).contains("config store: empty"));
 
-    // A server that speaks TLS 1.2 at most (OpenSSL's ECDHE-ECDSA-AES-GCM): fetched and applied.
+    // A server that speaks TLS 1.2 at most (OpenSSL's ECDHE-ECDSA-AES-GCM): fetched and applied,
+    // and the kickstart's %firstboot runs once its configuration is stored.
+    let ks = format!("{ks}%firstboot\nvim-cmd hostsvc/enable_ssh\n");
     let server = HttpsServer::start_with(&certs.join("server.pem"), &certs.join("server.key"), &ks, true);
     let url = format!("https://10.0.2.2:{}/ks/esx-tls.cfg", server.port);
     let dir = tempfile::tempdir().unwrap();
     let img = build_image_with(dir.path(), &[&format!("ks={url}")], &["--ks-ca", ca.to_str().unwrap()]);
     let mut q = boot("config_ks_https_tls12", &img, Disk::Virtio, port);
-    q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 1)"), HTTP_TIMEOUT);
+    q.wait_for(
+        &format!("first boot: kickstart {url}: %firstboot {url}:line 4: exit status 0 (1 commands run)"),
+        HTTP_TIMEOUT,
+    );
+    q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 2)"), HTTP_TIMEOUT);
     assert_eq!(server.requests(), ["GET /ks/esx-tls.cfg"]);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    assert_eq!(get_config(addr, ("root", "correct horse"))["ssh"], true);
 }
 
 #[test]
