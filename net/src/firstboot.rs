@@ -266,7 +266,7 @@ mod tests {
         let log = ember_storage::script::run_firstboot(&mut stored);
         assert_eq!(stored.dns_search, ["lab.example"]);
         assert!(stored.firstboot.is_empty());
-        assert_eq!(log, ["%firstboot ks.cfg:line 10: exit status 0 (1 commands run)"]);
+        assert_eq!(log, ["%firstboot ks.cfg:line 10: exit status 0 (1 command run)"]);
 
         // A failing %post fails the kickstart, unless it ignores failures.
         let failing = format!("vmaccepteula\nrootpw --iscrypted {h}\n%post\nesxcli network ip route ipv4 add -g 10.0.0.1 -n default\n");

@@ -816,8 +816,9 @@ pub fn run_firstboot(cfg: &mut HostConfig) -> Vec<String> {
             Ok(script) => {
                 let o = script.run(cfg);
                 log.extend(o.output.iter().map(|line| format!("%firstboot {}: {line}", p.source)));
+                let plural = if o.commands == 1 { "" } else { "s" };
                 log.push(format!(
-                    "%firstboot {}: exit status {} ({} commands run)",
+                    "%firstboot {}: exit status {} ({} command{plural} run)",
                     p.source, o.status, o.commands
                 ));
             }

@@ -355,7 +355,7 @@ fn kickstart_over_https_is_fetched_from_trusted_tls_1_3_and_1_2_servers_and_refu
     let img = build_image_with(dir.path(), &[&format!("ks={url}")], &["--ks-ca", ca.to_str().unwrap()]);
     let mut q = boot("config_ks_https_tls12", &img, Disk::Virtio, port);
     q.wait_for(
-        &format!("first boot: kickstart {url}: %firstboot {url}:line 4: exit status 0 (1 commands run)"),
+        &format!("first boot: kickstart {url}: %firstboot {url}:line 4: exit status 0 (1 command run)"),
         HTTP_TIMEOUT,
     );
     q.wait_for(&format!("first boot: kickstart {url} applied and stored (sequence 2)"), HTTP_TIMEOUT);
