@@ -78,11 +78,7 @@ pub fn summary(name: &str, ks: &Kickstart) -> String {
         let _ = writeln!(s, "  keyboard: {k}");
     }
     for sec in &ks.sections {
-        let kind = match sec.kind {
-            SectionKind::Pre => "%pre",
-            SectionKind::Post => "%post",
-            SectionKind::FirstBoot => "%firstboot",
-        };
+        let kind = sec.kind.name();
         let lines = sec.body.lines().count();
         let plural = if lines == 1 { "" } else { "s" };
         let when = match sec.kind {

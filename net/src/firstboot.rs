@@ -18,7 +18,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use ember_storage::hostconfig::{HostConfig, PendingScript};
-use ember_storage::kickstart::{Kickstart, NicRef, RootPw, Section, SectionKind};
+use ember_storage::kickstart::{Kickstart, NicRef, RootPw, SectionKind};
 
 /// A kickstart turned into a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ fn run_sections(
     notes: &mut Vec<String>,
 ) -> Result<(), ApplyError> {
     for s in ks.sections.iter().filter(|s| s.kind == kind) {
-        let name = section_name(s);
+        let name = s.kind.name();
         let outcome = s.script.run(config);
         notes.extend(outcome.output.iter().map(|line| format!("{name} {}: {line}", s.place)));
         if outcome.status != 0 {
@@ -71,14 +71,6 @@ fn run_sections(
         }
     }
     Ok(())
-}
-
-fn section_name(s: &Section) -> &'static str {
-    match s.kind {
-        SectionKind::Pre => "%pre",
-        SectionKind::Post => "%post",
-        SectionKind::FirstBoot => "%firstboot",
-    }
 }
 
 /// Hashes a clear-text root password for storage: PBKDF2 with the default iterations and `salt`.

@@ -172,6 +172,17 @@ pub enum SectionKind {
     FirstBoot,
 }
 
+impl SectionKind {
+    /// The section header: `%pre`, `%post` or `%firstboot`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Pre => "%pre",
+            SectionKind::Post => "%post",
+            SectionKind::FirstBoot => "%firstboot",
+        }
+    }
+}
+
 /// A script section, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
@@ -496,11 +507,7 @@ impl Parser<'_> {
 
     /// Checks a section's script (it runs later, all or nothing, so it is read now) and keeps it.
     fn finish_section(&mut self, mut s: Section) -> Result<(), KsError> {
-        let name = match s.kind {
-            SectionKind::Pre => "%pre",
-            SectionKind::Post => "%post",
-            SectionKind::FirstBoot => "%firstboot",
-        };
+        let name = s.kind.name();
         if s.interpreter == "python" {
             return Err(KsError {
                 place: s.place.clone(),

@@ -317,17 +317,17 @@ const SHELL_KEYWORDS: &[&str] = &[
     "{", "}", "[", "[[", "test",
 ];
 
+/// Where the command word is: after a leading `export` and the `NAME=value` assignments.
+fn command_start(words: &[Word]) -> usize {
+    let first = usize::from(words.first().and_then(literal).as_deref() == Some("export"));
+    first + words[first..].iter().take_while(|w| assignment(w).is_some()).count()
+}
+
 /// Checks that a command is one this interpreter carries out (the command word and, for esxcli and
 /// vim-cmd, the namespace and options must be literal text).
 fn check_command(c: &Command) -> Result<(), String> {
     let words: Vec<Option<String>> = c.words.iter().map(literal).collect();
-    let mut start = 0;
-    if words.first().and_then(|w| w.as_deref()) == Some("export") {
-        start = 1;
-    }
-    while start < c.words.len() && assignment(&c.words[start]).is_some() {
-        start += 1;
-    }
+    let start = command_start(&c.words);
     if start == c.words.len() {
         return Ok(());
     }
@@ -732,19 +732,16 @@ impl Shell<'_> {
 
     /// Runs one command; its exit status goes to `self.status`.
     fn command(&mut self, c: &Command) -> Flow {
-        let mut words = c.words.as_slice();
-        if words.first().and_then(literal).as_deref() == Some("export") {
-            words = &words[1..];
-        }
-        while let Some((name, value)) = words.first().and_then(assignment) {
+        let start = command_start(&c.words);
+        for (name, value) in c.words[..start].iter().filter_map(assignment) {
             let value = self.expand(&value);
             if let Err(e) = self.set(name, value) {
                 self.output.push(format!("line {}: {e}", c.line));
                 self.status = 1;
                 return Flow::Next;
             }
-            words = &words[1..];
         }
+        let words = &c.words[start..];
         if words.is_empty() {
             self.status = 0;
             return Flow::Next;
