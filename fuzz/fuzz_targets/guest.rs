@@ -7,13 +7,15 @@
 //! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; a 4-vCPU
 //! VM's local APICs and I/O APIC driven by MMIO accesses of every width through each vCPU's view
 //! (IPIs, INIT/STARTUP, EOIs routed), ISA line levels and timers; and the
-//! virtio block device driven by register writes and queue notifications over guest memory and
-//! descriptor tables made of the input. Any panic is a finding; refusals are expected.
+//! virtio block device (on a write-back disk image whose write-back passes the input starts,
+//! completes and fails, so flushes wait, complete and fail) driven by register writes and queue
+//! notifications over guest memory and descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
 use ember_kernel::vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
 use ember_kernel::vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
 use ember_kernel::vmm::decode::{self, Access};
+use ember_kernel::vmm::disk::WritebackImage;
 use ember_kernel::vmm::linux::{self, BzImage};
 use ember_kernel::vmm::machine::Machine;
 use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
@@ -23,9 +25,10 @@ use ember_kernel::vmm::pit::Pit;
 use ember_kernel::vmm::rtc::Rtc;
 use ember_kernel::vmm::serial::ConsoleLog;
 use ember_kernel::vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
-use ember_kernel::vmm::virtio_blk::{blank_disk, VirtioBlk};
+use ember_kernel::vmm::virtio_blk::VirtioBlk;
 use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
+use spin::Mutex;
 use std::sync::Arc;
 
 /// Page-table frames in a vector (at most 64), at made-up host addresses.
@@ -124,7 +127,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 64 {
         let mut ram = GuestRam::new(64 * 1024);
         let _ = ram.write(GuestPhysAddr(0), &data[..data.len().min(64 * 1024)]);
-        let mut dev = VirtioBlk::new(blank_disk(16 * 512), data[0] & 1 == 1, 5);
+        // The disk is a write-back image (as VM disks on the boot media are): flushes wait for
+        // write-back passes, which the input runs, completes and fails.
+        let disk = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; 16 * 512], data[0] & 2 == 0)));
+        let mut dev = VirtioBlk::new(disk.clone(), data[0] & 1 == 1, 5);
+        let mut pass = None;
         for q in data[64..].chunks(5).take(512) {
             let b = |i: usize| q.get(i).copied().unwrap_or(0);
             let offset = u64::from(b(0) & 0x3f) * 4;
@@ -136,6 +143,23 @@ fuzz_target!(|data: &[u8]| {
                 dev.write(0x50, &0u32.to_le_bytes());
                 dev.process(&mut ram);
             }
+            match (b(4) >> 4) & 7 {
+                1 if pass.is_none() => pass = disk.lock().begin_pass(),
+                2 => {
+                    if let Some(p) = pass.take() {
+                        let mut buf = Vec::new();
+                        for c in &p.chunks {
+                            disk.lock().copy_chunks(*c, 1, &mut buf);
+                        }
+                        let ok = b(3) & 1 == 0;
+                        let failed = if ok { &[][..] } else { &p.chunks[..] };
+                        disk.lock().end_pass(&p, ok, failed);
+                    }
+                }
+                3 => dev.process(&mut ram),
+                _ => {}
+            }
+            let _ = dev.take_notice();
             let _ = dev.irq();
         }
     }

@@ -36,7 +36,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use ember_kernel::mm::frames::FrameAllocator;
 use ember_kernel::vmm::board::Board;
 use ember_kernel::vmm::bus::MmioBus;
@@ -91,10 +91,65 @@ pub fn init(frames: FrameAllocator, wall_clock: Option<i64>) {
     WALL_BASE.store(wall.saturating_sub(now_s), Ordering::Relaxed);
 }
 
-/// Wakes every application processor (new work, or a stop).
-fn kick() {
-    // Fixed delivery to all CPUs but the sender (destination shorthand 11b).
-    apic::send_ipi(0, idt::KICK_VECTOR as u32 | (3 << 18));
+/// Application processors that run vCPUs, at most (more are left idle).
+const MAX_WORKERS: usize = 256;
+
+/// What one application processor is doing, for targeted kicks: the management CPU is never
+/// kicked, and a guest's IPIs interrupt only the CPU running the vCPU they are for (or, when that
+/// vCPU waits in the queue, the CPUs that have nothing to do).
+struct WorkerSlot {
+    apic_id: AtomicU32,
+    /// The VM (`Arc::as_ptr` of its `VmShared`) whose vCPU runs here, 0 for none.
+    vm: AtomicUsize,
+    vcpu: AtomicUsize,
+    /// The CPU waits for work: no job, or its vCPU halted.
+    idle: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE_SLOT: WorkerSlot = WorkerSlot {
+    apic_id: AtomicU32::new(0),
+    vm: AtomicUsize::new(0),
+    vcpu: AtomicUsize::new(0),
+    idle: AtomicBool::new(true),
+};
+static SLOTS: [WorkerSlot; MAX_WORKERS] = [FREE_SLOT; MAX_WORKERS];
+
+fn kick_cpu(slot: &WorkerSlot) {
+    apic::send_ipi(slot.apic_id.load(Ordering::Relaxed), idt::KICK_VECTOR as u32 | (1 << 14));
+}
+
+fn workers() -> &'static [WorkerSlot] {
+    &SLOTS[..WORKERS.load(Ordering::Acquire).min(MAX_WORKERS)]
+}
+
+/// Wakes the application processors that wait for work (new work was queued).
+fn kick_idle() {
+    for w in workers().iter().filter(|w| w.idle.load(Ordering::Acquire)) {
+        kick_cpu(w);
+    }
+}
+
+/// Wakes every application processor (a pass of the disk write-back completed flushes).
+fn kick_workers() {
+    workers().iter().for_each(kick_cpu);
+}
+
+/// Something arrived for vCPUs `mask` of VM `vm` (an interrupt, a stop): the CPUs running them are
+/// kicked, and if any of them waits in the queue, the idle CPUs too.
+fn kick_vcpus(vm: &VmShared, mask: u64) {
+    let id = vm as *const VmShared as usize;
+    let mut running = 0u64;
+    for w in workers() {
+        let v = w.vcpu.load(Ordering::Acquire);
+        if w.vm.load(Ordering::Acquire) == id && v < 64 && mask & (1 << v) != 0 {
+            running |= 1 << v;
+            kick_cpu(w);
+        }
+    }
+    if mask & !running != 0 {
+        kick_idle();
+    }
 }
 
 /// What a VM's run and the management plane share.
@@ -199,7 +254,7 @@ impl Run {
             self.ended.store(true, Ordering::Release);
         }
         drop(e);
-        kick();
+        kick_vcpus(&self.vm, u64::MAX);
     }
 }
 
@@ -327,6 +382,7 @@ fn build_run(vm: &Arc<VmShared>, asids: Vec<u32>) -> Result<Vec<Job>, String> {
 struct ApHost<'a> {
     run: &'a Run,
     slice_end: u64,
+    slot: &'a WorkerSlot,
 }
 
 /// Whether a queued job has work now.
@@ -376,9 +432,14 @@ impl Host for ApHost<'_> {
             return;
         }
         timer::arm_oneshot_ns(until - now);
-        // Interrupts are off here: STI;HLT wakes on the timer or a kick without a lost wake-up.
-        x86_64::instructions::interrupts::enable_and_hlt();
-        x86_64::instructions::interrupts::disable();
+        self.slot.idle.store(true, Ordering::Release);
+        // New work queued after `others_due` looked kicks this CPU, as it is idle now.
+        if !others_due(now) {
+            // Interrupts are off here: STI;HLT wakes on the timer or a kick without a lost wake-up.
+            x86_64::instructions::interrupts::enable_and_hlt();
+            x86_64::instructions::interrupts::disable();
+        }
+        self.slot.idle.store(false, Ordering::Release);
     }
     fn console_input(&self, machine: &mut Machine) {
         let mut input = self.run.vm.input.lock();
@@ -391,12 +452,12 @@ impl Host for ApHost<'_> {
     }
     fn wake(&self, vcpus: u64) {
         self.run.wakes.fetch_or(vcpus, Ordering::AcqRel);
-        kick();
+        kick_vcpus(&self.run.vm, vcpus);
     }
 }
 
 /// Runs `job` for one slice on this CPU; gives it back if it is to go on.
-fn run_slice(mut job: Box<Job>, cpu: &SvmCpu) -> Option<Box<Job>> {
+fn run_slice(mut job: Box<Job>, cpu: &SvmCpu, slot: &WorkerSlot) -> Option<Box<Job>> {
     let run = job.run.clone();
     let vm = &run.vm;
     job.vcpu.bind(cpu);
@@ -414,7 +475,7 @@ fn run_slice(mut job: Box<Job>, cpu: &SvmCpu) -> Option<Box<Job>> {
     // A vCPU of an SMP guest spinning on PAUSE gives way to the vCPU it waits for (re-armed
     // each slice).
     job.vcpu.set_pause_exits(vm.def.vcpus > 1);
-    let host = ApHost { run: &run, slice_end: timer::now_ns() + SLICE_NS };
+    let host = ApHost { run: &run, slice_end: timer::now_ns() + SLICE_NS, slot };
     let identity = VcpuIdentity { apic_id: job.cpu as u8, vcpus: vm.def.vcpus as u8, lapic: true };
     let j = &mut *job;
     let mut parts = VmParts {
@@ -432,6 +493,15 @@ fn run_slice(mut job: Box<Job>, cpu: &SvmCpu) -> Option<Box<Job>> {
         c.fetch_add(j.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
     }
     vm.interrupts.fetch_add(j.stats.interrupts - before.interrupts, Ordering::Relaxed);
+    let notices = core::mem::take(&mut run.board.lock().notices);
+    for (base, what) in notices {
+        let disk = base.saturating_sub(VIRTIO_MMIO_BASE) / 0x1000;
+        let file = vm.def.disks.get(disk as usize).map_or("?", |d| d.file.as_str());
+        kprintln!(
+            "ember: VM {}: virtio disk {disk} ({file}): {what}; the device stops until the guest resets it",
+            vm.def.name
+        );
+    }
     let who = if vm.def.vcpus > 1 { format!(" on vCPU {}", job.cpu) } else { String::new() };
     match end {
         RunEnd::Preempted => return Some(job),
@@ -469,7 +539,7 @@ fn finish_job(job: Box<Job>) {
             match build_run(&vm, asids) {
                 Ok(jobs) => {
                     QUEUE.lock().extend(jobs.into_iter().map(Box::new));
-                    kick();
+                    kick_idle();
                     return;
                 }
                 Err(e) => format!("restarting after a reset failed: {e}"),
@@ -495,9 +565,18 @@ fn next_job() -> Option<Box<Job>> {
 /// The work loop of an application processor with SVM: runs queued vCPUs; sleeps when there are
 /// none.
 pub fn ap_worker(cpu: SvmCpu) -> ! {
-    WORKERS.fetch_add(1, Ordering::AcqRel);
     x86_64::instructions::interrupts::disable();
+    let index = WORKERS.load(Ordering::Acquire);
+    let Some(slot) = SLOTS.get(index) else {
+        kprintln!("ember: more than {MAX_WORKERS} CPUs: CPU {} runs no vCPUs", apic::current_id());
+        crate::arch::x86_64::cpu::halt_forever();
+    };
+    slot.apic_id.store(apic::current_id(), Ordering::Relaxed);
+    WORKERS.fetch_add(1, Ordering::AcqRel);
+    // The VM whose vCPU ran here last: switching to another VM's issues IBPB first.
+    let mut last_vm = 0usize;
     loop {
+        slot.idle.store(false, Ordering::Release);
         match next_job() {
             Some(job) => {
                 {
@@ -506,13 +585,27 @@ pub fn ap_worker(cpu: SvmCpu) -> ! {
                         st.state = VmState::Running;
                     }
                 }
-                if let Some(j) = run_slice(job, &cpu) {
+                let vm = Arc::as_ptr(&job.run.vm) as usize;
+                if last_vm != vm && last_vm != 0 {
+                    crate::arch::x86_64::cpu::ibpb();
+                }
+                last_vm = vm;
+                slot.vcpu.store(job.cpu, Ordering::Release);
+                slot.vm.store(vm, Ordering::Release);
+                let back = run_slice(job, &cpu, slot);
+                slot.vm.store(0, Ordering::Release);
+                if let Some(j) = back {
                     QUEUE.lock().push_back(j);
                 }
             }
             None => {
-                x86_64::instructions::interrupts::enable_and_hlt();
-                x86_64::instructions::interrupts::disable();
+                slot.idle.store(true, Ordering::Release);
+                // A job queued between the look and the halt kicked this CPU: the kick is taken
+                // by STI;HLT, so it is not lost.
+                if QUEUE.lock().is_empty() {
+                    x86_64::instructions::interrupts::enable_and_hlt();
+                    x86_64::instructions::interrupts::disable();
+                }
             }
         }
     }
@@ -635,7 +728,7 @@ impl DiskWriter {
         }
         if passed {
             // vCPUs complete the flushes that waited for this.
-            kick();
+            kick_workers();
         }
     }
 }
@@ -790,7 +883,7 @@ impl Hypervisor {
             vm.def.cmdline
         );
         QUEUE.lock().extend(jobs.into_iter().map(Box::new));
-        kick();
+        kick_idle();
         Ok(())
     }
 }
@@ -869,7 +962,7 @@ impl VmService for Hypervisor {
         input.extend(&bytes[..n]);
         drop(input);
         if n > 0 {
-            kick();
+            kick_vcpus(v, 1);
         }
         n
     }
@@ -890,7 +983,7 @@ impl VmService for Hypervisor {
                 }
                 let flag = if action == VmAction::Stop { &vm.stop } else { &vm.reset };
                 flag.store(true, Ordering::Release);
-                kick();
+                kick_vcpus(&vm, u64::MAX);
                 if action == VmAction::Stop {
                     // The run ends at its CPU's next look (a kick brings it there at once).
                     for _ in 0..2000 {

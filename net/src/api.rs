@@ -364,7 +364,7 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
     if !req.path.starts_with("/api/") {
         return Reply::Now(Response::error(404, &format!("no such resource: {}", printable(&req.path))));
     }
-    match state.root.check(req.authorization.as_deref(), now_ms) {
+    match state.root.check(req.authorization.as_deref(), req.peer, now_ms) {
         AuthResult::Allowed => {}
         AuthResult::Denied => {
             let mut r = Response::error(401, "authentication required: HTTP Basic as root");
@@ -757,6 +757,20 @@ mod tests {
 
     fn get(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\n{}\r\n", auth())
+    }
+
+    /// A stored hash that would make every login run for hours is refused, and nothing changes.
+    #[test]
+    fn a_hash_with_billions_of_iterations_is_refused() {
+        let mut st = state_with(disk_store(false));
+        let huge =
+            "$pbkdf2-sha256$4000000000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
+        let body = format!("{{\"root_password_hash\": \"{huge}\"}}");
+        let (s, v) = call(&mut st, &put("/api/v1/config", &body));
+        assert_eq!(s, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("root_password_hash") && msg.contains("1000000 iterations"), "{msg}");
+        assert_eq!(call(&mut st, &get("/api/v1/host")).0, 200, "the old password still works");
     }
 
     #[test]

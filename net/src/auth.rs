@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use core::fmt;
+use core::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -27,8 +28,15 @@ const HASH_LEN: usize = 32;
 pub const INITIAL_PASSWORD: &str = "ember-initial";
 /// Longest password accepted.
 pub const MAX_PASSWORD_LEN: usize = 128;
-/// Slow verifications allowed per second; more get "too many requests".
+/// Slow verifications allowed per second from one source address; more get "too many requests".
 pub const SLOW_CHECKS_PER_SECOND: u32 = 2;
+/// Slow verifications allowed per second from all sources together (bounds the management CPU's
+/// time spent hashing; one source can use only [`SLOW_CHECKS_PER_SECOND`] of it).
+pub const SLOW_CHECKS_PER_SECOND_ALL: u32 = 8;
+/// Source addresses whose budget is tracked at once (the least recently seen is forgotten).
+const BUDGET_SOURCES: usize = 64;
+/// Hashes with more iterations than this are refused (every login pays for them).
+pub const MAX_ITERATIONS: u32 = ember_storage::hostconfig::MAX_PBKDF2_ITERATIONS;
 
 /// A stored password hash.
 #[derive(Clone, PartialEq, Eq)]
@@ -115,6 +123,9 @@ impl PasswordHash {
             .ok_or(AuthError::BadFormat("iteration count is not a number"))?;
         if iterations < MIN_ITERATIONS {
             return Err(AuthError::BadFormat("iteration count below 1000"));
+        }
+        if iterations > MAX_ITERATIONS {
+            return Err(AuthError::BadFormat("iteration count above 1000000"));
         }
         let salt: [u8; SALT_LEN] = parts
             .next()
@@ -211,14 +222,17 @@ pub enum AuthResult {
     Busy,
 }
 
-/// The root account: its hash, the remembered good header, and the slow-check budget.
+/// The root account: its hash, the remembered good header, and the slow-check budgets.
 pub struct RootAccount {
     hash: StoredHash,
     /// Per-boot key for remembering verified headers.
     cache_key: [u8; 32],
     remembered: Vec<[u8; 32]>,
-    budget_second: u64,
-    budget_used: u32,
+    /// Slow checks in the current second: by source address (most recently used last), and in
+    /// all.
+    budgets: Vec<(Option<IpAddr>, u64, u32)>,
+    all_second: u64,
+    all_used: u32,
 }
 
 const REMEMBERED_MAX: usize = 8;
@@ -226,7 +240,14 @@ const REMEMBERED_MAX: usize = 8;
 impl RootAccount {
     /// `cache_key` must be random per boot.
     pub fn new(hash: impl Into<StoredHash>, cache_key: [u8; 32]) -> Self {
-        RootAccount { hash: hash.into(), cache_key, remembered: Vec::new(), budget_second: 0, budget_used: 0 }
+        RootAccount {
+            hash: hash.into(),
+            cache_key,
+            remembered: Vec::new(),
+            budgets: Vec::new(),
+            all_second: 0,
+            all_used: 0,
+        }
     }
 
     /// Forgets every remembered header: the next request of each client is checked slowly again.
@@ -240,8 +261,40 @@ impl RootAccount {
         mac.finalize().into_bytes().into()
     }
 
-    /// Checks an `Authorization` header value at time `now_ms`.
-    pub fn check(&mut self, header: Option<&[u8]>, now_ms: u64) -> AuthResult {
+    /// Takes a slow check from `source`'s budget and the overall one for this second, if both
+    /// have one left.
+    fn spend(&mut self, source: Option<IpAddr>, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.all_second {
+            self.all_second = second;
+            self.all_used = 0;
+        }
+        let i = match self.budgets.iter().position(|(s, ..)| *s == source) {
+            Some(i) => i,
+            None => {
+                if self.budgets.len() >= BUDGET_SOURCES {
+                    self.budgets.remove(0);
+                }
+                self.budgets.push((source, second, 0));
+                self.budgets.len() - 1
+            }
+        };
+        let mut entry = self.budgets.remove(i);
+        if entry.1 != second {
+            entry = (source, second, 0);
+        }
+        let ok = entry.2 < SLOW_CHECKS_PER_SECOND && self.all_used < SLOW_CHECKS_PER_SECOND_ALL;
+        if ok {
+            entry.2 += 1;
+            self.all_used += 1;
+        }
+        self.budgets.push(entry);
+        ok
+    }
+
+    /// Checks an `Authorization` header value from `source` (the client's address) at time
+    /// `now_ms`.
+    pub fn check(&mut self, header: Option<&[u8]>, source: Option<IpAddr>, now_ms: u64) -> AuthResult {
         let Some(header) = header else { return AuthResult::Denied };
         let tag = self.tag(header);
         if self.remembered.iter().any(|t| ct_eq(t, &tag)) {
@@ -251,15 +304,9 @@ impl RootAccount {
         if user != "root" || pass.len() > MAX_PASSWORD_LEN {
             return AuthResult::Denied;
         }
-        let second = now_ms / 1000;
-        if second != self.budget_second {
-            self.budget_second = second;
-            self.budget_used = 0;
-        }
-        if self.budget_used >= SLOW_CHECKS_PER_SECOND {
+        if !self.spend(source, now_ms) {
             return AuthResult::Busy;
         }
-        self.budget_used += 1;
         if self.hash.verify(&pass) {
             if self.remembered.len() >= REMEMBERED_MAX {
                 self.remembered.remove(0);
@@ -351,21 +398,52 @@ mod tests {
 
     #[test]
     fn account_checks_remembers_and_rations() {
+        const A: Option<IpAddr> = Some(IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, 1)));
         let mut acct = RootAccount::new(PasswordHash::new("secret-1", [1; 16], MIN_ITERATIONS), [9; 32]);
-        assert_eq!(acct.check(None, 0), AuthResult::Denied);
-        assert_eq!(acct.check(Some(&header("admin", "secret-1")), 0), AuthResult::Denied);
-        assert_eq!(acct.check(Some(&header("root", "secret-1")), 0), AuthResult::Allowed);
+        assert_eq!(acct.check(None, A, 0), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("admin", "secret-1")), A, 0), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), A, 0), AuthResult::Allowed);
         // Wrong passwords use up the slow-check budget for this second...
         for _ in 0..SLOW_CHECKS_PER_SECOND - 1 {
-            assert_eq!(acct.check(Some(&header("root", "wrong")), 10), AuthResult::Denied);
+            assert_eq!(acct.check(Some(&header("root", "wrong")), A, 10), AuthResult::Denied);
         }
-        assert_eq!(acct.check(Some(&header("root", "wrong")), 20), AuthResult::Busy);
+        assert_eq!(acct.check(Some(&header("root", "wrong")), A, 20), AuthResult::Busy);
         // ...but a remembered good header still passes, and the budget refills next second.
-        assert_eq!(acct.check(Some(&header("root", "secret-1")), 30), AuthResult::Allowed);
-        assert_eq!(acct.check(Some(&header("root", "wrong")), 1000), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), A, 30), AuthResult::Allowed);
+        assert_eq!(acct.check(Some(&header("root", "wrong")), A, 1000), AuthResult::Denied);
         // Changing the password forgets the remembered header.
         acct.set_hash(PasswordHash::new("new-password", [2; 16], MIN_ITERATIONS).into());
-        assert_eq!(acct.check(Some(&header("root", "secret-1")), 2000), AuthResult::Denied);
-        assert_eq!(acct.check(Some(&header("root", "new-password")), 2000), AuthResult::Allowed);
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), A, 2000), AuthResult::Denied);
+        assert_eq!(acct.check(Some(&header("root", "new-password")), A, 2000), AuthResult::Allowed);
+    }
+
+    /// One source guessing passwords does not lock another out; all sources together are held
+    /// to the overall budget; a hash asking for too many iterations is refused.
+    #[test]
+    fn budgets_are_per_source() {
+        let ip = |n: u8| Some(IpAddr::V4(core::net::Ipv4Addr::new(10, 0, 0, n)));
+        let mut acct = RootAccount::new(PasswordHash::new("secret-1", [1; 16], MIN_ITERATIONS), [9; 32]);
+        for _ in 0..SLOW_CHECKS_PER_SECOND {
+            assert_eq!(acct.check(Some(&header("root", "guess")), ip(66), 5), AuthResult::Denied);
+        }
+        assert_eq!(acct.check(Some(&header("root", "guess")), ip(66), 6), AuthResult::Busy);
+        assert_eq!(acct.check(Some(&header("root", "secret-1")), ip(1), 7), AuthResult::Allowed);
+        // Many sources: the overall budget holds (8 slow checks a second in all).
+        let mut busy = 0;
+        for n in 100..120 {
+            if acct.check(Some(&header("root", "guess")), ip(n), 1500) == AuthResult::Busy {
+                busy += 1;
+            }
+        }
+        assert_eq!(busy, 20 - SLOW_CHECKS_PER_SECOND_ALL as usize);
+        // Hundreds of sources are tracked in bounded memory.
+        for n in 0..=255 {
+            acct.check(Some(&header("root", "guess")), ip(n), 3000 + u64::from(n) * 1000);
+        }
+        assert!(acct.budgets.len() <= BUDGET_SOURCES);
+        let huge =
+            "$pbkdf2-sha256$4294967295$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
+        assert!(PasswordHash::decode(huge).is_err());
+        assert!(ember_storage::hostconfig::validate_password_hash("root_password_hash", huge).is_err());
     }
 }

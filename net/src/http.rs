@@ -26,6 +26,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The client's address (set by the server that took the request; the parser leaves it
+    /// empty).
+    pub peer: Option<core::net::IpAddr>,
 }
 
 /// A request that cannot be served, with the status to answer.
@@ -140,6 +143,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             content_type,
             body: buf[head_len..total].to_vec(),
             keep_alive,
+            peer: None,
         },
         total,
     )

@@ -1198,7 +1198,8 @@ fn serve_connection(
     // Answer the next request once the previous answer is out.
     if c.out.is_empty() && c.resolving.is_none() && !c.close_after && !c.inbuf.is_empty() {
         match parse_request(&c.inbuf) {
-            Parsed::Complete(req, used) => {
+            Parsed::Complete(mut req, used) => {
+                req.peer = s.remote_endpoint().map(|e| e.addr.into());
                 c.inbuf.drain(..used);
                 c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
                 let reply = api::handle(api, &req, now);

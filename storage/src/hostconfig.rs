@@ -18,6 +18,9 @@ pub const CONFIG_FORMAT: u64 = 1;
 pub const MAX_SEARCH_SUFFIXES: usize = 6;
 /// Most SHA-512 crypt rounds accepted in a root password hash.
 pub const MAX_SHA512_ROUNDS: u32 = 1_000_000;
+/// Most PBKDF2 iterations a stored root password hash may ask for (ten times the appliance's own,
+/// 100,000): every login attempt pays for them on the management CPU.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
 /// Most VMs in the autostart list.
 pub const MAX_AUTOSTART: usize = 256;
 /// Longest time-out, in minutes (one day, as ESXi allows).
@@ -70,7 +73,8 @@ fn error(field: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// Checks that a stored root password hash has a scheme Ember can verify and a well-formed shape:
-/// SHA-512 crypt (`$6$[rounds=N$]salt$hash`) or `$pbkdf2-sha256$iterations$salt$hash`.
+/// SHA-512 crypt (`$6$[rounds=N$]salt$hash`, at most [`MAX_SHA512_ROUNDS`] rounds) or
+/// `$pbkdf2-sha256$iterations$salt$hash` (1000 to [`MAX_PBKDF2_ITERATIONS`] iterations).
 pub fn validate_password_hash(field: &str, h: &str) -> Result<(), ConfigError> {
     let fields: Vec<&str> = h.split('$').collect();
     let crypt64 = |x: &str| x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
@@ -92,7 +96,7 @@ pub fn validate_password_hash(field: &str, h: &str) -> Result<(), ConfigError> {
             !salt.is_empty() && salt.len() <= 16 && hash.len() == 86 && crypt64(salt) && crypt64(hash)
         }
         ["", "pbkdf2-sha256", iterations, salt, hash] => {
-            iterations.parse::<u32>().is_ok_and(|i| i >= 1000)
+            iterations.parse::<u32>().is_ok_and(|i| (1000..=MAX_PBKDF2_ITERATIONS).contains(&i))
                 && !salt.is_empty()
                 && !hash.is_empty()
                 && b64(salt)
@@ -105,7 +109,8 @@ pub fn validate_password_hash(field: &str, h: &str) -> Result<(), ConfigError> {
     } else {
         Err(error(
             field,
-            "expected a SHA-512 crypt hash ($6$salt$hash) or $pbkdf2-sha256$iterations$salt$hash",
+            "expected a SHA-512 crypt hash ($6$[rounds=N$]salt$hash, 1000 to 1000000 rounds) or \
+             $pbkdf2-sha256$iterations$salt$hash (1000 to 1000000 iterations)",
         ))
     }
 }

@@ -45,6 +45,11 @@ use core::net::Ipv4Addr;
 pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
 /// Most variables a script may set.
 const MAX_VARIABLES: usize = 256;
+/// Longest a command's words may grow by expansion, all together (a variable set from itself
+/// cannot double without bound: `A=$A$A` stops with an error here).
+pub const MAX_EXPANDED_BYTES: usize = 16 * 1024;
+/// Most lines a script's output keeps (the rest is dropped, and the output says so).
+pub const MAX_OUTPUT_LINES: usize = 512;
 
 /// A piece of a word.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -702,20 +707,39 @@ enum Flow {
 }
 
 impl Shell<'_> {
-    fn expand(&self, w: &Word) -> String {
+    /// The word with its variables expanded; `budget` is what the command's words may still
+    /// take ([`MAX_EXPANDED_BYTES`] in all).
+    fn expand(&self, w: &Word, budget: &mut usize) -> Result<String, String> {
         let mut s = String::new();
         for p in w {
-            match p {
-                Part::Text(t) => s.push_str(t),
-                Part::Var(v) if v == "?" => s.push_str(&self.status.to_string()),
-                Part::Var(v) => {
-                    if let Some((_, value)) = self.vars.iter().find(|(n, _)| n == v) {
-                        s.push_str(value);
-                    }
+            let piece = match p {
+                Part::Text(t) => t.as_str(),
+                Part::Var(v) if v == "?" => {
+                    s.push_str(&self.status.to_string());
+                    continue;
                 }
+                Part::Var(v) => {
+                    self.vars.iter().find(|(n, _)| n == v).map_or("", |(_, value)| value.as_str())
+                }
+            };
+            if piece.len() > *budget {
+                return Err(format!("the command expands to more than {MAX_EXPANDED_BYTES} bytes"));
             }
+            *budget -= piece.len();
+            s.push_str(piece);
         }
-        s
+        Ok(s)
+    }
+
+    /// Adds a line to the script's output, as long as it keeps fewer than [`MAX_OUTPUT_LINES`].
+    fn say(&mut self, line: String) {
+        match self.output.len() {
+            n if n < MAX_OUTPUT_LINES => self.output.push(line),
+            n if n == MAX_OUTPUT_LINES => {
+                self.output.push(format!("(more output dropped: at most {MAX_OUTPUT_LINES} lines are kept)"))
+            }
+            _ => {}
+        }
     }
 
     fn set(&mut self, name: String, value: String) -> Result<(), String> {
@@ -733,10 +757,10 @@ impl Shell<'_> {
     /// Runs one command; its exit status goes to `self.status`.
     fn command(&mut self, c: &Command) -> Flow {
         let start = command_start(&c.words);
+        let mut budget = MAX_EXPANDED_BYTES;
         for (name, value) in c.words[..start].iter().filter_map(assignment) {
-            let value = self.expand(&value);
-            if let Err(e) = self.set(name, value) {
-                self.output.push(format!("line {}: {e}", c.line));
+            if let Err(e) = self.expand(&value, &mut budget).and_then(|value| self.set(name, value)) {
+                self.say(format!("line {}: {e}", c.line));
                 self.status = 1;
                 return Flow::Next;
             }
@@ -746,7 +770,14 @@ impl Shell<'_> {
             self.status = 0;
             return Flow::Next;
         }
-        let args: Vec<String> = words.iter().map(|w| self.expand(w)).collect();
+        let args = match words.iter().map(|w| self.expand(w, &mut budget)).collect::<Result<Vec<_>, _>>() {
+            Ok(args) => args,
+            Err(e) => {
+                self.say(format!("line {}: {e}", c.line));
+                self.status = 1;
+                return Flow::Next;
+            }
+        };
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let result: Result<Vec<String>, String> = match refs[0] {
             ":" | "true" | "sleep" => Ok(Vec::new()),
@@ -789,12 +820,14 @@ impl Shell<'_> {
         };
         match result {
             Ok(printed) => {
-                self.output.extend(printed.into_iter().map(|p| format!("line {}: {p}", c.line)));
+                for p in printed {
+                    self.say(format!("line {}: {p}", c.line));
+                }
                 self.status = 0;
             }
             Err(why) => {
                 if !why.is_empty() {
-                    self.output.push(format!("line {}: {why}", c.line));
+                    self.say(format!("line {}: {why}", c.line));
                 }
                 self.status = 1;
             }
@@ -849,10 +882,7 @@ impl Script {
             };
             // `set -e`: a failing command ends the script, unless it is followed by `&&`/`||`.
             if sh.errexit && ran && sh.status != 0 && c.join == Join::Then {
-                sh.output.push(format!(
-                    "line {}: set -e: the script stops here (exit status {})",
-                    c.line, sh.status
-                ));
+                sh.say(format!("line {}: set -e: the script stops here (exit status {})", c.line, sh.status));
                 return Outcome { status: sh.status, output: sh.output, commands };
             }
         }

@@ -209,11 +209,17 @@ pub struct Board {
     pub apics: Apics,
     pub mmio: MmioBus,
     pub mem: Box<dyn GuestMemory + Send>,
+    /// What devices had to tell the host's log (device base address, what), oldest first; at
+    /// most [`MAX_NOTICES`] wait, further ones are dropped.
+    pub notices: Vec<(u64, &'static str)>,
 }
+
+/// Device notices kept for the host's log, at most.
+pub const MAX_NOTICES: usize = 16;
 
 impl Board {
     pub fn new(machine: Machine, vcpus: usize, mmio: MmioBus, mem: Box<dyn GuestMemory + Send>) -> Board {
-        Board { machine, apics: Apics::new(vcpus), mmio, mem }
+        Board { machine, apics: Apics::new(vcpus), mmio, mem, notices: Vec::new() }
     }
 
     /// Hands what the I/O APIC delivered to the local APICs.
@@ -226,8 +232,16 @@ impl Board {
     /// Lets the MMIO devices do the work their registers asked for (virtio queues) or that
     /// finished meanwhile (flushes), and routes their interrupt lines.
     pub fn service_devices(&mut self) {
-        let Board { machine, mmio, mem, .. } = self;
-        mmio.service(&mut **mem, |line, level| machine.set_irq(line, level));
+        let Board { machine, mmio, mem, notices, .. } = self;
+        mmio.service(
+            &mut **mem,
+            |line, level| machine.set_irq(line, level),
+            |base, what| {
+                if notices.len() < MAX_NOTICES {
+                    notices.push((base, what));
+                }
+            },
+        );
         self.route();
     }
 
@@ -268,7 +282,7 @@ impl Board {
 
     /// The buses as vCPU `cpu` sees them (its own local APIC at [`LAPIC_BASE`]), and the RAM.
     pub fn view(&mut self, cpu: usize) -> (CpuBus<'_>, &dyn GuestMemory) {
-        let Board { machine, apics, mmio, mem } = self;
+        let Board { machine, apics, mmio, mem, .. } = self;
         (CpuBus { machine, apics, mmio, cpu }, &**mem)
     }
 }

@@ -112,6 +112,11 @@ pub trait MmioDevice: Send {
     fn irq(&self) -> Option<(u8, bool)> {
         None
     }
+    /// Something the host should log about the guest's use of the device (a driver that broke
+    /// the device's rules), given once.
+    fn take_notice(&mut self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A guest-physical address space without RAM behind it, as the exit handler uses it.
@@ -214,12 +219,21 @@ impl MmioBus {
     }
 
     /// Lets every device do the work its last accesses asked for, then reports each device's
-    /// interrupt line and level to `set_irq`.
-    pub fn service(&mut self, mem: &mut dyn super::memory::GuestMemory, mut set_irq: impl FnMut(u8, bool)) {
+    /// interrupt line and level to `set_irq`, and what a device has to tell the host's log to
+    /// `notice` (with the device's base address).
+    pub fn service(
+        &mut self,
+        mem: &mut dyn super::memory::GuestMemory,
+        mut set_irq: impl FnMut(u8, bool),
+        mut notice: impl FnMut(u64, &'static str),
+    ) {
         for r in &mut self.ranges {
             r.device.process(mem);
             if let Some((line, level)) = r.device.irq() {
                 set_irq(line, level);
+            }
+            if let Some(what) = r.device.take_notice() {
+                notice(r.base, what);
             }
         }
     }

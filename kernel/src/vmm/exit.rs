@@ -37,6 +37,15 @@ pub enum VmExit {
     /// An instruction the VM does not offer (SVM's own, MONITOR/MWAIT): #UD, as on a CPU without
     /// it.
     Undefined { what: &'static str },
+    /// An exception the host intercepts only to keep its CPU (#DB and #AC: a guest can make their
+    /// delivery fault again forever, which would never exit): delivered to the guest as it was.
+    Exception { vector: u8, error_code: Option<u32> },
+    /// An instruction that must not reach the hardware but that the guest may use, done as a
+    /// no-op (INVD would throw away the host's dirty cache lines, WBINVD flushes every cache of
+    /// the host CPU); `next_rip` is the instruction after it.
+    Skipped { what: &'static str, next_rip: u64 },
+    /// An instruction the VM refuses with #GP(0) (RDPMC: the host's performance counters).
+    Refused { what: &'static str },
     /// A guest access to a guest-physical address nothing is mapped at.
     NestedPageFault { gpa: u64, write: bool },
     /// The CPU refused the guest state.
@@ -180,6 +189,18 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
         VmExit::Undefined { .. } => {
             // RIP stays at the instruction, as for any fault.
             regs.inject_exception(UD_VECTOR, None);
+            ExitAction::Resume
+        }
+        VmExit::Exception { vector, error_code } => {
+            regs.inject_exception(*vector, *error_code);
+            ExitAction::Resume
+        }
+        VmExit::Skipped { next_rip, .. } => {
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Refused { .. } => {
+            regs.inject_exception(GP_VECTOR, Some(0));
             ExitAction::Resume
         }
         VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
@@ -468,6 +489,16 @@ mod tests {
         // CLGI and friends fault in the guest; the VM goes on.
         assert_eq!(handle_exit(&VmExit::Undefined { what: "CLGI" }, &mut r, &mut vm), ExitAction::Resume);
         assert_eq!((r.injected.last().copied(), r.rip), (Some((UD_VECTOR, None)), 0x2001));
+        // Intercepted #DB/#AC go back to the guest; INVD/WBINVD do nothing; RDPMC is #GP(0).
+        let ac = VmExit::Exception { vector: 17, error_code: Some(0) };
+        assert_eq!(handle_exit(&ac, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((17, Some(0))), 0x2001));
+        let wbinvd = VmExit::Skipped { what: "WBINVD", next_rip: 0x2003 };
+        assert_eq!(handle_exit(&wbinvd, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(r.rip, 0x2003);
+        assert_eq!(handle_exit(&VmExit::Refused { what: "RDPMC" }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((GP_VECTOR, Some(0))), 0x2003));
+        r.rip = 0x2001;
         let stop =
             |e: VmExit, r: &mut Regs, bus: &mut ExitContext<'_, fn(u32, u32) -> Leaf>| match handle_exit(
                 &e, r, bus,

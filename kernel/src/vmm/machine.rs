@@ -59,9 +59,22 @@ pub enum MachineRequest {
 #[derive(Debug, Default)]
 struct Kbc {
     config: u8,
+    /// Answers waiting for the guest to read them: at most [`KBC_OUTPUT_BYTES`] (a real 8042
+    /// holds one; a few more cover command sequences), further ones are dropped.
     output: VecDeque<u8>,
     /// The next data-port write is for this controller command (0x60 or 0xd1).
     pending: Option<u8>,
+}
+
+/// Bytes the 8042 model keeps for the guest to read, at most.
+const KBC_OUTPUT_BYTES: usize = 16;
+
+impl Kbc {
+    fn answer(&mut self, v: u8) {
+        if self.output.len() < KBC_OUTPUT_BYTES {
+            self.output.push_back(v);
+        }
+    }
 }
 
 /// The VM's chipset (see the module documentation).
@@ -226,16 +239,16 @@ impl Machine {
                 Some(0xd1) if v & 1 == 0 => self.request = Some(MachineRequest::Reset),
                 Some(_) => {}
                 // A byte for the keyboard itself: there is none; answer "resend" as an absent one.
-                None => self.kbc.output.push_back(0xfe),
+                None => self.kbc.answer(0xfe),
             }
             return;
         }
         self.kbc.pending = None;
         match v {
-            0x20 => self.kbc.output.push_back(self.kbc.config),
+            0x20 => self.kbc.answer(self.kbc.config),
             0x60 | 0xd1 => self.kbc.pending = Some(v),
-            0xaa => self.kbc.output.push_back(0x55), // controller self-test passed
-            0xab | 0xa9 => self.kbc.output.push_back(0x00), // interface tests passed
+            0xaa => self.kbc.answer(0x55),        // controller self-test passed
+            0xab | 0xa9 => self.kbc.answer(0x00), // interface tests passed
             0xfe => self.request = Some(MachineRequest::Reset), // pulse the reset line
             _ => {}
         }
@@ -424,6 +437,22 @@ mod tests {
         // The PM enable register keeps what is written; status clears by writing ones.
         m.write(PM1_EVT_PORT + 2, 2, 0x0120);
         assert_eq!(m.read(PM1_EVT_PORT, 4), 0x0120 << 16);
+    }
+
+    /// A guest writing the 8042 in a loop without reading cannot grow the host's heap.
+    #[test]
+    fn the_8042_keeps_a_bounded_number_of_answers() {
+        let mut m = machine();
+        for _ in 0..1_000_000 {
+            m.write(0x60, 1, 0xff);
+            m.write(0x64, 1, 0xaa);
+        }
+        assert_eq!(m.kbc.output.len(), KBC_OUTPUT_BYTES);
+        for _ in 0..KBC_OUTPUT_BYTES {
+            assert_eq!(m.read(0x64, 1) & 1, 1);
+            m.read(0x60, 1);
+        }
+        assert_eq!(m.read(0x64, 1) & 1, 0, "empty");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod rtc;
 pub mod serial;
 pub mod vcpu;
 pub mod virtio_blk;
+pub mod virtqueue;
 
 /// The next value of a xorshift32 sequence (the device models' tests drive them with random
 /// accesses from it).

@@ -17,6 +17,7 @@
 
 use super::bus::MmioDevice;
 use super::memory::GuestMemory;
+use super::virtqueue::{Area, Desc, SplitQueue, Violation};
 use super::GuestPhysAddr;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -31,9 +32,6 @@ const SECTOR: u64 = 512;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
-const DESC_F_INDIRECT: u16 = 4;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
@@ -41,7 +39,13 @@ const T_GET_ID: u32 = 8;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
+// Device status bits (virtio 1.2 2.1).
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
+/// ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK and FAILED: the bits a driver sets.
+const STATUS_DRIVER_BITS: u32 = 1 | 2 | 4 | 8 | 0x80;
 /// Largest data transfer of one request (guards the bounce buffer).
 const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
@@ -95,27 +99,6 @@ enum Outcome {
     Flush(u64),
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Queue {
-    num: u16,
-    ready: bool,
-    desc: u64,
-    driver: u64,
-    device: u64,
-    /// Next available-ring index to take.
-    last_avail: u16,
-    /// Our used-ring index.
-    used_idx: u16,
-}
-
-/// One parsed descriptor.
-#[derive(Debug, Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    write: bool,
-}
-
 /// The device.
 pub struct VirtioBlk<D: DiskImage> {
     disk: SharedDisk<D>,
@@ -126,13 +109,16 @@ pub struct VirtioBlk<D: DiskImage> {
     driver_features: u64,
     status: u32,
     queue_sel: u32,
-    queue: Queue,
+    queue: SplitQueue,
     interrupt_status: u32,
     config_generation: u32,
     /// A notification waits for [`MmioDevice::process`].
     notified: bool,
     /// Flush requests not completed yet (at most a queue's worth).
     pending: Vec<PendingFlush>,
+    /// The first rule the guest's driver broke, for the host's log (given once per device).
+    notice: Option<&'static str>,
+    noticed: bool,
 }
 
 impl<D: DiskImage> VirtioBlk<D> {
@@ -147,11 +133,13 @@ impl<D: DiskImage> VirtioBlk<D> {
             driver_features: 0,
             status: 0,
             queue_sel: 0,
-            queue: Queue::default(),
+            queue: SplitQueue::new(QUEUE_SIZE),
             interrupt_status: 0,
             config_generation: 0,
             notified: false,
             pending: Vec::new(),
+            notice: None,
+            noticed: false,
         }
     }
 
@@ -166,14 +154,34 @@ impl<D: DiskImage> VirtioBlk<D> {
     fn reset(&mut self) {
         self.driver_features = 0;
         self.status = 0;
-        self.queue = Queue::default();
+        self.queue.reset();
         self.interrupt_status = 0;
         self.pending.clear();
         self.notified = false;
     }
 
+    /// The driver broke a rule of the specification: the device stops using its queue and sets
+    /// DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 2.1.2); only a reset
+    /// brings it back.
+    fn needs_reset(&mut self, v: Violation) {
+        if self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt_status |= 2;
+        self.pending.clear();
+        if !self.noticed {
+            self.noticed = true;
+            self.notice = Some(v.0);
+        }
+    }
+
+    /// Whether the device works on its queue: the driver is ready and broke no rule.
+    fn live(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) == 0
+    }
+
     fn reg_read(&self, offset: u64) -> u32 {
-        let q = &self.queue;
         let selected = self.queue_sel == 0;
         match offset {
             0x000 => u32::from_le_bytes(*b"virt"),
@@ -185,90 +193,95 @@ impl<D: DiskImage> VirtioBlk<D> {
                 1 => (self.features() >> 32) as u32,
                 _ => 0,
             },
-            0x034 if selected => QUEUE_SIZE as u32,
-            0x044 if selected => q.ready as u32,
+            0x034 if selected => u32::from(self.queue.max()),
+            0x044 if selected => u32::from(self.queue.ready()),
             0x060 => self.interrupt_status,
             0x070 => self.status,
             0x0fc => self.config_generation,
             0x100..=0x107 => {
                 let cap = self.capacity_sectors();
-                (cap >> (8 * (offset - 0x100))) as u32
+                (cap >> (8 * (offset & 7))) as u32
             }
             _ => 0,
         }
     }
 
+    /// A write to the device status register (virtio 1.2 2.1, 3.1.1): 0 resets; otherwise the
+    /// driver may only add bits, FEATURES_OK only for offered features including VERSION_1, and
+    /// DRIVER_OK only after FEATURES_OK.
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status & !STATUS_NEEDS_RESET;
+        if v & old != old {
+            return self.needs_reset(Violation("the driver cleared device status bits without a reset"));
+        }
+        let mut s = v & STATUS_DRIVER_BITS;
+        if s & STATUS_FEATURES_OK != 0
+            && old & STATUS_FEATURES_OK == 0
+            && (self.driver_features & !self.features() != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0)
+        {
+            s &= !STATUS_FEATURES_OK;
+        }
+        if s & STATUS_DRIVER_OK != 0 && s & STATUS_FEATURES_OK == 0 {
+            return self.needs_reset(Violation("the driver set DRIVER_OK before FEATURES_OK"));
+        }
+        self.status = s | (self.status & STATUS_NEEDS_RESET);
+    }
+
     fn reg_write(&mut self, offset: u64, v: u32) {
         let selected = self.queue_sel == 0;
-        let q = &mut self.queue;
-        let low = |old: u64| (old & !0xffff_ffff) | v as u64;
-        let high = |old: u64| (old & 0xffff_ffff) | ((v as u64) << 32);
-        match offset {
-            0x014 => self.device_features_sel = v,
-            0x020 => match self.driver_features_sel {
-                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32),
-                _ => {}
-            },
-            0x024 => self.driver_features_sel = v,
-            0x030 => self.queue_sel = v,
-            0x038 if selected => q.num = v.min(QUEUE_SIZE as u32) as u16,
-            0x044 if selected => q.ready = v & 1 != 0,
-            0x050 if v == 0 => self.notified = true,
-            0x064 => self.interrupt_status &= !v,
-            0x070 => {
-                if v == 0 {
-                    self.reset();
-                } else {
-                    // FEATURES_OK is refused for features we did not offer (virtio 1.2 3.1.1).
-                    let mut s = v;
-                    if s & 8 != 0 && self.driver_features & !self.features() != 0 {
-                        s &= !8;
-                    }
-                    self.status = s;
+        let queue = match offset {
+            0x014 => {
+                self.device_features_sel = v;
+                Ok(())
+            }
+            0x020 if self.status & STATUS_FEATURES_OK != 0 => {
+                Err(Violation("the driver changed its features after FEATURES_OK"))
+            }
+            0x020 => {
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                    _ => {}
                 }
+                Ok(())
             }
-            0x080 if selected => q.desc = low(q.desc),
-            0x084 if selected => q.desc = high(q.desc),
-            0x090 if selected => q.driver = low(q.driver),
-            0x094 if selected => q.driver = high(q.driver),
-            0x0a0 if selected => q.device = low(q.device),
-            0x0a4 if selected => q.device = high(q.device),
-            _ => {}
-        }
-    }
-
-    fn desc(mem: &dyn GuestMemory, q: &Queue, i: u16) -> Option<(Desc, u16, u16)> {
-        if i >= q.num {
-            return None;
-        }
-        let at = q.desc.checked_add(16 * i as u64)?;
-        let mut b = [0u8; 16];
-        mem.read(GuestPhysAddr(at), &mut b).ok()?;
-        let flags = u16::from_le_bytes([b[12], b[13]]);
-        let d = Desc {
-            addr: u64::from_le_bytes(b[0..8].try_into().ok()?),
-            len: u32::from_le_bytes(b[8..12].try_into().ok()?),
-            write: flags & DESC_F_WRITE != 0,
+            0x024 => {
+                self.driver_features_sel = v;
+                Ok(())
+            }
+            0x030 => {
+                self.queue_sel = v;
+                Ok(())
+            }
+            0x038 if selected => self.queue.set_num(v),
+            0x044 if selected => self.queue.set_ready(v),
+            0x050 => {
+                // Notifications before DRIVER_OK or for a queue the device lacks are ignored.
+                if v == 0 && self.live() {
+                    self.notified = true;
+                }
+                Ok(())
+            }
+            0x064 => {
+                self.interrupt_status &= !v;
+                Ok(())
+            }
+            0x070 => {
+                self.set_status(v);
+                Ok(())
+            }
+            0x080 | 0x084 if selected => self.queue.set_addr(Area::Descriptors, offset == 0x084, v),
+            0x090 | 0x094 if selected => self.queue.set_addr(Area::Driver, offset == 0x094, v),
+            0x0a0 | 0x0a4 if selected => self.queue.set_addr(Area::Device, offset == 0x0a4, v),
+            _ => Ok(()),
         };
-        Some((d, flags, u16::from_le_bytes([b[14], b[15]])))
-    }
-
-    /// The descriptor chain from `head`, or `None` if it is malformed (out of range, a loop,
-    /// indirect descriptors).
-    fn chain(mem: &dyn GuestMemory, q: &Queue, head: u16) -> Option<Vec<Desc>> {
-        let mut out = Vec::new();
-        let mut i = head;
-        loop {
-            let (d, flags, next) = Self::desc(mem, q, i)?;
-            if flags & DESC_F_INDIRECT != 0 || out.len() >= q.num as usize {
-                return None;
-            }
-            out.push(d);
-            if flags & DESC_F_NEXT == 0 {
-                return Some(out);
-            }
-            i = next;
+        if let Err(v) = queue {
+            self.needs_reset(v);
         }
     }
 
@@ -276,20 +289,21 @@ impl<D: DiskImage> VirtioBlk<D> {
     /// ticket of the flush it waits for.
     fn execute(&mut self, mem: &mut dyn GuestMemory, chain: &[Desc]) -> Outcome {
         // Header (device-readable, 16 bytes), data, status (device-writable, 1 byte, last).
-        let (Some(first), Some(last)) = (chain.first(), chain.last()) else {
+        let [first, data @ .., last] = chain else {
             return Outcome::Done(S_IOERR, 0);
         };
-        if chain.len() < 2 || first.write || first.len < 16 || !last.write || last.len < 1 {
+        if first.write || first.len < 16 || !last.write || last.len < 1 {
             return Outcome::Done(S_IOERR, 0);
         }
         let mut hdr = [0u8; 16];
         if mem.read(GuestPhysAddr(first.addr), &mut hdr).is_err() {
             return Outcome::Done(S_IOERR, 0);
         }
-        let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap_or_default());
-        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
-        let data = &chain[1..chain.len() - 1];
-        let total: u64 = data.iter().map(|d| d.len as u64).sum();
+        let [k0, k1, k2, k3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = hdr;
+        let kind = u32::from_le_bytes([k0, k1, k2, k3]);
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        // At most a queue's worth of descriptors of at most 4 GiB each: no overflow in u64.
+        let total: u64 = data.iter().map(|d| u64::from(d.len)).sum();
         let want_write = kind == T_IN || kind == T_GET_ID;
         if data.iter().any(|d| d.write != want_write) && kind != T_FLUSH {
             return Outcome::Done(S_IOERR, 0);
@@ -299,30 +313,31 @@ impl<D: DiskImage> VirtioBlk<D> {
                 if total > MAX_REQUEST_BYTES || !total.is_multiple_of(SECTOR) {
                     return Outcome::Done(S_IOERR, 0);
                 }
-                let start = match sector.checked_mul(SECTOR) {
-                    Some(s)
-                        if s.checked_add(total).is_some_and(|e| e <= self.capacity_sectors() * SECTOR) =>
-                    {
-                        s
-                    }
-                    _ => return Outcome::Done(S_IOERR, 0),
-                };
                 if kind == T_OUT && self.readonly {
                     return Outcome::Done(S_IOERR, 0);
                 }
                 let mut disk = self.disk.lock();
-                let mut at = start as usize;
+                let size = disk.bytes().len();
+                let Some(start) = sector
+                    .checked_mul(SECTOR)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|s| s.checked_add(total as usize).is_some_and(|e| e <= size))
+                else {
+                    return Outcome::Done(S_IOERR, 0);
+                };
+                let mut at = start;
                 for d in data {
-                    let range = at..at + d.len as usize;
+                    // Inside the disk: the whole request was checked against its size above.
+                    let range = at..at.saturating_add(d.len as usize);
                     let ok = if kind == T_IN {
-                        mem.write(GuestPhysAddr(d.addr), &disk.bytes()[range]).is_ok()
+                        disk.bytes().get(range).is_some_and(|b| mem.write(GuestPhysAddr(d.addr), b).is_ok())
                     } else {
                         mem.read(GuestPhysAddr(d.addr), disk.bytes_mut(range)).is_ok()
                     };
                     if !ok {
                         return Outcome::Done(S_IOERR, 0);
                     }
-                    at += d.len as usize;
+                    at = at.saturating_add(d.len as usize);
                 }
                 Outcome::Done(S_OK, if kind == T_IN { total as u32 } else { 0 })
             }
@@ -339,7 +354,7 @@ impl<D: DiskImage> VirtioBlk<D> {
                 let id = b"ember-virtio-blk\0\0\0\0";
                 let Some(d) = data.first() else { return Outcome::Done(S_IOERR, 0) };
                 let n = (d.len as usize).min(id.len());
-                match mem.write(GuestPhysAddr(d.addr), &id[..n]) {
+                match mem.write(GuestPhysAddr(d.addr), id.get(..n).unwrap_or_default()) {
                     Ok(()) => Outcome::Done(S_OK, n as u32),
                     Err(_) => Outcome::Done(S_IOERR, 0),
                 }
@@ -350,95 +365,73 @@ impl<D: DiskImage> VirtioBlk<D> {
 
     /// Takes every available request, executes it, and puts it on the used ring.
     fn process_queue(&mut self, mem: &mut dyn GuestMemory) {
-        let q = self.queue;
-        if !q.ready || q.num == 0 || self.status & STATUS_FAILED != 0 {
+        if !self.live() {
             return;
         }
-        let mut idx = [0u8; 2];
-        if mem.read(GuestPhysAddr(q.driver.wrapping_add(2)), &mut idx).is_err() {
-            return;
-        }
-        let avail_idx = u16::from_le_bytes(idx);
-        let mut last = q.last_avail;
-        let mut used = q.used_idx;
         // At most one queue's worth per notification (a guest cannot make the device loop).
-        let mut budget = q.num;
-        while last != avail_idx && budget > 0 {
+        let mut budget = match self.queue.available(mem) {
+            Ok(n) => n,
+            Err(v) => return self.needs_reset(v),
+        };
+        while budget > 0 {
             budget -= 1;
-            let slot = q.driver.wrapping_add(4 + 2 * (last % q.num) as u64);
-            last = last.wrapping_add(1);
-            let mut h = [0u8; 2];
-            if mem.read(GuestPhysAddr(slot), &mut h).is_err() {
-                break;
-            }
-            let head = u16::from_le_bytes(h);
-            let Some(chain) = Self::chain(mem, &q, head) else {
-                used = Self::complete(mem, &q, used, head, None, 0);
+            let head = match self.queue.pop(mem) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(v) => return self.needs_reset(v),
+            };
+            let Some(chain) = self.queue.chain(mem, head) else {
+                // Returned unused.
+                self.queue.push_used(mem, head, 0);
                 self.interrupt_status |= 1;
                 continue;
             };
-            let status_at = chain.last().filter(|d| d.write && d.len >= 1).map(|d| d.addr + d.len as u64 - 1);
+            let status_at = chain
+                .last()
+                .filter(|d| d.write && d.len >= 1)
+                .and_then(|d| d.addr.checked_add(u64::from(d.len) - 1));
             let (status, len) = match self.execute(mem, &chain) {
                 Outcome::Done(status, len) => (status, len),
                 // Waits for the image's flush, if there is room to remember it.
-                Outcome::Flush(ticket) if self.pending.len() < q.num as usize => {
+                Outcome::Flush(ticket) if self.pending.len() < usize::from(QUEUE_SIZE) => {
                     self.pending.push(PendingFlush { head, status_at, ticket });
                     continue;
                 }
                 Outcome::Flush(_) => (S_IOERR, 0),
             };
-            used = Self::complete(mem, &q, used, head, status_at.map(|a| (a, status)), len);
-            self.interrupt_status |= 1;
+            self.complete(mem, head, status_at.map(|a| (a, status)), len);
         }
-        self.queue.last_avail = last;
-        self.queue.used_idx = used;
     }
 
-    /// Puts request `head` on the used ring at index `used` (with its status byte written, if it
-    /// has one); returns the next used index.
-    fn complete(
-        mem: &mut dyn GuestMemory,
-        q: &Queue,
-        used: u16,
-        head: u16,
-        status: Option<(u64, u8)>,
-        len: u32,
-    ) -> u16 {
+    /// Puts request `head` on the used ring (with its status byte written, if it has one).
+    fn complete(&mut self, mem: &mut dyn GuestMemory, head: u16, status: Option<(u64, u8)>, len: u32) {
         if let Some((at, status)) = status {
             let _ = mem.write(GuestPhysAddr(at), &[status]);
         }
-        let len = len + u32::from(status.is_some());
-        let elem = q.device.wrapping_add(4 + 8 * (used % q.num) as u64);
-        let mut e = [0u8; 8];
-        e[0..4].copy_from_slice(&(head as u32).to_le_bytes());
-        e[4..8].copy_from_slice(&len.to_le_bytes());
-        let _ = mem.write(GuestPhysAddr(elem), &e);
-        let used = used.wrapping_add(1);
-        let _ = mem.write(GuestPhysAddr(q.device.wrapping_add(2)), &used.to_le_bytes());
-        used
+        self.queue.push_used(mem, head, len.saturating_add(u32::from(status.is_some())));
+        self.interrupt_status |= 1;
     }
 
     /// Completes the flush requests whose flush is over.
     fn complete_flushes(&mut self, mem: &mut dyn GuestMemory) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() || !self.live() {
             return;
         }
-        let q = self.queue;
-        let mut used = q.used_idx;
         let disk = self.disk.clone();
         let disk = disk.lock();
+        let mut done = Vec::new();
         self.pending.retain(|p| {
             let status = match disk.flush_state(p.ticket) {
                 FlushState::Pending => return true,
                 FlushState::Done => S_OK,
                 FlushState::Failed => S_IOERR,
             };
-            used = Self::complete(mem, &q, used, p.head, p.status_at.map(|a| (a, status)), 0);
+            done.push((p.head, p.status_at.map(|a| (a, status))));
             false
         });
-        if used != q.used_idx {
-            self.interrupt_status |= 1;
-            self.queue.used_idx = used;
+        drop(disk);
+        for (head, status) in done {
+            self.complete(mem, head, status, 0);
         }
     }
 }
@@ -471,6 +464,10 @@ impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
     fn irq(&self) -> Option<(u8, bool)> {
         Some((self.irq, self.interrupt_status != 0))
     }
+
+    fn take_notice(&mut self) -> Option<&'static str> {
+        self.notice.take()
+    }
 }
 
 /// A disk image of `len` bytes in host memory, zero-filled (for tests and empty disks).
@@ -483,6 +480,8 @@ mod tests {
     use super::*;
     use crate::vmm::memory::GuestRam;
 
+    const DESC_F_NEXT: u16 = 1;
+    const DESC_F_WRITE: u16 = 2;
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
@@ -567,7 +566,7 @@ mod tests {
         put_desc(m, 0, 0x4000, 16, DESC_F_NEXT, 1);
         put_desc(m, 1, data_at, len, data_flags, 2);
         put_desc(m, 2, 0x6000, 1, DESC_F_WRITE, 0);
-        let idx = d.queue.last_avail;
+        let idx = d.queue.last_avail();
         m.write(GuestPhysAddr(AVAIL + 4 + 2 * (idx % 8) as u64), &0u16.to_le_bytes()).unwrap();
         m.write(GuestPhysAddr(AVAIL + 2), &idx.wrapping_add(1).to_le_bytes()).unwrap();
         m.write(GuestPhysAddr(0x6000), &[0xff]).unwrap();
@@ -665,6 +664,68 @@ mod tests {
         assert_eq!(request(&mut ro, &mut m2, T_IN, 0, 512).0, S_OK);
     }
 
+    /// The reproduced attack: a FLUSH, then queue size 0 while the queue is enabled. The device
+    /// refuses the change, needs a reset, and keeps working after one.
+    #[test]
+    fn reconfiguring_an_enabled_queue_needs_a_reset_and_never_panics() {
+        let (mut d, mut m) = ready(false);
+        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0), (S_OK, 1));
+        w32(&mut d, 0x64, 1);
+        w32(&mut d, 0x38, 0);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2 | 4 | 8 | STATUS_NEEDS_RESET);
+        assert_eq!(r32(&mut d, 0x60), 2, "configuration change interrupt");
+        assert_eq!(d.irq(), Some((5, true)));
+        assert!(d.take_notice().is_some());
+        // Nothing is processed until the reset.
+        assert_eq!(request(&mut d, &mut m, T_IN, 0, 512).0, 0xff);
+        for off in [0x84, 0x90, 0xa4] {
+            w32(&mut d, off, 1);
+        }
+        assert_eq!(d.take_notice(), None, "logged once");
+        w32(&mut d, 0x70, 0);
+        assert_eq!(r32(&mut d, 0x70), 0);
+        let (mut d, mut m) = ready_with(d.disk.clone(), false);
+        assert_eq!(request(&mut d, &mut m, T_IN, 1, 512), (S_OK, 513));
+    }
+
+    #[test]
+    fn status_changes_follow_the_specification() {
+        let disk = blank_disk(4096);
+        let mut d = VirtioBlk::new(disk, false, 5);
+        // DRIVER_OK without FEATURES_OK.
+        w32(&mut d, 0x70, 1 | 2 | 4);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        w32(&mut d, 0x70, 0);
+        // FEATURES_OK without VERSION_1 is not accepted.
+        w32(&mut d, 0x70, 1 | 2 | 8);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2);
+        // Features accepted, then changed: a violation.
+        w32(&mut d, 0x24, 1);
+        w32(&mut d, 0x20, 1);
+        w32(&mut d, 0x70, 1 | 2 | 8);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2 | 8);
+        w32(&mut d, 0x20, 0);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        w32(&mut d, 0x70, 0);
+        // Clearing a bit without a reset.
+        w32(&mut d, 0x70, 1 | 2);
+        w32(&mut d, 0x70, 1);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        // A queue enabled with size 0, 3 or misaligned rings.
+        for (num, desc) in [(0, 0x1000), (3, 0x1000), (8, 0x1004)] {
+            w32(&mut d, 0x70, 0);
+            w32(&mut d, 0x38, num);
+            w32(&mut d, 0x80, desc);
+            w32(&mut d, 0x44, 1);
+            assert_eq!(r32(&mut d, 0x44), 0, "size {num}, table at {desc:#x}");
+            assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        }
+        // Notifications before DRIVER_OK are ignored.
+        w32(&mut d, 0x70, 0);
+        w32(&mut d, 0x50, 0);
+        assert!(!d.notified);
+    }
+
     #[test]
     fn looping_and_out_of_range_chains_are_refused() {
         let (mut d, mut m) = ready(false);
@@ -678,11 +739,15 @@ mod tests {
         let mut e = [0u8; 8];
         m.read(GuestPhysAddr(USED + 4), &mut e).unwrap();
         assert_eq!(u32::from_le_bytes(e[4..8].try_into().unwrap()), 0, "returned unused");
-        // An available index far ahead: at most one queue's worth is taken per notification.
+        // An available index far ahead (more than the queue holds): the device needs a reset.
         m.write(GuestPhysAddr(AVAIL + 2), &1000u16.to_le_bytes()).unwrap();
         w32(&mut d, 0x50, 0);
         d.process(&mut m);
-        assert_eq!(d.queue.last_avail, 9);
+        assert_eq!(d.queue.last_avail(), 1);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        assert_eq!(d.take_notice(), Some("the driver made more buffers available than the queue holds"));
+        w32(&mut d, 0x70, 0);
+        let (mut d, mut m) = ready(false);
         // Queue addresses outside RAM: nothing happens, nothing panics.
         w32(&mut d, 0x80, 0xffff_f000);
         w32(&mut d, 0x84, 0xffff_ffff);

@@ -232,3 +232,27 @@ fn continuation_lines_count_from_the_first() {
     assert_eq!(c.network.hostname, "a.example");
     assert_eq!(o.output, ["line 13: 0"]);
 }
+
+/// A script that doubles a variable on every line, or prints without end, is stopped by the
+/// bounds: memory stays bounded and the script ends.
+#[test]
+fn expansion_and_output_are_bounded() {
+    let mut text = String::from("A=xxxxxxxxxxxxxxxx\n");
+    for _ in 0..3000 {
+        text.push_str("A=$A$A\n");
+    }
+    text.push_str("echo ${A}\n");
+    let (_, o) = run(&text);
+    assert_eq!(o.commands, 3002);
+    assert!(o.output.len() <= MAX_OUTPUT_LINES + 1);
+    assert!(o.output.iter().all(|l| l.len() < MAX_EXPANDED_BYTES + 100));
+    assert!(o.output[0].ends_with(&format!("the command expands to more than {MAX_EXPANDED_BYTES} bytes")));
+    assert_eq!(
+        o.output.last().unwrap(),
+        &format!("(more output dropped: at most {MAX_OUTPUT_LINES} lines are kept)")
+    );
+    // One command with many references to a large value fails as a whole.
+    let (_, o) = run(&format!("B={}\necho {}\n", "y".repeat(4000), "$B ".repeat(5)));
+    assert_eq!(o.status, 1);
+    assert_eq!(o.output, [format!("line 11: the command expands to more than {MAX_EXPANDED_BYTES} bytes")]);
+}

@@ -95,6 +95,47 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 }
 
 /// CR2: the faulting linear address of the last page fault.
+/// Whether the CPU offers IBPB (indirect branch prediction barrier: CPUID 8000_0008h EBX bit 12 on
+/// AMD, 7h EDX bit 26 on Intel).
+pub fn has_ibpb() -> bool {
+    (cpuid(0x8000_0000, 0).eax >= 0x8000_0008 && cpuid(0x8000_0008, 0).ebx & (1 << 12) != 0)
+        || (cpuid(0, 0).eax >= 7 && cpuid(7, 0).edx & (1 << 26) != 0)
+}
+
+/// An indirect branch prediction barrier: branch predictions trained before it (by another VM)
+/// do not steer indirect branches after it. Does nothing on CPUs without IBPB.
+pub fn ibpb() {
+    const MSR_PRED_CMD: u32 = 0x49;
+    static HAS: spin::Once<bool> = spin::Once::new();
+    if *HAS.call_once(has_ibpb) {
+        // SAFETY: PRED_CMD exists when CPUID reports IBPB (checked); writing bit 0 only issues
+        // the barrier.
+        unsafe { wrmsr(MSR_PRED_CMD, 1) }
+    }
+}
+
+/// DR0-DR3 of the calling CPU.
+pub fn debug_addresses() -> [u64; 4] {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: reading the debug address registers at CPL 0 has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+            out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nomem, nostack, preserves_flags));
+    }
+    [a, b, c, d]
+}
+
+/// Sets DR0-DR3 of the calling CPU. They only take effect where DR7 enables them: the host's DR7
+/// enables none, a guest's (in its VMCB) is the guest's own choice.
+pub fn set_debug_addresses(v: &[u64; 4]) {
+    // SAFETY: writing the debug address registers at CPL 0 changes no state the host relies on
+    // (the host never enables breakpoints in DR7); any 64-bit value is accepted.
+    unsafe {
+        core::arch::asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+            in(reg) v[0], in(reg) v[1], in(reg) v[2], in(reg) v[3], options(nomem, nostack, preserves_flags));
+    }
+}
+
 pub fn cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
 }

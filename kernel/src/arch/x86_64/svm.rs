@@ -45,6 +45,7 @@ const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 
 // VMCB control area offsets (APM B-1).
+const INTERCEPT_EXCEPTIONS: usize = 0x008;
 const INTERCEPT_MISC1: usize = 0x00c;
 const INTERCEPT_MISC2: usize = 0x010;
 const IOPM_BASE: usize = 0x040;
@@ -61,6 +62,7 @@ const EXITINFO2: usize = 0x080;
 const NP_ENABLE: usize = 0x090;
 const EXITINTINFO: usize = 0x088;
 const EVENTINJ: usize = 0x0a8;
+const NRIP: usize = 0x0c8;
 const N_CR3: usize = 0x0b0;
 // State save area offsets (APM B-2), from the VMCB start.
 const SAVE: usize = 0x400;
@@ -87,6 +89,14 @@ const INTERCEPT_IOIO: u32 = 1 << 27;
 const INTERCEPT_MSR: u32 = 1 << 28;
 const INTERCEPT_SHUTDOWN: u32 = 1 << 31;
 const INTERCEPT_INVLPGA: u32 = 1 << 26;
+const INTERCEPT_RDPMC: u32 = 1 << 15;
+const INTERCEPT_INVD: u32 = 1 << 22;
+const INTERCEPT_WBINVD: u32 = 1 << 9;
+/// Exceptions intercepted (bit n: vector n): #DB (1) and #AC (17), whose delivery a guest can
+/// make fault again forever without an exit (CVE-2015-8104, CVE-2015-5307).
+const EXCEPTION_INTERCEPTS: u32 = (1 << DB_VECTOR) | (1 << AC_VECTOR);
+const DB_VECTOR: u8 = 1;
+const AC_VECTOR: u8 = 17;
 /// Misc vector 2: VMRUN, VMMCALL, VMLOAD, VMSAVE, STGI, CLGI, SKINIT (bits 0-6), MONITOR, MWAIT
 /// and conditional MWAIT (bits 10-12).
 const INTERCEPT_VMRUN: u32 = 1 << 0;
@@ -103,6 +113,11 @@ const EXIT_PAUSE: u64 = 0x77;
 const EXIT_IOIO: u64 = 0x7b;
 const EXIT_SHUTDOWN: u64 = 0x7f;
 const EXIT_NPF: u64 = 0x400;
+const EXIT_DB: u64 = 0x40 + DB_VECTOR as u64;
+const EXIT_AC: u64 = 0x40 + AC_VECTOR as u64;
+const EXIT_RDPMC: u64 = 0x6f;
+const EXIT_INVD: u64 = 0x76;
+const EXIT_WBINVD: u64 = 0x89;
 
 /// What the CPU offers (CPUID 0x8000000A).
 #[derive(Debug, Clone, Copy)]
@@ -199,34 +214,53 @@ impl GuestFpu {
         ((cpu::cpuid(0xd, 0).ecx as u64).max(576) + 4095) & !4095
     }
 
-    /// Loads this state into the calling CPU (before the vCPU's first VMRUN there).
+    /// Loads this state into the calling CPU (before the vCPU's first VMRUN there). XRSTOR runs
+    /// under every component the CPU supports (XCR0 = that mask), so components this vCPU has not
+    /// enabled are set from its own area or to their initial state, never left with what the
+    /// previous vCPU on this CPU had; then the vCPU's own XCR0 is loaded.
     pub fn load(&self) {
         let p = self.area.phys();
-        // SAFETY: CR4.OSXSAVE is set on every CPU that runs vCPUs (`enable`). `xcr0` is either the
-        // reset value 1 or a value the guest itself set with XSETBV and the CPU accepted, so
-        // XSETBV cannot fault. `p` is a 64-byte aligned area of at least the size CPUID leaf 0xD
-        // gives, holding either zeros (a valid standard-format header: every component in its
-        // initial state) or what `save` stored; XRSTOR reads only that area. The host uses no
-        // state XRSTOR replaces.
+        let all = supported_xcr0();
+        // SAFETY: CR4.OSXSAVE is set on every CPU that runs vCPUs (`enable`). `all` is the set of
+        // XCR0 components CPUID leaf 0xD reports (a valid XCR0), and `xcr0` either the reset
+        // value 1 or a value the guest itself set with XSETBV and the CPU accepted, so neither
+        // XSETBV faults. `p` is a 64-byte aligned area of the size CPUID leaf 0xD gives for all
+        // supported components, holding either zeros (a valid standard-format header: every
+        // component in its initial state) or what `save` stored; XRSTOR reads only that area.
+        // The host uses no state XRSTOR replaces.
         unsafe {
-            core::arch::asm!("xsetbv", in("ecx") 0, in("eax") self.xcr0 as u32, in("edx") (self.xcr0 >> 32) as u32);
+            core::arch::asm!("xsetbv", in("ecx") 0, in("eax") all as u32, in("edx") (all >> 32) as u32);
             core::arch::asm!("xrstor64 [{0}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX);
+            core::arch::asm!("xsetbv", in("ecx") 0, in("eax") self.xcr0 as u32, in("edx") (self.xcr0 >> 32) as u32);
         }
     }
 
-    /// Saves the calling CPU's state as this vCPU's (after its last VMRUN there).
+    /// Saves the calling CPU's state as this vCPU's (after its last VMRUN there): its XCR0, then
+    /// every supported component (under the full mask, as `load` restores them).
     pub fn save(&mut self) {
         let p = self.area.phys();
+        let all = supported_xcr0();
         let (lo, hi): (u32, u32);
-        // SAFETY: CR4.OSXSAVE is set (`enable`); XGETBV(0) reads XCR0; XSAVE writes at most the
-        // size CPUID leaf 0xD gives into the vCPU's own 64-byte aligned area, which nothing else
+        // SAFETY: CR4.OSXSAVE is set (`enable`); XGETBV(0) reads XCR0; XSETBV with the supported
+        // mask cannot fault (see `load`); XSAVE writes at most the size CPUID leaf 0xD gives for
+        // all supported components into the vCPU's own 64-byte aligned area, which nothing else
         // uses meanwhile.
         unsafe {
             core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi);
+            core::arch::asm!("xsetbv", in("ecx") 0, in("eax") all as u32, in("edx") (all >> 32) as u32);
             core::arch::asm!("xsave64 [{0}]", in(reg) p, in("eax") u32::MAX, in("edx") u32::MAX);
         }
         self.xcr0 = (hi as u64) << 32 | lo as u64;
     }
+}
+
+/// Every XCR0 component the CPU supports (CPUID leaf 0xD, subleaf 0: EDX:EAX).
+fn supported_xcr0() -> u64 {
+    static MASK: spin::Once<u64> = spin::Once::new();
+    *MASK.call_once(|| {
+        let l = cpu::cpuid(0xd, 0);
+        (l.edx as u64) << 32 | l.eax as u64
+    })
 }
 
 /// Page-table frames for nested page tables, from DMA buffers (zeroed, page aligned, identity
@@ -352,7 +386,9 @@ fn vmrun(host_state: u64, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
         // for the call. CLGI/STGI bracket the run as the APM requires; interrupts are off around
         // it, and a physical interrupt during the guest is an INTR exit (intercepted): RFLAGS.IF is
         // set only while GIF is clear (so no host handler can run between CLGI and STGI), which
-        // lets the guest's physical interrupts cause that exit under V_INTR_MASKING.
+        // lets the guest's physical interrupts cause that exit under V_INTR_MASKING. The return
+        // stack refill after the exit pushes 32 return addresses it never returns to and drops
+        // them again (RSP is back where it was; RCX, clobbered, is its counter).
         unsafe {
             core::arch::asm!(
                 "push rbp",
@@ -399,6 +435,25 @@ fn vmrun(host_state: u64, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
                 "mov [rdi + 0x68], r15",
                 "pop qword ptr [rdi + 0x20]",
                 "add rsp, 8",
+                // Refill the return stack buffer with 32 harmless entries (each a speculation
+                // trap), so no return after the exit is predicted from what the guest left there.
+                "mov ecx, 16",
+                "2:",
+                "call 3f",
+                "4:",
+                "pause",
+                "lfence",
+                "jmp 4b",
+                "3:",
+                "call 5f",
+                "6:",
+                "pause",
+                "lfence",
+                "jmp 6b",
+                "5:",
+                "dec ecx",
+                "jnz 2b",
+                "add rsp, 256",
                 "pop rax",
                 "vmload rax",
                 "cli",
@@ -475,6 +530,10 @@ pub struct SvmVcpu {
     /// The host state page of the CPU the vCPU runs on (`bind`).
     host_state: u64,
     fpu: GuestFpu,
+    /// The guest's DR0-DR3, which VMRUN does not switch (DR6 and DR7 are in the VMCB).
+    debug: [u64; 4],
+    /// The CPU saves the next instruction's address on intercepts (`bind`: the CPU's feature).
+    nrip_save: bool,
 }
 
 /// The intercepts every vCPU has (APM 15.9-15.13): physical interrupts and NMIs (the host keeps
@@ -482,9 +541,14 @@ pub struct SvmVcpu {
 /// (VMRUN is required; the others work in guest mode because the guest runs with EFER.SVME set,
 /// and CLGI would let a guest keep its CPU from the host): they and MONITOR/MWAIT (not in the
 /// guest's CPUID) raise #UD in the guest. PAUSE is intercepted on request (`set_pause_exits`).
+/// INVD and WBINVD are done as no-ops (the guest's memory is coherent write-back memory; INVD
+/// would discard the host's dirty cache lines, WBINVD stall the whole host CPU), RDPMC raises
+/// #GP (the host's performance counters are not the guest's).
 const MISC1_INTERCEPTS: u32 = INTERCEPT_INTR
     | INTERCEPT_NMI
     | INTERCEPT_CPUID
+    | INTERCEPT_RDPMC
+    | INTERCEPT_INVD
     | INTERCEPT_HLT
     | INTERCEPT_INVLPGA
     | INTERCEPT_IOIO
@@ -506,7 +570,8 @@ impl SvmVcpu {
         iopm.write(0, &[0xff; 3 * 4096]);
         msrpm.write(0, &[0xff; 2 * 4096]);
         put32(&vmcb, INTERCEPT_MISC1, MISC1_INTERCEPTS);
-        put32(&vmcb, INTERCEPT_MISC2, MISC2_INTERCEPTS | INTERCEPT_VMRUN);
+        put32(&vmcb, INTERCEPT_MISC2, MISC2_INTERCEPTS | INTERCEPT_VMRUN | INTERCEPT_WBINVD);
+        put32(&vmcb, INTERCEPT_EXCEPTIONS, EXCEPTION_INTERCEPTS);
         put64(&vmcb, IOPM_BASE, iopm.phys());
         put64(&vmcb, MSRPM_BASE, msrpm.phys());
         put32(&vmcb, GUEST_ASID, asid);
@@ -515,7 +580,16 @@ impl SvmVcpu {
         put64(&vmcb, N_CR3, npt_root.0);
         put64(&vmcb, V_INTR, V_INTR_MASKING);
         let fpu = GuestFpu::new().ok_or_else(oom)?;
-        Ok(SvmVcpu { vmcb, _iopm: iopm, _msrpm: msrpm, gprs: GuestGprs::default(), host_state: 0, fpu })
+        Ok(SvmVcpu {
+            vmcb,
+            _iopm: iopm,
+            _msrpm: msrpm,
+            gprs: GuestGprs::default(),
+            host_state: 0,
+            fpu,
+            debug: [0; 4],
+            nrip_save: false,
+        })
     }
 
     /// Puts the vCPU in 64-bit mode with paging on and interrupts off: flat segments from the
@@ -553,15 +627,21 @@ impl SvmVcpu {
     /// Makes the vCPU run on the calling CPU, whose SVM state is `cpu`, and flushes its TLB
     /// entries there on the next entry (ASIDs are shared by VMs over time).
     /// Its FPU/SSE/AVX state and XCR0 are loaded on this CPU: call [`Self::unbind`] when it leaves.
+    /// So are its debug address registers DR0-DR3.
     pub fn bind(&mut self, cpu: &SvmCpu) {
         self.host_state = cpu.host_state.phys();
+        self.nrip_save = cpu.features.nrip_save;
         self.vmcb.write(TLB_CONTROL, &[1]);
         self.fpu.load();
+        cpu::set_debug_addresses(&self.debug);
     }
 
-    /// The vCPU leaves this CPU: its FPU/SSE/AVX state and XCR0 are saved for the next `bind`.
+    /// The vCPU leaves this CPU: its FPU/SSE/AVX state, XCR0 and DR0-DR3 are saved for the next
+    /// `bind` (and the debug registers cleared, so the next vCPU here never sees them).
     pub fn unbind(&mut self) {
         self.fpu.save();
+        self.debug = cpu::debug_addresses();
+        cpu::set_debug_addresses(&[0; 4]);
         self.host_state = 0;
     }
 
@@ -579,7 +659,7 @@ impl SvmVcpu {
         if code == EXIT_VINTR {
             self.close_interrupt_window();
         }
-        exit_of(&self.vmcb, code)
+        exit_of(&self.vmcb, code, self.nrip_save)
     }
 
     fn close_interrupt_window(&mut self) {
@@ -750,8 +830,11 @@ fn saved_offset(which: Saved) -> usize {
     }
 }
 
-/// The last exit of the guest of `vmcb`, in vendor-neutral terms.
-fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
+/// The last exit of the guest of `vmcb`, in vendor-neutral terms. `nrip_save`: the CPU saved the
+/// next instruction's address; without it (QEMU's TCG) the length of the instruction is the one
+/// of its usual encoding.
+fn exit_of(vmcb: &DmaBuffer, code: u64, nrip_save: bool) -> VmExit {
+    let next = |len: u64| if nrip_save { get64(vmcb, NRIP) } else { get64(vmcb, RIP).wrapping_add(len) };
     match code {
         EXIT_INTR | EXIT_NMI => VmExit::HostInterrupt,
         EXIT_VINTR => VmExit::InterruptWindow,
@@ -759,9 +842,16 @@ fn exit_of(vmcb: &DmaBuffer, code: u64) -> VmExit {
         EXIT_HLT => VmExit::Hlt,
         EXIT_PAUSE => VmExit::Pause,
         // Without next-RIP save (TCG) the length is CPUID's own: 0F A2.
-        EXIT_CPUID => VmExit::Cpuid { next_rip: get64(vmcb, RIP) + 2 },
-        // RDMSR (0F 32) and WRMSR (0F 30) are two bytes too.
-        EXIT_MSR => VmExit::Msr { write: get64(vmcb, EXITINFO1) & 1 != 0, next_rip: get64(vmcb, RIP) + 2 },
+        EXIT_CPUID => VmExit::Cpuid { next_rip: next(2) },
+        // RDMSR (0F 32) and WRMSR (0F 30) are two bytes too, and so are INVD (0F 08) and WBINVD
+        // (0F 09).
+        EXIT_MSR => VmExit::Msr { write: get64(vmcb, EXITINFO1) & 1 != 0, next_rip: next(2) },
+        EXIT_INVD => VmExit::Skipped { what: "INVD", next_rip: next(2) },
+        EXIT_WBINVD => VmExit::Skipped { what: "WBINVD", next_rip: next(2) },
+        EXIT_RDPMC => VmExit::Refused { what: "RDPMC" },
+        // #DB has no error code; #AC's is always 0.
+        EXIT_DB => VmExit::Exception { vector: DB_VECTOR, error_code: None },
+        EXIT_AC => VmExit::Exception { vector: AC_VECTOR, error_code: Some(0) },
         EXIT_SHUTDOWN => VmExit::Shutdown,
         0x7a => VmExit::Undefined { what: "INVLPGA" },
         0x80..=0x86 => VmExit::Undefined {
