@@ -7,6 +7,8 @@
 //! VMs), one that triple-faults (stopped with its reason while the other keeps running), reset, stop
 //! and start through the API, and the disk write still there after a power cut and a new boot of
 //! the host. (Three VMs: a fourth copy of the 9 MiB guest would not fit the image's 36 MiB ESP.)
+//! A second image holds the hostile-guest suite: a guest that abuses every device of its VM while
+//! another VM keeps printing and the API keeps answering.
 
 use ember_systests::net::*;
 use ember_systests::*;
@@ -284,4 +286,133 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(c.contains("EMBER-GUEST: after reboot vda says EMBER-WRITTEN"), "the write survived:\n{c}");
     assert_eq!(c.matches(MARKER).count(), 1, "one boot: nothing written this time\n{c}");
     assert!(c.contains(&format!("EMBER-GUEST: vda sha256 {sha}")), "the first MiB is unchanged:\n{c}");
+}
+
+/// The hostile-guest suite: a guest (`tests/guest/hostile.c`) abuses every device of its VM -
+/// CPUID and MSR ranges, every port with the chipset's registers written at random, an 8042 that
+/// is written a million times and never read, an exit storm, the APIC windows, and its virtio disk
+/// driven by hand (the reproduced attack: a flush, then queue size 0 while the queue is enabled;
+/// bad queue sizes, descriptors outside RAM, absurd lengths, loops, bad ring indexes, illegal
+/// status changes, a notify storm), then writes the chipset's ports and COM1 at random (which may
+/// wedge the guest: it is then stopped through the API) and halts. Meanwhile a second VM on the
+/// same CPU keeps printing and the management API keeps answering; the hostile VM's disk device
+/// still works after a reset, and the host log names what the guest's driver did wrong. A third
+/// guest halts with interrupts disabled and is ended with that reason.
+#[test]
+fn a_hostile_guest_harms_neither_the_host_nor_another_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = vec![0x5au8; 1 << 20];
+    let defs = [
+        vm_dir(dir.path(), "calm", (1, 160), "console=ttyS0 ember.action=stay", true, None, None),
+        vm_dir(
+            dir.path(),
+            "hostile",
+            (1, 160),
+            "console=ttyS0 ember.action=hostile",
+            false,
+            Some(&disk),
+            None,
+        ),
+        vm_dir(dir.path(), "halter", (1, 128), "console=ttyS0 ember.action=halt", false, None, None),
+    ];
+    let out = dir.path().join("ember.img");
+    let efi = efi_path();
+    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
+    for d in &defs {
+        args.extend(["--vm", d.to_str().unwrap()]);
+    }
+    let (ok, stdout, stderr) = run_tool(&args);
+    assert!(ok, "ember-image build --vm failed:\n{stdout}\n{stderr}");
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-hostile", &out);
+    cfg.memory_mib = 1024;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    wait_vm(addr, "calm", "the userspace marker", |_, c| c.contains("EMBER-GUEST: alive"));
+    let before = console(addr, "calm").matches("EMBER-GUEST: alive").count();
+    assert_eq!(request(addr, "POST", "/api/v1/vms/hostile/start", Some(ROOT), None).status, 200);
+
+    // The API answers throughout (every poll is a request) while the guest works through its
+    // phases; after them its random chipset and COM1 writes may wedge it, or it halts with
+    // interrupts disabled, which ends the VM. A wedged guest is stopped through the API.
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut done_at = None;
+    let hostile = loop {
+        let t = Instant::now();
+        let (v, c) = (vm(addr, "hostile"), console(addr, "hostile"));
+        assert_eq!(request(addr, "GET", "/api/v1/host", Some(ROOT), None).status, 200);
+        slowest = slowest.max(t.elapsed());
+        if v["state"] == "stopped" {
+            break v;
+        }
+        if c.contains("EMBER-HOSTILE: done;") {
+            let since = *done_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(90) {
+                let r = request(addr, "POST", "/api/v1/vms/hostile/stop", Some(ROOT), None);
+                assert_eq!(r.status, 200, "a wedged guest is stopped: {r:?}");
+            }
+        }
+        assert!(
+            start.elapsed() < GUEST_TIMEOUT,
+            "the hostile VM did not get through its phases within {GUEST_TIMEOUT:?}: {v}\n{c}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let c = console(addr, "hostile");
+    eprintln!("hostile guest: ended after {:?}; slowest API poll {slowest:?}\n{c}", start.elapsed());
+    for phase in
+        ["cpuid done", "msr done", "ports done", "8042 flood done", "port storm done", "apic ", "done;"]
+    {
+        assert!(c.contains(&format!("EMBER-HOSTILE: {phase}")), "phase {phase:?} missing:\n{c}");
+    }
+    // The device refused every illegal use and still works after a reset.
+    for line in [
+        "virtio valid read: status register 0xf, request status 0, used 1, first byte 0x5a",
+        "virtio bad queue sizes and alignment: 6 of 6 refused",
+        "virtio bad descriptors: 200 submitted, 200 returned with an error or unused",
+        "virtio bad ring indexes: 2 of 2 need a reset; sector 2^64-1 gives status 1",
+        "virtio illegal status changes: 3 of 3 need a reset",
+        "virtio notify storm and register noise done",
+        "virtio after reset: status register 0xf, request status 0, first byte 0x5a",
+    ] {
+        assert!(c.contains(&format!("EMBER-HOSTILE: {line}")), "{line:?} missing:\n{c}");
+    }
+    // The reproduced attack (the flush waits for the disk's write-back, or is done at once).
+    assert!(
+        ["0", "238"].iter().any(|s| c.contains(&format!(
+            "EMBER-HOSTILE: virtio queue size 0 while enabled: flush status {s}, needs reset 1"
+        ))),
+        "{c}"
+    );
+    let reason = hostile["exit_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("halted with interrupts disabled") || reason == "stopped through the API",
+        "{reason}"
+    );
+    assert!(c.matches("EMBER-HOSTILE: 8042 flood done: ").count() == 1);
+    let waiting: u32 =
+        c.split("8042 flood done: ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!(waiting <= 16, "the 8042 kept {waiting} answers");
+    assert!(
+        q.text().contains(
+            "ember: VM hostile: virtio disk 0 (disk.img): the driver changed a queue's configuration while the queue was enabled"
+        ),
+        "the host log names the driver's first violation"
+    );
+    // The other VM kept running and printing.
+    wait_vm(addr, "calm", "more heartbeats after the hostile VM", |v, c| {
+        v["state"] == "running" && c.matches("EMBER-GUEST: alive").count() > before + 2
+    });
+    // A guest that halts with interrupts disabled can never wake up: its VM ends with the reason.
+    assert_eq!(request(addr, "POST", "/api/v1/vms/halter/start", Some(ROOT), None).status, 200);
+    let (halter, _) = wait_vm(addr, "halter", "the halt", |v, _| v["state"] == "stopped");
+    let reason = halter["exit_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("guest fault: the guest halted with interrupts disabled at RIP 0x"),
+        "{reason}"
+    );
+    assert_eq!(vm(addr, "calm")["state"], "running");
 }
