@@ -22,7 +22,7 @@
 //! Disks are virtio block devices on virtio-mmio (`vmm::virtio_blk`), backed by the images the
 //! UEFI phase read into memory as write-back caches of their files on the ESP (`vmm::disk`): the
 //! management CPU ([`DiskWriter`]) writes changed chunks to the file's clusters on the boot media
-//! every [`WRITEBACK_MS`] and whenever a guest flushes (the flush completes after the device's own
+//! every second (`vmm::writeback::WRITEBACK_MS`) and whenever a guest flushes (the flush completes after the device's own
 //! flush). A disk whose file cannot be located on the boot media keeps its writes in memory only
 //! (said in the log at boot).
 
@@ -49,9 +49,10 @@ use ember_kernel::vmm::npt::NestedPageTables;
 use ember_kernel::vmm::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use ember_kernel::vmm::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
 use ember_kernel::vmm::virtio_blk::{self, SharedDisk, VirtioBlk};
+use ember_kernel::vmm::writeback::{BackedDisk, Writeback};
 use ember_kernel::vmm::{acpi, linux, GuestPhysAddr, HostPhysAddr};
 use ember_net::vms::{VmAction, VmError, VmService, VmState, VmSummary};
-use ember_storage::block::{BlockDevice, IoError};
+use ember_storage::block::BlockDevice;
 use ember_storage::fatfile::FileExtents;
 use ember_storage::vmdef::VmDefinition;
 use spin::Mutex;
@@ -67,11 +68,6 @@ const RAM_ALIGN: u64 = 2 << 20;
 
 /// A VM disk's image: a write-back cache of its file on the boot media.
 type Image = WritebackImage<&'static mut [u8]>;
-
-/// How often changed VM disk chunks are written back without a guest flush.
-pub const WRITEBACK_MS: u64 = 1000;
-/// Chunks written back with one device write, at most.
-const WRITEBACK_RUN: usize = 64;
 
 /// The frame allocator, after boot-time set-up handed it over.
 static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
@@ -630,104 +626,19 @@ pub struct Hypervisor {
     writer: Option<DiskWriter>,
 }
 
-/// A VM disk written back to its file on the boot media.
-struct BackedDisk {
-    label: String,
-    image: SharedDisk<Image>,
-    extents: FileExtents,
-}
-
-/// Writes the VMs' changed disk chunks back to the boot media (on the management CPU, which owns
-/// the boot media's driver).
-pub struct DiskWriter {
-    disks: Vec<BackedDisk>,
-    last_pass_ms: u64,
-    buf: Vec<u8>,
-}
-
-/// Writes `data` at device byte `offset`, reading and merging the blocks it covers only in part.
-fn write_bytes(dev: &mut dyn BlockDevice, offset: u64, data: &[u8]) -> Result<(), IoError> {
-    let bs = dev.block_size() as u64;
-    if bs == 0 {
-        return Err(IoError::Device(String::from("block size 0")));
-    }
-    let end = offset + data.len() as u64;
-    if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
-        return dev.write_blocks(offset / bs, data);
-    }
-    let first = offset / bs;
-    let mut tmp = alloc::vec![0u8; ((end.div_ceil(bs) - first) * bs) as usize];
-    dev.read_blocks(first, &mut tmp)?;
-    let skip = (offset - first * bs) as usize;
-    tmp[skip..skip + data.len()].copy_from_slice(data);
-    dev.write_blocks(first, &tmp)
-}
+/// Writes the VMs' changed disk chunks back to the boot media, on the management CPU (which owns
+/// the boot media's driver), in bounded steps (`vmm::writeback`).
+pub struct DiskWriter(Writeback<&'static mut [u8]>);
 
 impl DiskWriter {
-    fn new(disks: Vec<BackedDisk>) -> DiskWriter {
-        DiskWriter { disks, last_pass_ms: 0, buf: Vec::new() }
-    }
-
-    /// Writes changed chunks back when a guest waits for a flush, or every [`WRITEBACK_MS`]
-    /// (`all`: now, whatever the time: before the host restarts or powers off).
+    /// Starts and carries on the write-back passes (see [`Writeback::poll`]); logs failures and
+    /// kicks the vCPUs when passes ended (their guests' flushes complete).
     pub fn poll(&mut self, dev: &mut dyn BlockDevice, now_ms: u64, all: bool) {
-        let periodic = all || now_ms.saturating_sub(self.last_pass_ms) >= WRITEBACK_MS;
-        let mut passed = false;
-        for d in &self.disks {
-            let pass = {
-                let mut img = d.image.lock();
-                let due = img.flush_wanted() || (periodic && img.dirty_chunks() > 0);
-                if !due {
-                    continue;
-                }
-                img.begin_pass()
-            };
-            let Some(pass) = pass else { continue };
-            passed = true;
-            let mut failed: &[usize] = &[];
-            let mut error = None;
-            let mut i = 0;
-            while i < pass.chunks.len() {
-                // A run of consecutive chunks, written with as few device writes as the file's
-                // clusters allow.
-                let first = pass.chunks[i];
-                let mut n = 1;
-                while i + n < pass.chunks.len() && pass.chunks[i + n] == first + n && n < WRITEBACK_RUN {
-                    n += 1;
-                }
-                let range = d.image.lock().copy_chunks(first, n, &mut self.buf);
-                let mut at = 0usize;
-                let mut result = Ok(());
-                for e in d.extents.map(range.start as u64, range.end as u64) {
-                    result = write_bytes(dev, e.offset, &self.buf[at..at + e.len as usize]);
-                    if result.is_err() {
-                        break;
-                    }
-                    at += e.len as usize;
-                }
-                if let Err(e) = result {
-                    failed = &pass.chunks[i..];
-                    error = Some(e);
-                    break;
-                }
-                i += n;
-            }
-            if error.is_none() {
-                if let Err(e) = dev.flush() {
-                    failed = &pass.chunks;
-                    error = Some(e);
-                }
-            }
-            if let Some(e) = &error {
-                kprintln!("ember: ERROR: {}: writing back to the boot media failed: {e}", d.label);
-            }
-            d.image.lock().end_pass(&pass, error.is_none(), failed);
+        let r = self.0.poll(dev, now_ms, all);
+        for e in &r.errors {
+            kprintln!("ember: ERROR: {e}");
         }
-        if periodic || passed {
-            self.last_pass_ms = now_ms;
-        }
-        if passed {
-            // vCPUs complete the flushes that waited for this.
+        if r.ended {
             kick_workers();
         }
     }
@@ -769,7 +680,11 @@ impl Hypervisor {
                                         "ember: VM {name}: disk {}: written back to /{path} on the boot media",
                                         d.file
                                     );
-                                    backed.push(BackedDisk { label: format!("VM {name}: disk {}", d.file), image: disk.clone(), extents });
+                                    backed.push(BackedDisk::new(
+                                        format!("VM {name}: disk {}", d.file),
+                                        disk.clone(),
+                                        extents,
+                                    ));
                                 }
                                 Err(why) if !d.readonly => kprintln!(
                                     "ember: WARNING: VM {name}: disk {}: writes are kept in memory only (lost when the host restarts): {why}",
@@ -807,7 +722,7 @@ impl Hypervisor {
             Ok(a) => (None, a.max(2)),
             Err(why) => (Some(why), 2),
         };
-        Hypervisor { vms, unavailable, next_asid: 2, asids, writer: Some(DiskWriter::new(backed)) }
+        Hypervisor { vms, unavailable, next_asid: 2, asids, writer: Some(DiskWriter(Writeback::new(backed))) }
     }
 
     /// The write-back of the VMs' disks, for the management loop (once).

@@ -35,6 +35,7 @@ pub mod serial;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod virtqueue;
+pub mod writeback;
 
 /// The next value of a xorshift32 sequence (the device models' tests drive them with random
 /// accesses from it).

@@ -1,0 +1,331 @@
+//! Writing VM disks back to the boot media in bounded steps: each disk is a [`WritebackImage`]
+//! (the guest's writes in host memory, dirty 4 KiB chunks tracked) whose file lies at known device
+//! bytes ([`FileExtents`]). A pass starts when the guest waits for a flush, or every
+//! [`WRITEBACK_MS`] when chunks are dirty; it is carried on by [`Writeback::poll`] a bounded step
+//! at a time (at most [`POLL_CHUNKS`] chunks per call, at most [`DISK_CHUNKS_PER_SECOND`] per disk
+//! per second, disks taken in turn), so the management CPU that calls it keeps answering while a
+//! guest writes and flushes without pause; when a pass has written everything and the device is
+//! flushed, the flushes it was for complete (a failure fails them, and the chunks stay dirty).
+
+use super::disk::{Pass, WritebackImage};
+use super::virtio_blk::SharedDisk;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ember_storage::block::{BlockDevice, IoError};
+use ember_storage::fatfile::FileExtents;
+
+/// A VM disk written back to its file on the boot media.
+pub struct BackedDisk<B> {
+    label: String,
+    image: SharedDisk<WritebackImage<B>>,
+    extents: FileExtents,
+    /// The pass under way (it may take several calls of [`Writeback::poll`]) and how far it got.
+    pass: Option<(Pass, usize)>,
+    /// Chunks written in second `budget_second` (the disk's write budget).
+    budget_second: u64,
+    budget_used: usize,
+}
+
+/// Writes the VMs' changed disk chunks back to the boot media in bounded steps: one call writes at most [`POLL_CHUNKS`] chunks in
+/// all, and each disk at most [`DISK_CHUNKS_PER_SECOND`] a second, so a guest that dirties its
+/// disk and flushes again and again neither stalls the management network and console nor wears
+/// the boot media faster than that; its flushes just take longer.
+pub struct Writeback<B> {
+    disks: Vec<BackedDisk<B>>,
+    last_pass_ms: u64,
+    /// The disk looked at first in the next call (round robin).
+    next: usize,
+    buf: Vec<u8>,
+}
+
+/// Chunks (4 KiB) written back by one call of [`Writeback::poll`], at most.
+pub const POLL_CHUNKS: usize = 64;
+/// Chunks one disk may have written back per second, at most (8 MiB/s).
+pub const DISK_CHUNKS_PER_SECOND: usize = 2048;
+/// How often changed chunks are written back without a guest flush.
+pub const WRITEBACK_MS: u64 = 1000;
+/// Chunks written back with one device write, at most.
+const WRITEBACK_RUN: usize = 64;
+
+/// Writes `data` at device byte `offset`, reading and merging the blocks it covers only in part.
+fn write_bytes(dev: &mut dyn BlockDevice, offset: u64, data: &[u8]) -> Result<(), IoError> {
+    let bs = dev.block_size() as u64;
+    if bs == 0 {
+        return Err(IoError::Device(String::from("block size 0")));
+    }
+    let end = offset + data.len() as u64;
+    if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
+        return dev.write_blocks(offset / bs, data);
+    }
+    let first = offset / bs;
+    let mut tmp = alloc::vec![0u8; ((end.div_ceil(bs) - first) * bs) as usize];
+    dev.read_blocks(first, &mut tmp)?;
+    let skip = (offset - first * bs) as usize;
+    tmp[skip..skip + data.len()].copy_from_slice(data);
+    dev.write_blocks(first, &tmp)
+}
+
+/// How a step of a pass ended.
+enum Step {
+    /// The step's chunks are written; the pass goes on.
+    More,
+    /// Every chunk of the pass is written.
+    Written,
+    /// A write failed; the chunks from that one on were not written.
+    Failed(IoError),
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> BackedDisk<B> {
+    /// `image`, written back to the device bytes `extents` (its file); `label` names it in errors.
+    pub fn new(label: String, image: SharedDisk<WritebackImage<B>>, extents: FileExtents) -> Self {
+        BackedDisk { label, image, extents, pass: None, budget_second: 0, budget_used: 0 }
+    }
+
+    /// Writes up to `max` chunks of the pass under way (in runs of consecutive chunks, with as
+    /// few device writes as the file's clusters allow); returns how many it wrote and how the
+    /// step ended.
+    fn step(&mut self, dev: &mut dyn BlockDevice, buf: &mut Vec<u8>, max: usize) -> (usize, Step) {
+        let Some((pass, at)) = &mut self.pass else { return (0, Step::Written) };
+        let mut written = 0;
+        while written < max {
+            let Some(&first) = pass.chunks.get(*at) else { return (written, Step::Written) };
+            let mut n = 1;
+            while n < WRITEBACK_RUN.min(max - written) && pass.chunks.get(*at + n) == Some(&(first + n)) {
+                n += 1;
+            }
+            let range = self.image.lock().copy_chunks(first, n, buf);
+            let mut from = 0usize;
+            for e in self.extents.map(range.start as u64, range.end as u64) {
+                if let Err(e) = write_bytes(dev, e.offset, &buf[from..from + e.len as usize]) {
+                    return (written, Step::Failed(e));
+                }
+                from += e.len as usize;
+            }
+            *at += n;
+            written += n;
+        }
+        (written, if *at >= pass.chunks.len() { Step::Written } else { Step::More })
+    }
+}
+
+/// What a call of [`Writeback::poll`] did.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// Passes are still under way (the next call carries them on).
+    pub under_way: bool,
+    /// A pass ended (done or failed): flushes that waited for it can complete.
+    pub ended: bool,
+    /// Why passes failed, for the log.
+    pub errors: Vec<String>,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
+    pub fn new(disks: Vec<BackedDisk<B>>) -> Self {
+        Writeback { disks, last_pass_ms: 0, next: 0, buf: Vec::new() }
+    }
+
+    /// Starts a pass for every disk whose guest waits for a flush, or every [`WRITEBACK_MS`], and
+    /// carries the passes under way on by a bounded step (`all`: every disk with anything dirty
+    /// written back to the end in this call, whatever the time and the budgets: before the host
+    /// restarts or powers off).
+    pub fn poll(&mut self, dev: &mut dyn BlockDevice, now_ms: u64, all: bool) -> Polled {
+        let periodic = all || now_ms.saturating_sub(self.last_pass_ms) >= WRITEBACK_MS;
+        if periodic {
+            self.last_pass_ms = now_ms;
+        }
+        let Writeback { disks, next, buf, .. } = self;
+        let count = disks.len();
+        let mut left = if all { usize::MAX } else { POLL_CHUNKS };
+        let mut out = Polled::default();
+        for k in 0..count {
+            let Some(d) = disks.get_mut((*next + k) % count) else { continue };
+            if d.pass.is_none() {
+                let mut img = d.image.lock();
+                if img.flush_wanted() || (periodic && img.dirty_chunks() > 0) {
+                    d.pass = img.begin_pass().map(|p| (p, 0));
+                }
+            }
+            if d.pass.is_none() {
+                continue;
+            }
+            let second = now_ms / 1000;
+            if d.budget_second != second {
+                d.budget_second = second;
+                d.budget_used = 0;
+            }
+            let allowance =
+                if all { usize::MAX } else { DISK_CHUNKS_PER_SECOND.saturating_sub(d.budget_used) };
+            let (written, step) = d.step(dev, buf, left.min(allowance));
+            left = left.saturating_sub(written);
+            d.budget_used = d.budget_used.saturating_add(written);
+            let result = match step {
+                Step::More => {
+                    out.under_way = true;
+                    continue;
+                }
+                Step::Written => dev.flush(),
+                Step::Failed(e) => Err(e),
+            };
+            let Some((pass, at)) = d.pass.take() else { continue };
+            let failed = match &result {
+                Ok(()) => &[][..],
+                // A failed device flush fails the whole pass; a failed write the chunks from it on.
+                Err(_) if at >= pass.chunks.len() => &pass.chunks[..],
+                Err(_) => pass.chunks.get(at..).unwrap_or_default(),
+            };
+            if let Err(e) = &result {
+                out.errors.push(format!("{}: writing back to the boot media failed: {e}", d.label));
+            }
+            d.image.lock().end_pass(&pass, result.is_ok(), failed);
+            out.ended = true;
+        }
+        *next = (*next + 1) % count.max(1);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::disk::CHUNK;
+    use crate::vmm::virtio_blk::{DiskImage, FlushState};
+    use alloc::sync::Arc;
+    use alloc::vec;
+    use ember_storage::block::MemDisk;
+    use ember_storage::fatfile::Extent;
+    use spin::Mutex;
+
+    /// A device that counts the bytes written to it.
+    struct Counting {
+        disk: MemDisk,
+        written: usize,
+        fail: bool,
+    }
+
+    impl BlockDevice for Counting {
+        fn block_size(&self) -> u32 {
+            self.disk.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.disk.num_blocks()
+        }
+        fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.disk.read_blocks(lba, buf)
+        }
+        fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            if self.fail {
+                return Err(IoError::Device(String::from("unplugged")));
+            }
+            self.written += buf.len();
+            self.disk.write_blocks(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            self.disk.flush()
+        }
+    }
+
+    type Image = WritebackImage<Vec<u8>>;
+
+    /// A 16 MiB disk image whose file is at device byte 1 MiB, in two extents.
+    fn setup() -> (SharedDisk<Image>, Writeback<Vec<u8>>, Counting) {
+        let size = 16 << 20;
+        let image = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; size], true)));
+        let extents = FileExtents {
+            size: size as u64,
+            extents: vec![
+                Extent { offset: 1 << 20, len: 8 << 20 },
+                Extent { offset: 10 << 20, len: 8 << 20 },
+            ],
+        };
+        let w = Writeback::new(vec![BackedDisk::new(String::from("disk"), image.clone(), extents)]);
+        (image, w, Counting { disk: MemDisk::new(512, 20 << 11), written: 0, fail: false })
+    }
+
+    /// The guest writes the whole disk and flushes: each call writes a bounded step, the flush
+    /// completes only when everything is on the device, and the device holds the bytes.
+    #[test]
+    fn a_big_flush_is_written_in_bounded_steps() {
+        let (image, mut w, mut dev) = setup();
+        let ticket = {
+            let mut img = image.lock();
+            let len = img.bytes().len();
+            for (i, b) in img.bytes_mut(0..len).iter_mut().enumerate() {
+                *b = (i / CHUNK) as u8;
+            }
+            img.request_flush()
+        };
+        let mut calls = 0;
+        let mut now = 5_000;
+        loop {
+            let before = dev.written;
+            let r = w.poll(&mut dev, now, false);
+            calls += 1;
+            assert!(
+                dev.written - before <= POLL_CHUNKS * CHUNK,
+                "one call wrote {} bytes",
+                dev.written - before
+            );
+            assert!(r.errors.is_empty());
+            if !r.under_way {
+                assert!(r.ended);
+                break;
+            }
+            assert_eq!(image.lock().flush_state(ticket), FlushState::Pending);
+            now += 10;
+            assert!(calls < 100_000);
+        }
+        assert_eq!(image.lock().flush_state(ticket), FlushState::Done);
+        assert!(calls >= (16 << 20) / CHUNK / POLL_CHUNKS);
+        // 16 MiB at 8 MiB a second: the budget spread it over more than a second.
+        assert!(now - 5_000 >= 1_000, "took {} ms", now - 5_000);
+        let d = dev.disk.bytes();
+        assert_eq!(d[(1 << 20) + 5 * CHUNK], 5);
+        assert_eq!(d[(10 << 20) + 3 * CHUNK], ((8 << 20) / CHUNK + 3) as u8);
+        assert_eq!(dev.written, 16 << 20);
+    }
+
+    /// One disk may write at most its budget per second, however often it is polled.
+    #[test]
+    fn the_per_disk_budget_holds() {
+        let (image, mut w, mut dev) = setup();
+        {
+            let mut img = image.lock();
+            let len = img.bytes().len();
+            img.bytes_mut(0..len).fill(1);
+            img.request_flush();
+        }
+        for i in 0..10_000 {
+            w.poll(&mut dev, 7_000 + i % 1000 / 10, false);
+        }
+        assert_eq!(dev.written, DISK_CHUNKS_PER_SECOND * CHUNK);
+        w.poll(&mut dev, 8_000, false);
+        assert_eq!(dev.written, (DISK_CHUNKS_PER_SECOND + POLL_CHUNKS) * CHUNK, "a new second");
+        // Before a restart everything is written at once.
+        let r = w.poll(&mut dev, 8_001, true);
+        assert!(!r.under_way && r.ended);
+        assert_eq!(image.lock().dirty_chunks(), 0);
+    }
+
+    /// A failed write fails the flush and leaves the unwritten chunks dirty.
+    #[test]
+    fn a_failed_write_fails_the_flush() {
+        let (image, mut w, mut dev) = setup();
+        let ticket = {
+            let mut img = image.lock();
+            img.bytes_mut(0..3 * CHUNK).fill(7);
+            img.request_flush()
+        };
+        dev.fail = true;
+        let r = w.poll(&mut dev, 1_000, false);
+        assert!(r.ended && !r.under_way);
+        assert_eq!(r.errors, ["disk: writing back to the boot media failed: device error: unplugged"]);
+        assert_eq!(image.lock().flush_state(ticket), FlushState::Failed);
+        assert_eq!(image.lock().dirty_chunks(), 3);
+        dev.fail = false;
+        let t2 = image.lock().request_flush();
+        w.poll(&mut dev, 1_001, false);
+        assert_eq!(image.lock().flush_state(t2), FlushState::Done);
+        assert_eq!(dev.disk.bytes()[(1 << 20) + 2 * CHUNK], 7);
+    }
+}
