@@ -63,11 +63,13 @@ impl IoBus {
 
     /// Maps `device` at ports `base`..`base + len`; refused if it overlaps a mapped range.
     pub fn add(&mut self, base: u16, len: u16, device: Box<dyn PortDevice>) -> Result<(), String> {
-        let end = base as u32 + len as u32;
+        let end = u32::from(base).saturating_add(u32::from(len));
         if len == 0 || end > 0x1_0000 {
             return Err(format!("port range {base:#x}+{len} is empty or past 0xffff"));
         }
-        let overlaps = |r: &&Range| (base as u32) < r.base as u32 + r.len as u32 && (r.base as u32) < end;
+        let overlaps = |r: &&Range| {
+            u32::from(base) < u32::from(r.base).saturating_add(u32::from(r.len)) && u32::from(r.base) < end
+        };
         if let Some(r) = self.ranges.iter().find(overlaps) {
             return Err(format!("ports {base:#x}+{len} overlap the device at {:#x}+{}", r.base, r.len));
         }
@@ -76,12 +78,13 @@ impl IoBus {
     }
 
     fn find(&mut self, port: u16) -> Option<(&mut Range, u16)> {
-        self.ranges.iter_mut().find(|r| port >= r.base && (port as u32) < r.base as u32 + r.len as u32).map(
-            |r| {
-                let offset = port - r.base;
+        self.ranges
+            .iter_mut()
+            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base).saturating_add(u32::from(r.len)))
+            .map(|r| {
+                let offset = port.wrapping_sub(r.base);
                 (r, offset)
-            },
-        )
+            })
     }
 
     /// A guest IN of `size` bytes from `port`.
@@ -196,7 +199,7 @@ impl MmioBus {
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or_else(|| format!("MMIO range {base:#x}+{len:#x} is empty or wraps"))?;
-        if let Some(r) = self.ranges.iter().find(|r| base < r.base + r.len && r.base < end) {
+        if let Some(r) = self.ranges.iter().find(|r| base < r.base.saturating_add(r.len) && r.base < end) {
             return Err(format!("MMIO {base:#x}+{len:#x} overlaps the device at {:#x}+{:#x}", r.base, r.len));
         }
         self.ranges.push(MmioRange { base, len, device });
@@ -205,15 +208,15 @@ impl MmioBus {
 
     /// Whether a device covers all of `addr`..`addr + len`.
     pub fn claims(&self, addr: u64, len: u64) -> bool {
-        self.ranges.iter().any(|r| addr >= r.base && addr.saturating_add(len) <= r.base + r.len)
+        self.ranges.iter().any(|r| addr >= r.base && addr.saturating_add(len) <= r.base.saturating_add(r.len))
     }
 
     fn find(&mut self, addr: u64, len: usize) -> Option<(&mut MmioRange, u64)> {
         self.ranges
             .iter_mut()
-            .find(|r| addr >= r.base && addr.saturating_add(len as u64) <= r.base + r.len)
+            .find(|r| addr >= r.base && addr.saturating_add(len as u64) <= r.base.saturating_add(r.len))
             .map(|r| {
-                let offset = addr - r.base;
+                let offset = addr.wrapping_sub(r.base);
                 (r, offset)
             })
     }

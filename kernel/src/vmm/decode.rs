@@ -81,8 +81,8 @@ fn gpr(r: Register) -> Option<Gpr> {
     if let Some(i) = from(Register::AL, 20) {
         let (index, high8) = match i {
             0..=3 => (i, false),
-            4..=7 => (i - 4, true),
-            _ => (i - 4, false),
+            4..=7 => (i.wrapping_sub(4), true),
+            _ => (i.wrapping_sub(4), false),
         };
         return Some(Gpr { index: index as u8, width: 1, high8 });
     }
@@ -104,7 +104,7 @@ fn unsupported(m: Mnemonic) -> DecodeError {
 
 /// Decodes the instruction at the start of `bytes` (at most 15 are looked at) in 64-bit mode.
 pub fn decode_mmio(bytes: &[u8]) -> Result<MmioInstruction, DecodeError> {
-    let bytes = &bytes[..bytes.len().min(15)];
+    let bytes = bytes.get(..bytes.len().min(15)).unwrap_or_default();
     let mut d = Decoder::new(64, bytes, DecoderOptions::NONE);
     let i = d.decode();
     match d.last_error() {
@@ -166,10 +166,13 @@ pub fn operand_of(register: u64, r: Gpr) -> u64 {
 /// way the CPU does: widened per `extend`, a 32-bit destination clears bits 32-63, 8- and 16-bit
 /// destinations keep the other bits.
 pub fn loaded_into(old: u64, dest: Gpr, size: u8, extend: Extend, value: u64) -> u64 {
-    let bits = (size.clamp(1, 8) as u32) * 8;
-    let value = if bits < 64 { value & ((1u64 << bits) - 1) } else { value };
+    // 8 to 64: the shifts and subtractions below stay in range.
+    let bits = u32::from(size.clamp(1, 8)).wrapping_mul(8);
+    let mask = u64::MAX.checked_shr(64u32.wrapping_sub(bits)).unwrap_or(u64::MAX);
+    let value = value & mask;
+    let sign = value.checked_shr(bits.wrapping_sub(1)).unwrap_or(0) & 1 == 1;
     let value = match extend {
-        Extend::Sign if bits < 64 && value >> (bits - 1) & 1 == 1 => value | !((1u64 << bits) - 1),
+        Extend::Sign if bits < 64 && sign => value | !mask,
         _ => value,
     };
     match (dest.width, dest.high8) {
@@ -183,13 +186,14 @@ pub fn loaded_into(old: u64, dest: Gpr, size: u8, extend: Extend, value: u64) ->
 
 /// The value of register `r` (its operand width) from the 16 general-purpose registers.
 pub fn read_gpr(regs: &[u64; 16], r: Gpr) -> u64 {
-    operand_of(regs[r.index as usize], r)
+    operand_of(regs.get(usize::from(r.index)).copied().unwrap_or(0), r)
 }
 
 /// [`loaded_into`] on the 16 general-purpose registers.
 pub fn write_gpr(regs: &mut [u64; 16], dest: Gpr, size: u8, extend: Extend, value: u64) {
-    let i = dest.index as usize;
-    regs[i] = loaded_into(regs[i], dest, size, extend, value);
+    if let Some(reg) = regs.get_mut(usize::from(dest.index)) {
+        *reg = loaded_into(*reg, dest, size, extend, value);
+    }
 }
 
 #[cfg(test)]

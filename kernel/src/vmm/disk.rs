@@ -75,8 +75,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> WritebackImage<B> {
         for (w, bits) in self.dirty.iter().enumerate() {
             let mut b = *bits;
             while b != 0 {
-                chunks.push(w * 64 + b.trailing_zeros() as usize);
-                b &= b - 1;
+                chunks.push(w.saturating_mul(64).saturating_add(b.trailing_zeros() as usize));
+                b &= b.wrapping_sub(1);
             }
         }
         Some(Pass { chunks, ticket: self.requested })
@@ -86,10 +86,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> WritebackImage<B> {
     /// the image's byte range they cover.
     pub fn copy_chunks(&mut self, first: usize, count: usize, out: &mut Vec<u8>) -> core::ops::Range<usize> {
         let len = self.bytes.as_ref().len();
-        let range = (first * CHUNK).min(len)..((first + count) * CHUNK).min(len);
+        let end = first.saturating_add(count);
+        let range = first.saturating_mul(CHUNK).min(len)..end.saturating_mul(CHUNK).min(len);
         out.clear();
-        out.extend_from_slice(&self.bytes.as_ref()[range.clone()]);
-        for c in first..first + count {
+        out.extend_from_slice(self.bytes.as_ref().get(range.clone()).unwrap_or_default());
+        for c in first..end {
             self.set_dirty(c, false);
         }
         range
@@ -114,10 +115,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> WritebackImage<B> {
         let was = *word & bit != 0;
         if on && !was {
             *word |= bit;
-            self.dirty_chunks += 1;
+            self.dirty_chunks = self.dirty_chunks.saturating_add(1);
         } else if !on && was {
             *word &= !bit;
-            self.dirty_chunks -= 1;
+            self.dirty_chunks = self.dirty_chunks.saturating_sub(1);
         }
     }
 }
@@ -127,20 +128,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> DiskImage for WritebackImage<B> {
         self.bytes.as_ref()
     }
 
-    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> &mut [u8] {
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]> {
+        if range.end > self.bytes.as_ref().len() {
+            return None;
+        }
         if self.persistent && !range.is_empty() {
             for c in range.start / CHUNK..range.end.div_ceil(CHUNK) {
                 self.set_dirty(c, true);
             }
         }
-        &mut self.bytes.as_mut()[range]
+        self.bytes.as_mut().get_mut(range)
     }
 
     fn request_flush(&mut self) -> u64 {
         if !self.persistent {
             return 0;
         }
-        self.requested += 1;
+        self.requested = self.requested.saturating_add(1);
         self.requested
     }
 
@@ -163,8 +167,9 @@ mod tests {
     fn writes_are_tracked_by_chunk_and_flushes_wait_for_a_later_pass() {
         let mut img = WritebackImage::new(vec![0u8; 10 * CHUNK + 100], true);
         assert_eq!(img.begin_pass(), None, "nothing to do");
-        img.bytes_mut(CHUNK - 1..CHUNK + 1).fill(1); // chunks 0 and 1
-        img.bytes_mut(10 * CHUNK..10 * CHUNK + 100).fill(2); // the short last chunk
+        img.bytes_mut(CHUNK - 1..CHUNK + 1).unwrap().fill(1); // chunks 0 and 1
+        img.bytes_mut(10 * CHUNK..10 * CHUNK + 100).unwrap().fill(2); // the short last chunk
+        assert!(img.bytes_mut(10 * CHUNK..20 * CHUNK).is_none(), "past the end");
         assert_eq!(img.dirty_chunks(), 3);
         let t1 = img.request_flush();
         assert_eq!(img.flush_state(t1), FlushState::Pending);
@@ -190,7 +195,7 @@ mod tests {
     #[test]
     fn a_failed_pass_fails_its_flushes_and_keeps_the_chunks_dirty() {
         let mut img = WritebackImage::new(vec![0u8; 4 * CHUNK], true);
-        img.bytes_mut(0..10).fill(7);
+        img.bytes_mut(0..10).unwrap().fill(7);
         let t = img.request_flush();
         let pass = img.begin_pass().unwrap();
         let mut buf = Vec::new();
@@ -209,7 +214,7 @@ mod tests {
     #[test]
     fn an_image_only_in_memory_flushes_at_once() {
         let mut img = WritebackImage::new(vec![0u8; CHUNK], false);
-        img.bytes_mut(0..CHUNK).fill(1);
+        img.bytes_mut(0..CHUNK).unwrap().fill(1);
         assert_eq!(img.dirty_chunks(), 0);
         let t = img.request_flush();
         assert_eq!(img.flush_state(t), FlushState::Done);

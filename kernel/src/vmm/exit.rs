@@ -230,11 +230,14 @@ fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
 ) -> Result<(), String> {
     let (bytes, n) =
         paging::fetch_instruction(vm.mem, &regs.paging(), regs.rip()).map_err(|e| format!("{e}"))?;
-    let ins = decode::decode_mmio(&bytes[..n]).map_err(|e| format!("{e}"))?;
+    let ins = decode::decode_mmio(bytes.get(..n).unwrap_or_default()).map_err(|e| format!("{e}"))?;
     match ins.access {
         Access::Read { size, dest, extend } => {
             let mut buf = [0u8; 8];
-            if !vm.bus.mmio_read(gpa, &mut buf[..size as usize]) {
+            let Some(part) = buf.get_mut(..size as usize) else {
+                return Err(format!("a {size}-byte access"));
+            };
+            if !vm.bus.mmio_read(gpa, part) {
                 return Err(String::from("the access runs past the device"));
             }
             let i = dest.index as usize;
@@ -245,7 +248,9 @@ fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
                 Source::Register(r) => decode::operand_of(regs.gpr(r.index as usize), r),
                 Source::Immediate(i) => i,
             };
-            if !vm.bus.mmio_write(gpa, &v.to_le_bytes()[..size as usize]) {
+            let bytes = v.to_le_bytes();
+            let Some(bytes) = bytes.get(..size as usize) else { return Err(format!("a {size}-byte access")) };
+            if !vm.bus.mmio_write(gpa, bytes) {
                 return Err(String::from("the access runs past the device"));
             }
         }

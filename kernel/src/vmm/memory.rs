@@ -43,9 +43,9 @@ pub trait GuestMemory {
         let zeros = [0u8; 4096];
         let mut at = 0;
         while at < self.size() {
-            let n = (self.size() - at).min(zeros.len() as u64) as usize;
-            let _ = self.write(GuestPhysAddr(at), &zeros[..n]);
-            at += n as u64;
+            let n = self.size().saturating_sub(at).min(zeros.len() as u64) as usize;
+            let _ = self.write(GuestPhysAddr(at), zeros.get(..n).unwrap_or_default());
+            at = at.saturating_add(n as u64);
         }
     }
 }
@@ -84,13 +84,13 @@ impl GuestMemory for GuestRam {
 
     fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {
         let r = checked_range(self.size(), addr, buf.len())?;
-        buf.copy_from_slice(&self.bytes[r]);
+        buf.copy_from_slice(self.bytes.get(r).ok_or(OutOfRange { addr, len: buf.len() as u64 })?);
         Ok(())
     }
 
     fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange> {
         let r = checked_range(self.size(), addr, data.len())?;
-        self.bytes[r].copy_from_slice(data);
+        self.bytes.get_mut(r).ok_or(OutOfRange { addr, len: data.len() as u64 })?.copy_from_slice(data);
         Ok(())
     }
 }

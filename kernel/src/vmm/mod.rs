@@ -13,17 +13,28 @@
 //! MADT ([`acpi::madt`]) models are host-tested but not wired into VMs yet (guests use the PICs; SMP
 //! guests need them).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+// Guest-controlled paths are total: in the modules marked below (the device models a guest drives
+// most directly, the exit handling, the vCPU loop and the disk write-back) indexing, slicing and
+// unchecked arithmetic are refused by clippy, and so are unwrap/expect/panic in all of `vmm`
+// (outside tests). The other modules are still to be converted (see the README's status).
 pub mod acpi;
 pub mod board;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod bus;
 pub mod cpuid;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod decode;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod disk;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod exit;
 pub mod ioapic;
 pub mod lapic;
 pub mod linux;
 pub mod machine;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod memory;
 pub mod msr;
 pub mod npt;
@@ -31,10 +42,15 @@ pub mod paging;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod serial;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod vcpu;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod virtio_blk;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod virtqueue;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod writeback;
 
 /// The next value of a xorshift32 sequence (the device models' tests drive them with random

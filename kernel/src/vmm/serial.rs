@@ -303,11 +303,11 @@ impl ConsoleLog {
     /// `max` bytes), and the position after it: a reader that keeps the position streams the
     /// console; one that falls more than the log behind loses the oldest part.
     pub fn since(&self, from: u64, max: usize) -> (alloc::vec::Vec<u8>, u64) {
-        let oldest = self.total - self.bytes.len() as u64;
+        let oldest = self.total.saturating_sub(self.bytes.len() as u64);
         let start = from.clamp(oldest, self.total);
-        let skip = (start - oldest) as usize;
+        let skip = start.saturating_sub(oldest) as usize;
         let out: alloc::vec::Vec<u8> = self.bytes.iter().skip(skip).take(max).copied().collect();
-        let next = start + out.len() as u64;
+        let next = start.saturating_add(out.len() as u64);
         (out, next)
     }
 }
@@ -318,7 +318,7 @@ impl SerialOutput for ConsoleLog {
             self.bytes.pop_front();
         }
         self.bytes.push_back(b);
-        self.total += 1;
+        self.total = self.total.wrapping_add(1);
     }
 }
 

@@ -127,7 +127,7 @@ fn deliver_interrupts(vcpu: &mut impl Vcpu, board: &mut Board, cpu: usize, stats
     if board.apics.nmi_pending(cpu) && vcpu.can_take_nmi() {
         board.apics.take_nmi(cpu);
         vcpu.inject_nmi();
-        stats.interrupts += 1;
+        stats.interrupts = stats.interrupts.wrapping_add(1);
     }
     if !board.pending(cpu) {
         return;
@@ -141,7 +141,7 @@ fn deliver_interrupts(vcpu: &mut impl Vcpu, board: &mut Board, cpu: usize, stats
         Some(Event::Nmi) => vcpu.inject_nmi(),
         None => return,
     }
-    stats.interrupts += 1;
+    stats.interrupts = stats.interrupts.wrapping_add(1);
 }
 
 /// What the loop does before each entry and on each wake-up while halted: brings the timers up
@@ -206,8 +206,10 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
         }
         host.before_entry(state.next_timer);
         let exit = vcpu.run();
-        stats.exits += 1;
-        stats.by_kind[exit_kind(&exit)] += 1;
+        stats.exits = stats.exits.wrapping_add(1);
+        if let Some(n) = stats.by_kind.get_mut(exit_kind(&exit)) {
+            *n = n.wrapping_add(1);
+        }
         let (action, request, wakes) = {
             let mut b = vm.board.lock();
             b.machine.set_time(host.now_ns());

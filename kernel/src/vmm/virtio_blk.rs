@@ -63,8 +63,9 @@ pub enum FlushState {
 /// A virtual disk's bytes as the device sees them.
 pub trait DiskImage: Send {
     fn bytes(&self) -> &[u8];
-    /// `range` of the bytes, to be written by the guest (a write-back image notes it as changed).
-    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> &mut [u8];
+    /// `range` of the bytes, to be written by the guest (a write-back image notes it as changed);
+    /// `None` if the range is not inside the disk.
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]>;
     /// The guest asks for what it wrote so far to be made durable: a ticket for
     /// [`Self::flush_state`].
     fn request_flush(&mut self) -> u64 {
@@ -80,8 +81,8 @@ impl DiskImage for Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self
     }
-    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> &mut [u8] {
-        &mut self[range]
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]> {
+        self.get_mut(range)
     }
 }
 
@@ -200,7 +201,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             0x0fc => self.config_generation,
             0x100..=0x107 => {
                 let cap = self.capacity_sectors();
-                (cap >> (8 * (offset & 7))) as u32
+                (cap >> (offset & 7).saturating_mul(8)) as u32
             }
             _ => 0,
         }
@@ -332,7 +333,7 @@ impl<D: DiskImage> VirtioBlk<D> {
                     let ok = if kind == T_IN {
                         disk.bytes().get(range).is_some_and(|b| mem.write(GuestPhysAddr(d.addr), b).is_ok())
                     } else {
-                        mem.read(GuestPhysAddr(d.addr), disk.bytes_mut(range)).is_ok()
+                        disk.bytes_mut(range).is_some_and(|b| mem.read(GuestPhysAddr(d.addr), b).is_ok())
                     };
                     if !ok {
                         return Outcome::Done(S_IOERR, 0);
@@ -374,7 +375,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             Err(v) => return self.needs_reset(v),
         };
         while budget > 0 {
-            budget -= 1;
+            budget = budget.saturating_sub(1);
             let head = match self.queue.pop(mem) {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
@@ -389,7 +390,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             let status_at = chain
                 .last()
                 .filter(|d| d.write && d.len >= 1)
-                .and_then(|d| d.addr.checked_add(u64::from(d.len) - 1));
+                .and_then(|d| d.addr.checked_add(u64::from(d.len).saturating_sub(1)));
             let (status, len) = match self.execute(mem, &chain) {
                 Outcome::Done(status, len) => (status, len),
                 // Waits for the image's flush, if there is room to remember it.
@@ -443,7 +444,7 @@ impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
         let v = self.reg_read(base).to_le_bytes();
         let shift = (offset & 3) as usize;
         for (i, b) in data.iter_mut().enumerate() {
-            *b = v.get(shift + i).copied().unwrap_or(0);
+            *b = v.get(shift.saturating_add(i)).copied().unwrap_or(0);
         }
     }
 
@@ -451,7 +452,8 @@ impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
         if data.len() != 4 || offset & 3 != 0 {
             return; // registers take aligned 32-bit writes only (virtio 1.2 4.2.2.2)
         }
-        self.reg_write(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+        let Ok(v) = <[u8; 4]>::try_from(data) else { return };
+        self.reg_write(offset, u32::from_le_bytes(v));
     }
 
     fn process(&mut self, mem: &mut dyn GuestMemory) {

@@ -131,11 +131,12 @@ impl SplitQueue {
         if !self.desc.is_multiple_of(16) || !self.driver.is_multiple_of(2) || !self.device.is_multiple_of(4) {
             return Err(Violation("the driver enabled a queue whose rings are not aligned"));
         }
+        // At most 32768 entries: these products cannot overflow.
         let n = u64::from(self.num);
         let ends = [
-            self.desc.checked_add(16 * n),
-            self.driver.checked_add(6 + 2 * n),
-            self.device.checked_add(6 + 8 * n),
+            self.desc.checked_add(n.saturating_mul(16)),
+            self.driver.checked_add(n.saturating_mul(2).saturating_add(6)),
+            self.device.checked_add(n.saturating_mul(8).saturating_add(6)),
         ];
         if ends.iter().any(Option::is_none) {
             return Err(Violation("the driver enabled a queue whose rings wrap the address space"));
@@ -174,7 +175,7 @@ impl SplitQueue {
     /// Takes the next available buffer's head descriptor index (call only while
     /// [`Self::available`] says there is one). `Ok(None)`: the ring is outside guest RAM.
     pub fn pop(&mut self, mem: &dyn GuestMemory) -> Result<Option<u16>, Violation> {
-        let at = self.driver.checked_add(4 + 2 * self.slot(self.last_avail));
+        let at = self.driver.checked_add(self.slot(self.last_avail).saturating_mul(2).saturating_add(4));
         let mut h = [0u8; 2];
         if at.is_none_or(|a| mem.read(GuestPhysAddr(a), &mut h).is_err()) {
             return Ok(None);
@@ -233,7 +234,9 @@ impl SplitQueue {
         let mut e = [0u8; 8];
         e[0..4].copy_from_slice(&u32::from(head).to_le_bytes());
         e[4..8].copy_from_slice(&len.to_le_bytes());
-        if let Some(at) = self.device.checked_add(4 + 8 * self.slot(self.used_idx)) {
+        if let Some(at) =
+            self.device.checked_add(self.slot(self.used_idx).saturating_mul(8).saturating_add(4))
+        {
             let _ = mem.write(GuestPhysAddr(at), &e);
         }
         self.used_idx = self.used_idx.wrapping_add(1);

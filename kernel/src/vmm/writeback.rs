@@ -50,19 +50,27 @@ const WRITEBACK_RUN: usize = 64;
 
 /// Writes `data` at device byte `offset`, reading and merging the blocks it covers only in part.
 fn write_bytes(dev: &mut dyn BlockDevice, offset: u64, data: &[u8]) -> Result<(), IoError> {
-    let bs = dev.block_size() as u64;
-    if bs == 0 {
+    let bs = u64::from(dev.block_size());
+    let bad = || {
+        IoError::Device(format!("write-back of {} bytes at byte {offset}: outside the device", data.len()))
+    };
+    let (Some(first), Some(skip)) = (offset.checked_div(bs), offset.checked_rem(bs)) else {
         return Err(IoError::Device(String::from("block size 0")));
+    };
+    let end = offset.checked_add(data.len() as u64).ok_or_else(bad)?;
+    if skip == 0 && end.is_multiple_of(bs) {
+        return dev.write_blocks(first, data);
     }
-    let end = offset + data.len() as u64;
-    if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
-        return dev.write_blocks(offset / bs, data);
-    }
-    let first = offset / bs;
-    let mut tmp = alloc::vec![0u8; ((end.div_ceil(bs) - first) * bs) as usize];
+    let len = end
+        .div_ceil(bs)
+        .checked_sub(first)
+        .and_then(|n| n.checked_mul(bs))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(bad)?;
+    let mut tmp = alloc::vec![0u8; len];
     dev.read_blocks(first, &mut tmp)?;
-    let skip = (offset - first * bs) as usize;
-    tmp[skip..skip + data.len()].copy_from_slice(data);
+    let skip = usize::try_from(skip).map_err(|_| bad())?;
+    tmp.get_mut(skip..skip.saturating_add(data.len())).ok_or_else(bad)?.copy_from_slice(data);
     dev.write_blocks(first, &tmp)
 }
 
@@ -87,23 +95,30 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> BackedDisk<B> {
     /// step ended.
     fn step(&mut self, dev: &mut dyn BlockDevice, buf: &mut Vec<u8>, max: usize) -> (usize, Step) {
         let Some((pass, at)) = &mut self.pass else { return (0, Step::Written) };
-        let mut written = 0;
+        let mut written = 0usize;
         while written < max {
             let Some(&first) = pass.chunks.get(*at) else { return (written, Step::Written) };
-            let mut n = 1;
-            while n < WRITEBACK_RUN.min(max - written) && pass.chunks.get(*at + n) == Some(&(first + n)) {
-                n += 1;
+            // A run of consecutive chunks, at most WRITEBACK_RUN and what is left of `max`.
+            let mut n = 1usize;
+            let most = WRITEBACK_RUN.min(max.saturating_sub(written));
+            while n < most && pass.chunks.get(at.saturating_add(n)) == Some(&first.saturating_add(n)) {
+                n = n.saturating_add(1);
             }
             let range = self.image.lock().copy_chunks(first, n, buf);
             let mut from = 0usize;
             for e in self.extents.map(range.start as u64, range.end as u64) {
-                if let Err(e) = write_bytes(dev, e.offset, &buf[from..from + e.len as usize]) {
+                let to = from.saturating_add(usize::try_from(e.len).unwrap_or(usize::MAX));
+                let result = match buf.get(from..to) {
+                    Some(bytes) => write_bytes(dev, e.offset, bytes),
+                    None => Err(IoError::Device(String::from("the file's extents do not match the image"))),
+                };
+                if let Err(e) = result {
                     return (written, Step::Failed(e));
                 }
-                from += e.len as usize;
+                from = to;
             }
-            *at += n;
-            written += n;
+            *at = at.saturating_add(n);
+            written = written.saturating_add(n);
         }
         (written, if *at >= pass.chunks.len() { Step::Written } else { Step::More })
     }
@@ -139,7 +154,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
         let mut left = if all { usize::MAX } else { POLL_CHUNKS };
         let mut out = Polled::default();
         for k in 0..count {
-            let Some(d) = disks.get_mut((*next + k) % count) else { continue };
+            let Some(d) = next.wrapping_add(k).checked_rem(count).and_then(|i| disks.get_mut(i)) else {
+                continue;
+            };
             if d.pass.is_none() {
                 let mut img = d.image.lock();
                 if img.flush_wanted() || (periodic && img.dirty_chunks() > 0) {
@@ -149,7 +166,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
             if d.pass.is_none() {
                 continue;
             }
-            let second = now_ms / 1000;
+            let second = now_ms.wrapping_div(1000);
             if d.budget_second != second {
                 d.budget_second = second;
                 d.budget_used = 0;
@@ -171,7 +188,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
             let failed = match &result {
                 Ok(()) => &[][..],
                 // A failed device flush fails the whole pass; a failed write the chunks from it on.
-                Err(_) if at >= pass.chunks.len() => &pass.chunks[..],
+                Err(_) if at >= pass.chunks.len() => pass.chunks.as_slice(),
                 Err(_) => pass.chunks.get(at..).unwrap_or_default(),
             };
             if let Err(e) = &result {
@@ -180,7 +197,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
             d.image.lock().end_pass(&pass, result.is_ok(), failed);
             out.ended = true;
         }
-        *next = (*next + 1) % count.max(1);
+        *next = next.wrapping_add(1).checked_rem(count).unwrap_or(0);
         out
     }
 }
@@ -250,7 +267,7 @@ mod tests {
         let ticket = {
             let mut img = image.lock();
             let len = img.bytes().len();
-            for (i, b) in img.bytes_mut(0..len).iter_mut().enumerate() {
+            for (i, b) in img.bytes_mut(0..len).unwrap().iter_mut().enumerate() {
                 *b = (i / CHUNK) as u8;
             }
             img.request_flush()
@@ -292,7 +309,7 @@ mod tests {
         {
             let mut img = image.lock();
             let len = img.bytes().len();
-            img.bytes_mut(0..len).fill(1);
+            img.bytes_mut(0..len).unwrap().fill(1);
             img.request_flush();
         }
         for i in 0..10_000 {
@@ -313,7 +330,7 @@ mod tests {
         let (image, mut w, mut dev) = setup();
         let ticket = {
             let mut img = image.lock();
-            img.bytes_mut(0..3 * CHUNK).fill(7);
+            img.bytes_mut(0..3 * CHUNK).unwrap().fill(7);
             img.request_flush()
         };
         dev.fail = true;
