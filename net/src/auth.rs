@@ -318,6 +318,22 @@ impl RootAccount {
         }
     }
 
+    /// Checks a password typed by a client at `source` (a console login), within the same budget
+    /// of slow checks as [`Self::check`].
+    pub fn check_password(&mut self, password: &str, source: Option<IpAddr>, now_ms: u64) -> AuthResult {
+        if password.len() > MAX_PASSWORD_LEN {
+            return AuthResult::Denied;
+        }
+        if !self.spend(source, now_ms) {
+            return AuthResult::Busy;
+        }
+        if self.hash.verify(password) {
+            AuthResult::Allowed
+        } else {
+            AuthResult::Denied
+        }
+    }
+
     /// Replaces the hash; forgets every remembered header.
     pub fn set_hash(&mut self, hash: StoredHash) {
         self.hash = hash;

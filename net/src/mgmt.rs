@@ -652,7 +652,13 @@ impl ManagementNetwork {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
         busy |= serve_http(stack, &mut self.api, now);
-        busy |= crate::console::serve(&mut stack.sockets, &mut stack.consoles, &mut *self.api.vms);
+        busy |= crate::console::serve(
+            &mut stack.sockets,
+            &mut stack.consoles,
+            &mut *self.api.vms,
+            &mut self.api.root,
+            now,
+        );
         busy |= self.poll_download(now);
         self.poll_test(now);
         let Some(stack) = self.stack.as_mut() else { return busy };
@@ -1506,13 +1512,25 @@ mod tests {
         let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"Linux version 6.1\n".to_vec()));
         let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
         w.server.set_vms(Box::new(ConsoleVms { output: output.clone(), input: input.clone() }));
-        assert!(w.server.take_log().iter().any(|l| l == "VM web console on TCP port 9001"));
+        assert!(w
+            .server
+            .take_log()
+            .iter()
+            .any(|l| l == "VM web console on TCP port 9001 (root password required)"));
+        // Nothing of the console before the root password; a wrong one is refused.
         let h = console_client(&mut w, 40100);
         let mut got = Vec::new();
+        assert!(read_until(&mut w, h, &mut got, b"root password: "), "{got:?}");
+        assert_eq!(got, b"Ember: serial console of VM web\r\nroot password: ");
+        w.send(h, b"guess\r\n");
+        assert!(read_until(&mut w, h, &mut got, b"Login incorrect.\r\nroot password: "), "{got:?}");
+        assert!(input.borrow().is_empty(), "nothing typed reached the VM");
+        w.send(h, b"rootpass\r\n");
+        got.clear();
         assert!(read_until(&mut w, h, &mut got, b"Linux version 6.1\n"), "the kept output first: {got:?}");
         output.borrow_mut().extend_from_slice(b"login: ");
         assert!(read_until(&mut w, h, &mut got, b"login: "), "then new output: {got:?}");
-        assert_eq!(got, b"Linux version 6.1\nlogin: ", "nothing twice");
+        assert_eq!(got, b"\r\nLinux version 6.1\nlogin: ", "nothing twice");
         // Input reaches the VM; what it cannot take yet waits in TCP.
         w.send(h, b"root\nuptime\n");
         w.run_until(500, |_| false);
@@ -1520,16 +1538,32 @@ mod tests {
         input.borrow_mut().clear();
         w.run_until(500, |_| false);
         assert_eq!(input.borrow().as_slice(), b"ime\n");
-        // The client leaves; the port listens again and a new client gets the log from the start.
-        w.client.sockets.get_mut::<tcp::Socket>(h).close();
-        w.run_until(2_000, |_| false);
-        w.client.sockets.remove(h);
+        // A second administrator logs in and takes the console over: the first is told and closed.
         let h2 = console_client(&mut w, 40101);
         let mut again = Vec::new();
+        assert!(read_until(&mut w, h2, &mut again, b"root password: "), "{again:?}");
+        w.send(h2, b"rootpass\n");
         assert!(
             read_until(&mut w, h2, &mut again, b"Linux version 6.1\nlogin: "),
             "a second client: {again:?}"
         );
+        assert!(
+            read_until(&mut w, h, &mut got, b"[Ember: console taken over by another session]"),
+            "{got:?}"
+        );
+        // Three wrong passwords end a connection.
+        let h3 = console_client(&mut w, 40102);
+        let mut third = Vec::new();
+        for _ in 0..3 {
+            assert!(read_until(&mut w, h3, &mut third, b"root password: "), "{third:?}");
+            third.clear();
+            w.send(h3, b"wrong\r");
+            w.run_until(1_100, |_| false); // the per-source budget refills each second
+        }
+        let closed = w.run_until(5_000, |c| {
+            !matches!(c.sockets.get::<tcp::Socket>(h3).state(), tcp::State::Established)
+        });
+        assert!(closed, "closed after three wrong passwords");
     }
 
     #[test]

@@ -202,10 +202,17 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
     let by_kind: u64 = stay["exit_counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert!(by_kind > 0 && stay["exit_counts"]["io"].as_u64() > Some(0), "{stay}");
-    // Its serial console over TCP: the kept output first, then live; a line typed reaches the guest.
+    // Its serial console over TCP asks for the root password first: a wrong one shows nothing of
+    // the console; then the kept output, then live; a line typed reaches the guest.
     let mut tcp = std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], console_port))).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, "root password: ");
+    std::io::Write::write_all(&mut tcp, b"not-the-password\r\n").unwrap();
+    read_until(&mut tcp, &mut seen, "Login incorrect.");
+    assert!(!seen.contains("EMBER-GUEST"), "nothing of the console before the password: {seen}");
+    std::thread::sleep(Duration::from_millis(1100)); // the per-source budget of password checks
+    std::io::Write::write_all(&mut tcp, format!("{}\r\n", ROOT.1).as_bytes()).unwrap();
     read_until(&mut tcp, &mut seen, MARKER);
     std::io::Write::write_all(&mut tcp, b"hello from tcp\n").unwrap();
     read_until(&mut tcp, &mut seen, "EMBER-GUEST: got hello from tcp");
