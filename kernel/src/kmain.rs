@@ -499,6 +499,7 @@ fn run_selftest(test: SelfTest, acpi_info: &acpi::AcpiInfo) {
         SelfTest::InvalidOpcode => cpu::provoke_invalid_opcode(),
         SelfTest::GeneralProtection => cpu::provoke_general_protection(),
         SelfTest::Reboot => power::reboot(acpi_info.reset.as_ref()),
+        SelfTest::VmPanic => crate::vmhost::inject_vm_panic(),
     }
 }
 

@@ -100,6 +100,10 @@ struct WorkerSlot {
     vcpu: AtomicUsize,
     /// The CPU waits for work: no job, or its vCPU halted.
     idle: AtomicBool,
+    /// The VM whose vCPU runs here (for the panic handler: which VM failed).
+    current: Mutex<Option<Arc<VmShared>>>,
+    /// The CPU stopped (a panic while it ran a vCPU): it runs nothing any more.
+    dead: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -108,7 +112,50 @@ const FREE_SLOT: WorkerSlot = WorkerSlot {
     vm: AtomicUsize::new(0),
     vcpu: AtomicUsize::new(0),
     idle: AtomicBool::new(true),
+    current: Mutex::new(None),
+    dead: AtomicBool::new(false),
 };
+
+/// Locks `m` if that is possible within about 50 ms: the management CPU never waits without bound
+/// on a lock a CPU running vCPUs holds (that CPU may have stopped holding it).
+fn lock_bounded<T>(m: &Mutex<T>) -> Option<spin::MutexGuard<'_, T>> {
+    let deadline = timer::now_ns().saturating_add(50_000_000);
+    loop {
+        if let Some(g) = m.try_lock() {
+            return Some(g);
+        }
+        if timer::now_ns() > deadline {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// `ember.selftest=vm-panic` (test only): panic in the first VM with a disk, 15 s after it starts.
+static INJECT_VM_PANIC: AtomicBool = AtomicBool::new(false);
+
+/// Arms `ember.selftest=vm-panic`.
+pub fn inject_vm_panic() {
+    INJECT_VM_PANIC.store(true, Ordering::Release);
+}
+
+/// The panic handler's question: is the calling CPU running a vCPU? If so, that VM is marked
+/// failed with `what` (its vCPUs elsewhere stop at their next look, the management plane reports
+/// it) and its name is returned: the caller stops only this CPU.
+pub fn on_vcpu_cpu_panic(what: &str) -> Option<String> {
+    let id = apic::current_id();
+    let slot = workers().iter().find(|w| w.apic_id.load(Ordering::Relaxed) == id)?;
+    if slot.vm.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let vm = slot.current.try_lock()?.clone()?;
+    slot.dead.store(true, Ordering::Release);
+    if let Some(mut f) = vm.failure.try_lock() {
+        *f = Some(format!("the CPU running it stopped: {what}"));
+    }
+    vm.failed.store(true, Ordering::Release);
+    Some(vm.def.name.clone())
+}
 static SLOTS: [WorkerSlot; MAX_WORKERS] = [FREE_SLOT; MAX_WORKERS];
 
 fn kick_cpu(slot: &WorkerSlot) {
@@ -167,6 +214,10 @@ pub struct VmShared {
     interrupts: AtomicU64,
     resets: AtomicU64,
     overhead: AtomicU64,
+    /// A CPU stopped while running one of its vCPUs: the VM cannot run again (its devices and
+    /// memory stay with that CPU) before the host restarts; `failure` says what happened.
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
 }
 
 struct Status {
@@ -326,10 +377,11 @@ fn build_run(vm: &Arc<VmShared>, asids: Vec<u32>) -> Result<Vec<Job>, String> {
     // loading the kernel happen in vCPU 0's first slice, on an application processor.
     linux::BzImage::parse(vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
     let bytes = vm.def.memory_mib as u64 * (1 << 20);
-    let ram =
-        FRAMES.lock().as_mut().and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN)).ok_or_else(
-            || format!("not enough free host memory for {} MiB of guest RAM", vm.def.memory_mib),
-        )?;
+    let ram = lock_bounded(&FRAMES)
+        .as_mut()
+        .and_then(|f| f.as_mut())
+        .and_then(|f| GuestRamRegion::allocate(f, bytes, RAM_ALIGN))
+        .ok_or_else(|| format!("not enough free host memory for {} MiB of guest RAM", vm.def.memory_mib))?;
     let base = ram.base();
     let ram = OwnedRam(Some(ram)); // given back on any error below
     let mmio = mmio_devices(vm)?;
@@ -450,6 +502,22 @@ impl Host for ApHost<'_> {
         self.run.wakes.fetch_or(vcpus, Ordering::AcqRel);
         kick_vcpus(&self.run.vm, vcpus);
     }
+    fn lock_board<'b>(&self, board: &'b Mutex<Board>) -> Option<spin::MutexGuard<'b, Board>> {
+        board_of(&self.run.vm, board)
+    }
+}
+
+/// A VM's devices, locked, unless the VM failed (a CPU that stopped may hold the lock for good).
+fn board_of<'b>(vm: &VmShared, board: &'b Mutex<Board>) -> Option<spin::MutexGuard<'b, Board>> {
+    loop {
+        if let Some(b) = board.try_lock() {
+            return Some(b);
+        }
+        if vm.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// Runs `job` for one slice on this CPU; gives it back if it is to go on.
@@ -458,8 +526,23 @@ fn run_slice(mut job: Box<Job>, cpu: &SvmCpu, slot: &WorkerSlot) -> Option<Box<J
     let vm = &run.vm;
     job.vcpu.bind(cpu);
     run.wakes.fetch_and(!(1u64 << job.cpu), Ordering::AcqRel);
+    if INJECT_VM_PANIC.load(Ordering::Acquire)
+        && !vm.disks.is_empty()
+        && vm.status.lock().started_ms.is_some_and(|s| timer::now_ms() >= s + 15_000)
+        && INJECT_VM_PANIC.swap(false, Ordering::AcqRel)
+    {
+        let _board = run.board.lock();
+        let _disk = vm.disks.first().map(|(d, _)| d.lock());
+        let _console = vm.console.lock();
+        panic!("ember.selftest=vm-panic: a fault in the hypervisor's code for VM {}", vm.def.name);
+    }
     if job.cpu == 0 && !run.loaded.load(Ordering::Acquire) {
-        let loaded = load_guest(&mut *run.board.lock().mem, vm);
+        let Some(mut board) = board_of(vm, &run.board) else {
+            finish_job(job);
+            return None;
+        };
+        let loaded = load_guest(&mut *board.mem, vm);
+        drop(board);
         match loaded {
             Ok(entry) => {
                 enter(&mut job.vcpu, &entry);
@@ -489,7 +572,7 @@ fn run_slice(mut job: Box<Job>, cpu: &SvmCpu, slot: &WorkerSlot) -> Option<Box<J
         c.fetch_add(j.stats.by_kind[i] - before.by_kind[i], Ordering::Relaxed);
     }
     vm.interrupts.fetch_add(j.stats.interrupts - before.interrupts, Ordering::Relaxed);
-    let notices = core::mem::take(&mut run.board.lock().notices);
+    let notices = board_of(vm, &run.board).map(|mut b| core::mem::take(&mut b.notices)).unwrap_or_default();
     for (base, what) in notices {
         let disk = base.saturating_sub(VIRTIO_MMIO_BASE) / 0x1000;
         let file = vm.def.disks.get(disk as usize).map_or("?", |d| d.file.as_str());
@@ -554,8 +637,20 @@ fn finish_job(job: Box<Job>) {
 fn next_job() -> Option<Box<Job>> {
     let now = timer::now_ns();
     let mut q = QUEUE.lock();
+    // The vCPUs of a failed VM never run again (dropped outside the lock).
+    let failed = if q.iter().any(|j| j.run.vm.failed.load(Ordering::Acquire)) {
+        let (gone, keep): (VecDeque<Box<Job>>, VecDeque<Box<Job>>) =
+            core::mem::take(&mut *q).into_iter().partition(|j| j.run.vm.failed.load(Ordering::Acquire));
+        *q = keep;
+        gone
+    } else {
+        VecDeque::new()
+    };
     let i = q.iter().position(|j| j.due(now)).unwrap_or(0);
-    q.remove(i)
+    let job = q.remove(i);
+    drop(q);
+    drop(failed);
+    job
 }
 
 /// The work loop of an application processor with SVM: runs queued vCPUs; sleeps when there are
@@ -587,9 +682,11 @@ pub fn ap_worker(cpu: SvmCpu) -> ! {
                 }
                 last_vm = vm;
                 slot.vcpu.store(job.cpu, Ordering::Release);
+                *slot.current.lock() = Some(job.run.vm.clone());
                 slot.vm.store(vm, Ordering::Release);
                 let back = run_slice(job, &cpu, slot);
                 slot.vm.store(0, Ordering::Release);
+                *slot.current.lock() = None;
                 if let Some(j) = back {
                     QUEUE.lock().push_back(j);
                 }
@@ -712,6 +809,8 @@ impl Hypervisor {
                     interrupts: AtomicU64::new(0),
                     resets: AtomicU64::new(0),
                     overhead: AtomicU64::new(0),
+                    failed: AtomicBool::new(false),
+                    failure: Mutex::new(None),
                 })),
                 Err(reason) => {
                     Entry::Invalid { name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(), reason }
@@ -759,13 +858,17 @@ impl Hypervisor {
         if let Some(why) = &self.unavailable {
             return Err(VmError::Unavailable(format!("virtual machines cannot run on this host: {why}")));
         }
-        if WORKERS.load(Ordering::Acquire) == 0 {
+        if workers().iter().all(|w| w.dead.load(Ordering::Acquire)) {
             return Err(VmError::Unavailable(String::from(
                 "no CPU is free to run virtual machines (the bootstrap CPU runs the management plane; VMs need a second CPU with SVM)",
             )));
         }
+        if vm.failed.load(Ordering::Acquire) {
+            return Err(VmError::Conflict(failed_text(&vm)));
+        }
         {
-            let st = vm.status.lock();
+            let st = lock_bounded(&vm.status)
+                .ok_or_else(|| VmError::Unavailable(format!("VM {} does not answer", vm.def.name)))?;
             if st.state != VmState::Stopped {
                 return Err(VmError::Conflict(format!(
                     "VM {} is already {}",
@@ -788,7 +891,11 @@ impl Hypervisor {
         for c in [&vm.exits, &vm.interrupts, &vm.resets].into_iter().chain(&vm.exit_counts) {
             c.store(0, Ordering::Relaxed);
         }
-        *vm.status.lock() = Status { state: VmState::Starting, started_ms: Some(now_ms), exit_reason: None };
+        let Some(mut st) = lock_bounded(&vm.status) else {
+            return Err(VmError::Unavailable(format!("VM {} does not answer", vm.def.name)));
+        };
+        *st = Status { state: VmState::Starting, started_ms: Some(now_ms), exit_reason: None };
+        drop(st);
         kprintln!(
             "ember: VM {}: starting ({} vCPUs, {} MiB, kernel {} bytes, command line \"{}\")",
             vm.def.name,
@@ -797,10 +904,25 @@ impl Hypervisor {
             vm.kernel.len(),
             vm.def.cmdline
         );
-        QUEUE.lock().extend(jobs.into_iter().map(Box::new));
+        match lock_bounded(&QUEUE) {
+            Some(mut q) => q.extend(jobs.into_iter().map(Box::new)),
+            None => {
+                if let Some(mut st) = lock_bounded(&vm.status) {
+                    st.state = VmState::Stopped;
+                }
+                return Err(VmError::Unavailable(String::from("the CPUs that run VMs do not answer")));
+            }
+        }
         kick_idle();
         Ok(())
     }
+}
+
+/// Why a failed VM cannot run.
+fn failed_text(vm: &VmShared) -> String {
+    let why =
+        lock_bounded(&vm.failure).and_then(|f| f.clone()).unwrap_or_else(|| String::from("its CPU stopped"));
+    format!("VM {} failed ({why}); it can run again after the host restarts", vm.def.name)
 }
 
 fn error_text(e: &VmError) -> String {
@@ -816,16 +938,31 @@ impl VmService for Hypervisor {
             .iter()
             .map(|e| match e {
                 Entry::Vm(v) => {
-                    let st = v.status.lock();
+                    // A VM whose CPU stopped (perhaps holding its locks) is reported failed.
+                    let st = lock_bounded(&v.status);
+                    let (state, started_ms, exit_reason) = match st.as_deref() {
+                        Some(st) if !v.failed.load(Ordering::Acquire) => {
+                            (st.state, st.started_ms, st.exit_reason.clone())
+                        }
+                        _ => (
+                            VmState::Failed,
+                            None,
+                            Some(
+                                lock_bounded(&v.failure)
+                                    .and_then(|f| f.clone())
+                                    .unwrap_or_else(|| String::from("the CPU running it does not answer")),
+                            ),
+                        ),
+                    };
                     VmSummary {
                         name: v.def.name.clone(),
-                        state: st.state,
+                        state,
                         vcpus: v.def.vcpus,
                         memory_mib: v.def.memory_mib,
                         autostart: v.def.autostart,
                         console_port: v.def.console_port,
-                        uptime_ms: st.started_ms.map(|s| now_ms.saturating_sub(s)),
-                        exit_reason: st.exit_reason.clone(),
+                        uptime_ms: started_ms.map(|s| now_ms.saturating_sub(s)),
+                        exit_reason,
                         exits: v.exits.load(Ordering::Relaxed),
                         exit_counts: vcpu::EXIT_KINDS
                             .iter()
@@ -858,21 +995,21 @@ impl VmService for Hypervisor {
 
     fn console(&self, name: &str) -> Option<Vec<u8>> {
         match self.find(name)? {
-            Entry::Vm(v) => Some(v.console.lock().contents()),
+            Entry::Vm(v) => Some(lock_bounded(&v.console).map(|c| c.contents()).unwrap_or_default()),
             Entry::Invalid { .. } => Some(Vec::new()),
         }
     }
 
     fn console_since(&self, name: &str, from: u64, max: usize) -> (Vec<u8>, u64) {
         match self.find(name) {
-            Some(Entry::Vm(v)) => v.console.lock().since(from, max),
+            Some(Entry::Vm(v)) => lock_bounded(&v.console).map_or((Vec::new(), from), |c| c.since(from, max)),
             _ => (Vec::new(), from),
         }
     }
 
     fn console_input(&mut self, name: &str, bytes: &[u8]) -> usize {
         let Some(Entry::Vm(v)) = self.find(name) else { return 0 };
-        let mut input = v.input.lock();
+        let Some(mut input) = lock_bounded(&v.input) else { return 0 };
         let n = bytes.len().min(CONSOLE_INPUT_BYTES.saturating_sub(input.len()));
         input.extend(&bytes[..n]);
         drop(input);
@@ -892,7 +1029,10 @@ impl VmService for Hypervisor {
         match action {
             VmAction::Start => self.start(vm, now_ms),
             VmAction::Stop | VmAction::Reset => {
-                let state = vm.status.lock().state;
+                if vm.failed.load(Ordering::Acquire) {
+                    return Err(VmError::Conflict(failed_text(&vm)));
+                }
+                let state = lock_bounded(&vm.status).map_or(VmState::Running, |s| s.state);
                 if state == VmState::Stopped {
                     return Err(VmError::Conflict(format!("VM {name} is not running")));
                 }
@@ -902,7 +1042,9 @@ impl VmService for Hypervisor {
                 if action == VmAction::Stop {
                     // The run ends at its CPU's next look (a kick brings it there at once).
                     for _ in 0..2000 {
-                        if vm.status.lock().state == VmState::Stopped {
+                        if lock_bounded(&vm.status).is_none_or(|s| s.state == VmState::Stopped)
+                            || vm.failed.load(Ordering::Acquire)
+                        {
                             break;
                         }
                         timer::delay_us(500);

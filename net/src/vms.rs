@@ -23,6 +23,10 @@ pub enum VmState {
     Running,
     /// The definition or its files cannot be used; the exit reason says why.
     Invalid,
+    /// The CPU running one of its vCPUs stopped (a fault in the hypervisor's own code for this
+    /// VM); the exit reason says what happened. It cannot be started again before the host
+    /// restarts (its memory and devices stay with the stopped CPU).
+    Failed,
 }
 
 impl VmState {
@@ -32,6 +36,7 @@ impl VmState {
             VmState::Starting => "starting",
             VmState::Running => "running",
             VmState::Invalid => "invalid",
+            VmState::Failed => "failed",
         }
     }
 }

@@ -423,3 +423,57 @@ fn a_hostile_guest_harms_neither_the_host_nor_another_vm() {
     );
     assert_eq!(vm(addr, "calm")["state"], "running");
 }
+
+/// A fault in the hypervisor's own code for one VM (`ember.selftest=vm-panic`: a panic on the CPU
+/// running its vCPU, with its device, disk and console locks held) ends that VM as failed with the
+/// reason; the CPU that ran it stops, and the management API, the DCUI, the disk write-back and the
+/// other VM (on the host's other CPU for VMs) carry on.
+#[test]
+fn a_fault_in_one_vms_path_leaves_the_host_and_the_other_vm_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = vec![0u8; 1 << 20];
+    let defs = [
+        vm_dir(dir.path(), "victim", (1, 128), "console=ttyS0 ember.action=stay", true, Some(&disk), None),
+        vm_dir(dir.path(), "calm", (1, 128), "console=ttyS0 ember.action=stay", true, None, None),
+    ];
+    let mut extra: Vec<&str> = Vec::new();
+    for d in &defs {
+        extra.extend(["--vm", d.to_str().unwrap()]);
+    }
+    let out = build_image_with(dir.path(), &["ember.selftest=vm-panic"], &extra);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-fault", &out);
+    cfg.cpus = 3;
+    cfg.memory_mib = 1024;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    let mut q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    let (victim, _) = wait_vm(addr, "victim", "the injected fault", |v, _| v["state"] == "failed");
+    let reason = victim["exit_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the CPU running it stopped: ") && reason.contains("ember.selftest=vm-panic"),
+        "{reason}"
+    );
+    q.wait_for("stopped while running VM victim: ", BOOT_TIMEOUT);
+    // Its console is held by the stopped CPU: the API answers anyway, and refuses to run it again.
+    let t = Instant::now();
+    assert_eq!(request(addr, "GET", "/api/v1/vms/victim/console", Some(ROOT), None).status, 200);
+    assert!(t.elapsed() < Duration::from_secs(10), "the console request took {:?}", t.elapsed());
+    for action in ["start", "stop", "reset"] {
+        let r = request(addr, "POST", &format!("/api/v1/vms/victim/{action}"), Some(ROOT), None);
+        assert_eq!(r.status, 409, "{action}: {r:?}");
+        assert!(r.body.contains("failed"), "{r:?}");
+    }
+    // The other VM keeps printing, on the CPU left for VMs.
+    let before = console(addr, "calm").matches("EMBER-GUEST: alive").count();
+    wait_vm(addr, "calm", "heartbeats after the fault", |v, c| {
+        v["state"] == "running" && c.matches("EMBER-GUEST: alive").count() > before + 2
+    });
+    // The DCUI answers its keys.
+    q.send(b"\x1b@");
+    q.wait_for_screen("Authentication Required on", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    q.send(b"\x1b");
+    assert_eq!(request(addr, "GET", "/api/v1/host", Some(ROOT), None).status, 200);
+}

@@ -94,6 +94,20 @@ pub fn print(args: core::fmt::Arguments<'_>) {
     });
 }
 
+/// Prints `text` and a line end to every console if their lock can be had within about 100 ms
+/// (a CPU that stops while the host goes on must not wait for ever on a lock it may hold itself).
+pub fn print_line_bounded(text: &str) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        for _ in 0..100_000 {
+            if let Some(mut c) = CONSOLES.try_lock() {
+                let _ = writeln!(Both(&mut c), "{text}");
+                return;
+            }
+            crate::arch::x86_64::timer::delay_us(1);
+        }
+    });
+}
+
 /// A byte typed on the serial console, if any.
 pub fn read_serial_byte() -> Option<u8> {
     x86_64::instructions::interrupts::without_interrupts(|| CONSOLES.lock().serial.as_mut()?.read_byte())
@@ -315,11 +329,32 @@ pub fn stop(status: ExitStatus) -> ! {
     cpu::halt_forever()
 }
 
+/// CPUs (by APIC ID, modulo 256) inside the panic handler: a panic while handling one is fatal.
+static IN_PANIC: [AtomicBool; 256] = [const { AtomicBool::new(false) }; 256];
+
 #[cfg(target_os = "uefi")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let id = crate::arch::x86_64::apic::current_id();
     let mut t = FixedText::new();
-    let _ = writeln!(t, "*** PANIC on CPU {}: {}", crate::arch::x86_64::apic::current_id(), info);
+    let first = !IN_PANIC[(id & 0xff) as usize].swap(true, Ordering::AcqRel);
+    // A panic in the hypervisor's code for one VM, on a CPU running its vCPU: that VM is marked
+    // failed and this CPU stops; the management CPU, the DCUI, the API and the other VMs carry on.
+    if first {
+        let _ = write!(t, "{info}");
+        if let Some(vm) = crate::vmhost::on_vcpu_cpu_panic(t.as_str()) {
+            let mut line = FixedText::new();
+            let _ = write!(
+                line,
+                "ember: ERROR: CPU {id} stopped while running VM {vm}: {}; VM {vm} failed, the host and the other VMs go on",
+                t.as_str()
+            );
+            print_line_bounded(line.as_str());
+            cpu::halt_forever();
+        }
+        t = FixedText::new();
+    }
+    let _ = writeln!(t, "*** PANIC on CPU {id}: {info}");
     emergency_report(t.as_str(), "System halted.");
     stop(ExitStatus::Panic)
 }

@@ -56,6 +56,11 @@ pub trait Host {
     /// Other vCPUs of the VM (bit `i`: vCPU `i`) received an interrupt or a start-up IPI: they
     /// must look at it soon (run them, or kick the CPUs they run on).
     fn wake(&self, vcpus: u64);
+    /// The VM's devices, locked; `None` if the VM failed meanwhile (a CPU that ran it stopped,
+    /// perhaps holding the lock): the loop ends at once instead of waiting for ever.
+    fn lock_board<'b>(&self, board: &'b Mutex<Board>) -> Option<spin::MutexGuard<'b, Board>> {
+        Some(board.lock())
+    }
 }
 
 /// Why a VM's run ended.
@@ -154,9 +159,9 @@ fn look_around(
     host: &impl Host,
     state: &mut LoopState,
     stats: &mut RunStats,
-) -> u64 {
+) -> Option<u64> {
     let cpu = vm.cpu;
-    let mut b = vm.board.lock();
+    let mut b = host.lock_board(vm.board)?;
     state.next_timer = b.update(cpu, host.now_ns());
     host.console_input(&mut b.machine);
     b.route();
@@ -178,7 +183,7 @@ fn look_around(
     if !state.halted {
         deliver_interrupts(vcpu, &mut b, cpu, stats);
     }
-    b.apics.take_wakes() & !(1 << cpu)
+    Some(b.apics.take_wakes() & !(1 << cpu))
 }
 
 /// Runs the vCPU until its time slice is over or the VM's run ends.
@@ -192,7 +197,7 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
     let cpu = vm.cpu;
     loop {
         // Looking first: a vCPU woken by an interrupt or a STARTUP IPI is no longer idle.
-        let wakes = look_around(vcpu, vm, host, state, stats);
+        let Some(wakes) = look_around(vcpu, vm, host, state, stats) else { return RunEnd::Stopped };
         if wakes != 0 {
             host.wake(wakes);
         }
@@ -211,7 +216,7 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
             *n = n.wrapping_add(1);
         }
         let (action, request, wakes) = {
-            let mut b = vm.board.lock();
+            let Some(mut b) = host.lock_board(vm.board) else { return RunEnd::Stopped };
             b.machine.set_time(host.now_ns());
             let action = {
                 let (mut bus, mem) = b.view(cpu);
@@ -244,7 +249,9 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
             ExitAction::Halted => {
                 // With interrupts disabled only an NMI (or INIT) wakes a vCPU: that is how a
                 // guest parks its other CPUs at shutdown; a lone vCPU can never wake up.
-                let alone = vm.board.lock().apics.count() == 1;
+                let Some(b) = host.lock_board(vm.board) else { return RunEnd::Stopped };
+                let alone = b.apics.count() == 1;
+                drop(b);
                 if alone && !vcpu.interrupts_enabled() {
                     return RunEnd::Fault(format!(
                         "the guest halted with interrupts disabled at RIP {:#x} (it can never wake up)",

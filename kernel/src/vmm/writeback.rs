@@ -104,7 +104,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> BackedDisk<B> {
             while n < most && pass.chunks.get(at.saturating_add(n)) == Some(&first.saturating_add(n)) {
                 n = n.saturating_add(1);
             }
-            let range = self.image.lock().copy_chunks(first, n, buf);
+            // The guest's vCPU holds the image only briefly; one that never lets go (its CPU
+            // stopped) must not stop the management CPU: try again next time.
+            let Some(mut img) = self.image.try_lock() else { return (written, Step::More) };
+            let range = img.copy_chunks(first, n, buf);
+            drop(img);
             let mut from = 0usize;
             for e in self.extents.map(range.start as u64, range.end as u64) {
                 let to = from.saturating_add(usize::try_from(e.len).unwrap_or(usize::MAX));
@@ -158,7 +162,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
                 continue;
             };
             if d.pass.is_none() {
-                let mut img = d.image.lock();
+                let Some(mut img) = d.image.try_lock() else { continue };
                 if img.flush_wanted() || (periodic && img.dirty_chunks() > 0) {
                     d.pass = img.begin_pass().map(|p| (p, 0));
                 }
@@ -184,6 +188,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
                 Step::Written => dev.flush(),
                 Step::Failed(e) => Err(e),
             };
+            let Some(mut img) = d.image.try_lock() else {
+                // Ended next time (written again, or retried after a failure).
+                out.under_way = true;
+                continue;
+            };
             let Some((pass, at)) = d.pass.take() else { continue };
             let failed = match &result {
                 Ok(()) => &[][..],
@@ -194,7 +203,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
             if let Err(e) = &result {
                 out.errors.push(format!("{}: writing back to the boot media failed: {e}", d.label));
             }
-            d.image.lock().end_pass(&pass, result.is_ok(), failed);
+            img.end_pass(&pass, result.is_ok(), failed);
             out.ended = true;
         }
         *next = next.wrapping_add(1).checked_rem(count).unwrap_or(0);
@@ -322,6 +331,27 @@ mod tests {
         let r = w.poll(&mut dev, 8_001, true);
         assert!(!r.under_way && r.ended);
         assert_eq!(image.lock().dirty_chunks(), 0);
+    }
+
+    /// An image whose lock is never let go (its vCPU's CPU stopped holding it) does not stop the
+    /// caller: the disk is left alone until the lock is free.
+    #[test]
+    fn a_held_image_lock_is_waited_for_by_nobody() {
+        let (image, mut w, mut dev) = setup();
+        let ticket = {
+            let mut img = image.lock();
+            img.bytes_mut(0..CHUNK).unwrap().fill(3);
+            img.request_flush()
+        };
+        let held = image.lock();
+        for i in 0..3 {
+            let r = w.poll(&mut dev, 9_000 + i, false);
+            assert!(!r.ended && r.errors.is_empty());
+        }
+        assert_eq!(dev.written, 0);
+        drop(held);
+        while w.poll(&mut dev, 9_100, false).under_way {}
+        assert_eq!(image.lock().flush_state(ticket), FlushState::Done);
     }
 
     /// A failed write fails the flush and leaves the unwritten chunks dirty.
