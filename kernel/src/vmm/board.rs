@@ -72,23 +72,28 @@ impl Apics {
         self.lapics.len()
     }
 
+    /// `cpu`'s start-up state (a vCPU the VM does not have waits for ever).
     pub fn state(&self, cpu: usize) -> CpuState {
-        self.states[cpu]
+        self.states.get(cpu).copied().unwrap_or(CpuState::WaitForSipi)
     }
 
     /// The vCPU started (after [`CpuState::Startup`]).
     pub fn set_running(&mut self, cpu: usize) {
-        self.states[cpu] = CpuState::Running;
+        if let Some(s) = self.states.get_mut(cpu) {
+            *s = CpuState::Running;
+        }
     }
 
     /// Whether an NMI waits for `cpu`.
     pub fn nmi_pending(&self, cpu: usize) -> bool {
-        self.nmi[cpu]
+        self.nmi.get(cpu).copied().unwrap_or(false)
     }
 
     /// `cpu` takes its NMI.
     pub fn take_nmi(&mut self, cpu: usize) {
-        self.nmi[cpu] = false;
+        if let Some(n) = self.nmi.get_mut(cpu) {
+            *n = false;
+        }
     }
 
     /// The vCPUs that received something since the last call (bit `i`: vCPU `i`).
@@ -98,8 +103,9 @@ impl Apics {
 
     /// The vCPUs a destination names (a bit mask).
     fn targets(&self, from: Option<usize>, dest: u8, logical: bool, shorthand: Shorthand) -> u64 {
-        let all = if self.count() == 64 { u64::MAX } else { (1u64 << self.count()) - 1 };
-        let me = from.map_or(0, |f| 1u64 << f);
+        // At most MAX_VCPUS (64) vCPUs: every index fits a u64 mask.
+        let all = u64::MAX.checked_shr(64u32.saturating_sub(self.count() as u32)).unwrap_or(0);
+        let me = from.map_or(0, |f| 1u64.checked_shl(f as u32).unwrap_or(0));
         match shorthand {
             Shorthand::SelfOnly => me,
             Shorthand::AllIncludingSelf => all,
@@ -109,7 +115,7 @@ impl Apics {
                 for (i, l) in self.lapics.iter().enumerate() {
                     let hit = if logical { l.matches_logical(dest) } else { dest == 0xff || l.id() == dest };
                     if hit {
-                        mask |= 1 << i;
+                        mask |= 1u64.checked_shl(i as u32).unwrap_or(0);
                     }
                 }
                 mask
@@ -124,33 +130,36 @@ impl Apics {
             // One of them (all have the same priority here): the first.
             mask &= mask.wrapping_neg();
         }
-        for cpu in 0..self.count() {
-            if mask & (1 << cpu) == 0 {
+        for (cpu, ((lapic, state), nmi)) in
+            self.lapics.iter_mut().zip(self.states.iter_mut()).zip(self.nmi.iter_mut()).enumerate()
+        {
+            let bit = 1u64.checked_shl(cpu as u32).unwrap_or(0);
+            if mask & bit == 0 {
                 continue;
             }
             match mode {
                 DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                    if !self.lapics[cpu].enabled() {
+                    if !lapic.enabled() {
                         continue; // a software-disabled APIC takes no fixed interrupts
                     }
-                    self.lapics[cpu].accept(vector, level);
+                    lapic.accept(vector, level);
                 }
-                DeliveryMode::Nmi => self.nmi[cpu] = true,
+                DeliveryMode::Nmi => *nmi = true,
                 DeliveryMode::Init => {
-                    self.lapics[cpu] = Lapic::new(cpu as u8);
-                    self.nmi[cpu] = false;
-                    self.states[cpu] = CpuState::WaitForSipi;
+                    *lapic = Lapic::new(cpu as u8);
+                    *nmi = false;
+                    *state = CpuState::WaitForSipi;
                 }
                 DeliveryMode::Startup => {
-                    if self.states[cpu] != CpuState::WaitForSipi {
+                    if *state != CpuState::WaitForSipi {
                         continue;
                     }
-                    self.states[cpu] = CpuState::Startup(vector);
+                    *state = CpuState::Startup(vector);
                 }
                 // SMI has no handler in a VM; ExtINT through an APIC is not modelled.
                 DeliveryMode::Smi | DeliveryMode::ExtInt => continue,
             }
-            self.wakes |= 1 << cpu;
+            self.wakes |= bit;
         }
     }
 
@@ -179,21 +188,22 @@ impl Apics {
 
     /// Brings `cpu`'s APIC timer up to `now`; returns when it fires next.
     pub fn update_timer(&mut self, cpu: usize, now: u64) -> Option<u64> {
-        let before = self.lapics[cpu].pending();
-        let next = self.lapics[cpu].update_timer(now);
-        if self.lapics[cpu].pending() != before {
-            self.wakes |= 1 << cpu;
+        let lapic = self.lapics.get_mut(cpu)?;
+        let before = lapic.pending();
+        let next = lapic.update_timer(now);
+        if lapic.pending() != before {
+            self.wakes |= 1u64.checked_shl(cpu as u32).unwrap_or(0);
         }
         next
     }
 
     fn read(&self, cpu: usize, offset: u64, now: u64) -> u32 {
-        self.lapics[cpu].read(offset, now)
+        self.lapics.get(cpu).map_or(0, |l| l.read(offset, now))
     }
 
     /// A write to `cpu`'s APIC; returns a level-triggered vector's EOI for the I/O APIC.
     fn write(&mut self, cpu: usize, offset: u64, value: u32, now: u64) -> Option<u8> {
-        match self.lapics[cpu].write(offset, value, now)? {
+        match self.lapics.get_mut(cpu)?.write(offset, value, now)? {
             LapicEvent::Ipi(ipi) => {
                 self.ipi(cpu, ipi);
                 None
@@ -260,21 +270,23 @@ impl Board {
 
     /// Whether `cpu` has something to take (a halted vCPU wakes for it).
     pub fn pending(&self, cpu: usize) -> bool {
-        self.apics.nmi[cpu]
-            || self.apics.lapics[cpu].pending().is_some()
-            || (self.apics.lapics[cpu].accepts_pic_interrupts() && self.machine.pic.interrupt_pending())
+        let Some(lapic) = self.apics.lapics.get(cpu) else { return false };
+        self.apics.nmi_pending(cpu)
+            || lapic.pending().is_some()
+            || (lapic.accepts_pic_interrupts() && self.machine.pic.interrupt_pending())
     }
 
     /// Takes what `cpu` is to be given next: an NMI, its APIC's highest pending vector, or the
     /// 8259A's (through LINT0).
     pub fn acknowledge(&mut self, cpu: usize) -> Option<Event> {
-        if core::mem::take(&mut self.apics.nmi[cpu]) {
+        if self.apics.nmi.get_mut(cpu).is_some_and(core::mem::take) {
             return Some(Event::Nmi);
         }
-        if let Some(v) = self.apics.lapics[cpu].acknowledge() {
+        let lapic = self.apics.lapics.get_mut(cpu)?;
+        if let Some(v) = lapic.acknowledge() {
             return Some(Event::Interrupt(v));
         }
-        if self.apics.lapics[cpu].accepts_pic_interrupts() && self.machine.pic.interrupt_pending() {
+        if lapic.accepts_pic_interrupts() && self.machine.pic.interrupt_pending() {
             return Some(Event::Interrupt(self.machine.pic.acknowledge()));
         }
         None
@@ -295,12 +307,18 @@ pub struct CpuBus<'a> {
     pub cpu: usize,
 }
 
+/// `addr`'s offset in the APIC window at `base`, if it is inside it.
+fn window_offset(addr: u64, base: u64) -> Option<u64> {
+    addr.checked_sub(base).filter(|o| *o < WINDOW)
+}
+
 /// The 32-bit register an access of `len` bytes at `offset` falls in, and the shift of the
 /// access within it; `None` when it straddles two registers (an aligned 8-byte access is taken as
 /// the register and zeros above it).
 fn register_of(offset: u64, len: usize) -> Option<(u64, u32)> {
-    let shift = (offset & 3) as u32 * 8;
-    ((offset & 3) as usize + len.min(4) <= 4).then_some((offset & !3, shift))
+    let within = (offset & 3) as usize;
+    let shift = (within as u32).wrapping_mul(8);
+    (within.saturating_add(len.min(4)) <= 4).then_some((offset & !3, shift))
 }
 
 impl PortBus for CpuBus<'_> {
@@ -314,45 +332,47 @@ impl PortBus for CpuBus<'_> {
 
 impl MmioSpace for CpuBus<'_> {
     fn mmio_claims(&self, addr: u64, len: u64) -> bool {
-        let inside = |base: u64| addr >= base && addr.saturating_add(len) <= base + WINDOW;
+        let inside = |base: u64| addr >= base && addr.saturating_add(len) <= base.saturating_add(WINDOW);
         inside(LAPIC_BASE) || inside(IOAPIC_BASE) || self.mmio.claims(addr, len)
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
         let now = self.machine.now();
-        let value = if (LAPIC_BASE..LAPIC_BASE + WINDOW).contains(&addr) {
-            register_of(addr - LAPIC_BASE, data.len()).map(|(r, s)| self.apics.read(self.cpu, r, now) >> s)
-        } else if (IOAPIC_BASE..IOAPIC_BASE + WINDOW).contains(&addr) {
-            register_of(addr - IOAPIC_BASE, data.len()).map(|(r, s)| self.machine.ioapic.read(r) >> s)
+        let value = if let Some(off) = window_offset(addr, LAPIC_BASE) {
+            register_of(off, data.len())
+                .map(|(r, s)| self.apics.read(self.cpu, r, now).checked_shr(s).unwrap_or(0))
+        } else if let Some(off) = window_offset(addr, IOAPIC_BASE) {
+            register_of(off, data.len()).map(|(r, s)| self.machine.ioapic.read(r).checked_shr(s).unwrap_or(0))
         } else {
             return self.mmio.read(addr, data);
         };
         // Accesses that straddle registers (or are 8 bytes wide) read as zeros above the register.
         let v = value.unwrap_or(0) as u64;
         for (i, b) in data.iter_mut().enumerate() {
-            *b = v.checked_shr(8 * i as u32).unwrap_or(0) as u8;
+            *b = v.checked_shr((i as u32).saturating_mul(8)).unwrap_or(0) as u8;
         }
         true
     }
 
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
         let now = self.machine.now();
-        let lapic = (LAPIC_BASE..LAPIC_BASE + WINDOW).contains(&addr);
-        if !lapic && !(IOAPIC_BASE..IOAPIC_BASE + WINDOW).contains(&addr) {
+        let (lapic, ioapic) = (window_offset(addr, LAPIC_BASE), window_offset(addr, IOAPIC_BASE));
+        if lapic.is_none() && ioapic.is_none() {
             return self.mmio.write(addr, data);
         }
         // Registers take 32-bit writes; narrower or straddling ones are dropped, as on hardware
         // where they are undefined.
-        if data.len() != 4 || addr & 3 != 0 {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else { return true };
+        if addr & 3 != 0 {
             return true;
         }
-        let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        if lapic {
-            if let Some(v) = self.apics.write(self.cpu, addr - LAPIC_BASE, value, now) {
+        let value = u32::from_le_bytes(bytes);
+        if let Some(off) = lapic {
+            if let Some(v) = self.apics.write(self.cpu, off, value, now) {
                 self.machine.level_eoi(v);
             }
-        } else {
-            self.machine.ioapic_write(addr - IOAPIC_BASE, value);
+        } else if let Some(off) = ioapic {
+            self.machine.ioapic_write(off, value);
         }
         // What the I/O APIC delivered meanwhile (unmasking, EOI) goes out at once.
         for d in self.machine.take_deliveries() {

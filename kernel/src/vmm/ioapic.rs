@@ -61,15 +61,17 @@ impl IoApic {
 
     /// Delivers pin `pin` if its state asks for it now.
     fn try_deliver(&mut self, pin: usize) -> Option<Delivery> {
-        let e = self.redir[pin];
-        if e & MASKED != 0 || self.levels & (1 << pin) == 0 {
+        let bit = 1u32.checked_shl(pin as u32).unwrap_or(0);
+        let entry = self.redir.get_mut(pin)?;
+        let e = *entry;
+        if e & MASKED != 0 || self.levels & bit == 0 {
             return None;
         }
         if e & LEVEL != 0 {
             if e & REMOTE_IRR != 0 {
                 return None;
             }
-            self.redir[pin] |= REMOTE_IRR;
+            *entry |= REMOTE_IRR;
         }
         Some(Self::delivery(e))
     }
@@ -85,7 +87,7 @@ impl IoApic {
         } else {
             self.levels &= !(1 << pin);
         }
-        let level = self.redir[pin] & LEVEL != 0;
+        let level = self.redir.get(pin).is_some_and(|e| e & LEVEL != 0);
         if high && (level || !was) {
             self.try_deliver(pin)
         } else {
@@ -98,9 +100,9 @@ impl IoApic {
     pub fn eoi(&mut self, vector: u8) -> alloc::vec::Vec<Delivery> {
         let mut out = alloc::vec::Vec::new();
         for pin in 0..PINS {
-            let e = self.redir[pin];
-            if e & REMOTE_IRR != 0 && e as u8 == vector {
-                self.redir[pin] &= !REMOTE_IRR;
+            let Some(entry) = self.redir.get_mut(pin) else { continue };
+            if *entry & REMOTE_IRR != 0 && *entry as u8 == vector {
+                *entry &= !REMOTE_IRR;
                 out.extend(self.try_deliver(pin));
             }
         }
@@ -113,7 +115,8 @@ impl IoApic {
             1 => VERSION,
             2 => self.id, // arbitration ID
             r @ 0x10..=0x3f => {
-                let e = self.redir[((r - 0x10) / 2) as usize] & !DELIVERY_STATUS;
+                let e = self.redir.get((r.wrapping_sub(0x10) / 2) as usize).copied().unwrap_or(0)
+                    & !DELIVERY_STATUS;
                 if r % 2 == 0 {
                     e as u32
                 } else {
@@ -141,8 +144,8 @@ impl IoApic {
             0x10 => match self.select {
                 0 => self.id = value & 0x0f00_0000,
                 r @ 0x10..=0x3f => {
-                    let pin = ((r - 0x10) / 2) as usize;
-                    let old = self.redir[pin];
+                    let pin = (r.wrapping_sub(0x10) / 2) as usize;
+                    let Some(&old) = self.redir.get(pin) else { return alloc::vec::Vec::new() };
                     // Remote IRR and delivery status are read-only.
                     let keep = old & (REMOTE_IRR | DELIVERY_STATUS);
                     let new = if r % 2 == 0 {
@@ -150,9 +153,11 @@ impl IoApic {
                     } else {
                         (old & 0x0000_0000_ffff_ffff) | ((value as u64 & 0xff00_0000) << 32)
                     };
-                    self.redir[pin] = (new & !(REMOTE_IRR | DELIVERY_STATUS)) | keep;
-                    if new & LEVEL == 0 {
-                        self.redir[pin] &= !REMOTE_IRR;
+                    if let Some(entry) = self.redir.get_mut(pin) {
+                        *entry = (new & !(REMOTE_IRR | DELIVERY_STATUS)) | keep;
+                        if new & LEVEL == 0 {
+                            *entry &= !REMOTE_IRR;
+                        }
                     }
                     // A level-triggered input that is asserted when unmasked delivers now.
                     if old & MASKED != 0 && new & MASKED == 0 && new & LEVEL != 0 {

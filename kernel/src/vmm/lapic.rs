@@ -103,20 +103,24 @@ pub struct Lapic {
 }
 
 fn bit(v: &[u32; 8], vector: u8) -> bool {
-    v[(vector >> 5) as usize] & (1 << (vector & 31)) != 0
+    v.get(usize::from(vector >> 5)).is_some_and(|w| w & (1 << (vector & 31)) != 0)
 }
 
 fn set(v: &mut [u32; 8], vector: u8, on: bool) {
-    let (w, b) = ((vector >> 5) as usize, 1u32 << (vector & 31));
-    if on {
-        v[w] |= b;
-    } else {
-        v[w] &= !b;
+    let b = 1u32 << (vector & 31);
+    if let Some(w) = v.get_mut(usize::from(vector >> 5)) {
+        if on {
+            *w |= b;
+        } else {
+            *w &= !b;
+        }
     }
 }
 
+/// The highest vector set (word `w`'s highest bit is vector `w * 32 + 31 - leading zeros`).
 fn highest(v: &[u32; 8]) -> Option<u8> {
-    (0..8).rev().find(|&w| v[w] != 0).map(|w| (w as u8) * 32 + (31 - v[w].leading_zeros() as u8))
+    let (w, bits) = v.iter().enumerate().rev().find(|(_, bits)| **bits != 0)?;
+    Some((w as u8).wrapping_mul(32) | (31u8.wrapping_sub(bits.leading_zeros() as u8)))
 }
 
 impl Lapic {
@@ -215,7 +219,10 @@ impl Lapic {
     }
 
     fn period_ns(&self) -> u64 {
-        (self.timer_initial as u64 * self.divisor()).saturating_mul(1_000_000_000 / BUS_HZ).max(1)
+        u64::from(self.timer_initial)
+            .saturating_mul(self.divisor())
+            .saturating_mul(1_000_000_000 / BUS_HZ)
+            .max(1)
     }
 
     fn periodic(&self) -> bool {
@@ -224,11 +231,12 @@ impl Lapic {
 
     fn current_count(&self, now: u64) -> u32 {
         let Some(start) = self.timer_start else { return 0 };
-        let ticks =
-            (now.saturating_sub(start) as u128 * BUS_HZ as u128 / 1_000_000_000) as u64 / self.divisor();
-        let initial = self.timer_initial as u64;
+        let elapsed =
+            u128::from(now.saturating_sub(start)).saturating_mul(u128::from(BUS_HZ)) / 1_000_000_000;
+        let ticks = (elapsed as u64).checked_div(self.divisor()).unwrap_or(0);
+        let initial = u64::from(self.timer_initial);
         if self.periodic() {
-            (initial - ticks % initial) as u32
+            ticks.checked_rem(initial).map_or(0, |r| initial.saturating_sub(r)) as u32
         } else {
             initial.saturating_sub(ticks) as u32
         }
@@ -239,10 +247,10 @@ impl Lapic {
     pub fn update_timer(&mut self, now: u64) -> Option<u64> {
         let start = self.timer_start?;
         let period = self.period_ns();
-        let expired = now.saturating_sub(start) / period;
+        let expired = now.saturating_sub(start).checked_div(period).unwrap_or(0);
         if expired > self.timer_fired {
             self.timer_fired = if self.periodic() { expired } else { 1 };
-            let lvt = self.lvt[LVT_TIMER];
+            let lvt = self.lvt.get(LVT_TIMER).copied().unwrap_or(LVT_MASKED);
             if lvt & LVT_MASKED == 0 && self.enabled() {
                 self.accept(lvt as u8, false);
             }
@@ -251,12 +259,13 @@ impl Lapic {
                 return None;
             }
         }
-        Some(start + (self.timer_fired + 1) * period)
+        Some(start.saturating_add(self.timer_fired.saturating_add(1).saturating_mul(period)))
     }
 
     /// A guest read of the register at `offset` (aligned 32-bit registers; others read 0).
     pub fn read(&self, offset: u64, now: u64) -> u32 {
-        let idx = |base: u64| ((offset - base) >> 4) as usize;
+        let idx = |base: u64| (offset.wrapping_sub(base) >> 4) as usize;
+        let word = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(0);
         match offset {
             0x20 => (self.id as u32) << 24,
             0x30 => VERSION,
@@ -266,14 +275,14 @@ impl Lapic {
             0xd0 => self.ldr,
             0xe0 => self.dfr,
             0xf0 => self.svr,
-            0x100..=0x170 => self.isr[idx(0x100)],
-            0x180..=0x1f0 => self.tmr[idx(0x180)],
-            0x200..=0x270 => self.irr[idx(0x200)],
+            0x100..=0x170 => word(&self.isr, idx(0x100)),
+            0x180..=0x1f0 => word(&self.tmr, idx(0x180)),
+            0x200..=0x270 => word(&self.irr, idx(0x200)),
             0x280 => self.esr,
             0x2f0 => self.lvt_cmci,
             0x300 => self.icr_low & !(1 << 12), // delivered at once: never "send pending"
             0x310 => self.icr_high,
-            0x320..=0x370 => self.lvt[idx(0x320)],
+            0x320..=0x370 => word(&self.lvt, idx(0x320)),
             0x380 => self.timer_initial,
             0x390 => self.current_count(now),
             0x3e0 => self.timer_divide,
@@ -312,7 +321,7 @@ impl Lapic {
             }
             0x310 => self.icr_high = value & 0xff00_0000,
             0x320..=0x370 => {
-                let i = ((offset - 0x320) >> 4) as usize;
+                let i = (offset.wrapping_sub(0x320) >> 4) as usize;
                 let mask = match i {
                     LVT_TIMER => 0x0007_00ff,
                     3 | 4 => 0x0001_a7ff, // LINT0/1: vector, mode, polarity, trigger, mask
@@ -323,7 +332,9 @@ impl Lapic {
                 if !self.enabled() {
                     v |= LVT_MASKED;
                 }
-                self.lvt[i] = v;
+                if let Some(l) = self.lvt.get_mut(i) {
+                    *l = v;
+                }
             }
             0x380 => {
                 self.timer_initial = value;

@@ -220,7 +220,7 @@ impl Machine {
     }
 
     fn pm_timer(&self) -> u32 {
-        ((self.now as u128 * PM_TIMER_HZ as u128 / 1_000_000_000) as u32) & 0x00ff_ffff
+        ((u128::from(self.now).saturating_mul(u128::from(PM_TIMER_HZ)) / 1_000_000_000) as u32) & 0x00ff_ffff
     }
 
     fn kbc_read(&mut self, port: u16) -> u8 {
@@ -256,26 +256,31 @@ impl Machine {
 
     fn pm_read(&mut self, port: u16, size: u8) -> u32 {
         let regs = [self.pm1_status, self.pm1_enable, self.pm1_control];
-        let word = |o: u16| -> u32 {
-            match o {
-                0..=5 => regs[(o / 2) as usize] as u32 >> ((o % 2) * 8),
-                _ => 0,
-            }
+        // Byte `o` of the three 16-bit registers (0 past them).
+        let byte = |o: u16| -> u32 {
+            let reg = regs.get(usize::from(o / 2)).copied().unwrap_or(0);
+            u32::from(reg).checked_shr(u32::from(o % 2).wrapping_mul(8)).unwrap_or(0) & 0xff
         };
+        // The caller's match puts `port` inside the PM ranges; sizes are 1, 2 or 4.
         match port {
-            PM_TMR_PORT..=PM_TMR_LAST => self.pm_timer() >> ((port - PM_TMR_PORT) * 8),
+            PM_TMR_PORT..=PM_TMR_LAST => self
+                .pm_timer()
+                .checked_shr(u32::from(port.wrapping_sub(PM_TMR_PORT)).wrapping_mul(8))
+                .unwrap_or(0),
             _ => {
-                let o = port - PM1_EVT_PORT;
-                (0..size as u16).fold(0, |acc, i| acc | ((word(o + i) & 0xff) << (8 * i)))
+                let o = port.wrapping_sub(PM1_EVT_PORT);
+                (0..u16::from(size.min(4))).fold(0, |acc, i| {
+                    acc | byte(o.wrapping_add(i)).checked_shl(u32::from(i).wrapping_mul(8)).unwrap_or(0)
+                })
             }
         }
     }
 
     fn pm_write(&mut self, port: u16, size: u8, value: u32) {
-        for i in 0..size as u16 {
-            let byte = (value >> (8 * i)) as u16 & 0xff;
-            let o = port - PM1_EVT_PORT + i;
-            let shift = (o % 2) * 8;
+        for i in 0..u16::from(size.min(4)) {
+            let byte = value.checked_shr(u32::from(i).wrapping_mul(8)).unwrap_or(0) as u16 & 0xff;
+            let o = port.wrapping_sub(PM1_EVT_PORT).wrapping_add(i);
+            let shift = (o % 2).wrapping_mul(8);
             match o {
                 // Status bits are cleared by writing ones.
                 0 | 1 => self.pm1_status &= !(byte << shift),
@@ -299,12 +304,12 @@ impl PortBus for Machine {
         let now = self.now;
         let v = match port {
             0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => self.pic.read_port(port) as u32,
-            0x40..=0x43 => self.pit.read(port - 0x40, now) as u32,
+            0x40..=0x43 => self.pit.read(port.wrapping_sub(0x40), now) as u32,
             0x61 => self.pit.read_port_b(now) as u32,
             0x60 | 0x64 => self.kbc_read(port) as u32,
             0x70 | 0x71 => {
                 let wall = self.wall_clock();
-                self.rtc.read(port - 0x70, wall) as u32
+                self.rtc.read(port.wrapping_sub(0x70), wall) as u32
             }
             COM1..=0x3ff => {
                 let lines = IsaLines {
@@ -312,7 +317,7 @@ impl PortBus for Machine {
                     ioapic: &mut self.ioapic,
                     deliveries: &mut self.deliveries,
                 };
-                self.com1.read(port - COM1, &mut Com1Irq(lines)) as u32
+                self.com1.read(port.wrapping_sub(COM1), &mut Com1Irq(lines)) as u32
             }
             PM1_EVT_PORT..=PM_TMR_LAST => self.pm_read(port, size),
             _ => u32::MAX,
@@ -329,12 +334,12 @@ impl PortBus for Machine {
         let b = value as u8;
         match port {
             0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => self.pic.write_port(port, b),
-            0x40..=0x43 => self.pit.write(port - 0x40, b, now),
+            0x40..=0x43 => self.pit.write(port.wrapping_sub(0x40), b, now),
             0x61 => self.pit.write_port_b(b, now),
             0x60 | 0x64 => self.kbc_write(port, b),
             0x70 | 0x71 => {
                 let wall = self.wall_clock();
-                self.rtc.write(port - 0x70, b, wall)
+                self.rtc.write(port.wrapping_sub(0x70), b, wall)
             }
             COM1..=0x3ff => {
                 let mut log = self.console.lock();
@@ -343,7 +348,7 @@ impl PortBus for Machine {
                     ioapic: &mut self.ioapic,
                     deliveries: &mut self.deliveries,
                 };
-                self.com1.write(port - COM1, b, &mut *log, &mut Com1Irq(lines));
+                self.com1.write(port.wrapping_sub(COM1), b, &mut *log, &mut Com1Irq(lines));
             }
             PM1_EVT_PORT..=PM1_CNT_LAST => self.pm_write(port, size, value),
             // The reset control register (the FADT's reset register): bit 2 starts the reset.
