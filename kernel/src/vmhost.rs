@@ -104,6 +104,34 @@ struct WorkerSlot {
     current: Mutex<Option<Arc<VmShared>>>,
     /// The CPU stopped (a panic while it ran a vCPU): it runs nothing any more.
     dead: AtomicBool,
+    /// What stopped it (written by the panic handler, which must not allocate).
+    failure: Mutex<FailureText>,
+}
+
+/// A fixed buffer for a panic message (the heap may be what failed).
+pub struct FailureText {
+    buf: [u8; 480],
+    len: usize,
+}
+
+impl FailureText {
+    const fn new() -> Self {
+        FailureText { buf: [0; 480], len: 0 }
+    }
+
+    /// Keeps as much of `text` as fits, cut at a character boundary.
+    fn set(&mut self, text: &str) {
+        let mut n = text.len().min(self.buf.len());
+        while !text.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        self.len = n;
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -114,6 +142,7 @@ const FREE_SLOT: WorkerSlot = WorkerSlot {
     idle: AtomicBool::new(true),
     current: Mutex::new(None),
     dead: AtomicBool::new(false),
+    failure: Mutex::new(FailureText::new()),
 };
 
 /// Locks `m` if that is possible within about 50 ms: the management CPU never waits without bound
@@ -141,20 +170,36 @@ pub fn inject_vm_panic() {
 
 /// The panic handler's question: is the calling CPU running a vCPU? If so, that VM is marked
 /// failed with `what` (its vCPUs elsewhere stop at their next look, the management plane reports
-/// it) and its name is returned: the caller stops only this CPU.
-pub fn on_vcpu_cpu_panic(what: &str) -> Option<String> {
+/// it) and returned: the caller stops only this CPU. Allocates nothing.
+pub fn on_vcpu_cpu_panic(what: &str) -> Option<Arc<VmShared>> {
     let id = apic::current_id();
-    let slot = workers().iter().find(|w| w.apic_id.load(Ordering::Relaxed) == id)?;
+    let (index, slot) =
+        workers().iter().enumerate().find(|(_, w)| w.apic_id.load(Ordering::Relaxed) == id)?;
     if slot.vm.load(Ordering::Acquire) == 0 {
         return None;
     }
     let vm = slot.current.try_lock()?.clone()?;
     slot.dead.store(true, Ordering::Release);
-    if let Some(mut f) = vm.failure.try_lock() {
-        *f = Some(format!("the CPU running it stopped: {what}"));
+    if let Some(mut f) = slot.failure.try_lock() {
+        f.set(what);
     }
+    vm.failed_on.store(index + 1, Ordering::Release);
     vm.failed.store(true, Ordering::Release);
-    Some(vm.def.name.clone())
+    Some(vm)
+}
+
+/// Why a failed VM failed (the panic of the CPU that ran it).
+fn failure_of(vm: &VmShared) -> String {
+    let what = vm
+        .failed_on
+        .load(Ordering::Acquire)
+        .checked_sub(1)
+        .and_then(|i| SLOTS.get(i))
+        .and_then(|slot| lock_bounded(&slot.failure).map(|f| String::from(f.as_str())));
+    match what {
+        Some(what) => format!("the CPU running it stopped: {what}"),
+        None => String::from("the CPU running it does not answer"),
+    }
 }
 static SLOTS: [WorkerSlot; MAX_WORKERS] = [FREE_SLOT; MAX_WORKERS];
 
@@ -215,9 +260,10 @@ pub struct VmShared {
     resets: AtomicU64,
     overhead: AtomicU64,
     /// A CPU stopped while running one of its vCPUs: the VM cannot run again (its devices and
-    /// memory stay with that CPU) before the host restarts; `failure` says what happened.
+    /// memory stay with that CPU) before the host restarts; `failed_on` is that CPU's worker slot
+    /// plus one (its failure text says what happened).
     failed: AtomicBool,
-    failure: Mutex<Option<String>>,
+    failed_on: AtomicUsize,
 }
 
 struct Status {
@@ -810,7 +856,7 @@ impl Hypervisor {
                     resets: AtomicU64::new(0),
                     overhead: AtomicU64::new(0),
                     failed: AtomicBool::new(false),
-                    failure: Mutex::new(None),
+                    failed_on: AtomicUsize::new(0),
                 })),
                 Err(reason) => {
                     Entry::Invalid { name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(), reason }
@@ -920,9 +966,7 @@ impl Hypervisor {
 
 /// Why a failed VM cannot run.
 fn failed_text(vm: &VmShared) -> String {
-    let why =
-        lock_bounded(&vm.failure).and_then(|f| f.clone()).unwrap_or_else(|| String::from("its CPU stopped"));
-    format!("VM {} failed ({why}); it can run again after the host restarts", vm.def.name)
+    format!("VM {} failed ({}); it can run again after the host restarts", vm.def.name, failure_of(vm))
 }
 
 fn error_text(e: &VmError) -> String {
@@ -939,20 +983,11 @@ impl VmService for Hypervisor {
             .map(|e| match e {
                 Entry::Vm(v) => {
                     // A VM whose CPU stopped (perhaps holding its locks) is reported failed.
-                    let st = lock_bounded(&v.status);
+                    let failed = v.failed.load(Ordering::Acquire);
+                    let st = if failed { None } else { lock_bounded(&v.status) };
                     let (state, started_ms, exit_reason) = match st.as_deref() {
-                        Some(st) if !v.failed.load(Ordering::Acquire) => {
-                            (st.state, st.started_ms, st.exit_reason.clone())
-                        }
-                        _ => (
-                            VmState::Failed,
-                            None,
-                            Some(
-                                lock_bounded(&v.failure)
-                                    .and_then(|f| f.clone())
-                                    .unwrap_or_else(|| String::from("the CPU running it does not answer")),
-                            ),
-                        ),
+                        Some(st) => (st.state, st.started_ms, st.exit_reason.clone()),
+                        None => (VmState::Failed, None, Some(failure_of(v))),
                     };
                     VmSummary {
                         name: v.def.name.clone(),
@@ -995,6 +1030,7 @@ impl VmService for Hypervisor {
 
     fn console(&self, name: &str) -> Option<Vec<u8>> {
         match self.find(name)? {
+            Entry::Vm(v) if v.failed.load(Ordering::Acquire) => Some(Vec::new()),
             Entry::Vm(v) => Some(lock_bounded(&v.console).map(|c| c.contents()).unwrap_or_default()),
             Entry::Invalid { .. } => Some(Vec::new()),
         }
@@ -1002,13 +1038,18 @@ impl VmService for Hypervisor {
 
     fn console_since(&self, name: &str, from: u64, max: usize) -> (Vec<u8>, u64) {
         match self.find(name) {
-            Some(Entry::Vm(v)) => lock_bounded(&v.console).map_or((Vec::new(), from), |c| c.since(from, max)),
+            Some(Entry::Vm(v)) if !v.failed.load(Ordering::Acquire) => {
+                lock_bounded(&v.console).map_or((Vec::new(), from), |c| c.since(from, max))
+            }
             _ => (Vec::new(), from),
         }
     }
 
     fn console_input(&mut self, name: &str, bytes: &[u8]) -> usize {
         let Some(Entry::Vm(v)) = self.find(name) else { return 0 };
+        if v.failed.load(Ordering::Acquire) {
+            return 0;
+        }
         let Some(mut input) = lock_bounded(&v.input) else { return 0 };
         let n = bytes.len().min(CONSOLE_INPUT_BYTES.saturating_sub(input.len()));
         input.extend(&bytes[..n]);

@@ -28,8 +28,11 @@ pub const LOGIN_TIMEOUT_MS: u64 = 60_000;
 pub const IDLE_TIMEOUT_MS: u64 = 30 * 60_000;
 /// Wrong passwords before the connection is closed.
 const LOGIN_TRIES: u8 = 3;
-/// Sockets per VM at most: one session, one client logging in, one listening.
-const MAX_SOCKETS: usize = 3;
+/// Sockets per VM at most: one session, clients logging in (one per source address), one listening.
+const MAX_SOCKETS: usize = 6;
+/// A connection half open (SYN received) or closing for longer than this is aborted, so a peer
+/// that never answers cannot hold a socket.
+const STUCK_MS: u64 = 5_000;
 
 /// Where one connection stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,13 +44,16 @@ enum Phase {
     /// Logged in: the console position sent up to (`None`: from the oldest kept byte), the last
     /// input, and whether an LF ending the password line (CR LF) is still to be dropped.
     Session { pos: Option<u64>, last_input: u64, skip_lf: bool },
-    /// Closing (a message may still be going out).
-    Closing,
+    /// Closing (a message may still be going out), since when.
+    Closing { since: u64 },
 }
 
 struct Slot {
     handle: SocketHandle,
     phase: Phase,
+    /// The socket's state at the last look, and since when it is in it.
+    last_state: tcp::State,
+    state_since: u64,
 }
 
 /// One VM's console port.
@@ -94,14 +100,17 @@ fn login_input(typed: &mut Vec<u8>, data: &[u8]) -> LoginInput {
     LoginInput::More
 }
 
-fn new_listener(sockets: &mut SocketSet<'static>, port: u16) -> Slot {
+fn new_listener(sockets: &mut SocketSet<'static>, port: u16, now: u64) -> Slot {
     let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
         tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
     );
     s.set_nagle_enabled(false);
+    // A peer that stops answering is dropped (keep-alive probes without an answer time out).
+    s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(20)));
+    s.set_timeout(Some(smoltcp::time::Duration::from_secs(60)));
     let _ = s.listen(port);
-    Slot { handle: sockets.add(s), phase: Phase::Listening }
+    Slot { handle: sockets.add(s), phase: Phase::Listening, last_state: tcp::State::Listen, state_since: now }
 }
 
 /// Listening sockets for every VM that has a console port; each one is said in `log`.
@@ -114,7 +123,7 @@ pub fn open(
         .list(0)
         .into_iter()
         .filter_map(|v| v.console_port.map(|p| (v.name, p)))
-        .map(|(vm, port)| ConsoleConn { vm, port, slots: vec![new_listener(sockets, port)] })
+        .map(|(vm, port)| ConsoleConn { vm, port, slots: vec![new_listener(sockets, port, 0)] })
         .collect();
     for c in &conns {
         log.push(format!("VM {} console on TCP port {} (root password required)", c.vm, c.port));
@@ -138,32 +147,48 @@ pub fn serve(
     let mut busy = false;
     for c in conns {
         let mut took_over = None;
+        let mut new_login = None;
         for (i, slot) in c.slots.iter_mut().enumerate() {
             let s = sockets.get_mut::<tcp::Socket>(slot.handle);
             let state = s.state();
+            if state != slot.last_state {
+                slot.last_state = state;
+                slot.state_since = now;
+            }
+            let stuck = now.saturating_sub(slot.state_since) > STUCK_MS;
             if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && slot.phase != Phase::Listening {
-                slot.phase = Phase::Closing;
+                if !matches!(slot.phase, Phase::Closing { .. }) {
+                    slot.phase = Phase::Closing { since: now };
+                }
                 continue;
             }
             match &mut slot.phase {
                 Phase::Listening if state == tcp::State::Established => {
                     slot.phase = Phase::Login { typed: Vec::new(), tries: 0, since: now, prompted: false };
+                    new_login = Some((i, s.remote_endpoint().map(|e| e.addr)));
                     busy = true;
                 }
-                Phase::Listening => {
-                    if state == tcp::State::Closed {
+                Phase::Listening => match state {
+                    tcp::State::Listen => {}
+                    tcp::State::SynReceived if !stuck => {}
+                    tcp::State::Closed => {
                         let _ = s.listen(c.port);
                     }
-                }
+                    // Half open for too long, or a peer that closed before it was taken: listen again.
+                    _ => {
+                        s.abort();
+                        let _ = s.listen(c.port);
+                    }
+                },
                 Phase::Login { typed, tries, since, prompted } => {
                     if !*prompted && s.can_send() {
                         send_text(s, &format!("Ember: serial console of VM {}\r\nroot password: ", c.vm));
                         *prompted = true;
                     }
-                    if now.saturating_sub(*since) > LOGIN_TIMEOUT_MS {
+                    if now.saturating_sub(*since) > LOGIN_TIMEOUT_MS || state == tcp::State::CloseWait {
                         send_text(s, "\r\nLogin timed out.\r\n");
                         s.close();
-                        slot.phase = Phase::Closing;
+                        slot.phase = Phase::Closing { since: now };
                         continue;
                     }
                     let source = s.remote_endpoint().map(|e| e.addr.into());
@@ -198,15 +223,18 @@ pub fn serve(
                             if *tries >= LOGIN_TRIES {
                                 send_text(s, "\r\nLogin incorrect.\r\n");
                                 s.close();
-                                slot.phase = Phase::Closing;
+                                slot.phase = Phase::Closing { since: now };
                             } else {
                                 send_text(s, "\r\nLogin incorrect.\r\nroot password: ");
                             }
                         }
+                        // Not counted as a try: the client may ask again in a moment.
                         Some(AuthResult::Busy) => {
-                            send_text(s, "\r\nToo many password checks; try again later.\r\n");
-                            s.close();
-                            slot.phase = Phase::Closing;
+                            typed.clear();
+                            send_text(
+                                s,
+                                "\r\nToo many password checks right now; try again.\r\nroot password: ",
+                            );
                         }
                         None => {}
                     }
@@ -218,7 +246,7 @@ pub fn serve(
                             "\r\n[Ember: console session closed after 30 minutes without input]\r\n",
                         );
                         s.close();
-                        slot.phase = Phase::Closing;
+                        slot.phase = Phase::Closing { since: now };
                         continue;
                     }
                     let mut at = pos.unwrap_or(0);
@@ -258,10 +286,28 @@ pub fn serve(
                     }
                     if s.state() == tcp::State::CloseWait {
                         s.close();
-                        slot.phase = Phase::Closing;
+                        slot.phase = Phase::Closing { since: now };
                     }
                 }
-                Phase::Closing => {}
+                // A peer that never finishes the close (no ACK, no FIN) does not keep the socket.
+                Phase::Closing { since } => {
+                    if now.saturating_sub(*since) > STUCK_MS {
+                        s.abort();
+                    }
+                }
+            }
+        }
+        // One client logging in per source address: a second connection replaces the first.
+        if let Some((new, Some(addr))) = new_login {
+            for (i, slot) in c.slots.iter_mut().enumerate() {
+                if i == new || !matches!(slot.phase, Phase::Login { .. }) {
+                    continue;
+                }
+                let s = sockets.get_mut::<tcp::Socket>(slot.handle);
+                if s.remote_endpoint().map(|e| e.addr) == Some(addr) {
+                    s.abort();
+                    slot.phase = Phase::Closing { since: now };
+                }
             }
         }
         // A new session takes the console over from the one before it.
@@ -271,24 +317,25 @@ pub fn serve(
                     let s = sockets.get_mut::<tcp::Socket>(slot.handle);
                     send_text(s, "\r\n[Ember: console taken over by another session]\r\n");
                     s.close();
-                    slot.phase = Phase::Closing;
+                    slot.phase = Phase::Closing { since: now };
                 }
             }
         }
         // Closed sockets go; one socket always listens while there is room.
         c.slots.retain(|slot| {
-            let done = slot.phase == Phase::Closing
-                && matches!(
-                    sockets.get::<tcp::Socket>(slot.handle).state(),
-                    tcp::State::Closed | tcp::State::TimeWait
-                );
+            // Closed at this call's start too: a socket aborted in this call keeps its slot until
+            // the interface has sent its reset.
+            let closed = |st: tcp::State| matches!(st, tcp::State::Closed | tcp::State::TimeWait);
+            let done = matches!(slot.phase, Phase::Closing { .. })
+                && closed(slot.last_state)
+                && closed(sockets.get::<tcp::Socket>(slot.handle).state());
             if done {
                 sockets.remove(slot.handle);
             }
             !done
         });
         if !c.slots.iter().any(|s| s.phase == Phase::Listening) && c.slots.len() < MAX_SOCKETS {
-            c.slots.push(new_listener(sockets, c.port));
+            c.slots.push(new_listener(sockets, c.port, now));
         }
     }
     busy
@@ -311,6 +358,7 @@ pub fn reset(sockets: &mut SocketSet<'static>, conns: &mut [ConsoleConn]) {
             s.abort();
             let _ = s.listen(c.port);
             slot.phase = Phase::Listening;
+            slot.last_state = tcp::State::Listen;
         }
     }
 }

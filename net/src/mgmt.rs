@@ -1564,6 +1564,22 @@ mod tests {
             !matches!(c.sockets.get::<tcp::Socket>(h3).state(), tcp::State::Established)
         });
         assert!(closed, "closed after three wrong passwords");
+        // Idle connections that never log in cannot use up the port: one per source address waits
+        // for its password (a newer one replaces it), so the administrator still gets in.
+        let idle: Vec<SocketHandle> = (0..5).map(|i| console_client(&mut w, 40110 + i)).collect();
+        // (Connections closed above whose peer never closed its side are dropped after 5 s.)
+        w.run_until(6_000, |_| false);
+        let h4 = console_client(&mut w, 40120);
+        let mut fourth = Vec::new();
+        assert!(read_until(&mut w, h4, &mut fourth, b"root password: "), "{fourth:?}");
+        w.send(h4, b"rootpass\r\n");
+        assert!(read_until(&mut w, h4, &mut fourth, b"login: "), "the administrator gets in: {fourth:?}");
+        let dropped = w.run_until(2_000, |c| {
+            idle.iter().all(|h| !matches!(c.sockets.get::<tcp::Socket>(*h).state(), tcp::State::Established))
+        });
+        let states: Vec<tcp::State> =
+            idle.iter().map(|h| w.client.sockets.get::<tcp::Socket>(*h).state()).collect();
+        assert!(dropped, "the idle logins were replaced: {states:?}");
     }
 
     #[test]

@@ -343,6 +343,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if first {
         let _ = write!(t, "{info}");
         if let Some(vm) = crate::vmhost::on_vcpu_cpu_panic(t.as_str()) {
+            let vm = vm.def.name.as_str();
             let mut line = FixedText::new();
             let _ = write!(
                 line,

@@ -260,7 +260,15 @@ impl<D: DiskImage> VirtioBlk<D> {
                 Ok(())
             }
             0x038 if selected => self.queue.set_num(v),
-            0x044 if selected => self.queue.set_ready(v),
+            0x044 if selected => {
+                // A queue disabled or enabled anew forgets the flushes waiting on its old rings.
+                let was = self.queue.ready();
+                let r = self.queue.set_ready(v);
+                if self.queue.ready() != was {
+                    self.pending.clear();
+                }
+                r
+            }
             0x050 => {
                 // Notifications before DRIVER_OK or for a queue the device lacks are ignored.
                 if v == 0 && self.live() {

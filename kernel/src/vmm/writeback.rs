@@ -47,6 +47,26 @@ pub const DISK_CHUNKS_PER_SECOND: usize = 2048;
 pub const WRITEBACK_MS: u64 = 1000;
 /// Chunks written back with one device write, at most.
 const WRITEBACK_RUN: usize = 64;
+/// What a device flush costs of the budgets, in chunks (so a guest that flushes without pause
+/// makes the boot media flush at most 32 times a second, one flush per call at most).
+pub const FLUSH_CHUNKS: usize = 64;
+/// Tries at a disk image's lock before a restart (a vCPU holds it only briefly; one whose CPU
+/// stopped holds it for good, and the restart must go on).
+const FINAL_LOCK_TRIES: usize = 10_000_000;
+
+/// The image's lock: one try, or (`all`: before a restart) up to [`FINAL_LOCK_TRIES`].
+fn lock_image<B>(
+    image: &SharedDisk<WritebackImage<B>>,
+    all: bool,
+) -> Option<spin::MutexGuard<'_, WritebackImage<B>>> {
+    for _ in 0..if all { FINAL_LOCK_TRIES } else { 1 } {
+        if let Some(g) = image.try_lock() {
+            return Some(g);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
 
 /// Writes `data` at device byte `offset`, reading and merging the blocks it covers only in part.
 fn write_bytes(dev: &mut dyn BlockDevice, offset: u64, data: &[u8]) -> Result<(), IoError> {
@@ -93,7 +113,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> BackedDisk<B> {
     /// Writes up to `max` chunks of the pass under way (in runs of consecutive chunks, with as
     /// few device writes as the file's clusters allow); returns how many it wrote and how the
     /// step ended.
-    fn step(&mut self, dev: &mut dyn BlockDevice, buf: &mut Vec<u8>, max: usize) -> (usize, Step) {
+    fn step(&mut self, dev: &mut dyn BlockDevice, buf: &mut Vec<u8>, max: usize, all: bool) -> (usize, Step) {
         let Some((pass, at)) = &mut self.pass else { return (0, Step::Written) };
         let mut written = 0usize;
         while written < max {
@@ -106,7 +126,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> BackedDisk<B> {
             }
             // The guest's vCPU holds the image only briefly; one that never lets go (its CPU
             // stopped) must not stop the management CPU: try again next time.
-            let Some(mut img) = self.image.try_lock() else { return (written, Step::More) };
+            let Some(mut img) = lock_image(&self.image, all) else { return (written, Step::More) };
             let range = img.copy_chunks(first, n, buf);
             drop(img);
             let mut from = 0usize;
@@ -146,8 +166,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
 
     /// Starts a pass for every disk whose guest waits for a flush, or every [`WRITEBACK_MS`], and
     /// carries the passes under way on by a bounded step (`all`: every disk with anything dirty
-    /// written back to the end in this call, whatever the time and the budgets: before the host
-    /// restarts or powers off).
+    /// written back to the end in this call - passes under way finished, then new ones while
+    /// chunks are dirty, three rounds at most as the guests still run -, whatever the time and the
+    /// budgets: before the host restarts or powers off).
     pub fn poll(&mut self, dev: &mut dyn BlockDevice, now_ms: u64, all: bool) -> Polled {
         let periodic = all || now_ms.saturating_sub(self.last_pass_ms) >= WRITEBACK_MS;
         if periodic {
@@ -157,12 +178,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
         let count = disks.len();
         let mut left = if all { usize::MAX } else { POLL_CHUNKS };
         let mut out = Polled::default();
-        for k in 0..count {
+        for k in 0..count.saturating_mul(if all { 3 } else { 1 }) {
             let Some(d) = next.wrapping_add(k).checked_rem(count).and_then(|i| disks.get_mut(i)) else {
                 continue;
             };
             if d.pass.is_none() {
-                let Some(mut img) = d.image.try_lock() else { continue };
+                let Some(mut img) = lock_image(&d.image, all) else { continue };
                 if img.flush_wanted() || (periodic && img.dirty_chunks() > 0) {
                     d.pass = img.begin_pass().map(|p| (p, 0));
                 }
@@ -177,7 +198,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
             }
             let allowance =
                 if all { usize::MAX } else { DISK_CHUNKS_PER_SECOND.saturating_sub(d.budget_used) };
-            let (written, step) = d.step(dev, buf, left.min(allowance));
+            let (written, step) = d.step(dev, buf, left.min(allowance), all);
             left = left.saturating_sub(written);
             d.budget_used = d.budget_used.saturating_add(written);
             let result = match step {
@@ -185,10 +206,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Send> Writeback<B> {
                     out.under_way = true;
                     continue;
                 }
-                Step::Written => dev.flush(),
+                // The device flush waits for room in the budgets (the next call, or second).
+                Step::Written
+                    if !all && (left < FLUSH_CHUNKS || allowance.saturating_sub(written) < FLUSH_CHUNKS) =>
+                {
+                    out.under_way = true;
+                    continue;
+                }
+                Step::Written => {
+                    left = left.saturating_sub(FLUSH_CHUNKS);
+                    d.budget_used = d.budget_used.saturating_add(FLUSH_CHUNKS);
+                    dev.flush()
+                }
                 Step::Failed(e) => Err(e),
             };
-            let Some(mut img) = d.image.try_lock() else {
+            let Some(mut img) = lock_image(&d.image, all) else {
                 // Ended next time (written again, or retried after a failure).
                 out.under_way = true;
                 continue;
@@ -354,6 +386,23 @@ mod tests {
         assert_eq!(image.lock().flush_state(ticket), FlushState::Done);
     }
 
+    /// A guest that flushes without pause (nothing dirty) makes the device flush at most
+    /// DISK_CHUNKS_PER_SECOND / FLUSH_CHUNKS times a second.
+    #[test]
+    fn device_flushes_are_budgeted() {
+        let (image, mut w, mut dev) = setup();
+        for i in 0..10_000 {
+            image.lock().request_flush();
+            w.poll(&mut dev, 20_000 + i / 10, false);
+        }
+        assert_eq!(dev.disk.flushes, (DISK_CHUNKS_PER_SECOND / FLUSH_CHUNKS) as u64);
+        // Before a restart: everything written, the guest's writes after the pass too.
+        image.lock().bytes_mut(0..CHUNK).unwrap().fill(9);
+        let r = w.poll(&mut dev, 20_999, true);
+        assert!(!r.under_way && image.lock().dirty_chunks() == 0);
+        assert_eq!(dev.disk.bytes()[1 << 20], 9);
+    }
+
     /// A failed write fails the flush and leaves the unwritten chunks dirty.
     #[test]
     fn a_failed_write_fails_the_flush() {
@@ -371,7 +420,7 @@ mod tests {
         assert_eq!(image.lock().dirty_chunks(), 3);
         dev.fail = false;
         let t2 = image.lock().request_flush();
-        w.poll(&mut dev, 1_001, false);
+        while w.poll(&mut dev, 1_001, false).under_way {}
         assert_eq!(image.lock().flush_state(t2), FlushState::Done);
         assert_eq!(dev.disk.bytes()[(1 << 20) + 2 * CHUNK], 7);
     }
