@@ -65,6 +65,23 @@ fn vm_dir(
     path
 }
 
+/// An image with the VMs of `defs` (and `boot_options`); returns it and what `ember-image build`
+/// printed.
+fn image_with_vms(dir: &Path, defs: &[PathBuf], boot_options: &[&str]) -> (PathBuf, String) {
+    let out = dir.join("ember.img");
+    let efi = efi_path();
+    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
+    for d in defs {
+        args.extend(["--vm", d.to_str().unwrap()]);
+    }
+    for o in boot_options {
+        args.extend(["--boot-option", o]);
+    }
+    let (ok, stdout, stderr) = run_tool(&args);
+    assert!(ok, "ember-image build --vm failed:\n{stdout}\n{stderr}");
+    (out, stdout)
+}
+
 /// Reads the TCP console into `seen` until it contains `want`.
 fn read_until(tcp: &mut std::net::TcpStream, seen: &mut String, want: &str) {
     let start = Instant::now();
@@ -161,14 +178,7 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let def = serde_json::json!({"name": "badkern", "vcpus": 1, "memory_mib": 64, "kernel": "vmlinuz"});
     std::fs::write(d.join("vm.json"), def.to_string()).unwrap();
     defs.push(d.join("vm.json"));
-    let out = dir.path().join("ember.img");
-    let efi = efi_path();
-    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
-    for d in &defs {
-        args.extend(["--vm", d.to_str().unwrap()]);
-    }
-    let (ok, stdout, stderr) = run_tool(&args);
-    assert!(ok, "ember-image build --vm failed:\n{stdout}\n{stderr}");
+    let (out, stdout) = image_with_vms(dir.path(), &defs, &[]);
     assert!(stdout.contains("VM stay: 3 files in /ember/vms/stay"), "{stdout}");
 
     let port = free_port();
@@ -322,14 +332,7 @@ fn a_hostile_guest_harms_neither_the_host_nor_another_vm() {
         ),
         vm_dir(dir.path(), "halter", (1, 128), "console=ttyS0 ember.action=halt", false, None, None),
     ];
-    let out = dir.path().join("ember.img");
-    let efi = efi_path();
-    let mut args = vec!["build", "--out", out.to_str().unwrap(), "--efi", efi.to_str().unwrap()];
-    for d in &defs {
-        args.extend(["--vm", d.to_str().unwrap()]);
-    }
-    let (ok, stdout, stderr) = run_tool(&args);
-    assert!(ok, "ember-image build --vm failed:\n{stdout}\n{stderr}");
+    let (out, _) = image_with_vms(dir.path(), &defs, &[]);
     let port = free_port();
     let mut cfg = QemuConfig::new("vms-hostile", &out);
     cfg.memory_mib = 1024;
@@ -436,11 +439,7 @@ fn a_fault_in_one_vms_path_leaves_the_host_and_the_other_vm_running() {
         vm_dir(dir.path(), "victim", (1, 128), "console=ttyS0 ember.action=stay", true, Some(&disk), None),
         vm_dir(dir.path(), "calm", (1, 128), "console=ttyS0 ember.action=stay", true, None, None),
     ];
-    let mut extra: Vec<&str> = Vec::new();
-    for d in &defs {
-        extra.extend(["--vm", d.to_str().unwrap()]);
-    }
-    let out = build_image_with(dir.path(), &["ember.selftest=vm-panic"], &extra);
+    let (out, _) = image_with_vms(dir.path(), &defs, &["ember.selftest=vm-panic"]);
     let port = free_port();
     let mut cfg = QemuConfig::new("vms-fault", &out);
     cfg.cpus = 3;
