@@ -15,13 +15,14 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-// Guest-controlled paths are total: in the modules marked below (virtio, the buses, the local and
-// I/O APICs and the board routing between them, the chipset's port decoding, the exit handling
-// and instruction decoding, guest memory, the serial model, the vCPU loop and the disk write-back)
-// indexing, slicing and unchecked arithmetic are refused by clippy, and so are unwrap/expect/panic
-// in all of `vmm` (outside tests). Still to be converted: the PICs, PIT and RTC models, the guest
-// page walk, the CPUID and MSR policies, the ACPI tables, the Linux loader and the nested page
-// table builder (all fuzzed).
+// Guest-controlled paths are total: in the modules marked below - every device model (virtio,
+// PICs, PIT, RTC, serial, local and I/O APICs, the chipset and the board), the buses, the exit
+// handling, instruction decoding and the guest page walk, guest memory, the vCPU loop and the disk
+// write-back - indexing, slicing and unchecked arithmetic are refused by clippy, and so are
+// unwrap/expect/panic in all of `vmm` (outside tests). Still to be converted: the CPUID and MSR
+// policies, the ACPI table writer, the Linux loader and the nested page table builder (all
+// fuzzed; they see the VM definition's files and the host's choices, not a running guest's
+// accesses - except the MSR policy).
 pub mod acpi;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod board;
@@ -45,9 +46,13 @@ pub mod machine;
 pub mod memory;
 pub mod msr;
 pub mod npt;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod paging;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod pic;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod pit;
+#[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod rtc;
 #[cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod serial;

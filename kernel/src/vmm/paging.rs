@@ -73,41 +73,43 @@ pub fn translate(
         if top != 0 && top != 0x1_ffff {
             return Err(WalkError::NonCanonical);
         }
+        // Table addresses are masked to 52 bits and indexes to 9: the sums below cannot wrap.
         let mut table = p.cr3 & ADDRESS;
         for level in (0..4u32).rev() {
-            let index = (va >> (12 + 9 * level)) & 0x1ff;
-            let e = entry(mem, table + 8 * index, true)?;
+            let shift = level.wrapping_mul(9).wrapping_add(12);
+            let index = (va >> shift) & 0x1ff;
+            let e = entry(mem, table.wrapping_add(index.wrapping_mul(8)), true)?;
             if e & PRESENT == 0 {
                 return Err(WalkError::NotPresent);
             }
             if level == 0 || ((level == 1 || level == 2) && e & LARGE != 0) {
-                let size = 1u64 << (12 + 9 * level);
-                return Ok(GuestPhysAddr((e & ADDRESS & !(size - 1)) | (va & (size - 1))));
+                let offset = (1u64 << shift).wrapping_sub(1);
+                return Ok(GuestPhysAddr((e & ADDRESS & !offset) | (va & offset)));
             }
             table = e & ADDRESS;
         }
-        unreachable!("level 0 always returns")
+        Err(WalkError::NotPresent) // not reached: level 0 returns
     } else if p.cr4 & CR4_PAE != 0 {
         let va = va & 0xffff_ffff;
-        let pdpte = entry(mem, (p.cr3 & 0xffff_ffe0) + 8 * (va >> 30), true)?;
+        let pdpte = entry(mem, (p.cr3 & 0xffff_ffe0).wrapping_add((va >> 30).wrapping_mul(8)), true)?;
         if pdpte & PRESENT == 0 {
             return Err(WalkError::NotPresent);
         }
-        let pde = entry(mem, (pdpte & ADDRESS) + 8 * ((va >> 21) & 0x1ff), true)?;
+        let pde = entry(mem, (pdpte & ADDRESS).wrapping_add(((va >> 21) & 0x1ff).wrapping_mul(8)), true)?;
         if pde & PRESENT == 0 {
             return Err(WalkError::NotPresent);
         }
         if pde & LARGE != 0 {
             return Ok(GuestPhysAddr((pde & ADDRESS & !0x1f_ffff) | (va & 0x1f_ffff)));
         }
-        let pte = entry(mem, (pde & ADDRESS) + 8 * ((va >> 12) & 0x1ff), true)?;
+        let pte = entry(mem, (pde & ADDRESS).wrapping_add(((va >> 12) & 0x1ff).wrapping_mul(8)), true)?;
         if pte & PRESENT == 0 {
             return Err(WalkError::NotPresent);
         }
         Ok(GuestPhysAddr((pte & ADDRESS) | (va & 0xfff)))
     } else {
         let va = va & 0xffff_ffff;
-        let pde = entry(mem, (p.cr3 & 0xffff_f000) + 4 * (va >> 22), false)?;
+        let pde = entry(mem, (p.cr3 & 0xffff_f000).wrapping_add((va >> 22).wrapping_mul(4)), false)?;
         if pde & PRESENT == 0 {
             return Err(WalkError::NotPresent);
         }
@@ -116,7 +118,7 @@ pub fn translate(
             let high = ((pde >> 13) & 0xff) << 32;
             return Ok(GuestPhysAddr(high | (pde & 0xffc0_0000) | (va & 0x3f_ffff)));
         }
-        let pte = entry(mem, (pde & 0xffff_f000) + 4 * ((va >> 12) & 0x3ff), false)?;
+        let pte = entry(mem, (pde & 0xffff_f000).wrapping_add(((va >> 12) & 0x3ff).wrapping_mul(4)), false)?;
         if pte & PRESENT == 0 {
             return Err(WalkError::NotPresent);
         }
@@ -140,15 +142,16 @@ pub fn fetch_instruction(
             Err(e) if got == 0 => return Err(e),
             Err(_) => break,
         };
-        let in_page = (0x1000 - (va & 0xfff)) as usize;
-        let n = in_page.min(out.len() - got);
-        if mem.read(gpa, &mut out[got..got + n]).is_err() {
+        let in_page = 0x1000u64.wrapping_sub(va & 0xfff) as usize;
+        let n = in_page.min(out.len().saturating_sub(got));
+        let read = out.get_mut(got..got.saturating_add(n)).map(|buf| mem.read(gpa, buf));
+        if !matches!(read, Some(Ok(()))) {
             if got == 0 {
                 return Err(WalkError::TableOutsideRam(gpa));
             }
             break;
         }
-        got += n;
+        got = got.saturating_add(n);
     }
     Ok((out, got))
 }

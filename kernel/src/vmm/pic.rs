@@ -44,7 +44,7 @@ impl Chip {
 
     /// The highest-priority input set in `bits`.
     fn highest(&self, bits: u8) -> Option<u8> {
-        (0..8).map(|p| (p + self.priority_add) & 7).find(|&irq| bits & (1 << irq) != 0)
+        (0..8u8).map(|p| p.wrapping_add(self.priority_add) & 7).find(|&irq| bits & (1 << irq) != 0)
     }
 
     /// The input that would interrupt the CPU now, if any.
@@ -84,7 +84,7 @@ impl Chip {
         }
         if self.auto_eoi {
             if self.rotate_on_auto_eoi {
-                self.priority_add = (irq + 1) & 7;
+                self.priority_add = irq.wrapping_add(1) & 7;
             }
         } else {
             self.isr |= bit;
@@ -122,16 +122,16 @@ impl Chip {
                 if let Some(s) = self.highest(self.isr) {
                     self.isr &= !(1 << s);
                     if v >> 5 == 0b101 {
-                        self.priority_add = (s + 1) & 7;
+                        self.priority_add = s.wrapping_add(1) & 7;
                     }
                 }
             }
             0b011 => self.isr &= !(1 << irq),
             0b111 => {
                 self.isr &= !(1 << irq);
-                self.priority_add = (irq + 1) & 7;
+                self.priority_add = irq.wrapping_add(1) & 7;
             }
-            0b110 => self.priority_add = (irq + 1) & 7,
+            0b110 => self.priority_add = irq.wrapping_add(1) & 7,
             0b100 => self.rotate_on_auto_eoi = true,
             0b000 => self.rotate_on_auto_eoi = false,
             _ => {} // 0b010: no operation
@@ -188,10 +188,11 @@ impl Pic {
     /// Sets the level of ISA interrupt line `irq` (0-15). Edge-triggered inputs request an
     /// interrupt on a rising edge; level-triggered ones while high.
     pub fn set_irq(&mut self, irq: u8, high: bool) {
+        let [master, slave] = &mut self.chips;
         if irq < 8 {
-            self.chips[0].set_line(irq, high);
+            master.set_line(irq, high);
         } else if irq < 16 {
-            self.chips[1].set_line(irq - 8, high);
+            slave.set_line(irq.wrapping_sub(8), high);
         }
         self.cascade();
     }
@@ -205,8 +206,8 @@ impl Pic {
     /// Carries the slave's interrupt output to the master's input 2. The master sees it as a
     /// level: a request the slave withdraws is withdrawn on the master too.
     fn cascade(&mut self) {
-        let out = self.chips[1].pending().is_some();
-        let m = &mut self.chips[0];
+        let [m, slave] = &mut self.chips;
+        let out = slave.pending().is_some();
         if out {
             m.irr |= 1 << CASCADE;
             m.lines |= 1 << CASCADE;
@@ -218,28 +219,31 @@ impl Pic {
 
     /// Whether the master asks the CPU for an interrupt (INTR high).
     pub fn interrupt_pending(&self) -> bool {
-        self.chips[0].pending().is_some()
+        let [master, _] = &self.chips;
+        master.pending().is_some()
     }
 
     /// The CPU's interrupt acknowledge cycle: the vector to deliver. Without a request (it went away)
     /// the chip answers with its spurious input 7 and sets nothing in service, as the 8259A does.
     pub fn acknowledge(&mut self) -> u8 {
-        let vector = match self.chips[0].pending() {
+        // Vector bases are multiples of 8 (ICW2): base | input is base + input.
+        let [master, slave] = &mut self.chips;
+        let vector = match master.pending() {
             Some(CASCADE) => {
-                self.chips[0].acknowledge(CASCADE);
-                match self.chips[1].pending() {
+                master.acknowledge(CASCADE);
+                match slave.pending() {
                     Some(s) => {
-                        self.chips[1].acknowledge(s);
-                        self.chips[1].base + s
+                        slave.acknowledge(s);
+                        slave.base | s
                     }
-                    None => self.chips[1].base + 7,
+                    None => slave.base | 7,
                 }
             }
             Some(m) => {
-                self.chips[0].acknowledge(m);
-                self.chips[0].base + m
+                master.acknowledge(m);
+                master.base | m
             }
-            None => self.chips[0].base + 7,
+            None => master.base | 7,
         };
         self.cascade();
         vector
@@ -247,10 +251,11 @@ impl Pic {
 
     /// Poll mode: the read acknowledges the highest request and returns 0x80 | input, or 0.
     fn poll_read(&mut self, chip: usize) -> u8 {
-        self.chips[chip].poll = false;
-        let r = match self.chips[chip].pending() {
+        let Some(c) = self.chips.get_mut(chip) else { return 0 };
+        c.poll = false;
+        let r = match c.pending() {
             Some(irq) => {
-                self.chips[chip].acknowledge(irq);
+                c.acknowledge(irq);
                 0x80 | irq
             }
             None => 0,
@@ -263,12 +268,12 @@ impl Pic {
     pub fn read_port(&mut self, port: u16) -> u8 {
         let chip = usize::from(port & 0x80 != 0);
         match port {
-            0x4d0 | 0x4d1 => self.chips[(port & 1) as usize].elcr,
-            _ if port & 1 == 0 => match self.chips[chip].read_command() {
+            0x4d0 | 0x4d1 => self.chips.get(usize::from(port & 1)).map_or(0, |c| c.elcr),
+            _ if port & 1 == 0 => match self.chips.get_mut(chip).and_then(|c| c.read_command()) {
                 Some(v) => v,
                 None => self.poll_read(chip),
             },
-            _ => self.chips[chip].imr,
+            _ => self.chips.get(chip).map_or(0, |c| c.imr),
         }
     }
 
@@ -277,12 +282,20 @@ impl Pic {
         let chip = usize::from(port & 0x80 != 0);
         match port {
             0x4d0 | 0x4d1 => {
-                let c = &mut self.chips[(port & 1) as usize];
-                c.elcr = value & c.elcr_mask;
-                c.level = c.elcr;
+                if let Some(c) = self.chips.get_mut(usize::from(port & 1)) {
+                    c.elcr = value & c.elcr_mask;
+                    c.level = c.elcr;
+                }
             }
-            _ if port & 1 == 0 => self.chips[chip].write_command(value),
-            _ => self.chips[chip].write_data(value),
+            _ => {
+                if let Some(c) = self.chips.get_mut(chip) {
+                    if port & 1 == 0 {
+                        c.write_command(value)
+                    } else {
+                        c.write_data(value)
+                    }
+                }
+            }
         }
         self.cascade();
     }

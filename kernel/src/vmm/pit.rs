@@ -15,7 +15,6 @@ pub const PIT_HZ: u64 = 1_193_182;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
-    Latch,
     Low,
     High,
     LowHigh,
@@ -66,7 +65,7 @@ impl Counter {
         let Some(e) = self.ticks(now) else { return 0 };
         let n = self.reload as u64;
         match self.mode {
-            2 | 3 => e / n,
+            2 | 3 => e.checked_div(n).unwrap_or(0),
             _ => u64::from(e >= n),
         }
     }
@@ -76,29 +75,35 @@ impl Counter {
         let s = self.started?;
         let n = self.reload as u64;
         let tick = match self.mode {
-            2 | 3 => (self.edges_taken + 1) * n,
+            2 | 3 => self.edges_taken.saturating_add(1).saturating_mul(n),
             _ if self.edges_taken == 0 => n,
             _ => return None,
         };
-        Some(s + (tick as u128 * 1_000_000_000).div_ceil(PIT_HZ as u128) as u64)
+        let ns = u128::from(tick).saturating_mul(1_000_000_000).div_ceil(u128::from(PIT_HZ));
+        Some(s.saturating_add(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 
     fn ticks(&self, now: u64) -> Option<u64> {
-        self.started.map(|s| (now.saturating_sub(s) as u128 * PIT_HZ as u128 / 1_000_000_000) as u64)
+        self.started.map(|s| {
+            (u128::from(now.saturating_sub(s)).saturating_mul(u128::from(PIT_HZ)) / 1_000_000_000) as u64
+        })
     }
 
     /// The count now.
     fn count(&self, now: u64) -> u16 {
         let n = self.reload as u64;
         let Some(e) = self.ticks(now) else { return self.reload as u16 };
+        // The reload value is 1 to 0x10000 (0 is written as 0x10000): no division by zero, and
+        // every remainder is below it.
+        let rem = |m: u64| e.checked_rem(m).unwrap_or(0);
         let v = match self.mode {
-            2 => n - e % n,
+            2 => n.saturating_sub(rem(n)),
             3 => {
                 // Decrements by two, reloading every half period.
                 let half = (n / 2).max(1);
-                n - 2 * (e % half)
+                n.saturating_sub(rem(half).saturating_mul(2))
             }
-            _ => (n + 0x1_0000 - e % 0x1_0000) % 0x1_0000,
+            _ => n.wrapping_add(0x1_0000).wrapping_sub(rem(0x1_0000)) & 0xffff,
         };
         v as u16
     }
@@ -108,8 +113,8 @@ impl Counter {
         let n = self.reload as u64;
         let Some(e) = self.ticks(now) else { return self.mode != 0 && self.mode != 4 };
         match self.mode {
-            2 => e % n != n - 1,
-            3 => e % n < n.div_ceil(2),
+            2 => e.checked_rem(n) != n.checked_sub(1),
+            3 => e.checked_rem(n).unwrap_or(0) < n.div_ceil(2),
             4 => true,
             _ => e >= n,
         }
@@ -144,7 +149,7 @@ impl Pit {
         let (byte, done) = match c.access {
             Access::Low => (value as u8, true),
             Access::High => ((value >> 8) as u8, true),
-            Access::LowHigh | Access::Latch => {
+            Access::LowHigh => {
                 if c.high_next_read {
                     c.high_next_read = false;
                     ((value >> 8) as u8, true)
@@ -169,7 +174,7 @@ impl Pit {
         let reload = match c.access {
             Access::Low => Some(value as u32),
             Access::High => Some((value as u32) << 8),
-            Access::LowHigh | Access::Latch => {
+            Access::LowHigh => {
                 if c.high_next_write {
                     c.high_next_write = false;
                     Some(c.low_written as u32 | (value as u32) << 8)
@@ -200,7 +205,7 @@ impl Pit {
             }
             return;
         }
-        let c = &mut self.counters[channel];
+        let Some(c) = self.counters.get_mut(channel) else { return };
         match (value >> 4) & 3 {
             0 => {
                 if c.latched.is_none() {
@@ -209,7 +214,11 @@ impl Pit {
                 }
             }
             a => {
-                c.access = [Access::Latch, Access::Low, Access::High, Access::LowHigh][a as usize];
+                c.access = match a {
+                    1 => Access::Low,
+                    2 => Access::High,
+                    _ => Access::LowHigh,
+                };
                 c.mode = match (value >> 1) & 7 {
                     6 => 2,
                     7 => 3,

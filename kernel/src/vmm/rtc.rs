@@ -39,29 +39,34 @@ impl Default for Rtc {
     }
 }
 
+// The calendar arithmetic below works on day counts far inside i64 (the guest's CMOS registers
+// give years below 25,600); saturating operations keep it total all the same.
+
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (proleptic Gregorian calendar).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
+    let z = days.saturating_add(719_468);
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    let yoe = doe.saturating_sub(doe / 1460).saturating_add(doe / 36_524).saturating_sub(doe / 146_096) / 365;
+    let doy = doe.saturating_sub(yoe.saturating_mul(365).saturating_add(yoe / 4).saturating_sub(yoe / 100));
+    let mp = doy.saturating_mul(5).saturating_add(2) / 153;
+    let day = doy.saturating_sub(mp.saturating_mul(153).saturating_add(2) / 5).saturating_add(1) as u32;
+    let month = if mp < 10 { mp.saturating_add(3) } else { mp.saturating_sub(9) } as u32;
+    let year = yoe.saturating_add(era.saturating_mul(400)).saturating_add(if month <= 2 { 1 } else { 0 });
     (year, month, day)
 }
 
 /// The day count since 1970-01-01 of a date.
 fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
+    let y = if month <= 2 { year.saturating_sub(1) } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
-    let m = month as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let m = i64::from(month);
+    let shifted = if m > 2 { m.saturating_sub(3) } else { m.saturating_add(9) };
+    let doy =
+        (shifted.saturating_mul(153).saturating_add(2) / 5).saturating_add(i64::from(day)).saturating_sub(1);
+    let doe = yoe.saturating_mul(365).saturating_add(yoe / 4).saturating_sub(yoe / 100).saturating_add(doy);
+    era.saturating_mul(146_097).saturating_add(doe).saturating_sub(719_468)
 }
 
 /// Seconds since 1970 for a calendar date and time (UTC), if it is a valid one.
@@ -72,7 +77,9 @@ pub fn unix_time(year: i64, month: i64, day: i64, hour: i64, minute: i64, second
         && (0..60).contains(&minute)
         && (0..61).contains(&second);
     valid.then(|| {
-        days_from_civil(year, month as u32, day as u32) * 86_400 + hour * 3600 + minute * 60 + second
+        days_from_civil(year, month as u32, day as u32).saturating_mul(86_400).saturating_add(
+            hour.saturating_mul(3600).saturating_add(minute.saturating_mul(60)).saturating_add(second),
+        )
     })
 }
 
@@ -81,10 +88,21 @@ fn to_bcd(v: u32) -> u8 {
 }
 
 fn from_bcd(v: u8) -> u32 {
-    ((v >> 4) as u32) * 10 + (v & 0x0f) as u32
+    u32::from(v >> 4).wrapping_mul(10).wrapping_add(u32::from(v & 0x0f))
 }
 
 impl Rtc {
+    /// CMOS register `i` (the index is 7 bits: always inside the 128 bytes).
+    fn reg(&self, i: usize) -> u8 {
+        self.ram.get(i).copied().unwrap_or(0)
+    }
+
+    fn set_reg(&mut self, i: usize, v: u8) {
+        if let Some(r) = self.ram.get_mut(i) {
+            *r = v;
+        }
+    }
+
     pub fn new() -> Rtc {
         let mut ram = [0u8; 128];
         ram[REG_A] = 0x26; // 32.768 kHz time base, 1024 Hz periodic rate
@@ -111,7 +129,7 @@ impl Rtc {
 
     /// The time registers for wall-clock time `now`.
     fn time_register(&self, reg: usize, now: UnixTime) -> u8 {
-        let t = now + self.offset;
+        let t = now.saturating_add(self.offset);
         let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400) as u32);
         let (year, month, day) = civil_from_days(days);
         match reg {
@@ -127,7 +145,7 @@ impl Rtc {
                 }
             }
             // 1 = Sunday; 1970-01-01 was a Thursday.
-            WEEKDAY => self.encode(((days + 4).rem_euclid(7) + 1) as u32),
+            WEEKDAY => self.encode((days.saturating_add(4).rem_euclid(7) as u32).wrapping_add(1)),
             DAY => self.encode(day),
             MONTH => self.encode(month),
             YEAR => self.encode(year.rem_euclid(100) as u32),
@@ -137,14 +155,14 @@ impl Rtc {
 
     /// The time the guest wrote into the time registers (while SET was on).
     fn written_time(&self) -> Option<UnixTime> {
-        let r = |i: usize| self.decode(self.ram[i]);
-        let hour_byte = self.ram[HOURS];
-        let hour = if self.ram[REG_B] & B_24H != 0 {
+        let r = |i: usize| self.decode(self.reg(i));
+        let hour_byte = self.reg(HOURS);
+        let hour = if self.reg(REG_B) & B_24H != 0 {
             r(HOURS)
         } else {
             let pm = hour_byte & 0x80 != 0;
             let h = self.decode(hour_byte & 0x7f) % 12;
-            h + if pm { 12 } else { 0 }
+            h.wrapping_add(if pm { 12 } else { 0 })
         };
         let (month, day) = (r(MONTH), r(DAY));
         if !(1..=12).contains(&month)
@@ -155,9 +173,14 @@ impl Rtc {
         {
             return None;
         }
-        let year = r(CENTURY) as i64 * 100 + r(YEAR) as i64;
+        // Each register decodes to at most 255 (binary mode): no overflow.
+        let year = i64::from(r(CENTURY)).saturating_mul(100).saturating_add(i64::from(r(YEAR)));
         let days = days_from_civil(year, month, day);
-        Some(days * 86_400 + (hour * 3600 + r(MINUTES) * 60 + r(SECONDS)) as i64)
+        let secs = i64::from(hour)
+            .saturating_mul(3600)
+            .saturating_add(i64::from(r(MINUTES)).saturating_mul(60))
+            .saturating_add(i64::from(r(SECONDS)));
+        Some(days.saturating_mul(86_400).saturating_add(secs))
     }
 
     /// A read of port offset `port` (0: index, 1: data) at wall-clock time `now`.
@@ -166,14 +189,14 @@ impl Rtc {
             return 0xff; // the index register is write-only
         }
         let reg = self.index as usize;
-        let setting = self.ram[REG_B] & B_SET != 0;
+        let setting = self.reg(REG_B) & B_SET != 0;
         match reg {
             SECONDS | MINUTES | HOURS | WEEKDAY | DAY | MONTH | YEAR | CENTURY if !setting => {
                 self.time_register(reg, now)
             }
-            REG_A => self.ram[REG_A] & 0x7f,
-            REG_C => core::mem::take(&mut self.ram[REG_C]),
-            _ => self.ram[reg],
+            REG_A => self.reg(REG_A) & 0x7f,
+            REG_C => self.ram.get_mut(REG_C).map_or(0, core::mem::take),
+            _ => self.reg(reg),
         }
     }
 
@@ -187,23 +210,24 @@ impl Rtc {
         let reg = self.index as usize;
         match reg {
             REG_B => {
-                let was_setting = self.ram[REG_B] & B_SET != 0;
+                let was_setting = self.reg(REG_B) & B_SET != 0;
                 if value & B_SET != 0 && !was_setting {
                     // Freeze: the time registers hold the current time for the guest to change.
                     for r in [SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR, CENTURY] {
-                        self.ram[r] = self.time_register(r, now);
+                        let v = self.time_register(r, now);
+                        self.set_reg(r, v);
                     }
                 }
-                self.ram[REG_B] = value;
+                self.set_reg(REG_B, value);
                 if was_setting && value & B_SET == 0 {
                     if let Some(t) = self.written_time() {
-                        self.offset = t - now;
+                        self.offset = t.saturating_sub(now);
                     }
                 }
             }
             REG_C | REG_D => {} // read-only
-            REG_A => self.ram[REG_A] = value & 0x7f,
-            _ => self.ram[reg] = value,
+            REG_A => self.set_reg(REG_A, value & 0x7f),
+            _ => self.set_reg(reg, value),
         }
     }
 }
