@@ -377,6 +377,18 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
             return Reply::Now(r);
         }
     }
+    // A browser cannot send a cross-site request with this content type without asking the
+    // server first (CORS preflight, which this server never grants): a page on another site
+    // cannot make a browser that remembers the root credentials change anything.
+    let mutating = !matches!(req.method.as_str(), "GET" | "HEAD");
+    let json =
+        req.content_type.as_deref().is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
+    if mutating && !json {
+        return Reply::Now(Response::error(
+            415,
+            "changes need Content-Type: application/json (also for requests without a body)",
+        ));
+    }
     if let Some(r) = crate::vms::handle(&mut *state.vms, &req.method, &req.path, now_ms) {
         return Reply::Now(r);
     }
@@ -666,7 +678,9 @@ mod tests {
         let mut st = state();
         assert_eq!(call(&mut st, &format!("GET /api/v1/nope HTTP/1.1\r\n{}\r\n", auth())).0, 404);
         assert_eq!(call(&mut st, "GET /favicon.ico HTTP/1.1\r\n\r\n").0, 404);
-        assert_eq!(call(&mut st, &format!("DELETE /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).0, 405);
+        let delete =
+            format!("DELETE /api/v1/host HTTP/1.1\r\n{}Content-Type: application/json\r\n\r\n", auth());
+        assert_eq!(call(&mut st, &delete).0, 405);
         assert_eq!(call(&mut st, "GET / HTTP/1.1\r\n\r\n").0, 200);
     }
 
@@ -720,6 +734,15 @@ mod tests {
         let mut st = state();
         let raw = format!("PUT /api/v1/network/management HTTP/1.1\r\n{}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}", auth());
         assert_eq!(call(&mut st, &raw).0, 415);
+        // What a cross-site form or a no-cors fetch can send is refused, body or not: a VM start
+        // without the JSON content type, a form post.
+        let start = format!("POST /api/v1/vms/web/start HTTP/1.1\r\n{}\r\n", auth());
+        assert_eq!(call(&mut st, &start).0, 415);
+        let form = format!(
+            "POST /api/v1/vms/web/stop HTTP/1.1\r\n{}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n",
+            auth()
+        );
+        assert_eq!(call(&mut st, &form).0, 415);
     }
 
     #[test]

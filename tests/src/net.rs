@@ -82,6 +82,9 @@ pub fn request_bytes(method: &str, path: &str, auth: Option<(&str, &str)>, body:
     }
     if let Some(b) = body {
         r.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+    } else if method != "GET" && method != "HEAD" {
+        // Changes need the JSON content type even without a body (no cross-site requests).
+        r.push_str("Content-Type: application/json\r\nContent-Length: 0\r\n\r\n");
     } else {
         r.push_str("\r\n");
     }
