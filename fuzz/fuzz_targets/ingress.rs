@@ -9,7 +9,8 @@
 //!   without valid credentials); when the byte is 5 mod 8 the rest is also read as an answer to
 //!   the kickstart download (with the connection open and closed) and as a URL; when it is 3 mod 8
 //!   the rest is also what a TLS server sends an `https://` download (in pieces of 1 to 256 bytes,
-//!   the session processing after each).
+//!   the session processing after each); when it is 7 mod 8 the rest is what a client sends the
+//!   API's HTTPS server (in the same pieces).
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
@@ -33,8 +34,31 @@ fn state(vlan: Option<u16>) -> ApiState {
         ipv6: Ipv6Mode::Auto,
         ..ManagementConfig::default()
     };
+    // One HTTPS key and certificate for the whole run (making one per input would dominate).
+    host.tls = Some(identity().stored.clone());
     ApiState::new(HostFacts::default(), host, Persistence::None("fuzzing".into()), [2; 32], 3)
         .expect("valid hash")
+}
+
+fn identity() -> &'static ember_net::tls::server::ServerIdentity {
+    static ID: std::sync::OnceLock<ember_net::tls::server::ServerIdentity> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        ember_net::tls::crypto::seed([9; 32]);
+        ember_net::tls::server::self_signed("fuzz.example", Some(1_800_000_000)).expect("a certificate")
+    })
+}
+
+/// Feeds `input` to `take` in pieces of 1 to 256 bytes until it is used up, `take` fails
+/// (`None`) or takes nothing.
+fn in_pieces(mut input: &[u8], mut take: impl FnMut(&[u8]) -> Option<usize>) {
+    let mut piece = 1;
+    while !input.is_empty() {
+        match take(&input[..piece.min(input.len())]) {
+            Some(n) if n > 0 => input = &input[n.min(input.len())..],
+            _ => return,
+        }
+        piece = piece % 256 + 7;
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -61,16 +85,27 @@ fuzz_target!(|data: &[u8]| {
             4096,
         )
         .expect("a valid server name");
-        let mut input = rest;
-        let mut piece = 1;
-        while !input.is_empty() && session.process().is_ok() {
-            let n = session.received(&input[..piece.min(input.len())]);
-            input = &input[n..];
-            piece = piece % 256 + 7;
+        in_pieces(rest, |piece| {
+            session.process().ok()?;
+            let n = session.received(piece);
             let out = session.to_send().len();
             session.sent(out);
             assert!(session.plaintext().len() <= 4096);
-        }
+            Some(n)
+        });
+    }
+    if mode % 8 == 7 {
+        let mut session =
+            ember_net::tls::server::TlsServerSession::new(identity().config.clone()).expect("a session");
+        in_pieces(rest, |piece| {
+            session.process().ok()?;
+            let n = session.received(piece);
+            let out = session.to_send().len();
+            session.sent(out);
+            let got = session.take_plaintext(usize::MAX);
+            session.write(&got);
+            Some(n)
+        });
     }
     if mode % 2 == 1 {
         let mut st = state(None);

@@ -120,7 +120,10 @@ fn build_appliance() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
-        return Err("building the appliance failed".into());
+        return Err("building the appliance failed (if cargo said \"can't find crate for `core`\", the \
+                    x86_64-unknown-uefi target is missing: run scripts/setup, or \
+                    rustup target add x86_64-unknown-uefi)"
+            .into());
     }
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));

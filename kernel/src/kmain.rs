@@ -120,6 +120,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         memory_bytes: usable,
         management: ManagementAddress::None,
         ipv6: None,
+        certificate_sha256: None,
         notice: None,
     };
 
@@ -155,6 +156,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     network.set_vms(alloc::boxed::Box::new(hypervisor));
     print_network_log(&mut network);
     identity.management = console_address(&network);
+    identity.certificate_sha256 = certificate_sha256(&network);
     console::show_idle_screen(&identity);
     let support = support_information(&identity, info);
     let local = LocalConsole {
@@ -381,6 +383,13 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
             let FirstBoot { host, store, mut notice, fetch } = first_boot_configuration(info, nics);
             let mut host = host;
             if store {
+                // The HTTPS key and certificate are stored with the first configuration.
+                ember_net::tls::crypto::seed(random_bytes());
+                let unix_now = info.wall_clock.and_then(|w| u64::try_from(w).ok());
+                match ember_net::tls::server::self_signed(&host.network.hostname, unix_now) {
+                    Ok(id) => host.tls = Some(id.stored),
+                    Err(e) => kprintln!("ember: ERROR: no HTTPS certificate could be made: {e}"),
+                }
                 match s.save(&host) {
                     Ok(seq) => {
                         kprintln!("ember: first boot: configuration stored (sequence {seq})");
@@ -433,6 +442,11 @@ fn start_management_network(
         serial: info.system.serial.clone().unwrap_or_default(),
         virtualization: virtualization.to_string(),
     };
+    // The HTTPS key of a new host comes from the TLS random source.
+    ember_net::tls::crypto::seed(random_bytes());
+    if !cpu::has_rdrand() {
+        kprintln!("ember: WARNING: the CPU has no RDRAND: a new HTTPS key is seeded from timer jitter only; install a certificate with a key made elsewhere (PUT /api/v1/host/certificate)");
+    }
     let api = match ApiState::new(facts.clone(), host, store, random_bytes(), cpu::random_u64()) {
         Ok(api) => api,
         Err(e) => {
@@ -449,7 +463,14 @@ fn start_management_network(
             .expect("the built-in hash is valid")
         }
     };
+    let mut api = api;
+    api.boot_unix = info.wall_clock.map(|w| w - (timer::now_ms() / 1000) as i64);
     ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms())
+}
+
+/// The fingerprint of the API's HTTPS certificate, for the idle screen.
+fn certificate_sha256(net: &ManagementNetwork) -> Option<String> {
+    net.api.https.as_ref().map(|h| h.info.fingerprint())
 }
 
 fn console_address(net: &ManagementNetwork) -> ManagementAddress {
@@ -815,6 +836,8 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
                 net.api.status.address,
                 net.api.host.network.ipv4,
                 net.api.host.network.ipv6,
+                // Every committed change, a new HTTPS certificate included.
+                net.api.generation,
             );
             if Some(shown) != last_shown
                 || net.api.host.network.hostname != last_hostname
@@ -824,9 +847,14 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
                 last_hostname.clone_from(&net.api.host.network.hostname);
                 last_ipv6.clone_from(&net.api.status.ipv6);
                 let (address, ipv6) = (console_address(net), idle_ipv6(net));
-                if address != local.identity.management || ipv6 != local.identity.ipv6 {
+                let fingerprint = certificate_sha256(net);
+                if address != local.identity.management
+                    || ipv6 != local.identity.ipv6
+                    || fingerprint != local.identity.certificate_sha256
+                {
                     local.identity.management = address;
                     local.identity.ipv6 = ipv6;
+                    local.identity.certificate_sha256 = fingerprint;
                     if local.menu.is_idle() {
                         console::show_idle_screen(&local.identity);
                     }

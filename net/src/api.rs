@@ -21,6 +21,7 @@ use crate::auth::{self, AuthError, AuthResult, PasswordHash, RootAccount, Stored
 use crate::config::{self, Ipv4Mode, ManagementConfig};
 use crate::firstboot;
 use crate::http::{Request, Response};
+use crate::tls::server::ServerIdentity;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -143,6 +144,15 @@ pub struct ApiState {
     pub generation: u64,
     /// The hypervisor's VMs (`/api/v1/vms`).
     pub vms: alloc::boxed::Box<dyn crate::vms::VmService>,
+    /// The HTTPS key and certificate in use ([`ApiState::start_https`]); `None` only when none
+    /// could be made (no random source), and then the HTTPS port refuses connections.
+    pub https: Option<ServerIdentity>,
+    /// The wall clock at boot (seconds since 1970), when the firmware gave one.
+    pub boot_unix: Option<i64>,
+    /// The management loop's clock, for changes that need the time.
+    pub now_ms: u64,
+    /// What happened that the log should say (taken by the management network).
+    pub notes: Vec<String>,
 }
 
 /// Why a change was not made.
@@ -152,6 +162,8 @@ pub enum CommitError {
     Store(String),
     /// The root password hash cannot be used.
     Hash(AuthError),
+    /// The HTTPS key or certificate cannot be used.
+    Tls(String),
 }
 
 impl core::fmt::Display for CommitError {
@@ -161,6 +173,7 @@ impl core::fmt::Display for CommitError {
                 write!(f, "the configuration could not be saved, nothing was changed: {e}")
             }
             CommitError::Hash(e) => write!(f, "root_password_hash: {e}"),
+            CommitError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -192,22 +205,130 @@ impl ApiState {
             salt_state: salt_seed,
             generation: 0,
             vms: alloc::boxed::Box::new(crate::vms::NoVms),
+            https: None,
+            boot_unix: None,
+            now_ms: 0,
+            notes: Vec::new(),
         })
+    }
+
+    /// The wall clock now (seconds since 1970), when the host knows it.
+    pub fn unix_now(&self) -> Option<u64> {
+        self.boot_unix.map(|b| b.saturating_add((self.now_ms / 1000) as i64).max(0) as u64)
+    }
+
+    /// Loads the stored HTTPS key and certificate, or makes a self-signed pair for a host without
+    /// a usable one. The new pair is stored at once when the store holds a configuration; on a
+    /// host whose store is still empty (a first boot that stored nothing, for example after a bad
+    /// kickstart, so the next boot is a first boot again) it is kept in memory and stored with the
+    /// first change.
+    pub fn start_https(&mut self) {
+        if let Some(stored) = &self.host.tls {
+            match ServerIdentity::load(stored) {
+                Ok(id) => {
+                    self.https = Some(id);
+                    self.note_certificate("in use");
+                    self.renew_https_if_due();
+                    return;
+                }
+                Err(e) => self.notes.push(format!(
+                    "ERROR: the stored HTTPS certificate cannot be used ({e}); a new self-signed one is made"
+                )),
+            }
+        }
+        if matches!(&self.store, Persistence::Store(s) if s.in_use().is_none()) {
+            match crate::tls::server::self_signed(&self.host.network.hostname, self.unix_now()) {
+                Ok(id) => {
+                    self.host.tls = Some(id.stored.clone());
+                    self.https = Some(id);
+                    self.note_certificate("made (stored with the first configuration)");
+                }
+                Err(e) => self.notes.push(format!("ERROR: no HTTPS certificate could be made: {e}")),
+            }
+            return;
+        }
+        let mut host = self.host.clone();
+        host.tls = None;
+        if let Err(e) = self.commit(host) {
+            // Served all the same; the next boot makes another one.
+            self.notes.push(format!(
+                "ERROR: the new HTTPS certificate is not stored ({e}); it is used until the host restarts"
+            ));
+            if let Ok(id) = crate::tls::server::self_signed(&self.host.network.hostname, self.unix_now()) {
+                self.host.tls = Some(id.stored.clone());
+                self.https = Some(id);
+                self.note_certificate("made for this boot only");
+            }
+        }
+    }
+
+    /// Replaces a self-signed certificate that ends within [`RENEW_BEFORE_DAYS`] (when the host
+    /// knows the time); CA-signed certificates are the administrator's to replace.
+    ///
+    /// [`RENEW_BEFORE_DAYS`]: crate::tls::server::RENEW_BEFORE_DAYS
+    pub fn renew_https_if_due(&mut self) {
+        let (Some(now), Some(h)) = (self.unix_now(), self.https.as_ref()) else { return };
+        let due = h.info.not_after_unix.saturating_sub(crate::tls::server::RENEW_BEFORE_DAYS * 86_400);
+        if !h.info.self_signed || now < due {
+            return;
+        }
+        self.notes.push(format!(
+            "the self-signed HTTPS certificate ends on {}: a new one is made",
+            h.info.not_after
+        ));
+        let mut host = self.host.clone();
+        host.tls = None;
+        if let Err(e) = self.commit(host) {
+            self.notes.push(format!("ERROR: the HTTPS certificate could not be renewed: {e}"));
+        }
+    }
+
+    fn note_certificate(&mut self, what: &str) {
+        if let Some(i) = self.https.as_ref().map(|h| &h.info) {
+            let kind = if i.self_signed { "self-signed" } else { "issued by " };
+            let issuer = if i.self_signed { "" } else { i.issuer.as_str() };
+            self.notes.push(format!(
+                "HTTPS certificate {what}: {} ({kind}{issuer}), SHA-256 fingerprint {}",
+                i.subject,
+                i.fingerprint()
+            ));
+        }
     }
 
     /// Makes `new` the configuration in force: saved and flushed first when there is a store, so on a
     /// failed write nothing changes. The management network is not restarted here (see `pending`).
-    pub fn commit(&mut self, new: HostConfig) -> Result<(), CommitError> {
+    ///
+    /// A configuration without an HTTPS key (a new host, Reset System Configuration) gets a new
+    /// self-signed one, stored with it.
+    pub fn commit(&mut self, mut new: HostConfig) -> Result<(), CommitError> {
         let hash = if new.root_password_hash == self.host.root_password_hash {
             None
         } else {
             Some(StoredHash::decode(&new.root_password_hash).map_err(CommitError::Hash)?)
         };
+        let mut identity = None;
+        // A self-signed certificate names the host: a new host name gets a new one.
+        let renamed = new.network.hostname != self.host.network.hostname
+            && new.tls.as_ref().is_some_and(|t| t.self_signed)
+            && new.tls == self.host.tls;
+        if new.tls.is_none() || renamed {
+            let id = crate::tls::server::self_signed(&new.network.hostname, self.unix_now())
+                .map_err(|e| CommitError::Tls(format!("no HTTPS certificate could be made: {e}")))?;
+            new.tls = Some(id.stored.clone());
+            identity = Some(id);
+        } else if new.tls != self.host.tls {
+            let stored = new.tls.as_ref().ok_or(CommitError::Tls(String::new()))?;
+            identity = Some(ServerIdentity::load(stored).map_err(CommitError::Tls)?);
+        }
         if let Persistence::Store(store) = &mut self.store {
             store.save(&new).map_err(|e| CommitError::Store(e.to_string()))?;
         }
         if let Some(h) = hash {
             self.root.set_hash(h);
+        }
+        if let Some(id) = identity {
+            self.https = Some(id);
+            self.note_certificate("made");
         }
         self.host = new;
         self.generation += 1;
@@ -320,7 +441,28 @@ impl ApiState {
                 "driver": n.driver,
             })).collect::<Vec<_>>(),
             "management": self.management_json(),
+            "certificate_sha256": self.https.as_ref().map(|h| h.info.fingerprint()),
         })
+    }
+
+    /// `GET /api/v1/host/certificate`: the HTTPS certificate (never the key).
+    pub fn certificate_json(&self) -> Value {
+        match &self.https {
+            Some(h) => {
+                let i = &h.info;
+                json!({
+                    "sha256": i.fingerprint(),
+                    "subject": i.subject,
+                    "issuer": i.issuer,
+                    "not_before": i.not_before,
+                    "not_after": i.not_after,
+                    "self_signed": i.self_signed,
+                    "chain_length": i.chain_len,
+                    "certificate": h.stored.chain_pem,
+                })
+            }
+            None => Value::Null,
+        }
     }
 
     fn next_salt(&mut self) -> [u8; 16] {
@@ -395,6 +537,10 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
     match (req.path.as_str(), req.method.as_str()) {
         ("/api/v1/host", "GET") => ok_json(state.host_json(now_ms)),
         ("/api/v1/host", _) => method_not_allowed("GET"),
+        ("/api/v1/host/certificate", "GET") => ok_json(state.certificate_json()),
+        ("/api/v1/host/certificate", "PUT") => put_certificate(state, req),
+        ("/api/v1/host/certificate", "DELETE") => new_self_signed(state),
+        ("/api/v1/host/certificate", _) => method_not_allowed("GET, PUT, DELETE"),
         ("/api/v1/network/management", "GET") => ok_json(state.management_json()),
         ("/api/v1/network/management", "PUT") => put_management(state, req),
         ("/api/v1/network/management", _) => method_not_allowed("GET, PUT"),
@@ -475,6 +621,7 @@ fn failed(e: &CommitError) -> Reply {
     match e {
         CommitError::Store(_) => Reply::Now(Response::error(503, &e.to_string())),
         CommitError::Hash(h) => bad_request("root_password_hash", &h.to_string()),
+        CommitError::Tls(e) => Reply::Now(Response::error(400, e)),
     }
 }
 
@@ -515,6 +662,44 @@ fn put_config(state: &mut ApiState, req: &Request) -> Reply {
         state.pending = Some(state.host.network.clone());
     }
     ok_json(out)
+}
+
+/// `PUT /api/v1/host/certificate {"certificate": PEM chain, "key": PEM key}`: a CA-signed
+/// certificate for the API, checked, stored, and used for every new connection.
+fn put_certificate(state: &mut ApiState, req: &Request) -> Reply {
+    let body = match json_body(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(k) = body.keys().find(|k| !["certificate", "key"].contains(&k.as_str())) {
+        return bad_request(&printable(k), "unknown field (expected certificate, key)");
+    }
+    let text = |name: &'static str| body.get(name).and_then(Value::as_str).ok_or(name);
+    let (chain, key) = match (text("certificate"), text("key")) {
+        (Ok(c), Ok(k)) => (c, k),
+        (Err(f), _) | (_, Err(f)) => return bad_request(f, "expected PEM text (a string)"),
+    };
+    let identity = match crate::tls::server::check_install(chain, key, state.unix_now()) {
+        Ok(i) => i,
+        Err(e) => return Reply::Now(Response::error(400, &e)),
+    };
+    let mut host = state.host.clone();
+    host.tls = Some(identity.stored.clone());
+    match state.commit(host) {
+        Ok(()) => ok_json(state.certificate_json()),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `DELETE /api/v1/host/certificate`: back to a new self-signed certificate.
+fn new_self_signed(state: &mut ApiState) -> Reply {
+    let mut host = state.host.clone();
+    host.tls = None;
+    match state.commit(host) {
+        Ok(()) if state.host.tls.is_some() => ok_json(state.certificate_json()),
+        Ok(()) => Reply::Now(Response::error(503, "no new certificate could be made")),
+        Err(e) => failed(&e),
+    }
 }
 
 fn resolve(req: &Request) -> Reply {
@@ -603,6 +788,8 @@ mod tests {
             ipv6: Vec::new(),
         };
         st.boot_ms = 1000;
+        crate::tls::crypto::seed([6; 32]);
+        st.start_https();
         st
     }
 
@@ -640,6 +827,89 @@ mod tests {
             auth(),
             body.len()
         )
+    }
+
+    fn json_string(s: &str) -> String {
+        Value::String(s.into()).to_string()
+    }
+
+    #[test]
+    fn the_https_certificate_is_shown_replaced_by_a_ca_signed_one_and_made_anew() {
+        let mut st = state();
+        let get = format!("GET /api/v1/host/certificate HTTP/1.1\r\n{}\r\n", auth());
+        let (s, v) = call(&mut st, &get);
+        assert_eq!(s, 200);
+        assert_eq!((v["self_signed"].as_bool(), v["subject"].as_str()), (Some(true), Some("CN=ember")));
+        let first = v["sha256"].as_str().unwrap().to_string();
+        assert_eq!(
+            call(&mut st, &format!("GET /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).1["certificate_sha256"],
+            first.as_str()
+        );
+        assert!(!v.to_string().contains("PRIVATE KEY"), "the key is never shown");
+        // A CA-signed certificate with its key replaces it.
+        let cert = include_str!("tls/testdata/server.pem");
+        let key = include_str!("tls/testdata/server.key");
+        let body = format!(r#"{{"certificate":{},"key":{}}}"#, json_string(cert), json_string(key));
+        let (s, v) = call(&mut st, &put("/api/v1/host/certificate", &body));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["self_signed"].as_bool(), v["issuer"].as_str()),
+            (Some(false), Some("CN=Ember Test CA"))
+        );
+        assert_eq!(st.https.as_ref().unwrap().info.subject, "CN=server");
+        assert!(st.host.tls.as_ref().is_some_and(|t| t.chain_pem == cert && !t.self_signed));
+        // Refusals name the problem and change nothing.
+        let installed = st.host.clone();
+        let stranger = include_str!("tls/testdata/stranger.key");
+        for (body, why) in [
+            (
+                format!(r#"{{"certificate":{},"key":{}}}"#, json_string(cert), json_string(stranger)),
+                "does not belong to the key",
+            ),
+            (format!(r#"{{"certificate":{}}}"#, json_string(cert)), "key: expected PEM"),
+            (format!(r#"{{"certificate":"x","key":{}}}"#, json_string(key)), "certificate: expected PEM"),
+            (String::from(r#"{"certificate":"x","key":"y","extra":1}"#), "extra: unknown field"),
+        ] {
+            let (s, v) = call(&mut st, &put("/api/v1/host/certificate", &body));
+            assert_eq!(s, 400, "{body}");
+            assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
+            assert_eq!(st.host, installed);
+        }
+        // The configuration document neither shows nor takes it.
+        let (_, config) = call(&mut st, &format!("GET /api/v1/config HTTP/1.1\r\n{}\r\n", auth()));
+        assert!(config.get("tls").is_none() && !config.to_string().contains("PRIVATE"));
+        let (s, _) = call(&mut st, &put("/api/v1/config", r#"{"tls":null}"#));
+        assert_eq!(s, 400);
+        // DELETE: back to a new self-signed certificate.
+        let delete = format!("DELETE /api/v1/host/certificate HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: 0\r\n\r\n", auth());
+        let (s, v) = call(&mut st, &delete);
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["self_signed"], true);
+        assert_ne!(v["sha256"].as_str().unwrap(), first);
+    }
+
+    #[test]
+    fn a_self_signed_certificate_follows_the_host_name_and_is_renewed_before_it_ends() {
+        let mut st = state();
+        let first = st.https.as_ref().unwrap().info.clone();
+        assert_eq!(first.subject, "CN=ember");
+        // Another host name: a new certificate names it.
+        let (s, _) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx07"}"#));
+        assert_eq!(s, 202);
+        let renamed = st.https.as_ref().unwrap().info.clone();
+        assert_eq!(renamed.subject, "CN=esx07");
+        assert_ne!(renamed.sha256, first.sha256);
+        // Not yet due: kept. Within 30 days of its end: replaced.
+        st.boot_unix = Some(renamed.not_before_unix as i64 + 86_400);
+        st.now_ms = 0;
+        st.renew_https_if_due();
+        assert_eq!(st.https.as_ref().unwrap().info.sha256, renamed.sha256);
+        st.boot_unix = Some(renamed.not_after_unix as i64 - 10 * 86_400);
+        st.renew_https_if_due();
+        let renewed = st.https.as_ref().unwrap().info.clone();
+        assert_ne!(renewed.sha256, renamed.sha256);
+        assert!(renewed.not_after_unix > renamed.not_after_unix);
+        assert!(st.notes.iter().any(|n| n.contains("a new one is made")), "{:?}", st.notes);
     }
 
     #[test]
@@ -805,7 +1075,11 @@ mod tests {
         assert!(v.get("root_password_hash").is_none());
         assert_eq!(v["store"]["persistent"], true);
         assert_eq!(v["store"]["disk"], "vda");
-        assert_eq!(v["store"]["sequence"], Value::Null, "nothing saved yet");
+        assert_eq!(
+            v["store"]["sequence"],
+            Value::Null,
+            "nothing saved yet (the new HTTPS key waits for a change)"
+        );
         assert_eq!(v["keyboard"], "US Default");
 
         let (s, v) = call(
@@ -840,12 +1114,15 @@ mod tests {
         let Persistence::Store(store) = &mut st.store else { unreachable!() };
         let loaded = HostStore::load(store).unwrap().config.unwrap();
         assert!(StoredHash::decode(&loaded.root_password_hash).unwrap().verify("a-new-pass"));
+        assert_eq!(loaded.tls, st.host.tls, "the HTTPS key went with the first change");
     }
 
     #[test]
     fn bad_config_fields_are_named_and_change_nothing() {
         let mut st = state_with(disk_store(false));
         let before = st.host.clone();
+        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let written = store.in_use();
         for (body, field) in [
             (r#"{"keyboard":"Klingon"}"#, "keyboard"),
             (r#"{"network":{"uplink":"vmnic5"}}"#, "network.uplink"),
@@ -862,7 +1139,7 @@ mod tests {
             assert_eq!(st.host, before, "{body} changed the configuration");
         }
         let Persistence::Store(store) = &mut st.store else { unreachable!() };
-        assert_eq!(store.in_use(), None, "nothing was written");
+        assert_eq!(store.in_use(), written, "nothing was written");
     }
 
     #[test]

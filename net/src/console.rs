@@ -1,5 +1,7 @@
-//! VM serial consoles over TCP: each VM with a `console_port` in its definition gets a listening
-//! socket on the management interface. A client that connects is asked for the root password
+//! VM serial consoles over TLS: each VM with a `console_port` in its definition gets a listening
+//! socket on the management interface, which speaks TLS with the host's HTTPS certificate (connect
+//! with `openssl s_client -connect host:port` or `socat - OPENSSL:host:port`). A client that
+//! connects is asked for the root password
 //! first (checked as the API checks it, with the same per-source budget of slow checks; three
 //! wrong answers, or [`LOGIN_TIMEOUT_MS`] without one, end the connection). Once logged in it
 //! receives what the VM's console keeps (the last 64 KiB) and then its output as it comes, and
@@ -8,13 +10,16 @@
 //! administrator who logs in while another session is open takes the console over (the other one
 //! is told so and closed). A session without input for [`IDLE_TIMEOUT_MS`] is closed.
 //!
-//! Credentials cross the network in clear text here, as with the API's HTTP Basic authentication,
-//! until the management interface speaks TLS.
+//! Everything, the password first, crosses the network inside TLS; bytes that are not TLS end the
+//! connection.
 
 use crate::auth::{AuthResult, RootAccount, MAX_PASSWORD_LEN};
+use crate::tls::server::TlsServerSession;
 use crate::vms::VmService;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -33,6 +38,10 @@ const MAX_SOCKETS: usize = 6;
 /// A connection half open (SYN received) or closing for longer than this is aborted, so a peer
 /// that never answers cannot hold a socket.
 const STUCK_MS: u64 = 5_000;
+/// Decrypted input held for the VM (or the login) before more is read.
+const MAX_INPUT: usize = 1024;
+/// TLS record overhead kept free in the socket's send buffer.
+const RECORD_OVERHEAD: usize = 64;
 
 /// Where one connection stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +60,10 @@ enum Phase {
 struct Slot {
     handle: SocketHandle,
     phase: Phase,
+    /// The connection's TLS session (from when it is established).
+    tls: Option<Box<TlsServerSession>>,
+    /// Decrypted input not yet taken.
+    input: Vec<u8>,
     /// The socket's state at the last look, and since when it is in it.
     last_state: tcp::State,
     state_since: u64,
@@ -110,7 +123,14 @@ fn new_listener(sockets: &mut SocketSet<'static>, port: u16, now: u64) -> Slot {
     s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(20)));
     s.set_timeout(Some(smoltcp::time::Duration::from_secs(60)));
     let _ = s.listen(port);
-    Slot { handle: sockets.add(s), phase: Phase::Listening, last_state: tcp::State::Listen, state_since: now }
+    Slot {
+        handle: sockets.add(s),
+        phase: Phase::Listening,
+        tls: None,
+        input: Vec::new(),
+        last_state: tcp::State::Listen,
+        state_since: now,
+    }
 }
 
 /// Listening sockets for every VM that has a console port; each one is said in `log`.
@@ -126,13 +146,53 @@ pub fn open(
         .map(|(vm, port)| ConsoleConn { vm, port, slots: vec![new_listener(sockets, port, 0)] })
         .collect();
     for c in &conns {
-        log.push(format!("VM {} console on TCP port {} (root password required)", c.vm, c.port));
+        log.push(format!("VM {} console on TCP port {} (TLS, root password required)", c.vm, c.port));
     }
     conns
 }
 
-fn send_text(s: &mut tcp::Socket, text: &str) {
-    let _ = s.send_slice(text.as_bytes());
+/// Text for the client (encrypted and sent by [`flush`]).
+fn send_text(tls: &mut Option<Box<TlsServerSession>>, text: &str) {
+    if let Some(t) = tls {
+        t.write(text.as_bytes());
+    }
+}
+
+/// Moves ciphertext from the socket into the session and the client's plaintext into `input`
+/// (bounded). False when the client broke TLS (the connection is to be aborted).
+fn take_input(s: &mut tcp::Socket, tls: &mut TlsServerSession, input: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 1024];
+    while s.can_recv() && tls.room() > 0 && input.len() < MAX_INPUT {
+        let n = tls.room().min(buf.len());
+        match s.recv_slice(&mut buf[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(got) => {
+                tls.received(buf.get(..got).unwrap_or_default());
+                if tls.process().is_err() {
+                    return false;
+                }
+                input.extend(tls.take_plaintext(MAX_INPUT.saturating_sub(input.len())));
+            }
+        }
+    }
+    if tls.process().is_err() {
+        return false;
+    }
+    input.extend(tls.take_plaintext(MAX_INPUT.saturating_sub(input.len())));
+    true
+}
+
+/// Encrypts what was written and sends what the socket takes. False on a TLS failure.
+fn flush(s: &mut tcp::Socket, tls: &mut TlsServerSession) -> bool {
+    if tls.process().is_err() {
+        return false;
+    }
+    if !tls.to_send().is_empty() && s.can_send() {
+        if let Ok(n) = s.send_slice(tls.to_send()) {
+            tls.sent(n);
+        }
+    }
+    true
 }
 
 /// Moves console output to logged-in clients and their input to the VMs, and logs clients in
@@ -142,6 +202,7 @@ pub fn serve(
     conns: &mut [ConsoleConn],
     vms: &mut dyn VmService,
     root: &mut RootAccount,
+    tls: Option<&Arc<rustls::ServerConfig>>,
     now: u64,
 ) -> bool {
     let mut busy = false;
@@ -162,8 +223,26 @@ pub fn serve(
                 }
                 continue;
             }
+            if let Some(t) = slot.tls.as_deref_mut() {
+                if !take_input(s, t, &mut slot.input) {
+                    // Not TLS, or a client that broke the protocol.
+                    s.abort();
+                    slot.phase = Phase::Closing { since: now };
+                    continue;
+                }
+            }
+            let out = &mut slot.tls;
+            let input = &mut slot.input;
             match &mut slot.phase {
                 Phase::Listening if state == tcp::State::Established => {
+                    // No certificate (no random source at boot): nothing can be served.
+                    let Some(Ok(session)) = tls.map(|c| TlsServerSession::new(c.clone())) else {
+                        s.abort();
+                        slot.phase = Phase::Closing { since: now };
+                        continue;
+                    };
+                    *out = Some(Box::new(session));
+                    input.clear();
                     slot.phase = Phase::Login { typed: Vec::new(), tries: 0, since: now, prompted: false };
                     new_login = Some((i, s.remote_endpoint().map(|e| e.addr)));
                     busy = true;
@@ -181,39 +260,41 @@ pub fn serve(
                     }
                 },
                 Phase::Login { typed, tries, since, prompted } => {
-                    if !*prompted && s.can_send() {
-                        send_text(s, &format!("Ember: serial console of VM {}\r\nroot password: ", c.vm));
+                    if !*prompted {
+                        send_text(out, &format!("Ember: serial console of VM {}\r\nroot password: ", c.vm));
                         *prompted = true;
                     }
-                    if now.saturating_sub(*since) > LOGIN_TIMEOUT_MS || state == tcp::State::CloseWait {
-                        send_text(s, "\r\nLogin timed out.\r\n");
-                        s.close();
+                    let peer_done =
+                        state == tcp::State::CloseWait || out.as_deref().is_some_and(|t| t.peer_closed());
+                    if now.saturating_sub(*since) > LOGIN_TIMEOUT_MS || peer_done {
+                        send_text(out, "\r\nLogin timed out.\r\n");
+                        end(s, out);
                         slot.phase = Phase::Closing { since: now };
                         continue;
                     }
                     let source = s.remote_endpoint().map(|e| e.addr.into());
                     let mut verdict = None;
                     let mut after_cr = false;
-                    while verdict.is_none() && s.can_recv() {
-                        let r = s.recv(|data| match login_input(typed, data) {
-                            LoginInput::More => (data.len(), LoginInput::More),
-                            LoginInput::Line(l, used, cr) => (used, LoginInput::Line(l, used, cr)),
-                            LoginInput::TooLong => (data.len(), LoginInput::TooLong),
-                        });
-                        match r {
-                            Ok(LoginInput::More) | Err(_) => break,
-                            Ok(LoginInput::TooLong) => verdict = Some(AuthResult::Denied),
-                            Ok(LoginInput::Line(line, ..)) if line.is_empty() => {}
-                            Ok(LoginInput::Line(line, _, cr)) => {
-                                verdict = Some(root.check_password(&line, source, now));
-                                after_cr = cr;
+                    while verdict.is_none() && !input.is_empty() {
+                        match login_input(typed, input) {
+                            LoginInput::More => input.clear(),
+                            LoginInput::TooLong => {
+                                input.clear();
+                                verdict = Some(AuthResult::Denied);
+                            }
+                            LoginInput::Line(line, used, cr) => {
+                                input.drain(..used.min(input.len()));
+                                if !line.is_empty() {
+                                    verdict = Some(root.check_password(&line, source, now));
+                                    after_cr = cr;
+                                }
                             }
                         }
                         busy = true;
                     }
                     match verdict {
                         Some(AuthResult::Allowed) => {
-                            send_text(s, "\r\n");
+                            send_text(out, "\r\n");
                             slot.phase = Phase::Session { pos: None, last_input: now, skip_lf: after_cr };
                             took_over = Some(i);
                         }
@@ -221,18 +302,18 @@ pub fn serve(
                             *tries = tries.saturating_add(1);
                             typed.clear();
                             if *tries >= LOGIN_TRIES {
-                                send_text(s, "\r\nLogin incorrect.\r\n");
-                                s.close();
+                                send_text(out, "\r\nLogin incorrect.\r\n");
+                                end(s, out);
                                 slot.phase = Phase::Closing { since: now };
                             } else {
-                                send_text(s, "\r\nLogin incorrect.\r\nroot password: ");
+                                send_text(out, "\r\nLogin incorrect.\r\nroot password: ");
                             }
                         }
                         // Not counted as a try: the client may ask again in a moment.
                         Some(AuthResult::Busy) => {
                             typed.clear();
                             send_text(
-                                s,
+                                out,
                                 "\r\nToo many password checks right now; try again.\r\nroot password: ",
                             );
                         }
@@ -242,50 +323,43 @@ pub fn serve(
                 Phase::Session { pos, last_input, skip_lf } => {
                     if now.saturating_sub(*last_input) > IDLE_TIMEOUT_MS {
                         send_text(
-                            s,
+                            out,
                             "\r\n[Ember: console session closed after 30 minutes without input]\r\n",
                         );
-                        s.close();
+                        end(s, out);
                         slot.phase = Phase::Closing { since: now };
                         continue;
                     }
+                    let Some(t) = out.as_deref_mut() else { continue };
+                    // Console output: as much as the socket can take once the session's earlier
+                    // records are out (the VM's output is never held in the session).
                     let mut at = pos.unwrap_or(0);
-                    while s.can_send() {
-                        let room = s.send_capacity().saturating_sub(s.send_queue());
-                        let (bytes, _) = vms.console_since(&c.vm, at, room);
-                        if bytes.is_empty() {
-                            break;
+                    if t.established() && t.flushed() {
+                        let room =
+                            s.send_capacity().saturating_sub(s.send_queue()).saturating_sub(RECORD_OVERHEAD);
+                        // The position after what was taken (a position that fell behind is
+                        // clamped to the oldest kept byte).
+                        let (bytes, after) = vms.console_since(&c.vm, at, room);
+                        if !bytes.is_empty() {
+                            t.write(&bytes);
+                            at = after;
+                            busy = true;
                         }
-                        let sent = s.send_slice(&bytes).unwrap_or(0);
-                        if sent == 0 {
-                            break;
-                        }
-                        // `console_since` clamps a position that fell behind to the oldest kept byte.
-                        let (_, start) = vms.console_since(&c.vm, at, 0);
-                        at = start.saturating_add(sent as u64);
-                        busy = true;
                     }
                     *pos = Some(at);
-                    while s.can_recv() {
-                        let vm = &c.vm;
-                        let skip = core::mem::take(skip_lf);
-                        let taken = s.recv(|data| {
-                            if skip && matches!(data.first(), Some(b'\n' | 0)) {
-                                return (1, 1);
-                            }
-                            let n = vms.console_input(vm, data);
-                            (n, n)
-                        });
-                        match taken {
-                            Ok(n) if n > 0 => {
-                                *last_input = now;
-                                busy = true;
-                            }
-                            _ => break,
+                    if core::mem::take(skip_lf) && matches!(input.first(), Some(b'\n' | 0)) {
+                        input.remove(0);
+                    }
+                    if !input.is_empty() {
+                        let n = vms.console_input(&c.vm, input);
+                        if n > 0 {
+                            input.drain(..n.min(input.len()));
+                            *last_input = now;
+                            busy = true;
                         }
                     }
-                    if s.state() == tcp::State::CloseWait {
-                        s.close();
+                    if s.state() == tcp::State::CloseWait || t.peer_closed() {
+                        end(s, out);
                         slot.phase = Phase::Closing { since: now };
                     }
                 }
@@ -294,6 +368,12 @@ pub fn serve(
                     if now.saturating_sub(*since) > STUCK_MS {
                         s.abort();
                     }
+                }
+            }
+            if let Some(t) = slot.tls.as_deref_mut() {
+                if !flush(s, t) {
+                    s.abort();
+                    slot.phase = Phase::Closing { since: now };
                 }
             }
         }
@@ -315,8 +395,8 @@ pub fn serve(
             for (i, slot) in c.slots.iter_mut().enumerate() {
                 if i != new && matches!(slot.phase, Phase::Session { .. }) {
                     let s = sockets.get_mut::<tcp::Socket>(slot.handle);
-                    send_text(s, "\r\n[Ember: console taken over by another session]\r\n");
-                    s.close();
+                    send_text(&mut slot.tls, "\r\n[Ember: console taken over by another session]\r\n");
+                    end(s, &mut slot.tls);
                     slot.phase = Phase::Closing { since: now };
                 }
             }
@@ -341,6 +421,17 @@ pub fn serve(
     busy
 }
 
+/// Ends a connection: what was written goes out, then close_notify, then the TCP close (the
+/// socket sends its queue before its FIN).
+fn end(s: &mut tcp::Socket, tls: &mut Option<Box<TlsServerSession>>) {
+    if let Some(t) = tls.as_deref_mut() {
+        t.close();
+        let _ = flush(s, t);
+    }
+    *tls = None;
+    s.close();
+}
+
 /// Closes the ports and frees their sockets.
 pub fn close(sockets: &mut SocketSet<'static>, conns: Vec<ConsoleConn>) {
     for c in conns {
@@ -358,6 +449,8 @@ pub fn reset(sockets: &mut SocketSet<'static>, conns: &mut [ConsoleConn]) {
             s.abort();
             let _ = s.listen(c.port);
             slot.phase = Phase::Listening;
+            slot.tls = None;
+            slot.input.clear();
             slot.last_state = tcp::State::Listen;
         }
     }

@@ -23,6 +23,8 @@ pub struct Request {
     pub query: Option<String>,
     pub authorization: Option<Vec<u8>>,
     pub content_type: Option<String>,
+    /// The `Host` header when it is a plausible host name or address (with an optional port).
+    pub host: Option<String>,
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
@@ -86,6 +88,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut content_length: Option<usize> = None;
     let mut authorization = None;
     let mut content_type = None;
+    let mut host = None;
     let mut connection_close = false;
     let mut connection_keep = false;
     for h in req.headers.iter() {
@@ -105,6 +108,18 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             ));
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value.to_vec());
+        } else if h.name.eq_ignore_ascii_case("host") {
+            // Used to build redirects: only letters, digits and the punctuation of names and
+            // addresses, so nothing can be injected into a header.
+            host = core::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| {
+                    !v.is_empty()
+                        && v.len() <= 261
+                        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+                })
+                .map(String::from);
         } else if h.name.eq_ignore_ascii_case("content-type") {
             content_type = core::str::from_utf8(h.value).ok().map(|s| s.trim().to_string());
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -141,6 +156,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             query,
             authorization,
             content_type,
+            host,
             body: buf[head_len..total].to_vec(),
             keep_alive,
             peer: None,
@@ -200,6 +216,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        301 => "Moved Permanently",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -221,6 +238,16 @@ pub fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_header_is_kept_only_when_it_cannot_inject_anything() {
+        let host = |h: &str| complete(format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes()).0.host;
+        assert_eq!(host("esx01.lab:8443").as_deref(), Some("esx01.lab:8443"));
+        assert_eq!(host("[2001:db8::1]").as_deref(), Some("[2001:db8::1]"));
+        assert_eq!(host("evil.example/x?"), None);
+        assert_eq!(host("a b"), None);
+        assert_eq!(host(&"a".repeat(300)), None);
+    }
 
     fn complete(buf: &[u8]) -> (Request, usize) {
         match parse_request(buf) {

@@ -5,14 +5,17 @@
 //! bounded per call. Changing the configuration (API `PUT`) takes effect after the response has been
 //! sent: the interface, its sockets and connections are torn down and rebuilt from the new settings.
 //!
-//! HTTP connections come from a fixed pool of listening TCP sockets ([`HTTP_CONNECTIONS`]); each
-//! connection is a small state machine with a deadline in every state, so a silent, slow or
-//! half-open client only ever holds its own slot, and only for a bounded time.
+//! The API is served over HTTPS on port 443 ([`HTTPS_PORT`], the host's key and certificate from
+//! [`ApiState::https`]); port 80 answers every request with a redirect to it and serves nothing
+//! else, so credentials never cross the network in clear text. Connections come from a fixed pool
+//! of listening TCP sockets ([`HTTP_CONNECTIONS`]); each connection is a small state machine with a
+//! deadline in every state, so a silent, slow or half-open client only ever holds its own slot,
+//! and only for a bounded time.
 
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
 use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
-use crate::http::{parse_request, Parsed, Response, MAX_BODY, MAX_HEAD};
+use crate::http::{parse_request, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Nic, Port, PortStats};
 use crate::tls::{self, TlsSession, Trust};
 use alloc::boxed::Box;
@@ -62,7 +65,14 @@ const DHCP_OPTION_HOST_NAME: u8 = 12;
 
 /// Simultaneous HTTP connections (further SYNs are refused with RST until a slot frees up).
 pub const HTTP_CONNECTIONS: usize = 32;
-/// The API's TCP port.
+/// Of those, listening on port 80 (redirects only).
+pub const REDIRECT_CONNECTIONS: usize = 8;
+/// The API's port.
+pub const HTTPS_PORT: u16 = 443;
+/// HTTPS connections one client address may hold at once (of 24): the rest stay for others. Many
+/// administrators may share one address (NAT), so this is not one.
+pub const HTTPS_PER_SOURCE: usize = 16;
+/// The port that only redirects to [`HTTPS_PORT`].
 pub const HTTP_PORT: u16 = 80;
 const TCP_RX_BUFFER: usize = 4096;
 const TCP_TX_BUFFER: usize = 8192;
@@ -108,6 +118,10 @@ struct Resolving {
 
 struct Conn {
     handle: SocketHandle,
+    /// [`HTTPS_PORT`] (the API) or [`HTTP_PORT`] (redirects).
+    port: u16,
+    /// The TLS session of an HTTPS connection (made when the connection is established).
+    tls: Option<Box<tls::server::TlsServerSession>>,
     last_state: tcp::State,
     state_since: u64,
     inbuf: Vec<u8>,
@@ -116,17 +130,22 @@ struct Conn {
     close_after: bool,
     request_started: Option<u64>,
     last_progress: u64,
+    /// When the answer being sent last moved (received bytes do not count: a client that trickles
+    /// bytes in but never reads still times out).
+    last_sent: u64,
     resolving: Option<Resolving>,
 }
 
 impl Conn {
     fn reset(&mut self, now: u64) {
+        self.tls = None;
         self.inbuf.clear();
         self.out.clear();
         self.out_pos = 0;
         self.close_after = false;
         self.request_started = None;
         self.last_progress = now;
+        self.last_sent = now;
         self.resolving = None;
     }
 }
@@ -158,6 +177,8 @@ pub struct ManagementNetwork {
     apply_at: Option<u64>,
     had_lease: bool,
     last_link_check: u64,
+    /// When the self-signed certificate's expiry was last looked at.
+    last_renewal_check: u64,
     /// DHCP Host Name options, one per distinct host name used since boot. The DHCP socket lives in a
     /// `SocketSet<'static>`, so its options must be `'static`: each name is leaked once and reused,
     /// which bounds the memory by the number of distinct names an administrator sets.
@@ -225,6 +246,8 @@ impl ManagementNetwork {
     /// Builds the service and starts the interface with `api.host.network`. `seed` must be random per boot.
     pub fn new(nics: Vec<ManagedNic>, mut api: ApiState, seed: u64, now_ms: u64) -> Self {
         api.nics = nics.iter().map(ManagedNic::info).collect();
+        api.now_ms = now_ms;
+        api.start_https();
         let mut m = ManagementNetwork {
             nics,
             stack: None,
@@ -235,12 +258,14 @@ impl ManagementNetwork {
             apply_at: None,
             had_lease: false,
             last_link_check: 0,
+            last_renewal_check: now_ms,
             host_name_options: Vec::new(),
             download: None,
             notice: None,
             test: None,
             test_changed: false,
         };
+        m.log.append(&mut m.api.notes);
         m.refresh_links();
         m.start(now_ms);
         m
@@ -538,16 +563,19 @@ impl ManagementNetwork {
         let servers: Vec<IpAddress> = status.dns.iter().map(|d| IpAddress::Ipv4(*d)).collect();
         let dns = sockets.add(dns::Socket::new(&servers, vec![None, None, None, None]));
         let mut conns = Vec::with_capacity(HTTP_CONNECTIONS);
-        for _ in 0..HTTP_CONNECTIONS {
+        for i in 0..HTTP_CONNECTIONS {
+            let port = if i < REDIRECT_CONNECTIONS { HTTP_PORT } else { HTTPS_PORT };
             let mut s = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; TCP_RX_BUFFER]),
                 tcp::SocketBuffer::new(vec![0; TCP_TX_BUFFER]),
             );
             s.set_nagle_enabled(false);
             s.set_timeout(Some(Duration::from_secs(60)));
-            let _ = s.listen(HTTP_PORT);
+            let _ = s.listen(port);
             conns.push(Conn {
                 handle: sockets.add(s),
+                port,
+                tls: None,
                 last_state: tcp::State::Listen,
                 state_since: now,
                 inbuf: Vec::new(),
@@ -556,6 +584,7 @@ impl ManagementNetwork {
                 close_after: false,
                 request_started: None,
                 last_progress: now,
+                last_sent: now,
                 resolving: None,
             });
         }
@@ -626,6 +655,17 @@ impl ManagementNetwork {
     /// Does all pending network work. Returns true if anything happened (frames moved, requests
     /// served), so the caller can keep polling instead of sleeping.
     pub fn poll(&mut self, now: u64) -> bool {
+        self.api.now_ms = now;
+        tls::server::set_clock(
+            self.api.unix_now().unwrap_or(tls::server::JAN_2025.saturating_add(now / 1000)),
+        );
+        if now.saturating_sub(self.last_renewal_check) >= 3_600_000 {
+            self.last_renewal_check = now;
+            self.api.renew_https_if_due();
+        }
+        if !self.api.notes.is_empty() {
+            self.log.append(&mut self.api.notes);
+        }
         if now.saturating_sub(self.last_link_check) >= 1000 {
             self.refresh_links();
             self.last_link_check = now.max(1);
@@ -657,6 +697,7 @@ impl ManagementNetwork {
             &mut stack.consoles,
             &mut *self.api.vms,
             &mut self.api.root,
+            self.api.https.as_ref().map(|h| &h.config),
             now,
         );
         busy |= self.poll_download(now);
@@ -1091,12 +1132,22 @@ fn handle_dhcp(
 /// Runs every HTTP connection's state machine once. Returns true if any made progress.
 fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
     let mut busy = false;
-    let mut listening = 0;
-    // Connections waiting for a peer that never acknowledges the close are recycled when free slots
-    // run short.
-    let mut oldest_closing: Option<(u64, SocketHandle)> = None;
+    // Listeners per port ([HTTP, HTTPS]). Connections waiting for a peer that never acknowledges
+    // the close are recycled when a port's free slots run short.
+    let mut listening = [0usize; 2];
+    let mut oldest_closing: [Option<(u64, SocketHandle)>; 2] = [None, None];
     let restart_pending = api.pending.is_some();
     let mut conns = core::mem::take(&mut stack.conns);
+    // Open HTTPS connections by client address (for the per-source limit).
+    let mut per_source: Vec<(IpAddress, usize)> = Vec::new();
+    for c in conns.iter().filter(|c| c.port == HTTPS_PORT && c.tls.is_some()) {
+        if let Some(e) = stack.sockets.get::<tcp::Socket>(c.handle).remote_endpoint() {
+            match per_source.iter_mut().find(|(a, _)| *a == e.addr) {
+                Some((_, n)) => *n += 1,
+                None => per_source.push((e.addr, 1)),
+            }
+        }
+    }
     for c in conns.iter_mut() {
         let state = stack.sockets.get::<tcp::Socket>(c.handle).state();
         if state != c.last_state {
@@ -1104,17 +1155,43 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
             c.state_since = now;
             if matches!(state, tcp::State::Established) {
                 c.reset(now);
+                if c.port == HTTPS_PORT {
+                    let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+                    let open =
+                        s.remote_endpoint().and_then(|e| per_source.iter_mut().find(|(a, _)| *a == e.addr));
+                    match open {
+                        // This client holds its share already: the others' slots stay free.
+                        Some((_, n)) if *n >= HTTPS_PER_SOURCE => s.abort(),
+                        open => match api
+                            .https
+                            .as_ref()
+                            .map(|h| tls::server::TlsServerSession::new(h.config.clone()))
+                        {
+                            Some(Ok(t)) => {
+                                c.tls = Some(Box::new(t));
+                                match (open, s.remote_endpoint()) {
+                                    (Some((_, n)), _) => *n += 1,
+                                    (None, Some(e)) => per_source.push((e.addr, 1)),
+                                    (None, None) => {}
+                                }
+                            }
+                            // No certificate (no random source at boot): nothing can be served.
+                            _ => s.abort(),
+                        },
+                    }
+                }
             }
         }
+        let kind = usize::from(c.port == HTTPS_PORT);
         let age = now.saturating_sub(c.state_since);
         match state {
             tcp::State::Closed => {
                 c.reset(now);
                 let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
-                let _ = s.listen(HTTP_PORT);
-                listening += 1;
+                let _ = s.listen(c.port);
+                listening[kind] += 1;
             }
-            tcp::State::Listen => listening += 1,
+            tcp::State::Listen => listening[kind] += 1,
             tcp::State::SynReceived | tcp::State::SynSent => {
                 if age > SYN_TIMEOUT_MS {
                     stack.sockets.get_mut::<tcp::Socket>(c.handle).abort();
@@ -1129,8 +1206,8 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
             tcp::State::FinWait1 | tcp::State::FinWait2 | tcp::State::Closing | tcp::State::LastAck => {
                 if age > CLOSING_TIMEOUT_MS {
                     stack.sockets.get_mut::<tcp::Socket>(c.handle).abort();
-                } else if oldest_closing.is_none_or(|(t, _)| c.state_since < t) {
-                    oldest_closing = Some((c.state_since, c.handle));
+                } else if oldest_closing[kind].is_none_or(|(t, _)| c.state_since < t) {
+                    oldest_closing[kind] = Some((c.state_since, c.handle));
                 }
             }
             tcp::State::Established | tcp::State::CloseWait => {
@@ -1139,9 +1216,11 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
         }
     }
     stack.conns = conns;
-    if listening < SPARE_LISTENERS {
-        if let Some((_, h)) = oldest_closing {
-            stack.sockets.get_mut::<tcp::Socket>(h).abort();
+    for kind in 0..2 {
+        if listening[kind] < SPARE_LISTENERS {
+            if let Some((_, h)) = oldest_closing[kind] {
+                stack.sockets.get_mut::<tcp::Socket>(h).abort();
+            }
         }
     }
     busy
@@ -1188,18 +1267,55 @@ fn serve_connection(
         }
     }
     let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
-    // Take what the client sent (bounded).
-    while s.can_recv() && c.inbuf.len() < MAX_INBUF {
-        let mut tmp = [0u8; 1024];
-        let room = (MAX_INBUF - c.inbuf.len()).min(tmp.len());
-        match s.recv_slice(&mut tmp[..room]) {
+    // Take what the client sent (bounded): the bytes themselves, or through the TLS session.
+    loop {
+        let room = match c.tls.as_deref() {
+            Some(t) => t.room(),
+            None => MAX_INBUF.saturating_sub(c.inbuf.len()),
+        };
+        if !s.can_recv() || room == 0 {
+            break;
+        }
+        let mut tmp = [0u8; 2048];
+        let take = room.min(tmp.len());
+        match s.recv_slice(&mut tmp[..take]) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                c.inbuf.extend_from_slice(&tmp[..n]);
+                match c.tls.as_deref_mut() {
+                    Some(t) => {
+                        t.received(&tmp[..n]);
+                    }
+                    None => c.inbuf.extend_from_slice(&tmp[..n]),
+                }
                 c.last_progress = now;
                 busy = true;
             }
         }
+    }
+    if let Some(t) = c.tls.as_deref_mut() {
+        if t.process().is_err() {
+            // Not TLS, or a client that broke the protocol: the connection ends here.
+            s.abort();
+            return busy;
+        }
+        let room = MAX_INBUF.saturating_sub(c.inbuf.len());
+        c.inbuf.extend(t.take_plaintext(room));
+        // A handshake, or a record, that is not completed in time ends the connection: a client
+        // trickling bytes in cannot hold a slot.
+        let handshake_late = !t.established() && now.saturating_sub(c.state_since) > REQUEST_TIMEOUT_MS;
+        let record_late = c.inbuf.is_empty() && t.has_input() && {
+            let started = *c.request_started.get_or_insert(now);
+            now.saturating_sub(started) > REQUEST_TIMEOUT_MS
+        };
+        if handshake_late || record_late {
+            s.abort();
+            return busy;
+        }
+    } else if c.port == HTTPS_PORT {
+        // Never served in clear text (a connection that went from SYN-RECEIVED straight to
+        // CLOSE-WAIT got no TLS session).
+        s.abort();
+        return busy;
     }
     // Answer the next request once the previous answer is out.
     if c.out.is_empty() && c.resolving.is_none() && !c.close_after && !c.inbuf.is_empty() {
@@ -1208,7 +1324,11 @@ fn serve_connection(
                 req.peer = s.remote_endpoint().map(|e| e.addr.into());
                 c.inbuf.drain(..used);
                 c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
-                let reply = api::handle(api, &req, now);
+                let reply = if c.port == HTTPS_PORT {
+                    api::handle(api, &req, now)
+                } else {
+                    Reply::Now(redirect(&req, s.local_endpoint().map(|e| e.addr)))
+                };
                 // After a configuration change the interface restarts: do not keep the connection.
                 let keep = req.keep_alive && !restart_pending && api.pending.is_none();
                 c.close_after = !keep;
@@ -1250,6 +1370,39 @@ fn serve_connection(
         }
     }
     let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+    // Over TLS: the answer goes to the session, its ciphertext to the socket.
+    if let Some(t) = c.tls.as_deref_mut() {
+        if c.out_pos < c.out.len() {
+            t.write(&c.out[c.out_pos..]);
+            c.out_pos = c.out.len();
+            if c.close_after {
+                t.close();
+            }
+        }
+        if t.process().is_err() {
+            s.abort();
+            return busy;
+        }
+        if t.flushed() {
+            c.last_sent = now;
+        }
+        if !t.to_send().is_empty() && s.can_send() {
+            if let Ok(n) = s.send_slice(t.to_send()) {
+                if n > 0 {
+                    t.sent(n);
+                    c.last_progress = now;
+                    c.last_sent = now;
+                    busy = true;
+                }
+            }
+        }
+        if !t.flushed() {
+            if now.saturating_sub(c.last_sent) > WRITE_TIMEOUT_MS {
+                s.abort();
+            }
+            return busy;
+        }
+    }
     // Send what is pending.
     if c.out_pos < c.out.len() {
         if s.can_send() {
@@ -1277,14 +1430,55 @@ fn serve_connection(
     // Close when the client has finished sending and has every answer, when the last answer said
     // `Connection: close`, or when a keep-alive connection has been idle too long.
     let idle = now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS;
-    if c.out.is_empty()
-        && c.resolving.is_none()
-        && c.inbuf.is_empty()
-        && (state == tcp::State::CloseWait || c.close_after || idle)
+    let peer_done = state == tcp::State::CloseWait || c.tls.as_deref().is_some_and(|t| t.peer_closed());
+    if c.out.is_empty() && c.resolving.is_none() && c.inbuf.is_empty() && (peer_done || c.close_after || idle)
     {
+        if let Some(t) = c.tls.as_deref_mut() {
+            // close_notify first (what fits the socket; the FIN follows it).
+            t.close();
+            if t.process().is_ok() && s.can_send() {
+                if let Ok(n) = s.send_slice(t.to_send()) {
+                    t.sent(n);
+                }
+            }
+        }
         s.close();
     }
     busy
+}
+
+/// Port 80's only answer: the same resource over HTTPS (at the host name the client used, or the
+/// address it connected to).
+fn redirect(req: &Request, local: Option<IpAddress>) -> Response {
+    let host = match (&req.host, local) {
+        // Without the client's port: HTTPS is on its own port.
+        (Some(h), _) => match h.rsplit_once(':') {
+            Some((name, port))
+                if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                String::from(name)
+            }
+            _ => h.clone(),
+        },
+        (None, Some(IpAddress::Ipv6(a))) => format!("[{a}]"),
+        (None, Some(a)) => format!("{a}"),
+        (None, None) => String::from("localhost"),
+    };
+    // Only a path (origin form) is kept: anything else could point the redirect elsewhere.
+    let target = match (&req.query, req.path.starts_with('/')) {
+        (Some(q), true) => format!("{}?{q}", req.path),
+        (None, true) => req.path.clone(),
+        (_, false) => String::from("/"),
+    };
+    let location = format!("https://{host}{target}");
+    let mut r = Response {
+        status: 301,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("The management API is served over HTTPS: {location}\n").into_bytes(),
+        headers: Vec::new(),
+    };
+    r.headers.push(format!("Location: {location}"));
+    r
 }
 
 #[cfg(test)]
@@ -1301,6 +1495,8 @@ mod tests {
     const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 
     fn api_state(cfg: ManagementConfig) -> ApiState {
+        // The HTTPS key is made from the TLS random source.
+        tls::crypto::seed([5; 32]);
         let mut host = HostConfig::defaults(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode());
         host.network = cfg;
         let facts = HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() };
@@ -1322,7 +1518,15 @@ mod tests {
         iface: Interface,
         sockets: SocketSet<'static>,
         stats: PortStats,
+        /// The TLS sessions of HTTPS connections, by socket; what they trust (the server's
+        /// certificate, pinned as a client does after comparing its fingerprint).
+        tls: alloc::collections::BTreeMap<SocketHandle, TlsSession>,
+        trust: Option<Trust>,
     }
+
+    /// The client's clock for certificate checks (the server has none: its certificate starts
+    /// in 2025).
+    const CLIENT_NOW: u64 = 1_767_225_600;
 
     impl Client {
         fn new(mut nic: FakeNic, vlan: Option<u16>) -> Self {
@@ -1336,22 +1540,65 @@ mod tests {
             iface.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::Ipv4(Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 2), 24)));
             });
-            Client { nic, vlan, iface, sockets: SocketSet::new(Vec::new()), stats }
+            Client {
+                nic,
+                vlan,
+                iface,
+                sockets: SocketSet::new(Vec::new()),
+                stats,
+                tls: alloc::collections::BTreeMap::new(),
+                trust: None,
+            }
         }
 
         fn connect(&mut self, local_port: u16) -> SocketHandle {
             self.connect_to(IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), local_port)
         }
 
+        /// An HTTPS connection to the API (the server's name is `ember`, its default host name).
         fn connect_to(&mut self, server: IpAddress, local_port: u16) -> SocketHandle {
+            self.connect_tls(server, HTTPS_PORT, local_port)
+        }
+
+        /// A TLS connection to `port`.
+        fn connect_tls(&mut self, server: IpAddress, port: u16, local_port: u16) -> SocketHandle {
+            let h = self.connect_port(server, port, local_port);
+            let trust = self.trust.clone().expect("the server's certificate is known");
+            let config = tls::client_config(&trust, CLIENT_NOW).unwrap();
+            self.tls.insert(h, TlsSession::new(config, &trust, "ember", Vec::new(), 1 << 20).unwrap());
+            h
+        }
+
+        /// A plain TCP connection.
+        fn connect_port(&mut self, server: IpAddress, port: u16, local_port: u16) -> SocketHandle {
             let s = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; 65536]),
                 tcp::SocketBuffer::new(vec![0; 65536]),
             );
             let h = self.sockets.add(s);
             let s = self.sockets.get_mut::<tcp::Socket>(h);
-            s.connect(self.iface.context(), (server, HTTP_PORT), local_port).unwrap();
+            s.connect(self.iface.context(), (server, port), local_port).unwrap();
             h
+        }
+
+        /// Moves ciphertext between an HTTPS connection's socket and its TLS session; returns
+        /// the plaintext that arrived.
+        fn pump(&mut self, h: SocketHandle) -> Vec<u8> {
+            let Some(t) = self.tls.get_mut(&h) else { return Vec::new() };
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            while s.can_recv() {
+                let mut buf = [0u8; 4096];
+                let room = t.room().min(buf.len());
+                let n = s.recv_slice(&mut buf[..room]).unwrap();
+                t.received(&buf[..n]);
+                t.process().unwrap();
+            }
+            t.process().unwrap();
+            if s.can_send() && !t.to_send().is_empty() {
+                let n = s.send_slice(t.to_send()).unwrap();
+                t.sent(n);
+            }
+            t.take_plaintext()
         }
 
         fn poll(&mut self, now: u64) {
@@ -1371,7 +1618,10 @@ mod tests {
             let (a, b) = FakeNic::pair(SERVER_MAC, CLIENT_MAC);
             let nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(a) }];
             let server = ManagementNetwork::new(nics, api_state(cfg), 42, 0);
-            World { server, client: Client::new(b, client_vlan), now: 0 }
+            let mut client = Client::new(b, client_vlan);
+            let pem = &server.api.https.as_ref().expect("an HTTPS certificate was made").stored.chain_pem;
+            client.trust = Some(Trust::from_pem("pinned.pem", pem.as_bytes()).unwrap());
+            World { server, client, now: 0 }
         }
 
         fn step(&mut self) {
@@ -1393,6 +1643,11 @@ mod tests {
 
         fn send(&mut self, h: SocketHandle, data: &[u8]) {
             assert!(self.run_until(5_000, |c| c.sockets.get::<tcp::Socket>(h).may_send()), "not connected");
+            if let Some(t) = self.client.tls.get_mut(&h) {
+                t.write(data);
+                self.client.pump(h);
+                return;
+            }
             let mut sent = 0;
             while sent < data.len() {
                 sent += self.client.sockets.get_mut::<tcp::Socket>(h).send_slice(&data[sent..]).unwrap();
@@ -1406,8 +1661,9 @@ mod tests {
             let end = self.now + ms;
             while self.now < end {
                 self.step();
+                got.extend(self.client.pump(h));
                 let s = self.client.sockets.get_mut::<tcp::Socket>(h);
-                while s.can_recv() {
+                while s.can_recv() && !self.client.tls.contains_key(&h) {
                     let mut buf = [0u8; 4096];
                     let n = s.recv_slice(&mut buf).unwrap();
                     got.extend_from_slice(&buf[..n]);
@@ -1484,27 +1740,14 @@ mod tests {
 
     #[test]
     fn vm_consoles_stream_over_tcp_both_ways() {
-        /// Connects a client socket to the console port from `local_port`.
+        /// Connects a TLS client to the console port from `local_port`.
         fn console_client(w: &mut World, local_port: u16) -> SocketHandle {
-            let s = tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0; 65536]),
-                tcp::SocketBuffer::new(vec![0; 4096]),
-            );
-            let h = w.client.sockets.add(s);
-            let cx = w.client.iface.context();
-            let server = (IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001);
-            w.client.sockets.get_mut::<tcp::Socket>(h).connect(cx, server, local_port).unwrap();
-            h
+            w.client.connect_tls(IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001, local_port)
         }
         /// Reads from `h` into `got` until it holds `want` (or 5 s pass).
         fn read_until(w: &mut World, h: SocketHandle, got: &mut Vec<u8>, want: &[u8]) -> bool {
             w.run_until(5_000, |c| {
-                let s = c.sockets.get_mut::<tcp::Socket>(h);
-                while s.can_recv() {
-                    let mut buf = [0u8; 1024];
-                    let n = s.recv_slice(&mut buf).unwrap();
-                    got.extend_from_slice(&buf[..n]);
-                }
+                got.extend(c.pump(h));
                 got.windows(want.len()).any(|x| x == want)
             })
         }
@@ -1516,7 +1759,7 @@ mod tests {
             .server
             .take_log()
             .iter()
-            .any(|l| l == "VM web console on TCP port 9001 (root password required)"));
+            .any(|l| l == "VM web console on TCP port 9001 (TLS, root password required)"));
         // Nothing of the console before the root password; a wrong one is refused.
         let h = console_client(&mut w, 40100);
         let mut got = Vec::new();
@@ -1531,7 +1774,7 @@ mod tests {
         output.borrow_mut().extend_from_slice(b"login: ");
         assert!(read_until(&mut w, h, &mut got, b"login: "), "then new output: {got:?}");
         assert_eq!(got, b"\r\nLinux version 6.1\nlogin: ", "nothing twice");
-        // Input reaches the VM; what it cannot take yet waits in TCP.
+        // Input reaches the VM; what it cannot take yet waits.
         w.send(h, b"root\nuptime\n");
         w.run_until(500, |_| false);
         assert_eq!(input.borrow().as_slice(), b"root\nupt");
@@ -1564,6 +1807,11 @@ mod tests {
             !matches!(c.sockets.get::<tcp::Socket>(h3).state(), tcp::State::Established)
         });
         assert!(closed, "closed after three wrong passwords");
+        // Plain bytes (not TLS) end a connection at once, and nothing is shown.
+        let plain = w.client.connect_port(IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), 9001, 40103);
+        w.send(plain, b"rootpass\r\n");
+        assert!(w.run_until(5_000, |c| !c.sockets.get::<tcp::Socket>(plain).is_active()), "not dropped");
+        assert!(w.response(plain, 100).is_empty());
         // Idle connections that never log in cannot use up the port: one per source address waits
         // for its password (a newer one replaces it), so the administrator still gets in.
         let idle: Vec<SocketHandle> = (0..5).map(|i| console_client(&mut w, 40110 + i)).collect();
@@ -1633,6 +1881,52 @@ mod tests {
     }
 
     #[test]
+    fn port_80_only_redirects_and_bytes_that_are_not_tls_end_an_https_connection() {
+        let mut w = World::new(static_cfg(None), None);
+        let server = IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1));
+        let plain = w.client.connect_port(server, HTTP_PORT, 40020);
+        let request =
+            format!("GET /api/v1/host?x=1 HTTP/1.1\r\nHost: esx01.lab:8080\r\n{}\r\n", auth_header());
+        w.send(plain, request.as_bytes());
+        let r = w.response(plain, 5_000);
+        assert!(r.starts_with("HTTP/1.1 301 "), "{r}");
+        assert!(r.contains("\r\nLocation: https://esx01.lab/api/v1/host?x=1\r\n"), "{r}");
+        assert!(!r.contains("\"hostname\""), "nothing is served in clear text: {r}");
+        // Without a Host header: the address the client connected to.
+        let plain = w.client.connect_port(server, HTTP_PORT, 40021);
+        w.send(plain, b"PUT /api/v1/config HTTP/1.0\r\n\r\n");
+        assert!(w.response(plain, 5_000).contains("\r\nLocation: https://10.0.0.1/api/v1/config\r\n"));
+        // Plain HTTP to the HTTPS port: the connection is dropped, nothing is answered.
+        let wrong = w.client.connect_port(server, HTTPS_PORT, 40022);
+        w.send(wrong, b"GET /api/v1/host HTTP/1.1\r\n\r\n");
+        assert!(w.run_until(5_000, |c| !c.sockets.get::<tcp::Socket>(wrong).is_active()), "not dropped");
+        let r = w.response(wrong, 100);
+        assert!(r.is_empty(), "{r}");
+        // The API is served over HTTPS, to a client that checks the pinned certificate.
+        let h = w.client.connect(40023);
+        w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
+        let r = w.response(h, 5_000);
+        let fingerprint = w.server.api.https.as_ref().unwrap().info.fingerprint();
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains(&fingerprint), "{r}");
+    }
+
+    #[test]
+    fn a_client_trickling_a_tls_handshake_loses_its_slot() {
+        let mut w = World::new(static_cfg(None), None);
+        let server = IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1));
+        let h = w.client.connect_port(server, HTTPS_PORT, 40030);
+        // A ClientHello record header, then one byte every 2 s: never a whole handshake.
+        w.send(h, &[0x16, 0x03, 0x01, 0x02, 0x00]);
+        let start = w.now;
+        let dropped = (0..20).any(|_| {
+            w.send(h, &[0x01]);
+            w.run_until(2_000, |c| !c.sockets.get::<tcp::Socket>(h).is_active())
+        });
+        assert!(dropped, "still connected after {} ms", w.now - start);
+        assert!(w.now - start <= REQUEST_TIMEOUT_MS + 3_000, "dropped after {} ms", w.now - start);
+    }
+
+    #[test]
     fn slow_client_times_out_without_blocking_others() {
         let mut w = World::new(static_cfg(None), None);
         let slow = w.client.connect(40010);
@@ -1647,13 +1941,14 @@ mod tests {
     #[test]
     fn connection_pool_is_bounded_and_recovers() {
         let mut w = World::new(static_cfg(None), None);
-        let idle: Vec<_> = (0..HTTP_CONNECTIONS as u16).map(|i| w.client.connect(41000 + i)).collect();
+        // One client address holds at most its share of the HTTPS slots.
+        let idle: Vec<_> = (0..HTTPS_PER_SOURCE as u16 + 4).map(|i| w.client.connect(41000 + i)).collect();
         w.run_until(2_000, |_| false);
         let established = idle
             .iter()
             .filter(|h| w.client.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Established)
             .count();
-        assert_eq!(established, HTTP_CONNECTIONS);
+        assert_eq!(established, HTTPS_PER_SOURCE);
         // One more is refused while all slots are held...
         let extra = w.client.connect(42000);
         w.run_until(1_000, |_| false);
@@ -1816,7 +2111,7 @@ mod tests {
         let cfg = ManagementConfig { uplink: "vmnic3".into(), ..ManagementConfig::default() };
         let mut w = World::new(cfg, None);
         assert_eq!(w.server.api.status.state, InterfaceState::NoUplink);
-        assert!(w.server.take_log()[0].contains("no NIC named vmnic3"));
+        assert!(w.server.take_log().iter().any(|l| l.contains("no NIC named vmnic3")));
         assert!(!w.server.poll(10));
     }
 

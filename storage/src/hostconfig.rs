@@ -53,6 +53,86 @@ pub struct HostConfig {
     /// run once, right after it is stored, and the result is stored without them. Not part of
     /// the API's configuration document (it can be neither read nor set there).
     pub firstboot: Vec<PendingScript>,
+    /// The management API's HTTPS key and certificate chain. `None` until the host makes its
+    /// self-signed one (first boot, and after Reset System Configuration). Stored, but not part of
+    /// the API's configuration document: the key is never shown, and the certificate is changed
+    /// through its own endpoint.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A private key and its certificate chain, PEM (the checks that need cryptography - the key is
+/// ECDSA, the certificate is X.509 and matches the key - are the HTTPS server's, `ember_net::tls`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// PKCS#8 or SEC1, PEM.
+    pub key_pem: String,
+    /// The server certificate first, then the intermediates, PEM.
+    pub chain_pem: String,
+    /// Made by the host itself (replaced by a new one after Reset System Configuration).
+    pub self_signed: bool,
+}
+
+impl core::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsIdentity")
+            .field("chain_pem", &self.chain_pem)
+            .field("self_signed", &self.self_signed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Longest stored private key, PEM.
+pub const MAX_TLS_KEY_PEM: usize = 2 * 1024;
+/// Longest stored certificate chain, PEM.
+pub const MAX_TLS_CHAIN_PEM: usize = 10 * 1024;
+
+impl TlsIdentity {
+    /// Checks the shape of a key and chain: bounded PEM text with the expected labels.
+    pub fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        let pem = |name: &str, text: &str, max: usize, labels: &[&str]| {
+            let f = format!("{field}.{name}");
+            if text.len() > max {
+                return Err(error(&f, format!("longer than {max} bytes")));
+            }
+            if !text.is_ascii() || !labels.iter().any(|l| text.contains(&format!("-----BEGIN {l}-----"))) {
+                return Err(error(
+                    &f,
+                    format!("expected PEM text (-----BEGIN {}-----)", labels.join("----- or -----BEGIN ")),
+                ));
+            }
+            Ok(())
+        };
+        pem("key", &self.key_pem, MAX_TLS_KEY_PEM, &["PRIVATE KEY", "EC PRIVATE KEY"])?;
+        pem("certificate", &self.chain_pem, MAX_TLS_CHAIN_PEM, &["CERTIFICATE"])
+    }
+
+    fn to_json(&self) -> Value {
+        json!({ "key": self.key_pem, "certificate": self.chain_pem, "self_signed": self.self_signed })
+    }
+
+    fn from_json(v: &Value) -> Result<Self, ConfigError> {
+        let o = v.as_object().ok_or_else(|| error("tls", "expected an object"))?;
+        if let Some(k) = o.keys().find(|k| !["key", "certificate", "self_signed"].contains(&k.as_str())) {
+            return Err(error(&format!("tls.{k}"), "unknown field (expected key, certificate, self_signed)"));
+        }
+        let text = |name: &str| {
+            o.get(name)
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| error(&format!("tls.{name}"), "missing (a string)"))
+        };
+        let id = TlsIdentity {
+            key_pem: text("key")?,
+            chain_pem: text("certificate")?,
+            self_signed: o
+                .get("self_signed")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| error("tls.self_signed", "expected true or false"))?,
+        };
+        id.validate("tls")?;
+        Ok(id)
+    }
 }
 
 /// A `%firstboot` section waiting to run.
@@ -207,10 +287,11 @@ impl HostConfig {
             keyboard: String::from("US Default"),
             autostart: Vec::new(),
             firstboot: Vec::new(),
+            tls: None,
         }
     }
 
-    /// The stored form.
+    /// The stored form (with the pending `%firstboot` scripts and the HTTPS key).
     pub fn to_json(&self) -> Value {
         let mut v = self.settings_json();
         if let (Value::Object(m), false) = (&mut v, self.firstboot.is_empty()) {
@@ -220,6 +301,9 @@ impl HostConfig {
                 .map(|p| json!({ "source": p.source, "line": p.first_line, "script": p.body }))
                 .collect();
             m.insert(String::from("firstboot"), Value::Array(pending));
+        }
+        if let (Value::Object(m), Some(tls)) = (&mut v, &self.tls) {
+            m.insert(String::from("tls"), tls.to_json());
         }
         v
     }
@@ -269,9 +353,13 @@ impl HostConfig {
         let mut cfg = HostConfig::defaults(hash.to_string());
         let mut obj = obj;
         let pending = obj.remove("firstboot");
+        let tls = obj.remove("tls");
         cfg.merge(&obj)?;
         if let Some(p) = pending {
             cfg.firstboot = decode_pending(&p)?;
+        }
+        if let Some(t) = tls {
+            cfg.tls = Some(TlsIdentity::from_json(&t)?);
         }
         Ok(cfg)
     }
@@ -461,6 +549,37 @@ mod tests {
             assert_eq!(e.field, *field, "{body}: {e}");
             assert_eq!(c, good, "{body} changed the configuration");
         }
+    }
+
+    #[test]
+    fn the_https_identity_is_stored_never_shown_and_never_taken_from_a_change() {
+        let mut c = sample();
+        c.tls = Some(TlsIdentity {
+            key_pem: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            chain_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+            self_signed: true,
+        });
+        assert_eq!(HostConfig::decode(&c.encode()).unwrap(), c);
+        assert!(c.settings_json().get("tls").is_none(), "the key is never part of the API's document");
+        assert!(!format!("{:?}", c.tls).contains("PRIVATE"), "nor of debug output");
+        // A change cannot set it.
+        let v: Value =
+            serde_json::from_str(r#"{"tls":{"key":"x","certificate":"y","self_signed":true}}"#).unwrap();
+        assert_eq!(c.clone().merge(v.as_object().unwrap()).unwrap_err().field, "tls");
+        // A damaged stored identity is refused, naming the field.
+        let bad = |f: &dyn Fn(&mut Value)| {
+            let mut v: Value = serde_json::from_slice(&c.encode()).unwrap();
+            f(&mut v);
+            HostConfig::decode(v.to_string().as_bytes()).unwrap_err().field
+        };
+        assert_eq!(bad(&|v| v["tls"]["key"] = json!("not pem")), "tls.key");
+        assert_eq!(
+            bad(&|v| v["tls"]["certificate"] = json!("x".repeat(MAX_TLS_CHAIN_PEM + 1))),
+            "tls.certificate"
+        );
+        assert_eq!(bad(&|v| v["tls"]["self_signed"] = json!("yes")), "tls.self_signed");
+        assert_eq!(bad(&|v| v["tls"]["extra"] = json!(1)), "tls.extra");
+        assert_eq!(bad(&|v| v["tls"] = json!([])), "tls");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Network helpers for whole-system tests: a plain HTTP/1.1 client, free loopback ports, network
+//! Network helpers for whole-system tests: an HTTP/1.1 client over HTTPS (the management API) and
+//! over plain TCP (port 80's redirects), free loopback ports, network
 //! namespaces with a tap device for the appliance, a real DHCP/DNS server (dnsmasq) inside them, ping,
 //! and raw frames sent from inside a namespace.
 //!
@@ -24,6 +25,8 @@ pub struct HttpResponse {
     /// The head (status line and header lines).
     pub head: String,
     pub body: String,
+    /// Over HTTPS: the SHA-256 fingerprint of the server's certificate (`AB:CD:...`).
+    pub certificate_sha256: Option<String>,
 }
 
 impl HttpResponse {
@@ -42,7 +45,7 @@ impl HttpResponse {
 }
 
 /// Reads one response from `s` (framed by Content-Length, or by EOF).
-pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
+pub fn read_response(s: &mut impl Read) -> std::io::Result<HttpResponse> {
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -58,7 +61,7 @@ pub fn read_response(s: &mut TcpStream) -> std::io::Result<HttpResponse> {
                 if got.len() >= end + 4 + len {
                     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                     let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
-                    return Ok(HttpResponse { status, head, body });
+                    return Ok(HttpResponse { status, head, body, certificate_sha256: None });
                 }
             }
         }
@@ -91,13 +94,128 @@ pub fn request_bytes(method: &str, path: &str, auth: Option<(&str, &str)>, body:
     r.into_bytes()
 }
 
-/// Sends raw bytes on a new connection and reads one response.
-pub fn exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::io::Result<HttpResponse> {
+/// Sends raw bytes on a new plain TCP connection and reads one response (port 80).
+pub fn exchange_plain(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(raw)?;
     read_response(&mut s)
+}
+
+/// Sends raw bytes on a new HTTPS connection and reads one response. Any certificate is accepted
+/// (a test cannot know a new host's self-signed one beforehand); its fingerprint is in the answer
+/// for the test to compare with what the host shows.
+pub fn exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::io::Result<HttpResponse> {
+    let mut tls = tls_connect(addr, timeout)?;
+    tls.write_all(raw)?;
+    let mut r = read_response(&mut tls)?;
+    r.certificate_sha256 = tls.certificate_sha256();
+    Ok(r)
+}
+
+/// An HTTPS connection to the appliance (see [`exchange`] for what is checked).
+pub struct TlsStream {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    seen: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl TlsStream {
+    /// The fingerprint of the certificate the server presented (after the handshake).
+    pub fn certificate_sha256(&self) -> Option<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Opens an HTTPS connection (the handshake happens with the first write or read).
+pub fn tls_connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let verifier = std::sync::Arc::new(AnyCertificate { seen: seen.clone() });
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(ring()))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(std::io::Error::other)?;
+    Ok(TlsStream { stream: rustls::StreamOwned::new(conn, tcp), seen })
+}
+
+/// rustls' ring provider: it builds with a C compiler alone (aws-lc-rs, the default, is larger to
+/// build); ring's lack of post-quantum key exchange does not matter to these tests.
+#[allow(deprecated)]
+fn ring() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Accepts every server certificate whose signatures check out, and remembers its fingerprint.
+#[derive(Debug)]
+struct AnyCertificate {
+    seen: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.seen.lock().unwrap() = Some(fingerprint(end_entity));
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = ring().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = ring().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        ring().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `AB:CD:...`: the SHA-256 of a certificate, as Ember shows it.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 /// One request on a new connection (`Connection: close`).

@@ -20,7 +20,7 @@ fn loopback(port: u16) -> SocketAddr {
 fn boot(name: &str, img: &Path, disk: Disk, port: u16) -> Qemu {
     let mut cfg = QemuConfig::new(name, img);
     cfg.disk = disk;
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
     Qemu::start(&cfg)
 }
 
@@ -145,7 +145,7 @@ fn changes_are_stored_before_they_are_acknowledged_and_survive_reboot() {
     assert_eq!(cfg["dns_search"][0], "lab.example");
     assert_eq!(cfg["network"]["hostname"], "esx-store");
     assert_eq!(cfg["store"]["sequence"], 3);
-    q.wait_for_screen("http://esx-store/", HTTP_TIMEOUT);
+    q.wait_for_screen("https://esx-store/", HTTP_TIMEOUT);
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
     assert_eq!(cfg["network"]["address"], "10.0.2.20");
     assert_eq!(cfg["keyboard"], "German");
     assert_eq!(cfg["root_password"]["scheme"], "sha512-crypt");
-    q.wait_for_screen("http://esx-ks.lab.example/  http://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    q.wait_for_screen("https://esx-ks.lab.example/  https://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
     drop(q);
 
     // The next boot uses what is stored; neither the kickstart nor %firstboot runs again.
@@ -258,7 +258,7 @@ fn static_boot(name: &str, img: &Path, port: u16) -> QemuConfig {
     let mut cfg = QemuConfig::new(name, img);
     cfg.disk = Disk::Virtio;
     cfg.nics =
-        vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-10.0.2.20:80"))];
+        vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-10.0.2.20:443"))];
     cfg
 }
 
@@ -391,7 +391,7 @@ fn kickstart_over_http_is_retried_after_a_server_error_applied_once_and_never_fe
     assert_eq!(cfg["network"]["hostname"], "esx-http");
     assert_eq!(cfg["keyboard"], "German");
     assert_eq!(request(addr, "GET", "/api/v1/host", Some(INITIAL), None).status, 401);
-    q.wait_for_screen("http://esx-http/", HTTP_TIMEOUT);
+    q.wait_for_screen("https://esx-http/", HTTP_TIMEOUT);
     drop(q);
     drop(server);
 

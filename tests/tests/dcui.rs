@@ -23,7 +23,7 @@ const DOWN: &[u8] = b"\x1b[B";
 fn boot(name: &str, img: &Path, port: u16, static_port: u16) -> Qemu {
     let mut cfg = QemuConfig::new(name, img);
     let fwd =
-        format!("user,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=tcp:127.0.0.1:{static_port}-10.0.2.20:80");
+        format!("user,hostfwd=tcp:127.0.0.1:{port}-:443,hostfwd=tcp:127.0.0.1:{static_port}-10.0.2.20:443");
     cfg.nics = vec![NicSpec::new("virtio-net-pci", &fwd)];
     Qemu::start(&cfg)
 }
@@ -55,7 +55,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let static_addr = SocketAddr::from(([127, 0, 0, 1], static_port));
     let mut q = boot("dcui_menu", &img, port, static_port);
-    q.wait_for_screen("http://ember/  http://10.0.2.15/ (DHCP)", T);
+    q.wait_for_screen("https://ember/  https://10.0.2.15/ (DHCP)", T);
 
     // A wrong password is refused and said so; line noise at the prompt changes nothing.
     login(&mut q, F2_XTERM, "wrong-password");
@@ -210,7 +210,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     q.wait_for_screen("System Customization", T);
     keys(&mut q, b"\x1b");
     q.wait_for_screen("To manage this host, go to:", T);
-    q.wait_for_screen("http://[fec0::5054:ff:fe00:10]/ (AUTOCONF)", T);
+    q.wait_for_screen("https://[fec0::5054:ff:fe00:10]/ (AUTOCONF)", T);
 
     // F12 (VT100+ form): Shut Down powers the machine off through ACPI: QEMU exits.
     login(&mut q, F12_VT100, "dcui-pass-1");
@@ -225,7 +225,7 @@ fn menu_over_the_serial_console_changes_the_password_resets_and_shuts_down() {
     q.wait_for("configuration loaded from usb0", T);
     wait_for_http(static_addr, T);
     assert_eq!(request(static_addr, "GET", "/api/v1/host", Some(("root", "dcui-pass-1")), None).status, 200);
-    q.wait_for_screen("http://ember/  http://10.0.2.20/ (STATIC)", T);
+    q.wait_for_screen("https://ember/  https://10.0.2.20/ (STATIC)", T);
     login(&mut q, F2_VT100, "dcui-pass-1");
     q.wait_for_screen("System Customization", T);
     // Network Restore Options: back to DHCP (F11 confirms), reached at the DHCP address again.

@@ -34,7 +34,7 @@ fn usb_and_ps2_keyboards_drive_the_menu_with_the_german_layout() {
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cfg = QemuConfig::new("keyboard", &img);
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
     cfg.extra = vec!["-device".into(), "usb-kbd,bus=xhci.0,id=kbd".into()];
     let mut q = Qemu::start(&cfg);
     q.wait_for("USB keyboard", T);

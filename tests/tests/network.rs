@@ -50,22 +50,50 @@ fn get_host(addr: SocketAddr) -> Value {
 fn api_on_virtio_net_with_user_networking() {
     let port = free_port();
     let static_port = free_port();
+    let http_port = free_port();
     let nic = NicSpec::new(
         "virtio-net-pci",
-        &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=tcp:127.0.0.1:{static_port}-10.0.2.20:80"),
+        &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443,hostfwd=tcp:127.0.0.1:{static_port}-10.0.2.20:443,hostfwd=tcp:127.0.0.1:{http_port}-:80"),
     );
     let (mut q, _dir) = boot_with_nics("net_virtio_user", &[], vec![nic], None);
     q.wait_for(&format!("vmnic0: virtio-net at 0000:00:03.0, MAC {VMNIC0_MAC}, link up"), BOOT_TIMEOUT);
     let lease =
         q.wait_for("DHCP lease 10.0.2.15/24 from 10.0.2.2, gateway 10.0.2.2, DNS 10.0.2.3", LEASE_TIMEOUT);
     assert_eq!(leased_address(&lease), "10.0.2.15");
-    q.wait_for_screen("http://ember/  http://10.0.2.15/ (DHCP)", LEASE_TIMEOUT);
+    q.wait_for_screen("https://ember/  https://10.0.2.15/ (DHCP)", LEASE_TIMEOUT);
     let monitor_screen = q.framebuffer_text("net_virtio_idle");
-    assert!(monitor_screen.contains("http://ember/  http://10.0.2.15/ (DHCP)"), "{monitor_screen}");
+    assert!(monitor_screen.contains("https://ember/  https://10.0.2.15/ (DHCP)"), "{monitor_screen}");
     let api = loopback(port);
     let landing = wait_for_http(api, HTTP_TIMEOUT);
     assert_eq!(landing.status, 200);
     assert!(landing.body.contains("/api/v1/host"));
+
+    // HTTPS: the certificate the API presents is the one whose fingerprint the console shows
+    // (and the boot log), so an administrator can check it before trusting it.
+    let fingerprint = landing.certificate_sha256.clone().expect("served over TLS");
+    let logged =
+        format!("ember: HTTPS certificate in use: CN=ember (self-signed), SHA-256 fingerprint {fingerprint}");
+    assert!(q.text().contains(&logged), "the boot log names the certificate");
+    let (first, second) = fingerprint.split_at(48);
+    q.wait_for_screen(first.trim_end_matches(':'), HTTP_TIMEOUT);
+    q.wait_for_screen(second, HTTP_TIMEOUT);
+    // Port 80 only redirects there, and serves nothing in clear text, credentials or not.
+    let plain = exchange_plain(
+        loopback(http_port),
+        &request_bytes("GET", "/api/v1/host", Some(ROOT), None),
+        HTTP_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(plain.status, 301, "{plain:?}");
+    assert_eq!(plain.header("Location").as_deref(), Some("https://ember/api/v1/host"), "{plain:?}");
+    assert!(!plain.body.contains("cpu_model"), "{plain:?}");
+    // Plain HTTP on the HTTPS port gets no answer.
+    let mut raw = TcpStream::connect(api).unwrap();
+    raw.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
+    raw.write_all(&request_bytes("GET", "/api/v1/host", Some(ROOT), None)).unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1"), "{got:?}");
 
     // Authentication: none, wrong password, wrong user, then right.
     let r = request(api, "GET", "/api/v1/host", None, None);
@@ -101,6 +129,7 @@ fn api_on_virtio_net_with_user_networking() {
     assert_eq!(request(api, "GET", "/api/v1/nothing-here", Some(ROOT), None).status, 404);
     assert_eq!(request(api, "DELETE", "/api/v1/host", Some(ROOT), None).status, 405);
     let r = exchange(api, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n", HTTP_TIMEOUT).unwrap();
+    // (inside TLS: the bytes reach the HTTP parser)
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("malformed"), "{r:?}");
     let mut big = b"GET /api/v1/host HTTP/1.1\r\nX-Padding: ".to_vec();
@@ -118,7 +147,7 @@ fn api_on_virtio_net_with_user_networking() {
     assert!(bad.json()["error"]["message"].as_str().unwrap().starts_with("vlan:"), "{bad:?}");
 
     // A stalled client holds only its own connection; it gets 408 after the request deadline.
-    let mut slow = TcpStream::connect(api).unwrap();
+    let mut slow = tls_connect(api, HTTP_TIMEOUT).unwrap();
     slow.write_all(b"GET /api/v1/host HTTP/1.1\r\nHost: ember\r\n").unwrap();
     let started = Instant::now();
     // Meanwhile, concurrent clients are all served.
@@ -134,7 +163,6 @@ fn api_on_virtio_net_with_user_networking() {
     for w in workers {
         assert_eq!(w.join().unwrap(), vec![200; 4]);
     }
-    slow.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let r = read_response(&mut slow).expect("the stalled client gets an answer");
     assert_eq!(r.status, 408, "{r:?}");
     assert!(started.elapsed() >= Duration::from_secs(9), "408 came after {:?}", started.elapsed());
@@ -146,7 +174,7 @@ fn api_on_virtio_net_with_user_networking() {
     assert_eq!(r.json()["pending"]["address"], "10.0.2.20");
     q.wait_for("management network: restarting", HTTP_TIMEOUT);
     q.wait_for("static 10.0.2.20/24 gateway 10.0.2.2", HTTP_TIMEOUT);
-    q.wait_for_screen("http://ember/  http://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    q.wait_for_screen("https://ember/  https://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
     let moved = loopback(static_port);
     wait_for_http(moved, HTTP_TIMEOUT);
     let m = get_host(moved)["management"].clone();
@@ -171,7 +199,7 @@ fn api_on_virtio_net_with_user_networking() {
 fn api_on_e1000e_next_to_a_virtio_nic() {
     let port = free_port();
     let nics = vec![
-        NicSpec::new("e1000e", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80")),
+        NicSpec::new("e1000e", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443")),
         NicSpec::new("virtio-net-pci", "user"),
     ];
     let (mut q, _dir) = boot_with_nics("net_e1000e_user", &[], nics, None);
@@ -232,10 +260,10 @@ fn dhcp_from_dnsmasq_ping_dns_and_a_server_that_goes_away() {
     let leased_at = Instant::now();
     let ip = leased_address(&lease);
     assert!(lease.contains("gateway 192.168.77.1, DNS 192.168.77.1"), "{lease}");
-    q.wait_for_screen(&format!("http://esx-dhcp/  http://{ip}/ (DHCP)"), LEASE_TIMEOUT);
+    q.wait_for_screen(&format!("https://esx-dhcp/  https://{ip}/ (DHCP)"), LEASE_TIMEOUT);
     assert!(ns.ping(&ip, 3), "no ping answer from {ip}");
 
-    let api: SocketAddr = format!("{ip}:80").parse().unwrap();
+    let api: SocketAddr = format!("{ip}:443").parse().unwrap();
     let host = ns.within(move || {
         wait_for_http(api, HTTP_TIMEOUT);
         let h = request(api, "GET", "/api/v1/host", Some(ROOT), None);
@@ -300,7 +328,7 @@ fn dhcp_lease_on_a_management_vlan() {
     let ip = leased_address(&lease);
     assert!(ip.starts_with("192.168.100."), "lease from the wrong network: {lease}");
     assert!(ns.ping(&ip, 3), "no ping answer from {ip} on VLAN 100");
-    let api: SocketAddr = format!("{ip}:80").parse().unwrap();
+    let api: SocketAddr = format!("{ip}:443").parse().unwrap();
     let h = ns.within(move || {
         wait_for_http(api, HTTP_TIMEOUT);
         request(api, "GET", "/api/v1/host", Some(ROOT), None)
@@ -322,9 +350,9 @@ fn static_address_survives_hostile_traffic() {
     let (mut q, _dir) =
         boot_with_nics("net_static_hostile", &options, vec![tap_nic()], Some(ns.name.clone()));
     q.wait_for("static 192.168.77.9/24 gateway 192.168.77.1, host name esx-static", BOOT_TIMEOUT);
-    q.wait_for_screen("http://esx-static/  http://192.168.77.9/ (STATIC)", BOOT_TIMEOUT);
+    q.wait_for_screen("https://esx-static/  https://192.168.77.9/ (STATIC)", BOOT_TIMEOUT);
     assert!(ns.ping("192.168.77.9", 3));
-    let api: SocketAddr = "192.168.77.9:80".parse().unwrap();
+    let api: SocketAddr = "192.168.77.9:443".parse().unwrap();
     let ok = |ns: &NetNs| {
         ns.within(move || {
             wait_for_http(api, HTTP_TIMEOUT);
@@ -379,8 +407,8 @@ fn ipv6_slaac_from_router_advertisements_then_static() {
         vec![tap_nic()],
         Some(ns.name.clone()),
     );
-    q.wait_for_screen("http://ember/  http://192.168.78.20/ (STATIC)", BOOT_TIMEOUT);
-    let api: SocketAddr = "192.168.78.20:80".parse().unwrap();
+    q.wait_for_screen("https://ember/  https://192.168.78.20/ (STATIC)", BOOT_TIMEOUT);
+    let api: SocketAddr = "192.168.78.20:443".parse().unwrap();
 
     // Automatic: the link-local address and one from the router's prefix (EUI-64 of the MAC).
     let slaac = "2001:db8:78:0:5054:ff:fe00:10";
@@ -393,16 +421,16 @@ fn ipv6_slaac_from_router_advertisements_then_static() {
     assert_eq!(put.status, 202, "{put:?}");
     assert_eq!(m["ipv6"], serde_json::json!({"mode": "auto"}), "{m}");
     assert!(m["ipv6_addresses"].as_array().unwrap().iter().any(|a| a == "fe80::5054:ff:fe00:10/64"), "{m}");
-    q.wait_for_screen(&format!("http://[{slaac}]/ (AUTOCONF)"), HTTP_TIMEOUT);
+    q.wait_for_screen(&format!("https://[{slaac}]/ (AUTOCONF)"), HTTP_TIMEOUT);
     // Reached over IPv6: ping (global and link-local) and the API.
     assert!(ns.ping(slaac, 3), "no ping answer from {slaac}");
     assert!(ns.ping("fe80::5054:ff:fe00:10%tap0", 3), "no ping answer from the link-local address");
-    let over_v6: SocketAddr = format!("[{slaac}]:80").parse().unwrap();
+    let over_v6: SocketAddr = format!("[{slaac}]:443").parse().unwrap();
     let host = ns.within(move || request(over_v6, "GET", "/api/v1/host", Some(ROOT), None));
     assert_eq!(host.status, 200, "{host:?}");
 
     // Static: the fixed address replaces the SLAAC one and answers; the setting is stored.
-    let fixed: SocketAddr = "[2001:db8:78::20]:80".parse().unwrap();
+    let fixed: SocketAddr = "[2001:db8:78::20]:443".parse().unwrap();
     let (put, m, host) = ns.within(move || {
         let body =
             r#"{"ipv6":{"mode":"static","address":"2001:db8:78::20","prefix":64,"gateway":"fe80::1"}}"#;
@@ -419,5 +447,5 @@ fn ipv6_slaac_from_router_advertisements_then_static() {
     );
     assert_eq!(host.status, 200, "{host:?}");
     assert_eq!(host.json()["network"]["ipv6"]["address"], "2001:db8:78::20", "{host:?}");
-    q.wait_for_screen("http://[2001:db8:78::20]/ (STATIC)", HTTP_TIMEOUT);
+    q.wait_for_screen("https://[2001:db8:78::20]/ (STATIC)", HTTP_TIMEOUT);
 }

@@ -59,7 +59,7 @@ fn power_cuts_during_configuration_writes_leave_the_old_or_the_new_configuration
         let mut cfg = QemuConfig::new(&format!("power_cut_{cut:02}"), &img);
         cfg.disk = Disk::Virtio;
         cfg.cpus = 1;
-        cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:80"))];
+        cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
         let mut q = Qemu::start(&cfg);
         if cut == 0 {
             q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);

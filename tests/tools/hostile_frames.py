@@ -3,7 +3,7 @@
 
 usage: hostile_frames.py IFACE DST_MAC DST_IP SRC_NET(a.b.c) MODE [COUNT]
 MODE: garbage - malformed Ethernet/ARP/IPv4/TCP/UDP/ICMP frames (deterministic, seeded)
-      synflood - TCP SYNs to port 80 with valid checksums from spoofed sources SRC_NET.100-199
+      synflood - TCP SYNs to port 443 (the API) with valid checksums from spoofed sources SRC_NET.100-199
 Frames are written with an AF_PACKET socket, so nothing of the host's own stack is involved.
 """
 import random
@@ -51,7 +51,7 @@ def garbage(dst_mac, src_mac, dst_ip, net):
     for _ in range(200):  # random payloads under every interesting ethertype
         et = rnd.choice([0x0800, 0x0806, 0x86DD, 0x8100, 0x88CC, rnd.randrange(65536)])
         frames.append(eth(dst_mac, src_mac, et, bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 1500)))))
-    t = tcp(src_ip, dst_ip, 4444, 80, 0x02)
+    t = tcp(src_ip, dst_ip, 4444, 443, 0x02)
     frames += [
         eth(dst_mac, src_mac, 0x0806, b"\x00\x01\x08\x00\x06\x04\x00\x01"),  # truncated ARP
         eth(b"\xff" * 6, src_mac, 0x0806, struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + src_mac
@@ -63,12 +63,12 @@ def garbage(dst_mac, src_mac, dst_ip, net):
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, t, good_sum=False)),  # bad header checksum
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, t, flags_frag=0x2000)),  # first fragment only
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, t, flags_frag=0x1FFF)),  # last fragment, huge offset
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0x02, offset=15))),
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0x02, offset=2))),
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0xFF))),  # every flag
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0x02, good_sum=False))),
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0x10, ack=5))),  # stray ACK
-        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 80, 0x04))),  # stray RST
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0x02, offset=15))),
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0x02, offset=2))),
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0xFF))),  # every flag
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0x02, good_sum=False))),
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0x10, ack=5))),  # stray ACK
+        eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, tcp(src_ip, dst_ip, 1, 443, 0x04))),  # stray RST
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 6, b"\x00\x50")),  # TCP header cut short
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 17, b"\x00\x44\x00\x43\xff\xff\x00\x00")),  # UDP len
         eth(dst_mac, src_mac, 0x0800, ipv4(src_ip, dst_ip, 1, b"\x08")),  # ICMP cut short
@@ -86,7 +86,7 @@ def synflood(dst_mac, src_mac, dst_ip, net, count):
         src = "%s.%d" % (net, 100 + i % 100)
         sport = 1024 + rnd.randrange(60000)
         frames.append(eth(dst_mac, src_mac, 0x0800,
-                          ipv4(src, dst_ip, 6, tcp(src, dst_ip, sport, 80, 0x02, seq=rnd.randrange(1 << 32)))))
+                          ipv4(src, dst_ip, 6, tcp(src, dst_ip, sport, 443, 0x02, seq=rnd.randrange(1 << 32)))))
     return frames
 
 

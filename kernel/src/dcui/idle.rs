@@ -29,6 +29,9 @@ pub struct HostIdentity {
     pub management: ManagementAddress,
     /// The management interface's routable IPv6 address, if it has one, and whether it is static.
     pub ipv6: Option<(String, bool)>,
+    /// The SHA-256 fingerprint of the management API's HTTPS certificate (`AB:CD:...`), which a
+    /// client compares before trusting a self-signed certificate.
+    pub certificate_sha256: Option<String>,
     /// Something the operator must know, shown under the management URL (for example why the first
     /// boot's kickstart was not applied).
     pub notice: Option<String>,
@@ -123,12 +126,21 @@ pub fn idle_screen(id: &HostIdentity, width: usize) -> Vec<Line> {
         ManagementAddress::None => lines.push(bottom(String::from("no management network"))),
         ManagementAddress::Unavailable(why) => lines.push(bottom(format!("no address yet: {why}"))),
         ManagementAddress::Ipv4 { hostname, ipv4, dhcp } => lines.push(bottom(format!(
-            "http://{hostname}/  http://{ipv4}/ ({})",
+            "https://{hostname}/  https://{ipv4}/ ({})",
             if *dhcp { "DHCP" } else { "STATIC" }
         ))),
     }
     if let Some((address, fixed)) = &id.ipv6 {
-        lines.push(bottom(format!("http://[{address}]/ ({})", if *fixed { "STATIC" } else { "AUTOCONF" })));
+        lines.push(bottom(format!("https://[{address}]/ ({})", if *fixed { "STATIC" } else { "AUTOCONF" })));
+    }
+    if let Some(f) = &id.certificate_sha256 {
+        lines.push(bottom(String::from("HTTPS certificate SHA-256 fingerprint:")));
+        // 95 characters: two lines of 16 bytes each on an 80-column screen.
+        let (first, second) = f.split_at(f.len().min(48));
+        lines.push(bottom(String::from(first.trim_end_matches(':'))));
+        if !second.is_empty() {
+            lines.push(bottom(String::from(second)));
+        }
     }
     lines.push(bottom(String::new()));
     if let Some(notice) = &id.notice {
@@ -200,6 +212,7 @@ mod tests {
             memory_bytes: 512 << 20,
             management: ManagementAddress::None,
             ipv6: None,
+            certificate_sha256: None,
             notice: None,
         }
     }
@@ -241,20 +254,26 @@ mod tests {
         i.management =
             ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: true };
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
-        assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (DHCP)".to_string()));
+        assert!(text.contains(&"https://esx1/  https://10.0.0.5/ (DHCP)".to_string()));
         i.management =
             ManagementAddress::Ipv4 { hostname: "esx1".into(), ipv4: "10.0.0.5".into(), dhcp: false };
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
-        assert!(text.contains(&"http://esx1/  http://10.0.0.5/ (STATIC)".to_string()));
+        assert!(text.contains(&"https://esx1/  https://10.0.0.5/ (STATIC)".to_string()));
         i.management = ManagementAddress::Unavailable("vmnic0: DHCP lease lost".into());
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
         assert!(text.contains(&"no address yet: vmnic0: DHCP lease lost".to_string()));
         i.ipv6 = Some(("2001:db8::20".into(), true));
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
-        assert!(text.contains(&"http://[2001:db8::20]/ (STATIC)".to_string()), "{text:?}");
+        assert!(text.contains(&"https://[2001:db8::20]/ (STATIC)".to_string()), "{text:?}");
         i.ipv6 = Some(("fec0::5054:ff:fe00:10".into(), false));
         let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
-        assert!(text.contains(&"http://[fec0::5054:ff:fe00:10]/ (AUTOCONF)".to_string()), "{text:?}");
+        assert!(text.contains(&"https://[fec0::5054:ff:fe00:10]/ (AUTOCONF)".to_string()), "{text:?}");
+        let f: Vec<String> = (0..32).map(|b| format!("{b:02X}")).collect();
+        i.certificate_sha256 = Some(f.join(":"));
+        let text: Vec<String> = idle_screen(&i, 80).into_iter().map(|l| l.text).collect();
+        let at = text.iter().position(|t| t == "HTTPS certificate SHA-256 fingerprint:").expect("shown");
+        assert_eq!(text[at + 1], f[..16].join(":"));
+        assert_eq!(text[at + 2], f[16..].join(":"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use rustls::crypto::{
     hash, hmac, ActiveKeyExchange, CipherSuiteCommon, CryptoProvider, GetRandomFailed, KeyProvider,
     SecureRandom, SharedSecret, SupportedKxGroup, WebPkiSupportedAlgorithms,
 };
-use rustls::sign::SigningKey;
+use rustls::sign::{Signer, SigningKey};
 use rustls::{
     CipherSuite, ConnectionTrafficSecrets, ContentType, Error, NamedGroup, PeerMisbehaved, ProtocolVersion,
     SignatureScheme, SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite,
@@ -46,6 +46,11 @@ static RNG: spin::Mutex<Option<ChaCha20Rng>> = spin::Mutex::new(None);
 /// Seeds the TLS random source (once per boot, from the platform's random number generator).
 pub fn seed(seed: [u8; 32]) {
     *RNG.lock() = Some(ChaCha20Rng::from_seed(seed));
+}
+
+/// Fills `buf` from the seeded random source; false before [`seed`].
+pub fn random(buf: &mut [u8]) -> bool {
+    fill(buf).is_ok()
 }
 
 /// `rand_core` view of [`RNG`]; fails (`GetRandomFailed`) until [`seed`] was called.
@@ -655,13 +660,146 @@ static ALGORITHMS: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
     ],
 };
 
-/// A client has no keys of its own.
-#[derive(Debug)]
-struct NoKeys;
+// ---- server keys ----
 
-impl KeyProvider for NoKeys {
-    fn load_private_key(&self, _: PrivateKeyDer<'static>) -> Result<Arc<dyn SigningKey>, Error> {
-        Err(Error::General(alloc::string::String::from("Ember's TLS client has no keys")))
+/// The private key of a server certificate: ECDSA on P-256 or P-384 (RSA keys are refused: signing
+/// with the `rsa` crate is not constant-time, RUSTSEC-2023-0071).
+#[derive(Clone)]
+pub enum EcdsaKey {
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+}
+
+impl core::fmt::Debug for EcdsaKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never the secret.
+        f.write_str(match self {
+            EcdsaKey::P256(_) => "EcdsaKey(P-256)",
+            EcdsaKey::P384(_) => "EcdsaKey(P-384)",
+        })
+    }
+}
+
+impl EcdsaKey {
+    /// A new P-256 key from the seeded random source; `None` before [`seed`].
+    pub fn generate_p256() -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        // A scalar of zero or above the group order is refused by `from_slice`; draw again (the
+        // chance of needing to is about 2^-32).
+        for _ in 0..8 {
+            fill(&mut bytes).ok()?;
+            if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes) {
+                bytes.fill(0);
+                return Some(EcdsaKey::P256(k));
+            }
+        }
+        None
+    }
+
+    /// Reads a PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`) key.
+    pub fn from_der(key: &PrivateKeyDer<'_>) -> Result<Self, &'static str> {
+        use p256::pkcs8::DecodePrivateKey;
+        match key {
+            PrivateKeyDer::Pkcs8(k) => {
+                let der = k.secret_pkcs8_der();
+                if let Ok(k) = p256::SecretKey::from_pkcs8_der(der) {
+                    Ok(EcdsaKey::P256(k.into()))
+                } else if let Ok(k) = p384::SecretKey::from_pkcs8_der(der) {
+                    Ok(EcdsaKey::P384(k.into()))
+                } else {
+                    Err("not an ECDSA P-256 or P-384 key (RSA and other key types are not supported)")
+                }
+            }
+            PrivateKeyDer::Sec1(k) => {
+                let der = k.secret_sec1_der();
+                if let Ok(k) = p256::SecretKey::from_sec1_der(der) {
+                    Ok(EcdsaKey::P256(k.into()))
+                } else if let Ok(k) = p384::SecretKey::from_sec1_der(der) {
+                    Ok(EcdsaKey::P384(k.into()))
+                } else {
+                    Err("not an ECDSA P-256 or P-384 key")
+                }
+            }
+            _ => Err("an RSA key; Ember's HTTPS server needs an ECDSA P-256 or P-384 key"),
+        }
+    }
+
+    /// The key in PKCS#8 DER, for storing.
+    pub fn to_pkcs8_der(&self) -> Option<Vec<u8>> {
+        use p256::pkcs8::EncodePrivateKey;
+        let doc = match self {
+            EcdsaKey::P256(k) => p256::SecretKey::from(k).to_pkcs8_der(),
+            EcdsaKey::P384(k) => p384::SecretKey::from(k).to_pkcs8_der(),
+        };
+        doc.ok().map(|d| d.as_bytes().to_vec())
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> Option<Vec<u8>> {
+        use p256::pkcs8::EncodePublicKey;
+        let doc = match self {
+            EcdsaKey::P256(k) => p256::PublicKey::from(k.verifying_key()).to_public_key_der(),
+            EcdsaKey::P384(k) => p384::PublicKey::from(k.verifying_key()).to_public_key_der(),
+        };
+        doc.ok().map(|d| d.as_bytes().to_vec())
+    }
+
+    /// A DER ECDSA signature of `message` (SHA-256 for P-256, SHA-384 for P-384; RFC 6979 nonces).
+    pub fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer as _;
+        match self {
+            EcdsaKey::P256(k) => {
+                let s: p256::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+            EcdsaKey::P384(k) => {
+                let s: p384::ecdsa::Signature = k.sign(message);
+                s.to_der().as_bytes().to_vec()
+            }
+        }
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        match self {
+            EcdsaKey::P256(_) => SignatureScheme::ECDSA_NISTP256_SHA256,
+            EcdsaKey::P384(_) => SignatureScheme::ECDSA_NISTP384_SHA384,
+        }
+    }
+}
+
+impl SigningKey for EcdsaKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered.contains(&self.scheme()).then(|| Box::new(self.clone()) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<pki_types::SubjectPublicKeyInfoDer<'_>> {
+        self.spki_der().map(pki_types::SubjectPublicKeyInfoDer::from)
+    }
+
+    fn algorithm(&self) -> rustls::SignatureAlgorithm {
+        rustls::SignatureAlgorithm::ECDSA
+    }
+}
+
+impl Signer for EcdsaKey {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        Ok(self.sign_der(message))
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        EcdsaKey::scheme(self)
+    }
+}
+
+/// Loads server keys (see [`EcdsaKey::from_der`]).
+#[derive(Debug)]
+struct Keys;
+
+impl KeyProvider for Keys {
+    fn load_private_key(&self, key: PrivateKeyDer<'static>) -> Result<Arc<dyn SigningKey>, Error> {
+        EcdsaKey::from_der(&key)
+            .map(|k| Arc::new(k) as Arc<dyn SigningKey>)
+            .map_err(|e| Error::General(alloc::string::String::from(e)))
     }
 }
 
@@ -680,7 +818,7 @@ pub fn provider() -> CryptoProvider {
         kx_groups: vec![&P256],
         signature_verification_algorithms: ALGORITHMS,
         secure_random: &Random,
-        key_provider: &NoKeys,
+        key_provider: &Keys,
     }
 }
 

@@ -1,5 +1,6 @@
-//! HTTPS for a first boot's kickstart (`ks=https://`, PRODUCT.md 2): a TLS 1.3 (and 1.2) client over
-//! the management network's polled TCP sockets.
+//! TLS for the management network: the HTTPS server of the management API ([`server`]), and HTTPS
+//! for a first boot's kickstart (`ks=https://`, PRODUCT.md 2): a TLS 1.3 (and 1.2) client over the
+//! management network's polled TCP sockets (this module).
 //!
 //! The protocol is `rustls` (its unbuffered, caller-driven API fits the polled socket model: bytes
 //! in, bytes out, no blocking I/O), with the cryptography of [`crypto`]. The server certificate is
@@ -16,6 +17,8 @@
 //! no revocation checks.
 
 pub mod crypto;
+mod records;
+pub mod server;
 
 use crate::fetch::FetchError;
 use alloc::format;
@@ -24,8 +27,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, ServerName, UnixTime};
+use records::{RecordError, Records};
 use rustls::client::UnbufferedClientConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
 /// Most CA certificates accepted in a `ks-ca.pem`.
@@ -111,13 +114,7 @@ pub fn client_config(trust: &Trust, unix_now: u64) -> Result<Arc<ClientConfig>, 
 /// collects in [`TlsSession::plaintext`].
 pub struct TlsSession {
     conn: UnbufferedClientConnection,
-    incoming: Vec<u8>,
-    outgoing: Vec<u8>,
-    request: Option<Vec<u8>>,
-    plaintext: Vec<u8>,
-    /// The server closed the TLS session (close_notify).
-    closed: bool,
-    limit: usize,
+    records: Records,
     host: String,
     trust: String,
 }
@@ -136,128 +133,66 @@ impl TlsSession {
             .map_err(|_| FetchError::Final(format!("`{host}` is not a valid TLS server name")))?;
         let conn = UnbufferedClientConnection::new(config, name)
             .map_err(|e| FetchError::Final(format!("TLS: {e}")))?;
-        Ok(TlsSession {
-            conn,
-            incoming: Vec::new(),
-            outgoing: Vec::new(),
-            request: Some(request),
-            plaintext: Vec::new(),
-            closed: false,
-            limit,
-            host: host.to_string(),
-            trust: trust.describe(),
-        })
+        let mut records = Records::new(limit);
+        records.pending = request;
+        Ok(TlsSession { conn, records, host: host.to_string(), trust: trust.describe() })
     }
 
     /// Room for ciphertext from the server.
     pub fn room(&self) -> usize {
-        MAX_INCOMING.saturating_sub(self.incoming.len())
+        MAX_INCOMING.saturating_sub(self.records.incoming.len())
     }
 
     /// Ciphertext from the server (at most [`Self::room`] bytes are taken; returns how many).
     pub fn received(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.room());
-        self.incoming.extend_from_slice(&data[..n]);
+        self.records.incoming.extend_from_slice(data.get(..n).unwrap_or_default());
         n
     }
 
     /// Ciphertext waiting to go to the server.
     pub fn to_send(&self) -> &[u8] {
-        &self.outgoing
+        &self.records.outgoing
     }
 
     /// `n` bytes of [`Self::to_send`] went out.
     pub fn sent(&mut self, n: usize) {
-        self.outgoing.drain(..n.min(self.outgoing.len()));
+        let out = &mut self.records.outgoing;
+        out.drain(..n.min(out.len()));
     }
 
     /// The answer decrypted so far.
     pub fn plaintext(&self) -> &[u8] {
-        &self.plaintext
+        &self.records.plaintext
     }
 
     /// The server ended the TLS session cleanly.
     pub fn closed(&self) -> bool {
-        self.closed
+        self.records.peer_closed
     }
 
-    /// Whether the request has been encrypted (the handshake is over).
+    /// Whether the handshake is over (and the request encrypted).
     pub fn handshake_done(&self) -> bool {
-        self.request.is_none()
+        self.records.established
+    }
+
+    /// More plaintext for the server, encrypted at the next [`Self::process`] (a further request
+    /// on a kept-alive connection).
+    pub fn write(&mut self, data: &[u8]) {
+        self.records.pending.extend_from_slice(data);
+    }
+
+    /// Takes the answer decrypted so far.
+    pub fn take_plaintext(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.records.plaintext)
     }
 
     /// Runs the TLS state machine over what has been received; never blocks.
     pub fn process(&mut self) -> Result<(), FetchError> {
-        // Each pass handles one state; a handshake takes a handful. The bound only guards
-        // against a state machine that stops making progress.
-        for _ in 0..64 {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            let state = state.map_err(|e| failure(&e, &self.host, &self.trust))?;
-            let mut wait = false;
-            match state {
-                ConnectionState::EncodeTlsData(mut s) => {
-                    encode(&mut self.outgoing, |buf| s.encode(buf).map_err(encode_size))?
-                }
-                ConnectionState::TransmitTlsData(s) => s.done(),
-                ConnectionState::BlockedHandshake => wait = true,
-                ConnectionState::WriteTraffic(mut w) => {
-                    if let Some(request) = self.request.take() {
-                        encode(&mut self.outgoing, |buf| w.encrypt(&request, buf).map_err(encrypt_size))?;
-                    }
-                    wait = true;
-                }
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record.map_err(|e| failure(&e, &self.host, &self.trust))?;
-                        discard += record.discard;
-                        let room = self.limit.saturating_sub(self.plaintext.len());
-                        self.plaintext.extend_from_slice(&record.payload[..record.payload.len().min(room)]);
-                    }
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    self.closed = true;
-                    wait = true;
-                }
-                _ => wait = true,
-            }
-            self.incoming.drain(..discard.min(self.incoming.len()));
-            if wait {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Runs `write` with a buffer big enough for what it produces and appends the result to `out`.
-fn encode(
-    out: &mut Vec<u8>,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-) -> Result<(), FetchError> {
-    let mut buf = alloc::vec![0u8; 4096];
-    loop {
-        match write(&mut buf) {
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                return Ok(());
-            }
-            Err(Some(required)) if required > buf.len() && required <= 64 * 1024 => buf.resize(required, 0),
-            Err(_) => return Err(FetchError::Final(String::from("TLS: a record could not be encoded"))),
-        }
-    }
-}
-
-fn encode_size(e: EncodeError) -> Option<usize> {
-    match e {
-        EncodeError::InsufficientSize(s) => Some(s.required_size),
-        _ => None,
-    }
-}
-
-fn encrypt_size(e: EncryptError) -> Option<usize> {
-    match e {
-        EncryptError::InsufficientSize(s) => Some(s.required_size),
-        _ => None,
+        self.records.process(&mut self.conn).map_err(|e| match e {
+            RecordError::Tls(e) => failure(&e, &self.host, &self.trust),
+            RecordError::Unencodable => FetchError::Final(String::from("TLS: a record could not be encoded")),
+        })
     }
 }
 

@@ -1,13 +1,12 @@
-//! The TLS client against an in-process rustls server (same provider, plus a P-256 signing key),
+//! The TLS client against an in-process rustls server (same provider),
 //! with the certificates in `testdata/` (made by `testdata/make.sh`).
 
 use super::*;
-use alloc::boxed::Box;
 use alloc::vec;
 use pki_types::PrivateKeyDer;
 use rustls::server::UnbufferedServerConnection;
-use rustls::sign::{Signer, SigningKey};
-use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme};
+use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
+use rustls::ServerConfig;
 
 const CA: &[u8] = include_bytes!("testdata/ca.pem");
 const OTHER_CA: &[u8] = include_bytes!("testdata/other-ca.pem");
@@ -20,46 +19,6 @@ const FORGED: (&[u8], &[u8]) = (include_bytes!("testdata/forged.pem"), include_b
 const NOW: u64 = 1_811_808_000;
 const REQUEST: &[u8] = b"GET /ks.cfg HTTP/1.1\r\nHost: 10.0.2.2\r\n\r\n";
 const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nvmaccepteula";
-
-#[derive(Debug)]
-struct TestKeys;
-
-#[derive(Debug)]
-struct P256Key(p256::ecdsa::SigningKey);
-
-impl rustls::crypto::KeyProvider for TestKeys {
-    fn load_private_key(&self, der: PrivateKeyDer<'static>) -> Result<Arc<dyn SigningKey>, rustls::Error> {
-        use p256::pkcs8::DecodePrivateKey;
-        let key = p256::ecdsa::SigningKey::from_pkcs8_der(der.secret_der())
-            .map_err(|_| rustls::Error::General("test key".into()))?;
-        Ok(Arc::new(P256Key(key)))
-    }
-}
-
-impl SigningKey for P256Key {
-    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
-        offered
-            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
-            .then(|| Box::new(P256Signer(self.0.clone())) as Box<dyn Signer>)
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::ECDSA
-    }
-}
-
-#[derive(Debug)]
-struct P256Signer(p256::ecdsa::SigningKey);
-
-impl Signer for P256Signer {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        use p256::ecdsa::signature::Signer as _;
-        let sig: p256::ecdsa::Signature = self.0.sign(message);
-        Ok(sig.to_der().as_bytes().to_vec())
-    }
-    fn scheme(&self) -> SignatureScheme {
-        SignatureScheme::ECDSA_NISTP256_SHA256
-    }
-}
 
 /// The test server: answers one request with `answer`, then closes.
 struct Server {
@@ -84,7 +43,7 @@ impl Server {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(identity.0).map(|c| c.unwrap()).collect();
         let key = PrivateKeyDer::from_pem_slice(identity.1).unwrap();
-        let provider = rustls::crypto::CryptoProvider { key_provider: &TestKeys, ..crypto::provider() };
+        let provider = crypto::provider();
         let config = ServerConfig::builder_with_details(Arc::new(provider), Arc::new(Clock(unix(NOW))))
             .with_protocol_versions(versions)
             .unwrap()

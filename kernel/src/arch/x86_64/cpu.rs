@@ -44,12 +44,17 @@ pub fn initial_apic_id() -> u32 {
     cpuid(1, 0).ebx >> 24
 }
 
+/// Whether the CPU has RDRAND (CPUID.1:ECX.30), the only strong random source Ember uses.
+pub fn has_rdrand() -> bool {
+    cpuid(1, 0).ecx & (1 << 30) != 0
+}
+
 /// 64 random bits: RDRAND when the CPU has it (retried as Intel's DRNG guide advises), mixed with
 /// the TSC; without RDRAND only TSC jitter, which is weak - callers use it for salts and TCP/DHCP ids,
 /// not for long-term keys.
 pub fn random_u64() -> u64 {
     let mut v = rdtsc().rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
-    if cpuid(1, 0).ecx & (1 << 30) != 0 {
+    if has_rdrand() {
         for _ in 0..10 {
             let mut r: u64;
             let ok: u8;
