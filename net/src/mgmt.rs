@@ -1303,6 +1303,10 @@ fn serve_connection(
         // A handshake, or a record, that is not completed in time ends the connection: a client
         // trickling bytes in cannot hold a slot.
         let handshake_late = !t.established() && now.saturating_sub(c.state_since) > REQUEST_TIMEOUT_MS;
+        if c.inbuf.is_empty() && !t.has_input() {
+            // Nothing half received: the next record's clock starts when it does.
+            c.request_started = None;
+        }
         let record_late = c.inbuf.is_empty() && t.has_input() && {
             let started = *c.request_started.get_or_insert(now);
             now.saturating_sub(started) > REQUEST_TIMEOUT_MS
