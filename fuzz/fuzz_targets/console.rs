@@ -6,9 +6,9 @@
 //! whatever is typed into them. Any panic is a finding.
 #![no_main]
 
-use ember_kernel::dcui::keyboard::{HidKeyboard, Layout, Ps2Keyboard};
-use ember_kernel::dcui::keys::KeyDecoder;
-use ember_kernel::dcui::menu::{Action, Menu, View};
+use ember_dcui::menu::{Action, Menu, View};
+use ember_hw::keyboard::{HidKeyboard, Layout, Ps2Keyboard};
+use ember_hw::keys::KeyDecoder;
 use ember_storage::netconfig::ManagementConfig;
 use libfuzzer_sys::fuzz_target;
 use ratatui::buffer::Buffer;

@@ -12,21 +12,21 @@
 //! notifications over guest memory and descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
-use ember_kernel::vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
-use ember_kernel::vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
-use ember_kernel::vmm::decode::{self, Access};
-use ember_kernel::vmm::disk::WritebackImage;
-use ember_kernel::vmm::linux::{self, BzImage};
-use ember_kernel::vmm::machine::Machine;
-use ember_kernel::vmm::memory::{GuestMemory, GuestRam};
-use ember_kernel::vmm::npt::{NestedPageTables, TableFrames};
-use ember_kernel::vmm::paging::{self, PagingState};
-use ember_kernel::vmm::pit::Pit;
-use ember_kernel::vmm::rtc::Rtc;
-use ember_kernel::vmm::serial::ConsoleLog;
-use ember_kernel::vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
-use ember_kernel::vmm::virtio_blk::VirtioBlk;
-use ember_kernel::vmm::{GuestPhysAddr, HostPhysAddr};
+use ember_vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
+use ember_vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
+use ember_vmm::decode::{self, Access};
+use ember_vmm::disk::WritebackImage;
+use ember_vmm::linux::{self, BzImage};
+use ember_vmm::machine::Machine;
+use ember_vmm::memory::{GuestMemory, GuestRam};
+use ember_vmm::npt::{NestedPageTables, Npt, TableFrames};
+use ember_vmm::paging::{self, PagingState};
+use ember_vmm::pit::Pit;
+use ember_vmm::rtc::Rtc;
+use ember_vmm::serial::ConsoleLog;
+use ember_vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
+use ember_vmm::virtio_blk::VirtioBlk;
+use ember_vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
 use spin::Mutex;
 use std::sync::Arc;
@@ -217,7 +217,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = linux::load(&mut ram, &bz, Some(&data[split..]), &cmdline);
     }
     let mut frames = Frames::default();
-    let mut npt = NestedPageTables::new(&mut frames).unwrap();
+    let mut npt = NestedPageTables::<Npt>::new(&mut frames).unwrap();
     for chunk in data.chunks(24).take(16) {
         let word = |i: usize| {
             let mut b = [0u8; 8];

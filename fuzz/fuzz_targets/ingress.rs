@@ -14,10 +14,11 @@
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
-use ember_net::api::{self, ApiState, HostFacts, Persistence};
+use ember_net::api::{self, ApiState, HostFacts};
 use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use ember_net::fetch::{self, Progress};
+use ember_net::host::{HostState, Persistence};
 use ember_net::http::{parse_request, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_net::nic::{FakeNic, Nic};
@@ -25,7 +26,7 @@ use ember_storage::hostconfig::HostConfig;
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
 
-fn state(vlan: Option<u16>) -> ApiState {
+fn state(vlan: Option<u16>) -> HostState {
     let mut host = HostConfig::defaults(PasswordHash::new("fuzz-pass", [1; 16], MIN_ITERATIONS).encode());
     host.network = ManagementConfig {
         ipv4: Ipv4Mode::Static { address: Ipv4Addr::new(10, 0, 0, 1), prefix: 24, gateway: None },
@@ -36,8 +37,7 @@ fn state(vlan: Option<u16>) -> ApiState {
     };
     // One HTTPS key and certificate for the whole run (making one per input would dominate).
     host.tls = Some(identity().stored.clone());
-    ApiState::new(HostFacts::default(), host, Persistence::None("fuzzing".into()), [2; 32], 3)
-        .expect("valid hash")
+    HostState::new(host, Persistence::None("fuzzing".into()), [2; 32], 3).expect("valid hash")
 }
 
 fn identity() -> &'static ember_net::tls::server::ServerIdentity {
@@ -108,19 +108,20 @@ fuzz_target!(|data: &[u8]| {
         });
     }
     if mode % 2 == 1 {
-        let mut st = state(None);
+        let (mut api_state, mut host) = (ApiState::new(HostFacts::default()), state(None));
         if let Parsed::Complete(mut req, used) = parse_request(rest) {
             assert!(used <= rest.len());
-            let _ = api::handle(&mut st, &req, 1_000);
+            let _ = api::handle(&mut api_state, &mut host, &req, 1_000);
             req.authorization = Some(b"Basic cm9vdDpmdXp6LXBhc3M=".to_vec());
-            let _ = api::handle(&mut st, &req, 2_000);
+            let _ = api::handle(&mut api_state, &mut host, &req, 2_000);
         }
         return;
     }
     let vlan = (mode % 4 == 2).then_some(7);
     let (server_nic, wire) = FakeNic::pair([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 2]);
-    let nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(server_nic) }];
-    let mut net = ManagementNetwork::new(nics, state(vlan), 99, 0);
+    let mut nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(server_nic) }];
+    let mut host = state(vlan);
+    let mut net = ManagementNetwork::new(&mut nics, ApiState::new(HostFacts::default()), &mut host, 99, 0);
     let mut rest = rest;
     let mut now = 0;
     while rest.len() >= 2 {
@@ -129,11 +130,11 @@ fuzz_target!(|data: &[u8]| {
         wire.clone().transmit(&rest[2..2 + take]);
         rest = &rest[2 + take..];
         now += 50;
-        net.poll(now);
+        net.poll(&mut host, &mut nics, now);
     }
     // Let every timer (SYN, request, idle, closing) run out.
     for step in 1..=8 {
-        net.poll(now + step * 10_000);
+        net.poll(&mut host, &mut nics, now + step * 10_000);
     }
     let _ = wire.drain_sent();
 });

@@ -1,30 +1,42 @@
 //! Kernel-phase wiring: what runs after ExitBootServices, in order.
 
-use crate::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
-use crate::boot::BootInfo;
-use crate::boot::FirstBootKickstart;
-use crate::console;
-use crate::drivers;
-use crate::firmware::{acpi, pcie};
 use alloc::format;
 use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
-use ember_kernel::dcui::idle::{HostIdentity, ManagementAddress};
-use ember_kernel::dcui::keyboard::Layout;
-use ember_kernel::dcui::keys::{Key, KeyDecoder};
-use ember_kernel::dcui::menu::{Action, Menu, View};
-use ember_kernel::mm::{self, frames::FrameAllocator};
-use ember_net::api::{ApiState, HostFacts, NicInfo, Persistence};
+use ember_dcui::idle::{Band, HostIdentity, ManagementAddress};
+use ember_dcui::menu::{Action, Menu, View};
+use ember_hw::keyboard::Layout;
+use ember_hw::keys::{Key, KeyDecoder};
+use ember_hw::mm::{self, frames::FrameAllocator};
+use ember_net::api::{ApiState, HostFacts, NicInfo};
 use ember_net::auth::{self, PasswordHash};
 use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
+use ember_net::host::{HostState, Persistence};
 use ember_net::mgmt::{KickstartTls, ManagedNic, ManagementNetwork};
 use ember_net::tls::Trust;
+use ember_platform::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
+use ember_platform::boot::BootInfo;
+use ember_platform::boot::FirstBootKickstart;
+use ember_platform::console;
+use ember_platform::firmware::{acpi, pcie};
 use ember_storage::bootcfg::SelfTest;
 use ember_storage::firstboot::KsSource;
 use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
+
+/// Draws the DCUI idle screen (laid out by `ember_dcui::idle`) on the consoles.
+fn show_idle_screen(id: &HostIdentity) {
+    console::show_idle_screen(&|cols, rows| {
+        let (split, lines) = ember_dcui::idle::layout(id, cols, rows);
+        let lines = lines
+            .into_iter()
+            .map(|l| console::BandedLine { row: l.row, col: l.col, top: l.band == Band::Top, text: l.text })
+            .collect();
+        (split, lines)
+    });
+}
 
 /// Entry of the kernel phase, on the kernel stack, boot services gone.
 pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
@@ -67,17 +79,20 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
 
     apic::init_bsp(acpi_info.lapic_address);
     timer::calibrate_and_start(acpi_info.hpet);
-    smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames);
+    // The VM runtime exists before the application processors start: they become its workers.
+    crate::vmhost::create(info.wall_clock);
+    console::set_vcpu_panic_hook(crate::vmhost::on_vcpu_cpu_panic);
+    smp::start_aps(&acpi_info.cpus, info.trampoline_page, pml4, &mut frames, crate::vmhost::ap_worker);
     let functions = pcie::scan(&acpi_info.ecam);
-    let nics = drivers::probe_nics(&functions, &mut frames);
-    let (disks, usb_keyboards) = drivers::probe_disks(&functions, &mut frames);
-    let ps2 = drivers::ps2::Ps2::probe();
+    let nics = ember_drivers::probe_nics(&functions, &mut frames);
+    let (disks, usb_keyboards) = ember_drivers::probe_disks(&functions, &mut frames);
+    let ps2 = ember_drivers::ps2::Ps2::probe();
 
     let cpus = smp::online_cpus();
     let cpu_model = cpu::brand_string()
         .or_else(|| info.system.cpu_model.clone())
         .unwrap_or_else(|| String::from("unknown CPU"));
-    kprintln!("{}", ember_kernel::boot_line(cpus, usable));
+    kprintln!("{}", ember_dcui::boot_line(crate::VERSION, cpus, usable));
     // The hypervisor's hardware: SVM on this CPU, checked by running a probe guest once.
     let (_svm, virtualization, vm_support) = match svm::enable() {
         Ok(c) => {
@@ -108,11 +123,11 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         }
     };
     // Guest RAM comes from the frame allocator from now on.
-    crate::vmhost::init(frames, info.wall_clock);
+    crate::vmhost::init(frames, &vm_support);
 
     let identity = HostIdentity {
-        version: String::from(ember_kernel::VERSION),
-        build: String::from(ember_kernel::BUILD_ID),
+        version: String::from(crate::VERSION),
+        build: String::from(crate::BUILD_ID),
         vendor: info.system.vendor.clone(),
         product: info.system.product.clone(),
         cpus,
@@ -128,7 +143,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         run_selftest(test, &acpi_info);
     }
 
-    let nic_infos: Vec<NicInfo> = nics.iter().map(ManagedNic::info).collect();
+    let nic_infos: Vec<NicInfo> = nics.iter().map(NicInfo::of).collect();
     let boot = host_configuration(disks, info, &nic_infos);
     let mut keyboards = LocalKeyboards { ps2, usb: usb_keyboards, layout: String::from("US Default") };
     keyboards.set_layout(&boot.host.keyboard);
@@ -136,28 +151,28 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     identity.notice = boot.notice;
     let mut network = start_management_network(nics, &identity, info, boot.host, boot.store, &virtualization);
     if let Some(fetch) = boot.fetch {
-        if let Err(e) = network.fetch_kickstart(&fetch.url, fetch.tls) {
+        if let Err(e) = network.net.fetch_kickstart(&network.host, &fetch.url, fetch.tls) {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
     // VM disks are written back to their files on the ESP of the boot media (the config store's
     // disk).
-    let mut locate = |path: &str| match &mut network.api.store {
+    let mut locate = |path: &str| match &mut network.host.store {
         Persistence::Store(s) => {
             ember_storage::fatfile::locate(&mut *s.disk.dev, s.esp_first_lba, s.esp_blocks, path)
                 .map_err(|e| e.to_string())
         }
         Persistence::None(why) => Err(format!("the boot media cannot be written ({why})")),
     };
-    let mut hypervisor =
-        crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), vm_support, &mut locate);
+    let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), &mut locate);
     let vm_disks = hypervisor.take_disk_writer();
     hypervisor.autostart(timer::now_ms());
-    network.set_vms(alloc::boxed::Box::new(hypervisor));
+    network.host.vms = alloc::boxed::Box::new(hypervisor);
+    network.net.vms_changed();
     print_network_log(&mut network);
     identity.management = console_address(&network);
     identity.certificate_sha256 = certificate_sha256(&network);
-    console::show_idle_screen(&identity);
+    show_idle_screen(&identity);
     let support = support_information(&identity, info);
     let local = LocalConsole {
         identity,
@@ -420,7 +435,16 @@ fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> Bo
     }
 }
 
-/// Builds the management network and the API for configuration `host`.
+/// The management plane: the host's state (configuration, store, accounts, VMs), owned here and
+/// lent to the management network (API, consoles, first boot) and the DCUI for each call.
+struct Plane {
+    host: HostState,
+    /// The physical NICs (`vmnicN`), lent to the management network for each call.
+    nics: Vec<ManagedNic>,
+    net: ManagementNetwork,
+}
+
+/// Builds the host's state for configuration `host` and starts the management network.
 fn start_management_network(
     nics: Vec<ManagedNic>,
     identity: &HostIdentity,
@@ -428,7 +452,7 @@ fn start_management_network(
     host: HostConfig,
     store: Persistence,
     virtualization: &str,
-) -> ManagementNetwork {
+) -> Plane {
     // Without NICs the service still runs: it holds the configuration the DCUI changes, and the
     // management interface reports no uplink.
     let facts = HostFacts {
@@ -447,14 +471,13 @@ fn start_management_network(
     if !cpu::has_rdrand() {
         kprintln!("ember: WARNING: the CPU has no RDRAND: a new HTTPS key is seeded from timer jitter only; install a certificate with a key made elsewhere (PUT /api/v1/host/certificate)");
     }
-    let api = match ApiState::new(facts.clone(), host, store, random_bytes(), cpu::random_u64()) {
-        Ok(api) => api,
+    let mut state = match HostState::new(host, store, random_bytes(), cpu::random_u64()) {
+        Ok(s) => s,
         Err(e) => {
             // Only a stored hash the decoder accepted but the verifier cannot use gets here.
             kprintln!("ember: ERROR: stored root {e}; the initial password is in force until reboot");
             let host = default_configuration(info);
-            ApiState::new(
-                facts,
+            HostState::new(
                 host,
                 Persistence::None(String::from("the stored configuration is unusable")),
                 random_bytes(),
@@ -463,32 +486,39 @@ fn start_management_network(
             .expect("the built-in hash is valid")
         }
     };
-    let mut api = api;
-    api.boot_unix = info.wall_clock.map(|w| w - (timer::now_ms() / 1000) as i64);
-    ManagementNetwork::new(nics, api, cpu::random_u64(), timer::now_ms())
+    state.boot_unix = info.wall_clock.map(|w| w - (timer::now_ms() / 1000) as i64);
+    let mut nics = nics;
+    let net = ManagementNetwork::new(
+        &mut nics,
+        ApiState::new(facts),
+        &mut state,
+        cpu::random_u64(),
+        timer::now_ms(),
+    );
+    Plane { host: state, nics, net }
 }
 
 /// The fingerprint of the API's HTTPS certificate, for the idle screen.
-fn certificate_sha256(net: &ManagementNetwork) -> Option<String> {
-    net.api.https.as_ref().map(|h| h.info.fingerprint())
+fn certificate_sha256(net: &Plane) -> Option<String> {
+    net.host.https.as_ref().map(|h| h.info.fingerprint())
 }
 
-fn console_address(net: &ManagementNetwork) -> ManagementAddress {
-    if net.api.nics.is_empty() {
+fn console_address(net: &Plane) -> ManagementAddress {
+    if net.net.api.nics.is_empty() {
         return ManagementAddress::None;
     }
-    match net.console_address() {
+    match net.net.console_address() {
         (hostname, Some(ip), dhcp) => ManagementAddress::Ipv4 { hostname, ipv4: ip.to_string(), dhcp },
         (_, None, _) => ManagementAddress::Unavailable(alloc::format!(
             "{}: {}",
-            net.api.host.network.uplink,
-            net.api.status.state.as_str()
+            net.host.config.network.uplink,
+            net.net.api.status.state.as_str()
         )),
     }
 }
 
-fn print_network_log(net: &mut ManagementNetwork) {
-    for line in net.take_log() {
+fn print_network_log(net: &mut Plane) {
+    for line in net.net.take_log() {
         kprintln!("ember: {line}");
     }
 }
@@ -507,7 +537,7 @@ fn support_information(id: &HostIdentity, info: &BootInfo) -> Vec<(String, Strin
         (String::from("Ember Version"), id.version.clone()),
         (String::from("Build"), id.build.clone()),
         (String::from("CPUs"), format!("{} x {}", id.cpus, id.cpu_model)),
-        (String::from("Memory"), ember_kernel::dcui::idle::memory_gib(id.memory_bytes)),
+        (String::from("Memory"), ember_dcui::idle::memory_gib(id.memory_bytes)),
     ]
 }
 
@@ -532,8 +562,8 @@ const KEYBOARD_POLL_MS: u64 = 5;
 
 /// The keyboards attached to the host (the serial console has its own decoder).
 struct LocalKeyboards {
-    ps2: Option<drivers::ps2::Ps2>,
-    usb: Vec<drivers::usb_keyboard::UsbKeyboard>,
+    ps2: Option<ember_drivers::ps2::Ps2>,
+    usb: Vec<ember_drivers::usb_keyboard::UsbKeyboard>,
     /// The configured layout name they type with.
     layout: String,
 }
@@ -588,15 +618,15 @@ struct LocalConsole {
 
 impl LocalConsole {
     /// Writes changed VM disk chunks back to the boot media when due (`all`: now).
-    fn write_back_vm_disks(&mut self, net: &mut ManagementNetwork, now: u64, all: bool) {
-        if let (Some(w), Persistence::Store(s)) = (&mut self.vm_disks, &mut net.api.store) {
+    fn write_back_vm_disks(&mut self, net: &mut Plane, now: u64, all: bool) {
+        if let (Some(w), Persistence::Store(s)) = (&mut self.vm_disks, &mut net.host.store) {
             w.poll(&mut *s.disk.dev, now, all);
         }
     }
 
-    fn redraw(&self, net: &ManagementNetwork) {
+    fn redraw(&self, net: &Plane) {
         if self.menu.is_idle() {
-            console::show_idle_screen(&self.identity);
+            show_idle_screen(&self.identity);
             return;
         }
         let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net), ipv6_rows(net));
@@ -605,10 +635,10 @@ impl LocalConsole {
     }
 
     /// Handles one key; carries out what the menu asks.
-    fn key(&mut self, key: Key, net: &mut ManagementNetwork, now: u64) {
+    fn key(&mut self, key: Key, net: &mut Plane, now: u64) {
         if self.menu.is_idle() && matches!(key, Key::Redraw | Key::Enter) {
             // Ctrl-L or Enter redraws, as terminals expect.
-            console::show_idle_screen(&self.identity);
+            show_idle_screen(&self.identity);
             return;
         }
         let (logs, nics, ipv6) = (console::log_lines(), nic_rows(net), ipv6_rows(net));
@@ -622,13 +652,13 @@ impl LocalConsole {
         self.redraw(net);
     }
 
-    fn act(&mut self, action: Action, n: &mut ManagementNetwork, now: u64) {
+    fn act(&mut self, action: Action, n: &mut Plane, now: u64) {
         // A change is stored before it takes effect; when storing fails the screen says so.
         let mut failure = None;
         let mut change = |f: &dyn Fn(&mut HostConfig), what: &str| {
-            let mut host = n.api.host.clone();
+            let mut host = n.host.config.clone();
             f(&mut host);
-            match n.api.commit(host) {
+            match n.host.commit(host) {
                 Ok(()) => kprintln!("ember: DCUI: {what}"),
                 Err(e) => {
                     kprintln!("ember: ERROR: DCUI: {what}: {e}");
@@ -638,7 +668,7 @@ impl LocalConsole {
         };
         match action {
             Action::CheckLogin(pw) => {
-                let ok = n.api.root.hash().verify(&pw);
+                let ok = n.host.root.hash().verify(&pw);
                 if let Some(Action::Log(l)) = self.menu.login_result(ok, timer::now_ms()) {
                     kprintln!("ember: {l}");
                 }
@@ -669,7 +699,7 @@ impl LocalConsole {
             }
             Action::RestartAgents => {
                 kprintln!("ember: DCUI: restarting the management agents");
-                n.restart_agents(now);
+                n.net.restart_agents(&mut n.host, now);
             }
             Action::ApplyNetwork { network, dns_search } => {
                 let (cfg, search) = (network.clone(), dns_search.clone());
@@ -680,21 +710,21 @@ impl LocalConsole {
                     },
                     "management network settings changed",
                 );
-                if n.api.host.network == network {
-                    n.reconfigure(network, now);
+                if n.host.config.network == network {
+                    n.net.reconfigure(&mut n.nics, network, now);
                 }
             }
             Action::TestNetwork => {
                 kprintln!("ember: DCUI: testing the management network");
-                n.start_network_test(now);
+                n.net.start_network_test(now);
             }
             Action::RestartManagementNetwork => {
                 kprintln!("ember: DCUI: restarting the management network");
-                n.restart(now);
+                n.net.restart(&mut n.nics, now);
             }
             Action::ResetConfiguration => {
                 kprintln!("ember: DCUI: resetting the system configuration to factory defaults");
-                if let Persistence::Store(store) = &mut n.api.store {
+                if let Persistence::Store(store) = &mut n.host.store {
                     if let Err(e) = store.erase() {
                         kprintln!("ember: ERROR: the configuration store could not be erased: {e}");
                         self.menu.notify(format!("Reset failed: {e}"));
@@ -721,44 +751,44 @@ impl LocalConsole {
 }
 
 /// The NICs as the menu lists them: name, MAC address, link.
-fn nic_rows(net: &ManagementNetwork) -> Vec<(String, String, bool)> {
-    net.api.nics.iter().map(|i| (i.name.clone(), ember_net::api::mac_string(&i.mac), i.link)).collect()
+fn nic_rows(net: &Plane) -> Vec<(String, String, bool)> {
+    net.net.api.nics.iter().map(|i| (i.name.clone(), ember_hw::nic::mac_string(&i.mac), i.link)).collect()
 }
 
 /// The management interface's IPv6 addresses, as `address/prefix`.
-fn ipv6_rows(net: &ManagementNetwork) -> Vec<String> {
-    net.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect()
+fn ipv6_rows(net: &Plane) -> Vec<String> {
+    net.net.api.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect()
 }
 
 /// The idle screen's IPv6 line: the first address that is not link-local (a browser needs a zone
 /// for those), and whether it is the static one.
-fn idle_ipv6(net: &ManagementNetwork) -> Option<(String, bool)> {
-    let (a, _) = net.api.status.ipv6.iter().find(|(a, _)| !ember_net::config::is_link_local_v6(*a))?;
-    let fixed = matches!(net.api.host.network.ipv6, Ipv6Mode::Static { address, .. } if address == *a);
+fn idle_ipv6(net: &Plane) -> Option<(String, bool)> {
+    let (a, _) = net.net.api.status.ipv6.iter().find(|(a, _)| !ember_net::config::is_link_local_v6(*a))?;
+    let fixed = matches!(net.host.config.network.ipv6, Ipv6Mode::Static { address, .. } if address == *a);
     Some((a.to_string(), fixed))
 }
 
 /// What the menu shows of the host.
 fn menu_view<'a>(
-    n: &'a ManagementNetwork,
+    n: &'a Plane,
     support: &'a [(String, String)],
     logs: &'a [String],
     nics: &'a [(String, String, bool)],
     ipv6: &'a [String],
 ) -> View<'a> {
     View {
-        hostname: &n.api.host.network.hostname,
-        network: &n.api.host.network,
-        dns_search: &n.api.host.dns_search,
+        hostname: &n.host.config.network.hostname,
+        network: &n.host.config.network,
+        dns_search: &n.host.config.dns_search,
         nics,
-        tests: n.network_test(),
+        tests: n.net.network_test(),
         ipv6_addresses: ipv6,
-        keyboard: &n.api.host.keyboard,
-        shell: n.api.host.shell_enabled,
-        ssh: n.api.host.ssh_enabled,
-        shell_timeout: n.api.host.shell_timeout_minutes,
-        shell_idle_timeout: n.api.host.shell_idle_timeout_minutes,
-        dcui_timeout: n.api.host.dcui_timeout_minutes,
+        keyboard: &n.host.config.keyboard,
+        shell: n.host.config.shell_enabled,
+        ssh: n.host.config.ssh_enabled,
+        shell_timeout: n.host.config.shell_timeout_minutes,
+        shell_idle_timeout: n.host.config.shell_idle_timeout_minutes,
+        dcui_timeout: n.host.config.dcui_timeout_minutes,
         support,
         logs,
     }
@@ -766,7 +796,7 @@ fn menu_view<'a>(
 
 /// The management plane's loop on the bootstrap CPU: console input and the DCUI, the management
 /// network, and the idle screen kept current with the management address.
-fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> ! {
+fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
     let mut last_activity = 0u64;
     let mut last_shown = None;
     let mut last_hostname = String::new();
@@ -795,26 +825,26 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
             local.key(key, &mut network, now);
             last_activity = now;
         }
-        let dcui_timeout = network.api.host.dcui_timeout_minutes;
+        let dcui_timeout = network.host.config.dcui_timeout_minutes;
         if local.menu.tick(now, dcui_timeout) {
             kprintln!("ember: DCUI: idle time-out ({dcui_timeout} min); logged out");
             local.redraw(&network);
         }
         {
             let net = &mut network;
-            if net.poll(now) {
+            if net.net.poll(&mut net.host, &mut net.nics, now) {
                 last_activity = now;
             }
             print_network_log(net);
             local.write_back_vm_disks(net, now, false);
-            if let Some(notice) = net.take_notice() {
+            if let Some(notice) = net.net.take_notice() {
                 local.identity.notice = notice;
                 local.redraw(net);
             }
-            local.keyboards.set_layout(&net.api.host.keyboard);
-            if let Some(off) = availability.check(&net.api.host, now) {
+            local.keyboards.set_layout(&net.host.config.keyboard);
+            if let Some(off) = availability.check(&net.host.config, now) {
                 let minutes = off.shell_timeout_minutes;
-                match net.api.commit(off) {
+                match net.host.commit(off) {
                     Ok(()) => kprintln!(
                         "ember: local shell and SSH disabled: availability time-out ({minutes} min)"
                     ),
@@ -826,26 +856,26 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
                     local.redraw(net);
                 }
             }
-            if net.take_test_changed() && !local.menu.is_idle() {
+            if net.net.take_test_changed() && !local.menu.is_idle() {
                 local.redraw(net);
             }
             // Compare without allocating (this runs on every pass of the loop); rebuild the text only
             // when what the screen shows has changed.
             let shown = (
-                net.api.status.state,
-                net.api.status.address,
-                net.api.host.network.ipv4,
-                net.api.host.network.ipv6,
+                net.net.api.status.state,
+                net.net.api.status.address,
+                net.host.config.network.ipv4,
+                net.host.config.network.ipv6,
                 // Every committed change, a new HTTPS certificate included.
-                net.api.generation,
+                net.host.generation,
             );
             if Some(shown) != last_shown
-                || net.api.host.network.hostname != last_hostname
-                || net.api.status.ipv6 != last_ipv6
+                || net.host.config.network.hostname != last_hostname
+                || net.net.api.status.ipv6 != last_ipv6
             {
                 last_shown = Some(shown);
-                last_hostname.clone_from(&net.api.host.network.hostname);
-                last_ipv6.clone_from(&net.api.status.ipv6);
+                last_hostname.clone_from(&net.host.config.network.hostname);
+                last_ipv6.clone_from(&net.net.api.status.ipv6);
                 let (address, ipv6) = (console_address(net), idle_ipv6(net));
                 let fingerprint = certificate_sha256(net);
                 if address != local.identity.management
@@ -856,7 +886,7 @@ fn management_loop(mut local: LocalConsole, mut network: ManagementNetwork) -> !
                     local.identity.ipv6 = ipv6;
                     local.identity.certificate_sha256 = fingerprint;
                     if local.menu.is_idle() {
-                        console::show_idle_screen(&local.identity);
+                        show_idle_screen(&local.identity);
                     }
                 }
             }

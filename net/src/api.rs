@@ -17,18 +17,15 @@
 //! `503` and nothing changes. Without a store (no supported driver for the boot media) changes apply
 //! until the next reboot, and the answers say `"persistent": false`.
 
-use crate::auth::{self, AuthError, AuthResult, PasswordHash, RootAccount, StoredHash};
+use crate::auth::{self, AuthResult, PasswordHash};
 use crate::config::{self, Ipv4Mode, ManagementConfig};
-use crate::firstboot;
+use crate::host::{CommitError, HostState, Persistence};
 use crate::http::{Request, Response};
-use crate::tls::server::ServerIdentity;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::net::{Ipv4Addr, Ipv6Addr};
-use ember_storage::hostconfig::HostConfig;
-use ember_storage::kickstart;
-use ember_storage::persist::HostStore;
+use ember_hw::nic::{mac_string, ManagedNic};
 use serde_json::{json, Map, Value};
 
 /// Facts about the host that do not change while it runs.
@@ -56,9 +53,11 @@ pub struct NicInfo {
     pub driver: &'static str,
 }
 
-/// Formats a MAC address as `52:54:00:12:34:56`.
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
+impl NicInfo {
+    /// The NIC as the API reports it (link state as last seen: down until checked).
+    pub fn of(n: &ManagedNic) -> NicInfo {
+        NicInfo { name: n.name.clone(), mac: n.nic.mac(), link: false, driver: n.driver }
+    }
 }
 
 /// Where the management interface stands.
@@ -116,66 +115,18 @@ pub enum Reply {
     Resolve(String),
 }
 
-/// Where configuration changes go.
-pub enum Persistence {
-    /// The config store on the boot media.
-    Store(HostStore),
-    /// Nowhere: changes last until reboot. The text says why.
-    None(String),
-}
-
-/// Everything the API reads and changes.
+/// What the management API keeps of its own: the host's facts and NICs as the API reports them,
+/// the management interface's live state, and a network change waiting for its response to go
+/// out. The host's configuration, store, accounts and VMs are the appliance's ([`HostState`]),
+/// borrowed for each request.
 pub struct ApiState {
     pub facts: HostFacts,
     pub nics: Vec<NicInfo>,
-    /// The configuration in force (saved, when there is a store). `host.network` is what the
-    /// management interface runs with, except while a change is `pending`.
-    pub host: HostConfig,
-    pub store: Persistence,
     pub status: InterfaceStatus,
-    pub root: RootAccount,
     /// A validated configuration waiting to be applied once the response is out.
     pub pending: Option<ManagementConfig>,
     /// Start of uptime.
     pub boot_ms: u64,
-    /// Salt source for password changes (random per boot, advanced per use).
-    pub salt_state: u64,
-    /// Number of changes committed since boot.
-    pub generation: u64,
-    /// The hypervisor's VMs (`/api/v1/vms`).
-    pub vms: alloc::boxed::Box<dyn crate::vms::VmService>,
-    /// The HTTPS key and certificate in use ([`ApiState::start_https`]); `None` only when none
-    /// could be made (no random source), and then the HTTPS port refuses connections.
-    pub https: Option<ServerIdentity>,
-    /// The wall clock at boot (seconds since 1970), when the firmware gave one.
-    pub boot_unix: Option<i64>,
-    /// The management loop's clock, for changes that need the time.
-    pub now_ms: u64,
-    /// What happened that the log should say (taken by the management network).
-    pub notes: Vec<String>,
-}
-
-/// Why a change was not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitError {
-    /// The configuration store could not be written; nothing changed.
-    Store(String),
-    /// The root password hash cannot be used.
-    Hash(AuthError),
-    /// The HTTPS key or certificate cannot be used.
-    Tls(String),
-}
-
-impl core::fmt::Display for CommitError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            CommitError::Store(e) => {
-                write!(f, "the configuration could not be saved, nothing was changed: {e}")
-            }
-            CommitError::Hash(e) => write!(f, "root_password_hash: {e}"),
-            CommitError::Tls(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 fn ip_json(a: Option<Ipv4Addr>) -> Value {
@@ -183,301 +134,58 @@ fn ip_json(a: Option<Ipv4Addr>) -> Value {
 }
 
 impl ApiState {
-    /// The state for configuration `host`: the root account verifies `host`'s password hash.
-    /// `cache_key` and `salt_seed` must be random per boot.
-    pub fn new(
-        facts: HostFacts,
-        host: HostConfig,
-        store: Persistence,
-        cache_key: [u8; 32],
-        salt_seed: u64,
-    ) -> Result<Self, AuthError> {
-        let root = RootAccount::new(StoredHash::decode(&host.root_password_hash)?, cache_key);
-        Ok(ApiState {
-            facts,
-            nics: Vec::new(),
-            host,
-            store,
-            status: InterfaceStatus::default(),
-            root,
-            pending: None,
-            boot_ms: 0,
-            salt_state: salt_seed,
-            generation: 0,
-            vms: alloc::boxed::Box::new(crate::vms::NoVms),
-            https: None,
-            boot_unix: None,
-            now_ms: 0,
-            notes: Vec::new(),
-        })
+    pub fn new(facts: HostFacts) -> Self {
+        ApiState { facts, nics: Vec::new(), status: InterfaceStatus::default(), pending: None, boot_ms: 0 }
     }
+}
 
-    /// The wall clock now (seconds since 1970), when the host knows it.
-    pub fn unix_now(&self) -> Option<u64> {
-        self.boot_unix.map(|b| b.saturating_add((self.now_ms / 1000) as i64).max(0) as u64)
-    }
+/// The `management` object: configuration and live state.
+pub fn management_json(state: &ApiState, host: &HostState) -> Value {
+    let net = &host.config.network;
+    let mode = match net.ipv4 {
+        Ipv4Mode::Dhcp => "dhcp",
+        Ipv4Mode::Static { .. } => "static",
+    };
+    let status = &state.status;
+    json!({
+        "uplink": net.uplink,
+        "mode": mode,
+        "state": status.state.as_str(),
+        "address": ip_json(status.address.map(|a| a.0)),
+        "prefix": status.address.map(|a| a.1),
+        "gateway": ip_json(status.gateway),
+        "dns": status.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        "vlan": net.vlan,
+        "hostname": net.hostname,
+        "ipv6": net.ipv6.to_json(),
+        "ipv6_addresses": status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
+    })
+}
 
-    /// Loads the stored HTTPS key and certificate, or makes a self-signed pair for a host without
-    /// a usable one. The new pair is stored at once when the store holds a configuration; on a
-    /// host whose store is still empty (a first boot that stored nothing, for example after a bad
-    /// kickstart, so the next boot is a first boot again) it is kept in memory and stored with the
-    /// first change.
-    pub fn start_https(&mut self) {
-        if let Some(stored) = &self.host.tls {
-            match ServerIdentity::load(stored) {
-                Ok(id) => {
-                    self.https = Some(id);
-                    self.note_certificate("in use");
-                    self.renew_https_if_due();
-                    return;
-                }
-                Err(e) => self.notes.push(format!(
-                    "ERROR: the stored HTTPS certificate cannot be used ({e}); a new self-signed one is made"
-                )),
-            }
-        }
-        if matches!(&self.store, Persistence::Store(s) if s.in_use().is_none()) {
-            match crate::tls::server::self_signed(&self.host.network.hostname, self.unix_now()) {
-                Ok(id) => {
-                    self.host.tls = Some(id.stored.clone());
-                    self.https = Some(id);
-                    self.note_certificate("made (stored with the first configuration)");
-                }
-                Err(e) => self.notes.push(format!("ERROR: no HTTPS certificate could be made: {e}")),
-            }
-            return;
-        }
-        let mut host = self.host.clone();
-        host.tls = None;
-        if let Err(e) = self.commit(host) {
-            // Served all the same; the next boot makes another one.
-            self.notes.push(format!(
-                "ERROR: the new HTTPS certificate is not stored ({e}); it is used until the host restarts"
-            ));
-            if let Ok(id) = crate::tls::server::self_signed(&self.host.network.hostname, self.unix_now()) {
-                self.host.tls = Some(id.stored.clone());
-                self.https = Some(id);
-                self.note_certificate("made for this boot only");
-            }
-        }
-    }
-
-    /// Replaces a self-signed certificate that ends within [`RENEW_BEFORE_DAYS`] (when the host
-    /// knows the time); CA-signed certificates are the administrator's to replace.
-    ///
-    /// [`RENEW_BEFORE_DAYS`]: crate::tls::server::RENEW_BEFORE_DAYS
-    pub fn renew_https_if_due(&mut self) {
-        let (Some(now), Some(h)) = (self.unix_now(), self.https.as_ref()) else { return };
-        let due = h.info.not_after_unix.saturating_sub(crate::tls::server::RENEW_BEFORE_DAYS * 86_400);
-        if !h.info.self_signed || now < due {
-            return;
-        }
-        self.notes.push(format!(
-            "the self-signed HTTPS certificate ends on {}: a new one is made",
-            h.info.not_after
-        ));
-        let mut host = self.host.clone();
-        host.tls = None;
-        if let Err(e) = self.commit(host) {
-            self.notes.push(format!("ERROR: the HTTPS certificate could not be renewed: {e}"));
-        }
-    }
-
-    fn note_certificate(&mut self, what: &str) {
-        if let Some(i) = self.https.as_ref().map(|h| &h.info) {
-            let kind = if i.self_signed { "self-signed" } else { "issued by " };
-            let issuer = if i.self_signed { "" } else { i.issuer.as_str() };
-            self.notes.push(format!(
-                "HTTPS certificate {what}: {} ({kind}{issuer}), SHA-256 fingerprint {}",
-                i.subject,
-                i.fingerprint()
-            ));
-        }
-    }
-
-    /// Makes `new` the configuration in force: saved and flushed first when there is a store, so on a
-    /// failed write nothing changes. The management network is not restarted here (see `pending`).
-    ///
-    /// A configuration without an HTTPS key (a new host, Reset System Configuration) gets a new
-    /// self-signed one, stored with it.
-    pub fn commit(&mut self, mut new: HostConfig) -> Result<(), CommitError> {
-        let hash = if new.root_password_hash == self.host.root_password_hash {
-            None
-        } else {
-            Some(StoredHash::decode(&new.root_password_hash).map_err(CommitError::Hash)?)
-        };
-        let mut identity = None;
-        // A self-signed certificate names the host: a new host name gets a new one.
-        let renamed = new.network.hostname != self.host.network.hostname
-            && new.tls.as_ref().is_some_and(|t| t.self_signed)
-            && new.tls == self.host.tls;
-        if new.tls.is_none() || renamed {
-            let id = crate::tls::server::self_signed(&new.network.hostname, self.unix_now())
-                .map_err(|e| CommitError::Tls(format!("no HTTPS certificate could be made: {e}")))?;
-            new.tls = Some(id.stored.clone());
-            identity = Some(id);
-        } else if new.tls != self.host.tls {
-            let stored = new.tls.as_ref().ok_or(CommitError::Tls(String::new()))?;
-            identity = Some(ServerIdentity::load(stored).map_err(CommitError::Tls)?);
-        }
-        if let Persistence::Store(store) = &mut self.store {
-            store.save(&new).map_err(|e| CommitError::Store(e.to_string()))?;
-        }
-        if let Some(h) = hash {
-            self.root.set_hash(h);
-        }
-        if let Some(id) = identity {
-            self.https = Some(id);
-            self.note_certificate("made");
-        }
-        self.host = new;
-        self.generation += 1;
-        Ok(())
-    }
-
-    /// Applies a kickstart fetched at first boot (`name` is where it came from): whole or not at all,
-    /// stored like any change, the management network restarted if it changed. Returns the notes
-    /// about what was not carried out.
-    pub fn apply_kickstart(&mut self, name: &str, text: &str) -> Result<Vec<String>, String> {
-        let mut no_includes = |f: &str| -> Result<String, String> {
-            Err(format!(
-                "cannot read {f}: includes are not supported in a kickstart fetched over the network"
-            ))
-        };
-        let ks = kickstart::parse(name, text, &mut no_includes).map_err(|e| e.to_string())?;
-        let salt = self.next_salt();
-        let applied = firstboot::config_from_kickstart(&ks, &self.host, &self.nics, &mut |pw| {
-            firstboot::hash_password(pw, salt)
-        })
-        .map_err(|e| e.to_string())?;
-        let before = self.host.network.clone();
-        self.commit(applied.config).map_err(|e| e.to_string())?;
-        let mut notes = applied.notes;
-        if !self.host.firstboot.is_empty() {
-            // Stored with the configuration above, so they run once even across a power cut.
-            let mut host = self.host.clone();
-            notes.extend(ember_storage::script::run_firstboot(&mut host));
-            match self.commit(host) {
-                Ok(()) => notes.push(String::from("%firstboot: the result is stored")),
-                Err(e) => notes.push(format!("%firstboot: the result could not be stored ({e}); the scripts run again at the next boot")),
-            }
-        }
-        if self.host.network != before {
-            self.pending = Some(self.host.network.clone());
-        }
-        Ok(notes)
-    }
-
-    /// The `store` object: whether changes survive a reboot, and where they go.
-    pub fn store_json(&self) -> Value {
-        match &self.store {
-            Persistence::Store(s) => {
-                let (slot, sequence) = s.in_use().map_or((Value::Null, Value::Null), |(slot, seq)| {
-                    (Value::String(slot.to_string()), Value::from(seq))
-                });
-                json!({
-                    "persistent": true,
-                    "disk": s.disk.name,
-                    "driver": s.disk.driver,
-                    "slot": slot,
-                    "sequence": sequence,
-                })
-            }
-            Persistence::None(why) => json!({ "persistent": false, "reason": why }),
-        }
-    }
-
-    /// The `GET /api/v1/config` document: the stored form, with the password hash's scheme only.
-    pub fn config_json(&self) -> Value {
-        let mut v = self.host.settings_json();
-        if let Value::Object(m) = &mut v {
-            m.remove("root_password_hash");
-            m.insert(String::from("root_password"), json!({ "scheme": self.root.hash().scheme() }));
-            m.insert(String::from("store"), self.store_json());
-        }
-        v
-    }
-
-    /// The `management` object: configuration and live state.
-    pub fn management_json(&self) -> Value {
-        let mode = match self.host.network.ipv4 {
-            Ipv4Mode::Dhcp => "dhcp",
-            Ipv4Mode::Static { .. } => "static",
-        };
-        json!({
-            "uplink": self.host.network.uplink,
-            "mode": mode,
-            "state": self.status.state.as_str(),
-            "address": ip_json(self.status.address.map(|a| a.0)),
-            "prefix": self.status.address.map(|a| a.1),
-            "gateway": ip_json(self.status.gateway),
-            "dns": self.status.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-            "vlan": self.host.network.vlan,
-            "hostname": self.host.network.hostname,
-            "ipv6": self.host.network.ipv6.to_json(),
-            "ipv6_addresses": self.status.ipv6.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>(),
-        })
-    }
-
-    /// The `GET /api/v1/host` document.
-    pub fn host_json(&self, now_ms: u64) -> Value {
-        let f = &self.facts;
-        json!({
-            "hostname": self.host.network.hostname,
-            "version": f.version,
-            "build": f.build,
-            "uptime_s": now_ms.saturating_sub(self.boot_ms) / 1000,
-            "cpus": f.cpus,
-            "cpu_model": f.cpu_model,
-            "memory_bytes": f.memory_bytes,
-            "vendor": f.vendor,
-            "product": f.product,
-            "serial": f.serial,
-            "virtualization": f.virtualization,
-            "nics": self.nics.iter().map(|n| json!({
-                "name": n.name,
-                "mac": mac_string(&n.mac),
-                "link": if n.link { "up" } else { "down" },
-                "driver": n.driver,
-            })).collect::<Vec<_>>(),
-            "management": self.management_json(),
-            "certificate_sha256": self.https.as_ref().map(|h| h.info.fingerprint()),
-        })
-    }
-
-    /// `GET /api/v1/host/certificate`: the HTTPS certificate (never the key).
-    pub fn certificate_json(&self) -> Value {
-        match &self.https {
-            Some(h) => {
-                let i = &h.info;
-                json!({
-                    "sha256": i.fingerprint(),
-                    "subject": i.subject,
-                    "issuer": i.issuer,
-                    "not_before": i.not_before,
-                    "not_after": i.not_after,
-                    "self_signed": i.self_signed,
-                    "chain_length": i.chain_len,
-                    "certificate": h.stored.chain_pem,
-                })
-            }
-            None => Value::Null,
-        }
-    }
-
-    fn next_salt(&mut self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        for chunk in out.chunks_mut(8) {
-            // splitmix64
-            self.salt_state = self.salt_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.salt_state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        out
-    }
+/// The `GET /api/v1/host` document.
+pub fn host_json(state: &ApiState, host: &HostState, now_ms: u64) -> Value {
+    let f = &state.facts;
+    json!({
+        "hostname": host.config.network.hostname,
+        "version": f.version,
+        "build": f.build,
+        "uptime_s": now_ms.saturating_sub(state.boot_ms) / 1000,
+        "cpus": f.cpus,
+        "cpu_model": f.cpu_model,
+        "memory_bytes": f.memory_bytes,
+        "vendor": f.vendor,
+        "product": f.product,
+        "serial": f.serial,
+        "virtualization": f.virtualization,
+        "nics": state.nics.iter().map(|n| json!({
+            "name": n.name,
+            "mac": mac_string(&n.mac),
+            "link": if n.link { "up" } else { "down" },
+            "driver": n.driver,
+        })).collect::<Vec<_>>(),
+        "management": management_json(state, host),
+        "certificate_sha256": host.https.as_ref().map(|h| h.info.fingerprint()),
+    })
 }
 
 fn ok_json(v: Value) -> Reply {
@@ -491,13 +199,13 @@ fn method_not_allowed(allow: &str) -> Reply {
 }
 
 /// Handles one request.
-pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
+pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms: u64) -> Reply {
     if req.path == "/" {
         return match req.method.as_str() {
             "GET" | "HEAD" => Reply::Now(Response {
                 status: 200,
                 content_type: "text/html; charset=utf-8",
-                body: landing_page(&state.host.network.hostname).into_bytes(),
+                body: landing_page(&host.config.network.hostname).into_bytes(),
                 headers: Vec::new(),
             }),
             _ => method_not_allowed("GET, HEAD"),
@@ -506,7 +214,7 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
     if !req.path.starts_with("/api/") {
         return Reply::Now(Response::error(404, &format!("no such resource: {}", printable(&req.path))));
     }
-    match state.root.check(req.authorization.as_deref(), req.peer, now_ms) {
+    match host.root.check(req.authorization.as_deref(), req.peer, now_ms) {
         AuthResult::Allowed => {}
         AuthResult::Denied => {
             let mut r = Response::error(401, "authentication required: HTTP Basic as root");
@@ -531,25 +239,25 @@ pub fn handle(state: &mut ApiState, req: &Request, now_ms: u64) -> Reply {
             "changes need Content-Type: application/json (also for requests without a body)",
         ));
     }
-    if let Some(r) = crate::vms::handle(&mut *state.vms, &req.method, &req.path, now_ms) {
+    if let Some(r) = crate::vms::handle(&mut *host.vms, &req.method, &req.path, now_ms) {
         return Reply::Now(r);
     }
     match (req.path.as_str(), req.method.as_str()) {
-        ("/api/v1/host", "GET") => ok_json(state.host_json(now_ms)),
+        ("/api/v1/host", "GET") => ok_json(host_json(state, host, now_ms)),
         ("/api/v1/host", _) => method_not_allowed("GET"),
-        ("/api/v1/host/certificate", "GET") => ok_json(state.certificate_json()),
-        ("/api/v1/host/certificate", "PUT") => put_certificate(state, req),
-        ("/api/v1/host/certificate", "DELETE") => new_self_signed(state),
+        ("/api/v1/host/certificate", "GET") => ok_json(host.certificate_json()),
+        ("/api/v1/host/certificate", "PUT") => put_certificate(host, req),
+        ("/api/v1/host/certificate", "DELETE") => new_self_signed(host),
         ("/api/v1/host/certificate", _) => method_not_allowed("GET, PUT, DELETE"),
-        ("/api/v1/network/management", "GET") => ok_json(state.management_json()),
-        ("/api/v1/network/management", "PUT") => put_management(state, req),
+        ("/api/v1/network/management", "GET") => ok_json(management_json(state, host)),
+        ("/api/v1/network/management", "PUT") => put_management(state, host, req),
         ("/api/v1/network/management", _) => method_not_allowed("GET, PUT"),
         ("/api/v1/network/resolve", "GET") => resolve(req),
         ("/api/v1/network/resolve", _) => method_not_allowed("GET"),
-        ("/api/v1/account/root/password", "PUT") => put_password(state, req),
+        ("/api/v1/account/root/password", "PUT") => put_password(host, req),
         ("/api/v1/account/root/password", _) => method_not_allowed("PUT"),
-        ("/api/v1/config", "GET") => ok_json(state.config_json()),
-        ("/api/v1/config", "PUT") => put_config(state, req),
+        ("/api/v1/config", "GET") => ok_json(host.config_json()),
+        ("/api/v1/config", "PUT") => put_config(state, host, req),
         ("/api/v1/config", _) => method_not_allowed("GET, PUT"),
         (p, _) => Reply::Now(Response::error(404, &format!("no such resource: {}", printable(p)))),
     }
@@ -584,26 +292,26 @@ fn json_body(req: &Request) -> Result<Map<String, Value>, Reply> {
     }
 }
 
-fn put_management(state: &mut ApiState, req: &Request) -> Reply {
+fn put_management(state: &mut ApiState, host: &mut HostState, req: &Request) -> Reply {
     let body = match json_body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut cfg = state.host.network.clone();
+    let mut cfg = host.config.network.clone();
     if let Err(e) = cfg.merge_json(&body, "") {
         return bad_request(&e.field, &e.problem);
     }
     if let Err(r) = check_uplink(state, &cfg, "uplink") {
         return r;
     }
-    let mut out = state.management_json();
-    let mut host = state.host.clone();
-    host.network = cfg.clone();
-    if let Err(e) = state.commit(host) {
+    let mut out = management_json(state, host);
+    let mut new = host.config.clone();
+    new.network = cfg.clone();
+    if let Err(e) = host.commit(new) {
         return failed(&e);
     }
     out["pending"] = cfg.to_json();
-    out["persistent"] = Value::Bool(matches!(state.store, Persistence::Store(_)));
+    out["persistent"] = Value::Bool(matches!(host.store, Persistence::Store(_)));
     state.pending = Some(cfg);
     Reply::Now(Response::json(202, out.to_string()))
 }
@@ -625,7 +333,7 @@ fn failed(e: &CommitError) -> Reply {
     }
 }
 
-fn put_config(state: &mut ApiState, req: &Request) -> Reply {
+fn put_config(state: &mut ApiState, host: &mut HostState, req: &Request) -> Reply {
     let mut body = match json_body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -633,7 +341,7 @@ fn put_config(state: &mut ApiState, req: &Request) -> Reply {
     // What GET shows about the password and the store is not part of the configuration; sending it
     // back unchanged is allowed, so a GET-modify-PUT round trip works.
     if let Some(v) = body.remove("root_password") {
-        if v != json!({ "scheme": state.root.hash().scheme() }) {
+        if v != json!({ "scheme": host.root.hash().scheme() }) {
             return bad_request(
                 "root_password",
                 "read-only (change the password with PUT /api/v1/account/root/password, or set root_password_hash)",
@@ -641,32 +349,32 @@ fn put_config(state: &mut ApiState, req: &Request) -> Reply {
         }
     }
     if let Some(v) = body.remove("store") {
-        if v != state.store_json() {
+        if v != host.store_json() {
             return bad_request("store", "read-only");
         }
     }
-    let mut host = state.host.clone();
-    if let Err(e) = host.merge(&body) {
+    let mut new = host.config.clone();
+    if let Err(e) = new.merge(&body) {
         return bad_request(&e.field, &e.problem);
     }
-    if let Err(r) = check_uplink(state, &host.network, "network.uplink") {
+    if let Err(r) = check_uplink(state, &new.network, "network.uplink") {
         return r;
     }
-    let network_changed = host.network != state.host.network;
-    if let Err(e) = state.commit(host) {
+    let network_changed = new.network != host.config.network;
+    if let Err(e) = host.commit(new) {
         return failed(&e);
     }
-    let mut out = state.config_json();
+    let mut out = host.config_json();
     out["restarting_management_network"] = Value::Bool(network_changed);
     if network_changed {
-        state.pending = Some(state.host.network.clone());
+        state.pending = Some(host.config.network.clone());
     }
     ok_json(out)
 }
 
 /// `PUT /api/v1/host/certificate {"certificate": PEM chain, "key": PEM key}`: a CA-signed
 /// certificate for the API, checked, stored, and used for every new connection.
-fn put_certificate(state: &mut ApiState, req: &Request) -> Reply {
+fn put_certificate(host: &mut HostState, req: &Request) -> Reply {
     let body = match json_body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -679,24 +387,24 @@ fn put_certificate(state: &mut ApiState, req: &Request) -> Reply {
         (Ok(c), Ok(k)) => (c, k),
         (Err(f), _) | (_, Err(f)) => return bad_request(f, "expected PEM text (a string)"),
     };
-    let identity = match crate::tls::server::check_install(chain, key, state.unix_now()) {
+    let identity = match crate::tls::server::check_install(chain, key, host.unix_now()) {
         Ok(i) => i,
         Err(e) => return Reply::Now(Response::error(400, &e)),
     };
-    let mut host = state.host.clone();
-    host.tls = Some(identity.stored.clone());
-    match state.commit(host) {
-        Ok(()) => ok_json(state.certificate_json()),
+    let mut new = host.config.clone();
+    new.tls = Some(identity.stored.clone());
+    match host.commit(new) {
+        Ok(()) => ok_json(host.certificate_json()),
         Err(e) => failed(&e),
     }
 }
 
 /// `DELETE /api/v1/host/certificate`: back to a new self-signed certificate.
-fn new_self_signed(state: &mut ApiState) -> Reply {
-    let mut host = state.host.clone();
-    host.tls = None;
-    match state.commit(host) {
-        Ok(()) if state.host.tls.is_some() => ok_json(state.certificate_json()),
+fn new_self_signed(host: &mut HostState) -> Reply {
+    let mut new = host.config.clone();
+    new.tls = None;
+    match host.commit(new) {
+        Ok(()) if host.config.tls.is_some() => ok_json(host.certificate_json()),
         Ok(()) => Reply::Now(Response::error(503, "no new certificate could be made")),
         Err(e) => failed(&e),
     }
@@ -711,7 +419,7 @@ fn resolve(req: &Request) -> Reply {
     Reply::Resolve(name.to_string())
 }
 
-fn put_password(state: &mut ApiState, req: &Request) -> Reply {
+fn put_password(host: &mut HostState, req: &Request) -> Reply {
     let body = match json_body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -725,13 +433,13 @@ fn put_password(state: &mut ApiState, req: &Request) -> Reply {
     if let Err(e) = auth::check_password_rules(pw) {
         return bad_request("password", &e.to_string().replace("password: ", ""));
     }
-    let salt = state.next_salt();
-    let mut host = state.host.clone();
-    host.root_password_hash = PasswordHash::new(pw, salt, auth::DEFAULT_ITERATIONS).encode();
-    match state.commit(host) {
+    let salt = host.next_salt();
+    let mut new = host.config.clone();
+    new.root_password_hash = PasswordHash::new(pw, salt, auth::DEFAULT_ITERATIONS).encode();
+    match host.commit(new) {
         Ok(()) => ok_json(json!({
             "status": "password changed",
-            "persistent": matches!(state.store, Persistence::Store(_)),
+            "persistent": matches!(host.store, Persistence::Store(_)),
         })),
         Err(e) => failed(&e),
     }
@@ -752,10 +460,14 @@ pub fn resolved(name: &str, result: Result<Vec<Ipv4Addr>, &str>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::StoredHash;
     use crate::auth::{PasswordHash, MIN_ITERATIONS};
+    use crate::host::Persistence;
     use crate::http::{parse_request, Parsed};
     use alloc::boxed::Box;
     use base64::Engine;
+    use ember_storage::hostconfig::HostConfig;
+    use ember_storage::persist::HostStore;
 
     fn facts() -> HostFacts {
         HostFacts {
@@ -771,29 +483,36 @@ mod tests {
         }
     }
 
-    fn state_with(store: Persistence) -> ApiState {
+    /// The API's state and the host's, as the management service holds them.
+    struct St {
+        api: ApiState,
+        host: HostState,
+    }
+
+    fn state_with(store: Persistence) -> St {
         let hash = PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode();
-        let mut st = ApiState::new(facts(), HostConfig::defaults(hash), store, [4; 32], 1).unwrap();
-        st.nics = alloc::vec![NicInfo {
+        let host = HostState::new(HostConfig::defaults(hash), store, [4; 32], 1).unwrap();
+        let mut st = St { api: ApiState::new(facts()), host };
+        st.api.nics = alloc::vec![NicInfo {
             name: "vmnic0".into(),
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             link: true,
             driver: "virtio-net"
         }];
-        st.status = InterfaceStatus {
+        st.api.status = InterfaceStatus {
             state: InterfaceState::Configured,
             address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
             dns: alloc::vec![Ipv4Addr::new(10, 0, 2, 3)],
             ipv6: Vec::new(),
         };
-        st.boot_ms = 1000;
+        st.api.boot_ms = 1000;
         crate::tls::crypto::seed([6; 32]);
-        st.start_https();
+        st.host.start_https();
         st
     }
 
-    fn state() -> ApiState {
+    fn state() -> St {
         state_with(Persistence::None("no store in this test".into()))
     }
 
@@ -804,11 +523,11 @@ mod tests {
         )
     }
 
-    fn call(st: &mut ApiState, raw: &str) -> (u16, Value) {
+    fn call(st: &mut St, raw: &str) -> (u16, Value) {
         let Parsed::Complete(req, _) = parse_request(raw.as_bytes()) else {
             panic!("unparsable test request")
         };
-        match handle(st, &req, 61_000) {
+        match handle(&mut st.api, &mut st.host, &req, 61_000) {
             Reply::Now(r) => {
                 let v = if r.content_type == "application/json" {
                     serde_json::from_slice(&r.body).unwrap()
@@ -856,10 +575,10 @@ mod tests {
             (v["self_signed"].as_bool(), v["issuer"].as_str()),
             (Some(false), Some("CN=Ember Test CA"))
         );
-        assert_eq!(st.https.as_ref().unwrap().info.subject, "CN=server");
-        assert!(st.host.tls.as_ref().is_some_and(|t| t.chain_pem == cert && !t.self_signed));
+        assert_eq!(st.host.https.as_ref().unwrap().info.subject, "CN=server");
+        assert!(st.host.config.tls.as_ref().is_some_and(|t| t.chain_pem == cert && !t.self_signed));
         // Refusals name the problem and change nothing.
-        let installed = st.host.clone();
+        let installed = st.host.config.clone();
         let stranger = include_str!("tls/testdata/stranger.key");
         for (body, why) in [
             (
@@ -873,7 +592,7 @@ mod tests {
             let (s, v) = call(&mut st, &put("/api/v1/host/certificate", &body));
             assert_eq!(s, 400, "{body}");
             assert!(v["error"]["message"].as_str().unwrap().contains(why), "{v}");
-            assert_eq!(st.host, installed);
+            assert_eq!(st.host.config, installed);
         }
         // The configuration document neither shows nor takes it.
         let (_, config) = call(&mut st, &format!("GET /api/v1/config HTTP/1.1\r\n{}\r\n", auth()));
@@ -891,25 +610,25 @@ mod tests {
     #[test]
     fn a_self_signed_certificate_follows_the_host_name_and_is_renewed_before_it_ends() {
         let mut st = state();
-        let first = st.https.as_ref().unwrap().info.clone();
+        let first = st.host.https.as_ref().unwrap().info.clone();
         assert_eq!(first.subject, "CN=ember");
         // Another host name: a new certificate names it.
         let (s, _) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx07"}"#));
         assert_eq!(s, 202);
-        let renamed = st.https.as_ref().unwrap().info.clone();
+        let renamed = st.host.https.as_ref().unwrap().info.clone();
         assert_eq!(renamed.subject, "CN=esx07");
         assert_ne!(renamed.sha256, first.sha256);
         // Not yet due: kept. Within 30 days of its end: replaced.
-        st.boot_unix = Some(renamed.not_before_unix as i64 + 86_400);
-        st.now_ms = 0;
-        st.renew_https_if_due();
-        assert_eq!(st.https.as_ref().unwrap().info.sha256, renamed.sha256);
-        st.boot_unix = Some(renamed.not_after_unix as i64 - 10 * 86_400);
-        st.renew_https_if_due();
-        let renewed = st.https.as_ref().unwrap().info.clone();
+        st.host.boot_unix = Some(renamed.not_before_unix as i64 + 86_400);
+        st.host.now_ms = 0;
+        st.host.renew_https_if_due();
+        assert_eq!(st.host.https.as_ref().unwrap().info.sha256, renamed.sha256);
+        st.host.boot_unix = Some(renamed.not_after_unix as i64 - 10 * 86_400);
+        st.host.renew_https_if_due();
+        let renewed = st.host.https.as_ref().unwrap().info.clone();
         assert_ne!(renewed.sha256, renamed.sha256);
         assert!(renewed.not_after_unix > renamed.not_after_unix);
-        assert!(st.notes.iter().any(|n| n.contains("a new one is made")), "{:?}", st.notes);
+        assert!(st.host.notes.iter().any(|n| n.contains("a new one is made")), "{:?}", st.host.notes);
     }
 
     #[test]
@@ -976,7 +695,7 @@ mod tests {
             assert_eq!(s, 400, "{body}");
             let msg = v["error"]["message"].as_str().unwrap();
             assert!(msg.starts_with(field), "{body}: {msg}");
-            assert!(st.pending.is_none(), "{body} changed something");
+            assert!(st.api.pending.is_none(), "{body} changed something");
         }
         let (s, v) = call(
             &mut st,
@@ -987,7 +706,7 @@ mod tests {
         );
         assert_eq!(s, 202, "{v}");
         assert_eq!(v["pending"]["address"], "10.0.2.20");
-        let p = st.pending.clone().unwrap();
+        let p = st.api.pending.clone().unwrap();
         assert_eq!(p.vlan, Some(12));
         assert_eq!(
             p.ipv4,
@@ -1090,7 +809,7 @@ mod tests {
         assert_eq!(v["keyboard"], "German");
         assert_eq!(v["store"]["sequence"], 1);
         assert_eq!(v["restarting_management_network"], false);
-        assert!(st.pending.is_none());
+        assert!(st.api.pending.is_none());
 
         // GET, change, PUT back the whole document.
         let (_, mut doc) = call(&mut st, &get("/api/v1/config"));
@@ -1100,28 +819,28 @@ mod tests {
         assert_eq!(v["store"]["sequence"], 2);
         assert_eq!(v["store"]["slot"], "B");
         assert_eq!(v["restarting_management_network"], true);
-        assert_eq!(st.pending.as_ref().unwrap().hostname, "esx9");
+        assert_eq!(st.api.pending.as_ref().unwrap().hostname, "esx9");
 
         // What was stored is what a reboot loads.
-        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
         let loaded = HostStore::load(store).unwrap().config.unwrap();
-        assert_eq!(loaded, st.host);
+        assert_eq!(loaded, st.host.config);
         assert_eq!(loaded.keyboard, "German");
 
         // Password changes are stored too, as a hash.
         let (s, v) = call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#));
         assert_eq!((s, v["persistent"].clone()), (200, Value::Bool(true)));
-        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
         let loaded = HostStore::load(store).unwrap().config.unwrap();
         assert!(StoredHash::decode(&loaded.root_password_hash).unwrap().verify("a-new-pass"));
-        assert_eq!(loaded.tls, st.host.tls, "the HTTPS key went with the first change");
+        assert_eq!(loaded.tls, st.host.config.tls, "the HTTPS key went with the first change");
     }
 
     #[test]
     fn bad_config_fields_are_named_and_change_nothing() {
         let mut st = state_with(disk_store(false));
-        let before = st.host.clone();
-        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let before = st.host.config.clone();
+        let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
         let written = store.in_use();
         for (body, field) in [
             (r#"{"keyboard":"Klingon"}"#, "keyboard"),
@@ -1136,27 +855,27 @@ mod tests {
             assert_eq!(s, 400, "{body}");
             let msg = v["error"]["message"].as_str().unwrap();
             assert!(msg.starts_with(field), "{body}: {msg}");
-            assert_eq!(st.host, before, "{body} changed the configuration");
+            assert_eq!(st.host.config, before, "{body} changed the configuration");
         }
-        let Persistence::Store(store) = &mut st.store else { unreachable!() };
+        let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
         assert_eq!(store.in_use(), written, "nothing was written");
     }
 
     #[test]
     fn a_failed_write_answers_503_and_changes_nothing() {
         let mut st = state_with(disk_store(true));
-        let before = st.host.clone();
+        let before = st.host.config.clone();
         let (s, v) = call(&mut st, &put("/api/v1/config", r#"{"keyboard":"German"}"#));
         assert_eq!(s, 503);
         assert!(v["error"]["message"].as_str().unwrap().contains("write protected"), "{v}");
         let (s, _) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx2"}"#));
         assert_eq!(s, 503);
-        assert!(st.pending.is_none());
+        assert!(st.api.pending.is_none());
         assert_eq!(
             call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#)).0,
             503
         );
-        assert_eq!(st.host, before);
+        assert_eq!(st.host.config, before);
         // The old password still works.
         assert_eq!(call(&mut st, &get("/api/v1/host")).0, 200);
     }

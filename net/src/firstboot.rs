@@ -120,7 +120,7 @@ pub fn config_from_kickstart(
             let nic = nics.iter().find(|n| n.mac == *mac).ok_or_else(|| {
                 ApplyError::Invalid(format!(
                     "network --device={}: no NIC has this MAC address",
-                    crate::api::mac_string(mac)
+                    ember_hw::nic::mac_string(mac)
                 ))
             })?;
             network.uplink = nic.name.clone();

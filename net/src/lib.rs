@@ -30,6 +30,7 @@ pub mod config;
 pub mod console;
 pub mod fetch;
 pub mod firstboot;
+pub mod host;
 pub mod http;
 pub mod mgmt;
 pub mod nic;

@@ -15,8 +15,9 @@
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
 use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
+use crate::host::HostState;
 use crate::http::{parse_request, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
-use crate::nic::{Nic, Port, PortStats};
+use crate::nic::{Port, PortStats};
 use crate::tls::{self, TlsSession, Trust};
 use alloc::boxed::Box;
 use alloc::format;
@@ -24,6 +25,8 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::net::{Ipv4Addr, Ipv6Addr};
+use ember_hw::nic::mac_string;
+pub use ember_hw::nic::ManagedNic;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::dns::{self, GetQueryResultError, QueryHandle};
@@ -94,22 +97,6 @@ pub const APPLY_DELAY_MS: u64 = 500;
 const SPARE_LISTENERS: usize = 4;
 const MAX_INBUF: usize = MAX_HEAD + MAX_BODY + 1024;
 
-/// A NIC handed to the management plane.
-pub struct ManagedNic {
-    /// `vmnicN`.
-    pub name: String,
-    /// Driver name for reports.
-    pub driver: &'static str,
-    pub nic: Box<dyn Nic>,
-}
-
-impl ManagedNic {
-    /// The NIC as the API reports it (link state as last seen: down until checked).
-    pub fn info(&self) -> NicInfo {
-        NicInfo { name: self.name.clone(), mac: self.nic.mac(), link: false, driver: self.driver }
-    }
-}
-
 struct Resolving {
     query: QueryHandle,
     name: String,
@@ -160,17 +147,21 @@ struct Stack {
     /// Echo requests and replies of Test Management Network.
     icmp: SocketHandle,
     conns: Vec<Conn>,
-    /// The VMs' TCP consoles.
+    /// The VMs' TCP consoles (opened at the first poll, with the VMs the host has then).
     consoles: Vec<crate::console::ConsoleConn>,
+    consoles_open: bool,
     stats: PortStats,
 }
 
-/// The management network service.
+/// The management network service: the management interface (`vmk0`) on one of the host's NICs,
+/// lent for each call, with the API, the VM consoles and first boot's kickstart download on it.
 pub struct ManagementNetwork {
-    nics: Vec<ManagedNic>,
     stack: Option<Stack>,
-    /// The API's view (configuration, live status, accounts, host facts).
+    /// The API's own state (host facts, NICs as reported, live interface status, a pending change).
     pub api: ApiState,
+    /// The management settings the interface runs with now (the configuration's `network`, once
+    /// applied).
+    running: ManagementConfig,
     log: Vec<String>,
     seed: u64,
     restarts: u64,
@@ -243,15 +234,23 @@ fn instant(ms: u64) -> Instant {
 }
 
 impl ManagementNetwork {
-    /// Builds the service and starts the interface with `api.host.network`. `seed` must be random per boot.
-    pub fn new(nics: Vec<ManagedNic>, mut api: ApiState, seed: u64, now_ms: u64) -> Self {
-        api.nics = nics.iter().map(ManagedNic::info).collect();
-        api.now_ms = now_ms;
-        api.start_https();
+    /// Builds the service and starts the interface with `host`'s management settings (making or
+    /// loading the host's HTTPS identity first). `seed` must be random per boot. The NICs stay the
+    /// caller's (the appliance owns them): every call that needs them borrows the same `nics`.
+    pub fn new(
+        nics: &mut [ManagedNic],
+        mut api: ApiState,
+        host: &mut HostState,
+        seed: u64,
+        now_ms: u64,
+    ) -> Self {
+        api.nics = nics.iter().map(NicInfo::of).collect();
+        host.now_ms = now_ms;
+        host.start_https();
         let mut m = ManagementNetwork {
-            nics,
             stack: None,
             api,
+            running: host.config.network.clone(),
             log: Vec::new(),
             seed,
             restarts: 0,
@@ -265,16 +264,16 @@ impl ManagementNetwork {
             test: None,
             test_changed: false,
         };
-        m.log.append(&mut m.api.notes);
-        m.refresh_links();
-        m.start(now_ms);
+        m.log.append(&mut host.notes);
+        m.refresh_links(nics);
+        m.start(nics, now_ms);
         m
     }
 
     /// Restart Management Agents (DCUI Troubleshooting Options): the API service starts afresh -
     /// every HTTP connection is reset and its listener reopened, remembered credentials are
     /// forgotten. The configuration, the interface and its address are kept.
-    pub fn restart_agents(&mut self, now: u64) {
+    pub fn restart_agents(&mut self, host: &mut HostState, now: u64) {
         let mut dropped = 0;
         if let Some(stack) = self.stack.as_mut() {
             for c in stack.conns.iter_mut() {
@@ -287,17 +286,16 @@ impl ManagementNetwork {
             }
             crate::console::reset(&mut stack.sockets, &mut stack.consoles);
         }
-        self.api.root.forget();
+        host.root.forget();
         self.log.push(format!("management agents restarted: {dropped} API connections dropped"));
     }
 
-    /// Hands the service the hypervisor's VMs: the API serves them, and each VM's console port
-    /// listens from now on (and after every restart of the interface).
-    pub fn set_vms(&mut self, vms: alloc::boxed::Box<dyn crate::vms::VmService>) {
-        self.api.vms = vms;
+    /// The host's VMs changed (`HostState::vms`): each VM's console port listens from the next
+    /// poll on (and after every restart of the interface).
+    pub fn vms_changed(&mut self) {
         if let Some(stack) = self.stack.as_mut() {
             crate::console::close(&mut stack.sockets, core::mem::take(&mut stack.consoles));
-            stack.consoles = crate::console::open(&mut stack.sockets, &*self.api.vms, &mut self.log);
+            stack.consoles_open = false;
         }
     }
 
@@ -309,7 +307,12 @@ impl ManagementNetwork {
     /// Starts fetching a first boot's kickstart from `url` (`http://`, or `https://` with `tls`)
     /// as soon as the management interface has an address; the result is applied and stored
     /// through the API state.
-    pub fn fetch_kickstart(&mut self, url: &str, tls: Option<KickstartTls>) -> Result<(), String> {
+    pub fn fetch_kickstart(
+        &mut self,
+        host: &HostState,
+        url: &str,
+        tls: Option<KickstartTls>,
+    ) -> Result<(), String> {
         let parsed = HttpUrl::parse(url)?;
         if parsed.tls && tls.is_none() {
             return Err(format!("{url}: no TLS trust settings were given for an https:// URL"));
@@ -331,7 +334,7 @@ impl ManagementNetwork {
             attempts: 0,
             next_try: 0,
             attempt_started: 0,
-            generation: self.api.generation,
+            generation: host.generation,
             attempt: None,
         });
         Ok(())
@@ -357,7 +360,7 @@ impl ManagementNetwork {
             checks.push(Check { label: format!("Pinging {which} DNS server ({d})."), ok: None });
             targets.push(Some(*d));
         }
-        let name = &self.api.host.network.hostname;
+        let name = &self.running.hostname;
         checks.push(Check { label: format!("Resolving hostname ({name})."), ok: None });
         targets.push(None);
         if status.address.is_none() {
@@ -399,7 +402,7 @@ impl ManagementNetwork {
         let resolve = t.checks.len() - 1;
         if !t.resolve_started {
             t.resolve_started = true;
-            let name = self.api.host.network.hostname.clone();
+            let name = self.running.hostname.clone();
             let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
             match dns_socket.start_query(stack.iface.context(), &name, DnsQueryType::A) {
                 Ok(q) => t.query = Some(q),
@@ -472,14 +475,14 @@ impl ManagementNetwork {
     /// The address shown on the console: (host name, IPv4 address, whether by DHCP).
     pub fn console_address(&self) -> (String, Option<Ipv4Addr>, bool) {
         (
-            self.api.host.network.hostname.clone(),
+            self.running.hostname.clone(),
             self.api.status.address.map(|a| a.0),
-            matches!(self.api.host.network.ipv4, Ipv4Mode::Dhcp),
+            matches!(self.running.ipv4, Ipv4Mode::Dhcp),
         )
     }
 
-    fn refresh_links(&mut self) {
-        for (info, n) in self.api.nics.iter_mut().zip(self.nics.iter_mut()) {
+    fn refresh_links(&mut self, nics: &mut [ManagedNic]) {
+        for (info, n) in self.api.nics.iter_mut().zip(nics.iter_mut()) {
             let up = n.nic.link_up();
             if up != info.link && self.last_link_check != 0 {
                 self.log.push(format!("{}: link {}", info.name, if up { "up" } else { "down" }));
@@ -488,14 +491,14 @@ impl ManagementNetwork {
         }
     }
 
-    fn start(&mut self, now: u64) {
-        let cfg = self.api.host.network.clone();
+    fn start(&mut self, nics: &mut [ManagedNic], now: u64) {
+        let cfg = self.running.clone();
         self.had_lease = false;
-        let Some(uplink) = self.nics.iter().position(|n| n.name == cfg.uplink) else {
+        let Some(uplink) = nics.iter().position(|n| n.name == cfg.uplink) else {
             self.log.push(format!(
                 "management network: no NIC named {} ({} NICs present); management interface down",
                 cfg.uplink,
-                self.nics.len()
+                nics.len()
             ));
             self.api.status =
                 InterfaceStatus { state: InterfaceState::NoUplink, ..InterfaceStatus::default() };
@@ -503,13 +506,13 @@ impl ManagementNetwork {
             return;
         };
         let mut stats = PortStats::default();
-        let mac = self.nics[uplink].nic.mac();
+        let mac = nics[uplink].nic.mac();
         let mut iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         self.restarts += 1;
         iface_cfg.random_seed = self.seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         iface_cfg.slaac = cfg.ipv6 == Ipv6Mode::Auto;
         let mut iface = {
-            let mut port = Port { nic: &mut *self.nics[uplink].nic, vlan: cfg.vlan, stats: &mut stats };
+            let mut port = Port { nic: &mut *nics[uplink].nic, vlan: cfg.vlan, stats: &mut stats };
             Interface::new(iface_cfg, &mut port, instant(now))
         };
         if cfg.ipv6 != Ipv6Mode::Disabled {
@@ -588,7 +591,7 @@ impl ManagementNetwork {
                 resolving: None,
             });
         }
-        let n = &self.nics[uplink];
+        let n = &nics[uplink];
         let mode = match cfg.ipv4 {
             Ipv4Mode::Dhcp => String::from("DHCP"),
             Ipv4Mode::Static { address, prefix, gateway } => format!(
@@ -608,7 +611,7 @@ impl ManagementNetwork {
             "management network: {} ({}, MAC {}), {}{v6}{}, host name {}",
             n.name,
             n.driver,
-            api::mac_string(&mac),
+            mac_string(&mac),
             mode,
             cfg.vlan.map(|v| format!(", VLAN {v}")).unwrap_or_default(),
             cfg.hostname
@@ -621,9 +624,19 @@ impl ManagementNetwork {
         );
         let _ = ping.bind(icmp::Endpoint::Ident(PING_IDENT));
         let icmp = sockets.add(ping);
-        let consoles = crate::console::open(&mut sockets, &*self.api.vms, &mut self.log);
-        self.stack =
-            Some(Stack { uplink, vlan: cfg.vlan, iface, sockets, dhcp, dns, icmp, conns, consoles, stats });
+        self.stack = Some(Stack {
+            uplink,
+            vlan: cfg.vlan,
+            iface,
+            sockets,
+            dhcp,
+            dns,
+            icmp,
+            conns,
+            consoles: Vec::new(),
+            consoles_open: false,
+            stats,
+        });
     }
 
     fn host_name_option(&mut self, name: &str) -> &'static [DhcpOption<'static>] {
@@ -638,36 +651,34 @@ impl ManagementNetwork {
     }
 
     /// Stops the interface and starts it again with the current configuration.
-    pub fn restart(&mut self, now: u64) {
+    pub fn restart(&mut self, nics: &mut [ManagedNic], now: u64) {
         self.log.push(String::from("management network: restarting"));
         self.stack = None;
-        self.start(now);
+        self.start(nics, now);
     }
 
     /// Replaces the configuration (already validated) and restarts the interface.
-    pub fn reconfigure(&mut self, cfg: ManagementConfig, now: u64) {
-        self.api.host.network = cfg;
+    pub fn reconfigure(&mut self, nics: &mut [ManagedNic], cfg: ManagementConfig, now: u64) {
+        self.running = cfg;
         self.api.pending = None;
         self.apply_at = None;
-        self.restart(now);
+        self.restart(nics, now);
     }
 
     /// Does all pending network work. Returns true if anything happened (frames moved, requests
     /// served), so the caller can keep polling instead of sleeping.
-    pub fn poll(&mut self, now: u64) -> bool {
-        self.api.now_ms = now;
-        tls::server::set_clock(
-            self.api.unix_now().unwrap_or(tls::server::JAN_2025.saturating_add(now / 1000)),
-        );
+    pub fn poll(&mut self, host: &mut HostState, nics: &mut [ManagedNic], now: u64) -> bool {
+        host.now_ms = now;
+        tls::server::set_clock(host.unix_now().unwrap_or(tls::server::JAN_2025.saturating_add(now / 1000)));
         if now.saturating_sub(self.last_renewal_check) >= 3_600_000 {
             self.last_renewal_check = now;
-            self.api.renew_https_if_due();
+            host.renew_https_if_due();
         }
-        if !self.api.notes.is_empty() {
-            self.log.append(&mut self.api.notes);
+        if !host.notes.is_empty() {
+            self.log.append(&mut host.notes);
         }
         if now.saturating_sub(self.last_link_check) >= 1000 {
-            self.refresh_links();
+            self.refresh_links(nics);
             self.last_link_check = now.max(1);
         }
         if self.api.pending.is_some() && self.apply_at.is_none() {
@@ -677,34 +688,38 @@ impl ManagementNetwork {
             if now >= at {
                 if let Some(cfg) = self.api.pending.take() {
                     self.log.push(String::from("management network: applying new settings from the API"));
-                    self.reconfigure(cfg, now);
+                    self.reconfigure(nics, cfg, now);
                 }
                 self.apply_at = None;
             }
         }
-        let configured_dns = self.api.host.network.dns.clone();
+        let configured_dns = self.running.dns.clone();
         let Some(stack) = self.stack.as_mut() else { return false };
-        let nic = &mut *self.nics[stack.uplink].nic;
-        let mut port = Port { nic, vlan: stack.vlan, stats: &mut stack.stats };
+        if !stack.consoles_open {
+            stack.consoles = crate::console::open(&mut stack.sockets, &*host.vms, &mut self.log);
+            stack.consoles_open = true;
+        }
+        let Some(uplink) = nics.get_mut(stack.uplink) else { return false };
+        let mut port = Port { nic: &mut *uplink.nic, vlan: stack.vlan, stats: &mut stack.stats };
         let before = port.stats.rx_frames + port.stats.tx_frames;
         let mut busy = stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
         if let Some(h) = stack.dhcp {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
-        busy |= serve_http(stack, &mut self.api, now);
+        busy |= serve_http(stack, &mut self.api, host, now);
         busy |= crate::console::serve(
             &mut stack.sockets,
             &mut stack.consoles,
-            &mut *self.api.vms,
-            &mut self.api.root,
-            self.api.https.as_ref().map(|h| &h.config),
+            &mut *host.vms,
+            &mut host.root,
+            host.https.as_ref().map(|h| &h.config),
             now,
         );
-        busy |= self.poll_download(now);
+        busy |= self.poll_download(host, now);
         self.poll_test(now);
         let Some(stack) = self.stack.as_mut() else { return busy };
-        let mut port =
-            Port { nic: &mut *self.nics[stack.uplink].nic, vlan: stack.vlan, stats: &mut stack.stats };
+        let Some(uplink) = nics.get_mut(stack.uplink) else { return busy };
+        let mut port = Port { nic: &mut *uplink.nic, vlan: stack.vlan, stats: &mut stack.stats };
         busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
         // Router advertisements add and expire addresses: keep the status current (no allocation
         // unless it changed).
@@ -727,9 +742,9 @@ fn ipv6_cidrs(iface: &Interface) -> impl Iterator<Item = (Ipv6Addr, u8)> + '_ {
 
 impl ManagementNetwork {
     /// Moves the kickstart download on: one step per call, never blocking.
-    fn poll_download(&mut self, now: u64) -> bool {
+    fn poll_download(&mut self, host: &mut HostState, now: u64) -> bool {
         let Some(d) = self.download.as_mut() else { return false };
-        if self.api.generation != d.generation {
+        if host.generation != d.generation {
             self.log.push(format!(
                 "first boot: kickstart {} abandoned: the configuration was changed through the API",
                 d.display
@@ -767,7 +782,7 @@ impl ManagementNetwork {
                 false
             }
             Ok(None) => false,
-            Err(Ok(body)) => self.download_done(body, now),
+            Err(Ok(body)) => self.download_done(host, body, now),
             Err(Err(e)) => self.download_failed(e, now),
         }
     }
@@ -803,7 +818,7 @@ impl ManagementNetwork {
         self.download = None;
     }
 
-    fn download_done(&mut self, body: Vec<u8>, now: u64) -> bool {
+    fn download_done(&mut self, host: &mut HostState, body: Vec<u8>, now: u64) -> bool {
         let Some(d) = self.download.take() else { return false };
         let text = match String::from_utf8(body) {
             Ok(t) => t,
@@ -819,12 +834,15 @@ impl ManagementNetwork {
             d.attempts,
             now.saturating_sub(d.attempt_started)
         ));
-        match self.api.apply_kickstart(&d.display, &text) {
-            Ok(notes) => {
+        match host.apply_kickstart(&d.display, &text, &self.api.nics) {
+            Ok((notes, network)) => {
+                if network.is_some() {
+                    self.api.pending = network;
+                }
                 for n in notes {
                     self.log.push(format!("first boot: kickstart {}: {n}", d.display));
                 }
-                let stored = self.api.store_json();
+                let stored = host.store_json();
                 self.log.push(format!(
                     "first boot: kickstart {} applied{}",
                     d.display,
@@ -1130,7 +1148,7 @@ fn handle_dhcp(
 }
 
 /// Runs every HTTP connection's state machine once. Returns true if any made progress.
-fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
+fn serve_http(stack: &mut Stack, api: &mut ApiState, host: &mut HostState, now: u64) -> bool {
     let mut busy = false;
     // Listeners per port ([HTTP, HTTPS]). Connections waiting for a peer that never acknowledges
     // the close are recycled when a port's free slots run short.
@@ -1162,7 +1180,7 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
                     match open {
                         // This client holds its share already: the others' slots stay free.
                         Some((_, n)) if *n >= HTTPS_PER_SOURCE => s.abort(),
-                        open => match api
+                        open => match host
                             .https
                             .as_ref()
                             .map(|h| tls::server::TlsServerSession::new(h.config.clone()))
@@ -1211,7 +1229,7 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, now: u64) -> bool {
                 }
             }
             tcp::State::Established | tcp::State::CloseWait => {
-                busy |= serve_connection(stack, c, api, now, state, restart_pending);
+                busy |= serve_connection(stack, c, api, host, now, state, restart_pending);
             }
         }
     }
@@ -1230,6 +1248,7 @@ fn serve_connection(
     stack: &mut Stack,
     c: &mut Conn,
     api: &mut ApiState,
+    host: &mut HostState,
     now: u64,
     state: tcp::State,
     restart_pending: bool,
@@ -1329,7 +1348,7 @@ fn serve_connection(
                 c.inbuf.drain(..used);
                 c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
                 let reply = if c.port == HTTPS_PORT {
-                    api::handle(api, &req, now)
+                    api::handle(api, host, &req, now)
                 } else {
                     Reply::Now(redirect(&req, s.local_endpoint().map(|e| e.addr)))
                 };
@@ -1489,22 +1508,26 @@ fn redirect(req: &Request, local: Option<IpAddress>) -> Response {
 mod tests {
     use super::*;
     use crate::api::HostFacts;
-    use crate::api::Persistence;
     use crate::auth::{PasswordHash, MIN_ITERATIONS};
-    use crate::nic::FakeNic;
+    use crate::host::Persistence;
+    use crate::nic::{FakeNic, Nic};
     use base64::Engine;
     use ember_storage::hostconfig::HostConfig;
 
     const SERVER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 
-    fn api_state(cfg: ManagementConfig) -> ApiState {
+    fn api_state() -> ApiState {
+        ApiState::new(HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() })
+    }
+
+    fn host_state(cfg: ManagementConfig) -> HostState {
         // The HTTPS key is made from the TLS random source.
         tls::crypto::seed([5; 32]);
-        let mut host = HostConfig::defaults(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode());
-        host.network = cfg;
-        let facts = HostFacts { version: "0.1.0".into(), cpus: 1, ..HostFacts::default() };
-        ApiState::new(facts, host, Persistence::None("test".into()), [4; 32], 7).unwrap()
+        let mut config =
+            HostConfig::defaults(PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode());
+        config.network = cfg;
+        HostState::new(config, Persistence::None("test".into()), [4; 32], 7).unwrap()
     }
 
     fn static_cfg(vlan: Option<u16>) -> ManagementConfig {
@@ -1613,6 +1636,8 @@ mod tests {
 
     struct World {
         server: ManagementNetwork,
+        host: HostState,
+        nics: Vec<ManagedNic>,
         client: Client,
         now: u64,
     }
@@ -1620,18 +1645,19 @@ mod tests {
     impl World {
         fn new(cfg: ManagementConfig, client_vlan: Option<u16>) -> Self {
             let (a, b) = FakeNic::pair(SERVER_MAC, CLIENT_MAC);
-            let nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(a) }];
-            let server = ManagementNetwork::new(nics, api_state(cfg), 42, 0);
+            let mut nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(a) }];
+            let mut host = host_state(cfg);
+            let server = ManagementNetwork::new(&mut nics, api_state(), &mut host, 42, 0);
             let mut client = Client::new(b, client_vlan);
-            let pem = &server.api.https.as_ref().expect("an HTTPS certificate was made").stored.chain_pem;
+            let pem = &host.https.as_ref().expect("an HTTPS certificate was made").stored.chain_pem;
             client.trust = Some(Trust::from_pem("pinned.pem", pem.as_bytes()).unwrap());
-            World { server, client, now: 0 }
+            World { server, host, nics, client, now: 0 }
         }
 
         fn step(&mut self) {
             self.now += 5;
             self.client.poll(self.now);
-            self.server.poll(self.now);
+            self.server.poll(&mut self.host, &mut self.nics, self.now);
         }
 
         fn run_until(&mut self, ms: u64, mut done: impl FnMut(&mut Client) -> bool) -> bool {
@@ -1758,7 +1784,9 @@ mod tests {
         let mut w = World::new(static_cfg(None), None);
         let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"Linux version 6.1\n".to_vec()));
         let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
-        w.server.set_vms(Box::new(ConsoleVms { output: output.clone(), input: input.clone() }));
+        w.host.vms = Box::new(ConsoleVms { output: output.clone(), input: input.clone() });
+        w.server.vms_changed();
+        w.step(); // the consoles open at the next poll
         assert!(w
             .server
             .take_log()
@@ -1857,7 +1885,7 @@ mod tests {
         w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
         assert!(w.response(h, 5_000).starts_with("HTTP/1.1 200 "));
         w.server.take_log();
-        w.server.restart_agents(w.now);
+        w.server.restart_agents(&mut w.host, w.now);
         assert_eq!(w.server.take_log(), ["management agents restarted: 1 API connections dropped"]);
         // The kept-alive connection is reset; a new one is served as before.
         assert!(w.run_until(5_000, |c| !c.sockets.get::<tcp::Socket>(h).is_active()), "connection not reset");
@@ -1910,7 +1938,7 @@ mod tests {
         let h = w.client.connect(40023);
         w.send(h, format!("GET /api/v1/host HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes());
         let r = w.response(h, 5_000);
-        let fingerprint = w.server.api.https.as_ref().unwrap().info.fingerprint();
+        let fingerprint = w.host.https.as_ref().unwrap().info.fingerprint();
         assert!(r.starts_with("HTTP/1.1 200 ") && r.contains(&fingerprint), "{r}");
     }
 
@@ -2116,7 +2144,7 @@ mod tests {
         let mut w = World::new(cfg, None);
         assert_eq!(w.server.api.status.state, InterfaceState::NoUplink);
         assert!(w.server.take_log().iter().any(|l| l.contains("no NIC named vmnic3")));
-        assert!(!w.server.poll(10));
+        assert!(!w.server.poll(&mut w.host, &mut w.nics, 10));
     }
 
     /// The client host serves scripted HTTP answers on port 8000, one connection per answer (a
@@ -2172,7 +2200,7 @@ mod tests {
     #[test]
     fn kickstart_fetch_retries_server_errors_then_applies_it() {
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks/host.cfg", None).unwrap();
+        w.server.fetch_kickstart(&w.host, "http://10.0.0.2:8000/ks/host.cfg", None).unwrap();
         let ok = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{KICKSTART}", KICKSTART.len());
         let requests = serve_kickstart(
             &mut w,
@@ -2203,17 +2231,17 @@ mod tests {
             log.contains("fetched") && log.contains("applied (not stored: no configuration store)"),
             "{log}"
         );
-        assert_eq!(w.server.api.host.keyboard, "German");
-        assert_eq!(w.server.api.host.network.hostname, "esx-fetched");
-        assert_eq!(w.server.api.root.hash().scheme(), "sha512-crypt");
+        assert_eq!(w.host.config.keyboard, "German");
+        assert_eq!(w.host.config.network.hostname, "esx-fetched");
+        assert_eq!(w.host.root.hash().scheme(), "sha512-crypt");
         assert_eq!(w.server.take_notice(), Some(None));
     }
 
     #[test]
     fn kickstart_fetch_retries_refused_connections_and_a_404_is_final() {
         let mut w = World::new(static_cfg(None), None);
-        let before = w.server.api.host.clone();
-        w.server.fetch_kickstart("http://10.0.0.2:8000/missing.cfg", None).unwrap();
+        let before = w.host.config.clone();
+        w.server.fetch_kickstart(&w.host, "http://10.0.0.2:8000/missing.cfg", None).unwrap();
         let requests = serve_kickstart(
             &mut w,
             &[None, None, Some("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")],
@@ -2228,7 +2256,7 @@ mod tests {
             "{log}"
         );
         assert!(!w.server.downloading());
-        assert_eq!(w.server.api.host, before, "nothing applied");
+        assert_eq!(w.host.config, before, "nothing applied");
         let notice = w.server.take_notice().unwrap().unwrap();
         assert!(notice.contains("HTTP 404 Not Found") && notice.contains("Nothing was applied"), "{notice}");
     }
@@ -2236,19 +2264,19 @@ mod tests {
     #[test]
     fn a_bad_fetched_kickstart_names_its_line_and_an_api_change_wins_over_a_download() {
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg", None).unwrap();
+        w.server.fetch_kickstart(&w.host, "http://10.0.0.2:8000/ks.cfg", None).unwrap();
         let bad = "vmaccepteula\nrootpw long-enough\n%include more.cfg\n";
         let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{bad}", bad.len());
         serve_kickstart(&mut w, &[Some(&answer)], 60_000);
         let log = w.server.take_log().join("\n");
         assert!(log.contains("error parsing the installation script: http://10.0.0.2:8000/ks.cfg:line 3: %include more.cfg: cannot read more.cfg: includes are not supported"), "{log}");
-        assert_eq!(w.server.api.host.keyboard, "US Default");
+        assert_eq!(w.host.config.keyboard, "US Default");
 
         let mut w = World::new(static_cfg(None), None);
-        w.server.fetch_kickstart("http://10.0.0.2:8000/ks.cfg", None).unwrap();
-        let mut host = w.server.api.host.clone();
+        w.server.fetch_kickstart(&w.host, "http://10.0.0.2:8000/ks.cfg", None).unwrap();
+        let mut host = w.host.config.clone();
         host.keyboard = "French".into();
-        w.server.api.commit(host).unwrap();
+        w.host.commit(host).unwrap();
         w.step();
         assert!(!w.server.downloading());
         assert!(w

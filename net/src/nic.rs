@@ -1,4 +1,5 @@
-//! The NIC interface (layer 2) and its smoltcp adapter with optional 802.1Q tagging.
+//! The smoltcp adapter for a NIC ([`Nic`], defined with the drivers in `ember_hw::nic`), with optional
+//! 802.1Q tagging.
 //!
 //! Drivers (virtio-net, e1000e) implement [`Nic`] by copying frames in and out of their DMA buffers;
 //! [`Port`] turns one NIC into a smoltcp `phy::Device`, adding and removing the management VLAN tag
@@ -17,20 +18,7 @@ pub const MAX_FRAME: usize = 1518;
 pub const MAX_UNTAGGED_FRAME: usize = 1514;
 const TPID_8021Q: u16 = 0x8100;
 
-/// A network interface card, as the management plane sees it.
-pub trait Nic {
-    /// Station address.
-    fn mac(&self) -> [u8; 6];
-    /// Whether the link is up (as the device reports it).
-    fn link_up(&mut self) -> bool;
-    /// Copies the next received frame into `buf` and returns its length, or `None` when no frame is
-    /// waiting. Frames larger than `buf` are dropped by the driver.
-    fn receive(&mut self, buf: &mut [u8]) -> Option<usize>;
-    /// Whether a frame can be queued for transmission now.
-    fn can_transmit(&mut self) -> bool;
-    /// Queues one frame; returns false when it was dropped (ring full, frame too large).
-    fn transmit(&mut self, frame: &[u8]) -> bool;
-}
+pub use ember_hw::nic::Nic;
 
 /// Frame counters of one port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

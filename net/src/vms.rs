@@ -13,33 +13,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{json, Value};
 
-/// A VM's lifecycle state as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmState {
-    /// Defined, not running (never started, or stopped: see the exit reason).
-    Stopped,
-    /// Being set up (memory, kernel) or waiting for a CPU.
-    Starting,
-    Running,
-    /// The definition or its files cannot be used; the exit reason says why.
-    Invalid,
-    /// The CPU running one of its vCPUs stopped (a fault in the hypervisor's own code for this
-    /// VM); the exit reason says what happened. It cannot be started again before the host
-    /// restarts (its memory and devices stay with the stopped CPU).
-    Failed,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Stopped => "stopped",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Invalid => "invalid",
-            VmState::Failed => "failed",
-        }
-    }
-}
+pub use ember_vmm::runtime::{VmError, VmState};
 
 /// What the API shows of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,16 +46,6 @@ pub enum VmAction {
     Start,
     Stop,
     Reset,
-}
-
-/// Why a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VmError {
-    NotFound,
-    /// Not possible in this state; the text says why.
-    Conflict(String),
-    /// The host cannot do it (no virtualization, no memory); the text says why.
-    Unavailable(String),
 }
 
 /// The hypervisor as the API sees it.

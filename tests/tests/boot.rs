@@ -1,4 +1,5 @@
 //! Boot the real image the way a user does and check what the consoles show.
+#![forbid(unsafe_code)]
 
 use ember_systests::*;
 use std::time::Duration;

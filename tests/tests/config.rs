@@ -1,6 +1,7 @@
 //! The configuration lifecycle, seen the way an administrator sees it: the first boot stores the
 //! configuration on the boot media, changes made through the API are stored before they are
 //! acknowledged, and a reboot of the same media comes back with them.
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

@@ -4,6 +4,7 @@
 //! across a power-off), Test Management Network (the gateway answers), Network Restore Options (back
 //! to DHCP), Reset System Configuration back to a first boot, and F12 Shut Down ending
 //! QEMU. Screens are read through a terminal emulator (`vt100`).
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

@@ -1,5 +1,6 @@
 //! `ember-image` as a user runs it, with independent tools (sgdisk, mtools, fsck.vfat) checking that
 //! what it writes is standard GPT and FAT32.
+#![forbid(unsafe_code)]
 
 use ember_systests::*;
 use std::process::Command;

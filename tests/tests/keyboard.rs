@@ -3,6 +3,7 @@
 //! German layout in Configure Keyboard and types a new root password with it (checked on the API:
 //! the characters are the German ones); then the USB keyboard is unplugged and the PS/2 keyboard
 //! (the q35 machine's i8042) logs in with the same German keys and shuts the host down with F12.
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

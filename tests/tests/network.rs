@@ -1,6 +1,7 @@
 //! The management network and API, driven from outside the way an administrator's tools reach them:
 //! QEMU user networking with a port forward (virtio-net, e1000e), and network namespaces with a tap
 //! cable, a real DHCP/DNS server (dnsmasq), ping and raw hostile frames.
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

@@ -2,6 +2,7 @@
 //! random moments while a client keeps changing the configuration through the API; every next boot
 //! must come back with the last acknowledged configuration or the one whose write was in flight,
 //! never anything else, never a damaged or empty store.
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

@@ -9,6 +9,7 @@
 //! the host. (Three VMs: a fourth copy of the 9 MiB guest would not fit the image's 36 MiB ESP.)
 //! A second image holds the hostile-guest suite: a guest that abuses every device of its VM while
 //! another VM keeps printing and the API keeps answering.
+#![forbid(unsafe_code)]
 
 use ember_systests::net::*;
 use ember_systests::*;

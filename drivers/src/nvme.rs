@@ -1,0 +1,304 @@
+//! NVMe (NVM Express Base Specification 2.0) controller, polled, behind the storage layer's
+//! [`BlockDevice`]: namespace 1 of each controller, through one I/O queue pair.
+//!
+//! Register, queue entry and command layouts from the specification (section numbers in comments),
+//! through the platform's [`MmioRegion`] and [`DmaBuffer`]. Data moves through a 64 KiB bounce buffer
+//! described by PRP entries (a PRP list for more than two pages), within the controller's maximum
+//! transfer size. Flush (opcode 0) makes writes durable. Every command has a time-out; a controller
+//! that reports a fatal status is left alone. Not built: other namespaces, interrupts, more queues.
+
+use alloc::format;
+use alloc::string::String;
+use ember_hw::mm::frames::FrameAllocator;
+use ember_platform::arch::x86_64::dma::DmaBuffer;
+use ember_platform::arch::x86_64::mmio::MmioRegion;
+use ember_platform::arch::x86_64::timer;
+use ember_platform::firmware::pcie::PciFunction;
+use ember_storage::block::{BlockDevice, IoError};
+
+// Controller registers (3.1).
+const CAP: u64 = 0x00;
+const CC: u64 = 0x14;
+const CSTS: u64 = 0x1c;
+const AQA: u64 = 0x24;
+const ASQ: u64 = 0x28;
+const ACQ: u64 = 0x30;
+const DOORBELLS: u64 = 0x1000;
+const CC_ENABLE: u32 = 1;
+const CSTS_READY: u32 = 1;
+const CSTS_FATAL: u32 = 1 << 1;
+
+// Opcodes (5, 7).
+const ADMIN_CREATE_SQ: u8 = 0x01;
+const ADMIN_CREATE_CQ: u8 = 0x05;
+const ADMIN_IDENTIFY: u8 = 0x06;
+const IO_FLUSH: u8 = 0x00;
+const IO_WRITE: u8 = 0x01;
+const IO_READ: u8 = 0x02;
+
+const QUEUE_ENTRIES: usize = 32;
+const SQ_ENTRY: usize = 64;
+const CQ_ENTRY: usize = 16;
+const PAGE: usize = 4096;
+const BOUNCE: usize = 64 * 1024;
+const COMMAND_TIMEOUT_MS: u64 = 10_000;
+
+/// A submission queue and its completion queue.
+struct QueuePair {
+    id: u16,
+    sq: DmaBuffer,
+    cq: DmaBuffer,
+    tail: usize,
+    head: usize,
+    phase: bool,
+    next_cid: u16,
+}
+
+impl QueuePair {
+    fn new(id: u16) -> Result<QueuePair, String> {
+        Ok(QueuePair {
+            id,
+            sq: DmaBuffer::new(QUEUE_ENTRIES * SQ_ENTRY).ok_or("out of memory")?,
+            cq: DmaBuffer::new(QUEUE_ENTRIES * CQ_ENTRY).ok_or("out of memory")?,
+            tail: 0,
+            head: 0,
+            phase: true,
+            next_cid: 0,
+        })
+    }
+}
+
+/// A command's fields beyond the opcode: (nsid, prp1, prp2, cdw10, cdw11, cdw12).
+type Fields = (u32, u64, u64, u32, u32, u32);
+
+pub struct Nvme {
+    regs: MmioRegion,
+    stride: u64,
+    admin: QueuePair,
+    io: QueuePair,
+    bounce: DmaBuffer,
+    prp_list: DmaBuffer,
+    block_size: u32,
+    blocks: u64,
+    /// Largest transfer per command, in bytes.
+    max_transfer: usize,
+    pub model: String,
+}
+
+impl Nvme {
+    fn write64(&self, offset: u64, v: u64) {
+        self.regs.write32(offset, v as u32);
+        self.regs.write32(offset + 4, (v >> 32) as u32);
+    }
+
+    fn wait_ready(&self, ready: bool, timeout_ms: u64) -> Result<(), String> {
+        let end = timer::now_ms() + timeout_ms;
+        loop {
+            let csts = self.regs.read32(CSTS);
+            if csts & CSTS_FATAL != 0 {
+                return Err(String::from("the controller reports a fatal status"));
+            }
+            if (csts & CSTS_READY != 0) == ready {
+                return Ok(());
+            }
+            if timer::now_ms() > end {
+                return Err(format!(
+                    "the controller did not become {} within {timeout_ms} ms",
+                    if ready { "ready" } else { "idle" }
+                ));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Resets and enables the controller (3.5.1), identifies it and namespace 1, creates I/O queue 1.
+    pub fn new(f: &PciFunction, frames: &mut FrameAllocator) -> Result<Nvme, String> {
+        let regs = f.map_memory_bar(0, frames).ok_or("no register BAR")?;
+        if regs.len() < 0x2000 {
+            return Err(String::from("register window too small"));
+        }
+        f.enable_memory_and_dma();
+        let cap = regs.read32(CAP) as u64 | (regs.read32(CAP + 4) as u64) << 32;
+        let stride = 4u64 << ((cap >> 32) & 0xf);
+        let timeout_ms = ((cap >> 24) & 0xff).max(1) * 500;
+        let max_entries = (cap & 0xffff) as usize + 1;
+        if max_entries < 2 || (cap >> 37) & 1 == 0 {
+            return Err(String::from("the controller does not support the NVM command set"));
+        }
+        if DOORBELLS + 4 * stride > regs.len() {
+            return Err(String::from("doorbells outside the register window"));
+        }
+        let mut n = Nvme {
+            regs,
+            stride,
+            admin: QueuePair::new(0)?,
+            io: QueuePair::new(1)?,
+            bounce: DmaBuffer::new(BOUNCE).ok_or("out of memory")?,
+            prp_list: DmaBuffer::new(PAGE).ok_or("out of memory")?,
+            block_size: 512,
+            blocks: 0,
+            max_transfer: BOUNCE,
+            model: String::new(),
+        };
+        let entries = QUEUE_ENTRIES.min(max_entries);
+        n.regs.write32(CC, 0);
+        n.wait_ready(false, timeout_ms)?;
+        n.regs.write32(AQA, ((entries as u32 - 1) << 16) | (entries as u32 - 1));
+        n.write64(ASQ, n.admin.sq.phys());
+        n.write64(ACQ, n.admin.cq.phys());
+        // NVM command set, 4 KiB pages, 64-byte submission and 16-byte completion entries.
+        n.regs.write32(CC, CC_ENABLE | (6 << 16) | (4 << 20));
+        n.wait_ready(true, timeout_ms)?;
+
+        let identify = n.bounce.phys();
+        n.admin_command(ADMIN_IDENTIFY, (0, identify, 0, 1, 0, 0))?;
+        let mut id = [0u8; PAGE];
+        n.bounce.read(0, &mut id);
+        n.model = String::from_utf8_lossy(&id[24..64]).trim().into();
+        let mdts = id[77];
+        if mdts != 0 {
+            let mpsmin = PAGE << ((cap >> 48) & 0xf);
+            n.max_transfer = BOUNCE.min(mpsmin.checked_shl(mdts as u32).unwrap_or(BOUNCE));
+        }
+        n.admin_command(ADMIN_IDENTIFY, (1, identify, 0, 0, 0, 0))?;
+        n.bounce.read(0, &mut id);
+        let nsze = u64::from_le_bytes(id[0..8].try_into().expect("8 bytes"));
+        let format = (id[26] & 0xf) as usize;
+        let lbads = id[128 + 4 * format + 2];
+        if !(9..=16).contains(&lbads) || nsze == 0 {
+            return Err(format!("namespace 1 unusable (size {nsze}, block size 2^{lbads})"));
+        }
+        n.block_size = 1 << lbads;
+        n.blocks = nsze;
+        let q = (entries as u32 - 1) << 16 | 1;
+        let (cq, sq) = (n.io.cq.phys(), n.io.sq.phys());
+        n.admin_command(ADMIN_CREATE_CQ, (0, cq, 0, q, 1, 0))?;
+        n.admin_command(ADMIN_CREATE_SQ, (0, sq, 0, q, (1 << 16) | 1, 0))?;
+        Ok(n)
+    }
+
+    fn admin_command(&mut self, opcode: u8, fields: Fields) -> Result<u32, String> {
+        let (regs, stride) = (&self.regs, self.stride);
+        submit(regs, stride, &mut self.admin, opcode, fields)
+    }
+
+    fn io_command(&mut self, opcode: u8, fields: Fields) -> Result<u32, String> {
+        let (regs, stride) = (&self.regs, self.stride);
+        submit(regs, stride, &mut self.io, opcode, fields)
+    }
+
+    /// PRP entries for `len` bytes of the bounce buffer (4.1.1).
+    fn prps(&self, len: usize) -> (u64, u64) {
+        let base = self.bounce.phys();
+        let pages = len.div_ceil(PAGE);
+        match pages {
+            0 | 1 => (base, 0),
+            2 => (base, base + PAGE as u64),
+            _ => {
+                for i in 1..pages {
+                    self.prp_list.write((i - 1) * 8, &(base + (i * PAGE) as u64).to_le_bytes());
+                }
+                (base, self.prp_list.phys())
+            }
+        }
+    }
+}
+
+/// Submits one command on `q` and waits for its completion; returns completion dword 0.
+fn submit(
+    regs: &MmioRegion,
+    stride: u64,
+    q: &mut QueuePair,
+    opcode: u8,
+    fields: Fields,
+) -> Result<u32, String> {
+    let (nsid, prp1, prp2, cdw10, cdw11, cdw12) = fields;
+    let cid = q.next_cid;
+    q.next_cid = q.next_cid.wrapping_add(1);
+    let mut e = [0u8; SQ_ENTRY];
+    e[0] = opcode;
+    e[2..4].copy_from_slice(&cid.to_le_bytes());
+    e[4..8].copy_from_slice(&nsid.to_le_bytes());
+    e[24..32].copy_from_slice(&prp1.to_le_bytes());
+    e[32..40].copy_from_slice(&prp2.to_le_bytes());
+    e[40..44].copy_from_slice(&cdw10.to_le_bytes());
+    e[44..48].copy_from_slice(&cdw11.to_le_bytes());
+    e[48..52].copy_from_slice(&cdw12.to_le_bytes());
+    q.sq.write(q.tail * SQ_ENTRY, &e);
+    q.tail = (q.tail + 1) % QUEUE_ENTRIES;
+    regs.write32(DOORBELLS + 2 * q.id as u64 * stride, q.tail as u32);
+    let end = timer::now_ms() + COMMAND_TIMEOUT_MS;
+    loop {
+        let mut c = [0u8; CQ_ENTRY];
+        q.cq.read(q.head * CQ_ENTRY, &mut c);
+        let dw3 = u32::from_le_bytes([c[12], c[13], c[14], c[15]]);
+        if (dw3 >> 16) & 1 == q.phase as u32 {
+            q.head += 1;
+            if q.head == QUEUE_ENTRIES {
+                q.head = 0;
+                q.phase = !q.phase;
+            }
+            regs.write32(DOORBELLS + (2 * q.id as u64 + 1) * stride, q.head as u32);
+            if dw3 & 0xffff != cid as u32 {
+                continue; // a stale completion; ours is still to come
+            }
+            let status = (dw3 >> 17) & 0x7fff;
+            if status != 0 {
+                return Err(format!(
+                    "command {opcode:#04x} failed (status type {}, code {:#04x})",
+                    (status >> 8) & 0x7,
+                    status & 0xff
+                ));
+            }
+            return Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        }
+        if timer::now_ms() > end {
+            return Err(format!("command {opcode:#04x} not completed within {COMMAND_TIMEOUT_MS} ms"));
+        }
+        core::hint::spin_loop();
+    }
+}
+
+impl super::Bounced for Nvme {
+    fn bounce(&self) -> &DmaBuffer {
+        &self.bounce
+    }
+
+    fn max_piece(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// One READ or WRITE of `len` bytes of the bounce buffer at block `lba`.
+    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+        let (prp1, prp2) = self.prps(len);
+        let count = (len / self.block_size as usize) as u32 - 1;
+        let opcode = if write { IO_WRITE } else { IO_READ };
+        self.io_command(opcode, (1, prp1, prp2, lba as u32, (lba >> 32) as u32, count)).map(|_| ()).map_err(
+            |e| IoError::Device(format!("NVMe {} at block {lba}: {e}", if write { "write" } else { "read" })),
+        )
+    }
+}
+
+impl BlockDevice for Nvme {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        super::read_bounced(self, lba, buf)
+    }
+
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        super::write_bounced(self, lba, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.io_command(IO_FLUSH, (1, 0, 0, 0, 0, 0))
+            .map(|_| ())
+            .map_err(|e| IoError::Device(format!("NVMe flush: {e}")))
+    }
+}

@@ -1,0 +1,325 @@
+//! The host's state, owned by the appliance: the configuration in force, the store it is saved in,
+//! the root account, the HTTPS identity, and the VMs. The management API, the DCUI, first boot (and
+//! later SSH) borrow it for each request or key press; every change goes through
+//! [`HostState::commit`], which saves and flushes before anything changes.
+
+use crate::api::NicInfo;
+use crate::auth::{AuthError, RootAccount, StoredHash};
+use crate::config::ManagementConfig;
+use crate::firstboot;
+use crate::tls::server::ServerIdentity;
+use crate::vms::{NoVms, VmService};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use ember_storage::hostconfig::HostConfig;
+use ember_storage::kickstart;
+use ember_storage::persist::HostStore;
+use serde_json::{json, Value};
+
+/// Where configuration changes go.
+pub enum Persistence {
+    /// The config store on the boot media.
+    Store(HostStore),
+    /// Nowhere: changes last until reboot. The text says why.
+    None(String),
+}
+
+/// Why a change was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// The configuration store could not be written; nothing changed.
+    Store(String),
+    /// The root password hash cannot be used.
+    Hash(AuthError),
+    /// The HTTPS key or certificate cannot be used.
+    Tls(String),
+}
+
+impl core::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CommitError::Store(e) => {
+                write!(f, "the configuration could not be saved, nothing was changed: {e}")
+            }
+            CommitError::Hash(e) => write!(f, "root_password_hash: {e}"),
+            CommitError::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The host's state (see the module docs).
+pub struct HostState {
+    /// The configuration in force (saved, when there is a store). Its `network` is what the
+    /// management interface runs with, except while a change waits to be applied.
+    pub config: HostConfig,
+    pub store: Persistence,
+    pub root: RootAccount,
+    /// The hypervisor's VMs.
+    pub vms: Box<dyn VmService>,
+    /// The HTTPS key and certificate in use ([`HostState::start_https`]); `None` only when none
+    /// could be made (no random source), and then the HTTPS port refuses connections.
+    pub https: Option<ServerIdentity>,
+    /// Number of changes committed since boot.
+    pub generation: u64,
+    /// Salt source for password changes (random per boot, advanced per use).
+    salt_state: u64,
+    /// The wall clock at boot (seconds since 1970), when the firmware gave one.
+    pub boot_unix: Option<i64>,
+    /// The management loop's clock, for changes that need the time.
+    pub now_ms: u64,
+    /// What happened that the log should say (taken by the management network).
+    pub notes: Vec<String>,
+}
+
+impl HostState {
+    /// The state for `config`: the root account verifies its password hash. `cache_key` and
+    /// `salt_seed` must be random per boot.
+    pub fn new(
+        config: HostConfig,
+        store: Persistence,
+        cache_key: [u8; 32],
+        salt_seed: u64,
+    ) -> Result<Self, AuthError> {
+        let root = RootAccount::new(StoredHash::decode(&config.root_password_hash)?, cache_key);
+        Ok(HostState {
+            config,
+            store,
+            root,
+            vms: Box::new(NoVms),
+            https: None,
+            generation: 0,
+            salt_state: salt_seed,
+            boot_unix: None,
+            now_ms: 0,
+            notes: Vec::new(),
+        })
+    }
+}
+
+impl HostState {
+    /// The wall clock now (seconds since 1970), when the host knows it.
+    pub fn unix_now(&self) -> Option<u64> {
+        self.boot_unix.map(|b| b.saturating_add((self.now_ms / 1000) as i64).max(0) as u64)
+    }
+
+    /// Loads the stored HTTPS key and certificate, or makes a self-signed pair for a host without
+    /// a usable one. The new pair is stored at once when the store holds a configuration; on a
+    /// host whose store is still empty (a first boot that stored nothing, for example after a bad
+    /// kickstart, so the next boot is a first boot again) it is kept in memory and stored with the
+    /// first change.
+    pub fn start_https(&mut self) {
+        if let Some(stored) = &self.config.tls {
+            match ServerIdentity::load(stored) {
+                Ok(id) => {
+                    self.https = Some(id);
+                    self.note_certificate("in use");
+                    self.renew_https_if_due();
+                    return;
+                }
+                Err(e) => self.notes.push(format!(
+                    "ERROR: the stored HTTPS certificate cannot be used ({e}); a new self-signed one is made"
+                )),
+            }
+        }
+        if matches!(&self.store, Persistence::Store(s) if s.in_use().is_none()) {
+            match crate::tls::server::self_signed(&self.config.network.hostname, self.unix_now()) {
+                Ok(id) => {
+                    self.config.tls = Some(id.stored.clone());
+                    self.https = Some(id);
+                    self.note_certificate("made (stored with the first configuration)");
+                }
+                Err(e) => self.notes.push(format!("ERROR: no HTTPS certificate could be made: {e}")),
+            }
+            return;
+        }
+        let mut host = self.config.clone();
+        host.tls = None;
+        if let Err(e) = self.commit(host) {
+            // Served all the same; the next boot makes another one.
+            self.notes.push(format!(
+                "ERROR: the new HTTPS certificate is not stored ({e}); it is used until the host restarts"
+            ));
+            if let Ok(id) = crate::tls::server::self_signed(&self.config.network.hostname, self.unix_now()) {
+                self.config.tls = Some(id.stored.clone());
+                self.https = Some(id);
+                self.note_certificate("made for this boot only");
+            }
+        }
+    }
+
+    /// Replaces a self-signed certificate that ends within [`RENEW_BEFORE_DAYS`] (when the host
+    /// knows the time); CA-signed certificates are the administrator's to replace.
+    ///
+    /// [`RENEW_BEFORE_DAYS`]: crate::tls::server::RENEW_BEFORE_DAYS
+    pub fn renew_https_if_due(&mut self) {
+        let (Some(now), Some(h)) = (self.unix_now(), self.https.as_ref()) else { return };
+        let due = h.info.not_after_unix.saturating_sub(crate::tls::server::RENEW_BEFORE_DAYS * 86_400);
+        if !h.info.self_signed || now < due {
+            return;
+        }
+        self.notes.push(format!(
+            "the self-signed HTTPS certificate ends on {}: a new one is made",
+            h.info.not_after
+        ));
+        let mut host = self.config.clone();
+        host.tls = None;
+        if let Err(e) = self.commit(host) {
+            self.notes.push(format!("ERROR: the HTTPS certificate could not be renewed: {e}"));
+        }
+    }
+
+    fn note_certificate(&mut self, what: &str) {
+        if let Some(i) = self.https.as_ref().map(|h| &h.info) {
+            let kind = if i.self_signed { "self-signed" } else { "issued by " };
+            let issuer = if i.self_signed { "" } else { i.issuer.as_str() };
+            self.notes.push(format!(
+                "HTTPS certificate {what}: {} ({kind}{issuer}), SHA-256 fingerprint {}",
+                i.subject,
+                i.fingerprint()
+            ));
+        }
+    }
+
+    /// Makes `new` the configuration in force: saved and flushed first when there is a store, so on a
+    /// failed write nothing changes. The management network is not restarted here (see `pending`).
+    ///
+    /// A configuration without an HTTPS key (a new host, Reset System Configuration) gets a new
+    /// self-signed one, stored with it.
+    pub fn commit(&mut self, mut new: HostConfig) -> Result<(), CommitError> {
+        let hash = if new.root_password_hash == self.config.root_password_hash {
+            None
+        } else {
+            Some(StoredHash::decode(&new.root_password_hash).map_err(CommitError::Hash)?)
+        };
+        let mut identity = None;
+        // A self-signed certificate names the host: a new host name gets a new one.
+        let renamed = new.network.hostname != self.config.network.hostname
+            && new.tls.as_ref().is_some_and(|t| t.self_signed)
+            && new.tls == self.config.tls;
+        if new.tls.is_none() || renamed {
+            let id = crate::tls::server::self_signed(&new.network.hostname, self.unix_now())
+                .map_err(|e| CommitError::Tls(format!("no HTTPS certificate could be made: {e}")))?;
+            new.tls = Some(id.stored.clone());
+            identity = Some(id);
+        } else if new.tls != self.config.tls {
+            let stored = new.tls.as_ref().ok_or(CommitError::Tls(String::new()))?;
+            identity = Some(ServerIdentity::load(stored).map_err(CommitError::Tls)?);
+        }
+        if let Persistence::Store(store) = &mut self.store {
+            store.save(&new).map_err(|e| CommitError::Store(e.to_string()))?;
+        }
+        if let Some(h) = hash {
+            self.root.set_hash(h);
+        }
+        if let Some(id) = identity {
+            self.https = Some(id);
+            self.note_certificate("made");
+        }
+        self.config = new;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Applies a kickstart fetched at first boot (`name` is where it came from; `nics`: the host's
+    /// NICs): whole or not at all, stored like any change. Returns the notes about what was not
+    /// carried out, and the new management network settings when they changed (the caller
+    /// restarts the management network with them).
+    pub fn apply_kickstart(
+        &mut self,
+        name: &str,
+        text: &str,
+        nics: &[NicInfo],
+    ) -> Result<(Vec<String>, Option<ManagementConfig>), String> {
+        let mut no_includes = |f: &str| -> Result<String, String> {
+            Err(format!(
+                "cannot read {f}: includes are not supported in a kickstart fetched over the network"
+            ))
+        };
+        let ks = kickstart::parse(name, text, &mut no_includes).map_err(|e| e.to_string())?;
+        let salt = self.next_salt();
+        let applied = firstboot::config_from_kickstart(&ks, &self.config, nics, &mut |pw| {
+            firstboot::hash_password(pw, salt)
+        })
+        .map_err(|e| e.to_string())?;
+        let before = self.config.network.clone();
+        self.commit(applied.config).map_err(|e| e.to_string())?;
+        let mut notes = applied.notes;
+        if !self.config.firstboot.is_empty() {
+            // Stored with the configuration above, so they run once even across a power cut.
+            let mut host = self.config.clone();
+            notes.extend(ember_storage::script::run_firstboot(&mut host));
+            match self.commit(host) {
+                Ok(()) => notes.push(String::from("%firstboot: the result is stored")),
+                Err(e) => notes.push(format!("%firstboot: the result could not be stored ({e}); the scripts run again at the next boot")),
+            }
+        }
+        let network = (self.config.network != before).then(|| self.config.network.clone());
+        Ok((notes, network))
+    }
+
+    /// The `store` object: whether changes survive a reboot, and where they go.
+    pub fn store_json(&self) -> Value {
+        match &self.store {
+            Persistence::Store(s) => {
+                let (slot, sequence) = s.in_use().map_or((Value::Null, Value::Null), |(slot, seq)| {
+                    (Value::String(slot.to_string()), Value::from(seq))
+                });
+                json!({
+                    "persistent": true,
+                    "disk": s.disk.name,
+                    "driver": s.disk.driver,
+                    "slot": slot,
+                    "sequence": sequence,
+                })
+            }
+            Persistence::None(why) => json!({ "persistent": false, "reason": why }),
+        }
+    }
+
+    /// The `GET /api/v1/config` document: the stored form, with the password hash's scheme only.
+    pub fn config_json(&self) -> Value {
+        let mut v = self.config.settings_json();
+        if let Value::Object(m) = &mut v {
+            m.remove("root_password_hash");
+            m.insert(String::from("root_password"), json!({ "scheme": self.root.hash().scheme() }));
+            m.insert(String::from("store"), self.store_json());
+        }
+        v
+    }
+
+    /// `GET /api/v1/host/certificate`: the HTTPS certificate (never the key).
+    pub fn certificate_json(&self) -> Value {
+        match &self.https {
+            Some(h) => {
+                let i = &h.info;
+                json!({
+                    "sha256": i.fingerprint(),
+                    "subject": i.subject,
+                    "issuer": i.issuer,
+                    "not_before": i.not_before,
+                    "not_after": i.not_after,
+                    "self_signed": i.self_signed,
+                    "chain_length": i.chain_len,
+                    "certificate": h.stored.chain_pem,
+                })
+            }
+            None => Value::Null,
+        }
+    }
+
+    pub(crate) fn next_salt(&mut self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(8) {
+            // splitmix64
+            self.salt_state = self.salt_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.salt_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        out
+    }
+}

@@ -1,0 +1,547 @@
+//! Vendor-neutral VM exits and their handling (Cloud Hypervisor's `VmExit` pattern): the SVM
+//! backend (and later VMX) translates its exit codes into a [`VmExit`]; [`handle_exit`] does the
+//! work once for both - port I/O through the VM's port bus ([`PortBus`]), HLT, and ending the VM with a reason
+//! for what a guest must not do (a triple fault) or what is not emulated.
+//!
+//! Also here: the decoding of SVM's IOIO exit information (AMD APM vol. 2, 15.10.2), which is pure
+//! bit layout and so host-testable.
+
+use super::bus::VmBus;
+use super::cpuid::Leaf;
+use super::decode::{self, Access, Source};
+use super::memory::GuestMemory;
+use super::msr::{MsrAccess, Saved, VcpuMsrs};
+use super::paging::{self, PagingState};
+use alloc::format;
+use alloc::string::String;
+
+/// Why the guest stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// IN or OUT of `size` bytes (1, 2, 4); `next_rip` is the instruction after it.
+    Io { port: u16, size: u8, input: bool, next_rip: u64 },
+    /// HLT (RIP still points at it).
+    Hlt,
+    /// CPUID (leaf in EAX, subleaf in ECX); `next_rip` is the instruction after it.
+    Cpuid { next_rip: u64 },
+    /// RDMSR (`write` false) or WRMSR of the MSR in ECX (value in EDX:EAX).
+    Msr { write: bool, next_rip: u64 },
+    /// PAUSE (RIP still points at it): the guest spins, waiting for another CPU.
+    Pause,
+    /// A host interrupt arrived while the guest ran: resume it.
+    HostInterrupt,
+    /// The guest can take an interrupt now (the window the loop asked for opened).
+    InterruptWindow,
+    /// The guest triple-faulted.
+    Shutdown,
+    /// An instruction the VM does not offer (SVM's own, MONITOR/MWAIT): #UD, as on a CPU without
+    /// it.
+    Undefined { what: &'static str },
+    /// An exception the host intercepts only to keep its CPU (#DB and #AC: a guest can make their
+    /// delivery fault again forever, which would never exit): delivered to the guest as it was.
+    Exception { vector: u8, error_code: Option<u32> },
+    /// An instruction that must not reach the hardware but that the guest may use, done as a
+    /// no-op (INVD would throw away the host's dirty cache lines, WBINVD flushes every cache of
+    /// the host CPU); `next_rip` is the instruction after it.
+    Skipped { what: &'static str, next_rip: u64 },
+    /// An instruction the VM refuses with #GP(0) (RDPMC: the host's performance counters).
+    Refused { what: &'static str },
+    /// A guest access to a guest-physical address nothing is mapped at.
+    NestedPageFault { gpa: u64, write: bool },
+    /// The CPU refused the guest state.
+    InvalidState,
+    /// Anything else, with the vendor's exit code and a name for the log.
+    Other { code: u64, what: String },
+}
+
+/// What the vCPU loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitAction {
+    Resume,
+    /// The guest halted: wait for an interrupt for it (or, with none possible, stop).
+    Halted,
+    /// The guest spins waiting for another vCPU: it may give way to other work.
+    Spinning,
+    /// End this VM; the reason goes to the log and the API.
+    Stop(String),
+}
+
+/// General-purpose register numbers (the ModRM/REX numbering).
+pub mod gpr {
+    pub const RAX: usize = 0;
+    pub const RCX: usize = 1;
+    pub const RDX: usize = 2;
+    pub const RBX: usize = 3;
+}
+
+/// The registers an exit handler reads and writes.
+pub trait VcpuRegs {
+    /// General-purpose register `index` (0 = RAX ... 15 = R15).
+    fn gpr(&self, index: usize) -> u64;
+    fn set_gpr(&mut self, index: usize, v: u64);
+    fn rip(&self) -> u64;
+    fn set_rip(&mut self, v: u64);
+
+    /// An MSR the backend keeps (VMCB/VMCS state).
+    fn saved_msr(&self, which: Saved) -> u64;
+    fn set_saved_msr(&mut self, which: Saved, v: u64);
+    /// Delivers exception `vector` (with `error_code`) to the guest on its next entry.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The guest's paging registers (to fetch the instruction behind an MMIO access).
+    fn paging(&self) -> PagingState;
+
+    fn rax(&self) -> u64 {
+        self.gpr(gpr::RAX)
+    }
+    fn set_rax(&mut self, v: u64) {
+        self.set_gpr(gpr::RAX, v)
+    }
+}
+
+/// #GP, general protection (error code 0 for MSR faults).
+pub const GP_VECTOR: u8 = 13;
+/// #UD, invalid opcode.
+pub const UD_VECTOR: u8 = 6;
+
+/// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
+/// vCPU's MSRs.
+pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
+    /// The vCPU's ports and MMIO space (guest-physical ranges without RAM behind them).
+    pub bus: &'a mut dyn VmBus,
+    /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
+    pub cpuid: C,
+    pub msrs: &'a mut VcpuMsrs,
+    /// The VM's RAM (instruction fetches for MMIO emulation).
+    pub mem: &'a dyn GuestMemory,
+}
+
+/// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
+/// bits 32-63 (as any 32-bit register write does).
+pub fn merge_input(rax: u64, size: u8, value: u32) -> u64 {
+    match size {
+        1 => (rax & !0xff) | (value as u64 & 0xff),
+        2 => (rax & !0xffff) | (value as u64 & 0xffff),
+        _ => value as u64,
+    }
+}
+
+/// Handles an exit that concerns only the vCPU itself - CPUID, MSRs, HLT, PAUSE, exceptions and the
+/// instructions refused or skipped - without the VM's devices (so without the VM-wide device lock);
+/// `None` for the others (port and MMIO accesses, interrupts and windows, the ends of a VM), which
+/// [`handle_exit`] handles.
+pub fn handle_local_exit(
+    exit: &VmExit,
+    regs: &mut impl VcpuRegs,
+    cpuid: &impl Fn(u32, u32) -> Leaf,
+    msrs: &mut VcpuMsrs,
+) -> Option<ExitAction> {
+    Some(match exit {
+        VmExit::Hlt => {
+            // HLT is one byte; the guest continues after it once woken.
+            regs.set_rip(regs.rip().wrapping_add(1));
+            ExitAction::Halted
+        }
+        VmExit::Cpuid { next_rip } => {
+            let l = cpuid(regs.rax() as u32, regs.gpr(gpr::RCX) as u32);
+            for (r, v) in [(gpr::RAX, l.eax), (gpr::RBX, l.ebx), (gpr::RCX, l.ecx), (gpr::RDX, l.edx)] {
+                regs.set_gpr(r, v as u64);
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Msr { write, next_rip } => {
+            let msr = regs.gpr(gpr::RCX) as u32;
+            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+            let access = if *write { msrs.write(msr, value) } else { msrs.read(msr) };
+            match (access, *write) {
+                (MsrAccess::Fault, _) => {
+                    // As on hardware without the register: #GP(0), RIP stays at the instruction.
+                    regs.inject_exception(GP_VECTOR, Some(0));
+                    return Some(ExitAction::Resume);
+                }
+                (MsrAccess::Saved(which), true) => regs.set_saved_msr(which, value),
+                (MsrAccess::Saved(which), false) => {
+                    let v = regs.saved_msr(which);
+                    regs.set_rax(v & 0xffff_ffff);
+                    regs.set_gpr(gpr::RDX, v >> 32);
+                }
+                (MsrAccess::Done(_), true) => {}
+                (MsrAccess::Done(v), false) => {
+                    regs.set_rax(v & 0xffff_ffff);
+                    regs.set_gpr(gpr::RDX, v >> 32);
+                }
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Pause => {
+            // PAUSE is F3 90.
+            regs.set_rip(regs.rip().wrapping_add(2));
+            ExitAction::Spinning
+        }
+        VmExit::Undefined { .. } => {
+            // RIP stays at the instruction, as for any fault.
+            regs.inject_exception(UD_VECTOR, None);
+            ExitAction::Resume
+        }
+        VmExit::Exception { vector, error_code } => {
+            regs.inject_exception(*vector, *error_code);
+            ExitAction::Resume
+        }
+        VmExit::Skipped { next_rip, .. } => {
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Refused { .. } => {
+            regs.inject_exception(GP_VECTOR, Some(0));
+            ExitAction::Resume
+        }
+        _ => return None,
+    })
+}
+
+/// Handles one exit.
+pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
+    exit: &VmExit,
+    regs: &mut impl VcpuRegs,
+    vm: &mut ExitContext<'_, C>,
+) -> ExitAction {
+    if let Some(action) = handle_local_exit(exit, regs, &vm.cpuid, vm.msrs) {
+        return action;
+    }
+    let bus = &mut *vm.bus;
+    match exit {
+        VmExit::Io { port, size, input, next_rip } => {
+            if *input {
+                let v = bus.read(*port, *size);
+                regs.set_rax(merge_input(regs.rax(), *size, v));
+            } else {
+                bus.write(*port, *size, regs.rax() as u32);
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        VmExit::Hlt
+        | VmExit::Cpuid { .. }
+        | VmExit::Msr { .. }
+        | VmExit::Pause
+        | VmExit::Undefined { .. }
+        | VmExit::Exception { .. }
+        | VmExit::Skipped { .. }
+        | VmExit::Refused { .. } => ExitAction::Resume, // handled above
+        VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
+        VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
+        VmExit::NestedPageFault { gpa, write } if !vm.bus.mmio_claims(*gpa, 1) => ExitAction::Stop(format!(
+            "{} of guest-physical {gpa:#x} (nothing is mapped there) at RIP {:#x}",
+            if *write { "write" } else { "read" },
+            regs.rip()
+        )),
+        VmExit::NestedPageFault { gpa, .. } => match emulate_mmio(*gpa, regs, vm) {
+            Ok(()) => ExitAction::Resume,
+            Err(why) => ExitAction::Stop(format!("MMIO access to {gpa:#x} at RIP {:#x}: {why}", regs.rip())),
+        },
+        VmExit::InvalidState => ExitAction::Stop(String::from("the CPU refused the vCPU state")),
+        VmExit::Other { code, what } => {
+            ExitAction::Stop(format!("unhandled exit {code:#x} ({what}) at guest RIP {:#x}", regs.rip()))
+        }
+    }
+}
+
+/// Performs the MMIO access of the instruction at RIP (fetched through the guest's page tables,
+/// decoded) on the MMIO bus, and moves RIP past it.
+fn emulate_mmio<C: Fn(u32, u32) -> Leaf>(
+    gpa: u64,
+    regs: &mut impl VcpuRegs,
+    vm: &mut ExitContext<'_, C>,
+) -> Result<(), String> {
+    let (bytes, n) =
+        paging::fetch_instruction(vm.mem, &regs.paging(), regs.rip()).map_err(|e| format!("{e}"))?;
+    let ins = decode::decode_mmio(bytes.get(..n).unwrap_or_default()).map_err(|e| format!("{e}"))?;
+    match ins.access {
+        Access::Read { size, dest, extend } => {
+            let mut buf = [0u8; 8];
+            let Some(part) = buf.get_mut(..size as usize) else {
+                return Err(format!("a {size}-byte access"));
+            };
+            if !vm.bus.mmio_read(gpa, part) {
+                return Err(String::from("the access runs past the device"));
+            }
+            let i = dest.index as usize;
+            regs.set_gpr(i, decode::loaded_into(regs.gpr(i), dest, size, extend, u64::from_le_bytes(buf)));
+        }
+        Access::Write { size, value } => {
+            let v = match value {
+                Source::Register(r) => decode::operand_of(regs.gpr(r.index as usize), r),
+                Source::Immediate(i) => i,
+            };
+            let bytes = v.to_le_bytes();
+            let Some(bytes) = bytes.get(..size as usize) else { return Err(format!("a {size}-byte access")) };
+            if !vm.bus.mmio_write(gpa, bytes) {
+                return Err(String::from("the access runs past the device"));
+            }
+        }
+    }
+    regs.set_rip(regs.rip().wrapping_add(ins.len as u64));
+    Ok(())
+}
+
+/// An SVM IOIO exit from EXITINFO1 and EXITINFO2 (the next RIP, given for IOIO exits even without
+/// the next-RIP save feature).
+pub fn svm_io_exit(info1: u64, info2: u64) -> VmExit {
+    let input = info1 & 1 != 0;
+    if info1 & (1 << 2) != 0 {
+        return VmExit::Other { code: 0x7b, what: String::from("string I/O (INS/OUTS) is not emulated") };
+    }
+    let size = match (info1 >> 4) & 0x7 {
+        1 => 1,
+        2 => 2,
+        4 => 4,
+        other => {
+            return VmExit::Other { code: 0x7b, what: format!("I/O exit with operand size bits {other:#b}") }
+        }
+    };
+    VmExit::Io { port: (info1 >> 16) as u16, size, input, next_rip: info2 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Buses, MmioDevice, PortDevice};
+    use crate::memory::GuestRam;
+    use crate::GuestPhysAddr;
+    use alloc::boxed::Box;
+    use alloc::rc::Rc;
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    #[derive(Default)]
+    struct Regs {
+        rax: u64,
+        rip: u64,
+        others: [u64; 16],
+        efer: u64,
+        injected: Vec<(u8, Option<u32>)>,
+    }
+    impl VcpuRegs for Regs {
+        fn gpr(&self, i: usize) -> u64 {
+            if i == 0 {
+                self.rax
+            } else {
+                self.others[i]
+            }
+        }
+        fn set_gpr(&mut self, i: usize, v: u64) {
+            if i == 0 {
+                self.rax = v
+            } else {
+                self.others[i] = v
+            }
+        }
+        fn saved_msr(&self, which: Saved) -> u64 {
+            assert_eq!(which, Saved::Efer);
+            self.efer
+        }
+        fn set_saved_msr(&mut self, which: Saved, v: u64) {
+            assert_eq!(which, Saved::Efer);
+            self.efer = v;
+        }
+        fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+            self.injected.push((vector, error_code));
+        }
+        fn paging(&self) -> PagingState {
+            // Paging off: RIP is the guest-physical address of the instruction.
+            PagingState { cr0: 1, cr3: 0, cr4: 0, efer: 0 }
+        }
+        fn rip(&self) -> u64 {
+            self.rip
+        }
+        fn set_rip(&mut self, v: u64) {
+            self.rip = v;
+        }
+    }
+
+    struct Port(Rc<RefCell<Vec<u32>>>);
+    impl PortDevice for Port {
+        fn read(&mut self, _: u16, _: u8) -> u32 {
+            0x1234_5678
+        }
+        fn write(&mut self, _: u16, _: u8, v: u32) {
+            self.0.borrow_mut().push(v);
+        }
+    }
+
+    fn no_cpuid(_: u32, _: u32) -> Leaf {
+        Leaf::default()
+    }
+
+    /// A VM's buses, MSRs and RAM for the exit handler.
+    struct World {
+        bus: Buses,
+        msrs: VcpuMsrs,
+        ram: GuestRam,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World { bus: Buses::default(), msrs: VcpuMsrs::new(0), ram: GuestRam::new(0x1_0000) }
+        }
+
+        fn ctx(&mut self) -> ExitContext<'_, fn(u32, u32) -> Leaf> {
+            ExitContext { bus: &mut self.bus, cpuid: no_cpuid, msrs: &mut self.msrs, mem: &self.ram }
+        }
+    }
+
+    #[test]
+    fn cpuid_exits_answer_from_the_policy() {
+        let mut w = World::new();
+        let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
+        let mut vm = ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mem: &w.ram };
+        let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
+        r.others[gpr::RCX] = 7;
+        r.others[gpr::RBX] = u64::MAX;
+        assert_eq!(handle_exit(&VmExit::Cpuid { next_rip: 0x3002 }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(
+            (r.rax, r.others[gpr::RBX], r.others[gpr::RCX], r.others[gpr::RDX]),
+            (0x4000_0000, 7, 0x1234, 0xffff_ffff)
+        );
+        assert_eq!(r.rip, 0x3002);
+    }
+
+    /// An MMIO register file: 0x30 reads as 0x14, writes are recorded.
+    type Writes = alloc::sync::Arc<spin::Mutex<Vec<(u64, Vec<u8>)>>>;
+    struct Regs32(Writes);
+    impl MmioDevice for Regs32 {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(0);
+            if offset == 0x30 {
+                data[0] = 0x14;
+            }
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.lock().push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_accesses_are_decoded_and_emulated() {
+        let writes = Writes::default();
+        let mut w = World::new();
+        w.bus.mmio.add(0xfee0_0000, 0x1000, Box::new(Regs32(writes.clone()))).unwrap();
+        // mov eax, [rdi+0x30]; mov dword [rdi+0x80], ecx; mov byte [rdi+0xb0], 0x7f; add [rdi], eax
+        w.ram
+            .write(
+                GuestPhysAddr(0x2000),
+                &[0x8b, 0x47, 0x30, 0x89, 0x8f, 0x80, 0, 0, 0, 0xc6, 0x87, 0xb0, 0, 0, 0, 0x7f, 0x01, 0x07],
+            )
+            .unwrap();
+        let mut vm = w.ctx();
+        let mut r = Regs { rax: u64::MAX, rip: 0x2000, ..Regs::default() };
+        r.others[1] = 0xdead_beef_1234_5678; // rcx
+        let npf = |gpa| VmExit::NestedPageFault { gpa, write: false };
+        assert_eq!(handle_exit(&npf(0xfee0_0030), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.rax, r.rip), (0x14, 0x2003), "a 32-bit load clears the upper half");
+        assert_eq!(handle_exit(&npf(0xfee0_0080), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(handle_exit(&npf(0xfee0_00b0), &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(r.rip, 0x2010);
+        assert_eq!(*writes.lock(), [(0x80, alloc::vec![0x78, 0x56, 0x34, 0x12]), (0xb0, alloc::vec![0x7f])]);
+        // Arithmetic on MMIO is not emulated: the VM ends with what and where.
+        match handle_exit(&npf(0xfee0_0000), &mut r, &mut vm) {
+            ExitAction::Stop(why) => assert!(
+                why.contains("arithmetic") && why.contains("0xfee00000") && why.contains("0x2010"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Outside any device: unmapped.
+        match handle_exit(&npf(0xfec0_0000), &mut r, &mut vm) {
+            ExitAction::Stop(why) => assert!(why.contains("nothing is mapped"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn msr_exits() {
+        let mut w = World::new();
+        let mut vm = w.ctx();
+        let mut r = Regs { rip: 0x4000, ..Regs::default() };
+        // rdmsr APIC_BASE: EDX:EAX, RIP past the instruction.
+        r.others[gpr::RCX] = 0x1b;
+        r.others[gpr::RDX] = u64::MAX;
+        handle_exit(&VmExit::Msr { write: false, next_rip: 0x4002 }, &mut r, &mut vm);
+        assert_eq!((r.rax, r.others[gpr::RDX], r.rip), (0xfee0_0900, 0, 0x4002));
+        // wrmsr EFER goes to the backend's copy.
+        r.others[gpr::RCX] = 0xc000_0080;
+        r.rax = 0xd01;
+        r.others[gpr::RDX] = 0;
+        handle_exit(&VmExit::Msr { write: true, next_rip: 0x4004 }, &mut r, &mut vm);
+        assert_eq!((r.efer, r.rip), (0xd01, 0x4004));
+        r.rax = 0;
+        handle_exit(&VmExit::Msr { write: false, next_rip: 0x4006 }, &mut r, &mut vm);
+        assert_eq!(r.rax, 0xd01);
+        // An unknown MSR: #GP(0) injected, RIP unchanged (the fault is on the instruction).
+        r.others[gpr::RCX] = 0x1a0;
+        assert_eq!(
+            handle_exit(&VmExit::Msr { write: false, next_rip: 0x4008 }, &mut r, &mut vm),
+            ExitAction::Resume
+        );
+        assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4006));
+    }
+
+    #[test]
+    fn io_exits_go_through_the_bus() {
+        let written = Rc::new(RefCell::new(Vec::new()));
+        let mut w = World::new();
+        w.bus.io.add(0x3f8, 8, Box::new(Port(written.clone()))).unwrap();
+        let mut r = Regs { rax: 0xffff_ffff_ffff_ff4b, rip: 0x1000, ..Regs::default() };
+        let mut vm = w.ctx();
+        // out dx, al (port 0x3f8, 8-bit), next instruction at 0x1001.
+        let out = svm_io_exit(0x03f8_0010, 0x1001);
+        assert_eq!(out, VmExit::Io { port: 0x3f8, size: 1, input: false, next_rip: 0x1001 });
+        assert_eq!(handle_exit(&out, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((written.borrow().clone(), r.rip), (alloc::vec![0x4b], 0x1001));
+        // in ax, dx: the low 16 bits replaced.
+        let inw = svm_io_exit(0x03f8_0021, 0x1003);
+        handle_exit(&inw, &mut r, &mut vm);
+        assert_eq!((r.rax, r.rip), (0xffff_ffff_ffff_5678, 0x1003));
+        // in eax from an empty port: all ones, upper half cleared.
+        handle_exit(&svm_io_exit(0x0080_0041, 0x1005), &mut r, &mut vm);
+        assert_eq!(r.rax, 0xffff_ffff);
+        assert_eq!(merge_input(0xaaaa_aaaa_aaaa_aaaa, 1, 0x1ff), 0xaaaa_aaaa_aaaa_aaff);
+    }
+
+    #[test]
+    fn what_ends_a_vm_is_said() {
+        let mut w = World::new();
+        let mut vm = w.ctx();
+        let mut r = Regs { rax: 0, rip: 0x2000, ..Regs::default() };
+        assert_eq!(handle_exit(&VmExit::Hlt, &mut r, &mut vm), ExitAction::Halted);
+        assert_eq!(r.rip, 0x2001);
+        assert_eq!(handle_exit(&VmExit::HostInterrupt, &mut r, &mut vm), ExitAction::Resume);
+        // CLGI and friends fault in the guest; the VM goes on.
+        assert_eq!(handle_exit(&VmExit::Undefined { what: "CLGI" }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((UD_VECTOR, None)), 0x2001));
+        // Intercepted #DB/#AC go back to the guest; INVD/WBINVD do nothing; RDPMC is #GP(0).
+        let ac = VmExit::Exception { vector: 17, error_code: Some(0) };
+        assert_eq!(handle_exit(&ac, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((17, Some(0))), 0x2001));
+        let wbinvd = VmExit::Skipped { what: "WBINVD", next_rip: 0x2003 };
+        assert_eq!(handle_exit(&wbinvd, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!(r.rip, 0x2003);
+        assert_eq!(handle_exit(&VmExit::Refused { what: "RDPMC" }, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.injected.last().copied(), r.rip), (Some((GP_VECTOR, Some(0))), 0x2003));
+        r.rip = 0x2001;
+        let stop =
+            |e: VmExit, r: &mut Regs, bus: &mut ExitContext<'_, fn(u32, u32) -> Leaf>| match handle_exit(
+                &e, r, bus,
+            ) {
+                ExitAction::Stop(why) => why,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(stop(VmExit::Shutdown, &mut r, &mut vm), "triple fault at guest RIP 0x2001");
+        assert!(stop(VmExit::NestedPageFault { gpa: 0xfee0_0000, write: true }, &mut r, &mut vm)
+            .starts_with("write of guest-physical 0xfee00000"));
+        assert!(stop(svm_io_exit(0x03f8_0014, 0), &mut r, &mut vm).contains("string I/O"));
+        assert!(stop(svm_io_exit(0x03f8_0000, 0), &mut r, &mut vm).contains("operand size"));
+        assert!(stop(VmExit::InvalidState, &mut r, &mut vm).contains("refused"));
+    }
+}

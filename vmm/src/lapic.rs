@@ -1,0 +1,504 @@
+//! A vCPU's local APIC in xAPIC mode (Intel SDM vol. 3A chapter 11; AMD APM vol. 2 chapter 16),
+//! addressed by register offset in its 4 KiB MMIO page (0xfee00000 in Ember's VMs).
+//!
+//! Modelled: ID, version (0x14, six LVT entries), TPR/PPR and the priority rules for delivery,
+//! IRR/ISR/TMR with EOI (level-triggered vectors report their EOI for the I/O APIC), LDR/DFR and
+//! logical destination matching (flat and cluster), the spurious-vector register and software
+//! disable (which masks every LVT), ESR, the LVT entries, the interrupt command register (the IPIs
+//! it asks for are returned to the caller, which routes them), and the timer in one-shot and
+//! periodic modes counting at a 1 GHz bus clock through the divide configuration. Not modelled:
+//! TSC-deadline mode (not offered in CPUID), x2APIC, thermal and performance-counter interrupts
+//! (their LVT entries are kept but never fire). Every value a guest writes is accepted; reserved
+//! bits read as zero.
+
+/// Local APIC version register: version 0x14 (integrated), max LVT entry 5 (six entries).
+pub const VERSION: u32 = 0x0005_0014;
+/// The bus clock the timer counts (before the divider), Hz.
+pub const BUS_HZ: u64 = 1_000_000_000;
+
+const LVT_MASKED: u32 = 1 << 16;
+const SVR_ENABLE: u32 = 1 << 8;
+/// LVT indexes: timer, thermal, performance, LINT0, LINT1, error (offsets 0x320-0x370).
+const LVT_TIMER: usize = 0;
+const LVT_LINT0: usize = 3;
+
+/// Delivery modes of the ICR and LVT entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    Fixed,
+    LowestPriority,
+    Smi,
+    Nmi,
+    Init,
+    Startup,
+    ExtInt,
+}
+
+fn delivery_mode(bits: u32) -> DeliveryMode {
+    match (bits >> 8) & 7 {
+        1 => DeliveryMode::LowestPriority,
+        2 => DeliveryMode::Smi,
+        4 => DeliveryMode::Nmi,
+        5 => DeliveryMode::Init,
+        6 => DeliveryMode::Startup,
+        7 => DeliveryMode::ExtInt,
+        _ => DeliveryMode::Fixed,
+    }
+}
+
+/// The ICR's destination shorthand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shorthand {
+    None,
+    SelfOnly,
+    AllIncludingSelf,
+    AllExcludingSelf,
+}
+
+/// An inter-processor interrupt the guest asked for by writing the ICR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipi {
+    pub mode: DeliveryMode,
+    pub vector: u8,
+    /// Destination field (ICR bits 56-63).
+    pub dest: u8,
+    pub logical: bool,
+    pub shorthand: Shorthand,
+    /// INIT level de-assert (the second INIT of the MP start-up sequence; it does nothing).
+    pub deassert: bool,
+    pub level_triggered: bool,
+}
+
+/// What a register write asks of the rest of the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LapicEvent {
+    /// An IPI to route.
+    Ipi(Ipi),
+    /// End of interrupt for a level-triggered vector (for the I/O APIC's remote IRR).
+    LevelEoi(u8),
+}
+
+#[derive(Debug, Clone)]
+pub struct Lapic {
+    id: u8,
+    tpr: u32,
+    ldr: u32,
+    dfr: u32,
+    svr: u32,
+    esr: u32,
+    irr: [u32; 8],
+    isr: [u32; 8],
+    tmr: [u32; 8],
+    icr_low: u32,
+    icr_high: u32,
+    /// Timer, thermal, performance, LINT0, LINT1, error.
+    lvt: [u32; 6],
+    lvt_cmci: u32,
+    timer_initial: u32,
+    timer_divide: u32,
+    /// When the current count was loaded (ns), while it counts.
+    timer_start: Option<u64>,
+    /// Timer interrupts already raised since `timer_start`.
+    timer_fired: u64,
+}
+
+fn bit(v: &[u32; 8], vector: u8) -> bool {
+    v.get(usize::from(vector >> 5)).is_some_and(|w| w & (1 << (vector & 31)) != 0)
+}
+
+fn set(v: &mut [u32; 8], vector: u8, on: bool) {
+    let b = 1u32 << (vector & 31);
+    if let Some(w) = v.get_mut(usize::from(vector >> 5)) {
+        if on {
+            *w |= b;
+        } else {
+            *w &= !b;
+        }
+    }
+}
+
+/// The highest vector set (word `w`'s highest bit is vector `w * 32 + 31 - leading zeros`).
+fn highest(v: &[u32; 8]) -> Option<u8> {
+    let (w, bits) = v.iter().enumerate().rev().find(|(_, bits)| **bits != 0)?;
+    Some((w as u8).wrapping_mul(32) | (31u8.wrapping_sub(bits.leading_zeros() as u8)))
+}
+
+impl Lapic {
+    /// The state after reset (INIT) of the APIC with ID `id`.
+    pub fn new(id: u8) -> Lapic {
+        Lapic {
+            id,
+            tpr: 0,
+            ldr: 0,
+            dfr: 0xffff_ffff,
+            svr: 0xff,
+            esr: 0,
+            irr: [0; 8],
+            isr: [0; 8],
+            tmr: [0; 8],
+            icr_low: 0,
+            icr_high: 0,
+            lvt: [LVT_MASKED; 6],
+            lvt_cmci: LVT_MASKED,
+            timer_initial: 0,
+            timer_divide: 0,
+            timer_start: None,
+            timer_fired: 0,
+        }
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Software-enabled (SVR bit 8).
+    pub fn enabled(&self) -> bool {
+        self.svr & SVR_ENABLE != 0
+    }
+
+    fn ppr(&self) -> u32 {
+        let isrv = highest(&self.isr).map_or(0, |v| v as u32);
+        if (self.tpr >> 4) >= (isrv >> 4) {
+            self.tpr & 0xff
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    /// Whether this APIC is the target of logical destination `mda` (flat or cluster model).
+    pub fn matches_logical(&self, mda: u8) -> bool {
+        let ldr = (self.ldr >> 24) as u8;
+        if self.dfr >> 28 == 0xf {
+            ldr & mda != 0
+        } else {
+            (ldr >> 4) == (mda >> 4) && (ldr & mda & 0x0f) != 0
+        }
+    }
+
+    /// An interrupt arrives for `vector` (fixed delivery). Vectors below 16 are illegal: they set
+    /// the receive-illegal-vector error instead.
+    pub fn accept(&mut self, vector: u8, level_triggered: bool) {
+        if vector < 16 {
+            self.esr |= 1 << 6;
+            return;
+        }
+        set(&mut self.irr, vector, true);
+        set(&mut self.tmr, vector, level_triggered);
+    }
+
+    /// The vector the CPU would take now, if any (above the processor priority).
+    pub fn pending(&self) -> Option<u8> {
+        let v = highest(&self.irr)?;
+        ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
+    }
+
+    /// The CPU takes the pending vector: it moves from IRR to ISR.
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        let v = self.pending()?;
+        set(&mut self.irr, v, false);
+        set(&mut self.isr, v, true);
+        Some(v)
+    }
+
+    /// Whether LINT0 takes the 8259A's interrupts (virtual wire: unmasked, ExtINT), as on the
+    /// bootstrap processor before the guest switches to the I/O APIC.
+    pub fn accepts_pic_interrupts(&self) -> bool {
+        let lint0 = self.lvt[LVT_LINT0];
+        !self.enabled() && self.id == 0
+            || (lint0 & LVT_MASKED == 0 && delivery_mode(lint0) == DeliveryMode::ExtInt)
+    }
+
+    fn divisor(&self) -> u64 {
+        // Divide configuration: bits 0, 1 and 3; 0b111 is divide by 1.
+        let d = (self.timer_divide & 3) | ((self.timer_divide >> 1) & 4);
+        if d == 7 {
+            1
+        } else {
+            2 << d
+        }
+    }
+
+    fn period_ns(&self) -> u64 {
+        u64::from(self.timer_initial)
+            .saturating_mul(self.divisor())
+            .saturating_mul(1_000_000_000 / BUS_HZ)
+            .max(1)
+    }
+
+    fn periodic(&self) -> bool {
+        (self.lvt[LVT_TIMER] >> 17) & 3 == 1
+    }
+
+    fn current_count(&self, now: u64) -> u32 {
+        let Some(start) = self.timer_start else { return 0 };
+        let elapsed =
+            u128::from(now.saturating_sub(start)).saturating_mul(u128::from(BUS_HZ)) / 1_000_000_000;
+        let ticks = (elapsed as u64).checked_div(self.divisor()).unwrap_or(0);
+        let initial = u64::from(self.timer_initial);
+        if self.periodic() {
+            ticks.checked_rem(initial).map_or(0, |r| initial.saturating_sub(r)) as u32
+        } else {
+            initial.saturating_sub(ticks) as u32
+        }
+    }
+
+    /// Raises the timer interrupt if it expired since the last call (missed periods coalesce);
+    /// returns when (ns) it expires next, if it will.
+    pub fn update_timer(&mut self, now: u64) -> Option<u64> {
+        let start = self.timer_start?;
+        let period = self.period_ns();
+        let expired = now.saturating_sub(start).checked_div(period).unwrap_or(0);
+        if expired > self.timer_fired {
+            self.timer_fired = if self.periodic() { expired } else { 1 };
+            let lvt = self.lvt.get(LVT_TIMER).copied().unwrap_or(LVT_MASKED);
+            if lvt & LVT_MASKED == 0 && self.enabled() {
+                self.accept(lvt as u8, false);
+            }
+            if !self.periodic() {
+                self.timer_start = None;
+                return None;
+            }
+        }
+        Some(start.saturating_add(self.timer_fired.saturating_add(1).saturating_mul(period)))
+    }
+
+    /// A guest read of the register at `offset` (aligned 32-bit registers; others read 0).
+    pub fn read(&self, offset: u64, now: u64) -> u32 {
+        let idx = |base: u64| (offset.wrapping_sub(base) >> 4) as usize;
+        let word = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(0);
+        match offset {
+            0x20 => (self.id as u32) << 24,
+            0x30 => VERSION,
+            0x80 => self.tpr,
+            0x90 => 0, // APR
+            0xa0 => self.ppr(),
+            0xd0 => self.ldr,
+            0xe0 => self.dfr,
+            0xf0 => self.svr,
+            0x100..=0x170 => word(&self.isr, idx(0x100)),
+            0x180..=0x1f0 => word(&self.tmr, idx(0x180)),
+            0x200..=0x270 => word(&self.irr, idx(0x200)),
+            0x280 => self.esr,
+            0x2f0 => self.lvt_cmci,
+            0x300 => self.icr_low & !(1 << 12), // delivered at once: never "send pending"
+            0x310 => self.icr_high,
+            0x320..=0x370 => word(&self.lvt, idx(0x320)),
+            0x380 => self.timer_initial,
+            0x390 => self.current_count(now),
+            0x3e0 => self.timer_divide,
+            _ => 0,
+        }
+    }
+
+    /// A guest write of `value` to the register at `offset`.
+    pub fn write(&mut self, offset: u64, value: u32, now: u64) -> Option<LapicEvent> {
+        match offset {
+            0x20 => self.id = (value >> 24) as u8,
+            0x80 => self.tpr = value & 0xff,
+            0xb0 => {
+                let v = highest(&self.isr)?;
+                set(&mut self.isr, v, false);
+                if bit(&self.tmr, v) {
+                    return Some(LapicEvent::LevelEoi(v));
+                }
+            }
+            0xd0 => self.ldr = value & 0xff00_0000,
+            0xe0 => self.dfr = value | 0x0fff_ffff,
+            0xf0 => {
+                self.svr = value & 0x13ff;
+                if !self.enabled() {
+                    for l in &mut self.lvt {
+                        *l |= LVT_MASKED;
+                    }
+                    self.lvt_cmci |= LVT_MASKED;
+                }
+            }
+            0x280 => self.esr = 0,
+            0x2f0 => self.lvt_cmci = value & 0x0001_07ff,
+            0x300 => {
+                self.icr_low = value & 0x000c_cfff;
+                return Some(LapicEvent::Ipi(self.ipi()));
+            }
+            0x310 => self.icr_high = value & 0xff00_0000,
+            0x320..=0x370 => {
+                let i = (offset.wrapping_sub(0x320) >> 4) as usize;
+                let mask = match i {
+                    LVT_TIMER => 0x0007_00ff,
+                    3 | 4 => 0x0001_a7ff, // LINT0/1: vector, mode, polarity, trigger, mask
+                    5 => 0x0001_00ff,
+                    _ => 0x0001_07ff,
+                };
+                let mut v = value & mask;
+                if !self.enabled() {
+                    v |= LVT_MASKED;
+                }
+                if let Some(l) = self.lvt.get_mut(i) {
+                    *l = v;
+                }
+            }
+            0x380 => {
+                self.timer_initial = value;
+                self.timer_fired = 0;
+                self.timer_start = (value != 0).then_some(now);
+            }
+            0x3e0 => self.timer_divide = value & 0xb,
+            _ => {}
+        }
+        None
+    }
+
+    fn ipi(&self) -> Ipi {
+        let low = self.icr_low;
+        Ipi {
+            mode: delivery_mode(low),
+            vector: low as u8,
+            dest: (self.icr_high >> 24) as u8,
+            logical: low & (1 << 11) != 0,
+            shorthand: match (low >> 18) & 3 {
+                1 => Shorthand::SelfOnly,
+                2 => Shorthand::AllIncludingSelf,
+                3 => Shorthand::AllExcludingSelf,
+                _ => Shorthand::None,
+            },
+            deassert: delivery_mode(low) == DeliveryMode::Init && low & (1 << 14) == 0,
+            level_triggered: low & (1 << 15) != 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(id: u8) -> Lapic {
+        let mut a = Lapic::new(id);
+        a.write(0xf0, 0x1ff, 0);
+        a
+    }
+
+    #[test]
+    fn priorities_eoi_and_level_vectors() {
+        let mut a = enabled(0);
+        assert_eq!(a.read(0x20, 0), 0);
+        assert_eq!(a.read(0x30, 0), VERSION);
+        a.accept(0x31, false);
+        a.accept(0x81, true);
+        assert_eq!(a.pending(), Some(0x81), "highest vector first");
+        assert_eq!(a.acknowledge(), Some(0x81));
+        assert_eq!(a.read(0x100 + 0x40, 0), 1 << 1, "ISR word 4 bit 1");
+        assert_eq!(a.pending(), None, "0x31 is below the in-service class");
+        assert_eq!(a.read(0xa0, 0), 0x80, "PPR from ISR");
+        assert_eq!(a.write(0xb0, 0, 0), Some(LapicEvent::LevelEoi(0x81)), "level-triggered: EOI reported");
+        assert_eq!(a.acknowledge(), Some(0x31));
+        assert_eq!(a.write(0xb0, 0, 0), None);
+        // TPR holds back lower classes.
+        a.write(0x80, 0x50, 0);
+        a.accept(0x45, false);
+        assert_eq!(a.pending(), None);
+        a.accept(0x65, false);
+        assert_eq!(a.pending(), Some(0x65));
+        // Illegal vectors set ESR instead.
+        a.accept(3, false);
+        assert_eq!(a.read(0x280, 0), 1 << 6);
+        a.write(0x280, 0, 0);
+        assert_eq!(a.read(0x280, 0), 0);
+    }
+
+    #[test]
+    fn timer_one_shot_and_periodic() {
+        let mut a = enabled(0);
+        a.write(0x3e0, 0xb, 0); // divide by 1
+        a.write(0x320, 0x30, 0); // one-shot, vector 0x30
+        a.write(0x380, 1_000_000, 0); // 1 ms
+        assert_eq!(a.read(0x390, 500_000), 500_000);
+        // Counts stay right hours into the host's uptime.
+        let late = 10_000 * 1_000_000_000u64;
+        a.write(0x380, 1_000_000, late);
+        assert_eq!(a.read(0x390, late + 250_000), 750_000);
+        a.write(0x380, 1_000_000, 0);
+        assert_eq!(a.update_timer(500_000), Some(1_000_000));
+        assert_eq!(a.update_timer(1_000_000), None, "fired; one-shot stops");
+        assert_eq!(a.acknowledge(), Some(0x30));
+        assert_eq!(a.read(0x390, 2_000_000), 0);
+        // Periodic with divide by 16: 1000 * 16 ns.
+        a.write(0xb0, 0, 0);
+        a.write(0x3e0, 0x3, 0);
+        a.write(0x320, 0x2_0031, 10_000_000);
+        a.write(0x380, 1000, 10_000_000);
+        assert_eq!(a.update_timer(10_000_000 + 16_000), Some(10_000_000 + 32_000));
+        assert_eq!(a.acknowledge(), Some(0x31));
+        a.write(0xb0, 0, 0);
+        assert_eq!(
+            a.update_timer(10_000_000 + 100 * 16_000 + 5),
+            Some(10_000_000 + 101 * 16_000),
+            "coalesced"
+        );
+        assert_eq!(a.acknowledge(), Some(0x31));
+        assert_eq!(a.pending(), None, "one interrupt for the missed periods");
+        // Masked: counts, no interrupt.
+        a.write(0xb0, 0, 0);
+        a.write(0x320, 0x1_0031, 0);
+        a.write(0x380, 10, 0);
+        a.update_timer(1_000_000);
+        assert_eq!(a.pending(), None);
+    }
+
+    #[test]
+    fn icr_ipis_logical_destinations_and_software_disable() {
+        let mut a = enabled(1);
+        a.write(0x310, 0x0200_0000, 0);
+        let init = a.write(0x300, 0x0000_4500, 0);
+        assert!(matches!(
+            init,
+            Some(LapicEvent::Ipi(Ipi { mode: DeliveryMode::Init, dest: 2, deassert: false, .. }))
+        ));
+        let sipi = a.write(0x300, 0x0000_0699, 0);
+        assert!(matches!(sipi, Some(LapicEvent::Ipi(Ipi { mode: DeliveryMode::Startup, vector: 0x99, .. }))));
+        let all = a.write(0x300, 0x000c_00fd, 0);
+        assert!(matches!(
+            all,
+            Some(LapicEvent::Ipi(Ipi { shorthand: Shorthand::AllExcludingSelf, vector: 0xfd, .. }))
+        ));
+        assert_eq!(a.read(0x300, 0) & (1 << 12), 0, "never send-pending");
+        // Flat logical model: LDR bit set per CPU.
+        a.write(0xd0, 0x0200_0000, 0);
+        assert!(a.matches_logical(0x03) && !a.matches_logical(0x01));
+        // Cluster model.
+        a.write(0xe0, 0x0fff_ffff, 0);
+        a.write(0xd0, 0x1200_0000, 0);
+        assert!(a.matches_logical(0x12) && !a.matches_logical(0x22) && !a.matches_logical(0x11));
+        // Software disable masks every LVT and they cannot be unmasked.
+        a.write(0x350, 0x700, 0);
+        assert_eq!(a.read(0x350, 0), 0x700);
+        a.write(0xf0, 0xff, 0);
+        assert_eq!(a.read(0x350, 0) & LVT_MASKED, LVT_MASKED);
+        a.write(0x320, 0x30, 0);
+        assert_eq!(a.read(0x320, 0) & LVT_MASKED, LVT_MASKED);
+    }
+
+    #[test]
+    fn virtual_wire_and_random_accesses() {
+        // After reset the BSP takes the PIC's interrupts until its APIC is set up.
+        let mut bsp = Lapic::new(0);
+        assert!(bsp.accepts_pic_interrupts());
+        assert!(!Lapic::new(1).accepts_pic_interrupts());
+        bsp.write(0xf0, 0x1ff, 0);
+        assert!(!bsp.accepts_pic_interrupts(), "enabled with LINT0 masked");
+        bsp.write(0x350, 0x700, 0);
+        assert!(bsp.accepts_pic_interrupts(), "LINT0 in ExtINT mode");
+        let mut x = 0x2545_f491u32;
+        for i in 0..100_000u64 {
+            crate::xorshift32(&mut x);
+            let off = ((x >> 4) & 0x3f) as u64 * 0x10;
+            if x & 1 == 0 {
+                let _ = bsp.write(off, x.rotate_left(9), i * 1000);
+            } else {
+                let _ = bsp.read(off, i * 1000);
+            }
+            if x & 0x30 == 0 {
+                let _ = bsp.update_timer(i * 1000);
+                let _ = bsp.acknowledge();
+            }
+        }
+    }
+}

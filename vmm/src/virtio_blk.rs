@@ -1,0 +1,782 @@
+//! A virtio block device on the virtio-mmio transport (virtio 1.2: 4.2 "Virtio Over MMIO", 2.7
+//! "Split Virtqueues", 5.2 "Block Device"), backed by a disk image in host memory.
+//!
+//! Guests find it through the VM's DSDT (`LNRO0005` devices with their MMIO window and IRQ,
+//! `super::acpi`), which Linux's virtio_mmio driver binds to. Only the modern interface (version 2, VIRTIO_F_VERSION_1)
+//! is offered, with one request queue. Requests are parsed completely from the descriptor chain
+//! (bounded by the queue size, no indirect descriptors) before anything is executed; a malformed
+//! chain or an access outside the disk completes with VIRTIO_BLK_S_IOERR, an unknown request type
+//! with VIRTIO_BLK_S_UNSUPP; a chain that cannot even carry a status byte is skipped (returned with
+//! length 0). Nothing a guest writes can make the device touch memory outside the guest's RAM (all
+//! accesses go through [`GuestMemory`]) or outside the disk.
+//!
+//! The device offers VIRTIO_BLK_F_FLUSH: its image ([`DiskImage`]) may be a write-back cache of
+//! the disk's file on the boot media (`super::disk`); a flush request completes only once the
+//! image says everything written before it is durable (or failed: VIRTIO_BLK_S_IOERR), possibly
+//! long after other requests.
+
+use super::bus::MmioDevice;
+use super::memory::GuestMemory;
+use super::virtqueue::{Area, Desc, SplitQueue, Violation};
+use super::GuestPhysAddr;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use spin::Mutex;
+
+/// Queue size offered (QueueNumMax).
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes of the MMIO window.
+pub const MMIO_LEN: u64 = 0x1000;
+const SECTOR: u64 = 512;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+// Device status bits (virtio 1.2 2.1).
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
+/// ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK and FAILED: the bits a driver sets.
+const STATUS_DRIVER_BITS: u32 = 1 | 2 | 4 | 8 | 0x80;
+/// Largest data transfer of one request (guards the bounce buffer).
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
+
+/// A disk image in memory.
+pub type SharedDisk<D> = Arc<Mutex<D>>;
+
+/// Where a flush stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushState {
+    Done,
+    Pending,
+    Failed,
+}
+
+/// A virtual disk's bytes as the device sees them.
+pub trait DiskImage: Send {
+    fn bytes(&self) -> &[u8];
+    /// `range` of the bytes, to be written by the guest (a write-back image notes it as changed);
+    /// `None` if the range is not inside the disk.
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]>;
+    /// The guest asks for what it wrote so far to be made durable: a ticket for
+    /// [`Self::flush_state`].
+    fn request_flush(&mut self) -> u64 {
+        0
+    }
+    fn flush_state(&self, _ticket: u64) -> FlushState {
+        FlushState::Done
+    }
+}
+
+/// An image only in memory (tests, scratch disks): flushes are done at once.
+impl DiskImage for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]> {
+        self.get_mut(range)
+    }
+}
+
+/// A request waiting for its flush: its head, where its status byte goes, its ticket.
+#[derive(Debug, Clone, Copy)]
+struct PendingFlush {
+    head: u16,
+    status_at: Option<u64>,
+    ticket: u64,
+}
+
+/// How a request ended, or that it waits for a flush.
+enum Outcome {
+    Done(u8, u32),
+    Flush(u64),
+}
+
+/// The device.
+pub struct VirtioBlk<D: DiskImage> {
+    disk: SharedDisk<D>,
+    readonly: bool,
+    irq: u8,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    queue_sel: u32,
+    queue: SplitQueue,
+    interrupt_status: u32,
+    config_generation: u32,
+    /// A notification waits for [`MmioDevice::process`].
+    notified: bool,
+    /// Flush requests not completed yet (at most a queue's worth).
+    pending: Vec<PendingFlush>,
+    /// The first rule the guest's driver broke, for the host's log (given once per device).
+    notice: Option<&'static str>,
+    noticed: bool,
+}
+
+impl<D: DiskImage> VirtioBlk<D> {
+    /// A device for `disk` raising interrupt line `irq`.
+    pub fn new(disk: SharedDisk<D>, readonly: bool, irq: u8) -> Self {
+        VirtioBlk {
+            disk,
+            readonly,
+            irq,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            queue_sel: 0,
+            queue: SplitQueue::new(QUEUE_SIZE),
+            interrupt_status: 0,
+            config_generation: 0,
+            notified: false,
+            pending: Vec::new(),
+            notice: None,
+            noticed: false,
+        }
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
+    }
+
+    fn capacity_sectors(&self) -> u64 {
+        self.disk.lock().bytes().len() as u64 / SECTOR
+    }
+
+    fn reset(&mut self) {
+        self.driver_features = 0;
+        self.status = 0;
+        self.queue.reset();
+        self.interrupt_status = 0;
+        self.pending.clear();
+        self.notified = false;
+    }
+
+    /// The driver broke a rule of the specification: the device stops using its queue and sets
+    /// DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 2.1.2); only a reset
+    /// brings it back.
+    fn needs_reset(&mut self, v: Violation) {
+        if self.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt_status |= 2;
+        self.pending.clear();
+        if !self.noticed {
+            self.noticed = true;
+            self.notice = Some(v.0);
+        }
+    }
+
+    /// Whether the device works on its queue: the driver is ready and broke no rule.
+    fn live(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) == 0
+    }
+
+    fn reg_read(&self, offset: u64) -> u32 {
+        let selected = self.queue_sel == 0;
+        match offset {
+            0x000 => u32::from_le_bytes(*b"virt"),
+            0x004 => 2,      // version: modern
+            0x008 => 2,      // device ID: block
+            0x00c => 0x4d45, // vendor ID ("EM")
+            0x010 => match self.device_features_sel {
+                0 => self.features() as u32,
+                1 => (self.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 if selected => u32::from(self.queue.max()),
+            0x044 if selected => u32::from(self.queue.ready()),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x0fc => self.config_generation,
+            0x100..=0x107 => {
+                let cap = self.capacity_sectors();
+                (cap >> (offset & 7).saturating_mul(8)) as u32
+            }
+            _ => 0,
+        }
+    }
+
+    /// A write to the device status register (virtio 1.2 2.1, 3.1.1): 0 resets; otherwise the
+    /// driver may only add bits, FEATURES_OK only for offered features including VERSION_1, and
+    /// DRIVER_OK only after FEATURES_OK.
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let old = self.status & !STATUS_NEEDS_RESET;
+        if v & old != old {
+            return self.needs_reset(Violation("the driver cleared device status bits without a reset"));
+        }
+        let mut s = v & STATUS_DRIVER_BITS;
+        if s & STATUS_FEATURES_OK != 0
+            && old & STATUS_FEATURES_OK == 0
+            && (self.driver_features & !self.features() != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0)
+        {
+            s &= !STATUS_FEATURES_OK;
+        }
+        if s & STATUS_DRIVER_OK != 0 && s & STATUS_FEATURES_OK == 0 {
+            return self.needs_reset(Violation("the driver set DRIVER_OK before FEATURES_OK"));
+        }
+        self.status = s | (self.status & STATUS_NEEDS_RESET);
+    }
+
+    fn reg_write(&mut self, offset: u64, v: u32) {
+        let selected = self.queue_sel == 0;
+        let queue = match offset {
+            0x014 => {
+                self.device_features_sel = v;
+                Ok(())
+            }
+            0x020 if self.status & STATUS_FEATURES_OK != 0 => {
+                Err(Violation("the driver changed its features after FEATURES_OK"))
+            }
+            0x020 => {
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                    _ => {}
+                }
+                Ok(())
+            }
+            0x024 => {
+                self.driver_features_sel = v;
+                Ok(())
+            }
+            0x030 => {
+                self.queue_sel = v;
+                Ok(())
+            }
+            0x038 if selected => self.queue.set_num(v),
+            0x044 if selected => {
+                // A queue disabled or enabled anew forgets the flushes waiting on its old rings.
+                let was = self.queue.ready();
+                let r = self.queue.set_ready(v);
+                if self.queue.ready() != was {
+                    self.pending.clear();
+                }
+                r
+            }
+            0x050 => {
+                // Notifications before DRIVER_OK or for a queue the device lacks are ignored.
+                if v == 0 && self.live() {
+                    self.notified = true;
+                }
+                Ok(())
+            }
+            0x064 => {
+                self.interrupt_status &= !v;
+                Ok(())
+            }
+            0x070 => {
+                self.set_status(v);
+                Ok(())
+            }
+            0x080 | 0x084 if selected => self.queue.set_addr(Area::Descriptors, offset == 0x084, v),
+            0x090 | 0x094 if selected => self.queue.set_addr(Area::Driver, offset == 0x094, v),
+            0x0a0 | 0x0a4 if selected => self.queue.set_addr(Area::Device, offset == 0x0a4, v),
+            _ => Ok(()),
+        };
+        if let Err(v) = queue {
+            self.needs_reset(v);
+        }
+    }
+
+    /// Executes one request; returns (status, bytes written into the guest's buffers), or the
+    /// ticket of the flush it waits for.
+    fn execute(&mut self, mem: &mut dyn GuestMemory, chain: &[Desc]) -> Outcome {
+        // Header (device-readable, 16 bytes), data, status (device-writable, 1 byte, last).
+        let [first, data @ .., last] = chain else {
+            return Outcome::Done(S_IOERR, 0);
+        };
+        if first.write || first.len < 16 || !last.write || last.len < 1 {
+            return Outcome::Done(S_IOERR, 0);
+        }
+        let mut hdr = [0u8; 16];
+        if mem.read(GuestPhysAddr(first.addr), &mut hdr).is_err() {
+            return Outcome::Done(S_IOERR, 0);
+        }
+        let [k0, k1, k2, k3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = hdr;
+        let kind = u32::from_le_bytes([k0, k1, k2, k3]);
+        let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+        // At most a queue's worth of descriptors of at most 4 GiB each: no overflow in u64.
+        let total: u64 = data.iter().map(|d| u64::from(d.len)).sum();
+        let want_write = kind == T_IN || kind == T_GET_ID;
+        if data.iter().any(|d| d.write != want_write) && kind != T_FLUSH {
+            return Outcome::Done(S_IOERR, 0);
+        }
+        match kind {
+            T_IN | T_OUT => {
+                if total > MAX_REQUEST_BYTES || !total.is_multiple_of(SECTOR) {
+                    return Outcome::Done(S_IOERR, 0);
+                }
+                if kind == T_OUT && self.readonly {
+                    return Outcome::Done(S_IOERR, 0);
+                }
+                let mut disk = self.disk.lock();
+                let size = disk.bytes().len();
+                let Some(start) = sector
+                    .checked_mul(SECTOR)
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|s| s.checked_add(total as usize).is_some_and(|e| e <= size))
+                else {
+                    return Outcome::Done(S_IOERR, 0);
+                };
+                let mut at = start;
+                for d in data {
+                    // Inside the disk: the whole request was checked against its size above.
+                    let range = at..at.saturating_add(d.len as usize);
+                    let ok = if kind == T_IN {
+                        disk.bytes().get(range).is_some_and(|b| mem.write(GuestPhysAddr(d.addr), b).is_ok())
+                    } else {
+                        disk.bytes_mut(range).is_some_and(|b| mem.read(GuestPhysAddr(d.addr), b).is_ok())
+                    };
+                    if !ok {
+                        return Outcome::Done(S_IOERR, 0);
+                    }
+                    at = at.saturating_add(d.len as usize);
+                }
+                Outcome::Done(S_OK, if kind == T_IN { total as u32 } else { 0 })
+            }
+            T_FLUSH => {
+                let mut disk = self.disk.lock();
+                let ticket = disk.request_flush();
+                match disk.flush_state(ticket) {
+                    FlushState::Done => Outcome::Done(S_OK, 0),
+                    FlushState::Failed => Outcome::Done(S_IOERR, 0),
+                    FlushState::Pending => Outcome::Flush(ticket),
+                }
+            }
+            T_GET_ID => {
+                let id = b"ember-virtio-blk\0\0\0\0";
+                let Some(d) = data.first() else { return Outcome::Done(S_IOERR, 0) };
+                let n = (d.len as usize).min(id.len());
+                match mem.write(GuestPhysAddr(d.addr), id.get(..n).unwrap_or_default()) {
+                    Ok(()) => Outcome::Done(S_OK, n as u32),
+                    Err(_) => Outcome::Done(S_IOERR, 0),
+                }
+            }
+            _ => Outcome::Done(S_UNSUPP, 0),
+        }
+    }
+
+    /// Takes every available request, executes it, and puts it on the used ring.
+    fn process_queue(&mut self, mem: &mut dyn GuestMemory) {
+        if !self.live() {
+            return;
+        }
+        // At most one queue's worth per notification (a guest cannot make the device loop).
+        let mut budget = match self.queue.available(mem) {
+            Ok(n) => n,
+            Err(v) => return self.needs_reset(v),
+        };
+        while budget > 0 {
+            budget = budget.saturating_sub(1);
+            let head = match self.queue.pop(mem) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(v) => return self.needs_reset(v),
+            };
+            let Some(chain) = self.queue.chain(mem, head) else {
+                // Returned unused.
+                self.queue.push_used(mem, head, 0);
+                self.interrupt_status |= 1;
+                continue;
+            };
+            let status_at = chain
+                .last()
+                .filter(|d| d.write && d.len >= 1)
+                .and_then(|d| d.addr.checked_add(u64::from(d.len).saturating_sub(1)));
+            let (status, len) = match self.execute(mem, &chain) {
+                Outcome::Done(status, len) => (status, len),
+                // Waits for the image's flush, if there is room to remember it.
+                Outcome::Flush(ticket) if self.pending.len() < usize::from(QUEUE_SIZE) => {
+                    self.pending.push(PendingFlush { head, status_at, ticket });
+                    continue;
+                }
+                Outcome::Flush(_) => (S_IOERR, 0),
+            };
+            self.complete(mem, head, status_at.map(|a| (a, status)), len);
+        }
+    }
+
+    /// Puts request `head` on the used ring (with its status byte written, if it has one).
+    fn complete(&mut self, mem: &mut dyn GuestMemory, head: u16, status: Option<(u64, u8)>, len: u32) {
+        if let Some((at, status)) = status {
+            let _ = mem.write(GuestPhysAddr(at), &[status]);
+        }
+        self.queue.push_used(mem, head, len.saturating_add(u32::from(status.is_some())));
+        self.interrupt_status |= 1;
+    }
+
+    /// Completes the flush requests whose flush is over.
+    fn complete_flushes(&mut self, mem: &mut dyn GuestMemory) {
+        if self.pending.is_empty() || !self.live() {
+            return;
+        }
+        let disk = self.disk.clone();
+        let disk = disk.lock();
+        let mut done = Vec::new();
+        self.pending.retain(|p| {
+            let status = match disk.flush_state(p.ticket) {
+                FlushState::Pending => return true,
+                FlushState::Done => S_OK,
+                FlushState::Failed => S_IOERR,
+            };
+            done.push((p.head, p.status_at.map(|a| (a, status))));
+            false
+        });
+        drop(disk);
+        for (head, status) in done {
+            self.complete(mem, head, status, 0);
+        }
+    }
+}
+
+impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        // Registers are 32 bits wide (config space may be read in smaller pieces).
+        let base = offset & !3;
+        let v = self.reg_read(base).to_le_bytes();
+        let shift = (offset & 3) as usize;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = v.get(shift.saturating_add(i)).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 4 || offset & 3 != 0 {
+            return; // registers take aligned 32-bit writes only (virtio 1.2 4.2.2.2)
+        }
+        let Ok(v) = <[u8; 4]>::try_from(data) else { return };
+        self.reg_write(offset, u32::from_le_bytes(v));
+    }
+
+    fn process(&mut self, mem: &mut dyn GuestMemory) {
+        if core::mem::take(&mut self.notified) {
+            self.process_queue(mem);
+        }
+        self.complete_flushes(mem);
+    }
+
+    fn irq(&self) -> Option<(u8, bool)> {
+        Some((self.irq, self.interrupt_status != 0))
+    }
+
+    fn take_notice(&mut self) -> Option<&'static str> {
+        self.notice.take()
+    }
+}
+
+/// A disk image of `len` bytes in host memory, zero-filled (for tests and empty disks).
+pub fn blank_disk(len: usize) -> SharedDisk<Vec<u8>> {
+    Arc::new(Mutex::new(vec![0u8; len]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::GuestRam;
+
+    const DESC_F_NEXT: u16 = 1;
+    const DESC_F_WRITE: u16 = 2;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+
+    fn w32<D: DiskImage>(d: &mut VirtioBlk<D>, off: u64, v: u32) {
+        d.write(off, &v.to_le_bytes());
+    }
+
+    fn r32<D: DiskImage>(d: &mut VirtioBlk<D>, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        d.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// The Linux driver's initialization: reset, ACK, DRIVER, features, FEATURES_OK, queue 0.
+    fn ready(readonly: bool) -> (VirtioBlk<Vec<u8>>, GuestRam) {
+        let disk = blank_disk(8 * 512);
+        for (i, b) in disk.lock().iter_mut().enumerate() {
+            *b = (i / 512) as u8;
+        }
+        ready_with(disk, readonly)
+    }
+
+    fn ready_with<D: DiskImage>(disk: SharedDisk<D>, readonly: bool) -> (VirtioBlk<D>, GuestRam) {
+        let mut d = VirtioBlk::new(disk, readonly, 5);
+        assert_eq!(r32(&mut d, 0), 0x7472_6976);
+        assert_eq!((r32(&mut d, 4), r32(&mut d, 8)), (2, 2));
+        w32(&mut d, 0x70, 0);
+        w32(&mut d, 0x70, 1 | 2);
+        w32(&mut d, 0x14, 1);
+        assert_eq!(r32(&mut d, 0x10), 1, "VERSION_1");
+        w32(&mut d, 0x24, 1);
+        w32(&mut d, 0x20, 1);
+        w32(&mut d, 0x70, 1 | 2 | 8);
+        assert_eq!(r32(&mut d, 0x70) & 8, 8, "features accepted");
+        assert_eq!(r32(&mut d, 0x34), QUEUE_SIZE as u32);
+        w32(&mut d, 0x38, 8);
+        for (off, v) in [(0x80, DESC), (0x90, AVAIL), (0xa0, USED)] {
+            w32(&mut d, off, v as u32);
+            w32(&mut d, off + 4, 0);
+        }
+        w32(&mut d, 0x44, 1);
+        w32(&mut d, 0x70, 1 | 2 | 8 | 4);
+        assert_eq!(r32(&mut d, 0x100), 8, "capacity in sectors");
+        (d, GuestRam::new(0x10_0000))
+    }
+
+    fn put_desc(m: &mut GuestRam, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&flags.to_le_bytes());
+        b[14..16].copy_from_slice(&next.to_le_bytes());
+        m.write(GuestPhysAddr(DESC + 16 * i as u64), &b).unwrap();
+    }
+
+    /// Puts a request (header at 0x4000, data at 0x5000, status at 0x6000) as chain 0-2 and
+    /// notifies; returns the status byte and the used element's length.
+    fn request<D: DiskImage>(
+        d: &mut VirtioBlk<D>,
+        m: &mut GuestRam,
+        kind: u32,
+        sector: u64,
+        len: u32,
+    ) -> (u8, u32) {
+        request_at(d, m, kind, sector, len, 0x5000)
+    }
+
+    fn request_at<D: DiskImage>(
+        d: &mut VirtioBlk<D>,
+        m: &mut GuestRam,
+        kind: u32,
+        sector: u64,
+        len: u32,
+        data_at: u64,
+    ) -> (u8, u32) {
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&kind.to_le_bytes());
+        hdr[8..16].copy_from_slice(&sector.to_le_bytes());
+        m.write(GuestPhysAddr(0x4000), &hdr).unwrap();
+        let data_flags = DESC_F_NEXT | if kind == T_IN { DESC_F_WRITE } else { 0 };
+        put_desc(m, 0, 0x4000, 16, DESC_F_NEXT, 1);
+        put_desc(m, 1, data_at, len, data_flags, 2);
+        put_desc(m, 2, 0x6000, 1, DESC_F_WRITE, 0);
+        let idx = d.queue.last_avail();
+        m.write(GuestPhysAddr(AVAIL + 4 + 2 * (idx % 8) as u64), &0u16.to_le_bytes()).unwrap();
+        m.write(GuestPhysAddr(AVAIL + 2), &idx.wrapping_add(1).to_le_bytes()).unwrap();
+        m.write(GuestPhysAddr(0x6000), &[0xff]).unwrap();
+        w32(d, 0x50, 0);
+        d.process(m);
+        let mut s = [0u8; 1];
+        m.read(GuestPhysAddr(0x6000), &mut s).unwrap();
+        let mut e = [0u8; 8];
+        m.read(GuestPhysAddr(USED + 4 + 8 * (idx % 8) as u64), &mut e).unwrap();
+        (s[0], u32::from_le_bytes(e[4..8].try_into().unwrap()))
+    }
+
+    #[test]
+    fn a_flush_completes_when_the_image_has_written_everything_back() {
+        use crate::disk::WritebackImage;
+        let disk = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; 8 * 512], true)));
+        let (mut d, mut m) = ready_with(disk.clone(), false);
+        m.write(GuestPhysAddr(0x5000), &[0xcd; 512]).unwrap();
+        assert_eq!(request(&mut d, &mut m, T_OUT, 2, 512), (S_OK, 1));
+        assert_eq!(disk.lock().dirty_chunks(), 1);
+        w32(&mut d, 0x64, 1);
+        // The flush waits: no status, the used ring stays where it was, no interrupt.
+        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0).0, 0xff);
+        let used = |m: &GuestRam| {
+            let mut u = [0u8; 2];
+            m.read(GuestPhysAddr(USED + 2), &mut u).unwrap();
+            u16::from_le_bytes(u)
+        };
+        assert_eq!((used(&m), d.irq()), (1, Some((5, false))));
+        d.process(&mut m);
+        assert_eq!(used(&m), 1, "still waiting");
+        // The host writes the image back and flushes its device.
+        let pass = disk.lock().begin_pass().unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(disk.lock().copy_chunks(pass.chunks[0], 1, &mut buf), 0..4096);
+        assert_eq!(&buf[1024..1536], &[0xcd; 512]);
+        disk.lock().end_pass(&pass, true, &[]);
+        d.process(&mut m);
+        let mut st = [0u8; 1];
+        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
+        assert_eq!((st[0], used(&m), d.irq()), (S_OK, 2, Some((5, true))));
+        // A failed write-back fails the flush.
+        m.write(GuestPhysAddr(0x5000), &[0xee; 512]).unwrap();
+        request(&mut d, &mut m, T_OUT, 3, 512);
+        request(&mut d, &mut m, T_FLUSH, 0, 0);
+        let pass = disk.lock().begin_pass().unwrap();
+        disk.lock().end_pass(&pass, false, &pass.chunks);
+        d.process(&mut m);
+        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
+        assert_eq!((st[0], used(&m)), (S_IOERR, 4));
+        // A reset forgets waiting flushes.
+        request(&mut d, &mut m, T_FLUSH, 0, 0);
+        w32(&mut d, 0x70, 0);
+        assert!(d.pending.is_empty());
+    }
+
+    #[test]
+    fn reads_writes_flush_and_the_interrupt() {
+        let (mut d, mut m) = ready(false);
+        assert_eq!(d.irq(), Some((5, false)));
+        assert_eq!(request(&mut d, &mut m, T_IN, 3, 1024), (S_OK, 1025));
+        let mut got = [0u8; 1024];
+        m.read(GuestPhysAddr(0x5000), &mut got).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 3) && got[512..].iter().all(|&b| b == 4));
+        assert_eq!(d.irq(), Some((5, true)));
+        assert_eq!(r32(&mut d, 0x60), 1);
+        w32(&mut d, 0x64, 1);
+        assert_eq!(d.irq(), Some((5, false)), "acknowledged");
+        m.write(GuestPhysAddr(0x5000), &[0xab; 512]).unwrap();
+        assert_eq!(request(&mut d, &mut m, T_OUT, 7, 512), (S_OK, 1));
+        assert!(d.disk.lock()[7 * 512..].iter().all(|&b| b == 0xab), "written to the last sector");
+        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0), (S_OK, 1));
+        let mut used = [0u8; 2];
+        m.read(GuestPhysAddr(USED + 2), &mut used).unwrap();
+        assert_eq!(u16::from_le_bytes(used), 3);
+    }
+
+    #[test]
+    fn bad_requests_fail_without_touching_the_disk() {
+        let (mut d, mut m) = ready(false);
+        let before = d.disk.lock().clone();
+        assert_eq!(request(&mut d, &mut m, T_IN, 7, 1024).0, S_IOERR, "past the end");
+        assert_eq!(request(&mut d, &mut m, T_OUT, u64::MAX, 512).0, S_IOERR, "sector overflow");
+        assert_eq!(request(&mut d, &mut m, T_IN, 0, 100).0, S_IOERR, "not whole sectors");
+        assert_eq!(request(&mut d, &mut m, 99, 0, 512).0, S_UNSUPP);
+        // Data outside guest RAM, or running past its end.
+        assert_eq!(request_at(&mut d, &mut m, T_OUT, 0, 512, 0xfff_0000).0, S_IOERR);
+        assert_eq!(request_at(&mut d, &mut m, T_IN, 0, 1024, 0xf_fe00).0, S_IOERR);
+        assert_eq!(d.disk.lock().clone(), before);
+        // A read-only disk refuses writes.
+        let (mut ro, mut m2) = ready(true);
+        w32(&mut ro, 0x14, 0);
+        assert_eq!(r32(&mut ro, 0x10) & (1 << 5), 1 << 5, "VIRTIO_BLK_F_RO offered");
+        assert_eq!(request(&mut ro, &mut m2, T_OUT, 0, 512).0, S_IOERR);
+        assert_eq!(request(&mut ro, &mut m2, T_IN, 0, 512).0, S_OK);
+    }
+
+    /// The reproduced attack: a FLUSH, then queue size 0 while the queue is enabled. The device
+    /// refuses the change, needs a reset, and keeps working after one.
+    #[test]
+    fn reconfiguring_an_enabled_queue_needs_a_reset_and_never_panics() {
+        let (mut d, mut m) = ready(false);
+        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0), (S_OK, 1));
+        w32(&mut d, 0x64, 1);
+        w32(&mut d, 0x38, 0);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2 | 4 | 8 | STATUS_NEEDS_RESET);
+        assert_eq!(r32(&mut d, 0x60), 2, "configuration change interrupt");
+        assert_eq!(d.irq(), Some((5, true)));
+        assert!(d.take_notice().is_some());
+        // Nothing is processed until the reset.
+        assert_eq!(request(&mut d, &mut m, T_IN, 0, 512).0, 0xff);
+        for off in [0x84, 0x90, 0xa4] {
+            w32(&mut d, off, 1);
+        }
+        assert_eq!(d.take_notice(), None, "logged once");
+        w32(&mut d, 0x70, 0);
+        assert_eq!(r32(&mut d, 0x70), 0);
+        let (mut d, mut m) = ready_with(d.disk.clone(), false);
+        assert_eq!(request(&mut d, &mut m, T_IN, 1, 512), (S_OK, 513));
+    }
+
+    #[test]
+    fn status_changes_follow_the_specification() {
+        let disk = blank_disk(4096);
+        let mut d = VirtioBlk::new(disk, false, 5);
+        // DRIVER_OK without FEATURES_OK.
+        w32(&mut d, 0x70, 1 | 2 | 4);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        w32(&mut d, 0x70, 0);
+        // FEATURES_OK without VERSION_1 is not accepted.
+        w32(&mut d, 0x70, 1 | 2 | 8);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2);
+        // Features accepted, then changed: a violation.
+        w32(&mut d, 0x24, 1);
+        w32(&mut d, 0x20, 1);
+        w32(&mut d, 0x70, 1 | 2 | 8);
+        assert_eq!(r32(&mut d, 0x70), 1 | 2 | 8);
+        w32(&mut d, 0x20, 0);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        w32(&mut d, 0x70, 0);
+        // Clearing a bit without a reset.
+        w32(&mut d, 0x70, 1 | 2);
+        w32(&mut d, 0x70, 1);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        // A queue enabled with size 0, 3 or misaligned rings.
+        for (num, desc) in [(0, 0x1000), (3, 0x1000), (8, 0x1004)] {
+            w32(&mut d, 0x70, 0);
+            w32(&mut d, 0x38, num);
+            w32(&mut d, 0x80, desc);
+            w32(&mut d, 0x44, 1);
+            assert_eq!(r32(&mut d, 0x44), 0, "size {num}, table at {desc:#x}");
+            assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        }
+        // Notifications before DRIVER_OK are ignored.
+        w32(&mut d, 0x70, 0);
+        w32(&mut d, 0x50, 0);
+        assert!(!d.notified);
+    }
+
+    #[test]
+    fn looping_and_out_of_range_chains_are_refused() {
+        let (mut d, mut m) = ready(false);
+        // A chain that loops forever: 0 -> 1 -> 0.
+        put_desc(&mut m, 0, 0x4000, 16, DESC_F_NEXT, 1);
+        put_desc(&mut m, 1, 0x5000, 512, DESC_F_NEXT, 0);
+        m.write(GuestPhysAddr(AVAIL + 4), &0u16.to_le_bytes()).unwrap();
+        m.write(GuestPhysAddr(AVAIL + 2), &1u16.to_le_bytes()).unwrap();
+        w32(&mut d, 0x50, 0);
+        d.process(&mut m);
+        let mut e = [0u8; 8];
+        m.read(GuestPhysAddr(USED + 4), &mut e).unwrap();
+        assert_eq!(u32::from_le_bytes(e[4..8].try_into().unwrap()), 0, "returned unused");
+        // An available index far ahead (more than the queue holds): the device needs a reset.
+        m.write(GuestPhysAddr(AVAIL + 2), &1000u16.to_le_bytes()).unwrap();
+        w32(&mut d, 0x50, 0);
+        d.process(&mut m);
+        assert_eq!(d.queue.last_avail(), 1);
+        assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
+        assert_eq!(d.take_notice(), Some("the driver made more buffers available than the queue holds"));
+        w32(&mut d, 0x70, 0);
+        let (mut d, mut m) = ready(false);
+        // Queue addresses outside RAM: nothing happens, nothing panics.
+        w32(&mut d, 0x80, 0xffff_f000);
+        w32(&mut d, 0x84, 0xffff_ffff);
+        w32(&mut d, 0x50, 0);
+        d.process(&mut m);
+        // Random register traffic.
+        let mut x = 0x9e37_79b9u32;
+        for _ in 0..20_000 {
+            crate::xorshift32(&mut x);
+            let off = (x as u64 >> 4) & 0x1fc;
+            if x & 1 == 0 {
+                w32(&mut d, off, x.rotate_left(7));
+            } else {
+                r32(&mut d, off);
+            }
+            if x & 0x300 == 0 {
+                w32(&mut d, 0x50, 0);
+                d.process(&mut m);
+            }
+        }
+    }
+}
