@@ -640,8 +640,13 @@ impl<P: Platform> Runtime<P> {
 
     /// Starts `vm` (stopped) at `now_ms` (the caller's clock): sets its run up and queues its vCPUs.
     pub fn start(&self, vm: &Arc<Vm>, now_ms: u64) -> Result<(), VmError> {
-        if let Some(why) = self.lock_bounded(&self.unavailable).as_deref().and_then(|u| u.as_ref()) {
-            return Err(VmError::Unavailable(format!("virtual machines cannot run on this host: {why}")));
+        let unavailable = self.lock_bounded(&self.unavailable).map(|u| u.clone());
+        match unavailable {
+            Some(None) => {}
+            Some(Some(why)) => {
+                return Err(VmError::Unavailable(format!("virtual machines cannot run on this host: {why}")))
+            }
+            None => return Err(VmError::Unavailable(String::from("the hypervisor does not answer"))),
         }
         if self.workers().iter().all(|w| w.dead.load(Ordering::Acquire)) {
             return Err(VmError::Unavailable(String::from(
@@ -1047,7 +1052,8 @@ impl<P: Platform> Host for WorkerHost<'_, P> {
     }
     fn interrupted(&self, idle: bool) -> Option<RunEnd> {
         let vm = &self.run.vm;
-        if vm.stop.load(Ordering::Acquire) {
+        // A CPU that ran one of its vCPUs stopped (perhaps holding its locks): this one stops too.
+        if vm.stop.load(Ordering::Acquire) || vm.failed() {
             return Some(RunEnd::Stopped);
         }
         if vm.reset.swap(false, Ordering::AcqRel) {
@@ -1101,8 +1107,12 @@ impl<P: Platform> Host for WorkerHost<'_, P> {
     }
     fn quiet(&self, next_timer: Option<u64>) -> bool {
         let now = self.now_ns();
+        let me = bit(self.index);
+        // Read first: the shared word is written only when this vCPU's bit is set.
+        let woken = self.run.wakes.load(Ordering::Acquire) & me != 0
+            && self.run.wakes.fetch_and(!me, Ordering::AcqRel) & me != 0;
         next_timer.is_none_or(|t| now < t)
-            && self.run.wakes.fetch_and(!bit(self.index), Ordering::AcqRel) & bit(self.index) == 0
+            && !woken
             && self.run.vm.input.try_lock().is_some_and(|i| i.is_empty())
             && !self.run.ended.load(Ordering::Acquire)
     }

@@ -161,14 +161,15 @@ fn deliver_interrupts(vcpu: &mut impl Vcpu, board: &mut Board, cpu: usize, stats
 /// What the loop does before each entry and on each wake-up while halted: brings the timers up
 /// to date, hands the chipset console input, starts the vCPU if a STARTUP IPI came, wakes it if
 /// it halted and an interrupt came, and delivers what it can take. Returns the other vCPUs that
-/// received something meanwhile.
+/// received something meanwhile, and whether something is still pending for this one (an
+/// interrupt or NMI waiting for the guest to let it in).
 fn look_around(
     vcpu: &mut impl Vcpu,
     vm: &mut VmParts<'_, impl Fn(u32, u32) -> Leaf>,
     host: &impl Host,
     state: &mut LoopState,
     stats: &mut RunStats,
-) -> Option<u64> {
+) -> Option<(u64, bool)> {
     let cpu = vm.cpu;
     let mut b = host.lock_board(vm.board)?;
     state.next_timer = b.update(cpu, host.now_ns());
@@ -192,7 +193,8 @@ fn look_around(
     if !state.halted {
         deliver_interrupts(vcpu, &mut b, cpu, stats);
     }
-    Some(b.apics.take_wakes() & !(1 << cpu))
+    let owed = b.apics.nmi_pending(cpu) || b.pending(cpu);
+    Some((b.apics.take_wakes() & !(1 << cpu), owed))
 }
 
 /// Runs the vCPU until its time slice is over or the VM's run ends.
@@ -204,13 +206,16 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
     state: &mut LoopState,
 ) -> RunEnd {
     let cpu = vm.cpu;
-    // The last exit concerned only this vCPU: unless something arrived, it enters again without
-    // taking the VM's device lock.
+    // The last exit concerned only this vCPU: unless something arrived, or something the last look
+    // found could not be delivered yet (it is retried on every exit, as the window it waits for may
+    // not come as an exit of its own), it enters again without taking the VM's device lock.
     let mut local = false;
+    let mut owed = false;
     loop {
         // Looking first: a vCPU woken by an interrupt or a STARTUP IPI is no longer idle.
-        if !(local && host.quiet(state.next_timer)) {
-            let Some(wakes) = look_around(vcpu, vm, host, state, stats) else { return RunEnd::Stopped };
+        if !(local && !owed && host.quiet(state.next_timer)) {
+            let Some((wakes, o)) = look_around(vcpu, vm, host, state, stats) else { return RunEnd::Stopped };
+            owed = o;
             if wakes != 0 {
                 host.wake(wakes);
             }
