@@ -75,6 +75,23 @@ pub enum Action {
     Log(String),
 }
 
+impl Action {
+    /// Whether carrying the action out changes the stored configuration (it then waits while
+    /// another change is being saved, and builds on it).
+    pub fn changes_config(&self) -> bool {
+        matches!(
+            self,
+            Action::SetPassword(_)
+                | Action::ApplyNetwork { .. }
+                | Action::SetKeyboard(_)
+                | Action::SetShell(_)
+                | Action::SetSsh(_)
+                | Action::SetShellTimeouts { .. }
+                | Action::SetDcuiTimeout(_)
+        )
+    }
+}
+
 /// What the menu shows besides its own state.
 pub struct View<'a> {
     pub hostname: &'a str,

@@ -13,7 +13,7 @@ use ember_net::api::{ApiState, HostFacts, NicInfo};
 use ember_net::auth::{self, PasswordHash};
 use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
-use ember_net::host::{HostState, Persistence};
+use ember_net::host::{HostState, Persistence, Ticket};
 use ember_net::mgmt::{KickstartTls, ManagedNic, ManagementNetwork};
 use ember_net::tls::Trust;
 use ember_platform::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
@@ -183,6 +183,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         reset: acpi_info.reset,
         poweroff: acpi_info.poweroff,
         vm_disks,
+        saving: Vec::new(),
+        held: alloc::collections::VecDeque::new(),
+        shown_generation: network.host.generation,
     };
     management_loop(local, network)
 }
@@ -614,6 +617,12 @@ struct LocalConsole {
     poweroff: Option<acpi::PowerOff>,
     /// Writes VM disks back to the boot media.
     vm_disks: Option<crate::vmhost::DiskWriter>,
+    /// The menu's changes being saved (a failure is shown when the save ends).
+    saving: Vec<Ticket>,
+    /// Changes asked for while another change was being saved, in order.
+    held: alloc::collections::VecDeque<Action>,
+    /// The configuration change the menu shows (`HostState::generation`).
+    shown_generation: u64,
 }
 
 impl LocalConsole {
@@ -652,14 +661,49 @@ impl LocalConsole {
         self.redraw(net);
     }
 
+    /// Shows the failures of the menu's changes whose saves have ended, then carries out a change
+    /// held back while another was being saved.
+    fn after_saves(&mut self, n: &mut Plane, now: u64) {
+        let mut failed = None;
+        self.saving.retain(|t| match n.host.outcome(*t) {
+            None => true,
+            Some(Ok(())) => false,
+            Some(Err(e)) => {
+                failed = Some(format!("Not changed: {e}"));
+                false
+            }
+        });
+        if let Some(f) = failed {
+            self.menu.notify(f);
+            self.redraw(n);
+        } else if n.host.generation != self.shown_generation && !self.menu.is_idle() {
+            // A change took effect (the menu's, the API's, a time-out's): show it.
+            self.redraw(n);
+        }
+        self.shown_generation = n.host.generation;
+        if !n.host.saving() {
+            if let Some(a) = self.held.pop_front() {
+                self.act(a, n, now);
+                self.redraw(n);
+            }
+        }
+    }
+
     fn act(&mut self, action: Action, n: &mut Plane, now: u64) {
-        // A change is stored before it takes effect; when storing fails the screen says so.
+        // A change made while another is being saved waits for it (and builds on it).
+        if action.changes_config() && (n.host.saving() || !self.held.is_empty()) {
+            self.held.push_back(action);
+            return;
+        }
+        // A change is stored before it takes effect (the log says so once it is saved); when
+        // storing fails the screen says so.
         let mut failure = None;
+        let saving = &mut self.saving;
         let mut change = |f: &dyn Fn(&mut HostConfig), what: &str| {
             let mut host = n.host.config.clone();
             f(&mut host);
-            match n.host.commit(host) {
-                Ok(()) => kprintln!("ember: DCUI: {what}"),
+            match n.host.begin_commit(host, Some(format!("DCUI: {what}"))) {
+                Ok(ticket) => saving.push(ticket),
                 Err(e) => {
                     kprintln!("ember: ERROR: DCUI: {what}: {e}");
                     failure = Some(format!("Not changed: {e}"));
@@ -701,19 +745,14 @@ impl LocalConsole {
                 kprintln!("ember: DCUI: restarting the management agents");
                 n.net.restart_agents(&mut n.host, now);
             }
-            Action::ApplyNetwork { network, dns_search } => {
-                let (cfg, search) = (network.clone(), dns_search.clone());
-                change(
-                    &|h| {
-                        h.network = cfg.clone();
-                        h.dns_search = search.clone();
-                    },
-                    "management network settings changed",
-                );
-                if n.host.config.network == network {
-                    n.net.reconfigure(&mut n.nics, network, now);
-                }
-            }
+            // The management network restarts with the new settings once they are saved.
+            Action::ApplyNetwork { network, dns_search } => change(
+                &|h| {
+                    h.network = network.clone();
+                    h.dns_search = dns_search.clone();
+                },
+                "management network settings changed",
+            ),
             Action::TestNetwork => {
                 kprintln!("ember: DCUI: testing the management network");
                 n.net.start_network_test(now);
@@ -735,10 +774,12 @@ impl LocalConsole {
                 power::reboot(self.reset.as_ref());
             }
             Action::Shutdown => {
+                finish_saving(n);
                 self.write_back_vm_disks(n, now, true);
                 power::shutdown(self.poweroff.as_ref())
             }
             Action::Restart => {
+                finish_saving(n);
                 self.write_back_vm_disks(n, now, true);
                 power::reboot(self.reset.as_ref())
             }
@@ -748,6 +789,12 @@ impl LocalConsole {
             self.menu.notify(f);
         }
     }
+}
+
+/// Carries a change being saved to its end (before the power goes).
+fn finish_saving(n: &mut Plane) {
+    while n.host.poll_store() {}
+    print_network_log(n);
 }
 
 /// The NICs as the menu lists them: name, MAC address, link.
@@ -832,6 +879,11 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
         }
         {
             let net = &mut network;
+            // One device command of a configuration change being saved per pass.
+            if net.host.poll_store() {
+                last_activity = now;
+            }
+            local.after_saves(net, now);
             if net.net.poll(&mut net.host, &mut net.nics, now) {
                 last_activity = now;
             }
@@ -842,18 +894,14 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
                 local.redraw(net);
             }
             local.keyboards.set_layout(&net.host.config.keyboard);
-            if let Some(off) = availability.check(&net.host.config, now) {
+            // Looked at between saves only (the timer restarts whenever it answers).
+            if let Some(off) =
+                (!net.host.saving()).then(|| availability.check(&net.host.config, now)).flatten()
+            {
                 let minutes = off.shell_timeout_minutes;
-                match net.host.commit(off) {
-                    Ok(()) => kprintln!(
-                        "ember: local shell and SSH disabled: availability time-out ({minutes} min)"
-                    ),
-                    Err(e) => {
-                        kprintln!("ember: ERROR: availability time-out: shell and SSH not disabled: {e}")
-                    }
-                }
-                if !local.menu.is_idle() {
-                    local.redraw(net);
+                let what = format!("local shell and SSH disabled: availability time-out ({minutes} min)");
+                if let Err(e) = net.host.begin_commit(off, Some(what)) {
+                    kprintln!("ember: ERROR: availability time-out: shell and SSH not disabled: {e}")
                 }
             }
             if net.net.take_test_changed() && !local.menu.is_idle() {

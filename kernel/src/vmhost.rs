@@ -19,7 +19,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use ember_hw::mm::frames::FrameAllocator;
-use ember_net::vms::{VmAction, VmError, VmService, VmState, VmSummary};
+use ember_net::vms::{VmAction, VmError, VmReport, VmService, VmState, VmSummary};
 use ember_platform::arch::x86_64::hypervisor::{self, HostPlatform};
 use ember_platform::arch::x86_64::svm::SvmCpu;
 use ember_platform::arch::x86_64::{apic, cpu, timer};
@@ -235,37 +235,29 @@ impl VmService for Hypervisor {
             .iter()
             .map(|e| match e {
                 Entry::Vm(v) => {
-                    let r = runtime().report(v);
+                    let run = runtime().report(v);
                     VmSummary {
                         name: v.def.name.clone(),
-                        state: r.state,
                         vcpus: v.def.vcpus,
                         memory_mib: v.def.memory_mib,
                         autostart: v.def.autostart,
                         console_port: v.def.console_port,
-                        uptime_ms: r.started_ms.map(|s| now_ms.saturating_sub(s)),
-                        exit_reason: r.exit_reason,
-                        exits: r.exits,
-                        exit_counts: r.exit_counts,
-                        interrupts: r.interrupts,
-                        resets: r.resets,
-                        overhead_bytes: r.overhead_bytes,
+                        uptime_ms: run.started_ms.map(|s| now_ms.saturating_sub(s)),
+                        run,
                     }
                 }
                 Entry::Invalid { name, reason } => VmSummary {
                     name: name.clone(),
-                    state: VmState::Invalid,
                     vcpus: 0,
                     memory_mib: 0,
                     autostart: false,
                     console_port: None,
                     uptime_ms: None,
-                    exit_reason: Some(reason.clone()),
-                    exits: 0,
-                    exit_counts: Vec::new(),
-                    interrupts: 0,
-                    resets: 0,
-                    overhead_bytes: 0,
+                    run: VmReport {
+                        state: VmState::Invalid,
+                        exit_reason: Some(reason.clone()),
+                        ..VmReport::default()
+                    },
                 },
             })
             .collect()

@@ -19,13 +19,15 @@
 
 use crate::auth::{self, AuthResult, PasswordHash};
 use crate::config::{self, Ipv4Mode, ManagementConfig};
-use crate::host::{CommitError, HostState, Persistence};
+use crate::host::{CommitError, HostState, Persistence, Ticket};
 use crate::http::{Request, Response};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use ember_hw::nic::{mac_string, ManagedNic};
+use ember_storage::hostconfig::HostConfig;
 use serde_json::{json, Map, Value};
 
 /// Facts about the host that do not change while it runs.
@@ -108,11 +110,47 @@ impl Default for InterfaceStatus {
 }
 
 /// What the handler wants done.
-#[derive(Debug)]
 pub enum Reply {
     Now(Response),
     /// Resolve this name, then answer (the service owns the DNS socket).
     Resolve(String),
+    /// A change is being saved ([`HostState::begin_commit`]): once it has ended, the answer is
+    /// what this makes of its outcome.
+    Saving(Ticket, AfterSave),
+}
+
+/// Makes the answer to a change from how its save ended.
+pub type AfterSave = Box<dyn FnOnce(&HostState, Result<(), CommitError>) -> Response>;
+
+impl core::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Reply::Resolve(n) => f.debug_tuple("Resolve").field(n).finish(),
+            Reply::Saving(t, _) => f.debug_tuple("Saving").field(t).finish(),
+        }
+    }
+}
+
+/// Whether answering `req` may change the configuration: such a request waits while another
+/// change is being saved, so that it is checked against, and builds on, the configuration that
+/// change leaves.
+pub fn may_change_config(req: &Request) -> bool {
+    !matches!(req.method.as_str(), "GET" | "HEAD")
+        && req.path.starts_with("/api/")
+        && !req.path.starts_with("/api/v1/vms")
+}
+
+/// Starts saving `new`; the answer follows from `then` once the save has ended.
+fn save(
+    host: &mut HostState,
+    new: HostConfig,
+    then: impl FnOnce(&HostState, Result<(), CommitError>) -> Response + 'static,
+) -> Reply {
+    match host.begin_commit(new, None) {
+        Ok(ticket) => Reply::Saving(ticket, Box::new(then)),
+        Err(e) => Reply::Now(failed(&e)),
+    }
 }
 
 /// What the management API keeps of its own: the host's facts and NICs as the API reports them,
@@ -307,13 +345,16 @@ fn put_management(state: &mut ApiState, host: &mut HostState, req: &Request) -> 
     let mut out = management_json(state, host);
     let mut new = host.config.clone();
     new.network = cfg.clone();
-    if let Err(e) = host.commit(new) {
-        return failed(&e);
-    }
-    out["pending"] = cfg.to_json();
-    out["persistent"] = Value::Bool(matches!(host.store, Persistence::Store(_)));
-    state.pending = Some(cfg);
-    Reply::Now(Response::json(202, out.to_string()))
+    // The management network restarts with the new settings once they are in force
+    // (`ManagementNetwork::poll`), after this answer has gone out.
+    save(host, new, move |host, saved| match saved {
+        Ok(()) => {
+            out["pending"] = cfg.to_json();
+            out["persistent"] = Value::Bool(matches!(host.store, Persistence::Store(_)));
+            Response::json(202, out.to_string())
+        }
+        Err(e) => failed(&e),
+    })
 }
 
 /// The management network's uplink must be a NIC this host has.
@@ -325,11 +366,11 @@ fn check_uplink(state: &ApiState, cfg: &ManagementConfig, field: &str) -> Result
     Err(bad_request(field, &format!("no NIC named {} (present: {})", cfg.uplink, present.join(", "))))
 }
 
-fn failed(e: &CommitError) -> Reply {
+fn failed(e: &CommitError) -> Response {
     match e {
-        CommitError::Store(_) => Reply::Now(Response::error(503, &e.to_string())),
-        CommitError::Hash(h) => bad_request("root_password_hash", &h.to_string()),
-        CommitError::Tls(e) => Reply::Now(Response::error(400, e)),
+        CommitError::Store(_) | CommitError::Busy => Response::error(503, &e.to_string()),
+        CommitError::Hash(h) => Response::error(400, &format!("root_password_hash: {h}")),
+        CommitError::Tls(e) => Response::error(400, e),
     }
 }
 
@@ -361,15 +402,14 @@ fn put_config(state: &mut ApiState, host: &mut HostState, req: &Request) -> Repl
         return r;
     }
     let network_changed = new.network != host.config.network;
-    if let Err(e) = host.commit(new) {
-        return failed(&e);
-    }
-    let mut out = host.config_json();
-    out["restarting_management_network"] = Value::Bool(network_changed);
-    if network_changed {
-        state.pending = Some(host.config.network.clone());
-    }
-    ok_json(out)
+    save(host, new, move |host, saved| match saved {
+        Ok(()) => {
+            let mut out = host.config_json();
+            out["restarting_management_network"] = Value::Bool(network_changed);
+            Response::json(200, out.to_string())
+        }
+        Err(e) => failed(&e),
+    })
 }
 
 /// `PUT /api/v1/host/certificate {"certificate": PEM chain, "key": PEM key}`: a CA-signed
@@ -393,21 +433,21 @@ fn put_certificate(host: &mut HostState, req: &Request) -> Reply {
     };
     let mut new = host.config.clone();
     new.tls = Some(identity.stored.clone());
-    match host.commit(new) {
-        Ok(()) => ok_json(host.certificate_json()),
+    save(host, new, |host, saved| match saved {
+        Ok(()) => Response::json(200, host.certificate_json().to_string()),
         Err(e) => failed(&e),
-    }
+    })
 }
 
 /// `DELETE /api/v1/host/certificate`: back to a new self-signed certificate.
 fn new_self_signed(host: &mut HostState) -> Reply {
     let mut new = host.config.clone();
     new.tls = None;
-    match host.commit(new) {
-        Ok(()) if host.config.tls.is_some() => ok_json(host.certificate_json()),
-        Ok(()) => Reply::Now(Response::error(503, "no new certificate could be made")),
+    save(host, new, |host, saved| match saved {
+        Ok(()) if host.config.tls.is_some() => Response::json(200, host.certificate_json().to_string()),
+        Ok(()) => Response::error(503, "no new certificate could be made"),
         Err(e) => failed(&e),
-    }
+    })
 }
 
 fn resolve(req: &Request) -> Reply {
@@ -436,13 +476,17 @@ fn put_password(host: &mut HostState, req: &Request) -> Reply {
     let salt = host.next_salt();
     let mut new = host.config.clone();
     new.root_password_hash = PasswordHash::new(pw, salt, auth::DEFAULT_ITERATIONS).encode();
-    match host.commit(new) {
-        Ok(()) => ok_json(json!({
-            "status": "password changed",
-            "persistent": matches!(host.store, Persistence::Store(_)),
-        })),
+    save(host, new, |host, saved| match saved {
+        Ok(()) => Response::json(
+            200,
+            json!({
+                "status": "password changed",
+                "persistent": matches!(host.store, Persistence::Store(_)),
+            })
+            .to_string(),
+        ),
         Err(e) => failed(&e),
-    }
+    })
 }
 
 /// The answer to a finished name resolution.
@@ -464,9 +508,7 @@ mod tests {
     use crate::auth::{PasswordHash, MIN_ITERATIONS};
     use crate::host::Persistence;
     use crate::http::{parse_request, Parsed};
-    use alloc::boxed::Box;
     use base64::Engine;
-    use ember_storage::hostconfig::HostConfig;
     use ember_storage::persist::HostStore;
 
     fn facts() -> HostFacts {
@@ -527,17 +569,25 @@ mod tests {
         let Parsed::Complete(req, _) = parse_request(raw.as_bytes()) else {
             panic!("unparsable test request")
         };
-        match handle(&mut st.api, &mut st.host, &req, 61_000) {
-            Reply::Now(r) => {
-                let v = if r.content_type == "application/json" {
-                    serde_json::from_slice(&r.body).unwrap()
-                } else {
-                    Value::Null
-                };
-                (r.status, v)
+        let r = match handle(&mut st.api, &mut st.host, &req, 61_000) {
+            Reply::Now(r) => r,
+            Reply::Resolve(name) => return (0, Value::String(name)),
+            Reply::Saving(ticket, then) => {
+                // Nothing is in force before the save has ended.
+                let before = st.host.generation;
+                while st.host.saving() {
+                    assert_eq!(st.host.generation, before);
+                    st.host.poll_store();
+                }
+                then(&st.host, st.host.outcome(ticket).unwrap())
             }
-            Reply::Resolve(name) => (0, Value::String(name)),
-        }
+        };
+        let v = if r.content_type == "application/json" {
+            serde_json::from_slice(&r.body).unwrap()
+        } else {
+            Value::Null
+        };
+        (r.status, v)
     }
 
     fn put(path: &str, body: &str) -> String {
@@ -690,12 +740,13 @@ mod tests {
             (r#"{"hostname":"bad_name"}"#, "hostname"),
             (r#"{"colour":"red"}"#, "colour"),
         ];
+        let (before, generation) = (st.host.config.clone(), st.host.generation);
         for (body, field) in cases {
             let (s, v) = call(&mut st, &put("/api/v1/network/management", body));
             assert_eq!(s, 400, "{body}");
             let msg = v["error"]["message"].as_str().unwrap();
             assert!(msg.starts_with(field), "{body}: {msg}");
-            assert!(st.api.pending.is_none(), "{body} changed something");
+            assert!(st.host.config == before && st.host.generation == generation, "{body} changed something");
         }
         let (s, v) = call(
             &mut st,
@@ -706,7 +757,8 @@ mod tests {
         );
         assert_eq!(s, 202, "{v}");
         assert_eq!(v["pending"]["address"], "10.0.2.20");
-        let p = st.api.pending.clone().unwrap();
+        // In force (the management network restarts with it; see the `mgmt` tests).
+        let p = st.host.config.network.clone();
         assert_eq!(p.vlan, Some(12));
         assert_eq!(
             p.ipv4,
@@ -750,23 +802,6 @@ mod tests {
         assert_eq!(call(&mut st, &format!("GET /api/v1/host HTTP/1.1\r\n{}\r\n", auth())).0, 401);
     }
 
-    /// A store on an in-memory Ember medium; `fail_writes` makes the medium refuse every write.
-    fn disk_store(fail_writes: bool) -> Persistence {
-        use ember_storage::block::MemDisk;
-        use ember_storage::persist::{find_boot_media, Disk};
-        let blocks = ember_storage::layout::MIN_MEDIA_SIZE / 512 + 64;
-        let mut mem = MemDisk::new(512, blocks);
-        let layout = ember_storage::layout::plan(512, blocks).unwrap();
-        let guid = |i: usize| ember_storage::gpt::Guid::from_bytes([i as u8 + 1; 16]);
-        ember_storage::gpt::write_gpt(&mut mem, guid(9), &ember_storage::layout::gpt_entries(&layout, guid))
-            .unwrap();
-        mem.write_protected = fail_writes;
-        let mut disks = [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(mem) }];
-        let (_, layout) = find_boot_media(&mut disks, Some(guid(0))).unwrap();
-        let [d] = disks;
-        Persistence::Store(HostStore::open(d, &layout).unwrap())
-    }
-
     fn get(path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\n{}\r\n", auth())
     }
@@ -774,7 +809,7 @@ mod tests {
     /// A stored hash that would make every login run for hours is refused, and nothing changes.
     #[test]
     fn a_hash_with_billions_of_iterations_is_refused() {
-        let mut st = state_with(disk_store(false));
+        let mut st = state_with(crate::host::testing::memory_store(false));
         let huge =
             "$pbkdf2-sha256$4000000000$AAECAwQFBgcICQoLDA0ODw==$3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=";
         let body = format!("{{\"root_password_hash\": \"{huge}\"}}");
@@ -787,7 +822,7 @@ mod tests {
 
     #[test]
     fn config_is_shown_without_the_hash_and_changes_are_stored() {
-        let mut st = state_with(disk_store(false));
+        let mut st = state_with(crate::host::testing::memory_store(false));
         let (s, v) = call(&mut st, &get("/api/v1/config"));
         assert_eq!(s, 200);
         assert_eq!(v["root_password"]["scheme"], "pbkdf2-sha256");
@@ -801,6 +836,7 @@ mod tests {
         );
         assert_eq!(v["keyboard"], "US Default");
 
+        let before_network = st.host.config.network.clone();
         let (s, v) = call(
             &mut st,
             &put("/api/v1/config", r#"{"keyboard":"German","ssh":true,"dns_search":["lab.example"]}"#),
@@ -809,7 +845,7 @@ mod tests {
         assert_eq!(v["keyboard"], "German");
         assert_eq!(v["store"]["sequence"], 1);
         assert_eq!(v["restarting_management_network"], false);
-        assert!(st.api.pending.is_none());
+        assert_eq!(st.host.config.network, before_network);
 
         // GET, change, PUT back the whole document.
         let (_, mut doc) = call(&mut st, &get("/api/v1/config"));
@@ -819,7 +855,7 @@ mod tests {
         assert_eq!(v["store"]["sequence"], 2);
         assert_eq!(v["store"]["slot"], "B");
         assert_eq!(v["restarting_management_network"], true);
-        assert_eq!(st.api.pending.as_ref().unwrap().hostname, "esx9");
+        assert_eq!(st.host.config.network.hostname, "esx9");
 
         // What was stored is what a reboot loads.
         let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
@@ -838,7 +874,7 @@ mod tests {
 
     #[test]
     fn bad_config_fields_are_named_and_change_nothing() {
-        let mut st = state_with(disk_store(false));
+        let mut st = state_with(crate::host::testing::memory_store(false));
         let before = st.host.config.clone();
         let Persistence::Store(store) = &mut st.host.store else { unreachable!() };
         let written = store.in_use();
@@ -863,14 +899,14 @@ mod tests {
 
     #[test]
     fn a_failed_write_answers_503_and_changes_nothing() {
-        let mut st = state_with(disk_store(true));
+        let mut st = state_with(crate::host::testing::memory_store(true));
         let before = st.host.config.clone();
         let (s, v) = call(&mut st, &put("/api/v1/config", r#"{"keyboard":"German"}"#));
         assert_eq!(s, 503);
         assert!(v["error"]["message"].as_str().unwrap().contains("write protected"), "{v}");
         let (s, _) = call(&mut st, &put("/api/v1/network/management", r#"{"hostname":"esx2"}"#));
         assert_eq!(s, 503);
-        assert!(st.api.pending.is_none());
+        assert_eq!(st.host.config.network, before.network);
         assert_eq!(
             call(&mut st, &put("/api/v1/account/root/password", r#"{"password":"a-new-pass"}"#)).0,
             503

@@ -1,15 +1,18 @@
 //! The host's state, owned by the appliance: the configuration in force, the store it is saved in,
 //! the root account, the HTTPS identity, and the VMs. The management API, the DCUI, first boot (and
 //! later SSH) borrow it for each request or key press; every change goes through
-//! [`HostState::commit`], which saves and flushes before anything changes.
+//! [`HostState::begin_commit`]: it is saved and flushed before anything changes, one device command
+//! per [`HostState::poll_store`], so the management loop keeps serving the DCUI and the API while
+//! a slow boot medium writes. One change is saved at a time; the API and the DCUI hold a change
+//! made while another is being saved until that one is done (so it builds on it).
 
 use crate::api::NicInfo;
 use crate::auth::{AuthError, RootAccount, StoredHash};
-use crate::config::ManagementConfig;
 use crate::firstboot;
 use crate::tls::server::ServerIdentity;
 use crate::vms::{NoVms, VmService};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -35,6 +38,8 @@ pub enum CommitError {
     Hash(AuthError),
     /// The HTTPS key or certificate cannot be used.
     Tls(String),
+    /// Another change is being saved (callers wait for [`HostState::saving`] to end).
+    Busy,
 }
 
 impl core::fmt::Display for CommitError {
@@ -45,6 +50,7 @@ impl core::fmt::Display for CommitError {
             }
             CommitError::Hash(e) => write!(f, "root_password_hash: {e}"),
             CommitError::Tls(e) => write!(f, "{e}"),
+            CommitError::Busy => write!(f, "another change is being saved; nothing was changed, try again"),
         }
     }
 }
@@ -71,6 +77,28 @@ pub struct HostState {
     pub now_ms: u64,
     /// What happened that the log should say (taken by the management network).
     pub notes: Vec<String>,
+    /// The change being saved, and the number the next one gets.
+    saving: Option<Saving>,
+    next_ticket: Ticket,
+    /// How the last changes ended, newest last (at most [`OUTCOMES_KEPT`]).
+    outcomes: VecDeque<(Ticket, Result<(), CommitError>)>,
+}
+
+/// Names a change handed to [`HostState::begin_commit`], to ask for its outcome.
+pub type Ticket = u64;
+
+/// Outcomes kept for [`HostState::outcome`]: more than the changes that can wait at once (one per
+/// API connection and the DCUI's) need not be, as each is asked for as soon as it is known.
+const OUTCOMES_KEPT: usize = 64;
+
+/// A change whose configuration is being written to the store.
+struct Saving {
+    ticket: Ticket,
+    new: HostConfig,
+    hash: Option<StoredHash>,
+    identity: Option<ServerIdentity>,
+    /// What the log says once it is done (`None`: the caller reports it).
+    log: Option<String>,
 }
 
 impl HostState {
@@ -94,6 +122,9 @@ impl HostState {
             boot_unix: None,
             now_ms: 0,
             notes: Vec::new(),
+            saving: None,
+            next_ticket: 1,
+            outcomes: VecDeque::new(),
         })
     }
 }
@@ -165,7 +196,8 @@ impl HostState {
         ));
         let mut host = self.config.clone();
         host.tls = None;
-        if let Err(e) = self.commit(host) {
+        let what = String::from("the self-signed HTTPS certificate renewed");
+        if let Err(e) = self.begin_commit(host, Some(what)) {
             self.notes.push(format!("ERROR: the HTTPS certificate could not be renewed: {e}"));
         }
     }
@@ -183,11 +215,32 @@ impl HostState {
     }
 
     /// Makes `new` the configuration in force: saved and flushed first when there is a store, so on a
-    /// failed write nothing changes. The management network is not restarted here (see `pending`).
+    /// failed write nothing changes. Waits for the save (use [`HostState::begin_commit`] where the
+    /// management loop must keep serving meanwhile). The management network is not restarted here:
+    /// it follows the configuration's `network` (`ManagementNetwork::poll`).
+    pub fn commit(&mut self, new: HostConfig) -> Result<(), CommitError> {
+        // A change being saved ends first (this one builds on it).
+        while self.saving() {
+            self.poll_store();
+        }
+        let ticket = self.begin_commit(new, None)?;
+        while self.saving() {
+            self.poll_store();
+        }
+        self.outcome(ticket).unwrap_or(Err(CommitError::Busy))
+    }
+
+    /// Starts making `new` the configuration in force; it takes effect once it is saved and
+    /// flushed ([`HostState::poll_store`] carries the save on, [`HostState::outcome`] tells how it
+    /// ended). Checks that need no device are made at once: on `Err` nothing was started. `log`:
+    /// what the log says when the change is done (or, prefixed with ERROR, that it failed).
     ///
     /// A configuration without an HTTPS key (a new host, Reset System Configuration) gets a new
     /// self-signed one, stored with it.
-    pub fn commit(&mut self, mut new: HostConfig) -> Result<(), CommitError> {
+    pub fn begin_commit(&mut self, mut new: HostConfig, log: Option<String>) -> Result<Ticket, CommitError> {
+        if self.saving.is_some() {
+            return Err(CommitError::Busy);
+        }
         let hash = if new.root_password_hash == self.config.root_password_hash {
             None
         } else {
@@ -207,31 +260,86 @@ impl HostState {
             let stored = new.tls.as_ref().ok_or(CommitError::Tls(String::new()))?;
             identity = Some(ServerIdentity::load(stored).map_err(CommitError::Tls)?);
         }
-        if let Persistence::Store(store) = &mut self.store {
-            store.save(&new).map_err(|e| CommitError::Store(e.to_string()))?;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let change = Saving { ticket, new, hash, identity, log };
+        let written = match &mut self.store {
+            Persistence::Store(store) => {
+                store.start_save(&change.new).map_err(|e| CommitError::Store(e.to_string()))?.is_some()
+            }
+            Persistence::None(_) => true,
+        };
+        if written {
+            self.finish(change, Ok(()));
+        } else {
+            self.saving = Some(change);
         }
-        if let Some(h) = hash {
-            self.root.set_hash(h);
+        Ok(ticket)
+    }
+
+    /// Whether a change is being saved.
+    pub fn saving(&self) -> bool {
+        self.saving.is_some()
+    }
+
+    /// Carries the save in progress on by one device command; when it ends, the change takes
+    /// effect (or, when it failed, nothing changes). Returns whether there was anything to do.
+    pub fn poll_store(&mut self) -> bool {
+        if self.saving.is_none() {
+            return false;
         }
-        if let Some(id) = identity {
-            self.https = Some(id);
-            self.note_certificate("made");
+        let Persistence::Store(store) = &mut self.store else { return false };
+        let Some(result) = store.step_save() else { return true };
+        if let Some(change) = self.saving.take() {
+            self.finish(change, result.map(|_| ()).map_err(|e| CommitError::Store(e.to_string())));
         }
-        self.config = new;
-        self.generation += 1;
-        Ok(())
+        true
+    }
+
+    /// How change `ticket` ended; `None` while it is being saved.
+    pub fn outcome(&self, ticket: Ticket) -> Option<Result<(), CommitError>> {
+        if self.saving.as_ref().is_some_and(|s| s.ticket == ticket) {
+            return None;
+        }
+        Some(self.outcomes.iter().find(|(t, _)| *t == ticket).map_or(
+            Err(CommitError::Store(String::from("the outcome of this change is no longer known"))),
+            |(_, r)| r.clone(),
+        ))
+    }
+
+    fn finish(&mut self, change: Saving, result: Result<(), CommitError>) {
+        match (&result, &change.log) {
+            (Ok(()), Some(what)) => self.notes.push(what.clone()),
+            (Err(e), Some(what)) => self.notes.push(format!("ERROR: {what}: {e}")),
+            (_, None) => {}
+        }
+        if result.is_ok() {
+            if let Some(h) = change.hash {
+                self.root.set_hash(h);
+            }
+            if let Some(id) = change.identity {
+                self.https = Some(id);
+                self.note_certificate("made");
+            }
+            self.config = change.new;
+            self.generation += 1;
+        }
+        if self.outcomes.len() == OUTCOMES_KEPT {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((change.ticket, result));
     }
 
     /// Applies a kickstart fetched at first boot (`name` is where it came from; `nics`: the host's
-    /// NICs): whole or not at all, stored like any change. Returns the notes about what was not
-    /// carried out, and the new management network settings when they changed (the caller
-    /// restarts the management network with them).
+    /// NICs): whole or not at all, stored like any change (waiting for the store: this happens
+    /// once in a host's life). Returns the notes about what was not carried out. The management
+    /// network follows the new settings by itself (`ManagementNetwork::poll`).
     pub fn apply_kickstart(
         &mut self,
         name: &str,
         text: &str,
         nics: &[NicInfo],
-    ) -> Result<(Vec<String>, Option<ManagementConfig>), String> {
+    ) -> Result<Vec<String>, String> {
         let mut no_includes = |f: &str| -> Result<String, String> {
             Err(format!(
                 "cannot read {f}: includes are not supported in a kickstart fetched over the network"
@@ -243,7 +351,6 @@ impl HostState {
             firstboot::hash_password(pw, salt)
         })
         .map_err(|e| e.to_string())?;
-        let before = self.config.network.clone();
         self.commit(applied.config).map_err(|e| e.to_string())?;
         let mut notes = applied.notes;
         if !self.config.firstboot.is_empty() {
@@ -255,8 +362,7 @@ impl HostState {
                 Err(e) => notes.push(format!("%firstboot: the result could not be stored ({e}); the scripts run again at the next boot")),
             }
         }
-        let network = (self.config.network != before).then(|| self.config.network.clone());
-        Ok((notes, network))
+        Ok(notes)
     }
 
     /// The `store` object: whether changes survive a reboot, and where they go.
@@ -321,5 +427,98 @@ impl HostState {
             chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
         }
         out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use ember_storage::persist::HostStore;
+
+    /// A store on an in-memory Ember medium; `fail_writes` makes the medium refuse every write.
+    pub(crate) fn memory_store(fail_writes: bool) -> Persistence {
+        use ember_storage::block::MemDisk;
+        use ember_storage::persist::{find_boot_media, Disk};
+        let blocks = ember_storage::layout::MIN_MEDIA_SIZE / 512 + 64;
+        let mut mem = MemDisk::new(512, blocks);
+        let layout = ember_storage::layout::plan(512, blocks).unwrap();
+        let guid = |i: usize| ember_storage::gpt::Guid::from_bytes([i as u8 + 1; 16]);
+        ember_storage::gpt::write_gpt(&mut mem, guid(9), &ember_storage::layout::gpt_entries(&layout, guid))
+            .unwrap();
+        mem.write_protected = fail_writes;
+        let mut disks = [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(mem) }];
+        let (_, layout) = find_boot_media(&mut disks, Some(guid(0))).unwrap();
+        let [d] = disks;
+        Persistence::Store(HostStore::open(d, &layout).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{PasswordHash, MIN_ITERATIONS};
+
+    fn host(store: Persistence) -> HostState {
+        crate::tls::crypto::seed([8; 32]);
+        let hash = PasswordHash::new("rootpass", [3; 16], MIN_ITERATIONS).encode();
+        let mut h = HostState::new(HostConfig::defaults(hash), store, [4; 32], 1).unwrap();
+        h.start_https();
+        h
+    }
+
+    #[test]
+    fn a_change_takes_effect_once_saved_one_step_at_a_time_and_a_second_one_waits() {
+        let mut h = host(testing::memory_store(false));
+        let (before, generation) = (h.config.clone(), h.generation);
+        let mut new = h.config.clone();
+        new.keyboard = "German".into();
+        let t = h.begin_commit(new.clone(), Some("keyboard layout German".into())).unwrap();
+        assert!(h.saving());
+        assert_eq!(h.outcome(t), None);
+        // Another change is refused until this one has ended.
+        assert_eq!(h.begin_commit(before.clone(), None), Err(CommitError::Busy));
+        let mut steps = 0;
+        while h.saving() {
+            assert_eq!((&h.config, h.generation), (&before, generation), "not in force before it is saved");
+            assert!(h.poll_store());
+            steps += 1;
+        }
+        assert!(steps >= 3, "payload, header and flush are steps of their own ({steps})");
+        assert_eq!(h.outcome(t), Some(Ok(())));
+        assert_eq!(h.config.keyboard, "German");
+        assert_eq!(h.generation, generation + 1);
+        assert_eq!(h.notes.last().map(String::as_str), Some("keyboard layout German"));
+        assert!(!h.poll_store(), "nothing left to do");
+        // The same configuration again: nothing to write, in force at once.
+        let t = h.begin_commit(new, None).unwrap();
+        assert!(!h.saving());
+        assert_eq!(h.outcome(t), Some(Ok(())));
+        // Checks that need no device fail at once and start nothing.
+        let mut bad = h.config.clone();
+        bad.root_password_hash = "$pbkdf2-sha256$x".into();
+        assert!(matches!(h.begin_commit(bad, None), Err(CommitError::Hash(_))));
+        assert!(!h.saving());
+        // An unknown ticket is not taken for a success.
+        assert!(matches!(h.outcome(9999), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_failed_save_changes_nothing_and_says_why() {
+        let mut h = host(testing::memory_store(true));
+        let before = h.config.clone();
+        let mut new = h.config.clone();
+        new.ssh_enabled = true;
+        let t = h.begin_commit(new, Some("SSH enabled".into())).unwrap();
+        while h.saving() {
+            h.poll_store();
+        }
+        let Some(Err(e)) = h.outcome(t) else { panic!("the save cannot succeed") };
+        assert!(e.to_string().contains("nothing was changed"), "{e}");
+        assert_eq!(h.config, before);
+        assert!(h.notes.last().unwrap().starts_with("ERROR: SSH enabled: "), "{:?}", h.notes);
+        // The synchronous form says the same.
+        let mut new = h.config.clone();
+        new.ssh_enabled = true;
+        assert!(matches!(h.commit(new), Err(CommitError::Store(_))));
     }
 }

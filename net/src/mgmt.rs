@@ -15,7 +15,7 @@
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
 use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
-use crate::host::HostState;
+use crate::host::{HostState, Ticket};
 use crate::http::{parse_request, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Port, PortStats};
 use crate::tls::{self, TlsSession, Trust};
@@ -121,6 +121,17 @@ struct Conn {
     /// bytes in but never reads still times out).
     last_sent: u64,
     resolving: Option<Resolving>,
+    /// A request that may change the configuration, held while another change is being saved.
+    waiting: Option<Request>,
+    /// A change of this connection's being saved: the answer follows when it has ended.
+    saving: Option<SavingReply>,
+}
+
+struct SavingReply {
+    ticket: Ticket,
+    then: api::AfterSave,
+    /// The client asked to keep the connection.
+    keep_alive: bool,
 }
 
 impl Conn {
@@ -134,6 +145,8 @@ impl Conn {
         self.last_progress = now;
         self.last_sent = now;
         self.resolving = None;
+        self.waiting = None;
+        self.saving = None;
     }
 }
 
@@ -589,6 +602,8 @@ impl ManagementNetwork {
                 last_progress: now,
                 last_sent: now,
                 resolving: None,
+                waiting: None,
+                saving: None,
             });
         }
         let n = &nics[uplink];
@@ -670,7 +685,7 @@ impl ManagementNetwork {
     pub fn poll(&mut self, host: &mut HostState, nics: &mut [ManagedNic], now: u64) -> bool {
         host.now_ms = now;
         tls::server::set_clock(host.unix_now().unwrap_or(tls::server::JAN_2025.saturating_add(now / 1000)));
-        if now.saturating_sub(self.last_renewal_check) >= 3_600_000 {
+        if now.saturating_sub(self.last_renewal_check) >= 3_600_000 && !host.saving() {
             self.last_renewal_check = now;
             host.renew_https_if_due();
         }
@@ -681,13 +696,19 @@ impl ManagementNetwork {
             self.refresh_links(nics);
             self.last_link_check = now.max(1);
         }
+        // The configuration's management settings changed (through the API, the DCUI or a
+        // kickstart): the interface restarts with them, a moment later, so that the answer to the
+        // change gets out first.
+        if host.config.network != self.running && self.api.pending.as_ref() != Some(&host.config.network) {
+            self.api.pending = Some(host.config.network.clone());
+        }
         if self.api.pending.is_some() && self.apply_at.is_none() {
             self.apply_at = Some(now + APPLY_DELAY_MS);
         }
         if let Some(at) = self.apply_at {
             if now >= at {
                 if let Some(cfg) = self.api.pending.take() {
-                    self.log.push(String::from("management network: applying new settings from the API"));
+                    self.log.push(String::from("management network: applying the new settings"));
                     self.reconfigure(nics, cfg, now);
                 }
                 self.apply_at = None;
@@ -706,7 +727,7 @@ impl ManagementNetwork {
         if let Some(h) = stack.dhcp {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
-        busy |= serve_http(stack, &mut self.api, host, now);
+        busy |= serve_http(stack, &mut self.api, host, &self.running, now);
         busy |= crate::console::serve(
             &mut stack.sockets,
             &mut stack.consoles,
@@ -835,10 +856,8 @@ impl ManagementNetwork {
             now.saturating_sub(d.attempt_started)
         ));
         match host.apply_kickstart(&d.display, &text, &self.api.nics) {
-            Ok((notes, network)) => {
-                if network.is_some() {
-                    self.api.pending = network;
-                }
+            Ok(notes) => {
+                // A new management network follows from the configuration (see `poll`).
                 for n in notes {
                     self.log.push(format!("first boot: kickstart {}: {n}", d.display));
                 }
@@ -1148,13 +1167,18 @@ fn handle_dhcp(
 }
 
 /// Runs every HTTP connection's state machine once. Returns true if any made progress.
-fn serve_http(stack: &mut Stack, api: &mut ApiState, host: &mut HostState, now: u64) -> bool {
+fn serve_http(
+    stack: &mut Stack,
+    api: &mut ApiState,
+    host: &mut HostState,
+    running: &ManagementConfig,
+    now: u64,
+) -> bool {
     let mut busy = false;
     // Listeners per port ([HTTP, HTTPS]). Connections waiting for a peer that never acknowledges
     // the close are recycled when a port's free slots run short.
     let mut listening = [0usize; 2];
     let mut oldest_closing: [Option<(u64, SocketHandle)>; 2] = [None, None];
-    let restart_pending = api.pending.is_some();
     let mut conns = core::mem::take(&mut stack.conns);
     // Open HTTPS connections by client address (for the per-source limit).
     let mut per_source: Vec<(IpAddress, usize)> = Vec::new();
@@ -1229,7 +1253,7 @@ fn serve_http(stack: &mut Stack, api: &mut ApiState, host: &mut HostState, now: 
                 }
             }
             tcp::State::Established | tcp::State::CloseWait => {
-                busy |= serve_connection(stack, c, api, host, now, state, restart_pending);
+                busy |= serve_connection(stack, c, api, host, running, now, state);
             }
         }
     }
@@ -1249,9 +1273,9 @@ fn serve_connection(
     c: &mut Conn,
     api: &mut ApiState,
     host: &mut HostState,
+    running: &ManagementConfig,
     now: u64,
     state: tcp::State,
-    restart_pending: bool,
 ) -> bool {
     let mut busy = false;
     // A name resolution in flight.
@@ -1283,6 +1307,17 @@ fn serve_connection(
             let keep = !c.close_after;
             c.out = resp.to_bytes(keep);
             c.out_pos = 0;
+        }
+    }
+    // A change being saved: answered once the save has ended.
+    if let Some(saved) = c.saving.as_ref().and_then(|w| host.outcome(w.ticket)) {
+        if let Some(w) = c.saving.take() {
+            // A change of the management settings restarts the interface: the connection ends.
+            let keep = w.keep_alive && api.pending.is_none() && host.config.network == *running;
+            c.close_after = !keep;
+            c.out = (w.then)(host, saved).to_bytes(keep);
+            c.out_pos = 0;
+            busy = true;
         }
     }
     let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
@@ -1340,24 +1375,60 @@ fn serve_connection(
         s.abort();
         return busy;
     }
-    // Answer the next request once the previous answer is out.
-    if c.out.is_empty() && c.resolving.is_none() && !c.close_after && !c.inbuf.is_empty() {
-        match parse_request(&c.inbuf) {
-            Parsed::Complete(mut req, used) => {
-                req.peer = s.remote_endpoint().map(|e| e.addr.into());
-                c.inbuf.drain(..used);
-                c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
+    // Answer the next request once the previous answer is out: one held back while a change was
+    // being saved, or the next one the client sent.
+    if c.out.is_empty() && c.resolving.is_none() && c.saving.is_none() && !c.close_after {
+        let next = match c.waiting.take() {
+            Some(req) => Some(req),
+            None if c.inbuf.is_empty() => None,
+            None => match parse_request(&c.inbuf) {
+                Parsed::Complete(mut req, used) => {
+                    req.peer = s.remote_endpoint().map(|e| e.addr.into());
+                    c.inbuf.drain(..used);
+                    c.request_started = if c.inbuf.is_empty() { None } else { Some(now) };
+                    busy = true;
+                    Some(req)
+                }
+                Parsed::Error(e) => {
+                    c.out = Response::error(e.status, &e.message).to_bytes(false);
+                    c.out_pos = 0;
+                    c.close_after = true;
+                    c.inbuf.clear();
+                    busy = true;
+                    None
+                }
+                Parsed::Incomplete => {
+                    let started = *c.request_started.get_or_insert(now);
+                    if now.saturating_sub(started) > REQUEST_TIMEOUT_MS {
+                        c.out = Response::error(408, "request not completed within 10 s").to_bytes(false);
+                        c.out_pos = 0;
+                        c.close_after = true;
+                        c.inbuf.clear();
+                    }
+                    None
+                }
+            },
+        };
+        match next {
+            // Checked against, and built on, what the change being saved leaves.
+            Some(req) if c.port == HTTPS_PORT && host.saving() && api::may_change_config(&req) => {
+                c.waiting = Some(req);
+            }
+            Some(req) => {
                 let reply = if c.port == HTTPS_PORT {
                     api::handle(api, host, &req, now)
                 } else {
                     Reply::Now(redirect(&req, s.local_endpoint().map(|e| e.addr)))
                 };
                 // After a configuration change the interface restarts: do not keep the connection.
-                let keep = req.keep_alive && !restart_pending && api.pending.is_none();
-                c.close_after = !keep;
+                let keep = req.keep_alive && api.pending.is_none();
                 match reply {
-                    Reply::Now(resp) => c.out = resp.to_bytes(keep),
+                    Reply::Now(resp) => {
+                        c.close_after = !keep;
+                        c.out = resp.to_bytes(keep);
+                    }
                     Reply::Resolve(name) => {
+                        c.close_after = !keep;
                         let dns_socket = stack.sockets.get_mut::<dns::Socket>(stack.dns);
                         match dns_socket.start_query(stack.iface.context(), &name, DnsQueryType::A) {
                             Ok(query) => {
@@ -1370,26 +1441,14 @@ fn serve_connection(
                             }
                         }
                     }
+                    Reply::Saving(ticket, then) => {
+                        c.saving = Some(SavingReply { ticket, then, keep_alive: req.keep_alive })
+                    }
                 }
                 c.out_pos = 0;
                 busy = true;
             }
-            Parsed::Error(e) => {
-                c.out = Response::error(e.status, &e.message).to_bytes(false);
-                c.out_pos = 0;
-                c.close_after = true;
-                c.inbuf.clear();
-                busy = true;
-            }
-            Parsed::Incomplete => {
-                let started = *c.request_started.get_or_insert(now);
-                if now.saturating_sub(started) > REQUEST_TIMEOUT_MS {
-                    c.out = Response::error(408, "request not completed within 10 s").to_bytes(false);
-                    c.out_pos = 0;
-                    c.close_after = true;
-                    c.inbuf.clear();
-                }
-            }
+            None => {}
         }
     }
     let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
@@ -1454,8 +1513,8 @@ fn serve_connection(
     // `Connection: close`, or when a keep-alive connection has been idle too long.
     let idle = now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS;
     let peer_done = state == tcp::State::CloseWait || c.tls.as_deref().is_some_and(|t| t.peer_closed());
-    if c.out.is_empty() && c.resolving.is_none() && c.inbuf.is_empty() && (peer_done || c.close_after || idle)
-    {
+    let pending = c.resolving.is_some() || c.waiting.is_some() || c.saving.is_some();
+    if c.out.is_empty() && !pending && c.inbuf.is_empty() && (peer_done || c.close_after || idle) {
         if let Some(t) = c.tls.as_deref_mut() {
             // close_notify first (what fits the socket; the FIN follows it).
             t.close();
@@ -1640,6 +1699,8 @@ mod tests {
         nics: Vec<ManagedNic>,
         client: Client,
         now: u64,
+        /// The boot medium does not finish commands (a save waits) while set.
+        store_stalled: bool,
     }
 
     impl World {
@@ -1651,12 +1712,16 @@ mod tests {
             let mut client = Client::new(b, client_vlan);
             let pem = &host.https.as_ref().expect("an HTTPS certificate was made").stored.chain_pem;
             client.trust = Some(Trust::from_pem("pinned.pem", pem.as_bytes()).unwrap());
-            World { server, host, nics, client, now: 0 }
+            World { server, host, nics, client, now: 0, store_stalled: false }
         }
 
+        /// One pass of the appliance's management loop (and of the client).
         fn step(&mut self) {
             self.now += 5;
             self.client.poll(self.now);
+            if !self.store_stalled {
+                self.host.poll_store();
+            }
             self.server.poll(&mut self.host, &mut self.nics, self.now);
         }
 
@@ -1734,18 +1799,12 @@ mod tests {
         fn list(&self, _: u64) -> Vec<crate::vms::VmSummary> {
             vec![crate::vms::VmSummary {
                 name: "web".into(),
-                state: crate::vms::VmState::Running,
                 vcpus: 1,
                 memory_mib: 128,
                 autostart: true,
                 console_port: Some(9001),
                 uptime_ms: Some(1),
-                exit_reason: None,
-                exits: 0,
-                exit_counts: Vec::new(),
-                interrupts: 0,
-                resets: 0,
-                overhead_bytes: 0,
+                run: crate::vms::VmReport { state: crate::vms::VmState::Running, ..Default::default() },
             }]
         }
         fn console(&self, _: &str) -> Option<Vec<u8>> {
@@ -2136,6 +2195,43 @@ mod tests {
         w.run_until(APPLY_DELAY_MS + 500, |_| false);
         assert_eq!(w.server.console_address().1, Some(Ipv4Addr::new(10, 0, 0, 9)));
         assert!(w.server.take_log().iter().any(|l| l.contains("static 10.0.0.9/24")));
+    }
+
+    #[test]
+    fn while_a_change_is_saved_the_api_answers_and_a_second_change_waits_and_builds_on_it() {
+        let mut w = World::new(static_cfg(None), None);
+        w.host.store = crate::host::testing::memory_store(false);
+        let put = |body: &str| {
+            format!(
+                "PUT /api/v1/config HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                auth_header(),
+                body.len()
+            )
+        };
+        // The boot medium stalls: the first change's save does not end.
+        w.store_stalled = true;
+        let first = w.client.connect(40040);
+        w.send(first, put(r#"{"keyboard":"German"}"#).as_bytes());
+        assert_eq!(w.response(first, 3_000), "", "answered before it was saved");
+        assert!(w.host.saving());
+        // Meanwhile the API answers, with the configuration in force.
+        let reader = w.client.connect(40041);
+        w.send(reader, format!("GET /api/v1/config HTTP/1.1\r\n{}\r\n", auth_header()).as_bytes());
+        let r = w.response(reader, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"keyboard\":\"US Default\""), "{r}");
+        // A second change waits for the first.
+        let second = w.client.connect(40042);
+        w.send(second, put(r#"{"ssh":true}"#).as_bytes());
+        assert_eq!(w.response(second, 2_000), "");
+        // The medium answers again: both are saved, in order, the second on top of the first.
+        w.store_stalled = false;
+        let r = w.response(first, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"keyboard\":\"German\""), "{r}");
+        assert!(r.contains("\"sequence\":1"), "{r}");
+        let r = w.response(second, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"keyboard\":\"German\""), "{r}");
+        assert!(r.contains("\"ssh\":true") && r.contains("\"sequence\":2"), "{r}");
+        assert!(w.host.config.ssh_enabled && w.host.config.keyboard == "German");
     }
 
     #[test]

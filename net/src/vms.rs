@@ -13,31 +13,22 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{json, Value};
 
-pub use ember_vmm::runtime::{VmError, VmState};
+pub use ember_vmm::runtime::{VmError, VmReport, VmState};
 
-/// What the API shows of one VM.
+/// What the API shows of one VM: its definition's facts and the runtime's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSummary {
     pub name: String,
-    pub state: VmState,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub autostart: bool,
     pub console_port: Option<u16>,
     /// Milliseconds since it started, while it runs.
     pub uptime_ms: Option<u64>,
-    /// Why it last stopped (or why it cannot run), once it has.
-    pub exit_reason: Option<String>,
-    /// VM exits and injected interrupts since it started.
-    pub exits: u64,
-    /// The exits by kind (`io`, `mmio`, `msr`, ...), since it started.
-    pub exit_counts: Vec<(&'static str, u64)>,
-    pub interrupts: u64,
-    /// Times the guest reset itself since it was started.
-    pub resets: u64,
-    /// Host memory the hypervisor holds for the VM beyond its RAM (VMCB, permission maps, nested
-    /// page tables, device state), bytes.
-    pub overhead_bytes: u64,
+    /// State, why it last stopped (or why it cannot run), exit and interrupt counts, resets, and
+    /// the host memory held for it beyond its RAM (VMCB, permission maps, nested page tables,
+    /// device state).
+    pub run: VmReport,
 }
 
 /// A lifecycle request.
@@ -83,18 +74,18 @@ impl VmService for NoVms {
 pub fn vm_json(v: &VmSummary) -> Value {
     json!({
         "name": v.name,
-        "state": v.state.as_str(),
+        "state": v.run.state.as_str(),
         "vcpus": v.vcpus,
         "memory_mib": v.memory_mib,
         "autostart": v.autostart,
         "console_port": v.console_port,
         "uptime_seconds": v.uptime_ms.map(|m| m / 1000),
-        "exit_reason": v.exit_reason,
-        "exits": v.exits,
-        "exit_counts": v.exit_counts.iter().map(|(k, n)| (String::from(*k), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
-        "interrupts": v.interrupts,
-        "resets": v.resets,
-        "overhead_bytes": v.overhead_bytes,
+        "exit_reason": v.run.exit_reason,
+        "exits": v.run.exits,
+        "exit_counts": v.run.exit_counts.iter().map(|(k, n)| (String::from(*k), Value::from(*n))).collect::<serde_json::Map<String, Value>>(),
+        "interrupts": v.run.interrupts,
+        "resets": v.run.resets,
+        "overhead_bytes": v.run.overhead_bytes,
     })
 }
 
@@ -181,11 +172,11 @@ mod tests {
         }
         fn act(&mut self, name: &str, action: VmAction, _: u64) -> Result<(), VmError> {
             let v = self.0.iter_mut().find(|v| v.name == name).ok_or(VmError::NotFound)?;
-            match (action, v.state) {
-                (VmAction::Start, VmState::Stopped) => v.state = VmState::Running,
+            match (action, v.run.state) {
+                (VmAction::Start, VmState::Stopped) => v.run.state = VmState::Running,
                 (VmAction::Stop, VmState::Running) => {
-                    v.state = VmState::Stopped;
-                    v.exit_reason = Some("stopped through the API".to_string());
+                    v.run.state = VmState::Stopped;
+                    v.run.exit_reason = Some("stopped through the API".to_string());
                 }
                 (_, s) => return Err(VmError::Conflict(format!("the VM is {}", s.as_str()))),
             }
@@ -196,18 +187,12 @@ mod tests {
     fn vm(name: &str) -> VmSummary {
         VmSummary {
             name: name.to_string(),
-            state: VmState::Stopped,
             vcpus: 2,
             memory_mib: 256,
             autostart: false,
             console_port: Some(9001),
             uptime_ms: None,
-            exit_reason: None,
-            exits: 0,
-            exit_counts: vec![("io", 0)],
-            interrupts: 0,
-            resets: 0,
-            overhead_bytes: 40960,
+            run: VmReport { exit_counts: vec![("io", 0)], overhead_bytes: 40960, ..VmReport::default() },
         }
     }
 

@@ -87,6 +87,8 @@ pub struct MemDisk {
     data: Vec<u8>,
     /// Number of `flush` calls, so tests can check durability points.
     pub flushes: u64,
+    /// Number of `write_blocks` calls (device commands), written or refused.
+    pub writes: u64,
     /// When set, every write fails as a write-protected medium's would (tests of failed saves).
     pub write_protected: bool,
 }
@@ -98,6 +100,7 @@ impl MemDisk {
             block_size,
             data: vec![0; block_size as usize * blocks as usize],
             flushes: 0,
+            writes: 0,
             write_protected: false,
         }
     }
@@ -105,7 +108,7 @@ impl MemDisk {
     pub fn from_bytes(block_size: u32, mut data: Vec<u8>) -> Self {
         let whole = data.len() - data.len() % block_size as usize;
         data.truncate(whole);
-        MemDisk { block_size, data, flushes: 0, write_protected: false }
+        MemDisk { block_size, data, flushes: 0, writes: 0, write_protected: false }
     }
     /// The disk contents.
     pub fn bytes(&self) -> &[u8] {
@@ -131,6 +134,7 @@ impl BlockDevice for MemDisk {
         Ok(())
     }
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.writes += 1;
         self.check_request(lba, buf.len())?;
         if self.write_protected {
             return Err(IoError::Device(String::from("the medium is write protected")));

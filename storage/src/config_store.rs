@@ -10,6 +10,7 @@
 //! again, keeping flash writes rare.
 
 use crate::block::{BlockDevice, IoError};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -201,14 +202,28 @@ impl ConfigStore {
         sequence: u64,
         payload: &[u8],
     ) -> Result<Stored, StoreError> {
-        let bs = dev.block_size() as usize;
-        let max = self.capacity(bs as u32);
+        let mut w = self.start_write(dev.block_size(), slot, sequence, payload)?;
+        while !w.step(dev)? {}
+        Ok(w.stored)
+    }
+
+    /// The same write as [`ConfigStore::write_slot`], carried out one device command per
+    /// [`SlotWrite::step`], so a caller that also serves users between steps never waits for more
+    /// than one command of a slow medium.
+    pub fn start_write(
+        &self,
+        block_size: u32,
+        slot: usize,
+        sequence: u64,
+        payload: &[u8],
+    ) -> Result<SlotWrite, StoreError> {
+        let bs = block_size as usize;
+        let max = self.capacity(block_size);
         if payload.len() > max {
             return Err(StoreError::TooLarge { len: payload.len(), max });
         }
         let mut body = vec![0u8; payload.len().div_ceil(bs).max(1) * bs];
         body[..payload.len()].copy_from_slice(payload);
-        dev.write_blocks(self.slot_lba(slot) + 1, &body)?;
         let mut header = vec![0u8; bs];
         header[..8].copy_from_slice(&SLOT_MAGIC);
         header[8..12].copy_from_slice(&SLOT_FORMAT.to_le_bytes());
@@ -217,9 +232,77 @@ impl ConfigStore {
         header[28..32].copy_from_slice(&CRC32C.checksum(payload).to_le_bytes());
         let crc = CRC32C.checksum(&header[..32]);
         header[32..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
-        dev.write_blocks(self.slot_lba(slot), &header)?;
-        dev.flush()?;
-        Ok(Stored { sequence, slot, payload: payload.to_vec() })
+        Ok(SlotWrite {
+            lba: self.slot_lba(slot),
+            block_size: bs,
+            body,
+            header,
+            written: 0,
+            stage: WriteStage::Payload,
+            stored: Stored { sequence, slot, payload: payload.to_vec() },
+        })
+    }
+}
+
+/// Most payload bytes one [`SlotWrite::step`] writes (one device command).
+pub const STEP_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteStage {
+    Payload,
+    Header,
+    Flush,
+    Done,
+    Failed,
+}
+
+/// A slot being written in steps (see [`ConfigStore::start_write`]): the payload in commands of
+/// at most [`STEP_BYTES`], then the header block, then a flush. Until the header is written the
+/// slot is not valid, and the header is only written after the whole payload, so abandoning the
+/// write (or a power cut) at any step leaves the other slot's configuration in force; the write
+/// counts as saved only once the flush after the header has returned (the last step's `true`).
+#[derive(Debug)]
+pub struct SlotWrite {
+    lba: u64,
+    block_size: usize,
+    body: Vec<u8>,
+    header: Vec<u8>,
+    /// Payload bytes written so far.
+    written: usize,
+    stage: WriteStage,
+    /// What the slot holds once written.
+    pub stored: Stored,
+}
+
+impl SlotWrite {
+    /// Issues the next device command; `Ok(true)` once the slot is written and flushed. After an
+    /// error the write is over (start a new one to try again).
+    pub fn step(&mut self, dev: &mut dyn BlockDevice) -> Result<bool, StoreError> {
+        let result = match self.stage {
+            WriteStage::Payload => {
+                // Whole blocks per command; the body is a whole number of blocks.
+                let step = (STEP_BYTES / self.block_size).max(1) * self.block_size;
+                let end = self.body.len().min(self.written + step);
+                let first = self.lba + 1 + (self.written / self.block_size) as u64;
+                dev.write_blocks(first, &self.body[self.written..end]).map(|()| {
+                    self.written = end;
+                    if end == self.body.len() {
+                        self.stage = WriteStage::Header;
+                    }
+                })
+            }
+            WriteStage::Header => {
+                dev.write_blocks(self.lba, &self.header).map(|()| self.stage = WriteStage::Flush)
+            }
+            WriteStage::Flush => dev.flush().map(|()| self.stage = WriteStage::Done),
+            WriteStage::Done => Ok(()),
+            WriteStage::Failed => Err(IoError::Device(String::from("the write was given up after an error"))),
+        };
+        if let Err(e) = result {
+            self.stage = WriteStage::Failed;
+            return Err(e.into());
+        }
+        Ok(self.stage == WriteStage::Done)
     }
 }
 
@@ -269,7 +352,7 @@ mod tests {
                     let new = config(history + 1);
                     let mut disk = CuttingDisk { inner: base, budget, torn_bytes: torn, dead: false };
                     let result = store.save(&mut disk, &new);
-                    let after = store.load(&mut disk.inner).unwrap().map(|s| s.payload);
+                    let after = store.load(&mut disk).unwrap().map(|s| s.payload);
                     if result.is_ok() {
                         assert_eq!(after.as_ref(), Some(&new), "history {history} budget {budget}");
                     } else {
@@ -313,6 +396,47 @@ mod tests {
         // A save on a damaged store starts over in slot A.
         assert_eq!(store.save(&mut d, &config(5)).unwrap().slot, 0);
         assert_eq!(store.load(&mut d).unwrap().unwrap().payload, config(5));
+    }
+
+    #[test]
+    fn a_write_in_steps_issues_one_command_per_step_and_is_invisible_until_the_last() {
+        // The real partition: 1 MiB, slots of 512 KiB.
+        let store = ConfigStore::new(0, 2048).unwrap();
+        let mut disk = MemDisk::new(512, 2048);
+        let commands = |d: &MemDisk| d.writes + d.flushes;
+        store.save(&mut disk, &config(1)).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = store.start_write(512, 1, 2, &big).unwrap();
+        let mut steps = 0;
+        loop {
+            let before = commands(&disk);
+            let done = w.step(&mut disk).unwrap();
+            steps += 1;
+            assert_eq!(commands(&disk), before + 1, "step {steps}: one command");
+            if done {
+                break;
+            }
+            // Until the header is written, the other slot's configuration is the one a boot finds.
+            let found = store.load(&mut disk).unwrap().unwrap().payload;
+            if steps <= 200_000usize.div_ceil(STEP_BYTES) {
+                assert!(found == config(1), "step {steps}: the old configuration");
+            } else {
+                assert!(found == big, "step {steps}: header written");
+            }
+        }
+        // 200,000 bytes in commands of 1 KiB, the header, the flush.
+        assert_eq!(steps, 200_000usize.div_ceil(STEP_BYTES) + 2);
+        assert_eq!(w.stored.sequence, 2);
+        assert!(store.load(&mut disk).unwrap().unwrap().payload == big);
+
+        // A failed step ends the write: later steps fail too and the slot stays invalid.
+        let mut protected = MemDisk::from_bytes(512, disk.bytes().to_vec());
+        protected.write_protected = true;
+        let mut w = store.start_write(512, 0, 3, &config(3)).unwrap();
+        assert!(w.step(&mut protected).is_err());
+        protected.write_protected = false;
+        assert!(w.step(&mut protected).is_err(), "given up");
+        assert!(store.load(&mut protected).unwrap().unwrap().payload == big);
     }
 
     #[test]

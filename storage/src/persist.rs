@@ -10,7 +10,7 @@
 //! the other slot, so the older configuration in use is never overwritten by a save.
 
 use crate::block::BlockDevice;
-use crate::config_store::{ConfigStore, SlotState, StoreError};
+use crate::config_store::{ConfigStore, SlotState, SlotWrite, StoreError};
 use crate::gpt::read_gpt;
 use crate::hostconfig::HostConfig;
 use crate::layout::{identify, EmberLayout};
@@ -100,6 +100,8 @@ pub struct HostStore {
     highest: u64,
     /// The encoded configuration in use, to skip unchanged saves.
     current: Option<Vec<u8>>,
+    /// A save in progress ([`HostStore::start_save`]).
+    writing: Option<Box<SlotWrite>>,
 }
 
 /// What loading found.
@@ -132,6 +134,7 @@ impl HostStore {
             in_use: None,
             highest: 0,
             current: None,
+            writing: None,
         })
     }
 
@@ -176,24 +179,64 @@ impl HostStore {
     /// Saves `cfg` durably (flushed before returning) into the slot not in use; an unchanged
     /// configuration is not written again. Returns the sequence number of the stored configuration.
     pub fn save(&mut self, cfg: &HostConfig) -> Result<u64, StoreError> {
+        if let Some(sequence) = self.start_save(cfg)? {
+            return Ok(sequence);
+        }
+        loop {
+            if let Some(done) = self.step_save() {
+                return done;
+            }
+        }
+    }
+
+    /// Starts saving `cfg` into the slot not in use, to be carried out by [`HostStore::step_save`]
+    /// one device command at a time. `Some(sequence)`: the configuration is the one stored already,
+    /// nothing needs writing. A save still in progress is abandoned (its slot stays invalid).
+    pub fn start_save(&mut self, cfg: &HostConfig) -> Result<Option<u64>, StoreError> {
+        self.writing = None;
         let payload = cfg.encode();
         if let (Some((_, sequence)), Some(current)) = (self.in_use, &self.current) {
             if *current == payload {
-                return Ok(sequence);
+                return Ok(Some(sequence));
             }
         }
         let slot = self.in_use.map_or(0, |(slot, _)| 1 - slot);
         let sequence = self.highest.wrapping_add(1);
-        self.store.write_slot(self.disk.dev.as_mut(), slot, sequence, &payload)?;
-        self.in_use = Some((slot, sequence));
-        self.highest = sequence;
-        self.current = Some(payload);
-        Ok(sequence)
+        self.writing =
+            Some(Box::new(self.store.start_write(self.disk.dev.block_size(), slot, sequence, &payload)?));
+        Ok(None)
+    }
+
+    /// Whether a save is in progress.
+    pub fn saving(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Issues the next device command of the save in progress. `None` while more remain (or when
+    /// no save is in progress); then the outcome: the stored sequence number, which is from now
+    /// on the configuration in use, or why it failed (the configuration in use stays in force).
+    pub fn step_save(&mut self) -> Option<Result<u64, StoreError>> {
+        let w = self.writing.as_mut()?;
+        match w.step(self.disk.dev.as_mut()) {
+            Ok(false) => None,
+            Ok(true) => {
+                let stored = self.writing.take()?.stored;
+                self.in_use = Some((stored.slot, stored.sequence));
+                self.highest = stored.sequence;
+                self.current = Some(stored.payload);
+                Some(Ok(stored.sequence))
+            }
+            Err(e) => {
+                self.writing = None;
+                Some(Err(e))
+            }
+        }
     }
 
     /// Erases both slots (the header blocks, the one not in use first), so the next boot is a first
     /// boot. A cut in between leaves the configuration in use, intact.
     pub fn erase(&mut self) -> Result<(), StoreError> {
+        self.writing = None;
         let first = self.in_use.map_or(0, |(slot, _)| 1 - slot);
         for slot in [first, 1 - first] {
             self.store.clear_slot(self.disk.dev.as_mut(), slot)?;
@@ -343,10 +386,58 @@ mod tests {
         cfg.network.hostname = "esx02".into();
         assert_eq!(s.save(&cfg).unwrap(), 2);
         assert_eq!(s.in_use(), Some(('B', 2)));
-        let mut again = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let mut again = HostStore { in_use: None, highest: 0, current: None, writing: None, ..s };
         let loaded = again.load().unwrap();
         assert_eq!(loaded.config.unwrap(), cfg);
         assert_eq!(again.in_use(), Some(('B', 2)));
+    }
+
+    #[test]
+    fn a_save_in_steps_takes_effect_at_its_last_step_and_a_failed_one_changes_nothing() {
+        let mut s = store();
+        let mut cfg = HostConfig::defaults(HASH.into());
+        assert_eq!(s.save(&cfg).unwrap(), 1);
+        cfg.network.hostname = "esx02".into();
+        assert_eq!(s.start_save(&cfg).unwrap(), None);
+        let mut steps = 0;
+        let done = loop {
+            assert!(s.saving());
+            steps += 1;
+            match s.step_save() {
+                None => assert_eq!(s.in_use(), Some(('A', 1)), "step {steps}: still the old one"),
+                Some(r) => break r,
+            }
+        };
+        assert_eq!(done.unwrap(), 2);
+        assert!(steps >= 3, "payload, header and flush are separate steps ({steps})");
+        assert!(!s.saving() && s.step_save().is_none());
+        assert_eq!(s.in_use(), Some(('B', 2)));
+        // Unchanged: nothing to write.
+        assert_eq!(s.start_save(&cfg).unwrap(), Some(2));
+        assert!(!s.saving());
+        // A save that fails half way leaves the configuration in use, and the next one succeeds.
+        cfg.keyboard = "German".into();
+        assert_eq!(s.start_save(&cfg).unwrap(), None);
+        assert!(s.step_save().is_none());
+        // The medium turns read-only in the middle of the save.
+        let mut failing = MemDisk::new(512, s.disk.dev.num_blocks());
+        for lba in 0..s.disk.dev.num_blocks() {
+            let mut b = alloc::vec![0u8; 512];
+            s.disk.dev.read_blocks(lba, &mut b).unwrap();
+            failing.write_blocks(lba, &b).unwrap();
+        }
+        failing.write_protected = true;
+        s.disk.dev = Box::new(failing);
+        let e = loop {
+            if let Some(r) = s.step_save() {
+                break r.unwrap_err();
+            }
+        };
+        assert!(e.to_string().contains("write protected"), "{e}");
+        assert_eq!(s.in_use(), Some(('B', 2)));
+        assert!(!s.saving());
+        let mut again = HostStore { in_use: None, highest: 0, current: None, writing: None, ..s };
+        assert_eq!(again.load().unwrap().config.unwrap().keyboard, "US Default");
     }
 
     #[test]
@@ -356,7 +447,7 @@ mod tests {
         s.save(&cfg).unwrap();
         // A newer build's configuration in slot B (intact, but a format this build refuses).
         s.store.write_slot(s.disk.dev.as_mut(), 1, 7, br#"{"format":9}"#).unwrap();
-        let mut s = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let mut s = HostStore { in_use: None, highest: 0, current: None, writing: None, ..s };
         let loaded = s.load().unwrap();
         assert_eq!(loaded.config.as_ref(), Some(&cfg));
         assert!(loaded.warnings[0].contains("slot B (sequence 7)"), "{:?}", loaded.warnings);
@@ -379,6 +470,7 @@ mod tests {
             in_use: None,
             highest: 0,
             current: None,
+            writing: None,
         };
         assert!(failing.load().unwrap().config.is_none());
         let e = failing.save(&HostConfig::defaults(HASH.into())).unwrap_err();
@@ -389,14 +481,14 @@ mod tests {
         let mut s = store();
         s.save(&HostConfig::defaults(HASH.into())).unwrap();
         s.erase().unwrap();
-        let mut again = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let mut again = HostStore { in_use: None, highest: 0, current: None, writing: None, ..s };
         assert!(again.load().unwrap().config.is_none());
 
         // Both slots written and both unreadable: damage, reported rather than taken for a first boot.
         let mut s = store();
         s.store.write_slot(s.disk.dev.as_mut(), 0, 1, b"x").unwrap();
         s.store.write_slot(s.disk.dev.as_mut(), 1, 2, b"y").unwrap();
-        let mut s = HostStore { in_use: None, highest: 0, current: None, ..s };
+        let mut s = HostStore { in_use: None, highest: 0, current: None, writing: None, ..s };
         let e = s.load().unwrap_err();
         assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
     }

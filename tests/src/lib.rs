@@ -107,6 +107,9 @@ pub struct QemuConfig {
     pub nics: Vec<NicSpec>,
     /// Run QEMU inside this network namespace (for tap devices created there).
     pub netns: Option<String>,
+    /// More `-drive` options for the boot disk, each with its leading comma (for example
+    /// `,throttling.bps-write=1024` for a slow medium).
+    pub drive_options: String,
 }
 
 /// One emulated NIC: the QEMU device model and its `-netdev` backend (without `id=`).
@@ -138,6 +141,7 @@ impl QemuConfig {
             cpu: "EPYC".into(),
             nics: Vec::new(),
             netns: None,
+            drive_options: String::new(),
         }
     }
 }
@@ -209,25 +213,25 @@ impl Qemu {
                 "-device".into(),
                 "qemu-xhci,id=xhci".into(),
                 "-drive".into(),
-                format!("if=none,id=stick,format=raw,file={img}"),
+                format!("if=none,id=stick,format=raw,file={img}{}", cfg.drive_options),
                 "-device".into(),
                 format!("usb-storage,bus=xhci.0,drive=stick{boot}"),
             ]),
             Disk::Nvme => args.extend([
                 "-drive".into(),
-                format!("if=none,id=nvm,format=raw,file={img}"),
+                format!("if=none,id=nvm,format=raw,file={img}{}", cfg.drive_options),
                 "-device".into(),
                 format!("nvme,serial=ember0,drive=nvm{boot}"),
             ]),
             Disk::Virtio => args.extend([
                 "-drive".into(),
-                format!("if=none,id=vd,format=raw,file={img}"),
+                format!("if=none,id=vd,format=raw,file={img}{}", cfg.drive_options),
                 "-device".into(),
                 format!("virtio-blk-pci,drive=vd{boot}"),
             ]),
             Disk::Ahci => args.extend([
                 "-drive".into(),
-                format!("if=none,id=sata,format=raw,file={img}"),
+                format!("if=none,id=sata,format=raw,file={img}{}", cfg.drive_options),
                 "-device".into(),
                 format!("ide-hd,drive=sata,bus=ide.0{boot}"),
             ]),
@@ -235,7 +239,7 @@ impl Qemu {
                 "-device".into(),
                 "virtio-scsi-pci,id=scsi".into(),
                 "-drive".into(),
-                format!("if=none,id=sd,format=raw,file={img}"),
+                format!("if=none,id=sd,format=raw,file={img}{}", cfg.drive_options),
                 "-device".into(),
                 format!("scsi-hd,drive=sd,bus=scsi.0{boot}"),
             ]),

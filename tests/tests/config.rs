@@ -19,10 +19,14 @@ fn loopback(port: u16) -> SocketAddr {
 
 /// Boots `img` from `disk` with one virtio NIC whose API is forwarded to `port`.
 fn boot(name: &str, img: &Path, disk: Disk, port: u16) -> Qemu {
+    Qemu::start(&boot_config(name, img, disk, port))
+}
+
+fn boot_config(name: &str, img: &Path, disk: Disk, port: u16) -> QemuConfig {
     let mut cfg = QemuConfig::new(name, img);
     cfg.disk = disk;
     cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-    Qemu::start(&cfg)
+    cfg
 }
 
 fn get_config(addr: SocketAddr, auth: (&str, &str)) -> Value {
@@ -147,6 +151,72 @@ fn changes_are_stored_before_they_are_acknowledged_and_survive_reboot() {
     assert_eq!(cfg["network"]["hostname"], "esx-store");
     assert_eq!(cfg["store"]["sequence"], 3);
     q.wait_for_screen("https://esx-store/", HTTP_TIMEOUT);
+}
+
+/// A slow boot medium (QEMU writes 1 KiB a second to it) does not stop the host answering:
+/// while a change is being saved, one device command per pass of the management loop, a client
+/// with an open connection keeps getting answers (the configuration in force until the change is
+/// saved); the change is acknowledged once it is on the medium.
+#[test]
+fn while_a_slow_medium_saves_a_change_the_api_keeps_answering() {
+    use std::io::Write;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let port = free_port();
+    let addr = loopback(port);
+    let mut cfg = boot_config("config_slow_medium", &img, Disk::Virtio, port);
+    cfg.drive_options = ",throttling.bps-write=1024".into();
+    let mut q = Qemu::start(&cfg);
+    q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+
+    // A client that keeps its connection open, reading the configuration.
+    let keep_alive = |method: &str, body: Option<&str>| {
+        let raw = request_bytes(method, "/api/v1/config", Some(INITIAL), body);
+        String::from_utf8(raw).unwrap().replace("Connection: close", "Connection: keep-alive").into_bytes()
+    };
+    let mut reader = tls_connect(addr, HTTP_TIMEOUT).unwrap();
+    let mut read = || {
+        reader.write_all(&keep_alive("GET", None)).unwrap();
+        let r = read_response(&mut reader).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    };
+    assert_eq!(read()["store"]["sequence"], 1);
+
+    // The change, on a connection of its own: six long search domains make the configuration
+    // take several write commands of the store (1 KiB each), each waiting for the medium.
+    let label = "s".repeat(60);
+    let domains: Vec<String> = (0..6).map(|i| format!("{label}.{label}.{label}.d{i}.example")).collect();
+    let body = serde_json::json!({ "dns_search": domains }).to_string();
+    let mut writer = tls_connect(addr, HTTP_TIMEOUT).unwrap();
+    writer.write_all(&keep_alive("PUT", Some(&body))).unwrap();
+    let sent = Instant::now();
+    let change = std::thread::spawn(move || (read_response(&mut writer).unwrap(), sent.elapsed()));
+    let mut answered = Vec::new();
+    while !change.is_finished() {
+        let asked = sent.elapsed();
+        let v = read();
+        if !change.is_finished() {
+            answered.push((asked, sent.elapsed()));
+            assert_eq!(v["store"]["sequence"], 1, "in force before it was saved");
+        }
+    }
+    let (r, took) = change.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["store"]["sequence"], 2);
+    assert_eq!(r.json()["dns_search"][5], domains[5].as_str());
+    eprintln!("the change was answered after {took:?}; reads (asked, answered) meanwhile: {answered:?}");
+    // Saved in one go, the change would hold the loop for the whole save: at most the read asked
+    // together with it could be answered before it.
+    assert!(
+        answered.len() >= 2,
+        "the API stopped answering while the change was saved: {answered:?} in {took:?}"
+    );
+    assert_eq!(read()["store"]["sequence"], 2);
+    drop(q);
+    assert!(inspect(&img).contains("config store: configuration sequence 2 in slot B"), "{}", inspect(&img));
 }
 
 #[test]

@@ -98,6 +98,38 @@ pub trait VcpuRegs {
     }
 }
 
+/// Implements [`VcpuRegs`] for a test vCPU with the fields `regs: [u64; 16]` and `rip: u64`: it
+/// keeps no MSRs, runs without paging and ignores injected exceptions.
+#[cfg(test)]
+macro_rules! plain_test_regs {
+    ($t:ty) => {
+        impl $crate::exit::VcpuRegs for $t {
+            fn gpr(&self, i: usize) -> u64 {
+                self.regs[i]
+            }
+            fn set_gpr(&mut self, i: usize, v: u64) {
+                self.regs[i] = v
+            }
+            fn rip(&self) -> u64 {
+                self.rip
+            }
+            fn set_rip(&mut self, v: u64) {
+                self.rip = v
+            }
+            fn saved_msr(&self, _: $crate::msr::Saved) -> u64 {
+                0
+            }
+            fn set_saved_msr(&mut self, _: $crate::msr::Saved, _: u64) {}
+            fn inject_exception(&mut self, _: u8, _: Option<u32>) {}
+            fn paging(&self) -> $crate::paging::PagingState {
+                $crate::paging::PagingState { cr0: 0, cr3: 0, cr4: 0, efer: 0 }
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use plain_test_regs;
+
 /// #GP, general protection (error code 0 for MSR faults).
 pub const GP_VECTOR: u8 = 13;
 /// #UD, invalid opcode.

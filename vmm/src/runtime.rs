@@ -131,9 +131,10 @@ pub trait Platform: Send + Sync {
 }
 
 /// A VM's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VmState {
     /// Defined, not running (never started, or stopped: see the exit reason).
+    #[default]
     Stopped,
     /// Being set up (memory, kernel) or waiting for a CPU.
     Starting,
@@ -210,7 +211,7 @@ struct Status {
 }
 
 /// What the management plane shows of a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmReport {
     pub state: VmState,
     /// When it started (the caller's clock, ms), while it runs.
@@ -1126,13 +1127,11 @@ mod tests {
     //! The runtime on a scripted backend: vCPUs whose guests follow a [`Program`], a fake clock
     //! that each exit advances by [`EXIT_NS`], workers stepped in turn on one thread.
     use super::*;
-    use crate::exit::{VcpuRegs, VmExit};
+    use crate::exit::VmExit;
     use crate::machine::{PM1_CNT_PORT, S5_SLP_TYP};
     use crate::memory::GuestRam;
-    use crate::msr::Saved;
     use crate::npt::tests::FakeFrames;
     use crate::npt::Npt;
-    use crate::paging::PagingState;
     use alloc::vec;
 
     /// Guest time one exit takes.
@@ -1176,28 +1175,7 @@ mod tests {
         entered: bool,
     }
 
-    impl VcpuRegs for ScriptVcpu {
-        fn gpr(&self, i: usize) -> u64 {
-            self.regs[i]
-        }
-        fn set_gpr(&mut self, i: usize, v: u64) {
-            self.regs[i] = v
-        }
-        fn rip(&self) -> u64 {
-            self.rip
-        }
-        fn set_rip(&mut self, v: u64) {
-            self.rip = v
-        }
-        fn saved_msr(&self, _: Saved) -> u64 {
-            0
-        }
-        fn set_saved_msr(&mut self, _: Saved, _: u64) {}
-        fn inject_exception(&mut self, _: u8, _: Option<u32>) {}
-        fn paging(&self) -> PagingState {
-            PagingState { cr0: 0, cr3: 0, cr4: 0, efer: 0 }
-        }
-    }
+    crate::exit::plain_test_regs!(ScriptVcpu);
 
     impl Vcpu for ScriptVcpu {
         fn run(&mut self) -> VmExit {

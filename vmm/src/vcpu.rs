@@ -298,8 +298,6 @@ mod tests {
     use super::*;
     use crate::bus::MmioBus;
     use crate::memory::GuestRam;
-    use crate::msr::Saved;
-    use crate::paging::PagingState;
     use crate::serial::ConsoleLog;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
@@ -316,28 +314,7 @@ mod tests {
         windows: u32,
     }
 
-    impl VcpuRegs for Scripted {
-        fn gpr(&self, i: usize) -> u64 {
-            self.regs[i]
-        }
-        fn set_gpr(&mut self, i: usize, v: u64) {
-            self.regs[i] = v
-        }
-        fn rip(&self) -> u64 {
-            self.rip
-        }
-        fn set_rip(&mut self, v: u64) {
-            self.rip = v
-        }
-        fn saved_msr(&self, _: Saved) -> u64 {
-            0
-        }
-        fn set_saved_msr(&mut self, _: Saved, _: u64) {}
-        fn inject_exception(&mut self, _: u8, _: Option<u32>) {}
-        fn paging(&self) -> PagingState {
-            PagingState { cr0: 0, cr3: 0, cr4: 0, efer: 0 }
-        }
-    }
+    crate::exit::plain_test_regs!(Scripted);
 
     impl Vcpu for Scripted {
         fn run(&mut self) -> VmExit {
