@@ -150,7 +150,7 @@ fn boot_log_reports_hardware() {
     q.wait_for(" booted: ", BOOT_TIMEOUT);
     // The hypervisor's hardware: SVM enabled and VMRUN checked by running a probe guest.
     let svm = q.wait_for("ember: SVM ready on 2 of 2 CPUs: nested paging, ", BOOT_TIMEOUT);
-    let want = "VMRUN verified: 64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an \
+    let want = "VMRUN verified: 64-bit probe guest read CPUID leaf 0x40000100, wrote and read back an \
                 MSR, got #UD for CLGI, and printed \"EmberEmberHV!U\" on its COM1 (19 exits)";
     assert!(svm.contains(want), "{svm}");
     let log = q.text();

@@ -210,6 +210,16 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let (stay, c) = wait_vm(addr, "stay", "the userspace marker", |_, c| c.contains("EMBER-GUEST: alive"));
     assert!(c.contains("Linux version 6."), "an unmodified Debian kernel booted:\n{c}");
     assert!(c.contains(&format!("{MARKER}, nproc=2, action=stay")), "{c}");
+    // The guest found Ember's paravirtual clock by itself and reads time without exits, and its
+    // clocksource watchdog had nothing to say.
+    for l in c.lines().filter(|l| ["clocksource", "kvm-clock", "tsc:"].iter().any(|w| l.contains(w))) {
+        eprintln!("guest: {l}");
+    }
+    assert!(c.contains("EMBER-GUEST: clocksource kvm-clock "), "{c}");
+    assert!(c.contains("kvm-clock: Using msrs 4b564d01 and 4b564d00"), "{c}");
+    for complaint in ["timekeeping watchdog", "Marking clocksource", "due to clocksource watchdog"] {
+        assert!(!c.contains(complaint), "{complaint}:\n{c}");
+    }
     assert_eq!((stay["state"].as_str(), stay["vcpus"].as_u64()), (Some("running"), Some(2)));
     assert!(stay["exits"].as_u64().unwrap() > 1000 && stay["interrupts"].as_u64().unwrap() > 10, "{stay}");
     let by_kind: u64 = stay["exit_counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();

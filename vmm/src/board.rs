@@ -293,9 +293,9 @@ impl Board {
     }
 
     /// The buses as vCPU `cpu` sees them (its own local APIC at [`LAPIC_BASE`]), and the RAM.
-    pub fn view(&mut self, cpu: usize) -> (CpuBus<'_>, &dyn GuestMemory) {
+    pub fn view(&mut self, cpu: usize) -> (CpuBus<'_>, &mut dyn GuestMemory) {
         let Board { machine, apics, mmio, mem, .. } = self;
-        (CpuBus { machine, apics, mmio, cpu }, &**mem)
+        (CpuBus { machine, apics, mmio, cpu }, &mut **mem)
     }
 }
 

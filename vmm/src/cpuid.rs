@@ -3,11 +3,15 @@
 //!
 //! - leaf 1: the vCPU's own APIC ID and the VM's CPU count; the hypervisor-present bit set; VMX,
 //!   MONITOR/MWAIT (not emulated) and x2APIC (the VM's APIC is an xAPIC) cleared.
-//! - leaf 0x40000000: the hypervisor leaf, vendor `EmberEmberHV`.
+//! - leaves 0x40000000 and 0x40000001: the KVM paravirtual interface's signature `KVMKVMKVM` and
+//!   features - only the paravirtual clock (see [`crate::pvclock`]), which stock guests use by
+//!   themselves; leaf 0x40000100: Ember's own signature, `EmberEmberHV`.
 //! - leaf 0x80000001: SVM cleared (no nested virtualization); leaf 0x8000000A: all zero.
 //! - leaves 0xB and 0x1F (topology) answer "no topology information"; leaf 4's core counts are
 //!   cleared.
 //! - leaves above the host's maximum: all zero, as on hardware that clamps.
+
+use crate::pvclock;
 
 /// CPUID's four output registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,6 +35,9 @@ pub struct VcpuIdentity {
 }
 
 const HYPERVISOR_BASE: u32 = 0x4000_0000;
+/// Ember's own leaf (after the KVM-compatible ones, where guests that scan in steps of 0x100 find
+/// it).
+pub const EMBER_LEAF: u32 = 0x4000_0100;
 /// "EmberEmberHV" in EBX, ECX, EDX.
 const SIGNATURE: [u32; 3] =
     [u32::from_le_bytes(*b"Embe"), u32::from_le_bytes(*b"rEmb"), u32::from_le_bytes(*b"erHV")];
@@ -39,8 +46,19 @@ const SIGNATURE: [u32; 3] =
 pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u32, u32) -> Leaf) -> Leaf {
     let max_basic = host(0, 0).eax;
     let max_extended = host(0x8000_0000, 0).eax;
-    if leaf == HYPERVISOR_BASE {
-        return Leaf { eax: HYPERVISOR_BASE, ebx: SIGNATURE[0], ecx: SIGNATURE[1], edx: SIGNATURE[2] };
+    match leaf {
+        pvclock::KVM_CPUID_BASE => {
+            let [ebx, ecx, edx] = pvclock::KVM_SIGNATURE;
+            return Leaf { eax: pvclock::KVM_CPUID_FEATURES, ebx, ecx, edx };
+        }
+        pvclock::KVM_CPUID_FEATURES => {
+            let eax = pvclock::KVM_FEATURE_CLOCKSOURCE2 | pvclock::KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
+            return Leaf { eax, ..Leaf::default() };
+        }
+        EMBER_LEAF => {
+            return Leaf { eax: EMBER_LEAF, ebx: SIGNATURE[0], ecx: SIGNATURE[1], edx: SIGNATURE[2] }
+        }
+        _ => {}
     }
     let in_range = if leaf >= 0x8000_0000 { leaf <= max_extended } else { leaf <= max_basic };
     if !in_range || (HYPERVISOR_BASE..0x8000_0000).contains(&leaf) {
@@ -94,12 +112,19 @@ mod tests {
         assert_eq!(l1.ecx & ((1 << 3) | (1 << 5) | (1 << 21)), 0, "no MONITOR, VMX, x2APIC");
         assert_eq!(l1.ecx & 1, 1, "other features kept (SSE3)");
         assert_eq!(l1.eax, 0x0083_0f10, "family/model kept");
-        let hv = guest_cpuid(0x4000_0000, 0, v, host);
-        let mut name = [0u8; 12];
-        for (i, r) in [hv.ebx, hv.ecx, hv.edx].iter().enumerate() {
-            name[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
-        }
-        assert_eq!(&name, b"EmberEmberHV");
+        let name = |l: Leaf| {
+            let mut name = [0u8; 12];
+            for (i, r) in [l.ebx, l.ecx, l.edx].iter().enumerate() {
+                name[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
+            }
+            name
+        };
+        let kvm = guest_cpuid(0x4000_0000, 0, v, host);
+        assert_eq!((&name(kvm), kvm.eax), (b"KVMKVMKVM\0\0\0", 0x4000_0001));
+        let features = guest_cpuid(0x4000_0001, 0, v, host);
+        assert_eq!(features, Leaf { eax: (1 << 3) | (1 << 24), ..Leaf::default() }, "kvm-clock only");
+        let ember = guest_cpuid(0x4000_0100, 0, v, host);
+        assert_eq!((&name(ember), ember.eax), (b"EmberEmberHV", 0x4000_0100));
         assert_eq!(guest_cpuid(0x8000_0001, 0, v, host).ecx & (1 << 2), 0, "no nested SVM");
         assert_eq!(l1.edx & (1 << 9), 1 << 9, "APIC");
         let no_apic = VcpuIdentity { lapic: false, ..v };
@@ -110,7 +135,8 @@ mod tests {
         // Past the host's maxima, and the unused hypervisor range: zero.
         assert_eq!(guest_cpuid(0xe, 0, v, host), Leaf::default());
         assert_eq!(guest_cpuid(0x8000_0020, 0, v, host), Leaf::default());
-        assert_eq!(guest_cpuid(0x4000_0001, 0, v, host), Leaf::default());
+        assert_eq!(guest_cpuid(0x4000_0002, 0, v, host), Leaf::default());
+        assert_eq!(guest_cpuid(0x4000_0101, 0, v, host), Leaf::default());
         // The rest passes through.
         assert_eq!(guest_cpuid(0, 0, v, host), host(0, 0));
         assert_eq!(guest_cpuid(7, 0, v, host), host(7, 0));

@@ -12,6 +12,7 @@ use super::decode::{self, Access, Source};
 use super::memory::GuestMemory;
 use super::msr::{MsrAccess, Saved, VcpuMsrs};
 use super::paging::{self, PagingState};
+use super::pvclock::{GuestClock, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW};
 use alloc::format;
 use alloc::string::String;
 
@@ -89,6 +90,8 @@ pub trait VcpuRegs {
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     /// The guest's paging registers (to fetch the instruction behind an MMIO access).
     fn paging(&self) -> PagingState;
+    /// What the guest's TSC adds to the host's (the TSC offset).
+    fn tsc_offset(&self) -> u64;
 
     fn rax(&self) -> u64 {
         self.gpr(gpr::RAX)
@@ -124,6 +127,9 @@ macro_rules! plain_test_regs {
             fn paging(&self) -> $crate::paging::PagingState {
                 $crate::paging::PagingState { cr0: 0, cr3: 0, cr4: 0, efer: 0 }
             }
+            fn tsc_offset(&self) -> u64 {
+                0
+            }
         }
     };
 }
@@ -135,17 +141,30 @@ pub const GP_VECTOR: u8 = 13;
 /// #UD, invalid opcode.
 pub const UD_VECTOR: u8 = 6;
 
-/// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers and the
-/// vCPU's MSRs.
+/// The VM's facts an exit handler needs beyond registers: its I/O bus, its CPUID answers, the
+/// vCPU's MSRs, its memory and its clock.
 pub struct ExitContext<'a, C: Fn(u32, u32) -> Leaf> {
     /// The vCPU's ports and MMIO space (guest-physical ranges without RAM behind them).
     pub bus: &'a mut dyn VmBus,
     /// The guest's CPUID (see [`super::cpuid::guest_cpuid`]).
     pub cpuid: C,
     pub msrs: &'a mut VcpuMsrs,
-    /// The VM's RAM (instruction fetches for MMIO emulation).
-    pub mem: &'a dyn GuestMemory,
+    /// The VM's RAM (instruction fetches for MMIO emulation, the paravirtual clock's structures).
+    pub mem: &'a mut dyn GuestMemory,
+    /// What the paravirtual clock tells the guest.
+    pub clock: GuestClock,
 }
+
+/// Whether a WRMSR of `msr` makes the hypervisor write guest memory (the paravirtual clock's
+/// structures), so it is handled with the VM's memory at hand ([`handle_exit`]).
+fn writes_guest_clock(msr: u32, msrs: &VcpuMsrs) -> bool {
+    msr == MSR_KVM_WALL_CLOCK_NEW
+        || msr == MSR_KVM_SYSTEM_TIME_NEW
+        || (msr == MSR_TSC && msrs.clock.enabled())
+}
+
+/// The time-stamp counter's MSR.
+const MSR_TSC: u32 = 0x10;
 
 /// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
 /// bits 32-63 (as any 32-bit register write does).
@@ -182,29 +201,10 @@ pub fn handle_local_exit(
             ExitAction::Resume
         }
         VmExit::Msr { write, next_rip } => {
-            let msr = regs.gpr(gpr::RCX) as u32;
-            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
-            let access = if *write { msrs.write(msr, value) } else { msrs.read(msr) };
-            match (access, *write) {
-                (MsrAccess::Fault, _) => {
-                    // As on hardware without the register: #GP(0), RIP stays at the instruction.
-                    regs.inject_exception(GP_VECTOR, Some(0));
-                    return Some(ExitAction::Resume);
-                }
-                (MsrAccess::Saved(which), true) => regs.set_saved_msr(which, value),
-                (MsrAccess::Saved(which), false) => {
-                    let v = regs.saved_msr(which);
-                    regs.set_rax(v & 0xffff_ffff);
-                    regs.set_gpr(gpr::RDX, v >> 32);
-                }
-                (MsrAccess::Done(_), true) => {}
-                (MsrAccess::Done(v), false) => {
-                    regs.set_rax(v & 0xffff_ffff);
-                    regs.set_gpr(gpr::RDX, v >> 32);
-                }
+            if *write && writes_guest_clock(regs.gpr(gpr::RCX) as u32, msrs) {
+                return None;
             }
-            regs.set_rip(*next_rip);
-            ExitAction::Resume
+            msr_exit(regs, msrs, *write, *next_rip)
         }
         VmExit::Pause => {
             // PAUSE is F3 90.
@@ -232,6 +232,33 @@ pub fn handle_local_exit(
     })
 }
 
+/// RDMSR or WRMSR (the register in ECX, the value in EDX:EAX), as [`VcpuMsrs`] decides.
+fn msr_exit(regs: &mut impl VcpuRegs, msrs: &mut VcpuMsrs, write: bool, next_rip: u64) -> ExitAction {
+    let msr = regs.gpr(gpr::RCX) as u32;
+    let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+    let access = if write { msrs.write(msr, value) } else { msrs.read(msr) };
+    match (access, write) {
+        (MsrAccess::Fault, _) => {
+            // As on hardware without the register: #GP(0), RIP stays at the instruction.
+            regs.inject_exception(GP_VECTOR, Some(0));
+            return ExitAction::Resume;
+        }
+        (MsrAccess::Saved(which), true) => regs.set_saved_msr(which, value),
+        (MsrAccess::Saved(which), false) => {
+            let v = regs.saved_msr(which);
+            regs.set_rax(v & 0xffff_ffff);
+            regs.set_gpr(gpr::RDX, v >> 32);
+        }
+        (MsrAccess::Done(_), true) => {}
+        (MsrAccess::Done(v), false) => {
+            regs.set_rax(v & 0xffff_ffff);
+            regs.set_gpr(gpr::RDX, v >> 32);
+        }
+    }
+    regs.set_rip(next_rip);
+    ExitAction::Resume
+}
+
 /// Handles one exit.
 pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
     exit: &VmExit,
@@ -243,6 +270,18 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
     }
     let bus = &mut *vm.bus;
     match exit {
+        // A write to the paravirtual clock's MSRs (or to the TSC under it): the structures are
+        // (re)written in guest memory.
+        VmExit::Msr { write: true, next_rip } => {
+            let msr = regs.gpr(gpr::RCX) as u32;
+            let action = msr_exit(regs, vm.msrs, true, *next_rip);
+            if msr == MSR_KVM_WALL_CLOCK_NEW {
+                vm.msrs.clock.publish_wall_clock(&vm.clock, vm.mem);
+            } else {
+                vm.msrs.clock.publish(&vm.clock, regs.tsc_offset(), vm.mem);
+            }
+            action
+        }
         VmExit::Io { port, size, input, next_rip } => {
             if *input {
                 let v = bus.read(*port, *size);
@@ -352,9 +391,13 @@ mod tests {
         rip: u64,
         others: [u64; 16],
         efer: u64,
+        tsc_offset: u64,
         injected: Vec<(u8, Option<u32>)>,
     }
     impl VcpuRegs for Regs {
+        fn tsc_offset(&self) -> u64 {
+            self.tsc_offset
+        }
         fn gpr(&self, i: usize) -> u64 {
             if i == 0 {
                 self.rax
@@ -370,12 +413,19 @@ mod tests {
             }
         }
         fn saved_msr(&self, which: Saved) -> u64 {
-            assert_eq!(which, Saved::Efer);
-            self.efer
+            match which {
+                Saved::Efer => self.efer,
+                // The host's TSC reads 0 in these tests.
+                Saved::Tsc => self.tsc_offset,
+                _ => panic!("{which:?}"),
+            }
         }
         fn set_saved_msr(&mut self, which: Saved, v: u64) {
-            assert_eq!(which, Saved::Efer);
-            self.efer = v;
+            match which {
+                Saved::Efer => self.efer = v,
+                Saved::Tsc => self.tsc_offset = v,
+                _ => panic!("{which:?}"),
+            }
         }
         fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
             self.injected.push((vector, error_code));
@@ -413,13 +463,22 @@ mod tests {
         ram: GuestRam,
     }
 
+    const CLOCK: GuestClock =
+        GuestClock { tsc_hz: 2_000_000_000, wall_base: 1_700_000_000, invariant_tsc: true };
+
     impl World {
         fn new() -> Self {
             World { bus: Buses::default(), msrs: VcpuMsrs::new(0), ram: GuestRam::new(0x1_0000) }
         }
 
         fn ctx(&mut self) -> ExitContext<'_, fn(u32, u32) -> Leaf> {
-            ExitContext { bus: &mut self.bus, cpuid: no_cpuid, msrs: &mut self.msrs, mem: &self.ram }
+            ExitContext {
+                bus: &mut self.bus,
+                cpuid: no_cpuid,
+                msrs: &mut self.msrs,
+                mem: &mut self.ram,
+                clock: CLOCK,
+            }
         }
     }
 
@@ -427,7 +486,8 @@ mod tests {
     fn cpuid_exits_answer_from_the_policy() {
         let mut w = World::new();
         let answer = |leaf: u32, sub: u32| Leaf { eax: leaf, ebx: sub, ecx: 0x1234, edx: 0xffff_ffff };
-        let mut vm = ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mem: &w.ram };
+        let mut vm =
+            ExitContext { bus: &mut w.bus, cpuid: answer, msrs: &mut w.msrs, mem: &mut w.ram, clock: CLOCK };
         let mut r = Regs { rax: 0xdead_0000_4000_0000, rip: 0x3000, ..Regs::default() };
         r.others[gpr::RCX] = 7;
         r.others[gpr::RBX] = u64::MAX;
@@ -517,6 +577,68 @@ mod tests {
             ExitAction::Resume
         );
         assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4006));
+    }
+
+    #[test]
+    fn the_paravirtual_clock_is_written_where_the_guest_asks_and_only_inside_its_ram() {
+        let mut w = World::new();
+        let mut r = Regs { rip: 0x4000, ..Regs::default() };
+        let wrmsr = |w: &mut World, r: &mut Regs, msr: u32, value: u64| {
+            r.others[gpr::RCX] = msr.into();
+            r.rax = value & 0xffff_ffff;
+            r.others[gpr::RDX] = value >> 32;
+            let next = r.rip + 2;
+            // Not handled without the VM's memory.
+            if msr != 0x10 || w.msrs.clock.enabled() {
+                assert_eq!(
+                    handle_local_exit(
+                        &VmExit::Msr { write: true, next_rip: next },
+                        r,
+                        &no_cpuid,
+                        &mut w.msrs
+                    ),
+                    None
+                );
+            }
+            assert_eq!(
+                handle_exit(&VmExit::Msr { write: true, next_rip: next }, r, &mut w.ctx()),
+                ExitAction::Resume
+            );
+            assert_eq!(r.rip, next);
+        };
+        let read_info = |w: &World, at: u64| {
+            let mut b = [0u8; crate::pvclock::TIME_INFO_LEN];
+            w.ram.read(GuestPhysAddr(at), &mut b).unwrap();
+            b
+        };
+        // Enabled at 0x2000: the structure is there, version even.
+        wrmsr(&mut w, &mut r, MSR_KVM_SYSTEM_TIME_NEW, 0x2001);
+        let b = read_info(&w, 0x2000);
+        assert_eq!(&b[4..], &CLOCK.time_info(0)[4..]);
+        assert_eq!(u32::from_le_bytes(b[..4].try_into().unwrap()) % 2, 0);
+        // The guest moves its TSC: the structure follows.
+        wrmsr(&mut w, &mut r, 0x10, 5_000);
+        assert_eq!(&read_info(&w, 0x2000)[4..], &CLOCK.time_info(5_000)[4..]);
+        // The wall clock.
+        wrmsr(&mut w, &mut r, MSR_KVM_WALL_CLOCK_NEW, 0x3000);
+        let mut wall = [0u8; crate::pvclock::WALL_CLOCK_LEN];
+        w.ram.read(GuestPhysAddr(0x3000), &mut wall).unwrap();
+        assert_eq!(wall, CLOCK.wall_clock(2));
+        // Outside RAM (64 KiB here), straddling its end, at the top of the address space: nothing
+        // written, no fault; reading the MSR gives back what was written.
+        let mut all = alloc::vec![0u8; 0x1_0000];
+        w.ram.read(GuestPhysAddr(0), &mut all).unwrap();
+        for at in [0x1_0000u64, 0x1_0000 - 16, 0xffff_ffff_ffff_f000] {
+            wrmsr(&mut w, &mut r, MSR_KVM_SYSTEM_TIME_NEW, at | 1);
+            wrmsr(&mut w, &mut r, MSR_KVM_WALL_CLOCK_NEW, at + 8);
+        }
+        let mut after = alloc::vec![0u8; 0x1_0000];
+        w.ram.read(GuestPhysAddr(0), &mut after).unwrap();
+        assert!(after == all, "nothing written");
+        assert!(r.injected.is_empty());
+        r.others[gpr::RCX] = MSR_KVM_SYSTEM_TIME_NEW.into();
+        handle_exit(&VmExit::Msr { write: false, next_rip: r.rip + 2 }, &mut r, &mut w.ctx());
+        assert_eq!((r.others[gpr::RDX] << 32) | r.rax, 0xffff_ffff_ffff_f001);
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub mod npt;
 pub mod paging;
 pub mod pic;
 pub mod pit;
+pub mod pvclock;
 pub mod rtc;
 pub mod runtime;
 pub mod serial;

@@ -2,9 +2,11 @@
 //! permission map is all ones); this module decides what each access does, for AMD guests (AMD64
 //! APM vol. 2 appendix A, and the MSRs Linux touches on AMD): registers the CPU keeps in the VMCB
 //! (EFER, PAT, the SYSCALL/SYSENTER and segment-base MSRs) are handed to the backend, a few are
-//! kept per vCPU here (APIC base, MTRR default type, TSC_AUX), some read as constants that describe
+//! kept per vCPU here (APIC base, MTRR default type, TSC_AUX, the paravirtual clock's two MSRs), some read as constants that describe
 //! the VM truthfully (no MTRRs, no machine-check banks, SVM disabled for the guest), and everything
 //! else faults (#GP), as on hardware that does not have the register.
+
+use crate::pvclock::{ClockMsrs, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW};
 
 /// Registers the backend keeps in its VMCB (or VMCS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +51,21 @@ pub struct VcpuMsrs {
     apic_base: u64,
     mtrr_def_type: u64,
     tsc_aux: u64,
+    /// The paravirtual clock's registers ([`crate::pvclock`]); what their writes make the
+    /// hypervisor write into guest memory is done by the exit handler, which has the memory.
+    pub clock: ClockMsrs,
 }
 
 impl VcpuMsrs {
     /// vCPU `index` of a VM (0 is the bootstrap processor).
     pub fn new(index: u32) -> Self {
         let bsp = if index == 0 { APIC_BSP } else { 0 };
-        VcpuMsrs { apic_base: APIC_BASE_ADDRESS | APIC_ENABLE | bsp, mtrr_def_type: 0, tsc_aux: index as u64 }
+        VcpuMsrs {
+            apic_base: APIC_BASE_ADDRESS | APIC_ENABLE | bsp,
+            mtrr_def_type: 0,
+            tsc_aux: index as u64,
+            clock: ClockMsrs::default(),
+        }
     }
 
     /// The guest's xAPIC is enabled (APIC_BASE bit 11).
@@ -94,6 +104,8 @@ impl VcpuMsrs {
             0x179 | 0x17a => 0, // MCG_CAP, MCG_STATUS: no machine-check banks
             0x2ff => self.mtrr_def_type,
             0xc000_0103 => self.tsc_aux,
+            MSR_KVM_WALL_CLOCK_NEW => self.clock.wall_clock,
+            MSR_KVM_SYSTEM_TIME_NEW => self.clock.system_time,
             0xc001_0114 => 1 << 4, // VM_CR: SVM disabled (no nested virtualization)
             0xc001_0010 | 0xc001_0015 | 0xc001_001f | 0xc001_1029 => 0, // SYSCFG, HWCR, NB_CFG, DE_CFG
             _ => return MsrAccess::Fault,
@@ -124,6 +136,8 @@ impl VcpuMsrs {
                 self.mtrr_def_type = value;
             }
             0xc000_0103 => self.tsc_aux = value & 0xffff_ffff,
+            MSR_KVM_WALL_CLOCK_NEW => self.clock.wall_clock = value,
+            MSR_KVM_SYSTEM_TIME_NEW => self.clock.system_time = value,
             // Written by Linux on AMD (speculation and errata settings): accepted and ignored.
             // NB_CFG (0xc001001f): Linux sets its extended-config-space bit on AMD; no northbridge here.
             0x8b | 0x17a | 0xc001_0015 | 0xc001_001f | 0xc001_1029 => {}
@@ -149,8 +163,9 @@ mod tests {
         assert_eq!(bsp.read(0xc000_0080), MsrAccess::Saved(Saved::Efer));
         assert_eq!(bsp.read(0x10), MsrAccess::Saved(Saved::Tsc));
         assert_eq!(bsp.read(0xc000_0102), MsrAccess::Saved(Saved::KernelGsBase));
-        // Unknown registers and the host's own fault.
-        for msr in [0x3a, 0x1a0, 0xc001_0117, 0x4000_0000, 0xdead_beef] {
+        assert_eq!(bsp.read(0x4b56_4d01), MsrAccess::Done(0), "kvm-clock off");
+        // Unknown registers, the host's own, and the KVM MSRs not offered fault.
+        for msr in [0x3a, 0x1a0, 0xc001_0117, 0x4000_0000, 0xdead_beef, 0x11, 0x12, 0x4b56_4d02] {
             assert_eq!(bsp.read(msr), MsrAccess::Fault, "{msr:#x}");
         }
     }
@@ -179,5 +194,12 @@ mod tests {
         assert_eq!(m.write(0x1a0, 0), MsrAccess::Fault);
         assert_eq!(m.write(0xc000_0103, u64::MAX), MsrAccess::Done(u64::MAX));
         assert_eq!(m.read(0xc000_0103), MsrAccess::Done(0xffff_ffff));
+        // The paravirtual clock's registers keep what is written (the exit handler fills the
+        // structures in).
+        assert_eq!(m.write(0x4b56_4d01, 0x1001), MsrAccess::Done(0x1001));
+        assert!(m.clock.enabled());
+        assert_eq!(m.read(0x4b56_4d01), MsrAccess::Done(0x1001));
+        assert_eq!(m.write(0x4b56_4d00, 0x2000), MsrAccess::Done(0x2000));
+        assert_eq!(m.read(0x4b56_4d00), MsrAccess::Done(0x2000));
     }
 }

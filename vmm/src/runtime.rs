@@ -35,6 +35,7 @@ use crate::machine::Machine;
 use crate::memory::GuestMemory;
 use crate::msr::VcpuMsrs;
 use crate::npt::{EntryFormat, NestedPageTables, TableFrames};
+use crate::pvclock::GuestClock;
 use crate::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use crate::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
 use crate::virtio_blk::{self, SharedDisk, VirtioBlk};
@@ -111,8 +112,10 @@ pub trait Platform: Send + Sync {
     type Ram: GuestMemory + Send + 'static;
 
     fn backend(&self) -> &Self::Backend;
-    /// A monotonic clock, ns.
+    /// A monotonic clock, ns: the host's TSC (0 when it started counting) at [`Platform::tsc_hz`].
     fn now_ns(&self) -> u64;
+    /// The host's TSC frequency (what the guests' paravirtual clock is scaled by).
+    fn tsc_hz(&self) -> u64;
     /// The calling CPU's one-shot timer interrupts it in `ns` nanoseconds.
     fn arm_timer_ns(&self, ns: u64);
     /// Waits for an interrupt (a kick or the timer) on the calling CPU. Interrupts are off around
@@ -934,12 +937,19 @@ impl<P: Platform> Runtime<P> {
         };
         let identity = VcpuIdentity { apic_id: job.index as u8, vcpus: vm.def.vcpus as u8, lapic: true };
         let j = &mut *job;
+        let clock = GuestClock {
+            tsc_hz: self.platform.tsc_hz(),
+            wall_base: self.wall_base,
+            invariant_tsc: backend.host_cpuid(0x8000_0000, 0).eax >= 0x8000_0007
+                && backend.host_cpuid(0x8000_0007, 0).edx & (1 << 8) != 0,
+        };
         let mut parts = VmParts {
             board: &run.board,
             cpu: j.index,
             vcpus: vm.def.vcpus as usize,
             msrs: &mut j.msrs,
             cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, |l, s| backend.host_cpuid(l, s)),
+            clock,
         };
         let before = j.stats;
         let end = vcpu::run(&mut j.vcpu, &mut parts, &host, &mut j.stats, &mut j.state);
@@ -1294,6 +1304,9 @@ mod tests {
         }
         fn now_ns(&self) -> u64 {
             self.shared.now.load(Ordering::Relaxed)
+        }
+        fn tsc_hz(&self) -> u64 {
+            1_000_000_000
         }
         fn arm_timer_ns(&self, ns: u64) {
             self.shared.timer.store(self.now_ns().saturating_add(ns), Ordering::Relaxed);

@@ -10,6 +10,7 @@ use super::cpuid::Leaf;
 use super::exit::{handle_exit, handle_local_exit, ExitAction, ExitContext, VcpuRegs, VmExit};
 use super::machine::{Machine, MachineRequest};
 use super::msr::VcpuMsrs;
+use super::pvclock::GuestClock;
 use alloc::format;
 use alloc::string::String;
 use spin::Mutex;
@@ -97,6 +98,8 @@ pub struct VmParts<'a, C: Fn(u32, u32) -> Leaf> {
     pub msrs: &'a mut VcpuMsrs,
     /// The guest's CPUID answers.
     pub cpuid: C,
+    /// What the paravirtual clock tells the guest.
+    pub clock: GuestClock,
 }
 
 /// Where a vCPU's loop stands between time slices.
@@ -246,8 +249,13 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
                     b.machine.set_time(host.now_ns());
                     let action = {
                         let (mut bus, mem) = b.view(cpu);
-                        let mut cx =
-                            ExitContext { bus: &mut bus, cpuid: &vm.cpuid, msrs: &mut *vm.msrs, mem };
+                        let mut cx = ExitContext {
+                            bus: &mut bus,
+                            cpuid: &vm.cpuid,
+                            msrs: &mut *vm.msrs,
+                            mem,
+                            clock: vm.clock,
+                        };
                         handle_exit(&exit, vcpu, &mut cx)
                     };
                     // Device work (virtio queues) and the devices' interrupt lines.
@@ -302,6 +310,8 @@ mod tests {
     use alloc::sync::Arc;
     use alloc::vec::Vec;
     use core::cell::Cell;
+
+    const TEST_CLOCK: GuestClock = GuestClock { tsc_hz: 1_000_000_000, wall_base: 0, invariant_tsc: false };
 
     /// A scripted vCPU: each `run` returns the next exit with RAX set to its value; injected
     /// vectors are recorded; past the script the guest triple-faults.
@@ -391,6 +401,7 @@ mod tests {
             vcpus: board.lock().apics.count(),
             msrs: &mut msrs,
             cpuid: |_, _| Leaf::default(),
+            clock: TEST_CLOCK,
         };
         let end = run(&mut v, &mut parts, &host, &mut stats, &mut LoopState::default());
         (end, v, stats)
@@ -468,6 +479,7 @@ mod tests {
             vcpus: board.lock().apics.count(),
             msrs: &mut msrs,
             cpuid: |_, _| Leaf::default(),
+            clock: TEST_CLOCK,
         };
         assert_eq!(run(&mut v, &mut parts, &host, &mut stats, &mut state), RunEnd::Stopped);
         assert_eq!((stats.exits, v.exits.len()), (0, 1), "never entered");
@@ -499,6 +511,7 @@ mod tests {
             vcpus: board.lock().apics.count(),
             msrs: &mut msrs,
             cpuid: |_, _| Leaf::default(),
+            clock: TEST_CLOCK,
         };
         let mut state = LoopState::default();
         assert_eq!(run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut state), RunEnd::Stopped);
@@ -550,8 +563,14 @@ mod tests {
                 busy,
                 locks: Cell::new(0),
             };
-            let mut parts =
-                VmParts { board: &board, cpu: 0, vcpus: 1, msrs: &mut msrs, cpuid: |_, _| Leaf::default() };
+            let mut parts = VmParts {
+                board: &board,
+                cpu: 0,
+                vcpus: 1,
+                msrs: &mut msrs,
+                cpuid: |_, _| Leaf::default(),
+                clock: TEST_CLOCK,
+            };
             let end = run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut LoopState::default());
             assert!(matches!(end, RunEnd::Fault(_)), "{end:?}");
             host.locks.get()

@@ -136,6 +136,9 @@ impl Platform for HostPlatform {
     fn now_ns(&self) -> u64 {
         timer::now_ns()
     }
+    fn tsc_hz(&self) -> u64 {
+        timer::clock_hz()
+    }
     fn arm_timer_ns(&self, ns: u64) {
         timer::arm_oneshot_ns(ns);
     }

@@ -9,8 +9,8 @@
 //! VMLOAD/VMSAVE of the hidden segment state, event injection, interrupt windows, TSC handling),
 //! and running vCPUs on the application processors (SVM is enabled on every CPU at start-up).
 
-use super::cpu;
 use super::dma::DmaBuffer;
+use super::{cpu, timer};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
@@ -25,6 +25,7 @@ use ember_vmm::memory::{checked_range, GuestMemory, OutOfRange};
 use ember_vmm::msr::{Saved, VcpuMsrs};
 use ember_vmm::npt::{NestedPageTables, Npt, TableFrames};
 use ember_vmm::paging::PagingState;
+use ember_vmm::pvclock::GuestClock;
 use ember_vmm::serial::{ComPort, ConsoleLog, Serial};
 use ember_vmm::vcpu::Vcpu;
 use ember_vmm::{GuestPhysAddr, HostPhysAddr};
@@ -479,13 +480,13 @@ fn vmrun(host_state: u64, vmcb: &DmaBuffer, gprs: &mut GuestGprs) -> u64 {
     code
 }
 
-/// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000000, then the 12 bytes of the
+/// The probe guest (64-bit mode, at 0x1000): CPUID leaf 0x40000100 (Ember's), then the 12 bytes of the
 /// hypervisor's name from EBX, ECX, EDX out to COM1 one at a time; then `!` written to TSC_AUX
 /// with WRMSR, read back with RDMSR and sent to COM1 too; then CLGI, which must raise #UD (its
 /// handler, [`PROBE_UD_HANDLER`], prints `U` and skips it); then HLT.
 #[rustfmt::skip]
 const PROBE_CODE: &[u8] = &[
-    0xb8, 0x00, 0x00, 0x00, 0x40,   // mov eax, 0x40000000
+    0xb8, 0x00, 0x01, 0x00, 0x40,   // mov eax, 0x40000100
     0x0f, 0xa2,                     // cpuid
     0x89, 0xd6,                     // mov esi, edx
     0x66, 0xba, 0xf8, 0x03,         // mov dx, 0x3f8
@@ -798,6 +799,9 @@ impl VcpuRegs for SvmVcpu {
         let (cr0, cr3, cr4) = (get64(&self.vmcb, CR0), get64(&self.vmcb, CR3), get64(&self.vmcb, CR4));
         PagingState { cr0, cr3, cr4, efer: get64(&self.vmcb, EFER) }
     }
+    fn tsc_offset(&self) -> u64 {
+        get64(&self.vmcb, TSC_OFFSET)
+    }
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         // EVENTINJ (APM 15.20): vector, type 3 (exception), error code valid, valid.
         let ev = error_code.map_or(0, |e| (1 << 11) | ((e as u64) << 32));
@@ -900,7 +904,9 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
         bus: &mut bus,
         cpuid: |leaf, sub| guest_cpuid(leaf, sub, identity, host_cpuid),
         msrs: &mut msrs,
-        mem: &ram,
+        mem: &mut ram,
+        // Not used: the probe guest does not turn the paravirtual clock on.
+        clock: GuestClock { tsc_hz: timer::clock_hz(), wall_base: 0, invariant_tsc: false },
     };
     // Exits the guest caused (host interrupts that end a run are not counted: they vary).
     let mut exits = 0;
@@ -927,7 +933,7 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "64-bit probe guest read CPUID leaf 0x40000000, wrote and read back an MSR, got #UD for CLGI, and printed {out:?} on its COM1 ({exits} exits)"
+        "64-bit probe guest read CPUID leaf 0x40000100, wrote and read back an MSR, got #UD for CLGI, and printed {out:?} on its COM1 ({exits} exits)"
     ))
 }
 

@@ -27,24 +27,24 @@ pub fn tsc_hz() -> u64 {
 /// TSC rate assumed when calibration found no reference clock (the clock then runs approximately).
 const FALLBACK_TSC_HZ: u64 = 1_000_000_000;
 
+/// The TSC rate the clocks below count with: the calibrated one, or the fallback.
+pub fn clock_hz() -> u64 {
+    match tsc_hz() {
+        0 => FALLBACK_TSC_HZ,
+        hz => hz,
+    }
+}
+
 /// Milliseconds since the TSC started counting (monotonic on one CPU; used by the management plane,
 /// which runs on the bootstrap CPU only).
 pub fn now_ms() -> u64 {
-    let hz = match tsc_hz() {
-        0 => FALLBACK_TSC_HZ,
-        hz => hz,
-    };
-    (cpu::rdtsc() as u128 * 1000 / hz as u128) as u64
+    (cpu::rdtsc() as u128 * 1000 / clock_hz() as u128) as u64
 }
 
 /// Nanoseconds since the TSC started counting (the TSCs of all CPUs run in step on the machines
 /// Ember supports: invariant TSC, started together at reset).
 pub fn now_ns() -> u64 {
-    let hz = match tsc_hz() {
-        0 => FALLBACK_TSC_HZ,
-        hz => hz,
-    };
-    (cpu::rdtsc() as u128 * 1_000_000_000 / hz as u128) as u64
+    (cpu::rdtsc() as u128 * 1_000_000_000 / clock_hz() as u128) as u64
 }
 
 /// Arms this CPU's LAPIC timer to interrupt once, `ns` from now (at least 10 us); the periodic
