@@ -190,6 +190,8 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
         "user,hostfwd=tcp:127.0.0.1:{port}-:443,hostfwd=tcp:127.0.0.1:{console_port}-:{CONSOLE_PORT}"
     );
     cfg.nics = vec![NicSpec::new("virtio-net-pci", &forwards)];
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let booted = unix_now();
     let mut q = Qemu::start(&cfg);
     q.wait_for("ember: VM stay on the boot media: kernel", BOOT_TIMEOUT);
     q.wait_for("ember: VM stay: started (autostart)", BOOT_TIMEOUT);
@@ -216,6 +218,13 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
         eprintln!("guest: {l}");
     }
     assert!(c.contains("EMBER-GUEST: clocksource kvm-clock "), "{c}");
+    // Its time of day (from the paravirtual wall clock, which Ember took from the firmware's RTC,
+    // which QEMU sets from this machine's clock) is this machine's: between the boot and now.
+    let date: u64 = c
+        .lines()
+        .find_map(|l| l.split_once("EMBER-GUEST: alive ")?.1.split_once(" date ")?.1.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no time of day in the heartbeat:\n{c}"));
+    assert!((booted.saturating_sub(2)..=unix_now() + 2).contains(&date), "{date} not in {booted}..now");
     assert!(c.contains("kvm-clock: Using msrs 4b564d01 and 4b564d00"), "{c}");
     for complaint in ["timekeeping watchdog", "Marking clocksource", "due to clocksource watchdog"] {
         assert!(!c.contains(complaint), "{complaint}:\n{c}");
