@@ -619,8 +619,9 @@ struct LocalConsole {
     vm_disks: Option<crate::vmhost::DiskWriter>,
     /// The menu's changes being saved (a failure is shown when the save ends).
     saving: Vec<Ticket>,
-    /// Changes asked for while another change was being saved, in order.
-    held: alloc::collections::VecDeque<Action>,
+    /// Changes asked for while another change was being saved, in order, with the configuration
+    /// change they were made on (`HostState::generation`).
+    held: alloc::collections::VecDeque<(Action, u64)>,
     /// The configuration change the menu shows (`HostState::generation`).
     shown_generation: u64,
 }
@@ -682,8 +683,19 @@ impl LocalConsole {
         }
         self.shown_generation = n.host.generation;
         if !n.host.saving() {
-            if let Some(a) = self.held.pop_front() {
-                self.act(a, n, now);
+            if let Some((a, made_on)) = self.held.pop_front() {
+                if matches!(a, Action::ApplyNetwork { .. }) && made_on != n.host.generation {
+                    // The form holds every management setting as it was: applied now it would undo
+                    // the change saved meanwhile.
+                    kprintln!(
+                        "ember: DCUI: management network settings not applied: they were changed meanwhile"
+                    );
+                    self.menu.notify(String::from(
+                        "Not changed: the management network settings were changed meanwhile; review them and apply again",
+                    ));
+                } else {
+                    self.act(a, n, now);
+                }
                 self.redraw(n);
             }
         }
@@ -692,7 +704,7 @@ impl LocalConsole {
     fn act(&mut self, action: Action, n: &mut Plane, now: u64) {
         // A change made while another is being saved waits for it (and builds on it).
         if action.changes_config() && (n.host.saving() || !self.held.is_empty()) {
-            self.held.push_back(action);
+            self.held.push_back((action, n.host.generation));
             return;
         }
         // A change is stored before it takes effect (the log says so once it is saved); when
@@ -763,12 +775,10 @@ impl LocalConsole {
             }
             Action::ResetConfiguration => {
                 kprintln!("ember: DCUI: resetting the system configuration to factory defaults");
-                if let Persistence::Store(store) = &mut n.host.store {
-                    if let Err(e) = store.erase() {
-                        kprintln!("ember: ERROR: the configuration store could not be erased: {e}");
-                        self.menu.notify(format!("Reset failed: {e}"));
-                        return;
-                    }
+                if let Err(e) = n.host.erase_store() {
+                    kprintln!("ember: ERROR: the configuration store could not be erased: {e}");
+                    self.menu.notify(format!("Reset failed: {e}"));
+                    return;
                 }
                 self.write_back_vm_disks(n, now, true);
                 power::reboot(self.reset.as_ref());
@@ -883,6 +893,17 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
             if net.host.poll_store() {
                 last_activity = now;
             }
+            // Looked at between saves only (the timer restarts whenever it answers), first thing
+            // after one ends, so that a stream of other changes cannot put it off.
+            if let Some(off) =
+                (!net.host.saving()).then(|| availability.check(&net.host.config, now)).flatten()
+            {
+                let minutes = off.shell_timeout_minutes;
+                let what = format!("local shell and SSH disabled: availability time-out ({minutes} min)");
+                if let Err(e) = net.host.begin_commit(off, Some(what)) {
+                    kprintln!("ember: ERROR: availability time-out: shell and SSH not disabled: {e}")
+                }
+            }
             local.after_saves(net, now);
             if net.net.poll(&mut net.host, &mut net.nics, now) {
                 last_activity = now;
@@ -894,16 +915,6 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
                 local.redraw(net);
             }
             local.keyboards.set_layout(&net.host.config.keyboard);
-            // Looked at between saves only (the timer restarts whenever it answers).
-            if let Some(off) =
-                (!net.host.saving()).then(|| availability.check(&net.host.config, now)).flatten()
-            {
-                let minutes = off.shell_timeout_minutes;
-                let what = format!("local shell and SSH disabled: availability time-out ({minutes} min)");
-                if let Err(e) = net.host.begin_commit(off, Some(what)) {
-                    kprintln!("ember: ERROR: availability time-out: shell and SSH not disabled: {e}")
-                }
-            }
             if net.net.take_test_changed() && !local.menu.is_idle() {
                 local.redraw(net);
             }

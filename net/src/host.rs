@@ -277,6 +277,18 @@ impl HostState {
         Ok(ticket)
     }
 
+    /// Erases the configuration store (Reset System Configuration: the next boot is a first boot).
+    /// A change being saved ends unsaved; nothing of the configuration in force changes.
+    pub fn erase_store(&mut self) -> Result<(), String> {
+        if let Some(change) = self.saving.take() {
+            self.finish(change, Err(CommitError::Store(String::from("the configuration store was erased"))));
+        }
+        match &mut self.store {
+            Persistence::Store(s) => s.erase().map_err(|e| e.to_string()),
+            Persistence::None(_) => Ok(()),
+        }
+    }
+
     /// Whether a change is being saved.
     pub fn saving(&self) -> bool {
         self.saving.is_some()
@@ -288,10 +300,17 @@ impl HostState {
         if self.saving.is_none() {
             return false;
         }
-        let Persistence::Store(store) = &mut self.store else { return false };
-        let Some(result) = store.step_save() else { return true };
+        let result = match &mut self.store {
+            Persistence::Store(store) => match store.step_save() {
+                Some(result) => result.map(|_| ()).map_err(|e| CommitError::Store(e.to_string())),
+                None if store.saving() => return true,
+                // The store gave the write up (it was erased meanwhile): the change is not saved.
+                None => Err(CommitError::Store(String::from("the save was given up"))),
+            },
+            Persistence::None(_) => Err(CommitError::Store(String::from("there is no configuration store"))),
+        };
         if let Some(change) = self.saving.take() {
-            self.finish(change, result.map(|_| ()).map_err(|e| CommitError::Store(e.to_string())));
+            self.finish(change, result);
         }
         true
     }
@@ -500,6 +519,23 @@ mod tests {
         assert!(!h.saving());
         // An unknown ticket is not taken for a success.
         assert!(matches!(h.outcome(9999), Some(Err(_))));
+    }
+
+    #[test]
+    fn erasing_the_store_during_a_save_ends_the_change_unsaved() {
+        let mut h = host(testing::memory_store(false));
+        let before = h.config.clone();
+        let mut new = h.config.clone();
+        new.ssh_enabled = true;
+        let t = h.begin_commit(new.clone(), None).unwrap();
+        assert!(h.poll_store() && h.saving());
+        h.erase_store().unwrap();
+        assert!(!h.saving() && !h.poll_store());
+        assert!(matches!(h.outcome(t), Some(Err(CommitError::Store(_)))));
+        assert_eq!(h.config, before);
+        // The store works on: the next change is saved.
+        h.commit(new).unwrap();
+        assert!(h.config.ssh_enabled);
     }
 
     #[test]

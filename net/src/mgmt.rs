@@ -699,13 +699,21 @@ impl ManagementNetwork {
         // The configuration's management settings changed (through the API, the DCUI or a
         // kickstart): the interface restarts with them, a moment later, so that the answer to the
         // change gets out first.
-        if host.config.network != self.running && self.api.pending.as_ref() != Some(&host.config.network) {
-            self.api.pending = Some(host.config.network.clone());
+        let wanted = (host.config.network != self.running).then_some(&host.config.network);
+        if self.api.pending.as_ref() != wanted {
+            self.api.pending = wanted.cloned();
         }
         if self.api.pending.is_some() && self.apply_at.is_none() {
             self.apply_at = Some(now + APPLY_DELAY_MS);
         }
-        if let Some(at) = self.apply_at {
+        // Not while a change is being saved or waits for that: the restart would cut its client
+        // off before the answer.
+        let changes_in_flight = host.saving()
+            || self
+                .stack
+                .as_ref()
+                .is_some_and(|s| s.conns.iter().any(|c| c.waiting.is_some() || c.saving.is_some()));
+        if let Some(at) = self.apply_at.filter(|_| !changes_in_flight) {
             if now >= at {
                 if let Some(cfg) = self.api.pending.take() {
                     self.log.push(String::from("management network: applying the new settings"));
@@ -1410,9 +1418,19 @@ fn serve_connection(
             },
         };
         match next {
-            // Checked against, and built on, what the change being saved leaves.
+            // Checked against, and built on, what the change being saved leaves; a request that has
+            // waited as long as an idle connection may is answered "busy" (a client cannot hold
+            // its slot by sending changes while the medium is slow).
             Some(req) if c.port == HTTPS_PORT && host.saving() && api::may_change_config(&req) => {
-                c.waiting = Some(req);
+                if now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS {
+                    let mut r = Response::error(503, "another change is still being saved; try again");
+                    r.headers.push(String::from("Retry-After: 5"));
+                    c.out = r.to_bytes(false);
+                    c.out_pos = 0;
+                    c.close_after = true;
+                } else {
+                    c.waiting = Some(req);
+                }
             }
             Some(req) => {
                 let reply = if c.port == HTTPS_PORT {
@@ -2232,6 +2250,34 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"keyboard\":\"German\""), "{r}");
         assert!(r.contains("\"ssh\":true") && r.contains("\"sequence\":2"), "{r}");
         assert!(w.host.config.ssh_enabled && w.host.config.keyboard == "German");
+    }
+
+    #[test]
+    fn a_change_that_waits_too_long_for_another_is_answered_busy() {
+        let mut w = World::new(static_cfg(None), None);
+        w.host.store = crate::host::testing::memory_store(false);
+        let put = |body: &str| {
+            format!(
+                "PUT /api/v1/config HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                auth_header(),
+                body.len()
+            )
+        };
+        w.store_stalled = true;
+        let first = w.client.connect(40050);
+        w.send(first, put(r#"{"keyboard":"German"}"#).as_bytes());
+        assert_eq!(w.response(first, 3_000), "");
+        assert!(w.host.saving(), "the first change is being saved");
+        let second = w.client.connect(40051);
+        w.send(second, put(r#"{"ssh":true}"#).as_bytes());
+        let r = w.response(second, IDLE_TIMEOUT_MS + 5_000);
+        assert!(r.starts_with("HTTP/1.1 503 ") && r.contains("Retry-After: 5"), "{r}");
+        assert!(r.contains("another change is still being saved"), "{r}");
+        // The first one is saved once the medium answers; the second changed nothing.
+        w.store_stalled = false;
+        let r = w.response(first, 5_000);
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(!w.host.config.ssh_enabled && w.host.config.keyboard == "German");
     }
 
     #[test]

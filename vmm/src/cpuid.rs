@@ -32,6 +32,8 @@ pub struct VcpuIdentity {
     /// Whether the VM has local APICs (without, CPUID leaf 1 says there is no APIC and guests use
     /// the 8259A interrupt controllers).
     pub lapic: bool,
+    /// Whether the paravirtual clock is offered (the host knows its TSC frequency).
+    pub pv_clock: bool,
 }
 
 const HYPERVISOR_BASE: u32 = 0x4000_0000;
@@ -51,10 +53,11 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             let [ebx, ecx, edx] = pvclock::KVM_SIGNATURE;
             return Leaf { eax: pvclock::KVM_CPUID_FEATURES, ebx, ecx, edx };
         }
-        pvclock::KVM_CPUID_FEATURES => {
+        pvclock::KVM_CPUID_FEATURES if vcpu.pv_clock => {
             let eax = pvclock::KVM_FEATURE_CLOCKSOURCE2 | pvclock::KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
             return Leaf { eax, ..Leaf::default() };
         }
+        pvclock::KVM_CPUID_FEATURES => return Leaf::default(),
         EMBER_LEAF => {
             return Leaf { eax: EMBER_LEAF, ebx: SIGNATURE[0], ecx: SIGNATURE[1], edx: SIGNATURE[2] }
         }
@@ -105,7 +108,7 @@ mod tests {
 
     #[test]
     fn the_guest_is_told_about_its_vm() {
-        let v = VcpuIdentity { apic_id: 3, vcpus: 4, lapic: true };
+        let v = VcpuIdentity { apic_id: 3, vcpus: 4, lapic: true, pv_clock: true };
         let l1 = guest_cpuid(1, 0, v, host);
         assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff, l1.ebx & 0xffff), (3, 4, 0x0800));
         assert_eq!(l1.ecx & (1 << 31), 1 << 31, "hypervisor present");
@@ -123,6 +126,8 @@ mod tests {
         assert_eq!((&name(kvm), kvm.eax), (b"KVMKVMKVM\0\0\0", 0x4000_0001));
         let features = guest_cpuid(0x4000_0001, 0, v, host);
         assert_eq!(features, Leaf { eax: (1 << 3) | (1 << 24), ..Leaf::default() }, "kvm-clock only");
+        let no_clock = VcpuIdentity { pv_clock: false, ..v };
+        assert_eq!(guest_cpuid(0x4000_0001, 0, no_clock, host), Leaf::default(), "no TSC rate known");
         let ember = guest_cpuid(0x4000_0100, 0, v, host);
         assert_eq!((&name(ember), ember.eax), (b"EmberEmberHV", 0x4000_0100));
         assert_eq!(guest_cpuid(0x8000_0001, 0, v, host).ecx & (1 << 2), 0, "no nested SVM");

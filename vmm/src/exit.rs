@@ -47,6 +47,10 @@ pub enum VmExit {
     Skipped { what: &'static str, next_rip: u64 },
     /// An instruction the VM refuses with #GP(0) (RDPMC: the host's performance counters).
     Refused { what: &'static str },
+    /// VMMCALL (VMCALL on Intel): a hypercall of the KVM ABI, its number in RAX. None is offered;
+    /// the answer is KVM's for an unknown one, so a guest that sees the KVM signature and tries
+    /// one (Linux's `ptp_kvm` does, without a feature bit) carries on. `next_rip` is after it.
+    Hypercall { next_rip: u64 },
     /// A guest access to a guest-physical address nothing is mapped at.
     NestedPageFault { gpa: u64, write: bool },
     /// The CPU refused the guest state.
@@ -135,6 +139,9 @@ macro_rules! plain_test_regs {
 }
 #[cfg(test)]
 pub(crate) use plain_test_regs;
+
+/// KVM's "no such hypercall" (RAX gets its negation).
+pub const KVM_ENOSYS: u64 = 1000;
 
 /// #GP, general protection (error code 0 for MSR faults).
 pub const GP_VECTOR: u8 = 13;
@@ -228,6 +235,11 @@ pub fn handle_local_exit(
             regs.inject_exception(GP_VECTOR, Some(0));
             ExitAction::Resume
         }
+        VmExit::Hypercall { next_rip } => {
+            regs.set_rax(KVM_ENOSYS.wrapping_neg());
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
         _ => return None,
     })
 }
@@ -299,7 +311,8 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
         | VmExit::Undefined { .. }
         | VmExit::Exception { .. }
         | VmExit::Skipped { .. }
-        | VmExit::Refused { .. } => ExitAction::Resume, // handled above
+        | VmExit::Refused { .. }
+        | VmExit::Hypercall { .. } => ExitAction::Resume, // handled above
         VmExit::HostInterrupt | VmExit::InterruptWindow => ExitAction::Resume,
         VmExit::Shutdown => ExitAction::Stop(format!("triple fault at guest RIP {:#x}", regs.rip())),
         VmExit::NestedPageFault { gpa, write } if !vm.bus.mmio_claims(*gpa, 1) => ExitAction::Stop(format!(
@@ -674,6 +687,13 @@ mod tests {
         // CLGI and friends fault in the guest; the VM goes on.
         assert_eq!(handle_exit(&VmExit::Undefined { what: "CLGI" }, &mut r, &mut vm), ExitAction::Resume);
         assert_eq!((r.injected.last().copied(), r.rip), (Some((UD_VECTOR, None)), 0x2001));
+        // A hypercall gets KVM's "unknown hypercall" and the guest goes on after it.
+        let (rip, injected) = (r.rip, r.injected.len());
+        r.rax = 9; // KVM_HC_CLOCK_PAIRING
+        let call = VmExit::Hypercall { next_rip: rip + 3 };
+        assert_eq!(handle_exit(&call, &mut r, &mut vm), ExitAction::Resume);
+        assert_eq!((r.rax as i64, r.rip, r.injected.len()), (-1000, rip + 3, injected));
+        r.rip = 0x2001;
         // Intercepted #DB/#AC go back to the guest; INVD/WBINVD do nothing; RDPMC is #GP(0).
         let ac = VmExit::Exception { vector: 17, error_code: Some(0) };
         assert_eq!(handle_exit(&ac, &mut r, &mut vm), ExitAction::Resume);

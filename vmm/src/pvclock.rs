@@ -142,7 +142,8 @@ impl ClockMsrs {
     /// first, the body, then the version even again, as the ABI's readers expect. Outside RAM:
     /// nothing is written. Returns whether it was written.
     pub fn publish(&mut self, clock: &GuestClock, tsc_offset: u64, mem: &mut dyn GuestMemory) -> bool {
-        if !self.enabled() {
+        // Not offered without a known TSC rate: a guest that turns it on anyway gets nothing.
+        if !self.enabled() || clock.tsc_hz == 0 {
             return false;
         }
         let at = self.system_time & !1;
@@ -164,7 +165,9 @@ impl ClockMsrs {
     /// written. Returns whether it was written.
     pub fn publish_wall_clock(&mut self, clock: &GuestClock, mem: &mut dyn GuestMemory) -> bool {
         let at = self.wall_clock;
-        fits(mem, at, WALL_CLOCK_LEN) && mem.write(GuestPhysAddr(at), &clock.wall_clock(2)).is_ok()
+        clock.tsc_hz != 0
+            && fits(mem, at, WALL_CLOCK_LEN)
+            && mem.write(GuestPhysAddr(at), &clock.wall_clock(2)).is_ok()
     }
 }
 
@@ -237,6 +240,8 @@ mod tests {
         let mut m = ClockMsrs { system_time: 0x1000, ..ClockMsrs::default() };
         assert!(!m.publish(&c, 0, &mut ram), "not enabled");
         m.system_time = 0x1001;
+        let unknown_rate = GuestClock { tsc_hz: 0, ..c };
+        assert!(!m.publish(&unknown_rate, 0, &mut ram), "not offered");
         assert!(m.publish(&c, 0, &mut ram));
         let mut b = [0u8; TIME_INFO_LEN];
         ram.read(GuestPhysAddr(0x1000), &mut b).unwrap();

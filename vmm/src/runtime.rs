@@ -114,7 +114,8 @@ pub trait Platform: Send + Sync {
     fn backend(&self) -> &Self::Backend;
     /// A monotonic clock, ns: the host's TSC (0 when it started counting) at [`Platform::tsc_hz`].
     fn now_ns(&self) -> u64;
-    /// The host's TSC frequency (what the guests' paravirtual clock is scaled by).
+    /// The host's TSC frequency (what the guests' paravirtual clock is scaled by); 0 when it is
+    /// not known (no paravirtual clock is offered then).
     fn tsc_hz(&self) -> u64;
     /// The calling CPU's one-shot timer interrupts it in `ns` nanoseconds.
     fn arm_timer_ns(&self, ns: u64);
@@ -431,6 +432,8 @@ pub struct Runtime<P: Platform> {
     workers: AtomicUsize,
     /// Wall-clock time (s since 1970) at clock 0, for the guests' CMOS clocks.
     wall_base: i64,
+    /// What the guests' paravirtual clock is made of.
+    clock: GuestClock,
     /// Why no VM can run on this host, if none can.
     unavailable: Mutex<Option<String>>,
     /// The next vCPU tag to hand out.
@@ -439,18 +442,30 @@ pub struct Runtime<P: Platform> {
     inject_panic: AtomicBool,
 }
 
+/// Whether the host's TSC is invariant (CPUID 0x80000007 EDX bit 8).
+fn invariant_tsc(backend: &impl Backend) -> bool {
+    backend.host_cpuid(0x8000_0000, 0).eax >= 0x8000_0007
+        && backend.host_cpuid(0x8000_0007, 0).edx & (1 << 8) != 0
+}
+
 impl<P: Platform> Runtime<P> {
     /// The runtime on `platform`; `wall_clock`: the time of day (s since 1970) now. No VM starts
     /// before [`Runtime::set_unavailable`] says whether VMs can run here.
     pub fn new(platform: P, wall_clock: Option<i64>) -> Self {
         let now_s = platform.now_ns() / 1_000_000_000;
         let wall = wall_clock.unwrap_or(0).max(0);
+        let clock = GuestClock {
+            tsc_hz: platform.tsc_hz(),
+            wall_base: wall.saturating_sub(now_s as i64),
+            invariant_tsc: invariant_tsc(platform.backend()),
+        };
         Runtime {
             platform,
             queue: Mutex::new(VecDeque::new()),
             slots: (0..MAX_WORKERS).map(|_| WorkerSlot::new()).collect(),
             workers: AtomicUsize::new(0),
             wall_base: wall.saturating_sub(now_s as i64),
+            clock,
             unavailable: Mutex::new(Some(String::from("the hardware virtualization check has not run yet"))),
             next_tag: Mutex::new(2),
             inject_panic: AtomicBool::new(false),
@@ -935,14 +950,14 @@ impl<P: Platform> Runtime<P> {
             slot,
             index: job.index,
         };
-        let identity = VcpuIdentity { apic_id: job.index as u8, vcpus: vm.def.vcpus as u8, lapic: true };
-        let j = &mut *job;
-        let clock = GuestClock {
-            tsc_hz: self.platform.tsc_hz(),
-            wall_base: self.wall_base,
-            invariant_tsc: backend.host_cpuid(0x8000_0000, 0).eax >= 0x8000_0007
-                && backend.host_cpuid(0x8000_0007, 0).edx & (1 << 8) != 0,
+        let clock = self.clock;
+        let identity = VcpuIdentity {
+            apic_id: job.index as u8,
+            vcpus: vm.def.vcpus as u8,
+            lapic: true,
+            pv_clock: clock.tsc_hz != 0,
         };
+        let j = &mut *job;
         let mut parts = VmParts {
             board: &run.board,
             cpu: j.index,

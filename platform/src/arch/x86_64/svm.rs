@@ -858,6 +858,8 @@ fn exit_of(vmcb: &DmaBuffer, code: u64, nrip_save: bool) -> VmExit {
         EXIT_AC => VmExit::Exception { vector: AC_VECTOR, error_code: Some(0) },
         EXIT_SHUTDOWN => VmExit::Shutdown,
         0x7a => VmExit::Undefined { what: "INVLPGA" },
+        // VMMCALL is 0F 01 D9.
+        0x81 => VmExit::Hypercall { next_rip: next(3) },
         0x80..=0x86 => VmExit::Undefined {
             what: ["VMRUN", "VMMCALL", "VMLOAD", "VMSAVE", "STGI", "CLGI", "SKINIT"][(code - 0x80) as usize],
         },
@@ -898,7 +900,7 @@ pub fn probe(cpu: &SvmCpu) -> Result<String, String> {
     let console = Rc::new(RefCell::new(ConsoleLog::default()));
     let mut bus = Buses::default();
     bus.io.add(0x3f8, 8, Box::new(ComPort { uart: Serial::new(), log: console.clone() }))?;
-    let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false };
+    let identity = VcpuIdentity { apic_id: 0, vcpus: 1, lapic: false, pv_clock: false };
     let mut msrs = VcpuMsrs::new(0);
     let mut vm = ExitContext {
         bus: &mut bus,
