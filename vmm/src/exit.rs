@@ -85,6 +85,8 @@ pub trait VcpuRegs {
     fn gpr(&self, index: usize) -> u64;
     fn set_gpr(&mut self, index: usize, v: u64);
     fn rip(&self) -> u64;
+    /// Moves RIP on: the instruction at the old RIP is done (emulated or skipped), so an interrupt
+    /// shadow it was in (after STI or MOV SS) ends with it.
     fn set_rip(&mut self, v: u64);
 
     /// An MSR the backend keeps (VMCB/VMCS state).

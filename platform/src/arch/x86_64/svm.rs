@@ -810,8 +810,12 @@ impl VcpuRegs for SvmVcpu {
     fn rip(&self) -> u64 {
         get64(&self.vmcb, RIP)
     }
+    /// The instruction at the old RIP is done (emulated or skipped by the exit handler): an
+    /// interrupt shadow it was in (STI; HLT - the idle loop's `sti; hlt`) is over, so an interrupt
+    /// can be delivered on the next entry without an interrupt-window exit first.
     fn set_rip(&mut self, v: u64) {
-        put64(&self.vmcb, RIP, v)
+        put64(&self.vmcb, RIP, v);
+        put64(&self.vmcb, INTERRUPT_SHADOW, get64(&self.vmcb, INTERRUPT_SHADOW) & !1);
     }
 }
 
