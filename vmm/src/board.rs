@@ -13,7 +13,7 @@
 //!
 //! Every vCPU that receives something is noted in a wake mask, so the host can run or kick it.
 
-use super::bus::{MmioBus, MmioSpace, PortBus};
+use super::bus::{ApicTimer, MmioBus, MmioSpace, PortBus};
 use super::ioapic::Delivery;
 use super::lapic::{DeliveryMode, Ipi, Lapic, LapicEvent, Shorthand};
 use super::machine::Machine;
@@ -201,6 +201,16 @@ impl Apics {
         self.lapics.get(cpu).map_or(0, |l| l.read(offset, now))
     }
 
+    /// `cpu`'s IA32_TSC_DEADLINE.
+    pub fn tsc_deadline(&self, cpu: usize) -> Option<u64> {
+        self.lapics.get(cpu).map(Lapic::tsc_deadline)
+    }
+
+    /// A write of `cpu`'s IA32_TSC_DEADLINE (`ns`: the host time it stands for).
+    pub fn set_tsc_deadline(&mut self, cpu: usize, tsc: u64, ns: u64) -> bool {
+        self.lapics.get_mut(cpu).map(|l| l.set_tsc_deadline(tsc, ns)).is_some()
+    }
+
     /// A write to `cpu`'s APIC; returns a level-triggered vector's EOI for the I/O APIC.
     fn write(&mut self, cpu: usize, offset: u64, value: u32, now: u64) -> Option<u8> {
         match self.lapics.get_mut(cpu)?.write(offset, value, now)? {
@@ -321,6 +331,15 @@ fn register_of(offset: u64, len: usize) -> Option<(u64, u32)> {
     (within.saturating_add(len.min(4)) <= 4).then_some((offset & !3, shift))
 }
 
+impl ApicTimer for CpuBus<'_> {
+    fn tsc_deadline(&mut self) -> Option<u64> {
+        self.apics.tsc_deadline(self.cpu)
+    }
+    fn set_tsc_deadline(&mut self, tsc: u64, ns: u64) -> bool {
+        self.apics.set_tsc_deadline(self.cpu, tsc, ns)
+    }
+}
+
 impl PortBus for CpuBus<'_> {
     fn read(&mut self, port: u16, size: u8) -> u32 {
         self.machine.read(port, size)
@@ -410,6 +429,20 @@ mod tests {
             w32(b, cpu, LAPIC_BASE + 0xf0, 0x1ff);
             w32(b, cpu, LAPIC_BASE + 0xd0, 1 << (24 + cpu));
         }
+    }
+
+    #[test]
+    fn each_vcpu_has_its_own_tsc_deadline() {
+        let mut b = board(2);
+        enable_all(&mut b);
+        w32(&mut b, 1, LAPIC_BASE + 0x320, 0x4_0041); // TSC-deadline mode, vector 0x41
+        assert!(b.view(1).0.set_tsc_deadline(7000, 3_000_000));
+        assert_eq!(b.view(1).0.tsc_deadline(), Some(7000));
+        assert_eq!(b.view(0).0.tsc_deadline(), Some(0), "vCPU 0's timer is not in that mode");
+        assert_eq!(b.apics.update_timer(1, 2_000_000), Some(3_000_000));
+        assert_eq!(b.apics.update_timer(1, 3_000_000), None);
+        assert_eq!(b.acknowledge(1), Some(Event::Interrupt(0x41)));
+        assert_eq!(b.view(1).0.tsc_deadline(), Some(0));
     }
 
     #[test]

@@ -132,9 +132,22 @@ pub trait MmioSpace {
     fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool;
 }
 
-/// Everything a vCPU's exits reach: ports and MMIO.
-pub trait VmBus: PortBus + MmioSpace {}
-impl<T: PortBus + MmioSpace> VmBus for T {}
+/// The vCPU's local APIC timer's IA32_TSC_DEADLINE register (MSR 0x6e0), where the VM has local
+/// APICs; without one (the defaults) the MSR faults.
+pub trait ApicTimer {
+    /// The register as the guest reads it.
+    fn tsc_deadline(&mut self) -> Option<u64> {
+        None
+    }
+    /// A guest write of `tsc`, which is host time `ns`; `false`: there is no local APIC.
+    fn set_tsc_deadline(&mut self, _tsc: u64, _ns: u64) -> bool {
+        false
+    }
+}
+
+/// Everything a vCPU's exits reach: ports, MMIO and its local APIC's timer.
+pub trait VmBus: PortBus + MmioSpace + ApicTimer {}
+impl<T: PortBus + MmioSpace + ApicTimer> VmBus for T {}
 
 impl MmioSpace for MmioBus {
     fn mmio_claims(&self, addr: u64, len: u64) -> bool {
@@ -154,6 +167,9 @@ pub struct Buses {
     pub io: IoBus,
     pub mmio: MmioBus,
 }
+
+/// The boot probe's guest and tests have no local APIC.
+impl ApicTimer for Buses {}
 
 impl PortBus for Buses {
     fn read(&mut self, port: u16, size: u8) -> u32 {

@@ -1,7 +1,8 @@
 //! What a guest sees when it executes CPUID: the host's answers, filtered so the guest is told the
 //! truth about the virtual machine (AMD APM vol. 3 appendix E, Intel SDM vol. 2 "CPUID").
 //!
-//! - leaf 1: the vCPU's own APIC ID and the VM's CPU count; the hypervisor-present bit set; VMX,
+//! - leaf 1: the vCPU's own APIC ID and the VM's CPU count; the hypervisor-present bit set; the
+//!   TSC-deadline timer when the host knows its TSC rate; VMX,
 //!   MONITOR/MWAIT (not emulated) and x2APIC (the VM's APIC is an xAPIC) cleared.
 //! - leaves 0x40000000 and 0x40000001: the KVM paravirtual interface's signature `KVMKVMKVM` and
 //!   features - only the paravirtual clock (see [`crate::pvclock`]), which stock guests use by
@@ -32,7 +33,8 @@ pub struct VcpuIdentity {
     /// Whether the VM has local APICs (without, CPUID leaf 1 says there is no APIC and guests use
     /// the 8259A interrupt controllers).
     pub lapic: bool,
-    /// Whether the paravirtual clock is offered (the host knows its TSC frequency).
+    /// Whether the host knows its TSC frequency: the paravirtual clock and the local APIC timer's
+    /// TSC-deadline mode are offered.
     pub pv_clock: bool,
 }
 
@@ -74,6 +76,11 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             l.ebx = (l.ebx & 0x0000_ffff) | ((vcpu.vcpus as u32) << 16) | ((vcpu.apic_id as u32) << 24);
             l.ecx &= !((1 << 3) | (1 << 5) | (1 << 21)); // MONITOR, VMX, x2APIC
             l.ecx |= 1 << 31; // running under a hypervisor
+            if vcpu.lapic && vcpu.pv_clock {
+                l.ecx |= 1 << 24; // TSC-deadline timer
+            } else {
+                l.ecx &= !(1 << 24);
+            }
             l.edx |= 1 << 28; // HTT: the count in EBX is valid
             if !vcpu.lapic {
                 l.edx &= !(1 << 9); // APIC
@@ -114,6 +121,7 @@ mod tests {
         assert_eq!(l1.ecx & (1 << 31), 1 << 31, "hypervisor present");
         assert_eq!(l1.ecx & ((1 << 3) | (1 << 5) | (1 << 21)), 0, "no MONITOR, VMX, x2APIC");
         assert_eq!(l1.ecx & 1, 1, "other features kept (SSE3)");
+        assert_eq!(l1.ecx & (1 << 24), 1 << 24, "TSC-deadline timer");
         assert_eq!(l1.eax, 0x0083_0f10, "family/model kept");
         let name = |l: Leaf| {
             let mut name = [0u8; 12];
@@ -128,6 +136,7 @@ mod tests {
         assert_eq!(features, Leaf { eax: (1 << 3) | (1 << 24), ..Leaf::default() }, "kvm-clock only");
         let no_clock = VcpuIdentity { pv_clock: false, ..v };
         assert_eq!(guest_cpuid(0x4000_0001, 0, no_clock, host), Leaf::default(), "no TSC rate known");
+        assert_eq!(guest_cpuid(1, 0, no_clock, host).ecx & (1 << 24), 0, "nor a TSC-deadline timer");
         let ember = guest_cpuid(0x4000_0100, 0, v, host);
         assert_eq!((&name(ember), ember.eax), (b"EmberEmberHV", 0x4000_0100));
         assert_eq!(guest_cpuid(0x8000_0001, 0, v, host).ecx & (1 << 2), 0, "no nested SVM");

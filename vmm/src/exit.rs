@@ -174,6 +174,15 @@ fn writes_guest_clock(msr: u32, msrs: &VcpuMsrs) -> bool {
 
 /// The time-stamp counter's MSR.
 const MSR_TSC: u32 = 0x10;
+/// IA32_TSC_DEADLINE: the local APIC timer's deadline in TSC-deadline mode (in the VM's devices).
+pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The host time (ns, the clock the devices run on) at which a vCPU whose TSC is the host's plus
+/// `tsc_offset` reads `tsc`.
+fn tsc_to_host_ns(tsc: u64, tsc_offset: u64, clock: &GuestClock) -> u64 {
+    let (mul, shift) = crate::pvclock::time_scale(clock.tsc_hz);
+    crate::pvclock::scale_delta(tsc.wrapping_sub(tsc_offset), mul, shift)
+}
 
 /// RAX after an IN of `size` bytes: 8- and 16-bit inputs keep the other bits, 32-bit ones clear
 /// bits 32-63 (as any 32-bit register write does).
@@ -210,7 +219,8 @@ pub fn handle_local_exit(
             ExitAction::Resume
         }
         VmExit::Msr { write, next_rip } => {
-            if *write && writes_guest_clock(regs.gpr(gpr::RCX) as u32, msrs) {
+            let msr = regs.gpr(gpr::RCX) as u32;
+            if msr == MSR_TSC_DEADLINE || (*write && writes_guest_clock(msr, msrs)) {
                 return None;
             }
             msr_exit(regs, msrs, *write, *next_rip)
@@ -284,6 +294,25 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
     }
     let bus = &mut *vm.bus;
     match exit {
+        // The local APIC timer's deadline.
+        VmExit::Msr { write, next_rip } if regs.gpr(gpr::RCX) as u32 == MSR_TSC_DEADLINE => {
+            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+            let done = if *write {
+                bus.set_tsc_deadline(value, tsc_to_host_ns(value, regs.tsc_offset(), &vm.clock))
+            } else if let Some(v) = bus.tsc_deadline() {
+                regs.set_rax(v & 0xffff_ffff);
+                regs.set_gpr(gpr::RDX, v >> 32);
+                true
+            } else {
+                false
+            };
+            if !done {
+                regs.inject_exception(GP_VECTOR, Some(0));
+                return ExitAction::Resume;
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
         // A write to the paravirtual clock's MSRs (or to the TSC under it): the structures are
         // (re)written in guest memory.
         VmExit::Msr { write: true, next_rip } => {
@@ -654,6 +683,20 @@ mod tests {
         r.others[gpr::RCX] = MSR_KVM_SYSTEM_TIME_NEW.into();
         handle_exit(&VmExit::Msr { write: false, next_rip: r.rip + 2 }, &mut r, &mut w.ctx());
         assert_eq!((r.others[gpr::RDX] << 32) | r.rax, 0xffff_ffff_ffff_f001);
+    }
+
+    #[test]
+    fn the_tsc_deadline_goes_to_the_local_apic_or_faults_without_one() {
+        // The guest TSC is the host's plus the offset; 2 GHz: 2 ticks a nanosecond.
+        assert_eq!(tsc_to_host_ns(4_000_000_100, 100, &CLOCK), 2_000_000_000);
+        let mut w = World::new();
+        let mut r = Regs { rip: 0x4000, ..Regs::default() };
+        r.others[gpr::RCX] = MSR_TSC_DEADLINE.into();
+        let exit = VmExit::Msr { write: true, next_rip: 0x4002 };
+        assert_eq!(handle_local_exit(&exit, &mut r, &no_cpuid, &mut w.msrs), None, "in the VM's devices");
+        // These buses have no local APIC: #GP, as on a CPU without the register.
+        assert_eq!(handle_exit(&exit, &mut r, &mut w.ctx()), ExitAction::Resume);
+        assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4000));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! logical destination matching (flat and cluster), the spurious-vector register and software
 //! disable (which masks every LVT), ESR, the LVT entries, the interrupt command register (the IPIs
 //! it asks for are returned to the caller, which routes them), and the timer in one-shot and
-//! periodic modes counting at a 1 GHz bus clock through the divide configuration. Not modelled:
-//! TSC-deadline mode (not offered in CPUID), x2APIC, thermal and performance-counter interrupts
+//! periodic modes counting at a 1 GHz bus clock through the divide configuration, and in
+//! TSC-deadline mode (IA32_TSC_DEADLINE, MSR 0x6e0: the caller converts the guest's TSC value to
+//! the host time it stands for). Not modelled: x2APIC, thermal and performance-counter interrupts
 //! (their LVT entries are kept but never fire). Every value a guest writes is accepted; reserved
 //! bits read as zero.
 
@@ -100,6 +101,10 @@ pub struct Lapic {
     timer_start: Option<u64>,
     /// Timer interrupts already raised since `timer_start`.
     timer_fired: u64,
+    /// TSC-deadline mode: the IA32_TSC_DEADLINE value armed (0: disarmed) and the host time it
+    /// stands for.
+    deadline_tsc: u64,
+    deadline_ns: Option<u64>,
 }
 
 fn bit(v: &[u32; 8], vector: u8) -> bool {
@@ -144,6 +149,8 @@ impl Lapic {
             timer_divide: 0,
             timer_start: None,
             timer_fired: 0,
+            deadline_tsc: 0,
+            deadline_ns: None,
         }
     }
 
@@ -229,6 +236,37 @@ impl Lapic {
         (self.lvt[LVT_TIMER] >> 17) & 3 == 1
     }
 
+    /// LVT timer mode 2: the timer fires at the TSC value in IA32_TSC_DEADLINE.
+    fn tsc_deadline_mode(&self) -> bool {
+        (self.lvt[LVT_TIMER] >> 17) & 3 == 2
+    }
+
+    /// IA32_TSC_DEADLINE as the guest reads it: the armed value, 0 once it fired or when the timer
+    /// is not in TSC-deadline mode.
+    pub fn tsc_deadline(&self) -> u64 {
+        if self.tsc_deadline_mode() {
+            self.deadline_tsc
+        } else {
+            0
+        }
+    }
+
+    /// A write of IA32_TSC_DEADLINE: `tsc` (0 disarms), which is host time `ns`. Ignored unless
+    /// the timer is in TSC-deadline mode (as on hardware).
+    pub fn set_tsc_deadline(&mut self, tsc: u64, ns: u64) {
+        if self.tsc_deadline_mode() {
+            self.deadline_tsc = tsc;
+            self.deadline_ns = (tsc != 0).then_some(ns);
+        }
+    }
+
+    fn raise_timer(&mut self) {
+        let lvt = self.lvt.get(LVT_TIMER).copied().unwrap_or(LVT_MASKED);
+        if lvt & LVT_MASKED == 0 && self.enabled() {
+            self.accept(lvt as u8, false);
+        }
+    }
+
     fn current_count(&self, now: u64) -> u32 {
         let Some(start) = self.timer_start else { return 0 };
         let elapsed =
@@ -245,15 +283,22 @@ impl Lapic {
     /// Raises the timer interrupt if it expired since the last call (missed periods coalesce);
     /// returns when (ns) it expires next, if it will.
     pub fn update_timer(&mut self, now: u64) -> Option<u64> {
+        if self.tsc_deadline_mode() {
+            let due = self.deadline_ns?;
+            if now < due {
+                return Some(due);
+            }
+            self.deadline_ns = None;
+            self.deadline_tsc = 0;
+            self.raise_timer();
+            return None;
+        }
         let start = self.timer_start?;
         let period = self.period_ns();
         let expired = now.saturating_sub(start).checked_div(period).unwrap_or(0);
         if expired > self.timer_fired {
             self.timer_fired = if self.periodic() { expired } else { 1 };
-            let lvt = self.lvt.get(LVT_TIMER).copied().unwrap_or(LVT_MASKED);
-            if lvt & LVT_MASKED == 0 && self.enabled() {
-                self.accept(lvt as u8, false);
-            }
+            self.raise_timer();
             if !self.periodic() {
                 self.timer_start = None;
                 return None;
@@ -332,10 +377,19 @@ impl Lapic {
                 if !self.enabled() {
                     v |= LVT_MASKED;
                 }
+                let before = self.lvt.get(i).copied();
                 if let Some(l) = self.lvt.get_mut(i) {
                     *l = v;
                 }
+                // A change of the timer's mode stops it (the count and the deadline are cleared).
+                if i == LVT_TIMER && before.map(|b| (b >> 17) & 3) != Some((v >> 17) & 3) {
+                    self.timer_start = None;
+                    self.deadline_ns = None;
+                    self.deadline_tsc = 0;
+                }
             }
+            // The initial count means nothing in TSC-deadline mode (writes are ignored).
+            0x380 if self.tsc_deadline_mode() => {}
             0x380 => {
                 self.timer_initial = value;
                 self.timer_fired = 0;
@@ -440,6 +494,38 @@ mod tests {
         a.write(0x320, 0x1_0031, 0);
         a.write(0x380, 10, 0);
         a.update_timer(1_000_000);
+        assert_eq!(a.pending(), None);
+    }
+
+    #[test]
+    fn timer_in_tsc_deadline_mode() {
+        let mut a = enabled(0);
+        // Not in TSC-deadline mode: the MSR reads 0 and writes are ignored.
+        a.set_tsc_deadline(5000, 5000);
+        assert_eq!(a.tsc_deadline(), 0);
+        a.write(0x320, 0x4_0040, 0); // TSC-deadline, vector 0x40
+        a.set_tsc_deadline(5000, 2_000_000);
+        assert_eq!(a.tsc_deadline(), 5000);
+        // The initial count is ignored in this mode.
+        a.write(0x380, 10, 0);
+        assert_eq!(a.update_timer(1_000_000), Some(2_000_000));
+        assert_eq!(a.pending(), None);
+        assert_eq!(a.update_timer(2_000_000), None);
+        assert_eq!(a.acknowledge(), Some(0x40));
+        a.write(0xb0, 0, 2_000_000); // EOI
+        assert_eq!(a.tsc_deadline(), 0, "cleared once it fired");
+        assert_eq!(a.update_timer(3_000_000), None, "fires once");
+        assert_eq!(a.pending(), None);
+        // A deadline in the past fires at the next look; 0 disarms; a mode change disarms.
+        a.set_tsc_deadline(1, 0);
+        a.update_timer(3_000_001);
+        assert_eq!(a.acknowledge(), Some(0x40));
+        a.set_tsc_deadline(9, 9_000_000);
+        a.set_tsc_deadline(0, 0);
+        assert_eq!(a.update_timer(10_000_000), None);
+        a.set_tsc_deadline(9, 11_000_000);
+        a.write(0x320, 0x40, 10_000_000); // back to one-shot
+        assert_eq!((a.tsc_deadline(), a.update_timer(12_000_000)), (0, None));
         assert_eq!(a.pending(), None);
     }
 
