@@ -211,12 +211,12 @@ fn while_a_slow_medium_saves_a_change_the_api_keeps_answering() {
     eprintln!(
         "the change was answered after {took:?}; reads (asked, answered, sequence) meanwhile: {answered:?}"
     );
-    // Nothing is in force before it is saved: only the last read (answered in the pass the save
-    // ended in, together with the change) may show it.
-    for (i, (_, _, seq)) in answered.iter().enumerate() {
-        let allowed: &[Option<u64>] = if i + 1 == answered.len() { &[Some(1), Some(2)] } else { &[Some(1)] };
-        assert!(allowed.contains(seq), "in force before it was saved: {answered:?}");
-    }
+    // Once a read shows the change, every later one does (whether the change's own answer has
+    // reached this client by then depends on thread scheduling here, not on the appliance; that
+    // nothing is in force before its save ends is checked by the host tests of `HostState`).
+    let first_new = answered.iter().position(|a| a.2 == Some(2)).unwrap_or(answered.len());
+    assert!(answered.iter().skip(first_new).all(|a| a.2 == Some(2)), "{answered:?}");
+    assert!(answered.iter().take(first_new).all(|a| a.2 == Some(1)), "{answered:?}");
     // The first read that had to wait for the medium shows the save under way. Saved in one go, the
     // save would be over when that read is answered; saved one command per pass, a read asked
     // after it is answered with the old configuration while the rest of the save goes on.
