@@ -1799,6 +1799,15 @@ mod tests {
         (body.len() >= len).then(|| text.into())
     }
 
+    /// An authenticated `PUT /api/v1/config` with `body`.
+    fn put_config(body: &str) -> String {
+        format!(
+            "PUT /api/v1/config HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            auth_header(),
+            body.len()
+        )
+    }
+
     fn auth_header() -> String {
         format!(
             "Authorization: Basic {}\r\n",
@@ -2219,17 +2228,10 @@ mod tests {
     fn while_a_change_is_saved_the_api_answers_and_a_second_change_waits_and_builds_on_it() {
         let mut w = World::new(static_cfg(None), None);
         w.host.store = crate::host::testing::memory_store(false);
-        let put = |body: &str| {
-            format!(
-                "PUT /api/v1/config HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                auth_header(),
-                body.len()
-            )
-        };
         // The boot medium stalls: the first change's save does not end.
         w.store_stalled = true;
         let first = w.client.connect(40040);
-        w.send(first, put(r#"{"keyboard":"German"}"#).as_bytes());
+        w.send(first, put_config(r#"{"keyboard":"German"}"#).as_bytes());
         assert_eq!(w.response(first, 3_000), "", "answered before it was saved");
         assert!(w.host.saving());
         // Meanwhile the API answers, with the configuration in force.
@@ -2239,7 +2241,7 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"keyboard\":\"US Default\""), "{r}");
         // A second change waits for the first.
         let second = w.client.connect(40042);
-        w.send(second, put(r#"{"ssh":true}"#).as_bytes());
+        w.send(second, put_config(r#"{"ssh":true}"#).as_bytes());
         assert_eq!(w.response(second, 2_000), "");
         // The medium answers again: both are saved, in order, the second on top of the first.
         w.store_stalled = false;
@@ -2256,20 +2258,13 @@ mod tests {
     fn a_change_that_waits_too_long_for_another_is_answered_busy() {
         let mut w = World::new(static_cfg(None), None);
         w.host.store = crate::host::testing::memory_store(false);
-        let put = |body: &str| {
-            format!(
-                "PUT /api/v1/config HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                auth_header(),
-                body.len()
-            )
-        };
         w.store_stalled = true;
         let first = w.client.connect(40050);
-        w.send(first, put(r#"{"keyboard":"German"}"#).as_bytes());
+        w.send(first, put_config(r#"{"keyboard":"German"}"#).as_bytes());
         assert_eq!(w.response(first, 3_000), "");
         assert!(w.host.saving(), "the first change is being saved");
         let second = w.client.connect(40051);
-        w.send(second, put(r#"{"ssh":true}"#).as_bytes());
+        w.send(second, put_config(r#"{"ssh":true}"#).as_bytes());
         let r = w.response(second, IDLE_TIMEOUT_MS + 5_000);
         assert!(r.starts_with("HTTP/1.1 503 ") && r.contains("Retry-After: 5"), "{r}");
         assert!(r.contains("another change is still being saved"), "{r}");
