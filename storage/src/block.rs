@@ -80,6 +80,41 @@ pub fn in_pieces(
     Ok(())
 }
 
+/// Blocks `start..start + blocks` of another device, seen as a device of their own (a partition).
+pub struct Window<'d, D: BlockDevice + ?Sized> {
+    dev: &'d mut D,
+    start: u64,
+    blocks: u64,
+}
+
+impl<'d, D: BlockDevice + ?Sized> Window<'d, D> {
+    /// The window, or `None` when it reaches past the end of `dev`.
+    pub fn new(dev: &'d mut D, start: u64, blocks: u64) -> Option<Self> {
+        let end = start.checked_add(blocks)?;
+        (end <= dev.num_blocks()).then_some(Window { dev, start, blocks })
+    }
+}
+
+impl<D: BlockDevice + ?Sized> BlockDevice for Window<'_, D> {
+    fn block_size(&self) -> u32 {
+        self.dev.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        self.dev.read_blocks(self.start + lba, buf)
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        self.dev.write_blocks(self.start + lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.dev.flush()
+    }
+}
+
 /// An in-memory block device: the fake used by tests, and a staging buffer for tools.
 #[derive(Debug, Clone)]
 pub struct MemDisk {
@@ -200,6 +235,19 @@ mod tests {
             d.write_blocks(0, &[0; 512]),
             Err(IoError::Device("the medium is write protected".into()))
         );
+    }
+
+    #[test]
+    fn a_window_is_bounded_and_offset() {
+        let mut d = MemDisk::new(512, 8);
+        assert!(Window::new(&mut d, 4, 5).is_none());
+        assert!(Window::new(&mut d, u64::MAX, 2).is_none());
+        let mut w = Window::new(&mut d, 4, 4).unwrap();
+        assert_eq!(w.num_blocks(), 4);
+        w.write_blocks(1, &[7u8; 512]).unwrap();
+        assert!(w.write_blocks(4, &[7u8; 512]).is_err(), "past the window's end");
+        assert_eq!(d.bytes()[5 * 512], 7);
+        assert_eq!(d.bytes()[4 * 512], 0);
     }
 
     #[test]

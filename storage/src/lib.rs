@@ -7,6 +7,7 @@
 //! - [`fat32`]: writing the FAT32 ESP (8.3 names, no long-name entries);
 //! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
 //! - [`config_store`]: the two-slot, power-cut-safe configuration store;
+//! - [`datastore`]: the datastore file system (thin files in extents, copy-on-write metadata);
 //! - [`hostconfig`]: the host configuration model and its stored JSON form;
 //! - [`firstboot`]: where a first boot's kickstart comes from (`ks=` sources, include paths);
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
@@ -25,6 +26,7 @@ extern crate alloc;
 pub mod block;
 pub mod bootcfg;
 pub mod config_store;
+pub mod datastore;
 pub mod fat32;
 pub mod fatfile;
 pub mod firstboot;
