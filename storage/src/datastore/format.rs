@@ -133,8 +133,7 @@ impl Superblock {
         let n = label.len().min(MAX_LABEL);
         b[96] = n as u8;
         b[97..97 + n].copy_from_slice(&label[..n]);
-        let crc = CRC32C.checksum(&b[..META - 4]);
-        b[META - 4..].copy_from_slice(&crc.to_le_bytes());
+        seal_superblock(&mut b);
         b
     }
 
@@ -251,9 +250,20 @@ pub fn encode_node(h: &NodeHeader, payload: &[u8]) -> [u8; META] {
     b[28..30].copy_from_slice(&(payload.len() as u16).to_le_bytes());
     b[32..36].copy_from_slice(&h.next.to_le_bytes());
     b[NODE_HEADER..NODE_HEADER + payload.len()].copy_from_slice(payload);
-    let crc = node_crc(&b);
-    b[36..40].copy_from_slice(&crc.to_le_bytes());
+    seal_node(&mut b);
     b
+}
+
+/// Sets a superblock's CRC to match its contents (also how tests and the fuzz target forge fields).
+pub fn seal_superblock(b: &mut [u8; META]) {
+    let crc = CRC32C.checksum(&b[..META - 4]);
+    b[META - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Sets a node's CRC to match its header and payload.
+pub fn seal_node(b: &mut [u8; META]) {
+    let crc = node_crc(b);
+    b[36..40].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn node_crc(b: &[u8; META]) -> u32 {
@@ -479,8 +489,7 @@ mod tests {
         );
         let mut v = b;
         v[8] = 2;
-        let crc = CRC32C.checksum(&v[..META - 4]);
-        v[META - 4..].copy_from_slice(&crc.to_le_bytes());
+        seal_superblock(&mut v);
         assert_eq!(Superblock::decode(&v, 64 << 20), Err(SlotProblem::Version(2)));
     }
 

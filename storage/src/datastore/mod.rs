@@ -17,7 +17,7 @@
 //! and the host tool can use a file. Nothing here panics on what it reads: a damaged or hostile
 //! datastore is an error naming the superblock slot, node or record at fault.
 
-mod format;
+pub mod format;
 
 pub use format::{check_label, check_name, Extent, InodeKind, SlotProblem, Superblock, MAX_LABEL, MAX_NAME};
 
@@ -1096,7 +1096,9 @@ impl Datastore {
         if !self.dirty {
             return Ok(());
         }
-        let seq = self.sb.seq + 1;
+        let Some(seq) = self.sb.seq.checked_add(1) else {
+            return Err(DsError::Damaged(String::from("the commit sequence number is exhausted")));
+        };
         // Serialise first, so a full metadata area is found before anything is written.
         let mut streams: Vec<(NodeKind, u64, Vec<u8>)> = Vec::new();
         for (&id, node) in &self.inodes {
