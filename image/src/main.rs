@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod datastore;
 mod disk;
 mod flash;
 mod ks;
@@ -72,6 +73,81 @@ enum Command {
         #[command(subcommand)]
         action: KsCommand,
     },
+    /// Datastores on an image file or block device, offline: create, list, copy in and out, check.
+    Datastore {
+        #[command(subcommand)]
+        action: DsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DsCommand {
+    /// Make a datastore: in the largest free space of the disk's partition table (an Ember boot
+    /// image's trailing space, for example), or on a blank disk with a new partition table.
+    Create {
+        /// Image file or block device.
+        disk: PathBuf,
+        /// The datastore's name.
+        #[arg(long, default_value = "datastore1")]
+        name: String,
+        /// Make a new image file of this size (for example 4G) first.
+        #[arg(long)]
+        size: Option<String>,
+        /// File block size (64K to 64M).
+        #[arg(long, default_value = "1M")]
+        block_size: String,
+        /// Replace whatever partition table or data the disk holds.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// List a directory (default: the root), with capacity, free and provisioned space.
+    Ls {
+        disk: PathBuf,
+        #[arg(default_value = "")]
+        path: String,
+        /// The datastore's name, when the disk holds several.
+        #[arg(long)]
+        datastore: Option<String>,
+    },
+    /// Copy a local file in (parent directories are made; zero ranges stay unallocated).
+    Put {
+        disk: PathBuf,
+        local: PathBuf,
+        path: String,
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Copy a file out.
+    Get {
+        disk: PathBuf,
+        path: String,
+        local: PathBuf,
+        #[arg(long)]
+        datastore: Option<String>,
+    },
+    /// Make a directory (and its parents).
+    Mkdir {
+        disk: PathBuf,
+        path: String,
+        #[arg(long)]
+        datastore: Option<String>,
+    },
+    /// Remove a file or an empty directory.
+    Rm {
+        disk: PathBuf,
+        path: String,
+        #[arg(long)]
+        datastore: Option<String>,
+    },
+    /// Check every datastore on the disk (exit status 1 when one has problems).
+    Fsck {
+        disk: PathBuf,
+        #[arg(long)]
+        datastore: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +168,7 @@ fn main() -> ExitCode {
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
         Command::Ks { action: KsCommand::Check { file } } => ks::check(&file).map(|s| print!("{s}")),
+        Command::Datastore { action } => datastore_cmd(action).map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +176,24 @@ fn main() -> ExitCode {
             eprintln!("ember-image: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn datastore_cmd(action: DsCommand) -> Result<String, String> {
+    match action {
+        DsCommand::Create { disk, name, size, block_size, overwrite } => {
+            datastore::create(&disk, &name, size.as_deref(), &block_size, overwrite)
+        }
+        DsCommand::Ls { disk, path, datastore: ds } => datastore::ls(&disk, ds.as_deref(), &path),
+        DsCommand::Put { disk, local, path, datastore: ds, replace } => {
+            datastore::put(&disk, ds.as_deref(), &local, &path, replace)
+        }
+        DsCommand::Get { disk, path, local, datastore: ds } => {
+            datastore::get(&disk, ds.as_deref(), &path, &local)
+        }
+        DsCommand::Mkdir { disk, path, datastore: ds } => datastore::mkdir(&disk, ds.as_deref(), &path),
+        DsCommand::Rm { disk, path, datastore: ds } => datastore::rm(&disk, ds.as_deref(), &path),
+        DsCommand::Fsck { disk, datastore: ds } => datastore::fsck(&disk, ds.as_deref()),
     }
 }
 

@@ -366,7 +366,7 @@ pub(crate) mod tests {
         v
     }
 
-    fn build(dir: &Path, size: u64) -> PathBuf {
+    pub fn build(dir: &Path, size: u64) -> PathBuf {
         let out = dir.join("ember.img");
         let efi = fake_efi();
         let spec = BuildSpec {

@@ -397,6 +397,74 @@ pub fn read_gpt<D: BlockDevice + ?Sized>(dev: &mut D) -> Result<Gpt, GptError> {
     Ok(Gpt { disk_guid: hdr.disk_guid, first_usable_lba: first, last_usable_lba: last, partitions, warnings })
 }
 
+/// The gaps between partitions inside the usable range, as (first, last) LBAs, with each start rounded
+/// up to `align` blocks; gaps smaller than one aligned block are left out.
+pub fn free_ranges(gpt: &Gpt, align: u64) -> Vec<(u64, u64)> {
+    let align = align.max(1);
+    let mut used: Vec<(u64, u64)> = gpt.partitions.iter().map(|p| (p.first_lba, p.last_lba)).collect();
+    used.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = gpt.first_usable_lba;
+    for (first, last) in used.into_iter().chain([(gpt.last_usable_lba.saturating_add(1), 0)]) {
+        let start = at.next_multiple_of(align);
+        if first > start && first - start >= align {
+            out.push((start, first - 1));
+        }
+        at = at.max(last.saturating_add(1));
+    }
+    out
+}
+
+/// Adds a partition in the largest free range of `dev`'s table (aligned to `align` blocks; at most
+/// `max_blocks` long when given) and rewrites the table, keeping every existing entry. Returns the
+/// new partition as read back.
+pub fn add_partition<D: BlockDevice>(
+    dev: &mut D,
+    type_guid: Guid,
+    unique_guid: Guid,
+    name: &str,
+    align: u64,
+    max_blocks: Option<u64>,
+) -> Result<Partition, GptError> {
+    let gpt = read_gpt(dev)?;
+    if gpt.partitions.len() >= ENTRY_COUNT as usize {
+        return Err(GptError::DoesNotFit { index: ENTRY_COUNT });
+    }
+    let Some((first, last)) = free_ranges(&gpt, align).into_iter().max_by_key(|&(f, l)| l - f) else {
+        return Err(GptError::DoesNotFit { index: gpt.partitions.len() as u32 });
+    };
+    let last = match max_blocks {
+        Some(n) if n > 0 => last.min(first.saturating_add(n - 1)),
+        _ => last,
+    };
+    let mut parts: Vec<NewPartition<'_>> = gpt
+        .partitions
+        .iter()
+        .map(|p| NewPartition {
+            type_guid: p.type_guid,
+            unique_guid: p.unique_guid,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            attributes: p.attributes,
+            name: &p.name,
+        })
+        .collect();
+    parts.push(NewPartition {
+        type_guid,
+        unique_guid,
+        first_lba: first,
+        last_lba: last,
+        attributes: 0,
+        name,
+    });
+    write_gpt(dev, gpt.disk_guid, &parts)?;
+    let back = read_gpt(dev)?;
+    back.partitions
+        .into_iter()
+        .find(|p| p.unique_guid == unique_guid)
+        .ok_or(GptError::DoesNotFit { index: gpt.partitions.len() as u32 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,5 +610,34 @@ mod tests {
             }
             let _ = read_gpt(&mut d);
         }
+    }
+
+    #[test]
+    fn a_partition_is_added_in_the_largest_gap_and_the_others_are_kept() {
+        let mut d = MemDisk::new(512, 64 * 2048);
+        let mk = |first, last, n: &'static str| NewPartition {
+            type_guid: Guid::from_bytes([1; 16]),
+            unique_guid: Guid::from_bytes([first as u8; 16]),
+            first_lba: first,
+            last_lba: last,
+            attributes: 0,
+            name: n,
+        };
+        write_gpt(&mut d, Guid::from_bytes([9; 16]), &[mk(2048, 4095, "a"), mk(8192, 16383, "b")]).unwrap();
+        let gpt = read_gpt(&mut d).unwrap();
+        let free = free_ranges(&gpt, 2048);
+        assert_eq!(free, [(4096, 8191), (16384, gpt.last_usable_lba)]);
+        let p = add_partition(&mut d, Guid::from_bytes([3; 16]), Guid::from_bytes([4; 16]), "ds", 2048, None)
+            .unwrap();
+        assert_eq!((p.first_lba, p.last_lba, p.name.as_str()), (16384, gpt.last_usable_lba, "ds"));
+        let again = read_gpt(&mut d).unwrap();
+        assert_eq!(again.partitions.len(), 3);
+        assert_eq!(again.disk_guid, Guid::from_bytes([9; 16]));
+        assert_eq!(&again.partitions[..2], &gpt.partitions[..]);
+        // Now only the small gap is left; a size cap is honoured.
+        let q =
+            add_partition(&mut d, Guid::from_bytes([3; 16]), Guid::from_bytes([5; 16]), "x", 2048, Some(100))
+                .unwrap();
+        assert_eq!((q.first_lba, q.last_lba), (4096, 4195));
     }
 }

@@ -25,6 +25,10 @@ pub const ESP_TYPE: Guid = guid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
 pub const BOOT_BANK_TYPE: Guid = guid!("3f0b2a2e-5d1c-4e8a-9a57-e4b1e0b7a001");
 /// Ember config store partition type (Ember's own GUID).
 pub const CONFIG_STORE_TYPE: Guid = guid!("3f0b2a2e-5d1c-4e8a-9a57-e4b1e0b7a002");
+/// Ember datastore partition type (Ember's own GUID; the file system is `docs/datastore-format.md`).
+pub const DATASTORE_TYPE: Guid = guid!("3f0b2a2e-5d1c-4e8a-9a57-e4b1e0b7a003");
+/// The GPT name of a datastore partition.
+pub const DATASTORE_PARTITION_NAME: &str = "Ember datastore";
 
 /// Partition names, as `ember-image inspect` and `sgdisk -p` show them.
 pub const ESP_NAME: &str = "EFI System";
