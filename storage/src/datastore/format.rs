@@ -29,6 +29,11 @@ pub const ROOT: u64 = 1;
 /// Smallest and largest file block size.
 pub const MIN_BLOCK: u32 = 64 * 1024;
 pub const MAX_BLOCK: u32 = 64 * 1024 * 1024;
+/// The most metadata nodes (1 GiB of metadata).
+pub const MAX_META_NODES: u32 = 1 << 18;
+/// The most file blocks (64 TiB at 1 MiB): the allocation maps take one bit per block, twice, in
+/// the appliance's memory.
+pub const MAX_DATA_BLOCKS: u64 = 1 << 26;
 /// Bytes of an extent record.
 pub const EXTENT_LEN: usize = 20;
 /// Bytes of an inode record before its name.
@@ -152,12 +157,16 @@ impl Superblock {
         if version != VERSION {
             return Err(SlotProblem::Version(version));
         }
+        if le_u32(b, 12) != 0 {
+            return Err(SlotProblem::Field(alloc::format!("unknown flags {:#x}", le_u32(b, 12))));
+        }
         let label_len = b[96] as usize;
         if label_len > MAX_LABEL {
             return Err(SlotProblem::Field(alloc::format!("label length {label_len} exceeds {MAX_LABEL}")));
         }
         let label = core::str::from_utf8(&b[97..97 + label_len])
             .map_err(|_| SlotProblem::Field(String::from("label is not UTF-8")))?;
+        check_label(label).map_err(|m| SlotProblem::Field(alloc::format!("label: {m}")))?;
         let sb = Superblock {
             seq: le_u64(b, 16),
             uuid: b[24..40].try_into().unwrap_or([0; 16]),
@@ -187,14 +196,23 @@ impl Superblock {
         if !bs.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&bs) {
             return Err(alloc::format!("block size {bs} is not a power of two in {MIN_BLOCK}..={MAX_BLOCK}"));
         }
-        if self.meta_nodes < 16 {
-            return Err(alloc::format!("metadata area of {} nodes is too small", self.meta_nodes));
+        if !(16..=MAX_META_NODES).contains(&self.meta_nodes) {
+            return Err(alloc::format!(
+                "metadata area of {} nodes is outside 16..={MAX_META_NODES}",
+                self.meta_nodes
+            ));
         }
         let meta_end = Self::node_offset(self.meta_nodes);
-        if self.data_start < meta_end || !self.data_start.is_multiple_of(bs as u64) {
+        if self.data_start != meta_end.next_multiple_of(bs as u64) {
             return Err(alloc::format!(
-                "data area start {} overlaps the metadata area (ends at {meta_end}) or is not block aligned",
+                "data area start {} is not the end of the metadata area ({meta_end}) rounded up to a block",
                 self.data_start
+            ));
+        }
+        if self.data_blocks > MAX_DATA_BLOCKS {
+            return Err(alloc::format!(
+                "{} data blocks exceed the limit of {MAX_DATA_BLOCKS}",
+                self.data_blocks
             ));
         }
         let data_end = (self.data_blocks)
@@ -440,7 +458,7 @@ mod tests {
             uuid: [9; 16],
             block_size: 1 << 20,
             meta_nodes: 1024,
-            data_start: 8 << 20,
+            data_start: 5 << 20,
             data_blocks: 56,
             size_bytes: 64 << 20,
             table_node: 3,
@@ -470,14 +488,24 @@ mod tests {
             matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("block size"))
         );
         let mut t = s.clone();
-        t.data_blocks = u64::MAX;
+        t.data_blocks = MAX_DATA_BLOCKS + 1;
         assert!(
-            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("overflows"))
+            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("limit"))
         );
         let mut t = s.clone();
         t.data_start = 4096;
         assert!(
-            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("overlaps"))
+            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("data area start"))
+        );
+        let mut t = s.clone();
+        t.label = String::from("x] /etc");
+        assert!(
+            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("label"))
+        );
+        let mut t = s.clone();
+        t.meta_nodes = u32::MAX;
+        assert!(
+            matches!(Superblock::decode(&t.encode(), 64 << 20), Err(SlotProblem::Field(m)) if m.contains("metadata area"))
         );
         assert!(
             matches!(Superblock::decode(&b, 32 << 20), Err(SlotProblem::Field(m)) if m.contains("truncated"))

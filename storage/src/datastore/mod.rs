@@ -150,8 +150,29 @@ struct Bitmap {
 }
 
 impl Bitmap {
-    fn new(len: u64) -> Self {
-        Bitmap { words: vec![0; len.div_ceil(64) as usize], len, ones: 0 }
+    /// An empty set of `len` bits; refused, not aborted, when memory is short.
+    fn new(len: u64) -> Result<Self, DsError> {
+        let n =
+            usize::try_from(len.div_ceil(64)).map_err(|_| DsError::Unsupported(format!("{len} blocks")))?;
+        let mut words = Vec::new();
+        words.try_reserve_exact(n).map_err(|_| {
+            DsError::Unsupported(format!(
+                "not enough memory for the allocation map of {len} blocks ({} KiB)",
+                n / 128
+            ))
+        })?;
+        words.resize(n, 0);
+        Ok(Bitmap { words, len, ones: 0 })
+    }
+    /// Makes this set equal to `other` (of the same length) without allocating.
+    fn copy_from(&mut self, other: &Bitmap) {
+        self.words.copy_from_slice(&other.words);
+        self.ones = other.ones;
+    }
+    /// Empties the set.
+    fn reset(&mut self) {
+        self.words.fill(0);
+        self.ones = 0;
     }
     fn get(&self, i: u64) -> bool {
         i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
@@ -168,13 +189,14 @@ impl Bitmap {
             self.ones -= 1;
         }
     }
-    /// The first index at or after `from` (wrapping) that is clear here and in `other`.
-    fn find_free(&self, other: &Bitmap, from: u64) -> Option<u64> {
+    /// The first index at or after `from` (wrapping) that is clear here and in `other` (when given).
+    fn find_free(&self, other: Option<&Bitmap>, from: u64) -> Option<u64> {
         let n = self.words.len();
         let start = (from.min(self.len.saturating_sub(1)) / 64) as usize;
         for k in 0..=n {
             let w = (start + k) % n.max(1);
-            let used = self.words.get(w).copied().unwrap_or(!0) | other.words.get(w).copied().unwrap_or(!0);
+            let theirs = other.map_or(Some(0), |o| o.words.get(w).copied());
+            let used = self.words.get(w).copied().unwrap_or(!0) | theirs.unwrap_or(!0);
             if used != !0 {
                 let bit = (!used).trailing_zeros() as u64;
                 let i = w as u64 * 64 + bit;
@@ -184,10 +206,6 @@ impl Bitmap {
             }
         }
         None
-    }
-    /// Set bits here or in `other`.
-    fn union_ones(&self, other: &Bitmap) -> u64 {
-        self.words.iter().zip(&other.words).map(|(a, b)| (a | b).count_ones() as u64).sum()
     }
 }
 
@@ -252,6 +270,8 @@ pub struct Datastore {
     data_committed: Bitmap,
     /// Data blocks the current state references.
     data_current: Bitmap,
+    /// Data blocks in either set: not free for allocation.
+    reserved: u64,
     /// Where the next allocation search starts.
     cursor: u64,
     dirty: bool,
@@ -418,6 +438,12 @@ impl Datastore {
         let meta_nodes = (meta_bytes / META as u64) as u32;
         let data_start = Superblock::node_offset(meta_nodes).next_multiple_of(bs as u64);
         let data_blocks = size.saturating_sub(data_start) / bs as u64;
+        if data_blocks > format::MAX_DATA_BLOCKS {
+            return Err(DsError::Unsupported(format!(
+                "{size} bytes in {bs}-byte blocks are more than {} blocks: choose a larger block size",
+                format::MAX_DATA_BLOCKS
+            )));
+        }
         if data_blocks < 4 {
             return Err(DsError::Unsupported(format!(
                 "{size} bytes are too few for a datastore with {bs}-byte blocks (at least {} bytes)",
@@ -442,19 +468,20 @@ impl Datastore {
         // otherwise be taken for a newer state), then slot 0 with the empty datastore.
         write_bytes(dev, META as u64, Some(&[0u8; META]), META)?;
         dev.flush()?;
-        let mut ds = Datastore::empty(sb, 1);
+        let mut ds = Datastore::empty(sb, 1)?;
         ds.dirty = true;
         ds.commit(dev)?;
         Ok(ds)
     }
 
-    fn empty(sb: Superblock, slot: usize) -> Datastore {
-        Datastore {
+    fn empty(sb: Superblock, slot: usize) -> Result<Datastore, DsError> {
+        Ok(Datastore {
             label: sb.label.clone(),
             next_inode: sb.next_inode,
-            meta_committed: Bitmap::new(sb.meta_nodes as u64),
-            data_committed: Bitmap::new(sb.data_blocks),
-            data_current: Bitmap::new(sb.data_blocks),
+            meta_committed: Bitmap::new(sb.meta_nodes as u64)?,
+            data_committed: Bitmap::new(sb.data_blocks)?,
+            data_current: Bitmap::new(sb.data_blocks)?,
+            reserved: 0,
             inodes: BTreeMap::new(),
             names: BTreeMap::new(),
             table_nodes: Vec::new(),
@@ -463,7 +490,7 @@ impl Datastore {
             failed: None,
             sb,
             slot,
-        }
+        })
     }
 
     /// Reads the superblocks and the whole metadata tree, checking everything.
@@ -482,7 +509,7 @@ impl Datastore {
             (Err(slot0), Err(slot1)) => return Err(DsError::NotADatastore { slot0, slot1 }),
         };
         let mut problems = Vec::new();
-        let mut seen = Bitmap::new(sb.meta_nodes as u64);
+        let mut seen = Bitmap::new(sb.meta_nodes as u64)?;
         let (table, table_nodes) =
             match read_chain(dev, &sb, sb.table_node, NodeKind::Table, 0, sb.seq, &mut seen, "inode table") {
                 Ok(t) => t,
@@ -498,6 +525,7 @@ impl Datastore {
         let mut inodes = BTreeMap::new();
         let mut names: BTreeMap<(u64, String), u64> = BTreeMap::new();
         let mut pos = 0usize;
+        let mut last_id = ROOT;
         for r in 0..sb.table_records {
             let (rec, n) = InodeRecord::decode(&table[pos..])
                 .map_err(|m| DsError::Damaged(format!("inode table record {r} at byte {pos}: {m}")))?;
@@ -505,10 +533,11 @@ impl Datastore {
             let mut bad = |m: String| {
                 problems.push(format!("inode {} ({:?}): {m}", rec.id, rec.name));
             };
-            if rec.id <= ROOT || rec.id >= sb.next_inode {
-                bad(format!("inode number outside 2..{}", sb.next_inode));
+            if rec.id <= ROOT || rec.id >= sb.next_inode || rec.id <= last_id {
+                bad(format!("inode number outside 2..{} or not above the previous record's", sb.next_inode));
                 continue;
             }
+            last_id = rec.id;
             if inodes.contains_key(&rec.id) {
                 bad(String::from("inode number used twice"));
                 continue;
@@ -565,20 +594,33 @@ impl Datastore {
                 Some(_) => problems.push(format!("inode {id}: parent {parent} is not a directory")),
                 None => problems.push(format!("inode {id}: parent {parent} does not exist")),
             }
-            let mut at = parent;
-            let mut steps = 0usize;
-            while let Some((p, _)) = inodes.get(&at) {
-                steps += 1;
-                if steps > inodes.len() {
+        }
+        // Loops: walk up from each inode not yet known to reach the root; every inode on a walk that
+        // reaches the root (or a known-good inode) is known good, so each inode is walked once.
+        // (An inode whose walk ends in a loop is marked too, so a loop is reported once.)
+        let mut known: BTreeMap<u64, ()> = BTreeMap::new();
+        for &id in inodes.keys() {
+            let mut path: Vec<u64> = Vec::new();
+            let mut on_path: BTreeMap<u64, ()> = BTreeMap::new();
+            let mut at = id;
+            while let Some((node, _)) = inodes.get(&at) {
+                if known.contains_key(&at) {
+                    break;
+                }
+                if on_path.insert(at, ()).is_some() {
                     problems.push(format!("inode {id}: its chain of parent directories loops"));
                     break;
                 }
-                at = p.parent;
+                path.push(at);
+                at = node.parent;
+            }
+            for p in path {
+                known.insert(p, ());
             }
         }
         // Extent maps.
         let bs = sb.block_size as u64;
-        let mut data = Bitmap::new(sb.data_blocks);
+        let mut data = Bitmap::new(sb.data_blocks)?;
         let mut out = BTreeMap::new();
         for (id, (mut node, rec)) in inodes {
             if !collect && !problems.is_empty() {
@@ -642,7 +684,7 @@ impl Datastore {
         if let Some(p) = l.problems.first() {
             return Err(DsError::Damaged(p.clone()));
         }
-        let mut ds = Datastore::empty(l.sb, l.slot);
+        let mut ds = Datastore::empty(l.sb, l.slot)?;
         ds.table_nodes = l.table_nodes;
         ds.inodes = l.inodes;
         ds.rebuild_indexes();
@@ -652,7 +694,7 @@ impl Datastore {
     /// Checks a datastore offline (fsck): every problem found, or a clean report.
     pub fn check(dev: &mut dyn BlockDevice) -> Result<CheckReport, DsError> {
         let l = Datastore::load(dev, true)?;
-        let mut ds = Datastore::empty(l.sb.clone(), l.slot);
+        let mut ds = Datastore::empty(l.sb.clone(), l.slot)?;
         ds.inodes = l.inodes;
         ds.rebuild_indexes();
         Ok(CheckReport {
@@ -669,20 +711,28 @@ impl Datastore {
 
     fn rebuild_indexes(&mut self) {
         self.names = self.inodes.iter().map(|(&id, n)| ((n.parent, n.name.clone()), id)).collect();
-        self.meta_committed = Bitmap::new(self.sb.meta_nodes as u64);
-        for &n in &self.table_nodes {
-            self.meta_committed.set(n as u64);
-        }
-        self.data_current = Bitmap::new(self.sb.data_blocks);
+        self.data_current.reset();
         for node in self.inodes.values() {
-            for &n in node.map.iter().flat_map(|m| &m.nodes) {
-                self.meta_committed.set(n as u64);
-            }
             for (&_, &(db, c)) in &node.extents {
                 (db..db + c as u64).for_each(|b| self.data_current.set(b));
             }
         }
-        self.data_committed = self.data_current.clone();
+        self.now_committed();
+    }
+
+    /// After a mount or a commit: the current state is the committed one.
+    fn now_committed(&mut self) {
+        self.meta_committed.reset();
+        for &n in &self.table_nodes {
+            self.meta_committed.set(n as u64);
+        }
+        for node in self.inodes.values() {
+            for &n in node.map.iter().flat_map(|m| &m.nodes) {
+                self.meta_committed.set(n as u64);
+            }
+        }
+        self.data_committed.copy_from(&self.data_current);
+        self.reserved = self.data_current.ones;
     }
 
     /// The datastore's name.
@@ -713,11 +763,10 @@ impl Datastore {
     /// Capacity, free and provisioned bytes.
     pub fn usage(&self) -> Usage {
         let bs = self.sb.block_size as u64;
-        let used = self.data_current.union_ones(&self.data_committed);
         Usage {
             capacity: self.sb.data_blocks * bs,
-            free: (self.sb.data_blocks - used) * bs,
-            provisioned: self.inodes.values().map(|i| i.size).sum(),
+            free: self.sb.data_blocks.saturating_sub(self.reserved) * bs,
+            provisioned: self.inodes.values().fold(0u64, |sum, i| sum.saturating_add(i.size)),
         }
     }
 
@@ -812,7 +861,8 @@ impl Datastore {
             return Err(DsError::Exists(path.to_string()));
         }
         let id = self.next_inode;
-        self.next_inode += 1;
+        self.next_inode =
+            id.checked_add(1).ok_or_else(|| DsError::Damaged(String::from("inode numbers are exhausted")))?;
         self.inodes.insert(
             id,
             Inode {
@@ -837,18 +887,33 @@ impl Datastore {
 
     /// Makes every missing directory of `path` (like `mkdir -p`); returns the last one.
     pub fn mkdir_all(&mut self, path: &str, now: u64) -> Result<u64, DsError> {
-        let mut at = String::new();
+        self.writable()?;
         let mut id = ROOT;
         for c in components(path)? {
-            if !at.is_empty() {
-                at.push('/');
-            }
-            at.push_str(c);
-            id = match self.stat(&at) {
-                Ok(e) if e.kind == InodeKind::Directory => e.id,
-                Ok(_) => return Err(DsError::NotADirectory(at)),
-                Err(DsError::NotFound(_)) => self.mkdir(&at, now)?,
-                Err(e) => return Err(e),
+            id = match self.names.get(&(id, c.to_string())) {
+                Some(&child) if self.inodes.get(&child).is_some_and(|n| n.kind == InodeKind::Directory) => {
+                    child
+                }
+                Some(_) => return Err(DsError::NotADirectory(path.to_string())),
+                None => {
+                    let child = self.next_inode;
+                    self.next_inode = child
+                        .checked_add(1)
+                        .ok_or_else(|| DsError::Damaged(String::from("inode numbers are exhausted")))?;
+                    let node = Inode {
+                        parent: id,
+                        kind: InodeKind::Directory,
+                        name: c.to_string(),
+                        size: 0,
+                        mtime: now,
+                        extents: BTreeMap::new(),
+                        map: None,
+                    };
+                    self.inodes.insert(child, node);
+                    self.names.insert((id, c.to_string()), child);
+                    self.dirty = true;
+                    child
+                }
             };
         }
         Ok(id)
@@ -872,7 +937,7 @@ impl Datastore {
         let Some(node) = self.inodes.remove(&id) else { return Err(DsError::NotFound(path.to_string())) };
         self.names.remove(&(node.parent, node.name.clone()));
         for (&_, &(db, c)) in &node.extents {
-            (db..db + c as u64).for_each(|b| self.data_current.clear(b));
+            (db..db + c as u64).for_each(|b| self.release(b));
         }
         self.dirty = true;
         Ok(())
@@ -944,7 +1009,9 @@ impl Datastore {
 
     /// Writes `data` into a file at `offset`, growing it if the write ends past its size. Blocks not
     /// yet allocated are allocated (the rest of such a block is zeroed on the device); the write is
-    /// refused before anything is written when the free space cannot hold them.
+    /// refused before anything is written when the free space cannot hold them. A block joins the
+    /// file only once its contents are on the device, and the size grows with each piece written, so
+    /// a write that fails part way leaves the file consistent (with the pieces before the failure).
     pub fn write(
         &mut self,
         dev: &mut dyn BlockDevice,
@@ -954,17 +1021,17 @@ impl Datastore {
         now: u64,
     ) -> Result<(), DsError> {
         self.writable()?;
+        let node = self.file(id)?;
+        if data.is_empty() {
+            return Ok(());
+        }
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= MAX_FILE_BYTES);
         let Some(end) = end else { return Err(DsError::TooLarge(offset.saturating_add(data.len() as u64))) };
         let bs = self.sb.block_size as u64;
-        let node = self.file(id)?;
-        if !data.is_empty() {
-            let needed =
-                (offset / bs..end.div_ceil(bs)).filter(|&fb| node.lookup(fb).is_none()).count() as u64;
-            let free = self.usage().free / bs;
-            if needed > free {
-                return Err(DsError::NoSpace { needed_bytes: needed * bs, free_bytes: free * bs });
-            }
+        let needed = (offset / bs..end.div_ceil(bs)).filter(|&fb| node.lookup(fb).is_none()).count() as u64;
+        let free = self.sb.data_blocks.saturating_sub(self.reserved);
+        if needed > free {
+            return Err(DsError::NoSpace { needed_bytes: needed * bs, free_bytes: free * bs });
         }
         let mut done = 0usize;
         while done < data.len() {
@@ -972,49 +1039,52 @@ impl Datastore {
             let fb = pos / bs;
             let within = pos % bs;
             let len = ((bs - within) as usize).min(data.len() - done);
-            let db = match self.file(id)?.lookup(fb) {
-                Some(db) => db,
+            let piece = &data[done..done + len];
+            match self.file(id)?.lookup(fb) {
+                Some(db) => write_bytes(dev, self.sb.data_start + db * bs + within, Some(piece), len)?,
                 None => {
-                    let db = self.allocate(id, fb)?;
+                    let db = self.pick_block(id, fb)?;
                     let base = self.sb.data_start + db * bs;
                     // Zero what this write does not cover, so the block reads as zeros there.
                     if within > 0 {
                         write_bytes(dev, base, None, within as usize)?;
                     }
+                    write_bytes(dev, base + within, Some(piece), len)?;
                     let tail = within + len as u64;
                     if tail < bs {
                         write_bytes(dev, base + tail, None, (bs - tail) as usize)?;
                     }
-                    db
+                    self.map_block(id, fb, db)?;
                 }
-            };
-            write_bytes(dev, self.sb.data_start + db * bs + within, Some(&data[done..done + len]), len)?;
-            done += len;
-        }
-        if let Some(node) = self.inodes.get_mut(&id) {
-            if end > node.size {
-                node.size = end;
             }
+            done += len;
+            let node = self.inodes.get_mut(&id).ok_or_else(|| DsError::NotFound(format!("inode {id}")))?;
+            node.size = node.size.max(pos + len as u64);
             node.mtime = now;
+            self.dirty = true;
         }
-        self.dirty = true;
         Ok(())
     }
 
-    /// Gives file block `fb` of `id` a free data block (next to the previous block when free).
-    fn allocate(&mut self, id: u64, fb: u64) -> Result<u64, DsError> {
+    /// A free data block for file block `fb` of `id` (the one after the previous block when free).
+    fn pick_block(&self, id: u64, fb: u64) -> Result<u64, DsError> {
         let prev = fb.checked_sub(1).and_then(|p| self.inodes.get(&id).and_then(|n| n.lookup(p)));
         let wanted = prev.map(|p| p + 1).filter(|&d| d < self.sb.data_blocks);
-        let db = match wanted.filter(|&d| !self.data_current.get(d) && !self.data_committed.get(d)) {
-            Some(d) => d,
+        match wanted.filter(|&d| !self.data_current.get(d) && !self.data_committed.get(d)) {
+            Some(d) => Ok(d),
             None => self
                 .data_current
-                .find_free(&self.data_committed, self.cursor)
-                .ok_or(DsError::NoSpace { needed_bytes: self.sb.block_size as u64, free_bytes: 0 })?,
-        };
-        self.data_current.set(db);
-        self.cursor = db + 1;
+                .find_free(Some(&self.data_committed), self.cursor)
+                .ok_or(DsError::NoSpace { needed_bytes: self.sb.block_size as u64, free_bytes: 0 }),
+        }
+    }
+
+    /// Makes data block `db` (free, its contents written) file block `fb` of `id`.
+    fn map_block(&mut self, id: u64, fb: u64, db: u64) -> Result<(), DsError> {
         let node = self.inodes.get_mut(&id).ok_or_else(|| DsError::NotFound(format!("inode {id}")))?;
+        self.data_current.set(db);
+        self.reserved += 1;
+        self.cursor = db + 1;
         // Merge with the extent before and after where both file and data blocks are contiguous.
         let mut start = fb;
         let mut count = 1u32;
@@ -1035,7 +1105,18 @@ impl Datastore {
         }
         node.extents.insert(start, (first_db, count));
         node.map = None;
-        Ok(db)
+        Ok(())
+    }
+
+    /// Returns data block `b` to the free pool (after the next commit, when the committed state
+    /// still references it).
+    fn release(&mut self, b: u64) {
+        if self.data_current.get(b) {
+            self.data_current.clear(b);
+            if !self.data_committed.get(b) {
+                self.reserved -= 1;
+            }
+        }
     }
 
     /// Sets a file's size. Growing allocates nothing (thin); shrinking frees the blocks past the new
@@ -1068,17 +1149,17 @@ impl Datastore {
                 .map(|(&s, &v)| (s, v))
                 .filter(|&(s, (_, c))| s + c as u64 > keep)
                 .collect();
+            let mut freed = Vec::new();
             for (s, (db, c)) in cut {
                 node.extents.remove(&s);
                 let kept = keep.saturating_sub(s).min(c as u64);
                 if kept > 0 {
                     node.extents.insert(s, (db, kept as u32));
                 }
-                for b in db + kept..db + c as u64 {
-                    self.data_current.clear(b);
-                }
+                freed.push(db + kept..db + c as u64);
                 node.map = None;
             }
+            freed.into_iter().flatten().for_each(|b| self.release(b));
         }
         let node = self.inodes.get_mut(&id).ok_or_else(|| DsError::NotFound(format!("inode {id}")))?;
         node.size = size;
@@ -1170,16 +1251,7 @@ impl Datastore {
                         n.map = Some(chain);
                     }
                 }
-                self.meta_committed = Bitmap::new(self.sb.meta_nodes as u64);
-                for &n in &self.table_nodes {
-                    self.meta_committed.set(n as u64);
-                }
-                for node in self.inodes.values() {
-                    for &n in node.map.iter().flat_map(|m| &m.nodes) {
-                        self.meta_committed.set(n as u64);
-                    }
-                }
-                self.data_committed = self.data_current.clone();
+                self.now_committed();
                 self.dirty = false;
                 Ok(())
             }
@@ -1207,11 +1279,9 @@ impl Datastore {
         bytes: &[u8],
     ) -> Result<Vec<u32>, DsError> {
         let count = bytes.len().div_ceil(NODE_PAYLOAD).max(1);
-        let none = Bitmap::new(taken.len);
         let mut nodes = Vec::with_capacity(count);
         for _ in 0..count {
-            let n =
-                taken.find_free(&none, *cursor).ok_or(DsError::MetadataFull { needed: count, free: 0 })?;
+            let n = taken.find_free(None, *cursor).ok_or(DsError::MetadataFull { needed: count, free: 0 })?;
             taken.set(n);
             *cursor = n + 1;
             nodes.push(n as u32);

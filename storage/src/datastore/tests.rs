@@ -739,3 +739,85 @@ fn random_damage_never_panics() {
         let _ = Datastore::check(&mut d1);
     }
 }
+
+#[test]
+fn a_write_that_fails_part_way_leaves_a_consistent_file_and_no_old_data() {
+    let (mut d, mut ds) = fresh(8 * MIB, 512);
+    let cap = ds.usage().capacity as usize;
+    let secret = ds.create("secret", 1).unwrap();
+    ds.write(&mut d, secret, 0, &vec![0x5a; cap], 1).unwrap();
+    ds.commit(&mut d).unwrap();
+    ds.remove("secret").unwrap();
+    ds.commit(&mut d).unwrap();
+    let victim = ds.create("victim", 2).unwrap();
+    ds.set_len(&mut d, victim, 64 * KIB, 2).unwrap();
+    d.write_protected = true;
+    assert!(ds.write(&mut d, victim, 0, &[1; 10], 3).is_err());
+    d.write_protected = false;
+    let mut buf = vec![0xEEu8; 64 * KIB as usize];
+    ds.read(&mut d, victim, 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "the block that was not written is not part of the file");
+    assert_eq!(ds.stat("victim").unwrap().allocated, 0);
+    ds.mkdir("x", 4).unwrap();
+    ds.commit(&mut d).unwrap();
+    let m = Datastore::mount(&mut d).unwrap();
+    m.read(&mut d, victim, 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    // A write into an empty file that fails leaves it empty and the datastore mountable.
+    let mut m = m;
+    let e = m.create("empty", 5).unwrap();
+    m.commit(&mut d).unwrap();
+    d.write_protected = true;
+    assert!(m.write(&mut d, e, 0, &[7; 100], 6).is_err());
+    d.write_protected = false;
+    m.mkdir("y", 7).unwrap();
+    m.commit(&mut d).unwrap();
+    assert_eq!(Datastore::mount(&mut d).unwrap().stat("empty").unwrap().size, 0);
+    // An empty write changes nothing.
+    m.write(&mut d, e, 1 << 40, &[], 8).unwrap();
+    assert_eq!(m.stat("empty").unwrap().size, 0);
+}
+
+#[test]
+fn deep_directories_mount_and_a_forged_loop_is_reported_once() {
+    let (mut d, mut ds) = fresh(16 * MIB, 512);
+    let deep: Vec<String> = (0..3000).map(|i| format!("d{i}")).collect();
+    ds.mkdir_all(&deep.join("/"), 1).unwrap();
+    ds.commit(&mut d).unwrap();
+    let m = Datastore::mount(&mut d).unwrap();
+    assert_eq!(m.stat(&deep.join("/")).unwrap().kind, InodeKind::Directory);
+    // d0's parent becomes d2999: a loop of 3000 directories.
+    let table = ds.table_nodes[0];
+    let last = ds.stat(&deep.join("/")).unwrap().id;
+    forge(&mut d, table, |_, p| p[8..16].copy_from_slice(&last.to_le_bytes()));
+    let r = Datastore::check(&mut d).unwrap();
+    assert_eq!(
+        r.problems.iter().filter(|p| p.contains("loops")).count(),
+        1,
+        "{:?}",
+        &r.problems[..3.min(r.problems.len())]
+    );
+}
+
+#[test]
+fn exhausted_inode_numbers_and_huge_sizes_are_errors_not_overflows() {
+    let (mut d, mut ds) = fresh(16 * MIB, 512);
+    ds.create("a", 1).unwrap();
+    ds.commit(&mut d).unwrap();
+    let slot = ds.slot;
+    forge_sb(&mut d, slot, |s| s.next_inode = u64::MAX);
+    let mut m = Datastore::mount(&mut d).unwrap();
+    assert!(matches!(m.create("c", 2), Err(DsError::Damaged(_))));
+    assert!(matches!(m.mkdir_all("e/f", 2), Err(DsError::Damaged(_))));
+    let (mut d, mut ds) = fresh(16 * MIB, 512);
+    for i in 0..1000 {
+        let id = ds.create(&format!("f{i}"), 1).unwrap();
+        ds.set_len(&mut d, id, MAX_FILE_BYTES, 1).unwrap();
+    }
+    assert_eq!(ds.usage().provisioned, 1000 * MAX_FILE_BYTES);
+    for i in 0..(u64::MAX / MAX_FILE_BYTES) {
+        let id = ds.create(&format!("g{i}"), 1).unwrap();
+        ds.set_len(&mut d, id, MAX_FILE_BYTES, 1).unwrap();
+    }
+    assert_eq!(ds.usage().provisioned, u64::MAX, "saturates");
+}
