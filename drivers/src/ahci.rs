@@ -117,7 +117,7 @@ pub fn probe(f: &PciFunction, frames: &mut FrameAllocator, first_index: usize) -
             continue;
         }
         match AhciDisk::new(hba.clone(), base, s64a) {
-            Ok((disk, model)) => {
+            Ok((disk, model, serial)) => {
                 let name = format!("sata{}", first_index + disks.len());
                 kprintln!(
                     "ember: {name}: AHCI at {} port {port}: {model}, {} MiB in {}-byte blocks",
@@ -125,7 +125,7 @@ pub fn probe(f: &PciFunction, frames: &mut FrameAllocator, first_index: usize) -
                     (disk.blocks * disk.block_size as u64) >> 20,
                     disk.block_size
                 );
-                disks.push(Disk { name, driver: "ahci", dev: Box::new(disk) });
+                disks.push(Disk::new(name, "ahci", Box::new(disk)).described(&model, &serial));
             }
             Err(e) => kprintln!("ember: WARNING: AHCI at {} port {port}: {e}", f.bdf),
         }
@@ -142,7 +142,7 @@ impl AhciDisk {
         self.hba.regs.write32(self.port + reg, v)
     }
 
-    fn new(hba: Rc<Hba>, port: u64, s64a: bool) -> Result<(AhciDisk, String), String> {
+    fn new(hba: Rc<Hba>, port: u64, s64a: bool) -> Result<(AhciDisk, String, String), String> {
         let mut d = AhciDisk {
             hba,
             port,
@@ -191,14 +191,18 @@ impl AhciDisk {
         if d.blocks == 0 || !(512..=65536).contains(&d.block_size) || !d.block_size.is_power_of_two() {
             return Err(format!("unusable geometry ({} blocks of {} bytes)", d.blocks, d.block_size));
         }
-        let mut model = String::new();
-        for i in 27..47 {
-            for b in word(i).to_be_bytes() {
-                model.push(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' });
+        // ATA strings hold two characters per word, the first in the high byte.
+        let text = |words: core::ops::Range<usize>| {
+            let mut t = String::new();
+            for i in words {
+                for b in word(i).to_be_bytes() {
+                    t.push(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' });
+                }
             }
-        }
-        let model = String::from(model.trim());
-        Ok((d, model))
+            String::from(t.trim())
+        };
+        // Model number: words 27-46; serial number: words 10-19 (ACS-3 7.12.7).
+        Ok((d, text(27..47), text(10..20)))
     }
 
     /// Issues one ATA command in slot 0 (5.5.1) moving `len` bytes of the bounce buffer.

@@ -114,7 +114,8 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> (V
                             (dev.num_blocks() * dev.block_size() as u64) >> 20,
                             dev.block_size()
                         );
-                        disks.push(Disk { name, driver: "nvme", dev: Box::new(dev) });
+                        let (model, serial) = (dev.model.clone(), dev.serial.clone());
+                        disks.push(Disk::new(name, "nvme", Box::new(dev)).described(&model, &serial));
                     }
                     Err(why) => kprintln!("ember: WARNING: NVMe at {} not usable: {why}", f.bdf),
                 }
@@ -133,7 +134,7 @@ pub fn probe_disks(functions: &[PciFunction], frames: &mut FrameAllocator) -> (V
                         dev.num_blocks() / 2048,
                         if dev.readonly() { ", read-only" } else { "" }
                     );
-                    disks.push(Disk { name, driver: "virtio-blk", dev: Box::new(dev) });
+                    disks.push(Disk::new(name, "virtio-blk", Box::new(dev)));
                 }
                 Err(why) => kprintln!("ember: WARNING: virtio-blk at {} not usable: {why}", f.bdf),
             }

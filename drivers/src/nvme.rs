@@ -83,6 +83,7 @@ pub struct Nvme {
     /// Largest transfer per command, in bytes.
     max_transfer: usize,
     pub model: String,
+    pub serial: String,
 }
 
 impl Nvme {
@@ -139,6 +140,7 @@ impl Nvme {
             blocks: 0,
             max_transfer: BOUNCE,
             model: String::new(),
+            serial: String::new(),
         };
         let entries = QUEUE_ENTRIES.min(max_entries);
         n.regs.write32(CC, 0);
@@ -154,7 +156,9 @@ impl Nvme {
         n.admin_command(ADMIN_IDENTIFY, (0, identify, 0, 1, 0, 0))?;
         let mut id = [0u8; PAGE];
         n.bounce.read(0, &mut id);
+        // Identify Controller: serial number bytes 4-23, model number 24-63 (NVMe 1.4 5.15.2.2).
         n.model = String::from_utf8_lossy(&id[24..64]).trim().into();
+        n.serial = String::from_utf8_lossy(&id[4..24]).trim().into();
         let mdts = id[77];
         if mdts != 0 {
             let mpsmin = PAGE << ((cap >> 48) & 0xf);

@@ -82,7 +82,7 @@ fn bind(
             "{name}: USB mass storage {what}, {} MiB in {size}-byte blocks",
             (blocks * size as u64) >> 20
         );
-        found.disks.push(Disk { name, driver: "usb-storage", dev: Box::new(dev) });
+        found.disks.push(Disk::new(name, "usb-storage", Box::new(dev)).described(&what, ""));
         return Ok(Some(line));
     }
     if let Some(k) = usb_keyboard::attach(hc, e)? {

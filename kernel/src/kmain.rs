@@ -22,6 +22,7 @@ use ember_platform::boot::FirstBootKickstart;
 use ember_platform::console;
 use ember_platform::firmware::{acpi, pcie};
 use ember_storage::bootcfg::SelfTest;
+use ember_storage::disks::{BootMedia, HostDisks};
 use ember_storage::firstboot::KsSource;
 use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
@@ -144,7 +145,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     }
 
     let nic_infos: Vec<NicInfo> = nics.iter().map(NicInfo::of).collect();
-    let boot = host_configuration(disks, info, &nic_infos);
+    let mut disks = disks;
+    let boot = host_configuration(&mut disks, info, &nic_infos);
     let mut keyboards = LocalKeyboards { ps2, usb: usb_keyboards, layout: String::from("US Default") };
     keyboards.set_layout(&boot.host.keyboard);
     let mut identity = identity;
@@ -165,6 +167,7 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         Persistence::None(why) => Err(format!("the boot media cannot be written ({why})")),
     };
     let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), &mut locate);
+    network.host.disks = scan_disks(disks, &network.host.store);
     let vm_disks = hypervisor.take_disk_writer();
     hypervisor.autostart(timer::now_ms());
     network.host.vms = alloc::boxed::Box::new(hypervisor);
@@ -188,6 +191,27 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         shown_generation: network.host.generation,
     };
     management_loop(local, network)
+}
+
+/// The disks other than the boot media, with the datastores on them mounted.
+fn scan_disks(disks: Vec<Disk>, store: &Persistence) -> HostDisks {
+    let boot = match store {
+        Persistence::Store(s) => Some(BootMedia {
+            name: s.disk.name.clone(),
+            driver: String::from(s.disk.driver),
+            model: s.disk.model.clone(),
+            serial: s.disk.serial.clone(),
+            size_bytes: s.disk.dev.num_blocks().saturating_mul(s.disk.dev.block_size() as u64),
+            block_size: s.disk.dev.block_size(),
+        }),
+        Persistence::None(_) => None,
+    };
+    let mut log = Vec::new();
+    let disks = HostDisks::scan(disks, boot, cpu::random_u64(), &mut log);
+    for line in log {
+        kprintln!("ember: {line}");
+    }
+    disks
 }
 
 /// Fresh random bytes for salts and keys.
@@ -221,9 +245,10 @@ fn default_configuration(info: &BootInfo) -> HostConfig {
     host
 }
 
-/// The config store on the boot media (the disk holding the partition Ember was loaded from).
-fn open_store(mut disks: Vec<Disk>, info: &BootInfo) -> Result<HostStore, String> {
-    let (i, layout) = persist::find_boot_media(&mut disks, info.boot_partition).map_err(|e| e.to_string())?;
+/// The config store on the boot media (the disk holding the partition Ember was loaded from), taken
+/// out of `disks`.
+fn open_store(disks: &mut Vec<Disk>, info: &BootInfo) -> Result<HostStore, String> {
+    let (i, layout) = persist::find_boot_media(disks, info.boot_partition).map_err(|e| e.to_string())?;
     let disk = disks.swap_remove(i);
     let name = disk.name.clone();
     let store = HostStore::open(disk, &layout).map_err(|e| format!("boot media {name}: {e}"))?;
@@ -366,7 +391,7 @@ fn kickstart_tls(ca: &Result<Option<Vec<u8>>, String>, info: &BootInfo) -> Resul
 /// Finds the boot media's config store and the configuration to run with: the stored one, or - on a
 /// first boot - the kickstart's or the built-in configuration, which is then stored so later boots
 /// use it.
-fn host_configuration(disks: Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> BootConfiguration {
+fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> BootConfiguration {
     let mut s = match open_store(disks, info) {
         Ok(s) => s,
         Err(why) => {

@@ -11,6 +11,8 @@
 //! - `GET|PUT /api/v1/config` - the whole host configuration (the hash scheme, never the hash) and
 //!   where it is stored; a PUT changes the given fields.
 //! - `/api/v1/vms...` - the VMs and their lifecycle and consoles (`crate::vms`).
+//! - `/api/v1/disks`, `/api/v1/datastores...` - the host's disks and datastores (`crate::datastores`;
+//!   these are kept on the disks themselves, not in the configuration store).
 //!
 //! Every `/api/` resource needs HTTP Basic authentication as `root`. Every change is saved to the
 //! configuration store and flushed *before* it is acknowledged; when the write fails the answer is
@@ -139,6 +141,7 @@ pub fn may_change_config(req: &Request) -> bool {
     !matches!(req.method.as_str(), "GET" | "HEAD")
         && req.path.starts_with("/api/")
         && !req.path.starts_with("/api/v1/vms")
+        && !req.path.starts_with("/api/v1/datastores")
 }
 
 /// Starts saving `new`; the answer follows from `then` once the save has ended.
@@ -280,6 +283,9 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
     if let Some(r) = crate::vms::handle(&mut *host.vms, &req.method, &req.path, now_ms) {
         return Reply::Now(r);
     }
+    if let Some(r) = crate::datastores::handle(&mut host.disks, req) {
+        return r;
+    }
     match (req.path.as_str(), req.method.as_str()) {
         ("/api/v1/host", "GET") => ok_json(host_json(state, host, now_ms)),
         ("/api/v1/host", _) => method_not_allowed("GET"),
@@ -313,11 +319,11 @@ fn landing_page(hostname: &str) -> String {
     )
 }
 
-fn bad_request(field: &str, problem: &str) -> Reply {
+pub(crate) fn bad_request(field: &str, problem: &str) -> Reply {
     Reply::Now(Response::error(400, &format!("{field}: {problem}")))
 }
 
-fn json_body(req: &Request) -> Result<Map<String, Value>, Reply> {
+pub(crate) fn json_body(req: &Request) -> Result<Map<String, Value>, Reply> {
     if let Some(ct) = &req.content_type {
         if !ct.to_ascii_lowercase().starts_with("application/json") {
             return Err(Reply::Now(Response::error(415, "expected Content-Type: application/json")));
@@ -938,5 +944,61 @@ mod tests {
         );
         assert_eq!(call(&mut st, &format!("GET /api/v1/network/resolve HTTP/1.1\r\n{}\r\n", auth())).0, 400);
         assert_eq!(resolved("x", Err("timed out")).status, 502);
+    }
+
+    #[test]
+    fn disks_and_datastores_are_listed_made_renamed_and_removed() {
+        use ember_storage::block::MemDisk;
+        use ember_storage::disks::HostDisks;
+        use ember_storage::persist::Disk;
+        let mut st = state();
+        let mut data = MemDisk::new(512, 96 * 2048);
+        data.bytes_mut()[600] = 9;
+        let disks = alloc::vec![
+            Disk::new("vda".into(), "virtio-blk", alloc::boxed::Box::new(MemDisk::new(512, 96 * 2048))),
+            Disk::new("vdb".into(), "virtio-blk", alloc::boxed::Box::new(data)),
+        ];
+        st.host.disks = HostDisks::scan(disks, None, 5, &mut Vec::new());
+        let (s, v) = call(&mut st, &get("/api/v1/disks"));
+        assert_eq!(s, 200);
+        assert_eq!(v["disks"][0]["used_by"], "free");
+        assert_eq!(v["disks"][1]["size_bytes"], 96 << 20);
+        let post = |body: &str| {
+            format!(
+                "POST /api/v1/datastores HTTP/1.1\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                auth(),
+                body.len()
+            )
+        };
+        let (s, v) = call(&mut st, &post(r#"{"name":"datastore1","disk":"vda"}"#));
+        assert_eq!(s, 201, "{v}");
+        assert_eq!((v["name"].as_str(), v["disk"].as_str()), (Some("datastore1"), Some("vda")));
+        let (s, v) = call(&mut st, &post(r#"{"name":"ds2","disk":"vdb"}"#));
+        assert_eq!(s, 409);
+        assert!(v["error"]["message"].as_str().unwrap().contains("non-zero bytes at offset 600"), "{v}");
+        assert_eq!(call(&mut st, &post(r#"{"name":"ds2","disk":"nope"}"#)).0, 404);
+        assert_eq!(call(&mut st, &post(r#"{"name":"ds2","disk":"vdb","overwrite":"yes"}"#)).0, 400);
+        assert_eq!(call(&mut st, &post(r#"{"name":"ds2","disk":"vdb","size":1}"#)).0, 400);
+        assert_eq!(call(&mut st, &post(r#"{"name":"ds2","disk":"vdb","overwrite":true}"#)).0, 201);
+        let (s, v) = call(&mut st, &get("/api/v1/datastores"));
+        assert_eq!(s, 200);
+        assert_eq!(v["datastores"].as_array().unwrap().len(), 2);
+        assert_eq!(call(&mut st, &put("/api/v1/datastores/ds2", r#"{"name":"datastore1"}"#)).0, 409);
+        let (s, v) = call(&mut st, &put("/api/v1/datastores/ds2", r#"{"name":"local ssd"}"#));
+        assert_eq!((s, v["name"].as_str()), (200, Some("local ssd")));
+        assert_eq!(call(&mut st, &get("/api/v1/datastores/local%20ssd")).0, 200);
+        let del = format!(
+            "DELETE /api/v1/datastores/local%20ssd HTTP/1.1\r\n{}Content-Type: application/json\r\n\r\n",
+            auth()
+        );
+        assert_eq!(call(&mut st, &del).0, 200);
+        assert_eq!(call(&mut st, &del).0, 404);
+        assert_eq!(call(&mut st, &get("/api/v1/datastores/local%20ssd")).0, 404);
+        // A browser's cross-site form post cannot make one.
+        let form = format!(
+            "POST /api/v1/datastores HTTP/1.1\r\n{}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n{{}}",
+            auth()
+        );
+        assert_eq!(call(&mut st, &form).0, 415);
     }
 }

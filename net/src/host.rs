@@ -16,6 +16,7 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use ember_storage::disks::HostDisks;
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::persist::HostStore;
@@ -64,6 +65,8 @@ pub struct HostState {
     pub root: RootAccount,
     /// The hypervisor's VMs.
     pub vms: Box<dyn VmService>,
+    /// The host's disks other than the boot media, and the datastores on them.
+    pub disks: HostDisks,
     /// The HTTPS key and certificate in use ([`HostState::start_https`]); `None` only when none
     /// could be made (no random source), and then the HTTPS port refuses connections.
     pub https: Option<ServerIdentity>,
@@ -116,6 +119,7 @@ impl HostState {
             store,
             root,
             vms: Box::new(NoVms),
+            disks: HostDisks::none(),
             https: None,
             generation: 0,
             salt_state: salt_seed,
@@ -465,7 +469,7 @@ pub(crate) mod testing {
         ember_storage::gpt::write_gpt(&mut mem, guid(9), &ember_storage::layout::gpt_entries(&layout, guid))
             .unwrap();
         mem.write_protected = fail_writes;
-        let mut disks = [Disk { name: "vda".into(), driver: "virtio-blk", dev: Box::new(mem) }];
+        let mut disks = [Disk::new("vda".into(), "virtio-blk", Box::new(mem))];
         let (_, layout) = find_boot_media(&mut disks, Some(guid(0))).unwrap();
         let [d] = disks;
         Persistence::Store(HostStore::open(d, &layout).unwrap())

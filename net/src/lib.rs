@@ -6,6 +6,7 @@
 //! - [`auth`]: the root password as a salted slow hash, HTTP Basic checking.
 //! - [`http`]: HTTP/1.1 request framing with limits, response writing.
 //! - [`api`]: the JSON management API over an [`api::ApiState`].
+//! - [`vms`], [`datastores`]: the API's VM, disk and datastore resources.
 //! - [`fetch`]: the HTTP client formats and retry policy for a first boot's kickstart.
 //! - [`tls`]: TLS 1.3 for `https://` kickstarts (rustls over the polled sockets, RustCrypto).
 //! - [`firstboot`]: a validated kickstart turned into the host configuration a first boot stores.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod datastores;
 pub mod fetch;
 pub mod firstboot;
 pub mod host;

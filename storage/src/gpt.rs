@@ -189,7 +189,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// Writes a protective MBR, the primary and the backup GPT. Partition data is left alone.
-pub fn write_gpt<D: BlockDevice>(
+pub fn write_gpt<D: BlockDevice + ?Sized>(
     dev: &mut D,
     disk_guid: Guid,
     parts: &[NewPartition<'_>],
@@ -418,7 +418,7 @@ pub fn free_ranges(gpt: &Gpt, align: u64) -> Vec<(u64, u64)> {
 /// Adds a partition in the largest free range of `dev`'s table (aligned to `align` blocks; at most
 /// `max_blocks` long when given) and rewrites the table, keeping every existing entry. Returns the
 /// new partition as read back.
-pub fn add_partition<D: BlockDevice>(
+pub fn add_partition<D: BlockDevice + ?Sized>(
     dev: &mut D,
     type_guid: Guid,
     unique_guid: Guid,

@@ -8,6 +8,7 @@
 //! - [`bootcfg`]: the `\EFI\ember\boot.cfg` file and the boot options it carries;
 //! - [`config_store`]: the two-slot, power-cut-safe configuration store;
 //! - [`datastore`]: the datastore file system (thin files in extents, copy-on-write metadata);
+//! - [`disks`]: the host's disks and the datastores on them (scan, create, rename, remove);
 //! - [`hostconfig`]: the host configuration model and its stored JSON form;
 //! - [`firstboot`]: where a first boot's kickstart comes from (`ks=` sources, include paths);
 //! - [`kickstart`]: the kickstart (`ks.cfg`) dialect, parsed and validated;
@@ -27,6 +28,7 @@ pub mod block;
 pub mod bootcfg;
 pub mod config_store;
 pub mod datastore;
+pub mod disks;
 pub mod fat32;
 pub mod fatfile;
 pub mod firstboot;

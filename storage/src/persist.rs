@@ -27,7 +27,25 @@ pub struct Disk {
     pub name: String,
     /// The driver's name, as reported by the API.
     pub driver: &'static str,
+    /// What the device says it is (empty when it does not say).
+    pub model: String,
+    /// The device's serial number (empty when it has none or does not say).
+    pub serial: String,
     pub dev: Box<dyn BlockDevice>,
+}
+
+impl Disk {
+    /// A disk the device did not describe further.
+    pub fn new(name: String, driver: &'static str, dev: Box<dyn BlockDevice>) -> Disk {
+        Disk { name, driver, model: String::new(), serial: String::new(), dev }
+    }
+
+    /// The same disk with the model and serial number the device reported.
+    pub fn described(mut self, model: &str, serial: &str) -> Disk {
+        self.model = String::from(model.trim());
+        self.serial = String::from(serial.trim());
+        self
+    }
 }
 
 /// Why the boot media was not found.
@@ -290,7 +308,7 @@ mod tests {
     }
 
     fn disk(name: &str, dev: MemDisk) -> Disk {
-        Disk { name: name.to_string(), driver: "mem", dev: Box::new(dev) }
+        Disk::new(name.to_string(), "mem", Box::new(dev))
     }
 
     fn store() -> HostStore {
@@ -322,7 +340,7 @@ mod tests {
         use alloc::rc::Rc;
         use core::cell::RefCell;
         let open = |dev: Box<dyn BlockDevice>| {
-            let mut disks = [Disk { name: "vda".to_string(), driver: "mem", dev }];
+            let mut disks = [Disk::new("vda".to_string(), "mem", dev)];
             let (_, layout) = find_boot_media(&mut disks, Some(ESP)).unwrap();
             let [d] = disks;
             HostStore::open(d, &layout).unwrap()
@@ -463,7 +481,7 @@ mod tests {
         let mut protected = medium(ESP);
         protected.write_protected = true;
         let mut failing = HostStore {
-            disk: Disk { name: "vda".into(), driver: "mem", dev: Box::new(protected) },
+            disk: Disk::new("vda".into(), "mem", Box::new(protected)),
             esp_first_lba: s.esp_first_lba,
             esp_blocks: s.esp_blocks,
             store: s.store,

@@ -1,0 +1,113 @@
+//! Disks and datastores the way an administrator meets them: a host with a blank NVMe disk and a
+//! virtio disk that holds data lists both through the API, makes a datastore on the blank one (and is
+//! refused on the other until told to overwrite it), finds the datastore again at the next boot, and
+//! the datastore checks clean offline with `ember-image datastore fsck` on the disk image QEMU used.
+#![forbid(unsafe_code)]
+
+use ember_systests::net::*;
+use ember_systests::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const INITIAL: (&str, &str) = ("root", "ember-initial");
+const HTTP_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn boot(name: &str, img: &Path, ssd: &Path, data: &Path, port: u16) -> Qemu {
+    let mut cfg = QemuConfig::new(name, img);
+    cfg.disk = Disk::Virtio;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    cfg.extra = vec![
+        "-drive".into(),
+        format!("if=none,id=ssd,format=raw,file={}", ssd.display()),
+        "-device".into(),
+        "nvme,serial=EMB-SSD-1,drive=ssd".into(),
+        "-drive".into(),
+        format!("if=none,id=old,format=raw,file={}", data.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=old".into(),
+    ];
+    Qemu::start(&cfg)
+}
+
+fn disks(addr: SocketAddr) -> Vec<Value> {
+    let r = request(addr, "GET", "/api/v1/disks", Some(INITIAL), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["disks"].as_array().unwrap().clone()
+}
+
+#[test]
+fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = build_image(dir.path(), &[]);
+    let ssd = dir.path().join("ssd.img");
+    std::fs::File::create(&ssd).unwrap().set_len(256 << 20).unwrap();
+    let data = dir.path().join("old.img");
+    let mut old = vec![0u8; 128 << 20];
+    old[..16].copy_from_slice(b"some old file sy");
+    std::fs::write(&data, &old).unwrap();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut q = boot("datastores_first", &img, &ssd, &data, port);
+    q.wait_for("first boot: configuration stored", BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let list = disks(addr);
+    let by_driver =
+        |d: &str| list.iter().find(|v| v["driver"] == d && v["used_by"] != "boot media").unwrap().clone();
+    let boot_media = list.iter().find(|v| v["used_by"] == "boot media").expect("the boot media is listed");
+    assert_eq!(boot_media["driver"], "virtio-blk");
+    let nvme = by_driver("nvme");
+    assert_eq!(
+        (nvme["used_by"].as_str(), nvme["serial"].as_str()),
+        (Some("free"), Some("EMB-SSD-1")),
+        "{nvme}"
+    );
+    assert_eq!(nvme["size_bytes"], 256u64 << 20);
+    assert!(!nvme["model"].as_str().unwrap().is_empty(), "{nvme}");
+    let other = by_driver("virtio-blk");
+    assert!(other["used_by"].as_str().unwrap().starts_with("data"), "{other}");
+    let (nvme_name, other_name) = (nvme["name"].as_str().unwrap(), other["name"].as_str().unwrap());
+
+    // The disk with data is refused, with what is on it, and left alone.
+    let body = format!(r#"{{"name":"old","disk":"{other_name}"}}"#);
+    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(r.body.contains("non-zero bytes at offset 0") && r.body.contains("overwrite"), "{r:?}");
+    let body = format!(r#"{{"name":"datastore1","disk":"{nvme_name}"}}"#);
+    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+    assert_eq!(r.status, 201, "{r:?}");
+    let made = r.json();
+    assert_eq!(made["disk"], nvme_name);
+    assert!(made["capacity_bytes"].as_u64().unwrap() > 200 << 20, "{made}");
+    let r = request(
+        addr,
+        "PUT",
+        "/api/v1/datastores/datastore1",
+        Some(INITIAL),
+        Some(r#"{"name":"local nvme"}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(q);
+    assert_eq!(&std::fs::read(&data).unwrap()[..16], b"some old file sy", "the refused disk is untouched");
+
+    // Offline, on any Linux machine: the datastore checks clean.
+    let (ok, out, err) = run_tool(&["datastore", "fsck", ssd.to_str().unwrap()]);
+    assert!(ok && out.contains("\"local nvme\"") && out.contains("clean"), "{out}{err}");
+
+    let mut q = boot("datastores_reboot", &img, &ssd, &data, port);
+    q.wait_for(&format!("datastore \"local nvme\" on {nvme_name} partition 1"), BOOT_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let r = request(addr, "GET", "/api/v1/datastores", Some(INITIAL), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["datastores"][0]["name"], "local nvme", "{v}");
+    assert_eq!(v["datastores"][0]["uuid"], made["uuid"], "the same datastore");
+    let nvme = disks(addr).into_iter().find(|d| d["name"] == nvme_name).unwrap();
+    assert_eq!(nvme["used_by"], "datastore \"local nvme\"");
+    let r = request(addr, "DELETE", "/api/v1/datastores/local%20nvme", Some(INITIAL), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = request(addr, "GET", "/api/v1/datastores", Some(INITIAL), None);
+    assert_eq!(r.json()["datastores"].as_array().unwrap().len(), 0);
+}
