@@ -119,6 +119,8 @@ pub enum Reply {
     /// A change is being saved ([`HostState::begin_commit`]): once it has ended, the answer is
     /// what this makes of its outcome.
     Saving(Ticket, AfterSave),
+    /// A file download: these headers, then the file's bytes, read as the client takes them.
+    Download(Response, crate::datastores::Download),
 }
 
 /// Makes the answer to a change from how its save ended.
@@ -130,6 +132,7 @@ impl core::fmt::Debug for Reply {
             Reply::Now(r) => f.debug_tuple("Now").field(r).finish(),
             Reply::Resolve(n) => f.debug_tuple("Resolve").field(n).finish(),
             Reply::Saving(t, _) => f.debug_tuple("Saving").field(t).finish(),
+            Reply::Download(r, d) => f.debug_tuple("Download").field(r).field(d).finish(),
         }
     }
 }
@@ -239,6 +242,23 @@ fn method_not_allowed(allow: &str) -> Reply {
     Reply::Now(r)
 }
 
+/// Checks the request's HTTP Basic credentials; the answer to give when they do not pass.
+pub(crate) fn authenticate(host: &mut HostState, req: &Request, now_ms: u64) -> Result<(), Response> {
+    match host.root.check(req.authorization.as_deref(), req.peer, now_ms) {
+        AuthResult::Allowed => Ok(()),
+        AuthResult::Denied => {
+            let mut r = Response::error(401, "authentication required: HTTP Basic as root");
+            r.headers.push(String::from("WWW-Authenticate: Basic realm=\"Ember\", charset=\"UTF-8\""));
+            Err(r)
+        }
+        AuthResult::Busy => {
+            let mut r = Response::error(429, "too many password checks; try again in a second");
+            r.headers.push(String::from("Retry-After: 1"));
+            Err(r)
+        }
+    }
+}
+
 /// Handles one request.
 pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms: u64) -> Reply {
     if req.path == "/" {
@@ -255,22 +275,14 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
     if !req.path.starts_with("/api/") {
         return Reply::Now(Response::error(404, &format!("no such resource: {}", printable(&req.path))));
     }
-    match host.root.check(req.authorization.as_deref(), req.peer, now_ms) {
-        AuthResult::Allowed => {}
-        AuthResult::Denied => {
-            let mut r = Response::error(401, "authentication required: HTTP Basic as root");
-            r.headers.push(String::from("WWW-Authenticate: Basic realm=\"Ember\", charset=\"UTF-8\""));
-            return Reply::Now(r);
-        }
-        AuthResult::Busy => {
-            let mut r = Response::error(429, "too many password checks; try again in a second");
-            r.headers.push(String::from("Retry-After: 1"));
-            return Reply::Now(r);
-        }
+    if let Err(r) = authenticate(host, req, now_ms) {
+        return Reply::Now(r);
     }
     // A browser cannot send a cross-site request with this content type without asking the
     // server first (CORS preflight, which this server never grants): a page on another site
     // cannot make a browser that remembers the root credentials change anything.
+    // (Uploads, `PUT` with application/octet-stream, never reach here: the server streams them
+    // through `crate::datastores::begin_upload`. A `PUT` is never a cross-site simple request.)
     let mutating = !matches!(req.method.as_str(), "GET" | "HEAD");
     let json =
         req.content_type.as_deref().is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
@@ -283,7 +295,8 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
     if let Some(r) = crate::vms::handle(&mut *host.vms, &req.method, &req.path, now_ms) {
         return Reply::Now(r);
     }
-    if let Some(r) = crate::datastores::handle(&mut host.disks, req) {
+    let now_unix = crate::datastores::unix_now(host);
+    if let Some(r) = crate::datastores::handle(&mut host.disks, req, now_unix) {
         return r;
     }
     match (req.path.as_str(), req.method.as_str()) {
@@ -578,6 +591,13 @@ mod tests {
         let r = match handle(&mut st.api, &mut st.host, &req, 61_000) {
             Reply::Now(r) => r,
             Reply::Resolve(name) => return (0, Value::String(name)),
+            Reply::Download(head, mut d) => {
+                let mut body = Vec::new();
+                while !d.done() {
+                    body.extend(d.next(&mut st.host.disks).unwrap());
+                }
+                return (head.status, Value::String(String::from_utf8_lossy(&body).into_owned()));
+            }
             Reply::Saving(ticket, then) => {
                 // Nothing is in force before the save has ended.
                 let before = st.host.generation;

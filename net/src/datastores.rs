@@ -6,18 +6,37 @@
 //!   disk holding anything is refused (`409`, saying what is on it) unless `overwrite` is true.
 //! - `PUT /api/v1/datastores/{name}` `{"name"}` - renames it.
 //! - `DELETE /api/v1/datastores/{name}` - removes it (its partition and superblocks).
+//! - `GET /api/v1/datastores/{name}/files/{path}` - a directory's entries as JSON, or a file's bytes
+//!   (streamed as the client reads them: [`Download`]).
+//! - `PUT /api/v1/datastores/{name}/files/{path}` with `Content-Type: application/octet-stream` - an
+//!   upload, streamed to the datastore as it arrives ([`Upload`]): into a hidden file beside the
+//!   target, which replaces the target in one commit when the last byte is written, so a failed or
+//!   cut-off upload leaves the old file; parent directories are made; the answer carries the SHA-256
+//!   of what was stored.
+//! - `POST /api/v1/datastores/{name}/files/{path}` `{"type": "directory"}` - makes a directory (and
+//!   its parents).
+//! - `DELETE /api/v1/datastores/{name}/files/{path}` - a file or an empty directory.
 //!
 //! Names in paths are percent-decoded (`datastore1%20(2)`). The host's disks are behind
 //! [`HostDisks`] (`ember_storage::disks`), which keeps every rule; this module maps requests and
 //! errors to HTTP.
 
-use crate::api::{bad_request, json_body, Reply};
+use crate::api::{authenticate, bad_request, json_body, Reply};
+use crate::host::HostState;
 use crate::http::{Request, Response};
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec;
 use alloc::vec::Vec;
+use ember_storage::datastore::{DsError, InodeKind};
 use ember_storage::disks::{DatastoreReport, DiskReport, DisksError, HostDisks};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Bytes an upload collects before writing them (all-zero pieces are not written: thin).
+const UPLOAD_PIECE: usize = 64 * 1024;
+/// Bytes a download reads per refill of the connection's output.
+pub const DOWNLOAD_PIECE: usize = 32 * 1024;
 
 fn disk_json(d: &DiskReport) -> Value {
     json!({
@@ -77,8 +96,9 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Answers a request below `/api/v1/disks` or `/api/v1/datastores`, or `None` for other paths.
-pub fn handle(disks: &mut HostDisks, req: &Request) -> Option<Reply> {
+/// Answers a request below `/api/v1/disks` or `/api/v1/datastores`, or `None` for other paths;
+/// `now` is the time of day (seconds since 1970).
+pub fn handle(disks: &mut HostDisks, req: &Request, now: u64) -> Option<Reply> {
     let method = req.method.as_str();
     if req.path == "/api/v1/disks" {
         if method != "GET" {
@@ -99,8 +119,15 @@ pub fn handle(disks: &mut HostDisks, req: &Request) -> Option<Reply> {
         });
     }
     let raw = rest.strip_prefix('/')?;
-    if raw.contains('/') {
-        return Some(Reply::Now(Response::error(404, "no such resource below a datastore")));
+    if let Some((raw_name, sub)) = raw.split_once('/') {
+        let file = match sub {
+            "files" => Some(""),
+            _ => sub.strip_prefix("files/"),
+        };
+        let (Some(name), Some(path)) = (percent_decode(raw_name), file.and_then(percent_decode)) else {
+            return Some(Reply::Now(Response::error(404, "no such resource below a datastore")));
+        };
+        return Some(files(disks, req, &name, &path, now));
     }
     let Some(name) = percent_decode(raw) else {
         return Some(bad_request("path", "bad percent-encoding in the datastore name"));
@@ -172,5 +199,316 @@ mod tests {
         assert_eq!(percent_decode("a%2"), None);
         assert_eq!(percent_decode("a%zz"), None);
         assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    }
+}
+
+/// The time of day, seconds since 1970 (0 when the firmware gave no clock).
+pub fn unix_now(host: &HostState) -> u64 {
+    host.unix_now().unwrap_or(0)
+}
+
+/// How a file system error is answered.
+fn fs_refused(datastore: &str, path: &str, e: &DsError) -> Response {
+    let status = match e {
+        DsError::NotFound(_) => 404,
+        DsError::Exists(_) | DsError::NotADirectory(_) | DsError::IsADirectory(_) | DsError::NotEmpty(_) => {
+            409
+        }
+        DsError::BadName(_) | DsError::Unsupported(_) => 400,
+        DsError::NoSpace { .. } | DsError::MetadataFull { .. } => 507,
+        DsError::TooLarge(_) => 413,
+        DsError::Failed(_) => 503,
+        DsError::Io(_) | DsError::Damaged(_) | DsError::NotADatastore { .. } => 500,
+    };
+    Response::error(status, &format!("[{datastore}] {path}: {e}"))
+}
+
+fn kind_name(k: InodeKind) -> &'static str {
+    match k {
+        InodeKind::Directory => "directory",
+        InodeKind::File => "file",
+    }
+}
+
+/// The `files` resources of one datastore (everything but uploads, which the server streams);
+/// `now` is the time of day (seconds since 1970) for modification times.
+fn files(disks: &mut HostDisks, req: &Request, name: &str, path: &str, now: u64) -> Reply {
+    let done = |r: Result<Result<Response, DsError>, DisksError>| match r {
+        Ok(Ok(resp)) => Reply::Now(resp),
+        Ok(Err(e)) => Reply::Now(fs_refused(name, path, &e)),
+        Err(e) => refused(&e),
+    };
+    match req.method.as_str() {
+        "GET" => {
+            let r = disks.with(name, |ds, _| {
+                let e = ds.stat(path)?;
+                if e.kind == InodeKind::File {
+                    return Ok(Err(Download {
+                        datastore: name.to_string(),
+                        id: e.id,
+                        offset: 0,
+                        size: e.size,
+                    }));
+                }
+                let entries: Vec<Value> = ds
+                    .list(path)?
+                    .iter()
+                    .filter(|e| !e.name.starts_with(UPLOAD_PREFIX))
+                    .map(|e| {
+                        json!({
+                            "name": e.name,
+                            "type": kind_name(e.kind),
+                            "size_bytes": e.size,
+                            "allocated_bytes": e.allocated,
+                            "modified": e.mtime,
+                        })
+                    })
+                    .collect();
+                Ok(Ok(json!({ "datastore": name, "path": path, "entries": entries })))
+            });
+            match r {
+                Ok(Ok(Ok(listing))) => Reply::Now(Response::json(200, listing.to_string())),
+                Ok(Ok(Err(d))) => {
+                    let head = Response {
+                        status: 200,
+                        content_type: "application/octet-stream",
+                        body: Vec::new(),
+                        headers: Vec::new(),
+                    };
+                    Reply::Download(head, d)
+                }
+                Ok(Err(e)) => Reply::Now(fs_refused(name, path, &e)),
+                Err(e) => refused(&e),
+            }
+        }
+        "DELETE" => done(disks.with(name, |ds, dev| {
+            ds.remove(path)?;
+            ds.commit(dev)?;
+            Ok(Response::json(200, json!({ "removed": path }).to_string()))
+        })),
+        "POST" => {
+            let body = match json_body(req) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if body.len() != 1 || body.get("type").and_then(Value::as_str) != Some("directory") {
+                return bad_request("body", "expected {\"type\": \"directory\"}");
+            }
+            done(disks.with(name, |ds, dev| {
+                ds.mkdir_all(path, now)?;
+                ds.commit(dev)?;
+                Ok(Response::json(
+                    201,
+                    json!({ "datastore": name, "path": path, "type": "directory" }).to_string(),
+                ))
+            }))
+        }
+        "PUT" => Reply::Now(Response::error(415, "an upload needs Content-Type: application/octet-stream")),
+        _ => not_allowed("GET, PUT, POST, DELETE"),
+    }
+}
+
+/// Hidden files that uploads write into until they are complete.
+const UPLOAD_PREFIX: &str = ".ember-upload-";
+
+/// Whether a request is an upload, whose body the server streams to [`begin_upload`].
+pub fn is_upload(method: &str, path: &str, content_type: Option<&str>) -> bool {
+    method == "PUT"
+        && path.starts_with("/api/v1/datastores/")
+        && path.contains("/files/")
+        && content_type.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/octet-stream"))
+}
+
+/// A file being sent to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    datastore: String,
+    id: u64,
+    offset: u64,
+    /// The length promised in the answer's head.
+    pub size: u64,
+}
+
+impl Download {
+    /// The next piece of the file (empty when all was sent), or why the rest cannot be sent (the
+    /// file went away or shrank: the connection must end, as its length was promised).
+    pub fn next(&mut self, disks: &mut HostDisks) -> Result<Vec<u8>, String> {
+        let want = (self.size - self.offset).min(DOWNLOAD_PIECE as u64) as usize;
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; want];
+        let (id, offset) = (self.id, self.offset);
+        let got = disks
+            .with(&self.datastore, |ds, dev| ds.read(dev, id, offset, &mut buf))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if got < want {
+            return Err(String::from("the file shrank while it was being sent"));
+        }
+        self.offset += got as u64;
+        Ok(buf)
+    }
+
+    /// Whether every byte was handed out.
+    pub fn done(&self) -> bool {
+        self.offset >= self.size
+    }
+}
+
+/// An upload in progress.
+pub struct Upload {
+    datastore: String,
+    path: String,
+    temp: String,
+    id: u64,
+    offset: u64,
+    remaining: u64,
+    piece: Vec<u8>,
+    sha: Sha256,
+    now: u64,
+}
+
+impl core::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Upload([{}] {} at {}, {} to go)", self.datastore, self.path, self.offset, self.remaining)
+    }
+}
+
+/// Starts an upload of `len` bytes (the request's head is all that was read): checks the
+/// credentials, the datastore, the path and the free space, and makes the hidden file it goes
+/// into. An error is the answer to send (the connection then ends: its body was not read).
+pub fn begin_upload(host: &mut HostState, req: &Request, len: u64, now_ms: u64) -> Result<Upload, Response> {
+    authenticate(host, req, now_ms)?;
+    let now = unix_now(host);
+    let raw = req.path.strip_prefix("/api/v1/datastores/").unwrap_or("");
+    let parsed = raw.split_once("/files/").map(|(n, p)| (percent_decode(n), percent_decode(p)));
+    let Some((Some(name), Some(path))) = parsed else {
+        return Err(Response::error(400, "path: expected /api/v1/datastores/{name}/files/{path}"));
+    };
+    let path = String::from(path.trim_matches('/'));
+    let (dir, file) = match path.rsplit_once('/') {
+        Some((d, f)) => (String::from(d), String::from(f)),
+        None => (String::new(), path.clone()),
+    };
+    if file.starts_with(UPLOAD_PREFIX) {
+        return Err(Response::error(400, "path: names starting with .ember-upload- are Ember's own"));
+    }
+    let started = host.disks.with(&name, |ds, dev| {
+        if let Ok(e) = ds.stat(&path) {
+            if e.kind == InodeKind::Directory {
+                return Err(DsError::IsADirectory(path.clone()));
+            }
+        }
+        ember_storage::datastore::check_name(&file).map_err(DsError::BadName)?;
+        let free = ds.usage().free;
+        if len > free {
+            return Err(DsError::NoSpace { needed_bytes: len, free_bytes: free });
+        }
+        ds.mkdir_all(&dir, now)?;
+        let mut n = 0u32;
+        let temp = loop {
+            let t = format!("{dir}/{UPLOAD_PREFIX}{:x}-{n}", now_ms);
+            if ds.stat(&t).is_err() {
+                break t;
+            }
+            n += 1;
+        };
+        let id = ds.create(&temp, now)?;
+        let _ = dev;
+        Ok((temp, id))
+    });
+    match started {
+        Ok(Ok((temp, id))) => Ok(Upload {
+            datastore: name,
+            path,
+            temp,
+            id,
+            offset: 0,
+            remaining: len,
+            piece: Vec::new(),
+            sha: Sha256::new(),
+            now,
+        }),
+        Ok(Err(e)) => Err(fs_refused(&name, &path, &e)),
+        Err(e) => Err(match refused(&e) {
+            Reply::Now(r) => r,
+            _ => Response::error(500, "unexpected answer"),
+        }),
+    }
+}
+
+impl Upload {
+    /// Takes body bytes from the start of `bytes`; returns how many it took. An error is the answer
+    /// to send (the upload is over and was removed).
+    pub fn feed(&mut self, disks: &mut HostDisks, bytes: &[u8]) -> Result<usize, Response> {
+        let mut used = 0;
+        while used < bytes.len() && self.remaining > 0 {
+            let room = UPLOAD_PIECE - self.piece.len();
+            let n = room.min(bytes.len() - used).min(self.remaining.min(usize::MAX as u64) as usize);
+            self.piece.extend_from_slice(&bytes[used..used + n]);
+            self.sha.update(&bytes[used..used + n]);
+            used += n;
+            self.remaining -= n as u64;
+            if self.piece.len() == UPLOAD_PIECE || self.remaining == 0 {
+                self.write_piece(disks)?;
+            }
+        }
+        Ok(used)
+    }
+
+    /// Whether the whole body has arrived.
+    pub fn done(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn write_piece(&mut self, disks: &mut HostDisks) -> Result<(), Response> {
+        let (id, offset, now) = (self.id, self.offset, self.now);
+        let piece = core::mem::take(&mut self.piece);
+        let r = if piece.iter().all(|&b| b == 0) {
+            Ok(Ok(()))
+        } else {
+            disks.with(&self.datastore, |ds, dev| ds.write(dev, id, offset, &piece, now))
+        };
+        self.offset += piece.len() as u64;
+        self.piece = piece;
+        self.piece.clear();
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(fs_refused(&self.datastore, &self.path, &e)),
+            Err(e) => Err(Response::error(500, &e.to_string())),
+        }
+    }
+
+    /// The upload is complete: the hidden file takes the target's place and everything is
+    /// committed; the answer carries the size and SHA-256 of what was stored.
+    pub fn finish(self, disks: &mut HostDisks) -> Response {
+        let Upload { datastore, path, temp, id, offset, now, sha, .. } = self;
+        let r = disks.with(&datastore, |ds, dev| {
+            ds.set_len(dev, id, offset, now)?;
+            if ds.stat(&path).is_ok() {
+                ds.remove(&path)?;
+            }
+            ds.rename(&temp, &path, now)?;
+            ds.commit(dev)
+        });
+        let hex: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        match r {
+            Ok(Ok(())) => Response::json(
+                201,
+                json!({ "datastore": datastore, "path": path, "size_bytes": offset, "sha256": hex })
+                    .to_string(),
+            ),
+            Ok(Err(e)) => fs_refused(&datastore, &path, &e),
+            Err(e) => Response::error(500, &e.to_string()),
+        }
+    }
+
+    /// The upload ended early: its hidden file is removed.
+    pub fn abort(self, disks: &mut HostDisks) {
+        let _ = disks.with(&self.datastore, |ds, dev| {
+            ds.remove(&self.temp)?;
+            ds.commit(dev)
+        });
     }
 }

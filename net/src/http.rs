@@ -55,10 +55,23 @@ pub enum Parsed {
     Complete(Request, usize),
     /// The request is unacceptable; answer and close.
     Error(HttpError),
+    /// The head of a request whose body the server takes as it arrives (an upload): the request
+    /// without its body, the bytes of the head, and the body's length.
+    Streamed(Request, usize, u64),
 }
+
+/// The largest streamed body (a file upload): 64 TiB.
+pub const MAX_STREAMED_BODY: u64 = 64 << 40;
 
 /// Parses one request from the start of `buf`.
 pub fn parse_request(buf: &[u8]) -> Parsed {
+    parse_request_with(buf, |_, _, _| false)
+}
+
+/// Parses one request from the start of `buf`; a request for which `streamed(method, path,
+/// content type)` is true is returned as soon as its head is complete ([`Parsed::Streamed`]), with a
+/// body of any length up to [`MAX_STREAMED_BODY`].
+pub fn parse_request_with(buf: &[u8], streamed: impl Fn(&str, &str, Option<&str>) -> bool) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -85,7 +98,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Error(HttpError::new(400, "incomplete request line"));
     };
-    let mut content_length: Option<usize> = None;
+    let mut content_length: Option<u64> = None;
     let mut authorization = None;
     let mut content_type = None;
     let mut host = None;
@@ -93,7 +106,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     let mut connection_keep = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = core::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok())
+            let Some(n) = core::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok())
             else {
                 return Parsed::Error(HttpError::new(400, "Content-Length is not a number"));
             };
@@ -134,35 +147,41 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
             }
         }
     }
-    let body_len = content_length.unwrap_or(0);
-    if body_len > MAX_BODY {
-        return Parsed::Error(HttpError::new(413, "request body larger than 16 KiB"));
-    }
-    let Some(total) = head_len.checked_add(body_len) else {
-        return Parsed::Error(HttpError::new(413, "request too large"));
-    };
-    if buf.len() < total {
-        return Parsed::Incomplete;
-    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
     };
     let keep_alive = if version == 0 { connection_keep && !connection_close } else { !connection_close };
-    Parsed::Complete(
-        Request {
-            method: method.to_string(),
-            path,
-            query,
-            authorization,
-            content_type,
-            host,
-            body: buf[head_len..total].to_vec(),
-            keep_alive,
-            peer: None,
-        },
-        total,
-    )
+    let mut request = Request {
+        method: method.to_string(),
+        path,
+        query,
+        authorization,
+        content_type,
+        host,
+        body: Vec::new(),
+        keep_alive,
+        peer: None,
+    };
+    if streamed(&request.method, &request.path, request.content_type.as_deref()) {
+        let Some(len) = content_length else {
+            return Parsed::Error(HttpError::new(411, "an upload needs a Content-Length"));
+        };
+        if len > MAX_STREAMED_BODY {
+            return Parsed::Error(HttpError::new(413, "upload larger than 64 TiB"));
+        }
+        return Parsed::Streamed(request, head_len, len);
+    }
+    let body_len = content_length.unwrap_or(0);
+    if body_len > MAX_BODY as u64 {
+        return Parsed::Error(HttpError::new(413, "request body larger than 16 KiB"));
+    }
+    let total = head_len + body_len as usize;
+    if buf.len() < total {
+        return Parsed::Incomplete;
+    }
+    request.body = buf[head_len..total].to_vec();
+    Parsed::Complete(request, total)
 }
 
 /// A response ready to be written.
@@ -189,6 +208,14 @@ impl Response {
 
     /// Serializes status line, headers and body.
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = self.head(self.body.len() as u64, keep_alive);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Serializes the status line and headers of an answer whose `len`-byte body follows separately
+    /// (a download); `body` is not sent.
+    pub fn head(&self, len: u64, keep_alive: bool) -> Vec<u8> {
         let mut head = String::new();
         let _ = write!(
             head,
@@ -197,7 +224,7 @@ impl Response {
             reason(self.status),
             env!("CARGO_PKG_VERSION"),
             self.content_type,
-            self.body.len(),
+            len,
             if keep_alive { "keep-alive" } else { "close" }
         );
         for h in &self.headers {
@@ -205,9 +232,7 @@ impl Response {
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
-        let mut out = head.into_bytes();
-        out.extend_from_slice(&self.body);
-        out
+        head.into_bytes()
     }
 }
 
@@ -215,6 +240,7 @@ impl Response {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         202 => "Accepted",
         301 => "Moved Permanently",
         204 => "No Content",
@@ -225,11 +251,13 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Content Too Large",
+        411 => "Length Required",
         415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         504 => "Gateway Timeout",
         _ => "Unknown",
     }
@@ -286,6 +314,23 @@ mod tests {
         assert_eq!(r.body, b"hello");
         assert_eq!(n, full.len());
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    }
+
+    #[test]
+    fn a_streamed_request_is_returned_at_its_head_with_any_body_length() {
+        let up = |m: &str, p: &str, ct: Option<&str>| {
+            m == "PUT" && p.starts_with("/up/") && ct == Some("application/octet-stream")
+        };
+        let head = b"PUT /up/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 3000000000\r\n\r\nabc";
+        let Parsed::Streamed(r, n, len) = parse_request_with(head, up) else { panic!() };
+        assert_eq!((r.path.as_str(), n, len, r.body.len()), ("/up/a", head.len() - 3, 3_000_000_000, 0));
+        // Without a length, or longer than the limit: refused at the head.
+        let no_len = b"PUT /up/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\n\r\n";
+        assert!(matches!(parse_request_with(no_len, up), Parsed::Error(e) if e.status == 411));
+        let huge = b"PUT /up/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 99999999999999999\r\n\r\n";
+        assert!(matches!(parse_request_with(huge, up), Parsed::Error(e) if e.status == 413));
+        // The same request not streamed is held to the body limit.
+        assert!(matches!(parse_request(head), Parsed::Error(e) if e.status == 413));
     }
 
     #[test]

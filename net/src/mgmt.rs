@@ -14,9 +14,10 @@
 
 use crate::api::{self, ApiState, InterfaceState, InterfaceStatus, NicInfo, Reply};
 use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
+use crate::datastores::{self, Download, Upload};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
 use crate::host::{HostState, Ticket};
-use crate::http::{parse_request, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
+use crate::http::{parse_request_with, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Port, PortStats};
 use crate::tls::{self, TlsSession, Trust};
 use alloc::boxed::Box;
@@ -125,6 +126,10 @@ struct Conn {
     waiting: Option<Request>,
     /// A change of this connection's being saved: the answer follows when it has ended.
     saving: Option<SavingReply>,
+    /// An upload whose body is arriving, and whether the client asked to keep the connection.
+    upload: Option<(Upload, bool)>,
+    /// A file being sent: the next piece goes out once the previous one has.
+    download: Option<Download>,
 }
 
 struct SavingReply {
@@ -147,6 +152,9 @@ impl Conn {
         self.resolving = None;
         self.waiting = None;
         self.saving = None;
+        // (An upload is never dropped here: its hidden file must be removed, which needs the
+        // host; see `serve_http` and `ManagementNetwork::drop_stack`.)
+        self.download = None;
     }
 }
 
@@ -187,6 +195,9 @@ pub struct ManagementNetwork {
     /// `SocketSet<'static>`, so its options must be `'static`: each name is leaked once and reused,
     /// which bounds the memory by the number of distinct names an administrator sets.
     host_name_options: Vec<(String, &'static [DhcpOption<'static>])>,
+    /// Uploads whose connections ended with the interface (restart): their hidden files are
+    /// removed at the next poll, which has the host.
+    abandoned: Vec<Upload>,
     /// A first boot's kickstart being fetched.
     download: Option<KickstartDownload>,
     /// Test Management Network, once started; `test_changed` when a result came in.
@@ -272,6 +283,7 @@ impl ManagementNetwork {
             last_link_check: 0,
             last_renewal_check: now_ms,
             host_name_options: Vec::new(),
+            abandoned: Vec::new(),
             download: None,
             notice: None,
             test: None,
@@ -295,6 +307,9 @@ impl ManagementNetwork {
                     dropped += 1;
                 }
                 s.abort();
+                if let Some((u, _)) = c.upload.take() {
+                    u.abort(&mut host.disks);
+                }
                 c.reset(now);
             }
             crate::console::reset(&mut stack.sockets, &mut stack.consoles);
@@ -515,7 +530,7 @@ impl ManagementNetwork {
             ));
             self.api.status =
                 InterfaceStatus { state: InterfaceState::NoUplink, ..InterfaceStatus::default() };
-            self.stack = None;
+            self.drop_stack();
             return;
         };
         let mut stats = PortStats::default();
@@ -604,6 +619,8 @@ impl ManagementNetwork {
                 resolving: None,
                 waiting: None,
                 saving: None,
+                upload: None,
+                download: None,
             });
         }
         let n = &nics[uplink];
@@ -665,10 +682,17 @@ impl ManagementNetwork {
         option
     }
 
+    /// Ends the interface and its connections (uploads are kept for removal at the next poll).
+    fn drop_stack(&mut self) {
+        if let Some(mut stack) = self.stack.take() {
+            self.abandoned.extend(stack.conns.iter_mut().filter_map(|c| c.upload.take()).map(|(u, _)| u));
+        }
+    }
+
     /// Stops the interface and starts it again with the current configuration.
     pub fn restart(&mut self, nics: &mut [ManagedNic], now: u64) {
         self.log.push(String::from("management network: restarting"));
-        self.stack = None;
+        self.drop_stack();
         self.start(nics, now);
     }
 
@@ -684,6 +708,9 @@ impl ManagementNetwork {
     /// served), so the caller can keep polling instead of sleeping.
     pub fn poll(&mut self, host: &mut HostState, nics: &mut [ManagedNic], now: u64) -> bool {
         host.now_ms = now;
+        for u in self.abandoned.drain(..) {
+            u.abort(&mut host.disks);
+        }
         tls::server::set_clock(host.unix_now().unwrap_or(tls::server::JAN_2025.saturating_add(now / 1000)));
         if now.saturating_sub(self.last_renewal_check) >= 3_600_000 && !host.saving() {
             self.last_renewal_check = now;
@@ -1232,6 +1259,13 @@ fn serve_http(
                 }
             }
         }
+        if !matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+            // The connection went away: an upload it carried is removed, a download dropped.
+            if let Some((u, _)) = c.upload.take() {
+                u.abort(&mut host.disks);
+            }
+            c.download = None;
+        }
         let kind = usize::from(c.port == HTTPS_PORT);
         let age = now.saturating_sub(c.state_since);
         match state {
@@ -1383,13 +1417,73 @@ fn serve_connection(
         s.abort();
         return busy;
     }
+    // An upload takes the body bytes as they arrive (bounded by the input buffer, so each pass
+    // writes at most a few pieces), and is answered when the last one is stored.
+    if let Some((u, keep)) = c.upload.as_mut() {
+        let keep = *keep;
+        match u.feed(&mut host.disks, &c.inbuf) {
+            Ok(used) => {
+                c.inbuf.drain(..used);
+                busy |= used > 0;
+            }
+            Err(resp) => {
+                if let Some((u, _)) = c.upload.take() {
+                    u.abort(&mut host.disks);
+                }
+                c.out = resp.to_bytes(false);
+                c.out_pos = 0;
+                c.close_after = true;
+                c.inbuf.clear();
+            }
+        }
+        if c.upload.as_ref().is_some_and(|(u, _)| u.done()) {
+            if let Some((u, _)) = c.upload.take() {
+                c.out = u.finish(&mut host.disks).to_bytes(keep);
+                c.out_pos = 0;
+                c.close_after = !keep;
+                busy = true;
+            }
+        } else if c.upload.is_some() && now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS {
+            // A client that stopped sending: the upload is removed and the connection ends.
+            if let Some((u, _)) = c.upload.take() {
+                u.abort(&mut host.disks);
+            }
+            s.abort();
+            return busy;
+        }
+    }
     // Answer the next request once the previous answer is out: one held back while a change was
     // being saved, or the next one the client sent.
-    if c.out.is_empty() && c.resolving.is_none() && c.saving.is_none() && !c.close_after {
+    if c.out.is_empty()
+        && c.resolving.is_none()
+        && c.saving.is_none()
+        && c.upload.is_none()
+        && c.download.is_none()
+        && !c.close_after
+    {
         let next = match c.waiting.take() {
             Some(req) => Some(req),
             None if c.inbuf.is_empty() => None,
-            None => match parse_request(&c.inbuf) {
+            None => match parse_request_with(&c.inbuf, |m, p, t| {
+                c.port == HTTPS_PORT && datastores::is_upload(m, p, t)
+            }) {
+                Parsed::Streamed(mut req, head_len, len) => {
+                    req.peer = s.remote_endpoint().map(|e| e.addr.into());
+                    c.inbuf.drain(..head_len);
+                    c.request_started = None;
+                    busy = true;
+                    match datastores::begin_upload(host, &req, len, now) {
+                        Ok(u) => c.upload = Some((u, req.keep_alive)),
+                        Err(resp) => {
+                            // The body was not read: the connection ends after the answer.
+                            c.out = resp.to_bytes(false);
+                            c.out_pos = 0;
+                            c.close_after = true;
+                            c.inbuf.clear();
+                        }
+                    }
+                    None
+                }
                 Parsed::Complete(mut req, used) => {
                     req.peer = s.remote_endpoint().map(|e| e.addr.into());
                     c.inbuf.drain(..used);
@@ -1462,6 +1556,11 @@ fn serve_connection(
                     Reply::Saving(ticket, then) => {
                         c.saving = Some(SavingReply { ticket, then, keep_alive: req.keep_alive })
                     }
+                    Reply::Download(head, d) => {
+                        c.close_after = !keep;
+                        c.out = head.head(d.size, keep);
+                        c.download = (!d.done()).then_some(d);
+                    }
                 }
                 c.out_pos = 0;
                 busy = true;
@@ -1470,12 +1569,34 @@ fn serve_connection(
         }
     }
     let s = stack.sockets.get_mut::<tcp::Socket>(c.handle);
+    // A download's next piece, once the previous one has left (over TLS: its ciphertext too), so
+    // a slow client holds one piece of memory.
+    if let Some(d) = c.download.as_mut() {
+        if c.out_pos >= c.out.len() && c.tls.as_deref().is_none_or(|t| t.flushed()) {
+            match d.next(&mut host.disks) {
+                Ok(piece) => {
+                    c.out = piece;
+                    c.out_pos = 0;
+                    if d.done() {
+                        c.download = None;
+                    }
+                    busy = true;
+                }
+                Err(_) => {
+                    // The promised length cannot be kept: the client sees the connection end.
+                    c.download = None;
+                    s.abort();
+                    return busy;
+                }
+            }
+        }
+    }
     // Over TLS: the answer goes to the session, its ciphertext to the socket.
     if let Some(t) = c.tls.as_deref_mut() {
         if c.out_pos < c.out.len() {
             t.write(&c.out[c.out_pos..]);
             c.out_pos = c.out.len();
-            if c.close_after {
+            if c.close_after && c.download.is_none() {
                 t.close();
             }
         }
@@ -1522,7 +1643,7 @@ fn serve_connection(
     if c.out_pos >= c.out.len() && !c.out.is_empty() {
         c.out.clear();
         c.out_pos = 0;
-        if c.close_after {
+        if c.close_after && c.download.is_none() {
             s.close();
             return busy;
         }
@@ -1531,7 +1652,11 @@ fn serve_connection(
     // `Connection: close`, or when a keep-alive connection has been idle too long.
     let idle = now.saturating_sub(c.last_progress) > IDLE_TIMEOUT_MS;
     let peer_done = state == tcp::State::CloseWait || c.tls.as_deref().is_some_and(|t| t.peer_closed());
-    let pending = c.resolving.is_some() || c.waiting.is_some() || c.saving.is_some();
+    let pending = c.resolving.is_some()
+        || c.waiting.is_some()
+        || c.saving.is_some()
+        || c.upload.is_some()
+        || c.download.is_some();
     if c.out.is_empty() && !pending && c.inbuf.is_empty() && (peer_done || c.close_after || idle) {
         if let Some(t) = c.tls.as_deref_mut() {
             // close_notify first (what fits the socket; the FIN follows it).
@@ -1590,6 +1715,7 @@ mod tests {
     use crate::nic::{FakeNic, Nic};
     use base64::Engine;
     use ember_storage::hostconfig::HostConfig;
+    use sha2::{Digest, Sha256};
 
     const SERVER_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
     const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
@@ -1962,6 +2088,133 @@ mod tests {
         assert!(r.contains("\"address\":\"10.0.0.1\""), "{r}");
         assert!(r.contains("\"mac\":\"52:54:00:00:00:01\""), "{r}");
         assert_eq!(w.server.console_address().1, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    /// A world whose host has one datastore on a 64 MiB in-memory disk.
+    fn world_with_datastore() -> World {
+        use ember_storage::block::MemDisk;
+        use ember_storage::disks::HostDisks;
+        use ember_storage::persist::Disk;
+        let mut w = World::new(static_cfg(None), None);
+        let disk = Disk::new("vda".into(), "virtio-blk", Box::new(MemDisk::new(512, 64 * 2048)));
+        w.host.disks = HostDisks::scan(vec![disk], None, 1, &mut Vec::new());
+        w.host.disks.create("datastore1", "vda", false).unwrap();
+        w
+    }
+
+    fn upload_head(path: &str, len: usize) -> String {
+        format!(
+            "PUT /api/v1/datastores/datastore1/files/{path} HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n",
+            auth_header()
+        )
+    }
+
+    #[test]
+    fn an_upload_is_streamed_to_the_datastore_and_a_download_streamed_back() {
+        let mut w = world_with_datastore();
+        // 2.2 MB: letters, with the second MiB (one file block) zeros, which stays unallocated.
+        let mut file: Vec<u8> = (0..2_200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        file[1 << 20..2 << 20].fill(0);
+        let h = w.client.connect(40030);
+        let mut req = upload_head("iso/linux/image.bin", file.len()).into_bytes();
+        req.extend_from_slice(&file);
+        w.send(h, &req);
+        let r = w.response(h, 60_000);
+        assert!(r.starts_with("HTTP/1.1 201 "), "{r}");
+        let want: String = Sha256::digest(&file).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(r.contains(&format!("\"sha256\":\"{want}\"")) && r.contains("\"size_bytes\":2200000"), "{r}");
+        // The same connection lists the directory: one file, the hidden upload file gone.
+        let list = format!(
+            "GET /api/v1/datastores/datastore1/files/iso/linux HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            auth_header()
+        );
+        w.send(h, list.as_bytes());
+        let r = w.response(h, 10_000);
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\"name\":\"image.bin\""), "{r}");
+        assert!(r.contains("\"entries\":[{"), "{r}");
+        assert!(!r.contains(".ember-upload"), "{r}");
+        let stat = w.host.disks.with("datastore1", |ds, _| ds.stat("iso/linux/image.bin")).unwrap().unwrap();
+        assert_eq!((stat.size, stat.allocated), (2_200_000, 2 << 20), "the zero block is not stored");
+        // Download.
+        let get = format!(
+            "GET /api/v1/datastores/datastore1/files/iso/linux/image.bin HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            auth_header()
+        );
+        w.send(h, get.as_bytes());
+        let r = w.response(h, 60_000);
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 200 ") && head.contains("Content-Type: application/octet-stream"),
+            "{head}"
+        );
+        assert_eq!(body.as_bytes(), &file[..]);
+        // Replacing it with a shorter upload, then deleting it.
+        let h2 = w.client.connect(40031);
+        let mut req = upload_head("iso/linux/image.bin", 5).into_bytes();
+        req.extend_from_slice(b"short");
+        w.send(h2, &req);
+        assert!(w.response(h2, 10_000).starts_with("HTTP/1.1 201 "));
+        let del = format!(
+            "DELETE /api/v1/datastores/datastore1/files/iso/linux/image.bin HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+            auth_header()
+        );
+        let h3 = w.client.connect(40032);
+        w.send(h3, del.as_bytes());
+        assert!(w.response(h3, 10_000).starts_with("HTTP/1.1 200 "));
+        assert!(w.host.disks.with("datastore1", |ds, _| ds.stat("iso/linux/image.bin")).unwrap().is_err());
+    }
+
+    #[test]
+    fn uploads_are_refused_before_their_body_and_a_cut_off_upload_leaves_nothing() {
+        let mut w = world_with_datastore();
+        // No credentials: 401 at the head, the connection ends.
+        let h = w.client.connect(40040);
+        let head = upload_head("a.bin", 10).replace(&auth_header(), "");
+        w.send(h, head.as_bytes());
+        assert!(w.response(h, 10_000).starts_with("HTTP/1.1 401 "));
+        // More than the free space: 507.
+        let h = w.client.connect(40041);
+        w.send(h, upload_head("big.bin", 1 << 30).as_bytes());
+        let r = w.response(h, 10_000);
+        assert!(r.starts_with("HTTP/1.1 507 ") && r.contains("not enough free space"), "{r}");
+        // A path leaving the datastore, and no such datastore.
+        let h = w.client.connect(40042);
+        w.send(h, upload_head("../../etc/passwd", 10).as_bytes());
+        assert!(w.response(h, 10_000).starts_with("HTTP/1.1 400 "));
+        let h = w.client.connect(40043);
+        w.send(h, upload_head("x", 10).replace("datastore1", "nope").as_bytes());
+        assert!(w.response(h, 10_000).starts_with("HTTP/1.1 404 "));
+        // A client that sends half and goes away: the hidden file is removed, nothing is listed.
+        let h = w.client.connect(40044);
+        let mut req = upload_head("dir/half.bin", 200_000).into_bytes();
+        req.extend_from_slice(&[7u8; 100_000]);
+        w.send(h, &req);
+        let hidden = |w: &mut World| {
+            w.host.disks.with("datastore1", |ds, _| ds.list("dir")).unwrap().map_or(0, |l| l.len())
+        };
+        // (`response` keeps the client's TLS data flowing while it waits.)
+        let early = w.response(h, 3_000);
+        assert!(early.is_empty(), "{early}");
+        assert_eq!(hidden(&mut w), 1, "its hidden file is there while it runs");
+        // A pause longer than a request may take, shorter than the idle time-out, is fine.
+        let early = w.response(h, 15_000);
+        assert!(early.is_empty(), "{early}");
+        assert_eq!(hidden(&mut w), 1, "its hidden file is there while it runs");
+        w.client.sockets.get_mut::<tcp::Socket>(h).abort();
+        w.run_until(5_000, |_| false);
+        assert_eq!(hidden(&mut w), 0, "and removed when the client goes away");
+        // A client that stops sending for longer than the idle time-out: removed, connection ended.
+        let h = w.client.connect(40045);
+        let mut req = upload_head("dir/stalled.bin", 200_000).into_bytes();
+        req.extend_from_slice(&[7u8; 1000]);
+        w.send(h, &req);
+        assert!(w.response(h, 3_000).is_empty());
+        assert_eq!(hidden(&mut w), 1);
+        w.response(h, IDLE_TIMEOUT_MS + 5_000);
+        assert_eq!(hidden(&mut w), 0);
+        assert!(!w.client.sockets.get::<tcp::Socket>(h).may_send(), "the connection ended");
+        let free = w.host.disks.datastore("datastore1").unwrap();
+        assert_eq!(free.free_bytes, free.capacity_bytes);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! virtio disk that holds data lists both through the API, makes a datastore on the blank one (and is
 //! refused on the other until told to overwrite it), finds the datastore again at the next boot, and
 //! the datastore checks clean offline with `ember-image datastore fsck` on the disk image QEMU used.
+//! A file is uploaded (streamed), listed, downloaded, copied out offline and deleted.
 #![forbid(unsafe_code)]
 
 use ember_systests::net::*;
@@ -29,6 +30,16 @@ fn boot(name: &str, img: &Path, ssd: &Path, data: &Path, port: u16) -> Qemu {
         "virtio-blk-pci,drive=old".into(),
     ];
     Qemu::start(&cfg)
+}
+
+fn base64_auth((user, password): (&str, &str)) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn disks(addr: SocketAddr) -> Vec<Value> {
@@ -89,12 +100,53 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
         Some(r#"{"name":"local nvme"}"#),
     );
     assert_eq!(r.status, 200, "{r:?}");
+
+    // A 3 MB image uploaded (streamed; its second MiB zeros, which stays unallocated), listed,
+    // downloaded back.
+    let mut file: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    file[1 << 20..2 << 20].fill(0);
+    let token = base64_auth(INITIAL);
+    let mut raw = format!(
+        "PUT /api/v1/datastores/local%20nvme/files/iso/test%20image.bin HTTP/1.1\r\nHost: ember\r\nConnection: close\r\n\
+         Authorization: Basic {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        file.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&file);
+    let r = exchange(addr, &raw, Duration::from_secs(120)).unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let want = sha256_hex(&file);
+    assert_eq!(r.json()["sha256"], want.as_str());
+    let r = request(addr, "GET", "/api/v1/datastores/local%20nvme/files/iso", Some(INITIAL), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let entry = r.json()["entries"][0].clone();
+    assert_eq!(
+        (entry["name"].as_str(), entry["size_bytes"].as_u64()),
+        (Some("test image.bin"), Some(3_000_000))
+    );
+    assert_eq!(entry["allocated_bytes"], 2u64 << 20, "the zero MiB is not stored: {entry}");
+    let r = request(
+        addr,
+        "GET",
+        "/api/v1/datastores/local%20nvme/files/iso/test%20image.bin",
+        Some(INITIAL),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.as_bytes() == &file[..], "the download is what was uploaded");
+    let r = request(addr, "GET", "/api/v1/datastores/local%20nvme/files/../x", Some(INITIAL), None);
+    assert_eq!(r.status, 400, "{r:?}");
     drop(q);
     assert_eq!(&std::fs::read(&data).unwrap()[..16], b"some old file sy", "the refused disk is untouched");
 
     // Offline, on any Linux machine: the datastore checks clean.
     let (ok, out, err) = run_tool(&["datastore", "fsck", ssd.to_str().unwrap()]);
     assert!(ok && out.contains("\"local nvme\"") && out.contains("clean"), "{out}{err}");
+    let copy = dir.path().join("copy.bin");
+    let (ok, out, err) =
+        run_tool(&["datastore", "get", ssd.to_str().unwrap(), "iso/test image.bin", copy.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(std::fs::read(&copy).unwrap() == file, "the offline copy is what was uploaded");
 
     let mut q = boot("datastores_reboot", &img, &ssd, &data, port);
     q.wait_for(&format!("datastore \"local nvme\" on {nvme_name} partition 1"), BOOT_TIMEOUT);
@@ -106,6 +158,16 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
     assert_eq!(v["datastores"][0]["uuid"], made["uuid"], "the same datastore");
     let nvme = disks(addr).into_iter().find(|d| d["name"] == nvme_name).unwrap();
     assert_eq!(nvme["used_by"], "datastore \"local nvme\"");
+    let r = request(addr, "GET", "/api/v1/datastores/local%20nvme/files/iso", Some(INITIAL), None);
+    assert_eq!(r.json()["entries"][0]["name"], "test image.bin", "the upload survived the reboot");
+    let r = request(
+        addr,
+        "DELETE",
+        "/api/v1/datastores/local%20nvme/files/iso/test%20image.bin",
+        Some(INITIAL),
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
     let r = request(addr, "DELETE", "/api/v1/datastores/local%20nvme", Some(INITIAL), None);
     assert_eq!(r.status, 200, "{r:?}");
     let r = request(addr, "GET", "/api/v1/datastores", Some(INITIAL), None);
