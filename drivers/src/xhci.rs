@@ -77,9 +77,10 @@ const PORT_RESET_CHANGE: u32 = 1 << 21;
 /// Status change bits, cleared by writing 1: never written back by accident.
 const PORT_CHANGE_BITS: u32 = 0x00fe_0000;
 
-/// Time-outs.
+/// Time-outs. A transfer may take as long as a SCSI command may (Linux's `sd` allows 30 s): a busy
+/// stick (or an emulated one on a loaded host) that answers in 10-30 s is slow, not broken.
 const COMMAND_TIMEOUT_MS: u64 = 5_000;
-const TRANSFER_TIMEOUT_MS: u64 = 10_000;
+const TRANSFER_TIMEOUT_MS: u64 = 30_000;
 
 /// Endpoint types in an endpoint context (6.2.3, table 6-9).
 pub const EP_BULK_OUT: u32 = 2;
