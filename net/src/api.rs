@@ -120,7 +120,7 @@ pub enum Reply {
     /// what this makes of its outcome.
     Saving(Ticket, AfterSave),
     /// A file download: these headers, then the file's bytes, read as the client takes them.
-    Download(Response, crate::datastores::Download),
+    Download(Response, Box<crate::datastores::Download>),
 }
 
 /// Makes the answer to a change from how its save ended.

@@ -24,17 +24,18 @@
 use crate::api::{authenticate, bad_request, json_body, Reply};
 use crate::host::HostState;
 use crate::http::{Request, Response};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use ember_storage::datastore::{DsError, InodeKind};
-use ember_storage::disks::{DatastoreReport, DiskReport, DisksError, HostDisks};
+use ember_storage::disks::{DatastoreReport, DiskReport, DisksError, HostDisks, MountId, UPLOAD_PREFIX};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// Bytes an upload collects before writing them (all-zero pieces are not written: thin).
-const UPLOAD_PIECE: usize = 64 * 1024;
+const UPLOAD_PIECE: usize = 32 * 1024;
 /// Bytes a download reads per refill of the connection's output.
 pub const DOWNLOAD_PIECE: usize = 32 * 1024;
 
@@ -85,8 +86,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = core::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(core::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -127,6 +131,9 @@ pub fn handle(disks: &mut HostDisks, req: &Request, now: u64) -> Option<Reply> {
         let (Some(name), Some(path)) = (percent_decode(raw_name), file.and_then(percent_decode)) else {
             return Some(Reply::Now(Response::error(404, "no such resource below a datastore")));
         };
+        if let Err(r) = not_hidden(&path) {
+            return Some(Reply::Now(r));
+        }
         return Some(files(disks, req, &name, &path, now));
     }
     let Some(name) = percent_decode(raw) else {
@@ -215,7 +222,7 @@ fn fs_refused(datastore: &str, path: &str, e: &DsError) -> Response {
             409
         }
         DsError::BadName(_) | DsError::Unsupported(_) => 400,
-        DsError::NoSpace { .. } | DsError::MetadataFull { .. } => 507,
+        DsError::NoSpace { .. } | DsError::MetadataFull { .. } | DsError::TooManyFiles => 507,
         DsError::TooLarge(_) => 413,
         DsError::Failed(_) => 503,
         DsError::Io(_) | DsError::Damaged(_) | DsError::NotADatastore { .. } => 500,
@@ -240,34 +247,41 @@ fn files(disks: &mut HostDisks, req: &Request, name: &str, path: &str, now: u64)
     };
     match req.method.as_str() {
         "GET" => {
+            let mount = disks.mount_id(name).unwrap_or(0);
             let r = disks.with(name, |ds, _| {
                 let e = ds.stat(path)?;
                 if e.kind == InodeKind::File {
                     return Ok(Err(Download {
                         datastore: name.to_string(),
+                        mount,
                         id: e.id,
                         offset: 0,
                         size: e.size,
                     }));
                 }
-                let entries: Vec<Value> = ds
-                    .list(path)?
-                    .iter()
-                    .filter(|e| !e.name.starts_with(UPLOAD_PREFIX))
-                    .map(|e| {
-                        json!({
-                            "name": e.name,
-                            "type": kind_name(e.kind),
-                            "size_bytes": e.size,
-                            "allocated_bytes": e.allocated,
-                            "modified": e.mtime,
-                        })
-                    })
-                    .collect();
-                Ok(Ok(json!({ "datastore": name, "path": path, "entries": entries })))
+                // Written entry by entry (no JSON tree of the whole directory in memory).
+                let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                let mut out = format!("{{\"datastore\":{},\"path\":{},\"entries\":[", quoted(name), quoted(path));
+                let mut first = true;
+                for e in ds.list(path)?.iter().filter(|e| !e.name.starts_with(UPLOAD_PREFIX)) {
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str(&format!(
+                        "{{\"name\":{},\"type\":\"{}\",\"size_bytes\":{},\"allocated_bytes\":{},\"modified\":{}}}",
+                        quoted(&e.name),
+                        kind_name(e.kind),
+                        e.size,
+                        e.allocated,
+                        e.mtime
+                    ));
+                }
+                out.push_str("]}");
+                Ok(Ok(out))
             });
             match r {
-                Ok(Ok(Ok(listing))) => Reply::Now(Response::json(200, listing.to_string())),
+                Ok(Ok(Ok(listing))) => Reply::Now(Response::json(200, listing)),
                 Ok(Ok(Err(d))) => {
                     let head = Response {
                         status: 200,
@@ -275,7 +289,7 @@ fn files(disks: &mut HostDisks, req: &Request, name: &str, path: &str, now: u64)
                         body: Vec::new(),
                         headers: Vec::new(),
                     };
-                    Reply::Download(head, d)
+                    Reply::Download(head, Box::new(d))
                 }
                 Ok(Err(e)) => Reply::Now(fs_refused(name, path, &e)),
                 Err(e) => refused(&e),
@@ -308,8 +322,13 @@ fn files(disks: &mut HostDisks, req: &Request, name: &str, path: &str, now: u64)
     }
 }
 
-/// Hidden files that uploads write into until they are complete.
-const UPLOAD_PREFIX: &str = ".ember-upload-";
+/// Refuses a path with a component in Ember's hidden upload namespace.
+fn not_hidden(path: &str) -> Result<(), Response> {
+    if path.split('/').any(|c| c.starts_with(UPLOAD_PREFIX)) {
+        return Err(Response::error(400, "path: names starting with .ember-upload- are Ember's own"));
+    }
+    Ok(())
+}
 
 /// Whether a request is an upload, whose body the server streams to [`begin_upload`].
 pub fn is_upload(method: &str, path: &str, content_type: Option<&str>) -> bool {
@@ -323,6 +342,8 @@ pub fn is_upload(method: &str, path: &str, content_type: Option<&str>) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Download {
     datastore: String,
+    /// The datastore's mount: a rename or a new datastore of the same name never changes what is sent.
+    mount: MountId,
     id: u64,
     offset: u64,
     /// The length promised in the answer's head.
@@ -340,7 +361,8 @@ impl Download {
         let mut buf = vec![0u8; want];
         let (id, offset) = (self.id, self.offset);
         let got = disks
-            .with(&self.datastore, |ds, dev| ds.read(dev, id, offset, &mut buf))
+            .with_mount(self.mount, |ds, dev| ds.read(dev, id, offset, &mut buf))
+            .ok_or_else(|| format!("datastore {:?} was removed", self.datastore))?
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         if got < want {
@@ -359,6 +381,8 @@ impl Download {
 /// An upload in progress.
 pub struct Upload {
     datastore: String,
+    /// The datastore's mount (as [`Download::mount`]).
+    mount: MountId,
     path: String,
     temp: String,
     id: u64,
@@ -391,9 +415,10 @@ pub fn begin_upload(host: &mut HostState, req: &Request, len: u64, now_ms: u64) 
         Some((d, f)) => (String::from(d), String::from(f)),
         None => (String::new(), path.clone()),
     };
-    if file.starts_with(UPLOAD_PREFIX) {
-        return Err(Response::error(400, "path: names starting with .ember-upload- are Ember's own"));
-    }
+    not_hidden(&path)?;
+    let Some(mount) = host.disks.mount_id(&name) else {
+        return Err(Response::error(404, &format!("no datastore named {name:?}")));
+    };
     let started = host.disks.with(&name, |ds, dev| {
         if let Ok(e) = ds.stat(&path) {
             if e.kind == InodeKind::Directory {
@@ -421,6 +446,7 @@ pub fn begin_upload(host: &mut HostState, req: &Request, len: u64, now_ms: u64) 
     match started {
         Ok(Ok((temp, id))) => Ok(Upload {
             datastore: name,
+            mount,
             path,
             temp,
             id,
@@ -466,49 +492,63 @@ impl Upload {
         let (id, offset, now) = (self.id, self.offset, self.now);
         let piece = core::mem::take(&mut self.piece);
         let r = if piece.iter().all(|&b| b == 0) {
-            Ok(Ok(()))
+            Some(Ok(Ok(())))
         } else {
-            disks.with(&self.datastore, |ds, dev| ds.write(dev, id, offset, &piece, now))
+            disks.with_mount(self.mount, |ds, dev| ds.write(dev, id, offset, &piece, now))
         };
         self.offset += piece.len() as u64;
         self.piece = piece;
         self.piece.clear();
         match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(fs_refused(&self.datastore, &self.path, &e)),
-            Err(e) => Err(Response::error(500, &e.to_string())),
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(fs_refused(&self.datastore, &self.path, &e)),
+            Some(Err(e)) => Err(Response::error(500, &e.to_string())),
+            None => Err(removed(&self.datastore)),
         }
     }
 
     /// The upload is complete: the hidden file takes the target's place and everything is
-    /// committed; the answer carries the size and SHA-256 of what was stored.
+    /// committed; the answer carries the size and SHA-256 of what was stored. When it cannot take
+    /// the target's place, it is removed and the answer says why.
     pub fn finish(self, disks: &mut HostDisks) -> Response {
-        let Upload { datastore, path, temp, id, offset, now, sha, .. } = self;
-        let r = disks.with(&datastore, |ds, dev| {
+        let (id, offset, now) = (self.id, self.offset, self.now);
+        let (path, temp) = (self.path.clone(), self.temp.clone());
+        let r = disks.with_mount(self.mount, |ds, dev| {
             ds.set_len(dev, id, offset, now)?;
-            if ds.stat(&path).is_ok() {
-                ds.remove(&path)?;
+            match ds.stat(&path) {
+                // Only a file is replaced (the target may have changed while the upload ran).
+                Ok(e) if e.kind == InodeKind::Directory => return Err(DsError::IsADirectory(path.clone())),
+                Ok(_) => ds.remove(&path)?,
+                Err(_) => {}
             }
             ds.rename(&temp, &path, now)?;
             ds.commit(dev)
         });
-        let hex: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        match r {
-            Ok(Ok(())) => Response::json(
-                201,
-                json!({ "datastore": datastore, "path": path, "size_bytes": offset, "sha256": hex })
-                    .to_string(),
-            ),
-            Ok(Err(e)) => fs_refused(&datastore, &path, &e),
-            Err(e) => Response::error(500, &e.to_string()),
-        }
+        let hex: String = self.sha.clone().finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let refusal =
+            match r {
+                Some(Ok(Ok(()))) => return Response::json(
+                    201,
+                    json!({ "datastore": self.datastore, "path": path, "size_bytes": offset, "sha256": hex })
+                        .to_string(),
+                ),
+                Some(Ok(Err(e))) => fs_refused(&self.datastore, &path, &e),
+                Some(Err(e)) => Response::error(500, &e.to_string()),
+                None => removed(&self.datastore),
+            };
+        self.abort(disks);
+        refusal
     }
 
-    /// The upload ended early: its hidden file is removed.
+    /// The upload ended early (or could not take the target's place): its hidden file is removed.
     pub fn abort(self, disks: &mut HostDisks) {
-        let _ = disks.with(&self.datastore, |ds, dev| {
+        let _ = disks.with_mount(self.mount, |ds, dev| {
             ds.remove(&self.temp)?;
             ds.commit(dev)
         });
     }
+}
+
+fn removed(datastore: &str) -> Response {
+    Response::error(404, &format!("datastore {datastore:?} was removed during the transfer"))
 }

@@ -28,6 +28,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The client sent `Expect: 100-continue` (it may wait for `100 Continue` before the body).
+    pub expect_continue: bool,
     /// The client's address (set by the server that took the request; the parser leaves it
     /// empty).
     pub peer: Option<core::net::IpAddr>,
@@ -104,6 +106,7 @@ pub fn parse_request_with(buf: &[u8], streamed: impl Fn(&str, &str, Option<&str>
     let mut host = None;
     let mut connection_close = false;
     let mut connection_keep = false;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let Some(n) = core::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok())
@@ -119,6 +122,12 @@ pub fn parse_request_with(buf: &[u8], streamed: impl Fn(&str, &str, Option<&str>
                 501,
                 "Transfer-Encoding request bodies are not supported; send Content-Length",
             ));
+        } else if h.name.eq_ignore_ascii_case("expect") {
+            // RFC 9110 10.1.1: 100-continue is the only expectation there is.
+            if !core::str::from_utf8(h.value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("100-continue")) {
+                return Parsed::Error(HttpError::new(417, "the only expectation supported is 100-continue"));
+            }
+            expect_continue = true;
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value.to_vec());
         } else if h.name.eq_ignore_ascii_case("host") {
@@ -161,6 +170,7 @@ pub fn parse_request_with(buf: &[u8], streamed: impl Fn(&str, &str, Option<&str>
         host,
         body: Vec::new(),
         keep_alive,
+        expect_continue,
         peer: None,
     };
     if streamed(&request.method, &request.path, request.content_type.as_deref()) {
@@ -253,6 +263,7 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         411 => "Length Required",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -329,6 +340,12 @@ mod tests {
         assert!(matches!(parse_request_with(no_len, up), Parsed::Error(e) if e.status == 411));
         let huge = b"PUT /up/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 99999999999999999\r\n\r\n";
         assert!(matches!(parse_request_with(huge, up), Parsed::Error(e) if e.status == 413));
+        let with_expect = b"PUT /up/a HTTP/1.1\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        assert!(
+            matches!(parse_request_with(with_expect, up), Parsed::Streamed(r, _, 3) if r.expect_continue)
+        );
+        let odd = b"PUT /up/a HTTP/1.1\r\nExpect: something-else\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(parse_request_with(odd, up), Parsed::Error(e) if e.status == 417));
         // The same request not streamed is held to the body limit.
         assert!(matches!(parse_request(head), Parsed::Error(e) if e.status == 413));
     }

@@ -129,7 +129,7 @@ struct Conn {
     /// An upload whose body is arriving, and whether the client asked to keep the connection.
     upload: Option<(Upload, bool)>,
     /// A file being sent: the next piece goes out once the previous one has.
-    download: Option<Download>,
+    download: Option<Box<Download>>,
 }
 
 struct SavingReply {
@@ -1438,7 +1438,10 @@ fn serve_connection(
         }
         if c.upload.as_ref().is_some_and(|(u, _)| u.done()) {
             if let Some((u, _)) = c.upload.take() {
-                c.out = u.finish(&mut host.disks).to_bytes(keep);
+                // After whatever is still unsent (a `100 Continue`).
+                let mut out = c.out.split_off(c.out_pos.min(c.out.len()));
+                out.extend(u.finish(&mut host.disks).to_bytes(keep));
+                c.out = out;
                 c.out_pos = 0;
                 c.close_after = !keep;
                 busy = true;
@@ -1473,7 +1476,14 @@ fn serve_connection(
                     c.request_started = None;
                     busy = true;
                     match datastores::begin_upload(host, &req, len, now) {
-                        Ok(u) => c.upload = Some((u, req.keep_alive)),
+                        Ok(u) => {
+                            c.upload = Some((u, req.keep_alive));
+                            if req.expect_continue {
+                                // The client waits for this before it sends the body (RFC 9110 10.1.1).
+                                c.out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+                                c.out_pos = 0;
+                            }
+                        }
                         Err(resp) => {
                             // The body was not read: the connection ends after the answer.
                             c.out = resp.to_bytes(false);
@@ -2162,6 +2172,61 @@ mod tests {
         w.send(h3, del.as_bytes());
         assert!(w.response(h3, 10_000).starts_with("HTTP/1.1 200 "));
         assert!(w.host.disks.with("datastore1", |ds, _| ds.stat("iso/linux/image.bin")).unwrap().is_err());
+    }
+
+    #[test]
+    fn an_upload_follows_its_datastore_through_renames_and_expect_continue_is_answered() {
+        let mut w = world_with_datastore();
+        // A second datastore whose file must not be touched.
+        {
+            use ember_storage::block::MemDisk;
+            use ember_storage::disks::HostDisks;
+            use ember_storage::persist::Disk;
+            let disks = vec![
+                Disk::new("vda".into(), "virtio-blk", Box::new(MemDisk::new(512, 64 * 2048))),
+                Disk::new("vdb".into(), "virtio-blk", Box::new(MemDisk::new(512, 64 * 2048))),
+            ];
+            w.host.disks = HostDisks::scan(disks, None, 1, &mut Vec::new());
+            w.host.disks.create("datastore1", "vda", false).unwrap();
+            w.host.disks.create("ds2", "vdb", false).unwrap();
+            w.host
+                .disks
+                .with("ds2", |ds, dev| {
+                    let id = ds.create("victim.bin", 1)?;
+                    ds.write(dev, id, 0, &[9u8; 200_000], 1)?;
+                    ds.commit(dev)
+                })
+                .unwrap()
+                .unwrap();
+        }
+        let h = w.client.connect(40050);
+        let head = upload_head("new.bin", 131_072)
+            .replace("Content-Length", "Expect: 100-continue\r\nContent-Length");
+        w.send(h, head.as_bytes());
+        let r = w.response(h, 3_000);
+        assert!(r.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{r:?}");
+        w.send(h, &[1u8; 65_536]);
+        assert!(w.response(h, 2_000).is_empty());
+        // The names are swapped while the body is on its way.
+        w.host.disks.rename("datastore1", "old").unwrap();
+        w.host.disks.rename("ds2", "datastore1").unwrap();
+        w.send(h, &[1u8; 65_536]);
+        let r = w.response(h, 10_000);
+        assert!(r.starts_with("HTTP/1.1 201 "), "{r}");
+        let victim = w.host.disks.with("datastore1", |ds, dev| {
+            let e = ds.stat("victim.bin")?;
+            let mut buf = vec![0u8; 200_000];
+            ds.read(dev, e.id, 0, &mut buf)?;
+            Ok((e.size, buf))
+        });
+        let (size, bytes) = victim.unwrap().unwrap();
+        assert_eq!(size, 200_000);
+        assert!(bytes.iter().all(|&b| b == 9), "the other datastore's file is untouched");
+        assert_eq!(w.host.disks.with("old", |ds, _| ds.stat("new.bin")).unwrap().unwrap().size, 131_072);
+        // Hidden names cannot be reached.
+        let h = w.client.connect(40051);
+        w.send(h, upload_head(".ember-upload-x/y/f", 3).as_bytes());
+        assert!(w.response(h, 5_000).starts_with("HTTP/1.1 400 "));
     }
 
     #[test]

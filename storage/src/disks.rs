@@ -24,6 +24,40 @@ use alloc::vec::Vec;
 use core::fmt;
 use gpt_disk_types::Guid;
 
+/// Files an upload writes into until it is complete (`.ember-upload-...`); what a power cut or a
+/// crash leaves of them is removed when the datastore is mounted.
+pub const UPLOAD_PREFIX: &str = ".ember-upload-";
+
+/// The most directories [`sweep_uploads`] looks into (the walk is bounded whatever the datastore holds).
+const SWEEP_DIRECTORIES: usize = 100_000;
+
+/// Removes every file named `.ember-upload-*` (an upload that never finished) and commits; returns
+/// how many there were.
+pub fn sweep_uploads(ds: &mut Datastore, dev: &mut dyn BlockDevice) -> Result<usize, DsError> {
+    let mut found = Vec::new();
+    let mut dirs = vec![String::new()];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        seen += 1;
+        if seen > SWEEP_DIRECTORIES {
+            break;
+        }
+        for e in ds.list(&dir)? {
+            let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
+            match e.kind {
+                crate::datastore::InodeKind::Directory => dirs.push(path),
+                crate::datastore::InodeKind::File if e.name.starts_with(UPLOAD_PREFIX) => found.push(path),
+                crate::datastore::InodeKind::File => {}
+            }
+        }
+    }
+    for path in &found {
+        ds.remove(path)?;
+    }
+    ds.commit(dev)?;
+    Ok(found.len())
+}
+
 /// The smallest disk a datastore is made on.
 pub const MIN_DATASTORE_DISK: u64 = 64 << 20;
 
@@ -131,11 +165,17 @@ impl fmt::Display for DisksError {
 struct Mounted {
     /// Its name on this host (the label, or `label (n)` when the label is taken).
     name: String,
+    /// Never reused while the host runs: what a transfer holds on to, so a rename (or a removal and
+    /// a new datastore of the same name) cannot send its bytes elsewhere.
+    mount_id: MountId,
     disk: usize,
     first_lba: u64,
     blocks: u64,
     ds: Datastore,
 }
+
+/// Names one mounted datastore for as long as the host runs (see [`HostDisks::with_mount`]).
+pub type MountId = u64;
 
 /// The boot media, for listing only (its disk belongs to the configuration store).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +196,8 @@ pub struct HostDisks {
     mounted: Vec<Mounted>,
     /// Source of partition and datastore GUIDs (mixed with a per-boot random seed).
     seed: u64,
+    /// The next [`MountId`].
+    next_mount: MountId,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -173,14 +215,27 @@ fn guid_string(b: &[u8; 16]) -> String {
 impl HostDisks {
     /// No disks (a host whose disks could not be probed, and tests).
     pub fn none() -> HostDisks {
-        HostDisks { disks: Vec::new(), used: Vec::new(), boot: None, mounted: Vec::new(), seed: 0 }
+        HostDisks {
+            disks: Vec::new(),
+            used: Vec::new(),
+            boot: None,
+            mounted: Vec::new(),
+            seed: 0,
+            next_mount: 1,
+        }
     }
 
     /// Scans `disks` (the boot media already taken out) and mounts every datastore found; `log`
     /// receives a line per datastore and per problem. `seed` is random per boot.
     pub fn scan(disks: Vec<Disk>, boot: Option<BootMedia>, seed: u64, log: &mut Vec<String>) -> HostDisks {
-        let mut h =
-            HostDisks { used: vec![UsedBy::Free; disks.len()], disks, boot, mounted: Vec::new(), seed };
+        let mut h = HostDisks {
+            used: vec![UsedBy::Free; disks.len()],
+            disks,
+            boot,
+            mounted: Vec::new(),
+            seed,
+            next_mount: 1,
+        };
         for i in 0..h.disks.len() {
             h.mount_disk(i, log);
             h.used[i] = h.classify(i);
@@ -195,7 +250,20 @@ impl HostDisks {
         for p in table.partitions.iter().filter(|p| p.type_guid == DATASTORE_TYPE) {
             let Some(mut w) = Window::new(disk.dev.as_mut(), p.first_lba, p.blocks()) else { continue };
             match Datastore::mount(&mut w) {
-                Ok(ds) => {
+                Ok(mut ds) => {
+                    match sweep_uploads(&mut ds, &mut w) {
+                        Ok(0) => {}
+                        Ok(n) => log.push(format!(
+                            "{} partition {}: {n} unfinished upload(s) removed",
+                            disk.name,
+                            p.index + 1
+                        )),
+                        Err(e) => log.push(format!(
+                            "{} partition {}: removing unfinished uploads: {e}",
+                            disk.name,
+                            p.index + 1
+                        )),
+                    }
                     let label = ds.label().to_string();
                     let mut name = label.clone();
                     let mut n = 2;
@@ -212,8 +280,11 @@ impl HostDisks {
                         u.free >> 20,
                         if name != label { " (its own name is taken on this host)" } else { "" }
                     ));
+                    let mount_id = self.next_mount;
+                    self.next_mount += 1;
                     self.mounted.push(Mounted {
                         name,
+                        mount_id,
                         disk: i,
                         first_lba: p.first_lba,
                         blocks: p.blocks(),
@@ -379,8 +450,11 @@ impl HostDisks {
         gpt::write_gpt(dev, Guid::from_bytes(ids[2]), &[part])
             .map_err(|e| failed("writing the partition table", &e))?;
         dev.flush().map_err(|e| failed("flushing", &e))?;
+        let mount_id = self.next_mount;
+        self.next_mount += 1;
         self.mounted.push(Mounted {
             name: name.to_string(),
+            mount_id,
             disk: i,
             first_lba: first,
             blocks: part_blocks,
@@ -415,8 +489,8 @@ impl HostDisks {
         if let Some(why) = in_use {
             return Err(DisksError::Busy { name: name.to_string(), why });
         }
-        let m = self.mounted.remove(k);
-        let disk = &mut self.disks[m.disk];
+        let (disk_index, first_lba) = (self.mounted[k].disk, self.mounted[k].first_lba);
+        let disk = &mut self.disks[disk_index];
         let failed =
             |what: &str, e: &dyn fmt::Display| DisksError::Failed(format!("disk {}: {what}: {e}", disk.name));
         let dev = disk.dev.as_mut();
@@ -424,7 +498,7 @@ impl HostDisks {
         let keep: Vec<NewPartition<'_>> = table
             .partitions
             .iter()
-            .filter(|p| p.first_lba != m.first_lba)
+            .filter(|p| p.first_lba != first_lba)
             .map(|p| NewPartition {
                 type_guid: p.type_guid,
                 unique_guid: p.unique_guid,
@@ -437,10 +511,11 @@ impl HostDisks {
         gpt::write_gpt(dev, table.disk_guid, &keep).map_err(|e| failed("writing the partition table", &e))?;
         let bs = dev.block_size() as usize;
         let zeros = vec![0u8; (8192usize).div_ceil(bs) * bs];
-        dev.write_blocks(m.first_lba, &zeros).map_err(|e| failed("erasing the superblocks", &e))?;
+        dev.write_blocks(first_lba, &zeros).map_err(|e| failed("erasing the superblocks", &e))?;
         dev.flush().map_err(|e| failed("flushing", &e))?;
-        let i = m.disk;
-        self.used[i] = self.classify(i);
+        // Unmounted only now: a failed write leaves it listed (and still on the disk).
+        self.mounted.remove(k);
+        self.used[disk_index] = self.classify(disk_index);
         Ok(())
     }
 
@@ -458,6 +533,30 @@ impl HostDisks {
         f: impl FnOnce(&mut Datastore, &mut dyn BlockDevice) -> Result<T, DsError>,
     ) -> Result<Result<T, DsError>, DisksError> {
         let k = self.index(name)?;
+        self.with_index(k, f)
+    }
+
+    /// The mount of the datastore named `name` now (see [`HostDisks::with_mount`]).
+    pub fn mount_id(&self, name: &str) -> Option<MountId> {
+        self.mounted.iter().find(|m| m.name == name).map(|m| m.mount_id)
+    }
+
+    /// Runs `f` on the datastore of mount `id`, whatever it is called now; `None` when it was
+    /// removed since.
+    pub fn with_mount<T>(
+        &mut self,
+        id: MountId,
+        f: impl FnOnce(&mut Datastore, &mut dyn BlockDevice) -> Result<T, DsError>,
+    ) -> Option<Result<Result<T, DsError>, DisksError>> {
+        let k = self.mounted.iter().position(|m| m.mount_id == id)?;
+        Some(self.with_index(k, f))
+    }
+
+    fn with_index<T>(
+        &mut self,
+        k: usize,
+        f: impl FnOnce(&mut Datastore, &mut dyn BlockDevice) -> Result<T, DsError>,
+    ) -> Result<Result<T, DsError>, DisksError> {
         let (m, disks) = (&mut self.mounted[k], &mut self.disks);
         let mut w = Window::new(disks[m.disk].dev.as_mut(), m.first_lba, m.blocks)
             .ok_or_else(|| DisksError::Failed(String::from("the partition left the disk")))?;

@@ -34,6 +34,9 @@ pub const MAX_META_NODES: u32 = 1 << 18;
 /// The most file blocks (64 TiB at 1 MiB): the allocation maps take one bit per block, twice, in
 /// the appliance's memory.
 pub const MAX_DATA_BLOCKS: u64 = 1 << 26;
+/// The most files and directories in one datastore: the appliance keeps the whole tree in memory
+/// (a few hundred bytes each, in a 16 MiB heap shared with everything else).
+pub const MAX_INODES: usize = 4096;
 /// Bytes of an extent record.
 pub const EXTENT_LEN: usize = 20;
 /// Bytes of an inode record before its name.

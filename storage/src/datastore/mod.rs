@@ -67,6 +67,8 @@ pub enum DsError {
     MetadataFull { needed: usize, free: usize },
     /// A file would grow past [`MAX_FILE_BYTES`].
     TooLarge(u64),
+    /// The datastore holds as many files and directories as it may ([`format::MAX_INODES`]).
+    TooManyFiles,
     /// An earlier commit failed part way; nothing more is written until the datastore is mounted again.
     Failed(String),
 }
@@ -93,6 +95,9 @@ impl fmt::Display for DsError {
                 write!(f, "metadata area full: {needed} nodes needed, {free} free")
             }
             DsError::TooLarge(n) => write!(f, "a file of {n} bytes exceeds the {MAX_FILE_BYTES}-byte limit"),
+            DsError::TooManyFiles => {
+                write!(f, "the datastore holds {} files and directories, the most it may", format::MAX_INODES)
+            }
             DsError::Failed(m) => {
                 write!(f, "datastore is read-only after a failed write ({m}); mount it again")
             }
@@ -522,6 +527,13 @@ impl Datastore {
                 sb.table_len
             )));
         }
+        if sb.table_records as usize > format::MAX_INODES {
+            return Err(DsError::Unsupported(format!(
+                "the datastore holds {} files and directories; this build handles at most {}",
+                sb.table_records,
+                format::MAX_INODES
+            )));
+        }
         let mut inodes = BTreeMap::new();
         let mut names: BTreeMap<(u64, String), u64> = BTreeMap::new();
         let mut pos = 0usize;
@@ -860,6 +872,9 @@ impl Datastore {
         if self.names.contains_key(&(parent, name.to_string())) {
             return Err(DsError::Exists(path.to_string()));
         }
+        if self.inodes.len() >= format::MAX_INODES {
+            return Err(DsError::TooManyFiles);
+        }
         let id = self.next_inode;
         self.next_inode =
             id.checked_add(1).ok_or_else(|| DsError::Damaged(String::from("inode numbers are exhausted")))?;
@@ -896,6 +911,9 @@ impl Datastore {
                 }
                 Some(_) => return Err(DsError::NotADirectory(path.to_string())),
                 None => {
+                    if self.inodes.len() >= format::MAX_INODES {
+                        return Err(DsError::TooManyFiles);
+                    }
                     let child = self.next_inode;
                     self.next_inode = child
                         .checked_add(1)

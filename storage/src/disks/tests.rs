@@ -128,3 +128,26 @@ fn a_name_found_twice_is_shown_with_a_suffix_and_a_damaged_datastore_is_reported
     assert!(log.iter().any(|l| l.contains("vdb partition 1: datastore not mounted")), "{log:?}");
     assert_eq!(h.disks()[1].used_by.to_string(), "partitions \"Ember datastore (does not mount)\"");
 }
+
+#[test]
+fn unfinished_uploads_are_removed_at_mount() {
+    let a = shared(96 * MIB);
+    let mut h = HostDisks::scan(vec![disk("vda", &a)], None, 1, &mut Vec::new());
+    h.create("ds", "vda", false).unwrap();
+    h.with("ds", |ds, dev| {
+        ds.mkdir_all("iso/x", 1)?;
+        let id = ds.create(&format!("iso/x/{UPLOAD_PREFIX}5-0"), 1)?;
+        ds.write(dev, id, 0, &[1; 5000], 1)?;
+        ds.create("iso/keep.iso", 1)?;
+        ds.commit(dev)
+    })
+    .unwrap()
+    .unwrap();
+    let mut log = Vec::new();
+    let mut h = HostDisks::scan(vec![disk("vda", &a)], None, 2, &mut log);
+    assert!(log.iter().any(|l| l.contains("1 unfinished upload(s) removed")), "{log:?}");
+    let listed = h.with("ds", |ds, _| ds.list("iso/x")).unwrap().unwrap();
+    assert!(listed.is_empty());
+    assert!(h.with("ds", |ds, _| ds.stat("iso/keep.iso")).unwrap().is_ok());
+    assert_eq!(h.datastore("ds").unwrap().free_bytes, h.datastore("ds").unwrap().capacity_bytes);
+}
