@@ -233,10 +233,14 @@ fn submit(
     regs.write32(DOORBELLS + 2 * q.id as u64 * stride, q.tail as u32);
     let end = timer::now_ms() + COMMAND_TIMEOUT_MS;
     loop {
-        let mut c = [0u8; CQ_ENTRY];
-        q.cq.read(q.head * CQ_ENTRY, &mut c);
-        let dw3 = u32::from_le_bytes([c[12], c[13], c[14], c[15]]);
+        // The phase bit (dword 3) first, the rest of the entry only once it is new (the controller
+        // may still be writing the entry when the phase bit is read with the rest in one copy).
+        let mut d3 = [0u8; 4];
+        q.cq.read(q.head * CQ_ENTRY + 12, &mut d3);
+        let dw3 = u32::from_le_bytes(d3);
         if (dw3 >> 16) & 1 == q.phase as u32 {
+            let mut c = [0u8; CQ_ENTRY];
+            q.cq.read(q.head * CQ_ENTRY, &mut c);
             q.head += 1;
             if q.head == QUEUE_ENTRIES {
                 q.head = 0;

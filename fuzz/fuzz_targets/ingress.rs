@@ -6,7 +6,9 @@
 //!   fake NIC, polled with advancing time: VLAN classification, smoltcp's Ethernet/ARP/IPv4/ICMP/UDP/
 //!   TCP/DHCP/DNS parsing and the HTTP server's connection handling;
 //! - odd: the rest is an HTTP request head and body, parsed and routed through the API (with and
-//!   without valid credentials); when the byte is 5 mod 8 the rest is also read as an answer to
+//!   without valid credentials) of a host with a datastore (`datastore1`, holding `iso/a.bin`):
+//!   uploads are streamed into it (begun, fed, finished or aborted) and downloads read to the end;
+//!   when the byte is 5 mod 8 the rest is also read as an answer to
 //!   the kickstart download (with the connection open and closed) and as a URL; when it is 3 mod 8
 //!   the rest is also what a TLS server sends an `https://` download (in pieces of 1 to 256 bytes,
 //!   the session processing after each); when it is 7 mod 8 the rest is what a client sends the
@@ -14,17 +16,25 @@
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
+use ember_net::api::Reply;
 use ember_net::api::{self, ApiState, HostFacts};
 use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
+use ember_net::datastores;
 use ember_net::fetch::{self, Progress};
 use ember_net::host::{HostState, Persistence};
-use ember_net::http::{parse_request, Parsed};
+use ember_net::http::{parse_request, parse_request_with, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_net::nic::{FakeNic, Nic};
+use ember_storage::block::{BlockDevice, IoError, MemDisk};
+use ember_storage::disks::HostDisks;
 use ember_storage::hostconfig::HostConfig;
+use ember_storage::persist::Disk;
 use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 
 fn state(vlan: Option<u16>) -> HostState {
     let mut host = HostConfig::defaults(PasswordHash::new("fuzz-pass", [1; 16], MIN_ITERATIONS).encode());
@@ -38,6 +48,90 @@ fn state(vlan: Option<u16>) -> HostState {
     // One HTTPS key and certificate for the whole run (making one per input would dominate).
     host.tls = Some(identity().stored.clone());
     HostState::new(host, Persistence::None("fuzzing".into()), [2; 32], 3).expect("valid hash")
+}
+
+/// A 64 MiB disk with `datastore1` (holding `iso/a.bin`), made once; each input sees it through
+/// an overlay that keeps its own writes.
+fn datastore_disk() -> &'static MemDisk {
+    static DISK: std::sync::OnceLock<MemDisk> = std::sync::OnceLock::new();
+    DISK.get_or_init(|| {
+        let disk = Shared(Rc::new(RefCell::new(MemDisk::new(512, 64 * 2048))));
+        let mut disks = HostDisks::scan(
+            vec![Disk::new("vda".into(), "virtio-blk", Box::new(disk.clone()))],
+            None,
+            1,
+            &mut Vec::new(),
+        );
+        disks.create("datastore1", "vda", false).expect("a datastore");
+        disks
+            .with("datastore1", |ds, dev| {
+                ds.mkdir_all("iso", 1)?;
+                let id = ds.create("iso/a.bin", 1)?;
+                ds.write(dev, id, 0, &[7u8; 100_000], 1)?;
+                ds.commit(dev)
+            })
+            .expect("mounted")
+            .expect("written");
+        let made = disk.0.borrow().clone();
+        made
+    })
+}
+
+/// One in-memory disk behind several handles (to take it back from [`HostDisks`]).
+#[derive(Clone)]
+struct Shared(Rc<RefCell<MemDisk>>);
+
+impl BlockDevice for Shared {
+    fn block_size(&self) -> u32 {
+        512
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.borrow().num_blocks()
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.0.borrow_mut().read_blocks(lba, buf)
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.0.borrow_mut().write_blocks(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+}
+
+/// [`datastore_disk`] with this input's writes on top.
+struct Overlay {
+    blocks: HashMap<u64, Vec<u8>>,
+}
+
+impl BlockDevice for Overlay {
+    fn block_size(&self) -> u32 {
+        512
+    }
+    fn num_blocks(&self) -> u64 {
+        datastore_disk().num_blocks()
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        for (i, chunk) in buf.chunks_mut(512).enumerate() {
+            let at = lba + i as u64;
+            match self.blocks.get(&at) {
+                Some(b) => chunk.copy_from_slice(b),
+                None => chunk.copy_from_slice(&datastore_disk().bytes()[at as usize * 512..][..512]),
+            }
+        }
+        Ok(())
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.check_request(lba, buf.len())?;
+        for (i, chunk) in buf.chunks(512).enumerate() {
+            self.blocks.insert(lba + i as u64, chunk.to_vec());
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
 }
 
 fn identity() -> &'static ember_net::tls::server::ServerIdentity {
@@ -109,12 +203,40 @@ fuzz_target!(|data: &[u8]| {
     }
     if mode % 2 == 1 {
         let (mut api_state, mut host) = (ApiState::new(HostFacts::default()), state(None));
-        if let Parsed::Complete(mut req, used) = parse_request(rest) {
-            assert!(used <= rest.len());
-            let _ = api::handle(&mut api_state, &mut host, &req, 1_000);
-            req.authorization = Some(b"Basic cm9vdDpmdXp6LXBhc3M=".to_vec());
-            let _ = api::handle(&mut api_state, &mut host, &req, 2_000);
+        let disk = Disk::new("vda".into(), "virtio-blk", Box::new(Overlay { blocks: HashMap::new() }));
+        host.disks = HostDisks::scan(vec![disk], None, 2, &mut Vec::new());
+        match parse_request_with(rest, datastores::is_upload) {
+            Parsed::Complete(mut req, used) => {
+                assert!(used <= rest.len());
+                let _ = api::handle(&mut api_state, &mut host, &req, 1_000);
+                req.authorization = Some(b"Basic cm9vdDpmdXp6LXBhc3M=".to_vec());
+                if let Reply::Download(_, mut d) = api::handle(&mut api_state, &mut host, &req, 2_000) {
+                    while !d.done() && d.next(&mut host.disks).is_ok() {}
+                }
+            }
+            Parsed::Streamed(mut req, head, len) => {
+                assert!(head <= rest.len());
+                let _ =
+                    datastores::begin_upload(&mut host, &req, len, 1_000).map(|u| u.abort(&mut host.disks));
+                req.authorization = Some(b"Basic cm9vdDpmdXp6LXBhc3M=".to_vec());
+                if let Ok(mut u) = datastores::begin_upload(&mut host, &req, len, 2_000) {
+                    let body = &rest[head..];
+                    match u.feed(&mut host.disks, body) {
+                        Ok(n) => {
+                            assert!(n <= body.len());
+                            if u.done() {
+                                let _ = u.finish(&mut host.disks);
+                            } else {
+                                u.abort(&mut host.disks);
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            _ => {}
         }
+        let _ = parse_request(rest);
         return;
     }
     let vlan = (mode % 4 == 2).then_some(7);

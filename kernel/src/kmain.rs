@@ -22,7 +22,7 @@ use ember_platform::boot::FirstBootKickstart;
 use ember_platform::console;
 use ember_platform::firmware::{acpi, pcie};
 use ember_storage::bootcfg::SelfTest;
-use ember_storage::disks::{BootMedia, HostDisks};
+use ember_storage::disks::{DiskReport, HostDisks, UsedBy};
 use ember_storage::firstboot::KsSource;
 use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
@@ -196,13 +196,14 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
 /// The disks other than the boot media, with the datastores on them mounted.
 fn scan_disks(disks: Vec<Disk>, store: &Persistence) -> HostDisks {
     let boot = match store {
-        Persistence::Store(s) => Some(BootMedia {
+        Persistence::Store(s) => Some(DiskReport {
             name: s.disk.name.clone(),
             driver: String::from(s.disk.driver),
             model: s.disk.model.clone(),
             serial: s.disk.serial.clone(),
             size_bytes: s.disk.dev.num_blocks().saturating_mul(s.disk.dev.block_size() as u64),
             block_size: s.disk.dev.block_size(),
+            used_by: UsedBy::BootMedia,
         }),
         Persistence::None(_) => None,
     };

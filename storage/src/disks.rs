@@ -177,22 +177,12 @@ struct Mounted {
 /// Names one mounted datastore for as long as the host runs (see [`HostDisks::with_mount`]).
 pub type MountId = u64;
 
-/// The boot media, for listing only (its disk belongs to the configuration store).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootMedia {
-    pub name: String,
-    pub driver: String,
-    pub model: String,
-    pub serial: String,
-    pub size_bytes: u64,
-    pub block_size: u32,
-}
-
 /// The host's disks (except the boot media) and the datastores mounted from them.
 pub struct HostDisks {
     disks: Vec<Disk>,
     used: Vec<UsedBy>,
-    boot: Option<BootMedia>,
+    /// The boot media, for listing only (its disk belongs to the configuration store).
+    boot: Option<DiskReport>,
     mounted: Vec<Mounted>,
     /// Source of partition and datastore GUIDs (mixed with a per-boot random seed).
     seed: u64,
@@ -227,7 +217,8 @@ impl HostDisks {
 
     /// Scans `disks` (the boot media already taken out) and mounts every datastore found; `log`
     /// receives a line per datastore and per problem. `seed` is random per boot.
-    pub fn scan(disks: Vec<Disk>, boot: Option<BootMedia>, seed: u64, log: &mut Vec<String>) -> HostDisks {
+    /// `boot` describes the boot media (listed first, as used by [`UsedBy::BootMedia`]).
+    pub fn scan(disks: Vec<Disk>, boot: Option<DiskReport>, seed: u64, log: &mut Vec<String>) -> HostDisks {
         let mut h = HostDisks {
             used: vec![UsedBy::Free; disks.len()],
             disks,
@@ -339,19 +330,8 @@ impl HostDisks {
 
     /// Every disk, the boot media first.
     pub fn disks(&self) -> Vec<DiskReport> {
-        let mut out: Vec<DiskReport> = self
-            .boot
-            .iter()
-            .map(|b| DiskReport {
-                name: b.name.clone(),
-                driver: b.driver.clone(),
-                model: b.model.clone(),
-                serial: b.serial.clone(),
-                size_bytes: b.size_bytes,
-                block_size: b.block_size,
-                used_by: UsedBy::BootMedia,
-            })
-            .collect();
+        let mut out: Vec<DiskReport> =
+            self.boot.iter().map(|b| DiskReport { used_by: UsedBy::BootMedia, ..b.clone() }).collect();
         for (d, used) in self.disks.iter().zip(&self.used) {
             out.push(DiskReport {
                 name: d.name.clone(),
@@ -499,14 +479,7 @@ impl HostDisks {
             .partitions
             .iter()
             .filter(|p| p.first_lba != first_lba)
-            .map(|p| NewPartition {
-                type_guid: p.type_guid,
-                unique_guid: p.unique_guid,
-                first_lba: p.first_lba,
-                last_lba: p.last_lba,
-                attributes: p.attributes,
-                name: &p.name,
-            })
+            .map(gpt::Partition::to_new)
             .collect();
         gpt::write_gpt(dev, table.disk_guid, &keep).map_err(|e| failed("writing the partition table", &e))?;
         let bs = dev.block_size() as usize;

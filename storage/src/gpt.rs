@@ -48,6 +48,18 @@ impl Partition {
     pub fn blocks(&self) -> u64 {
         self.last_lba - self.first_lba + 1
     }
+
+    /// The same partition, to write again with [`write_gpt`].
+    pub fn to_new(&self) -> NewPartition<'_> {
+        NewPartition {
+            type_guid: self.type_guid,
+            unique_guid: self.unique_guid,
+            first_lba: self.first_lba,
+            last_lba: self.last_lba,
+            attributes: self.attributes,
+            name: &self.name,
+        }
+    }
 }
 
 /// A validated partition table.
@@ -437,18 +449,7 @@ pub fn add_partition<D: BlockDevice + ?Sized>(
         Some(n) if n > 0 => last.min(first.saturating_add(n - 1)),
         _ => last,
     };
-    let mut parts: Vec<NewPartition<'_>> = gpt
-        .partitions
-        .iter()
-        .map(|p| NewPartition {
-            type_guid: p.type_guid,
-            unique_guid: p.unique_guid,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            attributes: p.attributes,
-            name: &p.name,
-        })
-        .collect();
+    let mut parts: Vec<NewPartition<'_>> = gpt.partitions.iter().map(Partition::to_new).collect();
     parts.push(NewPartition {
         type_guid,
         unique_guid,

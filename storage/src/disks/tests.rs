@@ -15,14 +15,15 @@ fn disk(name: &str, dev: &Shared) -> Disk {
     Disk::new(name.into(), "virtio-blk", Box::new(dev.clone())).described("QEMU HARDDISK", "S-1")
 }
 
-fn boot() -> BootMedia {
-    BootMedia {
+fn boot() -> DiskReport {
+    DiskReport {
         name: "usb0".into(),
         driver: "usb-storage".into(),
         model: "stick".into(),
         serial: String::new(),
         size_bytes: 80 * MIB,
         block_size: 512,
+        used_by: UsedBy::BootMedia,
     }
 }
 
