@@ -155,15 +155,26 @@ fn samples(window: impl Fn() -> Option<(u64, u64)>) -> Option<[(u64, u64); 5]> {
 /// read, so late polls do not matter; else against the PIT) and starts the periodic tick. With no usable
 /// reference, logs a warning and leaves the tick off.
 pub fn calibrate_and_start(hpet: Option<u64>) {
-    let pick = |s: [(u64, u64); 5]| ember_hw::time::pick(&s);
-    let from_hpet = hpet.and_then(|base| samples(|| hpet_window(base, CALIBRATION_MS))).and_then(pick);
+    // Up to three rounds of five windows: on a loaded host (or one with long SMIs) a round's
+    // windows can disagree; a reference that never signals ends the attempt at once.
+    let pick = |window: &dyn Fn() -> Option<(u64, u64)>| {
+        for _ in 0..3 {
+            match samples(window).map(|s| ember_hw::time::pick(&s)) {
+                None => return None,
+                Some(Some(r)) => return Some(r),
+                Some(None) => {}
+            }
+        }
+        None
+    };
+    let from_hpet = hpet.and_then(|base| pick(&|| hpet_window(base, CALIBRATION_MS)));
     let (source, result) = match from_hpet {
         Some(r) => ("HPET", Some(r)),
         None => {
             if hpet.is_some() {
                 kprintln!("ember: the HPET gives no usable calibration; trying the 8254 PIT");
             }
-            ("PIT", samples(|| pit_window(CALIBRATION_MS)).and_then(pick))
+            ("PIT", pick(&|| pit_window(CALIBRATION_MS)))
         }
     };
     let Some((tsc, lapic)) = result else {
