@@ -41,7 +41,12 @@ const SQ_ENTRY: usize = 64;
 const CQ_ENTRY: usize = 16;
 const PAGE: usize = 4096;
 const BOUNCE: usize = 64 * 1024;
-const COMMAND_TIMEOUT_MS: u64 = 10_000;
+/// A command may take as long as Linux's NVMe driver allows an I/O command (30 s): a flush on a
+/// busy host can take seconds.
+const COMMAND_TIMEOUT_MS: u64 = 30_000;
+/// How much longer a timed-out command is waited for before the next command reuses the bounce
+/// buffer it may still be transferring.
+const LATE_COMPLETION_MS: u64 = 60_000;
 
 /// A submission queue and its completion queue.
 struct QueuePair {
@@ -52,6 +57,10 @@ struct QueuePair {
     head: usize,
     phase: bool,
     next_cid: u16,
+    /// A command that timed out and may still be moving data through the bounce buffer.
+    late: Option<u16>,
+    /// The controller stopped answering: every command fails (until the host restarts).
+    dead: bool,
 }
 
 impl QueuePair {
@@ -64,6 +73,8 @@ impl QueuePair {
             head: 0,
             phase: true,
             next_cid: 0,
+            late: None,
+            dead: false,
         })
     }
 }
@@ -217,6 +228,22 @@ fn submit(
     fields: Fields,
 ) -> Result<u32, String> {
     let (nsid, prp1, prp2, cdw10, cdw11, cdw12) = fields;
+    if q.dead {
+        return Err(String::from(
+            "the controller stopped answering; the disk is offline until the host restarts",
+        ));
+    }
+    // A timed-out command may still read or write the bounce buffer: it must end before the buffer
+    // is used again, or a late write could put this command's data where that one pointed.
+    if let Some(late) = q.late {
+        if wait_completion(regs, stride, q, late, LATE_COMPLETION_MS).is_err() {
+            q.dead = true;
+            return Err(format!(
+                "command {late} never completed; the disk is offline until the host restarts"
+            ));
+        }
+        q.late = None;
+    }
     let cid = q.next_cid;
     q.next_cid = q.next_cid.wrapping_add(1);
     let mut e = [0u8; SQ_ENTRY];
@@ -231,7 +258,30 @@ fn submit(
     q.sq.write(q.tail * SQ_ENTRY, &e);
     q.tail = (q.tail + 1) % QUEUE_ENTRIES;
     regs.write32(DOORBELLS + 2 * q.id as u64 * stride, q.tail as u32);
-    let end = timer::now_ms() + COMMAND_TIMEOUT_MS;
+    match wait_completion(regs, stride, q, cid, COMMAND_TIMEOUT_MS) {
+        Ok(Ok(dw0)) => Ok(dw0),
+        Ok(Err(status)) => Err(format!(
+            "command {opcode:#04x} failed (status type {}, code {:#04x})",
+            (status >> 8) & 0x7,
+            status & 0xff
+        )),
+        Err(()) => {
+            q.late = Some(cid);
+            Err(format!("command {opcode:#04x} not completed within {COMMAND_TIMEOUT_MS} ms"))
+        }
+    }
+}
+
+/// Waits up to `ms` for the completion of command `cid` (consuming older completions); its dword 0,
+/// or its non-zero status; `Err(())` on time-out.
+fn wait_completion(
+    regs: &MmioRegion,
+    stride: u64,
+    q: &mut QueuePair,
+    cid: u16,
+    ms: u64,
+) -> Result<Result<u32, u32>, ()> {
+    let end = timer::now_ms() + ms;
     loop {
         // The phase bit (dword 3) first, the rest of the entry only once it is new (the controller
         // may still be writing the entry when the phase bit is read with the rest in one copy).
@@ -252,16 +302,12 @@ fn submit(
             }
             let status = (dw3 >> 17) & 0x7fff;
             if status != 0 {
-                return Err(format!(
-                    "command {opcode:#04x} failed (status type {}, code {:#04x})",
-                    (status >> 8) & 0x7,
-                    status & 0xff
-                ));
+                return Ok(Err(status));
             }
-            return Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            return Ok(Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
         }
         if timer::now_ms() > end {
-            return Err(format!("command {opcode:#04x} not completed within {COMMAND_TIMEOUT_MS} ms"));
+            return Err(());
         }
         core::hint::spin_loop();
     }

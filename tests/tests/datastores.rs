@@ -189,8 +189,7 @@ fn upload(addr: SocketAddr, ds: &str, path: &str, data: &[u8]) -> std::io::Resul
 
 /// QEMU is killed at random moments while a client uploads, makes directories and deletes: after
 /// every cut the datastore checks clean offline, every upload and delete that was acknowledged is
-/// there (byte for byte) or gone, an upload cut short is either whole or absent, and the next boot
-/// removes what unfinished uploads left.
+/// there (byte for byte) or gone, and a file whose delete was cut short is either gone or whole.
 #[test]
 fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything_acknowledged() {
     use std::collections::BTreeMap;
@@ -210,6 +209,9 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
     // Path -> contents of every acknowledged upload not acknowledged as deleted since.
     let acked: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let deleted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    // A file whose delete was sent but not answered: either state is right after the cut.
+    type InFlight = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+    let deleting: InFlight = Arc::new(Mutex::new(None));
     let mut seed = 0x5eed_u64;
     for cut in 0..CUTS {
         let mut q = boot(&format!("datastores_cut_{cut}"), &img, &ssd, &spare, port);
@@ -225,7 +227,8 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
         }
         // The client: uploads of different sizes, directories, deletes of earlier files.
         let stop = Arc::new(AtomicBool::new(false));
-        let (acked2, deleted2, stop2) = (acked.clone(), deleted.clone(), stop.clone());
+        let (acked2, deleted2, stop2, deleting2) =
+            (acked.clone(), deleted.clone(), stop.clone(), deleting.clone());
         let client = std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop2.load(Ordering::SeqCst) {
@@ -235,8 +238,9 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
                 let data: Vec<u8> = (0..len).map(|k| (k as u64 * 31 + cut * 7 + i) as u8).collect();
                 match i % 4 {
                     0 => {
-                        let victim = acked2.lock().unwrap().keys().next().cloned();
-                        if let Some(v) = victim {
+                        let victim = acked2.lock().unwrap().pop_first();
+                        if let Some((v, data)) = victim {
+                            *deleting2.lock().unwrap() = Some((v.clone(), data));
                             let url = format!("/api/v1/datastores/cuts/files/{v}");
                             match exchange(
                                 addr,
@@ -244,7 +248,7 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
                                 Duration::from_secs(30),
                             ) {
                                 Ok(r) if r.status == 200 => {
-                                    acked2.lock().unwrap().remove(&v);
+                                    *deleting2.lock().unwrap() = None;
                                     deleted2.lock().unwrap().push(v);
                                 }
                                 Ok(r) => panic!("DELETE {v}: {r:?}"),
@@ -287,6 +291,19 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
             let (ok, out, err) = run_tool(&["datastore", "get", &ssd_path, path, copy.to_str().unwrap()]);
             assert!(ok, "cut {cut}: acknowledged {path} is missing: {out}{err}");
             assert!(std::fs::read(&copy).unwrap() == *data, "cut {cut}: {path} differs");
+        }
+        if let Some((path, data)) = deleting.lock().unwrap().take() {
+            let copy = dir.path().join("copy.bin");
+            let (ok, _, _) = run_tool(&["datastore", "get", &ssd_path, &path, copy.to_str().unwrap()]);
+            if ok {
+                assert!(
+                    std::fs::read(&copy).unwrap() == data,
+                    "cut {cut}: {path} (delete cut short) differs"
+                );
+                acked.lock().unwrap().insert(path, data);
+            } else {
+                deleted.lock().unwrap().push(path);
+            }
         }
         for path in deleted.lock().unwrap().iter() {
             let (ok, _, _) = run_tool(&["datastore", "ls", &ssd_path, path]);
