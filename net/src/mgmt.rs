@@ -1991,6 +1991,51 @@ mod tests {
     }
 
     #[test]
+    fn a_console_session_without_input_ends_after_the_idle_time_out_and_a_login_after_its_own() {
+        let mut w = World::new(static_cfg(None), None);
+        let output = alloc::rc::Rc::new(core::cell::RefCell::new(b"boot\n".to_vec()));
+        let input = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+        w.host.vms = Box::new(ConsoleVms { output, input });
+        w.server.vms_changed();
+        w.step();
+        let server = IpAddress::Ipv4(Ipv4Addr::new(10, 0, 0, 1));
+        let read_until = |w: &mut World, h: SocketHandle, got: &mut Vec<u8>, want: &[u8], ms: u64| {
+            w.run_until(ms, |c| {
+                got.extend(c.pump(h));
+                got.windows(want.len()).any(|x| x == want)
+            })
+        };
+        // A session that types nothing for 30 minutes is told and closed.
+        let h = w.client.connect_tls(server, 9001, 40130);
+        let mut got = Vec::new();
+        assert!(read_until(&mut w, h, &mut got, b"root password: ", 5_000));
+        w.send(h, b"rootpass\n");
+        assert!(read_until(&mut w, h, &mut got, b"boot\n", 5_000), "{got:?}");
+        // A connection that never answers the password prompt is closed after LOGIN_TIMEOUT_MS.
+        let silent = w.client.connect_tls(server, 9001, 40131);
+        let mut prompt = Vec::new();
+        assert!(read_until(&mut w, silent, &mut prompt, b"root password: ", 5_000));
+        let gone = w.run_until(crate::console::LOGIN_TIMEOUT_MS + 10_000, |c| {
+            !matches!(c.sockets.get::<tcp::Socket>(silent).state(), tcp::State::Established)
+        });
+        assert!(gone, "the silent login is closed");
+        // (Time in steps of a second: nothing is in flight on an idle session.)
+        let mut closed = false;
+        for _ in 0..(30 * 60 + 30) {
+            w.now += 995;
+            w.step();
+            got.extend(w.client.pump(h));
+            if got.windows(11).any(|x| x == b"30 minutes ") {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "{:?}", String::from_utf8_lossy(&got));
+        assert!(String::from_utf8_lossy(&got)
+            .contains("[Ember: console session closed after 30 minutes without input]"));
+    }
+
+    #[test]
     fn vm_consoles_stream_over_tcp_both_ways() {
         /// Connects a TLS client to the console port from `local_port`.
         fn console_client(w: &mut World, local_port: u16) -> SocketHandle {

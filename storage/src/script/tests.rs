@@ -236,6 +236,28 @@ fn continuation_lines_count_from_the_first() {
 /// A script that doubles a variable on every line, or prints without end, is stopped by the
 /// bounds: memory stays bounded and the script ends.
 #[test]
+fn variables_are_bounded_in_number() {
+    // 300 different variables: the 257th and every later one is refused, with its line (the
+    // script starts at line 10 here); the script goes on.
+    let mut text = String::new();
+    for i in 0..300 {
+        text.push_str(&format!("V{i}=x\n"));
+    }
+    text.push_str("echo done\n");
+    let (_, o) = run(&text);
+    let refused: Vec<&String> = o.output.iter().filter(|l| l.contains("variables")).collect();
+    assert_eq!(refused.len(), 300 - MAX_VARIABLES, "{:?}", o.output);
+    assert_eq!(refused[0], &format!("line {}: more than {MAX_VARIABLES} variables", 10 + MAX_VARIABLES));
+    assert_eq!(o.output.last().map(String::as_str), Some("line 310: done"));
+    // Setting an existing variable again is not a new one.
+    let mut text = String::new();
+    for _ in 0..1000 {
+        text.push_str("A=x\n");
+    }
+    assert!(run(&text).1.output.is_empty());
+}
+
+#[test]
 fn expansion_and_output_are_bounded() {
     let mut text = String::from("A=xxxxxxxxxxxxxxxx\n");
     for _ in 0..3000 {
