@@ -283,14 +283,14 @@ fn wait_completion(
 ) -> Result<Result<u32, u32>, ()> {
     let end = timer::now_ms() + ms;
     loop {
-        // The phase bit (dword 3) first, the rest of the entry only once it is new (the controller
-        // may still be writing the entry when the phase bit is read with the rest in one copy).
-        let mut d3 = [0u8; 4];
-        q.cq.read(q.head * CQ_ENTRY + 12, &mut d3);
-        let dw3 = u32::from_le_bytes(d3);
+        // Dword 3 (phase bit, status and command identifier) first, in one load, and dword 0 only
+        // once the phase says the entry is new: the controller may be writing the entry while it
+        // is read, and dword 3 read byte by byte can pair the new phase bit with the identifier of
+        // the command that used the slot one lap earlier (a loaded host saw exactly that: a read
+        // "not completed within 30 s" whose completion had arrived in microseconds).
+        let dw3 = q.cq.read_u32(q.head * CQ_ENTRY + 12);
         if (dw3 >> 16) & 1 == q.phase as u32 {
-            let mut c = [0u8; CQ_ENTRY];
-            q.cq.read(q.head * CQ_ENTRY, &mut c);
+            let dw0 = q.cq.read_u32(q.head * CQ_ENTRY);
             q.head += 1;
             if q.head == QUEUE_ENTRIES {
                 q.head = 0;
@@ -304,7 +304,7 @@ fn wait_completion(
             if status != 0 {
                 return Ok(Err(status));
             }
-            return Ok(Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            return Ok(Ok(dw0));
         }
         if timer::now_ms() > end {
             return Err(());

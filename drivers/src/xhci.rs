@@ -359,17 +359,17 @@ impl Xhci {
     fn next_event(&mut self) -> Option<Event> {
         let at = self.event_dequeue * TRB_LEN;
         // The controller writes an event TRB's cycle bit (in its last dword) after the rest: read
-        // that dword first, and the others only once it says the TRB is new. Reading all 16 bytes
-        // at once can see the new cycle bit with the old pointer while the controller is still
-        // writing, and lose the event (a USB transfer then "timed out" on a loaded host).
-        let mut control = [0u8; 4];
-        self.events.read(at + 12, &mut control);
-        if (u32::from_le_bytes(control) & CYCLE != 0) != self.event_cycle {
+        // that dword first, in one load, and the others only once it says the TRB is new. Reading
+        // all 16 bytes at once, or that dword byte by byte, can see the new cycle bit with the old
+        // pointer or type while the controller is still writing, and lose the event (a USB transfer
+        // then "timed out" on a loaded host).
+        let control = self.events.read_u32(at + 12);
+        if (control & CYCLE != 0) != self.event_cycle {
             return None;
         }
         let mut raw = [0u8; TRB_LEN];
         self.events.read(at, &mut raw);
-        raw[12..].copy_from_slice(&control);
+        raw[12..].copy_from_slice(&control.to_le_bytes());
         let dw = |i: usize| u32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
         self.event_dequeue += 1;
         if self.event_dequeue == RING_TRBS {

@@ -220,7 +220,8 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
             wait_for_http(addr, HTTP_TIMEOUT);
             let nvme = disks(addr).into_iter().find(|d| d["driver"] == "nvme").unwrap();
             let body = format!(r#"{{"name":"cuts","disk":"{}"}}"#, nvme["name"].as_str().unwrap());
-            assert_eq!(request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body)).status, 201);
+            let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+            assert_eq!(r.status, 201, "{r:?}");
         } else {
             q.wait_for("datastore \"cuts\" on", BOOT_TIMEOUT);
             wait_for_http(addr, HTTP_TIMEOUT);

@@ -385,8 +385,12 @@ fn components(path: &str) -> Result<Vec<&str>, DsError> {
         .collect()
 }
 
+/// A chain's bytes and the nodes that hold them.
+type Chain = (Vec<u8>, Vec<u32>);
+
 /// Reads a chain of nodes into one byte stream, checking every node against what the chain's owner
-/// says it is. Returns the stream and the nodes, or what is wrong.
+/// says it is. Returns the stream and the nodes, or what is wrong with them (inner `Err`); a read
+/// that fails is an outer `Err`.
 #[allow(clippy::too_many_arguments)]
 fn read_chain(
     dev: &mut dyn BlockDevice,
@@ -397,33 +401,36 @@ fn read_chain(
     seq: u64,
     seen: &mut Bitmap,
     what: &str,
-) -> Result<(Vec<u8>, Vec<u32>), String> {
+) -> Result<Result<Chain, String>, DsError> {
     let mut out = Vec::new();
     let mut nodes = Vec::new();
     let mut at = first;
     while at != NO_NODE {
         if at >= sb.meta_nodes {
-            return Err(format!("{what}: node {at} is outside the metadata area"));
+            return Ok(Err(format!("{what}: node {at} is outside the metadata area")));
         }
         if seen.get(at as u64) {
-            return Err(format!("{what}: node {at} is used twice"));
+            return Ok(Err(format!("{what}: node {at} is used twice")));
         }
         seen.set(at as u64);
-        let raw =
-            read_meta(dev, Superblock::node_offset(at)).map_err(|e| format!("{what}: node {at}: {e}"))?;
-        let (h, payload) = decode_node(&raw).map_err(|m| format!("{what}: node {at}: {m}"))?;
+        // A read that fails is the device's problem, not damage: it propagates as `DsError::Io`.
+        let raw = read_meta(dev, Superblock::node_offset(at))?;
+        let (h, payload) = match decode_node(&raw) {
+            Ok(x) => x,
+            Err(m) => return Ok(Err(format!("{what}: node {at}: {m}"))),
+        };
         let index = nodes.len() as u32;
         if h.kind != kind || h.owner != owner || h.seq != seq || h.index != index {
-            return Err(format!(
+            return Ok(Err(format!(
                 "{what}: node {at} belongs elsewhere (kind {:?}, owner {}, commit {}, position {}; expected {kind:?}, {owner}, {seq}, {index})",
                 h.kind, h.owner, h.seq, h.index
-            ));
+            )));
         }
         out.extend_from_slice(payload);
         nodes.push(at);
         at = h.next;
     }
-    Ok((out, nodes))
+    Ok(Ok((out, nodes)))
 }
 
 impl Datastore {
@@ -515,11 +522,19 @@ impl Datastore {
         };
         let mut problems = Vec::new();
         let mut seen = Bitmap::new(sb.meta_nodes as u64)?;
-        let (table, table_nodes) =
-            match read_chain(dev, &sb, sb.table_node, NodeKind::Table, 0, sb.seq, &mut seen, "inode table") {
-                Ok(t) => t,
-                Err(m) => return Err(DsError::Damaged(m)),
-            };
+        let (table, table_nodes) = match read_chain(
+            dev,
+            &sb,
+            sb.table_node,
+            NodeKind::Table,
+            0,
+            sb.seq,
+            &mut seen,
+            "inode table",
+        )? {
+            Ok(t) => t,
+            Err(m) => return Err(DsError::Damaged(m)),
+        };
         if table.len() as u64 != sb.table_len {
             return Err(DsError::Damaged(format!(
                 "inode table holds {} bytes, the superblock says {}",
@@ -640,8 +655,16 @@ impl Datastore {
             }
             if rec.extents > 0 {
                 let what = format!("extent map of inode {id} ({:?})", rec.name);
-                match read_chain(dev, &sb, rec.map_node, NodeKind::Extents, id, rec.map_seq, &mut seen, &what)
-                {
+                match read_chain(
+                    dev,
+                    &sb,
+                    rec.map_node,
+                    NodeKind::Extents,
+                    id,
+                    rec.map_seq,
+                    &mut seen,
+                    &what,
+                )? {
                     Err(m) => problems.push(m),
                     Ok((bytes, nodes)) => {
                         if bytes.len() != rec.extents as usize * EXTENT_LEN {

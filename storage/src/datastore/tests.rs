@@ -823,3 +823,51 @@ fn exhausted_inode_numbers_and_huge_sizes_are_errors_not_overflows() {
     ds.commit(&mut d).unwrap();
     assert_eq!(Datastore::mount(&mut d).unwrap().list("d").unwrap().len(), format::MAX_INODES - 1);
 }
+
+/// A disk whose reads fail from a chosen number of reads on.
+struct FailingReads {
+    inner: MemDisk,
+    reads_left: usize,
+}
+
+impl BlockDevice for FailingReads {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        if self.reads_left == 0 {
+            return Err(IoError::Device(String::from("command timed out")));
+        }
+        self.reads_left -= 1;
+        self.inner.read_blocks(lba, buf)
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.inner.write_blocks(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_read_that_fails_while_mounting_is_a_device_error_not_damage() {
+    let (mut d, mut ds) = fresh(64 * MIB, 512);
+    let id = ds.create("f", 1).unwrap();
+    ds.write(&mut d, id, 0, b"data", 2).unwrap();
+    ds.commit(&mut d).unwrap();
+    // Every number of successful reads before the failure: the mount either works (it needed no
+    // more) or says the device failed; it never calls the metadata damaged.
+    let mut worked = false;
+    for n in 0..64 {
+        let mut f = FailingReads { inner: d.clone(), reads_left: n };
+        match Datastore::mount(&mut f) {
+            Ok(_) => worked = true,
+            Err(DsError::Io(IoError::Device(m))) => assert_eq!(m, "command timed out"),
+            Err(e) => panic!("after {n} reads: {e}"),
+        }
+    }
+    assert!(worked, "enough reads mount it");
+}

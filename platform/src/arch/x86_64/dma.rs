@@ -84,6 +84,19 @@ impl DmaBuffer {
         u16::from_le_bytes([self.read_u8(offset), self.read_u8(offset + 1)])
     }
 
+    /// Reads an aligned little-endian u32 with one volatile load, so that a dword the device writes
+    /// while it is read is seen whole, old or new (a completion's phase bit and command identifier
+    /// share one; read as bytes they can mix an old identifier with a new phase bit).
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        self.check(offset, 4);
+        assert!(offset.is_multiple_of(4), "unaligned DMA dword read at {offset:#x}");
+        // SAFETY: inside the allocation (checked) and 4-byte aligned (the buffer is page-aligned and
+        // `offset` a multiple of 4), so the load is one naturally aligned access.
+        let v = unsafe { core::ptr::read_volatile(self.ptr.as_ptr().add(offset).cast::<u32>()) };
+        fence(Ordering::Acquire);
+        u32::from_le(v)
+    }
+
     /// Writes one byte with a volatile store.
     pub fn write_u8(&self, offset: usize, v: u8) {
         self.check(offset, 1);
