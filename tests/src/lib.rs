@@ -270,7 +270,8 @@ impl Qemu {
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // QEMU's own complaints (an abort, a refused option) next to the serial log.
+            .stderr(std::fs::File::create(logs.join(format!("{}.stderr", cfg.name))).unwrap())
             .spawn()
             .expect("start qemu-system-x86_64 (run scripts/setup)");
         let output = Arc::new(Mutex::new(Vec::new()));

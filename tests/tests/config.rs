@@ -333,6 +333,66 @@ fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
     assert_eq!(get_config(addr, ("root", "correct horse"))["network"]["hostname"], "esx-ks.lab.example");
 }
 
+/// A hostile or failing `%firstboot` (a variable that doubles past every bound, a command that
+/// fails, a non-zero exit) cannot keep the host from its DCUI and API: each failure is logged
+/// with its line, the commands that are fine still run, the result is stored, and the next boot
+/// does not run the script again.
+#[test]
+fn a_failing_hostile_firstboot_still_reaches_the_dcui_and_does_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = dir.path().join("ks.cfg");
+    let doubling = "A=$A$A$A$A\n".repeat(12);
+    // One DNS server more than a host may have.
+    let dns: String =
+        (1..=4).map(|i| format!("esxcli network ip dns server add --server=10.0.0.{i}\n")).collect();
+    std::fs::write(
+        &ks,
+        format!(
+            "vmaccepteula\nrootpw --iscrypted {CRYPTED}\n\
+             network --bootproto=static --ip=10.0.2.20 --netmask=255.255.255.0 --gateway=10.0.2.2\n\
+             %firstboot\nA=0123456789abcdef\n{doubling}echo \"$A\"\n\
+             {dns}vim-cmd hostsvc/enable_ssh\nexit 3\n"
+        ),
+    )
+    .unwrap();
+    let img = dir.path().join("ember.img");
+    let efi = efi_path();
+    let (ok, out, err) = run_tool(&[
+        "build",
+        "--out",
+        img.to_str().unwrap(),
+        "--efi",
+        efi.to_str().unwrap(),
+        "--ks",
+        ks.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let port = free_port();
+    let addr = loopback(port);
+    let mut q = Qemu::start(&static_boot("config_ks_hostile_firstboot", &img, port));
+    q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
+    q.wait_for("first boot: %firstboot result stored (sequence 2)", BOOT_TIMEOUT);
+    let log = q.text();
+    eprintln!("{log}");
+    for want in ["more than 16384 bytes", "at most 3 DNS servers", "exit status 3"] {
+        assert!(
+            log.lines().any(|l| l.contains("first boot: %firstboot ks.cfg:line 4") && l.contains(want)),
+            "{want:?} not logged:\n{log}"
+        );
+    }
+    q.wait_for_screen("https://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    wait_for_http(addr, HTTP_TIMEOUT);
+    let cfg = get_config(addr, ("root", "correct horse"));
+    assert_eq!(cfg["ssh"], true, "the commands that are fine ran: {cfg}");
+    assert!(cfg.get("firstboot").is_none(), "the script is not kept: {cfg}");
+    drop(q);
+
+    let mut q = Qemu::start(&static_boot("config_ks_hostile_firstboot_reboot", &img, port));
+    q.wait_for("configuration loaded from vda slot B (sequence 2)", BOOT_TIMEOUT);
+    q.wait_for_screen("https://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
+    assert!(!q.text().contains("%firstboot"), "the script does not run again");
+}
+
 /// A virtio-blk boot whose API, at the static address 10.0.2.20, is forwarded to `port`.
 fn static_boot(name: &str, img: &Path, port: u16) -> QemuConfig {
     let mut cfg = QemuConfig::new(name, img);

@@ -24,56 +24,102 @@ pub const RESET_VALUE: u8 = 0x06;
 const OEM_ID: &[u8; 6] = b"EMBER ";
 const OEM_TABLE_ID: &[u8; 8] = b"EMBERVM ";
 
-/// The sum of `bytes`, as the checksum field must make it zero.
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+/// The length of the standard table header (signature, length, revision, checksum, OEM IDs,
+/// creator).
+const HEADER_LEN: usize = 36;
+/// The DSDT and the MADT must end here.
+const TABLES_END: u64 = 0xf_0000;
+/// The most virtio-mmio devices the DSDT names (`VR00` to `VRFF`, each `_UID` a byte).
+pub const MAX_VIRTIO_DEVICES: usize = 256;
+
+/// Why the tables were not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcpiError {
+    /// The tables do not fit in the guest's RAM or the BIOS area.
+    OutOfRange(OutOfRange),
+    /// More virtio devices than the DSDT can name ([`MAX_VIRTIO_DEVICES`]).
+    TooManyDevices(usize),
+    /// An AML object longer than its encoding can state; the text says which.
+    TooLong(&'static str),
 }
 
-/// A table of `len` bytes with the standard 36-byte header filled in (checksum last).
-fn table(signature: &[u8; 4], len: usize, revision: u8) -> Vec<u8> {
-    let mut t = vec![0u8; len];
-    t[0..4].copy_from_slice(signature);
-    t[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-    t[8] = revision;
-    t[10..16].copy_from_slice(OEM_ID);
-    t[16..24].copy_from_slice(OEM_TABLE_ID);
-    t[24..28].copy_from_slice(&1u32.to_le_bytes()); // OEM revision
-    t[28..32].copy_from_slice(b"EMBR"); // creator ID
-    t[32..36].copy_from_slice(&1u32.to_le_bytes()); // creator revision
-    t
-}
-
-fn seal(mut t: Vec<u8>) -> Vec<u8> {
-    t[9] = 0;
-    t[9] = checksum(&t);
-    t
-}
-
-fn put32(t: &mut [u8], at: usize, v: u32) {
-    t[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put64(t: &mut [u8], at: usize, v: u64) {
-    t[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// AML PkgLength (ACPI 6.5 20.2.4) for a package whose contents after the PkgLength are `len`
-/// bytes: the encoded length counts itself.
-fn pkg_length(len: usize) -> Vec<u8> {
-    if len + 1 < 0x40 {
-        vec![(len + 1) as u8]
-    } else {
-        let total = len + 2; // two-byte form, up to 4095
-        vec![0x40 | (total & 0x0f) as u8, (total >> 4) as u8]
+impl core::fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AcpiError::OutOfRange(e) => write!(f, "{e}"),
+            AcpiError::TooManyDevices(n) => {
+                write!(f, "{n} virtio devices, the DSDT describes at most {MAX_VIRTIO_DEVICES}")
+            }
+            AcpiError::TooLong(what) => write!(f, "{what} is too long to encode in AML"),
+        }
     }
 }
 
-/// `op PkgLength body`.
-fn package(op: &[u8], body: &[u8]) -> Vec<u8> {
+impl From<OutOfRange> for AcpiError {
+    fn from(e: OutOfRange) -> Self {
+        AcpiError::OutOfRange(e)
+    }
+}
+
+/// The value of the checksum field that makes the sum of `bytes` (and itself) zero.
+fn checksum<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u8 {
+    0u8.wrapping_sub(bytes.into_iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+}
+
+/// The standard 36-byte header of a table of `len` bytes, its checksum field zero.
+fn header(signature: &[u8; 4], len: u32, revision: u8) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(signature);
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8] = revision;
+    h[10..16].copy_from_slice(OEM_ID);
+    h[16..24].copy_from_slice(OEM_TABLE_ID);
+    h[24..28].copy_from_slice(&1u32.to_le_bytes()); // OEM revision
+    h[28..32].copy_from_slice(b"EMBR"); // creator ID
+    h[32..36].copy_from_slice(&1u32.to_le_bytes()); // creator revision
+    h
+}
+
+/// A table: the header, then `body`, the checksum filled in. Table lengths are 32-bit; a body
+/// that does not fit saturates the length field, but no such table reaches a guest: every
+/// table here is a few KiB, and [`write_tables`] refuses what does not fit the 64 KiB BIOS area.
+fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len().saturating_add(HEADER_LEN)).unwrap_or(u32::MAX);
+    let mut h = header(signature, len, revision);
+    h[9] = checksum(h.iter().chain(body));
+    let mut t = Vec::with_capacity(HEADER_LEN.saturating_add(body.len()));
+    t.extend_from_slice(&h);
+    t.extend_from_slice(body);
+    t
+}
+
+/// AML PkgLength (ACPI 6.5 20.2.4) for a package whose contents after the PkgLength are `len`
+/// bytes: the encoded length counts itself. One byte up to 63 in all; otherwise a lead byte
+/// (the count of following bytes in bits 7-6, the low nibble in bits 3-0) and 1-3 more bytes,
+/// up to 2^28 - 1. `None` past that.
+fn pkg_length(len: usize) -> Option<Vec<u8>> {
+    if let Some(total) = len.checked_add(1).and_then(|t| u8::try_from(t).ok()).filter(|t| *t < 0x40) {
+        return Some(vec![total]);
+    }
+    // (following bytes, PkgLength bytes in all, the largest total the form holds)
+    for (following, own, max) in [(1u8, 2usize, 0xfffusize), (2, 3, 0xf_ffff), (3, 4, 0xfff_ffff)] {
+        let total = len.checked_add(own)?;
+        if total <= max {
+            let [low, ..] = total.to_le_bytes();
+            let mut v = vec![(following << 6) | (low & 0x0f)];
+            v.extend((total >> 4).to_le_bytes().iter().take(usize::from(following)));
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// `op PkgLength body`; `None` when the body is too long for a PkgLength.
+fn package(op: &[u8], body: &[u8]) -> Option<Vec<u8>> {
     let mut v = op.to_vec();
-    v.extend(pkg_length(body.len()));
+    v.extend(pkg_length(body.len())?);
     v.extend_from_slice(body);
-    v
+    Some(v)
 }
 
 /// A virtio-mmio device the guest finds in the DSDT (Linux's `LNRO0005` ACPI binding): its MMIO
@@ -88,74 +134,81 @@ pub struct VirtioMmioDevice {
 /// `Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS, ResourceTemplate () {
 /// Memory32Fixed (ReadWrite, base, len) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive)
 /// { irq } }) }`.
-fn virtio_device_aml(n: usize, d: &VirtioMmioDevice) -> Vec<u8> {
+fn virtio_device_aml(n: u8, d: &VirtioMmioDevice) -> Result<Vec<u8>, AcpiError> {
     let mut crs = vec![0x86, 0x09, 0x00, 0x01]; // Memory32Fixed, read/write
     crs.extend_from_slice(&d.base.to_le_bytes());
     crs.extend_from_slice(&d.len.to_le_bytes());
     crs.extend_from_slice(&[0x89, 0x06, 0x00, 0x03, 0x01]); // Extended Interrupt: consumer, edge
-    crs.extend_from_slice(&(d.irq as u32).to_le_bytes());
+    crs.extend_from_slice(&u32::from(d.irq).to_le_bytes());
     crs.extend_from_slice(&[0x79, 0x00]); // End Tag
-    let mut buffer_body = vec![0x0a, crs.len() as u8]; // BufferSize (BytePrefix)
+    let crs_len = u8::try_from(crs.len()).map_err(|_| AcpiError::TooLong("a device's _CRS buffer"))?;
+    let mut buffer_body = vec![0x0a, crs_len]; // BufferSize (BytePrefix)
     buffer_body.extend(crs);
-    let mut body = alloc::format!("VR{:02X}", n & 0xff).into_bytes();
+    let mut body = alloc::format!("VR{n:02X}").into_bytes();
     body.extend_from_slice(&[0x08, b'_', b'H', b'I', b'D', 0x0d]);
     body.extend_from_slice(b"LNRO0005\0");
-    body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x0a, n as u8]);
+    body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x0a, n]);
     body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S']);
-    body.extend(package(&[0x11], &buffer_body));
-    package(&[0x5b, 0x82], &body)
+    body.extend(package(&[0x11], &buffer_body).ok_or(AcpiError::TooLong("a device's _CRS buffer"))?);
+    package(&[0x5b, 0x82], &body).ok_or(AcpiError::TooLong("a virtio device"))
 }
 
-/// The DSDT: `Name (_S5, Package (4) { 5, 5, 0, 0 })` and, in `\_SB`, the virtio-mmio devices.
-fn dsdt(virtio: &[VirtioMmioDevice]) -> Vec<u8> {
-    let s5 = S5_SLP_TYP as u8;
-    // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4) BytePrefix 5 BytePrefix 5 Zero Zero
+/// The DSDT: `Name (_S5, Package (4) { 5, 5, 0, 0 })` and, in `\_SB`, the virtio-mmio devices
+/// (at most [`MAX_VIRTIO_DEVICES`]).
+fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
+    if virtio.len() > MAX_VIRTIO_DEVICES {
+        return Err(AcpiError::TooManyDevices(virtio.len()));
+    }
+    let s5 = S5_SLP_TYP as u8; // a 3-bit field
+                               // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4) BytePrefix 5 BytePrefix 5 Zero Zero
     let mut aml = vec![0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
     if !virtio.is_empty() {
         let mut scope = vec![b'\\', b'_', b'S', b'B', b'_'];
-        for (i, d) in virtio.iter().enumerate() {
-            scope.extend(virtio_device_aml(i, d));
+        // Device n is VRnn with _UID n: the count was checked, so every device has its number.
+        for (d, n) in virtio.iter().zip(0..=u8::MAX) {
+            scope.extend(virtio_device_aml(n, d)?);
         }
-        aml.extend(package(&[0x10], &scope));
+        aml.extend(package(&[0x10], &scope).ok_or(AcpiError::TooLong("the \\_SB scope"))?);
     }
-    let mut t = table(b"DSDT", 36 + aml.len(), 2);
-    t[36..].copy_from_slice(&aml);
-    seal(t)
+    Ok(sdt(b"DSDT", 2, &aml))
 }
 
 /// The FADT (revision 6, 276 bytes; ACPI 6.5 table 5.9).
-fn fadt() -> Vec<u8> {
-    let mut t = table(b"FACP", 276, 6);
+fn fadt() -> [u8; 276] {
+    const LEN: usize = 276;
+    let mut t = [0u8; LEN];
+    t[..HEADER_LEN].copy_from_slice(&header(b"FACP", LEN as u32, 6));
     t[131] = 5; // FADT minor version (6.5)
-    put32(&mut t, 36, FACS_ADDR as u32); // FIRMWARE_CTRL
-    put32(&mut t, 40, DSDT_ADDR as u32); // DSDT
+    t[36..40].copy_from_slice(&(FACS_ADDR as u32).to_le_bytes()); // FIRMWARE_CTRL
+    t[40..44].copy_from_slice(&(DSDT_ADDR as u32).to_le_bytes()); // DSDT
     t[46..48].copy_from_slice(&9u16.to_le_bytes()); // SCI_INT: IRQ 9
-    put32(&mut t, 56, PM1_EVT_PORT as u32); // PM1a_EVT_BLK
-    put32(&mut t, 64, PM1_CNT_PORT as u32); // PM1a_CNT_BLK
-    put32(&mut t, 76, PM_TMR_PORT as u32); // PM_TMR_BLK
+    t[56..60].copy_from_slice(&u32::from(PM1_EVT_PORT).to_le_bytes()); // PM1a_EVT_BLK
+    t[64..68].copy_from_slice(&u32::from(PM1_CNT_PORT).to_le_bytes()); // PM1a_CNT_BLK
+    t[76..80].copy_from_slice(&u32::from(PM_TMR_PORT).to_le_bytes()); // PM_TMR_BLK
     t[88] = 4; // PM1_EVT_LEN
     t[89] = 2; // PM1_CNT_LEN
     t[91] = 4; // PM_TMR_LEN
                // IAPC_BOOT_ARCH: no 8042, no VGA, no MSI limits (bit 1 clear, bit 2 set = VGA not present).
     t[109..111].copy_from_slice(&(1u16 << 2).to_le_bytes());
     // Flags: WBINVD, PROC_C1, no fixed power/sleep buttons, RESET_REG_SUP.
-    put32(&mut t, 112, 1 | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 10));
+    t[112..116].copy_from_slice(&(1u32 | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 10)).to_le_bytes());
     // RESET_REG: system I/O, 8 bits, byte access, port 0xcf9.
     t[116] = 1;
     t[117] = 8;
     t[119] = 1;
-    put64(&mut t, 120, RESET_PORT as u64);
+    t[120..128].copy_from_slice(&u64::from(RESET_PORT).to_le_bytes());
     t[128] = RESET_VALUE;
-    put64(&mut t, 132, FACS_ADDR); // X_FIRMWARE_CTRL
-    put64(&mut t, 140, DSDT_ADDR); // X_DSDT
-    seal(t)
+    t[132..140].copy_from_slice(&FACS_ADDR.to_le_bytes()); // X_FIRMWARE_CTRL
+    t[140..148].copy_from_slice(&DSDT_ADDR.to_le_bytes()); // X_DSDT
+    t[9] = checksum(&t);
+    t
 }
 
 /// The FACS (64 bytes, no checksum).
-fn facs() -> Vec<u8> {
-    let mut t = vec![0u8; 64];
+fn facs() -> [u8; 64] {
+    let mut t = [0u8; 64];
     t[0..4].copy_from_slice(b"FACS");
-    put32(&mut t, 4, 64);
+    t[4..8].copy_from_slice(&64u32.to_le_bytes());
     t[32] = 2; // version
     t
 }
@@ -183,48 +236,43 @@ pub fn madt(cpus: u8) -> Vec<u8> {
         body.extend_from_slice(&flags.to_le_bytes());
     }
     body.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]); // Local APIC NMI: all processors, LINT1
-    let mut t = table(b"APIC", 36 + body.len(), 5);
-    t[36..].copy_from_slice(&body);
-    seal(t)
+    sdt(b"APIC", 5, &body)
 }
 
 fn xsdt(entries: &[u64]) -> Vec<u8> {
-    let mut t = table(b"XSDT", 36 + 8 * entries.len(), 1);
-    for (i, e) in entries.iter().enumerate() {
-        put64(&mut t, 36 + 8 * i, *e);
-    }
-    seal(t)
+    let body: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+    sdt(b"XSDT", 1, &body)
 }
 
 /// The RSDP (revision 2, 36 bytes, both checksums).
-fn rsdp() -> Vec<u8> {
-    let mut r = vec![0u8; 36];
+fn rsdp() -> [u8; 36] {
+    let mut r = [0u8; 36];
     r[0..8].copy_from_slice(b"RSD PTR ");
     r[9..15].copy_from_slice(OEM_ID);
     r[15] = 2;
-    put32(&mut r, 20, 36);
-    put64(&mut r, 24, XSDT_ADDR);
+    r[20..24].copy_from_slice(&36u32.to_le_bytes());
+    r[24..32].copy_from_slice(&XSDT_ADDR.to_le_bytes());
     r[8] = checksum(&r[..20]);
     r[32] = checksum(&r);
     r
 }
 
 /// Writes the tables (for `cpus` vCPUs, listing `virtio` devices) into guest memory; returns the
-/// RSDP's address. The MADT follows the DSDT.
+/// RSDP's address. The MADT follows the DSDT (16-byte aligned); both must end below 0xf0000.
 pub fn write_tables(
     mem: &mut (impl GuestMemory + ?Sized),
     cpus: u8,
     virtio: &[VirtioMmioDevice],
-) -> Result<GuestPhysAddr, OutOfRange> {
-    let dsdt = dsdt(virtio);
+) -> Result<GuestPhysAddr, AcpiError> {
+    let dsdt = dsdt(virtio)?;
     let madt = madt(cpus);
-    let madt_addr = (DSDT_ADDR + dsdt.len() as u64 + 15) & !15;
-    if madt_addr + madt.len() as u64 > 0xf_0000 {
-        return Err(OutOfRange {
-            addr: GuestPhysAddr(DSDT_ADDR),
-            len: madt_addr + madt.len() as u64 - DSDT_ADDR,
-        });
-    }
+    let len = |t: &[u8]| u64::try_from(t.len()).unwrap_or(u64::MAX);
+    let madt_addr = DSDT_ADDR.checked_add(len(&dsdt)).and_then(|end| end.checked_next_multiple_of(16));
+    let end = madt_addr.and_then(|a| a.checked_add(len(&madt)));
+    let Some(madt_addr) = madt_addr.filter(|_| end.is_some_and(|e| e <= TABLES_END)) else {
+        let span = end.map_or(u64::MAX, |e| e.saturating_sub(DSDT_ADDR));
+        return Err(AcpiError::OutOfRange(OutOfRange { addr: GuestPhysAddr(DSDT_ADDR), len: span }));
+    };
     mem.write(GuestPhysAddr(DSDT_ADDR), &dsdt)?;
     mem.write(GuestPhysAddr(madt_addr), &madt)?;
     mem.write(GuestPhysAddr(FACS_ADDR), &facs())?;
@@ -255,6 +303,11 @@ mod tests {
 
     fn u64_at(b: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// The DSDT for devices that fit.
+    fn dsdt(virtio: &[VirtioMmioDevice]) -> Vec<u8> {
+        super::dsdt(virtio).unwrap()
     }
 
     #[test]
@@ -355,5 +408,69 @@ mod tests {
             .collect();
         let mut m = GuestRam::new(1 << 20);
         assert!(write_tables(&mut m, 64, &eight).is_ok());
+    }
+
+    /// A PkgLength's value and its own size in bytes.
+    fn decode_pkg_length(b: &[u8]) -> (usize, usize) {
+        let follow = (b[0] >> 6) as usize;
+        if follow == 0 {
+            return ((b[0] & 0x3f) as usize, 1);
+        }
+        let mut len = (b[0] & 0x0f) as usize;
+        for (k, x) in b[1..=follow].iter().enumerate() {
+            len |= (*x as usize) << (4 + 8 * k);
+        }
+        (len, follow + 1)
+    }
+
+    #[test]
+    fn pkg_lengths_take_the_form_their_length_needs() {
+        for (len, size) in [(0, 1), (62, 1), (63, 2), (4093, 2), (4094, 3), (0xf_fffc, 3), (0xf_fffd, 4)] {
+            let enc = pkg_length(len).unwrap();
+            assert_eq!(enc.len(), size, "{len}");
+            assert_eq!(decode_pkg_length(&enc), (len + size, size), "{len}");
+        }
+        assert_eq!(pkg_length(0xfff_fffb).map(|e| e.len()), Some(4));
+        assert_eq!(pkg_length(0xfff_fffc), None);
+        assert_eq!(pkg_length(usize::MAX), None);
+    }
+
+    #[test]
+    fn a_dsdt_of_many_virtio_devices_has_a_three_byte_scope_length() {
+        // 68 devices make the \_SB scope longer than a two-byte PkgLength holds (4095): it used to
+        // be truncated into a wrong length.
+        for n in [67, 68, 100, MAX_VIRTIO_DEVICES] {
+            let devs: Vec<VirtioMmioDevice> = (0..n)
+                .map(|i| VirtioMmioDevice { base: 0xd000_0000 + i as u32 * 0x1000, len: 0x1000, irq: 5 })
+                .collect();
+            let d = dsdt(&devs);
+            assert_eq!((sum(&d), u32_at(&d, 4) as usize), (0, d.len()));
+            // After \_S5 (14 bytes): ScopeOp, its PkgLength covering the rest, \_SB_.
+            let aml = &d[36..];
+            assert_eq!(aml[14], 0x10);
+            let (len, size) = decode_pkg_length(&aml[15..]);
+            assert_eq!((size, len), (if n < 68 { 2 } else { 3 }, aml.len() - 15), "{n} devices");
+            assert_eq!(&aml[15 + size..20 + size], b"\\_SB_");
+            assert_eq!(aml.windows(8).filter(|w| w == b"LNRO0005").count(), n);
+            // Every device has its own name.
+            for i in 0..n {
+                let name = alloc::format!("VR{i:02X}");
+                assert_eq!(aml.windows(4).filter(|w| *w == name.as_bytes()).count(), 1, "{name}");
+            }
+            assert_eq!(ember_hw::acpi::s5_sleep_types(aml), Some((5, 5)));
+            let mut m = GuestRam::new(1 << 20);
+            assert!(write_tables(&mut m, 255, &devs).is_ok(), "{n} devices fit the BIOS area");
+        }
+    }
+
+    #[test]
+    fn more_virtio_devices_than_the_dsdt_can_name_are_refused() {
+        // Device 256 would have been VR00 (again) with _UID 0.
+        let devs = vec![VirtioMmioDevice { base: 0xd000_0000, len: 0x1000, irq: 5 }; MAX_VIRTIO_DEVICES + 1];
+        let mut m = GuestRam::new(1 << 20);
+        let e = write_tables(&mut m, 1, &devs).unwrap_err();
+        assert_eq!(e, AcpiError::TooManyDevices(257));
+        assert!(e.to_string().contains("at most 256"), "{e}");
+        assert_eq!(read(&m, RSDP_ADDR, 8), [0; 8], "nothing written");
     }
 }

@@ -73,7 +73,7 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
     match leaf {
         1 => {
             // EBX: APIC ID [31:24], logical processor count [23:16], CLFLUSH size [15:8] kept.
-            l.ebx = (l.ebx & 0x0000_ffff) | ((vcpu.vcpus as u32) << 16) | ((vcpu.apic_id as u32) << 24);
+            l.ebx = (l.ebx & 0x0000_ffff) | (u32::from(vcpu.vcpus) << 16) | (u32::from(vcpu.apic_id) << 24);
             l.ecx &= !((1 << 3) | (1 << 5) | (1 << 21)); // MONITOR, VMX, x2APIC
             l.ecx |= 1 << 31; // running under a hypervisor
             if vcpu.lapic && vcpu.pv_clock {
@@ -87,7 +87,7 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             }
         }
         4 => l.eax &= 0x0000_3fff, // no cores or threads sharing the cache reported
-        0xb | 0x1f => l = Leaf { eax: 0, ebx: 0, ecx: subleaf & 0xff, edx: vcpu.apic_id as u32 },
+        0xb | 0x1f => l = Leaf { eax: 0, ebx: 0, ecx: subleaf & 0xff, edx: u32::from(vcpu.apic_id) },
         0x8000_0001 => l.ecx &= !(1 << 2), // SVM
         0x8000_000a => l = Leaf::default(),
         _ => {}

@@ -30,30 +30,22 @@
 extern crate alloc;
 
 // Guest-controlled paths are total: clippy refuses unwrap/expect/panic, indexing, slicing and
-// unchecked arithmetic in all of `vmm` outside tests - every device model, the buses, exit handling,
-// decoding, the page walk, guest memory, the vCPU loop and the disk write-back. Still allowed the
-// latter three lints (marked below, to be converted; all fuzzed): the CPUID and MSR policies, the
-// ACPI table writer, the Linux loader and the nested page table builder, which see the VM
-// definition's files and the host's choices rather than a running guest's accesses (except the
-// MSR policy).
-#[cfg_attr(not(test), allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+// unchecked arithmetic in every module of `vmm` outside tests - the device models, the buses, exit
+// handling, decoding, the page walk, guest memory, the vCPU loop, the disk write-back, the CPUID
+// and MSR policies, the ACPI table writer, the Linux loader and the nested page table builder.
 pub mod acpi;
 pub mod board;
 pub mod bus;
-#[cfg_attr(not(test), allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod cpuid;
 pub mod decode;
 pub mod disk;
 pub mod exit;
 pub mod ioapic;
 pub mod lapic;
-#[cfg_attr(not(test), allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod linux;
 pub mod machine;
 pub mod memory;
-#[cfg_attr(not(test), allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod msr;
-#[cfg_attr(not(test), allow(clippy::indexing_slicing, clippy::arithmetic_side_effects))]
 pub mod npt;
 pub mod paging;
 pub mod pic;

@@ -5,7 +5,7 @@
 //! guest gets identity-mapped page tables and a GDT, so a vCPU can start in 64-bit mode at the
 //! kernel's 64-bit entry (`code32_start + 0x200`) with RSI pointing at the zero page.
 //!
-//! Guest-physical layout: GDT at 0x500, zero page at 0x7000, page tables at 0x9000-0xdfff (the
+//! Guest-physical layout: GDT at 0x500, zero page at 0x7000, page tables at 0x9000-0xefff (the
 //! first 4 GiB with 2 MiB pages), command line at 0x20000, the kernel at `code32_start`
 //! (0x100000), the initrd at the top of RAM below `initrd_addr_max`. RAM is one range from 0;
 //! 0xa0000-0xfffff is reserved (legacy VGA and BIOS area) and RAM ends below the 3 GiB MMIO window.
@@ -21,6 +21,9 @@ mod field {
     pub const SETUP_SECTS: usize = 0x1f1;
     pub const BOOT_FLAG: usize = 0x1fe;
     pub const JUMP_END: usize = 0x201;
+    /// The short jump at 0x200 lands at 0x202 plus its offset byte ([`JUMP_END`]): the end of
+    /// the setup header.
+    pub const JUMP_BASE: usize = 0x202;
     pub const HEADER: usize = 0x202;
     pub const VERSION: usize = 0x206;
     pub const TYPE_OF_LOADER: usize = 0x210;
@@ -87,9 +90,11 @@ impl core::fmt::Display for LoadError {
 /// A checked bzImage.
 #[derive(Debug, Clone, Copy)]
 pub struct BzImage<'a> {
-    image: &'a [u8],
-    /// The setup code and header: the first `(setup_sects + 1) * 512` bytes.
-    setup_len: usize,
+    /// The setup header, from 0x1f1 to its declared end.
+    header: &'a [u8],
+    /// The protected-mode kernel: what follows the setup code (the first
+    /// `(setup_sects + 1) * 512` bytes).
+    kernel: &'a [u8],
     pub version: u16,
     pub code32_start: u32,
     pub init_size: u32,
@@ -97,24 +102,40 @@ pub struct BzImage<'a> {
     pub initrd_addr_max: u32,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// The `N` bytes at `at`, if `b` has them.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..)?.first_chunk().copied()
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    bytes_at(b, at).map(u16::from_le_bytes)
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    bytes_at(b, at).map(u32::from_le_bytes)
+}
+
+/// A length as a guest-physical quantity (`usize` is at most 64 bits; saturating otherwise, which
+/// only makes the length too big for any check it is put to).
+fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl<'a> BzImage<'a> {
     pub fn parse(image: &'a [u8]) -> Result<Self, LoadError> {
         let bad = |w: String| Err(LoadError::BadImage(w));
+        let short = || LoadError::BadImage(format!("{} bytes is too short for a setup header", image.len()));
         if image.len() < 1024 {
-            return bad(format!("{} bytes is too short for a setup header", image.len()));
+            return Err(short());
         }
-        if u16_at(image, field::BOOT_FLAG) != 0xaa55 || u32_at(image, field::HEADER) != HDRS {
+        // Every field is in the first KiB, which is there.
+        let u8_field = |at: usize| image.get(at).copied().ok_or_else(short);
+        let u16_field = |at: usize| u16_at(image, at).ok_or_else(short);
+        let u32_field = |at: usize| u32_at(image, at).ok_or_else(short);
+        if u16_field(field::BOOT_FLAG)? != 0xaa55 || u32_field(field::HEADER)? != HDRS {
             return bad(String::from("no Linux setup header (boot flag 0xaa55 and \"HdrS\" missing)"));
         }
-        let version = u16_at(image, field::VERSION);
+        let version = u16_field(field::VERSION)?;
         if version < MIN_VERSION {
             return bad(format!(
                 "boot protocol {}.{:02} is older than 2.12 (no 64-bit entry declared)",
@@ -122,47 +143,50 @@ impl<'a> BzImage<'a> {
                 version & 0xff
             ));
         }
-        if u16_at(image, field::XLOADFLAGS) & XLF_KERNEL_64 == 0 {
+        if u16_field(field::XLOADFLAGS)? & XLF_KERNEL_64 == 0 {
             return bad(String::from("xloadflags: not a 64-bit kernel (XLF_KERNEL_64 unset)"));
         }
-        if image[field::LOADFLAGS] & LOADED_HIGH == 0 {
+        if u8_field(field::LOADFLAGS)? & LOADED_HIGH == 0 {
             return bad(String::from("loadflags: a zImage (LOADED_HIGH unset), not a bzImage"));
         }
-        let sects = match image[field::SETUP_SECTS] {
+        let sects = match u8_field(field::SETUP_SECTS)? {
             0 => 4,
-            n => n as usize,
+            n => usize::from(n),
         };
-        let setup_len = (sects + 1) * 512;
-        if setup_len >= image.len() {
-            return bad(format!("setup_sects {sects}: the setup code runs past the end of the image"));
-        }
-        let header_end = 0x202 + image[field::JUMP_END] as usize;
-        if header_end > setup_len || header_end < field::INIT_SIZE + 4 {
+        let setup_len = sects.checked_add(1).and_then(|s| s.checked_mul(512));
+        let (setup, kernel) = match setup_len.and_then(|l| image.split_at_checked(l)) {
+            Some((setup, kernel)) if !kernel.is_empty() => (setup, kernel),
+            _ => return bad(format!("setup_sects {sects}: the setup code runs past the end of the image")),
+        };
+        // At most 0x202 + 0xff: never saturates.
+        let header_end = field::JUMP_BASE.saturating_add(usize::from(u8_field(field::JUMP_END)?));
+        let header = setup.get(field::SETUP_SECTS..header_end);
+        let Some(header) = header.filter(|_| header_end >= field::INIT_SIZE + 4) else {
             return bad(format!("the setup header length ({header_end:#x}) is implausible"));
-        }
-        let code32_start = u32_at(image, field::CODE32_START);
-        if (code32_start as u64) < HIGH_RAM {
+        };
+        let code32_start = u32_field(field::CODE32_START)?;
+        if u64::from(code32_start) < HIGH_RAM {
             return bad(format!("code32_start {code32_start:#x} is below 1 MiB"));
         }
         Ok(BzImage {
-            image,
-            setup_len,
+            header,
+            kernel,
             version,
             code32_start,
-            init_size: u32_at(image, field::INIT_SIZE),
-            cmdline_size: u32_at(image, field::CMDLINE_SIZE),
-            initrd_addr_max: u32_at(image, field::INITRD_ADDR_MAX),
+            init_size: u32_field(field::INIT_SIZE)?,
+            cmdline_size: u32_field(field::CMDLINE_SIZE)?,
+            initrd_addr_max: u32_field(field::INITRD_ADDR_MAX)?,
         })
     }
 
     /// The protected-mode kernel (what follows the setup code).
     pub fn kernel(&self) -> &'a [u8] {
-        &self.image[self.setup_len..]
+        self.kernel
     }
 
     /// The setup header bytes, from 0x1f1 to its declared end.
     fn header(&self) -> &'a [u8] {
-        &self.image[field::SETUP_SECTS..0x202 + self.image[field::JUMP_END] as usize]
+        self.header
     }
 }
 
@@ -183,6 +207,17 @@ fn oom(e: super::memory::OutOfRange) -> LoadError {
     LoadError::TooBig(format!("{e}"))
 }
 
+/// Copies `bytes` into the zero page at `at`. Every offset is a zero-page field and the longest
+/// copy, the image's setup header, ends by 0x301; one that did not fit is refused, not truncated.
+fn put(zp: &mut [u8; 4096], at: usize, bytes: &[u8]) -> Result<(), LoadError> {
+    let field = zp.get_mut(at..).and_then(|z| z.get_mut(..bytes.len()));
+    let Some(field) = field else {
+        return Err(LoadError::BadImage(format!("{} bytes at {at:#x} run past the zero page", bytes.len())));
+    };
+    field.copy_from_slice(bytes);
+    Ok(())
+}
+
 /// Loads `image` with `initrd` and `cmdline` into `mem` (zeroed RAM); returns the entry state.
 pub fn load(
     mem: &mut (impl GuestMemory + ?Sized),
@@ -199,8 +234,8 @@ pub fn load(
         )));
     }
     // The command line: NUL-terminated, within the kernel's limit and the area reserved for it.
-    let limit = (image.cmdline_size as u64).min(CMDLINE_MAX - 1);
-    if cmdline.len() as u64 > limit {
+    let limit = u64::from(image.cmdline_size).min(CMDLINE_MAX - 1);
+    if len64(cmdline.len()) > limit {
         return Err(LoadError::BadCmdline(format!(
             "{} bytes, the kernel takes at most {limit}",
             cmdline.len()
@@ -210,21 +245,24 @@ pub fn load(
         return Err(LoadError::BadCmdline(String::from("contains a NUL byte")));
     }
     // The kernel needs init_size bytes from its load address (decompression happens in place).
-    let load = image.code32_start as u64;
+    let load = u64::from(image.code32_start);
     let kernel = image.kernel();
-    let kernel_end = load + (image.init_size as u64).max(kernel.len() as u64);
-    if kernel_end > ram {
-        return Err(LoadError::TooBig(format!(
-            "the kernel needs {:#x}..{kernel_end:#x}, RAM ends at {ram:#x}",
-            load
-        )));
-    }
+    let kernel_size = u64::from(image.init_size).max(len64(kernel.len()));
+    let kernel_end = load.checked_add(kernel_size);
+    let Some(kernel_end) = kernel_end.filter(|end| *end <= ram) else {
+        let needs = kernel_end.map_or_else(
+            || format!("{kernel_size:#x} bytes from {load:#x}"),
+            |end| format!("{load:#x}..{end:#x}"),
+        );
+        return Err(LoadError::TooBig(format!("the kernel needs {needs}, RAM ends at {ram:#x}")));
+    };
     // The initrd: page aligned at the top of RAM, below initrd_addr_max, above the kernel.
     let initrd_at = match initrd {
         None => None,
         Some(rd) => {
-            let top = ram.min(image.initrd_addr_max as u64 + 1);
-            let at = top.checked_sub(rd.len() as u64).map(|a| a & !0xfff);
+            // initrd_addr_max is the last byte the initrd may use; the sum is at most 2^32.
+            let top = ram.min(u64::from(image.initrd_addr_max).saturating_add(1));
+            let at = top.checked_sub(len64(rd.len())).map(|a| a & !0xfff);
             match at {
                 Some(at) if at >= kernel_end => Some((at, rd)),
                 _ => {
@@ -236,6 +274,23 @@ pub fn load(
             }
         }
     };
+    // The 64-bit entry point, 0x200 into the kernel (below 4 GiB + 0x200: never overflows).
+    let rip = load.checked_add(0x200).ok_or_else(|| {
+        LoadError::BadImage(format!("code32_start {load:#x}: no room for the 64-bit entry"))
+    })?;
+    // What the zero page says of the initrd: 32-bit fields, which hold anything below the MMIO
+    // window (RAM ends there, and the initrd is in RAM).
+    let (rd_at, rd_len) = initrd_at.map_or((0, 0), |(a, rd)| (a, len64(rd.len())));
+    let (Ok(rd_at32), Ok(rd_len32)) = (u32::try_from(rd_at), u32::try_from(rd_len)) else {
+        return Err(LoadError::TooBig(format!(
+            "an initrd of {rd_len} bytes at {rd_at:#x} is beyond the boot protocol's 4 GiB"
+        )));
+    };
+    // RAM above 1 MiB: there is some, as the kernel is loaded there.
+    let high_ram = ram
+        .checked_sub(HIGH_RAM)
+        .ok_or_else(|| LoadError::TooBig(format!("RAM ends at {ram:#x}, below 1 MiB")))?;
+
     mem.write(GuestPhysAddr(load), kernel).map_err(oom)?;
     if let Some((at, rd)) = initrd_at {
         mem.write(GuestPhysAddr(at), rd).map_err(oom)?;
@@ -246,65 +301,72 @@ pub fn load(
 
     // The zero page: the image's setup header, then what the boot loader fills in.
     let mut zp = [0u8; 4096];
-    let header = image.header();
-    zp[field::SETUP_SECTS..field::SETUP_SECTS + header.len()].copy_from_slice(header);
+    put(&mut zp, field::SETUP_SECTS, image.header())?;
     zp[field::TYPE_OF_LOADER] = 0xff; // a boot loader without an assigned id
     zp[field::LOADFLAGS] |= CAN_USE_HEAP;
-    zp[field::HEAP_END_PTR..field::HEAP_END_PTR + 2].copy_from_slice(&0xfe00u16.to_le_bytes());
-    zp[field::CMD_LINE_PTR..field::CMD_LINE_PTR + 4].copy_from_slice(&(CMDLINE.0 as u32).to_le_bytes());
-    let (rd_at, rd_len) = initrd_at.map_or((0, 0), |(a, rd)| (a, rd.len() as u64));
-    zp[field::RAMDISK_IMAGE..field::RAMDISK_IMAGE + 4].copy_from_slice(&(rd_at as u32).to_le_bytes());
-    zp[field::RAMDISK_SIZE..field::RAMDISK_SIZE + 4].copy_from_slice(&(rd_len as u32).to_le_bytes());
+    put(&mut zp, field::HEAP_END_PTR, &0xfe00u16.to_le_bytes())?;
+    put(&mut zp, field::CMD_LINE_PTR, &CMDLINE_PTR.to_le_bytes())?;
+    put(&mut zp, field::RAMDISK_IMAGE, &rd_at32.to_le_bytes())?;
+    put(&mut zp, field::RAMDISK_SIZE, &rd_len32.to_le_bytes())?;
     let e820 = [
         (0, LEGACY_START, E820_RAM),
         (LEGACY_START, HIGH_RAM - LEGACY_START, E820_RESERVED),
-        (HIGH_RAM, ram - HIGH_RAM, E820_RAM),
+        (HIGH_RAM, high_ram, E820_RAM),
     ];
     // Where the VM's ACPI tables start (`super::acpi`; Linux 5.0 and later read it from here).
-    zp[field::ACPI_RSDP_ADDR..field::ACPI_RSDP_ADDR + 8]
-        .copy_from_slice(&super::acpi::RSDP_ADDR.to_le_bytes());
+    put(&mut zp, field::ACPI_RSDP_ADDR, &super::acpi::RSDP_ADDR.to_le_bytes())?;
     zp[field::E820_ENTRIES] = e820.len() as u8;
-    for (i, (addr, size, kind)) in e820.iter().enumerate() {
-        let at = field::E820_TABLE + 20 * i;
-        zp[at..at + 8].copy_from_slice(&addr.to_le_bytes());
-        zp[at + 8..at + 16].copy_from_slice(&size.to_le_bytes());
-        zp[at + 16..at + 20].copy_from_slice(&kind.to_le_bytes());
-    }
+    // Each entry: address, size (64 bits each) and type (32 bits).
+    let table: alloc::vec::Vec<u8> = e820
+        .iter()
+        .flat_map(|(addr, size, kind)| {
+            addr.to_le_bytes().into_iter().chain(size.to_le_bytes()).chain(kind.to_le_bytes())
+        })
+        .collect();
+    put(&mut zp, field::E820_TABLE, &table)?;
     mem.write(ZERO_PAGE, &zp).map_err(oom)?;
 
     let (cr3, gdt_base, gdt_limit) = write_long_mode_tables(mem)?;
     Ok(LinuxEntry {
-        rip: load + 0x200,
+        rip,
         rsi: ZERO_PAGE.0,
         cr3,
         gdt_base,
         gdt_limit,
-        initrd: initrd_at.map(|(a, rd)| (a, rd.len() as u64)),
+        initrd: initrd_at.map(|(a, rd)| (a, len64(rd.len()))),
     })
 }
+
+/// The command line's address as the zero page's 32-bit `cmd_line_ptr`.
+const CMDLINE_PTR: u32 = CMDLINE.0 as u32;
+/// The boot GDT: null, null, 64-bit code at [`CODE_SELECTOR`], data at [`DATA_SELECTOR`].
+const BOOT_GDT: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+const GDT_LIMIT: u16 = (BOOT_GDT.len() * 8 - 1) as u16;
+/// The page directory pointer table and the four page directories after the PML4.
+const PDPT: GuestPhysAddr = GuestPhysAddr(0xa000);
+const PDS: [GuestPhysAddr; 4] =
+    [GuestPhysAddr(0xb000), GuestPhysAddr(0xc000), GuestPhysAddr(0xd000), GuestPhysAddr(0xe000)];
 
 /// Writes what a vCPU needs to run in 64-bit mode: the GDT (null, null, 64-bit code at
 /// [`CODE_SELECTOR`], data at [`DATA_SELECTOR`]) at [`GDT`], and page tables at [`PML4`]
 /// identity-mapping the first 4 GiB with 2 MiB pages. Returns (CR3, GDT base, GDT limit).
 pub fn write_long_mode_tables(mem: &mut (impl GuestMemory + ?Sized)) -> Result<(u64, u64, u16), LoadError> {
-    let gdt: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-    for (i, d) in gdt.iter().enumerate() {
-        mem.write_u64(GuestPhysAddr(GDT.0 + 8 * i as u64), *d).map_err(oom)?;
-    }
+    let gdt: alloc::vec::Vec<u8> = BOOT_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write(GDT, &gdt).map_err(oom)?;
     // PML4 -> one PDPT -> four PDs of 2 MiB pages.
     const PRESENT_WRITABLE: u64 = 0x3;
     const LARGE: u64 = 0x80;
-    let pdpt = PML4.0 + 0x1000;
-    mem.write_u64(PML4, pdpt | PRESENT_WRITABLE).map_err(oom)?;
-    for g in 0..4u64 {
-        let pd = pdpt + 0x1000 * (g + 1);
-        mem.write_u64(GuestPhysAddr(pdpt + 8 * g), pd | PRESENT_WRITABLE).map_err(oom)?;
-        for i in 0..512u64 {
-            let frame = (g << 30) | (i << 21);
-            mem.write_u64(GuestPhysAddr(pd + 8 * i), frame | PRESENT_WRITABLE | LARGE).map_err(oom)?;
-        }
+    mem.write_u64(PML4, PDPT.0 | PRESENT_WRITABLE).map_err(oom)?;
+    let pdpt: alloc::vec::Vec<u8> =
+        PDS.iter().flat_map(|pd| (pd.0 | PRESENT_WRITABLE).to_le_bytes()).collect();
+    mem.write(PDPT, &pdpt).map_err(oom)?;
+    for (g, pd) in (0..4u64).zip(PDS) {
+        let entries: alloc::vec::Vec<u8> = (0..512u64)
+            .flat_map(|i| ((g << 30) | (i << 21) | PRESENT_WRITABLE | LARGE).to_le_bytes())
+            .collect();
+        mem.write(pd, &entries).map_err(oom)?;
     }
-    Ok((PML4.0, GDT.0, (gdt.len() * 8 - 1) as u16))
+    Ok((PML4.0, GDT.0, GDT_LIMIT))
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ impl VcpuMsrs {
         VcpuMsrs {
             apic_base: APIC_BASE_ADDRESS | APIC_ENABLE | bsp,
             mtrr_def_type: 0,
-            tsc_aux: index as u64,
+            tsc_aux: u64::from(index),
             clock: ClockMsrs::default(),
         }
     }

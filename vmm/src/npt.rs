@@ -125,8 +125,16 @@ pub struct NestedPageTables<F: EntryFormat = Npt> {
     format: PhantomData<F>,
 }
 
+/// The entry for `gpa` in a table of `level` (0 is the page table, 1 the page directory, 2 the
+/// PDPT, 3 the PML4; there are no others): the 9 address bits from bit 12 + 9 * level.
 fn index(gpa: u64, level: u32) -> usize {
-    ((gpa >> (12 + 9 * level)) & 0x1ff) as usize
+    let shift = match level {
+        0 => 12,
+        1 => 21,
+        2 => 30,
+        _ => 39,
+    };
+    ((gpa >> shift) & 0x1ff) as usize
 }
 
 impl<F: EntryFormat> NestedPageTables<F> {
@@ -152,27 +160,24 @@ impl<F: EntryFormat> NestedPageTables<F> {
         if !gpa.0.is_multiple_of(PAGE) || !hpa.0.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(NptError::Unaligned);
         }
-        if gpa.0.checked_add(len).is_none_or(|end| end > GPA_LIMIT) || hpa.0.checked_add(len).is_none() {
+        let end = gpa.0.checked_add(len).filter(|end| *end <= GPA_LIMIT);
+        let (Some(end), Some(_)) = (end, hpa.0.checked_add(len)) else {
             return Err(NptError::OutOfRange);
-        }
+        };
         // Check the whole range first, so a refused map changes nothing.
-        let mut at = 0;
-        while at < len {
-            if self.translate(frames, GuestPhysAddr(gpa.0 + at)).is_some() {
-                return Err(NptError::Overlap(GuestPhysAddr(gpa.0 + at)));
+        for g in (gpa.0..end).step_by(PAGE as usize) {
+            if self.translate(frames, GuestPhysAddr(g)).is_some() {
+                return Err(NptError::Overlap(GuestPhysAddr(g)));
             }
-            at += PAGE;
         }
-        let mut at = 0;
-        while at < len {
-            let (g, h) = (gpa.0 + at, hpa.0 + at);
-            let large =
-                g.is_multiple_of(LARGE_PAGE) && h.is_multiple_of(LARGE_PAGE) && len - at >= LARGE_PAGE;
+        // Page by page (2 MiB or 4 KiB): `g` and `h` stay within the ranges checked above.
+        let (mut g, mut h) = (gpa.0, hpa.0);
+        while let Some(left) = end.checked_sub(g).filter(|left| *left != 0) {
+            let large = g.is_multiple_of(LARGE_PAGE) && h.is_multiple_of(LARGE_PAGE) && left >= LARGE_PAGE;
             // Walk down to the page directory (level 1) or the page table (level 0).
             let stop = if large { 1 } else { 0 };
             let mut table = self.root;
-            let mut level = 3;
-            while level > stop {
+            for level in [3, 2, 1].into_iter().take_while(|level| *level > stop) {
                 let i = index(g, level);
                 let e = frames.read_entry(table, i);
                 table = if F::present(e) && e & LARGE == 0 {
@@ -183,10 +188,14 @@ impl<F: EntryFormat> NestedPageTables<F> {
                     frames.write_entry(table, i, F::table(t.0));
                     t
                 };
-                level -= 1;
             }
             frames.write_entry(table, index(g, stop), F::leaf(h, large, writable));
-            at += if large { LARGE_PAGE } else { PAGE };
+            let step = if large { LARGE_PAGE } else { PAGE };
+            // `left` is a multiple of 4 KiB and at least `step`: neither sum overflows.
+            let (Some(next_g), Some(next_h)) = (g.checked_add(step), h.checked_add(step)) else {
+                return Err(NptError::OutOfRange);
+            };
+            (g, h) = (next_g, next_h);
         }
         Ok(())
     }
@@ -205,8 +214,9 @@ impl<F: EntryFormat> NestedPageTables<F> {
             }
             writable &= F::writable(e);
             if level == 0 || (level == 1 && e & LARGE != 0) {
-                let size = if level == 0 { PAGE } else { LARGE_PAGE };
-                return Some((HostPhysAddr((e & ADDRESS & !(size - 1)) + gpa.0 % size), writable));
+                // The offset in the page: the address bits below the page's size.
+                let offset = if level == 0 { PAGE - 1 } else { LARGE_PAGE - 1 };
+                return Some((HostPhysAddr((e & ADDRESS & !offset) | (gpa.0 & offset)), writable));
             }
             table = HostPhysAddr(e & ADDRESS);
         }
