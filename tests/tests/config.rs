@@ -289,18 +289,7 @@ fn kickstart_on_the_boot_media_configures_the_first_boot_once() {
         ),
     )
     .unwrap();
-    let img = dir.path().join("ember.img");
-    let efi = efi_path();
-    let (ok, out, err) = run_tool(&[
-        "build",
-        "--out",
-        img.to_str().unwrap(),
-        "--efi",
-        efi.to_str().unwrap(),
-        "--ks",
-        ks.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let img = image_with_ks(dir.path(), &ks);
     let port = free_port();
     let addr = loopback(port);
     let mut q = Qemu::start(&static_boot("config_ks_esp", &img, port));
@@ -355,25 +344,13 @@ fn a_failing_hostile_firstboot_still_reaches_the_dcui_and_does_not_run_again() {
         ),
     )
     .unwrap();
-    let img = dir.path().join("ember.img");
-    let efi = efi_path();
-    let (ok, out, err) = run_tool(&[
-        "build",
-        "--out",
-        img.to_str().unwrap(),
-        "--efi",
-        efi.to_str().unwrap(),
-        "--ks",
-        ks.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let img = image_with_ks(dir.path(), &ks);
     let port = free_port();
     let addr = loopback(port);
     let mut q = Qemu::start(&static_boot("config_ks_hostile_firstboot", &img, port));
     q.wait_for("first boot: configuration stored (sequence 1)", BOOT_TIMEOUT);
     q.wait_for("first boot: %firstboot result stored (sequence 2)", BOOT_TIMEOUT);
     let log = q.text();
-    eprintln!("{log}");
     for want in ["more than 16384 bytes", "at most 3 DNS servers", "exit status 3"] {
         assert!(
             log.lines().any(|l| l.contains("first boot: %firstboot ks.cfg:line 4") && l.contains(want)),
@@ -391,6 +368,23 @@ fn a_failing_hostile_firstboot_still_reaches_the_dcui_and_does_not_run_again() {
     q.wait_for("configuration loaded from vda slot B (sequence 2)", BOOT_TIMEOUT);
     q.wait_for_screen("https://10.0.2.20/ (STATIC)", HTTP_TIMEOUT);
     assert!(!q.text().contains("%firstboot"), "the script does not run again");
+}
+
+/// An image in `dir` built with `build --ks ks`.
+fn image_with_ks(dir: &Path, ks: &Path) -> std::path::PathBuf {
+    let img = dir.join("ember.img");
+    let efi = efi_path();
+    let (ok, out, err) = run_tool(&[
+        "build",
+        "--out",
+        img.to_str().unwrap(),
+        "--efi",
+        efi.to_str().unwrap(),
+        "--ks",
+        ks.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    img
 }
 
 /// A virtio-blk boot whose API, at the static address 10.0.2.20, is forwarded to `port`.
