@@ -159,8 +159,9 @@ fn dsdt(virtio: &[VirtioMmioDevice]) -> Result<Vec<u8>, AcpiError> {
     if virtio.len() > MAX_VIRTIO_DEVICES {
         return Err(AcpiError::TooManyDevices(virtio.len()));
     }
-    let s5 = S5_SLP_TYP as u8; // a 3-bit field
-                               // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4) BytePrefix 5 BytePrefix 5 Zero Zero
+    // A 3-bit field.
+    let s5 = S5_SLP_TYP as u8;
+    // NameOp "_S5_" PackageOp PkgLength(8) NumElements(4) BytePrefix 5 BytePrefix 5 Zero Zero
     let mut aml = vec![0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, s5, 0x0a, s5, 0x00, 0x00];
     if !virtio.is_empty() {
         let mut scope = vec![b'\\', b'_', b'S', b'B', b'_'];
@@ -416,6 +417,7 @@ mod tests {
         if follow == 0 {
             return ((b[0] & 0x3f) as usize, 1);
         }
+        assert_eq!(b[0] & 0x30, 0, "bits 5-4 of a multi-byte PkgLength's lead byte are reserved");
         let mut len = (b[0] & 0x0f) as usize;
         for (k, x) in b[1..=follow].iter().enumerate() {
             len |= (*x as usize) << (4 + 8 * k);
