@@ -7,11 +7,14 @@
 //! and then fails to mount again or checks unclean: Ember's own commits must always be valid.
 #![no_main]
 
-use ember_storage::block::{BlockDevice, IoError, MemDisk};
+#[path = "common/overlay.rs"]
+mod overlay;
+
+use ember_storage::block::{BlockDevice, MemDisk};
 use ember_storage::datastore::format::{seal_node, seal_superblock, META};
 use ember_storage::datastore::{Datastore, DsError, FormatOptions, InodeKind, Superblock};
 use libfuzzer_sys::fuzz_target;
-use std::collections::HashMap;
+use overlay::Overlay;
 use std::sync::OnceLock;
 
 /// The undamaged datastore and the metadata nodes it uses.
@@ -46,45 +49,6 @@ fn base() -> &'static (MemDisk, Vec<u32>) {
     })
 }
 
-/// The base image with the input's changes on top, without copying the 6 MiB base.
-struct Overlay {
-    base: &'static MemDisk,
-    blocks: HashMap<u64, Vec<u8>>,
-}
-
-impl BlockDevice for Overlay {
-    fn block_size(&self) -> u32 {
-        512
-    }
-    fn num_blocks(&self) -> u64 {
-        self.base.num_blocks()
-    }
-    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        for (i, chunk) in buf.chunks_mut(512).enumerate() {
-            let at = lba + i as u64;
-            match self.blocks.get(&at) {
-                Some(b) => chunk.copy_from_slice(b),
-                None => {
-                    let o = at as usize * 512;
-                    chunk.copy_from_slice(&self.base.bytes()[o..o + 512]);
-                }
-            }
-        }
-        Ok(())
-    }
-    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        for (i, chunk) in buf.chunks(512).enumerate() {
-            self.blocks.insert(lba + i as u64, chunk.to_vec());
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        Ok(())
-    }
-}
-
 impl Overlay {
     fn meta(&mut self, at: u64) -> [u8; META] {
         let mut b = [0u8; META];
@@ -101,7 +65,7 @@ const NAMES: [&str; 10] =
 
 fuzz_target!(|data: &[u8]| {
     let (disk, nodes) = base();
-    let mut dev = Overlay { base: disk, blocks: HashMap::new() };
+    let mut dev = Overlay::new(disk);
     let mut input = data.iter().copied();
     let mut next = move || input.next();
     // Damage: up to 8 changes, each to a superblock slot or a node in use.

@@ -16,6 +16,9 @@
 //! Any panic, overflow or out-of-bounds access is a finding.
 #![no_main]
 
+#[path = "common/overlay.rs"]
+mod overlay;
+
 use ember_net::api::Reply;
 use ember_net::api::{self, ApiState, HostFacts};
 use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
@@ -31,8 +34,8 @@ use ember_storage::disks::HostDisks;
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::persist::Disk;
 use libfuzzer_sys::fuzz_target;
+use overlay::Overlay;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
@@ -93,41 +96,6 @@ impl BlockDevice for Shared {
     }
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         self.0.borrow_mut().write_blocks(lba, buf)
-    }
-    fn flush(&mut self) -> Result<(), IoError> {
-        Ok(())
-    }
-}
-
-/// [`datastore_disk`] with this input's writes on top.
-struct Overlay {
-    blocks: HashMap<u64, Vec<u8>>,
-}
-
-impl BlockDevice for Overlay {
-    fn block_size(&self) -> u32 {
-        512
-    }
-    fn num_blocks(&self) -> u64 {
-        datastore_disk().num_blocks()
-    }
-    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        for (i, chunk) in buf.chunks_mut(512).enumerate() {
-            let at = lba + i as u64;
-            match self.blocks.get(&at) {
-                Some(b) => chunk.copy_from_slice(b),
-                None => chunk.copy_from_slice(&datastore_disk().bytes()[at as usize * 512..][..512]),
-            }
-        }
-        Ok(())
-    }
-    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        self.check_request(lba, buf.len())?;
-        for (i, chunk) in buf.chunks(512).enumerate() {
-            self.blocks.insert(lba + i as u64, chunk.to_vec());
-        }
-        Ok(())
     }
     fn flush(&mut self) -> Result<(), IoError> {
         Ok(())
@@ -203,7 +171,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if mode % 2 == 1 {
         let (mut api_state, mut host) = (ApiState::new(HostFacts::default()), state(None));
-        let disk = Disk::new("vda".into(), "virtio-blk", Box::new(Overlay { blocks: HashMap::new() }));
+        let disk = Disk::new("vda".into(), "virtio-blk", Box::new(Overlay::new(datastore_disk())));
         host.disks = HostDisks::scan(vec![disk], None, 2, &mut Vec::new());
         match parse_request_with(rest, datastores::is_upload) {
             Parsed::Complete(mut req, used) => {
