@@ -16,7 +16,7 @@ use ember_storage::firstboot::{self as sources, KsSource};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
 use ember_storage::netconfig::ManagementConfig;
-use ember_storage::vmdef::{check_relative_path, VmDefinition};
+use ember_storage::vmdef::VmDefinition;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
         5 => {
             if let Ok(d) = VmDefinition::parse("vm.json", rest) {
                 for f in d.files() {
-                    check_relative_path(f).expect("a parsed definition has checked paths");
+                    ember_storage::vmdef::check_file_ref(f).expect("a parsed definition has checked paths");
                 }
             }
         }

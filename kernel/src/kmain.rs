@@ -169,7 +169,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), &mut locate);
     network.host.disks = scan_disks(disks, &network.host.store);
     let vm_disks = hypervisor.take_disk_writer();
-    hypervisor.autostart(timer::now_ms());
+    let inventory = network.host.config.vms.clone();
+    hypervisor.register_inventory(&mut network.host.disks, &inventory);
+    hypervisor.autostart(&mut network.host.disks, timer::now_ms());
     network.host.vms = alloc::boxed::Box::new(hypervisor);
     network.net.vms_changed();
     print_network_log(&mut network);
@@ -936,6 +938,10 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
             }
             print_network_log(net);
             local.write_back_vm_disks(net, now, false);
+            let unix = ember_net::datastores::unix_now(&net.host);
+            if net.host.vms.serve_disks(&mut net.host.disks, unix) {
+                last_activity = now;
+            }
             if let Some(notice) = net.net.take_notice() {
                 local.identity.notice = notice;
                 local.redraw(net);

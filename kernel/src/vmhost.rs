@@ -12,7 +12,13 @@
 //! clusters on the boot media every second (`ember_vmm::writeback::WRITEBACK_MS`) and whenever a
 //! guest flushes (the flush completes after the device's own flush). A disk whose file cannot be
 //! located on the boot media keeps its writes in memory only (said in the log at boot).
+//!
+//! VMs on datastores (the inventory, `HostConfig::vms`; `ember_net::vmstore`) read their kernel
+//! and initrd from the datastore when they start, and their disks are files there: the virtio
+//! devices queue their requests (`ember_vmm::blkio`) and the management CPU executes them
+//! ([`Hypervisor`]'s `serve_disks`, called by the management loop), then kicks the vCPUs.
 
+use alloc::borrow::Cow;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -20,15 +26,20 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use ember_hw::mm::frames::FrameAllocator;
 use ember_net::vms::{VmAction, VmError, VmReport, VmService, VmState, VmSummary};
+use ember_net::vmstore::{self, OpenDisk, StoredVm};
 use ember_platform::arch::x86_64::hypervisor::{self, HostPlatform};
 use ember_platform::arch::x86_64::svm::SvmCpu;
 use ember_platform::arch::x86_64::{apic, cpu, timer};
 use ember_platform::boot::vms::VmImage;
 use ember_platform::console;
 use ember_storage::block::BlockDevice;
+use ember_storage::disks::{HostDisks, MountId};
 use ember_storage::fatfile::FileExtents;
+use ember_storage::vmdef::DsPath;
+use ember_vmm::blkio::{self, IoQueue};
 use ember_vmm::disk::WritebackImage;
 use ember_vmm::runtime::{Platform, Runtime, Vm};
+use ember_vmm::virtio_blk::Backing;
 use ember_vmm::writeback::{BackedDisk, Writeback};
 use spin::{Mutex, Once};
 
@@ -99,18 +110,41 @@ pub fn ap_worker(cpu: SvmCpu) -> ! {
 type Image = WritebackImage<&'static mut [u8]>;
 
 enum Entry {
+    /// A VM on the boot media.
     Vm(Arc<Vm>),
-    /// A VM directory whose definition or files cannot be used.
+    /// A VM on a datastore: its definition, its disks (held), and its last run.
+    Stored { vm: StoredVm, disks: Vec<OpenDisk>, run: Option<Arc<Vm>> },
+    /// A VM directory or inventory entry whose definition or files cannot be used.
     Invalid {
         name: String,
         reason: String,
+        /// The inventory entry, for one on a datastore.
+        path: Option<DsPath>,
     },
 }
+
+/// A datastore-backed disk of a VM's run, served by the management CPU.
+struct ServedDisk {
+    vm: String,
+    queue: Arc<IoQueue>,
+    disk: OpenDisk,
+    label: String,
+}
+
+/// Requests executed per disk per call of `serve_disks`, at most.
+const SERVE_REQUESTS: usize = 16;
+/// Largest kernel or initrd read from a datastore.
+const MAX_BOOT_FILE: usize = 512 << 20;
 
 /// The VMs of this host, as the management plane sees them.
 pub struct Hypervisor {
     vms: Vec<Entry>,
     writer: Option<DiskWriter>,
+    served: Vec<ServedDisk>,
+    /// Datastores whose VM disks were written since their last commit, and when (s since 1970)
+    /// the last periodic commit was made.
+    written: Vec<MountId>,
+    last_commit: u64,
 }
 
 /// Writes the VMs' changed disk chunks back to the boot media, on the management CPU (which owns
@@ -144,7 +178,7 @@ impl Hypervisor {
             .map(|i| match i.loaded {
                 Ok(l) => {
                     let name = &l.definition.name;
-                    let disks = l
+                    let disks: Vec<(Backing<_>, bool)> = l
                         .disks
                         .into_iter()
                         .zip(&l.definition.disks)
@@ -178,17 +212,92 @@ impl Hypervisor {
                                 ),
                                 Err(_) => {}
                             }
-                            (disk, d.readonly)
+                            (Backing::Image(disk), d.readonly)
                         })
                         .collect();
-                    Entry::Vm(Arc::new(Vm::new(l.definition, l.kernel, l.initrd, disks)))
+                    let initrd = l.initrd.map(Cow::Borrowed);
+                    Entry::Vm(Arc::new(Vm::new(l.definition, Cow::Borrowed(l.kernel), initrd, disks)))
                 }
-                Err(reason) => {
-                    Entry::Invalid { name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(), reason }
-                }
+                Err(reason) => Entry::Invalid {
+                    name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(),
+                    reason,
+                    path: None,
+                },
             })
             .collect();
-        Hypervisor { vms, writer: Some(DiskWriter(Writeback::new(backed))) }
+        Hypervisor {
+            vms,
+            writer: Some(DiskWriter(Writeback::new(backed))),
+            served: Vec::new(),
+            written: Vec::new(),
+            last_commit: 0,
+        }
+    }
+
+    /// Adds the VMs of the inventory (definitions on datastores); one that cannot be used is
+    /// listed as invalid, with the reason, and stays in the inventory.
+    pub fn register_inventory(&mut self, disks: &mut HostDisks, inventory: &[String]) {
+        for entry in inventory {
+            let r = DsPath::parse(entry)
+                .map_err(|e| format!("inventory entry {entry}: {e}"))
+                .and_then(|path| {
+                    vmstore::load(disks, &path).map(|def| StoredVm { path, def }).map_err(|e| e.to_string())
+                })
+                .and_then(|vm| self.add(disks, vm).map_err(|e| e.to_string()));
+            if let Err(reason) = r {
+                kprintln!("ember: ERROR: VM {entry}: {reason}");
+                let path = DsPath::parse(entry).ok();
+                let name = path
+                    .as_ref()
+                    .and_then(|p| p.path.rsplit('/').next().map(|f| f.trim_end_matches(".json").to_string()))
+                    .unwrap_or_else(|| entry.clone());
+                self.vms.push(Entry::Invalid { name, reason, path });
+            }
+        }
+    }
+
+    /// A stored VM's files for a run: its kernel and initrd read, a queue per disk.
+    fn prepare(
+        disks: &mut HostDisks,
+        vm: &StoredVm,
+        open: &[OpenDisk],
+    ) -> Result<(Arc<Vm>, Vec<ServedDisk>), VmError> {
+        let folder = vm.path.parent();
+        let file = |disks: &mut HostDisks, field: &str, f: &str| -> Result<Vec<u8>, VmError> {
+            let p = folder.resolve(f).map_err(|e| VmError::Conflict(format!("{field}: {e}")))?;
+            vmstore::read_file(disks, &p, MAX_BOOT_FILE)
+                .map_err(|e| VmError::Conflict(format!("{field}: {e}")))
+        };
+        let kernel = file(disks, "kernel", &vm.def.kernel)?;
+        let initrd = match &vm.def.initrd {
+            Some(i) => Some(Cow::Owned(file(disks, "initrd", i)?)),
+            None => None,
+        };
+        let name = &vm.def.name;
+        let mut served = Vec::new();
+        let mut backings = Vec::new();
+        for (i, d) in open.iter().enumerate() {
+            let queue = Arc::new(IoQueue::new(d.size));
+            backings.push((Backing::Queue(queue.clone()), d.readonly));
+            served.push(ServedDisk {
+                vm: name.clone(),
+                queue,
+                disk: d.clone(),
+                label: format!("VM {name}: disk {i} ({})", d.path),
+            });
+        }
+        Ok((Arc::new(Vm::new(vm.def.clone(), Cow::Owned(kernel), initrd, backings)), served))
+    }
+
+    /// Executes what is left in VM `name`'s disk queues, then drops them (before its next run).
+    fn finish_disks(&mut self, disks: &mut HostDisks, name: &str) {
+        for _ in 0..1000 {
+            if !self.served.iter().any(|s| s.vm == name && s.queue.pending() > 0) {
+                break;
+            }
+            self.serve_disks(disks, 0);
+        }
+        self.served.retain(|s| s.vm != name);
     }
 
     /// The write-back of the VMs' disks, for the management loop (once).
@@ -196,36 +305,61 @@ impl Hypervisor {
         self.writer.take()
     }
 
-    fn find(&self, name: &str) -> Option<&Entry> {
-        self.vms.iter().find(|e| match e {
-            Entry::Vm(v) => v.def.name == name,
-            Entry::Invalid { name: n, .. } => n == name,
-        })
+    fn position(&self, name: &str) -> Option<usize> {
+        self.vms.iter().position(|e| entry_name(e) == name)
     }
 
+    fn find(&self, name: &str) -> Option<&Entry> {
+        self.vms.get(self.position(name)?)
+    }
+
+    /// The VM's runtime object (a stored VM's last run).
     fn vm(&self, name: &str) -> Option<&Arc<Vm>> {
         match self.find(name)? {
-            Entry::Vm(v) => Some(v),
-            Entry::Invalid { .. } => None,
+            Entry::Vm(v) | Entry::Stored { run: Some(v), .. } => Some(v),
+            Entry::Stored { run: None, .. } | Entry::Invalid { .. } => None,
         }
     }
 
     /// Starts every VM marked `autostart`, in order.
-    pub fn autostart(&mut self, now_ms: u64) {
+    pub fn autostart(&mut self, disks: &mut HostDisks, now_ms: u64) {
         let names: Vec<String> = self
             .vms
             .iter()
             .filter_map(|e| match e {
                 Entry::Vm(v) if v.def.autostart => Some(v.def.name.clone()),
+                Entry::Stored { vm, .. } if vm.def.autostart => Some(vm.def.name.clone()),
                 _ => None,
             })
             .collect();
         for n in names {
-            match self.act(&n, VmAction::Start, now_ms) {
+            match self.act(disks, &n, VmAction::Start, now_ms) {
                 Ok(()) => kprintln!("ember: VM {n}: started (autostart)"),
                 Err(e) => kprintln!("ember: ERROR: VM {n}: autostart failed: {e}"),
             }
         }
+    }
+}
+
+fn entry_name(e: &Entry) -> &str {
+    match e {
+        Entry::Vm(v) => &v.def.name,
+        Entry::Stored { vm, .. } => &vm.def.name,
+        Entry::Invalid { name, .. } => name,
+    }
+}
+
+/// What the API shows of VM `def` whose runtime object is `run` (none: never started).
+fn summary(def: &ember_storage::vmdef::VmDefinition, run: Option<&Arc<Vm>>, now_ms: u64) -> VmSummary {
+    let report = run.map(|v| runtime().report(v)).unwrap_or_default();
+    VmSummary {
+        name: def.name.clone(),
+        vcpus: def.vcpus,
+        memory_mib: def.memory_mib,
+        autostart: def.autostart,
+        console_port: def.console_port,
+        uptime_ms: report.started_ms.map(|s| now_ms.saturating_sub(s)),
+        run: report,
     }
 }
 
@@ -234,19 +368,9 @@ impl VmService for Hypervisor {
         self.vms
             .iter()
             .map(|e| match e {
-                Entry::Vm(v) => {
-                    let run = runtime().report(v);
-                    VmSummary {
-                        name: v.def.name.clone(),
-                        vcpus: v.def.vcpus,
-                        memory_mib: v.def.memory_mib,
-                        autostart: v.def.autostart,
-                        console_port: v.def.console_port,
-                        uptime_ms: run.started_ms.map(|s| now_ms.saturating_sub(s)),
-                        run,
-                    }
-                }
-                Entry::Invalid { name, reason } => VmSummary {
+                Entry::Vm(v) => summary(&v.def, Some(v), now_ms),
+                Entry::Stored { vm, run, .. } => summary(&vm.def, run.as_ref(), now_ms),
+                Entry::Invalid { name, reason, .. } => VmSummary {
                     name: name.clone(),
                     vcpus: 0,
                     memory_mib: 0,
@@ -264,10 +388,8 @@ impl VmService for Hypervisor {
     }
 
     fn console(&self, name: &str) -> Option<Vec<u8>> {
-        match self.find(name)? {
-            Entry::Vm(v) => Some(runtime().console(v)),
-            Entry::Invalid { .. } => Some(Vec::new()),
-        }
+        self.find(name)?;
+        Some(self.vm(name).map(|v| runtime().console(v)).unwrap_or_default())
     }
 
     fn console_since(&self, name: &str, from: u64, max: usize) -> (Vec<u8>, u64) {
@@ -281,14 +403,42 @@ impl VmService for Hypervisor {
         self.vm(name).map_or(0, |v| runtime().console_input(v, bytes))
     }
 
-    fn act(&mut self, name: &str, action: VmAction, now_ms: u64) -> Result<(), VmError> {
-        let vm = match self.find(name).ok_or(VmError::NotFound)? {
-            Entry::Vm(v) => v.clone(),
-            Entry::Invalid { reason, .. } => {
+    fn act(
+        &mut self,
+        disks: &mut HostDisks,
+        name: &str,
+        action: VmAction,
+        now_ms: u64,
+    ) -> Result<(), VmError> {
+        let rt = runtime();
+        let k = self.position(name).ok_or(VmError::NotFound)?;
+        let vm = match self.vms.get(k) {
+            Some(Entry::Vm(v)) => v.clone(),
+            Some(Entry::Invalid { reason, .. }) => {
                 return Err(VmError::Conflict(format!("VM {name} cannot run: {reason}")))
             }
+            Some(Entry::Stored { vm, disks: open, run }) => {
+                let new_run =
+                    run.as_ref().is_none_or(|v| !v.failed() && rt.report(v).state == VmState::Stopped);
+                match run {
+                    // A stopped VM on a datastore starts as a new run: its files read again.
+                    _ if action == VmAction::Start && new_run => {
+                        let (vm, open) = (vm.clone(), open.clone());
+                        self.finish_disks(disks, name);
+                        let (run, served) = Self::prepare(disks, &vm, &open)?;
+                        rt.start(&run, now_ms)?;
+                        if let Some(Entry::Stored { run: r, .. }) = self.vms.get_mut(k) {
+                            *r = Some(run);
+                        }
+                        self.served.extend(served);
+                        return Ok(());
+                    }
+                    Some(v) => v.clone(),
+                    None => return Err(VmError::Conflict(format!("VM {name} is stopped"))),
+                }
+            }
+            None => return Err(VmError::NotFound),
         };
-        let rt = runtime();
         match action {
             VmAction::Start => rt.start(&vm, now_ms),
             VmAction::Reset => rt.request(&vm, true),
@@ -304,5 +454,116 @@ impl VmService for Hypervisor {
                 Ok(())
             }
         }
+    }
+
+    fn add(&mut self, disks: &mut HostDisks, vm: StoredVm) -> Result<(), VmError> {
+        let name = vm.def.name.clone();
+        if self.position(&name).is_some() {
+            return Err(VmError::Conflict(format!("a VM named {name} exists already")));
+        }
+        let open = vmstore::open_disks(disks, &vm).map_err(|e| VmError::Conflict(e.to_string()))?;
+        kprintln!("ember: VM {name}: registered ({})", vm.path);
+        self.vms.push(Entry::Stored { vm, disks: open, run: None });
+        Ok(())
+    }
+
+    fn remove(&mut self, disks: &mut HostDisks, name: &str) -> Result<StoredVm, VmError> {
+        let k = self.position(name).ok_or(VmError::NotFound)?;
+        let rt = runtime();
+        match self.vms.get(k) {
+            Some(Entry::Vm(_)) => {
+                return Err(VmError::Conflict(format!(
+                    "VM {name} is on the boot media (ember-image build --vm); it cannot leave the inventory"
+                )))
+            }
+            Some(Entry::Stored { run: Some(v), .. }) if v.failed() => {
+                return Err(VmError::Conflict(format!(
+                    "VM {name} failed; it can leave the inventory after the host restarts"
+                )))
+            }
+            Some(Entry::Stored { run: Some(v), .. }) if rt.report(v).state != VmState::Stopped => {
+                return Err(VmError::Conflict(format!(
+                    "VM {name} is {}; power it off first",
+                    rt.report(v).state.as_str()
+                )))
+            }
+            _ => {}
+        }
+        self.finish_disks(disks, name);
+        disks.release_held(&vmstore::holder(name));
+        match self.vms.remove(k) {
+            Entry::Stored { vm, .. } => Ok(vm),
+            Entry::Invalid { path: Some(path), name: n, .. } => {
+                // Its definition could not be read: what is known of it.
+                let def = ember_storage::vmdef::VmDefinition {
+                    name: n,
+                    vcpus: 1,
+                    memory_mib: 16,
+                    kernel: String::new(),
+                    initrd: None,
+                    cmdline: String::new(),
+                    disks: Vec::new(),
+                    autostart: false,
+                    console_port: None,
+                };
+                Ok(StoredVm { path, def })
+            }
+            other => {
+                self.vms.insert(k, other);
+                Err(VmError::Conflict(format!("VM {name} is not in the inventory of a datastore")))
+            }
+        }
+    }
+
+    fn serve_disks(&mut self, disks: &mut HostDisks, now: u64) -> bool {
+        let mut done = false;
+        for s in &self.served {
+            if s.queue.pending() == 0 {
+                continue;
+            }
+            let (q, inode, label) = (&s.queue, s.disk.inode, s.label.as_str());
+            let r = disks.with_mount(s.disk.mount, |ds, dev| {
+                Ok(blkio::serve(q, ds, dev, inode, now, SERVE_REQUESTS, label))
+            });
+            let served = match r {
+                Some(Ok(Ok(served))) => served,
+                _ => {
+                    // The datastore is gone: every request fails.
+                    let mut failed = blkio::Served::default();
+                    while let Some(reqs) = q.take_requests(SERVE_REQUESTS).filter(|r| !r.is_empty()) {
+                        for r in reqs {
+                            q.complete(blkio::IoDone { tag: r.tag, ok: false, data: Vec::new() });
+                            failed.completed += 1;
+                        }
+                    }
+                    failed.errors.push(format!("{label}: the datastore is not mounted"));
+                    failed
+                }
+            };
+            for e in served.errors.iter().take(4) {
+                kprintln!("ember: ERROR: {e}");
+            }
+            if served.completed > 0 && !self.written.contains(&s.disk.mount) {
+                self.written.push(s.disk.mount);
+            }
+            done |= served.completed > 0;
+        }
+        if done {
+            runtime().kick_workers();
+        }
+        // Blocks a guest's writes allocated become part of the committed datastore at its next
+        // flush, or within a second, whichever comes first (a power cut loses at most the last
+        // second of writes the guest did not flush).
+        if now != self.last_commit && !self.written.is_empty() {
+            self.last_commit = now;
+            for mount in core::mem::take(&mut self.written) {
+                let r =
+                    disks.with_mount(mount, |ds, dev| if ds.is_dirty() { ds.commit(dev) } else { Ok(()) });
+                if let Some(Ok(Err(e))) = r {
+                    kprintln!("ember: ERROR: committing the datastore of VM disks failed: {e}");
+                }
+            }
+        }
+        done
     }
 }

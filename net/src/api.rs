@@ -292,7 +292,10 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
             "changes need Content-Type: application/json (also for requests without a body)",
         ));
     }
-    if let Some(r) = crate::vms::handle(&mut *host.vms, &req.method, &req.path, now_ms) {
+    if let Some(r) = crate::vms::handle_inventory(host, req, now_ms) {
+        return Reply::Now(r);
+    }
+    if let Some(r) = crate::vms::handle(&mut *host.vms, &mut host.disks, &req.method, &req.path, now_ms) {
         return Reply::Now(r);
     }
     let now_unix = crate::datastores::unix_now(host);

@@ -218,9 +218,11 @@ pub fn unix_now(host: &HostState) -> u64 {
 fn fs_refused(datastore: &str, path: &str, e: &DsError) -> Response {
     let status = match e {
         DsError::NotFound(_) => 404,
-        DsError::Exists(_) | DsError::NotADirectory(_) | DsError::IsADirectory(_) | DsError::NotEmpty(_) => {
-            409
-        }
+        DsError::Exists(_)
+        | DsError::NotADirectory(_)
+        | DsError::IsADirectory(_)
+        | DsError::NotEmpty(_)
+        | DsError::Busy { .. } => 409,
         DsError::BadName(_) | DsError::Unsupported(_) => 400,
         DsError::NoSpace { .. } | DsError::MetadataFull { .. } | DsError::TooManyFiles => 507,
         DsError::TooLarge(_) => 413,

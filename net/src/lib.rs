@@ -38,3 +38,4 @@ pub mod mgmt;
 pub mod nic;
 pub mod tls;
 pub mod vms;
+pub mod vmstore;

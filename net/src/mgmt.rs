@@ -1973,7 +1973,13 @@ mod tests {
         fn console(&self, _: &str) -> Option<Vec<u8>> {
             Some(self.output.borrow().clone())
         }
-        fn act(&mut self, _: &str, _: crate::vms::VmAction, _: u64) -> Result<(), crate::vms::VmError> {
+        fn act(
+            &mut self,
+            _: &mut ember_storage::disks::HostDisks,
+            _: &str,
+            _: crate::vms::VmAction,
+            _: u64,
+        ) -> Result<(), crate::vms::VmError> {
             Ok(())
         }
         fn console_since(&self, _: &str, from: u64, max: usize) -> (Vec<u8>, u64) {

@@ -4,13 +4,23 @@
 //! - `POST /api/v1/vms/{name}/start|stop|reset` - lifecycle (`409` when the VM's state does not
 //!   allow it, with the state in the message).
 //! - `GET /api/v1/vms/{name}/console` - the last 64 KiB of its serial console, as text.
+//! - `POST /api/v1/vms` - a new VM in its own folder on a datastore (`crate::vmstore::create`),
+//!   added to the inventory; or `{"register": "[datastore1] web/web.json"}`: a VM folder already on
+//!   a datastore added to the inventory.
+//! - `DELETE /api/v1/vms/{name}?delete_disks=true|false` - a stopped VM leaves the inventory and
+//!   its definition is deleted, with the disks in its folder when asked (default: kept);
+//!   `POST /api/v1/vms/{name}/unregister` - it leaves the inventory, its files stay.
 //!
 //! The hypervisor is behind [`VmService`], which the appliance implements; tests use fakes.
 
-use crate::http::Response;
+use crate::host::HostState;
+use crate::http::{Request, Response};
+use crate::vmstore::{self, StoredVm, VmStoreError};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use ember_storage::disks::HostDisks;
+use ember_storage::vmdef::DsPath;
 use serde_json::{json, Value};
 
 pub use ember_vmm::runtime::{VmError, VmReport, VmState};
@@ -43,7 +53,27 @@ pub enum VmAction {
 pub trait VmService {
     fn list(&self, now_ms: u64) -> Vec<VmSummary>;
     fn console(&self, name: &str) -> Option<Vec<u8>>;
-    fn act(&mut self, name: &str, action: VmAction, now_ms: u64) -> Result<(), VmError>;
+    /// `disks`: the host's datastores (a VM on one reads its kernel from there when it starts).
+    fn act(
+        &mut self,
+        disks: &mut HostDisks,
+        name: &str,
+        action: VmAction,
+        now_ms: u64,
+    ) -> Result<(), VmError>;
+    /// Adds a VM on a datastore (stored already) to the host: its files are held from now on.
+    fn add(&mut self, _disks: &mut HostDisks, _vm: StoredVm) -> Result<(), VmError> {
+        Err(VmError::Unavailable(String::from("this host runs no VMs")))
+    }
+    /// Takes a stopped VM on a datastore out of the host (its files are released); returns it.
+    fn remove(&mut self, _disks: &mut HostDisks, _name: &str) -> Result<StoredVm, VmError> {
+        Err(VmError::NotFound)
+    }
+    /// Executes the datastore-backed disks' requests, a bounded amount per call; true when any
+    /// were done. `now`: the time of day (s since 1970).
+    fn serve_disks(&mut self, _disks: &mut HostDisks, _now: u64) -> bool {
+        false
+    }
     /// The console's output after position `from` (bytes ever written), at most `max` bytes, and
     /// the position after it (for the TCP consoles, see `crate::mgmt`).
     fn console_since(&self, _name: &str, from: u64, _max: usize) -> (Vec<u8>, u64) {
@@ -65,7 +95,7 @@ impl VmService for NoVms {
     fn console(&self, _: &str) -> Option<Vec<u8>> {
         None
     }
-    fn act(&mut self, _: &str, _: VmAction, _: u64) -> Result<(), VmError> {
+    fn act(&mut self, _: &mut HostDisks, _: &str, _: VmAction, _: u64) -> Result<(), VmError> {
         Err(VmError::NotFound)
     }
 }
@@ -101,7 +131,13 @@ fn not_allowed(allow: &str) -> Response {
 }
 
 /// Answers a request for `path` (below `/api/v1/vms`), or `None` if it is not a VM resource.
-pub fn handle(vms: &mut dyn VmService, method: &str, path: &str, now_ms: u64) -> Option<Response> {
+pub fn handle(
+    vms: &mut dyn VmService,
+    disks: &mut HostDisks,
+    method: &str,
+    path: &str,
+    now_ms: u64,
+) -> Option<Response> {
     let rest = path.strip_prefix("/api/v1/vms")?;
     if rest.is_empty() || rest == "/" {
         if method != "GET" {
@@ -145,7 +181,7 @@ pub fn handle(vms: &mut dyn VmService, method: &str, path: &str, now_ms: u64) ->
     if method != "POST" {
         return Some(not_allowed("POST"));
     }
-    Some(match vms.act(name, action, now_ms) {
+    Some(match vms.act(disks, name, action, now_ms) {
         Ok(()) => {
             let now = vms.list(now_ms).into_iter().find(|v| v.name == name).unwrap_or(vm);
             Response::json(200, vm_json(&now).to_string())
@@ -154,6 +190,150 @@ pub fn handle(vms: &mut dyn VmService, method: &str, path: &str, now_ms: u64) ->
         Err(VmError::Conflict(why)) => Response::error(409, &why),
         Err(VmError::Unavailable(why)) => Response::error(503, &why),
     })
+}
+
+/// Answers the requests that change the inventory (`POST /api/v1/vms`, `DELETE
+/// /api/v1/vms/{name}`, `POST /api/v1/vms/{name}/unregister`), or `None` for other requests.
+pub fn handle_inventory(host: &mut HostState, req: &Request, now_ms: u64) -> Option<Response> {
+    let path = req.path.strip_prefix("/api/v1/vms")?;
+    let now = crate::datastores::unix_now(host);
+    match (req.method.as_str(), path) {
+        ("POST", "" | "/") => Some(create(host, req, now, now_ms)),
+        ("DELETE", p) => {
+            let name = p.strip_prefix('/').filter(|n| !n.is_empty() && !n.contains('/'))?;
+            let delete_disks = match req.query.as_deref() {
+                None | Some("delete_disks=false") => false,
+                Some("delete_disks=true") => true,
+                Some(_) => {
+                    return Some(Response::error(
+                        400,
+                        "query: expected delete_disks=true or delete_disks=false",
+                    ))
+                }
+            };
+            Some(remove(host, name, Some(delete_disks), now_ms))
+        }
+        ("POST", p) => {
+            let name = p.strip_prefix('/')?.strip_suffix("/unregister")?;
+            Some(remove(host, name, None, now_ms))
+        }
+        _ => None,
+    }
+}
+
+fn store_refused(e: &VmStoreError) -> Response {
+    let status = match e {
+        VmStoreError::Invalid { .. } => 400,
+        VmStoreError::NotFound(_) => 404,
+        VmStoreError::Conflict(_) => 409,
+        VmStoreError::Failed(_) => 500,
+    };
+    Response::error(status, &e.to_string())
+}
+
+fn vm_refused(name: &str, e: VmError) -> Response {
+    match e {
+        VmError::NotFound => not_found(name),
+        VmError::Conflict(why) => Response::error(409, &why),
+        VmError::Unavailable(why) => Response::error(503, &why),
+    }
+}
+
+/// The inventory with `path` added (`Some`) or taken out, stored.
+fn store_inventory(host: &mut HostState, add: Option<&DsPath>, drop: Option<&DsPath>) -> Result<(), String> {
+    let mut cfg = host.config.clone();
+    if let Some(p) = drop {
+        let p = p.to_string();
+        cfg.vms.retain(|v| *v != p);
+    }
+    if let Some(p) = add {
+        cfg.vms.push(p.to_string());
+    }
+    host.commit(cfg).map_err(|e| format!("the inventory could not be stored: {e}"))
+}
+
+fn create(host: &mut HostState, req: &Request, now: u64, now_ms: u64) -> Response {
+    let body = match crate::api::json_body(req) {
+        Ok(b) => b,
+        Err(crate::api::Reply::Now(r)) => return r,
+        Err(_) => return Response::error(400, "body: expected a JSON object"),
+    };
+    let registering = body.get("register").map(|r| r.as_str().map(DsPath::parse));
+    let created = registering.is_none();
+    let vm = match registering {
+        Some(Some(Ok(path))) if body.len() == 1 => match vmstore::load(&mut host.disks, &path) {
+            Ok(def) => StoredVm { path, def },
+            Err(e) => return store_refused(&e),
+        },
+        Some(Some(Ok(_))) => return Response::error(400, "register: give only the definition's path"),
+        Some(Some(Err(e))) => return Response::error(400, &format!("register: {e}")),
+        Some(None) => return Response::error(400, "register: expected \"[datastore] folder/name.json\""),
+        None => {
+            let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
+            if host.vms.list(now_ms).iter().any(|v| v.name == name) {
+                return Response::error(409, &format!("a VM named {name} exists already"));
+            }
+            match vmstore::create(&mut host.disks, &body, now) {
+                Ok(vm) => vm,
+                Err(e) => return store_refused(&e),
+            }
+        }
+    };
+    let name = vm.def.name.clone();
+    if host.vms.list(now_ms).iter().any(|v| v.name == name) {
+        return Response::error(409, &format!("a VM named {name} exists already"));
+    }
+    if host.config.vms.contains(&vm.path.to_string()) {
+        return Response::error(409, &format!("{} is registered already", vm.path));
+    }
+    let path = vm.path.clone();
+    let undo = created.then(|| vm.clone());
+    if let Err(e) = host.vms.add(&mut host.disks, vm) {
+        if let Some(vm) = &undo {
+            let _ = vmstore::delete(&mut host.disks, vm, true);
+        }
+        return vm_refused(&name, e);
+    }
+    if let Err(e) = store_inventory(host, Some(&path), None) {
+        if let Ok(vm) = host.vms.remove(&mut host.disks, &name) {
+            if created {
+                let _ = vmstore::delete(&mut host.disks, &vm, true);
+            }
+        }
+        return Response::error(500, &e);
+    }
+    match host.vms.list(now_ms).into_iter().find(|v| v.name == name) {
+        Some(v) => {
+            let mut j = vm_json(&v);
+            j["definition"] = Value::from(path.to_string());
+            Response::json(201, j.to_string())
+        }
+        None => Response::error(500, "the VM was added but is not listed"),
+    }
+}
+
+/// Takes VM `name` out of the inventory; `delete`: its definition is deleted too, and its disks
+/// when `Some(true)`.
+fn remove(host: &mut HostState, name: &str, delete: Option<bool>, now_ms: u64) -> Response {
+    let vm = match host.vms.remove(&mut host.disks, name) {
+        Ok(vm) => vm,
+        Err(e) => return vm_refused(name, e),
+    };
+    if let Err(e) = store_inventory(host, None, Some(&vm.path)) {
+        // Back as it was.
+        let _ = host.vms.add(&mut host.disks, vm);
+        return Response::error(500, &e);
+    }
+    let _ = now_ms;
+    if let Some(disks) = delete {
+        if let Err(e) = vmstore::delete(&mut host.disks, &vm, disks) {
+            return Response::error(
+                500,
+                &format!("VM {name} left the inventory, but deleting its files failed: {e}"),
+            );
+        }
+    }
+    Response::json(200, json!({ "removed": name, "definition": vm.path.to_string() }).to_string())
 }
 
 #[cfg(test)]
@@ -170,7 +350,7 @@ mod tests {
         fn console(&self, name: &str) -> Option<Vec<u8>> {
             self.0.iter().any(|v| v.name == name).then(|| b"Linux version 6.1\n".to_vec())
         }
-        fn act(&mut self, name: &str, action: VmAction, _: u64) -> Result<(), VmError> {
+        fn act(&mut self, _: &mut HostDisks, name: &str, action: VmAction, _: u64) -> Result<(), VmError> {
             let v = self.0.iter_mut().find(|v| v.name == name).ok_or(VmError::NotFound)?;
             match (action, v.run.state) {
                 (VmAction::Start, VmState::Stopped) => v.run.state = VmState::Running,
@@ -203,7 +383,7 @@ mod tests {
     #[test]
     fn list_get_console_and_lifecycle() {
         let mut f = Fake(vec![vm("web"), vm("db")]);
-        let r = handle(&mut f, "GET", "/api/v1/vms", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms", 0).unwrap();
         assert_eq!(r.status, 200);
         let names: Vec<String> = body(&r)["vms"]
             .as_array()
@@ -212,32 +392,47 @@ mod tests {
             .map(|v| v["name"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(names, ["web", "db"]);
-        let r = handle(&mut f, "GET", "/api/v1/vms/web", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms/web", 0).unwrap();
         let v = body(&r);
         assert_eq!(
             (v["state"].as_str(), v["vcpus"].as_u64(), v["console_port"].as_u64()),
             (Some("stopped"), Some(2), Some(9001))
         );
-        let r = handle(&mut f, "GET", "/api/v1/vms/web/console", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms/web/console", 0).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"Linux version 6.1\n"[..]));
-        let r = handle(&mut f, "POST", "/api/v1/vms/web/start", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms/web/start", 0).unwrap();
         assert_eq!((r.status, body(&r)["state"].as_str()), (200, Some("running")));
-        let r = handle(&mut f, "POST", "/api/v1/vms/web/start", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms/web/start", 0).unwrap();
         assert_eq!(r.status, 409, "already running");
-        let r = handle(&mut f, "POST", "/api/v1/vms/web/stop", 0).unwrap();
+        let r = handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms/web/stop", 0).unwrap();
         assert_eq!(body(&r)["exit_reason"].as_str(), Some("stopped through the API"));
     }
 
     #[test]
     fn unknown_vms_resources_and_methods() {
         let mut f = Fake(vec![vm("web")]);
-        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/nope", 0).unwrap().status, 404);
-        assert_eq!(handle(&mut f, "POST", "/api/v1/vms/nope/start", 0).unwrap().status, 404);
-        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/web/start", 0).unwrap().status, 405);
-        assert_eq!(handle(&mut f, "DELETE", "/api/v1/vms/web", 0).unwrap().status, 405);
-        assert_eq!(handle(&mut f, "POST", "/api/v1/vms", 0).unwrap().status, 405);
-        assert_eq!(handle(&mut f, "GET", "/api/v1/vms/web/disks", 0).unwrap().status, 404);
-        assert!(handle(&mut f, "GET", "/api/v1/vmsx", 0).is_none());
-        assert_eq!(handle(&mut NoVms, "GET", "/api/v1/vms", 0).unwrap().body, br#"{"vms":[]}"#);
+        assert_eq!(handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms/nope", 0).unwrap().status, 404);
+        assert_eq!(
+            handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms/nope/start", 0).unwrap().status,
+            404
+        );
+        assert_eq!(
+            handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms/web/start", 0).unwrap().status,
+            405
+        );
+        assert_eq!(
+            handle(&mut f, &mut HostDisks::none(), "DELETE", "/api/v1/vms/web", 0).unwrap().status,
+            405
+        );
+        assert_eq!(handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms", 0).unwrap().status, 405);
+        assert_eq!(
+            handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vms/web/disks", 0).unwrap().status,
+            404
+        );
+        assert!(handle(&mut f, &mut HostDisks::none(), "GET", "/api/v1/vmsx", 0).is_none());
+        assert_eq!(
+            handle(&mut NoVms, &mut HostDisks::none(), "GET", "/api/v1/vms", 0).unwrap().body,
+            br#"{"vms":[]}"#
+        );
     }
 }

@@ -466,6 +466,9 @@ impl HostDisks {
     /// says why it must stay (the VMs on it), if anything.
     pub fn remove(&mut self, name: &str, in_use: Option<String>) -> Result<(), DisksError> {
         let k = self.index(name)?;
+        let holders = self.mounted[k].ds.holders();
+        let in_use = in_use
+            .or_else(|| (!holders.is_empty()).then(|| format!("it holds files of {}", holders.join(", "))));
         if let Some(why) = in_use {
             return Err(DisksError::Busy { name: name.to_string(), why });
         }
@@ -507,6 +510,13 @@ impl HostDisks {
     ) -> Result<Result<T, DsError>, DisksError> {
         let k = self.index(name)?;
         self.with_index(k, f)
+    }
+
+    /// Lets go of every file `by` holds on every datastore ([`Datastore::hold`]).
+    pub fn release_held(&mut self, by: &str) {
+        for m in &mut self.mounted {
+            m.ds.release_held(by);
+        }
     }
 
     /// The mount of the datastore named `name` now (see [`HostDisks::with_mount`]).

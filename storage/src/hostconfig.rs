@@ -21,6 +21,8 @@ pub const MAX_SHA512_ROUNDS: u32 = 1_000_000;
 /// Most PBKDF2 iterations a stored root password hash may ask for (ten times the appliance's own,
 /// 100,000): every login attempt pays for them on the management CPU.
 pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+/// Most VMs in the inventory.
+pub const MAX_INVENTORY: usize = 1024;
 /// Most VMs in the autostart list.
 pub const MAX_AUTOSTART: usize = 256;
 /// Longest time-out, in minutes (one day, as ESXi allows).
@@ -53,6 +55,10 @@ pub struct HostConfig {
     /// run once, right after it is stored, and the result is stored without them. Not part of
     /// the API's configuration document (it can be neither read nor set there).
     pub firstboot: Vec<PendingScript>,
+    /// The VM inventory: the definitions of the VMs on datastores registered with this host
+    /// (`[datastore1] vm1/vm1.json`), in the order they were added. Stored, but not part of the
+    /// API's configuration document (`/api/v1/vms` changes it).
+    pub vms: Vec<String>,
     /// The management API's HTTPS key and certificate chain. `None` until the host makes its
     /// self-signed one (first boot, and after Reset System Configuration). Stored, but not part of
     /// the API's configuration document: the key is never shown, and the certificate is changed
@@ -287,6 +293,7 @@ impl HostConfig {
             keyboard: String::from("US Default"),
             autostart: Vec::new(),
             firstboot: Vec::new(),
+            vms: Vec::new(),
             tls: None,
         }
     }
@@ -301,6 +308,9 @@ impl HostConfig {
                 .map(|p| json!({ "source": p.source, "line": p.first_line, "script": p.body }))
                 .collect();
             m.insert(String::from("firstboot"), Value::Array(pending));
+        }
+        if let (Value::Object(m), false) = (&mut v, self.vms.is_empty()) {
+            m.insert(String::from("vms"), json!(self.vms));
         }
         if let (Value::Object(m), Some(tls)) = (&mut v, &self.tls) {
             m.insert(String::from("tls"), tls.to_json());
@@ -354,7 +364,13 @@ impl HostConfig {
         let mut obj = obj;
         let pending = obj.remove("firstboot");
         let tls = obj.remove("tls");
+        let vms = obj.remove("vms");
         cfg.merge(&obj)?;
+        if let Some(v) = vms {
+            cfg.vms = string_list("vms", &v, MAX_INVENTORY, |field, p| {
+                crate::vmdef::DsPath::parse(p).map(|_| ()).map_err(|e| error(field, e))
+            })?;
+        }
         if let Some(p) = pending {
             cfg.firstboot = decode_pending(&p)?;
         }
@@ -505,6 +521,25 @@ mod tests {
         c.dcui_timeout_minutes = 0;
         c.autostart = alloc::vec!["web-1".into(), "db_2".into()];
         c
+    }
+
+    #[test]
+    fn the_vm_inventory_is_stored_but_not_a_setting() {
+        let mut c = sample();
+        c.vms = alloc::vec!["[datastore1] web/web.json".into(), "[ds 2] db/db.json".into()];
+        let stored = c.encode();
+        assert_eq!(HostConfig::decode(&stored).unwrap(), c);
+        assert!(c.settings_json().get("vms").is_none());
+        // A setting change cannot set it.
+        let mut d = c.clone();
+        let change: Value = serde_json::from_str(r#"{"vms": []}"#).unwrap();
+        assert_eq!(d.merge(change.as_object().unwrap()).unwrap_err().field, "vms");
+        for bad in [r#"["web/web.json"]"#, r#"["[ds] a", "[ds] a"]"#, r#""[ds] a""#] {
+            let mut v: Value = serde_json::from_slice(&stored).unwrap();
+            v["vms"] = serde_json::from_str(bad).unwrap();
+            let e = HostConfig::decode(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.field, "vms", "{bad}");
+        }
     }
 
     #[test]

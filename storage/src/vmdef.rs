@@ -5,12 +5,14 @@
 //!  "cmdline": "console=ttyS0", "disks": [{"file": "root.img", "readonly": false}],
 //!  "autostart": true, "console_port": 9001}
 //! ```
-//! Paths are relative to the definition's own directory and may not leave it. `initrd`,
+//! Paths are relative to the definition's own directory and may not leave it, or (for a VM on a
+//! datastore) name a file on a datastore in ESXi's notation, `[datastore1] dir/file` ([`DsPath`]). `initrd`,
 //! `cmdline`, `disks`, `autostart` (false) and `console_port` (none: the serial console is only in
 //! the API) may be left out. Decoding is strict: unknown fields, wrong types and values out of range
 //! are errors naming the file and the field (`web-1.json: disks[0].file: ...`); JSON syntax errors
 //! give the line and column.
 
+use crate::datastore::{check_label, check_name};
 use crate::hostconfig::validate_vm_name;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -68,6 +70,73 @@ pub struct VmDefError {
 impl core::fmt::Display for VmDefError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "{}: {}: {}", self.file, self.field, self.problem)
+    }
+}
+
+/// Longest datastore path (`[datastore] dir/file`), in bytes.
+pub const MAX_DS_PATH: usize = 1024;
+
+/// A file on a datastore, written `[datastore1] dir/file` as ESXi does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DsPath {
+    pub datastore: String,
+    /// `/`-separated names below the datastore's root (no leading `/`, no `.` or `..`).
+    pub path: String,
+}
+
+impl DsPath {
+    /// Parses `[datastore] path`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<DsPath, String> {
+        if s.len() > MAX_DS_PATH {
+            return Err(format!("a datastore path has at most {MAX_DS_PATH} bytes"));
+        }
+        let Some((datastore, path)) = s.strip_prefix('[').and_then(|r| r.split_once("] ")) else {
+            return Err(String::from(
+                "expected `[datastore] path/to/file` (for example `[datastore1] vm1/vm1.img`)",
+            ));
+        };
+        check_label(datastore)?;
+        Self::check_path(path)?;
+        Ok(DsPath { datastore: datastore.to_string(), path: path.to_string() })
+    }
+
+    fn check_path(path: &str) -> Result<(), String> {
+        if path.is_empty() || path.starts_with('/') {
+            return Err(String::from("the path after the datastore's name is empty or starts with `/`"));
+        }
+        path.split('/').try_for_each(|n| check_name(n).map_err(|e| format!("`{path}`: {e}")))
+    }
+
+    /// The directory holding it (the datastore's root for a file there: path "").
+    pub fn parent(&self) -> DsPath {
+        let dir = self.path.rsplit_once('/').map_or("", |(d, _)| d);
+        DsPath { datastore: self.datastore.clone(), path: dir.to_string() }
+    }
+
+    /// The file `rel` names relative to this directory (a `[datastore] path` stands for itself).
+    pub fn resolve(&self, rel: &str) -> Result<DsPath, String> {
+        if rel.starts_with('[') {
+            return DsPath::parse(rel);
+        }
+        check_relative_path(rel)?;
+        let path = if self.path.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.path) };
+        Ok(DsPath { datastore: self.datastore.clone(), path })
+    }
+}
+
+impl core::fmt::Display for DsPath {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "[{}] {}", self.datastore, self.path)
+    }
+}
+
+/// Checks a file a definition refers to: a path relative to it ([`check_relative_path`]) or a
+/// datastore path ([`DsPath`]).
+pub fn check_file_ref(path: &str) -> Result<(), String> {
+    if path.starts_with('[') {
+        DsPath::parse(path).map(|_| ())
+    } else {
+        check_relative_path(path)
     }
 }
 
@@ -140,7 +209,7 @@ impl VmDefinition {
                 .map(|n| n as u32)
                 .ok_or_else(|| (field.to_string(), format!("expected a whole number from {min} to {max}")))
         };
-        let path = |field: &str, p: &str| check_relative_path(p).map_err(|w| (field.to_string(), w));
+        let path = |field: &str, p: &str| check_file_ref(p).map_err(|w| (field.to_string(), w));
 
         let name = string("name")?.ok_or_else(|| e("name", "missing (a string)"))?;
         validate_vm_name("name", name).map_err(|c| (c.field, c.problem))?;
@@ -176,7 +245,7 @@ impl VmDefinition {
                         .get("file")
                         .and_then(Value::as_str)
                         .ok_or_else(|| (at("file"), String::from("missing (a path)")))?;
-                    check_relative_path(file).map_err(|w| (at("file"), w))?;
+                    check_file_ref(file).map_err(|w| (at("file"), w))?;
                     let readonly = match d.get("readonly") {
                         None => false,
                         Some(v) => v
@@ -214,6 +283,23 @@ impl VmDefinition {
             disks,
             autostart,
             console_port,
+        })
+    }
+
+    /// The definition as stored (what [`VmDefinition::parse`] reads back).
+    pub fn to_json(&self) -> Value {
+        let disks: Vec<Value> =
+            self.disks.iter().map(|d| serde_json::json!({"file": d.file, "readonly": d.readonly})).collect();
+        serde_json::json!({
+            "name": self.name,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "kernel": self.kernel,
+            "initrd": self.initrd,
+            "cmdline": self.cmdline,
+            "disks": disks,
+            "autostart": self.autostart,
+            "console_port": self.console_port,
         })
     }
 
@@ -293,6 +379,50 @@ mod tests {
             "a".repeat(2048)
         );
         assert_eq!(VmDefinition::parse("f", long.as_bytes()).unwrap_err().field, "cmdline");
+    }
+
+    #[test]
+    fn datastore_paths() {
+        let p = DsPath::parse("[datastore1 (2)] web/boot/vmlinuz").unwrap();
+        assert_eq!((p.datastore.as_str(), p.path.as_str()), ("datastore1 (2)", "web/boot/vmlinuz"));
+        assert_eq!(p.to_string(), "[datastore1 (2)] web/boot/vmlinuz");
+        assert_eq!(p.parent().to_string(), "[datastore1 (2)] web/boot");
+        assert_eq!(p.parent().parent().parent().path, "");
+        let dir = DsPath::parse("[ds] vm1/vm1.json").unwrap().parent();
+        assert_eq!(dir.resolve("vm1.img").unwrap().to_string(), "[ds] vm1/vm1.img");
+        assert_eq!(dir.resolve("[other] iso/k").unwrap().to_string(), "[other] iso/k");
+        assert!(dir.resolve("../x").is_err());
+        let root = DsPath { datastore: "ds".into(), path: String::new() };
+        assert_eq!(root.resolve("a").unwrap().path, "a");
+        for bad in [
+            "ds] x",
+            "[ds]x",
+            "[ds] ",
+            "[ds] /abs",
+            "[ds] a/../b",
+            "[ds] a//b",
+            "[] x",
+            "[a/b] x",
+            "[ds] a\0b",
+        ] {
+            let bad = bad.replace("\\0", "\0");
+            assert!(DsPath::parse(&bad).is_err(), "{bad}");
+        }
+        assert!(DsPath::parse(&format!("[ds] {}", "a/".repeat(600))).is_err());
+        // Names are UTF-8 with spaces.
+        assert!(DsPath::parse("[ds] Windows Server/Bücher.img").is_ok());
+    }
+
+    #[test]
+    fn a_definition_with_datastore_paths_round_trips() {
+        let text = r#"{"name":"web","vcpus":1,"memory_mib":64,"kernel":"[iso store] boot/vmlinuz",
+            "disks":[{"file":"web.img"},{"file":"[ds2] shared/data.img","readonly":true}]}"#;
+        let d = VmDefinition::parse("web.json", text.as_bytes()).unwrap();
+        assert_eq!(d.kernel, "[iso store] boot/vmlinuz");
+        let again = VmDefinition::parse("web.json", d.to_json().to_string().as_bytes()).unwrap();
+        assert_eq!(again, d);
+        let bad = text.replace("[iso store] boot", "[iso store]boot");
+        assert_eq!(VmDefinition::parse("web.json", bad.as_bytes()).unwrap_err().field, "kernel");
     }
 
     #[test]

@@ -34,6 +34,7 @@ extern crate alloc;
 // handling, decoding, the page walk, guest memory, the vCPU loop, the disk write-back, the CPUID
 // and MSR policies, the ACPI table writer, the Linux loader and the nested page table builder.
 pub mod acpi;
+pub mod blkio;
 pub mod board;
 pub mod bus;
 pub mod cpuid;

@@ -38,8 +38,9 @@ use crate::npt::{EntryFormat, NestedPageTables, TableFrames};
 use crate::pvclock::GuestClock;
 use crate::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use crate::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
-use crate::virtio_blk::{self, SharedDisk, VirtioBlk};
+use crate::virtio_blk::{self, Backing, VirtioBlk};
 use crate::{GuestPhysAddr, HostPhysAddr};
+use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -185,10 +186,11 @@ impl core::fmt::Display for VmError {
 /// A VM as the runtime knows it: its definition, its files in host memory, its console, its state.
 pub struct Vm {
     pub def: VmDefinition,
-    kernel: &'static [u8],
-    initrd: Option<&'static [u8]>,
-    /// The disk images and whether each is read-only.
-    disks: Vec<(SharedDisk<Image>, bool)>,
+    kernel: Cow<'static, [u8]>,
+    initrd: Option<Cow<'static, [u8]>>,
+    /// The disks (images in host memory, or queues to files on datastores) and whether each is
+    /// read-only.
+    disks: Vec<(Backing<Image>, bool)>,
     console: Arc<Mutex<ConsoleLog>>,
     /// Bytes for the guest's COM1 receiver (from the TCP console), waiting for room in its FIFO.
     input: Mutex<VecDeque<u8>>,
@@ -236,9 +238,9 @@ impl Vm {
     /// whether each is read-only), in the order of the definition.
     pub fn new(
         def: VmDefinition,
-        kernel: &'static [u8],
-        initrd: Option<&'static [u8]>,
-        disks: Vec<(SharedDisk<Image>, bool)>,
+        kernel: Cow<'static, [u8]>,
+        initrd: Option<Cow<'static, [u8]>>,
+        disks: Vec<(Backing<Image>, bool)>,
     ) -> Vm {
         Vm {
             def,
@@ -283,8 +285,8 @@ impl Vm {
         acpi::write_tables(ram, self.def.vcpus as u8, &self.virtio_devices())
             .map_err(|e| format!("ACPI tables: {e}"))?;
         let image =
-            linux::BzImage::parse(self.kernel).map_err(|e| format!("kernel {}: {e}", self.def.kernel))?;
-        linux::load(ram, &image, self.initrd, &self.def.cmdline)
+            linux::BzImage::parse(&self.kernel).map_err(|e| format!("kernel {}: {e}", self.def.kernel))?;
+        linux::load(ram, &image, self.initrd.as_deref(), &self.def.cmdline)
             .map_err(|e| format!("kernel {}: {e}", self.def.kernel))
     }
 
@@ -295,7 +297,7 @@ impl Vm {
             bus.add(
                 mmio_base(i),
                 virtio_blk::MMIO_LEN,
-                Box::new(VirtioBlk::new(disk.clone(), *readonly, irq)),
+                Box::new(VirtioBlk::with_backing(disk.clone(), *readonly, irq)),
             )?;
         }
         Ok(bus)
@@ -591,7 +593,7 @@ impl<P: Platform> Runtime<P> {
         let backend = self.platform.backend();
         // The kernel's header is checked now (a bad image is refused at once); zeroing the RAM and
         // loading the kernel happen in vCPU 0's first slice, on a worker.
-        linux::BzImage::parse(vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
+        linux::BzImage::parse(&vm.kernel).map_err(|e| format!("kernel {}: {e}", vm.def.kernel))?;
         let bytes = u64::from(vm.def.memory_mib).saturating_mul(1 << 20);
         let (ram, base) = self.platform.allocate_ram(bytes).ok_or_else(|| {
             format!("not enough free host memory for {} MiB of guest RAM", vm.def.memory_mib)
@@ -905,7 +907,10 @@ impl<P: Platform> Runtime<P> {
             && self.inject_panic.swap(false, Ordering::AcqRel)
         {
             let _board = run.board.lock();
-            let _disk = vm.disks.first().map(|(d, _)| d.lock());
+            let _disk = vm.disks.iter().find_map(|(d, _)| match d {
+                Backing::Image(i) => Some(i.lock()),
+                Backing::Queue(_) => None,
+            });
             let _console = vm.console.lock();
             panic!("ember.selftest=vm-panic: a fault in the hypervisor's code for VM {}", vm.def.name);
         }
@@ -1378,7 +1383,7 @@ mod tests {
             autostart: false,
             console_port: None,
         };
-        Arc::new(Vm::new(def, kernel(), None, Vec::new()))
+        Arc::new(Vm::new(def, Cow::Borrowed(kernel()), None, Vec::new()))
     }
 
     fn start(rt: &Runtime<FakePlatform>, shared: &Shared, vm: &Arc<Vm>, program: Program) {
@@ -1588,7 +1593,7 @@ mod tests {
         // A kernel that is no bzImage is refused at once.
         let mut def = v.def.clone();
         def.name = "bad".into();
-        let bad = Arc::new(Vm::new(def, b"not a kernel".to_vec().leak(), None, Vec::new()));
+        let bad = Arc::new(Vm::new(def, Cow::Owned(b"not a kernel".to_vec()), None, Vec::new()));
         assert!(matches!(rt.start(&bad, 0), Err(VmError::Unavailable(m)) if m.starts_with("kernel vmlinuz")));
         assert_eq!(shared.ram_live.load(Ordering::Relaxed), 0);
         // vCPU tags are handed out in turn, skipping the host's and the probe's.

@@ -14,7 +14,13 @@
 //! the disk's file on the boot media (`super::disk`); a flush request completes only once the
 //! image says everything written before it is durable (or failed: VIRTIO_BLK_S_IOERR), possibly
 //! long after other requests.
+//!
+//! Or the device is backed by a file on a datastore ([`Backing::Queue`], `super::blkio`): reads,
+//! writes and flushes are submitted to the management CPU, which owns the storage, and complete
+//! later, when the device is next serviced; the device takes requests from its ring only while
+//! the queue has room, so the host memory a guest can tie up in bounce buffers is bounded.
 
+use super::blkio::{IoOp, IoQueue};
 use super::bus::MmioDevice;
 use super::memory::GuestMemory;
 use super::virtqueue::{Area, Desc, SplitQueue, Violation};
@@ -86,23 +92,47 @@ impl DiskImage for Vec<u8> {
     }
 }
 
-/// A request waiting for its flush: its head, where its status byte goes, its ticket.
-#[derive(Debug, Clone, Copy)]
-struct PendingFlush {
-    head: u16,
-    status_at: Option<u64>,
-    ticket: u64,
+/// What backs a device: an image in host memory, or a queue to the host's I/O service.
+pub enum Backing<D> {
+    Image(SharedDisk<D>),
+    Queue(Arc<IoQueue>),
 }
 
-/// How a request ended, or that it waits for a flush.
+impl<D> Clone for Backing<D> {
+    fn clone(&self) -> Self {
+        match self {
+            Backing::Image(d) => Backing::Image(d.clone()),
+            Backing::Queue(q) => Backing::Queue(q.clone()),
+        }
+    }
+}
+
+/// What a request not completed yet waits for.
+#[derive(Debug, Clone)]
+enum Wait {
+    /// The image's flush with this ticket.
+    Flush(u64),
+    /// The queued request with this tag; for a read, the guest buffers its bytes go to.
+    Io { tag: u64, read_into: Vec<Desc> },
+}
+
+/// A request waiting: its head, where its status byte goes, what it waits for.
+#[derive(Debug, Clone)]
+struct Pending {
+    head: u16,
+    status_at: Option<u64>,
+    wait: Wait,
+}
+
+/// How a request ended, or what it waits for.
 enum Outcome {
     Done(u8, u32),
-    Flush(u64),
+    Wait(Wait),
 }
 
 /// The device.
 pub struct VirtioBlk<D: DiskImage> {
-    disk: SharedDisk<D>,
+    disk: Backing<D>,
     readonly: bool,
     irq: u8,
     device_features_sel: u32,
@@ -115,8 +145,8 @@ pub struct VirtioBlk<D: DiskImage> {
     config_generation: u32,
     /// A notification waits for [`MmioDevice::process`].
     notified: bool,
-    /// Flush requests not completed yet (at most a queue's worth).
-    pending: Vec<PendingFlush>,
+    /// Requests not completed yet (at most a queue's worth).
+    pending: Vec<Pending>,
     /// The first rule the guest's driver broke, for the host's log (given once per device).
     notice: Option<&'static str>,
     noticed: bool,
@@ -125,6 +155,11 @@ pub struct VirtioBlk<D: DiskImage> {
 impl<D: DiskImage> VirtioBlk<D> {
     /// A device for `disk` raising interrupt line `irq`.
     pub fn new(disk: SharedDisk<D>, readonly: bool, irq: u8) -> Self {
+        Self::with_backing(Backing::Image(disk), readonly, irq)
+    }
+
+    /// A device for the disk behind `disk` raising interrupt line `irq`.
+    pub fn with_backing(disk: Backing<D>, readonly: bool, irq: u8) -> Self {
         VirtioBlk {
             disk,
             readonly,
@@ -149,7 +184,10 @@ impl<D: DiskImage> VirtioBlk<D> {
     }
 
     fn capacity_sectors(&self) -> u64 {
-        self.disk.lock().bytes().len() as u64 / SECTOR
+        match &self.disk {
+            Backing::Image(d) => d.lock().bytes().len() as u64 / SECTOR,
+            Backing::Queue(q) => q.capacity() / SECTOR,
+        }
     }
 
     fn reset(&mut self) {
@@ -325,7 +363,11 @@ impl<D: DiskImage> VirtioBlk<D> {
                 if kind == T_OUT && self.readonly {
                     return Outcome::Done(S_IOERR, 0);
                 }
-                let mut disk = self.disk.lock();
+                let disk = match &self.disk {
+                    Backing::Image(d) => d.clone(),
+                    Backing::Queue(q) => return Self::submit(q, mem, kind, sector, total, data),
+                };
+                let mut disk = disk.lock();
                 let size = disk.bytes().len();
                 let Some(start) = sector
                     .checked_mul(SECTOR)
@@ -351,12 +393,19 @@ impl<D: DiskImage> VirtioBlk<D> {
                 Outcome::Done(S_OK, if kind == T_IN { total as u32 } else { 0 })
             }
             T_FLUSH => {
-                let mut disk = self.disk.lock();
+                let disk = match &self.disk {
+                    Backing::Image(d) => d.clone(),
+                    Backing::Queue(q) => {
+                        let tag = q.submit(IoOp::Flush);
+                        return Outcome::Wait(Wait::Io { tag, read_into: Vec::new() });
+                    }
+                };
+                let mut disk = disk.lock();
                 let ticket = disk.request_flush();
                 match disk.flush_state(ticket) {
                     FlushState::Done => Outcome::Done(S_OK, 0),
                     FlushState::Failed => Outcome::Done(S_IOERR, 0),
-                    FlushState::Pending => Outcome::Flush(ticket),
+                    FlushState::Pending => Outcome::Wait(Wait::Flush(ticket)),
                 }
             }
             T_GET_ID => {
@@ -372,6 +421,48 @@ impl<D: DiskImage> VirtioBlk<D> {
         }
     }
 
+    /// A read or write of `total` bytes at `sector` for a queue-backed disk: checked against the
+    /// disk's size, a write's bytes copied out of the guest, and submitted.
+    fn submit(
+        q: &IoQueue,
+        mem: &mut dyn GuestMemory,
+        kind: u32,
+        sector: u64,
+        total: u64,
+        data: &[Desc],
+    ) -> Outcome {
+        let in_disk =
+            sector.checked_mul(SECTOR).filter(|s| s.checked_add(total).is_some_and(|e| e <= q.capacity()));
+        let (Some(offset), Ok(len)) = (in_disk, usize::try_from(total)) else {
+            return Outcome::Done(S_IOERR, 0);
+        };
+        if kind == T_IN {
+            let tag = q.submit(IoOp::Read { offset, len });
+            return Outcome::Wait(Wait::Io { tag, read_into: data.to_vec() });
+        }
+        let mut bytes = vec![0u8; len];
+        let mut at = 0usize;
+        for d in data {
+            let end = at.saturating_add(d.len as usize);
+            let ok = bytes.get_mut(at..end).is_some_and(|b| mem.read(GuestPhysAddr(d.addr), b).is_ok());
+            if !ok {
+                return Outcome::Done(S_IOERR, 0);
+            }
+            at = end;
+        }
+        let tag = q.submit(IoOp::Write { offset, data: bytes });
+        Outcome::Wait(Wait::Io { tag, read_into: Vec::new() })
+    }
+
+    /// Whether the backing takes another request now (a queue with too much in flight does not:
+    /// the rest stays on the ring until completions make room).
+    fn has_room(&self) -> bool {
+        match &self.disk {
+            Backing::Image(_) => true,
+            Backing::Queue(q) => q.has_room(),
+        }
+    }
+
     /// Takes every available request, executes it, and puts it on the used ring.
     fn process_queue(&mut self, mem: &mut dyn GuestMemory) {
         if !self.live() {
@@ -383,6 +474,11 @@ impl<D: DiskImage> VirtioBlk<D> {
             Err(v) => return self.needs_reset(v),
         };
         while budget > 0 {
+            if !self.has_room() {
+                // Looked at again at the next service, after completions.
+                self.notified = true;
+                break;
+            }
             budget = budget.saturating_sub(1);
             let head = match self.queue.pop(mem) {
                 Ok(Some(head)) => head,
@@ -401,12 +497,13 @@ impl<D: DiskImage> VirtioBlk<D> {
                 .and_then(|d| d.addr.checked_add(u64::from(d.len).saturating_sub(1)));
             let (status, len) = match self.execute(mem, &chain) {
                 Outcome::Done(status, len) => (status, len),
-                // Waits for the image's flush, if there is room to remember it.
-                Outcome::Flush(ticket) if self.pending.len() < usize::from(QUEUE_SIZE) => {
-                    self.pending.push(PendingFlush { head, status_at, ticket });
+                // Waits, if there is room to remember it (a hostile driver may offer a head again
+                // while it waits).
+                Outcome::Wait(wait) if self.pending.len() < usize::from(QUEUE_SIZE) => {
+                    self.pending.push(Pending { head, status_at, wait });
                     continue;
                 }
-                Outcome::Flush(_) => (S_IOERR, 0),
+                Outcome::Wait(_) => (S_IOERR, 0),
             };
             self.complete(mem, head, status_at.map(|a| (a, status)), len);
         }
@@ -421,26 +518,65 @@ impl<D: DiskImage> VirtioBlk<D> {
         self.interrupt_status |= 1;
     }
 
-    /// Completes the flush requests whose flush is over.
-    fn complete_flushes(&mut self, mem: &mut dyn GuestMemory) {
-        if self.pending.is_empty() || !self.live() {
-            return;
-        }
-        let disk = self.disk.clone();
-        let disk = disk.lock();
-        let mut done = Vec::new();
-        self.pending.retain(|p| {
-            let status = match disk.flush_state(p.ticket) {
-                FlushState::Pending => return true,
-                FlushState::Done => S_OK,
-                FlushState::Failed => S_IOERR,
-            };
-            done.push((p.head, p.status_at.map(|a| (a, status))));
-            false
-        });
-        drop(disk);
-        for (head, status) in done {
-            self.complete(mem, head, status, 0);
+    /// Completes the requests whose flush or I/O is over.
+    fn complete_waiting(&mut self, mem: &mut dyn GuestMemory) {
+        match self.disk.clone() {
+            Backing::Image(disk) => {
+                if self.pending.is_empty() || !self.live() {
+                    return;
+                }
+                let disk = disk.lock();
+                let mut done = Vec::new();
+                self.pending.retain(|p| {
+                    let Wait::Flush(ticket) = p.wait else { return false };
+                    let status = match disk.flush_state(ticket) {
+                        FlushState::Pending => return true,
+                        FlushState::Done => S_OK,
+                        FlushState::Failed => S_IOERR,
+                    };
+                    done.push((p.head, p.status_at.map(|a| (a, status))));
+                    false
+                });
+                drop(disk);
+                for (head, status) in done {
+                    self.complete(mem, head, status, 0);
+                }
+            }
+            Backing::Queue(q) => {
+                // Completions of requests the device forgot (a reset since) are dropped.
+                for d in q.take_done() {
+                    let found = self
+                        .pending
+                        .iter()
+                        .position(|p| matches!(p.wait, Wait::Io { tag, .. } if tag == d.tag));
+                    let Some(k) = found else { continue };
+                    let p = self.pending.swap_remove(k);
+                    if !self.live() {
+                        continue;
+                    }
+                    let Wait::Io { read_into, .. } = p.wait else { continue };
+                    let (mut status, mut len) = (if d.ok { S_OK } else { S_IOERR }, 0u32);
+                    if d.ok && !read_into.is_empty() {
+                        let mut at = 0usize;
+                        for desc in &read_into {
+                            let end = at.saturating_add(desc.len as usize);
+                            let ok = d
+                                .data
+                                .get(at..end)
+                                .is_some_and(|b| mem.write(GuestPhysAddr(desc.addr), b).is_ok());
+                            if !ok {
+                                status = S_IOERR;
+                                break;
+                            }
+                            at = end;
+                        }
+                        if status == S_OK {
+                            len = u32::try_from(at).unwrap_or(u32::MAX);
+                        }
+                    }
+                    self.complete(mem, p.head, p.status_at.map(|a| (a, status)), len);
+                }
+            }
         }
     }
 }
@@ -465,10 +601,11 @@ impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
     }
 
     fn process(&mut self, mem: &mut dyn GuestMemory) {
+        // Completions first: they make room for requests left on the ring.
+        self.complete_waiting(mem);
         if core::mem::take(&mut self.notified) {
             self.process_queue(mem);
         }
-        self.complete_flushes(mem);
     }
 
     fn irq(&self) -> Option<(u8, bool)> {
@@ -496,6 +633,13 @@ mod tests {
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
+    fn img<D: DiskImage>(d: &VirtioBlk<D>) -> SharedDisk<D> {
+        match &d.disk {
+            Backing::Image(i) => i.clone(),
+            Backing::Queue(_) => panic!("not an image"),
+        }
+    }
+
     fn w32<D: DiskImage>(d: &mut VirtioBlk<D>, off: u64, v: u32) {
         d.write(off, &v.to_le_bytes());
     }
@@ -516,7 +660,11 @@ mod tests {
     }
 
     fn ready_with<D: DiskImage>(disk: SharedDisk<D>, readonly: bool) -> (VirtioBlk<D>, GuestRam) {
-        let mut d = VirtioBlk::new(disk, readonly, 5);
+        ready_backed(Backing::Image(disk), readonly)
+    }
+
+    fn ready_backed<D: DiskImage>(disk: Backing<D>, readonly: bool) -> (VirtioBlk<D>, GuestRam) {
+        let mut d = VirtioBlk::with_backing(disk, readonly, 5);
         assert_eq!(r32(&mut d, 0), 0x7472_6976);
         assert_eq!((r32(&mut d, 4), r32(&mut d, 8)), (2, 2));
         w32(&mut d, 0x70, 0);
@@ -633,6 +781,79 @@ mod tests {
         assert!(d.pending.is_empty());
     }
 
+    /// A disk behind a queue: requests wait for the host's service, reads land in the guest's
+    /// buffers, failures fail, a device with too much in flight leaves requests on the ring, and
+    /// completions for requests a reset forgot are dropped.
+    #[test]
+    fn a_queued_disk_completes_requests_when_the_host_has_done_them() {
+        use crate::blkio::{IoDone, IoQueue, MAX_IN_FLIGHT};
+        let q = Arc::new(IoQueue::new(8 * 512));
+        let (mut d, mut m) = ready_backed::<Vec<u8>>(Backing::Queue(q.clone()), false);
+        let status = |m: &GuestRam| {
+            let mut st = [0u8; 1];
+            m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
+            st[0]
+        };
+        let used = |m: &GuestRam| {
+            let mut u = [0u8; 2];
+            m.read(GuestPhysAddr(USED + 2), &mut u).unwrap();
+            u16::from_le_bytes(u)
+        };
+        m.write(GuestPhysAddr(0x5000), &[0xcd; 512]).unwrap();
+        assert_eq!(request(&mut d, &mut m, T_OUT, 2, 512).0, 0xff, "waits");
+        let r = q.take_requests(10).unwrap();
+        assert_eq!(r[0].op, IoOp::Write { offset: 1024, data: vec![0xcd; 512] });
+        q.complete(IoDone { tag: r[0].tag, ok: true, data: Vec::new() });
+        assert_eq!(used(&m), 0);
+        d.process(&mut m);
+        assert_eq!((status(&m), used(&m), d.irq()), (S_OK, 1, Some((5, true))));
+        // A read: the bytes go into the guest's buffer.
+        assert_eq!(request(&mut d, &mut m, T_IN, 6, 1024).0, 0xff);
+        let r = q.take_requests(10).unwrap();
+        assert_eq!(r[0].op, IoOp::Read { offset: 3072, len: 1024 });
+        q.complete(IoDone { tag: r[0].tag, ok: true, data: vec![0x5a; 1024] });
+        d.process(&mut m);
+        let mut got = [0u8; 1024];
+        m.read(GuestPhysAddr(0x5000), &mut got).unwrap();
+        assert_eq!((status(&m), used(&m)), (S_OK, 2));
+        assert!(got.iter().all(|&b| b == 0x5a));
+        // A failure, a flush, and a read past the end that is never submitted.
+        request(&mut d, &mut m, T_FLUSH, 0, 0);
+        let r = q.take_requests(10).unwrap();
+        assert_eq!(r[0].op, IoOp::Flush);
+        q.complete(IoDone { tag: r[0].tag, ok: false, data: Vec::new() });
+        d.process(&mut m);
+        assert_eq!((status(&m), used(&m)), (S_IOERR, 3));
+        assert_eq!(request(&mut d, &mut m, T_IN, 7, 1024), (S_IOERR, 1));
+        assert_eq!(q.pending(), 0);
+        // Too much in flight: the request stays on the ring until there is room.
+        for _ in 0..MAX_IN_FLIGHT {
+            q.submit(IoOp::Flush);
+        }
+        assert_eq!(request(&mut d, &mut m, T_IN, 0, 512).0, 0xff);
+        let others = q.take_requests(100).unwrap();
+        assert_eq!(others.len(), MAX_IN_FLIGHT, "not submitted");
+        for o in &others {
+            q.complete(IoDone { tag: o.tag, ok: true, data: Vec::new() });
+        }
+        d.process(&mut m);
+        assert_eq!(q.pending(), 1, "taken from the ring once there was room");
+        let r = q.take_requests(10).unwrap();
+        q.complete(IoDone { tag: r[0].tag, ok: true, data: vec![1; 512] });
+        d.process(&mut m);
+        assert_eq!((status(&m), used(&m)), (S_OK, 5));
+        // A reset forgets what was in flight: its completion touches nothing.
+        request(&mut d, &mut m, T_IN, 0, 512);
+        let r = q.take_requests(10).unwrap();
+        w32(&mut d, 0x70, 0);
+        m.write(GuestPhysAddr(0x5000), &[0; 512]).unwrap();
+        q.complete(IoDone { tag: r[0].tag, ok: true, data: vec![9; 512] });
+        d.process(&mut m);
+        m.read(GuestPhysAddr(0x5000), &mut got[..512]).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 0));
+        assert!(q.has_room() && d.pending.is_empty());
+    }
+
     #[test]
     fn reads_writes_flush_and_the_interrupt() {
         let (mut d, mut m) = ready(false);
@@ -647,7 +868,7 @@ mod tests {
         assert_eq!(d.irq(), Some((5, false)), "acknowledged");
         m.write(GuestPhysAddr(0x5000), &[0xab; 512]).unwrap();
         assert_eq!(request(&mut d, &mut m, T_OUT, 7, 512), (S_OK, 1));
-        assert!(d.disk.lock()[7 * 512..].iter().all(|&b| b == 0xab), "written to the last sector");
+        assert!(img(&d).lock()[7 * 512..].iter().all(|&b| b == 0xab), "written to the last sector");
         assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0), (S_OK, 1));
         let mut used = [0u8; 2];
         m.read(GuestPhysAddr(USED + 2), &mut used).unwrap();
@@ -657,7 +878,7 @@ mod tests {
     #[test]
     fn bad_requests_fail_without_touching_the_disk() {
         let (mut d, mut m) = ready(false);
-        let before = d.disk.lock().clone();
+        let before = img(&d).lock().clone();
         assert_eq!(request(&mut d, &mut m, T_IN, 7, 1024).0, S_IOERR, "past the end");
         assert_eq!(request(&mut d, &mut m, T_OUT, u64::MAX, 512).0, S_IOERR, "sector overflow");
         assert_eq!(request(&mut d, &mut m, T_IN, 0, 100).0, S_IOERR, "not whole sectors");
@@ -665,7 +886,7 @@ mod tests {
         // Data outside guest RAM, or running past its end.
         assert_eq!(request_at(&mut d, &mut m, T_OUT, 0, 512, 0xfff_0000).0, S_IOERR);
         assert_eq!(request_at(&mut d, &mut m, T_IN, 0, 1024, 0xf_fe00).0, S_IOERR);
-        assert_eq!(d.disk.lock().clone(), before);
+        assert_eq!(img(&d).lock().clone(), before);
         // A read-only disk refuses writes.
         let (mut ro, mut m2) = ready(true);
         w32(&mut ro, 0x14, 0);
@@ -694,7 +915,7 @@ mod tests {
         assert_eq!(d.take_notice(), None, "logged once");
         w32(&mut d, 0x70, 0);
         assert_eq!(r32(&mut d, 0x70), 0);
-        let (mut d, mut m) = ready_with(d.disk.clone(), false);
+        let (mut d, mut m) = ready_with(img(&d), false);
         assert_eq!(request(&mut d, &mut m, T_IN, 1, 512), (S_OK, 513));
     }
 

@@ -71,6 +71,8 @@ pub enum DsError {
     TooManyFiles,
     /// An earlier commit failed part way; nothing more is written until the datastore is mounted again.
     Failed(String),
+    /// The file is held (a registered VM's disk or definition): it may not be removed or moved.
+    Busy { path: String, by: String },
 }
 
 impl fmt::Display for DsError {
@@ -101,6 +103,7 @@ impl fmt::Display for DsError {
             DsError::Failed(m) => {
                 write!(f, "datastore is read-only after a failed write ({m}); mount it again")
             }
+            DsError::Busy { path, by } => write!(f, "{path} is in use by {by}"),
         }
     }
 }
@@ -281,6 +284,8 @@ pub struct Datastore {
     cursor: u64,
     dirty: bool,
     failed: Option<String>,
+    /// Files that may not be removed or moved, and who holds them (in memory only).
+    holds: BTreeMap<u64, String>,
 }
 
 /// A datastore check's findings.
@@ -500,6 +505,7 @@ impl Datastore {
             cursor: 0,
             dirty: false,
             failed: None,
+            holds: BTreeMap::new(),
             sb,
             slot,
         })
@@ -965,10 +971,42 @@ impl Datastore {
         self.insert(path, InodeKind::File, now)
     }
 
+    /// Holds the file at `path` for `by` (a VM using it): until [`Datastore::release_held`], removing or
+    /// moving it is refused ([`DsError::Busy`]). Returns its inode number.
+    pub fn hold(&mut self, path: &str, by: &str) -> Result<u64, DsError> {
+        let id = self.resolve(path)?;
+        if let Some(other) = self.holds.get(&id).filter(|o| o.as_str() != by) {
+            return Err(DsError::Busy { path: path.to_string(), by: other.clone() });
+        }
+        self.holds.insert(id, by.to_string());
+        Ok(id)
+    }
+
+    /// Lets go of every file `by` holds.
+    pub fn release_held(&mut self, by: &str) {
+        self.holds.retain(|_, b| b != by);
+    }
+
+    /// Who holds files here (each once).
+    pub fn holders(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.holds.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn not_held(&self, id: u64, path: &str) -> Result<(), DsError> {
+        match self.holds.get(&id) {
+            Some(by) => Err(DsError::Busy { path: path.to_string(), by: by.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Removes a file (its blocks become free after the next commit) or an empty directory.
     pub fn remove(&mut self, path: &str) -> Result<(), DsError> {
         self.writable()?;
         let id = self.resolve(path)?;
+        self.not_held(id, path)?;
         if id == ROOT {
             return Err(DsError::BadName(String::from("the root directory cannot be removed")));
         }
@@ -991,6 +1029,7 @@ impl Datastore {
         if id == ROOT {
             return Err(DsError::BadName(String::from("the root directory cannot be moved")));
         }
+        self.not_held(id, from)?;
         let (parent, name) = self.parent_of(to)?;
         if self.names.contains_key(&(parent, name.to_string())) {
             return Err(DsError::Exists(to.to_string()));

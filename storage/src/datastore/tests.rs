@@ -871,3 +871,22 @@ fn a_read_that_fails_while_mounting_is_a_device_error_not_damage() {
     }
     assert!(worked, "enough reads mount it");
 }
+
+#[test]
+fn a_held_file_is_neither_removed_nor_moved_until_released() {
+    let (mut d, mut ds) = fresh(64 << 20, 512);
+    ds.mkdir("vm", 1).unwrap();
+    ds.create("vm/vm.img", 1).unwrap();
+    let id = ds.hold("vm/vm.img", "VM vm").unwrap();
+    assert_eq!(ds.hold("vm/vm.img", "VM vm").unwrap(), id, "again by the same holder");
+    assert!(matches!(ds.hold("vm/vm.img", "VM other"), Err(DsError::Busy { .. })));
+    let e = ds.remove("vm/vm.img").unwrap_err();
+    assert_eq!(e.to_string(), "vm/vm.img is in use by VM vm");
+    assert!(matches!(ds.rename("vm/vm.img", "x.img", 2), Err(DsError::Busy { .. })));
+    assert!(matches!(ds.remove("vm"), Err(DsError::NotEmpty(_))));
+    assert_eq!(ds.holders(), ["VM vm"]);
+    ds.release_held("VM vm");
+    assert!(ds.holders().is_empty());
+    ds.remove("vm/vm.img").unwrap();
+    ds.commit(&mut d).unwrap();
+}

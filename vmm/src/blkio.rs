@@ -1,0 +1,300 @@
+//! Virtual disks whose blocks live in a file on a datastore, reached through a queue.
+//!
+//! The virtio block device runs on the CPU of the vCPU that notified it; the host's storage
+//! drivers and datastores belong to the management CPU. So a datastore-backed device does not
+//! touch the disk itself: it parses a request, copies what a write carries out of guest memory and
+//! [`IoQueue::submit`]s it; the management CPU takes the requests ([`IoQueue::take_requests`]),
+//! executes them on the file ([`serve`]: reads, thin writes, flushes that commit the datastore's
+//! metadata and flush the device) and posts completions ([`IoQueue::complete`]); the device, at
+//! its next service (the management CPU kicks the VM's CPUs), copies what a read returned into
+//! the guest's buffers and completes the request. Nothing of the disk is kept in host memory but
+//! the requests in flight, which are bounded: a device submits while fewer than
+//! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] bytes are in flight (one request may
+//! carry up to 4 MiB, so at most that much more), and leaves the rest on its ring until
+//! completions make room.
+//!
+//! Ordering: requests are executed in the order they were submitted, so a flush covers every
+//! write submitted before it (virtio's rule is weaker: only writes completed before the flush).
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use ember_storage::block::BlockDevice;
+use ember_storage::datastore::{Datastore, DsError};
+use spin::Mutex;
+
+/// Requests in flight per disk before a device stops taking more from its ring.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes in flight per disk before a device stops taking more from its ring.
+pub const MAX_IN_FLIGHT_BYTES: usize = 1 << 20;
+
+/// What a request asks of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoOp {
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Everything submitted before it on stable storage, with the metadata that finds it.
+    Flush,
+}
+
+impl IoOp {
+    fn bytes(&self) -> usize {
+        match self {
+            IoOp::Read { len, .. } => *len,
+            IoOp::Write { data, .. } => data.len(),
+            IoOp::Flush => 0,
+        }
+    }
+}
+
+/// A submitted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoRequest {
+    pub tag: u64,
+    pub op: IoOp,
+}
+
+/// A completed request: `ok`, and for a read the bytes read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoDone {
+    pub tag: u64,
+    pub ok: bool,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Inner {
+    submitted: VecDeque<IoRequest>,
+    done: VecDeque<IoDone>,
+    /// Requests and bytes submitted whose completion the device has not taken yet.
+    in_flight: usize,
+    in_flight_bytes: usize,
+    /// Bytes of each request in flight, by tag (to release them when its completion is taken).
+    sizes: VecDeque<(u64, usize)>,
+    next_tag: u64,
+}
+
+/// The queue between one virtio block device and the host's I/O service for its file.
+pub struct IoQueue {
+    capacity: u64,
+    inner: Mutex<Inner>,
+}
+
+impl IoQueue {
+    /// A queue for a disk of `capacity` bytes.
+    pub fn new(capacity: u64) -> IoQueue {
+        IoQueue { capacity, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// The disk's size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the device may submit another request.
+    pub fn has_room(&self) -> bool {
+        let i = self.inner.lock();
+        i.in_flight < MAX_IN_FLIGHT && i.in_flight_bytes < MAX_IN_FLIGHT_BYTES
+    }
+
+    /// Submits a request (the device checked its range against the capacity); returns its tag.
+    pub fn submit(&self, op: IoOp) -> u64 {
+        let mut i = self.inner.lock();
+        let tag = i.next_tag;
+        i.next_tag = i.next_tag.wrapping_add(1);
+        let bytes = op.bytes();
+        i.in_flight = i.in_flight.saturating_add(1);
+        i.in_flight_bytes = i.in_flight_bytes.saturating_add(bytes);
+        i.sizes.push_back((tag, bytes));
+        i.submitted.push_back(IoRequest { tag, op });
+        tag
+    }
+
+    /// The completions posted since the last call (the device side); releases their room.
+    pub fn take_done(&self) -> Vec<IoDone> {
+        let mut i = self.inner.lock();
+        let done: Vec<IoDone> = i.done.drain(..).collect();
+        for d in &done {
+            if let Some(k) = i.sizes.iter().position(|(t, _)| *t == d.tag) {
+                let bytes = i.sizes.remove(k).map_or(0, |(_, b)| b);
+                i.in_flight = i.in_flight.saturating_sub(1);
+                i.in_flight_bytes = i.in_flight_bytes.saturating_sub(bytes);
+            }
+        }
+        done
+    }
+
+    /// Whether completions wait for the device.
+    pub fn has_done(&self) -> bool {
+        !self.inner.lock().done.is_empty()
+    }
+
+    /// Up to `max` submitted requests, oldest first (the service side); `None` when the device
+    /// holds the lock right now (the caller comes back later rather than wait for another CPU).
+    pub fn take_requests(&self, max: usize) -> Option<Vec<IoRequest>> {
+        let mut i = self.inner.try_lock()?;
+        let n = max.min(i.submitted.len());
+        Some(i.submitted.drain(..n).collect())
+    }
+
+    /// Posts a completion (the service side).
+    pub fn complete(&self, done: IoDone) {
+        self.inner.lock().done.push_back(done);
+    }
+
+    /// Requests waiting for the service.
+    pub fn pending(&self) -> usize {
+        self.inner.lock().submitted.len()
+    }
+}
+
+/// What one call of [`serve`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Requests completed (the VM's CPUs are to be kicked when any were).
+    pub completed: usize,
+    /// Why requests failed, for the host's log.
+    pub errors: Vec<String>,
+}
+
+/// Executes up to `max` requests of `queue` on file `inode` of datastore `ds` (on `dev`, its
+/// partition) and posts their completions; `now`: the time of day, for the file's mtime. A read
+/// past the file's end reads zeros; a flush commits the datastore's metadata when it changed
+/// (which flushes the device) and flushes the device otherwise. `label` names the disk in errors.
+pub fn serve(
+    queue: &IoQueue,
+    ds: &mut Datastore,
+    dev: &mut dyn BlockDevice,
+    inode: u64,
+    now: u64,
+    max: usize,
+    label: &str,
+) -> Served {
+    let mut out = Served::default();
+    let Some(requests) = queue.take_requests(max) else { return out };
+    for r in requests {
+        let result = match &r.op {
+            IoOp::Read { offset, len } => {
+                let mut buf = vec![0u8; *len];
+                ds.read(dev, inode, *offset, &mut buf).map(|_| buf)
+            }
+            IoOp::Write { offset, data } => ds.write(dev, inode, *offset, data, now).map(|()| Vec::new()),
+            IoOp::Flush => {
+                let r = if ds.is_dirty() { ds.commit(dev) } else { dev.flush().map_err(DsError::Io) };
+                r.map(|()| Vec::new())
+            }
+        };
+        let done = match result {
+            Ok(data) => IoDone { tag: r.tag, ok: true, data },
+            Err(e) => {
+                let what = match &r.op {
+                    IoOp::Read { offset, len } => format!("reading {len} bytes at byte {offset}"),
+                    IoOp::Write { offset, data } => format!("writing {} bytes at byte {offset}", data.len()),
+                    IoOp::Flush => String::from("flushing"),
+                };
+                out.errors.push(format!("{label}: {what}: {e}"));
+                IoDone { tag: r.tag, ok: false, data: Vec::new() }
+            }
+        };
+        queue.complete(done);
+        out.completed = out.completed.saturating_add(1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_storage::block::MemDisk;
+    use ember_storage::datastore::FormatOptions;
+
+    fn datastore() -> (Datastore, MemDisk, u64) {
+        let mut dev = MemDisk::new(512, 64 << 11); // 64 MiB
+        let opts = FormatOptions { label: "datastore1".into(), uuid: [7; 16], block_size: 1 << 20 };
+        let mut ds = Datastore::format(&mut dev, &opts).unwrap();
+        ds.mkdir("vm", 1).unwrap();
+        let id = ds.create("vm/disk.img", 1).unwrap();
+        ds.set_len(&mut dev, id, 8 << 30, 1).unwrap(); // 8 GiB, thin
+        ds.commit(&mut dev).unwrap();
+        (ds, dev, id)
+    }
+
+    #[test]
+    fn requests_run_in_order_and_a_flush_makes_them_durable() {
+        let (mut ds, mut dev, id) = datastore();
+        let q = IoQueue::new(8 << 30);
+        let w = q.submit(IoOp::Write { offset: 5 << 30, data: vec![7u8; 4096] });
+        let r = q.submit(IoOp::Read { offset: (5 << 30) + 4000, len: 512 });
+        let z = q.submit(IoOp::Read { offset: 1 << 30, len: 512 });
+        let f = q.submit(IoOp::Flush);
+        assert!(q.take_done().is_empty());
+        let s = serve(&q, &mut ds, &mut dev, id, 2, 2, "d");
+        assert_eq!(s.completed, 2, "at most `max` per call");
+        let s = serve(&q, &mut ds, &mut dev, id, 2, 10, "d");
+        assert_eq!(s, Served { completed: 2, errors: vec![] });
+        let done = q.take_done();
+        assert_eq!(done.iter().map(|d| d.tag).collect::<Vec<_>>(), [w, r, z, f]);
+        assert!(done.iter().all(|d| d.ok));
+        assert_eq!(&done[1].data[..96], &[7u8; 96][..]);
+        assert_eq!(&done[1].data[96..], &[0u8; 416][..]);
+        assert!(done[2].data.iter().all(|&b| b == 0), "never written: zeros");
+        // The flush committed: a fresh mount sees the block.
+        let again = Datastore::mount(&mut dev).unwrap();
+        let mut b = [0u8; 4];
+        again.read(&mut dev, id, 5 << 30, &mut b).unwrap();
+        assert_eq!(b, [7; 4]);
+        let u = again.usage();
+        assert_eq!(u.capacity - u.free, 1 << 20, "one 1 MiB block of 8 GiB used");
+    }
+
+    #[test]
+    fn the_device_is_held_back_when_much_is_in_flight() {
+        let q = IoQueue::new(1 << 30);
+        for _ in 0..MAX_IN_FLIGHT - 1 {
+            q.submit(IoOp::Flush);
+        }
+        assert!(q.has_room());
+        q.submit(IoOp::Flush);
+        assert!(!q.has_room(), "request count");
+        let (mut ds, mut dev, id) = datastore();
+        serve(&q, &mut ds, &mut dev, id, 1, 1, "d");
+        assert!(!q.has_room(), "room comes back when the device takes the completion");
+        assert_eq!(q.take_done().len(), 1);
+        assert!(q.has_room());
+        let q = IoQueue::new(1 << 30);
+        q.submit(IoOp::Read { offset: 0, len: MAX_IN_FLIGHT_BYTES - 512 });
+        assert!(q.has_room());
+        q.submit(IoOp::Read { offset: 0, len: 512 });
+        assert!(!q.has_room(), "bytes");
+    }
+
+    #[test]
+    fn failures_are_reported_and_complete_the_request() {
+        let (mut ds, mut dev, id) = datastore();
+        let q = IoQueue::new(1 << 40);
+        // More than the 64 MiB datastore holds.
+        q.submit(IoOp::Write { offset: 0, data: vec![1u8; 4096] });
+        for k in 1..80u64 {
+            q.submit(IoOp::Write { offset: k << 20, data: vec![1u8; 512] });
+        }
+        let s = serve(&q, &mut ds, &mut dev, id, 3, 100, "VM a: disk 0");
+        assert_eq!(s.completed, 80);
+        assert!(!s.errors.is_empty());
+        assert!(s.errors[0].starts_with("VM a: disk 0: writing 512 bytes at byte "), "{}", s.errors[0]);
+        let done = q.take_done();
+        assert!(done[0].ok && !done[79].ok);
+        // A request for a file that is gone fails too.
+        q.submit(IoOp::Read { offset: 0, len: 512 });
+        let s = serve(&q, &mut ds, &mut dev, 9999, 3, 100, "d");
+        assert_eq!(s.errors.len(), 1);
+        assert!(!q.take_done()[0].ok);
+    }
+}
