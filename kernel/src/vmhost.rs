@@ -473,17 +473,17 @@ impl VmService for Hypervisor {
         match self.vms.get(k) {
             Some(Entry::Vm(_)) => {
                 return Err(VmError::Conflict(format!(
-                    "VM {name} is on the boot media (ember-image build --vm); it cannot leave the inventory"
+                    "VM {name} is on the boot media (ember-image build --vm): it is changed or removed by building a new image"
                 )))
             }
             Some(Entry::Stored { run: Some(v), .. }) if v.failed() => {
                 return Err(VmError::Conflict(format!(
-                    "VM {name} failed; it can leave the inventory after the host restarts"
+                    "VM {name} failed; it can be changed or removed after the host restarts"
                 )))
             }
             Some(Entry::Stored { run: Some(v), .. }) if rt.report(v).state != VmState::Stopped => {
                 return Err(VmError::Conflict(format!(
-                    "VM {name} is {}; power it off first",
+                    "VM {name} is {}; stop it first",
                     rt.report(v).state.as_str()
                 )))
             }

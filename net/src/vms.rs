@@ -217,6 +217,10 @@ pub fn handle_inventory(host: &mut HostState, req: &Request, now_ms: u64) -> Opt
             let name = p.strip_prefix('/')?.strip_suffix("/unregister")?;
             Some(remove(host, name, None, now_ms))
         }
+        ("PUT", p) => {
+            let name = p.strip_prefix('/').filter(|n| !n.is_empty() && !n.contains('/'))?;
+            Some(edit(host, req, name, now, now_ms))
+        }
         _ => None,
     }
 }
@@ -309,6 +313,34 @@ fn create(host: &mut HostState, req: &Request, now: u64, now_ms: u64) -> Respons
             Response::json(201, j.to_string())
         }
         None => Response::error(500, "the VM was added but is not listed"),
+    }
+}
+
+/// Changes a stopped VM on a datastore (`crate::vmstore::edit`).
+fn edit(host: &mut HostState, req: &Request, name: &str, now: u64, now_ms: u64) -> Response {
+    let body = match crate::api::json_body(req) {
+        Ok(b) => b,
+        Err(crate::api::Reply::Now(r)) => return r,
+        Err(_) => return Response::error(400, "body: expected a JSON object"),
+    };
+    // Taken out (its files released), changed, and put back - as it was when the change fails.
+    let vm = match host.vms.remove(&mut host.disks, name) {
+        Ok(vm) => vm,
+        Err(e) => return vm_refused(name, e),
+    };
+    let (back, refused) = match vmstore::edit(&mut host.disks, &vm, &body, now) {
+        Ok(new) => (new, None),
+        Err(e) => (vm, Some(store_refused(&e))),
+    };
+    if let Err(e) = host.vms.add(&mut host.disks, back) {
+        return Response::error(500, &format!("VM {name} could not be put back: {e}"));
+    }
+    if let Some(r) = refused {
+        return r;
+    }
+    match host.vms.list(now_ms).into_iter().find(|v| v.name == name) {
+        Some(v) => Response::json(200, vm_json(&v).to_string()),
+        None => Response::error(500, "the VM was changed but is not listed"),
     }
 }
 

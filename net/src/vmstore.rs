@@ -194,6 +194,153 @@ pub fn create(disks: &mut HostDisks, body: &Map<String, Value>, now: u64) -> Res
     Ok(StoredVm { path, def })
 }
 
+/// Changes a stopped VM's definition from the body of `PUT /api/v1/vms/{name}`: any of `vcpus`,
+/// `memory_mib`, `kernel`, `initrd`, `cmdline`, `autostart`, `console_port`, and `disks`, the new
+/// list of disks: `{"size_gib": n}` a new thin disk in the VM's folder, `{"file": ...}` a disk kept
+/// or attached, with `"size_gib"` to grow it (a disk is never shrunk); a disk left out is detached
+/// (its file stays). The new definition replaces the old one in one datastore commit; on any
+/// error nothing changes.
+pub fn edit(
+    disks: &mut HostDisks,
+    vm: &StoredVm,
+    body: &Map<String, Value>,
+    now: u64,
+) -> Result<StoredVm, VmStoreError> {
+    const EDITABLE: [&str; 8] =
+        ["vcpus", "memory_mib", "kernel", "initrd", "cmdline", "autostart", "console_port", "disks"];
+    if let Some(k) = body.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
+        let shown: String = k.chars().take(40).collect();
+        let problem = if k == "name" {
+            String::from("a VM's name cannot change")
+        } else {
+            format!("cannot be changed (expected {})", EDITABLE.join(", "))
+        };
+        return Err(invalid(&shown, problem));
+    }
+    let folder = vm.path.parent();
+    let Value::Object(mut merged) = vm.def.to_json() else {
+        return Err(VmStoreError::Failed(String::from("the stored definition is not an object")));
+    };
+    // (file name in the folder, size) of new disks, (path, size) of disks to grow.
+    let mut new_disks: Vec<(String, u64)> = Vec::new();
+    let mut grow: Vec<(DsPath, u64, String)> = Vec::new();
+    for (k, v) in body {
+        if k != "disks" {
+            merged.insert(k.clone(), v.clone());
+            continue;
+        }
+        let list = v.as_array().ok_or_else(|| invalid("disks", "expected a list"))?;
+        if list.len() > MAX_DISKS {
+            return Err(invalid("disks", format!("at most {MAX_DISKS} disks")));
+        }
+        let mut out = Vec::new();
+        for (i, d) in list.iter().enumerate() {
+            let at = |f: &str| format!("disks[{i}].{f}");
+            let obj = d.as_object().ok_or_else(|| invalid(&format!("disks[{i}]"), "expected an object"))?;
+            let size = match obj.get("size_gib") {
+                None => None,
+                Some(g) => Some(
+                    g.as_u64().filter(|g| (1..=MAX_DISK_GIB).contains(g)).ok_or_else(|| {
+                        invalid(&at("size_gib"), format!("expected whole GiB from 1 to {MAX_DISK_GIB}"))
+                    })? << 30,
+                ),
+            };
+            let mut entry = obj.clone();
+            entry.remove("size_gib");
+            match (obj.get("file").and_then(Value::as_str), size) {
+                (None, None) => {
+                    return Err(invalid(&at("file"), "missing (a path, or size_gib for a new disk)"))
+                }
+                (None, Some(bytes)) => {
+                    if obj.len() != 1 {
+                        return Err(invalid(&format!("disks[{i}]"), "a new disk has only size_gib"));
+                    }
+                    let mut taken = |n: &String| {
+                        vm.def.disks.iter().any(|d| &d.file == n)
+                            || new_disks.iter().any(|(f, _)| f == n)
+                            || disks
+                                .with(&folder.datastore, |ds, _| ds.stat(&format!("{}/{n}", folder.path)))
+                                .is_ok_and(|r| r.is_ok())
+                    };
+                    let Some(file) = (0..64).map(|k| disk_name(&vm.def.name, k)).find(|n| !taken(n)) else {
+                        return Err(invalid(
+                            &format!("disks[{i}]"),
+                            "no free disk file name in the VM's folder",
+                        ));
+                    };
+                    entry.insert(String::from("file"), Value::from(file.clone()));
+                    new_disks.push((file, bytes));
+                }
+                (Some(file), Some(bytes)) => {
+                    let p = folder.resolve(file).map_err(|e| invalid(&at("file"), e))?;
+                    grow.push((p, bytes, at("size_gib")));
+                }
+                (Some(_), None) => {}
+            }
+            out.push(Value::Object(entry));
+        }
+        merged.insert(String::from("disks"), Value::Array(out));
+    }
+    let text = Value::Object(merged).to_string();
+    let def = VmDefinition::parse("definition", text.as_bytes())
+        .map_err(|e| VmStoreError::Invalid { field: e.field, problem: e.problem })?;
+    // Every file it refers to exists (except the new disks); a disk only grows.
+    let refs: Vec<(String, &str)> = core::iter::once((String::from("kernel"), def.kernel.as_str()))
+        .chain(def.initrd.as_deref().map(|i| (String::from("initrd"), i)))
+        .chain(def.disks.iter().enumerate().map(|(i, d)| (format!("disks[{i}].file"), d.file.as_str())))
+        .filter(|(_, f)| !new_disks.iter().any(|(n, _)| n == f))
+        .collect();
+    for (field, file) in &refs {
+        let p = folder.resolve(file).map_err(|e| invalid(field, e))?;
+        let found = disks.with(&p.datastore, |ds, _| ds.stat(&p.path));
+        let size = match found {
+            Ok(Ok(e)) if e.kind == InodeKind::File => e.size,
+            Ok(Ok(_)) => return Err(invalid(field, format!("{p} is a directory"))),
+            Ok(Err(_)) => return Err(invalid(field, format!("{p}: no such file"))),
+            Err(e) => return Err(invalid(field, e.to_string())),
+        };
+        if let Some((_, bytes, at)) = grow.iter().find(|(g, _, _)| *g == p) {
+            if *bytes < size {
+                return Err(invalid(at, format!("{p} has {size} bytes; a disk is grown, never shrunk")));
+            }
+        }
+    }
+    if grow.iter().any(|(p, _, _)| p.datastore != folder.datastore) {
+        return Err(invalid("disks", "only disks on the VM's own datastore can be grown"));
+    }
+    let temp = format!("{}.new", vm.path.path);
+    let r = disks
+        .with(&folder.datastore, |ds, dev| {
+            let r = (|| {
+                for (file, size) in &new_disks {
+                    let id = ds.create(&format!("{}/{file}", folder.path), now)?;
+                    ds.set_len(dev, id, *size, now)?;
+                }
+                for (p, size, _) in &grow {
+                    let e = ds.stat(&p.path)?;
+                    ds.set_len(dev, e.id, *size, now)?;
+                }
+                if ds.stat(&temp).is_ok() {
+                    ds.remove(&temp)?;
+                }
+                let id = ds.create(&temp, now)?;
+                let bytes = serde_json::to_vec_pretty(&def.to_json()).unwrap_or_default();
+                ds.write(dev, id, 0, &bytes, now)?;
+                ds.remove(&vm.path.path)?;
+                ds.rename(&temp, &vm.path.path, now)?;
+                ds.commit(dev)
+            })();
+            if r.is_err() {
+                // Back to the committed state: nothing of the change stays.
+                ds.reload(dev)?;
+            }
+            r
+        })
+        .map_err(from_disks)?;
+    r.map_err(|e| from_ds(&vm.path, e))?;
+    Ok(StoredVm { path: vm.path.clone(), def })
+}
+
 /// Removes a folder's files and the folder, as far as they can be (files held stay).
 fn remove_folder(ds: &mut ember_storage::datastore::Datastore, folder: &str) {
     if let Ok(entries) = ds.list(folder) {
@@ -326,5 +473,140 @@ pub fn delete(disks: &mut HostDisks, vm: &StoredVm, delete_disks: bool) -> Resul
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(from_ds(&folder, e)),
         Err(e) => Err(from_disks(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember_storage::block::MemDisk;
+    use ember_storage::persist::Disk;
+
+    /// A host with datastore "ds1" (64 MiB) holding boot/vmlinuz and boot/initrd.
+    fn host() -> HostDisks {
+        let disks = alloc::vec![Disk::new(
+            "vda".into(),
+            "virtio-blk",
+            alloc::boxed::Box::new(MemDisk::new(512, 64 * 2048))
+        )];
+        let mut h = HostDisks::scan(disks, None, 5, &mut Vec::new());
+        h.create("ds1", "vda", false).unwrap();
+        h.with("ds1", |ds, dev| {
+            ds.mkdir("boot", 1)?;
+            for f in ["boot/vmlinuz", "boot/initrd"] {
+                let id = ds.create(f, 1)?;
+                ds.write(dev, id, 0, b"bytes", 1)?;
+            }
+            ds.commit(dev)
+        })
+        .unwrap()
+        .unwrap();
+        h
+    }
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn base() -> Value {
+        json!({"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "[ds1] boot/vmlinuz",
+               "initrd": "[ds1] boot/initrd", "disks": [{"size_gib": 64}, {"size_gib": 1}]})
+    }
+
+    fn entry(h: &mut HostDisks, path: &str) -> Option<ember_storage::datastore::Entry> {
+        h.with("ds1", |ds, _| ds.stat(path)).unwrap().ok()
+    }
+
+    #[test]
+    fn a_vm_folder_is_made_with_thin_disks_and_read_back() {
+        let mut h = host();
+        let vm = create(&mut h, &body(base()), 7).unwrap();
+        assert_eq!(vm.path.to_string(), "[ds1] web/web.json");
+        assert_eq!(
+            vm.def.disks.iter().map(|d| d.file.as_str()).collect::<Vec<_>>(),
+            ["web.img", "web_1.img"]
+        );
+        let d = entry(&mut h, "web/web.img").unwrap();
+        assert_eq!((d.size, d.allocated), (64 << 30, 0), "thin");
+        assert_eq!(load(&mut h, &vm.path).unwrap(), vm.def);
+        // Survives a remount (committed).
+        let again = h.with("ds1", |ds, dev| ds.reload(dev)).unwrap();
+        assert!(again.is_ok() && entry(&mut h, "web/web_1.img").is_some());
+        assert!(
+            matches!(create(&mut h, &body(base()), 8), Err(VmStoreError::Conflict(_))),
+            "the folder exists"
+        );
+        let open = open_disks(&mut h, &vm).unwrap();
+        assert_eq!((open.len(), open[0].size, open[1].size), (2, 64 << 30, 1 << 30));
+        let e = h.with("ds1", |ds, _| ds.remove("web/web.img")).unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "web/web.img is in use by VM web");
+        h.release_held(&holder("web"));
+        delete(&mut h, &vm, true).unwrap();
+        assert!(entry(&mut h, "web").is_none(), "the folder is gone with its disks");
+    }
+
+    #[test]
+    fn bad_requests_name_the_field_and_make_nothing() {
+        let mut h = host();
+        let cases: &[(Value, &str)] = &[
+            (json!({"kernel": "[ds1] boot/none"}), "kernel"),
+            (json!({"kernel": "[ds1] ../boot/vmlinuz"}), "kernel"),
+            (json!({"kernel": "boot/vmlinuz"}), "kernel"),
+            (json!({"initrd": "[ds1] boot"}), "initrd"),
+            (json!({"disks": [{"size_gib": 0}]}), "disks[0].size_gib"),
+            (json!({"disks": [{"size_gib": 1, "readonly": true}]}), "disks[0].readonly"),
+            (json!({"disks": [{"file": "[ds1] nope.img"}]}), "disks[0].file"),
+            (json!({"disks": [7]}), "disks[0]"),
+            (json!({"memory_mib": 1}), "memory_mib"),
+            (json!({"name": "a b"}), "name"),
+            (json!({"datastore": "[x]"}), "datastore"),
+            (json!({"colour": "red"}), "colour"),
+        ];
+        for (change, field) in cases {
+            let mut b = base();
+            for (k, v) in change.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            match create(&mut h, &body(b.clone()), 1) {
+                Err(VmStoreError::Invalid { field: f, .. }) => assert_eq!(f, *field, "{b}"),
+                other => panic!("{b}: {other:?}"),
+            }
+        }
+        let mut b = base();
+        b["datastore"] = json!("nope");
+        assert!(matches!(create(&mut h, &body(b), 1), Err(VmStoreError::NotFound(_))));
+        assert_eq!(h.with("ds1", |ds, _| ds.list("")).unwrap().unwrap().len(), 1, "only boot/ is there");
+    }
+
+    #[test]
+    fn a_stopped_vm_is_edited_grown_and_given_disks() {
+        let mut h = host();
+        let vm = create(&mut h, &body(base()), 7).unwrap();
+        let change = json!({"memory_mib": 128, "cmdline": "quiet",
+            "disks": [{"file": "web.img", "size_gib": 100}, {"size_gib": 2}]});
+        let new = edit(&mut h, &vm, &body(change), 8).unwrap();
+        assert_eq!((new.def.memory_mib, new.def.cmdline.as_str()), (128, "quiet"));
+        assert_eq!(
+            new.def.disks.iter().map(|d| d.file.as_str()).collect::<Vec<_>>(),
+            ["web.img", "web_2.img"]
+        );
+        assert_eq!(entry(&mut h, "web/web.img").unwrap().size, 100 << 30, "grown");
+        assert_eq!(entry(&mut h, "web/web_1.img").unwrap().size, 1 << 30, "detached, kept");
+        assert_eq!(entry(&mut h, "web/web_2.img").unwrap().size, 2 << 30, "a new name");
+        assert_eq!(load(&mut h, &vm.path).unwrap(), new.def);
+        // Refusals change nothing.
+        for (change, field) in [
+            (json!({"name": "other"}), "name"),
+            (json!({"disks": [{"file": "web.img", "size_gib": 1}]}), "disks[0].size_gib"),
+            (json!({"vcpus": 0}), "vcpus"),
+            (json!({"kernel": "[ds1] boot/none"}), "kernel"),
+        ] {
+            match edit(&mut h, &new, &body(change.clone()), 9) {
+                Err(VmStoreError::Invalid { field: f, .. }) => assert_eq!(f, field, "{change}"),
+                other => panic!("{change}: {other:?}"),
+            }
+        }
+        assert_eq!(load(&mut h, &vm.path).unwrap(), new.def);
+        assert!(entry(&mut h, "web/web.json.new").is_none());
     }
 }

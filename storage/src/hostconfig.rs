@@ -266,15 +266,15 @@ fn decode_pending(v: &Value) -> Result<Vec<PendingScript>, ConfigError> {
     Ok(out)
 }
 
-/// Checks a VM name: 1-64 letters, digits, `-`, `_` or `.`.
+/// Checks a VM name: 1-80 letters, digits, `-`, `_` or `.`.
 pub fn validate_vm_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 80
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(error(field, format!("`{name}` is not a VM name (1-64 letters, digits, - _ .)")))
+        Err(error(field, format!("`{name}` is not a VM name (1-80 letters, digits, - _ .)")))
     }
 }
 

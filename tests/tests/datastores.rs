@@ -441,6 +441,8 @@ fn a_vm_made_through_the_api_runs_from_a_datastore_and_survives_a_power_cut() {
     assert_eq!(vm_state("thin")["state"], "stopped");
     let r = request(addr, "POST", "/api/v1/vms/thin/start", Some(INITIAL), Some("{}"));
     assert_eq!(r.status, 200, "{r:?}");
+    let r = request(addr, "PUT", "/api/v1/vms/thin", Some(INITIAL), Some(r#"{"memory_mib": 192}"#));
+    assert!(r.status == 409 && r.body.contains("stop it first"), "a running VM is not edited: {r:?}");
     let console = wait_console(&q, "EMBER-GUEST: after reboot vda says");
     assert!(
         console.contains(&format!("after reboot vda says {written}")),
@@ -451,6 +453,17 @@ fn a_vm_made_through_the_api_runs_from_a_datastore_and_survives_a_power_cut() {
         assert!(start.elapsed() < Duration::from_secs(120), "the guest powers itself off");
         std::thread::sleep(Duration::from_secs(1));
     }
+    // Edited while stopped: its disk grown; more RAM than the host has is refused at start.
+    let change = r#"{"memory_mib": 3072, "disks": [{"file": "thin.img", "size_gib": 80}]}"#;
+    let r = request(addr, "PUT", "/api/v1/vms/thin", Some(INITIAL), Some(change));
+    assert_eq!((r.status, r.json()["memory_mib"].as_u64()), (200, Some(3072)), "{r:?}");
+    let r = request(addr, "GET", "/api/v1/datastores/datastore1/files/thin", Some(INITIAL), None);
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    let disk = entries.iter().find(|e| e["name"] == "thin.img").unwrap();
+    assert_eq!(disk["size_bytes"].as_u64(), Some(80 << 30), "grown: {disk}");
+    let r = request(addr, "POST", "/api/v1/vms/thin/start", Some(INITIAL), Some("{}"));
+    assert!(r.status == 503 && r.body.contains("not enough free host memory"), "{r:?}");
+    assert_eq!(vm_state("thin")["state"], "stopped");
     let r = request(addr, "DELETE", "/api/v1/vms/thin?delete_disks=true", Some(INITIAL), None);
     assert_eq!(r.status, 200, "{r:?}");
     let r = request(addr, "GET", "/api/v1/datastores/datastore1/files/thin", Some(INITIAL), None);

@@ -982,6 +982,16 @@ impl Datastore {
         Ok(id)
     }
 
+    /// Forgets every change since the last commit: the committed state is read again from `dev`
+    /// (the files held stay held).
+    pub fn reload(&mut self, dev: &mut dyn BlockDevice) -> Result<(), DsError> {
+        let holds = core::mem::take(&mut self.holds);
+        let mut fresh = Datastore::mount(dev)?;
+        fresh.holds = holds.into_iter().filter(|(id, _)| fresh.inodes.contains_key(id)).collect();
+        *self = fresh;
+        Ok(())
+    }
+
     /// Lets go of every file `by` holds.
     pub fn release_held(&mut self, by: &str) {
         self.holds.retain(|_, b| b != by);

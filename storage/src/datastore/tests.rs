@@ -890,3 +890,15 @@ fn a_held_file_is_neither_removed_nor_moved_until_released() {
     ds.remove("vm/vm.img").unwrap();
     ds.commit(&mut d).unwrap();
 }
+
+#[test]
+fn reload_forgets_uncommitted_changes_and_keeps_holds() {
+    let (mut d, mut ds) = fresh(64 << 20, 512);
+    ds.create("kept", 1).unwrap();
+    ds.commit(&mut d).unwrap();
+    ds.hold("kept", "VM a").unwrap();
+    ds.create("dropped", 2).unwrap();
+    ds.reload(&mut d).unwrap();
+    assert!(ds.stat("dropped").is_err());
+    assert!(matches!(ds.remove("kept"), Err(DsError::Busy { .. })));
+}
