@@ -939,7 +939,7 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
             print_network_log(net);
             local.write_back_vm_disks(net, now, false);
             let unix = ember_net::datastores::unix_now(&net.host);
-            if net.host.vms.serve_disks(&mut net.host.disks, unix) {
+            if net.host.vms.poll(&mut net.host.disks, now, unix) {
                 last_activity = now;
             }
             if let Some(notice) = net.net.take_notice() {

@@ -145,7 +145,12 @@ pub struct Hypervisor {
     /// the last periodic commit was made.
     written: Vec<MountId>,
     last_commit: u64,
+    /// VMs asked to shut down (ACPI power button) and when they are powered off if still running.
+    stopping: Vec<(Arc<Vm>, u64)>,
 }
+
+/// How long a guest has to shut down after its ACPI power button is pressed.
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 120_000;
 
 /// Writes the VMs' changed disk chunks back to the boot media, on the management CPU (which owns
 /// the boot media's driver), in bounded steps (`ember_vmm::writeback`).
@@ -231,6 +236,7 @@ impl Hypervisor {
             served: Vec::new(),
             written: Vec::new(),
             last_commit: 0,
+            stopping: Vec::new(),
         }
     }
 
@@ -295,7 +301,7 @@ impl Hypervisor {
             if !self.served.iter().any(|s| s.vm == name && s.queue.pending() > 0) {
                 break;
             }
-            self.serve_disks(disks, 0);
+            self.poll(disks, 0, 0);
         }
         self.served.retain(|s| s.vm != name);
     }
@@ -443,7 +449,20 @@ impl VmService for Hypervisor {
             VmAction::Start => rt.start(&vm, now_ms),
             VmAction::Reset => rt.request(&vm, true),
             VmAction::Stop => {
-                rt.request(&vm, false)?;
+                // The guest is asked to shut down; `poll` powers it off if it has not within the
+                // time-out.
+                rt.press_power_button(&vm)?;
+                let deadline = now_ms.saturating_add(SHUTDOWN_TIMEOUT_MS);
+                self.stopping.retain(|(v, _)| !Arc::ptr_eq(v, &vm));
+                self.stopping.push((vm.clone(), deadline));
+                kprintln!(
+                    "ember: VM {name}: ACPI power button pressed (shut down within {} s, or powered off)",
+                    SHUTDOWN_TIMEOUT_MS / 1000
+                );
+                Ok(())
+            }
+            VmAction::PowerOff => {
+                rt.request_stop(&vm, "powered off through the API")?;
                 // The run ends at its CPUs' next look (a kick brings them there at once).
                 for _ in 0..2000 {
                     if vm.failed() || rt.report(&vm).state == VmState::Stopped {
@@ -515,7 +534,24 @@ impl VmService for Hypervisor {
         }
     }
 
-    fn serve_disks(&mut self, disks: &mut HostDisks, now: u64) -> bool {
+    fn poll(&mut self, disks: &mut HostDisks, now_ms: u64, now: u64) -> bool {
+        // Guests that did not shut down in time are powered off.
+        let rt = runtime();
+        self.stopping.retain(|(vm, deadline)| {
+            if vm.failed() || rt.report(vm).state == VmState::Stopped {
+                return false;
+            }
+            if now_ms < *deadline {
+                return true;
+            }
+            let why = format!(
+                "did not shut down within {} s of its ACPI power button; powered off",
+                SHUTDOWN_TIMEOUT_MS / 1000
+            );
+            kprintln!("ember: VM {}: {why}", vm.def.name);
+            let _ = rt.request_stop(vm, &why);
+            false
+        });
         let mut done = false;
         for s in &self.served {
             if s.queue.pending() == 0 {

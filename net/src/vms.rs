@@ -1,8 +1,10 @@
 //! The VM resources of the management API:
 //! - `GET /api/v1/vms` - every VM: name, state, vCPUs, memory, uptime, why it last stopped.
 //! - `GET /api/v1/vms/{name}` - one VM.
-//! - `POST /api/v1/vms/{name}/start|stop|reset` - lifecycle (`409` when the VM's state does not
-//!   allow it, with the state in the message).
+//! - `POST /api/v1/vms/{name}/start|stop|poweroff|reset` - lifecycle (`409` when the VM's state
+//!   does not allow it, with the state in the message): `stop` presses the guest's ACPI power
+//!   button (`202`; the host powers the VM off if it has not shut down within two minutes),
+//!   `poweroff` ends it at once.
 //! - `GET /api/v1/vms/{name}/console` - the last 64 KiB of its serial console, as text.
 //! - `POST /api/v1/vms` - a new VM in its own folder on a datastore (`crate::vmstore::create`),
 //!   added to the inventory; or `{"register": "[datastore1] web/web.json"}`: a VM folder already on
@@ -45,7 +47,10 @@ pub struct VmSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmAction {
     Start,
+    /// Shut down: the guest's ACPI power button, and power off after a time-out.
     Stop,
+    /// Power off at once.
+    PowerOff,
     Reset,
 }
 
@@ -69,9 +74,11 @@ pub trait VmService {
     fn remove(&mut self, _disks: &mut HostDisks, _name: &str) -> Result<StoredVm, VmError> {
         Err(VmError::NotFound)
     }
-    /// Executes the datastore-backed disks' requests, a bounded amount per call; true when any
-    /// were done. `now`: the time of day (s since 1970).
-    fn serve_disks(&mut self, _disks: &mut HostDisks, _now: u64) -> bool {
+    /// The hypervisor's work on the management CPU, a bounded amount per call: the
+    /// datastore-backed disks' requests, and guests that did not shut down in time powered off;
+    /// true when disk requests were done. `now_ms`: the monotonic clock; `now`: the time of day
+    /// (s since 1970).
+    fn poll(&mut self, _disks: &mut HostDisks, _now_ms: u64, _now: u64) -> bool {
         false
     }
     /// The console's output after position `from` (bytes ever written), at most `max` bytes, and
@@ -175,8 +182,14 @@ pub fn handle(
         }
         Some("start") => VmAction::Start,
         Some("stop") => VmAction::Stop,
+        Some("poweroff") => VmAction::PowerOff,
         Some("reset") => VmAction::Reset,
-        Some(_) => return Some(Response::error(404, "no such VM resource (console, start, stop, reset)")),
+        Some(_) => {
+            return Some(Response::error(
+                404,
+                "no such VM resource (console, start, stop, poweroff, reset, unregister)",
+            ))
+        }
     };
     if method != "POST" {
         return Some(not_allowed("POST"));
@@ -184,7 +197,8 @@ pub fn handle(
     Some(match vms.act(disks, name, action, now_ms) {
         Ok(()) => {
             let now = vms.list(now_ms).into_iter().find(|v| v.name == name).unwrap_or(vm);
-            Response::json(200, vm_json(&now).to_string())
+            // A shutdown is under way when the answer goes out.
+            Response::json(if action == VmAction::Stop { 202 } else { 200 }, vm_json(&now).to_string())
         }
         Err(VmError::NotFound) => not_found(name),
         Err(VmError::Conflict(why)) => Response::error(409, &why),
@@ -386,7 +400,7 @@ mod tests {
             let v = self.0.iter_mut().find(|v| v.name == name).ok_or(VmError::NotFound)?;
             match (action, v.run.state) {
                 (VmAction::Start, VmState::Stopped) => v.run.state = VmState::Running,
-                (VmAction::Stop, VmState::Running) => {
+                (VmAction::Stop | VmAction::PowerOff, VmState::Running) => {
                     v.run.state = VmState::Stopped;
                     v.run.exit_reason = Some("stopped through the API".to_string());
                 }

@@ -289,12 +289,21 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     });
     assert_eq!(st["state"].as_str(), Some("running"));
 
-    // Stop and start through the API; a stopped VM cannot be stopped again, nor a running one started.
+    // Shut down through the API (the guest's ACPI power button: its acpid powers it off), start
+    // again, power off; a stopped VM cannot be stopped again, nor a running one started.
     assert_eq!(request(addr, "POST", "/api/v1/vms/stay/start", Some(ROOT), None).status, 409);
     let r = request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None);
+    assert_eq!(r.status, 202, "a shutdown under way: {r:?}");
+    let (st, c) = wait_vm(addr, "stay", "a shutdown", |v, _| v["state"] == "stopped");
+    assert_eq!(st["exit_reason"].as_str(), Some("the guest powered off"), "{st}\n{c}");
+    assert!(c.contains("EMBER-GUEST: power button pressed"), "{c}");
+    assert_eq!(request(addr, "POST", "/api/v1/vms/stay/start", Some(ROOT), None).status, 200);
+    wait_vm(addr, "stay", "a new run", |v, c| v["state"] == "running" && c.matches(MARKER).count() >= 3);
+    let r = request(addr, "POST", "/api/v1/vms/stay/poweroff", Some(ROOT), None);
     assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("stopped")), "{r:?}");
-    assert_eq!(vm(addr, "stay")["exit_reason"].as_str(), Some("stopped through the API"));
+    assert_eq!(vm(addr, "stay")["exit_reason"].as_str(), Some("powered off through the API"));
     assert_eq!(request(addr, "POST", "/api/v1/vms/stay/stop", Some(ROOT), None).status, 409);
+    assert_eq!(request(addr, "POST", "/api/v1/vms/stay/poweroff", Some(ROOT), None).status, 409);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", Some(ROOT), None).status, 200);
     // The console log keeps the runs (the last 64 KiB of output, across restarts); the disk kept
     // the write, so this run powers off at once.
@@ -386,7 +395,7 @@ fn a_hostile_guest_harms_neither_the_host_nor_another_vm() {
         if c.contains("EMBER-HOSTILE: done;") {
             let since = *done_at.get_or_insert_with(Instant::now);
             if since.elapsed() > Duration::from_secs(90) {
-                let r = request(addr, "POST", "/api/v1/vms/hostile/stop", Some(ROOT), None);
+                let r = request(addr, "POST", "/api/v1/vms/hostile/poweroff", Some(ROOT), None);
                 assert_eq!(r.status, 200, "a wedged guest is stopped: {r:?}");
             }
         }
@@ -587,10 +596,10 @@ fn exceptions_cache_and_counter_instructions_and_debug_registers_stay_inside_a_v
             assert!(c.contains("EMBER-BARE: no #DB delivery loop"), "{name} ended early: {v}\n{c}");
             states.push("halted");
         } else {
-            let r = request(addr, "POST", &format!("/api/v1/vms/{name}/stop"), Some(ROOT), None);
+            let r = request(addr, "POST", &format!("/api/v1/vms/{name}/poweroff"), Some(ROOT), None);
             assert_eq!(r.status, 200, "{name}: {r:?}");
             let (v, _) = wait_vm(addr, name, "the stop", |v, _| v["state"] == "stopped");
-            assert_eq!(v["exit_reason"], "stopped through the API", "{v}");
+            assert_eq!(v["exit_reason"], "powered off through the API", "{v}");
             states.push("looping until stopped");
         }
     }

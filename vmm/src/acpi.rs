@@ -191,8 +191,9 @@ fn fadt() -> [u8; 276] {
     t[91] = 4; // PM_TMR_LEN
                // IAPC_BOOT_ARCH: no 8042, no VGA, no MSI limits (bit 1 clear, bit 2 set = VGA not present).
     t[109..111].copy_from_slice(&(1u16 << 2).to_le_bytes());
-    // Flags: WBINVD, PROC_C1, no fixed power/sleep buttons, RESET_REG_SUP.
-    t[112..116].copy_from_slice(&(1u32 | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 10)).to_le_bytes());
+    // Flags: WBINVD, PROC_C1, the fixed-feature power button (PWR_BUTTON clear), no sleep
+    // button, RESET_REG_SUP.
+    t[112..116].copy_from_slice(&(1u32 | (1 << 2) | (1 << 5) | (1 << 10)).to_le_bytes());
     // RESET_REG: system I/O, 8 bits, byte access, port 0xcf9.
     t[116] = 1;
     t[117] = 8;

@@ -252,6 +252,7 @@ impl Board {
     /// Lets the MMIO devices do the work their registers asked for (virtio queues) or that
     /// finished meanwhile (flushes), and routes their interrupt lines.
     pub fn service_devices(&mut self) {
+        self.machine.poll_power_button();
         let Board { machine, mmio, mem, notices, .. } = self;
         mmio.service(
             &mut **mem,

@@ -1,7 +1,8 @@
 //! A VM's PC chipset: the legacy devices every x86 guest expects at fixed ports, wired together -
 //! the two 8259A interrupt controllers, the 8254 timer (its counter 0 on IRQ 0) with port 0x61,
 //! the CMOS clock, COM1 (a 16550A on IRQ 4 writing into the VM's console log), the ACPI power
-//! management block (PM1 event and control registers for power-off, the PM timer), and the part
+//! management block (PM1 event and control registers for power-off, the fixed-feature power
+//! button that raises the SCI on IRQ 9, the PM timer), and the part
 //! of an 8042 keyboard controller that guests use to reset the machine.
 //!
 //! Every ISA interrupt line goes to both the 8259A pair and the I/O APIC (IRQ 0 on pin 2, the
@@ -24,6 +25,7 @@ use super::serial::{ConsoleLog, IrqLine, Serial};
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 /// The ACPI PM1 event block (PM1a_EVT_BLK: status, enable; 4 bytes), control block
@@ -38,6 +40,10 @@ pub const S5_SLP_TYP: u16 = 5;
 /// The ACPI PM timer's frequency (ACPI 6.5, 4.8.3.3).
 pub const PM_TIMER_HZ: u64 = 3_579_545;
 const PM1_SCI_EN: u16 = 1 << 0;
+/// PWRBTN_STS in PM1 status, PWRBTN_EN in PM1 enable (ACPI 6.5, 4.8.3.1).
+const PM1_PWRBTN: u16 = 1 << 8;
+/// The SCI's ISA line (the FADT's SCI_INT).
+pub const SCI_IRQ: u8 = 9;
 const PM1_SLP_EN: u16 = 1 << 13;
 
 /// COM1's ports and IRQ.
@@ -93,6 +99,8 @@ pub struct Machine {
     pm1_enable: u16,
     pm1_control: u16,
     request: Option<MachineRequest>,
+    /// Set by the host to press the power button; taken at the next [`Machine::poll_power_button`].
+    pub power_button: Arc<AtomicBool>,
     /// Monotonic time of the current access, ns.
     now: u64,
     /// Wall-clock time at monotonic 0 (for the CMOS clock).
@@ -149,9 +157,25 @@ impl Machine {
             // Hardware already in ACPI mode: the FADT has no SMI command port.
             pm1_control: PM1_SCI_EN,
             request: None,
+            power_button: Arc::new(AtomicBool::new(false)),
             now: 0,
             wall_base,
         }
+    }
+
+    /// Presses the power button if the host asked to since the last call: PWRBTN_STS is set, and
+    /// the SCI raised while the guest has PWRBTN_EN set (until it clears the status bit).
+    pub fn poll_power_button(&mut self) {
+        if self.power_button.swap(false, Ordering::AcqRel) {
+            self.pm1_status |= PM1_PWRBTN;
+            self.update_sci();
+        }
+    }
+
+    /// The SCI's level: an enabled fixed event is pending.
+    fn update_sci(&mut self) {
+        let level = self.pm1_status & self.pm1_enable & PM1_PWRBTN != 0;
+        self.lines().set(SCI_IRQ, level);
     }
 
     /// The monotonic time (ns) of the accesses that follow.
@@ -296,6 +320,7 @@ impl Machine {
                 _ => {}
             }
         }
+        self.update_sci();
     }
 }
 
@@ -406,6 +431,34 @@ mod tests {
         m.write(0x3f9, 1, 0x01);
         assert!(m.pic.interrupt_pending(), "receive interrupt");
         assert_eq!(m.read(0x3f8, 1), b'x' as u32);
+    }
+
+    /// The host presses the power button: PWRBTN_STS is set at once, the SCI (IRQ 9) rises when
+    /// the guest enables the event and falls when it clears the status.
+    #[test]
+    fn the_power_button_raises_the_sci() {
+        let mut m = machine();
+        for (p, v) in [(0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01), (0x21, 0xfb)] {
+            m.write(p, 1, v);
+        }
+        for (p, v) in [(0xa0, 0x11), (0xa1, 0x38), (0xa1, 0x02), (0xa1, 0x01), (0xa1, 0xfd)] {
+            m.write(p, 1, v);
+        }
+        m.poll_power_button();
+        assert_eq!(m.read(PM1_EVT_PORT, 2) & 0x100, 0, "not pressed");
+        m.power_button.store(true, Ordering::Release);
+        m.poll_power_button();
+        assert_eq!(m.read(PM1_EVT_PORT, 2) & 0x100, 0x100, "PWRBTN_STS");
+        assert!(!m.pic.interrupt_pending(), "not enabled yet");
+        m.write(PM1_EVT_PORT + 2, 2, 0x100);
+        assert!(m.pic.interrupt_pending());
+        assert_eq!(m.pic.acknowledge(), 0x39, "IRQ 9");
+        m.write(PM1_EVT_PORT, 2, 0x100); // cleared by writing one
+        assert_eq!(m.read(PM1_EVT_PORT, 2) & 0x100, 0);
+        m.write(0xa0, 1, 0x20);
+        m.write(0x20, 1, 0x20);
+        assert!(!m.pic.interrupt_pending());
+        assert!(!m.power_button.load(Ordering::Acquire), "taken");
     }
 
     #[test]

@@ -196,7 +196,11 @@ pub struct Vm {
     input: Mutex<VecDeque<u8>>,
     status: Mutex<Status>,
     stop: AtomicBool,
+    /// Why the host stops it (the log and report say so; default "stopped through the API").
+    stop_reason: Mutex<Option<String>>,
     reset: AtomicBool,
+    /// The host pressed its power button ([`Runtime::press_power_button`]); its machine takes it.
+    power_button: Arc<AtomicBool>,
     exits: AtomicU64,
     /// Exits by kind ([`vcpu::EXIT_KINDS`]).
     exit_counts: [AtomicU64; vcpu::EXIT_KINDS.len()],
@@ -251,7 +255,9 @@ impl Vm {
             input: Mutex::new(VecDeque::new()),
             status: Mutex::new(Status { state: VmState::Stopped, started_ms: None, exit_reason: None }),
             stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
             reset: AtomicBool::new(false),
+            power_button: Arc::new(AtomicBool::new(false)),
             exits: AtomicU64::new(0),
             exit_counts: Default::default(),
             interrupts: AtomicU64::new(0),
@@ -421,6 +427,7 @@ impl<B: Backend> Job<B> {
             || run.ended.load(Ordering::Acquire)
             || run.vm.stop.load(Ordering::Acquire)
             || run.vm.reset.load(Ordering::Acquire)
+            || run.vm.power_button.load(Ordering::Acquire)
     }
 }
 
@@ -618,7 +625,9 @@ impl<P: Platform> Runtime<P> {
             .saturating_add(CONSOLE_LOG_BYTES as u64)
             .saturating_add(core::mem::size_of::<Run<P::Backend>>() as u64);
         vm.overhead.store(overhead, Ordering::Relaxed);
-        let machine = Machine::new(self.wall_base, vm.console.clone());
+        let mut machine = Machine::new(self.wall_base, vm.console.clone());
+        vm.power_button.store(false, Ordering::Release);
+        machine.power_button = vm.power_button.clone();
         let run = Arc::new(Run {
             vm: vm.clone(),
             board: Mutex::new(Board::new(machine, vcpus.len(), mmio, Box::new(ram))),
@@ -691,6 +700,9 @@ impl<P: Platform> Runtime<P> {
         let jobs = self.build_run(vm, self.take_tags(vm.def.vcpus)).map_err(VmError::Unavailable)?;
         vm.stop.store(false, Ordering::Release);
         vm.reset.store(false, Ordering::Release);
+        if let Some(mut r) = self.lock_bounded(&vm.stop_reason) {
+            *r = None;
+        }
         for c in [&vm.exits, &vm.interrupts, &vm.resets].into_iter().chain(&vm.exit_counts) {
             c.store(0, Ordering::Relaxed);
         }
@@ -729,6 +741,29 @@ impl<P: Platform> Runtime<P> {
         }
         let flag = if reset { &vm.reset } else { &vm.stop };
         flag.store(true, Ordering::Release);
+        self.kick_vcpus(vm, u64::MAX);
+        Ok(())
+    }
+
+    /// Stops the running `vm` (as [`Runtime::request`]) saying `reason` in its report.
+    pub fn request_stop(&self, vm: &Vm, reason: &str) -> Result<(), VmError> {
+        if let Some(mut r) = self.lock_bounded(&vm.stop_reason) {
+            *r = Some(String::from(reason));
+        }
+        self.request(vm, false)
+    }
+
+    /// Presses the running `vm`'s ACPI power button: a guest that handles it shuts down and powers
+    /// off (its run ends "the guest powered off"); one that does not goes on.
+    pub fn press_power_button(&self, vm: &Vm) -> Result<(), VmError> {
+        if vm.failed() {
+            return Err(VmError::Conflict(self.failed_text(vm)));
+        }
+        let state = self.lock_bounded(&vm.status).map_or(VmState::Running, |s| s.state);
+        if state == VmState::Stopped {
+            return Err(VmError::Conflict(format!("VM {} is not running", vm.def.name)));
+        }
+        vm.power_button.store(true, Ordering::Release);
         self.kick_vcpus(vm, u64::MAX);
         Ok(())
     }
@@ -997,7 +1032,11 @@ impl<P: Platform> Runtime<P> {
             RunEnd::PowerOff => self.end_run(&run, Ending::Stop(String::from("the guest powered off"))),
             RunEnd::Fault(why) => self.end_run(&run, Ending::Stop(format!("guest fault{who}: {why}"))),
             RunEnd::Stopped if vm.stop.load(Ordering::Acquire) => {
-                self.end_run(&run, Ending::Stop(String::from("stopped through the API")))
+                let reason = self.lock_bounded(&vm.stop_reason).and_then(|mut r| r.take());
+                self.end_run(
+                    &run,
+                    Ending::Stop(reason.unwrap_or_else(|| String::from("stopped through the API"))),
+                )
             }
             RunEnd::Stopped => {} // the run ends for a reason another vCPU gave
         }
