@@ -13,7 +13,7 @@ use ember_net::api::{ApiState, HostFacts, NicInfo};
 use ember_net::auth::{self, PasswordHash};
 use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
-use ember_net::host::{HostState, Persistence, Ticket};
+use ember_net::host::{HostPower, HostState, Persistence, Ticket};
 use ember_net::mgmt::{KickstartTls, ManagedNic, ManagementNetwork};
 use ember_net::tls::Trust;
 use ember_platform::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
@@ -656,6 +656,67 @@ struct LocalConsole {
 
 impl LocalConsole {
     /// Writes changed VM disk chunks back to the boot media when due (`all`: now).
+    /// Shuts the host down or restarts it: running VMs are shut down first
+    /// ([`LocalConsole::shut_down_vms`]), changes being saved finish, VM disks are written back.
+    fn power(&mut self, n: &mut Plane, what: HostPower) -> ! {
+        self.shut_down_vms(n);
+        finish_saving(n);
+        self.write_back_vm_disks(n, timer::now_ms(), true);
+        match what {
+            HostPower::Shutdown => power::shutdown(self.poweroff.as_ref()),
+            HostPower::Reboot => power::reboot(self.reset.as_ref()),
+        }
+    }
+
+    /// Presses the ACPI power button of every running VM and waits (serving their disks) until
+    /// they have powered off, at most the VM shutdown time-out; then powers off the rest.
+    fn shut_down_vms(&mut self, n: &mut Plane) {
+        use ember_net::vms::{VmAction, VmState};
+        let start = timer::now_ms();
+        let running = |n: &Plane| -> Vec<String> {
+            n.host
+                .vms
+                .list(timer::now_ms())
+                .into_iter()
+                .filter(|v| !matches!(v.run.state, VmState::Stopped | VmState::Failed | VmState::Invalid))
+                .map(|v| v.name)
+                .collect()
+        };
+        let names = running(n);
+        if names.is_empty() {
+            return;
+        }
+        kprintln!("ember: shutting down {} VM(s) before the host: {}", names.len(), names.join(", "));
+        for name in &names {
+            if let Err(e) = n.host.vms.act(&mut n.host.disks, name, VmAction::Stop, start) {
+                kprintln!("ember: VM {name}: shutdown: {e}");
+            }
+        }
+        let deadline = start.saturating_add(crate::vmhost::SHUTDOWN_TIMEOUT_MS);
+        loop {
+            let now = timer::now_ms();
+            let unix = ember_net::datastores::unix_now(&n.host);
+            n.host.vms.poll(&mut n.host.disks, now, unix);
+            self.write_back_vm_disks(n, now, false);
+            let left = running(n);
+            if left.is_empty() {
+                break;
+            }
+            if now >= deadline {
+                for name in &left {
+                    kprintln!("ember: VM {name}: did not shut down in time; powered off");
+                    let _ = n.host.vms.act(&mut n.host.disks, name, VmAction::PowerOff, now);
+                }
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        // What the guests wrote is committed (the next call commits the datastores they wrote).
+        let unix = ember_net::datastores::unix_now(&n.host);
+        n.host.vms.poll(&mut n.host.disks, timer::now_ms(), unix.saturating_add(1));
+        kprintln!("ember: VMs shut down in {} ms", timer::now_ms().saturating_sub(start));
+    }
+
     fn write_back_vm_disks(&mut self, net: &mut Plane, now: u64, all: bool) {
         if let (Some(w), Persistence::Store(s)) = (&mut self.vm_disks, &mut net.host.store) {
             w.poll(&mut *s.disk.dev, now, all);
@@ -803,6 +864,7 @@ impl LocalConsole {
             }
             Action::ResetConfiguration => {
                 kprintln!("ember: DCUI: resetting the system configuration to factory defaults");
+                self.shut_down_vms(n);
                 if let Err(e) = n.host.erase_store() {
                     kprintln!("ember: ERROR: the configuration store could not be erased: {e}");
                     self.menu.notify(format!("Reset failed: {e}"));
@@ -811,16 +873,8 @@ impl LocalConsole {
                 self.write_back_vm_disks(n, now, true);
                 power::reboot(self.reset.as_ref());
             }
-            Action::Shutdown => {
-                finish_saving(n);
-                self.write_back_vm_disks(n, now, true);
-                power::shutdown(self.poweroff.as_ref())
-            }
-            Action::Restart => {
-                finish_saving(n);
-                self.write_back_vm_disks(n, now, true);
-                power::reboot(self.reset.as_ref())
-            }
+            Action::Shutdown => self.power(n, HostPower::Shutdown),
+            Action::Restart => self.power(n, HostPower::Reboot),
             Action::Log(l) => kprintln!("ember: {l}"),
         }
         if let Some(f) = failure {
@@ -889,6 +943,7 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
     let mut typed = Vec::new();
     let mut last_keyboard_poll = 0u64;
     let mut availability = AvailabilityTimer::default();
+    let mut power_asked = None;
     loop {
         let now = timer::now_ms();
         while let Some(b) = console::read_serial_byte() {
@@ -937,6 +992,17 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
                 last_activity = now;
             }
             print_network_log(net);
+            if let Some(what) = net.host.power_request {
+                // The answer has had a moment to go out.
+                let since = *power_asked.get_or_insert(now);
+                if now.saturating_sub(since) > 500 {
+                    kprintln!(
+                        "ember: API: host {}",
+                        if what == HostPower::Shutdown { "shutdown" } else { "restart" }
+                    );
+                    local.power(net, what);
+                }
+            }
             local.write_back_vm_disks(net, now, false);
             let unix = ember_net::datastores::unix_now(&net.host);
             if net.host.vms.poll(&mut net.host.disks, now, unix) {

@@ -305,6 +305,24 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
     match (req.path.as_str(), req.method.as_str()) {
         ("/api/v1/host", "GET") => ok_json(host_json(state, host, now_ms)),
         ("/api/v1/host", _) => method_not_allowed("GET"),
+        ("/api/v1/host/shutdown" | "/api/v1/host/reboot", "POST") => {
+            let what = if req.path.ends_with("shutdown") {
+                crate::host::HostPower::Shutdown
+            } else {
+                crate::host::HostPower::Reboot
+            };
+            host.power_request = Some(what);
+            let running =
+                host.vms.list(now_ms).iter().filter(|v| v.run.state != crate::vms::VmState::Stopped).count();
+            Reply::Now(Response::json(
+                202,
+                json!({ "action": if what == crate::host::HostPower::Shutdown { "shutdown" } else { "reboot" },
+                        "running_vms": running,
+                        "message": "running VMs are shut down first (ACPI power button, powered off after 120 s)" })
+                .to_string(),
+            ))
+        }
+        ("/api/v1/host/shutdown" | "/api/v1/host/reboot", _) => method_not_allowed("POST"),
         ("/api/v1/host/certificate", "GET") => ok_json(host.certificate_json()),
         ("/api/v1/host/certificate", "PUT") => put_certificate(host, req),
         ("/api/v1/host/certificate", "DELETE") => new_self_signed(host),

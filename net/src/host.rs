@@ -56,6 +56,13 @@ impl core::fmt::Display for CommitError {
     }
 }
 
+/// A host power action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPower {
+    Shutdown,
+    Reboot,
+}
+
 /// The host's state (see the module docs).
 pub struct HostState {
     /// The configuration in force (saved, when there is a store). Its `network` is what the
@@ -78,6 +85,9 @@ pub struct HostState {
     pub boot_unix: Option<i64>,
     /// The management loop's clock, for changes that need the time.
     pub now_ms: u64,
+    /// A host shutdown or restart asked for through the API: the management loop carries it out
+    /// (VMs shut down first) once the answer has gone out.
+    pub power_request: Option<HostPower>,
     /// What happened that the log should say (taken by the management network).
     pub notes: Vec<String>,
     /// The change being saved, and the number the next one gets.
@@ -125,6 +135,7 @@ impl HostState {
             salt_state: salt_seed,
             boot_unix: None,
             now_ms: 0,
+            power_request: None,
             notes: Vec::new(),
             saving: None,
             next_ticket: 1,

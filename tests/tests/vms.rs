@@ -328,7 +328,7 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let mut cfg = QemuConfig::new("vms-again", &out);
     cfg.memory_mib = 1024;
     cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-    let _q = Qemu::start(&cfg);
+    let mut q = Qemu::start(&cfg);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_http(addr, BOOT_TIMEOUT);
     let (off, c) = wait_vm(addr, "off", "a power-off after the host restart", |v, _| v["state"] == "stopped");
@@ -336,6 +336,19 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert!(c.contains("EMBER-GUEST: after reboot vda says EMBER-WRITTEN"), "the write survived:\n{c}");
     assert_eq!(c.matches(MARKER).count(), 1, "one boot: nothing written this time\n{c}");
     assert!(c.contains(&format!("EMBER-GUEST: vda sha256 {sha}")), "the first MiB is unchanged:\n{c}");
+
+    // A host shutdown through the API shuts the running VM down first (its ACPI power button),
+    // then powers the host off.
+    wait_vm(addr, "stay", "the autostarted guest's userspace", |v, c| {
+        v["state"] == "running" && c.contains(MARKER)
+    });
+    let r = request(addr, "POST", "/api/v1/host/shutdown", Some(ROOT), Some("{}"));
+    assert_eq!((r.status, r.json()["running_vms"].as_u64()), (202, Some(1)), "{r:?}");
+    q.wait_exit(GUEST_TIMEOUT);
+    let log = q.text();
+    assert!(log.contains("ember: shutting down 1 VM(s) before the host: stay"), "{log}");
+    assert!(log.contains("ember: VM stay stopped: the guest powered off"), "a graceful shutdown: {log}");
+    assert!(log.contains("ember: VMs shut down in"), "{log}");
 }
 
 /// The hostile-guest suite: a guest (`tests/guest/hostile.c`) abuses every device of its VM -
