@@ -713,7 +713,7 @@ impl LocalConsole {
         }
         // What the guests wrote is committed (the next call commits the datastores they wrote).
         let unix = ember_net::datastores::unix_now(&n.host);
-        n.host.vms.poll(&mut n.host.disks, timer::now_ms(), unix.saturating_add(1));
+        n.host.vms.poll(&mut n.host.disks, timer::now_ms().saturating_add(2_000), unix);
         kprintln!("ember: VMs shut down in {} ms", timer::now_ms().saturating_sub(start));
     }
 

@@ -18,7 +18,7 @@
 //! devices queue their requests (`ember_vmm::blkio`) and the management CPU executes them
 //! ([`Hypervisor`]'s `serve_disks`, called by the management loop), then kicks the vCPUs.
 
-use alloc::borrow::Cow;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -38,7 +38,7 @@ use ember_storage::fatfile::FileExtents;
 use ember_storage::vmdef::DsPath;
 use ember_vmm::blkio::{self, IoQueue};
 use ember_vmm::disk::WritebackImage;
-use ember_vmm::runtime::{Platform, Runtime, Vm};
+use ember_vmm::runtime::{BootFile, Platform, Runtime, Vm};
 use ember_vmm::virtio_blk::Backing;
 use ember_vmm::writeback::{BackedDisk, Writeback};
 use spin::{Mutex, Once};
@@ -126,10 +126,21 @@ enum Entry {
 /// A datastore-backed disk of a VM's run, served by the management CPU.
 struct ServedDisk {
     vm: String,
+    /// The run whose disk it is (set once the run is made).
+    run: Option<Arc<Vm>>,
     queue: Arc<IoQueue>,
     disk: OpenDisk,
     label: String,
+    /// When an error was last logged, and how many were not logged since.
+    logged_ms: Option<u64>,
+    unlogged: u64,
 }
+
+/// Errors of one disk are logged at most once in this many ms (a guest writing to a full
+/// datastore must not flood the console).
+const ERROR_LOG_MS: u64 = 5_000;
+/// How often the datastores VM disks wrote to are committed without a guest flush.
+const COMMIT_MS: u64 = 1_000;
 
 /// Requests executed per disk per call of `serve_disks`, at most.
 const SERVE_REQUESTS: usize = 16;
@@ -144,7 +155,9 @@ pub struct Hypervisor {
     /// Datastores whose VM disks were written since their last commit, and when (s since 1970)
     /// the last periodic commit was made.
     written: Vec<MountId>,
-    last_commit: u64,
+    last_commit_ms: u64,
+    /// The time of day at the last `poll` (s since 1970).
+    last_unix: u64,
     /// VMs asked to shut down (ACPI power button) and when they are powered off if still running.
     stopping: Vec<(Arc<Vm>, u64)>,
 }
@@ -220,8 +233,8 @@ impl Hypervisor {
                             (Backing::Image(disk), d.readonly)
                         })
                         .collect();
-                    let initrd = l.initrd.map(Cow::Borrowed);
-                    Entry::Vm(Arc::new(Vm::new(l.definition, Cow::Borrowed(l.kernel), initrd, disks)))
+                    let initrd = l.initrd.map(|i| -> BootFile { Box::new(i) });
+                    Entry::Vm(Arc::new(Vm::new(l.definition, Box::new(l.kernel), initrd, disks)))
                 }
                 Err(reason) => Entry::Invalid {
                     name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(),
@@ -235,7 +248,8 @@ impl Hypervisor {
             writer: Some(DiskWriter(Writeback::new(backed))),
             served: Vec::new(),
             written: Vec::new(),
-            last_commit: 0,
+            last_commit_ms: 0,
+            last_unix: 0,
             stopping: Vec::new(),
         }
     }
@@ -269,14 +283,16 @@ impl Hypervisor {
         open: &[OpenDisk],
     ) -> Result<(Arc<Vm>, Vec<ServedDisk>), VmError> {
         let folder = vm.path.parent();
-        let file = |disks: &mut HostDisks, field: &str, f: &str| -> Result<Vec<u8>, VmError> {
+        // Read into frames of their own (the kernel's heap is small), kept for the run.
+        let file = |disks: &mut HostDisks, field: &str, f: &str| -> Result<BootFile, VmError> {
             let p = folder.resolve(f).map_err(|e| VmError::Conflict(format!("{field}: {e}")))?;
-            vmstore::read_file(disks, &p, MAX_BOOT_FILE)
-                .map_err(|e| VmError::Conflict(format!("{field}: {e}")))
+            let b = vmstore::read_file_into(disks, &p, MAX_BOOT_FILE, hypervisor::host_buffer)
+                .map_err(|e| VmError::Conflict(format!("{field}: {e}")))?;
+            Ok(Box::new(b))
         };
         let kernel = file(disks, "kernel", &vm.def.kernel)?;
         let initrd = match &vm.def.initrd {
-            Some(i) => Some(Cow::Owned(file(disks, "initrd", i)?)),
+            Some(i) => Some(file(disks, "initrd", i)?),
             None => None,
         };
         let name = &vm.def.name;
@@ -287,12 +303,19 @@ impl Hypervisor {
             backings.push((Backing::Queue(queue.clone()), d.readonly));
             served.push(ServedDisk {
                 vm: name.clone(),
+                run: None,
                 queue,
                 disk: d.clone(),
                 label: format!("VM {name}: disk {i} ({})", d.path),
+                logged_ms: None,
+                unlogged: 0,
             });
         }
-        Ok((Arc::new(Vm::new(vm.def.clone(), Cow::Owned(kernel), initrd, backings)), served))
+        let run = Arc::new(Vm::new(vm.def.clone(), kernel, initrd, backings));
+        for s in &mut served {
+            s.run = Some(run.clone());
+        }
+        Ok((run, served))
     }
 
     /// Executes what is left in VM `name`'s disk queues, then drops them (before its next run).
@@ -301,9 +324,15 @@ impl Hypervisor {
             if !self.served.iter().any(|s| s.vm == name && s.queue.pending() > 0) {
                 break;
             }
-            self.poll(disks, 0, 0);
+            let unix = self.last_unix;
+            self.poll(disks, timer::now_ms(), unix);
         }
-        self.served.retain(|s| s.vm != name);
+        self.served.retain(|s| {
+            if s.vm == name {
+                s.queue.discard();
+            }
+            s.vm != name
+        });
     }
 
     /// The write-back of the VMs' disks, for the management loop (once).
@@ -552,8 +581,18 @@ impl VmService for Hypervisor {
             let _ = rt.request_stop(vm, &why);
             false
         });
+        self.last_unix = now;
         let mut done = false;
-        for s in &self.served {
+        // The disks of runs that ended give back what they held (completions nobody will take).
+        self.served.retain(|s| {
+            let ended = s.run.as_ref().is_some_and(|v| v.failed() || rt.report(v).state == VmState::Stopped);
+            if ended && s.queue.pending() == 0 {
+                s.queue.discard();
+                return false;
+            }
+            true
+        });
+        for s in &mut self.served {
             if s.queue.pending() == 0 {
                 continue;
             }
@@ -576,8 +615,18 @@ impl VmService for Hypervisor {
                     failed
                 }
             };
-            for e in served.errors.iter().take(4) {
-                kprintln!("ember: ERROR: {e}");
+            if let Some(e) = served.errors.first() {
+                let n = served.errors.len() as u64;
+                if s.logged_ms.is_none_or(|t| now_ms.saturating_sub(t) >= ERROR_LOG_MS) {
+                    let more = s.unlogged.saturating_add(n).saturating_sub(1);
+                    let also =
+                        if more > 0 { format!(" (and {more} more I/O errors)") } else { String::new() };
+                    kprintln!("ember: ERROR: {e}{also}");
+                    s.logged_ms = Some(now_ms);
+                    s.unlogged = 0;
+                } else {
+                    s.unlogged = s.unlogged.saturating_add(n);
+                }
             }
             if served.completed > 0 && !self.written.contains(&s.disk.mount) {
                 self.written.push(s.disk.mount);
@@ -590,8 +639,8 @@ impl VmService for Hypervisor {
         // Blocks a guest's writes allocated become part of the committed datastore at its next
         // flush, or within a second, whichever comes first (a power cut loses at most the last
         // second of writes the guest did not flush).
-        if now != self.last_commit && !self.written.is_empty() {
-            self.last_commit = now;
+        if now_ms.saturating_sub(self.last_commit_ms) >= COMMIT_MS && !self.written.is_empty() {
+            self.last_commit_ms = now_ms;
             for mount in core::mem::take(&mut self.written) {
                 let r =
                     disks.with_mount(mount, |ds, dev| if ds.is_dirty() { ds.commit(dev) } else { Ok(()) });

@@ -88,6 +88,8 @@ pub struct HostState {
     /// A host shutdown or restart asked for through the API: the management loop carries it out
     /// (VMs shut down first) once the answer has gone out.
     pub power_request: Option<HostPower>,
+    /// The API added, changed or removed a VM (the VM consoles' ports are opened again).
+    pub vms_changed: bool,
     /// What happened that the log should say (taken by the management network).
     pub notes: Vec<String>,
     /// The change being saved, and the number the next one gets.
@@ -136,6 +138,7 @@ impl HostState {
             boot_unix: None,
             now_ms: 0,
             power_request: None,
+            vms_changed: false,
             notes: Vec::new(),
             saving: None,
             next_ticket: 1,

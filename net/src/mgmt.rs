@@ -751,6 +751,12 @@ impl ManagementNetwork {
         }
         let configured_dns = self.running.dns.clone();
         let Some(stack) = self.stack.as_mut() else { return false };
+        // VMs were added, changed or removed through the API: their console ports follow.
+        if host.vms_changed {
+            host.vms_changed = false;
+            crate::console::close(&mut stack.sockets, core::mem::take(&mut stack.consoles));
+            stack.consoles_open = false;
+        }
         if !stack.consoles_open {
             stack.consoles = crate::console::open(&mut stack.sockets, &*host.vms, &mut self.log);
             stack.consoles_open = true;

@@ -211,6 +211,20 @@ pub fn handle(
 pub fn handle_inventory(host: &mut HostState, req: &Request, now_ms: u64) -> Option<Response> {
     let path = req.path.strip_prefix("/api/v1/vms")?;
     let now = crate::datastores::unix_now(host);
+    let r = inventory_change(host, req, path, now, now_ms)?;
+    if r.status < 300 {
+        host.vms_changed = true;
+    }
+    Some(r)
+}
+
+fn inventory_change(
+    host: &mut HostState,
+    req: &Request,
+    path: &str,
+    now: u64,
+    now_ms: u64,
+) -> Option<Response> {
     match (req.method.as_str(), path) {
         ("POST", "" | "/") => Some(create(host, req, now, now_ms)),
         ("DELETE", p) => {
@@ -279,6 +293,12 @@ fn create(host: &mut HostState, req: &Request, now: u64, now_ms: u64) -> Respons
     let registering = body.get("register").map(|r| r.as_str().map(DsPath::parse));
     let created = registering.is_none();
     let vm = match registering {
+        Some(Some(Ok(path))) if path.parent().path.is_empty() => {
+            return Response::error(
+                400,
+                "register: a VM's definition is in the VM's own folder, not at the datastore's root",
+            )
+        }
         Some(Some(Ok(path))) if body.len() == 1 => match vmstore::load(&mut host.disks, &path) {
             Ok(def) => StoredVm { path, def },
             Err(e) => return store_refused(&e),

@@ -147,22 +147,7 @@ pub fn create(disks: &mut HostDisks, body: &Map<String, Value>, now: u64) -> Res
     ember_storage::datastore::check_label(&datastore).map_err(|e| invalid("datastore", e))?;
     let path = definition_path(&datastore, name);
     let folder = path.parent();
-    // Every file it refers to exists (except the new disks).
-    let refs: Vec<(String, &str)> = core::iter::once((String::from("kernel"), def.kernel.as_str()))
-        .chain(def.initrd.as_deref().map(|i| (String::from("initrd"), i)))
-        .chain(def.disks.iter().enumerate().map(|(i, d)| (format!("disks[{i}].file"), d.file.as_str())))
-        .filter(|(_, f)| !new_disks.iter().any(|(n, _)| n == f))
-        .collect();
-    for (field, file) in &refs {
-        let p = folder.resolve(file).map_err(|e| invalid(field, e))?;
-        let found = disks.with(&p.datastore, |ds, _| ds.stat(&p.path));
-        match found {
-            Ok(Ok(e)) if e.kind == InodeKind::File => {}
-            Ok(Ok(_)) => return Err(invalid(field, format!("{p} is a directory"))),
-            Ok(Err(_)) => return Err(invalid(field, format!("{p}: no such file"))),
-            Err(e) => return Err(invalid(field, e.to_string())),
-        }
-    }
+    check_files(disks, &folder, &def, &new_disks, &[])?;
     let made = disks
         .with(&datastore, |ds, dev| {
             if ds.stat(&folder.path).is_ok() {
@@ -216,6 +201,13 @@ pub fn edit(
             format!("cannot be changed (expected {})", EDITABLE.join(", "))
         };
         return Err(invalid(&shown, problem));
+    }
+    if vm.def.kernel.is_empty() {
+        // An inventory entry whose definition could not be read (see `VmService::remove`).
+        return Err(VmStoreError::Conflict(format!(
+            "{}: the definition cannot be read; unregister the VM and register it again once it is fixed",
+            vm.path
+        )));
     }
     let folder = vm.path.parent();
     let Value::Object(mut merged) = vm.def.to_json() else {
@@ -272,6 +264,12 @@ pub fn edit(
                     new_disks.push((file, bytes));
                 }
                 (Some(file), Some(bytes)) => {
+                    if file.starts_with('[') {
+                        return Err(invalid(
+                            &at("size_gib"),
+                            "only disks in the VM's own folder can be grown",
+                        ));
+                    }
                     let p = folder.resolve(file).map_err(|e| invalid(&at("file"), e))?;
                     grow.push((p, bytes, at("size_gib")));
                 }
@@ -284,33 +282,13 @@ pub fn edit(
     let text = Value::Object(merged).to_string();
     let def = VmDefinition::parse("definition", text.as_bytes())
         .map_err(|e| VmStoreError::Invalid { field: e.field, problem: e.problem })?;
-    // Every file it refers to exists (except the new disks); a disk only grows.
-    let refs: Vec<(String, &str)> = core::iter::once((String::from("kernel"), def.kernel.as_str()))
-        .chain(def.initrd.as_deref().map(|i| (String::from("initrd"), i)))
-        .chain(def.disks.iter().enumerate().map(|(i, d)| (format!("disks[{i}].file"), d.file.as_str())))
-        .filter(|(_, f)| !new_disks.iter().any(|(n, _)| n == f))
-        .collect();
-    for (field, file) in &refs {
-        let p = folder.resolve(file).map_err(|e| invalid(field, e))?;
-        let found = disks.with(&p.datastore, |ds, _| ds.stat(&p.path));
-        let size = match found {
-            Ok(Ok(e)) if e.kind == InodeKind::File => e.size,
-            Ok(Ok(_)) => return Err(invalid(field, format!("{p} is a directory"))),
-            Ok(Err(_)) => return Err(invalid(field, format!("{p}: no such file"))),
-            Err(e) => return Err(invalid(field, e.to_string())),
-        };
-        if let Some((_, bytes, at)) = grow.iter().find(|(g, _, _)| *g == p) {
-            if *bytes < size {
-                return Err(invalid(at, format!("{p} has {size} bytes; a disk is grown, never shrunk")));
-            }
-        }
-    }
-    if grow.iter().any(|(p, _, _)| p.datastore != folder.datastore) {
-        return Err(invalid("disks", "only disks on the VM's own datastore can be grown"));
-    }
+    check_files(disks, &folder, &def, &new_disks, &grow)?;
     let temp = format!("{}.new", vm.path.path);
     let r = disks
         .with(&folder.datastore, |ds, dev| {
+            // What was written before (other VMs' disks) is committed first: undoing a failed
+            // change below must not undo it.
+            ds.commit(dev)?;
             let r = (|| {
                 for (file, size) in &new_disks {
                     let id = ds.create(&format!("{}/{file}", folder.path), now)?;
@@ -341,6 +319,47 @@ pub fn edit(
     Ok(StoredVm { path: vm.path.clone(), def })
 }
 
+/// Checks the files definition `def` (in `folder`) refers to: each exists and is a file, except
+/// the new disks; a disk is a whole number of 512-byte sectors and no other VM holds it; a disk
+/// in `grow` is not shrunk.
+fn check_files(
+    disks: &mut HostDisks,
+    folder: &DsPath,
+    def: &VmDefinition,
+    new_disks: &[(String, u64)],
+    grow: &[(DsPath, u64, String)],
+) -> Result<(), VmStoreError> {
+    let refs = core::iter::once((String::from("kernel"), def.kernel.as_str(), false))
+        .chain(def.initrd.as_deref().map(|i| (String::from("initrd"), i, false)))
+        .chain(def.disks.iter().enumerate().map(|(i, d)| (format!("disks[{i}].file"), d.file.as_str(), true)))
+        .filter(|(_, f, _)| !new_disks.iter().any(|(n, _)| n == f));
+    for (field, file, is_disk) in refs {
+        let p = folder.resolve(file).map_err(|e| invalid(&field, e))?;
+        let found = disks
+            .with(&p.datastore, |ds, _| ds.stat(&p.path).map(|e| (e, ds.holder(&p.path).map(String::from))));
+        let (size, holder) = match found {
+            Ok(Ok((e, h))) if e.kind == InodeKind::File => (e.size, h),
+            Ok(Ok(_)) => return Err(invalid(&field, format!("{p} is a directory"))),
+            Ok(Err(_)) => return Err(invalid(&field, format!("{p}: no such file"))),
+            Err(e) => return Err(invalid(&field, e.to_string())),
+        };
+        if let Some((_, bytes, at)) = grow.iter().find(|(g, _, _)| *g == p) {
+            if *bytes < size {
+                return Err(invalid(at, format!("{p} has {size} bytes; a disk is grown, never shrunk")));
+            }
+        } else if is_disk && (size == 0 || size % 512 != 0) {
+            return Err(invalid(
+                &field,
+                format!("{p} has {size} bytes, not a whole number of 512-byte sectors"),
+            ));
+        }
+        if let (true, Some(h)) = (is_disk, holder) {
+            return Err(VmStoreError::Conflict(format!("{field}: {p} is in use by {h}")));
+        }
+    }
+    Ok(())
+}
+
 /// Removes a folder's files and the folder, as far as they can be (files held stay).
 fn remove_folder(ds: &mut ember_storage::datastore::Datastore, folder: &str) {
     if let Ok(entries) = ds.list(folder) {
@@ -351,8 +370,19 @@ fn remove_folder(ds: &mut ember_storage::datastore::Datastore, folder: &str) {
     let _ = ds.remove(folder);
 }
 
-/// Reads a whole file of at most `max` bytes.
+/// Reads a whole file of at most `max` bytes (into the heap).
 pub fn read_file(disks: &mut HostDisks, path: &DsPath, max: usize) -> Result<Vec<u8>, VmStoreError> {
+    read_file_into(disks, path, max, |n| Some(alloc::vec![0u8; n]))
+}
+
+/// Reads a whole file of at most `max` bytes into the buffer `alloc` gives for its size (`None`:
+/// no memory for it).
+pub fn read_file_into<B: core::ops::DerefMut<Target = [u8]>>(
+    disks: &mut HostDisks,
+    path: &DsPath,
+    max: usize,
+    alloc: impl FnOnce(usize) -> Option<B>,
+) -> Result<B, VmStoreError> {
     let r = disks.with(&path.datastore, |ds, dev| {
         let e = ds.stat(&path.path)?;
         if e.kind != InodeKind::File {
@@ -361,7 +391,9 @@ pub fn read_file(disks: &mut HostDisks, path: &DsPath, max: usize) -> Result<Vec
         if e.size > max as u64 {
             return Err(DsError::TooLarge(e.size));
         }
-        let mut buf = alloc::vec![0u8; e.size as usize];
+        let Some(mut buf) = alloc(e.size as usize) else {
+            return Err(DsError::NoSpace { needed_bytes: e.size, free_bytes: 0 });
+        };
         ds.read(dev, e.id, 0, &mut buf)?;
         Ok(buf)
     });
@@ -370,6 +402,9 @@ pub fn read_file(disks: &mut HostDisks, path: &DsPath, max: usize) -> Result<Vec
         Ok(Err(DsError::TooLarge(n))) => {
             Err(VmStoreError::Failed(format!("{path}: {n} bytes, more than the {max} this file may have")))
         }
+        Ok(Err(DsError::NoSpace { needed_bytes, .. })) => Err(VmStoreError::Failed(format!(
+            "{path}: not enough free host memory to read its {needed_bytes} bytes"
+        ))),
         Ok(Err(e)) => Err(from_ds(path, e)),
         Err(e) => Err(from_disks(e)),
     }
@@ -442,32 +477,35 @@ fn hold(disks: &mut HostDisks, p: &DsPath, by: &str) -> Result<(MountId, u64, u6
 }
 
 /// Deletes VM `vm`'s definition and (`delete_disks`) the disks in its folder - disks elsewhere
-/// stay -, then its folder when nothing else is in it. Its files must have been released.
+/// stay -, then its folder when nothing else is in it, in one commit (what could be removed is
+/// committed even when something could not). Its files must have been released.
 pub fn delete(disks: &mut HostDisks, vm: &StoredVm, delete_disks: bool) -> Result<(), VmStoreError> {
     let folder = vm.path.parent();
-    let mut files = alloc::vec![vm.path.clone()];
+    let mut files = alloc::vec![vm.path.path.clone()];
     if delete_disks {
         for d in &vm.def.disks {
-            if let Ok(p) = folder.resolve(&d.file) {
-                if !d.file.starts_with('[') {
-                    files.push(p);
-                }
+            if let (false, Ok(p)) = (d.file.starts_with('['), folder.resolve(&d.file)) {
+                files.push(p.path);
             }
         }
     }
-    for p in &files {
-        let r = disks.with(&p.datastore, |ds, _| ds.remove(&p.path));
-        match r {
-            Ok(Ok(())) | Ok(Err(DsError::NotFound(_))) => {}
-            Ok(Err(e)) => return Err(from_ds(p, e)),
-            Err(e) => return Err(from_disks(e)),
-        }
-    }
     let r = disks.with(&folder.datastore, |ds, dev| {
-        if ds.list(&folder.path).is_ok_and(|l| l.is_empty()) {
-            ds.remove(&folder.path)?;
+        let mut first = None;
+        for f in &files {
+            match ds.remove(f) {
+                Ok(()) | Err(DsError::NotFound(_)) => {}
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
         }
-        ds.commit(dev)
+        if !folder.path.is_empty() && ds.list(&folder.path).is_ok_and(|l| l.is_empty()) {
+            if let Err(e) = ds.remove(&folder.path) {
+                first.get_or_insert(e);
+            }
+        }
+        ds.commit(dev)?;
+        first.map_or(Ok(()), Err)
     });
     match r {
         Ok(Ok(())) => Ok(()),
@@ -608,5 +646,52 @@ mod tests {
         }
         assert_eq!(load(&mut h, &vm.path).unwrap(), new.def);
         assert!(entry(&mut h, "web/web.json.new").is_none());
+    }
+
+    /// What the review found: a failed edit keeps another VM's uncommitted writes; another VM's
+    /// files are neither grown nor attached; a file that is no whole number of sectors is no disk.
+    #[test]
+    fn an_edit_never_touches_another_vms_files_or_writes() {
+        let mut h = host();
+        let a = create(&mut h, &body(base()), 7).unwrap();
+        let mut b = base();
+        b["name"] = json!("db");
+        let b = create(&mut h, &body(b), 7).unwrap();
+        let open_b = open_disks(&mut h, &b).unwrap();
+        // VM db's guest writes (served, not committed yet).
+        h.with("ds1", |ds, dev| ds.write(dev, open_b[0].inode, 5 << 20, b"synced?", 9)).unwrap().unwrap();
+        // An edit of web that fails late (its temp name is a directory).
+        h.with("ds1", |ds, _| ds.mkdir_all("web/web.json.new/x", 9)).unwrap().unwrap();
+        let e = edit(&mut h, &a, &body(json!({"memory_mib": 96})), 10).unwrap_err();
+        assert!(matches!(e, VmStoreError::Conflict(_) | VmStoreError::Failed(_)), "{e:?}");
+        let mut got = [0u8; 7];
+        h.with("ds1", |ds, dev| ds.read(dev, open_b[0].inode, 5 << 20, &mut got)).unwrap().unwrap();
+        assert_eq!(&got, b"synced?", "db's write survived web's failed edit");
+        assert!(
+            matches!(h.with("ds1", |ds, _| ds.remove("db/db.img")).unwrap(), Err(DsError::Busy { .. })),
+            "db's holds survived too"
+        );
+        h.with("ds1", |ds, _| ds.remove("web/web.json.new/x").and_then(|()| ds.remove("web/web.json.new")))
+            .unwrap()
+            .unwrap();
+        for (change, field) in [
+            (json!({"disks": [{"file": "[ds1] db/db.json", "size_gib": 1}]}), "disks[0].size_gib"),
+            (json!({"disks": [{"file": "[ds1] boot/vmlinuz"}]}), "disks[0].file"),
+        ] {
+            match edit(&mut h, &a, &body(change.clone()), 11) {
+                Err(VmStoreError::Invalid { field: f, .. }) => assert_eq!(f, field, "{change}"),
+                other => panic!("{change}: {other:?}"),
+            }
+        }
+        let e = edit(&mut h, &a, &body(json!({"disks": [{"file": "[ds1] db/db.img"}]})), 11).unwrap_err();
+        assert!(matches!(&e, VmStoreError::Conflict(m) if m.contains("in use by VM db")), "{e:?}");
+        let mut c = base();
+        c["name"] = json!("c");
+        c["disks"] = json!([{"file": "[ds1] db/db.img"}]);
+        assert!(matches!(create(&mut h, &body(c), 12), Err(VmStoreError::Conflict(_))));
+        assert_eq!(load(&mut h, &b.path).unwrap(), b.def, "db's definition is untouched");
+        // Holding files pins the datastore's name and disk.
+        assert!(matches!(h.rename("ds1", "ds2"), Err(DisksError::Busy { .. })));
+        assert!(matches!(h.create("new", "vda", true), Err(DisksError::Busy { .. })));
     }
 }

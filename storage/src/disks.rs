@@ -390,6 +390,13 @@ impl HostDisks {
             return Err(DisksError::NoSuchDisk(disk.to_string()));
         };
         self.used[i] = self.classify(i);
+        // A datastore whose files VMs hold is never overwritten.
+        if let Some(m) = self.mounted.iter().find(|m| m.disk == i && !m.ds.holders().is_empty()) {
+            return Err(DisksError::Busy {
+                name: m.name.clone(),
+                why: format!("it holds files of {}", m.ds.holders().join(", ")),
+            });
+        }
         if self.used[i] != UsedBy::Free && !overwrite {
             return Err(DisksError::DiskInUse { disk: disk.to_string(), used_by: self.used[i].clone() });
         }
@@ -451,6 +458,17 @@ impl HostDisks {
             return Err(DisksError::NameTaken(new.to_string()));
         }
         let k = self.index(name)?;
+        // The VMs refer to their files by the datastore's name.
+        let holders = self.mounted[k].ds.holders();
+        if name != new && !holders.is_empty() {
+            return Err(DisksError::Busy {
+                name: name.to_string(),
+                why: format!(
+                    "it holds files of {} (VMs name their files by the datastore's name)",
+                    holders.join(", ")
+                ),
+            });
+        }
         let (m, disks) = (&mut self.mounted[k], &mut self.disks);
         let mut w = Window::new(disks[m.disk].dev.as_mut(), m.first_lba, m.blocks)
             .ok_or_else(|| DisksError::Failed(String::from("the partition left the disk")))?;

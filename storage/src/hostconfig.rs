@@ -269,6 +269,8 @@ fn decode_pending(v: &Value) -> Result<Vec<PendingScript>, ConfigError> {
 /// Checks a VM name: 1-80 letters, digits, `-`, `_` or `.`.
 pub fn validate_vm_name(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 80
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {

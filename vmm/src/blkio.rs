@@ -8,10 +8,12 @@
 //! metadata and flush the device) and posts completions ([`IoQueue::complete`]); the device, at
 //! its next service (the management CPU kicks the VM's CPUs), copies what a read returned into
 //! the guest's buffers and completes the request. Nothing of the disk is kept in host memory but
-//! the requests in flight, which are bounded: a device submits while fewer than
-//! [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] bytes are in flight (one request may
-//! carry up to 4 MiB, so at most that much more), and leaves the rest on its ring until
-//! completions make room.
+//! the requests in flight, which are bounded: before a device takes a request from its ring it
+//! reserves room for the largest one ([`MAX_REQUEST_BYTES`]) in its disk's budget
+//! ([`MAX_IN_FLIGHT`] requests, [`MAX_IN_FLIGHT_BYTES`]) and in the host's
+//! ([`HOST_IN_FLIGHT_BYTES`], shared by every datastore-backed disk of every VM); without room the
+//! request stays on the ring until completions make some. So guests can never tie up more than
+//! [`HOST_IN_FLIGHT_BYTES`] of the host's heap.
 //!
 //! Ordering: requests are executed in the order they were submitted, so a flush covers every
 //! write submitted before it (virtio's rule is weaker: only writes completed before the flush).
@@ -21,14 +23,40 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use ember_storage::block::BlockDevice;
 use ember_storage::datastore::{Datastore, DsError};
 use spin::Mutex;
 
-/// Requests in flight per disk before a device stops taking more from its ring.
+/// Requests in flight per disk, at most.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Bytes in flight per disk before a device stops taking more from its ring.
-pub const MAX_IN_FLIGHT_BYTES: usize = 1 << 20;
+/// Largest data transfer of one request.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Bytes in flight per disk, at most.
+pub const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+/// Bytes in flight on the whole host, at most.
+pub const HOST_IN_FLIGHT_BYTES: usize = 16 << 20;
+
+/// Bytes in flight (and reserved) on the whole host.
+static HOST_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes in flight (and reserved) on the whole host now.
+pub fn host_in_flight_bytes() -> usize {
+    HOST_BYTES.load(Ordering::Acquire)
+}
+
+/// Takes `n` bytes of the host's budget if they fit.
+fn host_take(n: usize) -> bool {
+    HOST_BYTES
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+            b.checked_add(n).filter(|t| *t <= HOST_IN_FLIGHT_BYTES)
+        })
+        .is_ok()
+}
+
+fn host_give(n: usize) {
+    let _ = HOST_BYTES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
+}
 
 /// What a request asks of the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +108,8 @@ struct Inner {
     /// Bytes of each request in flight, by tag (to release them when its completion is taken).
     sizes: VecDeque<(u64, usize)>,
     next_tag: u64,
+    /// Room for one request is reserved ([`IoQueue::reserve`]).
+    reserved: bool,
 }
 
 /// The queue between one virtio block device and the host's I/O service for its file.
@@ -99,23 +129,63 @@ impl IoQueue {
         self.capacity
     }
 
-    /// Whether the device may submit another request.
-    pub fn has_room(&self) -> bool {
-        let i = self.inner.lock();
-        i.in_flight < MAX_IN_FLIGHT && i.in_flight_bytes < MAX_IN_FLIGHT_BYTES
+    /// Reserves room for one request of up to [`MAX_REQUEST_BYTES`] in the disk's and the host's
+    /// budgets, before the device takes it from its ring; false when there is none. A reservation
+    /// is used by [`IoQueue::submit`] or given back by [`IoQueue::unreserve`].
+    pub fn reserve(&self) -> bool {
+        let mut i = self.inner.lock();
+        if i.reserved {
+            return true;
+        }
+        let fits = i.in_flight < MAX_IN_FLIGHT
+            && i.in_flight_bytes.saturating_add(MAX_REQUEST_BYTES) <= MAX_IN_FLIGHT_BYTES;
+        if !fits || !host_take(MAX_REQUEST_BYTES) {
+            return false;
+        }
+        i.reserved = true;
+        true
     }
 
-    /// Submits a request (the device checked its range against the capacity); returns its tag.
+    /// Gives back a reservation [`IoQueue::submit`] did not use.
+    pub fn unreserve(&self) {
+        let mut i = self.inner.lock();
+        if core::mem::take(&mut i.reserved) {
+            host_give(MAX_REQUEST_BYTES);
+        }
+    }
+
+    /// Submits a request (the device checked its range against the capacity and its size against
+    /// [`MAX_REQUEST_BYTES`]), using the reservation if there is one; returns its tag.
     pub fn submit(&self, op: IoOp) -> u64 {
         let mut i = self.inner.lock();
         let tag = i.next_tag;
         i.next_tag = i.next_tag.wrapping_add(1);
         let bytes = op.bytes();
+        let reserved = if core::mem::take(&mut i.reserved) { MAX_REQUEST_BYTES } else { 0 };
+        if bytes <= reserved {
+            host_give(reserved.saturating_sub(bytes));
+        } else {
+            // Without a reservation (or larger than the contract allows): counted all the same.
+            HOST_BYTES.fetch_add(bytes.saturating_sub(reserved), Ordering::AcqRel);
+        }
         i.in_flight = i.in_flight.saturating_add(1);
         i.in_flight_bytes = i.in_flight_bytes.saturating_add(bytes);
         i.sizes.push_back((tag, bytes));
         i.submitted.push_back(IoRequest { tag, op });
         tag
+    }
+
+    /// Drops every request not executed yet and every completion not taken, and their room (the
+    /// VM's run is over).
+    pub fn discard(&self) {
+        let mut i = self.inner.lock();
+        i.submitted.clear();
+        i.done.clear();
+        let bytes = core::mem::take(&mut i.in_flight_bytes)
+            .saturating_add(if core::mem::take(&mut i.reserved) { MAX_REQUEST_BYTES } else { 0 });
+        i.in_flight = 0;
+        i.sizes.clear();
+        host_give(bytes);
     }
 
     /// The completions posted since the last call (the device side); releases their room.
@@ -127,6 +197,7 @@ impl IoQueue {
                 let bytes = i.sizes.remove(k).map_or(0, |(_, b)| b);
                 i.in_flight = i.in_flight.saturating_sub(1);
                 i.in_flight_bytes = i.in_flight_bytes.saturating_sub(bytes);
+                host_give(bytes);
             }
         }
         done
@@ -153,6 +224,12 @@ impl IoQueue {
     /// Requests waiting for the service.
     pub fn pending(&self) -> usize {
         self.inner.lock().submitted.len()
+    }
+}
+
+impl Drop for IoQueue {
+    fn drop(&mut self) {
+        self.discard();
     }
 }
 
@@ -261,19 +338,41 @@ mod tests {
         for _ in 0..MAX_IN_FLIGHT - 1 {
             q.submit(IoOp::Flush);
         }
-        assert!(q.has_room());
+        assert!(q.reserve());
         q.submit(IoOp::Flush);
-        assert!(!q.has_room(), "request count");
+        assert!(!q.reserve(), "request count");
         let (mut ds, mut dev, id) = datastore();
         serve(&q, &mut ds, &mut dev, id, 1, 1, "d");
-        assert!(!q.has_room(), "room comes back when the device takes the completion");
+        assert!(!q.reserve(), "room comes back when the device takes the completion");
         assert_eq!(q.take_done().len(), 1);
-        assert!(q.has_room());
+        assert!(q.reserve());
+        q.unreserve();
+        // Bytes: room for a whole largest request is needed.
         let q = IoQueue::new(1 << 30);
-        q.submit(IoOp::Read { offset: 0, len: MAX_IN_FLIGHT_BYTES - 512 });
-        assert!(q.has_room());
+        q.submit(IoOp::Read { offset: 0, len: MAX_IN_FLIGHT_BYTES - MAX_REQUEST_BYTES });
+        assert!(q.reserve());
+        q.unreserve();
         q.submit(IoOp::Read { offset: 0, len: 512 });
-        assert!(!q.has_room(), "bytes");
+        assert!(!q.reserve(), "bytes");
+        q.discard();
+        assert!(q.reserve());
+        q.unreserve();
+    }
+
+    /// However many disks there are, the host's budget holds: the reservations that succeed never
+    /// add up to more than it (other tests may hold part of it meanwhile).
+    #[test]
+    fn the_host_budget_bounds_every_disk_together() {
+        let queues: Vec<IoQueue> =
+            (0..2 * HOST_IN_FLIGHT_BYTES / MAX_REQUEST_BYTES).map(|_| IoQueue::new(1 << 30)).collect();
+        let got = queues.iter().filter(|q| q.reserve()).count();
+        assert!((1..=HOST_IN_FLIGHT_BYTES / MAX_REQUEST_BYTES).contains(&got), "{got}");
+        assert!(host_in_flight_bytes() <= HOST_IN_FLIGHT_BYTES);
+        // A reservation becomes the request's real size.
+        let q = queues.iter().find(|q| q.inner.lock().reserved).unwrap();
+        q.submit(IoOp::Read { offset: 0, len: 4096 });
+        assert_eq!(q.inner.lock().in_flight_bytes, 4096);
+        drop(queues); // every queue gives its room back
     }
 
     #[test]

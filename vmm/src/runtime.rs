@@ -40,7 +40,6 @@ use crate::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use crate::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
 use crate::virtio_blk::{self, Backing, VirtioBlk};
 use crate::{GuestPhysAddr, HostPhysAddr};
-use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -68,6 +67,10 @@ const VIRTIO_IRQS: [u8; 8] = [5, 10, 11, 12, 15, 14, 3, 7];
 /// How long the management plane waits for a lock a CPU running vCPUs holds (that CPU may have
 /// stopped holding it).
 const LOCK_WAIT_NS: u64 = 50_000_000;
+
+/// A kernel or initrd in host memory: on the boot media's image (`&'static [u8]`), or in memory
+/// the VM owns (given back when the VM is dropped).
+pub type BootFile = Box<dyn core::ops::Deref<Target = [u8]> + Send + Sync>;
 
 /// A VM disk's image: a write-back cache of its file, in host memory for the life of the host.
 pub type Image = WritebackImage<&'static mut [u8]>;
@@ -186,8 +189,8 @@ impl core::fmt::Display for VmError {
 /// A VM as the runtime knows it: its definition, its files in host memory, its console, its state.
 pub struct Vm {
     pub def: VmDefinition,
-    kernel: Cow<'static, [u8]>,
-    initrd: Option<Cow<'static, [u8]>>,
+    kernel: BootFile,
+    initrd: Option<BootFile>,
     /// The disks (images in host memory, or queues to files on datastores) and whether each is
     /// read-only.
     disks: Vec<(Backing<Image>, bool)>,
@@ -242,8 +245,8 @@ impl Vm {
     /// whether each is read-only), in the order of the definition.
     pub fn new(
         def: VmDefinition,
-        kernel: Cow<'static, [u8]>,
-        initrd: Option<Cow<'static, [u8]>>,
+        kernel: BootFile,
+        initrd: Option<BootFile>,
         disks: Vec<(Backing<Image>, bool)>,
     ) -> Vm {
         Vm {
@@ -292,7 +295,7 @@ impl Vm {
             .map_err(|e| format!("ACPI tables: {e}"))?;
         let image =
             linux::BzImage::parse(&self.kernel).map_err(|e| format!("kernel {}: {e}", self.def.kernel))?;
-        linux::load(ram, &image, self.initrd.as_deref(), &self.def.cmdline)
+        linux::load(ram, &image, self.initrd.as_deref().map(|i| &**i), &self.def.cmdline)
             .map_err(|e| format!("kernel {}: {e}", self.def.kernel))
     }
 
@@ -1422,7 +1425,7 @@ mod tests {
             autostart: false,
             console_port: None,
         };
-        Arc::new(Vm::new(def, Cow::Borrowed(kernel()), None, Vec::new()))
+        Arc::new(Vm::new(def, Box::new(kernel()), None, Vec::new()))
     }
 
     fn start(rt: &Runtime<FakePlatform>, shared: &Shared, vm: &Arc<Vm>, program: Program) {
@@ -1632,7 +1635,7 @@ mod tests {
         // A kernel that is no bzImage is refused at once.
         let mut def = v.def.clone();
         def.name = "bad".into();
-        let bad = Arc::new(Vm::new(def, Cow::Owned(b"not a kernel".to_vec()), None, Vec::new()));
+        let bad = Arc::new(Vm::new(def, Box::new(b"not a kernel".to_vec()), None, Vec::new()));
         assert!(matches!(rt.start(&bad, 0), Err(VmError::Unavailable(m)) if m.starts_with("kernel vmlinuz")));
         assert_eq!(shared.ram_live.load(Ordering::Relaxed), 0);
         // vCPU tags are handed out in turn, skipping the host's and the probe's.

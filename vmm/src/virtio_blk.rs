@@ -53,7 +53,7 @@ const STATUS_FAILED: u32 = 0x80;
 /// ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK and FAILED: the bits a driver sets.
 const STATUS_DRIVER_BITS: u32 = 1 | 2 | 4 | 8 | 0x80;
 /// Largest data transfer of one request (guards the bounce buffer).
-const MAX_REQUEST_BYTES: u64 = 4 << 20;
+const MAX_REQUEST_BYTES: u64 = super::blkio::MAX_REQUEST_BYTES as u64;
 
 /// A disk image in memory.
 pub type SharedDisk<D> = Arc<Mutex<D>>;
@@ -454,17 +454,30 @@ impl<D: DiskImage> VirtioBlk<D> {
         Outcome::Wait(Wait::Io { tag, read_into: Vec::new() })
     }
 
-    /// Whether the backing takes another request now (a queue with too much in flight does not:
-    /// the rest stays on the ring until completions make room).
-    fn has_room(&self) -> bool {
+    /// Whether the backing takes another request now (room for it is reserved; a queue with too
+    /// much in flight does not: the rest stays on the ring until completions make room).
+    fn reserve(&self) -> bool {
         match &self.disk {
             Backing::Image(_) => true,
-            Backing::Queue(q) => q.has_room(),
+            Backing::Queue(q) => q.reserve(),
+        }
+    }
+
+    /// Gives back the room [`Self::reserve`] took if the request did not use it.
+    fn unreserve(&self) {
+        if let Backing::Queue(q) = &self.disk {
+            q.unreserve();
         }
     }
 
     /// Takes every available request, executes it, and puts it on the used ring.
     fn process_queue(&mut self, mem: &mut dyn GuestMemory) {
+        self.take_requests(mem);
+        // Room reserved for a request that was not submitted goes back.
+        self.unreserve();
+    }
+
+    fn take_requests(&mut self, mem: &mut dyn GuestMemory) {
         if !self.live() {
             return;
         }
@@ -474,7 +487,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             Err(v) => return self.needs_reset(v),
         };
         while budget > 0 {
-            if !self.has_room() {
+            if !self.reserve() {
                 // Looked at again at the next service, after completions.
                 self.notified = true;
                 break;
@@ -851,7 +864,8 @@ mod tests {
         d.process(&mut m);
         m.read(GuestPhysAddr(0x5000), &mut got[..512]).unwrap();
         assert!(got[..512].iter().all(|&b| b == 0));
-        assert!(q.has_room() && d.pending.is_empty());
+        assert!(q.reserve() && d.pending.is_empty());
+        q.unreserve();
     }
 
     #[test]

@@ -27,8 +27,10 @@ use uefi::proto::media::fs::SimpleFileSystem;
 use uefi::table::cfg;
 use uefi::Status;
 
-/// Kernel heap size.
-const HEAP_BYTES: usize = 16 << 20;
+/// Kernel heap size (the management plane, datastore metadata, and up to
+/// `ember_vmm::blkio::HOST_IN_FLIGHT_BYTES` of VM disk requests in flight; guest RAM and the
+/// kernels of VMs on datastores come from the frame allocator).
+const HEAP_BYTES: usize = 48 << 20;
 /// Kernel (bootstrap CPU) stack size.
 const STACK_BYTES: usize = 256 << 10;
 

@@ -985,8 +985,8 @@ impl Datastore {
     /// Forgets every change since the last commit: the committed state is read again from `dev`
     /// (the files held stay held).
     pub fn reload(&mut self, dev: &mut dyn BlockDevice) -> Result<(), DsError> {
-        let holds = core::mem::take(&mut self.holds);
         let mut fresh = Datastore::mount(dev)?;
+        let holds = core::mem::take(&mut self.holds);
         fresh.holds = holds.into_iter().filter(|(id, _)| fresh.inodes.contains_key(id)).collect();
         *self = fresh;
         Ok(())
@@ -995,6 +995,11 @@ impl Datastore {
     /// Lets go of every file `by` holds.
     pub fn release_held(&mut self, by: &str) {
         self.holds.retain(|_, b| b != by);
+    }
+
+    /// Who holds the file at `path`, if anyone.
+    pub fn holder(&self, path: &str) -> Option<&str> {
+        self.resolve(path).ok().and_then(|id| self.holds.get(&id)).map(String::as_str)
     }
 
     /// Who holds files here (each once).
@@ -1221,6 +1226,9 @@ impl Datastore {
         self.writable()?;
         if size > MAX_FILE_BYTES {
             return Err(DsError::TooLarge(size));
+        }
+        if let Some(by) = self.holds.get(&id) {
+            return Err(DsError::Busy { path: format!("inode {id}"), by: by.clone() });
         }
         let bs = self.sb.block_size as u64;
         let old = self.file(id)?.size;

@@ -90,6 +90,56 @@ impl Drop for HostRam {
     }
 }
 
+/// Host memory from the frame allocator for bytes a VM keeps for its run (its kernel and initrd
+/// read from a datastore), outside the kernel's small heap; given back when dropped.
+pub struct HostBuffer {
+    region: Option<GuestRamRegion>,
+    len: usize,
+}
+
+/// `len` bytes (zeroed) from the frame allocator, or `None` when it has no such run.
+pub fn host_buffer(len: usize) -> Option<HostBuffer> {
+    let pages = (len as u64).div_ceil(4096).max(1);
+    let mut frames = RAM_FRAMES.try_lock()?;
+    let mut region = GuestRamRegion::allocate(frames.as_mut()?, pages * 4096, 4096)?;
+    region.zero();
+    Some(HostBuffer { region: Some(region), len })
+}
+
+impl core::ops::Deref for HostBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.region {
+            // SAFETY: the region is identity-mapped RAM owned by this value alone
+            // (`GuestRamRegion::allocate`'s invariant), at least `len` bytes long, and lives as long
+            // as the borrow of `self`.
+            Some(r) => unsafe { core::slice::from_raw_parts(r.base() as *const u8, self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl core::ops::DerefMut for HostBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &self.region {
+            // SAFETY: as in `deref`; `&mut self` makes this the only reference.
+            Some(r) => unsafe { core::slice::from_raw_parts_mut(r.base() as *mut u8, self.len) },
+            None => &mut [],
+        }
+    }
+}
+
+// SAFETY: the buffer is plain memory owned by this value; shared references only read it.
+unsafe impl Sync for HostBuffer {}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        if let (Some(f), Some(r)) = (RAM_FRAMES.lock().as_mut(), self.region.take()) {
+            r.release(f);
+        }
+    }
+}
+
 impl GuestMemory for HostRam {
     fn size(&self) -> u64 {
         self.region().map_or(0, |r| r.size())
