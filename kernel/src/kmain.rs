@@ -171,7 +171,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     let vm_disks = hypervisor.take_disk_writer();
     let inventory = network.host.config.vms.clone();
     hypervisor.register_inventory(&mut network.host.disks, &inventory);
-    hypervisor.autostart(&mut network.host.disks, timer::now_ms());
+    let (listed, delay) =
+        (network.host.config.autostart.clone(), network.host.config.autostart_delay_seconds);
+    hypervisor.autostart(&mut network.host.disks, &listed, delay, timer::now_ms());
     network.host.vms = alloc::boxed::Box::new(hypervisor);
     network.net.vms_changed();
     print_network_log(&mut network);
@@ -672,6 +674,7 @@ impl LocalConsole {
     /// they have powered off, at most the VM shutdown time-out; then powers off the rest.
     fn shut_down_vms(&mut self, n: &mut Plane) {
         use ember_net::vms::{VmAction, VmState};
+        n.host.vms.cancel_autostart();
         let start = timer::now_ms();
         let running = |n: &Plane| -> Vec<String> {
             n.host

@@ -160,6 +160,10 @@ pub struct Hypervisor {
     last_unix: u64,
     /// VMs asked to shut down (ACPI power button) and when they are powered off if still running.
     stopping: Vec<(Arc<Vm>, u64)>,
+    /// VMs still to start at boot, the time between two starts, and when the next one starts.
+    autostart: alloc::collections::VecDeque<String>,
+    autostart_delay_ms: u64,
+    next_autostart_ms: u64,
 }
 
 /// How long a guest has to shut down after its ACPI power button is pressed.
@@ -251,6 +255,9 @@ impl Hypervisor {
             last_commit_ms: 0,
             last_unix: 0,
             stopping: Vec::new(),
+            autostart: alloc::collections::VecDeque::new(),
+            autostart_delay_ms: 0,
+            next_autostart_ms: 0,
         }
     }
 
@@ -356,22 +363,40 @@ impl Hypervisor {
         }
     }
 
-    /// Starts every VM marked `autostart`, in order.
-    pub fn autostart(&mut self, disks: &mut HostDisks, now_ms: u64) {
-        let names: Vec<String> = self
+    /// Starts the VMs that start at boot (`ember_net::vms::autostart_order`: the configuration's
+    /// `autostart` list, then the VMs whose definition says so), the first now and each next one
+    /// `delay_s` seconds after the one before (carried on by `poll`).
+    pub fn autostart(&mut self, disks: &mut HostDisks, listed: &[String], delay_s: u32, now_ms: u64) {
+        let vms: Vec<(String, bool)> = self
             .vms
             .iter()
-            .filter_map(|e| match e {
-                Entry::Vm(v) if v.def.autostart => Some(v.def.name.clone()),
-                Entry::Stored { vm, .. } if vm.def.autostart => Some(vm.def.name.clone()),
-                _ => None,
+            .map(|e| match e {
+                Entry::Vm(v) => (v.def.name.clone(), v.def.autostart),
+                Entry::Stored { vm, .. } => (vm.def.name.clone(), vm.def.autostart),
+                Entry::Invalid { name, .. } => (name.clone(), false),
             })
             .collect();
-        for n in names {
+        self.autostart = ember_net::vms::autostart_order(listed, &vms).into();
+        self.autostart_delay_ms = u64::from(delay_s).saturating_mul(1000);
+        self.next_autostart_ms = now_ms;
+        if !self.autostart.is_empty() && delay_s > 0 {
+            kprintln!("ember: autostart: {} VM(s), {delay_s} s apart", self.autostart.len());
+        }
+        self.autostart_due(disks, now_ms);
+    }
+
+    /// Starts the next VM of the autostart order when it is due.
+    fn autostart_due(&mut self, disks: &mut HostDisks, now_ms: u64) {
+        while now_ms >= self.next_autostart_ms {
+            let Some(n) = self.autostart.pop_front() else { return };
             match self.act(disks, &n, VmAction::Start, now_ms) {
                 Ok(()) => kprintln!("ember: VM {n}: started (autostart)"),
-                Err(e) => kprintln!("ember: ERROR: VM {n}: autostart failed: {e}"),
+                Err(e) => {
+                    kprintln!("ember: ERROR: VM {n}: autostart failed: {e}");
+                    continue;
+                }
             }
+            self.next_autostart_ms = now_ms.saturating_add(self.autostart_delay_ms);
         }
     }
 }
@@ -504,6 +529,16 @@ impl VmService for Hypervisor {
         }
     }
 
+    fn cancel_autostart(&mut self) {
+        if !self.autostart.is_empty() {
+            kprintln!(
+                "ember: autostart: {} VM(s) not started (the host is shutting down)",
+                self.autostart.len()
+            );
+            self.autostart.clear();
+        }
+    }
+
     fn add(&mut self, disks: &mut HostDisks, vm: StoredVm) -> Result<(), VmError> {
         let name = vm.def.name.clone();
         if self.position(&name).is_some() {
@@ -564,6 +599,9 @@ impl VmService for Hypervisor {
     }
 
     fn poll(&mut self, disks: &mut HostDisks, now_ms: u64, now: u64) -> bool {
+        if !self.autostart.is_empty() {
+            self.autostart_due(disks, now_ms);
+        }
         // Guests that did not shut down in time are powered off.
         let rt = runtime();
         self.stopping.retain(|(vm, deadline)| {

@@ -74,6 +74,8 @@ pub trait VmService {
     fn remove(&mut self, _disks: &mut HostDisks, _name: &str) -> Result<StoredVm, VmError> {
         Err(VmError::NotFound)
     }
+    /// Starts no more VMs of the boot's autostart order (the host is shutting down).
+    fn cancel_autostart(&mut self) {}
     /// The hypervisor's work on the management CPU, a bounded amount per call: the
     /// datastore-backed disks' requests, and guests that did not shut down in time powered off;
     /// true when disk requests were done. `now_ms`: the monotonic clock; `now`: the time of day
@@ -105,6 +107,24 @@ impl VmService for NoVms {
     fn act(&mut self, _: &mut HostDisks, _: &str, _: VmAction, _: u64) -> Result<(), VmError> {
         Err(VmError::NotFound)
     }
+}
+
+/// The order VMs start in at boot: the names of the configuration's `autostart` list first, in
+/// its order (names of no VM are skipped), then the VMs whose definition says `autostart`, in
+/// inventory order; `vms` are (name, its definition's `autostart`), in inventory order.
+pub fn autostart_order(listed: &[String], vms: &[(String, bool)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in listed {
+        if vms.iter().any(|(v, _)| v == n) && !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    for (v, auto) in vms {
+        if *auto && !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
 }
 
 /// A VM as JSON.
@@ -472,6 +492,17 @@ mod tests {
         assert_eq!(r.status, 409, "already running");
         let r = handle(&mut f, &mut HostDisks::none(), "POST", "/api/v1/vms/web/stop", 0).unwrap();
         assert_eq!(body(&r)["exit_reason"].as_str(), Some("stopped through the API"));
+    }
+
+    #[test]
+    fn the_autostart_order() {
+        let vms: Vec<(String, bool)> = [("a", true), ("b", false), ("c", true), ("d", false)]
+            .iter()
+            .map(|(n, a)| (n.to_string(), *a))
+            .collect();
+        let listed: Vec<String> = ["d", "nope", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(autostart_order(&listed, &vms), ["d", "c", "a"]);
+        assert_eq!(autostart_order(&[], &vms), ["a", "c"]);
     }
 
     #[test]

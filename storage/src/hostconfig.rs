@@ -23,6 +23,8 @@ pub const MAX_SHA512_ROUNDS: u32 = 1_000_000;
 pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
 /// Most VMs in the inventory.
 pub const MAX_INVENTORY: usize = 1024;
+/// Longest delay between two VMs' starts at boot, in seconds (an hour).
+pub const MAX_AUTOSTART_DELAY_SECONDS: u32 = 3600;
 /// Most VMs in the autostart list.
 pub const MAX_AUTOSTART: usize = 256;
 /// Longest time-out, in minutes (one day, as ESXi allows).
@@ -49,8 +51,10 @@ pub struct HostConfig {
     /// Without a key for this long the DCUI logs out. 0: never.
     pub dcui_timeout_minutes: u32,
     pub keyboard: String,
-    /// VM names started at boot, in order.
+    /// VM names started at boot, in order (before the VMs whose own definition says `autostart`).
     pub autostart: Vec<String>,
+    /// Seconds between one VM's start at boot and the next one's (ESXi's start delay).
+    pub autostart_delay_seconds: u32,
     /// Kickstart `%firstboot` sections stored with the first configuration and not run yet: they
     /// run once, right after it is stored, and the result is stored without them. Not part of
     /// the API's configuration document (it can be neither read nor set there).
@@ -294,6 +298,7 @@ impl HostConfig {
             dcui_timeout_minutes: DEFAULT_DCUI_TIMEOUT_MINUTES,
             keyboard: String::from("US Default"),
             autostart: Vec::new(),
+            autostart_delay_seconds: 0,
             firstboot: Vec::new(),
             vms: Vec::new(),
             tls: None,
@@ -335,6 +340,7 @@ impl HostConfig {
             "dcui_timeout_minutes": self.dcui_timeout_minutes,
             "keyboard": self.keyboard,
             "autostart": self.autostart,
+            "autostart_delay_seconds": self.autostart_delay_seconds,
         })
     }
 
@@ -424,9 +430,21 @@ impl HostConfig {
                     cfg.keyboard = k.to_string();
                 }
                 "autostart" => cfg.autostart = string_list("autostart", v, MAX_AUTOSTART, validate_vm_name)?,
+                "autostart_delay_seconds" => {
+                    cfg.autostart_delay_seconds = v
+                        .as_u64()
+                        .filter(|&s| s <= MAX_AUTOSTART_DELAY_SECONDS as u64)
+                        .map(|s| s as u32)
+                        .ok_or_else(|| {
+                            error(
+                                key,
+                                format!("expected whole seconds from 0 to {MAX_AUTOSTART_DELAY_SECONDS}"),
+                            )
+                        })?
+                }
                 other => {
                     let shown: String = other.chars().take(40).collect();
-                    return Err(error(&shown, "unknown field (expected format, root_password_hash, network, dns_search, ssh, shell, shell_timeout_minutes, shell_idle_timeout_minutes, dcui_timeout_minutes, keyboard, autostart)"));
+                    return Err(error(&shown, "unknown field (expected format, root_password_hash, network, dns_search, ssh, shell, shell_timeout_minutes, shell_idle_timeout_minutes, dcui_timeout_minutes, keyboard, autostart, autostart_delay_seconds)"));
                 }
             }
         }
@@ -522,6 +540,7 @@ mod tests {
         c.shell_idle_timeout_minutes = 5;
         c.dcui_timeout_minutes = 0;
         c.autostart = alloc::vec!["web-1".into(), "db_2".into()];
+        c.autostart_delay_seconds = 120;
         c
     }
 
@@ -566,6 +585,8 @@ mod tests {
             (r#"{"shell_timeout_minutes":1441}"#, "shell_timeout_minutes"),
             (r#"{"shell_idle_timeout_minutes":-1}"#, "shell_idle_timeout_minutes"),
             (r#"{"dcui_timeout_minutes":"10"}"#, "dcui_timeout_minutes"),
+            (r#"{"autostart_delay_seconds":3601}"#, "autostart_delay_seconds"),
+            (r#"{"autostart_delay_seconds":-1}"#, "autostart_delay_seconds"),
             (r#"{"dcui_timeout_minutes":2.5}"#, "dcui_timeout_minutes"),
             (r#"{"keyboard":"Klingon"}"#, "keyboard"),
             (r#"{"dns_search":["ok.example","bad_suffix"]}"#, "dns_search"),
