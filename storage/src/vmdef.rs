@@ -27,9 +27,10 @@ pub const VM_DEFINITION_FILE: &str = "vm.cfg";
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 64;
-/// Guest RAM limits in MiB (the Linux loader keeps RAM below the 3 GiB MMIO window).
+/// Guest RAM limits in MiB (up to 3 GiB of it below the MMIO window, the rest from 4 GiB; the
+/// host's free memory is the real limit, checked when the VM starts).
 pub const MIN_MEMORY_MIB: u32 = 16;
-pub const MAX_MEMORY_MIB: u32 = 3072;
+pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 /// Most virtual disks.
 pub const MAX_DISKS: usize = 8;
 /// Longest kernel command line (the boot protocol's usual `cmdline_size` is 2047).
@@ -345,7 +346,7 @@ mod tests {
             ("vcpus", "65", "vcpus"),
             ("vcpus", "\"2\"", "vcpus"),
             ("memory_mib", "8", "memory_mib"),
-            ("memory_mib", "4096", "memory_mib"),
+            ("memory_mib", "1048577", "memory_mib"),
             ("name", "\"has space\"", "name"),
             ("kernel", "\"/abs/vmlinuz\"", "kernel"),
             ("kernel", "\"../escape\"", "kernel"),

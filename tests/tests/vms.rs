@@ -525,6 +525,34 @@ fn a_fault_in_one_vms_path_leaves_the_host_and_the_other_vm_running() {
     assert_eq!(request(addr, "GET", "/api/v1/host", Some(ROOT), None).status, 200);
 }
 
+/// A guest with 3.5 GiB of RAM: 3 GiB below the MMIO window, the rest from 4 GiB (in its e820
+/// map), and Linux uses all of it.
+#[test]
+fn a_guest_gets_ram_above_4_gib() {
+    let dir = tempfile::tempdir().unwrap();
+    let defs =
+        [vm_dir(dir.path(), "big", (1, 3584), "console=ttyS0 ember.action=poweroff", true, None, None)];
+    let (out, _) = image_with_vms(dir.path(), &defs, &[]);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-big", &out);
+    // q35 puts RAM beyond 2 GiB above 4 GiB: 6 GiB there, room for 3.5 GiB in one run.
+    cfg.memory_mib = 8192;
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    let _q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    let (v, c) = wait_vm(addr, "big", "the power-off", |v, _| v["state"] == "stopped");
+    assert_eq!(v["exit_reason"], "the guest powered off", "{v}\n{c}");
+    assert!(c.contains("BIOS-e820: [mem 0x0000000100000000-0x000000011fffffff] usable"), "{c}");
+    let kb: u64 = c
+        .lines()
+        .find_map(|l| l.split("EMBER-GUEST: memory ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no memory line:\n{c}"));
+    assert!(kb > 3 << 20, "Linux uses more than 3 GiB: {kb} kB");
+}
+
 /// A VM directory for the bare test guest (`tests/guest/bare.S`): one vCPU, `role` as its command line.
 fn bare_vm_dir(root: &Path, name: &str, role: &str) -> PathBuf {
     let dir = root.join(name);

@@ -308,11 +308,15 @@ pub fn load(
     put(&mut zp, field::CMD_LINE_PTR, &CMDLINE_PTR.to_le_bytes())?;
     put(&mut zp, field::RAMDISK_IMAGE, &rd_at32.to_le_bytes())?;
     put(&mut zp, field::RAMDISK_SIZE, &rd_len32.to_le_bytes())?;
-    let e820 = [
+    // RAM past the MMIO window, from 4 GiB (`super::memory::SplitRam`), when there is any.
+    let above = mem.high();
+    let e820_all = [
         (0, LEGACY_START, E820_RAM),
         (LEGACY_START, HIGH_RAM - LEGACY_START, E820_RESERVED),
         (HIGH_RAM, high_ram, E820_RAM),
+        (super::memory::HIGH_RAM_START, above, E820_RAM),
     ];
+    let e820 = e820_all.get(..if above > 0 { 4 } else { 3 }).unwrap_or_default();
     // Where the VM's ACPI tables start (`super::acpi`; Linux 5.0 and later read it from here).
     put(&mut zp, field::ACPI_RSDP_ADDR, &super::acpi::RSDP_ADDR.to_le_bytes())?;
     zp[field::E820_ENTRIES] = e820.len() as u8;
@@ -397,7 +401,7 @@ pub(crate) mod tests {
         b
     }
 
-    fn zp_u32(m: &GuestRam, at: usize) -> u32 {
+    fn zp_u32(m: &dyn GuestMemory, at: usize) -> u32 {
         let mut b = [0u8; 4];
         m.read(GuestPhysAddr(ZERO_PAGE.0 + at as u64), &mut b).unwrap();
         u32::from_le_bytes(b)
@@ -450,6 +454,20 @@ pub(crate) mod tests {
         let pd3 = m.read_u64(GuestPhysAddr(0xa000 + 3 * 8)).unwrap() & !0xfff;
         assert_eq!(m.read_u64(GuestPhysAddr(pd3 + 8 * 511)).unwrap(), 0xffe0_0000 | 0x83);
         assert_eq!(m.read_u64(GuestPhysAddr(0x500 + 16)).unwrap(), 0x00af_9b00_0000_ffff);
+    }
+
+    /// RAM past the MMIO window: the e820 map has it from 4 GiB; the initrd stays in low RAM.
+    #[test]
+    fn ram_above_4_gib_is_in_the_e820_map() {
+        let img = image();
+        let bz = BzImage::parse(&img).unwrap();
+        let mut m = crate::memory::SplitRam::new(GuestRam::new(72 << 20), 64 << 20);
+        let e = load(&mut m, &bz, Some(&[1u8; 5000]), "").unwrap();
+        assert!(e.initrd.unwrap().0 < 64 << 20);
+        assert_eq!(zp_u32(&m, field::E820_ENTRIES) & 0xff, 4);
+        let at = ZERO_PAGE.0 + (field::E820_TABLE + 20 * 3) as u64;
+        let (a, s) = (m.read_u64(GuestPhysAddr(at)).unwrap(), m.read_u64(GuestPhysAddr(at + 8)).unwrap());
+        assert_eq!((a, s), (1 << 32, 8 << 20));
     }
 
     #[test]

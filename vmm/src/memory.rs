@@ -21,10 +21,25 @@ impl core::fmt::Display for OutOfRange {
     }
 }
 
+/// Where guest RAM continues past the MMIO window below 4 GiB (a PC's layout).
+pub const HIGH_RAM_START: u64 = 1 << 32;
+
 /// Guest-physical memory.
 pub trait GuestMemory {
-    /// Bytes of RAM, from guest-physical address 0.
+    /// Bytes of RAM, from guest-physical address 0 (up to the MMIO window at most).
     fn size(&self) -> u64;
+    /// Bytes of RAM from [`HIGH_RAM_START`] (above the MMIO window).
+    fn high(&self) -> u64 {
+        0
+    }
+    /// Whether `len` bytes at `addr` are all RAM.
+    fn contains(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else { return false };
+        end <= self.size()
+            || (addr >= HIGH_RAM_START
+                && self.high() > 0
+                && end <= HIGH_RAM_START.saturating_add(self.high()))
+    }
     fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange>;
     fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange>;
 
@@ -47,6 +62,58 @@ pub trait GuestMemory {
             let _ = self.write(GuestPhysAddr(at), zeros.get(..n).unwrap_or_default());
             at = at.saturating_add(n as u64);
         }
+    }
+}
+
+/// A VM's RAM laid out as a PC's: the first `low` bytes from guest-physical 0 (below the MMIO
+/// window), the rest from [`HIGH_RAM_START`]; one memory (`inner`, low part first) holds both. An
+/// access that is not wholly in one part is out of range.
+pub struct SplitRam<M> {
+    inner: M,
+    low: u64,
+}
+
+impl<M: GuestMemory> SplitRam<M> {
+    /// `inner`'s first `low` bytes at guest-physical 0, the rest at 4 GiB.
+    pub fn new(inner: M, low: u64) -> Self {
+        let low = low.min(inner.size());
+        SplitRam { inner, low }
+    }
+
+    /// Where `len` bytes at `addr` are in `inner`.
+    fn place(&self, addr: GuestPhysAddr, len: usize) -> Result<GuestPhysAddr, OutOfRange> {
+        let out = OutOfRange { addr, len: len as u64 };
+        let end = addr.0.checked_add(len as u64).ok_or(out)?;
+        if end <= self.low {
+            return Ok(addr);
+        }
+        // Above 4 GiB; `inner` checks the end against its size.
+        let above = addr.0.checked_sub(HIGH_RAM_START).ok_or(out)?;
+        self.low.checked_add(above).map(GuestPhysAddr).ok_or(out)
+    }
+}
+
+impl<M: GuestMemory> GuestMemory for SplitRam<M> {
+    fn size(&self) -> u64 {
+        self.low
+    }
+
+    fn high(&self) -> u64 {
+        self.inner.size().saturating_sub(self.low)
+    }
+
+    fn read(&self, addr: GuestPhysAddr, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        let at = self.place(addr, buf.len())?;
+        self.inner.read(at, buf).map_err(|_| OutOfRange { addr, len: buf.len() as u64 })
+    }
+
+    fn write(&mut self, addr: GuestPhysAddr, data: &[u8]) -> Result<(), OutOfRange> {
+        let at = self.place(addr, data.len())?;
+        self.inner.write(at, data).map_err(|_| OutOfRange { addr, len: data.len() as u64 })
+    }
+
+    fn zero(&mut self) {
+        self.inner.zero();
     }
 }
 
@@ -113,5 +180,26 @@ mod tests {
         assert!(m.read(GuestPhysAddr(4097), &mut []).is_err());
         // Nothing was written by the refused access.
         assert_eq!(m.read_u64(GuestPhysAddr(4088)).unwrap(), 0x0101_0101_0101_0101);
+    }
+
+    /// RAM split around the MMIO window: 12 KiB below it (in the test, "below" ends at 12 KiB),
+    /// 4 KiB from 4 GiB; the hole and what is past the end are out of range.
+    #[test]
+    fn split_ram_has_a_hole_below_4_gib() {
+        let mut m = SplitRam::new(GuestRam::new(16384), 12288);
+        assert_eq!((m.size(), m.high()), (12288, 4096));
+        m.write(GuestPhysAddr(HIGH_RAM_START + 8), &[7; 8]).unwrap();
+        assert_eq!(m.inner.bytes[12288 + 8], 7, "high RAM follows low RAM in the host memory");
+        assert_eq!(m.read_u64(GuestPhysAddr(HIGH_RAM_START + 8)).unwrap(), 0x0707_0707_0707_0707);
+        for (addr, len) in
+            [(12288, 1), (12280, 16), (HIGH_RAM_START - 4, 8), (HIGH_RAM_START + 4090, 8), (u64::MAX, 2)]
+        {
+            assert!(m.read(GuestPhysAddr(addr), &mut vec![0; len]).is_err(), "{addr:#x}+{len}");
+            assert!(!m.contains(addr, len as u64), "{addr:#x}+{len}");
+        }
+        assert!(m.contains(0, 12288) && m.contains(HIGH_RAM_START, 4096));
+        m.write(GuestPhysAddr(0), &[1; 8]).unwrap();
+        m.zero();
+        assert!(m.inner.bytes.iter().all(|&b| b == 0), "all of it");
     }
 }

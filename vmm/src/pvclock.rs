@@ -173,7 +173,7 @@ impl ClockMsrs {
 
 /// Whether `len` bytes at guest-physical `at` lie in RAM.
 fn fits(mem: &dyn GuestMemory, at: u64, len: usize) -> bool {
-    at.checked_add(len as u64).is_some_and(|end| end <= mem.size())
+    mem.contains(at, len as u64)
 }
 
 #[cfg(test)]

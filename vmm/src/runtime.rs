@@ -32,7 +32,7 @@ use crate::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
 use crate::disk::WritebackImage;
 use crate::linux::{self, LinuxEntry};
 use crate::machine::Machine;
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, SplitRam, HIGH_RAM_START};
 use crate::msr::VcpuMsrs;
 use crate::npt::{EntryFormat, NestedPageTables, TableFrames};
 use crate::pvclock::GuestClock;
@@ -612,7 +612,15 @@ impl<P: Platform> Runtime<P> {
         let mut frames = <P::Backend as Backend>::Frames::default();
         let mut tables = NestedPageTables::<<P::Backend as Backend>::Format>::new(&mut frames)
             .map_err(|e| e.to_string())?;
-        tables.map(&mut frames, GuestPhysAddr(0), base, bytes, true).map_err(|e| e.to_string())?;
+        // RAM below the MMIO window from 0, the rest from 4 GiB (`SplitRam`): one host run.
+        let low = bytes.min(linux::MMIO_START);
+        tables.map(&mut frames, GuestPhysAddr(0), base, low, true).map_err(|e| e.to_string())?;
+        if bytes > low {
+            let above = HostPhysAddr(base.0.saturating_add(low));
+            tables
+                .map(&mut frames, GuestPhysAddr(HIGH_RAM_START), above, bytes.saturating_sub(low), true)
+                .map_err(|e| e.to_string())?;
+        }
         let vcpus =
             tags.iter().map(|t| backend.create_vcpu(*t, tables.root())).collect::<Result<Vec<_>, _>>()?;
         let n = vcpus.len() as u64;
@@ -633,7 +641,7 @@ impl<P: Platform> Runtime<P> {
         machine.power_button = vm.power_button.clone();
         let run = Arc::new(Run {
             vm: vm.clone(),
-            board: Mutex::new(Board::new(machine, vcpus.len(), mmio, Box::new(ram))),
+            board: Mutex::new(Board::new(machine, vcpus.len(), mmio, Box::new(SplitRam::new(ram, low)))),
             _paging: Mutex::new((tables, frames)),
             tags,
             ending: Mutex::new(None),
