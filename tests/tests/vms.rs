@@ -447,7 +447,7 @@ fn a_hostile_guest_harms_neither_the_host_nor_another_vm() {
     );
     let reason = hostile["exit_reason"].as_str().unwrap();
     assert!(
-        reason.contains("halted with interrupts disabled") || reason == "stopped through the API",
+        reason.contains("halted with interrupts disabled") || reason == "powered off through the API",
         "{reason}"
     );
     assert!(c.matches("EMBER-HOSTILE: 8042 flood done: ").count() == 1);
