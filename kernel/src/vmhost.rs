@@ -306,7 +306,10 @@ impl Hypervisor {
         let mut served = Vec::new();
         let mut backings = Vec::new();
         for (i, d) in open.iter().enumerate() {
-            let queue = Arc::new(IoQueue::new(d.size));
+            // A request wakes the management CPU if it waits for an interrupt.
+            let bsp = apic::current_id();
+            let queue =
+                Arc::new(IoQueue::with_notify(d.size, Box::new(move || runtime().platform().kick(bsp))));
             backings.push((Backing::Queue(queue.clone()), d.readonly));
             served.push(ServedDisk {
                 vm: name.clone(),

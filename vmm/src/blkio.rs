@@ -112,16 +112,25 @@ struct Inner {
     reserved: bool,
 }
 
+/// Called when a request arrives at an empty queue (the appliance wakes the management CPU).
+pub type Notify = alloc::boxed::Box<dyn Fn() + Send + Sync>;
+
 /// The queue between one virtio block device and the host's I/O service for its file.
 pub struct IoQueue {
     capacity: u64,
     inner: Mutex<Inner>,
+    notify: Option<Notify>,
 }
 
 impl IoQueue {
     /// A queue for a disk of `capacity` bytes.
     pub fn new(capacity: u64) -> IoQueue {
-        IoQueue { capacity, inner: Mutex::new(Inner::default()) }
+        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: None }
+    }
+
+    /// A queue that calls `notify` when a request arrives and none was waiting.
+    pub fn with_notify(capacity: u64, notify: Notify) -> IoQueue {
+        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: Some(notify) }
     }
 
     /// The disk's size in bytes.
@@ -171,7 +180,12 @@ impl IoQueue {
         i.in_flight = i.in_flight.saturating_add(1);
         i.in_flight_bytes = i.in_flight_bytes.saturating_add(bytes);
         i.sizes.push_back((tag, bytes));
+        let first = i.submitted.is_empty();
         i.submitted.push_back(IoRequest { tag, op });
+        drop(i);
+        if let (true, Some(n)) = (first, &self.notify) {
+            n();
+        }
         tag
     }
 
@@ -357,6 +371,24 @@ mod tests {
         q.discard();
         assert!(q.reserve());
         q.unreserve();
+    }
+
+    #[test]
+    fn a_request_at_an_empty_queue_notifies() {
+        let count = alloc::sync::Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let q = IoQueue::with_notify(
+            1 << 20,
+            alloc::boxed::Box::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        q.submit(IoOp::Flush);
+        q.submit(IoOp::Flush);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "only the first of a batch");
+        q.take_requests(10).unwrap();
+        q.submit(IoOp::Flush);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 
     /// However many disks there are, the host's budget holds: the reservations that succeed never
