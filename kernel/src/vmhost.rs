@@ -164,6 +164,7 @@ pub struct Hypervisor {
     autostart: alloc::collections::VecDeque<String>,
     autostart_delay_ms: u64,
     next_autostart_ms: u64,
+    autostarting: bool,
 }
 
 /// How long a guest has to shut down after its ACPI power button is pressed.
@@ -258,6 +259,7 @@ impl Hypervisor {
             autostart: alloc::collections::VecDeque::new(),
             autostart_delay_ms: 0,
             next_autostart_ms: 0,
+            autostarting: false,
         }
     }
 
@@ -305,11 +307,13 @@ impl Hypervisor {
         let name = &vm.def.name;
         let mut served = Vec::new();
         let mut backings = Vec::new();
+        // The VM's disks share one budget of bytes in flight (`blkio::VM_IN_FLIGHT_BYTES`).
+        let budget = Arc::new(core::sync::atomic::AtomicUsize::new(0));
         for (i, d) in open.iter().enumerate() {
             // A request wakes the management CPU if it waits for an interrupt.
             let bsp = apic::current_id();
-            let queue =
-                Arc::new(IoQueue::with_notify(d.size, Box::new(move || runtime().platform().kick(bsp))));
+            let kick: blkio::Notify = Box::new(move || runtime().platform().kick(bsp));
+            let queue = Arc::new(IoQueue::with_notify(d.size, kick, budget.clone()));
             backings.push((Backing::Queue(queue.clone()), d.readonly));
             served.push(ServedDisk {
                 vm: name.clone(),
@@ -390,8 +394,18 @@ impl Hypervisor {
 
     /// Starts the next VM of the autostart order when it is due.
     fn autostart_due(&mut self, disks: &mut HostDisks, now_ms: u64) {
+        // A start serves the VM's old disk queues (`finish_disks`, which polls): not again here.
+        if core::mem::replace(&mut self.autostarting, true) {
+            return;
+        }
         while now_ms >= self.next_autostart_ms {
-            let Some(n) = self.autostart.pop_front() else { return };
+            let Some(n) = self.autostart.pop_front() else { break };
+            // One started by hand meanwhile is left alone.
+            let stopped =
+                self.vm(&n).is_none_or(|v| !v.failed() && runtime().report(v).state == VmState::Stopped);
+            if !stopped {
+                continue;
+            }
             match self.act(disks, &n, VmAction::Start, now_ms) {
                 Ok(()) => kprintln!("ember: VM {n}: started (autostart)"),
                 Err(e) => {
@@ -401,6 +415,7 @@ impl Hypervisor {
             }
             self.next_autostart_ms = now_ms.saturating_add(self.autostart_delay_ms);
         }
+        self.autostarting = false;
     }
 }
 
@@ -672,10 +687,13 @@ impl VmService for Hypervisor {
             if served.completed > 0 && !self.written.contains(&s.disk.mount) {
                 self.written.push(s.disk.mount);
             }
-            done |= served.completed > 0;
-        }
-        if done {
-            runtime().kick_workers();
+            if served.completed > 0 {
+                // Its vCPU 0 completes them (even halted, waiting for the interrupt).
+                if let Some(run) = &s.run {
+                    rt.wake_for_io(run);
+                }
+                done = true;
+            }
         }
         // Blocks a guest's writes allocated become part of the committed datastore at its next
         // flush, or within a second, whichever comes first (a power cut loses at most the last

@@ -21,6 +21,7 @@
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +35,13 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// Bytes in flight per disk, at most.
 pub const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+/// Bytes in flight for all the disks of one VM, at most (so one VM cannot take the host's budget).
+pub const VM_IN_FLIGHT_BYTES: usize = 8 << 20;
 /// Bytes in flight on the whole host, at most.
-pub const HOST_IN_FLIGHT_BYTES: usize = 16 << 20;
+pub const HOST_IN_FLIGHT_BYTES: usize = 32 << 20;
+/// Tries at a queue's lock on the management CPU (a vCPU holds it briefly; one whose CPU stopped
+/// holds it for good, and the management CPU must go on).
+const LOCK_TRIES: usize = 100_000;
 
 /// Bytes in flight (and reserved) on the whole host.
 static HOST_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -110,6 +116,8 @@ struct Inner {
     next_tag: u64,
     /// Room for one request is reserved ([`IoQueue::reserve`]).
     reserved: bool,
+    /// The VM's run is over ([`IoQueue::discard`]): nothing more is taken.
+    closed: bool,
 }
 
 /// Called when a request arrives at an empty queue (the appliance wakes the management CPU).
@@ -120,17 +128,46 @@ pub struct IoQueue {
     capacity: u64,
     inner: Mutex<Inner>,
     notify: Option<Notify>,
+    /// Bytes in flight (and reserved) for all the disks of this queue's VM.
+    vm_bytes: Arc<AtomicUsize>,
+}
+
+/// Takes `n` bytes of a budget of `max` if they fit.
+fn budget_take(b: &AtomicUsize, n: usize, max: usize) -> bool {
+    b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_add(n).filter(|t| *t <= max)).is_ok()
+}
+
+fn budget_give(b: &AtomicUsize, n: usize) {
+    let _ = b.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
 }
 
 impl IoQueue {
     /// A queue for a disk of `capacity` bytes.
     pub fn new(capacity: u64) -> IoQueue {
-        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: None }
+        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: None, vm_bytes: Arc::default() }
     }
 
-    /// A queue that calls `notify` when a request arrives and none was waiting.
-    pub fn with_notify(capacity: u64, notify: Notify) -> IoQueue {
-        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: Some(notify) }
+    /// A queue that calls `notify` when a request arrives and none was waiting, sharing the VM
+    /// budget `vm_bytes` with the VM's other disks.
+    pub fn with_notify(capacity: u64, notify: Notify, vm_bytes: Arc<AtomicUsize>) -> IoQueue {
+        IoQueue { capacity, inner: Mutex::new(Inner::default()), notify: Some(notify), vm_bytes }
+    }
+
+    /// The lock, tried a bounded number of times (the management CPU's side).
+    fn lock_bounded(&self) -> Option<spin::MutexGuard<'_, Inner>> {
+        (0..LOCK_TRIES).find_map(|_| {
+            let g = self.inner.try_lock();
+            if g.is_none() {
+                core::hint::spin_loop();
+            }
+            g
+        })
+    }
+
+    /// Bytes given back to the VM's and the host's budgets.
+    fn give(&self, n: usize) {
+        budget_give(&self.vm_bytes, n);
+        host_give(n);
     }
 
     /// The disk's size in bytes.
@@ -146,9 +183,14 @@ impl IoQueue {
         if i.reserved {
             return true;
         }
-        let fits = i.in_flight < MAX_IN_FLIGHT
+        let fits = !i.closed
+            && i.in_flight < MAX_IN_FLIGHT
             && i.in_flight_bytes.saturating_add(MAX_REQUEST_BYTES) <= MAX_IN_FLIGHT_BYTES;
-        if !fits || !host_take(MAX_REQUEST_BYTES) {
+        if !fits || !budget_take(&self.vm_bytes, MAX_REQUEST_BYTES, VM_IN_FLIGHT_BYTES) {
+            return false;
+        }
+        if !host_take(MAX_REQUEST_BYTES) {
+            budget_give(&self.vm_bytes, MAX_REQUEST_BYTES);
             return false;
         }
         i.reserved = true;
@@ -159,7 +201,7 @@ impl IoQueue {
     pub fn unreserve(&self) {
         let mut i = self.inner.lock();
         if core::mem::take(&mut i.reserved) {
-            host_give(MAX_REQUEST_BYTES);
+            self.give(MAX_REQUEST_BYTES);
         }
     }
 
@@ -172,10 +214,17 @@ impl IoQueue {
         let bytes = op.bytes();
         let reserved = if core::mem::take(&mut i.reserved) { MAX_REQUEST_BYTES } else { 0 };
         if bytes <= reserved {
-            host_give(reserved.saturating_sub(bytes));
+            self.give(reserved.saturating_sub(bytes));
         } else {
             // Without a reservation (or larger than the contract allows): counted all the same.
             HOST_BYTES.fetch_add(bytes.saturating_sub(reserved), Ordering::AcqRel);
+            self.vm_bytes.fetch_add(bytes.saturating_sub(reserved), Ordering::AcqRel);
+        }
+        if i.closed {
+            // The run is over: nothing more is executed (its room goes back at once).
+            drop(i);
+            self.give(bytes);
+            return tag;
         }
         i.in_flight = i.in_flight.saturating_add(1);
         i.in_flight_bytes = i.in_flight_bytes.saturating_add(bytes);
@@ -192,14 +241,17 @@ impl IoQueue {
     /// Drops every request not executed yet and every completion not taken, and their room (the
     /// VM's run is over).
     pub fn discard(&self) {
-        let mut i = self.inner.lock();
+        // A queue whose lock a stopped CPU holds keeps its room (until the host restarts).
+        let Some(mut i) = self.lock_bounded() else { return };
+        i.closed = true;
         i.submitted.clear();
         i.done.clear();
         let bytes = core::mem::take(&mut i.in_flight_bytes)
             .saturating_add(if core::mem::take(&mut i.reserved) { MAX_REQUEST_BYTES } else { 0 });
         i.in_flight = 0;
         i.sizes.clear();
-        host_give(bytes);
+        drop(i);
+        self.give(bytes);
     }
 
     /// The completions posted since the last call (the device side); releases their room.
@@ -211,7 +263,7 @@ impl IoQueue {
                 let bytes = i.sizes.remove(k).map_or(0, |(_, b)| b);
                 i.in_flight = i.in_flight.saturating_sub(1);
                 i.in_flight_bytes = i.in_flight_bytes.saturating_sub(bytes);
-                host_give(bytes);
+                self.give(bytes);
             }
         }
         done
@@ -225,19 +277,21 @@ impl IoQueue {
     /// Up to `max` submitted requests, oldest first (the service side); `None` when the device
     /// holds the lock right now (the caller comes back later rather than wait for another CPU).
     pub fn take_requests(&self, max: usize) -> Option<Vec<IoRequest>> {
-        let mut i = self.inner.try_lock()?;
+        let mut i = self.lock_bounded()?;
         let n = max.min(i.submitted.len());
         Some(i.submitted.drain(..n).collect())
     }
 
     /// Posts a completion (the service side).
     pub fn complete(&self, done: IoDone) {
-        self.inner.lock().done.push_back(done);
+        if let Some(mut i) = self.lock_bounded() {
+            i.done.push_back(done);
+        }
     }
 
-    /// Requests waiting for the service.
+    /// Requests waiting for the service (0 when the lock cannot be had).
     pub fn pending(&self) -> usize {
-        self.inner.lock().submitted.len()
+        self.lock_bounded().map_or(0, |i| i.submitted.len())
     }
 }
 
@@ -369,8 +423,29 @@ mod tests {
         q.submit(IoOp::Read { offset: 0, len: 512 });
         assert!(!q.reserve(), "bytes");
         q.discard();
-        assert!(q.reserve());
-        q.unreserve();
+        assert!(!q.reserve(), "a discarded queue is closed");
+    }
+
+    /// The disks of one VM share its budget; a discarded (closed) queue takes nothing more.
+    #[test]
+    fn one_vm_cannot_take_more_than_its_budget() {
+        let vm = Arc::new(AtomicUsize::new(0));
+        let disks: Vec<IoQueue> = (0..4)
+            .map(|_| IoQueue::with_notify(1 << 30, alloc::boxed::Box::new(|| {}), vm.clone()))
+            .collect();
+        let got = disks.iter().filter(|q| q.reserve()).count();
+        assert_eq!(got, VM_IN_FLIGHT_BYTES / MAX_REQUEST_BYTES);
+        assert_eq!(vm.load(Ordering::SeqCst), VM_IN_FLIGHT_BYTES);
+        let other = IoQueue::new(1 << 30);
+        assert!(other.reserve(), "another VM still has room");
+        other.unreserve();
+        disks[0].submit(IoOp::Read { offset: 0, len: 4096 });
+        disks[0].discard();
+        assert!(!disks[0].reserve(), "closed");
+        disks[0].submit(IoOp::Flush);
+        assert_eq!(disks[0].pending(), 0, "a closed queue takes nothing");
+        drop(disks);
+        assert_eq!(vm.load(Ordering::SeqCst), 0, "every byte given back");
     }
 
     #[test]
@@ -382,6 +457,7 @@ mod tests {
             alloc::boxed::Box::new(move || {
                 c.fetch_add(1, Ordering::SeqCst);
             }),
+            Arc::default(),
         );
         q.submit(IoOp::Flush);
         q.submit(IoOp::Flush);

@@ -204,6 +204,9 @@ pub struct Vm {
     reset: AtomicBool,
     /// The host pressed its power button ([`Runtime::press_power_button`]); its machine takes it.
     power_button: Arc<AtomicBool>,
+    /// The host completed disk requests of its devices ([`Runtime::wake_for_io`]): vCPU 0, even
+    /// halted, services the devices (which complete them and raise their interrupts).
+    io_wake: AtomicBool,
     exits: AtomicU64,
     /// Exits by kind ([`vcpu::EXIT_KINDS`]).
     exit_counts: [AtomicU64; vcpu::EXIT_KINDS.len()],
@@ -261,6 +264,7 @@ impl Vm {
             stop_reason: Mutex::new(None),
             reset: AtomicBool::new(false),
             power_button: Arc::new(AtomicBool::new(false)),
+            io_wake: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             exit_counts: Default::default(),
             interrupts: AtomicU64::new(0),
@@ -431,6 +435,7 @@ impl<B: Backend> Job<B> {
             || run.vm.stop.load(Ordering::Acquire)
             || run.vm.reset.load(Ordering::Acquire)
             || run.vm.power_button.load(Ordering::Acquire)
+            || (self.index == 0 && run.vm.io_wake.load(Ordering::Acquire))
     }
 }
 
@@ -777,6 +782,13 @@ impl<P: Platform> Runtime<P> {
         vm.power_button.store(true, Ordering::Release);
         self.kick_vcpus(vm, u64::MAX);
         Ok(())
+    }
+
+    /// The host completed requests of `vm`'s disks: its vCPU 0 services its devices at once, even
+    /// when halted (its guest waits for the interrupt).
+    pub fn wake_for_io(&self, vm: &Vm) {
+        vm.io_wake.store(true, Ordering::Release);
+        self.kick_vcpus(vm, 1);
     }
 
     /// The VM's state and counters.
@@ -1192,8 +1204,12 @@ impl<P: Platform> Host for WorkerHost<'_, P> {
         // Read first: the shared word is written only when this vCPU's bit is set.
         let woken = self.run.wakes.load(Ordering::Acquire) & me != 0
             && self.run.wakes.fetch_and(!me, Ordering::AcqRel) & me != 0;
+        let io = self.index == 0
+            && self.run.vm.io_wake.load(Ordering::Acquire)
+            && self.run.vm.io_wake.swap(false, Ordering::AcqRel);
         next_timer.is_none_or(|t| now < t)
             && !woken
+            && !io
             && self.run.vm.input.try_lock().is_some_and(|i| i.is_empty())
             && !self.run.ended.load(Ordering::Acquire)
     }

@@ -30,7 +30,7 @@ use uefi::Status;
 /// Kernel heap size (the management plane, datastore metadata, and up to
 /// `ember_vmm::blkio::HOST_IN_FLIGHT_BYTES` of VM disk requests in flight; guest RAM and the
 /// kernels of VMs on datastores come from the frame allocator).
-const HEAP_BYTES: usize = 48 << 20;
+const HEAP_BYTES: usize = 64 << 20;
 /// Kernel (bootstrap CPU) stack size.
 const STACK_BYTES: usize = 256 << 10;
 
