@@ -36,7 +36,11 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MMIO_LEN: u64 = 0x1000;
 const SECTOR: u64 = 512;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+/// Data segments a request may have (offered as `seg_max`; without it Linux sends one 4 KiB page
+/// per request). Two requests of the most fit the queue with their header and status.
+pub const SEG_MAX: u32 = (QUEUE_SIZE as u32) / 2 - 2;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -180,7 +184,10 @@ impl<D: DiskImage> VirtioBlk<D> {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
+        VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
     }
 
     fn capacity_sectors(&self) -> u64 {
@@ -241,6 +248,7 @@ impl<D: DiskImage> VirtioBlk<D> {
                 let cap = self.capacity_sectors();
                 (cap >> (offset & 7).saturating_mul(8)) as u32
             }
+            0x10c => SEG_MAX,
             _ => 0,
         }
     }
