@@ -317,6 +317,28 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
     );
 }
 
+/// The test guest's kernel and initrd (`scripts/guest-fixtures`).
+fn guest_files() -> (std::path::PathBuf, std::path::PathBuf) {
+    let guest = workspace().join("target/guest");
+    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initramfs.gz"));
+    assert!(kernel.exists() && initrd.exists(), "guest fixtures missing: run scripts/guest-fixtures");
+    (kernel, initrd)
+}
+
+/// Makes datastore `name` on the host's NVMe disk and uploads the test guest's kernel and initrd
+/// to `boot/vmlinuz` and `boot/initrd.gz` on it.
+fn datastore_with_guest(addr: SocketAddr, name: &str) {
+    let nvme = disks(addr).into_iter().find(|d| d["driver"] == "nvme").unwrap();
+    let body = format!(r#"{{"name":"{name}","disk":"{}"}}"#, nvme["name"].as_str().unwrap());
+    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+    assert_eq!(r.status, 201, "{r:?}");
+    let (kernel, initrd) = guest_files();
+    for (file, path) in [(&kernel, "boot/vmlinuz"), (&initrd, "boot/initrd.gz")] {
+        let r = upload(addr, name, path, &std::fs::read(file).unwrap()).unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+}
+
 /// A VM made at run time, as an ESXi administrator makes one: a datastore on the NVMe disk, the
 /// test guest's kernel and initrd uploaded, `POST /api/v1/vms` with a 64 GiB thin disk; the guest
 /// writes its disk, syncs, reboots and reads the write back; the disk uses a few MiB of the
@@ -327,9 +349,7 @@ fn power_cuts_during_uploads_and_changes_leave_a_clean_datastore_with_everything
 /// datastore.
 #[test]
 fn a_vm_made_through_the_api_runs_from_a_datastore_and_survives_a_power_cut() {
-    let guest = workspace().join("target/guest");
-    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initramfs.gz"));
-    assert!(kernel.exists() && initrd.exists(), "guest fixtures missing: run scripts/guest-fixtures");
+    guest_files();
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), &[]);
     let ssd = dir.path().join("ssd.img");
@@ -375,14 +395,7 @@ fn a_vm_made_through_the_api_runs_from_a_datastore_and_survives_a_power_cut() {
     let mut q = boot_host("vm_datastore_first");
     q.wait_for("first boot: configuration stored", BOOT_TIMEOUT);
     wait_for_http(addr, HTTP_TIMEOUT);
-    let nvme = disks(addr).into_iter().find(|d| d["driver"] == "nvme").unwrap();
-    let body = format!(r#"{{"name":"datastore1","disk":"{}"}}"#, nvme["name"].as_str().unwrap());
-    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
-    assert_eq!(r.status, 201, "{r:?}");
-    for (file, path) in [(&kernel, "boot/vmlinuz"), (&initrd, "boot/initrd.gz")] {
-        let r = upload(addr, "datastore1", path, &std::fs::read(file).unwrap()).unwrap();
-        assert_eq!(r.status, 201, "{r:?}");
-    }
+    datastore_with_guest(addr, "datastore1");
     let def = serde_json::json!({
         "name": "thin", "vcpus": 1, "memory_mib": 160,
         "kernel": "[datastore1] boot/vmlinuz", "initrd": "[datastore1] boot/initrd.gz",
@@ -481,9 +494,7 @@ fn a_vm_made_through_the_api_runs_from_a_datastore_and_survives_a_power_cut() {
 #[test]
 fn power_cuts_while_a_guest_writes_lose_nothing_it_flushed() {
     const CUTS: u64 = 6;
-    let guest = workspace().join("target/guest");
-    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initramfs.gz"));
-    assert!(kernel.exists() && initrd.exists(), "guest fixtures missing: run scripts/guest-fixtures");
+    guest_files();
     let dir = tempfile::tempdir().unwrap();
     let img = build_image(dir.path(), &[]);
     let ssd = dir.path().join("ssd.img");
@@ -506,14 +517,7 @@ fn power_cuts_while_a_guest_writes_lose_nothing_it_flushed() {
         if cut == 0 {
             q.wait_for("first boot: configuration stored", BOOT_TIMEOUT);
             wait_for_http(addr, HTTP_TIMEOUT);
-            let nvme = disks(addr).into_iter().find(|d| d["driver"] == "nvme").unwrap();
-            let body = format!(r#"{{"name":"cuts","disk":"{}"}}"#, nvme["name"].as_str().unwrap());
-            let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
-            assert_eq!(r.status, 201, "{r:?}");
-            for (file, path) in [(&kernel, "boot/vmlinuz"), (&initrd, "boot/initrd.gz")] {
-                let r = upload(addr, "cuts", path, &std::fs::read(file).unwrap()).unwrap();
-                assert_eq!(r.status, 201, "{r:?}");
-            }
+            datastore_with_guest(addr, "cuts");
             let def = serde_json::json!({
                 "name": "rec", "vcpus": 1, "memory_mib": 128, "autostart": true,
                 "kernel": "[cuts] boot/vmlinuz", "initrd": "[cuts] boot/initrd.gz",
