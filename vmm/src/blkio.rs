@@ -269,11 +269,6 @@ impl IoQueue {
         done
     }
 
-    /// Whether completions wait for the device.
-    pub fn has_done(&self) -> bool {
-        !self.inner.lock().done.is_empty()
-    }
-
     /// Up to `max` submitted requests, oldest first (the service side); `None` when the device
     /// holds the lock right now (the caller comes back later rather than wait for another CPU).
     pub fn take_requests(&self, max: usize) -> Option<Vec<IoRequest>> {
