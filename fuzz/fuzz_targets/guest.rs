@@ -15,7 +15,7 @@
 use ember_vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
 use ember_vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
 use ember_vmm::decode::{self, Access};
-use ember_vmm::disk::WritebackImage;
+use ember_vmm::blkio::{IoDone, IoOp, IoQueue};
 use ember_vmm::linux::{self, BzImage};
 use ember_vmm::machine::Machine;
 use ember_vmm::memory::{GuestMemory, GuestRam};
@@ -25,10 +25,9 @@ use ember_vmm::pit::Pit;
 use ember_vmm::rtc::Rtc;
 use ember_vmm::serial::ConsoleLog;
 use ember_vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
-use ember_vmm::virtio_blk::VirtioBlk;
+use ember_vmm::virtio_blk::{Backing, VirtioBlk};
 use ember_vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
-use spin::Mutex;
 use std::sync::Arc;
 
 /// Page-table frames in a vector (at most 64), at made-up host addresses.
@@ -127,13 +126,12 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 64 {
         let mut ram = GuestRam::new(64 * 1024);
         let _ = ram.write(GuestPhysAddr(0), &data[..data.len().min(64 * 1024)]);
-        // The disk is a write-back image (as VM disks on the boot media are): flushes wait for
-        // write-back passes, which the input runs, completes and fails.
-        let disk = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; 16 * 512], data[0] & 2 == 0)));
-        let mut dev = VirtioBlk::new(disk.clone(), data[0] & 1 == 1, 5);
-        let mut pass = None;
-        for q in data[64..].chunks(5).take(512) {
-            let b = |i: usize| q.get(i).copied().unwrap_or(0);
+        // The disk is behind a request queue (as VM disks on datastores are): the input takes its
+        // requests and completes them, or fails them.
+        let q = Arc::new(IoQueue::new(16 * 512));
+        let mut dev = VirtioBlk::<Vec<u8>>::with_backing(Backing::Queue(q.clone()), data[0] & 1 == 1, 5);
+        for q_bytes in data[64..].chunks(5).take(512) {
+            let b = |i: usize| q_bytes.get(i).copied().unwrap_or(0);
             let offset = u64::from(b(0) & 0x3f) * 4;
             let value = u32::from_le_bytes([b(1), b(2), b(3), b(4) & 0x0f]);
             dev.write(offset, &value.to_le_bytes());
@@ -144,16 +142,14 @@ fuzz_target!(|data: &[u8]| {
                 dev.process(&mut ram);
             }
             match (b(4) >> 4) & 7 {
-                1 if pass.is_none() => pass = disk.lock().begin_pass(),
-                2 => {
-                    if let Some(p) = pass.take() {
-                        let mut buf = Vec::new();
-                        for c in &p.chunks {
-                            disk.lock().copy_chunks(*c, 1, &mut buf);
-                        }
-                        let ok = b(3) & 1 == 0;
-                        let failed = if ok { &[][..] } else { &p.chunks[..] };
-                        disk.lock().end_pass(&p, ok, failed);
+                k @ (1 | 2) => {
+                    for r in q.take_requests(usize::from(b(3) & 7)).unwrap_or_default() {
+                        let ok = k == 1;
+                        let data = match r.op {
+                            IoOp::Read { len, .. } if ok => vec![0xa5; len],
+                            _ => Vec::new(),
+                        };
+                        q.complete(IoDone { tag: r.tag, ok, data });
                     }
                 }
                 3 => dev.process(&mut ram),

@@ -11,7 +11,6 @@ use ember_net::auth::{PasswordHash, MIN_ITERATIONS};
 use ember_net::firstboot;
 use ember_storage::block::{BlockDevice, MemDisk};
 use ember_storage::config_store::ConfigStore;
-use ember_storage::fatfile;
 use ember_storage::firstboot::{self as sources, KsSource};
 use ember_storage::hostconfig::HostConfig;
 use ember_storage::kickstart;
@@ -74,16 +73,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         6 => {
-            // A FAT volume made of the input (256 KiB): finding a VM disk's file and its runs.
-            let mut image = rest.to_vec();
-            image.resize(256 * 1024, 0);
-            let mut disk = MemDisk::from_bytes(512, image);
-            if let Ok(f) = fatfile::locate(&mut disk, 0, 512, "ember/vms/a/disk.img") {
-                let total: u64 = f.extents.iter().map(|e| e.len).sum();
-                assert_eq!(total, f.size, "the runs hold the whole file");
-                assert!(f.extents.iter().all(|e| e.offset + e.len <= 256 * 1024), "runs inside the disk");
-                let mapped: u64 = f.map(f.size / 3, f.size).iter().map(|e| e.len).sum();
-                assert_eq!(mapped, f.size - f.size / 3);
+            if let Ok(list) = ember_storage::vmdef::parse_first_boot_vms("register.cfg", rest) {
+                for p in list {
+                    let again = ember_storage::vmdef::DsPath::parse(&p.to_string());
+                    assert_eq!(again.as_ref(), Ok(&p), "a listed path prints as it parses");
+                }
             }
         }
         5 => {

@@ -19,11 +19,11 @@ const CHUNK: usize = 1 << 20;
 /// The smallest datastore partition `create` makes.
 const MIN_DATASTORE: u64 = 16 << 20;
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn random_bytes() -> Result<[u8; 16], String> {
+pub fn random_bytes() -> Result<[u8; 16], String> {
     let mut b = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -240,49 +240,140 @@ pub fn ls(path: &Path, name: Option<&str>, dir: &str) -> Result<String, String> 
     })
 }
 
-/// `datastore put`: copies a local file in (all-zero chunks are left unallocated: thin).
+/// `datastore put`: copies a local file in (all-zero chunks are left unallocated: thin); with
+/// `convert`, a qcow2 image becomes the raw disk it holds.
 pub fn put(
     path: &Path,
     name: Option<&str>,
     local: &Path,
     dest: &str,
     replace: bool,
+    convert: bool,
 ) -> Result<String, String> {
-    let mut src = File::open(local).map_err(|e| format!("{}: {e}", local.display()))?;
+    let source = Source::of(local, convert)?;
     with_datastore(path, name, true, |ds, dev| {
         let t = now();
-        if let Some(parent) = dest.trim_matches('/').rsplit_once('/').map(|(p, _)| p) {
-            ds.mkdir_all(parent, t).map_err(|e| e.to_string())?;
-        }
-        let id = match ds.stat(dest) {
-            Ok(e) if replace && e.kind == InodeKind::File => {
-                ds.set_len(dev, e.id, 0, t).map_err(|e| e.to_string())?;
-                e.id
-            }
-            Ok(_) => return Err(format!("[{}] {dest}: exists (--replace overwrites a file)", ds.label())),
-            Err(_) => ds.create(dest, t).map_err(|e| e.to_string())?,
-        };
-        let mut buf = vec![0u8; CHUNK];
-        let mut offset = 0u64;
-        loop {
-            let n = read_full(&mut src, &mut buf).map_err(|e| format!("{}: {e}", local.display()))?;
-            if n == 0 {
-                break;
-            }
-            // Only the file blocks holding data are written, so zero ranges stay unallocated.
-            let block = ds.block_size() as usize;
-            for (i, piece) in buf[..n].chunks(block).enumerate() {
-                if piece.iter().any(|&b| b != 0) {
-                    ds.write(dev, id, offset + (i * block) as u64, piece, t)
-                        .map_err(|e| format!("[{}] {dest}: {e}", ds.label()))?;
-                }
-            }
-            offset += n as u64;
-        }
-        ds.set_len(dev, id, offset, t).map_err(|e| e.to_string())?;
+        let id = new_file(ds, dev, dest, replace, t)?;
+        source.copy_to(ds, dev, id, t).map_err(|e| format!("[{}] {dest}: {e}", ds.label()))?;
         let e = ds.stat(dest).map_err(|e| e.to_string())?;
-        Ok(format!("[{}] {dest}: {} bytes ({} allocated)\n", ds.label(), e.size, e.allocated))
+        Ok(format!(
+            "[{}] {dest}: {} bytes ({} allocated){}\n",
+            ds.label(),
+            e.size,
+            e.allocated,
+            if matches!(source, Source::Qcow2(_)) { ", converted from qcow2" } else { "" }
+        ))
     })
+}
+
+/// Makes file `dest` (and its parent directories), or empties it when it exists and `replace`.
+fn new_file(
+    ds: &mut Datastore,
+    dev: &mut dyn BlockDevice,
+    dest: &str,
+    replace: bool,
+    t: u64,
+) -> Result<u64, String> {
+    if let Some(parent) = dest.trim_matches('/').rsplit_once('/').map(|(p, _)| p) {
+        ds.mkdir_all(parent, t).map_err(|e| format!("[{}] {parent}: {e}", ds.label()))?;
+    }
+    match ds.stat(dest) {
+        Ok(e) if replace && e.kind == InodeKind::File => {
+            ds.set_len(dev, e.id, 0, t).map_err(|e| e.to_string())?;
+            Ok(e.id)
+        }
+        Ok(_) => Err(format!("[{}] {dest}: exists (--replace overwrites a file)", ds.label())),
+        Err(_) => ds.create(dest, t).map_err(|e| format!("[{}] {dest}: {e}", ds.label())),
+    }
+}
+
+/// What a file on a datastore is made from.
+pub enum Source {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// A local file, copied as it is.
+    File(std::path::PathBuf),
+    /// A qcow2 image, converted to the raw disk it holds.
+    Qcow2(Box<crate::qcow2::Qcow2Image>),
+}
+
+impl Source {
+    /// The local file at `path`; a qcow2 image is converted when `convert`.
+    pub fn of(path: &Path, convert: bool) -> Result<Source, String> {
+        if convert && crate::qcow2::is_qcow2(path)? {
+            let img = crate::qcow2::Qcow2Image::open(path)?;
+            return Ok(Source::Qcow2(Box::new(img)));
+        }
+        std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Source::File(path.to_path_buf()))
+    }
+
+    /// The size of the file it makes.
+    pub fn len(&self) -> Result<u64, String> {
+        match self {
+            Source::Bytes(b) => Ok(b.len() as u64),
+            Source::File(p) => {
+                std::fs::metadata(p).map(|m| m.len()).map_err(|e| format!("{}: {e}", p.display()))
+            }
+            Source::Qcow2(img) => Ok(img.size()),
+        }
+    }
+
+    /// Writes it into (empty) file `id`, thin.
+    pub fn copy_to(
+        &self,
+        ds: &mut Datastore,
+        dev: &mut dyn BlockDevice,
+        id: u64,
+        t: u64,
+    ) -> Result<(), String> {
+        let len = match self {
+            Source::Bytes(b) => {
+                write_thin(ds, dev, id, 0, b, t).map_err(|e| e.to_string())?;
+                b.len() as u64
+            }
+            Source::File(p) => {
+                let mut src = File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let mut buf = vec![0u8; CHUNK];
+                let mut offset = 0u64;
+                loop {
+                    let n = read_full(&mut src, &mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    write_thin(ds, dev, id, offset, &buf[..n], t).map_err(|e| e.to_string())?;
+                    offset += n as u64;
+                }
+                offset
+            }
+            Source::Qcow2(img) => {
+                img.for_each_data(CHUNK, |at, data| {
+                    write_thin(ds, dev, id, at, data, t).map_err(|e| e.to_string())
+                })?;
+                img.size()
+            }
+        };
+        ds.set_len(dev, id, len, t).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes `data` at `offset` of file `id`, skipping the file blocks that are all zeros (they stay
+/// unallocated and read as zeros: thin).
+pub fn write_thin(
+    ds: &mut Datastore,
+    dev: &mut dyn BlockDevice,
+    id: u64,
+    offset: u64,
+    data: &[u8],
+    t: u64,
+) -> Result<(), ember_storage::datastore::DsError> {
+    let block = ds.block_size() as usize;
+    for (i, piece) in data.chunks(block).enumerate() {
+        if piece.iter().any(|&b| b != 0) {
+            ds.write(dev, id, offset + (i * block) as u64, piece, t)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_full(src: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -402,12 +493,38 @@ mod tests {
         let mut raw = vec![0u8; 20 << 20];
         raw[9_000_000..9_000_005].copy_from_slice(b"hello");
         std::fs::write(&src, &raw).unwrap();
-        let put_out = put(&img, None, &src, "vms/web/disk.raw", false).unwrap();
+        let put_out = put(&img, None, &src, "vms/web/disk.raw", false, true).unwrap();
         assert!(put_out.contains("20971520 bytes (65536 allocated)"), "{put_out}");
-        assert!(put(&img, None, &src, "vms/web/disk.raw", false).unwrap_err().contains("exists"));
+        assert!(put(&img, None, &src, "vms/web/disk.raw", false, true).unwrap_err().contains("exists"));
         let back = dir.path().join("back.raw");
         get(&img, Some("local"), "vms/web/disk.raw", &back).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), raw);
+        // The same disk as a compressed qcow2 image goes in as the raw disk it holds (thin), or
+        // as it is when asked.
+        let q = dir.path().join("disk.qcow2");
+        let ok = std::process::Command::new("qemu-img")
+            .args([
+                "convert",
+                "-q",
+                "-c",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                src.to_str().unwrap(),
+                q.to_str().unwrap(),
+            ])
+            .status()
+            .expect("qemu-img (qemu-utils)");
+        assert!(ok.success());
+        let put_out = put(&img, None, &q, "vms/web/disk.raw", true, true).unwrap();
+        assert!(put_out.ends_with("20971520 bytes (65536 allocated), converted from qcow2\n"), "{put_out}");
+        get(&img, Some("local"), "vms/web/disk.raw", &back).unwrap();
+        assert!(std::fs::read(&back).unwrap() == raw, "the converted disk is the raw one");
+        put(&img, None, &q, "iso/disk.qcow2", false, false).unwrap();
+        get(&img, None, "iso/disk.qcow2", &back).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&q).unwrap());
+        rm(&img, None, "iso/disk.qcow2").unwrap();
         let listing = ls(&img, None, "vms/web").unwrap();
         assert!(listing.contains("disk.raw"), "{listing}");
         assert!(rm(&img, None, "vms/web").unwrap_err().contains("not empty"));

@@ -10,6 +10,7 @@ mod disk;
 mod flash;
 mod ks;
 mod media;
+mod qcow2;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -29,9 +30,10 @@ enum Command {
         /// Output image file.
         #[arg(long)]
         out: PathBuf,
-        /// Image size, for example 80M or 1G (at least the layout's minimum).
-        #[arg(long, default_value = "80M")]
-        size: String,
+        /// Image size, for example 80M or 1G (at least the layout's minimum). Default: 80M, or with
+        /// --vm what Ember's partitions and a datastore holding the VMs' files need.
+        #[arg(long)]
+        size: Option<String>,
         /// The appliance binary (BOOTX64.EFI). Default: build it from this repository.
         #[arg(long)]
         efi: Option<PathBuf>,
@@ -46,7 +48,8 @@ enum Command {
         /// Mozilla root store is used).
         #[arg(long = "ks-ca", value_name = "FILE")]
         ks_ca: Option<PathBuf>,
-        /// A VM definition (JSON) to put into the image with the files it names (repeatable).
+        /// A VM definition (JSON) to put on the image's datastore (datastore1, made in the space
+        /// after Ember's partitions) with the files it names, registered at first boot (repeatable).
         #[arg(long = "vm", value_name = "FILE")]
         vms: Vec<PathBuf>,
     },
@@ -109,7 +112,8 @@ enum DsCommand {
         #[arg(long)]
         datastore: Option<String>,
     },
-    /// Copy a local file in (parent directories are made; zero ranges stay unallocated).
+    /// Copy a local file in (parent directories are made; zero ranges stay unallocated). A qcow2
+    /// image is converted to the raw disk it holds (Ember's virtual disks are raw).
     Put {
         disk: PathBuf,
         local: PathBuf,
@@ -119,6 +123,9 @@ enum DsCommand {
         /// Overwrite an existing file.
         #[arg(long)]
         replace: bool,
+        /// Copy a qcow2 image as it is instead of converting it.
+        #[arg(long)]
+        keep_format: bool,
     },
     /// Copy a file out.
     Get {
@@ -163,7 +170,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build { out, size, efi, boot_options, ks, ks_ca, vms } => {
-            build(&out, &size, efi.as_deref(), &boot_options, ks.as_deref(), ks_ca.as_deref(), &vms)
+            build(&out, size.as_deref(), efi.as_deref(), &boot_options, ks.as_deref(), ks_ca.as_deref(), &vms)
         }
         Command::Inspect { file } => media::inspect(&file).map(|i| print!("{}", media::render(&file, &i))),
         Command::Flash { file, device, yes, force } => flash_cmd(&file, &device, yes, force),
@@ -185,8 +192,8 @@ fn datastore_cmd(action: DsCommand) -> Result<String, String> {
             datastore::create(&disk, &name, size.as_deref(), &block_size, overwrite)
         }
         DsCommand::Ls { disk, path, datastore: ds } => datastore::ls(&disk, ds.as_deref(), &path),
-        DsCommand::Put { disk, local, path, datastore: ds, replace } => {
-            datastore::put(&disk, ds.as_deref(), &local, &path, replace)
+        DsCommand::Put { disk, local, path, datastore: ds, replace, keep_format } => {
+            datastore::put(&disk, ds.as_deref(), &local, &path, replace, !keep_format)
         }
         DsCommand::Get { disk, path, local, datastore: ds } => {
             datastore::get(&disk, ds.as_deref(), &path, &local)
@@ -227,15 +234,19 @@ fn build_appliance() -> Result<PathBuf, String> {
 
 fn build(
     out: &Path,
-    size: &str,
+    size: Option<&str>,
     efi: Option<&Path>,
     options: &[String],
     ks: Option<&Path>,
     ks_ca: Option<&Path>,
     vm_files: &[PathBuf],
 ) -> Result<(), String> {
-    let size = disk::parse_size(size)?;
     let vms = media::read_vms(vm_files)?;
+    let size = match size {
+        Some(s) => disk::parse_size(s)?,
+        None if vms.is_empty() => 80 << 20,
+        None => media::image_size_for(&vms)?.max(80 << 20),
+    };
     let kickstart = match ks {
         None => None,
         Some(p) => {
@@ -287,7 +298,13 @@ fn build(
         }
     );
     for vm in &vms {
-        println!("  VM {}: {} files in /{}", vm.name, vm.files.len(), vm.dir);
+        println!(
+            "  VM {}: {} files in [{}] {}/, registered at first boot",
+            vm.name,
+            vm.files.len(),
+            media::IMAGE_DATASTORE,
+            vm.name
+        );
     }
     Ok(())
 }

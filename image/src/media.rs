@@ -1,5 +1,6 @@
 //! Building and inspecting Ember boot media images, on top of the formats in `ember-storage`.
 
+use crate::datastore::Source;
 use crate::disk::{FileDisk, PartitionIo, BLOCK};
 use ember_storage::block::BlockDevice;
 use ember_storage::bootcfg::{self, BootCfg};
@@ -34,21 +35,35 @@ pub struct BuildSpec<'a> {
     pub kickstart: Option<&'a [u8]>,
     /// CA certificates (PEM, already validated) for an `https://` kickstart server.
     pub ks_ca: Option<&'a [u8]>,
-    /// VMs to place under `ember/vms/<name>/`.
+    /// VMs to place on the image's datastore ([`IMAGE_DATASTORE`]), one folder each.
     pub vms: &'a [VmFiles],
 }
 
-/// A VM for the image: its directory on the ESP and the files in it (the definition as
-/// `vm.json`, then the files it names, at their relative paths).
+/// The datastore `build --vm` makes in the image's space after Ember's own partitions.
+pub const IMAGE_DATASTORE: &str = "datastore1";
+/// The ESP file naming the VMs a first boot registers (`FIRST_BOOT_VMS_FILE` without the `/`).
+pub const REGISTER_CFG: &str = "EFI/ember/register.cfg";
+/// Data block size of the image's datastore (the appliance's default).
+const DS_BLOCK: u64 = ember_storage::datastore::DEFAULT_BLOCK as u64;
+
+/// A VM for the image: the files of its folder on the image's datastore (named after the VM): its
+/// definition as `<name>.json`, then the files it names, at their paths relative to it (a disk
+/// that is a qcow2 image becomes the raw disk it holds).
 pub struct VmFiles {
     pub name: String,
-    pub dir: String,
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Vec<(String, Source)>,
+}
+
+impl VmFiles {
+    /// The definition's datastore path, as the inventory names it.
+    pub fn definition(&self) -> String {
+        format!("[{IMAGE_DATASTORE}] {0}/{0}.json", self.name)
+    }
 }
 
 /// Reads and validates each VM definition and the files it names (relative to the definition).
 pub fn read_vms(paths: &[std::path::PathBuf]) -> Result<Vec<VmFiles>, String> {
-    use ember_storage::vmdef::{VmDefinition, VMS_DIR, VM_DEFINITION_FILE};
+    use ember_storage::vmdef::VmDefinition;
     let mut out: Vec<VmFiles> = Vec::new();
     for p in paths {
         let shown = p.display().to_string();
@@ -58,15 +73,35 @@ pub fn read_vms(paths: &[std::path::PathBuf]) -> Result<Vec<VmFiles>, String> {
             return Err(format!("{shown}: name: a VM named {} is already in the image", def.name));
         }
         let base = p.parent().unwrap_or(Path::new("."));
-        let dir = format!("{VMS_DIR}/{}", def.name);
-        let mut files = vec![(format!("{dir}/{VM_DEFINITION_FILE}"), bytes.clone())];
+        let mut files = vec![(format!("{}.json", def.name), Source::Bytes(bytes.clone()))];
         for f in def.files() {
-            let data = fs::read(base.join(f)).map_err(|e| format!("{shown}: {f}: {e}"))?;
-            files.push((format!("{dir}/{f}"), data));
+            if f.starts_with('[') {
+                return Err(format!(
+                    "{shown}: {f}: build --vm copies the files a definition names from beside it; give a path relative to the definition"
+                ));
+            }
+            if files.iter().any(|(have, _)| have == f) {
+                continue;
+            }
+            let is_disk = def.disks.iter().any(|d| d.file == f);
+            let source = Source::of(&base.join(f), is_disk).map_err(|e| format!("{shown}: {f}: {e}"))?;
+            files.push((f.to_string(), source));
         }
-        out.push(VmFiles { name: def.name.clone(), dir, files });
+        out.push(VmFiles { name: def.name.clone(), files });
     }
     Ok(out)
+}
+
+/// The smallest image that holds Ember's partitions and a datastore with `vms`' files, each file
+/// fully provisioned (a guest may write every block of its disk), with room for the metadata.
+pub fn image_size_for(vms: &[VmFiles]) -> Result<u64, String> {
+    let mut data = 0u64;
+    for (_, source) in vms.iter().flat_map(|v| &v.files) {
+        data += source.len()?.next_multiple_of(DS_BLOCK);
+    }
+    // The datastore's metadata takes 1/256 of it (at least 4 MiB), plus alignment and headroom.
+    let ds = data + (data / 255).max(4 << 20) + 4 * DS_BLOCK;
+    Ok((layout::MIN_MEDIA_SIZE + ds).next_multiple_of(1 << 20))
 }
 
 fn random_guid() -> Result<Guid, String> {
@@ -130,6 +165,9 @@ pub fn build_image(out: &Path, spec: &BuildSpec<'_>) -> Result<EmberLayout, Stri
         gpt::write_gpt(&mut disk, disk_guid, &entries).map_err(|e| e.to_string())?;
         let b = disk_guid.to_bytes();
         write_esp(&mut disk, &plan.esp, u32::from_le_bytes([b[0], b[1], b[2], b[3]]), spec)?;
+        if !spec.vms.is_empty() {
+            write_datastore(&mut disk, spec.vms)?;
+        }
         disk.flush().map_err(|e| e.to_string())
     })();
     match result {
@@ -155,12 +193,63 @@ fn write_esp(disk: &mut FileDisk, esp: &Placed, volume_id: u32, spec: &BuildSpec
     if let Some(ca) = spec.ks_ca {
         files.push(FatFile { path: KS_CA, data: ca });
     }
-    for vm in spec.vms {
-        files.extend(vm.files.iter().map(|(path, data)| FatFile { path, data }));
+    let register: String = spec.vms.iter().map(|v| format!("{}\n", v.definition())).collect();
+    let register = format!("# The VMs a first boot registers (made by ember-image build --vm)\n{register}");
+    if !spec.vms.is_empty() {
+        files.push(FatFile { path: REGISTER_CFG, data: register.as_bytes() });
     }
     let sectors = esp.last_lba - esp.first_lba + 1;
     fat32::write_volume(disk, esp.first_lba, sectors, &ESP_LABEL, volume_id, &files)
         .map_err(|e| format!("writing the ESP: {e}"))
+}
+
+/// Makes the image's datastore in the space after Ember's partitions and copies the VMs' folders in
+/// (thin: all-zero blocks stay unallocated).
+fn write_datastore(disk: &mut FileDisk, vms: &[VmFiles]) -> Result<(), String> {
+    use crate::datastore::{now, random_bytes};
+    use ember_storage::block::Window;
+    use ember_storage::datastore::{Datastore, FormatOptions};
+    let needed = image_size_for(vms)?;
+    let too_small = |e: String| {
+        format!("the image is too small for the VMs' files ({e}); it needs at least {} MiB: leave --size out, or give more", needed >> 20)
+    };
+    let part = gpt::add_partition(
+        disk,
+        layout::DATASTORE_TYPE,
+        Guid::from_random_bytes(random_bytes()?),
+        layout::DATASTORE_PARTITION_NAME,
+        layout::ALIGN / BLOCK as u64,
+        None,
+    )
+    .map_err(|e| too_small(e.to_string()))?;
+    let mut w = Window::new(disk, part.first_lba, part.blocks())
+        .ok_or("the datastore partition lies outside the image")?;
+    let opts = FormatOptions {
+        label: IMAGE_DATASTORE.to_string(),
+        uuid: random_bytes()?,
+        block_size: DS_BLOCK as u32,
+    };
+    let mut ds = Datastore::format(&mut w, &opts).map_err(|e| too_small(e.to_string()))?;
+    let t = now();
+    for vm in vms {
+        for (rel, source) in &vm.files {
+            let path = format!("{}/{rel}", vm.name);
+            let shown = format!("[{IMAGE_DATASTORE}] {path}");
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                ds.mkdir_all(parent, t).map_err(|e| format!("{shown}: {e}"))?;
+            }
+            let id = ds.create(&path, t).map_err(|e| format!("{shown}: {e}"))?;
+            source.copy_to(&mut ds, &mut w, id, t).map_err(|e| {
+                let e = format!("{shown}: {e}");
+                if e.contains("not enough free space") {
+                    too_small(e)
+                } else {
+                    e
+                }
+            })?;
+        }
+    }
+    ds.commit(&mut w).map_err(|e| format!("[{IMAGE_DATASTORE}]: {e}"))
 }
 
 /// The result of inspecting an image.
@@ -233,6 +322,16 @@ pub fn inspect(path: &Path) -> Result<Inspection, String> {
         notes.push(match check_ks_ca(&pem) {
             Ok(what) => format!("ks-ca.pem: {what}"),
             Err(e) => format!("ks-ca.pem: INVALID, an https:// kickstart would not be fetched: {e}"),
+        });
+    }
+    if let Ok(list) = read_esp_file(&fs, REGISTER_CFG) {
+        notes.push(match ember_storage::vmdef::parse_first_boot_vms("register.cfg", &list) {
+            Ok(vms) => format!(
+                "register.cfg: {} VM(s) registered at first boot: {}",
+                vms.len(),
+                vms.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            Err(e) => format!("register.cfg: INVALID, a first boot would register no VMs: {e}"),
         });
     }
     for (p, what) in [(layout.bank_a, "boot bank A"), (layout.bank_b, "boot bank B")] {
@@ -438,6 +537,69 @@ pub(crate) mod tests {
         assert!(check_kickstart_text("ks.cfg", "%include x.cfg\n")
             .unwrap_err()
             .contains("one kickstart file"));
+    }
+
+    #[test]
+    fn vms_go_onto_the_images_datastore_and_are_listed_for_the_first_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("web");
+        fs::create_dir_all(dir.join("boot")).unwrap();
+        fs::write(dir.join("boot/vmlinuz"), vec![7u8; 3 << 20]).unwrap();
+        let mut disk = vec![0u8; 16 << 20];
+        disk[5 << 20] = 1;
+        // The disk comes as a qcow2 image (converted on the way in).
+        fs::write(d.path().join("disk.raw"), &disk).unwrap();
+        let ok = std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .args([d.path().join("disk.raw"), dir.join("disk.img")])
+            .status()
+            .expect("qemu-img (qemu-utils)");
+        assert!(ok.success());
+        let def = r#"{"name": "web", "vcpus": 1, "memory_mib": 64, "kernel": "boot/vmlinuz", "disks": [{"file": "disk.img"}]}"#;
+        fs::write(dir.join("vm.json"), def).unwrap();
+        let vms = read_vms(&[dir.join("vm.json")]).unwrap();
+        assert_eq!(vms[0].definition(), "[datastore1] web/web.json");
+        let size = image_size_for(&vms).unwrap();
+        assert!(size >= layout::MIN_MEDIA_SIZE + (20 << 20), "{size}");
+        let out = d.path().join("vm.img");
+        let efi = fake_efi();
+        let mut spec = BuildSpec {
+            size,
+            efi: &efi,
+            boot_cfg: "title=Ember\nkernelopt=\n",
+            kickstart: None,
+            ks_ca: None,
+            vms: &vms,
+        };
+        build_image(&out, &spec).unwrap();
+        let i = inspect(&out).unwrap();
+        assert!(
+            i.notes.contains(
+                &"register.cfg: 1 VM(s) registered at first boot: [datastore1] web/web.json".to_string()
+            ),
+            "{:?}",
+            i.notes
+        );
+        assert_eq!(i.gpt.partitions.len(), 5);
+        // The files are there, the disk thin (one block allocated), and the datastore checks clean.
+        let ls = crate::datastore::ls(&out, None, "web").unwrap();
+        assert!(ls.contains(&format!("{:>17}{:>17} disk.img", 16 << 20, 1 << 20)), "{ls}");
+        assert!(crate::datastore::fsck(&out, None).unwrap().contains("clean"));
+        crate::datastore::get(&out, None, "web/disk.img", &d.path().join("back")).unwrap();
+        assert!(fs::read(d.path().join("back")).unwrap() == disk, "the raw disk the qcow2 image held");
+        let copy = d.path().join("k");
+        crate::datastore::get(&out, None, "web/boot/vmlinuz", &copy).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), vec![7u8; 3 << 20]);
+
+        // Too small an image is refused, and nothing is left under the name.
+        spec.size = layout::MIN_MEDIA_SIZE + (4 << 20);
+        let small = d.path().join("small.img");
+        let e = build_image(&small, &spec).unwrap_err();
+        assert!(e.contains("too small for the VMs' files") && e.contains("leave --size out"), "{e}");
+        assert!(!small.exists());
+        // A definition naming a datastore file is refused.
+        fs::write(dir.join("vm.json"), def.replace("boot/vmlinuz", "[ds] boot/vmlinuz")).unwrap();
+        assert!(read_vms(&[dir.join("vm.json")]).err().unwrap().contains("relative to the definition"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use ember_platform::boot::FirstBootKickstart;
 use ember_platform::console;
 use ember_platform::firmware::{acpi, pcie};
 use ember_storage::bootcfg::SelfTest;
-use ember_storage::disks::{DiskReport, HostDisks, UsedBy};
+use ember_storage::disks::HostDisks;
 use ember_storage::firstboot::KsSource;
 use ember_storage::hostconfig::{AvailabilityTimer, HostConfig};
 use ember_storage::persist::{self, Disk, HostStore};
@@ -157,18 +157,8 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
             identity.notice = Some(first_boot_failed(format!("kickstart {e}")));
         }
     }
-    // VM disks are written back to their files on the ESP of the boot media (the config store's
-    // disk).
-    let mut locate = |path: &str| match &mut network.host.store {
-        Persistence::Store(s) => {
-            ember_storage::fatfile::locate(&mut *s.disk.dev, s.esp_first_lba, s.esp_blocks, path)
-                .map_err(|e| e.to_string())
-        }
-        Persistence::None(why) => Err(format!("the boot media cannot be written ({why})")),
-    };
-    let mut hypervisor = crate::vmhost::Hypervisor::new(core::mem::take(&mut info.vms), &mut locate);
-    network.host.disks = scan_disks(disks, &network.host.store);
-    let vm_disks = hypervisor.take_disk_writer();
+    let mut hypervisor = crate::vmhost::Hypervisor::new();
+    network.host.disks = scan_disks(disks, boot.boot_disk);
     let inventory = network.host.config.vms.clone();
     hypervisor.register_inventory(&mut network.host.disks, &inventory);
     let (listed, delay) =
@@ -189,7 +179,6 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
         support,
         reset: acpi_info.reset,
         poweroff: acpi_info.poweroff,
-        vm_disks,
         saving: Vec::new(),
         held: alloc::collections::VecDeque::new(),
         shown_generation: network.host.generation,
@@ -197,20 +186,9 @@ pub extern "sysv64" fn kernel_main(info: &'static mut BootInfo) -> ! {
     management_loop(local, network)
 }
 
-/// The disks other than the boot media, with the datastores on them mounted.
-fn scan_disks(disks: Vec<Disk>, store: &Persistence) -> HostDisks {
-    let boot = match store {
-        Persistence::Store(s) => Some(DiskReport {
-            name: s.disk.name.clone(),
-            driver: String::from(s.disk.driver),
-            model: s.disk.model.clone(),
-            serial: s.disk.serial.clone(),
-            size_bytes: s.disk.dev.num_blocks().saturating_mul(s.disk.dev.block_size() as u64),
-            block_size: s.disk.dev.block_size(),
-            used_by: UsedBy::BootMedia,
-        }),
-        Persistence::None(_) => None,
-    };
+/// The host's disks, the boot media (`boot`, shared with the configuration store) first, with the
+/// datastores on them mounted.
+fn scan_disks(disks: Vec<Disk>, boot: Option<Disk>) -> HostDisks {
     let mut log = Vec::new();
     let disks = HostDisks::scan(disks, boot, cpu::random_u64(), &mut log);
     for line in log {
@@ -251,19 +229,27 @@ fn default_configuration(info: &BootInfo) -> HostConfig {
 }
 
 /// The config store on the boot media (the disk holding the partition Ember was loaded from), taken
-/// out of `disks`.
-fn open_store(disks: &mut Vec<Disk>, info: &BootInfo) -> Result<HostStore, String> {
+/// out of `disks`, and a second handle on the boot media for the datastores in its free space.
+fn open_store(disks: &mut Vec<Disk>, info: &BootInfo) -> Result<(HostStore, Disk), String> {
     let (i, layout) = persist::find_boot_media(disks, info.boot_partition).map_err(|e| e.to_string())?;
-    let disk = disks.swap_remove(i);
-    let name = disk.name.clone();
-    let store = HostStore::open(disk, &layout).map_err(|e| format!("boot media {name}: {e}"))?;
+    let Disk { name, driver, model, serial, dev } = disks.swap_remove(i);
+    let dev = ember_storage::block::SharedDevice::new(dev);
+    let datastores =
+        Disk::new(name.clone(), driver, alloc::boxed::Box::new(dev.clone())).described(&model, &serial);
+    let store = HostStore::open(
+        Disk { name: name.clone(), driver, model, serial, dev: alloc::boxed::Box::new(dev) },
+        &layout,
+    )
+    .map_err(|e| format!("boot media {name}: {e}"))?;
     kprintln!("ember: boot media is {name}: configuration store in its config partition");
-    Ok(store)
+    Ok((store, datastores))
 }
 
 /// The configuration a boot runs with.
 struct BootConfiguration {
     host: HostConfig,
+    /// The boot media, for the datastores in its free space (its device is shared with `store`).
+    boot_disk: Option<Disk>,
     store: Persistence,
     /// Shown on the idle screen: what went wrong with the first boot's configuration.
     notice: Option<String>,
@@ -296,8 +282,25 @@ struct FirstBoot {
     fetch: Option<Fetch>,
 }
 
-/// The kickstart the UEFI phase found, else the built-in configuration.
+/// A first boot's configuration: the kickstart the UEFI phase found, else the built-in one, with
+/// the VMs the boot media lists (`ember_storage::vmdef::FIRST_BOOT_VMS_FILE`) in the inventory.
 fn first_boot_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
+    let mut first = kickstart_configuration(info, nics);
+    // The VMs `ember-image build --vm` put on the image's datastore join the inventory.
+    match &info.first_boot_vms {
+        Ok(vms) => {
+            for v in vms {
+                kprintln!("ember: first boot: VM {v} joins the inventory");
+            }
+            first.host.vms = vms.iter().map(|v| v.to_string()).collect();
+        }
+        Err(e) => kprintln!("ember: ERROR: first boot: no VMs registered: {e}"),
+    }
+    first
+}
+
+/// The kickstart's configuration, or the built-in one (with a notice when the kickstart failed).
+fn kickstart_configuration(info: &BootInfo, nics: &[NicInfo]) -> FirstBoot {
     let fallback = |notice: String| FirstBoot {
         host: default_configuration(info),
         store: false,
@@ -397,7 +400,7 @@ fn kickstart_tls(ca: &Result<Option<Vec<u8>>, String>, info: &BootInfo) -> Resul
 /// first boot - the kickstart's or the built-in configuration, which is then stored so later boots
 /// use it.
 fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) -> BootConfiguration {
-    let mut s = match open_store(disks, info) {
+    let (mut s, boot_disk) = match open_store(disks, info) {
         Ok(s) => s,
         Err(why) => {
             kprintln!("ember: WARNING: no configuration store: {why}");
@@ -406,6 +409,7 @@ fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) 
             run_firstboot(&mut first.host, None);
             return BootConfiguration {
                 host: first.host,
+                boot_disk: None,
                 store: Persistence::None(why),
                 notice: first.notice,
                 fetch: first.fetch,
@@ -425,7 +429,13 @@ fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) 
                 }
                 // Stored but not run: the boot that stored them stopped before they had run.
                 run_firstboot(&mut host, Some(&mut s));
-                return BootConfiguration { host, store: Persistence::Store(s), notice: None, fetch: None };
+                return BootConfiguration {
+                    host,
+                    boot_disk: Some(boot_disk),
+                    store: Persistence::Store(s),
+                    notice: None,
+                    fetch: None,
+                };
             }
             kprintln!("ember: first boot: no configuration stored yet");
             let FirstBoot { host, store, mut notice, fetch } = first_boot_configuration(info, nics);
@@ -449,7 +459,13 @@ fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) 
                     }
                 }
             }
-            BootConfiguration { host, store: Persistence::Store(s), notice, fetch }
+            BootConfiguration {
+                host,
+                boot_disk: Some(boot_disk),
+                store: Persistence::Store(s),
+                notice,
+                fetch,
+            }
         }
         Err(e) => {
             // Damage is reported, not repaired behind the operator's back: the host runs on the
@@ -460,6 +476,7 @@ fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) 
             ));
             BootConfiguration {
                 host: default_configuration(info),
+                boot_disk: Some(boot_disk),
                 store: Persistence::Store(s),
                 notice,
                 fetch: None,
@@ -645,8 +662,6 @@ struct LocalConsole {
     support: Vec<(String, String)>,
     reset: Option<acpi::ResetRegister>,
     poweroff: Option<acpi::PowerOff>,
-    /// Writes VM disks back to the boot media.
-    vm_disks: Option<crate::vmhost::DiskWriter>,
     /// The menu's changes being saved (a failure is shown when the save ends).
     saving: Vec<Ticket>,
     /// Changes asked for while another change was being saved, in order, with the configuration
@@ -657,13 +672,11 @@ struct LocalConsole {
 }
 
 impl LocalConsole {
-    /// Writes changed VM disk chunks back to the boot media when due (`all`: now).
     /// Shuts the host down or restarts it: running VMs are shut down first
-    /// ([`LocalConsole::shut_down_vms`]), changes being saved finish, VM disks are written back.
+    /// ([`LocalConsole::shut_down_vms`]) and changes being saved finish.
     fn power(&mut self, n: &mut Plane, what: HostPower) -> ! {
         self.shut_down_vms(n);
         finish_saving(n);
-        self.write_back_vm_disks(n, timer::now_ms(), true);
         match what {
             HostPower::Shutdown => power::shutdown(self.poweroff.as_ref()),
             HostPower::Reboot => power::reboot(self.reset.as_ref()),
@@ -700,7 +713,6 @@ impl LocalConsole {
             let now = timer::now_ms();
             let unix = ember_net::datastores::unix_now(&n.host);
             n.host.vms.poll(&mut n.host.disks, now, unix);
-            self.write_back_vm_disks(n, now, false);
             let left = running(n);
             if left.is_empty() {
                 break;
@@ -718,12 +730,6 @@ impl LocalConsole {
         let unix = ember_net::datastores::unix_now(&n.host);
         n.host.vms.poll(&mut n.host.disks, timer::now_ms().saturating_add(2_000), unix);
         kprintln!("ember: VMs shut down in {} ms", timer::now_ms().saturating_sub(start));
-    }
-
-    fn write_back_vm_disks(&mut self, net: &mut Plane, now: u64, all: bool) {
-        if let (Some(w), Persistence::Store(s)) = (&mut self.vm_disks, &mut net.host.store) {
-            w.poll(&mut *s.disk.dev, now, all);
-        }
     }
 
     fn redraw(&self, net: &Plane) {
@@ -873,7 +879,6 @@ impl LocalConsole {
                     self.menu.notify(format!("Reset failed: {e}"));
                     return;
                 }
-                self.write_back_vm_disks(n, now, true);
                 power::reboot(self.reset.as_ref());
             }
             Action::Shutdown => self.power(n, HostPower::Shutdown),
@@ -1006,7 +1011,6 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
                     local.power(net, what);
                 }
             }
-            local.write_back_vm_disks(net, now, false);
             let unix = ember_net::datastores::unix_now(&net.host);
             if net.host.vms.poll(&mut net.host.disks, now, unix) {
                 last_activity = now;

@@ -1,22 +1,15 @@
 //! The hypervisor as the appliance runs it: the VM runtime (`ember_vmm::runtime`: run queue, VM
 //! lifecycle, the CPUs' work loop) on this machine (`ember_platform::arch::x86_64::hypervisor`:
-//! SVM, the clock, kicks, guest RAM), the VMs found on the boot media, and their disks' write-back.
+//! SVM, the clock, kicks, guest RAM) and the VMs of the inventory.
 //!
-//! - The management plane (bootstrap CPU) holds a [`Hypervisor`]: the VMs on the boot media, served
-//!   to the API as a `VmService`.
+//! - The management plane (bootstrap CPU) holds a [`Hypervisor`]: the VMs of the inventory
+//!   (`HostConfig::vms`; `ember_net::vmstore`), served to the API as a `VmService`.
 //! - Every application processor with SVM runs [`ap_worker`]: a runtime worker for good.
 //!
-//! Disks are virtio block devices on virtio-mmio (`ember_vmm::virtio_blk`), backed by the images the
-//! UEFI phase read into memory as write-back caches of their files on the ESP
-//! (`ember_vmm::disk`): the management CPU ([`DiskWriter`]) writes changed chunks to the file's
-//! clusters on the boot media every second (`ember_vmm::writeback::WRITEBACK_MS`) and whenever a
-//! guest flushes (the flush completes after the device's own flush). A disk whose file cannot be
-//! located on the boot media keeps its writes in memory only (said in the log at boot).
-//!
-//! VMs on datastores (the inventory, `HostConfig::vms`; `ember_net::vmstore`) read their kernel
-//! and initrd from the datastore when they start, and their disks are files there: the virtio
-//! devices queue their requests (`ember_vmm::blkio`) and the management CPU executes them
-//! ([`Hypervisor`]'s `serve_disks`, called by the management loop), then kicks the vCPUs.
+//! A VM reads its kernel and initrd from its datastore when it starts, and its disks are files
+//! there: the virtio block devices (`ember_vmm::virtio_blk`, on virtio-mmio) queue their requests
+//! (`ember_vmm::blkio`) and the management CPU executes them ([`Hypervisor`]'s `serve_disks`,
+//! called by the management loop), then wakes the vCPUs.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -30,18 +23,13 @@ use ember_net::vmstore::{self, OpenDisk, StoredVm};
 use ember_platform::arch::x86_64::hypervisor::{self, HostPlatform};
 use ember_platform::arch::x86_64::svm::SvmCpu;
 use ember_platform::arch::x86_64::{apic, cpu, timer};
-use ember_platform::boot::vms::VmImage;
 use ember_platform::console;
-use ember_storage::block::BlockDevice;
 use ember_storage::disks::{HostDisks, MountId};
-use ember_storage::fatfile::FileExtents;
 use ember_storage::vmdef::DsPath;
 use ember_vmm::blkio::{self, IoQueue};
-use ember_vmm::disk::WritebackImage;
 use ember_vmm::runtime::{BootFile, Platform, Runtime, Vm};
 use ember_vmm::virtio_blk::Backing;
-use ember_vmm::writeback::{BackedDisk, Writeback};
-use spin::{Mutex, Once};
+use spin::Once;
 
 /// The runtime, made before the application processors start (they become its workers).
 static RUNTIME: Once<Runtime<HostPlatform>> = Once::new();
@@ -106,12 +94,7 @@ pub fn ap_worker(cpu: SvmCpu) -> ! {
     }
 }
 
-/// A VM disk's image: a write-back cache of its file on the boot media.
-type Image = WritebackImage<&'static mut [u8]>;
-
 enum Entry {
-    /// A VM on the boot media.
-    Vm(Arc<Vm>),
     /// A VM on a datastore: its definition, its disks (held), and its last run.
     Stored { vm: StoredVm, disks: Vec<OpenDisk>, run: Option<Arc<Vm>> },
     /// A VM directory or inventory entry whose definition or files cannot be used.
@@ -150,7 +133,6 @@ const MAX_BOOT_FILE: usize = 512 << 20;
 /// The VMs of this host, as the management plane sees them.
 pub struct Hypervisor {
     vms: Vec<Entry>,
-    writer: Option<DiskWriter>,
     served: Vec<ServedDisk>,
     /// Datastores whose VM disks were written since their last commit, and when (s since 1970)
     /// the last periodic commit was made.
@@ -170,87 +152,11 @@ pub struct Hypervisor {
 /// How long a guest has to shut down after its ACPI power button is pressed.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 120_000;
 
-/// Writes the VMs' changed disk chunks back to the boot media, on the management CPU (which owns
-/// the boot media's driver), in bounded steps (`ember_vmm::writeback`).
-pub struct DiskWriter(Writeback<&'static mut [u8]>);
-
-impl DiskWriter {
-    /// Starts and carries on the write-back passes (see [`Writeback::poll`]); logs failures and
-    /// kicks the vCPUs when passes ended (their guests' flushes complete).
-    pub fn poll(&mut self, dev: &mut dyn BlockDevice, now_ms: u64, all: bool) {
-        let r = self.0.poll(dev, now_ms, all);
-        for e in &r.errors {
-            kprintln!("ember: ERROR: {e}");
-        }
-        if r.ended {
-            runtime().kick_workers();
-        }
-    }
-}
-
 impl Hypervisor {
-    /// The VMs found on the boot media; `locate`: where a file of the ESP (`ember/vms/...`) lies on
-    /// the boot media, for writing VM disks back (`Err`: why they stay in memory).
-    pub fn new(
-        images: Vec<VmImage>,
-        locate: &mut dyn FnMut(&str) -> Result<FileExtents, String>,
-    ) -> Hypervisor {
-        let mut backed = Vec::new();
-        let vms = images
-            .into_iter()
-            .map(|i| match i.loaded {
-                Ok(l) => {
-                    let name = &l.definition.name;
-                    let disks: Vec<(Backing<_>, bool)> = l
-                        .disks
-                        .into_iter()
-                        .zip(&l.definition.disks)
-                        .map(|(image, d)| {
-                            let path = format!("{}/{}", i.dir, d.file);
-                            let place = if d.readonly { Err(String::from("read-only")) } else { locate(&path) };
-                            let place = place.and_then(|p| {
-                                if p.size == image.len() as u64 {
-                                    Ok(p)
-                                } else {
-                                    Err(format!("the file holds {} bytes, the image {}", p.size, image.len()))
-                                }
-                            });
-                            let disk: Arc<Mutex<Image>> =
-                                Arc::new(Mutex::new(WritebackImage::new(image, place.is_ok())));
-                            match place {
-                                Ok(extents) => {
-                                    kprintln!(
-                                        "ember: VM {name}: disk {}: written back to /{path} on the boot media",
-                                        d.file
-                                    );
-                                    backed.push(BackedDisk::new(
-                                        format!("VM {name}: disk {}", d.file),
-                                        disk.clone(),
-                                        extents,
-                                    ));
-                                }
-                                Err(why) if !d.readonly => kprintln!(
-                                    "ember: WARNING: VM {name}: disk {}: writes are kept in memory only (lost when the host restarts): {why}",
-                                    d.file
-                                ),
-                                Err(_) => {}
-                            }
-                            (Backing::Image(disk), d.readonly)
-                        })
-                        .collect();
-                    let initrd = l.initrd.map(|i| -> BootFile { Box::new(i) });
-                    Entry::Vm(Arc::new(Vm::new(l.definition, Box::new(l.kernel), initrd, disks)))
-                }
-                Err(reason) => Entry::Invalid {
-                    name: i.dir.rsplit('/').next().unwrap_or(&i.dir).to_string(),
-                    reason,
-                    path: None,
-                },
-            })
-            .collect();
+    /// No VMs yet (see [`Hypervisor::register_inventory`]).
+    pub fn new() -> Hypervisor {
         Hypervisor {
-            vms,
-            writer: Some(DiskWriter(Writeback::new(backed))),
+            vms: Vec::new(),
             served: Vec::new(),
             written: Vec::new(),
             last_commit_ms: 0,
@@ -285,11 +191,13 @@ impl Hypervisor {
         }
     }
 
-    /// A stored VM's files for a run: its kernel and initrd read, a queue per disk.
+    /// A stored VM's files for a run: its kernel and initrd read, a queue per disk; its console
+    /// log carries on from `earlier`, its last run.
     fn prepare(
         disks: &mut HostDisks,
         vm: &StoredVm,
         open: &[OpenDisk],
+        earlier: Option<&Vm>,
     ) -> Result<(Arc<Vm>, Vec<ServedDisk>), VmError> {
         let folder = vm.path.parent();
         // Read into frames of their own (the kernel's heap is small), kept for the run.
@@ -325,7 +233,11 @@ impl Hypervisor {
                 unlogged: 0,
             });
         }
-        let run = Arc::new(Vm::new(vm.def.clone(), kernel, initrd, backings));
+        let mut run = Vm::new(vm.def.clone(), kernel, initrd, backings);
+        if let Some(e) = earlier {
+            run = run.continuing_console_of(e);
+        }
+        let run = Arc::new(run);
         for s in &mut served {
             s.run = Some(run.clone());
         }
@@ -349,11 +261,6 @@ impl Hypervisor {
         });
     }
 
-    /// The write-back of the VMs' disks, for the management loop (once).
-    pub fn take_disk_writer(&mut self) -> Option<DiskWriter> {
-        self.writer.take()
-    }
-
     fn position(&self, name: &str) -> Option<usize> {
         self.vms.iter().position(|e| entry_name(e) == name)
     }
@@ -365,7 +272,7 @@ impl Hypervisor {
     /// The VM's runtime object (a stored VM's last run).
     fn vm(&self, name: &str) -> Option<&Arc<Vm>> {
         match self.find(name)? {
-            Entry::Vm(v) | Entry::Stored { run: Some(v), .. } => Some(v),
+            Entry::Stored { run: Some(v), .. } => Some(v),
             Entry::Stored { run: None, .. } | Entry::Invalid { .. } => None,
         }
     }
@@ -378,7 +285,6 @@ impl Hypervisor {
             .vms
             .iter()
             .map(|e| match e {
-                Entry::Vm(v) => (v.def.name.clone(), v.def.autostart),
                 Entry::Stored { vm, .. } => (vm.def.name.clone(), vm.def.autostart),
                 Entry::Invalid { name, .. } => (name.clone(), false),
             })
@@ -421,7 +327,6 @@ impl Hypervisor {
 
 fn entry_name(e: &Entry) -> &str {
     match e {
-        Entry::Vm(v) => &v.def.name,
         Entry::Stored { vm, .. } => &vm.def.name,
         Entry::Invalid { name, .. } => name,
     }
@@ -446,7 +351,6 @@ impl VmService for Hypervisor {
         self.vms
             .iter()
             .map(|e| match e {
-                Entry::Vm(v) => summary(&v.def, Some(v), now_ms),
                 Entry::Stored { vm, run, .. } => summary(&vm.def, run.as_ref(), now_ms),
                 Entry::Invalid { name, reason, .. } => VmSummary {
                     name: name.clone(),
@@ -491,7 +395,6 @@ impl VmService for Hypervisor {
         let rt = runtime();
         let k = self.position(name).ok_or(VmError::NotFound)?;
         let vm = match self.vms.get(k) {
-            Some(Entry::Vm(v)) => v.clone(),
             Some(Entry::Invalid { reason, .. }) => {
                 return Err(VmError::Conflict(format!("VM {name} cannot run: {reason}")))
             }
@@ -501,9 +404,9 @@ impl VmService for Hypervisor {
                 match run {
                     // A stopped VM on a datastore starts as a new run: its files read again.
                     _ if action == VmAction::Start && new_run => {
-                        let (vm, open) = (vm.clone(), open.clone());
+                        let (vm, open, earlier) = (vm.clone(), open.clone(), run.clone());
                         self.finish_disks(disks, name);
-                        let (run, served) = Self::prepare(disks, &vm, &open)?;
+                        let (run, served) = Self::prepare(disks, &vm, &open, earlier.as_deref())?;
                         rt.start(&run, now_ms)?;
                         if let Some(Entry::Stored { run: r, .. }) = self.vms.get_mut(k) {
                             *r = Some(run);
@@ -572,11 +475,6 @@ impl VmService for Hypervisor {
         let k = self.position(name).ok_or(VmError::NotFound)?;
         let rt = runtime();
         match self.vms.get(k) {
-            Some(Entry::Vm(_)) => {
-                return Err(VmError::Conflict(format!(
-                    "VM {name} is on the boot media (ember-image build --vm): it is changed or removed by building a new image"
-                )))
-            }
             Some(Entry::Stored { run: Some(v), .. }) if v.failed() => {
                 return Err(VmError::Conflict(format!(
                     "VM {name} failed; it can be changed or removed after the host restarts"

@@ -319,9 +319,12 @@ pub fn edit(
     Ok(StoredVm { path: vm.path.clone(), def })
 }
 
+/// The first bytes of a qcow2 image.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
 /// Checks the files definition `def` (in `folder`) refers to: each exists and is a file, except
-/// the new disks; a disk is a whole number of 512-byte sectors and no other VM holds it; a disk
-/// in `grow` is not shrunk.
+/// the new disks; a disk is a whole number of 512-byte sectors, not a qcow2 image, and no other VM
+/// holds it; a disk in `grow` is not shrunk.
 fn check_files(
     disks: &mut HostDisks,
     folder: &DsPath,
@@ -335,10 +338,22 @@ fn check_files(
         .filter(|(_, f, _)| !new_disks.iter().any(|(n, _)| n == f));
     for (field, file, is_disk) in refs {
         let p = folder.resolve(file).map_err(|e| invalid(&field, e))?;
-        let found = disks
-            .with(&p.datastore, |ds, _| ds.stat(&p.path).map(|e| (e, ds.holder(&p.path).map(String::from))));
+        let found = disks.with(&p.datastore, |ds, dev| {
+            let e = ds.stat(&p.path)?;
+            let mut head = [0u8; 4];
+            if e.kind == InodeKind::File {
+                ds.read(dev, e.id, 0, &mut head)?;
+            }
+            Ok((e, ds.holder(&p.path).map(String::from), head))
+        });
         let (size, holder) = match found {
-            Ok(Ok((e, h))) if e.kind == InodeKind::File => (e.size, h),
+            Ok(Ok((_, _, head))) if is_disk && head == QCOW2_MAGIC => {
+                return Err(invalid(
+                    &field,
+                    format!("{p} is a qcow2 image; Ember's virtual disks are raw files: copy it in with `ember-image datastore put`, which converts qcow2, or convert it first (qemu-img convert -O raw)"),
+                ))
+            }
+            Ok(Ok((e, h, _))) if e.kind == InodeKind::File => (e.size, h),
             Ok(Ok(_)) => return Err(invalid(&field, format!("{p} is a directory"))),
             Ok(Err(_)) => return Err(invalid(&field, format!("{p}: no such file"))),
             Err(e) => return Err(invalid(&field, e.to_string())),
@@ -535,6 +550,9 @@ mod tests {
                 let id = ds.create(f, 1)?;
                 ds.write(dev, id, 0, b"bytes", 1)?;
             }
+            let id = ds.create("cloud.qcow2", 1)?;
+            ds.write(dev, id, 0, &[b'Q', b'F', b'I', 0xfb, 0, 0, 0, 3], 1)?;
+            ds.set_len(dev, id, 1 << 20, 1)?;
             ds.commit(dev)
         })
         .unwrap()
@@ -594,6 +612,7 @@ mod tests {
             (json!({"disks": [{"size_gib": 0}]}), "disks[0].size_gib"),
             (json!({"disks": [{"size_gib": 1, "readonly": true}]}), "disks[0].readonly"),
             (json!({"disks": [{"file": "[ds1] nope.img"}]}), "disks[0].file"),
+            (json!({"disks": [{"file": "[ds1] cloud.qcow2"}]}), "disks[0].file"),
             (json!({"disks": [7]}), "disks[0]"),
             (json!({"memory_mib": 1}), "memory_mib"),
             (json!({"name": "a b"}), "name"),
@@ -613,7 +632,11 @@ mod tests {
         let mut b = base();
         b["datastore"] = json!("nope");
         assert!(matches!(create(&mut h, &body(b), 1), Err(VmStoreError::NotFound(_))));
-        assert_eq!(h.with("ds1", |ds, _| ds.list("")).unwrap().unwrap().len(), 1, "only boot/ is there");
+        assert_eq!(
+            h.with("ds1", |ds, _| ds.list("")).unwrap().unwrap().len(),
+            2,
+            "only boot/ and cloud.qcow2 are there"
+        );
     }
 
     #[test]

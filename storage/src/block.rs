@@ -59,6 +59,44 @@ pub trait BlockDevice {
     }
 }
 
+/// One block device with several owners on the same CPU, each holding a handle (the boot media:
+/// its configuration store, and a datastore in its free space). Every call borrows the device for
+/// its own duration only; a call made while another handle's call is still running (which the
+/// management loop never does) fails with a device error rather than interleaving.
+#[derive(Clone)]
+pub struct SharedDevice(alloc::rc::Rc<core::cell::RefCell<alloc::boxed::Box<dyn BlockDevice>>>);
+
+impl SharedDevice {
+    pub fn new(dev: alloc::boxed::Box<dyn BlockDevice>) -> SharedDevice {
+        SharedDevice(alloc::rc::Rc::new(core::cell::RefCell::new(dev)))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut dyn BlockDevice) -> Result<T, IoError>) -> Result<T, IoError> {
+        match self.0.try_borrow_mut() {
+            Ok(mut d) => f(d.as_mut()),
+            Err(_) => Err(IoError::Device(String::from("the device is busy with another request"))),
+        }
+    }
+}
+
+impl BlockDevice for SharedDevice {
+    fn block_size(&self) -> u32 {
+        self.0.try_borrow().map_or(0, |d| d.block_size())
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.try_borrow().map_or(0, |d| d.num_blocks())
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.with(|d| d.read_blocks(lba, buf))
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.with(|d| d.write_blocks(lba, buf))
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.with(|d| d.flush())
+    }
+}
+
 /// Splits a request of `len` bytes at `lba` into pieces of at most `max_bytes` (whole blocks), for
 /// drivers that move data through a bounce buffer: `piece(lba, range)` handles bytes `range` of the
 /// request, which start at block `lba`.

@@ -1,11 +1,14 @@
 //! The host's disks and the datastores on them (layer 3 over [`BlockDevice`]): what the API's
 //! `/api/v1/disks` and `/api/v1/datastores` show and change.
 //!
-//! At boot every disk except the boot media is scanned: each GPT partition of the datastore type is
-//! mounted (whatever the disk order - a datastore is known by what is on it, not where), and every disk
-//! is classified as free, holding a datastore, holding other partitions, holding data without a
+//! At boot every disk is scanned: each GPT partition of the datastore type is mounted (whatever the
+//! disk order - a datastore is known by what is on it, not where), and every disk is classified as
+//! the boot media, free, holding a datastore, holding other partitions, holding data without a
 //! partition table, or unreadable. Creating a datastore takes a whole disk: a disk that holds
 //! anything is refused unless the caller says to overwrite it, and the refusal says what is on it.
+//! The boot media is never overwritten: a datastore on it takes the largest free space of its
+//! partition table (at least [`MIN_BOOT_MEDIA_DATASTORE`]), beside the partitions Ember boots from;
+//! its device is shared with the configuration store ([`crate::block::SharedDevice`]).
 //! A new datastore is written before the partition table that points at it, so a power cut in
 //! between leaves a disk that shows as holding data, never a datastore partition that does not mount.
 //!
@@ -60,12 +63,15 @@ pub fn sweep_uploads(ds: &mut Datastore, dev: &mut dyn BlockDevice) -> Result<us
 
 /// The smallest disk a datastore is made on.
 pub const MIN_DATASTORE_DISK: u64 = 64 << 20;
+/// The least free space of the boot media a datastore is made in (a small stick's few spare MiB
+/// are not worth one).
+pub const MIN_BOOT_MEDIA_DATASTORE: u64 = 256 << 20;
 
 /// What a disk holds, as the API says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UsedBy {
-    /// Ember's boot media.
-    BootMedia,
+    /// Ember's boot media, and the datastores in its free space (by host name).
+    BootMedia { datastores: Vec<String> },
     /// Nothing: no partition table and zeros where one would be.
     Free,
     /// Datastores (by host name), and any other partitions.
@@ -82,7 +88,8 @@ impl fmt::Display for UsedBy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let quoted = |v: &[String]| v.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
         match self {
-            UsedBy::BootMedia => f.write_str("boot media"),
+            UsedBy::BootMedia { datastores } if datastores.is_empty() => f.write_str("boot media"),
+            UsedBy::BootMedia { datastores } => write!(f, "boot media and datastore {}", quoted(datastores)),
             UsedBy::Free => f.write_str("free"),
             UsedBy::Datastores { names, other } if other.is_empty() => {
                 write!(f, "datastore {}", quoted(names))
@@ -126,7 +133,7 @@ pub struct DatastoreReport {
 /// Why a change was refused or failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisksError {
-    /// No disk of that name (or it is the boot media, which is not offered yet).
+    /// No disk of that name.
     NoSuchDisk(String),
     /// No datastore of that name.
     NoSuchDatastore(String),
@@ -177,12 +184,12 @@ struct Mounted {
 /// Names one mounted datastore for as long as the host runs (see [`HostDisks::with_mount`]).
 pub type MountId = u64;
 
-/// The host's disks (except the boot media) and the datastores mounted from them.
+/// The host's disks and the datastores mounted from them.
 pub struct HostDisks {
     disks: Vec<Disk>,
     used: Vec<UsedBy>,
-    /// The boot media, for listing only (its disk belongs to the configuration store).
-    boot: Option<DiskReport>,
+    /// Which of `disks` is the boot media (a handle on the device the configuration store uses).
+    boot: Option<usize>,
     mounted: Vec<Mounted>,
     /// Source of partition and datastore GUIDs (mixed with a per-boot random seed).
     seed: u64,
@@ -215,14 +222,15 @@ impl HostDisks {
         }
     }
 
-    /// Scans `disks` (the boot media already taken out) and mounts every datastore found; `log`
-    /// receives a line per datastore and per problem. `seed` is random per boot.
-    /// `boot` describes the boot media (listed first, as used by [`UsedBy::BootMedia`]).
-    pub fn scan(disks: Vec<Disk>, boot: Option<DiskReport>, seed: u64, log: &mut Vec<String>) -> HostDisks {
+    /// Scans `disks` and `boot` (the boot media, listed first) and mounts every datastore found;
+    /// `log` receives a line per datastore and per problem. `seed` is random per boot.
+    pub fn scan(disks: Vec<Disk>, boot: Option<Disk>, seed: u64, log: &mut Vec<String>) -> HostDisks {
+        let has_boot = boot.is_some();
+        let disks: Vec<Disk> = boot.into_iter().chain(disks).collect();
         let mut h = HostDisks {
             used: vec![UsedBy::Free; disks.len()],
             disks,
-            boot,
+            boot: has_boot.then_some(0),
             mounted: Vec::new(),
             seed,
             next_mount: 1,
@@ -294,6 +302,9 @@ impl HostDisks {
         let mine: Vec<&Mounted> = self.mounted.iter().filter(|m| m.disk == i).collect();
         let names: Vec<String> = mine.iter().map(|m| m.name.clone()).collect();
         let starts: Vec<u64> = mine.iter().map(|m| m.first_lba).collect();
+        if self.boot == Some(i) {
+            return UsedBy::BootMedia { datastores: names };
+        }
         let dev = self.disks[i].dev.as_mut();
         match gpt::read_gpt(dev) {
             Ok(table) => {
@@ -330,8 +341,7 @@ impl HostDisks {
 
     /// Every disk, the boot media first.
     pub fn disks(&self) -> Vec<DiskReport> {
-        let mut out: Vec<DiskReport> =
-            self.boot.iter().map(|b| DiskReport { used_by: UsedBy::BootMedia, ..b.clone() }).collect();
+        let mut out = Vec::new();
         for (d, used) in self.disks.iter().zip(&self.used) {
             out.push(DiskReport {
                 name: d.name.clone(),
@@ -373,22 +383,19 @@ impl HostDisks {
 
     /// Makes a datastore named `name` on the whole of disk `disk`. A disk that holds anything is
     /// refused unless `overwrite`; then its datastores are unmounted and everything on it is lost.
+    /// On the boot media the datastore takes the largest free space instead, and `overwrite` is
+    /// refused.
     pub fn create(&mut self, name: &str, disk: &str, overwrite: bool) -> Result<DatastoreReport, DisksError> {
         check_label(name).map_err(DisksError::BadName)?;
         if self.mounted.iter().any(|m| m.name == name) {
             return Err(DisksError::NameTaken(name.to_string()));
         }
         let Some(i) = self.disks.iter().position(|d| d.name == disk) else {
-            if self.boot.as_ref().is_some_and(|b| b.name == disk) {
-                return Err(DisksError::Unsuitable {
-                    disk: disk.to_string(),
-                    why: String::from(
-                        "it is the boot media; datastores on the boot media are not supported yet",
-                    ),
-                });
-            }
             return Err(DisksError::NoSuchDisk(disk.to_string()));
         };
+        if self.boot == Some(i) {
+            return self.create_on_boot_media(name, i, overwrite);
+        }
         self.used[i] = self.classify(i);
         // A datastore whose files VMs hold is never overwritten.
         if let Some(m) = self.mounted.iter().find(|m| m.disk == i && !m.ds.holders().is_empty()) {
@@ -412,29 +419,48 @@ impl HostDisks {
         let (first, last) =
             gpt::usable_range(bs, blocks).ok_or_else(|| unsuitable(String::from("too small")))?;
         let first = first.next_multiple_of(ALIGN / bs as u64);
-        let part_blocks = last + 1 - first;
         self.mounted.retain(|m| m.disk != i);
+        self.make_datastore(name, i, (first, last), None, &[])
+    }
+
+    /// Formats a datastore named `name` on blocks `first..=last` of disk `i`, then writes the
+    /// disk's partition table - the partitions `keep` and the datastore's (under `disk_guid`, or a
+    /// new disk GUID) - and mounts it. The datastore is written before the table that points at
+    /// it, so a power cut in between leaves no datastore partition that does not mount.
+    fn make_datastore(
+        &mut self,
+        name: &str,
+        i: usize,
+        (first, last): (u64, u64),
+        disk_guid: Option<Guid>,
+        keep: &[NewPartition<'_>],
+    ) -> Result<DatastoreReport, DisksError> {
         let mut ids = [[0u8; 16]; 3];
         for id in &mut ids {
             id[..8].copy_from_slice(&splitmix(&mut self.seed).to_le_bytes());
             id[8..].copy_from_slice(&splitmix(&mut self.seed).to_le_bytes());
         }
+        let disk = &mut self.disks[i];
         let failed =
-            |what: &str, e: &dyn fmt::Display| DisksError::Failed(format!("disk {disk}: {what}: {e}"));
-        // The datastore first, then the table that points at it.
-        let mut w =
-            Window::new(dev, first, part_blocks).ok_or_else(|| unsuitable(String::from("too small")))?;
+            |what: &str, e: &dyn fmt::Display| DisksError::Failed(format!("disk {}: {what}: {e}", disk.name));
+        let dev = disk.dev.as_mut();
+        let part_blocks = last + 1 - first;
+        let mut w = Window::new(dev, first, part_blocks).ok_or_else(|| DisksError::Unsuitable {
+            disk: disk.name.clone(),
+            why: String::from("the space is past the end of the disk"),
+        })?;
         let opts = FormatOptions { label: name.to_string(), uuid: ids[0], block_size: DEFAULT_BLOCK };
         let ds = Datastore::format(&mut w, &opts).map_err(|e| failed("making the datastore", &e))?;
-        let part = NewPartition {
+        let mut parts = keep.to_vec();
+        parts.push(NewPartition {
             type_guid: DATASTORE_TYPE,
             unique_guid: Guid::from_bytes(ids[1]),
             first_lba: first,
             last_lba: last,
             attributes: 0,
             name: DATASTORE_PARTITION_NAME,
-        };
-        gpt::write_gpt(dev, Guid::from_bytes(ids[2]), &[part])
+        });
+        gpt::write_gpt(dev, disk_guid.unwrap_or(Guid::from_bytes(ids[2])), &parts)
             .map_err(|e| failed("writing the partition table", &e))?;
         dev.flush().map_err(|e| failed("flushing", &e))?;
         let mount_id = self.next_mount;
@@ -449,6 +475,48 @@ impl HostDisks {
         });
         self.used[i] = self.classify(i);
         Ok(self.datastore(name).unwrap_or_else(|| unreachable_report(name)))
+    }
+
+    /// A datastore in the largest free space of the boot media's partition table (disk `i`): made
+    /// first, then added to the table beside the partitions Ember boots from.
+    fn create_on_boot_media(
+        &mut self,
+        name: &str,
+        i: usize,
+        overwrite: bool,
+    ) -> Result<DatastoreReport, DisksError> {
+        let disk = self.disks[i].name.clone();
+        let unsuitable = |why: String| DisksError::Unsuitable { disk: disk.clone(), why };
+        if overwrite {
+            return Err(unsuitable(String::from(
+                "it is the boot media, which is never overwritten; a datastore goes into its free space (leave \"overwrite\" false)",
+            )));
+        }
+        let dev = self.disks[i].dev.as_mut();
+        let bs = dev.block_size();
+        if bs != 512 && bs != 4096 {
+            return Err(unsuitable(format!("{bs}-byte blocks (a datastore needs 512 or 4096)")));
+        }
+        let failed =
+            |what: &str, e: &dyn fmt::Display| DisksError::Failed(format!("disk {disk}: {what}: {e}"));
+        let table = gpt::read_gpt(dev).map_err(|e| failed("reading the partition table", &e))?;
+        if table.partitions.len() >= gpt::ENTRY_COUNT as usize {
+            return Err(unsuitable(String::from("its partition table is full")));
+        }
+        let free = gpt::free_ranges(&table, ALIGN / bs as u64);
+        let Some((first, last)) = free.into_iter().max_by_key(|&(f, l)| l - f) else {
+            return Err(unsuitable(String::from("it is the boot media, and has no free space")));
+        };
+        let bytes = (last + 1 - first).saturating_mul(bs as u64);
+        if bytes < MIN_BOOT_MEDIA_DATASTORE {
+            return Err(unsuitable(format!(
+                "it is the boot media, and its largest free space is {} MiB (a datastore there needs {} MiB)",
+                bytes >> 20,
+                MIN_BOOT_MEDIA_DATASTORE >> 20
+            )));
+        }
+        let keep: Vec<NewPartition<'_>> = table.partitions.iter().map(gpt::Partition::to_new).collect();
+        self.make_datastore(name, i, (first, last), Some(table.disk_guid), &keep)
     }
 
     /// Renames a datastore (its label on the disk).

@@ -30,7 +30,6 @@ pub mod config_store;
 pub mod datastore;
 pub mod disks;
 pub mod fat32;
-pub mod fatfile;
 pub mod firstboot;
 pub mod gpt;
 pub mod hostconfig;

@@ -108,9 +108,6 @@ pub fn find_boot_media(
 /// The configuration store on the boot media.
 pub struct HostStore {
     pub disk: Disk,
-    /// First block and block count of the ESP on that disk (VM disk images are files there).
-    pub esp_first_lba: u64,
-    pub esp_blocks: u64,
     store: ConfigStore,
     /// The slot and sequence of the configuration in use (loaded or last saved).
     in_use: Option<(usize, u64)>,
@@ -144,16 +141,7 @@ impl HostStore {
     pub fn open(disk: Disk, layout: &EmberLayout) -> Result<Self, StoreError> {
         let c = &layout.config;
         let store = ConfigStore::new(c.first_lba, c.last_lba - c.first_lba + 1)?;
-        Ok(HostStore {
-            disk,
-            esp_first_lba: layout.esp.first_lba,
-            esp_blocks: layout.esp.last_lba - layout.esp.first_lba + 1,
-            store,
-            in_use: None,
-            highest: 0,
-            current: None,
-            writing: None,
-        })
+        Ok(HostStore { disk, store, in_use: None, highest: 0, current: None, writing: None })
     }
 
     /// Reads both slots and takes the newest one that is intact and decodes.
@@ -482,8 +470,6 @@ mod tests {
         protected.write_protected = true;
         let mut failing = HostStore {
             disk: Disk::new("vda".into(), "mem", Box::new(protected)),
-            esp_first_lba: s.esp_first_lba,
-            esp_blocks: s.esp_blocks,
             store: s.store,
             in_use: None,
             highest: 0,

@@ -19,11 +19,33 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use serde_json::{Map, Value};
 
-/// Where VMs live on the boot media's ESP: one directory each, named after the VM.
-pub const VMS_DIR: &str = "ember/vms";
-/// The definition's file name in its VM's directory (JSON; an 8.3 name because the image
-/// builder's FAT writer makes short names only).
-pub const VM_DEFINITION_FILE: &str = "vm.cfg";
+/// The VMs a first boot adds to the inventory, on the boot media's ESP (written by
+/// `ember-image build --vm`, which puts the VMs on the image's datastore): one datastore path of a
+/// VM definition per line; empty lines and lines starting with `#` are skipped.
+pub const FIRST_BOOT_VMS_FILE: &str = "/EFI/ember/register.cfg";
+/// Most entries in [`FIRST_BOOT_VMS_FILE`].
+pub const MAX_FIRST_BOOT_VMS: usize = 256;
+
+/// Parses [`FIRST_BOOT_VMS_FILE`]'s text (`file` names it in errors): the datastore paths, checked.
+pub fn parse_first_boot_vms(file: &str, bytes: &[u8]) -> Result<Vec<DsPath>, String> {
+    let text = core::str::from_utf8(bytes).map_err(|e| format!("{file}: not UTF-8 text ({e})"))?;
+    let mut out: Vec<DsPath> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let p = DsPath::parse(line).map_err(|e| format!("{file}: line {}: {e}", n + 1))?;
+        if out.contains(&p) {
+            return Err(format!("{file}: line {}: {p} is listed twice", n + 1));
+        }
+        if out.len() == MAX_FIRST_BOOT_VMS {
+            return Err(format!("{file}: line {}: more than {MAX_FIRST_BOOT_VMS} VMs", n + 1));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 64;
@@ -321,6 +343,28 @@ mod tests {
         "initrd": "boot/initrd.img", "cmdline": "console=ttyS0 panic=-1",
         "disks": [{"file": "root.img"}, {"file": "data/seed.img", "readonly": true}],
         "autostart": true, "console_port": 9001}"#;
+
+    #[test]
+    fn the_first_boot_vm_list_is_checked_line_by_line() {
+        let l = parse_first_boot_vms(
+            "register.cfg",
+            b"# made by ember-image\n\n[datastore1] a/a.json\r\n  [ds2] b c/b c.json\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            ["[datastore1] a/a.json", "[ds2] b c/b c.json"]
+        );
+        let e = parse_first_boot_vms("register.cfg", b"[d] a/a.json\nweb/web.json\n").unwrap_err();
+        assert!(e.starts_with("register.cfg: line 2: expected `[datastore] path"), "{e}");
+        let e = parse_first_boot_vms("register.cfg", b"[d] a/../x.json").unwrap_err();
+        assert!(e.starts_with("register.cfg: line 1: "), "{e}");
+        let e = parse_first_boot_vms("register.cfg", b"[d] a\n[d] a").unwrap_err();
+        assert_eq!(e, "register.cfg: line 2: [d] a is listed twice");
+        assert!(parse_first_boot_vms("register.cfg", b"\xff").unwrap_err().contains("not UTF-8"));
+        let many: String = (0..=MAX_FIRST_BOOT_VMS).map(|i| format!("[d] v{i}/v{i}.json\n")).collect();
+        assert!(parse_first_boot_vms("r", many.as_bytes()).unwrap_err().contains("more than 256"));
+    }
 
     #[test]
     fn a_full_definition() {

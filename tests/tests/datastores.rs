@@ -2,7 +2,9 @@
 //! virtio disk that holds data lists both through the API, makes a datastore on the blank one (and is
 //! refused on the other until told to overwrite it), finds the datastore again at the next boot, and
 //! the datastore checks clean offline with `ember-image datastore fsck` on the disk image QEMU used.
-//! A file is uploaded (streamed), listed, downloaded, copied out offline and deleted.
+//! A file is uploaded (streamed), listed, downloaded, copied out offline and deleted. A second
+//! datastore goes into the free space of the boot media (never overwritten), beside the
+//! configuration store, which keeps working.
 #![forbid(unsafe_code)]
 
 use ember_systests::net::*;
@@ -51,7 +53,8 @@ fn disks(addr: SocketAddr) -> Vec<Value> {
 #[test]
 fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let img = build_image(dir.path(), &[]);
+    // A boot media with 330 MiB of free space after Ember's partitions.
+    let img = build_image_with(dir.path(), &[], &["--size", "400M"]);
     let ssd = dir.path().join("ssd.img");
     std::fs::File::create(&ssd).unwrap().set_len(256 << 20).unwrap();
     let data = dir.path().join("old.img");
@@ -100,6 +103,21 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
         Some(r#"{"name":"local nvme"}"#),
     );
     assert_eq!(r.status, 200, "{r:?}");
+    // The boot media is never overwritten; a datastore goes into its free space.
+    let boot_name = boot_media["name"].as_str().unwrap();
+    let body = format!(r#"{{"name":"boot ds","disk":"{boot_name}","overwrite":true}}"#);
+    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+    assert!(r.status >= 400 && r.body.contains("never overwritten"), "{r:?}");
+    let body = format!(r#"{{"name":"boot ds","disk":"{boot_name}"}}"#);
+    let r = request(addr, "POST", "/api/v1/datastores", Some(INITIAL), Some(&body));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.json()["capacity_bytes"].as_u64().unwrap() > 300 << 20, "{r:?}");
+    let boot_now = disks(addr).into_iter().find(|d| d["name"] == boot_name).unwrap();
+    assert_eq!(boot_now["used_by"], "boot media and datastore \"boot ds\"");
+    // The configuration store beside it still stores changes.
+    let r = request(addr, "PUT", "/api/v1/config", Some(INITIAL), Some(r#"{"dns_search":["boot.example"]}"#));
+    assert_eq!(r.status, 200, "{r:?}");
+    let sequence = r.json()["store"]["sequence"].as_u64().unwrap();
 
     // A 3 MB image uploaded (streamed; its second MiB zeros, which stays unallocated), listed,
     // downloaded back.
@@ -142,6 +160,10 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
     // Offline, on any Linux machine: the datastore checks clean.
     let (ok, out, err) = run_tool(&["datastore", "fsck", ssd.to_str().unwrap()]);
     assert!(ok && out.contains("\"local nvme\"") && out.contains("clean"), "{out}{err}");
+    let (ok, out, err) = run_tool(&["datastore", "fsck", img.to_str().unwrap()]);
+    assert!(ok && out.contains("partition 5: datastore \"boot ds\"") && out.contains("clean"), "{out}{err}");
+    let (ok, out, err) = run_tool(&["inspect", img.to_str().unwrap()]);
+    assert!(ok && out.contains(&format!("config store: configuration sequence {sequence} ")), "{out}{err}");
     let copy = dir.path().join("copy.bin");
     let (ok, out, err) =
         run_tool(&["datastore", "get", ssd.to_str().unwrap(), "iso/test image.bin", copy.to_str().unwrap()]);
@@ -149,13 +171,14 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
     assert!(std::fs::read(&copy).unwrap() == file, "the offline copy is what was uploaded");
 
     let mut q = boot("datastores_reboot", &img, &ssd, &data, port);
+    q.wait_for(&format!("datastore \"boot ds\" on {boot_name} partition 5"), BOOT_TIMEOUT);
     q.wait_for(&format!("datastore \"local nvme\" on {nvme_name} partition 1"), BOOT_TIMEOUT);
     wait_for_http(addr, HTTP_TIMEOUT);
     let r = request(addr, "GET", "/api/v1/datastores", Some(INITIAL), None);
     assert_eq!(r.status, 200, "{r:?}");
     let v = r.json();
-    assert_eq!(v["datastores"][0]["name"], "local nvme", "{v}");
-    assert_eq!(v["datastores"][0]["uuid"], made["uuid"], "the same datastore");
+    assert_eq!(v["datastores"][1]["name"], "local nvme", "{v}");
+    assert_eq!(v["datastores"][1]["uuid"], made["uuid"], "the same datastore");
     let nvme = disks(addr).into_iter().find(|d| d["name"] == nvme_name).unwrap();
     assert_eq!(nvme["used_by"], "datastore \"local nvme\"");
     let r = request(addr, "GET", "/api/v1/datastores/local%20nvme/files/iso", Some(INITIAL), None);
@@ -168,10 +191,19 @@ fn a_datastore_is_made_on_a_blank_disk_found_again_after_reboot_and_checks_clean
         None,
     );
     assert_eq!(r.status, 200, "{r:?}");
-    let r = request(addr, "DELETE", "/api/v1/datastores/local%20nvme", Some(INITIAL), None);
-    assert_eq!(r.status, 200, "{r:?}");
+    for name in ["local%20nvme", "boot%20ds"] {
+        let r = request(addr, "DELETE", &format!("/api/v1/datastores/{name}"), Some(INITIAL), None);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
     let r = request(addr, "GET", "/api/v1/datastores", Some(INITIAL), None);
     assert_eq!(r.json()["datastores"].as_array().unwrap().len(), 0);
+    drop(q);
+    // The boot media is as it was built, its configuration kept.
+    let (ok, out, err) = run_tool(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        ok && !out.contains("Ember datastore") && out.contains(&format!("sequence {sequence} ")),
+        "{out}{err}"
+    );
 }
 
 /// Uploads `data` to `path` on datastore `ds` (URL-encoded by the caller).

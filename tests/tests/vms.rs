@@ -1,12 +1,13 @@
 //! Virtual machines, as an administrator runs them: an unmodified Debian kernel with a busybox
 //! initramfs (built by `scripts/guest-fixtures` into `target/guest/`) is put into the image with
-//! `ember-image build --vm`, the appliance boots from a USB stick with two CPUs, and the VMs are
+//! `ember-image build --vm` (which puts them on a datastore in the image's free space, registered at
+//! first boot), the appliance boots from a USB stick with two CPUs, and the VMs are
 //! watched and driven through the API: the guest's userspace marker in its console, a guest that
 //! reads its virtio disk (checksum), writes it, reboots, reads the write back and powers itself
 //! off, the serial console over TCP both ways, SMP guests (2 vCPUs, and 4 on the one CPU left for
 //! VMs), one that triple-faults (stopped with its reason while the other keeps running), reset, stop
 //! and start through the API, and the disk write still there after a power cut and a new boot of
-//! the host. (Three VMs: a fourth copy of the 9 MiB guest would not fit the image's 36 MiB ESP.)
+//! the host, the datastore on the boot media checking clean.
 //! A second image holds the hostile-guest suite: a guest that abuses every device of its VM while
 //! another VM keeps printing and the API keeps answering.
 #![forbid(unsafe_code)]
@@ -180,7 +181,7 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     std::fs::write(d.join("vm.json"), def.to_string()).unwrap();
     defs.push(d.join("vm.json"));
     let (out, stdout) = image_with_vms(dir.path(), &defs, &[]);
-    assert!(stdout.contains("VM stay: 3 files in /ember/vms/stay"), "{stdout}");
+    assert!(stdout.contains("VM stay: 3 files in [datastore1] stay/, registered at first boot"), "{stdout}");
 
     let port = free_port();
     let console_port = free_port();
@@ -193,15 +194,18 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let booted = unix_now();
     let mut q = Qemu::start(&cfg);
-    q.wait_for("ember: VM stay on the boot media: kernel", BOOT_TIMEOUT);
+    q.wait_for("ember: first boot: VM [datastore1] stay/stay.json joins the inventory", BOOT_TIMEOUT);
     q.wait_for("ember: VM stay: started (autostart)", BOOT_TIMEOUT);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_http(addr, BOOT_TIMEOUT);
+    // The VMs' datastore is in the boot media's free space.
+    let disks = request(addr, "GET", "/api/v1/disks", Some(ROOT), None).json();
+    assert_eq!(disks["disks"][0]["used_by"], "boot media and datastore \"datastore1\"", "{disks}");
 
     let list = request(addr, "GET", "/api/v1/vms", Some(ROOT), None).json();
     let names: Vec<&str> =
         list["vms"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["badkern", "fault", "off", "stay"]);
+    assert_eq!(names, ["stay", "off", "fault", "badkern"], "in the inventory's order");
     let r = request(addr, "POST", "/api/v1/vms/badkern/start", Some(ROOT), None);
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.body.contains("kernel vmlinuz: "), "the kernel is named: {r:?}");
@@ -314,23 +318,28 @@ fn linux_guests_run_power_off_reboot_fault_and_are_stopped_and_started() {
     assert_eq!(c.matches("after reboot vda says EMBER-WRITTEN").count(), 2, "{c}");
     assert_eq!(request(addr, "GET", "/api/v1/vms/nope", Some(ROOT), None).status, 404);
     assert_eq!(request(addr, "POST", "/api/v1/vms/off/start", None, None).status, 401);
-    assert!(
-        q.text().contains(
-            "ember: VM off: disk disk.img: written back to /ember/vms/off/disk.img on the boot media"
-        ),
-        "the disk is written back to its file"
-    );
 
-    // The disk's writes are on the boot media: after a power cut (QEMU killed) the host boots
-    // again and the guest finds its write on its first boot.
+    // The next boot starts the autostart VMs 30 s apart.
+    let r = request(addr, "PUT", "/api/v1/config", Some(ROOT), Some(r#"{"autostart_delay_seconds":30}"#));
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The disk's writes are on the boot media's datastore: after a power cut (QEMU killed) it
+    // checks clean, and the host boots again and the guest finds its write on its first boot.
     drop(q);
+    let (ok, fsck, err) = run_tool(&["datastore", "fsck", out.to_str().unwrap()]);
+    assert!(ok && fsck.contains("clean"), "{fsck}{err}");
     let port = free_port();
     let mut cfg = QemuConfig::new("vms-again", &out);
     cfg.memory_mib = 1024;
     cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
     let mut q = Qemu::start(&cfg);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    q.wait_for("ember: autostart: 2 VM(s), 30 s apart", BOOT_TIMEOUT);
     wait_for_http(addr, BOOT_TIMEOUT);
+    // `stay` first, `off` (the order of the inventory) once `stay` has run for the delay.
+    q.wait_for("ember: VM off: started (autostart)", GUEST_TIMEOUT);
+    let up = vm(addr, "stay")["uptime_seconds"].as_u64().unwrap();
+    assert!(up >= 29, "off started {up} s after stay; the delay is 30 s");
     let (off, c) = wait_vm(addr, "off", "a power-off after the host restart", |v, _| v["state"] == "stopped");
     assert_eq!(off["exit_reason"].as_str(), Some("the guest powered off"), "{off}\n{c}");
     assert!(c.contains("EMBER-GUEST: after reboot vda says EMBER-WRITTEN"), "the write survived:\n{c}");

@@ -10,8 +10,8 @@
 //! The runtime that runs VMs on the CPUs - the run queue, the VM lifecycle, the workers - is
 //! [`runtime`], generic over a hardware-virtualization [`runtime::Backend`] (AMD SVM is platform
 //! code: `ember_platform::arch::x86_64::svm`) and the machine's [`runtime::Platform`]. The virtio block device
-//! ([`virtio_blk`], over [`virtqueue`]) is on the VMs' MMIO bus, its disk written back to the boot
-//! media by [`writeback`]. The local APIC ([`lapic`]), I/O APIC ([`ioapic`]) and MADT
+//! ([`virtio_blk`], over [`virtqueue`]) is on the VMs' MMIO bus; its requests go to the datastore
+//! through [`blkio`]'s queues. The local APIC ([`lapic`]), I/O APIC ([`ioapic`]) and MADT
 //! ([`acpi::madt`]) models route SMP guests' interrupts ([`board`]).
 
 #![cfg_attr(not(test), no_std)]
@@ -31,7 +31,7 @@ extern crate alloc;
 
 // Guest-controlled paths are total: clippy refuses unwrap/expect/panic, indexing, slicing and
 // unchecked arithmetic in every module of `vmm` outside tests - the device models, the buses, exit
-// handling, decoding, the page walk, guest memory, the vCPU loop, the disk write-back, the CPUID
+// handling, decoding, the page walk, guest memory, the vCPU loop, the disk request queues, the CPUID
 // and MSR policies, the ACPI table writer, the Linux loader and the nested page table builder.
 pub mod acpi;
 pub mod blkio;
@@ -39,7 +39,6 @@ pub mod board;
 pub mod bus;
 pub mod cpuid;
 pub mod decode;
-pub mod disk;
 pub mod exit;
 pub mod ioapic;
 pub mod lapic;
@@ -58,7 +57,6 @@ pub mod serial;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod virtqueue;
-pub mod writeback;
 
 /// The next value of a xorshift32 sequence (the device models' tests drive them with random
 /// accesses from it).

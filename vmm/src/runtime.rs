@@ -29,7 +29,6 @@ use crate::acpi;
 use crate::board::Board;
 use crate::bus::MmioBus;
 use crate::cpuid::{guest_cpuid, Leaf, VcpuIdentity};
-use crate::disk::WritebackImage;
 use crate::linux::{self, LinuxEntry};
 use crate::machine::Machine;
 use crate::memory::{GuestMemory, SplitRam, HIGH_RAM_START};
@@ -68,12 +67,11 @@ const VIRTIO_IRQS: [u8; 8] = [5, 10, 11, 12, 15, 14, 3, 7];
 /// stopped holding it).
 const LOCK_WAIT_NS: u64 = 50_000_000;
 
-/// A kernel or initrd in host memory: on the boot media's image (`&'static [u8]`), or in memory
-/// the VM owns (given back when the VM is dropped).
+/// A kernel or initrd in host memory the VM owns (given back when the VM is dropped).
 pub type BootFile = Box<dyn core::ops::Deref<Target = [u8]> + Send + Sync>;
 
-/// A VM disk's image: a write-back cache of its file, in host memory for the life of the host.
-pub type Image = WritebackImage<&'static mut [u8]>;
+/// An in-memory disk image (a VM's disks are normally [`Backing::Queue`]: files on a datastore).
+pub type Image = Vec<u8>;
 
 /// A hardware-virtualization backend: AMD SVM (in the platform crate), Intel VMX later.
 pub trait Backend: Send + Sync {
@@ -244,6 +242,13 @@ pub struct VmReport {
 }
 
 impl Vm {
+    /// The same VM writing its console output into the log of `earlier` (a VM's runs are new
+    /// `Vm`s; its console log carries on across them).
+    pub fn continuing_console_of(mut self, earlier: &Vm) -> Vm {
+        self.console = earlier.console.clone();
+        self
+    }
+
     /// A stopped VM: `kernel` and `initrd` stay in host memory, `disks` are its virtio disks (and
     /// whether each is read-only), in the order of the definition.
     pub fn new(
@@ -965,12 +970,19 @@ impl<P: Platform> Runtime<P> {
             && self.inject_panic.swap(false, Ordering::AcqRel)
         {
             let _board = run.board.lock();
-            let _disk = vm.disks.iter().find_map(|(d, _)| match d {
-                Backing::Image(i) => Some(i.lock()),
-                Backing::Queue(_) => None,
-            });
             let _console = vm.console.lock();
-            panic!("ember.selftest=vm-panic: a fault in the hypervisor's code for VM {}", vm.def.name);
+            let fault = || -> ! {
+                panic!("ember.selftest=vm-panic: a fault in the hypervisor's code for VM {}", vm.def.name)
+            };
+            // With the first disk's lock held, too.
+            match vm.disks.first() {
+                Some((Backing::Queue(q), _)) => q.while_locked(fault),
+                Some((Backing::Image(i), _)) => {
+                    let _disk = i.lock();
+                    fault()
+                }
+                None => fault(),
+            }
         }
     }
 

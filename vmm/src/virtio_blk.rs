@@ -1,5 +1,5 @@
 //! A virtio block device on the virtio-mmio transport (virtio 1.2: 4.2 "Virtio Over MMIO", 2.7
-//! "Split Virtqueues", 5.2 "Block Device"), backed by a disk image in host memory.
+//! "Split Virtqueues", 5.2 "Block Device").
 //!
 //! Guests find it through the VM's DSDT (`LNRO0005` devices with their MMIO window and IRQ,
 //! `super::acpi`), which Linux's virtio_mmio driver binds to. Only the modern interface (version 2, VIRTIO_F_VERSION_1)
@@ -10,15 +10,13 @@
 //! length 0). Nothing a guest writes can make the device touch memory outside the guest's RAM (all
 //! accesses go through [`GuestMemory`]) or outside the disk.
 //!
-//! The device offers VIRTIO_BLK_F_FLUSH: its image ([`DiskImage`]) may be a write-back cache of
-//! the disk's file on the boot media (`super::disk`); a flush request completes only once the
-//! image says everything written before it is durable (or failed: VIRTIO_BLK_S_IOERR), possibly
-//! long after other requests.
-//!
-//! Or the device is backed by a file on a datastore ([`Backing::Queue`], `super::blkio`): reads,
-//! writes and flushes are submitted to the management CPU, which owns the storage, and complete
-//! later, when the device is next serviced; the device takes requests from its ring only while
-//! the queue has room, so the host memory a guest can tie up in bounce buffers is bounded.
+//! A VM's disk is a file on a datastore ([`Backing::Queue`], `super::blkio`): reads, writes and
+//! flushes (the device offers VIRTIO_BLK_F_FLUSH) are submitted to the management CPU, which owns
+//! the storage, and complete later, when the device is next serviced - a flush only once what was
+//! written before it is on stable storage; the device takes requests from its ring only while the
+//! queue has room, so the host memory a guest can tie up in bounce buffers is bounded. The other
+//! backing, a disk image in host memory ([`Backing::Image`], [`DiskImage`]), completes every
+//! request at once (the device's tests, scratch disks).
 
 use super::blkio::{IoOp, IoQueue};
 use super::bus::MmioDevice;
@@ -62,28 +60,11 @@ const MAX_REQUEST_BYTES: u64 = super::blkio::MAX_REQUEST_BYTES as u64;
 /// A disk image in memory.
 pub type SharedDisk<D> = Arc<Mutex<D>>;
 
-/// Where a flush stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushState {
-    Done,
-    Pending,
-    Failed,
-}
-
 /// A virtual disk's bytes as the device sees them.
 pub trait DiskImage: Send {
     fn bytes(&self) -> &[u8];
-    /// `range` of the bytes, to be written by the guest (a write-back image notes it as changed);
-    /// `None` if the range is not inside the disk.
+    /// `range` of the bytes, to be written by the guest; `None` if the range is not inside the disk.
     fn bytes_mut(&mut self, range: core::ops::Range<usize>) -> Option<&mut [u8]>;
-    /// The guest asks for what it wrote so far to be made durable: a ticket for
-    /// [`Self::flush_state`].
-    fn request_flush(&mut self) -> u64 {
-        0
-    }
-    fn flush_state(&self, _ticket: u64) -> FlushState {
-        FlushState::Done
-    }
 }
 
 /// An image only in memory (tests, scratch disks): flushes are done at once.
@@ -111,27 +92,20 @@ impl<D> Clone for Backing<D> {
     }
 }
 
-/// What a request not completed yet waits for.
-#[derive(Debug, Clone)]
-enum Wait {
-    /// The image's flush with this ticket.
-    Flush(u64),
-    /// The queued request with this tag; for a read, the guest buffers its bytes go to.
-    Io { tag: u64, read_into: Vec<Desc> },
-}
-
-/// A request waiting: its head, where its status byte goes, what it waits for.
+/// A queued request not completed yet: its head, where its status byte goes, its tag, and for a
+/// read the guest buffers its bytes go to.
 #[derive(Debug, Clone)]
 struct Pending {
     head: u16,
     status_at: Option<u64>,
-    wait: Wait,
+    tag: u64,
+    read_into: Vec<Desc>,
 }
 
-/// How a request ended, or what it waits for.
+/// How a request ended, or the queued request it waits for (tag, read buffers).
 enum Outcome {
     Done(u8, u32),
-    Wait(Wait),
+    Wait(u64, Vec<Desc>),
 }
 
 /// The device.
@@ -400,22 +374,11 @@ impl<D: DiskImage> VirtioBlk<D> {
                 }
                 Outcome::Done(S_OK, if kind == T_IN { total as u32 } else { 0 })
             }
-            T_FLUSH => {
-                let disk = match &self.disk {
-                    Backing::Image(d) => d.clone(),
-                    Backing::Queue(q) => {
-                        let tag = q.submit(IoOp::Flush);
-                        return Outcome::Wait(Wait::Io { tag, read_into: Vec::new() });
-                    }
-                };
-                let mut disk = disk.lock();
-                let ticket = disk.request_flush();
-                match disk.flush_state(ticket) {
-                    FlushState::Done => Outcome::Done(S_OK, 0),
-                    FlushState::Failed => Outcome::Done(S_IOERR, 0),
-                    FlushState::Pending => Outcome::Wait(Wait::Flush(ticket)),
-                }
-            }
+            T_FLUSH => match &self.disk {
+                // An image in memory has nothing to make durable.
+                Backing::Image(_) => Outcome::Done(S_OK, 0),
+                Backing::Queue(q) => Outcome::Wait(q.submit(IoOp::Flush), Vec::new()),
+            },
             T_GET_ID => {
                 let id = b"ember-virtio-blk\0\0\0\0";
                 let Some(d) = data.first() else { return Outcome::Done(S_IOERR, 0) };
@@ -445,8 +408,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             return Outcome::Done(S_IOERR, 0);
         };
         if kind == T_IN {
-            let tag = q.submit(IoOp::Read { offset, len });
-            return Outcome::Wait(Wait::Io { tag, read_into: data.to_vec() });
+            return Outcome::Wait(q.submit(IoOp::Read { offset, len }), data.to_vec());
         }
         let mut bytes = vec![0u8; len];
         let mut at = 0usize;
@@ -458,8 +420,7 @@ impl<D: DiskImage> VirtioBlk<D> {
             }
             at = end;
         }
-        let tag = q.submit(IoOp::Write { offset, data: bytes });
-        Outcome::Wait(Wait::Io { tag, read_into: Vec::new() })
+        Outcome::Wait(q.submit(IoOp::Write { offset, data: bytes }), Vec::new())
     }
 
     /// Whether the backing takes another request now (room for it is reserved; a queue with too
@@ -520,11 +481,11 @@ impl<D: DiskImage> VirtioBlk<D> {
                 Outcome::Done(status, len) => (status, len),
                 // Waits, if there is room to remember it (a hostile driver may offer a head again
                 // while it waits).
-                Outcome::Wait(wait) if self.pending.len() < usize::from(QUEUE_SIZE) => {
-                    self.pending.push(Pending { head, status_at, wait });
+                Outcome::Wait(tag, read_into) if self.pending.len() < usize::from(QUEUE_SIZE) => {
+                    self.pending.push(Pending { head, status_at, tag, read_into });
                     continue;
                 }
-                Outcome::Wait(_) => (S_IOERR, 0),
+                Outcome::Wait(..) => (S_IOERR, 0),
             };
             self.complete(mem, head, status_at.map(|a| (a, status)), len);
         }
@@ -539,43 +500,20 @@ impl<D: DiskImage> VirtioBlk<D> {
         self.interrupt_status |= 1;
     }
 
-    /// Completes the requests whose flush or I/O is over.
+    /// Completes the queued requests the host has done.
     fn complete_waiting(&mut self, mem: &mut dyn GuestMemory) {
         match self.disk.clone() {
-            Backing::Image(disk) => {
-                if self.pending.is_empty() || !self.live() {
-                    return;
-                }
-                let disk = disk.lock();
-                let mut done = Vec::new();
-                self.pending.retain(|p| {
-                    let Wait::Flush(ticket) = p.wait else { return false };
-                    let status = match disk.flush_state(ticket) {
-                        FlushState::Pending => return true,
-                        FlushState::Done => S_OK,
-                        FlushState::Failed => S_IOERR,
-                    };
-                    done.push((p.head, p.status_at.map(|a| (a, status))));
-                    false
-                });
-                drop(disk);
-                for (head, status) in done {
-                    self.complete(mem, head, status, 0);
-                }
-            }
+            Backing::Image(_) => {}
             Backing::Queue(q) => {
                 // Completions of requests the device forgot (a reset since) are dropped.
                 for d in q.take_done() {
-                    let found = self
-                        .pending
-                        .iter()
-                        .position(|p| matches!(p.wait, Wait::Io { tag, .. } if tag == d.tag));
+                    let found = self.pending.iter().position(|p| p.tag == d.tag);
                     let Some(k) = found else { continue };
                     let p = self.pending.swap_remove(k);
                     if !self.live() {
                         continue;
                     }
-                    let Wait::Io { read_into, .. } = p.wait else { continue };
+                    let read_into = p.read_into;
                     let (mut status, mut len) = (if d.ok { S_OK } else { S_IOERR }, 0u32);
                     if d.ok && !read_into.is_empty() {
                         let mut at = 0usize;
@@ -756,50 +694,6 @@ mod tests {
         let mut e = [0u8; 8];
         m.read(GuestPhysAddr(USED + 4 + 8 * (idx % 8) as u64), &mut e).unwrap();
         (s[0], u32::from_le_bytes(e[4..8].try_into().unwrap()))
-    }
-
-    #[test]
-    fn a_flush_completes_when_the_image_has_written_everything_back() {
-        use crate::disk::WritebackImage;
-        let disk = Arc::new(Mutex::new(WritebackImage::new(vec![0u8; 8 * 512], true)));
-        let (mut d, mut m) = ready_with(disk.clone(), false);
-        m.write(GuestPhysAddr(0x5000), &[0xcd; 512]).unwrap();
-        assert_eq!(request(&mut d, &mut m, T_OUT, 2, 512), (S_OK, 1));
-        assert_eq!(disk.lock().dirty_chunks(), 1);
-        w32(&mut d, 0x64, 1);
-        // The flush waits: no status, the used ring stays where it was, no interrupt.
-        assert_eq!(request(&mut d, &mut m, T_FLUSH, 0, 0).0, 0xff);
-        let used = |m: &GuestRam| {
-            let mut u = [0u8; 2];
-            m.read(GuestPhysAddr(USED + 2), &mut u).unwrap();
-            u16::from_le_bytes(u)
-        };
-        assert_eq!((used(&m), d.irq()), (1, Some((5, false))));
-        d.process(&mut m);
-        assert_eq!(used(&m), 1, "still waiting");
-        // The host writes the image back and flushes its device.
-        let pass = disk.lock().begin_pass().unwrap();
-        let mut buf = Vec::new();
-        assert_eq!(disk.lock().copy_chunks(pass.chunks[0], 1, &mut buf), 0..4096);
-        assert_eq!(&buf[1024..1536], &[0xcd; 512]);
-        disk.lock().end_pass(&pass, true, &[]);
-        d.process(&mut m);
-        let mut st = [0u8; 1];
-        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
-        assert_eq!((st[0], used(&m), d.irq()), (S_OK, 2, Some((5, true))));
-        // A failed write-back fails the flush.
-        m.write(GuestPhysAddr(0x5000), &[0xee; 512]).unwrap();
-        request(&mut d, &mut m, T_OUT, 3, 512);
-        request(&mut d, &mut m, T_FLUSH, 0, 0);
-        let pass = disk.lock().begin_pass().unwrap();
-        disk.lock().end_pass(&pass, false, &pass.chunks);
-        d.process(&mut m);
-        m.read(GuestPhysAddr(0x6000), &mut st).unwrap();
-        assert_eq!((st[0], used(&m)), (S_IOERR, 4));
-        // A reset forgets waiting flushes.
-        request(&mut d, &mut m, T_FLUSH, 0, 0);
-        w32(&mut d, 0x70, 0);
-        assert!(d.pending.is_empty());
     }
 
     /// A disk behind a queue: requests wait for the host's service, reads land in the guest's

@@ -71,6 +71,16 @@ pub fn read_file(fs: &mut SimpleFileSystem, path: &str, max: usize) -> Result<Ve
     Ok(buf)
 }
 
+/// The VMs a first boot registers: `FIRST_BOOT_VMS_FILE`'s datastore paths (none without the file).
+pub fn first_boot_vms(fs: &mut SimpleFileSystem) -> Result<Vec<ember_storage::vmdef::DsPath>, String> {
+    use ember_storage::vmdef::{parse_first_boot_vms, FIRST_BOOT_VMS_FILE};
+    match read_file(fs, FIRST_BOOT_VMS_FILE, 64 << 10) {
+        Ok(bytes) => parse_first_boot_vms(FIRST_BOOT_VMS_FILE.trim_start_matches('/'), &bytes),
+        Err(ReadError::NotFound) => Ok(Vec::new()),
+        Err(ReadError::Other(why)) => Err(why),
+    }
+}
+
 fn text(path: &str, bytes: Vec<u8>) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8 text"))
 }

@@ -4,7 +4,6 @@
 //! out by the frame allocator): the heap, the kernel stack, the AP start-up page and the memory map.
 
 mod files;
-pub mod vms;
 
 pub use files::FirstBootKickstart;
 
@@ -60,8 +59,9 @@ pub struct BootInfo {
     pub boot_partition: Option<Guid>,
     /// The kickstart a first boot would apply.
     pub kickstart: FirstBootKickstart,
-    /// The VMs on the boot media, with their kernels and initrds in memory.
-    pub vms: Vec<vms::VmImage>,
+    /// The VMs a first boot registers (`ember_storage::vmdef::FIRST_BOOT_VMS_FILE` on the boot
+    /// media; empty without it), or why the file cannot be used.
+    pub first_boot_vms: Result<Vec<ember_storage::vmdef::DsPath>, String>,
     /// Wall-clock time when the UEFI phase ended (seconds since 1970, UTC), if the firmware knows it.
     pub wall_clock: Option<i64>,
 }
@@ -114,21 +114,10 @@ pub fn start(version: &str, build: &str, kernel_main: KernelMain) -> Status {
         None if matches!(ks_source, Ok(KsSource::BootMedia)) => FirstBootKickstart::None,
         None => FirstBootKickstart::Refused(String::from("the boot volume has no readable file system")),
     };
-    let vm_images = match boot_fs.as_deref_mut() {
-        Some(fs) => vms::read_vms(fs),
-        None => Vec::new(),
+    let first_boot_vms = match boot_fs.as_deref_mut() {
+        Some(fs) => files::first_boot_vms(fs),
+        None => Ok(Vec::new()),
     };
-    for v in &vm_images {
-        match &v.loaded {
-            Ok(l) => kprintln!(
-                "ember: VM {} on the boot media: kernel {} bytes, initrd {} bytes",
-                l.definition.name,
-                l.kernel.len(),
-                l.initrd.map_or(0, |i| i.len())
-            ),
-            Err(e) => kprintln!("ember: ERROR: VM in {}: {e}", v.dir),
-        }
-    }
     drop(boot_fs);
     let wall_clock = uefi::runtime::get_time().ok().and_then(|t| {
         ember_vmm::rtc::unix_time(
@@ -185,7 +174,7 @@ pub fn start(version: &str, build: &str, kernel_main: KernelMain) -> Status {
         trampoline_page: trampoline.as_ptr() as u64,
         boot_partition,
         kickstart,
-        vms: vm_images,
+        first_boot_vms,
         wall_clock,
     }));
     if let Some(fb) = info.framebuffer {

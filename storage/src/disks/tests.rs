@@ -15,16 +15,23 @@ fn disk(name: &str, dev: &Shared) -> Disk {
     Disk::new(name.into(), "virtio-blk", Box::new(dev.clone())).described("QEMU HARDDISK", "S-1")
 }
 
-fn boot() -> DiskReport {
-    DiskReport {
-        name: "usb0".into(),
-        driver: "usb-storage".into(),
-        model: "stick".into(),
-        serial: String::new(),
-        size_bytes: 80 * MIB,
-        block_size: 512,
-        used_by: UsedBy::BootMedia,
-    }
+/// A boot media of `bytes` whose partition table holds one 40 MiB partition (Ember's own).
+fn boot_media(bytes: u64) -> Shared {
+    let dev = shared(bytes);
+    let part = NewPartition {
+        type_guid: Guid::from_bytes([7; 16]),
+        unique_guid: Guid::from_bytes([8; 16]),
+        first_lba: 2048,
+        last_lba: 2048 + 40 * 2048 - 1,
+        attributes: 0,
+        name: "EFI system partition",
+    };
+    gpt::write_gpt(&mut dev.clone(), Guid::from_bytes([9; 16]), &[part]).unwrap();
+    dev
+}
+
+fn boot(dev: &Shared) -> Disk {
+    Disk::new("usb0".into(), "usb-storage", Box::new(dev.clone())).described("stick", "")
 }
 
 #[test]
@@ -32,13 +39,17 @@ fn disks_are_classified_and_a_datastore_is_made_on_a_free_one_and_found_again() 
     let (a, b, c) = (shared(128 * MIB), shared(96 * MIB), shared(96 * MIB));
     b.0.borrow_mut().bytes_mut()[5000] = 1; // data without a partition table
     let mut log = Vec::new();
-    let mut h =
-        HostDisks::scan(vec![disk("vda", &a), disk("vdb", &b), disk("vdc", &c)], Some(boot()), 7, &mut log);
+    let mut h = HostDisks::scan(
+        vec![disk("vda", &a), disk("vdb", &b), disk("vdc", &c)],
+        Some(boot(&boot_media(80 * MIB))),
+        7,
+        &mut log,
+    );
     assert!(log.is_empty(), "{log:?}");
     let d = h.disks();
     assert_eq!(
         d.iter().map(|d| d.used_by.clone()).collect::<Vec<_>>(),
-        [UsedBy::BootMedia, UsedBy::Free, UsedBy::Data { at: 5000 }, UsedBy::Free]
+        [UsedBy::BootMedia { datastores: Vec::new() }, UsedBy::Free, UsedBy::Data { at: 5000 }, UsedBy::Free]
     );
     assert_eq!(
         (d[1].model.as_str(), d[1].serial.as_str(), d[1].size_bytes),
@@ -55,7 +66,8 @@ fn disks_are_classified_and_a_datastore_is_made_on_a_free_one_and_found_again() 
     assert_eq!(e.to_string(), "disk vdb holds data (no partition table; non-zero bytes at offset 5000); set \"overwrite\": true to erase it");
     assert_eq!(b.0.borrow().bytes()[5000], 1, "nothing written");
     assert_eq!(h.create("two", "vdz", false), Err(DisksError::NoSuchDisk("vdz".into())));
-    assert!(matches!(h.create("two", "usb0", false), Err(DisksError::Unsuitable { .. })));
+    let e = h.create("two", "usb0", false).unwrap_err();
+    assert!(e.to_string().contains("largest free space is 38 MiB"), "{e}");
     assert!(matches!(h.create("a]b", "vdc", false), Err(DisksError::BadName(_))));
     let e = h.create("two", "vda", false).unwrap_err();
     assert!(e.to_string().contains("holds datastore \"datastore1\""), "{e}");
@@ -151,4 +163,33 @@ fn unfinished_uploads_are_removed_at_mount() {
     assert!(listed.is_empty());
     assert!(h.with("ds", |ds, _| ds.stat("iso/keep.iso")).unwrap().is_ok());
     assert_eq!(h.datastore("ds").unwrap().free_bytes, h.datastore("ds").unwrap().capacity_bytes);
+}
+
+#[test]
+fn a_datastore_goes_into_the_free_space_of_the_boot_media_and_its_partitions_stay() {
+    let media = boot_media(600 * MIB);
+    let before = gpt::read_gpt(&mut media.clone()).unwrap();
+    let mut log = Vec::new();
+    let mut h = HostDisks::scan(Vec::new(), Some(boot(&media)), 3, &mut log);
+    let e = h.create("local", "usb0", true).unwrap_err();
+    assert!(e.to_string().contains("never overwritten"), "{e}");
+    assert_eq!(gpt::read_gpt(&mut media.clone()).unwrap().partitions, before.partitions, "nothing written");
+    let r = h.create("local", "usb0", false).unwrap();
+    assert!(r.capacity_bytes > 500 * MIB && r.disk == "usb0", "{r:?}");
+    assert_eq!(h.disks()[0].used_by.to_string(), "boot media and datastore \"local\"");
+    let table = gpt::read_gpt(&mut media.clone()).unwrap();
+    assert_eq!(table.disk_guid, before.disk_guid);
+    assert_eq!(table.partitions[0], before.partitions[0], "Ember's partition is kept");
+    assert_eq!(table.partitions.len(), 2);
+    assert!(table.partitions[1].first_lba > before.partitions[0].last_lba);
+    let e = h.create("more", "usb0", false).unwrap_err();
+    assert!(e.to_string().contains("no free space"), "{e}");
+
+    // Found again at the next boot, still as the boot media.
+    let mut h = HostDisks::scan(Vec::new(), Some(boot(&media)), 4, &mut log);
+    assert_eq!(h.datastores().len(), 1, "{log:?}");
+    assert_eq!(h.disks()[0].used_by, UsedBy::BootMedia { datastores: vec!["local".into()] });
+    h.remove("local", None).unwrap();
+    assert_eq!(gpt::read_gpt(&mut media.clone()).unwrap().partitions, before.partitions);
+    assert_eq!(h.disks()[0].used_by, UsedBy::BootMedia { datastores: Vec::new() });
 }
