@@ -2,7 +2,7 @@
 //! [`BlockDevice`]: namespace 1 of each controller, through one I/O queue pair.
 //!
 //! Register, queue entry and command layouts from the specification (section numbers in comments),
-//! through the platform's [`MmioRegion`] and [`DmaBuffer`]. Data moves through a 64 KiB bounce buffer
+//! through the platform's [`MmioRegion`] and [`DmaBuffer`]. Data moves through a 1 MiB bounce buffer
 //! described by PRP entries (a PRP list for more than two pages), within the controller's maximum
 //! transfer size. Flush (opcode 0) makes writes durable. Every command has a time-out; a controller
 //! that reports a fatal status is left alone. Not built: other namespaces, interrupts, more queues.
@@ -40,7 +40,10 @@ const QUEUE_ENTRIES: usize = 32;
 const SQ_ENTRY: usize = 64;
 const CQ_ENTRY: usize = 16;
 const PAGE: usize = 4096;
-const BOUNCE: usize = 64 * 1024;
+/// The bounce buffer: 1 MiB moves a guest's large sequential requests in few commands (each is
+/// waited for); its PRP list takes one page.
+const BOUNCE: usize = 1024 * 1024;
+const _: () = assert!(BOUNCE / PAGE - 1 <= PAGE / 8);
 /// A command may take as long as Linux's NVMe driver allows an I/O command (30 s): a flush on a
 /// busy host can take seconds.
 const COMMAND_TIMEOUT_MS: u64 = 30_000;

@@ -95,13 +95,17 @@ pub fn read_vms(paths: &[std::path::PathBuf]) -> Result<Vec<VmFiles>, String> {
 /// The smallest image that holds Ember's partitions and a datastore with `vms`' files, each file
 /// fully provisioned (a guest may write every block of its disk), with room for the metadata.
 pub fn image_size_for(vms: &[VmFiles]) -> Result<u64, String> {
+    let too_large = || String::from("the VMs' files are too large for an image");
     let mut data = 0u64;
     for (_, source) in vms.iter().flat_map(|v| &v.files) {
-        data += source.len()?.next_multiple_of(DS_BLOCK);
+        let n = source.len()?.checked_next_multiple_of(DS_BLOCK).ok_or_else(too_large)?;
+        data = data.checked_add(n).ok_or_else(too_large)?;
     }
     // The datastore's metadata takes 1/256 of it (at least 4 MiB), plus alignment and headroom.
-    let ds = data + (data / 255).max(4 << 20) + 4 * DS_BLOCK;
-    Ok((layout::MIN_MEDIA_SIZE + ds).next_multiple_of(1 << 20))
+    let ds = data.checked_add((data / 255).max(4 << 20) + 4 * DS_BLOCK).ok_or_else(too_large)?;
+    ds.checked_add(layout::MIN_MEDIA_SIZE)
+        .and_then(|n| n.checked_next_multiple_of(1 << 20))
+        .ok_or_else(too_large)
 }
 
 fn random_guid() -> Result<Guid, String> {

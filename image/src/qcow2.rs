@@ -48,7 +48,17 @@ impl Qcow2Image {
             .map_err(|e| {
                 format!("{shown}: not a usable qcow2 image: {e} (an image with a backing file must be flattened first: qemu-img convert -O qcow2 IN OUT)")
             })?;
-        Ok(Qcow2Image { access: FormatAccess::new(q), shown })
+        let access = FormatAccess::new(q);
+        // The header's size is not bounded by anything else in the file: a forged one would make
+        // the copy walk for ever.
+        let size = access.size();
+        let max = ember_storage::datastore::MAX_FILE_BYTES;
+        if size == 0 || size % 512 != 0 || size > max {
+            return Err(format!(
+                "{shown}: the image says its disk has {size} bytes (a disk is a whole number of 512-byte sectors, at most {max})"
+            ));
+        }
+        Ok(Qcow2Image { access, shown })
     }
 
     /// The virtual disk's size in bytes.
@@ -174,14 +184,16 @@ mod tests {
         let e = Qcow2Image::open(&top).err().unwrap();
         assert!(e.contains("top.qcow2: not a usable qcow2 image") && e.contains("flattened"), "{e}");
 
-        // Forged headers (cluster size, L1 table size, L1 table offset) and a truncated one:
-        // errors, no panic.
+        // Forged headers (cluster size, L1 table size, L1 table offset, disk size) and a truncated
+        // one: errors, no panic.
         let good = std::fs::read(&base).unwrap();
         let bad = d.path().join("bad.qcow2");
         for (at, value) in [
             (20usize, &99u32.to_be_bytes()[..]),
             (36, &u32::MAX.to_be_bytes()[..]),
             (40, &3u64.to_be_bytes()[..]),
+            (24, &(1u64 << 62).to_be_bytes()[..]),
+            (24, &1000u64.to_be_bytes()[..]),
         ] {
             let mut bytes = good.clone();
             bytes[at..at + value.len()].copy_from_slice(value);

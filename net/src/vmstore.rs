@@ -147,7 +147,7 @@ pub fn create(disks: &mut HostDisks, body: &Map<String, Value>, now: u64) -> Res
     ember_storage::datastore::check_label(&datastore).map_err(|e| invalid("datastore", e))?;
     let path = definition_path(&datastore, name);
     let folder = path.parent();
-    check_files(disks, &folder, &def, &new_disks, &[])?;
+    check_files(disks, &folder, &def, &new_disks, &[], &[])?;
     let made = disks
         .with(&datastore, |ds, dev| {
             if ds.stat(&folder.path).is_ok() {
@@ -282,7 +282,8 @@ pub fn edit(
     let text = Value::Object(merged).to_string();
     let def = VmDefinition::parse("definition", text.as_bytes())
         .map_err(|e| VmStoreError::Invalid { field: e.field, problem: e.problem })?;
-    check_files(disks, &folder, &def, &new_disks, &grow)?;
+    let attached: Vec<&str> = vm.def.disks.iter().map(|d| d.file.as_str()).collect();
+    check_files(disks, &folder, &def, &new_disks, &grow, &attached)?;
     let temp = format!("{}.new", vm.path.path);
     let r = disks
         .with(&folder.datastore, |ds, dev| {
@@ -323,14 +324,16 @@ pub fn edit(
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Checks the files definition `def` (in `folder`) refers to: each exists and is a file, except
-/// the new disks; a disk is a whole number of 512-byte sectors, not a qcow2 image, and no other VM
-/// holds it; a disk in `grow` is not shrunk.
+/// the new disks; a disk is a whole number of 512-byte sectors and no other VM holds it; a disk
+/// being attached (not in `attached`, the VM's disks so far) is not a qcow2 image (a guest may
+/// well write a qcow2 header onto a disk it has); a disk in `grow` is not shrunk.
 fn check_files(
     disks: &mut HostDisks,
     folder: &DsPath,
     def: &VmDefinition,
     new_disks: &[(String, u64)],
     grow: &[(DsPath, u64, String)],
+    attached: &[&str],
 ) -> Result<(), VmStoreError> {
     let refs = core::iter::once((String::from("kernel"), def.kernel.as_str(), false))
         .chain(def.initrd.as_deref().map(|i| (String::from("initrd"), i, false)))
@@ -338,16 +341,17 @@ fn check_files(
         .filter(|(_, f, _)| !new_disks.iter().any(|(n, _)| n == f));
     for (field, file, is_disk) in refs {
         let p = folder.resolve(file).map_err(|e| invalid(&field, e))?;
+        let attaching = is_disk && !attached.contains(&file);
         let found = disks.with(&p.datastore, |ds, dev| {
             let e = ds.stat(&p.path)?;
             let mut head = [0u8; 4];
-            if e.kind == InodeKind::File {
+            if attaching && e.kind == InodeKind::File {
                 ds.read(dev, e.id, 0, &mut head)?;
             }
             Ok((e, ds.holder(&p.path).map(String::from), head))
         });
         let (size, holder) = match found {
-            Ok(Ok((_, _, head))) if is_disk && head == QCOW2_MAGIC => {
+            Ok(Ok((_, _, head))) if attaching && head == QCOW2_MAGIC => {
                 return Err(invalid(
                     &field,
                     format!("{p} is a qcow2 image; Ember's virtual disks are raw files: copy it in with `ember-image datastore put`, which converts qcow2, or convert it first (qemu-img convert -O raw)"),
@@ -355,7 +359,8 @@ fn check_files(
             }
             Ok(Ok((e, h, _))) if e.kind == InodeKind::File => (e.size, h),
             Ok(Ok(_)) => return Err(invalid(&field, format!("{p} is a directory"))),
-            Ok(Err(_)) => return Err(invalid(&field, format!("{p}: no such file"))),
+            Ok(Err(DsError::NotFound(_))) => return Err(invalid(&field, format!("{p}: no such file"))),
+            Ok(Err(e)) => return Err(from_ds(&p, e)),
             Err(e) => return Err(invalid(&field, e.to_string())),
         };
         if let Some((_, bytes, at)) = grow.iter().find(|(g, _, _)| *g == p) {
@@ -655,6 +660,26 @@ mod tests {
         assert_eq!(entry(&mut h, "web/web_1.img").unwrap().size, 1 << 30, "detached, kept");
         assert_eq!(entry(&mut h, "web/web_2.img").unwrap().size, 2 << 30, "a new name");
         assert_eq!(load(&mut h, &vm.path).unwrap(), new.def);
+        // A guest that writes a qcow2 header onto its own disk does not block edits; attaching a
+        // qcow2 file is refused.
+        h.with("ds1", |ds, dev| {
+            let id = ds.stat("web/web.img")?.id;
+            ds.write(dev, id, 0, &QCOW2_MAGIC, 8)?;
+            ds.commit(dev)
+        })
+        .unwrap()
+        .unwrap();
+        let new = edit(&mut h, &new, &body(json!({"memory_mib": 96})), 8).unwrap();
+        let e = edit(
+            &mut h,
+            &new,
+            &body(json!({"disks": [{"file": "web.img"}, {"file": "[ds1] cloud.qcow2"}]})),
+            8,
+        );
+        assert!(
+            matches!(e, Err(VmStoreError::Invalid { ref field, .. }) if field == "disks[1].file"),
+            "{e:?}"
+        );
         // Refusals change nothing.
         for (change, field) in [
             (json!({"name": "other"}), "name"),

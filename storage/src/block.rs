@@ -64,15 +64,21 @@ pub trait BlockDevice {
 /// its own duration only; a call made while another handle's call is still running (which the
 /// management loop never does) fails with a device error rather than interleaving.
 #[derive(Clone)]
-pub struct SharedDevice(alloc::rc::Rc<core::cell::RefCell<alloc::boxed::Box<dyn BlockDevice>>>);
+pub struct SharedDevice {
+    dev: alloc::rc::Rc<core::cell::RefCell<alloc::boxed::Box<dyn BlockDevice>>>,
+    /// The device's geometry, read once (it does not change).
+    block_size: u32,
+    blocks: u64,
+}
 
 impl SharedDevice {
     pub fn new(dev: alloc::boxed::Box<dyn BlockDevice>) -> SharedDevice {
-        SharedDevice(alloc::rc::Rc::new(core::cell::RefCell::new(dev)))
+        let (block_size, blocks) = (dev.block_size(), dev.num_blocks());
+        SharedDevice { dev: alloc::rc::Rc::new(core::cell::RefCell::new(dev)), block_size, blocks }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut dyn BlockDevice) -> Result<T, IoError>) -> Result<T, IoError> {
-        match self.0.try_borrow_mut() {
+        match self.dev.try_borrow_mut() {
             Ok(mut d) => f(d.as_mut()),
             Err(_) => Err(IoError::Device(String::from("the device is busy with another request"))),
         }
@@ -81,10 +87,10 @@ impl SharedDevice {
 
 impl BlockDevice for SharedDevice {
     fn block_size(&self) -> u32 {
-        self.0.try_borrow().map_or(0, |d| d.block_size())
+        self.block_size
     }
     fn num_blocks(&self) -> u64 {
-        self.0.try_borrow().map_or(0, |d| d.num_blocks())
+        self.blocks
     }
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.with(|d| d.read_blocks(lba, buf))
@@ -225,6 +231,18 @@ impl BlockDevice for MemDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_device_serves_every_handle() {
+        let mut a = SharedDevice::new(alloc::boxed::Box::new(MemDisk::new(512, 8)));
+        let mut b = a.clone();
+        a.write_blocks(3, &[7u8; 512]).unwrap();
+        let mut buf = [0u8; 512];
+        b.read_blocks(3, &mut buf).unwrap();
+        assert_eq!((buf, b.block_size(), b.num_blocks()), ([7u8; 512], 512, 8));
+        assert!(b.flush().is_ok());
+        assert!(matches!(b.read_blocks(8, &mut buf), Err(IoError::OutOfRange { .. })));
+    }
 
     #[test]
     fn memdisk_bounds_are_checked() {

@@ -499,7 +499,12 @@ impl HostDisks {
         }
         let failed =
             |what: &str, e: &dyn fmt::Display| DisksError::Failed(format!("disk {disk}: {what}: {e}"));
-        let table = gpt::read_gpt(dev).map_err(|e| failed("reading the partition table", &e))?;
+        let mut table = gpt::read_gpt(dev).map_err(|e| failed("reading the partition table", &e))?;
+        // A stick written with `dd` carries the image's table, whose usable range ends where the
+        // image did; the table written here covers the whole device.
+        if let Some((_, last)) = gpt::usable_range(bs, dev.num_blocks()) {
+            table.last_usable_lba = table.last_usable_lba.max(last);
+        }
         if table.partitions.len() >= gpt::ENTRY_COUNT as usize {
             return Err(unsuitable(String::from("its partition table is full")));
         }

@@ -263,10 +263,12 @@ pub fn write_gpt<D: BlockDevice + ?Sized>(
     mbr_block[..512].copy_from_slice(bytemuck::bytes_of(&mbr));
 
     let backup_array_lba = last_lba - array_blocks;
-    // Backup first, primary last: a disk interrupted mid-write has no valid primary, never a
+    // Backup first (made durable), primary last: a disk interrupted mid-write has a valid primary
+    // (the old table) or a valid backup (the new one, which `read_gpt` then uses), never only a
     // primary that points at a half-written table.
     dev.write_blocks(backup_array_lba, &array)?;
     dev.write_blocks(last_lba, &make_header(last_lba, 1, backup_array_lba))?;
+    dev.flush()?;
     dev.write_blocks(2, &array)?;
     dev.write_blocks(1, &make_header(1, last_lba, 2))?;
     dev.write_blocks(0, &mbr_block)?;
@@ -346,8 +348,20 @@ pub fn read_gpt<D: BlockDevice + ?Sized>(dev: &mut D) -> Result<Gpt, GptError> {
         return Err(GptError::NotProtectiveMbr);
     }
 
-    let (hdr, array) = read_header_and_entries(dev, 1)?;
-    let alternate = hdr.alternate_lba.to_u64();
+    let mut warnings = Vec::new();
+    let (hdr, array, primary) = match read_header_and_entries(dev, 1) {
+        Ok((hdr, array)) => (hdr, array, true),
+        // A damaged primary (a power cut while the table was rewritten, a bad block): the backup
+        // at the last block, as UEFI firmware does (UEFI 2.10 5.3.2).
+        Err(e) => match read_header_and_entries(dev, blocks - 1) {
+            Ok((hdr, array)) if hdr.alternate_lba.to_u64() == 1 => {
+                warnings.push(alloc::format!("the primary GPT is damaged ({e}); the backup is used"));
+                (hdr, array, false)
+            }
+            _ => return Err(e),
+        },
+    };
+    let alternate = if primary { hdr.alternate_lba.to_u64() } else { blocks - 1 };
     if alternate >= blocks {
         return Err(GptError::Truncated { alternate_lba: alternate, device_blocks: blocks });
     }
@@ -357,18 +371,17 @@ pub fn read_gpt<D: BlockDevice + ?Sized>(dev: &mut D) -> Result<Gpt, GptError> {
         return Err(GptError::BadUsableRange { first, last });
     }
 
-    let mut warnings = Vec::new();
-    match read_header_and_entries(dev, alternate) {
-        Ok((backup, backup_array)) => {
+    match primary.then(|| read_header_and_entries(dev, alternate)) {
+        Some(Ok((backup, backup_array)))
             if backup_array != array
                 || backup.first_usable_lba.to_u64() != first
                 || backup.last_usable_lba.to_u64() != last
-                || { backup.disk_guid } != { hdr.disk_guid }
-            {
-                warnings.push(String::from("the backup GPT does not match the primary"));
-            }
+                || { backup.disk_guid } != { hdr.disk_guid } =>
+        {
+            warnings.push(String::from("the backup GPT does not match the primary"));
         }
-        Err(e) => warnings.push(alloc::format!("the backup GPT is damaged: {e}")),
+        None | Some(Ok(_)) => {}
+        Some(Err(e)) => warnings.push(alloc::format!("the backup GPT is damaged: {e}")),
     }
     if alternate != blocks - 1 {
         warnings.push(alloc::format!(
@@ -512,7 +525,7 @@ mod tests {
         assert_eq!(gpt.partitions[0].attributes, 1);
         assert_eq!(gpt.partitions[1].first_lba, 4096);
         assert_eq!(gpt.partitions[1].blocks(), 4096);
-        assert_eq!(d.flushes, 1);
+        assert_eq!(d.flushes, 2, "the backup is made durable before the primary is written");
     }
 
     /// Layout facts any GPT reader relies on, checked against the raw bytes.
@@ -541,9 +554,59 @@ mod tests {
         };
         check(&|b| b[511] = 0, GptError::NoMbrSignature);
         check(&|b| b[446 + 4] = 0x83, GptError::NotProtectiveMbr);
-        check(&|b| b[512] = b'X', GptError::BadSignature { lba: 1 });
-        check(&|b| b[512 + 30] ^= 1, GptError::HeaderCrc { lba: 1 });
-        check(&|b| b[1024 + 40] ^= 1, GptError::EntryArrayCrc { lba: 1 });
+        // A damaged primary is an error when the backup is damaged too (else the backup is used).
+        let backup = 16383 * 512;
+        check(
+            &|b| {
+                b[512] = b'X';
+                b[backup] = 0
+            },
+            GptError::BadSignature { lba: 1 },
+        );
+        check(
+            &|b| {
+                b[512 + 30] ^= 1;
+                b[backup] = 0
+            },
+            GptError::HeaderCrc { lba: 1 },
+        );
+        check(
+            &|b| {
+                b[1024 + 40] ^= 1;
+                b[backup] = 0
+            },
+            GptError::EntryArrayCrc { lba: 1 },
+        );
+    }
+
+    /// A rewrite cut short after the backup was written (the primary's array half written): the
+    /// backup, which holds the new table, is used, with a warning.
+    #[test]
+    fn a_table_rewrite_cut_short_leaves_the_backup_in_use() {
+        let old = sample(16384);
+        let mut new = old.clone();
+        let mut parts: Vec<NewPartition<'_>> = Vec::new();
+        let table = read_gpt(&mut new).unwrap();
+        parts.extend(table.partitions.iter().map(Partition::to_new));
+        parts.push(NewPartition {
+            type_guid: T2,
+            unique_guid: guid!("11111111-2222-3333-4444-777777777777"),
+            first_lba: 9000,
+            last_lba: 9999,
+            attributes: 0,
+            name: "added",
+        });
+        write_gpt(&mut new, table.disk_guid, &parts).unwrap();
+        let mut cut = old.clone();
+        let backup_from = (16383 - entry_array_blocks(512)) as usize * 512;
+        cut.bytes_mut()[backup_from..].copy_from_slice(&new.bytes()[backup_from..]);
+        cut.bytes_mut()[1024..1024 + 512].copy_from_slice(&new.bytes()[1024..1024 + 512]);
+        let gpt = read_gpt(&mut cut).unwrap();
+        assert_eq!(gpt.partitions.len(), 3, "the new table");
+        assert!(gpt.warnings[0].starts_with("the primary GPT is damaged"), "{:?}", gpt.warnings);
+        // Written again, both copies agree.
+        write_gpt(&mut cut, gpt.disk_guid, &parts).unwrap();
+        assert!(read_gpt(&mut cut).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -32,6 +32,7 @@
 #include <sys/mman.h>
 #include <sys/reboot.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VIRTIO_BASE 0xd0000000UL
@@ -268,6 +269,19 @@ static uint8_t request(struct dev *d, uint32_t type, uint64_t sector, uint32_t l
 
 static int needs_reset(struct dev *d) { return (rd(d, 0x70) & 0x40) != 0; }
 
+/* A disk on a datastore completes requests later (the host's management CPU executes them): the
+ * status byte of a valid request is watched for up to 10 s (it was 0xee until completion). */
+static uint8_t completed(struct dev *d) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        uint8_t s = *(volatile uint8_t *)(d->hdr + 32);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (s != 0xee || now.tv_sec - start.tv_sec >= 10) return s;
+        __builtin_ia32_pause();
+    }
+}
+
 static void phase_virtio(void) {
     struct dev d;
     memset(&d, 0, sizeof d);
@@ -289,7 +303,8 @@ static void phase_virtio(void) {
     }
     /* 1. A valid read of sector 0. */
     uint32_t st = dev_init(&d, 8);
-    uint8_t s = request(&d, 0, 0, 512);
+    request(&d, 0, 0, 512);
+    uint8_t s = completed(&d);
     say("virtio valid read: status register %#x, request status %u, used %u, first byte %#x", st, s, used_idx(&d), d.data[0]);
     /* 2. The reproduced attack: a flush, then queue size 0 while the queue is enabled. */
     s = request(&d, 4, 0, 0);
@@ -374,7 +389,8 @@ static void phase_virtio(void) {
     /* 8. After a reset the device works as before. */
     memset(d.data, 0, 512);
     st = dev_init(&d, 8);
-    s = request(&d, 0, 0, 512);
+    request(&d, 0, 0, 512);
+    s = completed(&d);
     say("virtio after reset: status register %#x, request status %u, first byte %#x", st, s, d.data[0]);
     wr(&d, 0x70, 0);
 }

@@ -193,3 +193,18 @@ fn a_datastore_goes_into_the_free_space_of_the_boot_media_and_its_partitions_sta
     assert_eq!(gpt::read_gpt(&mut media.clone()).unwrap().partitions, before.partitions);
     assert_eq!(h.disks()[0].used_by, UsedBy::BootMedia { datastores: Vec::new() });
 }
+
+/// An 80 MiB image written with `dd` onto a 600 MiB stick: its table ends where the image did,
+/// and the datastore takes the space up to the stick's end.
+#[test]
+fn the_space_beyond_an_image_written_onto_a_larger_stick_is_used() {
+    let image = boot_media(80 * MIB);
+    let stick = shared(600 * MIB);
+    stick.0.borrow_mut().bytes_mut()[..(80 * MIB) as usize].copy_from_slice(image.0.borrow().bytes());
+    let mut h = HostDisks::scan(Vec::new(), Some(boot(&stick)), 3, &mut Vec::new());
+    let r = h.create("local", "usb0", false).unwrap();
+    assert!(r.capacity_bytes > 500 * MIB, "{r:?}");
+    let table = gpt::read_gpt(&mut stick.clone()).unwrap();
+    assert!(table.warnings.is_empty(), "{:?}", table.warnings);
+    assert_eq!(table.partitions.len(), 2);
+}
