@@ -12,10 +12,10 @@
 //! notifications over guest memory and descriptor tables made of the input. Any panic is a finding; refusals are expected.
 #![no_main]
 
+use ember_vmm::blkio::{IoDone, IoOp, IoQueue};
 use ember_vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
 use ember_vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
 use ember_vmm::decode::{self, Access};
-use ember_vmm::blkio::{IoDone, IoOp, IoQueue};
 use ember_vmm::linux::{self, BzImage};
 use ember_vmm::machine::Machine;
 use ember_vmm::memory::{GuestMemory, GuestRam};
