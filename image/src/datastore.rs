@@ -135,8 +135,8 @@ pub fn create(
                     ));
                 }
             }
-            let free = gpt::free_ranges(&table, ALIGN / BLOCK as u64);
-            let largest = free.iter().map(|&(f, l)| (l - f + 1) * BLOCK as u64).max().unwrap_or(0);
+            let largest = gpt::largest_free_range(&table, ALIGN / BLOCK as u64)
+                .map_or(0, |(f, l)| (l - f + 1) * BLOCK as u64);
             if largest < MIN_DATASTORE {
                 let parts: Vec<String> = table.partitions.iter().map(|p| format!("{:?}", p.name)).collect();
                 return Err(format!(

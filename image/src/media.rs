@@ -109,11 +109,7 @@ pub fn image_size_for(vms: &[VmFiles]) -> Result<u64, String> {
 }
 
 fn random_guid() -> Result<Guid, String> {
-    let mut b = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| format!("cannot read /dev/urandom for partition GUIDs: {e}"))?;
-    Ok(Guid::from_random_bytes(b))
+    crate::datastore::random_bytes().map(Guid::from_random_bytes)
 }
 
 /// Checks that `bytes` is a PE32+ x86_64 EFI application (PE/COFF spec: DOS stub "MZ", "PE\0\0",
@@ -243,14 +239,11 @@ fn write_datastore(disk: &mut FileDisk, vms: &[VmFiles]) -> Result<(), String> {
                 ds.mkdir_all(parent, t).map_err(|e| format!("{shown}: {e}"))?;
             }
             let id = ds.create(&path, t).map_err(|e| format!("{shown}: {e}"))?;
-            source.copy_to(&mut ds, &mut w, id, t).map_err(|e| {
+            if let Err(e) = source.copy_to(&mut ds, &mut w, id, t) {
                 let e = format!("{shown}: {e}");
-                if e.contains("not enough free space") {
-                    too_small(e)
-                } else {
-                    e
-                }
-            })?;
+                // A full datastore means the image is too small; anything else is said as it is.
+                return Err(if ds.usage().free < DS_BLOCK { too_small(e) } else { e });
+            }
         }
     }
     ds.commit(&mut w).map_err(|e| format!("[{IMAGE_DATASTORE}]: {e}"))

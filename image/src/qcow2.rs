@@ -14,15 +14,14 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, St
 use std::io::Read;
 use std::path::Path;
 
-/// The first four bytes of every qcow2 image.
-pub const MAGIC: [u8; 4] = *b"QFI\xfb";
+use ember_storage::vmdef::QCOW2_MAGIC;
 
 /// Whether the file at `path` starts like a qcow2 image.
 pub fn is_qcow2(path: &Path) -> Result<bool, String> {
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut head = [0u8; 4];
     match f.read_exact(&mut head) {
-        Ok(()) => Ok(head == MAGIC),
+        Ok(()) => Ok(head == QCOW2_MAGIC),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

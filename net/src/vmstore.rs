@@ -13,7 +13,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use ember_storage::datastore::{DsError, InodeKind, MAX_FILE_BYTES};
 use ember_storage::disks::{DisksError, HostDisks, MountId};
-use ember_storage::vmdef::{DsPath, VmDefinition, MAX_DISKS};
+use ember_storage::vmdef::{DsPath, VmDefinition, MAX_DISKS, QCOW2_MAGIC};
 use serde_json::{json, Map, Value};
 
 /// Largest definition file read back.
@@ -319,9 +319,6 @@ pub fn edit(
     r.map_err(|e| from_ds(&vm.path, e))?;
     Ok(StoredVm { path: vm.path.clone(), def })
 }
-
-/// The first bytes of a qcow2 image.
-const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Checks the files definition `def` (in `folder`) refers to: each exists and is a file, except
 /// the new disks; a disk is a whole number of 512-byte sectors and no other VM holds it; a disk

@@ -508,8 +508,7 @@ impl HostDisks {
         if table.partitions.len() >= gpt::ENTRY_COUNT as usize {
             return Err(unsuitable(String::from("its partition table is full")));
         }
-        let free = gpt::free_ranges(&table, ALIGN / bs as u64);
-        let Some((first, last)) = free.into_iter().max_by_key(|&(f, l)| l - f) else {
+        let Some((first, last)) = gpt::largest_free_range(&table, ALIGN / bs as u64) else {
             return Err(unsuitable(String::from("it is the boot media, and has no free space")));
         };
         let bytes = (last + 1 - first).saturating_mul(bs as u64);

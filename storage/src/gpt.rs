@@ -440,6 +440,11 @@ pub fn free_ranges(gpt: &Gpt, align: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// The largest of [`free_ranges`], as (first, last) LBAs.
+pub fn largest_free_range(gpt: &Gpt, align: u64) -> Option<(u64, u64)> {
+    free_ranges(gpt, align).into_iter().max_by_key(|&(f, l)| l - f)
+}
+
 /// Adds a partition in the largest free range of `dev`'s table (aligned to `align` blocks; at most
 /// `max_blocks` long when given) and rewrites the table, keeping every existing entry. Returns the
 /// new partition as read back.
@@ -455,7 +460,7 @@ pub fn add_partition<D: BlockDevice + ?Sized>(
     if gpt.partitions.len() >= ENTRY_COUNT as usize {
         return Err(GptError::DoesNotFit { index: ENTRY_COUNT });
     }
-    let Some((first, last)) = free_ranges(&gpt, align).into_iter().max_by_key(|&(f, l)| l - f) else {
+    let Some((first, last)) = largest_free_range(&gpt, align) else {
         return Err(GptError::DoesNotFit { index: gpt.partitions.len() as u32 });
     };
     let last = match max_blocks {

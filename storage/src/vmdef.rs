@@ -47,6 +47,10 @@ pub fn parse_first_boot_vms(file: &str, bytes: &[u8]) -> Result<Vec<DsPath>, Str
     Ok(out)
 }
 
+/// The first four bytes of a qcow2 image (QEMU's format). Ember's virtual disks are raw: the host
+/// tool converts qcow2, and the API refuses to attach it.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u32 = 64;
 /// Guest RAM limits in MiB (up to 3 GiB of it below the MMIO window, the rest from 4 GiB; the
