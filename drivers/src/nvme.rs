@@ -3,18 +3,22 @@
 //!
 //! Register, queue entry and command layouts from the specification (section numbers in comments),
 //! through the platform's [`MmioRegion`] and [`DmaBuffer`]. Data moves through a 1 MiB bounce buffer
-//! described by PRP entries (a PRP list for more than two pages), within the controller's maximum
-//! transfer size. Flush (opcode 0) makes writes durable. Every command has a time-out; a controller
-//! that reports a fatal status is left alone. Not built: other namespaces, interrupts, more queues.
+//! described by PRP entries (a PRP list for more than two pages). A request larger than the
+//! controller's maximum transfer size goes out as several commands in flight at once (up to
+//! [`MAX_IN_FLIGHT`], each with its own part of the bounce buffer and its own PRP list), as Linux's
+//! driver sends them: the controller works on them together. Flush (opcode 0) makes writes durable.
+//! Every command has a time-out; a controller that reports a fatal status is left alone. Not built:
+//! other namespaces, interrupts, more queues.
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use ember_hw::mm::frames::FrameAllocator;
 use ember_platform::arch::x86_64::dma::DmaBuffer;
 use ember_platform::arch::x86_64::mmio::MmioRegion;
 use ember_platform::arch::x86_64::timer;
 use ember_platform::firmware::pcie::PciFunction;
-use ember_storage::block::{BlockDevice, IoError};
+use ember_storage::block::{in_pieces, BlockDevice, IoError};
 
 // Controller registers (3.1).
 const CAP: u64 = 0x00;
@@ -44,11 +48,15 @@ const PAGE: usize = 4096;
 /// waited for); its PRP list takes one page.
 const BOUNCE: usize = 1024 * 1024;
 const _: () = assert!(BOUNCE / PAGE - 1 <= PAGE / 8);
+/// Commands in flight at once on the I/O queue, at most: the pieces of one request (QEMU's NVMe
+/// controller allows 512 KiB per command, so a guest's 1 MiB request is two commands).
+const MAX_IN_FLIGHT: usize = 8;
+const _: () = assert!(MAX_IN_FLIGHT < QUEUE_ENTRIES);
 /// A command may take as long as Linux's NVMe driver allows an I/O command (30 s): a flush on a
 /// busy host can take seconds.
 const COMMAND_TIMEOUT_MS: u64 = 30_000;
-/// How much longer a timed-out command is waited for before the next command reuses the bounce
-/// buffer it may still be transferring.
+/// How much longer timed-out commands are waited for before the next command reuses the bounce
+/// buffer they may still be transferring.
 const LATE_COMPLETION_MS: u64 = 60_000;
 
 /// A submission queue and its completion queue.
@@ -60,8 +68,8 @@ struct QueuePair {
     head: usize,
     phase: bool,
     next_cid: u16,
-    /// A command that timed out and may still be moving data through the bounce buffer.
-    late: Option<u16>,
+    /// Commands that timed out and may still be moving data through the bounce buffer.
+    late: Vec<u16>,
     /// The controller stopped answering: every command fails (until the host restarts).
     dead: bool,
 }
@@ -76,7 +84,7 @@ impl QueuePair {
             head: 0,
             phase: true,
             next_cid: 0,
-            late: None,
+            late: Vec::new(),
             dead: false,
         })
     }
@@ -91,11 +99,14 @@ pub struct Nvme {
     admin: QueuePair,
     io: QueuePair,
     bounce: DmaBuffer,
-    prp_list: DmaBuffer,
+    /// One page of PRP entries for each command in flight.
+    prp_lists: DmaBuffer,
     block_size: u32,
     blocks: u64,
-    /// Largest transfer per command, in bytes.
+    /// Largest transfer per command, in bytes (a multiple of the block size).
     max_transfer: usize,
+    /// Commands in flight at once, at most (fewer when the controller's queues are small).
+    depth: usize,
     pub model: String,
     pub serial: String,
 }
@@ -143,20 +154,21 @@ impl Nvme {
         if DOORBELLS + 4 * stride > regs.len() {
             return Err(String::from("doorbells outside the register window"));
         }
+        let entries = QUEUE_ENTRIES.min(max_entries);
         let mut n = Nvme {
             regs,
             stride,
             admin: QueuePair::new(0)?,
             io: QueuePair::new(1)?,
             bounce: DmaBuffer::new(BOUNCE).ok_or("out of memory")?,
-            prp_list: DmaBuffer::new(PAGE).ok_or("out of memory")?,
+            prp_lists: DmaBuffer::new(MAX_IN_FLIGHT * PAGE).ok_or("out of memory")?,
             block_size: 512,
             blocks: 0,
             max_transfer: BOUNCE,
+            depth: MAX_IN_FLIGHT.min(entries - 1),
             model: String::new(),
             serial: String::new(),
         };
-        let entries = QUEUE_ENTRIES.min(max_entries);
         n.regs.write32(CC, 0);
         n.wait_ready(false, timeout_ms)?;
         n.regs.write32(AQA, ((entries as u32 - 1) << 16) | (entries as u32 - 1));
@@ -188,6 +200,13 @@ impl Nvme {
         }
         n.block_size = 1 << lbads;
         n.blocks = nsze;
+        if n.max_transfer < n.block_size as usize {
+            return Err(format!(
+                "namespace 1 has {}-byte blocks, more than the {}-byte largest transfer",
+                n.block_size, n.max_transfer
+            ));
+        }
+        n.max_transfer -= n.max_transfer % n.block_size as usize;
         let q = (entries as u32 - 1) << 16 | 1;
         let (cq, sq) = (n.io.cq.phys(), n.io.sq.phys());
         n.admin_command(ADMIN_CREATE_CQ, (0, cq, 0, q, 1, 0))?;
@@ -205,47 +224,99 @@ impl Nvme {
         submit(regs, stride, &mut self.io, opcode, fields)
     }
 
-    /// PRP entries for `len` bytes of the bounce buffer (4.1.1).
-    fn prps(&self, len: usize) -> (u64, u64) {
-        let base = self.bounce.phys();
+    /// Bytes moved by one batch of commands in flight together.
+    fn batch_bytes(&self) -> usize {
+        BOUNCE.min(self.max_transfer * self.depth)
+    }
+
+    /// PRP entries for `len` bytes of the bounce buffer from byte `at` (a page boundary), with PRP
+    /// list page `slot` for more than two pages (4.1.1).
+    fn prps(&self, at: usize, len: usize, slot: usize) -> (u64, u64) {
+        let base = self.bounce.phys() + at as u64;
         let pages = len.div_ceil(PAGE);
         match pages {
             0 | 1 => (base, 0),
             2 => (base, base + PAGE as u64),
             _ => {
+                let list = slot * PAGE;
                 for i in 1..pages {
-                    self.prp_list.write((i - 1) * 8, &(base + (i * PAGE) as u64).to_le_bytes());
+                    self.prp_lists.write(list + (i - 1) * 8, &(base + (i * PAGE) as u64).to_le_bytes());
                 }
-                (base, self.prp_list.phys())
+                (base, self.prp_lists.phys() + list as u64)
+            }
+        }
+    }
+
+    /// Reads or writes `len` bytes of the bounce buffer at block `lba`: one command per maximum
+    /// transfer, all in flight together; returns once every one of them has ended (the bounce
+    /// buffer is free again), with the first failure.
+    fn transfer(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+        let what = if write { "write" } else { "read" };
+        let fail = |block: u64, e: String| IoError::Device(format!("NVMe {what} at block {block}: {e}"));
+        let opcode = if write { IO_WRITE } else { IO_READ };
+        let bs = self.block_size as usize;
+        let mut sent: Vec<(u16, u64)> = Vec::with_capacity(self.depth);
+        let mut result = Ok(());
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(self.max_transfer);
+            let block = lba + (at / bs) as u64;
+            let (prp1, prp2) = self.prps(at, n, sent.len());
+            let count = (n / bs) as u32 - 1;
+            let fields = (1, prp1, prp2, block as u32, (block >> 32) as u32, count);
+            match push(&self.regs, self.stride, &mut self.io, opcode, fields) {
+                Ok(cid) => sent.push((cid, block)),
+                Err(e) => {
+                    result = Err(fail(block, e));
+                    break;
+                }
+            }
+            at += n;
+        }
+        let mut pending: Vec<u16> = sent.iter().map(|&(cid, _)| cid).collect();
+        let block_of = |cid: u16| sent.iter().find(|s| s.0 == cid).map_or(lba, |s| s.1);
+        match wait_completions(&self.regs, self.stride, &mut self.io, &mut pending, COMMAND_TIMEOUT_MS) {
+            Ok(Ok(_)) => result,
+            Ok(Err((cid, status))) => result.and(Err(fail(block_of(cid), status_text(opcode, status)))),
+            Err(()) => {
+                let first = pending.first().map_or(lba, |&cid| block_of(cid));
+                self.io.late = pending;
+                result.and(Err(fail(first, format!("not completed within {COMMAND_TIMEOUT_MS} ms"))))
             }
         }
     }
 }
 
-/// Submits one command on `q` and waits for its completion; returns completion dword 0.
-fn submit(
+/// Why a command failed, from its completion status.
+fn status_text(opcode: u8, status: u32) -> String {
+    format!("command {opcode:#04x} failed (status type {}, code {:#04x})", (status >> 8) & 0x7, status & 0xff)
+}
+
+/// Puts one command on `q` and rings its doorbell; its command identifier. Commands that timed out
+/// earlier are waited for first: they may still read or write the bounce buffer, and must end
+/// before it is used again, or a late write could put their data where this command points.
+fn push(
     regs: &MmioRegion,
     stride: u64,
     q: &mut QueuePair,
     opcode: u8,
     fields: Fields,
-) -> Result<u32, String> {
+) -> Result<u16, String> {
     let (nsid, prp1, prp2, cdw10, cdw11, cdw12) = fields;
     if q.dead {
         return Err(String::from(
             "the controller stopped answering; the disk is offline until the host restarts",
         ));
     }
-    // A timed-out command may still read or write the bounce buffer: it must end before the buffer
-    // is used again, or a late write could put this command's data where that one pointed.
-    if let Some(late) = q.late {
-        if wait_completion(regs, stride, q, late, LATE_COMPLETION_MS).is_err() {
+    if !q.late.is_empty() {
+        let mut late = core::mem::take(&mut q.late);
+        if wait_completions(regs, stride, q, &mut late, LATE_COMPLETION_MS).is_err() {
             q.dead = true;
             return Err(format!(
-                "command {late} never completed; the disk is offline until the host restarts"
+                "{} earlier command(s) never completed; the disk is offline until the host restarts",
+                late.len()
             ));
         }
-        q.late = None;
     }
     let cid = q.next_cid;
     q.next_cid = q.next_cid.wrapping_add(1);
@@ -261,31 +332,42 @@ fn submit(
     q.sq.write(q.tail * SQ_ENTRY, &e);
     q.tail = (q.tail + 1) % QUEUE_ENTRIES;
     regs.write32(DOORBELLS + 2 * q.id as u64 * stride, q.tail as u32);
-    match wait_completion(regs, stride, q, cid, COMMAND_TIMEOUT_MS) {
+    Ok(cid)
+}
+
+/// Submits one command on `q` and waits for its completion; returns completion dword 0.
+fn submit(
+    regs: &MmioRegion,
+    stride: u64,
+    q: &mut QueuePair,
+    opcode: u8,
+    fields: Fields,
+) -> Result<u32, String> {
+    let mut pending = alloc::vec![push(regs, stride, q, opcode, fields)?];
+    match wait_completions(regs, stride, q, &mut pending, COMMAND_TIMEOUT_MS) {
         Ok(Ok(dw0)) => Ok(dw0),
-        Ok(Err(status)) => Err(format!(
-            "command {opcode:#04x} failed (status type {}, code {:#04x})",
-            (status >> 8) & 0x7,
-            status & 0xff
-        )),
+        Ok(Err((_, status))) => Err(status_text(opcode, status)),
         Err(()) => {
-            q.late = Some(cid);
+            q.late = pending;
             Err(format!("command {opcode:#04x} not completed within {COMMAND_TIMEOUT_MS} ms"))
         }
     }
 }
 
-/// Waits up to `ms` for the completion of command `cid` (consuming older completions); its dword 0,
-/// or its non-zero status; `Err(())` on time-out.
-fn wait_completion(
+/// Waits up to `ms` for the completions of the commands in `pending`, taking each out as it
+/// completes (completions of other commands are stale and dropped): the dword 0 of the last one,
+/// or the first failure among them (its command identifier and status) once all have ended.
+/// `Err(())` on time-out, with `pending` holding the commands still outstanding.
+fn wait_completions(
     regs: &MmioRegion,
     stride: u64,
     q: &mut QueuePair,
-    cid: u16,
+    pending: &mut Vec<u16>,
     ms: u64,
-) -> Result<Result<u32, u32>, ()> {
+) -> Result<Result<u32, (u16, u32)>, ()> {
     let end = timer::now_ms() + ms;
-    loop {
+    let mut result = Ok(0);
+    while !pending.is_empty() {
         // Dword 3 (phase bit, status and command identifier) first, in one load, and dword 0 only
         // once the phase says the entry is new: the controller may be writing the entry while it
         // is read, and dword 3 read byte by byte can pair the new phase bit with the identifier of
@@ -300,40 +382,23 @@ fn wait_completion(
                 q.phase = !q.phase;
             }
             regs.write32(DOORBELLS + (2 * q.id as u64 + 1) * stride, q.head as u32);
-            if dw3 & 0xffff != cid as u32 {
-                continue; // a stale completion; ours is still to come
-            }
+            let cid = (dw3 & 0xffff) as u16;
+            let Some(k) = pending.iter().position(|&p| p == cid) else {
+                continue; // a stale completion
+            };
+            pending.swap_remove(k);
             let status = (dw3 >> 17) & 0x7fff;
-            if status != 0 {
-                return Ok(Err(status));
+            if result.is_ok() {
+                result = if status != 0 { Err((cid, status)) } else { Ok(dw0) };
             }
-            return Ok(Ok(dw0));
+            continue;
         }
         if timer::now_ms() > end {
             return Err(());
         }
         core::hint::spin_loop();
     }
-}
-
-impl super::Bounced for Nvme {
-    fn bounce(&self) -> &DmaBuffer {
-        &self.bounce
-    }
-
-    fn max_piece(&self) -> usize {
-        self.max_transfer
-    }
-
-    /// One READ or WRITE of `len` bytes of the bounce buffer at block `lba`.
-    fn piece(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
-        let (prp1, prp2) = self.prps(len);
-        let count = (len / self.block_size as usize) as u32 - 1;
-        let opcode = if write { IO_WRITE } else { IO_READ };
-        self.io_command(opcode, (1, prp1, prp2, lba as u32, (lba >> 32) as u32, count)).map(|_| ()).map_err(
-            |e| IoError::Device(format!("NVMe {} at block {lba}: {e}", if write { "write" } else { "read" })),
-        )
-    }
+    Ok(result)
 }
 
 impl BlockDevice for Nvme {
@@ -346,11 +411,20 @@ impl BlockDevice for Nvme {
     }
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        super::read_bounced(self, lba, buf)
+        self.check_request(lba, buf.len())?;
+        in_pieces(lba, buf.len(), self.block_size, self.batch_bytes(), |block, r| {
+            self.transfer(false, block, r.len())?;
+            self.bounce.read(0, &mut buf[r]);
+            Ok(())
+        })
     }
 
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
-        super::write_bounced(self, lba, buf)
+        self.check_request(lba, buf.len())?;
+        in_pieces(lba, buf.len(), self.block_size, self.batch_bytes(), |block, r| {
+            self.bounce.write(0, &buf[r.clone()]);
+            self.transfer(true, block, r.len())
+        })
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
