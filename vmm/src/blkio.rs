@@ -22,7 +22,6 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use ember_storage::block::BlockDevice;
@@ -39,6 +38,37 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
 pub const VM_IN_FLIGHT_BYTES: usize = 8 << 20;
 /// Bytes in flight on the whole host, at most.
 pub const HOST_IN_FLIGHT_BYTES: usize = 32 << 20;
+/// Data buffers kept for the next requests, host-wide, at most (see [`buffer`]).
+const POOLED: usize = 4;
+/// Largest buffer kept (so the pool holds at most 8 MiB).
+const POOLED_BYTES: usize = 2 << 20;
+/// Data buffers of finished requests, for the next ones.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A data buffer of `len` bytes for a request, one a finished request left ([`recycle`]) where there
+/// is one: a 1 MiB request then costs no allocation and no zeroing of its buffer (under emulation
+/// zeroing alone is a tenth of the host's work for it). Its bytes are another request's: whoever
+/// takes one writes all of it (a read the file's bytes and zeros past its end, a write the
+/// guest's). The pool's lock is only tried (a CPU that stopped holding it costs a fresh buffer).
+pub fn buffer(len: usize) -> Vec<u8> {
+    let mut v = POOL.try_lock().and_then(|mut p| p.pop()).unwrap_or_default();
+    v.resize(len, 0);
+    v
+}
+
+/// Gives a finished request's data buffer back for the next one (kept if the pool has room and it
+/// is not too large).
+pub fn recycle(v: Vec<u8>) {
+    if v.capacity() == 0 || v.capacity() > POOLED_BYTES {
+        return;
+    }
+    if let Some(mut p) = POOL.try_lock() {
+        if p.len() < POOLED {
+            p.push(v);
+        }
+    }
+}
+
 /// Tries at a queue's lock on the management CPU (a vCPU holds it briefly; one whose CPU stopped
 /// holds it for good, and the management CPU must go on).
 const LOCK_TRIES: usize = 100_000;
@@ -330,8 +360,14 @@ pub fn serve(
     for r in requests {
         let result = match &r.op {
             IoOp::Read { offset, len } => {
-                let mut buf = vec![0u8; *len];
-                ds.read(dev, inode, *offset, &mut buf).map(|_| buf)
+                let mut buf = buffer(*len);
+                ds.read(dev, inode, *offset, &mut buf).map(|n| {
+                    // Past the file's end: zeros.
+                    if let Some(rest) = buf.get_mut(n..) {
+                        rest.fill(0);
+                    }
+                    buf
+                })
             }
             IoOp::Write { offset, data } => ds.write(dev, inode, *offset, data, now).map(|()| Vec::new()),
             IoOp::Flush => {
@@ -353,6 +389,9 @@ pub fn serve(
         };
         queue.complete(done);
         out.completed = out.completed.saturating_add(1);
+        if let IoOp::Write { data, .. } = r.op {
+            recycle(data);
+        }
     }
     out
 }
@@ -360,6 +399,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec;
     use ember_storage::block::MemDisk;
     use ember_storage::datastore::FormatOptions;
 
@@ -400,6 +440,36 @@ mod tests {
         assert_eq!(b, [7; 4]);
         let u = again.usage();
         assert_eq!(u.capacity - u.free, 1 << 20, "one 1 MiB block of 8 GiB used");
+    }
+
+    #[test]
+    fn a_recycled_buffer_never_shows_its_old_bytes() {
+        let (mut ds, mut dev, id) = datastore();
+        let q = IoQueue::new(8 << 30);
+        q.submit(IoOp::Write { offset: 4096, data: vec![5u8; 512] });
+        serve(&q, &mut ds, &mut dev, id, 2, 10, "d");
+        assert_eq!(q.take_done().len(), 1);
+        for _ in 0..POOLED {
+            recycle(vec![0xee; 8192]);
+        }
+        // Written bytes, a hole, and the end of the file (8 GiB) part way through a read.
+        let a = q.submit(IoOp::Read { offset: 4096 - 512, len: 4096 });
+        let b = q.submit(IoOp::Read { offset: (8 << 30) - 512, len: 4096 });
+        serve(&q, &mut ds, &mut dev, id, 2, 10, "d");
+        let done = q.take_done();
+        assert_eq!(
+            done.iter().map(|d| (d.tag, d.ok, d.data.len())).collect::<Vec<_>>(),
+            [(a, true, 4096), (b, true, 4096)]
+        );
+        assert!(done[0].data[..512].iter().all(|&x| x == 0));
+        assert!(done[0].data[512..1024].iter().all(|&x| x == 5));
+        assert!(done[0].data[1024..].iter().all(|&x| x == 0));
+        assert!(done[1].data.iter().all(|&x| x == 0), "a hole, then past the end: zeros");
+        // A buffer handed out has the length asked for, whatever it held before.
+        recycle(vec![1; 100]);
+        assert_eq!(buffer(4096).len(), 4096);
+        assert_eq!(buffer(10).len(), 10);
+        recycle(vec![0; POOLED_BYTES + 1]); // too large to keep: dropped
     }
 
     #[test]

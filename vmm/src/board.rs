@@ -287,6 +287,21 @@ impl Board {
             || (lapic.accepts_pic_interrupts() && self.machine.pic.interrupt_pending())
     }
 
+    /// Whether `cpu` may end its interrupt in service through the paravirtual EOI flag.
+    pub fn pv_eoi_possible(&self, cpu: usize) -> bool {
+        self.apics.lapics.get(cpu).is_some_and(Lapic::pv_eoi_possible)
+    }
+
+    /// `cpu`'s guest ended its interrupt in service through the paravirtual EOI flag: the EOI its
+    /// APIC register would have had.
+    pub fn end_of_interrupt(&mut self, cpu: usize) {
+        let now = self.machine.now();
+        if let Some(v) = self.apics.write(cpu, 0xb0, 0, now) {
+            self.machine.level_eoi(v);
+        }
+        self.route();
+    }
+
     /// Takes what `cpu` is to be given next: an NMI, its APIC's highest pending vector, or the
     /// 8259A's (through LINT0).
     pub fn acknowledge(&mut self, cpu: usize) -> Option<Event> {

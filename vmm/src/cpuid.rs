@@ -5,14 +5,14 @@
 //!   TSC-deadline timer when the host knows its TSC rate; VMX,
 //!   MONITOR/MWAIT (not emulated) and x2APIC (the VM's APIC is an xAPIC) cleared.
 //! - leaves 0x40000000 and 0x40000001: the KVM paravirtual interface's signature `KVMKVMKVM` and
-//!   features - only the paravirtual clock (see [`crate::pvclock`]), which stock guests use by
-//!   themselves; leaf 0x40000100: Ember's own signature, `EmberEmberHV`.
+//!   features - the paravirtual clock (see [`crate::pvclock`]) and end of interrupt (see
+//!   [`crate::pveoi`]), which stock guests use by themselves; leaf 0x40000100: Ember's own signature, `EmberEmberHV`.
 //! - leaf 0x80000001: SVM cleared (no nested virtualization); leaf 0x8000000A: all zero.
 //! - leaves 0xB and 0x1F (topology) answer "no topology information"; leaf 4's core counts are
 //!   cleared.
 //! - leaves above the host's maximum: all zero, as on hardware that clamps.
 
-use crate::pvclock;
+use crate::{pvclock, pveoi};
 
 /// CPUID's four output registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,11 +55,12 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             let [ebx, ecx, edx] = pvclock::KVM_SIGNATURE;
             return Leaf { eax: pvclock::KVM_CPUID_FEATURES, ebx, ecx, edx };
         }
-        pvclock::KVM_CPUID_FEATURES if vcpu.pv_clock => {
-            let eax = pvclock::KVM_FEATURE_CLOCKSOURCE2 | pvclock::KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
+        pvclock::KVM_CPUID_FEATURES => {
+            let clock = pvclock::KVM_FEATURE_CLOCKSOURCE2 | pvclock::KVM_FEATURE_CLOCKSOURCE_STABLE_BIT;
+            let eoi = if vcpu.lapic { pveoi::KVM_FEATURE_PV_EOI } else { 0 };
+            let eax = eoi | if vcpu.pv_clock { clock } else { 0 };
             return Leaf { eax, ..Leaf::default() };
         }
-        pvclock::KVM_CPUID_FEATURES => return Leaf::default(),
         EMBER_LEAF => {
             return Leaf { eax: EMBER_LEAF, ebx: SIGNATURE[0], ecx: SIGNATURE[1], edx: SIGNATURE[2] }
         }
@@ -133,9 +134,14 @@ mod tests {
         let kvm = guest_cpuid(0x4000_0000, 0, v, host);
         assert_eq!((&name(kvm), kvm.eax), (b"KVMKVMKVM\0\0\0", 0x4000_0001));
         let features = guest_cpuid(0x4000_0001, 0, v, host);
-        assert_eq!(features, Leaf { eax: (1 << 3) | (1 << 24), ..Leaf::default() }, "kvm-clock only");
+        assert_eq!(
+            features,
+            Leaf { eax: (1 << 3) | (1 << 6) | (1 << 24), ..Leaf::default() },
+            "kvm-clock, PV EOI"
+        );
         let no_clock = VcpuIdentity { pv_clock: false, ..v };
-        assert_eq!(guest_cpuid(0x4000_0001, 0, no_clock, host), Leaf::default(), "no TSC rate known");
+        let eoi_only = Leaf { eax: 1 << 6, ..Leaf::default() };
+        assert_eq!(guest_cpuid(0x4000_0001, 0, no_clock, host), eoi_only, "no TSC rate known");
         assert_eq!(guest_cpuid(1, 0, no_clock, host).ecx & (1 << 24), 0, "nor a TSC-deadline timer");
         let ember = guest_cpuid(0x4000_0100, 0, v, host);
         assert_eq!((&name(ember), ember.eax), (b"EmberEmberHV", 0x4000_0100));
@@ -143,6 +149,7 @@ mod tests {
         assert_eq!(l1.edx & (1 << 9), 1 << 9, "APIC");
         let no_apic = VcpuIdentity { lapic: false, ..v };
         assert_eq!(guest_cpuid(1, 0, no_apic, host).edx & (1 << 9), 0, "no APIC without LAPIC models");
+        assert_eq!(guest_cpuid(0x4000_0001, 0, no_apic, host).eax & (1 << 6), 0, "nor PV EOI");
         assert_eq!(guest_cpuid(0x8000_000a, 0, v, host), Leaf::default());
         assert_eq!(guest_cpuid(0xb, 1, v, host), Leaf { eax: 0, ebx: 0, ecx: 1, edx: 3 });
         assert_eq!(guest_cpuid(4, 0, v, host).eax, 0x0000_0121);

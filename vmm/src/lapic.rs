@@ -207,6 +207,16 @@ impl Lapic {
         Some(v)
     }
 
+    /// Whether the end of the interrupt in service may be left to the guest's paravirtual EOI flag
+    /// ([`crate::pveoi`]): exactly one vector in service, edge-triggered (the I/O APIC needs no
+    /// EOI for it), and no interrupt requested.
+    pub fn pv_eoi_possible(&self) -> bool {
+        let in_service: u32 = self.isr.iter().map(|w| w.count_ones()).sum();
+        in_service == 1
+            && self.irr.iter().all(|w| *w == 0)
+            && highest(&self.isr).is_some_and(|v| !bit(&self.tmr, v))
+    }
+
     /// Whether LINT0 takes the 8259A's interrupts (virtual wire: unmasked, ExtINT), as on the
     /// bootstrap processor before the guest switches to the I/O APIC.
     pub fn accepts_pic_interrupts(&self) -> bool {
@@ -456,6 +466,29 @@ mod tests {
         assert_eq!(a.read(0x280, 0), 1 << 6);
         a.write(0x280, 0, 0);
         assert_eq!(a.read(0x280, 0), 0);
+    }
+
+    #[test]
+    fn the_paravirtual_eoi_only_for_one_edge_vector_in_service_and_none_requested() {
+        let mut a = enabled(0);
+        assert!(!a.pv_eoi_possible(), "nothing in service");
+        a.accept(0x41, false);
+        assert!(!a.pv_eoi_possible(), "requested, not in service");
+        a.acknowledge();
+        assert!(a.pv_eoi_possible());
+        a.accept(0x31, false);
+        assert!(!a.pv_eoi_possible(), "another one requested");
+        a.write(0xb0, 0, 0);
+        a.acknowledge();
+        assert!(a.pv_eoi_possible());
+        a.accept(0x81, false);
+        a.acknowledge();
+        assert!(!a.pv_eoi_possible(), "two in service (nested)");
+        a.write(0xb0, 0, 0);
+        a.write(0xb0, 0, 0);
+        a.accept(0x81, true);
+        a.acknowledge();
+        assert!(!a.pv_eoi_possible(), "level-triggered: the I/O APIC needs the EOI");
     }
 
     #[test]

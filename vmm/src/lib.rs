@@ -51,6 +51,7 @@ pub mod paging;
 pub mod pic;
 pub mod pit;
 pub mod pvclock;
+pub mod pveoi;
 pub mod rtc;
 pub mod runtime;
 pub mod serial;

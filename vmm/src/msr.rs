@@ -2,11 +2,13 @@
 //! permission map is all ones); this module decides what each access does, for AMD guests (AMD64
 //! APM vol. 2 appendix A, and the MSRs Linux touches on AMD): registers the CPU keeps in the VMCB
 //! (EFER, PAT, the SYSCALL/SYSENTER and segment-base MSRs) are handed to the backend, a few are
-//! kept per vCPU here (APIC base, MTRR default type, TSC_AUX, the paravirtual clock's two MSRs), some read as constants that describe
+//! kept per vCPU here (APIC base, MTRR default type, TSC_AUX, the paravirtual clock's two MSRs and
+//! the paravirtual EOI's), some read as constants that describe
 //! the VM truthfully (no MTRRs, no machine-check banks, SVM disabled for the guest), and everything
 //! else faults (#GP), as on hardware that does not have the register.
 
 use crate::pvclock::{ClockMsrs, MSR_KVM_SYSTEM_TIME_NEW, MSR_KVM_WALL_CLOCK_NEW};
+use crate::pveoi::{PvEoi, MSR_KVM_PV_EOI_EN};
 
 /// Registers the backend keeps in its VMCB (or VMCS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct VcpuMsrs {
     /// The paravirtual clock's registers ([`crate::pvclock`]); what their writes make the
     /// hypervisor write into guest memory is done by the exit handler, which has the memory.
     pub clock: ClockMsrs,
+    /// The paravirtual EOI ([`crate::pveoi`]): its MSR, and the flag the run loop sets and reads.
+    pub pv_eoi: PvEoi,
 }
 
 impl VcpuMsrs {
@@ -65,6 +69,7 @@ impl VcpuMsrs {
             mtrr_def_type: 0,
             tsc_aux: u64::from(index),
             clock: ClockMsrs::default(),
+            pv_eoi: PvEoi::default(),
         }
     }
 
@@ -106,6 +111,7 @@ impl VcpuMsrs {
             0xc000_0103 => self.tsc_aux,
             MSR_KVM_WALL_CLOCK_NEW => self.clock.wall_clock,
             MSR_KVM_SYSTEM_TIME_NEW => self.clock.system_time,
+            MSR_KVM_PV_EOI_EN => self.pv_eoi.msr(),
             0xc001_0114 => 1 << 4, // VM_CR: SVM disabled (no nested virtualization)
             0xc001_0010 | 0xc001_0015 | 0xc001_001f | 0xc001_1029 => 0, // SYSCFG, HWCR, NB_CFG, DE_CFG
             _ => return MsrAccess::Fault,
@@ -138,6 +144,8 @@ impl VcpuMsrs {
             0xc000_0103 => self.tsc_aux = value & 0xffff_ffff,
             MSR_KVM_WALL_CLOCK_NEW => self.clock.wall_clock = value,
             MSR_KVM_SYSTEM_TIME_NEW => self.clock.system_time = value,
+            MSR_KVM_PV_EOI_EN if !self.pv_eoi.write_msr(value) => return MsrAccess::Fault,
+            MSR_KVM_PV_EOI_EN => {}
             // Written by Linux on AMD (speculation and errata settings): accepted and ignored.
             // NB_CFG (0xc001001f): Linux sets its extended-config-space bit on AMD; no northbridge here.
             0x8b | 0x17a | 0xc001_0015 | 0xc001_001f | 0xc001_1029 => {}
@@ -201,5 +209,10 @@ mod tests {
         assert_eq!(m.read(0x4b56_4d01), MsrAccess::Done(0x1001));
         assert_eq!(m.write(0x4b56_4d00, 0x2000), MsrAccess::Done(0x2000));
         assert_eq!(m.read(0x4b56_4d00), MsrAccess::Done(0x2000));
+        // The paravirtual EOI's: an aligned address and the enable bit; anything else faults.
+        assert_eq!(m.write(0x4b56_4d04, 0x3001), MsrAccess::Done(0x3001));
+        assert_eq!(m.read(0x4b56_4d04), MsrAccess::Done(0x3001));
+        assert_eq!(m.write(0x4b56_4d04, 0x3003), MsrAccess::Fault);
+        assert_eq!(m.read(0x4b56_4d04), MsrAccess::Done(0x3001));
     }
 }

@@ -5,8 +5,8 @@
 //! What Ember offers:
 //! - CPUID leaf 0x40000000 answers the signature `KVMKVMKVM\0\0\0` (EAX: 0x40000001, the highest
 //!   KVM leaf); leaf 0x40000001 EAX has `KVM_FEATURE_CLOCKSOURCE2` (bit 3) and
-//!   `KVM_FEATURE_CLOCKSOURCE_STABLE_BIT` (bit 24), and nothing else (no async page faults, steal
-//!   time, PV EOI, ...). Ember's own signature `EmberEmberHV` is at leaf 0x40000100.
+//!   `KVM_FEATURE_CLOCKSOURCE_STABLE_BIT` (bit 24), with `KVM_FEATURE_PV_EOI` (bit 6, see
+//!   [`crate::pveoi`]) and nothing else (no async page faults, steal time, ...). Ember's own signature `EmberEmberHV` is at leaf 0x40000100.
 //! - MSR 0x4b564d00 (`MSR_KVM_WALL_CLOCK_NEW`): the guest writes the guest-physical address of a
 //!   12-byte `pvclock_wall_clock` (version, seconds, nanoseconds); Ember writes there the time of
 //!   day at which the system time below was zero.

@@ -175,6 +175,9 @@ fn look_around(
 ) -> Option<(u64, bool)> {
     let cpu = vm.cpu;
     let mut b = host.lock_board(vm.board)?;
+    if vm.msrs.pv_eoi.ended(&mut *b.mem) {
+        b.end_of_interrupt(cpu);
+    }
     state.next_timer = b.update(cpu, host.now_ns());
     host.console_input(&mut b.machine);
     b.route();
@@ -195,6 +198,8 @@ fn look_around(
     }
     if !state.halted {
         deliver_interrupts(vcpu, &mut b, cpu, stats);
+        let possible = b.pv_eoi_possible(cpu);
+        vm.msrs.pv_eoi.offer(possible, &mut *b.mem);
     }
     let owed = b.apics.nmi_pending(cpu) || b.pending(cpu);
     Some((b.apics.take_wakes() & !(1 << cpu), owed))
@@ -247,6 +252,9 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
                 let (action, request, wakes) = {
                     let Some(mut b) = host.lock_board(vm.board) else { return RunEnd::Stopped };
                     b.machine.set_time(host.now_ns());
+                    if vm.msrs.pv_eoi.ended(&mut *b.mem) {
+                        b.end_of_interrupt(cpu);
+                    }
                     let action = {
                         let (mut bus, mem) = b.view(cpu);
                         let mut cx = ExitContext {

@@ -410,7 +410,8 @@ impl<D: DiskImage> VirtioBlk<D> {
         if kind == T_IN {
             return Outcome::Wait(q.submit(IoOp::Read { offset, len }), data.to_vec());
         }
-        let mut bytes = vec![0u8; len];
+        // Every byte is the guest's (the descriptors add up to `len`).
+        let mut bytes = crate::blkio::buffer(len);
         let mut at = 0usize;
         for d in data {
             let end = at.saturating_add(d.len as usize);
@@ -534,6 +535,7 @@ impl<D: DiskImage> VirtioBlk<D> {
                         }
                     }
                     self.complete(mem, p.head, p.status_at.map(|a| (a, status)), len);
+                    crate::blkio::recycle(d.data);
                 }
             }
         }
