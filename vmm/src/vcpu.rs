@@ -312,9 +312,11 @@ pub fn run<C: Fn(u32, u32) -> Leaf>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::MmioBus;
+    use crate::bus::{MmioBus, MmioSpace};
+    use crate::ioapic::Delivery;
     use crate::memory::GuestRam;
     use crate::serial::ConsoleLog;
+    use crate::GuestPhysAddr;
     use alloc::sync::Arc;
     use alloc::vec::Vec;
     use core::cell::Cell;
@@ -454,6 +456,88 @@ mod tests {
         assert_eq!(v.injected.first(), Some(&0x30));
         let (end, _, _) = run_script(alloc::vec![(VmExit::Hlt, 0)], false);
         assert!(matches!(end, RunEnd::Fault(ref w) if w.contains("interrupts disabled")), "{end:?}");
+    }
+
+    /// A guest that ends its interrupts through the paravirtual EOI flag at 0x800 (as Linux's
+    /// `kvm_guest_apic_eoi_write` does: clear the bit if set, else write the APIC's register -
+    /// which this one never does); the device raises vector 0x41 again once the guest ended it.
+    struct PvEoiGuest<'a> {
+        inner: FakeHost,
+        board: &'a Mutex<Board>,
+        ended_by_flag: Cell<u32>,
+    }
+    impl Host for PvEoiGuest<'_> {
+        fn now_ns(&self) -> u64 {
+            self.inner.now_ns()
+        }
+        fn interrupted(&self, idle: bool) -> Option<RunEnd> {
+            self.inner.interrupted(idle)
+        }
+        fn before_entry(&self, _: Option<u64>) {
+            let mut b = self.board.lock();
+            let mut flag = [0u8];
+            b.mem.read(GuestPhysAddr(0x800), &mut flag).unwrap();
+            if flag[0] & 1 != 0 {
+                b.mem.write(GuestPhysAddr(0x800), &[flag[0] & !1]).unwrap();
+                self.ended_by_flag.set(self.ended_by_flag.get() + 1);
+                let d = Delivery { vector: 0x41, mode: 0, logical: false, dest: 0, level_triggered: false };
+                b.apics.from_ioapic(d);
+            }
+        }
+        fn idle(&self, _: Option<u64>) {}
+        fn console_input(&self, _: &mut Machine) {}
+        fn wake(&self, _: u64) {}
+    }
+
+    fn run_pv_eoi_guest(enabled: bool) -> (Vec<u8>, u32) {
+        let board = board(1);
+        {
+            let mut b = board.lock();
+            let (mut bus, _) = b.view(0);
+            assert!(bus.mmio_write(crate::board::LAPIC_BASE + 0xf0, &0x1ffu32.to_le_bytes()));
+            b.apics.from_ioapic(Delivery {
+                vector: 0x41,
+                mode: 0,
+                logical: false,
+                dest: 0,
+                level_triggered: false,
+            });
+        }
+        let mut msrs = VcpuMsrs::new(0);
+        if enabled {
+            assert_eq!(
+                msrs.write(crate::pveoi::MSR_KVM_PV_EOI_EN, 0x801),
+                crate::msr::MsrAccess::Done(0x801)
+            );
+        }
+        let exits = (0..6).map(|_| out(0x80, 0)).collect();
+        let mut v =
+            Scripted { exits, regs: [0; 16], rip: 0, if_flag: true, injected: Vec::new(), windows: 0 };
+        let host = PvEoiGuest {
+            inner: FakeHost { now: Cell::new(0), stop_after: 1_000_000_000 },
+            board: &board,
+            ended_by_flag: Cell::new(0),
+        };
+        let mut parts = VmParts {
+            board: &board,
+            cpu: 0,
+            vcpus: 1,
+            msrs: &mut msrs,
+            cpuid: |_, _| Leaf::default(),
+            clock: TEST_CLOCK,
+        };
+        run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut LoopState::default());
+        (v.injected, host.ended_by_flag.get())
+    }
+
+    #[test]
+    fn a_guest_ends_its_interrupts_through_the_paravirtual_eoi_flag() {
+        let (injected, by_flag) = run_pv_eoi_guest(true);
+        assert!(injected.len() >= 5 && injected.iter().all(|&v| v == 0x41), "{injected:x?}");
+        assert_eq!(by_flag as usize, injected.len(), "each one ended through the flag");
+        // Without it the interrupt stays in service (this guest never writes the register): the
+        // next one is held back.
+        assert_eq!(run_pv_eoi_guest(false), (alloc::vec![0x41], 0));
     }
 
     #[test]
