@@ -62,6 +62,9 @@ const LATE_COMPLETION_MS: u64 = 60_000;
 /// A submission queue and its completion queue.
 struct QueuePair {
     id: u16,
+    /// Entries in each of the two queues (at most [`QUEUE_ENTRIES`]; fewer if the controller's
+    /// queues are smaller).
+    entries: usize,
     sq: DmaBuffer,
     cq: DmaBuffer,
     tail: usize,
@@ -75,9 +78,10 @@ struct QueuePair {
 }
 
 impl QueuePair {
-    fn new(id: u16) -> Result<QueuePair, String> {
+    fn new(id: u16, entries: usize) -> Result<QueuePair, String> {
         Ok(QueuePair {
             id,
+            entries,
             sq: DmaBuffer::new(QUEUE_ENTRIES * SQ_ENTRY).ok_or("out of memory")?,
             cq: DmaBuffer::new(QUEUE_ENTRIES * CQ_ENTRY).ok_or("out of memory")?,
             tail: 0,
@@ -158,8 +162,8 @@ impl Nvme {
         let mut n = Nvme {
             regs,
             stride,
-            admin: QueuePair::new(0)?,
-            io: QueuePair::new(1)?,
+            admin: QueuePair::new(0, entries)?,
+            io: QueuePair::new(1, entries)?,
             bounce: DmaBuffer::new(BOUNCE).ok_or("out of memory")?,
             prp_lists: DmaBuffer::new(MAX_IN_FLIGHT * PAGE).ok_or("out of memory")?,
             block_size: 512,
@@ -224,6 +228,12 @@ impl Nvme {
         submit(regs, stride, &mut self.io, opcode, fields)
     }
 
+    /// [`settle`] for the I/O queue, before the bounce buffer is touched.
+    fn settle(&mut self, what: &str) -> Result<(), IoError> {
+        settle(&self.regs, self.stride, &mut self.io)
+            .map_err(|e| IoError::Device(format!("NVMe {what}: {e}")))
+    }
+
     /// Bytes moved by one batch of commands in flight together.
     fn batch_bytes(&self) -> usize {
         BOUNCE.min(self.max_transfer * self.depth)
@@ -255,6 +265,7 @@ impl Nvme {
         let fail = |block: u64, e: String| IoError::Device(format!("NVMe {what} at block {block}: {e}"));
         let opcode = if write { IO_WRITE } else { IO_READ };
         let bs = self.block_size as usize;
+        self.settle(what)?;
         let mut sent: Vec<(u16, u64)> = Vec::with_capacity(self.depth);
         let mut result = Ok(());
         let mut at = 0;
@@ -292,17 +303,10 @@ fn status_text(opcode: u8, status: u32) -> String {
     format!("command {opcode:#04x} failed (status type {}, code {:#04x})", (status >> 8) & 0x7, status & 0xff)
 }
 
-/// Puts one command on `q` and rings its doorbell; its command identifier. Commands that timed out
-/// earlier are waited for first: they may still read or write the bounce buffer, and must end
-/// before it is used again, or a late write could put their data where this command points.
-fn push(
-    regs: &MmioRegion,
-    stride: u64,
-    q: &mut QueuePair,
-    opcode: u8,
-    fields: Fields,
-) -> Result<u16, String> {
-    let (nsid, prp1, prp2, cdw10, cdw11, cdw12) = fields;
+/// Waits for the commands of `q` that timed out earlier: they may still read or write the bounce
+/// buffer and their PRP lists, so this comes before either is touched again. One that never ends
+/// takes the controller offline.
+fn settle(regs: &MmioRegion, stride: u64, q: &mut QueuePair) -> Result<(), String> {
     if q.dead {
         return Err(String::from(
             "the controller stopped answering; the disk is offline until the host restarts",
@@ -318,6 +322,21 @@ fn push(
             ));
         }
     }
+    Ok(())
+}
+
+/// Puts one command on `q` and rings its doorbell; its command identifier. Commands that timed out
+/// earlier are waited for first ([`settle`]; a caller that fills the bounce buffer settles before
+/// it does).
+fn push(
+    regs: &MmioRegion,
+    stride: u64,
+    q: &mut QueuePair,
+    opcode: u8,
+    fields: Fields,
+) -> Result<u16, String> {
+    let (nsid, prp1, prp2, cdw10, cdw11, cdw12) = fields;
+    settle(regs, stride, q)?;
     let cid = q.next_cid;
     q.next_cid = q.next_cid.wrapping_add(1);
     let mut e = [0u8; SQ_ENTRY];
@@ -330,7 +349,7 @@ fn push(
     e[44..48].copy_from_slice(&cdw11.to_le_bytes());
     e[48..52].copy_from_slice(&cdw12.to_le_bytes());
     q.sq.write(q.tail * SQ_ENTRY, &e);
-    q.tail = (q.tail + 1) % QUEUE_ENTRIES;
+    q.tail = (q.tail + 1) % q.entries;
     regs.write32(DOORBELLS + 2 * q.id as u64 * stride, q.tail as u32);
     Ok(cid)
 }
@@ -377,26 +396,28 @@ fn wait_completions(
         if (dw3 >> 16) & 1 == q.phase as u32 {
             let dw0 = q.cq.read_u32(q.head * CQ_ENTRY);
             q.head += 1;
-            if q.head == QUEUE_ENTRIES {
+            if q.head == q.entries {
                 q.head = 0;
                 q.phase = !q.phase;
             }
             regs.write32(DOORBELLS + (2 * q.id as u64 + 1) * stride, q.head as u32);
             let cid = (dw3 & 0xffff) as u16;
-            let Some(k) = pending.iter().position(|&p| p == cid) else {
-                continue; // a stale completion
-            };
-            pending.swap_remove(k);
-            let status = (dw3 >> 17) & 0x7fff;
-            if result.is_ok() {
-                result = if status != 0 { Err((cid, status)) } else { Ok(dw0) };
+            // Completions of other commands are stale and dropped.
+            if let Some(k) = pending.iter().position(|&p| p == cid) {
+                pending.swap_remove(k);
+                let status = (dw3 >> 17) & 0x7fff;
+                if result.is_ok() {
+                    result = if status != 0 { Err((cid, status)) } else { Ok(dw0) };
+                }
             }
-            continue;
+        } else {
+            core::hint::spin_loop();
         }
-        if timer::now_ms() > end {
+        // Looked at after every entry too: a controller that keeps posting completions of other
+        // commands must not hold the CPU past the time-out.
+        if !pending.is_empty() && timer::now_ms() > end {
             return Err(());
         }
-        core::hint::spin_loop();
     }
     Ok(result)
 }
@@ -422,6 +443,7 @@ impl BlockDevice for Nvme {
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
         in_pieces(lba, buf.len(), self.block_size, self.batch_bytes(), |block, r| {
+            self.settle("write")?;
             self.bounce.write(0, &buf[r.clone()]);
             self.transfer(true, block, r.len())
         })

@@ -52,6 +52,8 @@ pub struct Apics {
     states: Vec<CpuState>,
     nmi: Vec<bool>,
     wakes: u64,
+    /// The vCPUs that received an INIT since their loop last looked (bit `i`: vCPU `i`).
+    inits: u64,
 }
 
 impl Apics {
@@ -65,6 +67,7 @@ impl Apics {
                 .collect(),
             nmi: alloc::vec![false; vcpus],
             wakes: 0,
+            inits: 0,
         }
     }
 
@@ -94,6 +97,15 @@ impl Apics {
         if let Some(n) = self.nmi.get_mut(cpu) {
             *n = false;
         }
+    }
+
+    /// Whether `cpu` received an INIT since the last call (its paravirtual EOI is turned off, as
+    /// KVM's APIC reset does).
+    pub fn take_init(&mut self, cpu: usize) -> bool {
+        let bit = 1u64.checked_shl(cpu as u32).unwrap_or(0);
+        let hit = self.inits & bit != 0;
+        self.inits &= !bit;
+        hit
     }
 
     /// The vCPUs that received something since the last call (bit `i`: vCPU `i`).
@@ -146,6 +158,7 @@ impl Apics {
                 }
                 DeliveryMode::Nmi => *nmi = true,
                 DeliveryMode::Init => {
+                    self.inits |= bit;
                     *lapic = Lapic::new(cpu as u8);
                     *nmi = false;
                     *state = CpuState::WaitForSipi;
@@ -445,6 +458,18 @@ mod tests {
             w32(b, cpu, LAPIC_BASE + 0xf0, 0x1ff);
             w32(b, cpu, LAPIC_BASE + 0xd0, 1 << (24 + cpu));
         }
+    }
+
+    #[test]
+    fn an_init_is_reported_once_to_its_vcpu() {
+        let mut b = board(2);
+        enable_all(&mut b);
+        assert!(!b.apics.take_init(1));
+        b.apics.from_ioapic(Delivery { vector: 0, mode: 5, logical: false, dest: 1, level_triggered: false });
+        assert!(!b.apics.take_init(0), "not for vCPU 0");
+        assert!(b.apics.take_init(1));
+        assert!(!b.apics.take_init(1), "once");
+        assert!(!b.apics.take_init(99));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! still set, and it clears it, so that the guest's next EOI goes to the register. Only the word's
 //! bit 0 is ever written, only while the vCPU is out of the guest, and only at the address it was
 //! set at; a word outside the guest's RAM gets nothing written and the guest writes its EOIs to
-//! the register as without the feature.
+//! the register as without the feature. An INIT turns the feature off (the MSR reads 0 again), as
+//! KVM's APIC reset does.
 
 use crate::memory::GuestMemory;
 use crate::GuestPhysAddr;

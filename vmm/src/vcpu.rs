@@ -11,6 +11,7 @@ use super::exit::{handle_exit, handle_local_exit, ExitAction, ExitContext, VcpuR
 use super::machine::{Machine, MachineRequest};
 use super::msr::VcpuMsrs;
 use super::pvclock::GuestClock;
+use super::pveoi::PvEoi;
 use alloc::format;
 use alloc::string::String;
 use spin::Mutex;
@@ -177,6 +178,9 @@ fn look_around(
     let mut b = host.lock_board(vm.board)?;
     if vm.msrs.pv_eoi.ended(&mut *b.mem) {
         b.end_of_interrupt(cpu);
+    }
+    if b.apics.take_init(cpu) {
+        vm.msrs.pv_eoi = PvEoi::default();
     }
     state.next_timer = b.update(cpu, host.now_ns());
     host.console_input(&mut b.machine);
