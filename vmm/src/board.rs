@@ -114,7 +114,14 @@ impl Apics {
     }
 
     /// The vCPUs a destination names (a bit mask).
-    fn targets(&self, from: Option<usize>, dest: u8, logical: bool, shorthand: Shorthand) -> u64 {
+    fn targets(
+        &self,
+        from: Option<usize>,
+        dest: u32,
+        logical: bool,
+        x2apic: bool,
+        shorthand: Shorthand,
+    ) -> u64 {
         // At most MAX_VCPUS (64) vCPUs: every index fits a u64 mask.
         let all = u64::MAX.checked_shr(64u32.saturating_sub(self.count() as u32)).unwrap_or(0);
         let me = from.map_or(0, |f| 1u64.checked_shl(f as u32).unwrap_or(0));
@@ -125,7 +132,11 @@ impl Apics {
             Shorthand::None => {
                 let mut mask = 0;
                 for (i, l) in self.lapics.iter().enumerate() {
-                    let hit = if logical { l.matches_logical(dest) } else { dest == 0xff || l.id() == dest };
+                    let hit = match (x2apic, logical) {
+                        (true, _) => l.matches_x2apic(dest, logical),
+                        (false, true) => l.matches_logical(dest as u8),
+                        (false, false) => dest == 0xff || u32::from(l.id()) == dest,
+                    };
                     if hit {
                         mask |= 1u64.checked_shl(i as u32).unwrap_or(0);
                     }
@@ -159,7 +170,10 @@ impl Apics {
                 DeliveryMode::Nmi => *nmi = true,
                 DeliveryMode::Init => {
                     self.inits |= bit;
+                    // INIT keeps the APIC's mode (IA32_APIC_BASE is not reset).
+                    let x2apic = lapic.x2apic();
                     *lapic = Lapic::new(cpu as u8);
+                    lapic.set_x2apic(x2apic);
                     *nmi = false;
                     *state = CpuState::WaitForSipi;
                 }
@@ -181,7 +195,7 @@ impl Apics {
         if ipi.deassert {
             return; // INIT level de-assert: nothing happens
         }
-        let mask = self.targets(Some(from), ipi.dest, ipi.logical, ipi.shorthand);
+        let mask = self.targets(Some(from), ipi.dest, ipi.logical, ipi.x2apic, ipi.shorthand);
         self.deliver(mask, ipi.mode, ipi.vector, ipi.level_triggered);
     }
 
@@ -195,7 +209,7 @@ impl Apics {
             7 => DeliveryMode::ExtInt,
             _ => DeliveryMode::Smi, // reserved modes: dropped
         };
-        let mask = self.targets(None, d.dest, d.logical, Shorthand::None);
+        let mask = self.targets(None, u32::from(d.dest), d.logical, false, Shorthand::None);
         self.deliver(mask, mode, d.vector, d.level_triggered);
     }
 
@@ -222,6 +236,31 @@ impl Apics {
     /// A write of `cpu`'s IA32_TSC_DEADLINE (`ns`: the host time it stands for).
     pub fn set_tsc_deadline(&mut self, cpu: usize, tsc: u64, ns: u64) -> bool {
         self.lapics.get_mut(cpu).map(|l| l.set_tsc_deadline(tsc, ns)).is_some()
+    }
+
+    /// An RDMSR of `cpu`'s x2APIC register `msr`; `None`: #GP.
+    fn read_msr(&self, cpu: usize, msr: u32, now: u64) -> Option<u64> {
+        self.lapics.get(cpu)?.read_msr(msr, now)
+    }
+
+    /// A WRMSR of `cpu`'s x2APIC register `msr`: `Err(())` for #GP, else a level-triggered
+    /// vector's EOI for the I/O APIC.
+    fn write_msr(&mut self, cpu: usize, msr: u32, value: u64, now: u64) -> Result<Option<u8>, ()> {
+        match self.lapics.get_mut(cpu).ok_or(())?.write_msr(msr, value, now)? {
+            Some(LapicEvent::Ipi(ipi)) => {
+                self.ipi(cpu, ipi);
+                Ok(None)
+            }
+            Some(LapicEvent::LevelEoi(v)) => Ok(Some(v)),
+            None => Ok(None),
+        }
+    }
+
+    /// `cpu`'s APIC enters x2APIC mode (`on`) or leaves it (disabled).
+    fn set_x2apic(&mut self, cpu: usize, on: bool) {
+        if let Some(l) = self.lapics.get_mut(cpu) {
+            l.set_x2apic(on);
+        }
     }
 
     /// A write to `cpu`'s APIC; returns a level-triggered vector's EOI for the I/O APIC.
@@ -367,6 +406,25 @@ impl ApicTimer for CpuBus<'_> {
     fn set_tsc_deadline(&mut self, tsc: u64, ns: u64) -> bool {
         self.apics.set_tsc_deadline(self.cpu, tsc, ns)
     }
+    fn x2apic_read(&mut self, msr: u32) -> Option<u64> {
+        self.apics.read_msr(self.cpu, msr, self.machine.now())
+    }
+    fn x2apic_write(&mut self, msr: u32, value: u64) -> bool {
+        let now = self.machine.now();
+        match self.apics.write_msr(self.cpu, msr, value, now) {
+            Err(()) => return false,
+            Ok(Some(v)) => self.machine.level_eoi(v),
+            Ok(None) => {}
+        }
+        // What the I/O APIC delivered meanwhile (EOI) goes out at once.
+        for d in self.machine.take_deliveries() {
+            self.apics.from_ioapic(d);
+        }
+        true
+    }
+    fn set_x2apic(&mut self, on: bool) {
+        self.apics.set_x2apic(self.cpu, on);
+    }
 }
 
 impl PortBus for CpuBus<'_> {
@@ -433,6 +491,7 @@ impl MmioSpace for CpuBus<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lapic::VERSION;
     use crate::memory::GuestRam;
     use crate::serial::ConsoleLog;
     use alloc::sync::Arc;
@@ -549,6 +608,60 @@ mod tests {
         w32(&mut b, 0, LAPIC_BASE + 0x310, 3 << 24);
         w32(&mut b, 0, LAPIC_BASE + 0x300, 0x0000_0050);
         assert!(!b.pending(3));
+    }
+
+    #[test]
+    fn x2apic_mode_registers_ipis_and_init() {
+        let mut b = board(4);
+        enable_all(&mut b);
+        // Not in x2APIC mode: the registers fault.
+        assert_eq!(b.view(0).0.x2apic_read(0x802), None);
+        assert!(!b.view(0).0.x2apic_write(0x808, 0));
+        for cpu in 0..4 {
+            b.view(cpu).0.set_x2apic(true);
+        }
+        let mut bus = b.view(2).0;
+        assert_eq!(bus.x2apic_read(0x802), Some(2), "the 32-bit ID");
+        assert_eq!(bus.x2apic_read(0x80d), Some(1 << 2), "logical ID: cluster 0, bit 2");
+        assert_eq!(bus.x2apic_read(0x803), Some(u64::from(VERSION)));
+        for (msr, what) in
+            [(0x80e, "DFR"), (0x831, "ICR high"), (0x80b, "EOI read"), (0x83f, "SELF IPI read")]
+        {
+            assert_eq!(bus.x2apic_read(msr), None, "{what}");
+        }
+        assert!(!bus.x2apic_write(0x802, 5), "the ID is read-only");
+        assert!(!bus.x2apic_write(0x80b, 1), "EOI takes 0 only");
+        assert!(!bus.x2apic_write(0x808, 1 << 32), "above 32 bits");
+        // Linux's disconnect_bsp_APIC writes LINT0 with the read-only status bits set.
+        assert!(bus.x2apic_write(0x835, 0x5700));
+        assert_eq!(bus.x2apic_read(0x835), Some(0x0700));
+        assert!(bus.x2apic_write(0x808, 0x20));
+        assert_eq!(bus.x2apic_read(0x808), Some(0x20));
+        assert!(bus.x2apic_write(0x808, 0));
+        // Physical IPI to APIC 3 through the 64-bit ICR.
+        assert!(bus.x2apic_write(0x830, (3 << 32) | 0x0000_0041));
+        assert_eq!(bus.x2apic_read(0x830), Some((3 << 32) | 0x41));
+        assert_eq!(b.apics.take_wakes(), 0b1000);
+        assert_eq!(b.acknowledge(3), Some(Event::Interrupt(0x41)));
+        assert!(b.view(3).0.x2apic_write(0x80b, 0), "EOI");
+        // Logical: cluster 0, bits 0 and 1.
+        assert!(b.view(2).0.x2apic_write(0x830, (0b11 << 32) | 0x0000_0842));
+        assert_eq!(b.apics.take_wakes(), 0b0011);
+        // Broadcast.
+        assert!(b.view(2).0.x2apic_write(0x830, (0xffff_ffff << 32) | 0x43));
+        assert_eq!(b.apics.take_wakes(), 0b1111);
+        // SELF IPI.
+        assert!(b.view(1).0.x2apic_write(0x83f, 0x44));
+        assert!(!b.view(1).0.x2apic_write(0x83f, 0x144), "only a vector");
+        assert_eq!(b.apics.take_wakes(), 0b0010);
+        assert_eq!(b.acknowledge(1), Some(Event::Interrupt(0x44)));
+        // The memory-mapped ID cannot change the x2APIC ID; INIT keeps the mode.
+        w32(&mut b, 1, LAPIC_BASE + 0x20, 7 << 24);
+        assert_eq!(b.view(1).0.x2apic_read(0x802), Some(1));
+        assert!(b.view(0).0.x2apic_write(0x830, (1 << 32) | 0x0000_4500));
+        assert_eq!(b.view(1).0.x2apic_read(0x802), Some(1), "still in x2APIC mode after INIT");
+        b.view(1).0.set_x2apic(false);
+        assert_eq!(b.view(1).0.x2apic_read(0x802), None);
     }
 
     #[test]

@@ -143,6 +143,16 @@ pub trait ApicTimer {
     fn set_tsc_deadline(&mut self, _tsc: u64, _ns: u64) -> bool {
         false
     }
+    /// An RDMSR of x2APIC register `msr`; `None`: #GP.
+    fn x2apic_read(&mut self, _msr: u32) -> Option<u64> {
+        None
+    }
+    /// A WRMSR of x2APIC register `msr`; `false`: #GP.
+    fn x2apic_write(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    /// The APIC enters x2APIC mode (`on`) or leaves it (disabled through IA32_APIC_BASE).
+    fn set_x2apic(&mut self, _on: bool) {}
 }
 
 /// Everything a vCPU's exits reach: ports, MMIO and its local APIC's timer.

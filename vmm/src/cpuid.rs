@@ -2,8 +2,8 @@
 //! truth about the virtual machine (AMD APM vol. 3 appendix E, Intel SDM vol. 2 "CPUID").
 //!
 //! - leaf 1: the vCPU's own APIC ID and the VM's CPU count; the hypervisor-present bit set; the
-//!   TSC-deadline timer when the host knows its TSC rate; VMX,
-//!   MONITOR/MWAIT (not emulated) and x2APIC (the VM's APIC is an xAPIC) cleared.
+//!   TSC-deadline timer when the host knows its TSC rate; x2APIC with the VM's local APIC model;
+//!   VMX and MONITOR/MWAIT (not emulated) cleared.
 //! - leaves 0x40000000 and 0x40000001: the KVM paravirtual interface's signature `KVMKVMKVM` and
 //!   features - the paravirtual clock (see [`crate::pvclock`]) and end of interrupt (see
 //!   [`crate::pveoi`]), which stock guests use by themselves; leaf 0x40000100: Ember's own signature, `EmberEmberHV`.
@@ -77,6 +77,9 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, vcpu: VcpuIdentity, host: impl Fn(u3
             l.ebx = (l.ebx & 0x0000_ffff) | (u32::from(vcpu.vcpus) << 16) | (u32::from(vcpu.apic_id) << 24);
             l.ecx &= !((1 << 3) | (1 << 5) | (1 << 21)); // MONITOR, VMX, x2APIC
             l.ecx |= 1 << 31; // running under a hypervisor
+            if vcpu.lapic {
+                l.ecx |= 1 << 21; // x2APIC (the VM's local APIC model has the mode)
+            }
             if vcpu.lapic && vcpu.pv_clock {
                 l.ecx |= 1 << 24; // TSC-deadline timer
             } else {
@@ -120,7 +123,8 @@ mod tests {
         let l1 = guest_cpuid(1, 0, v, host);
         assert_eq!((l1.ebx >> 24, (l1.ebx >> 16) & 0xff, l1.ebx & 0xffff), (3, 4, 0x0800));
         assert_eq!(l1.ecx & (1 << 31), 1 << 31, "hypervisor present");
-        assert_eq!(l1.ecx & ((1 << 3) | (1 << 5) | (1 << 21)), 0, "no MONITOR, VMX, x2APIC");
+        assert_eq!(l1.ecx & ((1 << 3) | (1 << 5)), 0, "no MONITOR, VMX");
+        assert_eq!(l1.ecx & (1 << 21), 1 << 21, "x2APIC");
         assert_eq!(l1.ecx & 1, 1, "other features kept (SSE3)");
         assert_eq!(l1.ecx & (1 << 24), 1 << 24, "TSC-deadline timer");
         assert_eq!(l1.eax, 0x0083_0f10, "family/model kept");
@@ -149,6 +153,7 @@ mod tests {
         assert_eq!(l1.edx & (1 << 9), 1 << 9, "APIC");
         let no_apic = VcpuIdentity { lapic: false, ..v };
         assert_eq!(guest_cpuid(1, 0, no_apic, host).edx & (1 << 9), 0, "no APIC without LAPIC models");
+        assert_eq!(guest_cpuid(1, 0, no_apic, host).ecx & (1 << 21), 0, "nor x2APIC");
         assert_eq!(guest_cpuid(0x4000_0001, 0, no_apic, host).eax & (1 << 6), 0, "nor PV EOI");
         assert_eq!(guest_cpuid(0x8000_000a, 0, v, host), Leaf::default());
         assert_eq!(guest_cpuid(0xb, 1, v, host), Leaf { eax: 0, ebx: 0, ecx: 1, edx: 3 });

@@ -174,6 +174,10 @@ fn writes_guest_clock(msr: u32, msrs: &VcpuMsrs) -> bool {
 
 /// The time-stamp counter's MSR.
 const MSR_TSC: u32 = 0x10;
+/// IA32_APIC_BASE.
+const MSR_APIC_BASE: u32 = 0x1b;
+/// The x2APIC's registers.
+const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
 /// IA32_TSC_DEADLINE: the local APIC timer's deadline in TSC-deadline mode (in the VM's devices).
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 
@@ -220,7 +224,12 @@ pub fn handle_local_exit(
         }
         VmExit::Msr { write, next_rip } => {
             let msr = regs.gpr(gpr::RCX) as u32;
-            if msr == MSR_TSC_DEADLINE || (*write && writes_guest_clock(msr, msrs)) {
+            // The APIC's registers (the timer's deadline, x2APIC mode, the mode itself) are the
+            // VM's devices'.
+            if msr == MSR_TSC_DEADLINE
+                || X2APIC_MSRS.contains(&msr)
+                || (*write && (msr == MSR_APIC_BASE || writes_guest_clock(msr, msrs)))
+            {
                 return None;
             }
             msr_exit(regs, msrs, *write, *next_rip)
@@ -312,6 +321,37 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
             }
             regs.set_rip(*next_rip);
             ExitAction::Resume
+        }
+        // The x2APIC's registers, in x2APIC mode only.
+        VmExit::Msr { write, next_rip } if X2APIC_MSRS.contains(&(regs.gpr(gpr::RCX) as u32)) => {
+            let msr = regs.gpr(gpr::RCX) as u32;
+            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+            let done = if !vm.msrs.x2apic() {
+                false
+            } else if *write {
+                bus.x2apic_write(msr, value)
+            } else if let Some(v) = bus.x2apic_read(msr) {
+                regs.set_rax(v & 0xffff_ffff);
+                regs.set_gpr(gpr::RDX, v >> 32);
+                true
+            } else {
+                false
+            };
+            if !done {
+                regs.inject_exception(GP_VECTOR, Some(0));
+                return ExitAction::Resume;
+            }
+            regs.set_rip(*next_rip);
+            ExitAction::Resume
+        }
+        // IA32_APIC_BASE: entering or leaving x2APIC mode reaches the APIC.
+        VmExit::Msr { write: true, next_rip } if regs.gpr(gpr::RCX) as u32 == MSR_APIC_BASE => {
+            let before = vm.msrs.x2apic();
+            let action = msr_exit(regs, vm.msrs, true, *next_rip);
+            if vm.msrs.x2apic() != before {
+                bus.set_x2apic(vm.msrs.x2apic());
+            }
+            action
         }
         // A write to the paravirtual clock's MSRs (or to the TSC under it): the structures are
         // (re)written in guest memory.
@@ -621,6 +661,34 @@ mod tests {
             ExitAction::Resume
         );
         assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4006));
+    }
+
+    #[test]
+    fn x2apic_registers_are_the_vms_devices_and_fault_outside_x2apic_mode() {
+        let mut w = World::new();
+        let mut r = Regs { rip: 0x4000, ..Regs::default() };
+        let local = |w: &mut World, r: &mut Regs, msr: u32, write: bool| {
+            r.others[gpr::RCX] = msr.into();
+            handle_local_exit(&VmExit::Msr { write, next_rip: 0x4002 }, r, &no_cpuid, &mut w.msrs)
+        };
+        assert_eq!(local(&mut w, &mut r, 0x802, false), None, "x2APIC registers: with the board");
+        assert_eq!(local(&mut w, &mut r, 0x8ff, true), None);
+        r.rax = 0xfee0_0d00;
+        assert_eq!(local(&mut w, &mut r, 0x1b, true), None, "APIC_BASE writes: with the board");
+        assert!(local(&mut w, &mut r, 0x1b, false).is_some(), "reads are the vCPU's own");
+        // xAPIC mode: #GP.
+        r.rip = 0x4000;
+        r.others[gpr::RCX] = 0x802;
+        handle_exit(&VmExit::Msr { write: false, next_rip: 0x4002 }, &mut r, &mut w.ctx());
+        assert_eq!((r.injected.clone(), r.rip), (alloc::vec![(GP_VECTOR, Some(0))], 0x4000));
+        // Into x2APIC mode through APIC_BASE.
+        r.injected.clear();
+        r.others[gpr::RCX] = 0x1b;
+        r.rax = 0xfee0_0d00;
+        r.others[gpr::RDX] = 0;
+        handle_exit(&VmExit::Msr { write: true, next_rip: 0x4002 }, &mut r, &mut w.ctx());
+        assert!(r.injected.is_empty() && w.msrs.x2apic());
+        assert_eq!(r.rip, 0x4002);
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! it asks for are returned to the caller, which routes them), and the timer in one-shot and
 //! periodic modes counting at a 1 GHz bus clock through the divide configuration, and in
 //! TSC-deadline mode (IA32_TSC_DEADLINE, MSR 0x6e0: the caller converts the guest's TSC value to
-//! the host time it stands for). Not modelled: x2APIC, thermal and performance-counter interrupts
-//! (their LVT entries are kept but never fire). Every value a guest writes is accepted; reserved
+//! the host time it stands for). x2APIC mode (Intel SDM vol. 3A 11.12): the registers as MSRs
+//! 0x800-0x83f ([`Lapic::read_msr`], [`Lapic::write_msr`]), a 32-bit ID, the logical ID derived from
+//! it (cluster in bits 31:16, one bit of 16 below), the ICR as one 64-bit register with a 32-bit
+//! destination, the SELF IPI register, and #GP for what x2APIC mode does not have (DFR, ICR high,
+//! APR, RRD) or does not allow (writes to read-only registers, a value above 32 bits, an EOI or ESR
+//! write other than 0, a SELF IPI with more than a vector). The memory-mapped page keeps answering in x2APIC mode. Not modelled: thermal and
+//! performance-counter interrupts (their LVT entries are kept but never fire). Every value a guest writes is accepted; reserved
 //! bits read as zero.
 
 /// Local APIC version register: version 0x14 (integrated), max LVT entry 5 (six entries).
@@ -61,9 +66,11 @@ pub enum Shorthand {
 pub struct Ipi {
     pub mode: DeliveryMode,
     pub vector: u8,
-    /// Destination field (ICR bits 56-63).
-    pub dest: u8,
+    /// Destination: ICR bits 56-63 in xAPIC mode, bits 32-63 in x2APIC mode (`x2apic`).
+    pub dest: u32,
     pub logical: bool,
+    /// The destination is in x2APIC format (32-bit ID; logical: cluster and bit).
+    pub x2apic: bool,
     pub shorthand: Shorthand,
     /// INIT level de-assert (the second INIT of the MP start-up sequence; it does nothing).
     pub deassert: bool,
@@ -92,6 +99,8 @@ pub struct Lapic {
     tmr: [u32; 8],
     icr_low: u32,
     icr_high: u32,
+    /// x2APIC mode (IA32_APIC_BASE bit 10).
+    x2apic: bool,
     /// Timer, thermal, performance, LINT0, LINT1, error.
     lvt: [u32; 6],
     lvt_cmci: u32,
@@ -143,6 +152,7 @@ impl Lapic {
             tmr: [0; 8],
             icr_low: 0,
             icr_high: 0,
+            x2apic: false,
             lvt: [LVT_MASKED; 6],
             lvt_cmci: LVT_MASKED,
             timer_initial: 0,
@@ -156,6 +166,34 @@ impl Lapic {
 
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// In x2APIC mode.
+    pub fn x2apic(&self) -> bool {
+        self.x2apic
+    }
+
+    /// The logical x2APIC ID its APIC ID gives (SDM 11.12.10.2).
+    fn x2apic_ldr(&self) -> u32 {
+        (u32::from(self.id) >> 4) << 16 | 1 << (self.id & 0xf)
+    }
+
+    /// Switches x2APIC mode on (from xAPIC mode) or off (the APIC was disabled): the logical ID
+    /// becomes the one derived from the APIC ID, or 0.
+    pub fn set_x2apic(&mut self, on: bool) {
+        self.x2apic = on;
+        self.ldr = if on { self.x2apic_ldr() } else { 0 };
+    }
+
+    /// Whether this APIC is the target of x2APIC destination `dest` (physical: its ID, or
+    /// 0xffffffff for all; logical: the cluster in bits 31:16 and its bit among bits 15:0).
+    pub fn matches_x2apic(&self, dest: u32, logical: bool) -> bool {
+        if logical {
+            let ldr = self.x2apic_ldr();
+            dest >> 16 == ldr >> 16 && dest & ldr & 0xffff != 0
+        } else {
+            dest == u32::MAX || dest == u32::from(self.id)
+        }
     }
 
     /// Software-enabled (SVR bit 8).
@@ -172,8 +210,12 @@ impl Lapic {
         }
     }
 
-    /// Whether this APIC is the target of logical destination `mda` (flat or cluster model).
+    /// Whether this APIC is the target of logical destination `mda` (flat or cluster model; in
+    /// x2APIC mode the 8-bit destination of the I/O APIC is taken as cluster and bits, 4 + 4).
     pub fn matches_logical(&self, mda: u8) -> bool {
+        if self.x2apic {
+            return self.matches_x2apic(u32::from(mda >> 4) << 16 | u32::from(mda & 0xf), true);
+        }
         let ldr = (self.ldr >> 24) as u8;
         if self.dfr >> 28 == 0xf {
             ldr & mda != 0
@@ -348,6 +390,8 @@ impl Lapic {
     /// A guest write of `value` to the register at `offset`.
     pub fn write(&mut self, offset: u64, value: u32, now: u64) -> Option<LapicEvent> {
         match offset {
+            // Read-only in x2APIC mode (and the ID is the x2APIC ID).
+            0x20 | 0xd0 | 0xe0 | 0x310 if self.x2apic => {}
             0x20 => self.id = (value >> 24) as u8,
             0x80 => self.tpr = value & 0xff,
             0xb0 => {
@@ -411,13 +455,78 @@ impl Lapic {
         None
     }
 
+    /// A guest RDMSR of x2APIC register `msr` (0x800-0x8ff); `None`: #GP (not in x2APIC mode, or
+    /// a register x2APIC mode does not have or that is write-only).
+    pub fn read_msr(&self, msr: u32, now: u64) -> Option<u64> {
+        if !self.x2apic {
+            return None;
+        }
+        let offset = u64::from(msr.checked_sub(0x800)?) << 4;
+        Some(match offset {
+            0x20 => u64::from(self.id),
+            0xd0 => u64::from(self.ldr),
+            0x300 => u64::from(self.icr_high) << 32 | u64::from(self.read(0x300, now)),
+            // APR, EOI, RRD, DFR, ICR high, SELF IPI: none, or write-only.
+            0x90 | 0xb0 | 0xc0 | 0xe0 | 0x310 | 0x3f0 => return None,
+            0x30 | 0x80 | 0xa0 | 0xf0 | 0x100..=0x270 | 0x280 | 0x2f0 | 0x320..=0x390 | 0x3e0 => {
+                u64::from(self.read(offset, now))
+            }
+            _ => return None,
+        })
+    }
+
+    /// A guest WRMSR of x2APIC register `msr` with `value`; `Err(())`: #GP (not in x2APIC mode, a
+    /// read-only or missing register, reserved bits set).
+    #[allow(clippy::result_unit_err)] // the only error is the #GP, which carries nothing
+    pub fn write_msr(&mut self, msr: u32, value: u64, now: u64) -> Result<Option<LapicEvent>, ()> {
+        if !self.x2apic {
+            return Err(());
+        }
+        let offset = u64::from(msr.checked_sub(0x800).ok_or(())?) << 4;
+        if offset == 0x300 {
+            // The ICR: one register, the destination in bits 63:32.
+            self.icr_high = (value >> 32) as u32;
+            self.icr_low = value as u32 & 0x000c_cfff;
+            return Ok(Some(LapicEvent::Ipi(self.ipi())));
+        }
+        let low = u32::try_from(value).map_err(|_| ())?;
+        // Writable registers. Read-only status bits (delivery status, remote IRR) and bits this
+        // model does not keep are ignored, as Linux writes LVT values with status bits set; only
+        // EOI and ESR (0 only) and SELF IPI (a vector only) refuse bits (SDM 11.12.1.2).
+        let reserved = match offset {
+            0xb0 | 0x280 => u32::MAX,
+            0x3f0 => !0xff,
+            0x80 | 0xf0 | 0x2f0 | 0x320..=0x370 | 0x380 | 0x3e0 => 0,
+            _ => return Err(()),
+        };
+        if low & reserved != 0 {
+            return Err(());
+        }
+        if offset == 0x3f0 {
+            // Fixed, edge, to itself (SDM 11.12.11).
+            let ipi = Ipi {
+                mode: DeliveryMode::Fixed,
+                vector: low as u8,
+                dest: 0,
+                logical: false,
+                x2apic: true,
+                shorthand: Shorthand::SelfOnly,
+                deassert: false,
+                level_triggered: false,
+            };
+            return Ok(Some(LapicEvent::Ipi(ipi)));
+        }
+        Ok(self.write(offset, low, now))
+    }
+
     fn ipi(&self) -> Ipi {
         let low = self.icr_low;
         Ipi {
             mode: delivery_mode(low),
             vector: low as u8,
-            dest: (self.icr_high >> 24) as u8,
+            dest: if self.x2apic { self.icr_high } else { self.icr_high >> 24 },
             logical: low & (1 << 11) != 0,
+            x2apic: self.x2apic,
             shorthand: match (low >> 18) & 3 {
                 1 => Shorthand::SelfOnly,
                 2 => Shorthand::AllIncludingSelf,

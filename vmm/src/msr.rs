@@ -78,6 +78,11 @@ impl VcpuMsrs {
         self.apic_base & APIC_ENABLE != 0
     }
 
+    /// The guest's APIC is in x2APIC mode (APIC_BASE bits 10 and 11).
+    pub fn x2apic(&self) -> bool {
+        self.apic_base & (APIC_ENABLE | APIC_X2APIC) == APIC_ENABLE | APIC_X2APIC
+    }
+
     fn saved(msr: u32) -> Option<Saved> {
         Some(match msr {
             0x10 => Saved::Tsc,
@@ -128,11 +133,21 @@ impl VcpuMsrs {
         }
         match msr {
             0x1b => {
-                // The xAPIC can be turned on and off; it cannot move, and there is no x2APIC.
-                if value & !0xfff != APIC_BASE_ADDRESS || value & APIC_X2APIC != 0 {
+                // The APIC cannot move. Its modes (SDM 11.12.5): disabled, xAPIC, x2APIC; x2APIC is
+                // entered from xAPIC and left only by disabling the APIC.
+                let mode = |v: u64| v & (APIC_ENABLE | APIC_X2APIC);
+                let (from, to) = (mode(self.apic_base), mode(value));
+                let allowed = from == to
+                    || to == 0
+                    || (from == 0 && to == APIC_ENABLE)
+                    || (from == APIC_ENABLE && to == APIC_ENABLE | APIC_X2APIC);
+                if value & !0xfff != APIC_BASE_ADDRESS
+                    || value & 0xfff & !(APIC_BSP | APIC_ENABLE | APIC_X2APIC) != 0
+                    || !allowed
+                {
                     return MsrAccess::Fault;
                 }
-                self.apic_base = (self.apic_base & !APIC_ENABLE) | (value & APIC_ENABLE);
+                self.apic_base = (self.apic_base & !(APIC_ENABLE | APIC_X2APIC)) | to;
             }
             0x2ff => {
                 // Default memory type (bits 0-7) and the enable bits 10-11; the rest is reserved.
@@ -188,7 +203,18 @@ mod tests {
         m.write(0x1b, 0xfee0_0900);
         assert!(m.apic_enabled());
         assert_eq!(m.write(0x1b, 0xfed0_0900), MsrAccess::Fault);
-        assert_eq!(m.write(0x1b, 0xfee0_0d00), MsrAccess::Fault);
+        assert_eq!(m.write(0x1b, 0xfee0_0b00), MsrAccess::Fault, "reserved bit 9");
+        // x2APIC: entered from xAPIC mode, left only by disabling; never from disabled at once.
+        assert!(!m.x2apic());
+        assert_eq!(m.write(0x1b, 0xfee0_0d00), MsrAccess::Done(0xfee0_0d00));
+        assert!(m.x2apic() && m.apic_enabled());
+        assert_eq!(m.read(0x1b), MsrAccess::Done(0xfee0_0d00));
+        assert_eq!(m.write(0x1b, 0xfee0_0900), MsrAccess::Fault, "x2APIC -> xAPIC");
+        assert_eq!(m.write(0x1b, 0xfee0_0100), MsrAccess::Done(0xfee0_0100));
+        assert!(!m.x2apic() && !m.apic_enabled());
+        assert_eq!(m.write(0x1b, 0xfee0_0d00), MsrAccess::Fault, "disabled -> x2APIC");
+        assert_eq!(m.write(0x1b, 0xfee0_0500), MsrAccess::Fault, "x2APIC bit without enable");
+        m.write(0x1b, 0xfee0_0900);
         // EFER: the guest's bits go to the backend; SVME and reserved bits fault.
         assert_eq!(m.write(0xc000_0080, 0xd01), MsrAccess::Saved(Saved::Efer));
         assert_eq!(m.write(0xc000_0080, 1 << 12), MsrAccess::Fault);
