@@ -6,7 +6,8 @@
 //! guest page walk over page tables made of the input; the whole chipset (8259A PICs, timer, COM1,
 //! CMOS, 8042, ACPI PM) driven by port accesses with interrupt acknowledges in between; a 4-vCPU
 //! VM's local APICs and I/O APIC driven by MMIO accesses of every width through each vCPU's view
-//! (IPIs, INIT/STARTUP, EOIs routed), ISA line levels and timers; and the
+//! (IPIs, INIT/STARTUP, EOIs routed), ISA line levels and timers, and the x2APIC's MSRs with its
+//! mode switched on and off; and the
 //! virtio block device (on a write-back disk image whose write-back passes the input starts,
 //! completes and fails, so flushes wait, complete and fail) driven by register writes and queue
 //! notifications over guest memory and descriptor tables made of the input. Any panic is a finding; refusals are expected.
@@ -14,7 +15,7 @@
 
 use ember_vmm::blkio::{IoDone, IoOp, IoQueue};
 use ember_vmm::board::{Board, CpuState, IOAPIC_BASE, LAPIC_BASE};
-use ember_vmm::bus::{MmioBus, MmioDevice, MmioSpace, PortBus};
+use ember_vmm::bus::{ApicTimer, MmioBus, MmioDevice, MmioSpace, PortBus};
 use ember_vmm::decode::{self, Access};
 use ember_vmm::linux::{self, BzImage};
 use ember_vmm::machine::Machine;
@@ -101,6 +102,17 @@ fuzz_target!(|data: &[u8]| {
         let base = if b(1) & 0x40 == 0 { LAPIC_BASE } else { IOAPIC_BASE };
         let addr = base + u64::from(b(2)) * 4;
         let len = [1usize, 2, 4, 8][usize::from(b(1) >> 4 & 3)];
+        if b(1) & 0x80 != 0 {
+            // x2APIC: an MSR write (64 bits: the ICR's destination above) or read, or the mode.
+            let msr = 0x800 + u32::from(b(2) & 0x3f);
+            let mut bus = board.view(cpu).0;
+            match b(1) & 3 {
+                0 => drop(bus.x2apic_write(msr, u64::from(value) | u64::from(b(3) ^ b(6)) << 32)),
+                1 => drop(bus.x2apic_read(msr)),
+                _ => bus.set_x2apic(b(3) & 1 == 1),
+            }
+            continue;
+        }
         match b(1) & 7 {
             0 | 1 => drop(board.view(cpu).0.mmio_write(addr, &value.to_le_bytes().repeat(2)[..len])),
             2 => drop(board.view(cpu).0.mmio_read(addr, &mut [0u8; 8][..len])),

@@ -89,6 +89,8 @@ pub enum LapicEvent {
 #[derive(Debug, Clone)]
 pub struct Lapic {
     id: u8,
+    /// The ID at reset: the x2APIC ID (the xAPIC ID register is writable, the x2APIC ID is not).
+    initial_id: u8,
     tpr: u32,
     ldr: u32,
     dfr: u32,
@@ -142,6 +144,7 @@ impl Lapic {
     pub fn new(id: u8) -> Lapic {
         Lapic {
             id,
+            initial_id: id,
             tpr: 0,
             ldr: 0,
             dfr: 0xffff_ffff,
@@ -182,12 +185,18 @@ impl Lapic {
     /// becomes the one derived from the APIC ID, or 0.
     pub fn set_x2apic(&mut self, on: bool) {
         self.x2apic = on;
+        if on {
+            self.id = self.initial_id;
+        }
         self.ldr = if on { self.x2apic_ldr() } else { 0 };
     }
 
     /// Whether this APIC is the target of x2APIC destination `dest` (physical: its ID, or
     /// 0xffffffff for all; logical: the cluster in bits 31:16 and its bit among bits 15:0).
     pub fn matches_x2apic(&self, dest: u32, logical: bool) -> bool {
+        if dest == u32::MAX {
+            return true; // broadcast, in either destination mode (SDM 11.12.9)
+        }
         if logical {
             let ldr = self.x2apic_ldr();
             dest >> 16 == ldr >> 16 && dest & ldr & 0xffff != 0
@@ -211,10 +220,12 @@ impl Lapic {
     }
 
     /// Whether this APIC is the target of logical destination `mda` (flat or cluster model; in
-    /// x2APIC mode the 8-bit destination of the I/O APIC is taken as cluster and bits, 4 + 4).
+    /// x2APIC mode an 8-bit destination, from the I/O APIC or an xAPIC-mode sender, is cluster 0
+    /// with those bits, and 0xff is all, as KVM takes them).
     pub fn matches_logical(&self, mda: u8) -> bool {
         if self.x2apic {
-            return self.matches_x2apic(u32::from(mda >> 4) << 16 | u32::from(mda & 0xf), true);
+            let dest = if mda == 0xff { u32::MAX } else { u32::from(mda) };
+            return self.matches_x2apic(dest, true);
         }
         let ldr = (self.ldr >> 24) as u8;
         if self.dfr >> 28 == 0xf {
@@ -533,8 +544,13 @@ impl Lapic {
                 3 => Shorthand::AllExcludingSelf,
                 _ => Shorthand::None,
             },
-            deassert: delivery_mode(low) == DeliveryMode::Init && low & (1 << 14) == 0,
-            level_triggered: low & (1 << 15) != 0,
+            // INIT level de-assert: level 0 and trigger mode level (SDM 11.6.1).
+            deassert: delivery_mode(low) == DeliveryMode::Init
+                && low & (1 << 14) == 0
+                && low & (1 << 15) != 0,
+            // The trigger mode of fixed IPIs is ignored: they are edge-triggered (an EOI of one
+            // must not reach the I/O APIC as the end of a device's level interrupt).
+            level_triggered: false,
         }
     }
 }
@@ -575,6 +591,35 @@ mod tests {
         assert_eq!(a.read(0x280, 0), 1 << 6);
         a.write(0x280, 0, 0);
         assert_eq!(a.read(0x280, 0), 0);
+    }
+
+    #[test]
+    fn x2apic_ids_destinations_and_the_init_de_assert() {
+        let mut a = enabled(18);
+        a.write(0x20, 7 << 24, 0); // the xAPIC ID is writable...
+        a.set_x2apic(true);
+        assert_eq!(a.read_msr(0x802, 0), Some(18), "...the x2APIC ID is the one from reset");
+        assert_eq!(a.read_msr(0x80d, 0), Some((1 << 16) | (1 << 2)), "cluster 1, bit 2");
+        assert!(a.matches_x2apic(18, false) && !a.matches_x2apic(7, false));
+        assert!(a.matches_x2apic(u32::MAX, false) && a.matches_x2apic(u32::MAX, true), "broadcast");
+        assert!(a.matches_x2apic((1 << 16) | 0b100, true) && !a.matches_x2apic(0b100, true));
+        // 8-bit logical destinations (I/O APIC, xAPIC senders): cluster 0; 0xff is all.
+        let b = {
+            let mut b = enabled(4);
+            b.set_x2apic(true);
+            b
+        };
+        assert!(b.matches_logical(0x10) && !b.matches_logical(0x01) && b.matches_logical(0xff));
+        // INIT: assert (level 1), de-assert (level 0, trigger level); edge with level 0 is an INIT.
+        let mut c = enabled(0);
+        let ipi = |c: &mut Lapic, low: u32| match c.write(0x300, low, 0) {
+            Some(LapicEvent::Ipi(i)) => i,
+            other => panic!("{other:?}"),
+        };
+        assert!(!ipi(&mut c, 0x0000_c500).deassert);
+        assert!(ipi(&mut c, 0x0000_8500).deassert);
+        assert!(!ipi(&mut c, 0x0000_0500).deassert, "edge-triggered INIT");
+        assert!(!ipi(&mut c, 0x0000_8041).level_triggered, "fixed IPIs are edge-triggered");
     }
 
     #[test]
