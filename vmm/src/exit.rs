@@ -292,6 +292,31 @@ fn msr_exit(regs: &mut impl VcpuRegs, msrs: &mut VcpuMsrs, write: bool, next_rip
     ExitAction::Resume
 }
 
+/// RDMSR or WRMSR of a register of the VM's local APIC: `access` takes the value written
+/// (`Some`) or reads (`None`), and answers `None` for a #GP; a read's value goes to EDX:EAX; RIP
+/// moves past the instruction unless it faulted.
+fn apic_msr(
+    regs: &mut impl VcpuRegs,
+    write: bool,
+    next_rip: u64,
+    access: impl FnOnce(Option<u64>) -> Option<u64>,
+) -> ExitAction {
+    let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
+    match access(write.then_some(value)) {
+        None => {
+            regs.inject_exception(GP_VECTOR, Some(0));
+            return ExitAction::Resume;
+        }
+        Some(v) if !write => {
+            regs.set_rax(v & 0xffff_ffff);
+            regs.set_gpr(gpr::RDX, v >> 32);
+        }
+        Some(_) => {}
+    }
+    regs.set_rip(next_rip);
+    ExitAction::Resume
+}
+
 /// Handles one exit.
 pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
     exit: &VmExit,
@@ -305,44 +330,21 @@ pub fn handle_exit<C: Fn(u32, u32) -> Leaf>(
     match exit {
         // The local APIC timer's deadline.
         VmExit::Msr { write, next_rip } if regs.gpr(gpr::RCX) as u32 == MSR_TSC_DEADLINE => {
-            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
-            let done = if *write {
-                bus.set_tsc_deadline(value, tsc_to_host_ns(value, regs.tsc_offset(), &vm.clock))
-            } else if let Some(v) = bus.tsc_deadline() {
-                regs.set_rax(v & 0xffff_ffff);
-                regs.set_gpr(gpr::RDX, v >> 32);
-                true
-            } else {
-                false
-            };
-            if !done {
-                regs.inject_exception(GP_VECTOR, Some(0));
-                return ExitAction::Resume;
-            }
-            regs.set_rip(*next_rip);
-            ExitAction::Resume
+            let (offset, clock) = (regs.tsc_offset(), vm.clock);
+            apic_msr(regs, *write, *next_rip, |value| match value {
+                Some(v) => bus.set_tsc_deadline(v, tsc_to_host_ns(v, offset, &clock)).then_some(0),
+                None => bus.tsc_deadline(),
+            })
         }
         // The x2APIC's registers, in x2APIC mode only.
         VmExit::Msr { write, next_rip } if X2APIC_MSRS.contains(&(regs.gpr(gpr::RCX) as u32)) => {
             let msr = regs.gpr(gpr::RCX) as u32;
-            let value = (regs.gpr(gpr::RDX) << 32) | (regs.rax() & 0xffff_ffff);
-            let done = if !vm.msrs.x2apic() {
-                false
-            } else if *write {
-                bus.x2apic_write(msr, value)
-            } else if let Some(v) = bus.x2apic_read(msr) {
-                regs.set_rax(v & 0xffff_ffff);
-                regs.set_gpr(gpr::RDX, v >> 32);
-                true
-            } else {
-                false
-            };
-            if !done {
-                regs.inject_exception(GP_VECTOR, Some(0));
-                return ExitAction::Resume;
-            }
-            regs.set_rip(*next_rip);
-            ExitAction::Resume
+            let x2apic = vm.msrs.x2apic();
+            apic_msr(regs, *write, *next_rip, |value| match value {
+                _ if !x2apic => None,
+                Some(v) => bus.x2apic_write(msr, v).then_some(0),
+                None => bus.x2apic_read(msr),
+            })
         }
         // IA32_APIC_BASE: entering or leaving x2APIC mode reaches the APIC.
         VmExit::Msr { write: true, next_rip } if regs.gpr(gpr::RCX) as u32 == MSR_APIC_BASE => {

@@ -397,6 +397,11 @@ mod tests {
         (VmExit::Io { port, size: 1, input: false, next_rip: 0 }, value)
     }
 
+    /// vCPU 0 of a 1-vCPU VM on `board`, with no CPUID answers.
+    fn one_vcpu<'a>(board: &'a Mutex<Board>, msrs: &'a mut VcpuMsrs) -> VmParts<'a, fn(u32, u32) -> Leaf> {
+        VmParts { board, cpu: 0, vcpus: 1, msrs, cpuid: |_, _| Leaf::default(), clock: TEST_CLOCK }
+    }
+
     /// A VM of `vcpus` vCPUs with 4 KiB of RAM and no MMIO devices.
     fn board(vcpus: usize) -> Mutex<Board> {
         let machine = Machine::new(0, Arc::new(spin::Mutex::new(ConsoleLog::default())));
@@ -522,14 +527,7 @@ mod tests {
             board: &board,
             ended_by_flag: Cell::new(0),
         };
-        let mut parts = VmParts {
-            board: &board,
-            cpu: 0,
-            vcpus: 1,
-            msrs: &mut msrs,
-            cpuid: |_, _| Leaf::default(),
-            clock: TEST_CLOCK,
-        };
+        let mut parts = one_vcpu(&board, &mut msrs);
         run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut LoopState::default());
         (v.injected, host.ended_by_flag.get())
     }
@@ -659,14 +657,7 @@ mod tests {
                 busy,
                 locks: Cell::new(0),
             };
-            let mut parts = VmParts {
-                board: &board,
-                cpu: 0,
-                vcpus: 1,
-                msrs: &mut msrs,
-                cpuid: |_, _| Leaf::default(),
-                clock: TEST_CLOCK,
-            };
+            let mut parts = one_vcpu(&board, &mut msrs);
             let end = run(&mut v, &mut parts, &host, &mut RunStats::default(), &mut LoopState::default());
             assert!(matches!(end, RunEnd::Fault(_)), "{end:?}");
             host.locks.get()
