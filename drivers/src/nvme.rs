@@ -257,15 +257,20 @@ impl Nvme {
         }
     }
 
-    /// Reads or writes `len` bytes of the bounce buffer at block `lba`: one command per maximum
-    /// transfer, all in flight together; returns once every one of them has ended (the bounce
-    /// buffer is free again), with the first failure.
-    fn transfer(&mut self, write: bool, lba: u64, len: usize) -> Result<(), IoError> {
+    /// Reads `len` bytes at block `lba` into the bounce buffer, or writes `data` (`len` bytes) there
+    /// through it: one command per maximum transfer, all in flight together; returns once every one
+    /// of them has ended (the bounce buffer is free again), with the first failure. Commands that
+    /// timed out earlier are settled first, before the bounce buffer is filled.
+    fn transfer(&mut self, data: Option<&[u8]>, lba: u64, len: usize) -> Result<(), IoError> {
+        let write = data.is_some();
         let what = if write { "write" } else { "read" };
         let fail = |block: u64, e: String| IoError::Device(format!("NVMe {what} at block {block}: {e}"));
         let opcode = if write { IO_WRITE } else { IO_READ };
         let bs = self.block_size as usize;
         self.settle(what)?;
+        if let Some(d) = data {
+            self.bounce.write(0, d);
+        }
         let mut sent: Vec<(u16, u64)> = Vec::with_capacity(self.depth);
         let mut result = Ok(());
         let mut at = 0;
@@ -434,7 +439,7 @@ impl BlockDevice for Nvme {
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
         in_pieces(lba, buf.len(), self.block_size, self.batch_bytes(), |block, r| {
-            self.transfer(false, block, r.len())?;
+            self.transfer(None, block, r.len())?;
             self.bounce.read(0, &mut buf[r]);
             Ok(())
         })
@@ -443,9 +448,7 @@ impl BlockDevice for Nvme {
     fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
         self.check_request(lba, buf.len())?;
         in_pieces(lba, buf.len(), self.block_size, self.batch_bytes(), |block, r| {
-            self.settle("write")?;
-            self.bounce.write(0, &buf[r.clone()]);
-            self.transfer(true, block, r.len())
+            self.transfer(Some(&buf[r.clone()]), block, r.len())
         })
     }
 
