@@ -26,6 +26,7 @@ use ember_net::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use ember_net::datastores;
 use ember_net::fetch::{self, Progress};
 use ember_net::host::{HostState, Persistence};
+use ember_net::hostnet::HostNetwork;
 use ember_net::http::{parse_request, parse_request_with, Parsed};
 use ember_net::mgmt::{ManagedNic, ManagementNetwork};
 use ember_net::nic::{FakeNic, Nic};
@@ -209,7 +210,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let vlan = (mode % 4 == 2).then_some(7);
     let (server_nic, wire) = FakeNic::pair([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 2]);
-    let mut nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(server_nic) }];
+    let mut nics = HostNetwork::new(vec![ManagedNic {
+        name: "vmnic0".into(),
+        driver: "fake",
+        nic: Box::new(server_nic),
+    }]);
     let mut host = state(vlan);
     let mut net = ManagementNetwork::new(&mut nics, ApiState::new(HostFacts::default()), &mut host, 99, 0);
     let mut rest = rest;

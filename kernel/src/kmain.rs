@@ -14,6 +14,7 @@ use ember_net::auth::{self, PasswordHash};
 use ember_net::config::{Ipv6Mode, ManagementConfig};
 use ember_net::firstboot;
 use ember_net::host::{HostPower, HostState, Persistence, Ticket};
+use ember_net::hostnet::HostNetwork;
 use ember_net::mgmt::{KickstartTls, ManagedNic, ManagementNetwork};
 use ember_net::tls::Trust;
 use ember_platform::arch::x86_64::{apic, cpu, gdt, idt, paging, power, smp, svm, timer};
@@ -489,8 +490,9 @@ fn host_configuration(disks: &mut Vec<Disk>, info: &BootInfo, nics: &[NicInfo]) 
 /// lent to the management network (API, consoles, first boot) and the DCUI for each call.
 struct Plane {
     host: HostState,
-    /// The physical NICs (`vmnicN`), lent to the management network for each call.
-    nics: Vec<ManagedNic>,
+    /// The physical NICs (`vmnicN`) and the virtual switch, lent to the management network for
+    /// each call.
+    hostnet: HostNetwork,
     net: ManagementNetwork,
 }
 
@@ -537,15 +539,15 @@ fn start_management_network(
         }
     };
     state.boot_unix = info.wall_clock.map(|w| w - (timer::now_ms() / 1000) as i64);
-    let mut nics = nics;
+    let mut hostnet = HostNetwork::new(nics);
     let net = ManagementNetwork::new(
-        &mut nics,
+        &mut hostnet,
         ApiState::new(facts),
         &mut state,
         cpu::random_u64(),
         timer::now_ms(),
     );
-    Plane { host: state, nics, net }
+    Plane { host: state, hostnet, net }
 }
 
 /// The fingerprint of the API's HTTPS certificate, for the idle screen.
@@ -869,7 +871,7 @@ impl LocalConsole {
             }
             Action::RestartManagementNetwork => {
                 kprintln!("ember: DCUI: restarting the management network");
-                n.net.restart(&mut n.nics, now);
+                n.net.restart(&mut n.hostnet, now);
             }
             Action::ResetConfiguration => {
                 kprintln!("ember: DCUI: resetting the system configuration to factory defaults");
@@ -996,7 +998,7 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
                 }
             }
             local.after_saves(net, now);
-            if net.net.poll(&mut net.host, &mut net.nics, now) {
+            if net.net.poll(&mut net.host, &mut net.hostnet, now) {
                 last_activity = now;
             }
             print_network_log(net);

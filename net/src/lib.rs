@@ -10,6 +10,9 @@
 //! - [`fetch`]: the HTTP client formats and retry policy for a first boot's kickstart.
 //! - [`tls`]: TLS 1.3 for `https://` kickstarts (rustls over the polled sockets, RustCrypto).
 //! - [`firstboot`]: a validated kickstart turned into the host configuration a first boot stores.
+//! - [`vswitch`]: the standard virtual switch's forwarding engine (ports, VLANs, security policy,
+//!   shaping, uplink failover).
+//! - [`hostnet`]: the host's NICs and `vSwitch0`, with the management interface `vmk0` as a port.
 //! - [`mgmt`]: the management interface service - smoltcp interface, DHCP/static, DNS, the HTTP
 //!   server's connection pool - driven by `poll(now)` from the kernel's management loop.
 //!
@@ -33,9 +36,11 @@ pub mod datastores;
 pub mod fetch;
 pub mod firstboot;
 pub mod host;
+pub mod hostnet;
 pub mod http;
 pub mod mgmt;
 pub mod nic;
 pub mod tls;
 pub mod vms;
 pub mod vmstore;
+pub mod vswitch;

@@ -17,6 +17,7 @@ use crate::config::{Ipv4Mode, Ipv6Mode, ManagementConfig};
 use crate::datastores::{self, Download, Upload};
 use crate::fetch::{self, FetchError, HttpUrl, Progress};
 use crate::host::{HostState, Ticket};
+use crate::hostnet::HostNetwork;
 use crate::http::{parse_request_with, Parsed, Request, Response, MAX_BODY, MAX_HEAD};
 use crate::nic::{Port, PortStats};
 use crate::tls::{self, TlsSession, Trust};
@@ -159,8 +160,6 @@ impl Conn {
 }
 
 struct Stack {
-    uplink: usize,
-    vlan: Option<u16>,
     iface: Interface,
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
@@ -260,15 +259,16 @@ fn instant(ms: u64) -> Instant {
 impl ManagementNetwork {
     /// Builds the service and starts the interface with `host`'s management settings (making or
     /// loading the host's HTTPS identity first). `seed` must be random per boot. The NICs stay the
-    /// caller's (the appliance owns them): every call that needs them borrows the same `nics`.
+    /// caller's (the appliance owns them and their switch): every call that needs them borrows
+    /// the same `net`.
     pub fn new(
-        nics: &mut [ManagedNic],
+        net: &mut HostNetwork,
         mut api: ApiState,
         host: &mut HostState,
         seed: u64,
         now_ms: u64,
     ) -> Self {
-        api.nics = nics.iter().map(NicInfo::of).collect();
+        api.nics = net.nics.iter().map(NicInfo::of).collect();
         host.now_ms = now_ms;
         host.start_https();
         let mut m = ManagementNetwork {
@@ -290,8 +290,8 @@ impl ManagementNetwork {
             test_changed: false,
         };
         m.log.append(&mut host.notes);
-        m.refresh_links(nics);
-        m.start(nics, now_ms);
+        m.refresh_links(net);
+        m.start(net, now_ms);
         m
     }
 
@@ -509,9 +509,9 @@ impl ManagementNetwork {
         )
     }
 
-    fn refresh_links(&mut self, nics: &mut [ManagedNic]) {
-        for (info, n) in self.api.nics.iter_mut().zip(nics.iter_mut()) {
-            let up = n.nic.link_up();
+    fn refresh_links(&mut self, net: &mut HostNetwork) {
+        for (i, info) in self.api.nics.iter_mut().enumerate() {
+            let up = net.link_up(i);
             if up != info.link && self.last_link_check != 0 {
                 self.log.push(format!("{}: link {}", info.name, if up { "up" } else { "down" }));
             }
@@ -519,14 +519,16 @@ impl ManagementNetwork {
         }
     }
 
-    fn start(&mut self, nics: &mut [ManagedNic], now: u64) {
+    fn start(&mut self, net: &mut HostNetwork, now: u64) {
         let cfg = self.running.clone();
         self.had_lease = false;
-        let Some(uplink) = nics.iter().position(|n| n.name == cfg.uplink) else {
+        let found = net.nics.iter().position(|n| n.name == cfg.uplink);
+        let Some((uplink, mac)) = found.and_then(|i| Some((i, net.connect_management(i, cfg.vlan)?))) else {
+            net.disconnect_management();
             self.log.push(format!(
                 "management network: no NIC named {} ({} NICs present); management interface down",
                 cfg.uplink,
-                nics.len()
+                net.nics.len()
             ));
             self.api.status =
                 InterfaceStatus { state: InterfaceState::NoUplink, ..InterfaceStatus::default() };
@@ -534,13 +536,13 @@ impl ManagementNetwork {
             return;
         };
         let mut stats = PortStats::default();
-        let mac = nics[uplink].nic.mac();
         let mut iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         self.restarts += 1;
         iface_cfg.random_seed = self.seed ^ self.restarts.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         iface_cfg.slaac = cfg.ipv6 == Ipv6Mode::Auto;
         let mut iface = {
-            let mut port = Port { nic: &mut *nics[uplink].nic, vlan: cfg.vlan, stats: &mut stats };
+            let Some(mut vmk) = net.vmk() else { return };
+            let mut port = Port { nic: &mut vmk, stats: &mut stats };
             Interface::new(iface_cfg, &mut port, instant(now))
         };
         if cfg.ipv6 != Ipv6Mode::Disabled {
@@ -623,7 +625,7 @@ impl ManagementNetwork {
                 download: None,
             });
         }
-        let n = &nics[uplink];
+        let Some(n) = net.nics.get(uplink) else { return };
         let mode = match cfg.ipv4 {
             Ipv4Mode::Dhcp => String::from("DHCP"),
             Ipv4Mode::Static { address, prefix, gateway } => format!(
@@ -657,8 +659,6 @@ impl ManagementNetwork {
         let _ = ping.bind(icmp::Endpoint::Ident(PING_IDENT));
         let icmp = sockets.add(ping);
         self.stack = Some(Stack {
-            uplink,
-            vlan: cfg.vlan,
             iface,
             sockets,
             dhcp,
@@ -690,23 +690,23 @@ impl ManagementNetwork {
     }
 
     /// Stops the interface and starts it again with the current configuration.
-    pub fn restart(&mut self, nics: &mut [ManagedNic], now: u64) {
+    pub fn restart(&mut self, net: &mut HostNetwork, now: u64) {
         self.log.push(String::from("management network: restarting"));
         self.drop_stack();
-        self.start(nics, now);
+        self.start(net, now);
     }
 
     /// Replaces the configuration (already validated) and restarts the interface.
-    pub fn reconfigure(&mut self, nics: &mut [ManagedNic], cfg: ManagementConfig, now: u64) {
+    pub fn reconfigure(&mut self, net: &mut HostNetwork, cfg: ManagementConfig, now: u64) {
         self.running = cfg;
         self.api.pending = None;
         self.apply_at = None;
-        self.restart(nics, now);
+        self.restart(net, now);
     }
 
     /// Does all pending network work. Returns true if anything happened (frames moved, requests
     /// served), so the caller can keep polling instead of sleeping.
-    pub fn poll(&mut self, host: &mut HostState, nics: &mut [ManagedNic], now: u64) -> bool {
+    pub fn poll(&mut self, host: &mut HostState, net: &mut HostNetwork, now: u64) -> bool {
         host.now_ms = now;
         for u in self.abandoned.drain(..) {
             u.abort(&mut host.disks);
@@ -720,7 +720,7 @@ impl ManagementNetwork {
             self.log.append(&mut host.notes);
         }
         if now.saturating_sub(self.last_link_check) >= 1000 {
-            self.refresh_links(nics);
+            self.refresh_links(net);
             self.last_link_check = now.max(1);
         }
         // The configuration's management settings changed (through the API, the DCUI or a
@@ -744,7 +744,7 @@ impl ManagementNetwork {
             if now >= at {
                 if let Some(cfg) = self.api.pending.take() {
                     self.log.push(String::from("management network: applying the new settings"));
-                    self.reconfigure(nics, cfg, now);
+                    self.reconfigure(net, cfg, now);
                 }
                 self.apply_at = None;
             }
@@ -761,10 +761,13 @@ impl ManagementNetwork {
             stack.consoles = crate::console::open(&mut stack.sockets, &*host.vms, &mut self.log);
             stack.consoles_open = true;
         }
-        let Some(uplink) = nics.get_mut(stack.uplink) else { return false };
-        let mut port = Port { nic: &mut *uplink.nic, vlan: stack.vlan, stats: &mut stack.stats };
+        // Frames from the uplink through the switch to vmk0, the stack's work, and what it sent
+        // out through the switch again.
+        let mut busy = net.pump(now);
+        let Some(mut vmk) = net.vmk() else { return busy };
+        let mut port = Port { nic: &mut vmk, stats: &mut stack.stats };
         let before = port.stats.rx_frames + port.stats.tx_frames;
-        let mut busy = stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
+        busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
         if let Some(h) = stack.dhcp {
             handle_dhcp(stack, h, &mut self.api, &configured_dns, &mut self.had_lease, &mut self.log);
         }
@@ -780,9 +783,10 @@ impl ManagementNetwork {
         busy |= self.poll_download(host, now);
         self.poll_test(now);
         let Some(stack) = self.stack.as_mut() else { return busy };
-        let Some(uplink) = nics.get_mut(stack.uplink) else { return busy };
-        let mut port = Port { nic: &mut *uplink.nic, vlan: stack.vlan, stats: &mut stack.stats };
+        let Some(mut vmk) = net.vmk() else { return busy };
+        let mut port = Port { nic: &mut vmk, stats: &mut stack.stats };
         busy |= stack.iface.poll(instant(now), &mut port, &mut stack.sockets) != PollResult::None;
+        busy |= net.pump(now);
         // Router advertisements add and expire addresses: keep the status current (no allocation
         // unless it changed).
         if !ipv6_cidrs(&stack.iface).eq(self.api.status.ipv6.iter().copied()) {
@@ -1759,8 +1763,10 @@ mod tests {
 
     /// A client host: its own smoltcp stack on the other end of the fake wire.
     struct Client {
+        /// The wire end, for raw frames.
         nic: FakeNic,
-        vlan: Option<u16>,
+        /// The client's own switch, which tags its frames with its VLAN.
+        net: HostNetwork,
         iface: Interface,
         sockets: SocketSet<'static>,
         stats: PortStats,
@@ -1775,9 +1781,13 @@ mod tests {
     const CLIENT_NOW: u64 = 1_767_225_600;
 
     impl Client {
-        fn new(mut nic: FakeNic, vlan: Option<u16>) -> Self {
+        fn new(nic: FakeNic, vlan: Option<u16>) -> Self {
             let mut stats = PortStats::default();
-            let mut port = Port { nic: &mut nic, vlan, stats: &mut stats };
+            let wire = ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(nic.clone()) };
+            let mut net = HostNetwork::new(vec![wire]);
+            net.connect_management(0, vlan).unwrap();
+            let mut vmk = net.vmk().unwrap();
+            let mut port = Port { nic: &mut vmk, stats: &mut stats };
             let mut iface = Interface::new(
                 Config::new(HardwareAddress::Ethernet(EthernetAddress(CLIENT_MAC))),
                 &mut port,
@@ -1788,7 +1798,7 @@ mod tests {
             });
             Client {
                 nic,
-                vlan,
+                net,
                 iface,
                 sockets: SocketSet::new(Vec::new()),
                 stats,
@@ -1848,15 +1858,18 @@ mod tests {
         }
 
         fn poll(&mut self, now: u64) {
-            let mut port = Port { nic: &mut self.nic, vlan: self.vlan, stats: &mut self.stats };
+            self.net.pump(now);
+            let mut vmk = self.net.vmk().unwrap();
+            let mut port = Port { nic: &mut vmk, stats: &mut self.stats };
             self.iface.poll(instant(now), &mut port, &mut self.sockets);
+            self.net.pump(now);
         }
     }
 
     struct World {
         server: ManagementNetwork,
         host: HostState,
-        nics: Vec<ManagedNic>,
+        net: HostNetwork,
         client: Client,
         now: u64,
         /// The boot medium does not finish commands (a save waits) while set.
@@ -1866,13 +1879,17 @@ mod tests {
     impl World {
         fn new(cfg: ManagementConfig, client_vlan: Option<u16>) -> Self {
             let (a, b) = FakeNic::pair(SERVER_MAC, CLIENT_MAC);
-            let mut nics = vec![ManagedNic { name: "vmnic0".into(), driver: "fake", nic: Box::new(a) }];
+            let mut net = HostNetwork::new(vec![ManagedNic {
+                name: "vmnic0".into(),
+                driver: "fake",
+                nic: Box::new(a),
+            }]);
             let mut host = host_state(cfg);
-            let server = ManagementNetwork::new(&mut nics, api_state(), &mut host, 42, 0);
+            let server = ManagementNetwork::new(&mut net, api_state(), &mut host, 42, 0);
             let mut client = Client::new(b, client_vlan);
             let pem = &host.https.as_ref().expect("an HTTPS certificate was made").stored.chain_pem;
             client.trust = Some(Trust::from_pem("pinned.pem", pem.as_bytes()).unwrap());
-            World { server, host, nics, client, now: 0, store_stalled: false }
+            World { server, host, net, client, now: 0, store_stalled: false }
         }
 
         /// One pass of the appliance's management loop (and of the client).
@@ -1882,7 +1899,7 @@ mod tests {
             if !self.store_stalled {
                 self.host.poll_store();
             }
-            self.server.poll(&mut self.host, &mut self.nics, self.now);
+            self.server.poll(&mut self.host, &mut self.net, self.now);
         }
 
         fn run_until(&mut self, ms: u64, mut done: impl FnMut(&mut Client) -> bool) -> bool {
@@ -2656,7 +2673,7 @@ mod tests {
         let mut w = World::new(cfg, None);
         assert_eq!(w.server.api.status.state, InterfaceState::NoUplink);
         assert!(w.server.take_log().iter().any(|l| l.contains("no NIC named vmnic3")));
-        assert!(!w.server.poll(&mut w.host, &mut w.nics, 10));
+        assert!(!w.server.poll(&mut w.host, &mut w.net, 10));
     }
 
     /// The client host serves scripted HTTP answers on port 8000, one connection per answer (a

@@ -1,9 +1,9 @@
-//! The smoltcp adapter for a NIC ([`Nic`], defined with the drivers in `ember_hw::nic`), with optional
-//! 802.1Q tagging.
+//! The smoltcp adapter for a NIC ([`Nic`], defined with the drivers in `ember_hw::nic`).
 //!
 //! Drivers (virtio-net, e1000e) implement [`Nic`] by copying frames in and out of their DMA buffers;
-//! [`Port`] turns one NIC into a smoltcp `phy::Device`, adding and removing the management VLAN tag
-//! (IEEE 802.1Q 9.6) on the way. [`FakeNic`] is the in-memory double used by the host tests.
+//! the management interface is a port of the virtual switch that looks like one too
+//! ([`crate::hostnet::VmkNic`]). [`Port`] turns a [`Nic`] into a smoltcp `phy::Device`; VLAN tags
+//! are the switch's business. [`FakeNic`] is the in-memory double used by the host tests.
 
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
@@ -14,9 +14,8 @@ use smoltcp::time::Instant;
 
 /// Largest Ethernet frame handled, without FCS, with room for one VLAN tag (1514 + 4).
 pub const MAX_FRAME: usize = 1518;
-/// Largest untagged frame handed to the IP stack (MTU 1500 + 14-byte header).
+/// Largest frame handed to the IP stack (MTU 1500 + 14-byte header).
 pub const MAX_UNTAGGED_FRAME: usize = 1514;
-const TPID_8021Q: u16 = 0x8100;
 
 pub use ember_hw::nic::Nic;
 
@@ -25,60 +24,13 @@ pub use ember_hw::nic::Nic;
 pub struct PortStats {
     pub rx_frames: u64,
     pub tx_frames: u64,
-    /// Frames dropped on receive: wrong VLAN, untagged on a tagged port, runts.
-    pub rx_dropped: u64,
+    /// Frames refused on transmit (the NIC's ring full, nowhere to go).
     pub tx_dropped: u64,
 }
 
-/// Inserts an 802.1Q tag with `vid` after the source address. Returns the tagged length, or `None`
-/// when `frame` is shorter than an Ethernet header or `out` is too small.
-pub fn insert_vlan_tag(frame: &[u8], vid: u16, out: &mut [u8]) -> Option<usize> {
-    if frame.len() < 14 || out.len() < frame.len() + 4 {
-        return None;
-    }
-    out[..12].copy_from_slice(&frame[..12]);
-    out[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
-    out[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
-    out[16..frame.len() + 4].copy_from_slice(&frame[12..]);
-    Some(frame.len() + 4)
-}
-
-/// What to do with a received frame on a port with the given VLAN setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ingress {
-    /// Pass the frame up unchanged.
-    Pass,
-    /// Remove the 4-byte tag at offset 12 and pass it up.
-    StripTag,
-    /// Not for this port.
-    Drop,
-}
-
-/// Classifies a received frame: on a tagged port only frames with our VLAN id pass (tag removed); on
-/// an untagged port tagged frames are dropped, except priority-tagged ones (VID 0), whose tag is removed.
-pub fn classify_ingress(frame: &[u8], vlan: Option<u16>) -> Ingress {
-    if frame.len() < 14 {
-        return Ingress::Drop;
-    }
-    let tagged = u16::from_be_bytes([frame[12], frame[13]]) == TPID_8021Q;
-    if !tagged {
-        return if vlan.is_none() { Ingress::Pass } else { Ingress::Drop };
-    }
-    if frame.len() < 18 {
-        return Ingress::Drop;
-    }
-    let vid = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
-    match vlan {
-        Some(v) if v == vid => Ingress::StripTag,
-        None if vid == 0 => Ingress::StripTag,
-        _ => Ingress::Drop,
-    }
-}
-
-/// One NIC as a smoltcp device, with the management VLAN applied.
+/// One NIC as a smoltcp device.
 pub struct Port<'a> {
     pub nic: &'a mut dyn Nic,
-    pub vlan: Option<u16>,
     pub stats: &'a mut PortStats,
 }
 
@@ -93,32 +45,17 @@ impl phy::Device for Port<'_> {
         Self: 'b;
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken, TxToken<'_>)> {
-        loop {
-            let mut buf = [0u8; MAX_FRAME];
-            let n = self.nic.receive(&mut buf)?;
-            let frame = &buf[..n];
-            let token = match classify_ingress(frame, self.vlan) {
-                Ingress::Pass => RxToken { buf, len: n, start: 0 },
-                Ingress::StripTag => {
-                    // Move the addresses forward over the tag instead of copying the payload.
-                    buf.copy_within(0..12, 4);
-                    RxToken { buf, len: n - 4, start: 4 }
-                }
-                Ingress::Drop => {
-                    self.stats.rx_dropped += 1;
-                    continue;
-                }
-            };
-            self.stats.rx_frames += 1;
-            return Some((token, TxToken { nic: &mut *self.nic, vlan: self.vlan, stats: &mut *self.stats }));
-        }
+        let mut buf = [0u8; MAX_UNTAGGED_FRAME];
+        let len = self.nic.receive(&mut buf)?;
+        self.stats.rx_frames += 1;
+        Some((RxToken { buf, len }, TxToken { nic: &mut *self.nic, stats: &mut *self.stats }))
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
         if !self.nic.can_transmit() {
             return None;
         }
-        Some(TxToken { nic: &mut *self.nic, vlan: self.vlan, stats: &mut *self.stats })
+        Some(TxToken { nic: &mut *self.nic, stats: &mut *self.stats })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -132,21 +69,19 @@ impl phy::Device for Port<'_> {
 
 /// A received frame.
 pub struct RxToken {
-    buf: [u8; MAX_FRAME],
-    start: usize,
+    buf: [u8; MAX_UNTAGGED_FRAME],
     len: usize,
 }
 
 impl phy::RxToken for RxToken {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.buf[self.start..self.start + self.len])
+        f(self.buf.get(..self.len).unwrap_or_default())
     }
 }
 
 /// Permission to send one frame.
 pub struct TxToken<'a> {
     nic: &'a mut dyn Nic,
-    vlan: Option<u16>,
     stats: &'a mut PortStats,
 }
 
@@ -155,17 +90,7 @@ impl phy::TxToken for TxToken<'_> {
         let mut frame = [0u8; MAX_UNTAGGED_FRAME];
         let len = len.min(MAX_UNTAGGED_FRAME);
         let r = f(&mut frame[..len]);
-        let sent = match self.vlan {
-            None => self.nic.transmit(&frame[..len]),
-            Some(vid) => {
-                let mut tagged = [0u8; MAX_FRAME];
-                match insert_vlan_tag(&frame[..len], vid, &mut tagged) {
-                    Some(n) => self.nic.transmit(&tagged[..n]),
-                    None => false,
-                }
-            }
-        };
-        if sent {
+        if self.nic.transmit(&frame[..len]) {
             self.stats.tx_frames += 1;
         } else {
             self.stats.tx_dropped += 1;
@@ -235,65 +160,21 @@ impl Nic for FakeNic {
 mod tests {
     use super::*;
 
-    fn frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = alloc::vec![0xff; 6];
-        f.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
     #[test]
-    fn tag_then_classify_round_trip() {
-        let f = frame(0x0800, &[1, 2, 3, 4]);
-        let mut out = [0u8; 64];
-        let n = insert_vlan_tag(&f, 100, &mut out).unwrap();
-        assert_eq!(n, f.len() + 4);
-        assert_eq!(&out[12..16], &[0x81, 0x00, 0x00, 100]);
-        assert_eq!(&out[16..n], &f[12..]);
-        assert_eq!(classify_ingress(&out[..n], Some(100)), Ingress::StripTag);
-        assert_eq!(classify_ingress(&out[..n], Some(101)), Ingress::Drop);
-        assert_eq!(classify_ingress(&out[..n], None), Ingress::Drop);
-        assert_eq!(classify_ingress(&f, None), Ingress::Pass);
-        assert_eq!(classify_ingress(&f, Some(100)), Ingress::Drop);
-    }
-
-    #[test]
-    fn runts_and_short_tags_are_dropped() {
-        assert_eq!(classify_ingress(&[0; 13], None), Ingress::Drop);
-        let mut f = frame(0x8100, &[]);
-        f.extend_from_slice(&[0, 5]);
-        assert_eq!(classify_ingress(&f, Some(5)), Ingress::Drop);
-        assert!(insert_vlan_tag(&[0; 10], 1, &mut [0; 64]).is_none());
-        assert!(insert_vlan_tag(&[0; 60], 1, &mut [0; 63]).is_none());
-    }
-
-    #[test]
-    fn priority_tagged_frames_pass_untagged_ports() {
-        let f = frame(0x0800, &[9; 4]);
-        let mut out = [0u8; 64];
-        let n = insert_vlan_tag(&f, 0, &mut out).unwrap();
-        assert_eq!(classify_ingress(&out[..n], None), Ingress::StripTag);
-    }
-
-    #[test]
-    fn port_strips_and_adds_tags() {
+    fn a_port_passes_frames_both_ways_and_counts_them() {
         use smoltcp::phy::{Device, RxToken as _, TxToken as _};
         let (mut a, b) = FakeNic::pair([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        let f = frame(0x0800, &[7; 50]);
-        let mut tagged = [0u8; 128];
-        let n = insert_vlan_tag(&f, 42, &mut tagged).unwrap();
-        a.inject(&tagged[..n]);
-        a.inject(&f); // untagged: dropped on a tagged port
+        let f: Vec<u8> = (0..60).collect();
+        a.inject(&f);
+        a.inject(&[0u8; MAX_UNTAGGED_FRAME + 1]); // larger than the stack takes: dropped by the NIC
         let mut stats = PortStats::default();
-        let mut port = Port { nic: &mut a, vlan: Some(42), stats: &mut stats };
+        let mut port = Port { nic: &mut a, stats: &mut stats };
         let (rx, _) = port.receive(Instant::ZERO).unwrap();
         rx.consume(|got| assert_eq!(got, &f[..]));
         assert!(port.receive(Instant::ZERO).is_none());
         let tx = port.transmit(Instant::ZERO).unwrap();
         tx.consume(f.len(), |buf| buf.copy_from_slice(&f));
-        let sent = b.inbox.borrow_mut().pop_front().unwrap();
-        assert_eq!(&sent[..n], &tagged[..n]);
-        assert_eq!(stats, PortStats { rx_frames: 1, tx_frames: 1, rx_dropped: 1, tx_dropped: 0 });
+        assert_eq!(b.inbox.borrow_mut().pop_front().unwrap(), f);
+        assert_eq!(stats, PortStats { rx_frames: 1, tx_frames: 1, tx_dropped: 0 });
     }
 }

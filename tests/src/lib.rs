@@ -307,6 +307,37 @@ impl Qemu {
         panic!("{why}\n--- serial console (last 3000 chars; full log {}) ---\n{tail}", self.log.display());
     }
 
+    /// Printed when a test fails with this QEMU still owned (an API call refused, an assertion on a
+    /// VM): whether QEMU is still running, its own complaints, and the end of the serial console
+    /// without the DCUI's screen drawing, so that a failure seen only in CI's output can be read.
+    fn report_on_failure(&mut self) {
+        let status = match self.exit.or_else(|| self.child.try_wait().ok().flatten()) {
+            Some(s) => format!("QEMU had exited: {s}"),
+            None => "QEMU was still running".to_string(),
+        };
+        let stderr_path = self.log.with_extension("stderr");
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let complaints: Vec<&str> =
+            stderr.lines().filter(|l| !l.contains("TCG doesn't support requested feature")).collect();
+        let lines: Vec<String> = self
+            .text()
+            .split(['\r', '\n'])
+            .map(strip_ansi)
+            // A log line printed right after a DCUI redraw shares its "line" with the screen.
+            .filter_map(|l| match l.find("ember: ") {
+                Some(at) => Some(l[at..].to_string()),
+                None => (l.contains("***") || l.contains("PANIC")).then_some(l),
+            })
+            .collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        eprintln!(
+            "--- {} ({status}); QEMU stderr without TCG feature warnings ---\n{}\n--- appliance log lines (last 40; full serial log {}) ---\n{tail}",
+            self.name,
+            complaints.join("\n"),
+            self.log.display()
+        );
+    }
+
     /// Waits until `needle` appears after the previous match; returns the line containing it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let start = Instant::now();
@@ -484,6 +515,9 @@ impl Qemu {
 impl Drop for Qemu {
     fn drop(&mut self) {
         self.save_log();
+        if std::thread::panicking() {
+            self.report_on_failure();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -584,6 +618,27 @@ impl Ppm {
     }
 }
 
+/// `line` without ANSI escape sequences (the DCUI's cursor moves and colours).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -591,5 +646,11 @@ mod tests {
         assert_eq!(super::parse_boot_line("Ember 0.1.0 booted: 4 CPUs, 1017 MiB memory"), Some((4, 1017)));
         assert_eq!(super::parse_boot_line("Ember 0.1.0 booted: 4 CPUs, 1017 MiB memory!"), None);
         assert_eq!(super::parse_boot_line("booted: x CPUs, 1 MiB memory"), None);
+    }
+
+    #[test]
+    fn ansi_sequences_are_stripped() {
+        assert_eq!(super::strip_ansi("\x1b[0;30;47mEmber\x1b[24;1Hember: up"), "Emberember: up");
+        assert_eq!(super::strip_ansi("plain"), "plain");
     }
 }
