@@ -39,6 +39,9 @@ const CTRL_RST: u32 = 1 << 26;
 const STATUS_LU: u32 = 1 << 1;
 const RCTL_EN: u32 = 1 << 1;
 const RCTL_BAM: u32 = 1 << 15;
+/// Unicast and multicast promiscuous (82574L datasheet 10.2.5.1).
+const RCTL_UPE: u32 = 1 << 3;
+const RCTL_MPE: u32 = 1 << 4;
 const RCTL_SECRC: u32 = 1 << 26;
 const TCTL_EN: u32 = 1 << 1;
 const TCTL_PSP: u32 = 1 << 3;
@@ -175,6 +178,11 @@ impl Nic for E1000e {
 
     fn link_up(&mut self) -> bool {
         self.regs.read32(STATUS) & STATUS_LU != 0
+    }
+
+    fn set_promiscuous(&mut self, on: bool) {
+        let rctl = self.regs.read32(RCTL) & !(RCTL_UPE | RCTL_MPE);
+        self.regs.write32(RCTL, if on { rctl | RCTL_UPE | RCTL_MPE } else { rctl });
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {

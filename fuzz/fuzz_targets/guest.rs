@@ -10,7 +10,9 @@
 //! mode switched on and off; and the
 //! virtio block device (on a write-back disk image whose write-back passes the input starts,
 //! completes and fails, so flushes wait, complete and fail) driven by register writes and queue
-//! notifications over guest memory and descriptor tables made of the input. Any panic is a finding; refusals are expected.
+//! notifications over guest memory and descriptor tables made of the input; the virtio network
+//! device the same way, with frames for the guest arriving, the host taking what it sent, and its
+//! link going up and down as the input says. Any panic is a finding; refusals are expected.
 #![no_main]
 
 use ember_vmm::blkio::{IoDone, IoOp, IoQueue};
@@ -27,6 +29,7 @@ use ember_vmm::rtc::Rtc;
 use ember_vmm::serial::ConsoleLog;
 use ember_vmm::serial::{IrqLine, Serial, SerialOutput, FIFO_LEN};
 use ember_vmm::virtio_blk::{Backing, VirtioBlk};
+use ember_vmm::virtio_net::{NetPort, VirtioNet};
 use ember_vmm::{GuestPhysAddr, HostPhysAddr};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
@@ -167,6 +170,36 @@ fuzz_target!(|data: &[u8]| {
                 3 => dev.process(&mut ram),
                 _ => {}
             }
+            let _ = dev.take_notice();
+            let _ = dev.irq();
+        }
+    }
+    // The virtio network device: guest memory and register writes as for the block device; the
+    // host side (frames arriving for the guest, its sent frames taken, its link) from the input.
+    if data.len() > 64 {
+        let mut ram = GuestRam::new(64 * 1024);
+        let _ = ram.write(GuestPhysAddr(0), &data[..data.len().min(64 * 1024)]);
+        let port = Arc::new(NetPort::new([2, 0x45, 0x4d, 0, 0, 1], 1500, None));
+        let mut dev = VirtioNet::new(port.clone(), 5);
+        for q_bytes in data[64..].chunks(5).take(512) {
+            let b = |i: usize| q_bytes.get(i).copied().unwrap_or(0);
+            let offset = u64::from(b(0) & 0x7f) * 2;
+            let value = u32::from_le_bytes([b(1), b(2), b(3), b(4) & 0x0f]);
+            // Aligned 32-bit writes, and reads of every width (configuration space included).
+            dev.write(offset & !3, &value.to_le_bytes());
+            let mut r = [0u8; 8];
+            dev.read(offset, &mut r[..usize::from(b(2) % 8) + 1]);
+            if b(4) & 0x80 != 0 {
+                dev.write(0x50, &u32::from(b(3) & 1).to_le_bytes());
+            }
+            match (b(4) >> 4) & 7 {
+                1 => drop(port.deliver(vec![vec![0x5a; usize::from(b(1)) * 8]; usize::from(b(2) % 4)])),
+                2 => drop(port.take_sent(usize::from(b(3)))),
+                3 => port.set_link(b(1) & 1 == 1),
+                4 => port.clear(),
+                _ => {}
+            }
+            dev.process(&mut ram);
             let _ = dev.take_notice();
             let _ = dev.irq();
         }

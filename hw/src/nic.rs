@@ -18,6 +18,10 @@ pub trait Nic {
     fn can_transmit(&mut self) -> bool;
     /// Queues one frame; returns false when it was dropped (ring full, frame too large).
     fn transmit(&mut self, frame: &[u8]) -> bool;
+    /// Receives every frame on the wire, not only those for its own address and broadcast (an
+    /// uplink of a virtual switch with VM ports: their MACs are not the NIC's). A NIC that
+    /// delivers every frame anyway (QEMU's virtio-net without the control queue) keeps the default.
+    fn set_promiscuous(&mut self, _on: bool) {}
 }
 
 /// A physical NIC bound by a driver and named as ESXi names them.

@@ -1017,6 +1017,9 @@ fn management_loop(mut local: LocalConsole, mut network: Plane) -> ! {
             if net.host.vms.poll(&mut net.host.disks, now, unix) {
                 last_activity = now;
             }
+            if net.host.vms.serve_network(&mut net.hostnet, now) {
+                last_activity = now;
+            }
             if let Some(notice) = net.net.take_notice() {
                 local.identity.notice = notice;
                 local.redraw(net);

@@ -18,8 +18,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use ember_hw::mm::frames::FrameAllocator;
+use ember_net::hostnet::{self, HostNetwork};
 use ember_net::vms::{VmAction, VmError, VmReport, VmService, VmState, VmSummary};
 use ember_net::vmstore::{self, OpenDisk, StoredVm};
+use ember_net::vswitch::{PortId, PortSettings};
 use ember_platform::arch::x86_64::hypervisor::{self, HostPlatform};
 use ember_platform::arch::x86_64::svm::SvmCpu;
 use ember_platform::arch::x86_64::{apic, cpu, timer};
@@ -29,6 +31,7 @@ use ember_storage::vmdef::DsPath;
 use ember_vmm::blkio::{self, IoQueue};
 use ember_vmm::runtime::{BootFile, Platform, Runtime, Vm};
 use ember_vmm::virtio_blk::Backing;
+use ember_vmm::virtio_net::NetPort;
 use spin::Once;
 
 /// The runtime, made before the application processors start (they become its workers).
@@ -119,6 +122,29 @@ struct ServedDisk {
     unlogged: u64,
 }
 
+/// A run made ready to start: the VM, its disks' queues and its NICs' ports.
+type Prepared = (Arc<Vm>, Vec<ServedDisk>, Vec<ServedNic>);
+
+/// A NIC of a VM's run, on the virtual switch while the run lasts.
+struct ServedNic {
+    run: Arc<Vm>,
+    port: Arc<NetPort>,
+    portgroup: String,
+    settings: PortSettings,
+    plug: Plug,
+    label: String,
+}
+
+/// Where a VM NIC is on the switch.
+#[derive(Clone, Copy)]
+enum Plug {
+    /// Not plugged in yet (at the next `serve_network`).
+    Waiting,
+    On(PortId),
+    /// Refused by the switch (its MAC in use): its link stays down for this run.
+    Refused,
+}
+
 /// Errors of one disk are logged at most once in this many ms (a guest writing to a full
 /// datastore must not flood the console).
 const ERROR_LOG_MS: u64 = 5_000;
@@ -134,6 +160,7 @@ const MAX_BOOT_FILE: usize = 512 << 20;
 pub struct Hypervisor {
     vms: Vec<Entry>,
     served: Vec<ServedDisk>,
+    nics: Vec<ServedNic>,
     /// Datastores whose VM disks were written since their last commit, and when (s since 1970)
     /// the last periodic commit was made.
     written: Vec<MountId>,
@@ -158,6 +185,7 @@ impl Hypervisor {
         Hypervisor {
             vms: Vec::new(),
             served: Vec::new(),
+            nics: Vec::new(),
             written: Vec::new(),
             last_commit_ms: 0,
             last_unix: 0,
@@ -198,7 +226,7 @@ impl Hypervisor {
         vm: &StoredVm,
         open: &[OpenDisk],
         earlier: Option<&Vm>,
-    ) -> Result<(Arc<Vm>, Vec<ServedDisk>), VmError> {
+    ) -> Result<Prepared, VmError> {
         let folder = vm.path.parent();
         // Read into frames of their own (the kernel's heap is small), kept for the run.
         let file = |disks: &mut HostDisks, field: &str, f: &str| -> Result<BootFile, VmError> {
@@ -233,7 +261,20 @@ impl Hypervisor {
                 unlogged: 0,
             });
         }
-        let mut run = Vm::new(vm.def.clone(), kernel, initrd, backings);
+        // Its NICs: a port each, whose sends wake the management CPU, on its port group.
+        let mut ports = Vec::new();
+        for (i, nic) in vm.def.nics.iter().enumerate() {
+            let settings = hostnet::vm_portgroup(&nic.portgroup)
+                .map_err(|e| VmError::Conflict(format!("nics[{i}].portgroup: {e}")))?;
+            let mac = vm.def.nic_mac(i).unwrap_or_default();
+            let bsp = apic::current_id();
+            let kick: blkio::Notify = Box::new(move || runtime().platform().kick(bsp));
+            let port = Arc::new(NetPort::new(mac, hostnet::DEFAULT_MTU, Some(kick)));
+            port.set_link(nic.connected);
+            ports.push((port, nic.portgroup.clone(), settings));
+        }
+        let mut run = Vm::new(vm.def.clone(), kernel, initrd, backings)
+            .with_nics(ports.iter().map(|(p, ..)| p.clone()).collect());
         if let Some(e) = earlier {
             run = run.continuing_console_of(e);
         }
@@ -241,7 +282,19 @@ impl Hypervisor {
         for s in &mut served {
             s.run = Some(run.clone());
         }
-        Ok((run, served))
+        let nics = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (port, portgroup, settings))| ServedNic {
+                run: run.clone(),
+                label: format!("{name} nic{i}"),
+                port,
+                portgroup,
+                settings,
+                plug: Plug::Waiting,
+            })
+            .collect();
+        Ok((run, served, nics))
     }
 
     /// Executes what is left in VM `name`'s disk queues, then drops them (before its next run).
@@ -341,6 +394,12 @@ fn summary(def: &ember_storage::vmdef::VmDefinition, run: Option<&Arc<Vm>>, now_
         memory_mib: def.memory_mib,
         autostart: def.autostart,
         console_port: def.console_port,
+        nics: def
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.portgroup.clone(), def.nic_mac(i).unwrap_or_default(), n.connected))
+            .collect(),
         uptime_ms: report.started_ms.map(|s| now_ms.saturating_sub(s)),
         run: report,
     }
@@ -358,6 +417,7 @@ impl VmService for Hypervisor {
                     memory_mib: 0,
                     autostart: false,
                     console_port: None,
+                    nics: Vec::new(),
                     uptime_ms: None,
                     run: VmReport {
                         state: VmState::Invalid,
@@ -367,6 +427,40 @@ impl VmService for Hypervisor {
                 },
             })
             .collect()
+    }
+
+    fn serve_network(&mut self, net: &mut HostNetwork, now_ms: u64) -> bool {
+        let rt = runtime();
+        let mut busy = net.pump(now_ms);
+        self.nics.retain_mut(|n| {
+            if n.run.failed() || rt.report(&n.run).state == VmState::Stopped {
+                if let Plug::On(p) = n.plug {
+                    net.detach(p);
+                }
+                // What waited gives its bytes back to the host's budget.
+                n.port.clear();
+                return false;
+            }
+            if let Plug::Waiting = n.plug {
+                n.plug = match net.attach_vm(&n.label, &n.portgroup, n.port.mac(), n.settings) {
+                    Ok(p) => Plug::On(p),
+                    Err(e) => {
+                        // Not plugged in: the guest sees its link down.
+                        kprintln!("ember: ERROR: VM {e}; NIC disconnected");
+                        n.port.set_link(false);
+                        Plug::Refused
+                    }
+                };
+            }
+            let Plug::On(port) = n.plug else { return true };
+            let (moved, delivered) = net.move_vm_frames(port, &n.port);
+            if delivered {
+                rt.wake_for_io(&n.run);
+            }
+            busy |= moved;
+            true
+        });
+        busy | net.pump(now_ms)
     }
 
     fn console(&self, name: &str) -> Option<Vec<u8>> {
@@ -405,13 +499,30 @@ impl VmService for Hypervisor {
                     // A stopped VM on a datastore starts as a new run: its files read again.
                     _ if action == VmAction::Start && new_run => {
                         let (vm, open, earlier) = (vm.clone(), open.clone(), run.clone());
+                        // Two running NICs with one address would each get the other's frames.
+                        for i in 0..vm.def.nics.len() {
+                            let mac = vm.def.nic_mac(i).unwrap_or_default();
+                            let running = |n: &&ServedNic| {
+                                !n.run.failed() && rt.report(&n.run).state != VmState::Stopped
+                            };
+                            if let Some(other) =
+                                self.nics.iter().filter(running).find(|n| n.port.mac() == mac)
+                            {
+                                return Err(VmError::Conflict(format!(
+                                    "nics[{i}]: MAC address {} is in use by {}",
+                                    ember_storage::vmdef::mac_text(&mac),
+                                    other.label
+                                )));
+                            }
+                        }
                         self.finish_disks(disks, name);
-                        let (run, served) = Self::prepare(disks, &vm, &open, earlier.as_deref())?;
+                        let (run, served, nics) = Self::prepare(disks, &vm, &open, earlier.as_deref())?;
                         rt.start(&run, now_ms)?;
                         if let Some(Entry::Stored { run: r, .. }) = self.vms.get_mut(k) {
                             *r = Some(run);
                         }
                         self.served.extend(served);
+                        self.nics.extend(nics);
                         return Ok(());
                     }
                     Some(v) => v.clone(),
@@ -502,6 +613,7 @@ impl VmService for Hypervisor {
                     initrd: None,
                     cmdline: String::new(),
                     disks: Vec::new(),
+                    nics: Vec::new(),
                     autostart: false,
                     console_port: None,
                 };

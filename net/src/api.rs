@@ -7,6 +7,8 @@
 //! - `GET|PUT /api/v1/network/management` - the management network settings and state; a PUT changes
 //!   the given fields and restarts the management interface after the response is sent.
 //! - `GET /api/v1/network/resolve?name=<host>` - resolves a name with the configured DNS servers.
+//! - `GET /api/v1/network/switches` - the virtual switches: MTU, uplinks, port groups, and every
+//!   port (uplinks, vmk0, VM NICs) with its link and counters (at most a second old).
 //! - `PUT /api/v1/account/root/password` - `{"password": "..."}`.
 //! - `GET|PUT /api/v1/config` - the whole host configuration (the hash scheme, never the hash) and
 //!   where it is stored; a PUT changes the given fields.
@@ -171,6 +173,9 @@ pub struct ApiState {
     pub pending: Option<ManagementConfig>,
     /// Start of uptime.
     pub boot_ms: u64,
+    /// The virtual switches as `GET /api/v1/network/switches` shows them (refreshed by the
+    /// management service every second, from `crate::hostnet::HostNetwork::to_json`).
+    pub switches: Value,
 }
 
 fn ip_json(a: Option<Ipv4Addr>) -> Value {
@@ -179,7 +184,14 @@ fn ip_json(a: Option<Ipv4Addr>) -> Value {
 
 impl ApiState {
     pub fn new(facts: HostFacts) -> Self {
-        ApiState { facts, nics: Vec::new(), status: InterfaceStatus::default(), pending: None, boot_ms: 0 }
+        ApiState {
+            facts,
+            nics: Vec::new(),
+            status: InterfaceStatus::default(),
+            pending: None,
+            boot_ms: 0,
+            switches: json!({"switches": []}),
+        }
     }
 }
 
@@ -330,6 +342,8 @@ pub fn handle(state: &mut ApiState, host: &mut HostState, req: &Request, now_ms:
         ("/api/v1/network/management", "GET") => ok_json(management_json(state, host)),
         ("/api/v1/network/management", "PUT") => put_management(state, host, req),
         ("/api/v1/network/management", _) => method_not_allowed("GET, PUT"),
+        ("/api/v1/network/switches", "GET") => ok_json(state.switches.clone()),
+        ("/api/v1/network/switches", _) => method_not_allowed("GET"),
         ("/api/v1/network/resolve", "GET") => resolve(req),
         ("/api/v1/network/resolve", _) => method_not_allowed("GET"),
         ("/api/v1/account/root/password", "PUT") => put_password(host, req),

@@ -721,6 +721,7 @@ impl ManagementNetwork {
         }
         if now.saturating_sub(self.last_link_check) >= 1000 {
             self.refresh_links(net);
+            self.api.switches = net.to_json();
             self.last_link_check = now.max(1);
         }
         // The configuration's management settings changed (through the API, the DCUI or a
@@ -1989,6 +1990,7 @@ mod tests {
                 memory_mib: 128,
                 autostart: true,
                 console_port: Some(9001),
+                nics: Vec::new(),
                 uptime_ms: Some(1),
                 run: crate::vms::VmReport { state: crate::vms::VmState::Running, ..Default::default() },
             }]
@@ -2592,6 +2594,56 @@ mod tests {
         let mut w = World::new(static_cfg(Some(7)), None);
         let h = w.client.connect(40021);
         assert!(!w.run_until(3_000, |c| c.sockets.get::<tcp::Socket>(h).may_send()));
+    }
+
+    #[test]
+    fn a_vm_nic_on_the_switch_gets_answers_from_vmk0() {
+        let mut w = World::new(static_cfg(None), None);
+        let vm_mac = [0x02, 0x45, 0x4d, 0, 0, 9];
+        let nic = ember_vmm::virtio_net::NetPort::new(vm_mac, 1500, None);
+        let port = w
+            .net
+            .attach_vm("vm nic0", "VM Network", vm_mac, crate::hostnet::vm_portgroup("VM Network").unwrap())
+            .unwrap();
+        // ARP: who has 10.0.0.1? tell 10.0.0.5.
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&vm_mac);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&vm_mac);
+        arp.extend_from_slice(&[10, 0, 0, 5]);
+        arp.extend_from_slice(&[0; 6]);
+        arp.extend_from_slice(&[10, 0, 0, 1]);
+        nic.untake_sent(vec![arp]);
+        let mut answered = false;
+        for _ in 0..10 {
+            w.step();
+            w.net.move_vm_frames(port, &nic);
+            w.step();
+            answered |= w.net.move_vm_frames(port, &nic).1;
+        }
+        assert!(answered, "vmk0 answers the VM's ARP request");
+        // The switch view: vSwitch0 with its uplink, vmk0 and the VM's port, with counters.
+        w.run_until(1_500, |_| false);
+        let h = w.client.connect(40090);
+        w.send(
+            h,
+            format!("GET /api/v1/network/switches HTTP/1.1\r\nHost: x\r\n{}\r\n", auth_header()).as_bytes(),
+        );
+        let r = w.response(h, 5_000);
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {r}"));
+        let sw = &v["switches"][0];
+        assert_eq!((sw["name"].as_str(), sw["mtu"].as_u64()), (Some("vSwitch0"), Some(1500)), "{v}");
+        assert_eq!(sw["uplinks"]["active"][0], "vmnic0", "{v}");
+        let ports = sw["ports"].as_array().unwrap();
+        let port =
+            |n: &str| ports.iter().find(|p| p["name"] == n).unwrap_or_else(|| panic!("{n}: {v}")).clone();
+        assert_eq!(port("vm nic0")["portgroup"], "VM Network");
+        assert_eq!(port("vm nic0")["counters"]["packets_sent"], 1);
+        assert_eq!(port("vm nic0")["counters"]["packets_received"], 1, "the ARP answer");
+        assert_eq!(port("vmk0")["portgroup"], "Management Network");
+        assert!(port("vmk0")["counters"]["packets_received"].as_u64().unwrap() >= 1);
+        assert_eq!(port("vmnic0")["type"], "uplink");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -106,6 +106,8 @@ pub struct FakeNic {
     inbox: Rc<RefCell<VecDeque<Vec<u8>>>>,
     outbox: Rc<RefCell<VecDeque<Vec<u8>>>>,
     pub link: bool,
+    /// Whether each end was set promiscuous (this end's, the peer's).
+    promiscuous: (Rc<Cell<bool>>, Rc<Cell<bool>>),
 }
 
 impl FakeNic {
@@ -113,14 +115,25 @@ impl FakeNic {
     pub fn pair(a: [u8; 6], b: [u8; 6]) -> (FakeNic, FakeNic) {
         let q1 = Rc::new(RefCell::new(VecDeque::new()));
         let q2 = Rc::new(RefCell::new(VecDeque::new()));
+        let (p1, p2) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
         (
-            FakeNic { mac: a, inbox: q1.clone(), outbox: q2.clone(), link: true },
-            FakeNic { mac: b, inbox: q2, outbox: q1, link: true },
+            FakeNic {
+                mac: a,
+                inbox: q1.clone(),
+                outbox: q2.clone(),
+                link: true,
+                promiscuous: (p1.clone(), p2.clone()),
+            },
+            FakeNic { mac: b, inbox: q2, outbox: q1, link: true, promiscuous: (p2, p1) },
         )
     }
     /// Puts a raw frame into this NIC's receive queue, as if it came from the wire.
     pub fn inject(&self, frame: &[u8]) {
         self.inbox.borrow_mut().push_back(frame.to_vec());
+    }
+    /// Whether the other end of the wire was set promiscuous.
+    pub fn peer_promiscuous(&self) -> bool {
+        self.promiscuous.1.get()
     }
     /// Takes the frames this NIC has sent (those the peer has not received yet).
     pub fn drain_sent(&self) -> Vec<Vec<u8>> {
@@ -146,6 +159,9 @@ impl Nic for FakeNic {
     }
     fn can_transmit(&mut self) -> bool {
         self.outbox.borrow().len() < 256
+    }
+    fn set_promiscuous(&mut self, on: bool) {
+        self.promiscuous.0.set(on);
     }
     fn transmit(&mut self, frame: &[u8]) -> bool {
         if self.outbox.borrow().len() >= 256 {

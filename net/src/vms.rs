@@ -35,6 +35,9 @@ pub struct VmSummary {
     pub memory_mib: u32,
     pub autostart: bool,
     pub console_port: Option<u16>,
+    /// Its NICs: port group, address (the one Ember made when the definition gives none), and
+    /// whether it is connected at power on.
+    pub nics: Vec<(String, [u8; 6], bool)>,
     /// Milliseconds since it started, while it runs.
     pub uptime_ms: Option<u64>,
     /// State, why it last stopped (or why it cannot run), exit and interrupt counts, resets, and
@@ -81,6 +84,12 @@ pub trait VmService {
     /// true when disk requests were done. `now_ms`: the monotonic clock; `now`: the time of day
     /// (s since 1970).
     fn poll(&mut self, _disks: &mut HostDisks, _now_ms: u64, _now: u64) -> bool {
+        false
+    }
+    /// The running VMs' NICs on the host's virtual switch: plugged in when their VM starts, taken
+    /// out when it stops, frames moved both ways (a bounded amount per call); true when frames
+    /// moved.
+    fn serve_network(&mut self, _net: &mut crate::hostnet::HostNetwork, _now_ms: u64) -> bool {
         false
     }
     /// The console's output after position `from` (bytes ever written), at most `max` bytes, and
@@ -136,6 +145,11 @@ pub fn vm_json(v: &VmSummary) -> Value {
         "memory_mib": v.memory_mib,
         "autostart": v.autostart,
         "console_port": v.console_port,
+        "nics": v.nics.iter().map(|(pg, mac, connected)| json!({
+            "portgroup": pg,
+            "mac": ember_storage::vmdef::mac_text(mac),
+            "connected": connected,
+        })).collect::<Vec<Value>>(),
         "uptime_seconds": v.uptime_ms.map(|m| m / 1000),
         "exit_reason": v.run.exit_reason,
         "exits": v.run.exits,
@@ -457,6 +471,7 @@ mod tests {
             memory_mib: 256,
             autostart: false,
             console_port: Some(9001),
+            nics: Vec::new(),
             uptime_ms: None,
             run: VmReport { exit_counts: vec![("io", 0)], overhead_bytes: 40960, ..VmReport::default() },
         }

@@ -83,6 +83,15 @@ fn disk_name(name: &str, i: usize) -> String {
     }
 }
 
+/// Every NIC's port group exists on this host (for VMs).
+fn check_portgroups(def: &VmDefinition) -> Result<(), VmStoreError> {
+    for (i, n) in def.nics.iter().enumerate() {
+        crate::hostnet::vm_portgroup(&n.portgroup)
+            .map_err(|e| invalid(&format!("nics[{i}].portgroup"), e))?;
+    }
+    Ok(())
+}
+
 /// Makes a VM's folder from the body of `POST /api/v1/vms`: `{"name", "vcpus", "memory_mib",
 /// "kernel", "initrd", "cmdline", "autostart", "console_port", "datastore", "disks": [{"size_gib":
 /// 64} | {"file": "[datastore1] dir/disk.img", "readonly": false}]}`. The folder is `name/` on
@@ -144,6 +153,7 @@ pub fn create(disks: &mut HostDisks, body: &Map<String, Value>, now: u64) -> Res
     let text = Value::Object(stored).to_string();
     let def = VmDefinition::parse("definition", text.as_bytes())
         .map_err(|e| VmStoreError::Invalid { field: e.field, problem: e.problem })?;
+    check_portgroups(&def)?;
     ember_storage::datastore::check_label(&datastore).map_err(|e| invalid("datastore", e))?;
     let path = definition_path(&datastore, name);
     let folder = path.parent();
@@ -191,8 +201,8 @@ pub fn edit(
     body: &Map<String, Value>,
     now: u64,
 ) -> Result<StoredVm, VmStoreError> {
-    const EDITABLE: [&str; 8] =
-        ["vcpus", "memory_mib", "kernel", "initrd", "cmdline", "autostart", "console_port", "disks"];
+    const EDITABLE: [&str; 9] =
+        ["vcpus", "memory_mib", "kernel", "initrd", "cmdline", "autostart", "console_port", "disks", "nics"];
     if let Some(k) = body.keys().find(|k| !EDITABLE.contains(&k.as_str())) {
         let shown: String = k.chars().take(40).collect();
         let problem = if k == "name" {
@@ -282,6 +292,7 @@ pub fn edit(
     let text = Value::Object(merged).to_string();
     let def = VmDefinition::parse("definition", text.as_bytes())
         .map_err(|e| VmStoreError::Invalid { field: e.field, problem: e.problem })?;
+    check_portgroups(&def)?;
     let attached: Vec<&str> = vm.def.disks.iter().map(|d| d.file.as_str()).collect();
     check_files(disks, &folder, &def, &new_disks, &grow, &attached)?;
     let temp = format!("{}.new", vm.path.path);

@@ -36,6 +36,12 @@ use alloc::vec::Vec;
 
 /// 802.1Q tag protocol identifier.
 pub const TPID_8021Q: u16 = 0x8100;
+/// Tag protocol identifiers of stacked tags (802.1ad S-tag and its pre-standard form): a guest on
+/// an access port group may not send them (on a physical trunk they would put its frame in
+/// another VLAN).
+const OUTER_TPIDS: [u16; 3] = [TPID_8021Q, 0x88a8, 0x9100];
+/// VLAN ID 4095 is reserved on the wire (802.1Q); frames tagged with it are dropped.
+const VID_RESERVED: u16 = 0x0fff;
 /// The VLAN ID of a port group whose guests tag their own frames (ESXi's VGT mode).
 pub const VLAN_TRUNK: u16 = 4095;
 /// The smallest and largest switch MTU (IPv6's minimum link MTU; jumbo frames).
@@ -125,8 +131,12 @@ pub type PortId = usize;
 pub enum Drop {
     Runt,
     Oversized,
-    /// A tagged frame from a port group with a VLAN ID below 4095.
+    /// A tagged (or stacked-tagged) frame from a port group with a VLAN ID below 4095.
     TaggedOnAccessPort,
+    /// Tagged with the reserved VLAN ID 4095.
+    ReservedVlan,
+    /// From a port whose link is down.
+    LinkDown,
     Forged,
     /// From an uplink that is not the active one.
     InactiveUplink,
@@ -438,6 +448,16 @@ impl Switch {
         self.port(id).map(|p| p.counters)
     }
 
+    /// Whether a port's link is up.
+    pub fn link(&self, id: PortId) -> bool {
+        self.port(id).is_some_and(|p| p.link_up)
+    }
+
+    /// The MAC a port was given.
+    pub fn mac(&self, id: PortId) -> Option<[u8; 6]> {
+        self.port(id).map(|p| p.mac)
+    }
+
     pub fn port_name(&self, id: PortId) -> Option<&str> {
         self.port(id).map(|p| p.name.as_str())
     }
@@ -522,11 +542,13 @@ impl Switch {
                 PortKind::Uplink => c.vlan != 0,
                 _ => p.settings.vlan == VLAN_TRUNK && c.vlan != 0,
             };
-            let out = c.build(tagged);
-            if p.queued_bytes + out.len() > PORT_QUEUE_BYTES {
+            // Room first: a flood to a full port costs no copy.
+            let len = c.untagged_len() + if tagged { 4 } else { 0 };
+            if p.queued_bytes + len > PORT_QUEUE_BYTES {
                 p.counters.rx_dropped += 1;
                 continue;
             }
+            let out = c.build(tagged);
             p.counters.rx_packets += 1;
             p.counters.rx_bytes += out.len() as u64;
             p.queued_bytes += out.len();
@@ -544,6 +566,13 @@ impl Switch {
     ) -> Result<Classified<'f>, Drop> {
         let p = self.port(from).ok_or(Drop::NoSuchPort)?;
         let (head, tag, rest) = split(frame).ok_or(Drop::Runt)?;
+        if !p.link_up {
+            return Err(Drop::LinkDown);
+        }
+        if tag == Some(VID_RESERVED) {
+            return Err(Drop::ReservedVlan);
+        }
+        let inner = u16::from_be_bytes([*rest.first().ok_or(Drop::Runt)?, *rest.get(1).ok_or(Drop::Runt)?]);
         let vlan = match p.kind {
             PortKind::Uplink => {
                 if active != Some(from) {
@@ -552,7 +581,10 @@ impl Switch {
                 tag.unwrap_or(0)
             }
             _ if p.settings.vlan == VLAN_TRUNK => tag.unwrap_or(0),
-            // A priority tag (VLAN ID 0) is no VLAN: the frame joins the port group's.
+            // A priority tag (VLAN ID 0) is no VLAN: the frame joins the port group's - unless
+            // another tag follows it (or starts the frame), which would carry it into another
+            // VLAN on a trunk.
+            _ if OUTER_TPIDS.contains(&inner) => return Err(Drop::TaggedOnAccessPort),
             _ => match tag {
                 None | Some(0) => p.settings.vlan,
                 Some(_) => return Err(Drop::TaggedOnAccessPort),
@@ -759,6 +791,36 @@ mod tests {
         let priority = frame(OUTSIDE, VM_A, Some(0x6000), 60); // PCP 3, VLAN ID 0
         assert_eq!(l.sw.ingress(l.a, &priority, 0), Verdict::Forwarded(1));
         assert_eq!(drain(&mut l.sw, l.up), vec![frame(OUTSIDE, VM_A, None, 60)]);
+    }
+
+    #[test]
+    fn stacked_tags_and_the_reserved_vlan_cannot_cross_vlans() {
+        let mut l = lab();
+        let trunk = l.sw.add_port(PortKind::Vm, "t", [0, 0x50, 0x56, 0, 0, 0xd], settings(VLAN_TRUNK), 0);
+        // A priority tag followed by a real one, from an access port: refused, as is an S-tag.
+        let mut f = frame(BCAST, VM_A, Some(0), 40);
+        f.splice(16..16, [0x81, 0x00, 0x00, 0x14]);
+        assert_eq!(l.sw.ingress(l.a, &f, 0), Verdict::Dropped(Drop::TaggedOnAccessPort));
+        let mut s = frame(BCAST, VM_A, None, 40);
+        s[12..14].copy_from_slice(&[0x88, 0xa8]);
+        assert_eq!(l.sw.ingress(l.a, &s, 0), Verdict::Dropped(Drop::TaggedOnAccessPort));
+        assert!(!l.sw.has_frames(l.up) && !l.sw.has_frames(trunk));
+        // VLAN 4095 on the wire or from a trunk guest: dropped.
+        assert_eq!(
+            l.sw.ingress(l.up, &frame(BCAST, OUTSIDE, Some(4095), 40), 0),
+            Verdict::Dropped(Drop::ReservedVlan)
+        );
+        assert_eq!(
+            l.sw.ingress(trunk, &frame(BCAST, [0, 0x50, 0x56, 0, 0, 0xd], Some(4095), 40), 0),
+            Verdict::Dropped(Drop::ReservedVlan)
+        );
+        // A trunk guest may stack tags (it is its VLAN's business).
+        let mut q = frame(BCAST, [0, 0x50, 0x56, 0, 0, 0xd], Some(30), 40);
+        q.splice(16..16, [0x81, 0x00, 0x00, 0x14]);
+        assert!(matches!(l.sw.ingress(trunk, &q, 0), Verdict::Forwarded(_)));
+        // From a port whose link is down, nothing.
+        l.sw.set_link(l.a, false);
+        assert_eq!(l.sw.ingress(l.a, &frame(BCAST, VM_A, None, 40), 0), Verdict::Dropped(Drop::LinkDown));
     }
 
     #[test]

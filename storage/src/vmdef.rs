@@ -59,6 +59,13 @@ pub const MIN_MEMORY_MIB: u32 = 16;
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 /// Most virtual disks.
 pub const MAX_DISKS: usize = 8;
+/// Most virtual NICs (ESXi allows 10; Ember's virtio-mmio slots are shared with the disks).
+pub const MAX_NICS: usize = 4;
+/// Longest port group name, bytes.
+pub const MAX_PORTGROUP_NAME: usize = 80;
+/// The first three bytes of the MACs Ember makes for NICs without one: a locally administered
+/// unicast prefix (bit 1 of the first byte set, bit 0 clear), "EM".
+pub const GENERATED_MAC_PREFIX: [u8; 3] = [0x02, 0x45, 0x4d];
 /// Longest kernel command line (the boot protocol's usual `cmdline_size` is 2047).
 pub const MAX_CMDLINE: usize = 2047;
 const MAX_PATH: usize = 255;
@@ -71,6 +78,16 @@ pub struct VmDisk {
     pub readonly: bool,
 }
 
+/// One virtual NIC: a virtio-net device on a port group of the host's virtual switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNic {
+    pub portgroup: String,
+    /// Its address; `None`: Ember's own ([`VmDefinition::nic_mac`]).
+    pub mac: Option<[u8; 6]>,
+    /// Whether its link is up when the VM starts (ESXi's "Connect at power on").
+    pub connected: bool,
+}
+
 /// A VM definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDefinition {
@@ -81,6 +98,7 @@ pub struct VmDefinition {
     pub initrd: Option<String>,
     pub cmdline: String,
     pub disks: Vec<VmDisk>,
+    pub nics: Vec<VmNic>,
     pub autostart: bool,
     /// TCP port serving the VM's serial console as a raw stream.
     pub console_port: Option<u16>,
@@ -213,13 +231,14 @@ impl VmDefinition {
                 "initrd",
                 "cmdline",
                 "disks",
+                "nics",
                 "autostart",
                 "console_port",
             ]
             .contains(&key.as_str())
             {
                 let shown: String = key.chars().take(40).collect();
-                return Err(e(&shown, "unknown field (expected name, vcpus, memory_mib, kernel, initrd, cmdline, disks, autostart, console_port)"));
+                return Err(e(&shown, "unknown field (expected name, vcpus, memory_mib, kernel, initrd, cmdline, disks, nics, autostart, console_port)"));
             }
         }
         let string = |field: &str| -> Result<Option<&str>, (String, String)> {
@@ -287,6 +306,10 @@ impl VmDefinition {
             }
             Some(_) => return Err(e("disks", "expected a list of {\"file\", \"readonly\"} objects")),
         }
+        let nics = match obj.get("nics") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => parse_nics(v)?,
+        };
         let autostart = match obj.get("autostart") {
             None | Some(Value::Null) => false,
             Some(v) => v.as_bool().ok_or_else(|| e("autostart", "expected true or false"))?,
@@ -308,6 +331,7 @@ impl VmDefinition {
             initrd: initrd.map(String::from),
             cmdline: cmdline.to_string(),
             disks,
+            nics,
             autostart,
             console_port,
         })
@@ -317,6 +341,17 @@ impl VmDefinition {
     pub fn to_json(&self) -> Value {
         let disks: Vec<Value> =
             self.disks.iter().map(|d| serde_json::json!({"file": d.file, "readonly": d.readonly})).collect();
+        let nics: Vec<Value> = self
+            .nics
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "portgroup": n.portgroup,
+                    "mac": n.mac.map(|m| mac_text(&m)),
+                    "connected": n.connected,
+                })
+            })
+            .collect();
         serde_json::json!({
             "name": self.name,
             "vcpus": self.vcpus,
@@ -325,9 +360,27 @@ impl VmDefinition {
             "initrd": self.initrd,
             "cmdline": self.cmdline,
             "disks": disks,
+            "nics": nics,
             "autostart": self.autostart,
             "console_port": self.console_port,
         })
+    }
+
+    /// NIC `i`'s address: the one given, or one Ember makes from the VM's name and the NIC's
+    /// place - [`GENERATED_MAC_PREFIX`] and 24 bits of an FNV-1a hash, the same at every start
+    /// (the host refuses to start a VM whose address another running NIC has).
+    pub fn nic_mac(&self, i: usize) -> Option<[u8; 6]> {
+        let nic = self.nics.get(i)?;
+        if let Some(m) = nic.mac {
+            return Some(m);
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.name.bytes().chain([0u8, i as u8]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let [a, b, c, ..] = (h ^ (h >> 32)).to_le_bytes();
+        let [p0, p1, p2] = GENERATED_MAC_PREFIX;
+        Some([p0, p1, p2, a, b, c])
     }
 
     /// Every file the definition refers to (kernel, initrd, disks), relative to it.
@@ -337,6 +390,89 @@ impl VmDefinition {
         f.extend(self.disks.iter().map(|d| d.file.as_str()));
         f
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+/// A unicast MAC address written `aa:bb:cc:dd:ee:ff` (or with `-`), not all zeros.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let mut m = [0u8; 6];
+    let well_formed = parts.len() == 6
+        && parts
+            .iter()
+            .zip(m.iter_mut())
+            .all(|(p, b)| p.len() == 2 && u8::from_str_radix(p, 16).map(|v| *b = v).is_ok());
+    if !well_formed {
+        return Err(format!(
+            "`{}` is not a MAC address (expected six hex pairs, 00:50:56:01:02:03)",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    if m[0] & 1 != 0 {
+        return Err(format!("{s} is a multicast address; a NIC needs a unicast one"));
+    }
+    if m == [0; 6] {
+        return Err(String::from("00:00:00:00:00:00 is not a NIC's address"));
+    }
+    Ok(m)
+}
+
+/// Checks a port group name: 1 to [`MAX_PORTGROUP_NAME`] bytes, no control characters.
+pub fn check_portgroup_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_PORTGROUP_NAME {
+        return Err(format!("a port group name has 1 to {MAX_PORTGROUP_NAME} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(String::from("a port group name has no control characters"));
+    }
+    Ok(())
+}
+
+fn parse_nics(v: &Value) -> Result<Vec<VmNic>, (String, String)> {
+    let list = v.as_array().ok_or_else(|| {
+        (
+            String::from("nics"),
+            String::from("expected a list of {\"portgroup\", \"mac\", \"connected\"} objects"),
+        )
+    })?;
+    if list.len() > MAX_NICS {
+        return Err((String::from("nics"), format!("at most {MAX_NICS} NICs")));
+    }
+    let mut nics: Vec<VmNic> = Vec::new();
+    for (i, n) in list.iter().enumerate() {
+        let at = |f: &str| format!("nics[{i}].{f}");
+        let n = n.as_object().ok_or_else(|| (format!("nics[{i}]"), String::from("expected an object")))?;
+        if let Some(k) = n.keys().find(|k| !["portgroup", "mac", "connected"].contains(&k.as_str())) {
+            let shown: String = k.chars().take(40).collect();
+            return Err((at(&shown), String::from("unknown field (expected portgroup, mac, connected)")));
+        }
+        let portgroup = n.get("portgroup").and_then(Value::as_str).ok_or_else(|| {
+            (at("portgroup"), String::from("missing (a port group name, such as \"VM Network\")"))
+        })?;
+        check_portgroup_name(portgroup).map_err(|w| (at("portgroup"), w))?;
+        let mac = match n.get("mac") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(parse_mac(m).map_err(|w| (at("mac"), w))?),
+            Some(_) => return Err((at("mac"), String::from("expected a MAC address string, or null"))),
+        };
+        if let Some(m) = mac {
+            if nics.iter().any(|x| x.mac == Some(m)) {
+                return Err((at("mac"), format!("{} is used by another NIC of this VM", mac_text(&m))));
+            }
+        }
+        let connected = match n.get("connected") {
+            None | Some(Value::Null) => true,
+            Some(v) => {
+                v.as_bool().ok_or_else(|| (at("connected"), String::from("expected true or false")))?
+            }
+        };
+        nics.push(VmNic { portgroup: portgroup.to_string(), mac, connected });
+    }
+    Ok(nics)
 }
 
 #[cfg(test)]
@@ -385,6 +521,61 @@ mod tests {
             (m.initrd, m.cmdline.as_str(), m.disks.len(), m.autostart, m.console_port),
             (None, "", 0, false, None)
         );
+    }
+
+    #[test]
+    fn nics_are_parsed_checked_and_get_stable_addresses() {
+        let doc =
+            |nics: &str| format!(r#"{{"name":"n1","vcpus":1,"memory_mib":64,"kernel":"k","nics":{nics}}}"#);
+        let d = VmDefinition::parse(
+            "n1.json",
+            doc(r#"[{"portgroup":"VM Network"},{"portgroup":"DMZ","mac":"00:50:56:AA:bb:01","connected":false}]"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(d.nics[0], VmNic { portgroup: "VM Network".into(), mac: None, connected: true });
+        assert_eq!(d.nics[1].mac, Some([0, 0x50, 0x56, 0xaa, 0xbb, 1]));
+        assert!(!d.nics[1].connected);
+        // Made addresses: the prefix, the same each time, different per NIC and per VM.
+        let m0 = d.nic_mac(0).unwrap();
+        assert_eq!(&m0[..3], &GENERATED_MAC_PREFIX);
+        assert_eq!(d.nic_mac(0), Some(m0));
+        assert_eq!(d.nic_mac(1), Some([0, 0x50, 0x56, 0xaa, 0xbb, 1]));
+        assert_eq!(d.nic_mac(2), None);
+        let mut other = d.clone();
+        other.name = "n2".into();
+        assert_ne!(other.nic_mac(0), Some(m0));
+        other.nics.push(VmNic { portgroup: "VM Network".into(), mac: None, connected: true });
+        assert_ne!(other.nic_mac(2), other.nic_mac(0));
+        // Round trip.
+        assert_eq!(VmDefinition::parse("n1.json", d.to_json().to_string().as_bytes()).unwrap(), d);
+        let bad: &[(&str, &str)] = &[
+            (r#"[{"portgroup":""}]"#, "nics[0].portgroup"),
+            (r#"[{}]"#, "nics[0].portgroup"),
+            (r#"[{"portgroup":"a\u0007"}]"#, "nics[0].portgroup"),
+            (r#"[{"portgroup":"a","mac":"01:00:5e:00:00:01"}]"#, "nics[0].mac"),
+            (r#"[{"portgroup":"a","mac":"00:00:00:00:00:00"}]"#, "nics[0].mac"),
+            (r#"[{"portgroup":"a","mac":"00:50:56:0g:00:01"}]"#, "nics[0].mac"),
+            (r#"[{"portgroup":"a","mac":"00:50:56:00:00"}]"#, "nics[0].mac"),
+            (r#"[{"portgroup":"a","mac":5}]"#, "nics[0].mac"),
+            (
+                r#"[{"portgroup":"a","mac":"00:50:56:00:00:01"},{"portgroup":"b","mac":"00-50-56-00-00-01"}]"#,
+                "nics[1].mac",
+            ),
+            (r#"[{"portgroup":"a","connected":"yes"}]"#, "nics[0].connected"),
+            (r#"[{"portgroup":"a","vlan":3}]"#, "nics[0].vlan"),
+            (
+                r#"[{"portgroup":"a"},{"portgroup":"a"},{"portgroup":"a"},{"portgroup":"a"},{"portgroup":"a"}]"#,
+                "nics",
+            ),
+            (r#"{"portgroup":"a"}"#, "nics"),
+        ];
+        for (nics, field) in bad {
+            let e = VmDefinition::parse("n1.json", doc(nics).as_bytes()).unwrap_err();
+            assert_eq!(e.field, *field, "{nics}: {e}");
+        }
+        let e = parse_mac("aa:bb").unwrap_err();
+        assert!(e.contains("not a MAC address"), "{e}");
     }
 
     #[test]

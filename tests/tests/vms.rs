@@ -569,6 +569,68 @@ fn a_guest_gets_ram_above_4_gib() {
     assert!(kb > 3 << 20, "Linux uses more than 3 GiB: {kb} kB");
 }
 
+/// Issue 18: a VM with a virtio NIC on "VM Network" of `vSwitch0`, whose uplink is the host's
+/// management NIC (QEMU user networking): the guest gets an address from the LAN's DHCP server
+/// (the broadcast goes out of the uplink, the answer comes back to its MAC), pings the LAN's
+/// gateway (10.0.2.2) and the host's own management interface (vmk0, 10.0.2.15: VM to vmk0
+/// inside the switch), and the API shows the NIC with the address Ember made for it and the
+/// switch's ports with their counters. Once with a virtio-net uplink, once with an e1000e one
+/// (which drops frames for other MACs unless the switch makes it promiscuous).
+#[test]
+fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = "console=ttyS0 ember.action=net ember.ping=10.0.2.2,10.0.2.15";
+    let def = vm_dir(dir.path(), "net1", (1, 128), cmdline, false, None, None);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
+    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
+    std::fs::write(&def, v.to_string()).unwrap();
+    let (out, _) = image_with_vms(dir.path(), &[def], &[]);
+    for model in ["virtio-net-pci", "e1000e"] {
+        let port = free_port();
+        let mut cfg = QemuConfig::new(&format!("vms-net-{model}"), &out);
+        cfg.nics = vec![NicSpec::new(model, &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+        let q = Qemu::start(&cfg);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_http(addr, BOOT_TIMEOUT);
+        let nic = vm(addr, "net1")["nics"][0].clone();
+        assert_eq!(
+            (nic["portgroup"].as_str(), nic["connected"].as_bool()),
+            (Some("VM Network"), Some(true)),
+            "{nic}"
+        );
+        let mac = nic["mac"].as_str().unwrap().to_string();
+        assert!(mac.starts_with("02:45:4d:"), "a made address: {nic}");
+        // Started once the host has its address (the guest pings it).
+        let r = request(addr, "POST", "/api/v1/vms/net1/start", Some(ROOT), Some("{}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        let (v, c) = wait_vm(addr, "net1", "the network checks", |v, _| v["state"] == "stopped");
+        assert_eq!(v["exit_reason"], "the guest powered off", "{model}: {v}\n{c}");
+        assert!(c.contains(&format!("EMBER-GUEST: eth0 {mac}")), "{model}: the guest sees its MAC:\n{c}");
+        assert!(
+            c.contains("EMBER-GUEST: dhcp 10.0.2."),
+            "{model}: an address from the LAN's DHCP server:\n{c}"
+        );
+        assert!(
+            c.contains("EMBER-GUEST: ping 10.0.2.2 ok (3 replies)"),
+            "{model}: the LAN's gateway answers:\n{c}"
+        );
+        assert!(
+            c.contains("EMBER-GUEST: ping 10.0.2.15 ok (3 replies)"),
+            "{model}: the host's vmk0 answers:\n{c}"
+        );
+        // The switch: its uplink and vmk0 with counters; the VM's port gone with the VM.
+        std::thread::sleep(Duration::from_secs(2));
+        let r = request(addr, "GET", "/api/v1/network/switches", Some(ROOT), None);
+        assert_eq!(r.status, 200, "{r:?}");
+        let sw = &r.json()["switches"][0];
+        let names: Vec<&str> =
+            sw["ports"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+        assert_eq!(names, ["vmnic0", "vmk0"], "{sw}");
+        assert!(sw["ports"][1]["counters"]["packets_received"].as_u64() > Some(10), "{sw}");
+        assert!(!q.text().contains("PANIC"), "{}", q.text());
+    }
+}
+
 /// A VM directory for the bare test guest (`tests/guest/bare.S`): one vCPU, `role` as its command line.
 fn bare_vm_dir(root: &Path, name: &str, role: &str) -> PathBuf {
     let dir = root.join(name);

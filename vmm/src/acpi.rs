@@ -123,7 +123,10 @@ fn package(op: &[u8], body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A virtio-mmio device the guest finds in the DSDT (Linux's `LNRO0005` ACPI binding): its MMIO
-/// window and its (edge-triggered, active-high) ISA interrupt.
+/// window and its ISA interrupt line, level-triggered, active-high and shareable: the line is high
+/// while the device's interrupt status is not zero, so work that arrives while the guest's
+/// handler runs (a NIC's next frame) asks again at its EOI instead of being lost as an edge that
+/// never came, and two devices can share a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtioMmioDevice {
     pub base: u32,
@@ -132,13 +135,13 @@ pub struct VirtioMmioDevice {
 }
 
 /// `Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS, ResourceTemplate () {
-/// Memory32Fixed (ReadWrite, base, len) Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive)
+/// Memory32Fixed (ReadWrite, base, len) Interrupt (ResourceConsumer, Level, ActiveHigh, Shared)
 /// { irq } }) }`.
 fn virtio_device_aml(n: u8, d: &VirtioMmioDevice) -> Result<Vec<u8>, AcpiError> {
     let mut crs = vec![0x86, 0x09, 0x00, 0x01]; // Memory32Fixed, read/write
     crs.extend_from_slice(&d.base.to_le_bytes());
     crs.extend_from_slice(&d.len.to_le_bytes());
-    crs.extend_from_slice(&[0x89, 0x06, 0x00, 0x03, 0x01]); // Extended Interrupt: consumer, edge
+    crs.extend_from_slice(&[0x89, 0x06, 0x00, 0x09, 0x01]); // Extended Interrupt: consumer, level, shared
     crs.extend_from_slice(&u32::from(d.irq).to_le_bytes());
     crs.extend_from_slice(&[0x79, 0x00]); // End Tag
     let crs_len = u8::try_from(crs.len()).map_err(|_| AcpiError::TooLong("a device's _CRS buffer"))?;
@@ -396,7 +399,7 @@ mod tests {
         let mem = aml.windows(4).rposition(|w| w == [0x86, 0x09, 0x00, 0x01]).unwrap();
         assert_eq!(u32_at(aml, mem + 4), 0xd000_1000);
         assert_eq!(u32_at(aml, mem + 8), 0x1000);
-        assert_eq!(&aml[mem + 12..mem + 17], &[0x89, 0x06, 0x00, 0x03, 0x01]);
+        assert_eq!(&aml[mem + 12..mem + 17], &[0x89, 0x06, 0x00, 0x09, 0x01]);
         assert_eq!(u32_at(aml, mem + 17), 10);
         assert_eq!(&aml[mem + 21..mem + 23], &[0x79, 0x00]);
         // Device PkgLength: one byte when the device body is short.

@@ -256,13 +256,27 @@ impl MmioBus {
         mut set_irq: impl FnMut(u8, bool),
         mut notice: impl FnMut(u64, &'static str),
     ) {
+        // Devices may share a line (level-triggered, as virtio-mmio's are): it is high while any
+        // of them holds it high.
+        let mut lines: u16 = 0;
+        let mut high: u16 = 0;
         for r in &mut self.ranges {
             r.device.process(mem);
             if let Some((line, level)) = r.device.irq() {
-                set_irq(line, level);
+                let bit = 1u16.checked_shl(u32::from(line)).unwrap_or(0);
+                lines |= bit;
+                if level {
+                    high |= bit;
+                }
             }
             if let Some(what) = r.device.take_notice() {
                 notice(r.base, what);
+            }
+        }
+        for line in 0..16u8 {
+            let bit = 1u16 << line;
+            if lines & bit != 0 {
+                set_irq(line, high & bit != 0);
             }
         }
     }

@@ -57,6 +57,8 @@ pub mod runtime;
 pub mod serial;
 pub mod vcpu;
 pub mod virtio_blk;
+pub mod virtio_mmio;
+pub mod virtio_net;
 pub mod virtqueue;
 
 /// The next value of a xorshift32 sequence (the device models' tests drive them with random

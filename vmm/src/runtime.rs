@@ -38,6 +38,7 @@ use crate::pvclock::GuestClock;
 use crate::serial::{ConsoleLog, CONSOLE_LOG_BYTES};
 use crate::vcpu::{self, Host, LoopState, RunEnd, RunStats, Vcpu, VmParts};
 use crate::virtio_blk::{self, Backing, VirtioBlk};
+use crate::virtio_net::{NetPort, VirtioNet};
 use crate::{GuestPhysAddr, HostPhysAddr};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -59,8 +60,10 @@ pub const CONSOLE_INPUT_BYTES: usize = 4096;
 pub const RAM_ALIGN: u64 = 2 << 20;
 /// CPUs that run vCPUs, at most (more are left idle).
 pub const MAX_WORKERS: usize = 256;
-/// Where a VM's virtio-mmio devices sit (one 4 KiB window each, above the RAM limit) and the ISA
-/// interrupt line of each (9 is the ACPI SCI, 4 COM1, 0-2 and 8 are taken on every PC).
+/// Where a VM's virtio-mmio devices sit (one 4 KiB window each, above the RAM limit: the disks,
+/// then the NICs) and the ISA interrupt lines they take in turn (9 is the ACPI SCI, 4 COM1, 0-2
+/// and 8 are taken on every PC); past eight devices lines are shared (virtio-mmio's interrupts are
+/// level-triggered and shareable).
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_IRQS: [u8; 8] = [5, 10, 11, 12, 15, 14, 3, 7];
 /// How long the management plane waits for a lock a CPU running vCPUs holds (that CPU may have
@@ -192,6 +195,8 @@ pub struct Vm {
     /// The disks (images in host memory, or queues to files on datastores) and whether each is
     /// read-only.
     disks: Vec<(Backing<Image>, bool)>,
+    /// The NICs' ports, in the order of the definition.
+    nics: Vec<Arc<NetPort>>,
     console: Arc<Mutex<ConsoleLog>>,
     /// Bytes for the guest's COM1 receiver (from the TCP console), waiting for room in its FIFO.
     input: Mutex<VecDeque<u8>>,
@@ -262,6 +267,7 @@ impl Vm {
             kernel,
             initrd,
             disks,
+            nics: Vec::new(),
             console: Arc::new(Mutex::new(ConsoleLog::default())),
             input: Mutex::new(VecDeque::new()),
             status: Mutex::new(Status { state: VmState::Stopped, started_ms: None, exit_reason: None }),
@@ -280,6 +286,17 @@ impl Vm {
         }
     }
 
+    /// The same VM with virtio NICs plugged into `ports`.
+    pub fn with_nics(mut self, ports: Vec<Arc<NetPort>>) -> Vm {
+        self.nics = ports;
+        self
+    }
+
+    /// Its NICs' ports.
+    pub fn nics(&self) -> &[Arc<NetPort>] {
+        &self.nics
+    }
+
     /// Whether a CPU stopped while running it ([`Runtime::cpu_panicked`]).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -287,12 +304,11 @@ impl Vm {
 
     /// The virtio-mmio devices as its DSDT describes them (guests find them through ACPI).
     fn virtio_devices(&self) -> Vec<acpi::VirtioMmioDevice> {
-        (0..self.disks.len())
-            .zip(VIRTIO_IRQS)
-            .map(|(i, irq)| acpi::VirtioMmioDevice {
+        (0..self.disks.len().saturating_add(self.nics.len()))
+            .map(|i| acpi::VirtioMmioDevice {
                 base: mmio_base(i) as u32,
                 len: virtio_blk::MMIO_LEN as u32,
-                irq,
+                irq: virtio_irq(i),
             })
             .collect()
     }
@@ -308,18 +324,32 @@ impl Vm {
             .map_err(|e| format!("kernel {}: {e}", self.def.kernel))
     }
 
-    /// The devices in its MMIO space: a virtio block device per disk.
+    /// The devices in its MMIO space: a virtio block device per disk, then a virtio network
+    /// device per NIC.
     fn mmio_devices(&self) -> Result<MmioBus, String> {
         let mut bus = MmioBus::new();
-        for (i, ((disk, readonly), irq)) in self.disks.iter().zip(VIRTIO_IRQS).enumerate() {
+        for (i, (disk, readonly)) in self.disks.iter().enumerate() {
             bus.add(
                 mmio_base(i),
                 virtio_blk::MMIO_LEN,
-                Box::new(VirtioBlk::with_backing(disk.clone(), *readonly, irq)),
+                Box::new(VirtioBlk::with_backing(disk.clone(), *readonly, virtio_irq(i))),
+            )?;
+        }
+        for (k, port) in self.nics.iter().enumerate() {
+            let i = self.disks.len().saturating_add(k);
+            bus.add(
+                mmio_base(i),
+                virtio_blk::MMIO_LEN,
+                Box::new(VirtioNet::new(port.clone(), virtio_irq(i))),
             )?;
         }
         Ok(bus)
     }
+}
+
+/// The interrupt line of virtio device `i`.
+fn virtio_irq(i: usize) -> u8 {
+    VIRTIO_IRQS.get(i.checked_rem(VIRTIO_IRQS.len()).unwrap_or(0)).copied().unwrap_or(5)
 }
 
 /// The MMIO window of virtio device `i`.
@@ -1458,6 +1488,7 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             disks: Vec::new(),
+            nics: Vec::new(),
             autostart: false,
             console_port: None,
         };

@@ -21,7 +21,8 @@
 use super::blkio::{IoOp, IoQueue};
 use super::bus::MmioDevice;
 use super::memory::GuestMemory;
-use super::virtqueue::{Area, Desc, SplitQueue, Violation};
+use super::virtio_mmio::{self, Event, Transport};
+use super::virtqueue::{Desc, Violation};
 use super::GuestPhysAddr;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -31,9 +32,9 @@ use spin::Mutex;
 /// Queue size offered (QueueNumMax).
 pub const QUEUE_SIZE: u16 = 256;
 /// Bytes of the MMIO window.
-pub const MMIO_LEN: u64 = 0x1000;
+pub const MMIO_LEN: u64 = virtio_mmio::MMIO_LEN;
 const SECTOR: u64 = 512;
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const DEVICE_ID: u32 = 2;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 /// Data segments a request may have (offered as `seg_max`; without it Linux sends one 4 KiB page
@@ -47,13 +48,6 @@ const T_GET_ID: u32 = 8;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
-// Device status bits (virtio 1.2 2.1).
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_NEEDS_RESET: u32 = 0x40;
-const STATUS_FAILED: u32 = 0x80;
-/// ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK and FAILED: the bits a driver sets.
-const STATUS_DRIVER_BITS: u32 = 1 | 2 | 4 | 8 | 0x80;
 /// Largest data transfer of one request (guards the bounce buffer).
 const MAX_REQUEST_BYTES: u64 = super::blkio::MAX_REQUEST_BYTES as u64;
 
@@ -113,21 +107,10 @@ pub struct VirtioBlk<D: DiskImage> {
     disk: Backing<D>,
     readonly: bool,
     irq: u8,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    status: u32,
-    queue_sel: u32,
-    queue: SplitQueue,
-    interrupt_status: u32,
-    config_generation: u32,
-    /// A notification waits for [`MmioDevice::process`].
-    notified: bool,
+    /// The registers and the one request queue.
+    transport: Transport,
     /// Requests not completed yet (at most a queue's worth).
     pending: Vec<Pending>,
-    /// The first rule the guest's driver broke, for the host's log (given once per device).
-    notice: Option<&'static str>,
-    noticed: bool,
 }
 
 impl<D: DiskImage> VirtioBlk<D> {
@@ -138,30 +121,14 @@ impl<D: DiskImage> VirtioBlk<D> {
 
     /// A device for the disk behind `disk` raising interrupt line `irq`.
     pub fn with_backing(disk: Backing<D>, readonly: bool, irq: u8) -> Self {
+        let features = VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX | if readonly { VIRTIO_BLK_F_RO } else { 0 };
         VirtioBlk {
             disk,
             readonly,
             irq,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            driver_features: 0,
-            status: 0,
-            queue_sel: 0,
-            queue: SplitQueue::new(QUEUE_SIZE),
-            interrupt_status: 0,
-            config_generation: 0,
-            notified: false,
+            transport: Transport::new(DEVICE_ID, features, &[QUEUE_SIZE]),
             pending: Vec::new(),
-            notice: None,
-            noticed: false,
         }
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-            | VIRTIO_BLK_F_FLUSH
-            | VIRTIO_BLK_F_SEG_MAX
-            | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
     }
 
     fn capacity_sectors(&self) -> u64 {
@@ -171,146 +138,22 @@ impl<D: DiskImage> VirtioBlk<D> {
         }
     }
 
-    fn reset(&mut self) {
-        self.driver_features = 0;
-        self.status = 0;
-        self.queue.reset();
-        self.interrupt_status = 0;
-        self.pending.clear();
-        self.notified = false;
-    }
-
-    /// The driver broke a rule of the specification: the device stops using its queue and sets
-    /// DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 2.1.2); only a reset
-    /// brings it back.
+    /// The driver broke a rule of the specification: the device stops using its queue (virtio
+    /// 1.2 2.1.2) and forgets its requests; only a reset brings it back.
     fn needs_reset(&mut self, v: Violation) {
-        if self.status & STATUS_NEEDS_RESET != 0 {
-            return;
-        }
-        self.status |= STATUS_NEEDS_RESET;
-        self.interrupt_status |= 2;
+        self.transport.needs_reset(v);
         self.pending.clear();
-        if !self.noticed {
-            self.noticed = true;
-            self.notice = Some(v.0);
-        }
     }
 
-    /// Whether the device works on its queue: the driver is ready and broke no rule.
-    fn live(&self) -> bool {
-        self.status & STATUS_DRIVER_OK != 0 && self.status & (STATUS_NEEDS_RESET | STATUS_FAILED) == 0
-    }
-
-    fn reg_read(&self, offset: u64) -> u32 {
-        let selected = self.queue_sel == 0;
+    /// The configuration space: capacity in sectors (0x100), seg_max (0x10c).
+    fn config_read(&self, offset: u64) -> u32 {
         match offset {
-            0x000 => u32::from_le_bytes(*b"virt"),
-            0x004 => 2,      // version: modern
-            0x008 => 2,      // device ID: block
-            0x00c => 0x4d45, // vendor ID ("EM")
-            0x010 => match self.device_features_sel {
-                0 => self.features() as u32,
-                1 => (self.features() >> 32) as u32,
-                _ => 0,
-            },
-            0x034 if selected => u32::from(self.queue.max()),
-            0x044 if selected => u32::from(self.queue.ready()),
-            0x060 => self.interrupt_status,
-            0x070 => self.status,
-            0x0fc => self.config_generation,
             0x100..=0x107 => {
                 let cap = self.capacity_sectors();
                 (cap >> (offset & 7).saturating_mul(8)) as u32
             }
             0x10c => SEG_MAX,
             _ => 0,
-        }
-    }
-
-    /// A write to the device status register (virtio 1.2 2.1, 3.1.1): 0 resets; otherwise the
-    /// driver may only add bits, FEATURES_OK only for offered features including VERSION_1, and
-    /// DRIVER_OK only after FEATURES_OK.
-    fn set_status(&mut self, v: u32) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        let old = self.status & !STATUS_NEEDS_RESET;
-        if v & old != old {
-            return self.needs_reset(Violation("the driver cleared device status bits without a reset"));
-        }
-        let mut s = v & STATUS_DRIVER_BITS;
-        if s & STATUS_FEATURES_OK != 0
-            && old & STATUS_FEATURES_OK == 0
-            && (self.driver_features & !self.features() != 0
-                || self.driver_features & VIRTIO_F_VERSION_1 == 0)
-        {
-            s &= !STATUS_FEATURES_OK;
-        }
-        if s & STATUS_DRIVER_OK != 0 && s & STATUS_FEATURES_OK == 0 {
-            return self.needs_reset(Violation("the driver set DRIVER_OK before FEATURES_OK"));
-        }
-        self.status = s | (self.status & STATUS_NEEDS_RESET);
-    }
-
-    fn reg_write(&mut self, offset: u64, v: u32) {
-        let selected = self.queue_sel == 0;
-        let queue = match offset {
-            0x014 => {
-                self.device_features_sel = v;
-                Ok(())
-            }
-            0x020 if self.status & STATUS_FEATURES_OK != 0 => {
-                Err(Violation("the driver changed its features after FEATURES_OK"))
-            }
-            0x020 => {
-                match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
-                    _ => {}
-                }
-                Ok(())
-            }
-            0x024 => {
-                self.driver_features_sel = v;
-                Ok(())
-            }
-            0x030 => {
-                self.queue_sel = v;
-                Ok(())
-            }
-            0x038 if selected => self.queue.set_num(v),
-            0x044 if selected => {
-                // A queue disabled or enabled anew forgets the flushes waiting on its old rings.
-                let was = self.queue.ready();
-                let r = self.queue.set_ready(v);
-                if self.queue.ready() != was {
-                    self.pending.clear();
-                }
-                r
-            }
-            0x050 => {
-                // Notifications before DRIVER_OK or for a queue the device lacks are ignored.
-                if v == 0 && self.live() {
-                    self.notified = true;
-                }
-                Ok(())
-            }
-            0x064 => {
-                self.interrupt_status &= !v;
-                Ok(())
-            }
-            0x070 => {
-                self.set_status(v);
-                Ok(())
-            }
-            0x080 | 0x084 if selected => self.queue.set_addr(Area::Descriptors, offset == 0x084, v),
-            0x090 | 0x094 if selected => self.queue.set_addr(Area::Driver, offset == 0x094, v),
-            0x0a0 | 0x0a4 if selected => self.queue.set_addr(Area::Device, offset == 0x0a4, v),
-            _ => Ok(()),
-        };
-        if let Err(v) = queue {
-            self.needs_reset(v);
         }
     }
 
@@ -448,30 +291,32 @@ impl<D: DiskImage> VirtioBlk<D> {
     }
 
     fn take_requests(&mut self, mem: &mut dyn GuestMemory) {
-        if !self.live() {
+        if !self.transport.live() {
             return;
         }
+        let Some(queue) = self.transport.queue(0) else { return };
         // At most one queue's worth per notification (a guest cannot make the device loop).
-        let mut budget = match self.queue.available(mem) {
+        let mut budget = match queue.available(mem) {
             Ok(n) => n,
             Err(v) => return self.needs_reset(v),
         };
         while budget > 0 {
             if !self.reserve() {
                 // Looked at again at the next service, after completions.
-                self.notified = true;
+                self.transport.renotify(0);
                 break;
             }
             budget = budget.saturating_sub(1);
-            let head = match self.queue.pop(mem) {
+            let Some(queue) = self.transport.queue(0) else { return };
+            let head = match queue.pop(mem) {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
                 Err(v) => return self.needs_reset(v),
             };
-            let Some(chain) = self.queue.chain(mem, head) else {
+            let Some(chain) = queue.chain(mem, head) else {
                 // Returned unused.
-                self.queue.push_used(mem, head, 0);
-                self.interrupt_status |= 1;
+                queue.push_used(mem, head, 0);
+                self.transport.used();
                 continue;
             };
             let status_at = chain
@@ -497,8 +342,10 @@ impl<D: DiskImage> VirtioBlk<D> {
         if let Some((at, status)) = status {
             let _ = mem.write(GuestPhysAddr(at), &[status]);
         }
-        self.queue.push_used(mem, head, len.saturating_add(u32::from(status.is_some())));
-        self.interrupt_status |= 1;
+        if let Some(q) = self.transport.queue(0) {
+            q.push_used(mem, head, len.saturating_add(u32::from(status.is_some())));
+        }
+        self.transport.used();
     }
 
     /// Completes the queued requests the host has done.
@@ -511,7 +358,7 @@ impl<D: DiskImage> VirtioBlk<D> {
                     let found = self.pending.iter().position(|p| p.tag == d.tag);
                     let Some(k) = found else { continue };
                     let p = self.pending.swap_remove(k);
-                    if !self.live() {
+                    if !self.transport.live() {
                         continue;
                     }
                     let read_into = p.read_into;
@@ -545,36 +392,35 @@ impl<D: DiskImage> VirtioBlk<D> {
 impl<D: DiskImage> MmioDevice for VirtioBlk<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Registers are 32 bits wide (config space may be read in smaller pieces).
-        let base = offset & !3;
-        let v = self.reg_read(base).to_le_bytes();
-        let shift = (offset & 3) as usize;
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = v.get(shift.saturating_add(i)).copied().unwrap_or(0);
-        }
+        virtio_mmio::read_bytes(offset, data, |o| {
+            self.transport.read(o).unwrap_or_else(|| self.config_read(o))
+        });
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 4 || offset & 3 != 0 {
-            return; // registers take aligned 32-bit writes only (virtio 1.2 4.2.2.2)
+        let Some(v) = virtio_mmio::write_value(offset, data) else { return };
+        match self.transport.write(offset, v) {
+            // A reset, a queue enabled or disabled anew, a broken rule: the requests taken from
+            // the old rings are forgotten (their completions are dropped).
+            Event::Reset | Event::QueueChanged(_) | Event::Broken => self.pending.clear(),
+            Event::None => {}
         }
-        let Ok(v) = <[u8; 4]>::try_from(data) else { return };
-        self.reg_write(offset, u32::from_le_bytes(v));
     }
 
     fn process(&mut self, mem: &mut dyn GuestMemory) {
         // Completions first: they make room for requests left on the ring.
         self.complete_waiting(mem);
-        if core::mem::take(&mut self.notified) {
+        if self.transport.take_notified(0) {
             self.process_queue(mem);
         }
     }
 
     fn irq(&self) -> Option<(u8, bool)> {
-        Some((self.irq, self.interrupt_status != 0))
+        Some((self.irq, self.transport.interrupt()))
     }
 
     fn take_notice(&mut self) -> Option<&'static str> {
-        self.notice.take()
+        self.transport.take_notice()
     }
 }
 
@@ -587,6 +433,7 @@ pub fn blank_disk(len: usize) -> SharedDisk<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::memory::GuestRam;
+    use crate::virtio_mmio::STATUS_NEEDS_RESET;
 
     const DESC_F_NEXT: u16 = 1;
     const DESC_F_WRITE: u16 = 2;
@@ -685,7 +532,7 @@ mod tests {
         put_desc(m, 0, 0x4000, 16, DESC_F_NEXT, 1);
         put_desc(m, 1, data_at, len, data_flags, 2);
         put_desc(m, 2, 0x6000, 1, DESC_F_WRITE, 0);
-        let idx = d.queue.last_avail();
+        let idx = d.transport.queue(0).unwrap().last_avail();
         m.write(GuestPhysAddr(AVAIL + 4 + 2 * (idx % 8) as u64), &0u16.to_le_bytes()).unwrap();
         m.write(GuestPhysAddr(AVAIL + 2), &idx.wrapping_add(1).to_le_bytes()).unwrap();
         m.write(GuestPhysAddr(0x6000), &[0xff]).unwrap();
@@ -872,7 +719,7 @@ mod tests {
         // Notifications before DRIVER_OK are ignored.
         w32(&mut d, 0x70, 0);
         w32(&mut d, 0x50, 0);
-        assert!(!d.notified);
+        assert!(!d.transport.take_notified(0));
     }
 
     #[test]
@@ -892,7 +739,7 @@ mod tests {
         m.write(GuestPhysAddr(AVAIL + 2), &1000u16.to_le_bytes()).unwrap();
         w32(&mut d, 0x50, 0);
         d.process(&mut m);
-        assert_eq!(d.queue.last_avail(), 1);
+        assert_eq!(d.transport.queue(0).unwrap().last_avail(), 1);
         assert_eq!(r32(&mut d, 0x70) & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
         assert_eq!(d.take_notice(), Some("the driver made more buffers available than the queue holds"));
         w32(&mut d, 0x70, 0);
