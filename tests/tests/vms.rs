@@ -631,6 +631,46 @@ fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_hos
     }
 }
 
+/// Issue 18: two VMs on "VM Network" with static addresses ping each other through the switch
+/// (unicast between two VM ports, ARP broadcasts to both), while the host's management interface
+/// keeps answering; each NIC's given MAC is the one its guest sees.
+#[test]
+fn two_guests_on_the_vm_network_reach_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut defs = Vec::new();
+    for (name, me, peer, mac) in [
+        ("peer-a", "10.0.2.50", "10.0.2.51", "00:50:56:3f:00:0a"),
+        ("peer-b", "10.0.2.51", "10.0.2.50", "00:50:56:3f:00:0b"),
+    ] {
+        let cmdline =
+            format!("console=ttyS0 ember.action=net ember.ip={me}/24 ember.ping={peer} ember.linger=30");
+        let def = vm_dir(dir.path(), name, (1, 128), &cmdline, true, None, None);
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
+        v["nics"] = serde_json::json!([{"portgroup": "VM Network", "mac": mac}]);
+        std::fs::write(&def, v.to_string()).unwrap();
+        defs.push((name, peer, mac, def));
+    }
+    let paths: Vec<PathBuf> = defs.iter().map(|d| d.3.clone()).collect();
+    let (out, _) = image_with_vms(dir.path(), &paths, &[]);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-peers", &out);
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    let q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    for (name, peer, mac, _) in &defs {
+        let (v, c) = wait_vm(addr, name, "the pings", |v, _| v["state"] == "stopped");
+        assert_eq!(v["exit_reason"], "the guest powered off", "{name}: {v}\n{c}");
+        assert!(c.contains(&format!("EMBER-GUEST: eth0 {mac}")), "{name}:\n{c}");
+        assert!(
+            c.contains(&format!("EMBER-GUEST: ping {peer} ok (3 replies)")),
+            "{name} reaches its peer:\n{c}"
+        );
+    }
+    assert_eq!(request(addr, "GET", "/api/v1/host", Some(ROOT), None).status, 200);
+    assert!(!q.text().contains("PANIC"), "{}", q.text());
+}
+
 /// A VM directory for the bare test guest (`tests/guest/bare.S`): one vCPU, `role` as its command line.
 fn bare_vm_dir(root: &Path, name: &str, role: &str) -> PathBuf {
     let dir = root.join(name);
