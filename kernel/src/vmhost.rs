@@ -394,11 +394,19 @@ fn summary(def: &ember_storage::vmdef::VmDefinition, run: Option<&Arc<Vm>>, now_
         memory_mib: def.memory_mib,
         autostart: def.autostart,
         console_port: def.console_port,
+        // While it runs, whether each NIC is connected now; else whether it is at power on.
         nics: def
             .nics
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.portgroup.clone(), def.nic_mac(i).unwrap_or_default(), n.connected))
+            .map(|(i, n)| {
+                let live = run.filter(|_| report.state != VmState::Stopped).and_then(|r| r.nics().get(i));
+                (
+                    n.portgroup.clone(),
+                    def.nic_mac(i).unwrap_or_default(),
+                    live.map_or(n.connected, |p| p.link_up()),
+                )
+            })
             .collect(),
         uptime_ms: report.started_ms.map(|s| now_ms.saturating_sub(s)),
         run: report,
@@ -427,6 +435,24 @@ impl VmService for Hypervisor {
                 },
             })
             .collect()
+    }
+
+    fn set_nic_connected(&mut self, name: &str, index: usize, connected: bool) -> Result<(), VmError> {
+        let rt = runtime();
+        let run = self.vm(name).filter(|v| !v.failed() && rt.report(v).state != VmState::Stopped);
+        let Some(run) = run else { return Err(VmError::Conflict(format!("VM {name} is not running"))) };
+        let port = run.nics().get(index).ok_or(VmError::NotFound)?;
+        let refused = self.nics.iter().any(|n| Arc::ptr_eq(&n.port, port) && matches!(n.plug, Plug::Refused));
+        if refused && connected {
+            return Err(VmError::Conflict(format!(
+                "VM {name}: nic{index} is not on the switch (its MAC address is in use by another port)"
+            )));
+        }
+        port.set_link(connected);
+        // Its vCPU 0 shows the guest the change (a configuration interrupt) at once.
+        rt.wake_for_io(run);
+        kprintln!("ember: VM {name}: nic{index} {}", if connected { "connected" } else { "disconnected" });
+        Ok(())
     }
 
     fn serve_network(&mut self, net: &mut HostNetwork, now_ms: u64) -> bool {

@@ -86,6 +86,12 @@ pub trait VmService {
     fn poll(&mut self, _disks: &mut HostDisks, _now_ms: u64, _now: u64) -> bool {
         false
     }
+    /// Connects or disconnects NIC `index` of running VM `name` (its guest sees the link go up or
+    /// down; a disconnected NIC's frames go nowhere). The definition's `connected` (at power on)
+    /// is not changed.
+    fn set_nic_connected(&mut self, _name: &str, _index: usize, _connected: bool) -> Result<(), VmError> {
+        Err(VmError::Unavailable(String::from("this host runs no VMs")))
+    }
     /// The running VMs' NICs on the host's virtual switch: plugged in when their VM starts, taken
     /// out when it stops, frames moved both ways (a bounded amount per call); true when frames
     /// moved.
@@ -214,6 +220,7 @@ pub fn handle(
                 headers: Vec::new(),
             });
         }
+        Some(nic) if nic.starts_with("nics/") => return Some(nic_link(vms, &vm, method, nic, now_ms)),
         Some("start") => VmAction::Start,
         Some("stop") => VmAction::Stop,
         Some("poweroff") => VmAction::PowerOff,
@@ -221,7 +228,7 @@ pub fn handle(
         Some(_) => {
             return Some(Response::error(
                 404,
-                "no such VM resource (console, start, stop, poweroff, reset, unregister)",
+                "no such VM resource (console, start, stop, poweroff, reset, unregister, nics/{n}/connect, nics/{n}/disconnect)",
             ))
         }
     };
@@ -238,6 +245,30 @@ pub fn handle(
         Err(VmError::Conflict(why)) => Response::error(409, &why),
         Err(VmError::Unavailable(why)) => Response::error(503, &why),
     })
+}
+
+/// `POST /api/v1/vms/{name}/nics/{n}/connect` or `.../disconnect`: the NIC's link while the VM
+/// runs.
+fn nic_link(vms: &mut dyn VmService, vm: &VmSummary, method: &str, sub: &str, now_ms: u64) -> Response {
+    let parts: Vec<&str> = sub.split('/').collect();
+    let (index, connected) = match parts.as_slice() {
+        ["nics", n, "connect"] => (n.parse::<usize>().ok(), true),
+        ["nics", n, "disconnect"] => (n.parse::<usize>().ok(), false),
+        _ => return Response::error(404, "no such NIC resource (nics/{n}/connect, nics/{n}/disconnect)"),
+    };
+    if method != "POST" {
+        return not_allowed("POST");
+    }
+    let Some(index) = index.filter(|&i| i < vm.nics.len()) else {
+        return Response::error(404, &format!("VM {} has {} NICs (numbered from 0)", vm.name, vm.nics.len()));
+    };
+    match vms.set_nic_connected(&vm.name, index, connected) {
+        Ok(()) => {
+            let now = vms.list(now_ms).into_iter().find(|v| v.name == vm.name).unwrap_or_else(|| vm.clone());
+            Response::json(200, vm_json(&now).to_string())
+        }
+        Err(e) => vm_refused(&vm.name, e),
+    }
 }
 
 /// Answers the requests that change the inventory (`POST /api/v1/vms`, `DELETE

@@ -671,6 +671,54 @@ fn two_guests_on_the_vm_network_reach_each_other() {
     assert!(!q.text().contains("PANIC"), "{}", q.text());
 }
 
+/// Issue 18: a running VM's NIC is disconnected and connected again through the API (its switch
+/// port's link follows), and a NIC it does not have is refused.
+#[test]
+fn a_running_vms_nic_is_disconnected_and_connected_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = vm_dir(dir.path(), "linked", (1, 128), "console=ttyS0 ember.action=stay", true, None, None);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
+    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
+    std::fs::write(&def, v.to_string()).unwrap();
+    let (out, _) = image_with_vms(dir.path(), &[def], &[]);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-nic-link", &out);
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    let q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    wait_vm(addr, "linked", "the userspace marker", |_, c| c.contains(MARKER));
+    let link = |want: &str| {
+        let start = Instant::now();
+        loop {
+            let r = request(addr, "GET", "/api/v1/network/switches", Some(ROOT), None);
+            let sw = r.json()["switches"][0].clone();
+            let p = sw["ports"].as_array().unwrap().iter().find(|p| p["name"] == "linked nic0").cloned();
+            if p.as_ref().is_some_and(|p| p["link"] == want) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "link {want} expected: {sw}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    link("up");
+    let r = request(addr, "POST", "/api/v1/vms/linked/nics/0/disconnect", Some(ROOT), None);
+    assert_eq!((r.status, r.json()["nics"][0]["connected"].as_bool()), (200, Some(false)), "{r:?}");
+    link("down");
+    let r = request(addr, "POST", "/api/v1/vms/linked/nics/0/connect", Some(ROOT), None);
+    assert_eq!((r.status, r.json()["nics"][0]["connected"].as_bool()), (200, Some(true)), "{r:?}");
+    link("up");
+    let r = request(addr, "POST", "/api/v1/vms/linked/nics/1/connect", Some(ROOT), None);
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = request(addr, "GET", "/api/v1/vms/linked/nics/0/connect", Some(ROOT), None);
+    assert_eq!(r.status, 405, "{r:?}");
+    let r = request(addr, "POST", "/api/v1/vms/linked/poweroff", Some(ROOT), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = request(addr, "POST", "/api/v1/vms/linked/nics/0/connect", Some(ROOT), None);
+    assert_eq!(r.status, 409, "not running: {r:?}");
+    assert!(q.text().contains("ember: VM linked: nic0 disconnected"), "{}", q.text());
+}
+
 /// A VM directory for the bare test guest (`tests/guest/bare.S`): one vCPU, `role` as its command line.
 fn bare_vm_dir(root: &Path, name: &str, role: &str) -> PathBuf {
     let dir = root.join(name);
