@@ -29,6 +29,8 @@
 //! - Egress shaping per port group, on what VM NICs send into the switch: average and peak
 //!   bandwidth in kbit/s and a burst size in KiB (token buckets; a frame over the limit waits).
 //! - MTU per switch: frames whose payload exceeds it are dropped at ingress.
+//! - The management interface's frames to an uplink wait in a queue of their own, taken first: a
+//!   VM sending at line rate fills the uplink's queue with its frames, not the host's way out.
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -234,6 +236,9 @@ struct Port {
     counters: PortCounters,
     queue: VecDeque<Vec<u8>>,
     queued_bytes: usize,
+    /// Frames of the management interface for an uplink (taken before `queue`), and their bytes.
+    urgent: VecDeque<Vec<u8>>,
+    urgent_bytes: usize,
 }
 
 impl Port {
@@ -362,6 +367,8 @@ impl Switch {
             counters: PortCounters::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            urgent: VecDeque::new(),
+            urgent_bytes: 0,
         };
         let id = match self.ports.iter().position(Option::is_none) {
             Some(free) => {
@@ -432,6 +439,8 @@ impl Switch {
             if !up {
                 p.queue.clear();
                 p.queued_bytes = 0;
+                p.urgent.clear();
+                p.urgent_bytes = 0;
             }
         }
     }
@@ -471,6 +480,10 @@ impl Switch {
     /// IP stack, put in the guest's receive ring).
     pub fn take(&mut self, id: PortId) -> Option<Vec<u8>> {
         let p = self.port_mut(id)?;
+        if let Some(f) = p.urgent.pop_front() {
+            p.urgent_bytes -= f.len();
+            return Some(f);
+        }
         let f = p.queue.pop_front()?;
         p.queued_bytes -= f.len();
         Some(f)
@@ -478,7 +491,7 @@ impl Switch {
 
     /// Whether a port has frames waiting.
     pub fn has_frames(&self, id: PortId) -> bool {
-        self.port(id).is_some_and(|p| !p.queue.is_empty())
+        self.port(id).is_some_and(|p| !p.queue.is_empty() || !p.urgent.is_empty())
     }
 
     fn port(&self, id: PortId) -> Option<&Port> {
@@ -544,15 +557,21 @@ impl Switch {
             };
             // Room first: a flood to a full port costs no copy.
             let len = c.untagged_len() + if tagged { 4 } else { 0 };
-            if p.queued_bytes + len > PORT_QUEUE_BYTES {
+            let urgent = kind == PortKind::Vmkernel && p.kind == PortKind::Uplink;
+            let (queue, bytes) = if urgent {
+                (&mut p.urgent, &mut p.urgent_bytes)
+            } else {
+                (&mut p.queue, &mut p.queued_bytes)
+            };
+            if *bytes + len > PORT_QUEUE_BYTES {
                 p.counters.rx_dropped += 1;
                 continue;
             }
             let out = c.build(tagged);
+            *bytes += out.len();
+            queue.push_back(out);
             p.counters.rx_packets += 1;
-            p.counters.rx_bytes += out.len() as u64;
-            p.queued_bytes += out.len();
-            p.queue.push_back(out);
+            p.counters.rx_bytes += len as u64;
         }
         Verdict::Forwarded(targets.len())
     }
@@ -950,6 +969,19 @@ mod tests {
         // A disconnected port's MAC is still ours: its frames are not sent out of the uplink.
         assert_eq!(l.sw.ingress(l.a, &f, 0), Verdict::Dropped(Drop::NoDestination));
         assert!(!l.sw.has_frames(l.b) && !l.sw.has_frames(l.up));
+    }
+
+    #[test]
+    fn the_management_interface_gets_out_while_a_vm_floods_the_uplink() {
+        let mut l = lab();
+        let flood = frame(OUTSIDE, VM_A, None, 1486);
+        while l.sw.ingress(l.a, &flood, 0) == Verdict::Forwarded(1)
+            && l.sw.counters(l.up).unwrap().rx_dropped == 0
+        {}
+        let mgmt = frame(OUTSIDE, VMK, None, 60);
+        assert_eq!(l.sw.ingress(l.vmk, &mgmt, 0), Verdict::Forwarded(1));
+        assert_eq!(l.sw.take(l.up), Some(mgmt), "taken before the VM's frames");
+        assert_eq!(l.sw.take(l.up), Some(flood));
     }
 
     #[test]
