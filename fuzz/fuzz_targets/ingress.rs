@@ -4,7 +4,9 @@
 //! - even: the rest is a sequence of frames (2-byte big-endian length, then the frame) delivered to a
 //!   running management interface (static 10.0.0.1/24, VLAN 7 when the byte is 2 mod 4) through the
 //!   fake NIC, polled with advancing time: VLAN classification, smoltcp's Ethernet/ARP/IPv4/ICMP/UDP/
-//!   TCP/DHCP/DNS parsing and the HTTP server's connection handling;
+//!   TCP/DHCP/DNS parsing and the HTTP server's connection handling; and the same frames into the
+//!   virtual switch on its own from every kind of port (uplinks, vmk0, access and trunk VM ports)
+//!   with policy, link and failover changes, checking that access ports never get tagged frames;
 //! - odd: the rest is an HTTP request head and body, parsed and routed through the API (with and
 //!   without valid credentials) of a host with a datastore (`datastore1`, holding `iso/a.bin`):
 //!   uploads are streamed into it (begun, fed, finished or aborted) and downloads read to the end;
@@ -124,6 +126,73 @@ fn in_pieces(mut input: &[u8], mut take: impl FnMut(&[u8]) -> Option<usize>) {
     }
 }
 
+/// The virtual switch on its own, fed the same frames from every kind of port: each frame's first
+/// byte picks the port (an active and a standby uplink, vmk0 on VLAN 7, VMs on VLAN 0, VLAN 10 and
+/// the trunk) and now and then changes a port's policy, link or the failover order; what the ports'
+/// owners take is checked: an access port never gets a tagged frame, nothing is larger than the
+/// MTU allows.
+fn switch_fuzz(frames: &[u8]) {
+    use ember_net::vswitch::{PortKind, PortSettings, Security, Shaping, Switch, VLAN_TRUNK};
+    let mut sw = Switch::new("vSwitch0", 1500);
+    let mac = |n: u8| [0x02, 0x45, 0x4d, 0, 0, n];
+    let up0 = sw.add_port(PortKind::Uplink, "vmnic0", mac(1), PortSettings::untagged(), 0);
+    let up1 = sw.add_port(PortKind::Uplink, "vmnic1", mac(2), PortSettings::untagged(), 0);
+    sw.set_failover_order(&[up0], &[up1]);
+    let with_vlan = |vlan| PortSettings { vlan, ..PortSettings::untagged() };
+    let vmk = sw.add_port(PortKind::Vmkernel, "vmk0", mac(3), with_vlan(7), 0);
+    let a = sw.add_port(PortKind::Vm, "a", mac(4), with_vlan(0), 0);
+    let b = sw.add_port(PortKind::Vm, "b", mac(5), with_vlan(10), 0);
+    let t = sw.add_port(PortKind::Vm, "t", mac(6), with_vlan(VLAN_TRUNK), 0);
+    let ports = [up0, up1, vmk, a, b, t];
+    let mut now = 0u64;
+    let mut rest = frames;
+    while rest.len() >= 3 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let take = len.min(rest.len() - 2);
+        let (sel, frame) = (rest[2], &rest[3.min(2 + take)..2 + take]);
+        rest = &rest[2 + take..];
+        now += u64::from(sel) * 997;
+        let port = ports[usize::from(sel) % ports.len()];
+        match sel >> 5 {
+            1 => sw.set_link(port, sel & 8 != 0),
+            2 => {
+                let security = Security {
+                    promiscuous: sel & 1 != 0,
+                    mac_changes: sel & 2 != 0,
+                    forged_transmits: sel & 4 != 0,
+                };
+                let shaping = (sel & 8 != 0).then_some(Shaping {
+                    average_kbps: u64::from(frame.first().copied().unwrap_or(1)) * 1000,
+                    peak_kbps: u64::from(frame.get(1).copied().unwrap_or(0)) * 1000,
+                    burst_kib: u64::from(frame.get(2).copied().unwrap_or(0)),
+                });
+                let vlan = if port == t {
+                    VLAN_TRUNK
+                } else if port == b {
+                    10
+                } else {
+                    0
+                };
+                sw.apply_settings(port, PortSettings { vlan, security, shaping }, now);
+                sw.set_guest_filter(
+                    port,
+                    frame.get(..6).and_then(|m| m.try_into().ok()).unwrap_or(mac(4)),
+                    sel & 16 != 0,
+                );
+            }
+            3 => sw.set_failover_order(&[up1], &[up0]),
+            _ => drop(sw.ingress(port, frame, now)),
+        }
+        for p in ports {
+            while let Some(f) = sw.take(p) {
+                let tagged = f.get(12..14) == Some(&[0x81, 0x00]);
+                assert!(!tagged || p == up0 || p == up1 || p == t, "a tagged frame reached an access port");
+                assert!(f.len() <= 1500 + 14 + 4, "larger than the MTU allows: {}", f.len());
+            }
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     if mode % 8 == 5 {
@@ -208,6 +277,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_request(rest);
         return;
     }
+    switch_fuzz(rest);
     let vlan = (mode % 4 == 2).then_some(7);
     let (server_nic, wire) = FakeNic::pair([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 2]);
     let mut nics = HostNetwork::new(vec![ManagedNic {
