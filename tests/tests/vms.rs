@@ -719,6 +719,59 @@ fn a_running_vms_nic_is_disconnected_and_connected_through_the_api() {
     assert!(q.text().contains("ember: VM linked: nic0 disconnected"), "{}", q.text());
 }
 
+/// Issue 18: a guest floods its port group with broadcast frames as fast as its NIC takes them for
+/// a minute; the host's API keeps answering throughout (every request within the usual time-out;
+/// the answer times are printed), the switch counts what the flood sent and what it dropped, and
+/// the VM ends normally.
+#[test]
+fn a_guest_flooding_broadcasts_leaves_the_api_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = vm_dir(
+        dir.path(),
+        "flooder",
+        (1, 128),
+        "console=ttyS0 ember.action=flood ember.flood=60",
+        false,
+        None,
+        None,
+    );
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
+    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
+    std::fs::write(&def, v.to_string()).unwrap();
+    let (out, _) = image_with_vms(dir.path(), &[def], &[]);
+    let port = free_port();
+    let mut cfg = QemuConfig::new("vms-flood", &out);
+    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    let q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    let r = request(addr, "POST", "/api/v1/vms/flooder/start", Some(ROOT), Some("{}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_vm(addr, "flooder", "the flood", |_, c| c.contains("EMBER-GUEST: flooding"));
+    let mut times = Vec::new();
+    let mut flood_port = Value::Null;
+    for _ in 0..15 {
+        let start = Instant::now();
+        let r = request(addr, "GET", "/api/v1/network/switches", Some(ROOT), None);
+        times.push(start.elapsed().as_millis());
+        assert_eq!(r.status, 200, "{r:?}");
+        let ports = r.json()["switches"][0]["ports"].clone();
+        if let Some(p) = ports.as_array().unwrap().iter().find(|p| p["name"] == "flooder nic0") {
+            flood_port = p.clone();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!("API answer times during the flood (ms): {times:?}; the flooding port: {flood_port}");
+    assert!(
+        flood_port["counters"]["packets_sent"].as_u64() > Some(1000),
+        "the flood went through: {flood_port}"
+    );
+    let (v, c) = wait_vm(addr, "flooder", "the end of the flood", |v, _| v["state"] == "stopped");
+    assert_eq!(v["exit_reason"], "the guest powered off", "{v}\n{c}");
+    assert!(c.contains("EMBER-GUEST: flood sent"), "{c}");
+    assert!(!q.text().contains("PANIC"), "{}", q.text());
+}
+
 /// A VM directory for the bare test guest (`tests/guest/bare.S`): one vCPU, `role` as its command line.
 fn bare_vm_dir(root: &Path, name: &str, role: &str) -> PathBuf {
     let dir = root.join(name);
