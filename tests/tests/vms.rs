@@ -573,14 +573,19 @@ fn a_guest_gets_ram_above_4_gib() {
 /// management NIC (QEMU user networking): the guest gets an address from the LAN's DHCP server
 /// (the broadcast goes out of the uplink, the answer comes back to its MAC), pings the LAN's
 /// gateway (10.0.2.2) and the host's own management interface (vmk0, 10.0.2.15: VM to vmk0
-/// inside the switch), and the API shows the NIC with the address Ember made for it and the
+/// inside the switch), sends a line to a TCP server on this machine, and the API shows the NIC
+/// with the address Ember made for it and the
 /// switch's ports with their counters. Once with a virtio-net uplink, once with an e1000e one
 /// (which drops frames for other MACs unless the switch makes it promiscuous).
 #[test]
 fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    let cmdline = "console=ttyS0 ember.action=net ember.ping=10.0.2.2,10.0.2.15";
-    let def = vm_dir(dir.path(), "net1", (1, 128), cmdline, false, None, None);
+    // A TCP server on this machine, which QEMU's user network shows the LAN as 10.0.2.2.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = server.local_addr().unwrap().port();
+    let cmdline =
+        format!("console=ttyS0 ember.action=net ember.ping=10.0.2.2,10.0.2.15 ember.tcp=10.0.2.2:{tcp_port}");
+    let def = vm_dir(dir.path(), "net1", (1, 128), &cmdline, false, None, None);
     let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
     v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
     std::fs::write(&def, v.to_string()).unwrap();
@@ -600,6 +605,17 @@ fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_hos
         );
         let mac = nic["mac"].as_str().unwrap().to_string();
         assert!(mac.starts_with("02:45:4d:"), "a made address: {nic}");
+        // The server takes one line and closes the connection (the guest's nc ends then).
+        let listener = server.try_clone().unwrap();
+        let (tx, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((conn, _)) = listener.accept() {
+                conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line);
+                let _ = tx.send(line);
+            }
+        });
         // Started once the host has its address (the guest pings it).
         let r = request(addr, "POST", "/api/v1/vms/net1/start", Some(ROOT), Some("{}"));
         assert_eq!(r.status, 200, "{r:?}");
@@ -618,6 +634,9 @@ fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_hos
             c.contains("EMBER-GUEST: ping 10.0.2.15 ok (3 replies)"),
             "{model}: the host's vmk0 answers:\n{c}"
         );
+        // The line the guest sent reached the server here.
+        let line = got.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        assert_eq!(line.trim(), format!("EMBER-TCP hello from {mac}"), "{model}:\n{c}");
         // The switch: its uplink and vmk0 with counters; the VM's port gone with the VM.
         std::thread::sleep(Duration::from_secs(2));
         let r = request(addr, "GET", "/api/v1/network/switches", Some(ROOT), None);
