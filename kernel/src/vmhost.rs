@@ -247,9 +247,7 @@ impl Hypervisor {
         let budget = Arc::new(core::sync::atomic::AtomicUsize::new(0));
         for (i, d) in open.iter().enumerate() {
             // A request wakes the management CPU if it waits for an interrupt.
-            let bsp = apic::current_id();
-            let kick: blkio::Notify = Box::new(move || runtime().platform().kick(bsp));
-            let queue = Arc::new(IoQueue::with_notify(d.size, kick, budget.clone()));
+            let queue = Arc::new(IoQueue::with_notify(d.size, kick_management(), budget.clone()));
             backings.push((Backing::Queue(queue.clone()), d.readonly));
             served.push(ServedDisk {
                 vm: name.clone(),
@@ -267,9 +265,7 @@ impl Hypervisor {
             let settings = hostnet::vm_portgroup(&nic.portgroup)
                 .map_err(|e| VmError::Conflict(format!("nics[{i}].portgroup: {e}")))?;
             let mac = vm.def.nic_mac(i).unwrap_or_default();
-            let bsp = apic::current_id();
-            let kick: blkio::Notify = Box::new(move || runtime().platform().kick(bsp));
-            let port = Arc::new(NetPort::new(mac, hostnet::DEFAULT_MTU, Some(kick)));
+            let port = Arc::new(NetPort::new(mac, hostnet::DEFAULT_MTU, Some(kick_management())));
             port.set_link(nic.connected);
             ports.push((port, nic.portgroup.clone(), settings));
         }
@@ -360,8 +356,7 @@ impl Hypervisor {
         while now_ms >= self.next_autostart_ms {
             let Some(n) = self.autostart.pop_front() else { break };
             // One started by hand meanwhile is left alone.
-            let stopped =
-                self.vm(&n).is_none_or(|v| !v.failed() && runtime().report(v).state == VmState::Stopped);
+            let stopped = self.vm(&n).is_none_or(|v| !v.failed() && runtime().state(v) == VmState::Stopped);
             if !stopped {
                 continue;
             }
@@ -383,6 +378,13 @@ fn entry_name(e: &Entry) -> &str {
         Entry::Stored { vm, .. } => &vm.def.name,
         Entry::Invalid { name, .. } => name,
     }
+}
+
+/// Interrupts the calling CPU - the management CPU, which prepares every run - from a vCPU's CPU:
+/// how a VM's disk queue or NIC port says it has work while the management CPU may be halted.
+fn kick_management() -> blkio::Notify {
+    let bsp = apic::current_id();
+    Box::new(move || runtime().platform().kick(bsp))
 }
 
 /// What the API shows of VM `def` whose runtime object is `run` (none: never started).
@@ -439,7 +441,7 @@ impl VmService for Hypervisor {
 
     fn set_nic_connected(&mut self, name: &str, index: usize, connected: bool) -> Result<(), VmError> {
         let rt = runtime();
-        let run = self.vm(name).filter(|v| !v.failed() && rt.report(v).state != VmState::Stopped);
+        let run = self.vm(name).filter(|v| !v.failed() && rt.state(v) != VmState::Stopped);
         let Some(run) = run else { return Err(VmError::Conflict(format!("VM {name} is not running"))) };
         let port = run.nics().get(index).ok_or(VmError::NotFound)?;
         let refused = self.nics.iter().any(|n| Arc::ptr_eq(&n.port, port) && matches!(n.plug, Plug::Refused));
@@ -457,9 +459,12 @@ impl VmService for Hypervisor {
 
     fn serve_network(&mut self, net: &mut HostNetwork, now_ms: u64) -> bool {
         let rt = runtime();
-        let mut busy = net.pump(now_ms);
+        // (The management service pumped the uplinks just before; what the VMs send into the
+        // switch for them goes out at the end.)
+        net.set_time(now_ms);
+        let mut busy = false;
         self.nics.retain_mut(|n| {
-            if n.run.failed() || rt.report(&n.run).state == VmState::Stopped {
+            if n.run.failed() || rt.state(&n.run) == VmState::Stopped {
                 if let Plug::On(p) = n.plug {
                     net.detach(p);
                 }
@@ -519,8 +524,7 @@ impl VmService for Hypervisor {
                 return Err(VmError::Conflict(format!("VM {name} cannot run: {reason}")))
             }
             Some(Entry::Stored { vm, disks: open, run }) => {
-                let new_run =
-                    run.as_ref().is_none_or(|v| !v.failed() && rt.report(v).state == VmState::Stopped);
+                let new_run = run.as_ref().is_none_or(|v| !v.failed() && rt.state(v) == VmState::Stopped);
                 match run {
                     // A stopped VM on a datastore starts as a new run: its files read again.
                     _ if action == VmAction::Start && new_run => {
@@ -528,9 +532,8 @@ impl VmService for Hypervisor {
                         // Two running NICs with one address would each get the other's frames.
                         for i in 0..vm.def.nics.len() {
                             let mac = vm.def.nic_mac(i).unwrap_or_default();
-                            let running = |n: &&ServedNic| {
-                                !n.run.failed() && rt.report(&n.run).state != VmState::Stopped
-                            };
+                            let running =
+                                |n: &&ServedNic| !n.run.failed() && rt.state(&n.run) != VmState::Stopped;
                             if let Some(other) =
                                 self.nics.iter().filter(running).find(|n| n.port.mac() == mac)
                             {
@@ -577,7 +580,7 @@ impl VmService for Hypervisor {
                 rt.request_stop(&vm, "powered off through the API")?;
                 // The run ends at its CPUs' next look (a kick brings them there at once).
                 for _ in 0..2000 {
-                    if vm.failed() || rt.report(&vm).state == VmState::Stopped {
+                    if vm.failed() || rt.state(&vm) == VmState::Stopped {
                         break;
                     }
                     timer::delay_us(500);
@@ -617,10 +620,10 @@ impl VmService for Hypervisor {
                     "VM {name} failed; it can be changed or removed after the host restarts"
                 )))
             }
-            Some(Entry::Stored { run: Some(v), .. }) if rt.report(v).state != VmState::Stopped => {
+            Some(Entry::Stored { run: Some(v), .. }) if rt.state(v) != VmState::Stopped => {
                 return Err(VmError::Conflict(format!(
                     "VM {name} is {}; stop it first",
-                    rt.report(v).state.as_str()
+                    rt.state(v).as_str()
                 )))
             }
             _ => {}
@@ -659,7 +662,7 @@ impl VmService for Hypervisor {
         // Guests that did not shut down in time are powered off.
         let rt = runtime();
         self.stopping.retain(|(vm, deadline)| {
-            if vm.failed() || rt.report(vm).state == VmState::Stopped {
+            if vm.failed() || rt.state(vm) == VmState::Stopped {
                 return false;
             }
             if now_ms < *deadline {
@@ -677,7 +680,7 @@ impl VmService for Hypervisor {
         let mut done = false;
         // The disks of runs that ended give back what they held (completions nobody will take).
         self.served.retain(|s| {
-            let ended = s.run.as_ref().is_some_and(|v| v.failed() || rt.report(v).state == VmState::Stopped);
+            let ended = s.run.as_ref().is_some_and(|v| v.failed() || rt.state(v) == VmState::Stopped);
             if ended && s.queue.pending() == 0 {
                 s.queue.discard();
                 return false;

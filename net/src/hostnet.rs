@@ -120,7 +120,7 @@ impl HostNetwork {
     /// Moves frames from the uplinks into the switch and from the switch out of the uplinks.
     /// Returns whether any moved.
     pub fn pump(&mut self, now_ms: u64) -> bool {
-        self.now_us = now_ms.saturating_mul(1000);
+        self.set_time(now_ms);
         let mut moved = false;
         let mut buf = [0u8; MAX_FRAME];
         for &(nic, port) in &self.uplinks {
@@ -252,6 +252,11 @@ impl HostNetwork {
         moved |= !frames.is_empty();
         let delivered = !frames.is_empty() && nic.deliver(frames) > 0;
         (moved, delivered)
+    }
+
+    /// The clock the switch's shaping runs on (the management loop's, ms).
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_us = now_ms.saturating_mul(1000);
     }
 
     /// vmk0 as a NIC for the IP stack, while connected.

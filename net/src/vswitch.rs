@@ -986,18 +986,18 @@ mod tests {
 
     #[test]
     fn shaping_holds_a_port_to_its_average_after_the_burst_and_its_peak_within_it() {
-        let mut sw = Switch::new("s", 1500);
-        let up = sw.add_port(PortKind::Uplink, "vmnic0", HOST_MAC, PortSettings::untagged(), 0);
-        sw.set_failover_order(&[up], &[]);
         // 8,000 kbit/s = 1,000,000 B/s average, 16,000 kbit/s peak, 64 KiB burst.
         let shaping = Shaping { average_kbps: 8000, peak_kbps: 16000, burst_kib: 64 };
-        let a = sw.add_port(
-            PortKind::Vm,
-            "a",
-            VM_A,
-            PortSettings { shaping: Some(shaping), ..PortSettings::untagged() },
-            0,
-        );
+        // A switch with an uplink and one shaped VM port.
+        let shaped = || {
+            let mut sw = Switch::new("s", 1500);
+            let up = sw.add_port(PortKind::Uplink, "vmnic0", HOST_MAC, PortSettings::untagged(), 0);
+            sw.set_failover_order(&[up], &[]);
+            let settings = PortSettings { shaping: Some(shaping), ..PortSettings::untagged() };
+            let a = sw.add_port(PortKind::Vm, "a", VM_A, settings, 0);
+            (sw, up, a)
+        };
+        let (mut sw, up, a) = shaped();
         let f = frame(OUTSIDE, VM_A, None, 986); // 1000 bytes
         let mut sent = 0u64;
         let mut now = 0u64;
@@ -1017,16 +1017,7 @@ mod tests {
         assert!(sent <= expected + 20_000 && sent >= expected - 20_000, "sent {sent}");
         // Within the first millisecond at most the peak bucket's contents pass (1 frame of the
         // largest size), so a burst leaves at the peak rate, not at once.
-        let mut sw2 = Switch::new("s", 1500);
-        let up2 = sw2.add_port(PortKind::Uplink, "vmnic0", HOST_MAC, PortSettings::untagged(), 0);
-        sw2.set_failover_order(&[up2], &[]);
-        let a2 = sw2.add_port(
-            PortKind::Vm,
-            "a",
-            VM_A,
-            PortSettings { shaping: Some(shaping), ..PortSettings::untagged() },
-            0,
-        );
+        let (mut sw2, _, a2) = shaped();
         let burst_at_once =
             (0..100).take_while(|_| matches!(sw2.ingress(a2, &f, 0), Verdict::Forwarded(_))).count();
         assert_eq!(burst_at_once, 9, "one peak-bucket's worth: 9018 bytes");

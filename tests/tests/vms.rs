@@ -67,6 +67,24 @@ fn vm_dir(
     path
 }
 
+/// Boots `cfg` with one NIC of `model` on QEMU's user network, the API forwarded to a free port
+/// here; returns QEMU and the API's address once it answers.
+fn boot_with_api(mut cfg: QemuConfig, model: &str) -> (Qemu, SocketAddr) {
+    let port = free_port();
+    cfg.nics = vec![NicSpec::new(model, &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
+    let q = Qemu::start(&cfg);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_http(addr, BOOT_TIMEOUT);
+    (q, addr)
+}
+
+/// Gives the VM whose definition is at `def` the NICs `nics` (a JSON list).
+fn set_nics(def: &Path, nics: Value) {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(def).unwrap()).unwrap();
+    v["nics"] = nics;
+    std::fs::write(def, v.to_string()).unwrap();
+}
+
 /// An image with the VMs of `defs` (and `boot_options`); returns it and what `ember-image build`
 /// printed.
 fn image_with_vms(dir: &Path, defs: &[PathBuf], boot_options: &[&str]) -> (PathBuf, String) {
@@ -586,17 +604,10 @@ fn a_guest_nic_on_the_vm_network_gets_an_address_and_reaches_the_lan_and_the_hos
     let cmdline =
         format!("console=ttyS0 ember.action=net ember.ping=10.0.2.2,10.0.2.15 ember.tcp=10.0.2.2:{tcp_port}");
     let def = vm_dir(dir.path(), "net1", (1, 128), &cmdline, false, None, None);
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
-    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
-    std::fs::write(&def, v.to_string()).unwrap();
+    set_nics(&def, serde_json::json!([{"portgroup": "VM Network"}]));
     let (out, _) = image_with_vms(dir.path(), &[def], &[]);
     for model in ["virtio-net-pci", "e1000e"] {
-        let port = free_port();
-        let mut cfg = QemuConfig::new(&format!("vms-net-{model}"), &out);
-        cfg.nics = vec![NicSpec::new(model, &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-        let q = Qemu::start(&cfg);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for_http(addr, BOOT_TIMEOUT);
+        let (q, addr) = boot_with_api(QemuConfig::new(&format!("vms-net-{model}"), &out), model);
         let nic = vm(addr, "net1")["nics"][0].clone();
         assert_eq!(
             (nic["portgroup"].as_str(), nic["connected"].as_bool()),
@@ -664,19 +675,12 @@ fn two_guests_on_the_vm_network_reach_each_other() {
         let cmdline =
             format!("console=ttyS0 ember.action=net ember.ip={me}/24 ember.ping={peer} ember.linger=30");
         let def = vm_dir(dir.path(), name, (1, 128), &cmdline, true, None, None);
-        let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
-        v["nics"] = serde_json::json!([{"portgroup": "VM Network", "mac": mac}]);
-        std::fs::write(&def, v.to_string()).unwrap();
+        set_nics(&def, serde_json::json!([{"portgroup": "VM Network", "mac": mac}]));
         defs.push((name, peer, mac, def));
     }
     let paths: Vec<PathBuf> = defs.iter().map(|d| d.3.clone()).collect();
     let (out, _) = image_with_vms(dir.path(), &paths, &[]);
-    let port = free_port();
-    let mut cfg = QemuConfig::new("vms-peers", &out);
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-    let q = Qemu::start(&cfg);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for_http(addr, BOOT_TIMEOUT);
+    let (q, addr) = boot_with_api(QemuConfig::new("vms-peers", &out), "virtio-net-pci");
     for (name, peer, mac, _) in &defs {
         let (v, c) = wait_vm(addr, name, "the pings", |v, _| v["state"] == "stopped");
         assert_eq!(v["exit_reason"], "the guest powered off", "{name}: {v}\n{c}");
@@ -696,16 +700,9 @@ fn two_guests_on_the_vm_network_reach_each_other() {
 fn a_running_vms_nic_is_disconnected_and_connected_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let def = vm_dir(dir.path(), "linked", (1, 128), "console=ttyS0 ember.action=stay", true, None, None);
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
-    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
-    std::fs::write(&def, v.to_string()).unwrap();
+    set_nics(&def, serde_json::json!([{"portgroup": "VM Network"}]));
     let (out, _) = image_with_vms(dir.path(), &[def], &[]);
-    let port = free_port();
-    let mut cfg = QemuConfig::new("vms-nic-link", &out);
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-    let q = Qemu::start(&cfg);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for_http(addr, BOOT_TIMEOUT);
+    let (q, addr) = boot_with_api(QemuConfig::new("vms-nic-link", &out), "virtio-net-pci");
     wait_vm(addr, "linked", "the userspace marker", |_, c| c.contains(MARKER));
     let link = |want: &str| {
         let start = Instant::now();
@@ -754,16 +751,9 @@ fn a_guest_flooding_broadcasts_leaves_the_api_answering() {
         None,
         None,
     );
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&def).unwrap()).unwrap();
-    v["nics"] = serde_json::json!([{"portgroup": "VM Network"}]);
-    std::fs::write(&def, v.to_string()).unwrap();
+    set_nics(&def, serde_json::json!([{"portgroup": "VM Network"}]));
     let (out, _) = image_with_vms(dir.path(), &[def], &[]);
-    let port = free_port();
-    let mut cfg = QemuConfig::new("vms-flood", &out);
-    cfg.nics = vec![NicSpec::new("virtio-net-pci", &format!("user,hostfwd=tcp:127.0.0.1:{port}-:443"))];
-    let q = Qemu::start(&cfg);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for_http(addr, BOOT_TIMEOUT);
+    let (q, addr) = boot_with_api(QemuConfig::new("vms-flood", &out), "virtio-net-pci");
     let r = request(addr, "POST", "/api/v1/vms/flooder/start", Some(ROOT), Some("{}"));
     assert_eq!(r.status, 200, "{r:?}");
     wait_vm(addr, "flooder", "the flood", |_, c| c.contains("EMBER-GUEST: flooding"));

@@ -185,13 +185,7 @@ impl IoQueue {
 
     /// The lock, tried a bounded number of times (the management CPU's side).
     fn lock_bounded(&self) -> Option<spin::MutexGuard<'_, Inner>> {
-        (0..LOCK_TRIES).find_map(|_| {
-            let g = self.inner.try_lock();
-            if g.is_none() {
-                core::hint::spin_loop();
-            }
-            g
-        })
+        crate::try_lock_bounded(&self.inner, LOCK_TRIES)
     }
 
     /// Runs `f` with the queue's lock held (the `vm-panic` self-test panics there, to show that

@@ -70,6 +70,18 @@ pub(crate) fn xorshift32(x: &mut u32) {
     *x ^= *x << 5;
 }
 
+/// `m`'s lock, tried at most `tries` times: the management CPU's way to a lock a vCPU's CPU holds
+/// briefly - or for good, if that CPU stopped holding it, and the management CPU must go on.
+pub(crate) fn try_lock_bounded<T>(m: &spin::Mutex<T>, tries: usize) -> Option<spin::MutexGuard<'_, T>> {
+    (0..tries).find_map(|_| {
+        let g = m.try_lock();
+        if g.is_none() {
+            core::hint::spin_loop();
+        }
+        g
+    })
+}
+
 /// An address in a guest's physical address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GuestPhysAddr(pub u64);

@@ -826,6 +826,13 @@ impl<P: Platform> Runtime<P> {
         self.kick_vcpus(vm, 1);
     }
 
+    /// The VM's state alone (no counters, nothing allocated: the management loop asks it of every
+    /// running VM's disks and NICs on each pass). A VM whose CPU stopped is failed.
+    pub fn state(&self, vm: &Vm) -> VmState {
+        let st = if vm.failed() { None } else { self.lock_bounded(&vm.status) };
+        st.map_or(VmState::Failed, |s| s.state)
+    }
+
     /// The VM's state and counters.
     pub fn report(&self, vm: &Vm) -> VmReport {
         // A VM whose CPU stopped (perhaps holding its locks) is reported failed.

@@ -192,13 +192,7 @@ impl NetPort {
     }
 
     fn lock_bounded(&self) -> Option<spin::MutexGuard<'_, Queues>> {
-        (0..LOCK_TRIES).find_map(|_| {
-            let g = self.queues.try_lock();
-            if g.is_none() {
-                core::hint::spin_loop();
-            }
-            g
-        })
+        crate::try_lock_bounded(&self.queues, LOCK_TRIES)
     }
 
     /// The management CPU takes up to `max` frames the guest sent (none if the lock stays held).
